@@ -235,6 +235,25 @@ impl Nis {
         Ok(Nis(to_ascii(d)))
     }
 
+    /// Builds the NIS whose first ten digits are `body`, appending the check digit (for
+    /// synthetic populations and generators).
+    pub fn with_check_digit(body: &str) -> Result<Nis, IdError> {
+        let d: [u8; 10] = digits(IdKind::Nis, body).map_err(|e| match e {
+            IdError::Length { got, .. } => IdError::Length {
+                kind: IdKind::Nis,
+                expected: 10,
+                got,
+            },
+            other => other,
+        })?;
+        let (dv, _) = nis_check(&d);
+        let full: [u8; 11] = std::array::from_fn(|i| if i < 10 { d[i] } else { dv });
+        if all_same(&full) {
+            return Err(IdError::AllSameDigit { kind: IdKind::Nis });
+        }
+        Ok(Nis(to_ascii(full)))
+    }
+
     /// The 11 digits.
     pub fn as_str(&self) -> &str {
         ascii_str(&self.0)
@@ -316,6 +335,19 @@ impl Cpf {
             });
         }
         Ok(Cpf(to_ascii(d)))
+    }
+
+    /// Builds the CPF whose first nine digits are `body`, appending both check digits.
+    pub fn with_check_digits(body: &str) -> Result<Cpf, IdError> {
+        let d: [u8; 9] = digits(IdKind::Cpf, body)?;
+        let mut full = [0u8; 11];
+        full[..9].copy_from_slice(&d);
+        full[9] = cpf_dv(&full[..9]);
+        full[10] = cpf_dv(&full[..10]);
+        if all_same(&full) {
+            return Err(IdError::AllSameDigit { kind: IdKind::Cpf });
+        }
+        Ok(Cpf(to_ascii(full)))
     }
 
     /// The 11 digits.
@@ -480,6 +512,18 @@ impl IbgeMunicipality {
             });
         }
         Ok(IbgeMunicipality(ascii))
+    }
+
+    /// Builds the code whose first six digits are `body`, appending the check digit. The UF
+    /// prefix is still checked.
+    pub fn with_check_digit(body: &str) -> Result<IbgeMunicipality, IdError> {
+        let d: [u8; 6] = digits(IdKind::IbgeMunicipality, body)?;
+        let prefix = d[0] * 10 + d[1];
+        if !UF_CODES.contains(&prefix) {
+            return Err(IdError::UnknownUf { prefix });
+        }
+        let full: [u8; 7] = std::array::from_fn(|i| if i < 6 { d[i] } else { ibge_dv(&d) });
+        Ok(IbgeMunicipality(to_ascii(full)))
     }
 
     /// The 7 digits.

@@ -6,5 +6,41 @@
 //! figures where a rule set can carry them.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod effects;
 pub mod ids;
+pub mod indicators;
+pub mod outcome;
 pub mod period;
+pub mod records;
+pub mod rules;
+
+/// Any error of this crate.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Error {
+    /// An identifier failed validation.
+    #[error(transparent)]
+    Id(#[from] ids::IdError),
+    /// A date or period failed validation.
+    #[error(transparent)]
+    Period(#[from] period::PeriodError),
+    /// A rule set failed to load.
+    #[error(transparent)]
+    RuleSet(#[from] rules::RuleSetError),
+    /// A record was addressed to the wrong person or family.
+    #[error(transparent)]
+    Record(#[from] records::RecordError),
+    /// An attendance figure is impossible.
+    #[error(transparent)]
+    Attendance(#[from] records::AttendanceError),
+    /// An indicator could not be computed.
+    #[error(transparent)]
+    Indicator(#[from] indicators::IndicatorError),
+}
+
+impl Error {
+    /// Who is at fault. Every error of this crate is bad input (a record or a rule file): a
+    /// retry cannot help; records go to the dead-letter topic with this message.
+    pub fn is_input_error(&self) -> bool {
+        true
+    }
+}

@@ -125,6 +125,13 @@ pub struct Date {
 }
 
 impl Date {
+    /// The last representable date, 9999-12-31.
+    pub const MAX: Date = Date {
+        year: 9999,
+        month: 12,
+        day: 31,
+    };
+
     /// Builds a date, checking the year, month and day.
     pub fn new(year: i32, month: u8, day: u8) -> Result<Date, PeriodError> {
         check_year(year)?;
