@@ -608,6 +608,15 @@ fn validate_conditionality(
             "only monthly attendance conditionalities have reason codes",
         ));
     }
+    if c.exempting_reason_codes
+        .iter()
+        .any(|code| code.trim().is_empty())
+    {
+        return Err(ctx.err(
+            format!("{key}.exempting_reason_codes"),
+            "must not contain an empty code",
+        ));
+    }
     if c.repercussion_lag_months > 24 {
         return Err(ctx.err(
             format!("{key}.repercussion_lag_months"),
@@ -718,7 +727,12 @@ fn validate_conditionality(
         source: c.source,
         period: c.period,
         repercussion_lag_months: c.repercussion_lag_months,
-        exempting_reason_codes: c.exempting_reason_codes.into_iter().collect(),
+        // Compared case-insensitively, without surrounding spaces (`1A` = `1a`).
+        exempting_reason_codes: c
+            .exempting_reason_codes
+            .iter()
+            .map(|code| code.trim().to_ascii_lowercase())
+            .collect(),
         bands,
     })
 }
