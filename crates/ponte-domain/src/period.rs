@@ -204,6 +204,10 @@ impl Date {
 
     /// The date `days` days after 1970-01-01. Howard Hinnant's `civil_from_days`.
     pub fn from_days(days: i64) -> Result<Date, PeriodError> {
+        // Outside years 1..=9999 anyway; also keeps the arithmetic below from overflowing.
+        if !(-719_162..=2_932_896).contains(&days) {
+            return Err(PeriodError::Year(if days < 0 { 0 } else { 10_000 }));
+        }
         let z = days + 719_468;
         let era = z.div_euclid(146_097);
         let doe = z - era * 146_097;
@@ -219,7 +223,11 @@ impl Date {
 
     /// This date plus `days` (may be negative).
     pub fn add_days(&self, days: i64) -> Result<Date, PeriodError> {
-        Date::from_days(self.to_days() + days)
+        let total = self
+            .to_days()
+            .checked_add(days)
+            .ok_or(PeriodError::Year(i32::MAX))?;
+        Date::from_days(total)
     }
 
     /// Days from `self` to `other` (positive when `other` is later).
@@ -727,6 +735,27 @@ mod tests {
         assert_eq!(Semester::containing(m("2025-06")), s1);
         assert!(Semester::parse("2025-S3").is_err());
         assert!(s1 < s2);
+    }
+
+    #[test]
+    fn date_range_limits() {
+        assert_eq!(Date::MAX.to_days(), 2_932_896);
+        assert_eq!(Date::parse("0001-01-01").unwrap().to_days(), -719_162);
+        assert!(Date::MAX.add_days(1).is_err());
+        assert!(Date::MAX.add_days(i64::MAX).is_err());
+        assert!(Date::MAX.add_days(i64::MIN).is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn day_arithmetic_round_trips(days in -719_162i64..=2_932_896, delta in -100_000i64..100_000) {
+            let d = Date::from_days(days).unwrap();
+            proptest::prop_assert_eq!(d.to_days(), days);
+            if let Ok(e) = d.add_days(delta) {
+                proptest::prop_assert_eq!(d.days_until(e), delta);
+            }
+            proptest::prop_assert_eq!(Date::parse(&d.to_string()).unwrap(), d);
+        }
     }
 
     #[test]
