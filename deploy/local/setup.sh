@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs the system packages Ponte's build and local stack need, and nothing else.
+# Safe to run repeatedly: it only calls apt-get when something is missing.
+#
+#   libclang-dev   bindgen, for RocksDB's C++ bindings (librocksdb-sys)
+#   cmake, g++     building librdkafka and RocksDB from source
+#   openjdk 17+    the Kafka broker;  maven  fetching the broker jars
+#   curl           the demo's HTTP calls
+#
+# The Rust toolchain itself is expected (rustup, stable >= 1.88).
+set -euo pipefail
+
+need=()
+have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+have_pkg libclang-dev || need+=(libclang-dev)
+command -v cmake >/dev/null || need+=(cmake)
+command -v g++ >/dev/null || need+=(g++)
+command -v java >/dev/null || need+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null || need+=(maven)
+command -v curl >/dev/null || need+=(curl)
+
+if ((${#need[@]})); then
+  echo "[setup] installing: ${need[*]}" >&2
+  SUDO=""
+  if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+command -v cargo >/dev/null || { echo "[setup] cargo not found: install Rust with rustup" >&2; exit 1; }
+echo "[setup] system packages ready" >&2
