@@ -1,0 +1,12 @@
+//! The education adapter (`ponte education-adapter`): the education system pushes monthly school
+//! attendance (frequência escolar) as JSON; the adapter validates every record, maps it to a
+//! `ponte.events.v1.SchoolAttendance` event keyed by NIS, and answers only once the broker has
+//! acknowledged it. Invalid records are answered with the field and the reason and land on the
+//! dead-letter topic with their original bytes.
+//!
+//! This crate never decides compliance: a low attendance is published as it is; thresholds and
+//! reason codes are the reconciler's and the rule set's business.
+pub mod record;
+pub mod service;
+
+pub use service::{EducationAdapterConfig, run};

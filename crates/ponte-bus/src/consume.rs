@@ -1,0 +1,204 @@
+//! Group consumers whose positions come from the consuming service's own state store.
+//!
+//! A stateful service stores the next offset of every partition in the same atomic write as
+//! the state it derived from the records (see `ponte-store`). On every partition assignment the
+//! [`SeekingContext`] asks that store where to start, so the consumer resumes exactly where the
+//! state stops. A partition the store has never seen starts from the beginning — never from the
+//! group's committed offset, which may be ahead of a store that was lost or replaced. Offsets are
+//! also committed to Kafka, asynchronously, only so that operators' lag tools see progress.
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{
+    BaseConsumer, Consumer as _, ConsumerContext, RebalanceProtocol, StreamConsumer,
+};
+use rdkafka::error::KafkaResult;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
+
+use crate::{BusError, KafkaConfig};
+
+/// Where a consumer should resume: the next offset to read for a partition, or `None` when the
+/// store holds nothing from it.
+pub trait OffsetSource: Send + Sync + 'static {
+    fn next_offset(&self, topic: &str, partition: i32) -> Result<Option<i64>, String>;
+}
+
+/// The partitions a consumer currently owns, readable from other tasks (health, metrics).
+#[derive(Debug, Clone, Default)]
+pub struct Assignment {
+    inner: Arc<Mutex<BTreeSet<(String, i32)>>>,
+}
+
+impl Assignment {
+    /// A snapshot of the owned partitions.
+    pub fn partitions(&self) -> Vec<(String, i32)> {
+        self.inner
+            .lock()
+            .map(|g| g.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn replace(&self, parts: impl IntoIterator<Item = (String, i32)>) {
+        if let Ok(mut g) = self.inner.lock() {
+            g.clear();
+            g.extend(parts);
+        }
+    }
+
+    fn add(&self, parts: impl IntoIterator<Item = (String, i32)>) {
+        if let Ok(mut g) = self.inner.lock() {
+            g.extend(parts);
+        }
+    }
+
+    fn remove(&self, parts: &[(String, i32)]) {
+        if let Ok(mut g) = self.inner.lock() {
+            for p in parts {
+                g.remove(p);
+            }
+        }
+    }
+}
+
+/// Consumer context that positions every newly assigned partition from an [`OffsetSource`].
+pub struct SeekingContext {
+    offsets: Arc<dyn OffsetSource>,
+    assignment: Assignment,
+    group: String,
+}
+
+impl std::fmt::Debug for SeekingContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SeekingContext")
+            .field("group", &self.group)
+            .finish()
+    }
+}
+
+impl ClientContext for SeekingContext {}
+
+fn list(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
+    tpl.elements()
+        .iter()
+        .map(|e| (e.topic().to_owned(), e.partition()))
+        .collect()
+}
+
+impl ConsumerContext for SeekingContext {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let parts = list(tpl);
+                for (topic, partition) in &parts {
+                    let offset = match self.offsets.next_offset(topic, *partition) {
+                        Ok(Some(o)) => Offset::Offset(o),
+                        Ok(None) => Offset::Beginning,
+                        Err(e) => {
+                            // Reading from the beginning is always safe: applying is idempotent.
+                            tracing::error!(%topic, partition, error = %e, "cannot read stored offset; starting from the beginning");
+                            Offset::Beginning
+                        }
+                    };
+                    if let Err(e) = tpl.set_partition_offset(topic, *partition, offset) {
+                        tracing::error!(%topic, partition, error = %e, "cannot set start offset");
+                    }
+                    tracing::info!(%topic, partition, ?offset, "partition assigned");
+                }
+                let res = if cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                };
+                match res {
+                    Ok(()) => {
+                        if cooperative {
+                            self.assignment.add(parts);
+                        } else {
+                            self.assignment.replace(parts);
+                        }
+                        metrics::counter!("ponte_consumer_rebalances_total", "group" => self.group.clone(), "kind" => "assign").increment(1);
+                    }
+                    Err(e) => tracing::error!(error = %e, "assign failed"),
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let parts = list(tpl);
+                tracing::info!(partitions = ?parts, "partitions revoked");
+                let res = if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                };
+                if let Err(e) = res {
+                    tracing::error!(error = %e, "unassign failed");
+                }
+                if cooperative {
+                    self.assignment.remove(&parts);
+                } else {
+                    self.assignment.replace([]);
+                }
+                metrics::counter!("ponte_consumer_rebalances_total", "group" => self.group.clone(), "kind" => "revoke").increment(1);
+            }
+            other => {
+                tracing::error!(error = ?other, "rebalance error; dropping assignment");
+                let _ = consumer.unassign();
+                self.assignment.replace([]);
+            }
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+        if let Err(e) = result {
+            // Informational only: positions come from the state store.
+            tracing::debug!(error = %e, "async offset commit failed");
+        }
+    }
+}
+
+/// A group consumer subscribed to `topics`, positioned from `offsets` on every assignment.
+/// `session_timeout_ms` bounds how long the partitions of a crashed member stay unowned.
+pub fn group_consumer(
+    kafka: &KafkaConfig,
+    group_id: &str,
+    client_id: &str,
+    topics: &[&str],
+    offsets: Arc<dyn OffsetSource>,
+    session_timeout_ms: u32,
+) -> Result<(StreamConsumer<SeekingContext>, Assignment), BusError> {
+    let assignment = Assignment::default();
+    let ctx = SeekingContext {
+        offsets,
+        assignment: assignment.clone(),
+        group: group_id.to_owned(),
+    };
+    let mut cfg = kafka.client_config(client_id);
+    cfg.set("group.id", group_id)
+        .set("session.timeout.ms", session_timeout_ms.to_string())
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false")
+        .set("isolation.level", "read_committed");
+    // Pass-through properties win over the defaults above.
+    for (k, v) in &kafka.properties {
+        cfg.set(k, v);
+    }
+    let consumer: StreamConsumer<SeekingContext> = cfg
+        .create_with_context(ctx)
+        .map_err(|e| BusError::Config(e.to_string()))?;
+    consumer
+        .subscribe(topics)
+        .map_err(|e| BusError::Config(format!("subscribing to {topics:?}: {e}")))?;
+    Ok((consumer, assignment))
+}

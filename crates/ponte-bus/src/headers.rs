@@ -1,0 +1,68 @@
+//! Kafka headers every Ponte event carries, so tools can route and trace without decoding.
+use rdkafka::message::{Header, Headers, OwnedHeaders};
+
+/// The `record` case of the event, e.g. `school_attendance`.
+pub const EVENT_TYPE: &str = "ponte-event-type";
+/// The payload schema, e.g. `ponte.events.v1`.
+pub const SCHEMA: &str = "ponte-schema";
+/// The source system of the record.
+pub const SOURCE: &str = "ponte-source";
+/// A trace id that follows the record through every service.
+pub const TRACE_ID: &str = "ponte-trace-id";
+
+/// The headers of one event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventHeaders {
+    pub event_type: String,
+    pub schema: String,
+    pub source: String,
+    pub trace_id: String,
+}
+
+impl EventHeaders {
+    pub(crate) fn to_kafka(&self) -> OwnedHeaders {
+        OwnedHeaders::new_with_capacity(4)
+            .insert(Header {
+                key: EVENT_TYPE,
+                value: Some(self.event_type.as_bytes()),
+            })
+            .insert(Header {
+                key: SCHEMA,
+                value: Some(self.schema.as_bytes()),
+            })
+            .insert(Header {
+                key: SOURCE,
+                value: Some(self.source.as_bytes()),
+            })
+            .insert(Header {
+                key: TRACE_ID,
+                value: Some(self.trace_id.as_bytes()),
+            })
+    }
+
+    /// Reads Ponte headers back from a consumed message; missing ones are empty.
+    pub fn from_kafka<H: Headers>(headers: Option<&H>) -> Self {
+        let mut out = EventHeaders {
+            event_type: String::new(),
+            schema: String::new(),
+            source: String::new(),
+            trace_id: String::new(),
+        };
+        if let Some(h) = headers {
+            for header in h.iter() {
+                let value = header
+                    .value
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+                    .unwrap_or_default();
+                match header.key {
+                    EVENT_TYPE => out.event_type = value,
+                    SCHEMA => out.schema = value,
+                    SOURCE => out.source = value,
+                    TRACE_ID => out.trace_id = value,
+                    _ => {}
+                }
+            }
+        }
+        out
+    }
+}

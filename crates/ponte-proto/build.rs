@@ -1,0 +1,28 @@
+//! Compiles `proto/` with protox (a protobuf compiler in Rust, so no `protoc` is needed on the
+//! build machine) and generates prost messages and tonic services from the descriptors.
+use std::path::PathBuf;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    let files = [
+        root.join("ponte/events/v1/events.proto"),
+        root.join("ponte/compliance/v1/compliance.proto"),
+    ];
+    for file in &files {
+        println!("cargo:rerun-if-changed={}", file.display());
+    }
+    let fds = protox::compile(&files, [&root])?;
+
+    // The encoded descriptor set is embedded for gRPC server reflection.
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(
+        out.join("ponte_descriptor.bin"),
+        prost::Message::encode_to_vec(&fds),
+    )?;
+
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(fds)?;
+    Ok(())
+}

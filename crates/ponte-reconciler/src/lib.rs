@@ -1,0 +1,29 @@
+//! The reconciliation service (`ponte reconciler`).
+//!
+//! Consumes the sector topics in a consumer group, applies each event to the view held in the
+//! embedded store, and serves the view over gRPC (`ponte.compliance.v1.ComplianceService`, with
+//! gRPC health and reflection).
+//!
+//! Crash safety: every batch of consumed events is applied as one atomic store write that also
+//! records the next offset of each partition read; on every assignment the consumer resumes at
+//! the stored offsets (see `ponte_bus::consume`). A crash at any point therefore leaves the view
+//! and its input positions consistent, and replaying a record never changes the view twice
+//! (the [`view`] rules make applying an event idempotent).
+pub mod grpc;
+pub mod service;
+pub mod view;
+
+pub use service::{ReconcilerConfig, run};
+
+/// Errors of the reconciler.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcilerError {
+    #[error(transparent)]
+    Store(#[from] ponte_store::StoreError),
+    #[error(transparent)]
+    Bus(#[from] ponte_bus::BusError),
+    #[error("stored value under {key} is corrupt: {reason}")]
+    Corrupt { key: String, reason: String },
+    #[error("{0}")]
+    Startup(String),
+}

@@ -1,0 +1,79 @@
+//! Logs and metrics setup, done once per process.
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use serde::Deserialize;
+use tracing_subscriber::EnvFilter;
+
+use crate::RuntimeError;
+
+/// The `[log]` section of the configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` for people, `json` for log pipelines.
+    pub format: LogFormat,
+    /// A `tracing` filter, e.g. `info` or `info,ponte_reconciler=debug`. `RUST_LOG` wins.
+    pub filter: String,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Installs the global `tracing` subscriber. Later calls are ignored.
+pub fn init_logging(cfg: &LogConfig) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&cfg.filter))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match cfg.format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the global Prometheus metrics recorder (once) and returns its handle.
+pub fn init_metrics() -> Result<PrometheusHandle, RuntimeError> {
+    if let Some(h) = PROMETHEUS.get() {
+        return Ok(h.clone());
+    }
+    let handle = PrometheusBuilder::new()
+        .set_buckets(&[
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            30.0, 60.0,
+        ])
+        .map_err(|e| RuntimeError::Telemetry(e.to_string()))?
+        .install_recorder()
+        .map_err(|e| RuntimeError::Telemetry(e.to_string()))?;
+    Ok(PROMETHEUS.get_or_init(|| handle).clone())
+}
+
+/// Masks a NIS or other personal identifier for logs: `268******60`.
+pub fn mask_id(id: &str) -> String {
+    let chars: Vec<char> = id.chars().collect();
+    if chars.len() <= 5 {
+        return "*".repeat(chars.len());
+    }
+    let head: String = chars[..3].iter().collect();
+    let tail: String = chars[chars.len() - 2..].iter().collect();
+    format!("{head}{}{tail}", "*".repeat(chars.len() - 5))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mask_id;
+
+    #[test]
+    fn masks_all_but_the_edges() {
+        assert_eq!(mask_id("26827649960"), "268******60");
+        assert_eq!(mask_id("123"), "***");
+    }
+}

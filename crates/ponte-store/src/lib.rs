@@ -1,0 +1,342 @@
+//! Embedded state store for Ponte's stateful services, on RocksDB.
+//!
+//! The one guarantee this crate exists for: **state and the input offsets that produced it are
+//! written in one atomic batch**. A service that applies a batch of consumed records writes the
+//! resulting state changes *and* the next offset of every partition it read into one
+//! [`Batch`], and [`Store::commit`] writes that batch atomically through RocksDB's write-ahead
+//! log. After a crash the store holds either the whole batch or none of it, so seeking the
+//! consumer to [`Store::offset`] resumes exactly where the state stops — no record is applied
+//! twice into a different state, none is skipped.
+//!
+//! Layout: two column families, `state` (service-defined keys) and `offsets`
+//! (`<topic>\0<partition>` → next offset to consume, big-endian `i64`).
+//!
+//! This crate must never interpret state values: it stores bytes.
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rocksdb::{
+    ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions,
+};
+
+const CF_STATE: &str = "state";
+const CF_OFFSETS: &str = "offsets";
+
+/// Errors of the state store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// RocksDB refused an operation (disk full, corruption, lock held by another process…).
+    #[error("state store at {path}: {source}")]
+    Rocks {
+        path: PathBuf,
+        #[source]
+        source: rocksdb::Error,
+    },
+    /// A value in the offsets column family is not an 8-byte offset: the store was written by
+    /// something else or is corrupt.
+    #[error("state store at {path}: offset for {topic}/{partition} is malformed")]
+    MalformedOffset {
+        path: PathBuf,
+        topic: String,
+        partition: i32,
+    },
+}
+
+/// A key and its value.
+pub type Entry = (Vec<u8>, Vec<u8>);
+
+/// Durability of commits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Each commit is in the write-ahead log in the OS page cache before `commit` returns:
+    /// survives a process crash (`kill -9`), not a power loss of the machine.
+    Process,
+    /// Each commit is fsynced: survives a power loss, at a cost in throughput.
+    Machine,
+}
+
+/// A RocksDB-backed state store. Cheap to clone; all clones share one database.
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<DB>,
+    path: PathBuf,
+    durability: Durability,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.path)
+            .field("durability", &self.durability)
+            .finish()
+    }
+}
+
+/// A set of state changes and offsets to commit atomically.
+#[derive(Default)]
+pub struct Batch {
+    inner: WriteBatch,
+    ops: usize,
+}
+
+impl std::fmt::Debug for Batch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batch").field("ops", &self.ops).finish()
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in directory `path`.
+    pub fn open(path: impl AsRef<Path>, durability: Durability) -> Result<Self, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        let cfs = [CF_STATE, CF_OFFSETS]
+            .into_iter()
+            .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+        let db =
+            DB::open_cf_descriptors(&opts, &path, cfs).map_err(|source| StoreError::Rocks {
+                path: path.clone(),
+                source,
+            })?;
+        Ok(Self {
+            db: Arc::new(db),
+            path,
+            durability,
+        })
+    }
+
+    /// Where the store lives on disk.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn rocks(&self, source: rocksdb::Error) -> StoreError {
+        StoreError::Rocks {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
+        // Both families are created in `open`; their absence is a bug in this crate.
+        #[allow(clippy::expect_used)]
+        self.db
+            .cf_handle(name)
+            .expect("column family created at open")
+    }
+
+    /// Reads one state value.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.db
+            .get_cf(self.cf(CF_STATE), key)
+            .map_err(|e| self.rocks(e))
+    }
+
+    /// All state entries whose key starts with `prefix`, in key order.
+    pub fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<Entry>, StoreError> {
+        let mut out = Vec::new();
+        let iter = self.db.iterator_cf(
+            self.cf(CF_STATE),
+            IteratorMode::From(prefix, Direction::Forward),
+        );
+        for item in iter {
+            let (k, v) = item.map_err(|e| self.rocks(e))?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            out.push((k.into_vec(), v.into_vec()));
+        }
+        Ok(out)
+    }
+
+    /// The next offset to consume for `topic`/`partition`, if any batch recorded one.
+    pub fn offset(&self, topic: &str, partition: i32) -> Result<Option<i64>, StoreError> {
+        let raw = self
+            .db
+            .get_cf(self.cf(CF_OFFSETS), offset_key(topic, partition))
+            .map_err(|e| self.rocks(e))?;
+        match raw {
+            None => Ok(None),
+            Some(bytes) => {
+                let arr: [u8; 8] =
+                    bytes
+                        .as_slice()
+                        .try_into()
+                        .map_err(|_| StoreError::MalformedOffset {
+                            path: self.path.clone(),
+                            topic: topic.to_owned(),
+                            partition,
+                        })?;
+                Ok(Some(i64::from_be_bytes(arr)))
+            }
+        }
+    }
+
+    /// Commits a batch atomically: all of its state changes and offsets, or none.
+    pub fn commit(&self, batch: Batch) -> Result<(), StoreError> {
+        let mut wo = WriteOptions::default();
+        wo.set_sync(self.durability == Durability::Machine);
+        self.db
+            .write_opt(batch.inner, &wo)
+            .map_err(|e| self.rocks(e))
+    }
+
+    /// Approximate size of the live state in bytes (SST files plus memtables), for metrics.
+    pub fn approximate_size_bytes(&self) -> u64 {
+        let cf = self.cf(CF_STATE);
+        let sst = self
+            .db
+            .property_int_value_cf(cf, "rocksdb.total-sst-files-size")
+            .ok()
+            .flatten()
+            .unwrap_or(0);
+        let mem = self
+            .db
+            .property_int_value_cf(cf, "rocksdb.cur-size-all-mem-tables")
+            .ok()
+            .flatten()
+            .unwrap_or(0);
+        sst + mem
+    }
+
+    /// Starts an empty batch bound to this store's column families.
+    pub fn batch(&self) -> BatchWriter<'_> {
+        BatchWriter {
+            store: self,
+            batch: Batch::default(),
+        }
+    }
+}
+
+/// Builds a [`Batch`] against a store (it needs the store's column family handles).
+pub struct BatchWriter<'a> {
+    store: &'a Store,
+    batch: Batch,
+}
+
+impl std::fmt::Debug for BatchWriter<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.batch.fmt(f)
+    }
+}
+
+impl BatchWriter<'_> {
+    /// Sets a state value.
+    pub fn put(&mut self, key: &[u8], value: &[u8]) {
+        self.batch.inner.put_cf(self.store.cf(CF_STATE), key, value);
+        self.batch.ops += 1;
+    }
+
+    /// Deletes a state value.
+    pub fn delete(&mut self, key: &[u8]) {
+        self.batch.inner.delete_cf(self.store.cf(CF_STATE), key);
+        self.batch.ops += 1;
+    }
+
+    /// Records `next_offset` as the next offset to consume from `topic`/`partition`.
+    pub fn set_offset(&mut self, topic: &str, partition: i32, next_offset: i64) {
+        self.batch.inner.put_cf(
+            self.store.cf(CF_OFFSETS),
+            offset_key(topic, partition),
+            next_offset.to_be_bytes(),
+        );
+        self.batch.ops += 1;
+    }
+
+    /// Number of operations in the batch.
+    pub fn len(&self) -> usize {
+        self.batch.ops
+    }
+
+    /// True when nothing has been added.
+    pub fn is_empty(&self) -> bool {
+        self.batch.ops == 0
+    }
+
+    /// Commits the batch atomically.
+    pub fn commit(self) -> Result<(), StoreError> {
+        self.store.commit(self.batch)
+    }
+}
+
+fn offset_key(topic: &str, partition: i32) -> Vec<u8> {
+    let mut key = Vec::with_capacity(topic.len() + 5);
+    key.extend_from_slice(topic.as_bytes());
+    key.push(0);
+    key.extend_from_slice(&partition.to_be_bytes());
+    key
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn open(dir: &Path) -> Store {
+        Store::open(dir, Durability::Process).unwrap()
+    }
+
+    #[test]
+    fn state_and_offsets_survive_reopen_together() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = open(dir.path());
+            let mut b = store.batch();
+            b.put(b"p/1", b"one");
+            b.put(b"p/2", b"two");
+            b.set_offset("topic-a", 3, 42);
+            b.commit().unwrap();
+        }
+        let store = open(dir.path());
+        assert_eq!(store.get(b"p/1").unwrap().as_deref(), Some(&b"one"[..]));
+        assert_eq!(store.offset("topic-a", 3).unwrap(), Some(42));
+        assert_eq!(store.offset("topic-a", 2).unwrap(), None);
+        assert_eq!(store.offset("topic-b", 3).unwrap(), None);
+    }
+
+    #[test]
+    fn uncommitted_batch_leaves_no_trace() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        {
+            let mut b = store.batch();
+            b.put(b"k", b"v");
+            b.set_offset("t", 0, 7);
+            drop(b);
+        }
+        assert_eq!(store.get(b"k").unwrap(), None);
+        assert_eq!(store.offset("t", 0).unwrap(), None);
+    }
+
+    #[test]
+    fn prefix_scan_stops_at_prefix_end_and_sees_deletes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let mut b = store.batch();
+        for k in ["a/1", "a/2", "a/3", "ab/1", "b/1"] {
+            b.put(k.as_bytes(), k.as_bytes());
+        }
+        b.commit().unwrap();
+        let mut b = store.batch();
+        b.delete(b"a/2");
+        b.commit().unwrap();
+        let keys: Vec<_> = store
+            .scan_prefix(b"a/")
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| String::from_utf8(k).unwrap())
+            .collect();
+        assert_eq!(keys, ["a/1", "a/3"]);
+    }
+
+    #[test]
+    fn a_second_process_cannot_open_the_same_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = open(dir.path());
+        let err = Store::open(dir.path(), Durability::Process).unwrap_err();
+        assert!(err.to_string().contains(&dir.path().display().to_string()));
+    }
+}

@@ -1,0 +1,192 @@
+//! `ponte`: one binary, a subcommand per service and per operator tool. It only wires the
+//! library crates together: configuration, telemetry and shutdown from `ponte-runtime`, the
+//! services from their crates.
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use ponte_bus::topics::TopicAction;
+use ponte_bus::{KafkaConfig, TopicsConfig};
+use ponte_runtime::telemetry::{LogConfig, init_logging, init_metrics};
+use ponte_runtime::{Readiness, serve_admin, shutdown_token};
+use serde::Deserialize;
+
+const DEFAULTS: &str = include_str!("../config/default.toml");
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ponte",
+    version,
+    about = "Ponte: the interoperability hub for conditional cash transfer programmes"
+)]
+struct Cli {
+    /// TOML file layered over the built-in defaults (then PONTE__* variables over both).
+    #[arg(long, global = true, env = "PONTE_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the education adapter: HTTP ingest of monthly school attendance.
+    EducationAdapter,
+    /// Run the reconciler: consume the sector topics, keep the view, serve gRPC.
+    Reconciler,
+    /// Manage the topic catalogue.
+    Topics {
+        #[command(subcommand)]
+        command: TopicsCommand,
+    },
+    /// Query a running reconciler over gRPC.
+    Query {
+        /// gRPC address of the reconciler.
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        addr: String,
+        #[command(subcommand)]
+        command: QueryCommand,
+    },
+    /// Print the effective configuration (defaults, file and environment merged).
+    Config,
+}
+
+#[derive(Debug, Subcommand)]
+enum TopicsCommand {
+    /// Create missing topics and correct drifted settings; running it twice changes nothing.
+    Ensure,
+    /// List the catalogue: names, keys, partitions, cleanup policy.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+enum QueryCommand {
+    /// One person's view, as JSON-like text.
+    Person { nis: String },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    log: LogConfig,
+    kafka: KafkaConfig,
+    topics: TopicsConfig,
+    education_adapter: ponte_adapter_education::EducationAdapterConfig,
+    reconciler: ponte_reconciler::ReconcilerConfig,
+}
+
+fn load_config(file: Option<&std::path::Path>) -> anyhow::Result<Config> {
+    Ok(ponte_runtime::load(DEFAULTS, file, std::env::vars())?)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let cfg = load_config(cli.config.as_deref())?;
+    init_logging(&cfg.log);
+    match cli.command {
+        Command::EducationAdapter => {
+            let (readiness, shutdown) = start_admin(&cfg.education_adapter.admin_listen).await?;
+            ponte_adapter_education::run(
+                &cfg.education_adapter,
+                &cfg.kafka,
+                &cfg.topics,
+                readiness,
+                shutdown,
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!(e))
+            .context("education adapter")?;
+        }
+        Command::Reconciler => {
+            let (readiness, shutdown) = start_admin(&cfg.reconciler.admin_listen).await?;
+            ponte_reconciler::run(
+                &cfg.reconciler,
+                &cfg.kafka,
+                &cfg.topics,
+                readiness,
+                shutdown,
+            )
+            .await
+            .context("reconciler")?;
+        }
+        Command::Topics {
+            command: TopicsCommand::Ensure,
+        } => topics_ensure(&cfg).await?,
+        Command::Topics {
+            command: TopicsCommand::List,
+        } => {
+            for spec in cfg.topics.catalogue()? {
+                println!(
+                    "{:<40} key={:<16} partitions={:<3} replication={} {}",
+                    spec.name,
+                    spec.topic.key(),
+                    spec.partitions,
+                    spec.replication_factor,
+                    spec.configs
+                        .iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                );
+            }
+        }
+        Command::Query { addr, command } => query(&addr, command).await?,
+        Command::Config => println!("{cfg:#?}"),
+    }
+    Ok(())
+}
+
+async fn start_admin(
+    addr: &str,
+) -> anyhow::Result<(Readiness, tokio_util::sync::CancellationToken)> {
+    let prometheus = init_metrics()?;
+    let readiness = Readiness::default();
+    let shutdown = shutdown_token();
+    serve_admin(addr, prometheus, readiness.clone(), shutdown.clone()).await?;
+    Ok((readiness, shutdown))
+}
+
+async fn topics_ensure(cfg: &Config) -> anyhow::Result<()> {
+    let reports = ponte_bus::topics::ensure(&cfg.kafka, &cfg.topics, Duration::from_secs(30))
+        .await
+        .context("ensuring topics")?;
+    let mut changed = 0;
+    for r in &reports {
+        let what = match &r.action {
+            TopicAction::Created => {
+                changed += 1;
+                "created".to_owned()
+            }
+            TopicAction::Unchanged => "unchanged".to_owned(),
+            TopicAction::ConfigsUpdated(d) => {
+                changed += 1;
+                format!("updated ({})", d.join(", "))
+            }
+        };
+        println!("{:<40} {}", r.spec.name, what);
+        for w in &r.warnings {
+            println!("{:<40} warning: {w}", "");
+        }
+    }
+    println!("{} topics, {changed} changed", reports.len());
+    Ok(())
+}
+
+async fn query(addr: &str, command: QueryCommand) -> anyhow::Result<()> {
+    use ponte_proto::compliance::v1::GetPersonRequest;
+    use ponte_proto::compliance::v1::compliance_service_client::ComplianceServiceClient;
+    let mut client = ComplianceServiceClient::connect(addr.to_owned())
+        .await
+        .with_context(|| format!("connecting to {addr}"))?;
+    match command {
+        QueryCommand::Person { nis } => {
+            let resp = client
+                .get_person(GetPersonRequest { nis })
+                .await
+                .map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))?;
+            println!("{:#?}", resp.into_inner().person);
+        }
+    }
+    Ok(())
+}

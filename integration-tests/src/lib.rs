@@ -1,0 +1,423 @@
+//! Harness for Ponte's system tests: a real Kafka broker and the real `ponte` binary run as
+//! separate processes, as in production.
+//!
+//! The broker is started once per test run by `deploy/local/kafka.sh start` (idempotent: it
+//! reuses a running broker), or taken from `PONTE_TEST_BOOTSTRAP`. If it cannot be reached the
+//! tests fail — they never pass without Kafka. Each test gets its own topic prefix, consumer
+//! group, ports and state directories, so tests run in parallel against one broker.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::missing_panics_doc)]
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::Message;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+/// Root of the repository.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("integration-tests sits in the repo root")
+        .to_path_buf()
+}
+
+/// Bootstrap address of the test broker, started on first use.
+pub fn broker() -> &'static str {
+    static BROKER: OnceLock<String> = OnceLock::new();
+    BROKER.get_or_init(|| {
+        let addr = match std::env::var("PONTE_TEST_BOOTSTRAP") {
+            Ok(a) if !a.is_empty() => a,
+            _ => {
+                let out = Command::new(repo_root().join("deploy/local/kafka.sh"))
+                    .arg("start")
+                    .stderr(Stdio::inherit())
+                    .output()
+                    .expect("running deploy/local/kafka.sh start");
+                assert!(out.status.success(), "deploy/local/kafka.sh start failed");
+                String::from_utf8(out.stdout)
+                    .unwrap()
+                    .lines()
+                    .last()
+                    .expect("kafka.sh prints the bootstrap address")
+                    .trim()
+                    .to_owned()
+            }
+        };
+        // Prove the broker answers the Kafka protocol before any test relies on it.
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &addr)
+            .create()
+            .unwrap();
+        consumer
+            .fetch_metadata(None, Duration::from_secs(20))
+            .unwrap_or_else(|e| panic!("Kafka at {addr} does not answer: {e}"));
+        addr
+    })
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|p| {
+            if p.is_absolute() {
+                p
+            } else {
+                repo_root().join(p)
+            }
+        })
+        .unwrap_or_else(|| repo_root().join("target"))
+}
+
+/// The `ponte` binary, built (once per run) with the same cargo that runs the tests.
+pub fn ponte_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        let status = Command::new(cargo)
+            .args(["build", "-p", "ponte", "--bin", "ponte"])
+            .current_dir(repo_root())
+            .status()
+            .expect("running cargo build -p ponte");
+        assert!(status.success(), "building the ponte binary failed");
+        let bin = target_dir().join("debug").join("ponte");
+        assert!(bin.exists(), "{} not found", bin.display());
+        bin
+    })
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Everything one test's Ponte deployment needs: a topic prefix, ports and a work directory.
+#[derive(Debug)]
+pub struct Stack {
+    pub prefix: String,
+    pub dir: tempfile::TempDir,
+    pub adapter_http: u16,
+    pub adapter_admin: u16,
+    pub grpc: u16,
+    pub reconciler_admin: u16,
+    pub extra_env: BTreeMap<String, String>,
+}
+
+impl Stack {
+    pub fn new(name: &str) -> Self {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        Stack {
+            prefix: format!("it-{name}-{}.ponte.", &id[..8]),
+            dir: tempfile::tempdir().unwrap(),
+            adapter_http: free_port(),
+            adapter_admin: free_port(),
+            grpc: free_port(),
+            reconciler_admin: free_port(),
+            extra_env: BTreeMap::new(),
+        }
+    }
+
+    /// Full name of a topic by its base name.
+    pub fn topic(&self, base: &str) -> String {
+        format!("{}{base}", self.prefix)
+    }
+
+    /// The environment that points a `ponte` process at this stack.
+    pub fn env(&self) -> BTreeMap<String, String> {
+        let mut env: BTreeMap<String, String> = [
+            ("PONTE__KAFKA__BOOTSTRAP_SERVERS", broker().to_owned()),
+            ("PONTE__KAFKA__MESSAGE_TIMEOUT_MS", "10000".to_owned()),
+            ("PONTE__TOPICS__PREFIX", self.prefix.clone()),
+            ("PONTE__TOPICS__PARTITIONS", "3".to_owned()),
+            (
+                "PONTE__EDUCATION_ADAPTER__LISTEN",
+                format!("127.0.0.1:{}", self.adapter_http),
+            ),
+            (
+                "PONTE__EDUCATION_ADAPTER__ADMIN_LISTEN",
+                format!("127.0.0.1:{}", self.adapter_admin),
+            ),
+            (
+                "PONTE__RECONCILER__GRPC_LISTEN",
+                format!("127.0.0.1:{}", self.grpc),
+            ),
+            (
+                "PONTE__RECONCILER__ADMIN_LISTEN",
+                format!("127.0.0.1:{}", self.reconciler_admin),
+            ),
+            (
+                "PONTE__RECONCILER__STATE_DIR",
+                self.dir.path().join("reconciler").display().to_string(),
+            ),
+            (
+                "PONTE__RECONCILER__GROUP_ID",
+                format!("{}reconciler", self.prefix),
+            ),
+            ("PONTE__RECONCILER__SESSION_TIMEOUT_MS", "6000".to_owned()),
+            ("RUST_LOG", "info,librdkafka=warn".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        env.extend(self.extra_env.clone());
+        env
+    }
+
+    /// Runs a `ponte` command to completion and returns (status, stdout, stderr).
+    pub fn ponte(&self, args: &[&str]) -> (ExitStatus, String, String) {
+        let out = Command::new(ponte_bin())
+            .args(args)
+            .envs(self.env())
+            .current_dir(self.dir.path())
+            .output()
+            .unwrap();
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Starts a long-running `ponte` service; its log goes to a file in the stack's directory.
+    pub fn spawn(&self, service: &str) -> Service {
+        Service::start(self, service)
+    }
+
+    pub fn adapter_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.adapter_http)
+    }
+
+    pub fn grpc_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.grpc)
+    }
+}
+
+/// A running `ponte` service process. Killed when dropped.
+#[derive(Debug)]
+pub struct Service {
+    pub name: String,
+    child: Option<Child>,
+    pub log: PathBuf,
+    starts: u32,
+    env: BTreeMap<String, String>,
+    cwd: PathBuf,
+}
+
+impl Service {
+    fn start(stack: &Stack, service: &str) -> Self {
+        let mut s = Service {
+            name: service.to_owned(),
+            child: None,
+            log: PathBuf::new(),
+            starts: 0,
+            env: stack.env(),
+            cwd: stack.dir.path().to_path_buf(),
+        };
+        s.restart();
+        s
+    }
+
+    /// Starts the process again (after `terminate` or `kill9`).
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "{} is still running", self.name);
+        self.starts += 1;
+        self.log = self.cwd.join(format!("{}.{}.log", self.name, self.starts));
+        let log = std::fs::File::create(&self.log).unwrap();
+        let child = Command::new(ponte_bin())
+            .arg(&self.name)
+            .envs(&self.env)
+            .current_dir(&self.cwd)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("running").id();
+        let ok = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig} {pid} failed");
+    }
+
+    /// SIGTERM, then waits for a graceful exit and returns its status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        self.signal("-TERM");
+        self.wait(Duration::from_secs(30))
+    }
+
+    /// SIGKILL: the process dies wherever it is.
+    pub fn kill9(&mut self) {
+        self.signal("-KILL");
+        let _ = self.wait(Duration::from_secs(10));
+    }
+
+    fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        let child = self.child.as_mut().expect("running");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!(
+                    "{} did not exit within {timeout:?}; log: {}",
+                    self.name,
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The current run's log.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Fails the test if the process has exited.
+    pub fn assert_running(&mut self) {
+        if let Some(child) = self.child.as_mut()
+            && let Some(status) = child.try_wait().unwrap()
+        {
+            panic!(
+                "{} exited with {status}; log:\n{}",
+                self.name,
+                self.log_text()
+            );
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Polls `check` every 100 ms until it returns `Some` or `timeout` passes.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until `GET http://127.0.0.1:<port>/health/ready` answers 200.
+pub async fn wait_ready(service: &mut Service, admin_port: u16) {
+    let url = format!("http://127.0.0.1:{admin_port}/health/ready");
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        service.assert_running();
+        if let Ok(r) = client.get(&url).send().await
+            && r.status().is_success()
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} not ready after 60 s; log:\n{}",
+            service.name,
+            service.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The value of a Prometheus sample `name{labels}` from `GET /metrics`, summed over series
+/// whose labels include every `label="value"` given; 0 when absent.
+pub async fn metric(admin_port: u16, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let text = reqwest::get(format!("http://127.0.0.1:{admin_port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    parse_metric(&text, name, labels)
+}
+
+/// Sums the samples of `name` matching `labels` in Prometheus text format.
+pub fn parse_metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (metric, rest) = match series.find('{') {
+                Some(i) => (&series[..i], &series[i..]),
+                None => (series, ""),
+            };
+            if metric != name {
+                return None;
+            }
+            let all = labels
+                .iter()
+                .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+            all.then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .sum()
+}
+
+/// Reads every record currently on `topic` (all partitions, from the beginning), waiting up
+/// to `timeout` for at least `min` of them. Returns (key, payload) pairs.
+pub fn read_topic(topic: &str, min: usize, timeout: Duration) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker())
+        .set("group.id", format!("it-reader-{}", uuid::Uuid::new_v4()))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for t in md.topics() {
+        for p in t.partitions() {
+            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+                .unwrap();
+        }
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            out.push((
+                m.key().unwrap_or_default().to_vec(),
+                m.payload().unwrap_or_default().to_vec(),
+            ));
+        } else if out.len() >= min {
+            break;
+        }
+    }
+    out
+}
