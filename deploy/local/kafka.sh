@@ -73,8 +73,9 @@ fetch() {
 </project>
 POM
   rm -rf "$LIBS"
-  mvn -B -q -f "$HOME_DIR/pom.xml" -Dmaven.repo.local="$CACHE/m2" \
-    dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$LIBS"
+  # Maven's output goes to stderr: stdout carries only the bootstrap address `start` prints.
+  mvn -B -q -Dstyle.color=never -f "$HOME_DIR/pom.xml" -Dmaven.repo.local="$CACHE/m2" \
+    dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$LIBS" >&2
   touch "$LIBS/.complete"
   log "jars in $LIBS ($(ls "$LIBS" | wc -l) files)"
 }
@@ -165,7 +166,7 @@ start() {
     local cluster_id
     cluster_id="$(java_cmd kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n1)"
     log "formatting KRaft log directory $DATA_DIR (cluster $cluster_id)"
-    java_cmd kafka.tools.StorageTool format -t "$cluster_id" -c "$RUN_DIR/server.properties" >/dev/null
+    java_cmd kafka.tools.StorageTool format -t "$cluster_id" -c "$RUN_DIR/server.properties" >&2
   fi
   log "starting broker on 127.0.0.1:$PORT"
   : >"$RUN_DIR/server.log"

@@ -105,11 +105,22 @@ pub fn free_port() -> u16 {
 pub struct Stack {
     pub prefix: String,
     pub dir: tempfile::TempDir,
-    pub adapter_http: u16,
-    pub adapter_admin: u16,
-    pub grpc: u16,
-    pub reconciler_admin: u16,
+    ports: std::sync::Mutex<BTreeMap<String, (u16, u16)>>,
     pub extra_env: BTreeMap<String, String>,
+}
+
+/// Config section of a service subcommand (`education-adapter` → `education_adapter`).
+fn section(service: &str) -> String {
+    service.replace('-', "_")
+}
+
+/// The key of a service's main listener in its config section.
+fn listen_key(service: &str) -> &'static str {
+    if service == "reconciler" {
+        "grpc_listen"
+    } else {
+        "listen"
+    }
 }
 
 impl Stack {
@@ -118,12 +129,29 @@ impl Stack {
         Stack {
             prefix: format!("it-{name}-{}.ponte.", &id[..8]),
             dir: tempfile::tempdir().unwrap(),
-            adapter_http: free_port(),
-            adapter_admin: free_port(),
-            grpc: free_port(),
-            reconciler_admin: free_port(),
+            ports: Default::default(),
             extra_env: BTreeMap::new(),
         }
+    }
+
+    /// The (main, admin) ports of a service of this stack, allocated on first use.
+    pub fn ports(&self, service: &str) -> (u16, u16) {
+        *self
+            .ports
+            .lock()
+            .unwrap()
+            .entry(service.to_owned())
+            .or_insert_with(|| (free_port(), free_port()))
+    }
+
+    /// Port of a service's main listener (HTTP for adapters, gRPC for the reconciler).
+    pub fn port(&self, service: &str) -> u16 {
+        self.ports(service).0
+    }
+
+    /// Port of a service's admin endpoint (`/metrics`, `/health/*`).
+    pub fn admin_port(&self, service: &str) -> u16 {
+        self.ports(service).1
     }
 
     /// Full name of a topic by its base name.
@@ -131,29 +159,13 @@ impl Stack {
         format!("{}{base}", self.prefix)
     }
 
-    /// The environment that points a `ponte` process at this stack.
+    /// The environment every `ponte` process of this stack gets.
     pub fn env(&self) -> BTreeMap<String, String> {
         let mut env: BTreeMap<String, String> = [
             ("PONTE__KAFKA__BOOTSTRAP_SERVERS", broker().to_owned()),
             ("PONTE__KAFKA__MESSAGE_TIMEOUT_MS", "10000".to_owned()),
             ("PONTE__TOPICS__PREFIX", self.prefix.clone()),
             ("PONTE__TOPICS__PARTITIONS", "3".to_owned()),
-            (
-                "PONTE__EDUCATION_ADAPTER__LISTEN",
-                format!("127.0.0.1:{}", self.adapter_http),
-            ),
-            (
-                "PONTE__EDUCATION_ADAPTER__ADMIN_LISTEN",
-                format!("127.0.0.1:{}", self.adapter_admin),
-            ),
-            (
-                "PONTE__RECONCILER__GRPC_LISTEN",
-                format!("127.0.0.1:{}", self.grpc),
-            ),
-            (
-                "PONTE__RECONCILER__ADMIN_LISTEN",
-                format!("127.0.0.1:{}", self.reconciler_admin),
-            ),
             (
                 "PONTE__RECONCILER__STATE_DIR",
                 self.dir.path().join("reconciler").display().to_string(),
@@ -168,6 +180,24 @@ impl Stack {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
+        env.extend(self.extra_env.clone());
+        env
+    }
+
+    /// The environment of one service process: the stack's, plus its own listen addresses.
+    pub fn service_env(&self, service: &str) -> BTreeMap<String, String> {
+        let mut env = self.env();
+        let (main, admin) = self.ports(service);
+        let sec = section(service).to_uppercase();
+        env.insert(
+            format!("PONTE__{sec}__{}", listen_key(service).to_uppercase()),
+            format!("127.0.0.1:{main}"),
+        );
+        env.insert(
+            format!("PONTE__{sec}__ADMIN_LISTEN"),
+            format!("127.0.0.1:{admin}"),
+        );
+        // Anything the test set explicitly wins.
         env.extend(self.extra_env.clone());
         env
     }
@@ -187,17 +217,19 @@ impl Stack {
         )
     }
 
-    /// Starts a long-running `ponte` service; its log goes to a file in the stack's directory.
+    /// Starts a long-running `ponte <service>`; its log goes to a file in the stack's directory.
     pub fn spawn(&self, service: &str) -> Service {
         Service::start(self, service)
     }
 
-    pub fn adapter_url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.adapter_http)
+    /// URL on an adapter's HTTP API, e.g. `stack.url("education-adapter", "/v1/attendance")`.
+    pub fn url(&self, service: &str, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port(service))
     }
 
+    /// gRPC endpoint of the reconciler.
     pub fn grpc_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.grpc)
+        format!("http://127.0.0.1:{}", self.port("reconciler"))
     }
 }
 
@@ -209,6 +241,7 @@ pub struct Service {
     pub log: PathBuf,
     starts: u32,
     env: BTreeMap<String, String>,
+    admin_port: u16,
     cwd: PathBuf,
 }
 
@@ -219,7 +252,8 @@ impl Service {
             child: None,
             log: PathBuf::new(),
             starts: 0,
-            env: stack.env(),
+            env: stack.service_env(service),
+            admin_port: stack.admin_port(service),
             cwd: stack.dir.path().to_path_buf(),
         };
         s.restart();
@@ -285,6 +319,11 @@ impl Service {
         }
     }
 
+    /// Port of the service's admin endpoint.
+    pub fn admin_port(&self) -> u16 {
+        self.admin_port
+    }
+
     /// The current run's log.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -332,9 +371,9 @@ where
     }
 }
 
-/// Waits until `GET http://127.0.0.1:<port>/health/ready` answers 200.
-pub async fn wait_ready(service: &mut Service, admin_port: u16) {
-    let url = format!("http://127.0.0.1:{admin_port}/health/ready");
+/// Waits until the service's `GET /health/ready` answers 200.
+pub async fn wait_ready(service: &mut Service) {
+    let url = format!("http://127.0.0.1:{}/health/ready", service.admin_port);
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {

@@ -19,7 +19,7 @@ const OTHER_VALID_NIS: &str = "46952280637"; // valid vector from domain.md, nev
 
 async fn post(stack: &Stack, body: &str) -> (u16, Value, Option<String>) {
     let resp = reqwest::Client::new()
-        .post(stack.adapter_url("/v1/attendance"))
+        .post(stack.url("education-adapter", "/v1/attendance"))
         .header("content-type", "application/json")
         .body(body.to_owned())
         .send()
@@ -77,8 +77,8 @@ async fn attendance_travels_end_to_end_and_survives_reconciler_restarts() {
 
     let mut adapter = stack.spawn("education-adapter");
     let mut reconciler = stack.spawn("reconciler");
-    wait_ready(&mut adapter, stack.adapter_admin).await;
-    wait_ready(&mut reconciler, stack.reconciler_admin).await;
+    wait_ready(&mut adapter).await;
+    wait_ready(&mut reconciler).await;
 
     // A valid record: 200 only once the broker acknowledged it.
     let (code, answer, _) = post(&stack, &record(1, 15)).await;
@@ -147,7 +147,7 @@ async fn attendance_travels_end_to_end_and_survives_reconciler_restarts() {
         reconciler.log_text()
     );
     reconciler.restart();
-    wait_ready(&mut reconciler, stack.reconciler_admin).await;
+    wait_ready(&mut reconciler).await;
     assert_eq!(get_person(&stack, NIS).await.unwrap(), first);
 
     // A correction (same record id, higher version) replaces the record. It lands on the same
@@ -161,7 +161,7 @@ async fn attendance_travels_end_to_end_and_survives_reconciler_restarts() {
     assert_eq!(corrected.school_attendance[0].attendance_bp, 9500);
     let topic = stack.topic("education.attendance.v1");
     let consumed = metric(
-        stack.reconciler_admin,
+        reconciler.admin_port(),
         "ponte_reconciler_events_consumed_total",
         &[("topic", topic.as_str())],
     )
@@ -179,7 +179,7 @@ async fn attendance_travels_end_to_end_and_survives_reconciler_restarts() {
         Duration::from_secs(30),
         || async {
             let n = metric(
-                stack.reconciler_admin,
+                reconciler.admin_port(),
                 "ponte_reconciler_events_ignored_total",
                 &[("reason", "stale_version")],
             )
@@ -193,7 +193,7 @@ async fn attendance_travels_end_to_end_and_survives_reconciler_restarts() {
     // kill -9: the process dies wherever it is; what it committed is whole.
     reconciler.kill9();
     reconciler.restart();
-    wait_ready(&mut reconciler, stack.reconciler_admin).await;
+    wait_ready(&mut reconciler).await;
     assert_eq!(get_person(&stack, NIS).await.unwrap(), corrected);
 
     // A retraction withdraws the record; the person stays known with an empty list.
@@ -218,7 +218,7 @@ async fn a_batch_keeps_its_good_records_and_lists_the_bad_ones() {
     let stack = Stack::new("batch");
     assert!(stack.ponte(&["topics", "ensure"]).0.success());
     let mut adapter = stack.spawn("education-adapter");
-    wait_ready(&mut adapter, stack.adapter_admin).await;
+    wait_ready(&mut adapter).await;
 
     let body = format!(
         "[{}, {}, {}]",
@@ -246,7 +246,7 @@ async fn a_batch_keeps_its_good_records_and_lists_the_bad_ones() {
     assert_eq!(records.len(), 2);
     assert_eq!(
         metric(
-            stack.adapter_admin,
+            adapter.admin_port(),
             "ponte_adapter_records_rejected_total",
             &[("reason", "invalid_period")]
         )
@@ -269,7 +269,7 @@ async fn without_a_broker_the_adapter_answers_503_and_never_2xx() {
         .insert("PONTE__KAFKA__MESSAGE_TIMEOUT_MS".into(), "2000".into());
     let mut adapter = stack.spawn("education-adapter");
     // Not ready: the broker is unreachable.
-    let ready = format!("http://127.0.0.1:{}/health/ready", stack.adapter_admin);
+    let ready = format!("http://127.0.0.1:{}/health/ready", adapter.admin_port());
     let status = eventually("the admin endpoint", Duration::from_secs(30), || async {
         reqwest::get(&ready).await.ok().map(|r| r.status().as_u16())
     })

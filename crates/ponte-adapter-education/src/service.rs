@@ -9,7 +9,7 @@
 //! - `503` + `Retry-After` the broker could not acknowledge; send the same body again (records
 //!   carry stable ids and versions, so a repeat is harmless downstream).
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -17,8 +17,8 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use ponte_bus::ingest::{Accepted, Ingestor, Item, Rejected, Rejection};
 use ponte_bus::{BusError, KafkaConfig, Publisher, Topic, TopicsConfig};
-use ponte_proto::events::v1::DeadLetter;
 use ponte_runtime::Readiness;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -42,24 +42,16 @@ pub struct EducationAdapterConfig {
     pub max_body_bytes: usize,
     /// Seconds a client is told to wait before retrying when the broker is unavailable.
     pub retry_after_secs: u64,
+    /// Most records of one request waiting for the broker's acknowledgement at once.
+    pub max_in_flight: usize,
 }
 
 #[derive(Debug)]
 struct AppState {
-    publisher: Publisher,
+    ingestor: Ingestor,
     records_topic: String,
-    deadletter_topic: String,
     source_system: String,
     retry_after_secs: u64,
-}
-
-/// One rejected record in an answer.
-#[derive(Debug, Serialize)]
-struct Rejection {
-    position: String,
-    field: String,
-    error_type: &'static str,
-    reason: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -75,7 +67,7 @@ fn json(status: StatusCode, answer: &Answer) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
-fn unavailable(state: &AppState, accepted: usize, err: &BusError) -> Response {
+fn unavailable(state: &AppState, err: &BusError) -> Response {
     let mut resp = json(
         if err.is_retryable() {
             StatusCode::SERVICE_UNAVAILABLE
@@ -83,7 +75,7 @@ fn unavailable(state: &AppState, accepted: usize, err: &BusError) -> Response {
             StatusCode::INTERNAL_SERVER_ERROR
         },
         &Answer {
-            accepted,
+            accepted: 0,
             rejected: Vec::new(),
             error: Some(format!(
                 "the bus did not acknowledge the batch ({err}); nothing in it is guaranteed \
@@ -102,12 +94,15 @@ fn unavailable(state: &AppState, accepted: usize, err: &BusError) -> Response {
 
 /// Splits a body into records, keeping each record's original bytes.
 fn split(body: &[u8]) -> Result<Vec<Box<RawValue>>, serde_json::Error> {
-    let first = body.iter().find(|b| !b.is_ascii_whitespace());
-    if first == Some(&b'[') {
+    if is_array(body) {
         serde_json::from_slice::<Vec<Box<RawValue>>>(body)
     } else {
         serde_json::from_slice::<Box<RawValue>>(body).map(|r| vec![r])
     }
+}
+
+fn is_array(body: &[u8]) -> bool {
+    body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[')
 }
 
 fn trace_id(headers: &HeaderMap) -> String {
@@ -119,145 +114,82 @@ fn trace_id(headers: &HeaderMap) -> String {
         .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string())
 }
 
-async fn ingest(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
-    let started = Instant::now();
-    let now = SystemTime::now();
-    let trace = trace_id(&headers);
-    let labels = [("adapter", ADAPTER)];
-
-    let raws = match split(&body) {
-        Ok(r) => r,
-        Err(e) => {
-            metrics::counter!("ponte_adapter_records_received_total", &labels).increment(1);
-            let err = RecordError::malformed(format!("body is not JSON: {e}"));
-            let letter = dead_letter(&state, &err, "body", body.to_vec(), now);
-            if let Err(e) = state
-                .publisher
-                .publish_dead_letter(&state.deadletter_topic, &letter, &trace)
-                .await
-            {
-                return unavailable(&state, 0, &e);
-            }
-            count_rejected(&err);
-            return json(
-                StatusCode::BAD_REQUEST,
-                &Answer {
-                    accepted: 0,
-                    rejected: vec![rejection("body", &err)],
-                    error: None,
-                },
-            );
-        }
-    };
-    let total = raws.len();
-    metrics::counter!("ponte_adapter_records_received_total", &labels).increment(total as u64);
-    let single = total == 1 && body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'[');
-
-    let mut valid: Vec<ValidRecord> = Vec::with_capacity(total);
-    let mut invalid: Vec<(String, RecordError, Vec<u8>)> = Vec::new();
-    for (i, raw) in raws.iter().enumerate() {
-        let position = if single {
-            "body".to_owned()
-        } else {
-            format!("record {}", i + 1)
-        };
-        let parsed = serde_json::from_str::<AttendanceInput>(raw.get())
-            .map_err(|e| RecordError::malformed(e.to_string()))
-            .and_then(|input| validate(&input, &state.source_system, now));
-        match parsed {
-            Ok(v) => valid.push(v),
-            Err(e) => invalid.push((position, e, raw.get().as_bytes().to_vec())),
-        }
-    }
-
-    metrics::gauge!("ponte_adapter_in_flight_records", &labels).increment(total as f64);
-    let publishes = valid.iter().map(|v| {
-        state
-            .publisher
-            .publish_event(&state.records_topic, &v.key, &v.event, &trace)
-    });
-    let letters: Vec<DeadLetter> = invalid
-        .iter()
-        .map(|(pos, err, original)| dead_letter(&state, err, pos, original.clone(), now))
-        .collect();
-    let dead = letters.iter().map(|l| {
-        state
-            .publisher
-            .publish_dead_letter(&state.deadletter_topic, l, &trace)
-    });
-    let (published, dead_lettered) = futures::future::join(
-        futures::future::join_all(publishes),
-        futures::future::join_all(dead),
-    )
-    .await;
-    metrics::gauge!("ponte_adapter_in_flight_records", &labels).decrement(total as f64);
-    metrics::histogram!("ponte_adapter_publish_latency_seconds", &labels)
-        .record(started.elapsed().as_secs_f64());
-
-    let accepted = published.iter().filter(|r| r.is_ok()).count();
-    metrics::counter!("ponte_adapter_records_accepted_total", &labels).increment(accepted as u64);
-    if let Some(err) = published
-        .iter()
-        .chain(dead_lettered.iter())
-        .find_map(|r| r.as_ref().err())
-    {
-        tracing::warn!(error = %err, accepted, total, "publish failed; answering with an error");
-        metrics::counter!("ponte_adapter_publish_failures_total", "adapter" => ADAPTER, "error_type" => err.error_type()).increment(1);
-        return unavailable(&state, accepted, err);
-    }
-
-    let rejected: Vec<Rejection> = invalid
-        .iter()
-        .map(|(pos, err, _)| {
-            count_rejected(err);
-            rejection(pos, err)
-        })
-        .collect();
-    tracing::info!(accepted, rejected = rejected.len(), trace_id = %trace, "batch ingested");
-    let status = if accepted == 0 && !rejected.is_empty() {
-        StatusCode::UNPROCESSABLE_ENTITY
-    } else {
-        StatusCode::OK
-    };
-    json(
-        status,
-        &Answer {
-            accepted,
-            rejected,
-            error: None,
-        },
-    )
-}
-
-fn count_rejected(err: &RecordError) {
-    metrics::counter!("ponte_adapter_records_rejected_total", "adapter" => ADAPTER, "reason" => err.error_type).increment(1);
-}
-
-fn rejection(position: &str, err: &RecordError) -> Rejection {
-    Rejection {
-        position: position.to_owned(),
-        field: err.field.clone(),
-        error_type: err.error_type,
-        reason: err.reason.clone(),
-    }
-}
-
-fn dead_letter(
-    state: &AppState,
-    err: &RecordError,
-    position: &str,
-    original: Vec<u8>,
-    now: SystemTime,
-) -> DeadLetter {
-    DeadLetter {
-        source_system: state.source_system.clone(),
-        reason: err.to_string(),
+fn rejected(position: String, err: RecordError, original: Vec<u8>) -> Rejected {
+    Rejected {
+        position,
+        field: err.field,
         error_type: err.error_type.to_owned(),
-        field: err.field.clone(),
-        position: position.to_owned(),
+        reason: err.reason,
         original,
         content_type: "application/json".to_owned(),
-        received_time: Some(ponte_bus::publish::timestamp(now)),
+    }
+}
+
+async fn ingest(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let now = SystemTime::now();
+    let trace = trace_id(&headers);
+
+    let (items, malformed_body) = match split(&body) {
+        Ok(raws) => {
+            let single = !is_array(&body);
+            let items = raws
+                .iter()
+                .enumerate()
+                .map(|(i, raw)| {
+                    let position = if single {
+                        "body".to_owned()
+                    } else {
+                        format!("record {}", i + 1)
+                    };
+                    let parsed = serde_json::from_str::<AttendanceInput>(raw.get())
+                        .map_err(|e| RecordError::malformed(e.to_string()))
+                        .and_then(|input| validate(&input, &state.source_system, now));
+                    match parsed {
+                        Ok(ValidRecord { key, event }) => Item::Accepted(Accepted {
+                            topic: state.records_topic.clone(),
+                            key,
+                            event,
+                        }),
+                        Err(e) => {
+                            Item::Rejected(rejected(position, e, raw.get().as_bytes().to_vec()))
+                        }
+                    }
+                })
+                .collect();
+            (items, false)
+        }
+        Err(e) => {
+            let err = RecordError::malformed(format!("body is not JSON: {e}"));
+            (
+                vec![Item::Rejected(rejected(
+                    "body".to_owned(),
+                    err,
+                    body.to_vec(),
+                ))],
+                true,
+            )
+        }
+    };
+
+    match state.ingestor.ingest(items, &trace, now).await {
+        Ok(report) => {
+            let status = if malformed_body {
+                StatusCode::BAD_REQUEST
+            } else if report.accepted == 0 && !report.rejected.is_empty() {
+                StatusCode::UNPROCESSABLE_ENTITY
+            } else {
+                StatusCode::OK
+            };
+            json(
+                status,
+                &Answer {
+                    accepted: report.accepted,
+                    rejected: report.rejected,
+                    error: None,
+                },
+            )
+        }
+        Err(failure) => unavailable(&state, &failure.error),
     }
 }
 
@@ -285,9 +217,14 @@ pub async fn run(
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let publisher = Publisher::new(kafka, &cfg.source_system)?;
     let state = Arc::new(AppState {
-        publisher: publisher.clone(),
+        ingestor: Ingestor::new(
+            publisher.clone(),
+            ADAPTER,
+            &cfg.source_system,
+            &topics.name(Topic::DeadLetter),
+            cfg.max_in_flight,
+        ),
         records_topic: topics.name(Topic::EducationAttendance),
-        deadletter_topic: topics.name(Topic::DeadLetter),
         source_system: cfg.source_system.clone(),
         retry_after_secs: cfg.retry_after_secs,
     });

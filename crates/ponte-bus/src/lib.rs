@@ -11,6 +11,7 @@
 pub mod config;
 pub mod consume;
 pub mod headers;
+pub mod ingest;
 pub mod publish;
 pub mod topics;
 

@@ -14,7 +14,8 @@ pub mod period;
 pub mod records;
 pub mod rules;
 
-/// Any error of this crate.
+/// Any error of this crate. Every one is bad input (a record or a rule file): a retry cannot
+/// help; a record that fails goes to the dead-letter topic with this message.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum Error {
     /// An identifier failed validation.
@@ -35,12 +36,4 @@ pub enum Error {
     /// An indicator could not be computed.
     #[error(transparent)]
     Indicator(#[from] indicators::IndicatorError),
-}
-
-impl Error {
-    /// Who is at fault. Every error of this crate is bad input (a record or a rule file): a
-    /// retry cannot help; records go to the dead-letter topic with this message.
-    pub fn is_input_error(&self) -> bool {
-        true
-    }
 }

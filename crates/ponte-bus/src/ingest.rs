@@ -1,0 +1,226 @@
+//! The publishing half of every adapter: given the records of one request (or one chunk of a
+//! streamed file), already parsed and validated by the adapter, publish the valid ones to
+//! their topics and the invalid ones to the dead-letter topic, and report — only after the
+//! broker acknowledged every one of them.
+//!
+//! The contract every adapter answers by:
+//! - `Ok(report)`: every valid record is durable on the bus, every invalid one is durable on
+//!   the dead-letter topic with its original bytes and reason. The adapter answers 2xx (or 4xx
+//!   when nothing was valid).
+//! - `Err(failure)`: the bus did not acknowledge something. Nothing in the batch may be
+//!   reported as stored; the adapter answers 503 (retryable) or 500. Records carry stable ids
+//!   and versions, so the client re-sending the whole batch is harmless downstream.
+//!
+//! Metrics (label `adapter`): `ponte_adapter_records_received_total`,
+//! `ponte_adapter_records_accepted_total`, `ponte_adapter_records_rejected_total{reason}`,
+//! `ponte_adapter_publish_failures_total{error_type}`, `ponte_adapter_in_flight_records`,
+//! `ponte_adapter_publish_latency_seconds`.
+use std::time::{Instant, SystemTime};
+
+use futures::StreamExt as _;
+use ponte_proto::events::v1::{DeadLetter, Event};
+
+use crate::publish::timestamp;
+use crate::{BusError, Delivered, Publisher};
+
+/// A valid record, mapped to its event, with where it goes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Accepted {
+    /// Full topic name.
+    pub topic: String,
+    /// Kafka key (NIS, CNS/CPF or family id).
+    pub key: String,
+    pub event: Event,
+}
+
+/// An invalid record: where it was, what failed, and its bytes as received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    /// `body`, `line 17`, `record 3`, `entry 2`…
+    pub position: String,
+    /// The field at fault, or `record` when the record as a whole is malformed.
+    pub field: String,
+    /// Low-cardinality class: `malformed`, `invalid_identifier`, `invalid_period`,
+    /// `invalid_value`, `unsupported`.
+    pub error_type: String,
+    /// What rule failed, for a person to act on.
+    pub reason: String,
+    /// The record's original bytes.
+    pub original: Vec<u8>,
+    /// Media type of `original`.
+    pub content_type: String,
+}
+
+/// One record of a batch, valid or not.
+#[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)] // most records are valid; boxing them costs more
+pub enum Item {
+    Accepted(Accepted),
+    Rejected(Rejected),
+}
+
+/// What a request's answer lists about one rejected record.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Rejection {
+    pub position: String,
+    pub field: String,
+    pub error_type: String,
+    pub reason: String,
+}
+
+/// Every record of the batch is durable (valid ones on their topics, invalid ones as dead
+/// letters).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct IngestReport {
+    pub accepted: usize,
+    pub rejected: Vec<Rejection>,
+}
+
+impl IngestReport {
+    /// Adds another chunk's report (streamed files are ingested chunk by chunk).
+    pub fn absorb(&mut self, other: IngestReport) {
+        self.accepted += other.accepted;
+        self.rejected.extend(other.rejected);
+    }
+}
+
+/// The bus did not acknowledge part of the batch.
+#[derive(Debug)]
+pub struct IngestFailure {
+    /// Records acknowledged before the failure (informational: the batch must be re-sent).
+    pub acknowledged: usize,
+    pub error: BusError,
+}
+
+/// Publishes validated batches for one adapter.
+#[derive(Debug, Clone)]
+pub struct Ingestor {
+    publisher: Publisher,
+    adapter: &'static str,
+    source_system: String,
+    deadletter_topic: String,
+    max_in_flight: usize,
+}
+
+impl Ingestor {
+    /// `adapter` is the metrics label (`education`, `health`, `assistance`); `source_system`
+    /// is written into dead letters; `max_in_flight` bounds unacknowledged records (memory).
+    pub fn new(
+        publisher: Publisher,
+        adapter: &'static str,
+        source_system: &str,
+        deadletter_topic: &str,
+        max_in_flight: usize,
+    ) -> Self {
+        Self {
+            publisher,
+            adapter,
+            source_system: source_system.to_owned(),
+            deadletter_topic: deadletter_topic.to_owned(),
+            max_in_flight: max_in_flight.max(1),
+        }
+    }
+
+    /// The underlying publisher (for readiness probes and shutdown flushes).
+    pub fn publisher(&self) -> &Publisher {
+        &self.publisher
+    }
+
+    fn dead_letter(&self, r: &Rejected, received: SystemTime) -> DeadLetter {
+        DeadLetter {
+            source_system: self.source_system.clone(),
+            reason: format!("{}: {}", r.field, r.reason),
+            error_type: r.error_type.clone(),
+            field: r.field.clone(),
+            position: r.position.clone(),
+            original: r.original.clone(),
+            content_type: r.content_type.clone(),
+            received_time: Some(timestamp(received)),
+        }
+    }
+
+    /// Publishes a batch; see the module documentation for the contract.
+    pub async fn ingest(
+        &self,
+        items: Vec<Item>,
+        trace_id: &str,
+        received: SystemTime,
+    ) -> Result<IngestReport, IngestFailure> {
+        let adapter = self.adapter;
+        let total = items.len();
+        let started = Instant::now();
+        metrics::counter!("ponte_adapter_records_received_total", "adapter" => adapter)
+            .increment(total as u64);
+        metrics::gauge!("ponte_adapter_in_flight_records", "adapter" => adapter)
+            .increment(total as f64);
+
+        let mut rejected = Vec::new();
+        let results: Vec<(bool, Result<Delivered, BusError>)> = futures::stream::iter(items)
+            .map(|item| {
+                let rejection = match &item {
+                    Item::Accepted(_) => None,
+                    Item::Rejected(r) => Some(Rejection {
+                        position: r.position.clone(),
+                        field: r.field.clone(),
+                        error_type: r.error_type.clone(),
+                        reason: r.reason.clone(),
+                    }),
+                };
+                if let Some(r) = rejection {
+                    rejected.push(r);
+                }
+                async move {
+                    match item {
+                        Item::Accepted(a) => (
+                            true,
+                            self.publisher
+                                .publish_event(&a.topic, &a.key, &a.event, trace_id)
+                                .await,
+                        ),
+                        Item::Rejected(r) => (
+                            false,
+                            self.publisher
+                                .publish_dead_letter(
+                                    &self.deadletter_topic,
+                                    &self.dead_letter(&r, received),
+                                    trace_id,
+                                )
+                                .await,
+                        ),
+                    }
+                }
+            })
+            .buffer_unordered(self.max_in_flight)
+            .collect()
+            .await;
+
+        metrics::gauge!("ponte_adapter_in_flight_records", "adapter" => adapter)
+            .decrement(total as f64);
+        metrics::histogram!("ponte_adapter_publish_latency_seconds", "adapter" => adapter)
+            .record(started.elapsed().as_secs_f64());
+
+        let accepted = results.iter().filter(|(v, r)| *v && r.is_ok()).count();
+        let acknowledged = results.iter().filter(|(_, r)| r.is_ok()).count();
+        if let Some(error) = results.into_iter().find_map(|(_, r)| r.err()) {
+            metrics::counter!("ponte_adapter_publish_failures_total", "adapter" => adapter, "error_type" => error.error_type()).increment(1);
+            tracing::warn!(%error, acknowledged, total, adapter, "batch not fully acknowledged");
+            return Err(IngestFailure {
+                acknowledged,
+                error,
+            });
+        }
+        metrics::counter!("ponte_adapter_records_accepted_total", "adapter" => adapter)
+            .increment(accepted as u64);
+        for r in &rejected {
+            metrics::counter!("ponte_adapter_records_rejected_total", "adapter" => adapter, "reason" => r.error_type.clone()).increment(1);
+        }
+        tracing::info!(
+            accepted,
+            rejected = rejected.len(),
+            trace_id,
+            adapter,
+            "batch ingested"
+        );
+        Ok(IngestReport { accepted, rejected })
+    }
+}
