@@ -32,6 +32,9 @@ struct Cli {
 enum Command {
     /// Run the education adapter: HTTP ingest of monthly school attendance.
     EducationAdapter,
+    /// Run the assistance adapter (specific conditionalities): registry person profiles, SCFV
+    /// attendance, family follow-up and appeals over HTTP.
+    AssistanceAdapter,
     /// Run the reconciler: consume the sector topics, keep the view, serve gRPC.
     Reconciler,
     /// Manage the topic catalogue.
@@ -72,6 +75,7 @@ struct Config {
     kafka: KafkaConfig,
     topics: TopicsConfig,
     education_adapter: ponte_adapter_education::EducationAdapterConfig,
+    assistance_adapter: ponte_adapter_assistance::AssistanceAdapterConfig,
     reconciler: ponte_reconciler::ReconcilerConfig,
 }
 
@@ -97,6 +101,19 @@ async fn main() -> anyhow::Result<()> {
             .await
             .map_err(|e| anyhow::anyhow!(e))
             .context("education adapter")?;
+        }
+        Command::AssistanceAdapter => {
+            let (readiness, shutdown) = start_admin(&cfg.assistance_adapter.admin_listen).await?;
+            ponte_adapter_assistance::run(
+                &cfg.assistance_adapter,
+                &cfg.kafka,
+                &cfg.topics,
+                readiness,
+                shutdown,
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!(e))
+            .context("assistance adapter")?;
         }
         Command::Reconciler => {
             let (readiness, shutdown) = start_admin(&cfg.reconciler.admin_listen).await?;
