@@ -149,6 +149,25 @@ impl Publisher {
         .await
     }
 
+    /// Publishes an already encoded payload (for example a view change) and waits for the
+    /// acknowledgement.
+    pub async fn publish_bytes(
+        &self,
+        topic: &str,
+        key: &str,
+        payload: &[u8],
+        event_type: &str,
+        trace_id: &str,
+    ) -> Result<Delivered, BusError> {
+        let headers = EventHeaders {
+            event_type: event_type.to_owned(),
+            schema: "ponte.compliance.v1".to_owned(),
+            source: self.source.clone(),
+            trace_id: trace_id.to_owned(),
+        };
+        self.send(topic, key, payload, headers).await
+    }
+
     async fn send(
         &self,
         topic: &str,

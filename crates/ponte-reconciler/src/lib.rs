@@ -11,7 +11,7 @@
 //! (the [`view`] rules make applying an event idempotent).
 pub mod grpc;
 pub mod service;
-pub mod view;
+pub mod topology;
 
 pub use service::{ReconcilerConfig, run};
 

@@ -1,10 +1,12 @@
-//! Wiring of the reconciler process: store, consumer loop, gRPC server.
+//! Wiring of the reconciler process: store, consumer loop, outbox, gRPC server.
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use ponte_bus::consume::{OffsetSource, group_consumer};
-use ponte_bus::{KafkaConfig, Topic, TopicsConfig};
+use ponte_bus::{KafkaConfig, Publisher, Topic, TopicsConfig};
+use ponte_domain::period::Month;
+use ponte_domain::rules::RuleSet;
 use ponte_proto::compliance::v1::compliance_service_server::ComplianceServiceServer;
 use ponte_proto::events::v1::Event;
 use ponte_runtime::Readiness;
@@ -19,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::ReconcilerError;
 use crate::grpc::ComplianceApi;
-use crate::view::{self, Pending};
+use crate::topology::{Applied, Input, Kv as _, OutputKind, Topology, Tx};
 
 /// The `[reconciler]` section of the configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -42,6 +44,44 @@ pub struct ReconcilerConfig {
     /// Consumer group session timeout: how long the partitions of an instance that died
     /// without leaving the group wait before another instance takes them.
     pub session_timeout_ms: u32,
+    /// Rule-set TOML file; empty for the built-in Bolsa Família 2023 rule set.
+    pub rules_file: String,
+    /// First month of the monitoring window (`YYYY-MM`): every period overlapping the window
+    /// is evaluated for every registered person.
+    pub monitor_from: String,
+    /// Last month of the monitoring window (`YYYY-MM`).
+    pub monitor_to: String,
+}
+
+/// The built-in rule set (rules/bolsa-familia-2023.toml).
+const BUILTIN_RULES: &str = include_str!("../../../rules/bolsa-familia-2023.toml");
+
+/// Builds the topology from the configuration: rule set and monitoring window.
+pub fn topology_from(cfg: &ReconcilerConfig) -> Result<Topology, ReconcilerError> {
+    let (name, text) = if cfg.rules_file.is_empty() {
+        (
+            "rules/bolsa-familia-2023.toml".to_owned(),
+            BUILTIN_RULES.to_owned(),
+        )
+    } else {
+        let text = std::fs::read_to_string(&cfg.rules_file).map_err(|e| {
+            ReconcilerError::Startup(format!("reconciler.rules_file {}: {e}", cfg.rules_file))
+        })?;
+        (cfg.rules_file.clone(), text)
+    };
+    let rules = RuleSet::from_toml_str(&name, &text)
+        .map_err(|e| ReconcilerError::Startup(e.to_string()))?;
+    let month = |field: &str, v: &str| {
+        Month::parse(v).map_err(|e| ReconcilerError::Startup(format!("reconciler.{field}: {e}")))
+    };
+    let from = month("monitor_from", &cfg.monitor_from)?;
+    let to = month("monitor_to", &cfg.monitor_to)?;
+    if from > to {
+        return Err(ReconcilerError::Startup(
+            "reconciler.monitor_from is after monitor_to".to_owned(),
+        ));
+    }
+    Ok(Topology::new(rules, from, to))
 }
 
 struct StoreOffsets(Store);
@@ -52,112 +92,281 @@ impl OffsetSource for StoreOffsets {
     }
 }
 
-/// The batch being built: view changes plus the next offset of each partition read.
-struct Batch {
-    pending: Pending,
-    offsets: std::collections::BTreeMap<(String, i32), i64>,
+/// An output waiting in the store until the broker acknowledged it (transactional outbox):
+/// written in the same atomic batch as the state that produced it, deleted after the ack.
+#[derive(Clone, PartialEq, prost::Message)]
+struct OutboxEntry {
+    /// 1 = change, 2 = alert.
+    #[prost(int32, tag = "1")]
+    kind: i32,
+    #[prost(string, tag = "2")]
+    key: String,
+    #[prost(bytes = "vec", tag = "3")]
+    payload: Vec<u8>,
+}
+
+const OUTBOX: &[u8] = b"o/";
+const OUTBOX_SEQ: &[u8] = b"meta/outbox_seq";
+
+/// Counters of one batch, turned into metrics after the commit.
+#[derive(Default)]
+struct BatchStats {
     events: usize,
     ingest_times: Vec<SystemTime>,
 }
 
-impl Batch {
-    fn new() -> Self {
+struct Inputs {
+    by_topic: Vec<(String, Input)>,
+}
+
+impl Inputs {
+    fn new(topics: &TopicsConfig) -> Self {
         Self {
-            pending: Pending::default(),
-            offsets: Default::default(),
-            events: 0,
-            ingest_times: Vec::new(),
+            by_topic: vec![
+                (topics.name(Topic::RegistryPersons), Input::Registry),
+                (topics.name(Topic::EducationAttendance), Input::Education),
+                (topics.name(Topic::HealthRecords), Input::Health),
+                (
+                    topics.name(Topic::AssistancePerson),
+                    Input::AssistancePerson,
+                ),
+                (
+                    topics.name(Topic::AssistanceFamily),
+                    Input::AssistanceFamily,
+                ),
+            ],
         }
     }
 
-    fn is_empty(&self) -> bool {
-        self.offsets.is_empty()
+    fn input(&self, topic: &str) -> Option<Input> {
+        self.by_topic
+            .iter()
+            .find(|(t, _)| t == topic)
+            .map(|(_, i)| *i)
     }
 }
 
 fn apply_message(
-    store: &Store,
-    batch: &mut Batch,
+    topology: &Topology,
+    inputs: &Inputs,
+    tx: &mut Tx<'_>,
+    offsets: &mut std::collections::BTreeMap<(String, i32), i64>,
+    stats: &mut BatchStats,
     msg: &BorrowedMessage<'_>,
 ) -> Result<(), ReconcilerError> {
     let topic = msg.topic().to_owned();
     metrics::counter!("ponte_reconciler_events_consumed_total", "topic" => topic.clone())
         .increment(1);
-    batch
-        .offsets
-        .insert((topic.clone(), msg.partition()), msg.offset() + 1);
-    batch.events += 1;
+    offsets.insert((topic.clone(), msg.partition()), msg.offset() + 1);
+    stats.events += 1;
+    let ignore = |reason: &'static str| {
+        metrics::counter!("ponte_reconciler_events_ignored_total", "topic" => topic.clone(), "reason" => reason).increment(1);
+    };
+    let Some(input) = inputs.input(&topic) else {
+        ignore("unknown_topic");
+        return Ok(());
+    };
     let Some(payload) = msg.payload() else {
-        metrics::counter!("ponte_reconciler_events_ignored_total", "topic" => topic, "reason" => "empty_payload").increment(1);
+        ignore("empty_payload");
         return Ok(());
     };
     let event = match Event::decode(payload) {
         Ok(e) => e,
         Err(e) => {
-            // Adapters only publish valid events; anything else here is counted and logged with
-            // its position so an operator can inspect it with a console consumer.
+            // Adapters only publish valid events; anything else is counted and logged with its
+            // position so an operator can inspect it with a console consumer.
             tracing::error!(%topic, partition = msg.partition(), offset = msg.offset(), error = %e, "undecodable event");
-            metrics::counter!("ponte_reconciler_events_ignored_total", "topic" => topic, "reason" => "undecodable").increment(1);
+            ignore("undecodable");
             return Ok(());
         }
     };
-    let applied = view::apply(store, &mut batch.pending, &event)?;
-    if applied.changed() {
-        metrics::counter!("ponte_reconciler_events_applied_total", "topic" => topic.clone(), "result" => applied.label()).increment(1);
-        if let Some(t) = event.ingest_time {
-            let ts = SystemTime::UNIX_EPOCH
-                + Duration::new(
-                    u64::try_from(t.seconds).unwrap_or(0),
-                    u32::try_from(t.nanos).unwrap_or(0),
+    match topology.apply(tx, input, &event)? {
+        Applied::Changed => {
+            metrics::counter!("ponte_reconciler_events_applied_total", "topic" => topic.clone())
+                .increment(1);
+            if let Some(t) = event.ingest_time {
+                stats.ingest_times.push(
+                    SystemTime::UNIX_EPOCH
+                        + Duration::new(
+                            u64::try_from(t.seconds).unwrap_or(0),
+                            u32::try_from(t.nanos).unwrap_or(0),
+                        ),
                 );
-            batch.ingest_times.push(ts);
+            }
         }
-    } else {
-        metrics::counter!("ponte_reconciler_events_ignored_total", "topic" => topic, "reason" => applied.label()).increment(1);
+        Applied::Unchanged => ignore("stale_version"),
+        Applied::Parked => {
+            metrics::counter!("ponte_reconciler_events_parked_total", "topic" => topic.clone())
+                .increment(1);
+        }
+        Applied::Invalid(reason) => {
+            tracing::error!(%topic, partition = msg.partition(), offset = msg.offset(), record_id = %event.record_id, %reason, "event cannot be applied");
+            ignore("invalid_record");
+        }
     }
     Ok(())
 }
 
+/// Commits the batch: state changes, outbox entries and offsets in one atomic write.
 fn commit(
     store: &Store,
-    batch: &mut Batch,
+    tx: &mut Tx<'_>,
+    offsets: &mut std::collections::BTreeMap<(String, i32), i64>,
+    stats: &mut BatchStats,
     consumer: &impl rdkafka::consumer::Consumer<ponte_bus::consume::SeekingContext>,
 ) -> Result<(), ReconcilerError> {
-    if batch.is_empty() {
+    if offsets.is_empty() {
         return Ok(());
     }
     let started = Instant::now();
+    let (writes, outputs) = tx.take();
     let mut w = store.batch();
-    for (k, v) in batch.pending.writes() {
-        w.put(k, v);
+    for (k, v) in &writes {
+        match v {
+            Some(v) => w.put(k, v),
+            None => w.delete(k),
+        }
     }
-    for ((topic, partition), next) in &batch.offsets {
+    if !outputs.is_empty() {
+        let mut seq = store
+            .get(OUTBOX_SEQ)?
+            .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0);
+        for o in outputs {
+            seq += 1;
+            let entry = OutboxEntry {
+                kind: match o.kind {
+                    OutputKind::Change => 1,
+                    OutputKind::Alert => 2,
+                },
+                key: o.key,
+                payload: o.payload,
+            };
+            let mut k = OUTBOX.to_vec();
+            k.extend_from_slice(format!("{seq:020}").as_bytes());
+            w.put(&k, &entry.encode_to_vec());
+        }
+        w.put(OUTBOX_SEQ, &seq.to_be_bytes());
+    }
+    for ((topic, partition), next) in offsets.iter() {
         w.set_offset(topic, *partition, *next);
     }
     w.commit()?;
     metrics::histogram!("ponte_reconciler_batch_commit_seconds")
         .record(started.elapsed().as_secs_f64());
-    metrics::histogram!("ponte_reconciler_batch_events").record(batch.events as f64);
+    metrics::histogram!("ponte_reconciler_batch_events").record(stats.events as f64);
     let now = SystemTime::now();
-    for t in batch.ingest_times.drain(..) {
+    for t in stats.ingest_times.drain(..) {
         if let Ok(lat) = now.duration_since(t) {
             metrics::histogram!("ponte_reconciler_ingest_to_view_seconds")
                 .record(lat.as_secs_f64());
         }
     }
-
     // Informational commit to Kafka so lag tools see progress; positions come from the store.
     let mut tpl = TopicPartitionList::new();
-    for ((topic, partition), next) in &batch.offsets {
+    for ((topic, partition), next) in offsets.iter() {
         let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(*next));
     }
     if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
         tracing::debug!(error = %e, "async offset commit not sent");
     }
-    batch.pending.clear();
-    batch.offsets.clear();
-    batch.events = 0;
+    offsets.clear();
+    stats.events = 0;
     Ok(())
+}
+
+/// Publishes every outbox entry and deletes the acknowledged ones. Returns how many remain.
+async fn drain_outbox(
+    store: &Store,
+    publisher: &Publisher,
+    changes_topic: &str,
+    alerts_topic: &str,
+) -> Result<usize, ReconcilerError> {
+    let entries = store.scan_prefix(OUTBOX)?;
+    if entries.is_empty() {
+        return Ok(0);
+    }
+    let sends = entries.iter().map(|(k, v)| async move {
+        let entry = OutboxEntry::decode(v.as_slice()).map_err(|e| ReconcilerError::Corrupt {
+            key: String::from_utf8_lossy(k).into_owned(),
+            reason: e.to_string(),
+        })?;
+        let (topic, kind) = if entry.kind == 2 {
+            (alerts_topic, "compliance_alert")
+        } else {
+            (changes_topic, "compliance_change")
+        };
+        let res = publisher
+            .publish_bytes(topic, &entry.key, &entry.payload, kind, "")
+            .await;
+        Ok::<_, ReconcilerError>((k.clone(), res.is_ok(), kind))
+    });
+    let results = futures::future::join_all(sends).await;
+    let mut w = store.batch();
+    let mut remaining = 0;
+    for r in results {
+        let (k, ok, kind) = r?;
+        if ok {
+            w.delete(&k);
+            metrics::counter!("ponte_reconciler_outputs_published_total", "kind" => kind)
+                .increment(1);
+        } else {
+            remaining += 1;
+        }
+    }
+    w.commit()?;
+    if remaining > 0 {
+        tracing::warn!(
+            remaining,
+            "outputs not acknowledged; retrying with the next batch"
+        );
+    }
+    Ok(remaining)
+}
+
+fn refresh_gauges(
+    store: &Store,
+    assignment: &ponte_bus::consume::Assignment,
+    readiness: &Readiness,
+) {
+    let owned = assignment.partitions().len();
+    metrics::gauge!("ponte_reconciler_assigned_partitions").set(owned as f64);
+    metrics::gauge!("ponte_reconciler_state_bytes").set(store.approximate_size_bytes() as f64);
+    if let Ok(parked) = store.scan(b"k/") {
+        metrics::gauge!("ponte_reconciler_parked_records").set(parked.len() as f64);
+    }
+    if let Ok(outbox) = store.scan(OUTBOX) {
+        metrics::gauge!("ponte_reconciler_outbox_pending").set(outbox.len() as f64);
+    }
+    // Outcomes by conditionality and status, summed over municipalities and periods.
+    if let Ok(rows) = store.scan(b"i/") {
+        let mut sums: std::collections::BTreeMap<(String, &'static str), u64> = Default::default();
+        for (k, v) in rows {
+            let key = String::from_utf8_lossy(&k).into_owned();
+            let Some(cond) = key.split('/').nth(2) else {
+                continue;
+            };
+            let Ok(c) = serde_json::from_slice::<ponte_domain::indicators::Counts>(&v) else {
+                continue;
+            };
+            for (status, n) in [
+                ("COMPLIANT", c.compliant),
+                ("NON_COMPLIANT", c.non_compliant),
+                ("NOT_FOLLOWED", c.public - c.followed),
+            ] {
+                *sums.entry((cond.to_owned(), status)).or_default() += n;
+            }
+        }
+        for ((cond, status), n) in sums {
+            metrics::gauge!("ponte_reconciler_outcomes", "conditionality" => cond, "status" => status).set(n as f64);
+        }
+    }
+    if owned > 0 {
+        readiness.set_ready();
+    } else {
+        readiness.set_not_ready("no partitions assigned yet");
+    }
 }
 
 /// Runs the reconciler until `shutdown` is cancelled.
@@ -168,6 +377,8 @@ pub async fn run(
     readiness: Readiness,
     shutdown: CancellationToken,
 ) -> Result<(), ReconcilerError> {
+    let topology = topology_from(cfg)?;
+    tracing::info!(rule_set = %topology.rules().reference(), from = %cfg.monitor_from, to = %cfg.monitor_to, "rule set loaded");
     let durability = match cfg.durability.as_str() {
         "process" => Durability::Process,
         "machine" => Durability::Machine,
@@ -182,6 +393,9 @@ pub async fn run(
     })?;
     let store = Store::open(&cfg.state_dir, durability)?;
     tracing::info!(state_dir = %cfg.state_dir.display(), "state store open");
+    let publisher = Publisher::new(kafka, "reconciler")?;
+    let changes_topic = topics.name(Topic::ComplianceChanges);
+    let alerts_topic = topics.name(Topic::ComplianceAlerts);
 
     // gRPC: the compliance API, health and reflection.
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -209,16 +423,20 @@ pub async fn run(
             .add_service(health_service)
             .add_service(reflection)
             .add_service(api)
-            .serve_with_incoming_shutdown(tokio_stream_listener(listener), async move {
-                grpc_stop.cancelled().await
-            })
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                async move { grpc_stop.cancelled().await },
+            )
             .await
     });
     tracing::info!(%local, "gRPC ComplianceService listening (health and reflection on)");
 
+    // Outputs left by a previous run (crash between commit and ack) go out first.
+    drain_outbox(&store, &publisher, &changes_topic, &alerts_topic).await?;
+
     // The consumer loop.
-    let input_topics = [topics.name(Topic::EducationAttendance)];
-    let input_refs: Vec<&str> = input_topics.iter().map(String::as_str).collect();
+    let inputs = Inputs::new(topics);
+    let input_refs: Vec<&str> = inputs.by_topic.iter().map(|(t, _)| t.as_str()).collect();
     let (consumer, assignment) = group_consumer(
         kafka,
         &cfg.group_id,
@@ -228,22 +446,16 @@ pub async fn run(
         cfg.session_timeout_ms,
     )?;
     let linger = Duration::from_millis(cfg.batch_linger_ms);
-    let mut batch = Batch::new();
+    let mut tx = Tx::new(&store);
+    let mut offsets = std::collections::BTreeMap::new();
+    let mut stats = BatchStats::default();
     let mut last_gauges = Instant::now() - Duration::from_secs(60);
     loop {
         if last_gauges.elapsed() >= Duration::from_secs(1) {
-            let owned = assignment.partitions().len();
-            metrics::gauge!("ponte_reconciler_assigned_partitions").set(owned as f64);
-            metrics::gauge!("ponte_reconciler_state_bytes")
-                .set(store.approximate_size_bytes() as f64);
-            if owned > 0 {
-                readiness.set_ready();
-            } else {
-                readiness.set_not_ready("no partitions assigned yet");
-            }
+            refresh_gauges(&store, &assignment, &readiness);
             last_gauges = Instant::now();
         }
-        let next = if batch.is_empty() {
+        let next = if offsets.is_empty() {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 m = consumer.recv() => Some(m),
@@ -257,20 +469,26 @@ pub async fn run(
         };
         match next {
             Some(Ok(msg)) => {
-                apply_message(&store, &mut batch, &msg)?;
-                if batch.events >= cfg.batch_max {
-                    commit(&store, &mut batch, &consumer)?;
+                apply_message(&topology, &inputs, &mut tx, &mut offsets, &mut stats, &msg)?;
+                if stats.events >= cfg.batch_max {
+                    commit(&store, &mut tx, &mut offsets, &mut stats, &consumer)?;
+                    drain_outbox(&store, &publisher, &changes_topic, &alerts_topic).await?;
                 }
             }
             Some(Err(e)) => {
                 tracing::warn!(error = %e, "consumer error");
                 metrics::counter!("ponte_reconciler_consumer_errors_total").increment(1);
             }
-            None => commit(&store, &mut batch, &consumer)?,
+            None => {
+                commit(&store, &mut tx, &mut offsets, &mut stats, &consumer)?;
+                drain_outbox(&store, &publisher, &changes_topic, &alerts_topic).await?;
+            }
         }
     }
     // Whatever was applied in memory is committed with its offsets; nothing is half-written.
-    commit(&store, &mut batch, &consumer)?;
+    commit(&store, &mut tx, &mut offsets, &mut stats, &consumer)?;
+    drop(tx);
+    let _ = drain_outbox(&store, &publisher, &changes_topic, &alerts_topic).await;
     readiness.set_not_ready("shutting down");
     health
         .set_not_serving::<ComplianceServiceServer<ComplianceApi>>()
@@ -281,12 +499,8 @@ pub async fn run(
         Ok(Err(e)) => tracing::error!(error = %e, "gRPC server failed"),
         Err(e) => tracing::error!(error = %e, "gRPC task failed"),
     }
+    let p = publisher.clone();
+    let _ = tokio::task::spawn_blocking(move || p.flush(Duration::from_secs(10))).await;
     tracing::info!("reconciler stopped");
     Ok(())
-}
-
-fn tokio_stream_listener(
-    listener: tokio::net::TcpListener,
-) -> tokio_stream::wrappers::TcpListenerStream {
-    tokio_stream::wrappers::TcpListenerStream::new(listener)
 }

@@ -1,0 +1,429 @@
+//! The topology driven in-process (no broker): identity resolution, outcomes, family effects,
+//! and the two properties the architecture requires — the final view does not depend on the
+//! interleaving of the sources, and replaying any prefix changes nothing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use ponte_domain::period::Month;
+use ponte_domain::rules::RuleSet;
+use ponte_proto::compliance::v1::{self as api, OutcomeStatus};
+use ponte_proto::events::v1::{self as ev, Event, event::Record, health_follow_up::Subject};
+use ponte_reconciler::ReconcilerError;
+use ponte_reconciler::topology::{
+    Applied, Input, Kv, OutputKind, Topology, Tx, read_family, read_parked, read_person,
+};
+use proptest::prelude::*;
+use prost::Message as _;
+
+const RULES: &str = include_str!("../../../rules/bolsa-familia-2023.toml");
+// Valid vectors from domain.md and ponte-domain's id tests.
+const CHILD: &str = "26827649960";
+const MOTHER: &str = "46952280637";
+const CHILD_CNS: &str = "700000000000005";
+const MOTHER_CPF: &str = "52998224725";
+const FAMILY: &str = "F-0001";
+
+#[derive(Default)]
+struct MapKv(Mutex<BTreeMap<Vec<u8>, Vec<u8>>>);
+
+impl Kv for MapKv {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ReconcilerError> {
+        Ok(self.0.lock().unwrap().get(key).cloned())
+    }
+    fn scan(
+        &self,
+        prefix: &[u8],
+    ) -> Result<Vec<ponte_reconciler::topology::Entry>, ReconcilerError> {
+        Ok(self
+            .0
+            .lock()
+            .unwrap()
+            .range(prefix.to_vec()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+}
+
+struct Harness {
+    kv: MapKv,
+    topology: Topology,
+    outputs: Vec<(OutputKind, String, Vec<u8>)>,
+}
+
+impl Harness {
+    fn new() -> Self {
+        let rules = RuleSet::from_toml_str("bolsa-familia-2023.toml", RULES).unwrap();
+        Harness {
+            kv: MapKv::default(),
+            topology: Topology::new(
+                rules,
+                Month::parse("2025-01").unwrap(),
+                Month::parse("2025-12").unwrap(),
+            ),
+            outputs: Vec::new(),
+        }
+    }
+
+    /// Applies one event and commits, as the service does for a batch of one.
+    fn apply(&mut self, (input, event): &(Input, Event)) -> Applied {
+        let mut tx = Tx::new(&self.kv);
+        let applied = self.topology.apply(&mut tx, *input, event).unwrap();
+        let (writes, outputs) = tx.take();
+        let mut map = self.kv.0.lock().unwrap();
+        for (k, v) in writes {
+            match v {
+                Some(v) => map.insert(k, v),
+                None => map.remove(&k),
+            };
+        }
+        drop(map);
+        self.outputs
+            .extend(outputs.into_iter().map(|o| (o.kind, o.key, o.payload)));
+        applied
+    }
+
+    fn person(&self, nis: &str) -> api::Person {
+        read_person(&self.kv, &nis.parse().unwrap())
+            .unwrap()
+            .expect("person in view")
+    }
+
+    fn outcome(&self, nis: &str, conditionality: &str, period: &str) -> OutcomeStatus {
+        let p = self.person(nis);
+        let o = p
+            .outcomes
+            .iter()
+            .find(|o| o.conditionality == conditionality && o.period == period)
+            .unwrap_or_else(|| panic!("no {conditionality} {period} outcome in {:?}", p.outcomes));
+        OutcomeStatus::try_from(o.status).unwrap()
+    }
+
+    /// Views without their version counters and change times (which count how the view got
+    /// there), and every other piece of state.
+    fn normalised(&self) -> BTreeMap<Vec<u8>, Vec<u8>> {
+        self.kv
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(k, _)| !k.starts_with(b"i/"))
+            .map(|(k, v)| {
+                let v = if k.starts_with(b"v/p/") {
+                    let mut p = api::Person::decode(v.as_slice()).unwrap();
+                    p.view_version = 0;
+                    p.updated_time = None;
+                    p.encode_to_vec()
+                } else if k.starts_with(b"v/f/") {
+                    let mut f = api::Family::decode(v.as_slice()).unwrap();
+                    f.view_version = 0;
+                    f.updated_time = None;
+                    f.encode_to_vec()
+                } else {
+                    v.clone()
+                };
+                (k.clone(), v)
+            })
+            .collect()
+    }
+}
+
+fn event(record_id: &str, version: u64, record: Record) -> Event {
+    Event {
+        record_id: record_id.to_owned(),
+        version,
+        source_system: "test".to_owned(),
+        record: Some(record),
+        ..Default::default()
+    }
+}
+
+fn profile(
+    nis: &str,
+    birth: &str,
+    sex: &str,
+    cns: &[&str],
+    cpf: &str,
+    version: u64,
+) -> (Input, Event) {
+    (
+        Input::Registry,
+        event(
+            &format!("registry:{nis}"),
+            version,
+            Record::PersonProfile(ev::PersonProfile {
+                nis: nis.into(),
+                family_id: FAMILY.into(),
+                birth_date: birth.into(),
+                sex: sex.into(),
+                municipality: "3550308".into(),
+                cns: cns.iter().map(|s| (*s).to_owned()).collect(),
+                cpf: cpf.into(),
+                memberships: vec!["PBF".into()],
+                ..Default::default()
+            }),
+        ),
+    )
+}
+
+fn attendance(nis: &str, month: &str, given: u32, attended: u32, version: u64) -> (Input, Event) {
+    (
+        Input::Education,
+        event(
+            &format!("education:35012345:{nis}:{month}"),
+            version,
+            Record::SchoolAttendance(ev::SchoolAttendance {
+                nis: nis.into(),
+                inep_school_code: "35012345".into(),
+                month: month.into(),
+                given,
+                attended,
+                unit: ev::AttendanceUnit::Days as i32,
+                attendance_bp: attended * 10_000 / given,
+                ..Default::default()
+            }),
+        ),
+    )
+}
+
+fn health(id: &str, subject: Subject, date: &str, version: u64) -> (Input, Event) {
+    (
+        Input::Health,
+        event(
+            id,
+            version,
+            Record::HealthFollowUp(ev::HealthFollowUp {
+                subject: Some(subject),
+                encounter_date: date.into(),
+                vaccination_up_to_date: Some(true),
+                weight_grams: Some(25_000),
+                height_mm: Some(1_250),
+                ..Default::default()
+            }),
+        ),
+    )
+}
+
+#[test]
+fn a_low_attendance_month_makes_the_bimester_non_compliant_and_alerts_the_family() {
+    let mut h = Harness::new();
+    h.apply(&profile(CHILD, "2017-03-10", "M", &[CHILD_CNS], "", 1));
+    // 2023 rules: 75% for 6 to <18 (Lei 14.601/2023 art. 10 IV, rules/bolsa-familia-2023.toml).
+    h.apply(&attendance(CHILD, "2025-04", 20, 14, 1)); // 70%
+    h.apply(&attendance(CHILD, "2025-05", 20, 20, 1));
+    assert_eq!(
+        h.outcome(CHILD, "education", "2025-B2"),
+        OutcomeStatus::NonCompliant
+    );
+    // A bimester with no record for a child of the public is not followed, never non-compliant.
+    assert_eq!(
+        h.outcome(CHILD, "education", "2025-B3"),
+        OutcomeStatus::NotFollowed
+    );
+    let alerts: Vec<api::ComplianceAlert> = h
+        .outputs
+        .iter()
+        .filter(|(k, _, _)| *k == OutputKind::Alert)
+        .map(|(_, _, p)| api::ComplianceAlert::decode(p.as_slice()).unwrap())
+        .collect();
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(
+        (alerts[0].nis.as_str(), alerts[0].period.as_str()),
+        (CHILD, "2025-B2")
+    );
+    let family = read_family(&h.kv, FAMILY).unwrap().unwrap();
+    assert_eq!(family.members, vec![CHILD.to_owned()]);
+    assert!(family.non_compliant_periods.contains(&"2025-B2".to_owned()));
+    assert!(
+        !family.effects.is_empty(),
+        "the first non-compliance reaches the ladder"
+    );
+
+    // A correction raises the month to 90%: compliant, and the family's effect goes away.
+    h.apply(&attendance(CHILD, "2025-04", 20, 18, 2));
+    assert_eq!(
+        h.outcome(CHILD, "education", "2025-B2"),
+        OutcomeStatus::Compliant
+    );
+    assert!(
+        read_family(&h.kv, FAMILY)
+            .unwrap()
+            .unwrap()
+            .effects
+            .is_empty()
+    );
+}
+
+#[test]
+fn health_records_by_cns_are_parked_until_the_registry_knows_the_cns() {
+    let mut h = Harness::new();
+    let rec = health(
+        "health:enc-1",
+        Subject::Cns(CHILD_CNS.into()),
+        "2025-03-15",
+        1,
+    );
+    assert_eq!(h.apply(&rec), Applied::Parked);
+    let parked = read_parked(&h.kv).unwrap();
+    assert_eq!(parked.len(), 1);
+    assert_eq!(parked[0].0, format!("cns:{CHILD_CNS}"));
+    // Re-delivery of the same parked record is a no-op.
+    assert_eq!(h.apply(&rec), Applied::Unchanged);
+
+    h.apply(&profile(CHILD, "2020-01-01", "F", &[CHILD_CNS], "", 1));
+    assert!(
+        read_parked(&h.kv).unwrap().is_empty(),
+        "released when the mapping arrived"
+    );
+    let p = h.person(CHILD);
+    assert_eq!(p.health_records.len(), 1);
+    assert_eq!(p.health_records[0].arrived_as, format!("cns:{CHILD_CNS}"));
+    // Child under 7 with vaccination, weight and height recorded in S1 (domain.md, Health).
+    assert_eq!(
+        h.outcome(CHILD, "health", "2025-S1"),
+        OutcomeStatus::Compliant
+    );
+    assert_eq!(
+        h.outcome(CHILD, "health", "2025-S2"),
+        OutcomeStatus::NotFollowed
+    );
+}
+
+#[test]
+fn a_changed_mapping_moves_the_records_that_arrived_under_it() {
+    let mut h = Harness::new();
+    h.apply(&profile(CHILD, "2020-01-01", "F", &[CHILD_CNS], "", 1));
+    h.apply(&health(
+        "health:enc-1",
+        Subject::Cns(CHILD_CNS.into()),
+        "2025-03-15",
+        1,
+    ));
+    assert_eq!(h.person(CHILD).health_records.len(), 1);
+
+    // The registry corrects: the CNS was the mother's.
+    h.apply(&profile(CHILD, "2020-01-01", "F", &[], "", 2));
+    assert!(h.person(CHILD).health_records.is_empty());
+    assert_eq!(
+        read_parked(&h.kv).unwrap().len(),
+        1,
+        "parked again until someone carries it"
+    );
+    h.apply(&profile(
+        MOTHER,
+        "1990-06-01",
+        "F",
+        &[CHILD_CNS],
+        MOTHER_CPF,
+        1,
+    ));
+    assert_eq!(h.person(MOTHER).health_records.len(), 1);
+    assert!(read_parked(&h.kv).unwrap().is_empty());
+
+    // And a CPF-keyed record resolves through the CPF.
+    h.apply(&health(
+        "health:enc-2",
+        Subject::Cpf(MOTHER_CPF.into()),
+        "2025-08-01",
+        1,
+    ));
+    assert_eq!(h.person(MOTHER).health_records.len(), 2);
+}
+
+#[test]
+fn unknown_record_types_and_bad_identifiers_are_reported_not_dropped_silently() {
+    let mut h = Harness::new();
+    let (_, e) = attendance(CHILD, "2025-04", 20, 20, 1);
+    assert!(matches!(h.apply(&(Input::Health, e)), Applied::Invalid(_)));
+    let bad = health("health:x", Subject::Cns("123".into()), "2025-03-15", 1);
+    match h.apply(&bad) {
+        Applied::Invalid(reason) => assert!(reason.starts_with("cns:"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn history() -> Vec<(Input, Event)> {
+    vec![
+        profile(CHILD, "2017-03-10", "M", &[CHILD_CNS], "", 1),
+        profile(MOTHER, "1990-06-01", "F", &[], MOTHER_CPF, 1),
+        attendance(CHILD, "2025-04", 20, 14, 1),
+        attendance(CHILD, "2025-05", 20, 19, 1),
+        attendance(CHILD, "2025-04", 20, 18, 2),
+        attendance(CHILD, "2025-08", 20, 10, 1),
+        health(
+            "health:enc-1",
+            Subject::Cns(CHILD_CNS.into()),
+            "2025-03-15",
+            1,
+        ),
+        health(
+            "health:enc-2",
+            Subject::Cpf(MOTHER_CPF.into()),
+            "2025-09-01",
+            1,
+        ),
+        health(
+            "health:enc-2",
+            Subject::Cpf(MOTHER_CPF.into()),
+            "2025-09-02",
+            2,
+        ),
+        (
+            Input::AssistanceFamily,
+            event(
+                "assistance:fu-1",
+                1,
+                Record::FamilyFollowUp(ev::FamilyFollowUp {
+                    family_id: FAMILY.into(),
+                    opened_on: "2025-06-01".into(),
+                    interrupt_effects: true,
+                    ..Default::default()
+                }),
+            ),
+        ),
+        (
+            Input::AssistanceFamily,
+            event(
+                "assistance:appeal-1",
+                1,
+                Record::Appeal(ev::Appeal {
+                    family_id: FAMILY.into(),
+                    period: "2025-B2".into(),
+                    filed_on: "2025-07-10".into(),
+                    decision: "REJECTED".into(),
+                    ..Default::default()
+                }),
+            ),
+        ),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn the_final_view_does_not_depend_on_the_interleaving_of_sources(
+        order in Just((0..history().len()).collect::<Vec<_>>()).prop_shuffle()
+    ) {
+        let events = history();
+        let mut straight = Harness::new();
+        for e in &events { straight.apply(e); }
+        let mut shuffled = Harness::new();
+        for &i in &order { shuffled.apply(&events[i]); }
+        prop_assert_eq!(straight.normalised(), shuffled.normalised());
+    }
+
+    #[test]
+    fn replaying_any_prefix_changes_nothing(cut in 0usize..12) {
+        let events = history();
+        let mut once = Harness::new();
+        for e in &events { once.apply(e); }
+        let before = once.kv.0.lock().unwrap().clone();
+        let outputs_before = once.outputs.len();
+        for e in events.iter().take(cut) { once.apply(e); }
+        prop_assert_eq!(&before, &*once.kv.0.lock().unwrap());
+        prop_assert_eq!(outputs_before, once.outputs.len(), "no change is emitted again");
+    }
+}
