@@ -997,7 +997,7 @@ fn scfv(e: &Event, a: &ev::ScfvAttendance) -> Result<dr::ScfvAttendanceMonth, Ap
             given: a.hours_offered,
             attended: a.hours_attended,
         },
-        reason_code: None,
+        reason_code: (!a.low_attendance_reason.is_empty()).then(|| a.low_attendance_reason.clone()),
     })
 }
 
@@ -1053,7 +1053,15 @@ fn follow_up(e: &Event, f: &ev::FamilyFollowUp) -> Result<FamilyFollowUp, Applie
         family_id: FamilyId(f.family_id.clone()),
         started_on,
         ended_on: opt_date("closed_on", &f.closed_on)?,
-        interruption_requested_on: f.interrupt_effects.then_some(started_on),
+        // Without a request date, the interruption counts from the opening of the follow-up.
+        interruption_requested_on: if f.interrupt_effects {
+            Some(
+                opt_date("interruption_requested_on", &f.interruption_requested_on)?
+                    .unwrap_or(started_on),
+            )
+        } else {
+            None
+        },
     })
 }
 
@@ -1078,7 +1086,7 @@ fn appeal(e: &Event, a: &ev::Appeal) -> Result<Appeal, Applied> {
         } else {
             Some(Nis::parse(&a.nis).map_err(|x| invalid("nis", x))?)
         },
-        conditionality: None,
+        conditionality: (!a.conditionality.is_empty()).then(|| a.conditionality.clone()),
         period: Period::parse(&a.period).map_err(|x| invalid("period", x))?,
         status,
     })
