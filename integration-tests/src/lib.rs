@@ -460,3 +460,126 @@ pub fn read_topic(topic: &str, min: usize, timeout: Duration) -> Vec<(Vec<u8>, V
     }
     out
 }
+
+/// A Kafka broker of one test alone, on its own ports (`deploy/local/kafka.sh` with
+/// `PONTE_KAFKA_PORT`/`PONTE_KAFKA_CONTROLLER_PORT`), for tests that stop and restart the
+/// broker without disturbing the shared one. The broker jars are the shared cache's; the run
+/// directory (`.cache/kafka-run-<port>`) is removed when the value is dropped.
+#[derive(Debug)]
+pub struct PrivateBroker {
+    pub port: u16,
+    pub controller_port: u16,
+}
+
+impl PrivateBroker {
+    /// Starts a broker on two free ports and waits until it answers.
+    pub fn start() -> Self {
+        let b = PrivateBroker {
+            port: free_port(),
+            controller_port: free_port(),
+        };
+        b.run("start");
+        b
+    }
+
+    /// `127.0.0.1:<port>`.
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn run(&self, action: &str) {
+        let out = Command::new(repo_root().join("deploy/local/kafka.sh"))
+            .arg(action)
+            .env("PONTE_KAFKA_PORT", self.port.to_string())
+            .env(
+                "PONTE_KAFKA_CONTROLLER_PORT",
+                self.controller_port.to_string(),
+            )
+            .env("PONTE_KAFKA_HEAP", "512m")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .status()
+            .unwrap_or_else(|e| panic!("running deploy/local/kafka.sh {action}: {e}"));
+        assert!(out.success(), "deploy/local/kafka.sh {action} failed");
+    }
+
+    /// Stops the broker (SIGTERM, waits for it to exit); its data stays for `restart`.
+    pub fn stop(&self) {
+        self.run("stop");
+    }
+
+    /// Starts it again on the same ports and data, and waits until it answers.
+    pub fn restart(&self) {
+        self.run("start");
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        let _ = Command::new(repo_root().join("deploy/local/kafka.sh"))
+            .arg("reset")
+            .env("PONTE_KAFKA_PORT", self.port.to_string())
+            .env(
+                "PONTE_KAFKA_CONTROLLER_PORT",
+                self.controller_port.to_string(),
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Like [`read_topic`], on the broker at `bootstrap`.
+pub fn read_topic_at(
+    bootstrap: &str,
+    topic: &str,
+    min: usize,
+    timeout: Duration,
+) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("it-reader-{}", uuid::Uuid::new_v4()))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for t in md.topics() {
+        for p in t.partitions() {
+            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+                .unwrap();
+        }
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            out.push((
+                m.key().unwrap_or_default().to_vec(),
+                m.payload().unwrap_or_default().to_vec(),
+            ));
+        } else if out.len() >= min {
+            break;
+        }
+    }
+    out
+}
+
+/// A valid NIS (domain.md: weights 3,2,9,8,7,6,5,4,3,2; DV = 11 − Σ mod 11, 10 and 11 → 0)
+/// for each `n` below 9·10⁹; distinct `n` give distinct NIS.
+pub fn valid_nis(n: u64) -> String {
+    let base = format!("{:010}", 1_000_000_000 + n);
+    let sum: u32 = base
+        .bytes()
+        .zip([3, 2, 9, 8, 7, 6, 5, 4, 3, 2])
+        .map(|(d, w)| u32::from(d - b'0') * w)
+        .sum();
+    let dv = match 11 - sum % 11 {
+        10 | 11 => 0,
+        d => d,
+    };
+    format!("{base}{dv}")
+}

@@ -4,9 +4,15 @@
 //! acknowledged it. Invalid records are answered with the field and the reason and land on the
 //! dead-letter topic with their original bytes.
 //!
+//! The parsers ([`record`], [`csv`]) need no I/O; the HTTP service and its Kafka client are the
+//! default feature `service`, so the fuzz targets (`fuzz/`) build without librdkafka.
+//!
 //! This crate never decides compliance: a low attendance is published as it is; thresholds and
 //! reason codes are the reconciler's and the rule set's business.
+pub mod csv;
 pub mod record;
+#[cfg(feature = "service")]
 pub mod service;
 
+#[cfg(feature = "service")]
 pub use service::{EducationAdapterConfig, run};

@@ -59,7 +59,11 @@ pub struct RecordError {
 }
 
 impl RecordError {
-    fn new(field: &str, error_type: &'static str, reason: impl std::fmt::Display) -> Self {
+    pub(crate) fn new(
+        field: &str,
+        error_type: &'static str,
+        reason: impl std::fmt::Display,
+    ) -> Self {
         Self {
             field: field.to_owned(),
             reason: reason.to_string(),
@@ -71,6 +75,23 @@ impl RecordError {
     pub fn malformed(reason: impl std::fmt::Display) -> Self {
         Self::new("record", "malformed", reason)
     }
+}
+
+/// Splits a JSON body — one record or an array of records — into records, keeping each record's
+/// original bytes for the dead-letter topic.
+pub fn split_json_body(
+    body: &[u8],
+) -> Result<Vec<Box<serde_json::value::RawValue>>, serde_json::Error> {
+    if is_json_array(body) {
+        serde_json::from_slice::<Vec<Box<serde_json::value::RawValue>>>(body)
+    } else {
+        serde_json::from_slice::<Box<serde_json::value::RawValue>>(body).map(|r| vec![r])
+    }
+}
+
+/// True when the body's first non-blank byte opens an array.
+pub fn is_json_array(body: &[u8]) -> bool {
+    body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[')
 }
 
 /// A validated record, ready to publish.
@@ -103,6 +124,18 @@ fn parse_rfc3339(field: &str, s: &str) -> Result<SystemTime, RecordError> {
     let nanos = u64::try_from(nanos)
         .map_err(|_| RecordError::new(field, "invalid_value", "too far in the future"))?;
     Ok(SystemTime::UNIX_EPOCH + std::time::Duration::from_nanos(nanos))
+}
+
+/// Protobuf timestamp for a point in time (as `ponte_bus::publish::timestamp`; kept here so
+/// that parsing needs no Kafka client, e.g. in the fuzz targets).
+fn timestamp(t: SystemTime) -> ponte_proto::Timestamp {
+    let d = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or(std::time::Duration::ZERO);
+    ponte_proto::Timestamp {
+        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
+    }
 }
 
 /// Validates one input record and maps it to an event of `source_system`, received at `now`.
@@ -260,8 +293,8 @@ pub fn validate(
         record_id,
         version,
         source_system: source_system.to_owned(),
-        event_time: Some(ponte_bus::publish::timestamp(recorded_at.unwrap_or(now))),
-        ingest_time: Some(ponte_bus::publish::timestamp(now)),
+        event_time: Some(timestamp(recorded_at.unwrap_or(now))),
+        ingest_time: Some(timestamp(now)),
         retraction: input.retraction,
         record: Some(Record::SchoolAttendance(record)),
     };

@@ -12,6 +12,8 @@ use ponte_runtime::telemetry::{LogConfig, init_logging, init_metrics};
 use ponte_runtime::{Readiness, serve_admin, shutdown_token};
 use serde::Deserialize;
 
+mod ingest;
+
 const DEFAULTS: &str = include_str!("../config/default.toml");
 
 #[derive(Debug, Parser)]
@@ -52,6 +54,9 @@ enum Command {
     },
     /// Print the effective configuration (defaults, file and environment merged).
     Config,
+    /// Send a file (CSV, JSON…) to a running adapter, with a progress bar and a summary;
+    /// retries on 503 honouring Retry-After.
+    Ingest(ingest::IngestArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -150,6 +155,16 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Query { addr, command } => query(&addr, command).await?,
         Command::Config => println!("{cfg:#?}"),
+        Command::Ingest(args) => {
+            // The sector's configured listen address gives the default endpoint.
+            let listen = match args.sector {
+                ingest::Sector::Education => Some(cfg.education_adapter.listen.clone()),
+                _ => None,
+            };
+            if !ingest::run(args, listen.as_deref()).await? {
+                std::process::exit(1);
+            }
+        }
     }
     Ok(())
 }
