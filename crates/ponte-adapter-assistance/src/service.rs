@@ -36,11 +36,12 @@ use ponte_bus::ingest::{Accepted, IngestReport, Ingestor, Item, Rejected, Reject
 use ponte_bus::{BusError, KafkaConfig, Publisher, Topic, TopicsConfig};
 use ponte_runtime::Readiness;
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
 
 use crate::csv::{Header, Line, LineSplitter, parse_row};
-use crate::record::{Destination, Kind, RecordError, ValidRecord, parse_json};
+use crate::record::{
+    Destination, Kind, RecordError, ValidRecord, is_json_array, parse_json, split_json_body,
+};
 
 const ADAPTER: &str = "assistance";
 /// Longest CSV line read; longer lines are rejected (their first bytes are dead-lettered).
@@ -170,19 +171,6 @@ fn unavailable(state: &AppState, err: &BusError, stored: &str) -> Response {
     resp
 }
 
-/// Splits a body into records, keeping each record's original bytes.
-fn split(body: &[u8]) -> Result<Vec<Box<RawValue>>, serde_json::Error> {
-    if is_array(body) {
-        serde_json::from_slice::<Vec<Box<RawValue>>>(body)
-    } else {
-        serde_json::from_slice::<Box<RawValue>>(body).map(|r| vec![r])
-    }
-}
-
-fn is_array(body: &[u8]) -> bool {
-    body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[')
-}
-
 fn trace_id(headers: &HeaderMap) -> String {
     headers
         .get("x-trace-id")
@@ -263,9 +251,9 @@ async fn json_records(state: &AppState, kind: Kind, headers: &HeaderMap, body: B
         }
     };
 
-    let (items, malformed_body) = match split(&body) {
+    let (items, malformed_body) = match split_json_body(&body) {
         Ok(raws) => {
-            let single = !is_array(&body);
+            let single = !is_json_array(&body);
             let items = raws
                 .iter()
                 .enumerate()
