@@ -426,3 +426,68 @@ async fn an_unreachable_broker_gives_503_with_retry_after_and_an_unready_adapter
     .await;
     assert!(failures >= 1.0, "{failures}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_chunked_csv_upload_over_the_limit_stores_and_counts_the_lines_read_before_it() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    let mut stack = Stack::new("assist-limit");
+    stack.extra_env.insert(
+        "PONTE__ASSISTANCE_ADAPTER__MAX_CSV_BYTES".into(),
+        "20000".into(),
+    );
+    stack.extra_env.insert(
+        "PONTE__ASSISTANCE_ADAPTER__CSV_CHUNK_RECORDS".into(),
+        "100".into(),
+    );
+    let (status, out, err) = stack.ponte(&["topics", "ensure"]);
+    assert!(status.success(), "topics ensure failed: {out}{err}");
+    let mut adapter = stack.spawn(SERVICE);
+    wait_ready(&mut adapter).await;
+
+    // No Content-Length (chunked), so the adapter only learns the size by reading: ~40 KB.
+    let mut csv = String::from("nis,family_id,birth_date,sex,municipality\n");
+    for i in 0..1000 {
+        csv.push_str(&format!(
+            "{},F{i},2015-05-05,M,{IBGE}\n",
+            nis_from(3_000_000_000 + i)
+        ));
+    }
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", stack.port(SERVICE)))
+        .await
+        .unwrap();
+    let (mut rd, mut wr) = stream.into_split();
+    let writer = tokio::spawn(async move {
+        let head = "POST /v1/persons HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/csv\r\n\
+                    Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
+        wr.write_all(head.as_bytes()).await?;
+        for chunk in csv.as_bytes().chunks(2000) {
+            wr.write_all(format!("{:x}\r\n", chunk.len()).as_bytes())
+                .await?;
+            wr.write_all(chunk).await?;
+            wr.write_all(b"\r\n").await?;
+        }
+        wr.write_all(b"0\r\n\r\n").await
+    });
+    let mut raw = Vec::new();
+    let _ = rd.read_to_end(&mut raw).await;
+    let _ = writer.await;
+    let raw = String::from_utf8_lossy(&raw);
+    assert!(raw.starts_with("HTTP/1.1 413"), "{raw}");
+    let json_start = raw.find("\r\n\r\n").map(|i| i + 4).unwrap();
+    // The body may itself be chunk-encoded: take the JSON object inside it.
+    let body = &raw[json_start..];
+    let body = &body[body.find('{').unwrap()..=body.rfind('}').unwrap()];
+    let answer: Value = serde_json::from_str(body).unwrap();
+    let accepted = answer["accepted"].as_u64().unwrap();
+    assert!((1..1000).contains(&accepted), "{answer}");
+    assert_eq!(answer["lines"].as_u64().unwrap(), accepted + 1, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("max_csv_bytes"),
+        "{answer}"
+    );
+
+    // What the answer counts is exactly what is on the topic.
+    let persons = events(&stack, "registry.persons.v1", accepted as usize);
+    assert_eq!(persons.len() as u64, accepted);
+}

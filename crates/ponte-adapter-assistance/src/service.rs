@@ -370,13 +370,14 @@ async fn csv_upload(state: &AppState, headers: &HeaderMap, body: Body) -> Respon
                             splitter.lines_seen() + 1
                         ),
                     ));
-                    break;
+                } else {
+                    splitter.push(&chunk, &mut lines);
                 }
-                splitter.push(&chunk, &mut lines);
             }
+            // Whatever was read before the limit or the broken connection is still published
+            // below (the loop ends once `stop` is set), so the answer's counts are true.
             Some(Err(e)) => {
                 stop = Some((StatusCode::BAD_REQUEST, format!("reading the upload: {e}")));
-                break;
             }
             None => {
                 splitter.finish(&mut lines);
