@@ -6,6 +6,8 @@
 #   cmake, g++     building librdkafka and RocksDB from source
 #   openjdk 17+    the Kafka broker;  maven  fetching the broker jars
 #   curl           the demo's HTTP calls
+#   grpcurl        a gRPC client no one here wrote, for the system tests and operators; built
+#                  from the Go module proxy into .cache/go-bin (needs Go >= 1.21)
 #
 # The Rust toolchain itself is expected (rustup, stable >= 1.88).
 set -euo pipefail
@@ -29,4 +31,12 @@ if ((${#need[@]})); then
 fi
 
 command -v cargo >/dev/null || { echo "[setup] cargo not found: install Rust with rustup" >&2; exit 1; }
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+GOBIN_DIR="${PONTE_CACHE_DIR:-$REPO/.cache}/go-bin"
+if [[ ! -x "$GOBIN_DIR/grpcurl" ]]; then
+  command -v go >/dev/null || { echo "[setup] go not found: install Go >= 1.21 (grpcurl is built with it)" >&2; exit 1; }
+  echo "[setup] building grpcurl into $GOBIN_DIR" >&2
+  GOBIN="$GOBIN_DIR" go install github.com/fullstorydev/grpcurl/cmd/grpcurl@v1.9.3
+fi
 echo "[setup] system packages ready" >&2

@@ -583,3 +583,17 @@ pub fn valid_nis(n: u64) -> String {
     };
     format!("{base}{dv}")
 }
+
+/// `grpcurl`, a gRPC client no one here wrote, installed by `deploy/local/setup.sh` into
+/// `.cache/go-bin` (or named by `PONTE_GRPCURL`).
+pub fn grpcurl() -> PathBuf {
+    let path = std::env::var_os("PONTE_GRPCURL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".cache/go-bin/grpcurl"));
+    assert!(
+        path.exists(),
+        "{} not found: run deploy/local/setup.sh",
+        path.display()
+    );
+    path
+}

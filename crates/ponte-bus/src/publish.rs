@@ -168,6 +168,18 @@ impl Publisher {
         self.send(topic, key, payload, headers).await
     }
 
+    /// Publishes a tombstone (a null payload) for `key`: on a compacted topic it deletes the key.
+    pub async fn publish_tombstone(&self, topic: &str, key: &str) -> Result<Delivered, BusError> {
+        let record: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic).key(key);
+        match self.producer.send(record, Timeout::Never).await {
+            Ok(d) => Ok(Delivered {
+                partition: d.partition,
+                offset: d.offset,
+            }),
+            Err((err, _)) => Err(classify(&err)),
+        }
+    }
+
     async fn send(
         &self,
         topic: &str,

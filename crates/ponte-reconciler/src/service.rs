@@ -94,9 +94,11 @@ impl OffsetSource for StoreOffsets {
 
 /// An output waiting in the store until the broker acknowledged it (transactional outbox):
 /// written in the same atomic batch as the state that produced it, deleted after the ack.
+/// Besides view changes and alerts, every state write and every consumed offset goes to the
+/// changelog topic this way, so an instance whose disk is lost can rebuild its store.
 #[derive(Clone, PartialEq, prost::Message)]
 struct OutboxEntry {
-    /// 1 = change, 2 = alert.
+    /// See the `KIND_*` constants.
     #[prost(int32, tag = "1")]
     kind: i32,
     #[prost(string, tag = "2")]
@@ -106,6 +108,15 @@ struct OutboxEntry {
 }
 
 const OUTBOX: &[u8] = b"o/";
+const KIND_CHANGE: i32 = 1;
+const KIND_ALERT: i32 = 2;
+const KIND_STATE_PUT: i32 = 3;
+const KIND_STATE_DELETE: i32 = 4;
+/// Published only once every state entry before it is acknowledged, so a restored store's
+/// offsets are never ahead of its state (re-applying inputs is harmless; skipping is not).
+const KIND_OFFSET: i32 = 5;
+/// Changelog key prefix of consumed offsets: `offset/<partition>/<topic>`.
+const CHANGELOG_OFFSET: &str = "offset/";
 const OUTBOX_SEQ: &[u8] = b"meta/outbox_seq";
 
 /// Counters of one batch, turned into metrics after the commit.
@@ -227,31 +238,59 @@ fn commit(
             None => w.delete(k),
         }
     }
-    if !outputs.is_empty() {
-        let mut seq = store
-            .get(OUTBOX_SEQ)?
-            .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
-            .map(u64::from_be_bytes)
-            .unwrap_or(0);
-        for o in outputs {
-            seq += 1;
-            let entry = OutboxEntry {
-                kind: match o.kind {
-                    OutputKind::Change => 1,
-                    OutputKind::Alert => 2,
-                },
+    let mut seq = store
+        .get(OUTBOX_SEQ)?
+        .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+        .map(u64::from_be_bytes)
+        .unwrap_or(0);
+    let mut outbox = |w: &mut ponte_store::BatchWriter<'_>, entry: OutboxEntry| {
+        seq += 1;
+        let mut k = OUTBOX.to_vec();
+        k.extend_from_slice(format!("{seq:020}").as_bytes());
+        w.put(&k, &entry.encode_to_vec());
+    };
+    for o in outputs {
+        let kind = match o.kind {
+            OutputKind::Change => KIND_CHANGE,
+            OutputKind::Alert => KIND_ALERT,
+        };
+        outbox(
+            &mut w,
+            OutboxEntry {
+                kind,
                 key: o.key,
                 payload: o.payload,
-            };
-            let mut k = OUTBOX.to_vec();
-            k.extend_from_slice(format!("{seq:020}").as_bytes());
-            w.put(&k, &entry.encode_to_vec());
-        }
-        w.put(OUTBOX_SEQ, &seq.to_be_bytes());
+            },
+        );
+    }
+    for (k, v) in &writes {
+        let key = String::from_utf8_lossy(k).into_owned();
+        let entry = match v {
+            Some(v) => OutboxEntry {
+                kind: KIND_STATE_PUT,
+                key,
+                payload: v.clone(),
+            },
+            None => OutboxEntry {
+                kind: KIND_STATE_DELETE,
+                key,
+                payload: Vec::new(),
+            },
+        };
+        outbox(&mut w, entry);
     }
     for ((topic, partition), next) in offsets.iter() {
         w.set_offset(topic, *partition, *next);
+        outbox(
+            &mut w,
+            OutboxEntry {
+                kind: KIND_OFFSET,
+                key: format!("{CHANGELOG_OFFSET}{partition}/{topic}"),
+                payload: next.to_be_bytes().to_vec(),
+            },
+        );
     }
+    w.put(OUTBOX_SEQ, &seq.to_be_bytes());
     w.commit()?;
     metrics::histogram!("ponte_reconciler_batch_commit_seconds")
         .record(started.elapsed().as_secs_f64());
@@ -276,46 +315,41 @@ fn commit(
     Ok(())
 }
 
-/// Publishes every outbox entry and deletes the acknowledged ones. Returns how many remain.
+/// Where outbox entries go.
+struct OutTopics {
+    changes: String,
+    alerts: String,
+    changelog: String,
+}
+
+/// Publishes every outbox entry and deletes the acknowledged ones, offsets last. Returns how
+/// many remain.
 async fn drain_outbox(
     store: &Store,
     publisher: &Publisher,
-    changes_topic: &str,
-    alerts_topic: &str,
+    out: &OutTopics,
 ) -> Result<usize, ReconcilerError> {
     let entries = store.scan_prefix(OUTBOX)?;
     if entries.is_empty() {
         return Ok(0);
     }
-    let sends = entries.iter().map(|(k, v)| async move {
+    let mut decoded = Vec::with_capacity(entries.len());
+    for (k, v) in entries {
         let entry = OutboxEntry::decode(v.as_slice()).map_err(|e| ReconcilerError::Corrupt {
-            key: String::from_utf8_lossy(k).into_owned(),
+            key: String::from_utf8_lossy(&k).into_owned(),
             reason: e.to_string(),
         })?;
-        let (topic, kind) = if entry.kind == 2 {
-            (alerts_topic, "compliance_alert")
-        } else {
-            (changes_topic, "compliance_change")
-        };
-        let res = publisher
-            .publish_bytes(topic, &entry.key, &entry.payload, kind, "")
-            .await;
-        Ok::<_, ReconcilerError>((k.clone(), res.is_ok(), kind))
-    });
-    let results = futures::future::join_all(sends).await;
-    let mut w = store.batch();
-    let mut remaining = 0;
-    for r in results {
-        let (k, ok, kind) = r?;
-        if ok {
-            w.delete(&k);
-            metrics::counter!("ponte_reconciler_outputs_published_total", "kind" => kind)
-                .increment(1);
-        } else {
-            remaining += 1;
-        }
+        decoded.push((k, entry));
     }
-    w.commit()?;
+    let (offsets, others): (Vec<_>, Vec<_>) = decoded
+        .into_iter()
+        .partition(|(_, e)| e.kind == KIND_OFFSET);
+    let mut remaining = publish_entries(store, publisher, out, others).await?;
+    if remaining == 0 {
+        remaining += publish_entries(store, publisher, out, offsets).await?;
+    } else {
+        remaining += offsets.len();
+    }
     if remaining > 0 {
         tracing::warn!(
             remaining,
@@ -323,6 +357,132 @@ async fn drain_outbox(
         );
     }
     Ok(remaining)
+}
+
+async fn publish_entries(
+    store: &Store,
+    publisher: &Publisher,
+    out: &OutTopics,
+    entries: Vec<(Vec<u8>, OutboxEntry)>,
+) -> Result<usize, ReconcilerError> {
+    let sends = entries.iter().map(|(k, e)| async move {
+        let (res, kind) = match e.kind {
+            KIND_ALERT => (
+                publisher
+                    .publish_bytes(&out.alerts, &e.key, &e.payload, "compliance_alert", "")
+                    .await,
+                "alert",
+            ),
+            KIND_STATE_DELETE => (
+                publisher.publish_tombstone(&out.changelog, &e.key).await,
+                "changelog",
+            ),
+            KIND_STATE_PUT | KIND_OFFSET => (
+                publisher
+                    .publish_bytes(&out.changelog, &e.key, &e.payload, "state", "")
+                    .await,
+                "changelog",
+            ),
+            _ => (
+                publisher
+                    .publish_bytes(&out.changes, &e.key, &e.payload, "compliance_change", "")
+                    .await,
+                "change",
+            ),
+        };
+        (k, res.is_ok(), kind)
+    });
+    let results = futures::future::join_all(sends).await;
+    let mut w = store.batch();
+    let mut remaining = 0;
+    for (k, ok, kind) in results {
+        if ok {
+            w.delete(k);
+            metrics::counter!("ponte_reconciler_outputs_published_total", "kind" => kind)
+                .increment(1);
+        } else {
+            remaining += 1;
+        }
+    }
+    w.commit()?;
+    Ok(remaining)
+}
+
+/// Rebuilds an empty store from the changelog topic: every state entry and the consumed
+/// offsets it was derived from. Inputs after those offsets are then consumed as usual.
+fn restore_from_changelog(
+    store: &Store,
+    kafka: &KafkaConfig,
+    changelog: &str,
+) -> Result<u64, ReconcilerError> {
+    use rdkafka::consumer::{BaseConsumer, Consumer as _};
+    let consumer: BaseConsumer = kafka
+        .client_config("ponte-reconciler-restore")
+        .set("enable.auto.commit", "false")
+        .set("group.id", "ponte-reconciler-restore")
+        .create()
+        .map_err(|e| ReconcilerError::Startup(format!("restore consumer: {e}")))?;
+    let timeout = Duration::from_secs(30);
+    let md = consumer
+        .fetch_metadata(Some(changelog), timeout)
+        .map_err(|e| ReconcilerError::Startup(format!("changelog metadata: {e}")))?;
+    let mut tpl = TopicPartitionList::new();
+    let mut pending: std::collections::BTreeMap<i32, i64> = Default::default();
+    for t in md.topics() {
+        for p in t.partitions() {
+            let (low, high) = consumer
+                .fetch_watermarks(changelog, p.id(), timeout)
+                .map_err(|e| ReconcilerError::Startup(format!("changelog watermarks: {e}")))?;
+            if high > low {
+                pending.insert(p.id(), high);
+                let _ = tpl.add_partition_offset(changelog, p.id(), Offset::Beginning);
+            }
+        }
+    }
+    if pending.is_empty() {
+        return Ok(0);
+    }
+    consumer
+        .assign(&tpl)
+        .map_err(|e| ReconcilerError::Startup(format!("changelog assign: {e}")))?;
+    let mut restored = 0u64;
+    let mut w = store.batch();
+    let deadline = Instant::now() + Duration::from_secs(3600);
+    while !pending.is_empty() {
+        if Instant::now() > deadline {
+            return Err(ReconcilerError::Startup(
+                "changelog restore did not finish in an hour".into(),
+            ));
+        }
+        let Some(msg) = consumer.poll(Duration::from_millis(500)) else {
+            continue;
+        };
+        let msg = msg.map_err(|e| ReconcilerError::Startup(format!("changelog read: {e}")))?;
+        let key = String::from_utf8_lossy(msg.key().unwrap_or_default()).into_owned();
+        if let Some(rest) = key.strip_prefix(CHANGELOG_OFFSET) {
+            if let (Some((partition, topic)), Some(bytes)) = (rest.split_once('/'), msg.payload())
+                && let (Ok(partition), Ok(arr)) =
+                    (partition.parse::<i32>(), <[u8; 8]>::try_from(bytes))
+            {
+                w.set_offset(topic, partition, i64::from_be_bytes(arr));
+            }
+        } else {
+            match msg.payload() {
+                Some(v) => w.put(key.as_bytes(), v),
+                None => w.delete(key.as_bytes()),
+            }
+        }
+        restored += 1;
+        if msg.offset() + 1 >= pending.get(&msg.partition()).copied().unwrap_or(0) {
+            pending.remove(&msg.partition());
+        }
+        if w.len() >= 10_000 {
+            std::mem::replace(&mut w, store.batch()).commit()?;
+        }
+    }
+    w.commit()?;
+    metrics::counter!("ponte_reconciler_restored_entries_total").increment(restored);
+    Ok(restored)
 }
 
 fn refresh_gauges(
@@ -394,8 +554,24 @@ pub async fn run(
     let store = Store::open(&cfg.state_dir, durability)?;
     tracing::info!(state_dir = %cfg.state_dir.display(), "state store open");
     let publisher = Publisher::new(kafka, "reconciler")?;
-    let changes_topic = topics.name(Topic::ComplianceChanges);
-    let alerts_topic = topics.name(Topic::ComplianceAlerts);
+    let out = OutTopics {
+        changes: topics.name(Topic::ComplianceChanges),
+        alerts: topics.name(Topic::ComplianceAlerts),
+        changelog: topics.name(Topic::ReconcilerChangelog),
+    };
+    if store.is_empty()? {
+        readiness.set_not_ready("restoring state from the changelog");
+        let (s, k, c) = (store.clone(), kafka.clone(), out.changelog.clone());
+        let started = Instant::now();
+        let restored = tokio::task::spawn_blocking(move || restore_from_changelog(&s, &k, &c))
+            .await
+            .map_err(|e| ReconcilerError::Startup(format!("restore task: {e}")))??;
+        tracing::info!(
+            restored,
+            seconds = started.elapsed().as_secs_f64(),
+            "store restored from the changelog"
+        );
+    }
 
     // gRPC: the compliance API, health and reflection.
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -413,7 +589,12 @@ pub async fn run(
     let local = listener
         .local_addr()
         .map_err(|e| ReconcilerError::Startup(e.to_string()))?;
-    let api = ComplianceServiceServer::new(ComplianceApi::new(store.clone()));
+    let api = ComplianceServiceServer::new(ComplianceApi::new(
+        store.clone(),
+        topology.rules().clone(),
+        kafka.clone(),
+        out.changes.clone(),
+    ));
     health
         .set_serving::<ComplianceServiceServer<ComplianceApi>>()
         .await;
@@ -432,7 +613,7 @@ pub async fn run(
     tracing::info!(%local, "gRPC ComplianceService listening (health and reflection on)");
 
     // Outputs left by a previous run (crash between commit and ack) go out first.
-    drain_outbox(&store, &publisher, &changes_topic, &alerts_topic).await?;
+    drain_outbox(&store, &publisher, &out).await?;
 
     // The consumer loop.
     let inputs = Inputs::new(topics);
@@ -472,7 +653,7 @@ pub async fn run(
                 apply_message(&topology, &inputs, &mut tx, &mut offsets, &mut stats, &msg)?;
                 if stats.events >= cfg.batch_max {
                     commit(&store, &mut tx, &mut offsets, &mut stats, &consumer)?;
-                    drain_outbox(&store, &publisher, &changes_topic, &alerts_topic).await?;
+                    drain_outbox(&store, &publisher, &out).await?;
                 }
             }
             Some(Err(e)) => {
@@ -481,14 +662,14 @@ pub async fn run(
             }
             None => {
                 commit(&store, &mut tx, &mut offsets, &mut stats, &consumer)?;
-                drain_outbox(&store, &publisher, &changes_topic, &alerts_topic).await?;
+                drain_outbox(&store, &publisher, &out).await?;
             }
         }
     }
     // Whatever was applied in memory is committed with its offsets; nothing is half-written.
     commit(&store, &mut tx, &mut offsets, &mut stats, &consumer)?;
     drop(tx);
-    let _ = drain_outbox(&store, &publisher, &changes_topic, &alerts_topic).await;
+    let _ = drain_outbox(&store, &publisher, &out).await;
     readiness.set_not_ready("shutting down");
     health
         .set_not_serving::<ComplianceServiceServer<ComplianceApi>>()

@@ -19,6 +19,7 @@
 //! | `fm/<family id>` | the family's members (JSON) |
 //! | `v/f/<family id>` | the family's view (`ponte.compliance.v1.Family`) |
 //! | `i/<municipality>/<conditionality>/<period>` | outcome counts for indicators (JSON) |
+//! | `m/<municipality>/<nis>` | index of the persons of a municipality (empty value) |
 //!
 //! Identity resolution: a health record keyed by CNS or CPF is applied to the NIS the registry's
 //! crosswalk gives; without one it is parked (never dropped) and applied when a profile carrying
@@ -54,6 +55,20 @@ pub trait Kv {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ReconcilerError>;
     /// Entries whose key starts with `prefix`, in key order.
     fn scan(&self, prefix: &[u8]) -> Result<Vec<Entry>, ReconcilerError>;
+    /// Up to `limit` entries under `prefix` with keys greater than `after`.
+    fn scan_after(
+        &self,
+        prefix: &[u8],
+        after: &[u8],
+        limit: usize,
+    ) -> Result<Vec<Entry>, ReconcilerError> {
+        Ok(self
+            .scan(prefix)?
+            .into_iter()
+            .filter(|(k, _)| k.as_slice() > after)
+            .take(limit)
+            .collect())
+    }
 }
 
 impl Kv for ponte_store::Store {
@@ -62,6 +77,14 @@ impl Kv for ponte_store::Store {
     }
     fn scan(&self, prefix: &[u8]) -> Result<Vec<Entry>, ReconcilerError> {
         Ok(self.scan_prefix(prefix)?)
+    }
+    fn scan_after(
+        &self,
+        prefix: &[u8],
+        after: &[u8],
+        limit: usize,
+    ) -> Result<Vec<Entry>, ReconcilerError> {
+        Ok(self.scan_prefix_after(prefix, after, limit)?)
     }
 }
 
@@ -594,6 +617,19 @@ impl Topology {
         view.view_version = old.as_ref().map_or(0, |o| o.view_version) + 1;
         view.updated_time = at;
         self.update_indicators(tx, old.as_ref(), &view)?;
+        // Municipality index for listing.
+        let old_mun = old
+            .as_ref()
+            .map(|o| o.municipality.clone())
+            .unwrap_or_default();
+        if old_mun != view.municipality {
+            if !old_mun.is_empty() {
+                tx.delete(key(&["m", &old_mun, nis.as_str()]));
+            }
+            if !view.municipality.is_empty() {
+                tx.put(key(&["m", &view.municipality, nis.as_str()]), Vec::new());
+            }
+        }
         // Alerts for members newly non-compliant.
         for o in &view.outcomes {
             let was = old_outcomes.iter().any(|p| {
@@ -873,6 +909,38 @@ pub fn read_parked(kv: &dyn Kv) -> Result<Vec<(String, Event)>, ReconcilerError>
             alt,
             Event::decode(v.as_slice()).map_err(|e| corrupt(&k, e))?,
         ));
+    }
+    Ok(out)
+}
+
+/// Up to `limit` persons of a municipality with NIS after `after`, in NIS order, that `keep`
+/// accepts.
+pub fn list_persons(
+    kv: &dyn Kv,
+    municipality: &str,
+    after: &str,
+    limit: usize,
+    keep: &dyn Fn(&api::Person) -> bool,
+) -> Result<Vec<api::Person>, ReconcilerError> {
+    let prefix = key(&["m", municipality, ""]);
+    let mut cursor = [prefix.as_slice(), after.as_bytes()].concat();
+    let mut out = Vec::new();
+    loop {
+        let page = kv.scan_after(&prefix, &cursor, 512)?;
+        let Some((last, _)) = page.last() else { break };
+        cursor = last.clone();
+        for (k, _) in &page {
+            let nis = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+            let Ok(n) = Nis::parse(&nis) else { continue };
+            if let Some(p) = read_person(kv, &n)?
+                && keep(&p)
+            {
+                out.push(p);
+                if out.len() >= limit {
+                    return Ok(out);
+                }
+            }
+        }
     }
     Ok(out)
 }

@@ -427,3 +427,49 @@ proptest! {
         prop_assert_eq!(outputs_before, once.outputs.len(), "no change is emitted again");
     }
 }
+
+#[test]
+fn municipal_lists_and_indicators_follow_the_outcomes() {
+    use ponte_reconciler::topology::{list_persons, read_indicators};
+    let mut h = Harness::new();
+    for e in history() {
+        h.apply(&e);
+    }
+    let non_compliant_b4 = |p: &api::Person| {
+        p.outcomes.iter().any(|o| {
+            o.period == "2025-B4"
+                && o.conditionality == "education"
+                && o.status == OutcomeStatus::NonCompliant as i32
+        })
+    };
+    // August at 50% makes the child non-compliant in 2025-B4; the mother is not in that public.
+    let listed = list_persons(&h.kv, "3550308", "", 10, &non_compliant_b4).unwrap();
+    assert_eq!(
+        listed.iter().map(|p| p.nis.as_str()).collect::<Vec<_>>(),
+        [CHILD]
+    );
+    let everyone = list_persons(&h.kv, "3550308", "", 10, &|_| true).unwrap();
+    assert_eq!(everyone.len(), 2);
+    // Paging resumes after the token (the NIS), in NIS order.
+    let first = list_persons(&h.kv, "3550308", "", 1, &|_| true).unwrap();
+    let rest = list_persons(&h.kv, "3550308", &first[0].nis, 10, &|_| true).unwrap();
+    assert_eq!(first.len() + rest.len(), 2);
+    assert!(first[0].nis < rest[0].nis);
+
+    let rows = read_indicators(&h.kv, "3550308").unwrap();
+    let row = |cond: &str, period: &str| {
+        rows.iter()
+            .find(|(c, p, _)| c == cond && p == period)
+            .map(|(_, _, counts)| *counts)
+            .unwrap_or_else(|| panic!("no {cond} {period} row"))
+    };
+    // Education 2025-B2: the child is in the public, followed and (after the correction)
+    // compliant; the mother (35) is not in the education public.
+    let b2 = row("education", "2025-B2");
+    assert_eq!((b2.public, b2.followed, b2.compliant), (1, 1, 1));
+    let b4 = row("education", "2025-B4");
+    assert_eq!((b4.public, b4.non_compliant), (1, 1));
+    // Health 2025-S2: the mother (woman 14–44) was followed in September.
+    let s2 = row("health", "2025-S2");
+    assert!(s2.followed >= 1, "{s2:?}");
+}

@@ -152,6 +152,33 @@ impl Store {
         Ok(out)
     }
 
+    /// Up to `limit` entries whose key starts with `prefix` and is greater than `after`, in key
+    /// order (for paging through large prefixes without re-reading earlier pages).
+    pub fn scan_prefix_after(
+        &self,
+        prefix: &[u8],
+        after: &[u8],
+        limit: usize,
+    ) -> Result<Vec<Entry>, StoreError> {
+        let start = if after < prefix { prefix } else { after };
+        let mut out = Vec::new();
+        let iter = self.db.iterator_cf(
+            self.cf(CF_STATE),
+            IteratorMode::From(start, Direction::Forward),
+        );
+        for item in iter {
+            let (k, v) = item.map_err(|e| self.rocks(e))?;
+            if !k.starts_with(prefix) || out.len() >= limit {
+                break;
+            }
+            if &*k == after {
+                continue;
+            }
+            out.push((k.into_vec(), v.into_vec()));
+        }
+        Ok(out)
+    }
+
     /// The next offset to consume for `topic`/`partition`, if any batch recorded one.
     pub fn offset(&self, topic: &str, partition: i32) -> Result<Option<i64>, StoreError> {
         let raw = self
@@ -173,6 +200,18 @@ impl Store {
                 Ok(Some(i64::from_be_bytes(arr)))
             }
         }
+    }
+
+    /// True when the store holds neither state nor offsets (a new or lost disk).
+    pub fn is_empty(&self) -> Result<bool, StoreError> {
+        for cf in [CF_STATE, CF_OFFSETS] {
+            let mut iter = self.db.iterator_cf(self.cf(cf), IteratorMode::Start);
+            if let Some(item) = iter.next() {
+                item.map_err(|e| self.rocks(e))?;
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// Commits a batch atomically: all of its state changes and offsets, or none.
@@ -298,6 +337,17 @@ mod tests {
     }
 
     #[test]
+    fn a_store_is_empty_until_state_or_an_offset_is_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        assert!(store.is_empty().unwrap());
+        let mut b = store.batch();
+        b.set_offset("t", 0, 1);
+        b.commit().unwrap();
+        assert!(!store.is_empty().unwrap());
+    }
+
+    #[test]
     fn uncommitted_batch_leaves_no_trace() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(dir.path());
@@ -330,6 +380,28 @@ mod tests {
             .map(|(k, _)| String::from_utf8(k).unwrap())
             .collect();
         assert_eq!(keys, ["a/1", "a/3"]);
+    }
+
+    #[test]
+    fn paging_resumes_after_the_last_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let mut b = store.batch();
+        for k in ["m/1/a", "m/1/b", "m/1/c", "m/2/a"] {
+            b.put(k.as_bytes(), b"");
+        }
+        b.commit().unwrap();
+        let page = |after: &str| -> Vec<String> {
+            store
+                .scan_prefix_after(b"m/1/", after.as_bytes(), 2)
+                .unwrap()
+                .into_iter()
+                .map(|(k, _)| String::from_utf8(k).unwrap())
+                .collect()
+        };
+        assert_eq!(page(""), ["m/1/a", "m/1/b"]);
+        assert_eq!(page("m/1/b"), ["m/1/c"]);
+        assert!(page("m/1/c").is_empty());
     }
 
     #[test]
