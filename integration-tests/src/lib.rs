@@ -186,8 +186,14 @@ impl Stack {
 
     /// The environment of one service process: the stack's, plus its own listen addresses.
     pub fn service_env(&self, service: &str) -> BTreeMap<String, String> {
+        self.instance_env(service, service)
+    }
+
+    /// The environment of one instance of a service; instances of one service get their own
+    /// ports (allocated under the instance's name).
+    pub fn instance_env(&self, service: &str, instance: &str) -> BTreeMap<String, String> {
         let mut env = self.env();
-        let (main, admin) = self.ports(service);
+        let (main, admin) = self.ports(instance);
         let sec = section(service).to_uppercase();
         env.insert(
             format!("PONTE__{sec}__{}", listen_key(service).to_uppercase()),
@@ -219,7 +225,18 @@ impl Stack {
 
     /// Starts a long-running `ponte <service>`; its log goes to a file in the stack's directory.
     pub fn spawn(&self, service: &str) -> Service {
-        Service::start(self, service)
+        Service::start(self, service, service, &[])
+    }
+
+    /// Starts another instance of `ponte <service>` with its own ports and `overrides` on top
+    /// of the stack's environment (e.g. its own state directory or consumer group).
+    pub fn spawn_instance(
+        &self,
+        service: &str,
+        instance: &str,
+        overrides: &[(&str, String)],
+    ) -> Service {
+        Service::start(self, service, instance, overrides)
     }
 
     /// URL on an adapter's HTTP API, e.g. `stack.url("education-adapter", "/v1/attendance")`.
@@ -236,7 +253,10 @@ impl Stack {
 /// A running `ponte` service process. Killed when dropped.
 #[derive(Debug)]
 pub struct Service {
+    /// The subcommand (`reconciler`).
     pub name: String,
+    /// The instance (`reconciler`, `reconciler-b`): names its ports and log files.
+    pub instance: String,
     child: Option<Child>,
     pub log: PathBuf,
     starts: u32,
@@ -246,14 +266,17 @@ pub struct Service {
 }
 
 impl Service {
-    fn start(stack: &Stack, service: &str) -> Self {
+    fn start(stack: &Stack, service: &str, instance: &str, overrides: &[(&str, String)]) -> Self {
+        let mut env = stack.instance_env(service, instance);
+        env.extend(overrides.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
         let mut s = Service {
             name: service.to_owned(),
+            instance: instance.to_owned(),
             child: None,
             log: PathBuf::new(),
             starts: 0,
-            env: stack.service_env(service),
-            admin_port: stack.admin_port(service),
+            env,
+            admin_port: stack.admin_port(instance),
             cwd: stack.dir.path().to_path_buf(),
         };
         s.restart();
@@ -264,7 +287,9 @@ impl Service {
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "{} is still running", self.name);
         self.starts += 1;
-        self.log = self.cwd.join(format!("{}.{}.log", self.name, self.starts));
+        self.log = self
+            .cwd
+            .join(format!("{}.{}.log", self.instance, self.starts));
         let log = std::fs::File::create(&self.log).unwrap();
         let child = Command::new(ponte_bin())
             .arg(&self.name)

@@ -260,6 +260,38 @@ async fn a_csv_upload_keeps_good_lines_lists_bad_ones_by_line_and_resends_as_a_n
     assert!(adapter.terminate().success(), "{}", adapter.log_text());
 }
 
+/// Waits until every partition of the topics named `prefix*` answers a watermark query from
+/// its leader.
+async fn wait_for_leaders(bootstrap: &str, prefix: &str) {
+    use rdkafka::consumer::{BaseConsumer, Consumer as _};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    eventually("partition leaders", Duration::from_secs(60), || {
+        let answered = consumer
+            .fetch_metadata(None, Duration::from_secs(5))
+            .ok()
+            .and_then(|md| {
+                let ours: Vec<(String, i32)> = md
+                    .topics()
+                    .iter()
+                    .filter(|t| t.name().starts_with(prefix))
+                    .flat_map(|t| t.partitions().iter().map(|p| (t.name().to_owned(), p.id())))
+                    .collect();
+                let all = !ours.is_empty()
+                    && ours.iter().all(|(t, p)| {
+                        consumer
+                            .fetch_watermarks(t, *p, Duration::from_secs(5))
+                            .is_ok()
+                    });
+                all.then_some(())
+            });
+        async move { answered }
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_broker_restart_during_a_csv_batch_loses_and_duplicates_nothing() {
     // The broker this test stops is its own; the shared one is never touched.
@@ -278,6 +310,9 @@ async fn a_broker_restart_during_a_csv_batch_loses_and_duplicates_nothing() {
     }
     let (status, out, err) = stack.ponte(&["topics", "ensure"]);
     assert!(status.success(), "{out}{err}");
+    // On a fresh broker, partitions of new topics get their leaders a moment after creation;
+    // the reconciler reads its changelog's watermarks at start and exits if it has none.
+    wait_for_leaders(&broker.bootstrap(), &stack.prefix).await;
     let mut adapter = stack.spawn("education-adapter");
     let mut reconciler = stack.spawn("reconciler");
     wait_ready(&mut adapter).await;
