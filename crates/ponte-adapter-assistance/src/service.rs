@@ -20,6 +20,9 @@
 //! - `503` + `Retry-After` the broker could not acknowledge; send the same body again (records
 //!   carry stable ids and versions, so a repeat is harmless downstream).
 //!
+//! A dead letter keeps at most the first 256 KiB of a record, so that it fits in one Kafka
+//! message; the reason says so when it was cut.
+//!
 //! The service never holds a whole CSV upload: it reads it line by line and publishes it in
 //! chunks of `csv_chunk_records`, answering only after the last chunk is acknowledged.
 use std::sync::Arc;
@@ -46,6 +49,9 @@ use crate::record::{
 const ADAPTER: &str = "assistance";
 /// Longest CSV line read; longer lines are rejected (their first bytes are dead-lettered).
 const MAX_LINE_BYTES: usize = 64 * 1024;
+/// Most bytes of one rejected record (or unreadable body) kept in its dead letter (Kafka's
+/// default message limit is 1 MB).
+const MAX_DEAD_LETTER_BYTES: usize = 256 * 1024;
 /// Most rejections listed in one answer; `rejected_total` counts them all.
 const MAX_LISTED_REJECTIONS: usize = 1000;
 
@@ -106,16 +112,34 @@ impl AppState {
                 key: v.key,
                 event: v.event,
             }),
-            Err(e) => Item::Rejected(Rejected {
-                position,
-                field: e.field,
-                error_type: e.error_type.to_owned(),
-                reason: e.reason,
-                original: original.to_vec(),
-                content_type: content_type.to_owned(),
-            }),
+            Err(e) => {
+                let (original, reason) = kept_original(original, e.reason);
+                Item::Rejected(Rejected {
+                    position,
+                    field: e.field,
+                    error_type: e.error_type.to_owned(),
+                    reason,
+                    original,
+                    content_type: content_type.to_owned(),
+                })
+            }
         }
     }
+}
+
+/// A dead letter must fit in one Kafka message: a huge record keeps its start, and the reason
+/// says so.
+fn kept_original(original: &[u8], mut reason: String) -> (Vec<u8>, String) {
+    if original.len() > MAX_DEAD_LETTER_BYTES {
+        reason.push_str(&format!(
+            " (the record is {} bytes; its first {MAX_DEAD_LETTER_BYTES} are kept)",
+            original.len()
+        ));
+    }
+    (
+        original[..original.len().min(MAX_DEAD_LETTER_BYTES)].to_vec(),
+        reason,
+    )
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -625,6 +649,16 @@ mod tests {
             body_type(&headers("text/csv; charset=ISO-8859-1")),
             BodyType::CsvNotUtf8("ISO-8859-1".to_owned())
         );
+    }
+
+    #[test]
+    fn a_dead_letter_keeps_the_whole_record_unless_it_cannot_fit_in_a_message() {
+        let (kept, reason) = kept_original(b"{bad", "r".into());
+        assert_eq!((kept.as_slice(), reason.as_str()), (&b"{bad"[..], "r"));
+        let huge = vec![b'x'; MAX_DEAD_LETTER_BYTES + 1];
+        let (kept, reason) = kept_original(&huge, "r".into());
+        assert_eq!(kept.len(), MAX_DEAD_LETTER_BYTES);
+        assert!(reason.contains("first 262144 are kept"), "{reason}");
     }
 
     #[test]
