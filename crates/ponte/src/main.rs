@@ -34,6 +34,9 @@ struct Cli {
 enum Command {
     /// Run the education adapter: HTTP ingest of monthly school attendance.
     EducationAdapter,
+    /// Run the health adapter: FHIR R4 bundles and a simple JSON form over HTTP, and optional
+    /// polling of a FHIR server's search API.
+    HealthAdapter,
     /// Run the assistance adapter (specific conditionalities): registry person profiles, SCFV
     /// attendance, family follow-up and appeals over HTTP.
     AssistanceAdapter,
@@ -80,6 +83,7 @@ struct Config {
     kafka: KafkaConfig,
     topics: TopicsConfig,
     education_adapter: ponte_adapter_education::EducationAdapterConfig,
+    health_adapter: ponte_adapter_health::HealthAdapterConfig,
     assistance_adapter: ponte_adapter_assistance::AssistanceAdapterConfig,
     reconciler: ponte_reconciler::ReconcilerConfig,
 }
@@ -119,6 +123,19 @@ async fn main() -> anyhow::Result<()> {
             .await
             .map_err(|e| anyhow::anyhow!(e))
             .context("assistance adapter")?;
+        }
+        Command::HealthAdapter => {
+            let (readiness, shutdown) = start_admin(&cfg.health_adapter.admin_listen).await?;
+            ponte_adapter_health::run(
+                &cfg.health_adapter,
+                &cfg.kafka,
+                &cfg.topics,
+                readiness,
+                shutdown,
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!(e))
+            .context("health adapter")?;
         }
         Command::Reconciler => {
             let (readiness, shutdown) = start_admin(&cfg.reconciler.admin_listen).await?;

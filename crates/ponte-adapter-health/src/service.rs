@@ -1,0 +1,604 @@
+//! The HTTP service.
+//!
+//! - `POST /fhir` (the FHIR base: batch and transaction bundles are posted there) and
+//!   `POST /fhir/Bundle`: a FHIR R4 `Bundle` of type batch, transaction or collection. Every
+//!   answer is a FHIR `OperationOutcome` (`application/fhir+json`): one `error` issue per rejected
+//!   entry with its FHIRPath (`Bundle.entry[2].resource.valueQuantity`) and reason, one
+//!   `information` issue per ignored entry, a summary issue, and the counts as extensions.
+//! - `POST /v1/health`: the simple JSON form, one object or an array; answered like the
+//!   education adapter (`accepted`, `rejected` with position, field and reason).
+//!
+//! Status codes: `200` every accepted record is acknowledged by the broker (rejected ones are on
+//! the dead-letter topic); `422` nothing was accepted and something was rejected; `400` the body
+//! is not a Bundle / not JSON (dead-lettered whole); `413` larger than `max_body_bytes`; `503` +
+//! `Retry-After` the broker did not acknowledge (send the same body again: ids are stable);
+//! `500` the broker refused the write for good.
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use ponte_bus::ingest::{Accepted, IngestReport, Ingestor, Item, Rejected, Rejection};
+use ponte_bus::{BusError, KafkaConfig, Publisher, Topic, TopicsConfig};
+use ponte_runtime::Readiness;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::fhir::{BundleSource, EntryOutcome, ParsedBundle, parse_bundle};
+use crate::pull::PullConfig;
+use crate::record::{MappingConfig, RecordError, ValidRecord};
+use crate::simple::{FollowUpInput, validate};
+
+pub(crate) const ADAPTER: &str = "health";
+const FHIR_JSON: &str = "application/fhir+json";
+const EXT_ACCEPTED: &str = "urn:ponte:fhir:StructureDefinition:accepted-count";
+const EXT_REJECTED: &str = "urn:ponte:fhir:StructureDefinition:rejected-count";
+const EXT_IGNORED: &str = "urn:ponte:fhir:StructureDefinition:ignored-count";
+
+/// The `[health_adapter]` section of the configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthAdapterConfig {
+    /// Address of the ingest API, e.g. `127.0.0.1:8082`.
+    pub listen: String,
+    /// Address of the admin endpoint (metrics, health).
+    pub admin_listen: String,
+    /// Name written as the events' source system and into record ids.
+    pub source_system: String,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// Seconds a client is told to wait before retrying when the broker is unavailable.
+    pub retry_after_secs: u64,
+    /// Most records of one request waiting for the broker's acknowledgement at once.
+    pub max_in_flight: usize,
+    /// Identifier systems and codes.
+    pub mapping: MappingConfig,
+    /// Pull mode (off while `base_url` is empty).
+    pub pull: PullConfig,
+}
+
+#[derive(Debug)]
+struct AppState {
+    ingestor: Ingestor,
+    records_topic: String,
+    source_system: String,
+    mapping: MappingConfig,
+    retry_after_secs: u64,
+}
+
+/// Turns a parsed bundle into the items to publish (records and rejections; identities and
+/// ignored entries publish nothing). `position` names the entry for dead letters.
+pub(crate) fn items_of(
+    parsed: &ParsedBundle,
+    topic: &str,
+    position: impl Fn(usize) -> String,
+) -> Vec<Item> {
+    parsed
+        .entries
+        .iter()
+        .filter_map(|e| match &e.outcome {
+            EntryOutcome::Record(v) => {
+                let ValidRecord { key, event } = v.as_ref().clone();
+                Some(Item::Accepted(Accepted {
+                    topic: topic.to_owned(),
+                    key,
+                    event,
+                }))
+            }
+            EntryOutcome::Rejected(err) => Some(Item::Rejected(rejected(
+                position(e.index),
+                err.clone(),
+                e.original.clone(),
+                FHIR_JSON,
+            ))),
+            EntryOutcome::Identity(_) => None,
+            EntryOutcome::Ignored(_) => {
+                metrics::counter!("ponte_adapter_records_ignored_total", "adapter" => ADAPTER, "reason" => "not_used")
+                    .increment(1);
+                None
+            }
+        })
+        .collect()
+}
+
+fn rejected(position: String, err: RecordError, original: Vec<u8>, content_type: &str) -> Rejected {
+    Rejected {
+        position,
+        field: err.field,
+        error_type: err.error_type.to_owned(),
+        reason: err.reason,
+        original,
+        content_type: content_type.to_owned(),
+    }
+}
+
+pub(crate) fn trace_id(headers: &HeaderMap) -> String {
+    headers
+        .get("x-trace-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| !s.is_empty() && s.len() <= 64)
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string())
+}
+
+// ---------------------------------------------------------------------------------------------
+// FHIR answers
+// ---------------------------------------------------------------------------------------------
+
+fn issue_code(error_type: &str) -> &'static str {
+    match error_type {
+        "malformed" => "structure",
+        "unsupported" => "not-supported",
+        "unresolved_reference" => "not-found",
+        _ => "value",
+    }
+}
+
+/// FHIRPath of the element at fault inside entry `index`.
+fn expression(index: usize, rtype: &str, field: &str) -> String {
+    let base = format!("Bundle.entry[{index}]");
+    if let Some(rest) = field.strip_prefix("Bundle.entry") {
+        format!("{base}{rest}")
+    } else if !rtype.is_empty()
+        && let Some(rest) = field.strip_prefix(rtype).and_then(|r| r.strip_prefix('.'))
+    {
+        format!("{base}.resource.{rest}")
+    } else {
+        format!("{base}.resource")
+    }
+}
+
+fn outcome_response(
+    status: StatusCode,
+    issues: Vec<Value>,
+    counts: Option<(usize, usize, usize)>,
+) -> Response {
+    let mut oo = json!({"resourceType": "OperationOutcome", "issue": issues});
+    if let Some((a, r, i)) = counts {
+        oo["extension"] = json!([
+            {"url": EXT_ACCEPTED, "valueInteger": a},
+            {"url": EXT_REJECTED, "valueInteger": r},
+            {"url": EXT_IGNORED, "valueInteger": i},
+        ]);
+    }
+    let body = serde_json::to_vec(&oo).unwrap_or_default();
+    (status, [(header::CONTENT_TYPE, FHIR_JSON)], body).into_response()
+}
+
+fn single_issue(status: StatusCode, severity: &str, code: &str, text: String) -> Response {
+    outcome_response(
+        status,
+        vec![json!({"severity": severity, "code": code, "diagnostics": text})],
+        None,
+    )
+}
+
+fn bundle_answer(parsed: &ParsedBundle, report: &IngestReport) -> Response {
+    let mut issues = Vec::new();
+    let (mut rejected_n, mut ignored_n) = (0, 0);
+    for e in &parsed.entries {
+        let rtype = e.label.split('/').next().unwrap_or("");
+        match &e.outcome {
+            EntryOutcome::Rejected(err) => {
+                rejected_n += 1;
+                issues.push(json!({
+                    "severity": "error",
+                    "code": issue_code(err.error_type),
+                    "details": {"text": err.error_type},
+                    "diagnostics": format!("entry {} ({}): {}: {}", e.index + 1, e.label, err.field, err.reason),
+                    "expression": [expression(e.index, rtype, &err.field)],
+                }));
+            }
+            EntryOutcome::Ignored(reason) => {
+                ignored_n += 1;
+                issues.push(json!({
+                    "severity": "information",
+                    "code": "informational",
+                    "details": {"text": "ignored"},
+                    "diagnostics": format!("entry {} ({}): ignored: {reason}", e.index + 1, e.label),
+                    "expression": [format!("Bundle.entry[{}]", e.index)],
+                }));
+            }
+            EntryOutcome::Record(_) | EntryOutcome::Identity(_) => {}
+        }
+    }
+    issues.insert(
+        0,
+        json!({
+            "severity": "information",
+            "code": "informational",
+            "diagnostics": format!(
+                "{} record(s) accepted and acknowledged by the bus; {rejected_n} entr(ies) rejected (on the dead-letter topic); {ignored_n} ignored",
+                report.accepted
+            ),
+        }),
+    );
+    let status = if report.accepted == 0 && rejected_n > 0 {
+        StatusCode::UNPROCESSABLE_ENTITY
+    } else {
+        StatusCode::OK
+    };
+    outcome_response(
+        status,
+        issues,
+        Some((report.accepted, rejected_n, ignored_n)),
+    )
+}
+
+fn bus_failure_fhir(state: &AppState, err: &BusError) -> Response {
+    let retryable = err.is_retryable();
+    let mut resp = single_issue(
+        if retryable {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            StatusCode::INTERNAL_SERVER_ERROR
+        },
+        "error",
+        if retryable { "transient" } else { "exception" },
+        format!(
+            "the bus did not acknowledge the bundle ({err}); nothing in it is guaranteed stored: send it again"
+        ),
+    );
+    if retryable {
+        resp.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(state.retry_after_secs),
+        );
+    }
+    resp
+}
+
+async fn ingest_bundle(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let now = SystemTime::now();
+    let trace = trace_id(&headers);
+    let parsed = parse_bundle(
+        &body,
+        &state.mapping,
+        &state.source_system,
+        BundleSource::Push,
+        now,
+    );
+    match parsed {
+        Ok(parsed) => {
+            let items = items_of(&parsed, &state.records_topic, |i| {
+                format!("entry {}", i + 1)
+            });
+            match state.ingestor.ingest(items, &trace, now).await {
+                Ok(report) => bundle_answer(&parsed, &report),
+                Err(failure) => bus_failure_fhir(&state, &failure.error),
+            }
+        }
+        Err(err) => {
+            let item = Item::Rejected(rejected(
+                "body".to_owned(),
+                err.clone(),
+                body.to_vec(),
+                FHIR_JSON,
+            ));
+            match state.ingestor.ingest(vec![item], &trace, now).await {
+                Ok(_) => single_issue(
+                    StatusCode::BAD_REQUEST,
+                    "error",
+                    issue_code(err.error_type),
+                    format!("{}: {}", err.field, err.reason),
+                ),
+                Err(failure) => bus_failure_fhir(&state, &failure.error),
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Simple JSON form
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Serialize)]
+struct Answer {
+    accepted: usize,
+    rejected: Vec<Rejection>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+fn json_answer(status: StatusCode, answer: &Answer) -> Response {
+    let body = serde_json::to_vec(answer).unwrap_or_default();
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+fn bus_failure_json(state: &AppState, err: &BusError) -> Response {
+    let retryable = err.is_retryable();
+    let mut resp = json_answer(
+        if retryable {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            StatusCode::INTERNAL_SERVER_ERROR
+        },
+        &Answer {
+            accepted: 0,
+            rejected: Vec::new(),
+            error: Some(format!(
+                "the bus did not acknowledge the batch ({err}); nothing in it is guaranteed stored: send it again"
+            )),
+        },
+    );
+    if retryable {
+        resp.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(state.retry_after_secs),
+        );
+    }
+    resp
+}
+
+fn is_array(body: &[u8]) -> bool {
+    body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[')
+}
+
+/// Parses the simple form's body (one object or an array) into items; `Err` when the body is not
+/// JSON at all.
+pub fn simple_items(
+    body: &[u8],
+    source_system: &str,
+    topic: &str,
+    now: SystemTime,
+) -> Result<Vec<Item>, RecordError> {
+    let single = !is_array(body);
+    let raws = if single {
+        serde_json::from_slice::<Box<RawValue>>(body).map(|r| vec![r])
+    } else {
+        serde_json::from_slice::<Vec<Box<RawValue>>>(body)
+    }
+    .map_err(|e| RecordError::malformed("record", format!("body is not JSON: {e}")))?;
+    Ok(raws
+        .iter()
+        .enumerate()
+        .map(|(i, raw)| {
+            let position = if single {
+                "body".to_owned()
+            } else {
+                format!("record {}", i + 1)
+            };
+            let parsed = serde_json::from_str::<FollowUpInput>(raw.get())
+                .map_err(|e| RecordError::malformed("record", e))
+                .and_then(|input| validate(&input, source_system, now));
+            match parsed {
+                Ok(ValidRecord { key, event }) => Item::Accepted(Accepted {
+                    topic: topic.to_owned(),
+                    key,
+                    event,
+                }),
+                Err(e) => Item::Rejected(rejected(
+                    position,
+                    e,
+                    raw.get().as_bytes().to_vec(),
+                    "application/json",
+                )),
+            }
+        })
+        .collect())
+}
+
+async fn ingest_simple(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let now = SystemTime::now();
+    let trace = trace_id(&headers);
+    let (items, malformed) =
+        match simple_items(&body, &state.source_system, &state.records_topic, now) {
+            Ok(items) => (items, false),
+            Err(e) => (
+                vec![Item::Rejected(rejected(
+                    "body".to_owned(),
+                    e,
+                    body.to_vec(),
+                    "application/json",
+                ))],
+                true,
+            ),
+        };
+    match state.ingestor.ingest(items, &trace, now).await {
+        Ok(report) => {
+            let status = if malformed {
+                StatusCode::BAD_REQUEST
+            } else if report.accepted == 0 && !report.rejected.is_empty() {
+                StatusCode::UNPROCESSABLE_ENTITY
+            } else {
+                StatusCode::OK
+            };
+            json_answer(
+                status,
+                &Answer {
+                    accepted: report.accepted,
+                    rejected: report.rejected,
+                    error: None,
+                },
+            )
+        }
+        Err(failure) => bus_failure_json(&state, &failure.error),
+    }
+}
+
+fn too_large_text(limit: usize) -> String {
+    format!(
+        "request body larger than {limit} bytes (health_adapter.max_body_bytes); split the batch or bundle"
+    )
+}
+
+/// Replaces axum's plain-text 413 with an answer in the route's own format.
+fn is_plain_413(resp: &Response, own_type: &'static str) -> bool {
+    resp.status() == StatusCode::PAYLOAD_TOO_LARGE
+        && resp.headers().get(header::CONTENT_TYPE) != Some(&HeaderValue::from_static(own_type))
+}
+
+/// Runs the adapter until `shutdown` is cancelled: binds the API, starts pull mode when
+/// configured, keeps readiness in step with the broker, and flushes the producer before
+/// returning.
+pub async fn run(
+    cfg: &HealthAdapterConfig,
+    kafka: &KafkaConfig,
+    topics: &TopicsConfig,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let publisher = Publisher::new(kafka, &cfg.source_system)?;
+    let ingestor = Ingestor::new(
+        publisher.clone(),
+        ADAPTER,
+        &cfg.source_system,
+        &topics.name(Topic::DeadLetter),
+        cfg.max_in_flight,
+    );
+    let records_topic = topics.name(Topic::HealthRecords);
+    let state = Arc::new(AppState {
+        ingestor: ingestor.clone(),
+        records_topic: records_topic.clone(),
+        source_system: cfg.source_system.clone(),
+        mapping: cfg.mapping.clone(),
+        retry_after_secs: cfg.retry_after_secs,
+    });
+
+    // Pull mode: refuses to start on a bad watermark file rather than re-reading everything.
+    let puller = if cfg.pull.base_url.is_empty() {
+        None
+    } else {
+        let poller = crate::pull::Poller::new(
+            &cfg.pull,
+            cfg.mapping.clone(),
+            &cfg.source_system,
+            &records_topic,
+        )?;
+        let stop = shutdown.clone();
+        Some(tokio::spawn(
+            async move { poller.run(ingestor, stop).await },
+        ))
+    };
+
+    // Readiness follows the broker: a load balancer should not send pushes we cannot store.
+    let probe = publisher.clone();
+    let ready = readiness.clone();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        loop {
+            let p = probe.clone();
+            let res =
+                tokio::task::spawn_blocking(move || p.check_connected(Duration::from_secs(3)))
+                    .await;
+            match res {
+                Ok(Ok(())) => ready.set_ready(),
+                Ok(Err(e)) => ready.set_not_ready(format!("broker: {e}")),
+                Err(e) => ready.set_not_ready(format!("probe: {e}")),
+            }
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            }
+        }
+    });
+
+    let limit = cfg.max_body_bytes;
+    let fhir = Router::new()
+        .route("/fhir", post(ingest_bundle))
+        .route("/fhir/Bundle", post(ingest_bundle))
+        .layer(axum::middleware::map_response(
+            move |resp: Response| async move {
+                if is_plain_413(&resp, FHIR_JSON) {
+                    single_issue(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "error",
+                        "too-costly",
+                        too_large_text(limit),
+                    )
+                } else {
+                    resp
+                }
+            },
+        ));
+    let simple = Router::new()
+        .route("/v1/health", post(ingest_simple))
+        .layer(axum::middleware::map_response(
+            move |resp: Response| async move {
+                if is_plain_413(&resp, "application/json") {
+                    json_answer(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        &Answer {
+                            accepted: 0,
+                            rejected: Vec::new(),
+                            error: Some(too_large_text(limit)),
+                        },
+                    )
+                } else {
+                    resp
+                }
+            },
+        ));
+    let app = fhir
+        .merge(simple)
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state);
+    let listener = tokio::net::TcpListener::bind(&cfg.listen)
+        .await
+        .map_err(|e| format!("binding {}: {e}", cfg.listen))?;
+    tracing::info!(addr = %listener.local_addr()?, "health adapter listening (POST /fhir, /fhir/Bundle, /v1/health)");
+    let stop = shutdown.clone();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await?;
+    readiness.set_not_ready("shutting down");
+    if let Some(p) = puller {
+        p.await?;
+    }
+    let p = publisher.clone();
+    tokio::task::spawn_blocking(move || p.flush(Duration::from_secs(10))).await??;
+    tracing::info!("health adapter stopped");
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expressions_point_into_the_entry() {
+        assert_eq!(
+            expression(2, "Observation", "Observation.valueQuantity"),
+            "Bundle.entry[2].resource.valueQuantity"
+        );
+        assert_eq!(
+            expression(0, "", "Bundle.entry.request.method"),
+            "Bundle.entry[0].request.method"
+        );
+        assert_eq!(
+            expression(1, "Patient", "record"),
+            "Bundle.entry[1].resource"
+        );
+    }
+
+    #[test]
+    fn simple_batches_keep_positions_and_bytes() {
+        let body = br#"[{"nis":"26827649960","semester":"2025-S1","weight_kg":10},{"nis":"26827649961","semester":"2025-S1"}]"#;
+        let items = simple_items(body, "health", "t", SystemTime::now()).unwrap();
+        assert!(matches!(&items[0], Item::Accepted(a) if a.key == "26827649960"));
+        match &items[1] {
+            Item::Rejected(r) => {
+                assert_eq!(r.position, "record 2");
+                assert_eq!(r.field, "nis");
+                assert_eq!(r.original, br#"{"nis":"26827649961","semester":"2025-S1"}"#);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(simple_items(b"{nope", "health", "t", SystemTime::now()).is_err());
+    }
+}
