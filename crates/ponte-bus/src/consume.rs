@@ -77,7 +77,27 @@ impl std::fmt::Debug for SeekingContext {
     }
 }
 
-impl ClientContext for SeekingContext {}
+impl ClientContext for SeekingContext {
+    /// librdkafka's statistics (every `statistics.interval.ms`): the consumer lag of every
+    /// owned partition, from the broker's high watermark and this consumer's position.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        for (topic, t) in statistics.topics {
+            for (partition, p) in t.partitions {
+                // -1 for partitions this consumer does not fetch; the internal partition is -1.
+                if partition < 0 || p.consumer_lag < 0 {
+                    continue;
+                }
+                metrics::gauge!(
+                    "ponte_consumer_lag",
+                    "group" => self.group.clone(),
+                    "topic" => topic.clone(),
+                    "partition" => partition.to_string()
+                )
+                .set(p.consumer_lag as f64);
+            }
+        }
+    }
+}
 
 fn list(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
     tpl.elements()
@@ -189,7 +209,8 @@ pub fn group_consumer(
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
-        .set("isolation.level", "read_committed");
+        .set("isolation.level", "read_committed")
+        .set("statistics.interval.ms", "5000");
     // Pass-through properties win over the defaults above.
     for (k, v) in &kafka.properties {
         cfg.set(k, v);
