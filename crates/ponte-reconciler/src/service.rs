@@ -430,9 +430,21 @@ fn restore_from_changelog(
     let mut pending: std::collections::BTreeMap<i32, i64> = Default::default();
     for t in md.topics() {
         for p in t.partitions() {
-            let (low, high) = consumer
-                .fetch_watermarks(changelog, p.id(), timeout)
-                .map_err(|e| ReconcilerError::Startup(format!("changelog watermarks: {e}")))?;
+            // Right after a topic is created its partitions may not have a leader yet: retry.
+            let mut attempt = 0;
+            let (low, high) = loop {
+                match consumer.fetch_watermarks(changelog, p.id(), timeout) {
+                    Ok(w) => break w,
+                    Err(e) if attempt < 60 => {
+                        attempt += 1;
+                        tracing::info!(partition = p.id(), error = %e, "changelog not ready; retrying");
+                        std::thread::sleep(Duration::from_millis(500));
+                    }
+                    Err(e) => {
+                        return Err(ReconcilerError::Startup(format!("changelog watermarks: {e}")));
+                    }
+                }
+            };
             if high > low {
                 pending.insert(p.id(), high);
                 let _ = tpl.add_partition_offset(changelog, p.id(), Offset::Beginning);
