@@ -441,7 +441,9 @@ fn restore_from_changelog(
                         std::thread::sleep(Duration::from_millis(500));
                     }
                     Err(e) => {
-                        return Err(ReconcilerError::Startup(format!("changelog watermarks: {e}")));
+                        return Err(ReconcilerError::Startup(format!(
+                            "changelog watermarks: {e}"
+                        )));
                     }
                 }
             };
