@@ -746,10 +746,10 @@ impl Ctx<'_> {
                 record_id,
                 version,
                 source_system: self.source_system.to_owned(),
-                event_time: Some(ponte_bus::publish::timestamp(
+                event_time: Some(crate::record::timestamp(
                     last_updated.unwrap_or_else(|| date_time(date)),
                 )),
-                ingest_time: Some(ponte_bus::publish::timestamp(self.now)),
+                ingest_time: Some(crate::record::timestamp(self.now)),
                 retraction,
                 record: Some(Record::HealthFollowUp(follow)),
             },

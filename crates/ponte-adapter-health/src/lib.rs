@@ -9,10 +9,13 @@
 //! This crate never resolves a CNS or CPF to a NIS (the reconciler does) and never decides
 //! compliance.
 pub mod fhir;
+#[cfg(feature = "service")]
 pub mod pull;
 pub mod record;
+#[cfg(feature = "service")]
 pub mod service;
 pub mod simple;
 pub mod watermark;
 
+#[cfg(feature = "service")]
 pub use service::{HealthAdapterConfig, run};

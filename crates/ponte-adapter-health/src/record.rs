@@ -246,6 +246,17 @@ pub(crate) fn parse_instant(s: &str) -> Option<SystemTime> {
     Some(SystemTime::UNIX_EPOCH + std::time::Duration::from_nanos(nanos))
 }
 
+/// Protobuf timestamp for a point in time.
+pub(crate) fn timestamp(t: SystemTime) -> ponte_proto::Timestamp {
+    let d = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or(std::time::Duration::ZERO);
+    ponte_proto::Timestamp {
+        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
+    }
+}
+
 /// Milliseconds since the epoch, at least 1 (a version).
 pub(crate) fn millis(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
