@@ -13,6 +13,7 @@ use ponte_runtime::{Readiness, serve_admin, shutdown_token};
 use serde::Deserialize;
 
 mod ingest;
+mod sim;
 
 const DEFAULTS: &str = include_str!("../config/default.toml");
 
@@ -60,6 +61,9 @@ enum Command {
     /// Send a file (CSV, JSON…) to a running adapter, with a progress bar and a summary;
     /// retries on 503 honouring Retry-After.
     Ingest(ingest::IngestArgs),
+    /// Write a deterministic synthetic population's sector records to files, in the adapters'
+    /// input formats (for demos and benchmarks; send them with `ponte ingest`).
+    Sim(sim::SimArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -182,6 +186,7 @@ async fn main() -> anyhow::Result<()> {
                 std::process::exit(1);
             }
         }
+        Command::Sim(args) => sim::run(args)?,
     }
     Ok(())
 }
