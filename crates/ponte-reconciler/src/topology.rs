@@ -1080,9 +1080,15 @@ fn health(e: &Event, h: &ev::HealthFollowUp, nis: Nis) -> Result<dr::HealthRecor
         weight_grams: h.weight_grams,
         height_mm: h.height_mm,
         pregnant: h.pregnant.then_some(true),
-        last_menstruation: None,
+        last_menstruation: opt_date("last_menstruation_date", &h.last_menstruation_date)?,
         prenatal: h.prenatal_care.then_some(true),
-        immunization_refs: h.vaccines.clone(),
+        // FHIR Immunization references are kept as evidence; the vaccines (RNDS codes) too
+        // when a system sent no FHIR.
+        immunization_refs: if h.fhir_refs.is_empty() {
+            h.vaccines.clone()
+        } else {
+            h.fhir_refs.clone()
+        },
     })
 }
 
@@ -1106,6 +1112,10 @@ fn health_event_from(r: &dr::HealthRecord, alt: &str) -> Event {
             pregnant: r.pregnant.unwrap_or(false),
             prenatal_care: r.prenatal.unwrap_or(false),
             vaccines: r.immunization_refs.clone(),
+            last_menstruation_date: r
+                .last_menstruation
+                .map(|d| d.to_string())
+                .unwrap_or_default(),
             ..Default::default()
         })),
         ..Default::default()
