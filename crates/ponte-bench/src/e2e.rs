@@ -1,0 +1,381 @@
+//! End to end through the real processes: `ponte topics ensure`, the three adapters and the
+//! reconciler started as in production (own topic prefix, ports and state directory), the
+//! simulator's files sent with `ponte ingest`, and the clock stopped when the reconciler has
+//! committed every valid record to its view (`ponte_reconciler_batch_events_sum`, recorded after
+//! each atomic commit). Latency percentiles come from the reconciler's
+//! `ponte_reconciler_ingest_to_view_seconds` histogram.
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+
+use crate::events::ManifestEntry;
+
+/// A service process and its admin port.
+struct Service {
+    name: &'static str,
+    child: Child,
+    admin: u16,
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        // SIGTERM for a graceful stop; the process is ours (spawned above).
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Figures of one run.
+#[derive(Debug)]
+pub(crate) struct Figures {
+    pub(crate) records: u64,
+    pub(crate) ingest: Duration,
+    pub(crate) to_view: Duration,
+    pub(crate) latency_p50: Option<f64>,
+    pub(crate) latency_p99: Option<f64>,
+    pub(crate) latency_count: f64,
+    /// CPU seconds (user + system) per process.
+    pub(crate) cpu: Vec<(String, f64)>,
+    pub(crate) batches: f64,
+    pub(crate) commit_seconds: f64,
+    pub(crate) state_bytes: f64,
+}
+
+pub(crate) struct Setup<'a> {
+    pub(crate) ponte: &'a Path,
+    pub(crate) bootstrap: &'a str,
+    pub(crate) prefix: &'a str,
+    pub(crate) partitions: i32,
+    pub(crate) work: &'a Path,
+    pub(crate) data: &'a Path,
+}
+
+pub(crate) async fn run(s: &Setup<'_>) -> anyhow::Result<Figures> {
+    let mut env: BTreeMap<String, String> = BTreeMap::new();
+    let mut set = |k: &str, v: String| env.insert(k.to_owned(), v);
+    set("PONTE__KAFKA__BOOTSTRAP_SERVERS", s.bootstrap.to_owned());
+    set("PONTE__TOPICS__PREFIX", s.prefix.to_owned());
+    set("PONTE__TOPICS__PARTITIONS", s.partitions.to_string());
+    set("PONTE__LOG__FILTER", "warn".to_owned());
+    set(
+        "PONTE__RECONCILER__STATE_DIR",
+        s.work.join("reconciler").display().to_string(),
+    );
+    set(
+        "PONTE__RECONCILER__GROUP_ID",
+        format!("{}reconciler", s.prefix),
+    );
+    set(
+        "PONTE__RECONCILER__GRPC_LISTEN",
+        format!("127.0.0.1:{}", free_port()?),
+    );
+    let mut listen = BTreeMap::new();
+    let mut admin = BTreeMap::new();
+    for svc in [
+        "education_adapter",
+        "health_adapter",
+        "assistance_adapter",
+        "reconciler",
+    ] {
+        let a = free_port()?;
+        admin.insert(svc, a);
+        set(
+            &format!("PONTE__{}__ADMIN_LISTEN", svc.to_uppercase()),
+            format!("127.0.0.1:{a}"),
+        );
+        if svc != "reconciler" {
+            let l = free_port()?;
+            listen.insert(svc, l);
+            set(
+                &format!("PONTE__{}__LISTEN", svc.to_uppercase()),
+                format!("127.0.0.1:{l}"),
+            );
+        }
+    }
+    let command = |args: &[&str]| {
+        let mut c = Command::new(s.ponte);
+        c.args(args).envs(&env);
+        c
+    };
+    let out = command(&["topics", "ensure"]).output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "ponte topics ensure: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut services = Vec::new();
+    for (name, svc) in [
+        ("education-adapter", "education_adapter"),
+        ("health-adapter", "health_adapter"),
+        ("assistance-adapter", "assistance_adapter"),
+        ("reconciler", "reconciler"),
+    ] {
+        let log = std::fs::File::create(s.work.join(format!("{name}.log")))?;
+        let child = command(&[name])
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .with_context(|| format!("starting ponte {name}"))?;
+        services.push(Service {
+            name,
+            child,
+            admin: admin[svc],
+        });
+    }
+    for svc in &services {
+        wait_ready(svc).await?;
+    }
+
+    let manifest = crate::events::manifest(s.data)?;
+    let expected: u64 = manifest.iter().map(|e| e.records - e.malformed).sum();
+    let port_of = |e: &ManifestEntry| match e.sector.as_str() {
+        "education" => listen["education_adapter"],
+        "health" => listen["health_adapter"],
+        _ => listen["assistance_adapter"],
+    };
+    let ingest = |e: &ManifestEntry| -> anyhow::Result<Child> {
+        let url = format!("http://127.0.0.1:{}{}", port_of(e), e.endpoint);
+        let file = s.data.join(&e.file);
+        Ok(command(&["ingest", &e.sector])
+            .arg(&file)
+            .args([
+                "--url",
+                &url,
+                "--content-type",
+                &e.content_type,
+                "--no-progress",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?)
+    };
+    let started = Instant::now();
+    // The registry first (as a programme's public precedes its follow-up), then every sector
+    // at once, each sector's files one after the other.
+    let (registry, rest): (Vec<_>, Vec<_>) =
+        manifest.iter().partition(|e| e.endpoint == "/v1/persons");
+    for e in &registry {
+        let status = ingest(e)?.wait()?;
+        anyhow::ensure!(status.success(), "ponte ingest {} failed", e.file);
+    }
+    let mut by_sector: BTreeMap<&str, Vec<&ManifestEntry>> = BTreeMap::new();
+    for e in rest {
+        by_sector.entry(e.endpoint.as_str()).or_default().push(e);
+    }
+    let sectors: Vec<Vec<&ManifestEntry>> = by_sector.into_values().collect();
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        let joins: Vec<_> = sectors
+            .iter()
+            .map(|files| {
+                let ingest = &ingest;
+                scope.spawn(move || -> anyhow::Result<()> {
+                    for e in files {
+                        let status = ingest(e)?.wait()?;
+                        anyhow::ensure!(status.success(), "ponte ingest {} failed", e.file);
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for j in joins {
+            j.join()
+                .map_err(|_| anyhow::anyhow!("ingest thread panicked"))??;
+        }
+        Ok(())
+    })?;
+    let ingest_time = started.elapsed();
+
+    let rec_admin = admin["reconciler"];
+    let deadline = Instant::now() + Duration::from_secs(3600);
+    let metrics = loop {
+        let text = scrape(rec_admin).await?;
+        if metric(&text, "ponte_reconciler_batch_events_sum") >= expected as f64 {
+            break text;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the view did not catch up in an hour"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let to_view = started.elapsed();
+    let buckets = histogram(&metrics, "ponte_reconciler_ingest_to_view_seconds");
+    let cpu = services
+        .iter()
+        .map(|svc| {
+            (
+                svc.name.to_owned(),
+                cpu_seconds(svc.child.id()).unwrap_or(f64::NAN),
+            )
+        })
+        .collect();
+    let figures = Figures {
+        records: expected,
+        ingest: ingest_time,
+        to_view,
+        latency_p50: quantile(&buckets, 0.50),
+        latency_p99: quantile(&buckets, 0.99),
+        latency_count: buckets.last().map(|b| b.1).unwrap_or(0.0),
+        cpu,
+        batches: metric(&metrics, "ponte_reconciler_batch_events_count"),
+        commit_seconds: metric(&metrics, "ponte_reconciler_batch_commit_seconds_sum"),
+        state_bytes: metric(&metrics, "ponte_reconciler_state_bytes"),
+    };
+    drop(services);
+    Ok(figures)
+}
+
+async fn wait_ready(svc: &Service) -> anyhow::Result<()> {
+    let url = format!("http://127.0.0.1:{}/health/ready", svc.admin);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Ok(r) = reqwest::get(&url).await
+            && r.status().is_success()
+        {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "{} not ready in 120 s", svc.name);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn scrape(port: u16) -> anyhow::Result<String> {
+    Ok(reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await?
+        .text()
+        .await?)
+}
+
+/// Sum of the samples of `name` (any labels).
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let metric = series.split('{').next()?;
+            (metric == name)
+                .then(|| value.parse::<f64>().ok())
+                .flatten()
+        })
+        .sum()
+}
+
+/// Cumulative buckets (upper bound, count) of a Prometheus histogram, `+Inf` last.
+fn histogram(text: &str, name: &str) -> Vec<(f64, f64)> {
+    let prefix = format!("{name}_bucket{{");
+    let mut out: Vec<(f64, f64)> = text
+        .lines()
+        .filter(|l| l.starts_with(&prefix))
+        .filter_map(|l| {
+            let le = l.split("le=\"").nth(1)?.split('"').next()?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            let count = l.rsplit_once(' ')?.1.parse().ok()?;
+            Some((le, count))
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.total_cmp(&b.0));
+    out
+}
+
+/// The `q` quantile by linear interpolation inside the bucket that holds it (as Prometheus'
+/// `histogram_quantile` does).
+pub(crate) fn quantile(buckets: &[(f64, f64)], q: f64) -> Option<f64> {
+    let total = buckets.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    let rank = q * total;
+    let mut prev = (0.0, 0.0);
+    for &(le, count) in buckets {
+        if count >= rank {
+            if le.is_infinite() {
+                return Some(prev.0);
+            }
+            let width = count - prev.1;
+            let frac = if width > 0.0 {
+                (rank - prev.1) / width
+            } else {
+                1.0
+            };
+            return Some(prev.0 + (le - prev.0) * frac);
+        }
+        prev = (le, count);
+    }
+    None
+}
+
+/// User + system CPU seconds of a process, from `/proc/<pid>/stat` (clock ticks of 100 Hz).
+pub(crate) fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
+/// Busy and total jiffies of the whole machine, from `/proc/stat`.
+pub(crate) fn machine_jiffies() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let cpu = stat.lines().next()?;
+    let v: Vec<u64> = cpu
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: u64 = v.iter().sum();
+    let idle = v.get(3)? + v.get(4).copied().unwrap_or(0);
+    Some((total - idle, total))
+}
+
+/// Work directory helper: a fresh directory under `base`.
+pub(crate) fn work_dir(base: &Path, name: &str) -> anyhow::Result<PathBuf> {
+    let dir = base.join(name);
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_interpolate_inside_the_bucket() {
+        let b = [(0.1, 50.0), (0.2, 100.0), (f64::INFINITY, 100.0)];
+        let p50 = quantile(&b, 0.5).unwrap_or(f64::NAN);
+        assert!((p50 - 0.1).abs() < 1e-9, "{p50}");
+        let p75 = quantile(&b, 0.75).unwrap_or(f64::NAN);
+        assert!((p75 - 0.15).abs() < 1e-9, "{p75}");
+        assert_eq!(quantile(&[(f64::INFINITY, 0.0)], 0.5), None);
+    }
+
+    #[test]
+    fn histogram_lines_are_read() {
+        let text = "# TYPE x histogram\nx_bucket{le=\"0.5\"} 3\nx_bucket{le=\"+Inf\"} 4\nx_sum 1\nx_count 4\n";
+        assert_eq!(histogram(text, "x"), vec![(0.5, 3.0), (f64::INFINITY, 4.0)]);
+        assert_eq!(metric(text, "x_count"), 4.0);
+    }
+}

@@ -1,0 +1,372 @@
+//! `ponte-bench`: Ponte's benchmarks as a program that prints figures (never a test that asserts
+//! timings). Every run starts from a `ponte-sim` population (seeded, so reruns see the same
+//! records):
+//!
+//! - `reconciler`: the topology alone, in-process over RocksDB, one thread (events/s per core);
+//! - `broker`: the bare-broker baseline, the same records produced and consumed with rdkafka;
+//! - `e2e`: the real processes end to end (`ponte ingest` → adapters → Kafka → reconciler →
+//!   committed view), then the bare-broker baseline in the same run, and the ratio.
+//!
+//! Build in release mode (`cargo build --release -p ponte -p ponte-bench`); see
+//! `docs/benchmarks.md` for the commands and the figures measured.
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use ponte_domain::period::{Bimester, Semester};
+use prost::Message as _;
+
+mod broker;
+mod e2e;
+mod events;
+mod reconciler;
+
+#[derive(Debug, Parser)]
+#[command(name = "ponte-bench", about = "Ponte's benchmarks: print figures")]
+struct Cli {
+    #[command(flatten)]
+    data: DataArgs,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, clap::Args)]
+struct DataArgs {
+    /// About this many people in the simulated population.
+    #[arg(long, global = true, default_value_t = 100_000)]
+    people: u64,
+    #[arg(long, global = true, default_value_t = 1)]
+    seed: u64,
+    /// Bimesters of school attendance, comma-separated.
+    #[arg(long, global = true, value_delimiter = ',', default_value = "2025-B2")]
+    bimesters: Vec<String>,
+    /// Health semesters, comma-separated.
+    #[arg(long, global = true, value_delimiter = ',', default_value = "2025-S1")]
+    semesters: Vec<String>,
+    /// Work directory (simulated files, state, logs); a temporary one when absent. Files of an
+    /// earlier run with the same settings in it are reused.
+    #[arg(long, global = true)]
+    work: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// The reconciler's topology alone, in-process, one thread, RocksDB state.
+    Reconciler {
+        /// Events per committed batch (the service's `reconciler.batch_max`).
+        #[arg(long, default_value_t = 2000)]
+        batch: usize,
+    },
+    /// The bare-broker baseline alone.
+    Broker {
+        #[command(flatten)]
+        kafka: KafkaArgs,
+    },
+    /// End to end through the real processes, then the bare-broker baseline in the same run.
+    E2e {
+        #[command(flatten)]
+        kafka: KafkaArgs,
+        /// The `ponte` binary to run (build it with --release).
+        #[arg(long, default_value = "target/release/ponte")]
+        ponte: PathBuf,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct KafkaArgs {
+    #[arg(long, default_value = "127.0.0.1:19092")]
+    bootstrap: String,
+    /// Partitions of every topic (Ponte's `topics.partitions`).
+    #[arg(long, default_value_t = 6)]
+    partitions: i32,
+    /// Keep the benchmark's topics on the broker afterwards.
+    #[arg(long)]
+    keep_topics: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let temp = tempfile::tempdir()?;
+    let work = cli
+        .data
+        .work
+        .clone()
+        .unwrap_or_else(|| temp.path().to_owned());
+    std::fs::create_dir_all(&work)?;
+    machine();
+    let data = simulate(&cli.data, &work)?;
+    let now = SystemTime::now();
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let prefix = format!("bench-{}.ponte.", &id[..8]);
+    match cli.command {
+        Cmd::Reconciler { batch } => {
+            let state = e2e::work_dir(&work, &format!("reconciler-state-{}", &id[..8]))?;
+            let load = machine_load_start();
+            let started = Instant::now();
+            let f = reconciler::run(&data, &state, batch, now)?;
+            let wall = started.elapsed().as_secs_f64();
+            let busy = f.apply + f.commit;
+            println!("== reconciler alone (in-process, 1 thread, RocksDB, batches of {batch})");
+            println!("events             {}", f.events);
+            println!(
+                "applied            {} changed, {} parked, {} unchanged, {} invalid; {} outputs",
+                f.changed, f.parked, f.unchanged, f.invalid, f.outputs
+            );
+            println!(
+                "topology.apply     {:.2} s  ({:.1} µs/event)",
+                f.apply.as_secs_f64(),
+                f.apply.as_secs_f64() * 1e6 / f.events.max(1) as f64
+            );
+            println!(
+                "store commit       {:.2} s  ({:.1} µs/event)",
+                f.commit.as_secs_f64(),
+                f.commit.as_secs_f64() * 1e6 / f.events.max(1) as f64
+            );
+            println!(
+                "throughput         {:.0} events/s per core (apply + commit); wall {:.1} s incl. parsing",
+                f.events as f64 / busy.as_secs_f64().max(1e-9),
+                wall
+            );
+            println!(
+                "state on disk      {:.1} MiB",
+                f.state_bytes as f64 / 1048576.0
+            );
+            machine_load_end(load, wall);
+            let _ = std::fs::remove_dir_all(&state);
+        }
+        Cmd::Broker { kafka } => {
+            let records = encoded(&data, now)?;
+            let topic = format!("{prefix}bare");
+            let f = broker::run(&kafka.bootstrap, &topic, kafka.partitions, &records).await?;
+            print_broker(&f);
+            if !kafka.keep_topics {
+                broker::delete_topics(&kafka.bootstrap, &[topic]).await?;
+            }
+        }
+        Cmd::E2e { kafka, ponte } => {
+            let ponte = std::fs::canonicalize(&ponte).with_context(|| {
+                format!(
+                    "{} (build it with cargo build --release -p ponte)",
+                    ponte.display()
+                )
+            })?;
+            let run_dir = e2e::work_dir(&work, &format!("e2e-{}", &id[..8]))?;
+            let load = machine_load_start();
+            let started = Instant::now();
+            let f = e2e::run(&e2e::Setup {
+                ponte: &ponte,
+                bootstrap: &kafka.bootstrap,
+                prefix: &prefix,
+                partitions: kafka.partitions,
+                work: &run_dir,
+                data: &data,
+            })
+            .await;
+            let wall = started.elapsed().as_secs_f64();
+            let f = match f {
+                Ok(f) => f,
+                Err(e) => {
+                    eprintln!("logs in {}", run_dir.display());
+                    if !kafka.keep_topics {
+                        cleanup(&kafka.bootstrap, &prefix).await;
+                    }
+                    return Err(e);
+                }
+            };
+            let e2e_rate = f.records as f64 / f.to_view.as_secs_f64().max(1e-9);
+            println!(
+                "== end to end (ponte ingest → adapters → Kafka → reconciler → committed view)"
+            );
+            println!(
+                "records            {} (valid records of the population)",
+                f.records
+            );
+            println!(
+                "ingest done        {:.1} s ({:.0} records/s acknowledged by the adapters)",
+                f.ingest.as_secs_f64(),
+                f.records as f64 / f.ingest.as_secs_f64().max(1e-9)
+            );
+            println!("in the view        {:.1} s", f.to_view.as_secs_f64());
+            println!("throughput         {e2e_rate:.0} records/s end to end");
+            match (f.latency_p50, f.latency_p99) {
+                (Some(p50), Some(p99)) => println!(
+                    "ingest → view      p50 {:.3} s, p99 {:.3} s ({} events, histogram interpolation)",
+                    p50, p99, f.latency_count
+                ),
+                _ => println!("ingest → view      no latency samples"),
+            }
+            println!(
+                "reconciler         {} batches, {:.0} events/batch, commit {:.2} s in all, state {:.1} MiB",
+                f.batches,
+                f.records as f64 / f.batches.max(1.0),
+                f.commit_seconds,
+                f.state_bytes / 1048576.0
+            );
+            for (name, cpu) in &f.cpu {
+                println!("cpu                {name:<20} {cpu:.1} s");
+            }
+            machine_load_end(load, wall);
+
+            let records = encoded(&data, now)?;
+            let topic = format!("{prefix}bare");
+            let b = broker::run(&kafka.bootstrap, &topic, kafka.partitions, &records).await?;
+            print_broker(&b);
+            println!(
+                "ratio              Ponte end to end = {:.2} × the bare broker ({e2e_rate:.0} / {:.0} records/s)",
+                e2e_rate / b.rate(),
+                b.rate()
+            );
+            if !kafka.keep_topics {
+                cleanup(&kafka.bootstrap, &prefix).await;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_broker(f: &broker::Figures) {
+    println!(
+        "== bare broker (rdkafka, idempotent acks=all lz4 linger 5 ms; same keys and payloads)"
+    );
+    println!(
+        "records            {} ({:.0} bytes each on average)",
+        f.records,
+        f.bytes as f64 / f.records.max(1) as f64
+    );
+    println!(
+        "produce            {:.2} s ({:.0} records/s, acknowledged)",
+        f.produce.as_secs_f64(),
+        f.records as f64 / f.produce.as_secs_f64().max(1e-9)
+    );
+    println!(
+        "consume            {:.2} s ({:.0} records/s)",
+        f.consume.as_secs_f64(),
+        f.records as f64 / f.consume.as_secs_f64().max(1e-9)
+    );
+    println!(
+        "through            {:.0} records/s (produce then consume)",
+        f.rate()
+    );
+}
+
+/// Deletes every topic of this run (its prefix) from the shared broker.
+async fn cleanup(bootstrap: &str, prefix: &str) {
+    use rdkafka::ClientConfig;
+    use rdkafka::consumer::{BaseConsumer, Consumer as _};
+    let topics: Vec<String> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create::<BaseConsumer>()
+        .and_then(|c| c.fetch_metadata(None, std::time::Duration::from_secs(10)))
+        .map(|m| {
+            m.topics()
+                .iter()
+                .map(|t| t.name().to_owned())
+                .filter(|n| n.starts_with(prefix))
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Err(e) = broker::delete_topics(bootstrap, &topics).await {
+        eprintln!("deleting topics {prefix}*: {e}");
+    }
+}
+
+/// Every valid record as (key, encoded event), as the adapters would publish them.
+fn encoded(data: &Path, now: SystemTime) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+    let mut out = Vec::new();
+    events::for_each(data, now, |_, key, event| {
+        out.push((key, event.encode_to_vec()));
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Writes (or reuses) the population's files under `work`.
+fn simulate(args: &DataArgs, work: &Path) -> anyhow::Result<PathBuf> {
+    let bimesters = args
+        .bimesters
+        .iter()
+        .map(|s| Bimester::parse(s).with_context(|| format!("bimester {s:?}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let semesters = args
+        .semesters
+        .iter()
+        .map(|s| Semester::parse(s).with_context(|| format!("semester {s:?}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let dir = work.join(format!(
+        "sim-{}-{}-{}-{}",
+        args.people,
+        args.seed,
+        args.bimesters.join("_"),
+        args.semesters.join("_")
+    ));
+    if dir.join("manifest.tsv").exists() {
+        println!("population         {} (reused)", dir.display());
+        return Ok(dir);
+    }
+    let cfg = ponte_sim::SimConfig {
+        seed: args.seed,
+        people: args.people,
+        bimesters,
+        semesters,
+        malformed_share: 0.0,
+        json_chunk_records: 20_000,
+    };
+    let started = Instant::now();
+    let s = ponte_sim::generate(&cfg, &dir, &mut |_, _| {})?;
+    println!(
+        "population         {} people, {} families, {} records written in {:.1} s ({})",
+        s.people,
+        s.families,
+        s.records(),
+        started.elapsed().as_secs_f64(),
+        dir.display()
+    );
+    Ok(dir)
+}
+
+/// Prints the machine: cores, memory, CPU model.
+fn machine() {
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_owned())
+        })
+        .unwrap_or_default();
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .next()
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("").to_owned())
+        })
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map(|kb| kb / 1048576.0)
+        .unwrap_or(0.0);
+    println!("machine            {cpus} cores, {mem:.1} GiB, {model}");
+}
+
+fn machine_load_start() -> Option<(u64, u64)> {
+    e2e::machine_jiffies()
+}
+
+/// Prints how busy the whole machine was during the run (ours and anyone else's processes).
+fn machine_load_end(start: Option<(u64, u64)>, wall: f64) {
+    if let (Some((b0, t0)), Some((b1, t1))) = (start, e2e::machine_jiffies()) {
+        let cpus = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1) as f64;
+        let busy = (b1 - b0) as f64 / (t1 - t0).max(1) as f64;
+        println!(
+            "machine busy       {:.0} % of {cpus} cores over {wall:.1} s (every process, not only ours)",
+            busy * 100.0
+        );
+    }
+}
