@@ -3,7 +3,10 @@
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    // Read at run time, not with env!(): a build-script binary can be reused from another
+    // checkout of the same package sharing a target directory.
+    let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?);
+    let root = manifest.join("../../proto").canonicalize()?;
     let files = [
         root.join("ponte/events/v1/events.proto"),
         root.join("ponte/compliance/v1/compliance.proto"),

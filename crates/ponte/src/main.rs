@@ -76,8 +76,24 @@ enum TopicsCommand {
 
 #[derive(Debug, Subcommand)]
 enum QueryCommand {
-    /// One person's view, as JSON-like text.
+    /// One person's view: records, outcomes with evidence.
     Person { nis: String },
+    /// One family's view: members and effects.
+    Family { family_id: String },
+    /// Health records waiting for their CNS/CPF to appear in the registry's crosswalk.
+    Parked {
+        /// Most records listed.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Follow-up and compliance indicators of a municipality.
+    Indicators {
+        /// IBGE municipality code.
+        municipality: String,
+        /// Only this period (`2025-B2`, `2025-S1`).
+        #[arg(long, default_value = "")]
+        period: String,
+    },
 }
 
 #[derive(Debug, Deserialize)]
@@ -115,19 +131,6 @@ async fn main() -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!(e))
             .context("education adapter")?;
         }
-        Command::AssistanceAdapter => {
-            let (readiness, shutdown) = start_admin(&cfg.assistance_adapter.admin_listen).await?;
-            ponte_adapter_assistance::run(
-                &cfg.assistance_adapter,
-                &cfg.kafka,
-                &cfg.topics,
-                readiness,
-                shutdown,
-            )
-            .await
-            .map_err(|e| anyhow::anyhow!(e))
-            .context("assistance adapter")?;
-        }
         Command::HealthAdapter => {
             let (readiness, shutdown) = start_admin(&cfg.health_adapter.admin_listen).await?;
             ponte_adapter_health::run(
@@ -140,6 +143,19 @@ async fn main() -> anyhow::Result<()> {
             .await
             .map_err(|e| anyhow::anyhow!(e))
             .context("health adapter")?;
+        }
+        Command::AssistanceAdapter => {
+            let (readiness, shutdown) = start_admin(&cfg.assistance_adapter.admin_listen).await?;
+            ponte_adapter_assistance::run(
+                &cfg.assistance_adapter,
+                &cfg.kafka,
+                &cfg.topics,
+                readiness,
+                shutdown,
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!(e))
+            .context("assistance adapter")?;
         }
         Command::Reconciler => {
             let (readiness, shutdown) = start_admin(&cfg.reconciler.admin_listen).await?;
@@ -240,6 +256,67 @@ async fn query(addr: &str, command: QueryCommand) -> anyhow::Result<()> {
                 .await
                 .map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))?;
             println!("{:#?}", resp.into_inner().person);
+        }
+        QueryCommand::Family { family_id } => {
+            let resp = client
+                .get_family(ponte_proto::compliance::v1::GetFamilyRequest { family_id })
+                .await
+                .map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))?;
+            println!("{:#?}", resp.into_inner().family);
+        }
+        QueryCommand::Parked { limit } => {
+            let resp = client
+                .list_parked(ponte_proto::compliance::v1::ListParkedRequest { limit })
+                .await
+                .map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))?
+                .into_inner();
+            for p in &resp.parked {
+                println!(
+                    "{:<24} {:<40} version {}",
+                    p.identifier, p.record_id, p.version
+                );
+            }
+            println!("{} parked ({} listed)", resp.total, resp.parked.len());
+        }
+        QueryCommand::Indicators {
+            municipality,
+            period,
+        } => {
+            let resp = client
+                .get_indicators(ponte_proto::compliance::v1::GetIndicatorsRequest {
+                    municipality,
+                    period,
+                })
+                .await
+                .map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))?
+                .into_inner();
+            println!(
+                "{:<14} {:<8} {:>8} {:>8} {:>9} {:>13} {:>9} {:>10}",
+                "conditionality",
+                "period",
+                "public",
+                "followed",
+                "compliant",
+                "non-compliant",
+                "follow-up",
+                "compliance"
+            );
+            for r in &resp.rows {
+                println!(
+                    "{:<14} {:<8} {:>8} {:>8} {:>9} {:>13} {:>8.1}% {:>9.1}%",
+                    r.conditionality,
+                    r.period,
+                    r.public,
+                    r.followed,
+                    r.compliant,
+                    r.non_compliant,
+                    r.follow_up_rate * 100.0,
+                    r.compliance_rate * 100.0
+                );
+            }
+            for r in &resp.follow_up_rates {
+                println!("{} ({}): {:.1}%", r.name, r.period, r.rate * 100.0);
+            }
         }
     }
     Ok(())

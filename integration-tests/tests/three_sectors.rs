@@ -1,0 +1,229 @@
+//! The three sectors through real processes: a health record keyed by CNS arrives before the
+//! registry knows the CNS (parked), the registry profile arrives through the assistance adapter
+//! (released), school attendance below the threshold arrives through the education adapter, and
+//! the reconciler's views, alerts and family effects follow — including an accepted appeal.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use ponte_integration_tests::{Stack, eventually, read_topic, wait_ready};
+use ponte_proto::compliance::v1::compliance_service_client::ComplianceServiceClient;
+use ponte_proto::compliance::v1::{
+    ComplianceAlert, ComplianceChange, Family, GetFamilyRequest, GetPersonRequest,
+    ListParkedRequest, OutcomeStatus, Person,
+};
+use prost::Message as _;
+use serde_json::json;
+
+const CHILD: &str = "26827649960"; // domain.md vectors
+const MOTHER: &str = "46952280637";
+const CHILD_CNS: &str = "700000000000005"; // provisional CNS, ponte-domain's vector
+const FAMILY: &str = "1234567890";
+
+async fn post(stack: &Stack, service: &str, path: &str, body: serde_json::Value) {
+    let resp = reqwest::Client::new()
+        .post(stack.url(service, path))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    let text = resp.text().await.unwrap();
+    assert!(status.is_success(), "{service} {path}: {status} {text}");
+}
+
+async fn client(stack: &Stack) -> ComplianceServiceClient<tonic::transport::Channel> {
+    ComplianceServiceClient::connect(stack.grpc_url())
+        .await
+        .unwrap()
+}
+
+async fn person_where(stack: &Stack, nis: &str, pred: impl Fn(&Person) -> bool) -> Person {
+    eventually(
+        &format!("person {nis}"),
+        Duration::from_secs(60),
+        || async {
+            let mut c = ComplianceServiceClient::connect(stack.grpc_url())
+                .await
+                .ok()?;
+            let p = c
+                .get_person(GetPersonRequest { nis: nis.into() })
+                .await
+                .ok()?
+                .into_inner()
+                .person?;
+            pred(&p).then_some(p)
+        },
+    )
+    .await
+}
+
+async fn family_where(stack: &Stack, pred: impl Fn(&Family) -> bool) -> Family {
+    eventually("the family", Duration::from_secs(60), || async {
+        let mut c = ComplianceServiceClient::connect(stack.grpc_url())
+            .await
+            .ok()?;
+        let f = c
+            .get_family(GetFamilyRequest {
+                family_id: FAMILY.into(),
+            })
+            .await
+            .ok()?
+            .into_inner()
+            .family?;
+        pred(&f).then_some(f)
+    })
+    .await
+}
+
+fn status(p: &Person, conditionality: &str, period: &str) -> Option<OutcomeStatus> {
+    p.outcomes
+        .iter()
+        .find(|o| o.conditionality == conditionality && o.period == period)
+        .and_then(|o| OutcomeStatus::try_from(o.status).ok())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_sectors_meet_in_one_view() {
+    let stack = Stack::new("sectors");
+    let (ok, out, err) = stack.ponte(&["topics", "ensure"]);
+    assert!(ok.success(), "{out}{err}");
+    let mut services = Vec::new();
+    for s in [
+        "education-adapter",
+        "health-adapter",
+        "assistance-adapter",
+        "reconciler",
+    ] {
+        services.push(stack.spawn(s));
+    }
+    for s in &mut services {
+        wait_ready(s).await;
+    }
+
+    // Health first: the CNS is unknown, so the record is parked.
+    post(
+        &stack,
+        "health-adapter",
+        "/v1/health",
+        json!({"cns": CHILD_CNS, "encounter_date": "2025-03-10", "vaccination_up_to_date": true,
+               "weight_kg": 18.5, "height_cm": 108.0, "version": 1}),
+    )
+    .await;
+    eventually(
+        "the health record to be parked",
+        Duration::from_secs(60),
+        || async {
+            let mut c = ComplianceServiceClient::connect(stack.grpc_url())
+                .await
+                .ok()?;
+            let r = c
+                .list_parked(ListParkedRequest { limit: 10 })
+                .await
+                .ok()?
+                .into_inner();
+            (r.total == 1 && r.parked[0].identifier == format!("cns:{CHILD_CNS}")).then_some(())
+        },
+    )
+    .await;
+
+    // The registry: a five-year-old (education band 4–5: 60 %, health: child under 7) and her
+    // mother, both in the programme.
+    post(
+        &stack,
+        "assistance-adapter",
+        "/v1/persons",
+        json!([
+            {"nis": CHILD, "family_id": FAMILY, "birth_date": "2020-01-15", "sex": "F",
+             "municipality": "3550308", "cns": [CHILD_CNS], "memberships": ["PBF"], "version": 1},
+            {"nis": MOTHER, "family_id": FAMILY, "birth_date": "1995-06-01", "sex": "F",
+             "municipality": "3550308", "memberships": ["PBF"], "version": 1}
+        ]),
+    )
+    .await;
+    // Education: April 2025 at 50 %, below the 60 % of the 4–5 band (Lei 14.601/2023 art. 10).
+    post(
+        &stack,
+        "education-adapter",
+        "/v1/attendance",
+        json!({"nis": CHILD, "inep_school_code": "35012345", "month": "2025-04", "unit": "days",
+               "given": 20, "attended": 10, "low_attendance_reason": "62", "version": 1}),
+    )
+    .await;
+
+    let child = person_where(&stack, CHILD, |p| {
+        status(p, "education", "2025-B2") == Some(OutcomeStatus::NonCompliant)
+            && status(p, "health", "2025-S1") == Some(OutcomeStatus::Compliant)
+    })
+    .await;
+    assert_eq!(child.family_id, FAMILY);
+    assert!(child.registered);
+    assert_eq!(child.health_records.len(), 1);
+    assert_eq!(
+        child.health_records[0].arrived_as,
+        format!("cns:{CHILD_CNS}")
+    );
+    // No record in the next bimester: not followed, never non-compliant.
+    assert_eq!(
+        status(&child, "education", "2025-B3"),
+        Some(OutcomeStatus::NotFollowed)
+    );
+    let mut c = client(&stack).await;
+    let parked = c
+        .list_parked(ListParkedRequest { limit: 10 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(parked.total, 0, "released when the profile brought the CNS");
+
+    let family = family_where(&stack, |f| !f.effects.is_empty()).await;
+    assert_eq!(family.members, vec![CHILD.to_owned(), MOTHER.to_owned()]);
+    assert!(family.non_compliant_periods.contains(&"2025-B2".to_owned()));
+    assert_eq!(family.effects[0].sequence, 1, "first rung of the ladder");
+
+    // The alert for social assistance, and the view on the compacted changes topic.
+    let alerts = read_topic(
+        &stack.topic("compliance.alerts.v1"),
+        1,
+        Duration::from_secs(30),
+    );
+    let alert = alerts
+        .iter()
+        .map(|(_, v)| ComplianceAlert::decode(v.as_slice()).unwrap())
+        .find(|a| a.nis == CHILD)
+        .expect("an alert for the child");
+    assert_eq!(
+        (alert.family_id.as_str(), alert.period.as_str()),
+        (FAMILY, "2025-B2")
+    );
+    let changes = read_topic(
+        &stack.topic("compliance.changes.v1"),
+        1,
+        Duration::from_secs(30),
+    );
+    assert!(
+        changes
+            .iter()
+            .any(|(k, v)| k == format!("person:{CHILD}").as_bytes()
+                && matches!(
+                    ComplianceChange::decode(v.as_slice()).unwrap().view,
+                    Some(ponte_proto::compliance::v1::compliance_change::View::Person(_))
+                ))
+    );
+
+    // An accepted appeal removes the effect (both Bolsa Família rule sets).
+    post(
+        &stack,
+        "assistance-adapter",
+        "/v1/appeals",
+        json!({"family_id": FAMILY, "period": "2025-B2", "nis": CHILD, "conditionality": "education",
+               "filed_on": "2025-07-01", "decision": "ACCEPTED", "decided_on": "2025-07-20",
+               "version": 2}),
+    )
+    .await;
+    family_where(&stack, |f| f.effects.is_empty()).await;
+
+    for mut s in services {
+        assert!(s.terminate().success(), "{} log:\n{}", s.name, s.log_text());
+    }
+}
