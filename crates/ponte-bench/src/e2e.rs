@@ -58,6 +58,18 @@ pub(crate) struct Figures {
     pub(crate) batches: f64,
     pub(crate) commit_seconds: f64,
     pub(crate) state_bytes: f64,
+    /// `ghz` summaries: (call, text).
+    pub(crate) ghz: Vec<(String, String)>,
+}
+
+/// A `ghz` load run against the reconciler's gRPC server while the view is complete.
+#[derive(Debug, Clone)]
+pub(crate) struct Ghz {
+    pub(crate) bin: PathBuf,
+    /// Requests per second asked for (0 = as fast as possible).
+    pub(crate) rps: u32,
+    pub(crate) seconds: u32,
+    pub(crate) concurrency: u32,
 }
 
 pub(crate) struct Setup<'a> {
@@ -67,6 +79,7 @@ pub(crate) struct Setup<'a> {
     pub(crate) partitions: i32,
     pub(crate) work: &'a Path,
     pub(crate) data: &'a Path,
+    pub(crate) ghz: Option<Ghz>,
 }
 
 pub(crate) async fn run(s: &Setup<'_>) -> anyhow::Result<Figures> {
@@ -84,10 +97,8 @@ pub(crate) async fn run(s: &Setup<'_>) -> anyhow::Result<Figures> {
         "PONTE__RECONCILER__GROUP_ID",
         format!("{}reconciler", s.prefix),
     );
-    set(
-        "PONTE__RECONCILER__GRPC_LISTEN",
-        format!("127.0.0.1:{}", free_port()?),
-    );
+    let grpc = format!("127.0.0.1:{}", free_port()?);
+    set("PONTE__RECONCILER__GRPC_LISTEN", grpc.clone());
     let mut listen = BTreeMap::new();
     let mut admin = BTreeMap::new();
     for svc in [
@@ -228,6 +239,43 @@ pub(crate) async fn run(s: &Setup<'_>) -> anyhow::Result<Figures> {
             )
         })
         .collect();
+    let mut ghz = Vec::new();
+    if let Some(g) = &s.ghz {
+        let nis = nis_sample(s.data, 10_000)?;
+        let data = s.work.join("get-person.json");
+        let body: Vec<String> = nis.iter().map(|n| format!("{{\"nis\":\"{n}\"}}")).collect();
+        std::fs::write(&data, format!("[{}]", body.join(",")))?;
+        for (call, data_arg) in [
+            ("grpc.health.v1.Health/Check", None),
+            (
+                "ponte.compliance.v1.ComplianceService/GetPerson",
+                Some(&data),
+            ),
+        ] {
+            let mut c = Command::new(&g.bin);
+            c.args([
+                "--insecure",
+                "--call",
+                call,
+                "-z",
+                &format!("{}s", g.seconds),
+            ])
+            .args(["-c", &g.concurrency.to_string(), "--connections", "2"]);
+            if g.rps > 0 {
+                c.args(["--rps", &g.rps.to_string()]);
+            }
+            match data_arg {
+                Some(d) => c.arg("-D").arg(d),
+                None => c.args(["-d", "{}"]),
+            };
+            let out = c.arg(&grpc).output().context("running ghz")?;
+            ghz.push((
+                call.to_owned(),
+                String::from_utf8_lossy(&out.stdout).into_owned()
+                    + &String::from_utf8_lossy(&out.stderr),
+            ));
+        }
+    }
     let figures = Figures {
         records: expected,
         ingest: ingest_time,
@@ -239,9 +287,23 @@ pub(crate) async fn run(s: &Setup<'_>) -> anyhow::Result<Figures> {
         batches: metric(&metrics, "ponte_reconciler_batch_events_count"),
         commit_seconds: metric(&metrics, "ponte_reconciler_batch_commit_seconds_sum"),
         state_bytes: metric(&metrics, "ponte_reconciler_state_bytes"),
+        ghz,
     };
     drop(services);
     Ok(figures)
+}
+
+/// The first `n` NIS of the registry file.
+fn nis_sample(data: &Path, n: usize) -> anyhow::Result<Vec<String>> {
+    use std::io::BufRead as _;
+    let file = std::fs::File::open(data.join("registry-persons.csv"))?;
+    let mut out = Vec::with_capacity(n);
+    for line in std::io::BufReader::new(file).lines().skip(1).take(n) {
+        if let Some(nis) = line?.split(',').next() {
+            out.push(nis.to_owned());
+        }
+    }
+    Ok(out)
 }
 
 async fn wait_ready(svc: &Service) -> anyhow::Result<()> {

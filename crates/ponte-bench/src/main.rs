@@ -70,6 +70,19 @@ enum Cmd {
         /// The `ponte` binary to run (build it with --release).
         #[arg(long, default_value = "target/release/ponte")]
         ponte: PathBuf,
+        /// Also load the reconciler's gRPC server with this `ghz` binary once the view is
+        /// complete: gRPC health Check (the bare tonic stack) and GetPerson.
+        #[arg(long)]
+        ghz: Option<PathBuf>,
+        /// ghz: requests per second (0 = as fast as it can).
+        #[arg(long, default_value_t = 5000)]
+        ghz_rps: u32,
+        /// ghz: seconds per call.
+        #[arg(long, default_value_t = 20)]
+        ghz_seconds: u32,
+        /// ghz: concurrent workers.
+        #[arg(long, default_value_t = 50)]
+        ghz_concurrency: u32,
     },
 }
 
@@ -145,7 +158,14 @@ async fn main() -> anyhow::Result<()> {
                 broker::delete_topics(&kafka.bootstrap, &[topic]).await?;
             }
         }
-        Cmd::E2e { kafka, ponte } => {
+        Cmd::E2e {
+            kafka,
+            ponte,
+            ghz,
+            ghz_rps,
+            ghz_seconds,
+            ghz_concurrency,
+        } => {
             let ponte = std::fs::canonicalize(&ponte).with_context(|| {
                 format!(
                     "{} (build it with cargo build --release -p ponte)",
@@ -162,6 +182,12 @@ async fn main() -> anyhow::Result<()> {
                 partitions: kafka.partitions,
                 work: &run_dir,
                 data: &data,
+                ghz: ghz.map(|bin| e2e::Ghz {
+                    bin,
+                    rps: ghz_rps,
+                    seconds: ghz_seconds,
+                    concurrency: ghz_concurrency,
+                }),
             })
             .await;
             let wall = started.elapsed().as_secs_f64();
@@ -208,6 +234,10 @@ async fn main() -> anyhow::Result<()> {
                 println!("cpu                {name:<20} {cpu:.1} s");
             }
             machine_load_end(load, wall);
+            for (call, text) in &f.ghz {
+                println!("== ghz {call}");
+                print!("{text}");
+            }
 
             let records = encoded(&data, now)?;
             let topic = format!("{prefix}bare");
