@@ -113,14 +113,7 @@ fn unavailable(state: &AppState, err: &BusError) -> Response {
     resp
 }
 
-fn trace_id(headers: &HeaderMap) -> String {
-    headers
-        .get("x-trace-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|s| !s.is_empty() && s.len() <= 64)
-        .map(str::to_owned)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string())
-}
+use ponte_runtime::http::trace_id;
 
 fn rejected(position: String, err: RecordError, original: Vec<u8>) -> Rejected {
     Rejected {
@@ -568,25 +561,16 @@ pub async fn run(
 
     // Readiness follows the broker: a load balancer should not send pushes we cannot store.
     let probe = publisher.clone();
-    let ready = readiness.clone();
-    let stop = shutdown.clone();
-    tokio::spawn(async move {
-        loop {
-            let p = probe.clone();
-            let res =
-                tokio::task::spawn_blocking(move || p.check_connected(Duration::from_secs(3)))
-                    .await;
-            match res {
-                Ok(Ok(())) => ready.set_ready(),
-                Ok(Err(e)) => ready.set_not_ready(format!("broker: {e}")),
-                Err(e) => ready.set_not_ready(format!("probe: {e}")),
-            }
-            tokio::select! {
-                _ = stop.cancelled() => break,
-                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-            }
-        }
-    });
+    ponte_runtime::spawn_readiness_probe(
+        readiness.clone(),
+        shutdown.clone(),
+        Duration::from_secs(5),
+        move || {
+            probe
+                .check_connected(Duration::from_secs(3))
+                .map_err(|e| format!("broker: {e}"))
+        },
+    );
 
     let limit = cfg.max_body_bytes;
     let app = Router::new()

@@ -72,6 +72,33 @@ async fn ready(State(s): State<AdminState>) -> (StatusCode, String) {
     }
 }
 
+/// Runs `check` now and every `every` until `shutdown`, on a blocking thread, and keeps
+/// `readiness` in step with its answer (`Err(reason)` → not ready, with that reason). Adapters
+/// use it so that a load balancer stops sending pushes they could not store.
+pub fn spawn_readiness_probe<F>(
+    readiness: Readiness,
+    shutdown: CancellationToken,
+    every: std::time::Duration,
+    check: F,
+) where
+    F: Fn() -> Result<(), String> + Clone + Send + 'static,
+{
+    tokio::spawn(async move {
+        loop {
+            let c = check.clone();
+            match tokio::task::spawn_blocking(c).await {
+                Ok(Ok(())) => readiness.set_ready(),
+                Ok(Err(reason)) => readiness.set_not_ready(reason),
+                Err(e) => readiness.set_not_ready(format!("probe: {e}")),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(every) => {}
+            }
+        }
+    });
+}
+
 /// Binds the admin server on `addr` and serves it until `shutdown` is cancelled. Returns the
 /// bound address (useful with port 0) once listening.
 pub async fn serve_admin(

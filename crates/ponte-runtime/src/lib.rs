@@ -6,14 +6,16 @@
 //! - [`telemetry`]: `tracing` logs (text or JSON) and the Prometheus recorder.
 //! - [`admin`]: the admin HTTP server with `/metrics`, `/health/live` and `/health/ready`.
 //! - [`shutdown`]: one cancellation token tripped by SIGTERM or Ctrl-C.
+//! - [`http`]: small pieces every HTTP API shares (trace ids).
 //!
 //! Nothing here knows what a service does.
 pub mod admin;
 pub mod config;
+pub mod http;
 pub mod shutdown;
 pub mod telemetry;
 
-pub use admin::{Readiness, serve_admin};
+pub use admin::{Readiness, serve_admin, spawn_readiness_probe};
 pub use config::{ConfigError, load};
 pub use shutdown::shutdown_token;
 
