@@ -622,3 +622,137 @@ pub fn grpcurl() -> PathBuf {
     );
     path
 }
+
+/// Waits until every partition of the topics named `prefix*` answers a watermark query from
+/// its leader.
+pub async fn wait_for_leaders(bootstrap: &str, prefix: &str) {
+    use rdkafka::consumer::{BaseConsumer, Consumer as _};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    eventually("partition leaders", Duration::from_secs(60), || {
+        let answered = consumer
+            .fetch_metadata(None, Duration::from_secs(5))
+            .ok()
+            .and_then(|md| {
+                let ours: Vec<(String, i32)> = md
+                    .topics()
+                    .iter()
+                    .filter(|t| t.name().starts_with(prefix))
+                    .flat_map(|t| t.partitions().iter().map(|p| (t.name().to_owned(), p.id())))
+                    .collect();
+                let all = !ours.is_empty()
+                    && ours.iter().all(|(t, p)| {
+                        consumer
+                            .fetch_watermarks(t, *p, Duration::from_secs(5))
+                            .is_ok()
+                    });
+                all.then_some(())
+            });
+        async move { answered }
+    })
+    .await;
+}
+
+/// Sends `file` with `ponte ingest <sector> FILE --url URL` paced at `rate` lines per second,
+/// stops `broker` once `adapter` has acknowledged a first chunk, restarts it once a chunk has
+/// failed, and returns the client's stdout and stderr after it finished successfully (it
+/// re-sends on 503 until everything is acknowledged).
+pub async fn ingest_through_broker_restart(
+    stack: &Stack,
+    broker: &PrivateBroker,
+    adapter: &Service,
+    sector: &str,
+    file: &Path,
+    url: &str,
+    rate: u32,
+) -> (String, String) {
+    let out_path = stack.dir.path().join(format!("ingest-{sector}.out"));
+    let rate = rate.to_string();
+    let mut ingest = Command::new(ponte_bin())
+        .args([
+            "ingest",
+            sector,
+            file.to_str().expect("utf-8 path"),
+            "--url",
+            url,
+            "--rate",
+            &rate,
+            "--retries",
+            "100",
+            "--max-wait-secs",
+            "2",
+            "--no-progress",
+        ])
+        .envs(stack.env())
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    // Once the first chunk is acknowledged the batch is under way: stop the broker.
+    eventually("the first chunk", Duration::from_secs(60), || async {
+        let n = metric(
+            adapter.admin_port(),
+            "ponte_adapter_records_accepted_total",
+            &[],
+        )
+        .await;
+        (n > 0.0).then_some(())
+    })
+    .await;
+    broker.stop();
+    // The adapter fails a chunk while the broker is away (and answers 503)...
+    eventually("a failed chunk", Duration::from_secs(120), || async {
+        let n = metric(
+            adapter.admin_port(),
+            "ponte_adapter_publish_failures_total",
+            &[],
+        )
+        .await;
+        (n > 0.0).then_some(())
+    })
+    .await;
+    // ...and the broker comes back.
+    broker.restart();
+
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let status = loop {
+        if let Some(s) = ingest.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "ponte ingest did not finish");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let out = std::fs::read_to_string(&out_path).unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut ingest.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(
+        status.success(),
+        "{out}\n{err}\nadapter:\n{}",
+        adapter.log_text()
+    );
+    (out, err)
+}
+
+/// A provisional CNS (starts with 7) whose weighted sum is a multiple of 11.
+pub fn valid_cns(i: u64) -> String {
+    let body = format!("7{:013}", i);
+    let digits: Vec<u32> = body.chars().map(|c| c.to_digit(10).unwrap()).collect();
+    let sum: u32 = digits
+        .iter()
+        .enumerate()
+        .map(|(k, d)| d * (15 - k as u32))
+        .sum();
+    // The last digit has weight 1: choose it so the total is ≡ 0 (mod 11); skip bodies
+    // needing 10.
+    let last = (11 - sum % 11) % 11;
+    if last == 10 {
+        return valid_cns(i + 1_000_000);
+    }
+    let s = format!("{body}{last}");
+    ponte_domain::ids::Cns::parse(&s)
+        .expect("a valid CNS by construction")
+        .to_string()
+}

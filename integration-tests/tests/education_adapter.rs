@@ -6,12 +6,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ponte_integration_tests::{
-    PrivateBroker, Stack, eventually, metric, ponte_bin, read_topic, read_topic_at, valid_nis,
-    wait_ready,
+    PrivateBroker, Stack, eventually, ingest_through_broker_restart, metric, read_topic,
+    read_topic_at, valid_nis, wait_for_leaders, wait_ready,
 };
 use ponte_proto::compliance::v1::GetPersonRequest;
 use ponte_proto::compliance::v1::compliance_service_client::ComplianceServiceClient;
@@ -260,38 +259,6 @@ async fn a_csv_upload_keeps_good_lines_lists_bad_ones_by_line_and_resends_as_a_n
     assert!(adapter.terminate().success(), "{}", adapter.log_text());
 }
 
-/// Waits until every partition of the topics named `prefix*` answers a watermark query from
-/// its leader.
-async fn wait_for_leaders(bootstrap: &str, prefix: &str) {
-    use rdkafka::consumer::{BaseConsumer, Consumer as _};
-    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .unwrap();
-    eventually("partition leaders", Duration::from_secs(60), || {
-        let answered = consumer
-            .fetch_metadata(None, Duration::from_secs(5))
-            .ok()
-            .and_then(|md| {
-                let ours: Vec<(String, i32)> = md
-                    .topics()
-                    .iter()
-                    .filter(|t| t.name().starts_with(prefix))
-                    .flat_map(|t| t.partitions().iter().map(|p| (t.name().to_owned(), p.id())))
-                    .collect();
-                let all = !ours.is_empty()
-                    && ours.iter().all(|(t, p)| {
-                        consumer
-                            .fetch_watermarks(t, *p, Duration::from_secs(5))
-                            .is_ok()
-                    });
-                all.then_some(())
-            });
-        async move { answered }
-    })
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_broker_restart_during_a_csv_batch_loses_and_duplicates_nothing() {
     // The broker this test stops is its own; the shared one is never touched.
@@ -334,71 +301,9 @@ async fn a_broker_restart_during_a_csv_batch_loses_and_duplicates_nothing() {
 
     // Paced at 200 lines/s, the upload lasts about ten seconds: the broker goes down in it.
     let url = stack.url("education-adapter", "/v1/attendance");
-    let out_path = stack.dir.path().join("ingest.out");
-    let mut ingest = Command::new(ponte_bin())
-        .args([
-            "ingest",
-            "education",
-            path.to_str().unwrap(),
-            "--url",
-            &url,
-            "--rate",
-            "200",
-            "--retries",
-            "100",
-            "--max-wait-secs",
-            "2",
-            "--no-progress",
-        ])
-        .envs(stack.env())
-        .stdout(std::fs::File::create(&out_path).unwrap())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-
-    // Once the first chunk is acknowledged the batch is under way: stop the broker.
-    eventually("the first chunk", Duration::from_secs(60), || async {
-        let n = metric(
-            adapter.admin_port(),
-            "ponte_adapter_records_accepted_total",
-            &[],
-        )
-        .await;
-        (n > 0.0).then_some(())
-    })
-    .await;
-    broker.stop();
-    // The adapter fails a chunk while the broker is away (and answers 503)...
-    eventually("a failed chunk", Duration::from_secs(120), || async {
-        let n = metric(
-            adapter.admin_port(),
-            "ponte_adapter_publish_failures_total",
-            &[],
-        )
-        .await;
-        (n > 0.0).then_some(())
-    })
-    .await;
-    // ...and the broker comes back.
-    broker.restart();
-
-    // The client sends the file again on 503 until it is all acknowledged.
-    let deadline = Instant::now() + Duration::from_secs(300);
-    let status = loop {
-        if let Some(s) = ingest.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "ponte ingest did not finish");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    let out = std::fs::read_to_string(&out_path).unwrap();
-    let mut err = String::new();
-    std::io::Read::read_to_string(&mut ingest.stderr.take().unwrap(), &mut err).unwrap();
-    assert!(
-        status.success(),
-        "{out}\n{err}\nadapter:\n{}",
-        adapter.log_text()
-    );
+    let (out, err) =
+        ingest_through_broker_restart(&stack, &broker, &adapter, "education", &path, &url, 200)
+            .await;
     assert!(out.contains(&format!("accepted   {N}")), "{out}");
     assert!(out.contains("rejected   0"), "{out}");
     assert!(

@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use ponte_domain::ids::{Cns, Nis};
-use ponte_integration_tests::{Service, Stack, broker, eventually, wait_ready};
+use ponte_domain::ids::Nis;
+use ponte_integration_tests::{Service, Stack, broker, eventually, valid_cns, wait_ready};
 use ponte_proto::compliance::v1::compliance_service_client::ComplianceServiceClient;
 use ponte_proto::compliance::v1::{ListPersonsRequest, Person};
 use ponte_proto::events::v1::{self as ev, Event, event::Record, health_follow_up::Subject};
@@ -21,25 +21,6 @@ fn nis(i: u64) -> String {
     Nis::with_check_digit(&format!("{:010}", 1_000_000_000 + i * 7))
         .unwrap()
         .to_string()
-}
-
-/// A provisional CNS (starts with 7) whose weighted sum is a multiple of 11.
-fn cns(i: u64) -> String {
-    let body = format!("7{:013}", i);
-    let digits: Vec<u32> = body.chars().map(|c| c.to_digit(10).unwrap()).collect();
-    let sum: u32 = digits
-        .iter()
-        .enumerate()
-        .map(|(k, d)| d * (15 - k as u32))
-        .sum();
-    // The last digit has weight 1: choose it so the total is ≡ 0 (mod 11); skip bodies
-    // needing 10.
-    let last = (11 - sum % 11) % 11;
-    if last == 10 {
-        return cns(i + 1_000_000);
-    }
-    let s = format!("{body}{last}");
-    Cns::parse(&s).unwrap().to_string()
 }
 
 fn event(record_id: String, record: Record) -> Event {
@@ -58,7 +39,7 @@ fn workload() -> Vec<(&'static str, String, Event)> {
     let mut out = Vec::new();
     for i in 0..PERSONS {
         let n = nis(i);
-        let c = cns(i);
+        let c = valid_cns(i);
         let health = (
             "health.records.v1",
             c.clone(),

@@ -1,0 +1,128 @@
+//! The broker stopped and restarted in the middle of a registry upload (assistance adapter,
+//! streamed CSV), then health records by CNS through the health adapter: nothing is lost and
+//! nothing is applied twice in the reconciler's view. A private broker: the shared one is never
+//! stopped.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use ponte_integration_tests::{
+    PrivateBroker, Stack, eventually, ingest_through_broker_restart, valid_cns, valid_nis,
+    wait_for_leaders, wait_ready,
+};
+use ponte_proto::compliance::v1::ListPersonsRequest;
+use ponte_proto::compliance::v1::compliance_service_client::ComplianceServiceClient;
+use serde_json::json;
+
+const N: u64 = 1000;
+const MUNICIPALITY: &str = "3550308";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn registry_and_health_batches_survive_a_broker_restart() {
+    let broker = PrivateBroker::start();
+    let mut stack = Stack::new("restart-sectors");
+    for (k, v) in [
+        ("PONTE__KAFKA__BOOTSTRAP_SERVERS", broker.bootstrap()),
+        ("PONTE__KAFKA__MESSAGE_TIMEOUT_MS", "3000".to_owned()),
+        (
+            "PONTE__ASSISTANCE_ADAPTER__CSV_CHUNK_RECORDS",
+            "100".to_owned(),
+        ),
+        (
+            "PONTE__ASSISTANCE_ADAPTER__RETRY_AFTER_SECS",
+            "1".to_owned(),
+        ),
+    ] {
+        stack.extra_env.insert(k.into(), v);
+    }
+    let (status, out, err) = stack.ponte(&["topics", "ensure"]);
+    assert!(status.success(), "{out}{err}");
+    wait_for_leaders(&broker.bootstrap(), &stack.prefix).await;
+    let mut assistance = stack.spawn("assistance-adapter");
+    let mut health = stack.spawn("health-adapter");
+    let mut reconciler = stack.spawn("reconciler");
+    for s in [&mut assistance, &mut health, &mut reconciler] {
+        wait_ready(s).await;
+    }
+
+    // The registry: N children, each with a CNS, streamed as CSV while the broker goes away.
+    let mut csv = String::from("nis,family_id,birth_date,sex,municipality,cns,memberships\n");
+    for i in 0..N {
+        csv.push_str(&format!(
+            "{},F{},2020-02-0{},F,{MUNICIPALITY},{},PBF\n",
+            valid_nis(7000 + i),
+            i / 2,
+            1 + i % 9,
+            valid_cns(i)
+        ));
+    }
+    let path = stack.dir.path().join("registry.csv");
+    std::fs::write(&path, csv).unwrap();
+    let url = stack.url("assistance-adapter", "/v1/persons");
+    let (out, err) =
+        ingest_through_broker_restart(&stack, &broker, &assistance, "assistance", &path, &url, 100)
+            .await;
+    assert!(out.contains(&format!("accepted   {N}")), "{out}");
+    assert!(err.contains("503"), "the broker stop hit the batch: {err}");
+
+    // Health: one record per child by CNS, in requests of 100.
+    let client = reqwest::Client::new();
+    for chunk in (0..N).collect::<Vec<_>>().chunks(100) {
+        let body: Vec<_> = chunk
+            .iter()
+            .map(|i| {
+                json!({"cns": valid_cns(*i), "encounter_date": "2025-03-10",
+                       "vaccination_up_to_date": true, "weight_kg": 17.0, "height_cm": 105.0})
+            })
+            .collect();
+        let resp = client
+            .post(stack.url("health-adapter", "/v1/health"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            resp.status().as_u16(),
+            200,
+            "{}",
+            resp.text().await.unwrap()
+        );
+    }
+
+    // Every child is in the view once, with their profile and their health record.
+    let persons = eventually(
+        "every child in the view",
+        Duration::from_secs(180),
+        || async {
+            let mut c = ComplianceServiceClient::connect(stack.grpc_url())
+                .await
+                .ok()?;
+            let mut stream = c
+                .list_persons(ListPersonsRequest {
+                    municipality: MUNICIPALITY.into(),
+                    page_size: 100_000,
+                    ..Default::default()
+                })
+                .await
+                .ok()?
+                .into_inner();
+            let mut all = Vec::new();
+            while let Some(item) = stream.message().await.ok()? {
+                all.push(item.person?);
+            }
+            (all.len() as u64 == N && all.iter().all(|p| p.health_records.len() == 1))
+                .then_some(all)
+        },
+    )
+    .await;
+    for p in &persons {
+        assert!(p.registered, "{}", p.nis);
+        assert_eq!(p.health_records.len(), 1, "{}", p.nis);
+        assert_eq!(p.health_records[0].version, 1, "{}", p.nis);
+    }
+
+    for s in [assistance, health, reconciler] {
+        let mut s = s;
+        assert!(s.terminate().success(), "{}", s.log_text());
+    }
+}
