@@ -386,6 +386,21 @@ async fn topics_ensure_creates_the_catalogue_once_and_compacts_the_view() {
         .alter_configs([&alter], &AdminOptions::new())
         .await
         .unwrap();
+    // The broker applies the change from the controller's log a moment later: wait until it
+    // reports it, as an operator's drift would be.
+    eventually(
+        "the drift to be visible",
+        Duration::from_secs(30),
+        || async {
+            let res = admin
+                .describe_configs([&ResourceSpecifier::Topic(&view)], &AdminOptions::new())
+                .await
+                .ok()?;
+            let res = res.into_iter().next()?.ok()?;
+            (res.get("cleanup.policy")?.value.as_deref() == Some("delete")).then_some(())
+        },
+    )
+    .await;
     let (_, third, _) = stack.ponte(&["topics", "ensure"]);
     assert!(
         third.contains("cleanup.policy: delete -> compact"),
