@@ -1,13 +1,13 @@
 //! The broker stopped and restarted in the middle of a registry upload (assistance adapter,
-//! streamed CSV), then health records by CNS through the health adapter: nothing is lost and
-//! nothing is applied twice in the reconciler's view. A private broker: the shared one is never
+//! streamed CSV), and again in the middle of a stream of health records by CNS (health
+//! adapter): nothing is lost and nothing is applied twice in the reconciler's view. A private broker: the shared one is never
 //! stopped.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
 
 use ponte_integration_tests::{
-    PrivateBroker, Stack, eventually, ingest_through_broker_restart, valid_cns, valid_nis,
+    PrivateBroker, Stack, eventually, ingest_through_broker_restart, metric, valid_cns, valid_nis,
     wait_for_leaders, wait_ready,
 };
 use ponte_proto::compliance::v1::ListPersonsRequest;
@@ -65,29 +65,68 @@ async fn registry_and_health_batches_survive_a_broker_restart() {
     assert!(out.contains(&format!("accepted   {N}")), "{out}");
     assert!(err.contains("503"), "the broker stop hit the batch: {err}");
 
-    // Health: one record per child by CNS, in requests of 100.
-    let client = reqwest::Client::new();
-    for chunk in (0..N).collect::<Vec<_>>().chunks(100) {
-        let body: Vec<_> = chunk
-            .iter()
-            .map(|i| {
-                json!({"cns": valid_cns(*i), "encounter_date": "2025-03-10",
-                       "vaccination_up_to_date": true, "weight_kg": 17.0, "height_cm": 105.0})
-            })
-            .collect();
-        let resp = client
-            .post(stack.url("health-adapter", "/v1/health"))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(
-            resp.status().as_u16(),
-            200,
-            "{}",
-            resp.text().await.unwrap()
-        );
-    }
+    // Health: one record per child by CNS, one request each, sent by a client that re-sends on
+    // 503 after Retry-After — while the broker goes away a second time.
+    let health_url = stack.url("health-adapter", "/v1/health");
+    let sender = tokio::spawn(async move {
+        let client = reqwest::Client::new();
+        let mut retried = 0u32;
+        for i in 0..N {
+            let body = json!({"cns": valid_cns(i), "encounter_date": "2025-03-10",
+                              "vaccination_up_to_date": true, "weight_kg": 17.0,
+                              "height_cm": 105.0});
+            loop {
+                let resp = client.post(&health_url).json(&body).send().await.unwrap();
+                match resp.status().as_u16() {
+                    200 => break,
+                    503 => {
+                        retried += 1;
+                        let wait: u64 = resp
+                            .headers()
+                            .get("retry-after")
+                            .and_then(|v| v.to_str().ok()?.parse().ok())
+                            .expect("503 carries Retry-After");
+                        tokio::time::sleep(Duration::from_secs(wait.min(2))).await;
+                    }
+                    other => panic!("health answered {other}: {}", resp.text().await.unwrap()),
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        retried
+    });
+    eventually(
+        "the first health record",
+        Duration::from_secs(60),
+        || async {
+            let n = metric(
+                health.admin_port(),
+                "ponte_adapter_records_accepted_total",
+                &[],
+            )
+            .await;
+            (n > 0.0).then_some(())
+        },
+    )
+    .await;
+    broker.stop();
+    eventually(
+        "a failed health publish",
+        Duration::from_secs(120),
+        || async {
+            let n = metric(
+                health.admin_port(),
+                "ponte_adapter_publish_failures_total",
+                &[],
+            )
+            .await;
+            (n > 0.0).then_some(())
+        },
+    )
+    .await;
+    broker.restart();
+    let retried = sender.await.unwrap();
+    assert!(retried > 0, "the broker stop hit the health batch");
 
     // Every child is in the view once, with their profile and their health record.
     let persons = eventually(
