@@ -24,12 +24,15 @@ pub(crate) enum Sector {
 }
 
 impl Sector {
-    /// Path of the adapter's ingest endpoint, when Ponte knows it.
+    /// Path of the adapter's main ingest endpoint: attendance (JSON or CSV), FHIR bundles,
+    /// registry profiles (JSON or CSV). Other endpoints (`/v1/health`, `/v1/appeals`, …) take
+    /// `--url`.
     fn default_path(self) -> Option<&'static str> {
-        match self {
-            Sector::Education => Some("/v1/attendance"),
-            Sector::Health | Sector::Assistance => None,
-        }
+        Some(match self {
+            Sector::Education => "/v1/attendance",
+            Sector::Health => "/fhir",
+            Sector::Assistance => "/v1/persons",
+        })
     }
 
     /// Media type of a file for this sector, from its extension.

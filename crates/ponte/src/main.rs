@@ -194,10 +194,11 @@ async fn main() -> anyhow::Result<()> {
         Command::Config => println!("{cfg:#?}"),
         Command::Ingest(args) => {
             // The sector's configured listen address gives the default endpoint.
-            let listen = match args.sector {
-                ingest::Sector::Education => Some(cfg.education_adapter.listen.clone()),
-                _ => None,
-            };
+            let listen = Some(match args.sector {
+                ingest::Sector::Education => cfg.education_adapter.listen.clone(),
+                ingest::Sector::Health => cfg.health_adapter.listen.clone(),
+                ingest::Sector::Assistance => cfg.assistance_adapter.listen.clone(),
+            });
             if !ingest::run(args, listen.as_deref()).await? {
                 std::process::exit(1);
             }
