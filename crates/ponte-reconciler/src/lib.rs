@@ -26,4 +26,7 @@ pub enum ReconcilerError {
     Corrupt { key: String, reason: String },
     #[error("{0}")]
     Startup(String),
+    /// A record reached the state of another person or family: a bug in the topology.
+    #[error("record applied to the wrong key: {0}")]
+    Misrouted(String),
 }

@@ -367,7 +367,7 @@ impl Topology {
         };
         let applied = state
             .apply(record)
-            .map_err(|e| ReconcilerError::Startup(e.to_string()))?;
+            .map_err(|e| ReconcilerError::Misrouted(e.to_string()))?;
         if !applied.changed() {
             return Ok(Applied::Unchanged);
         }
@@ -390,7 +390,7 @@ impl Topology {
         let old_family = state.profile().map(|p| p.family_id.clone());
         let applied = state
             .apply(PersonRecord::Profile(profile))
-            .map_err(|e| ReconcilerError::Startup(e.to_string()))?;
+            .map_err(|e| ReconcilerError::Misrouted(e.to_string()))?;
         if !applied.changed() {
             return Ok(Applied::Unchanged);
         }
@@ -808,7 +808,7 @@ impl Topology {
         let (mut state, _) = self.load_family(tx, &fid)?;
         let applied = state
             .apply(record)
-            .map_err(|e| ReconcilerError::Startup(e.to_string()))?;
+            .map_err(|e| ReconcilerError::Misrouted(e.to_string()))?;
         if !applied.changed() {
             return Ok(Applied::Unchanged);
         }
