@@ -70,7 +70,21 @@ pub(crate) struct Ghz {
     pub(crate) rps: u32,
     pub(crate) seconds: u32,
     pub(crate) concurrency: u32,
+    /// The repository's `proto/` directory.
+    pub(crate) protos: PathBuf,
 }
+
+/// The standard gRPC health service definition (grpc/grpc `doc/health-checking.md`), the
+/// `Check` method only.
+const HEALTH_PROTO: &str = r#"syntax = "proto3";
+package grpc.health.v1;
+message HealthCheckRequest { string service = 1; }
+message HealthCheckResponse {
+  enum ServingStatus { UNKNOWN = 0; SERVING = 1; NOT_SERVING = 2; SERVICE_UNKNOWN = 3; }
+  ServingStatus status = 1;
+}
+service Health { rpc Check(HealthCheckRequest) returns (HealthCheckResponse); }
+"#;
 
 pub(crate) struct Setup<'a> {
     pub(crate) ponte: &'a Path,
@@ -245,14 +259,23 @@ pub(crate) async fn run(s: &Setup<'_>) -> anyhow::Result<Figures> {
         let data = s.work.join("get-person.json");
         let body: Vec<String> = nis.iter().map(|n| format!("{{\"nis\":\"{n}\"}}")).collect();
         std::fs::write(&data, format!("[{}]", body.join(",")))?;
-        for (call, data_arg) in [
-            ("grpc.health.v1.Health/Check", None),
+        // ghz speaks the older reflection API only: give it the protos.
+        let health = s.work.join("health.proto");
+        std::fs::write(&health, HEALTH_PROTO)?;
+        let compliance = g.protos.join("ponte/compliance/v1/compliance.proto");
+        for (call, proto, data_arg) in [
+            ("grpc.health.v1.Health/Check", &health, None),
             (
                 "ponte.compliance.v1.ComplianceService/GetPerson",
+                &compliance,
                 Some(&data),
             ),
         ] {
             let mut c = Command::new(&g.bin);
+            c.arg("--proto")
+                .arg(proto)
+                .arg("--import-paths")
+                .arg(&g.protos);
             c.args([
                 "--insecure",
                 "--call",
@@ -374,7 +397,8 @@ pub(crate) fn quantile(buckets: &[(f64, f64)], q: f64) -> Option<f64> {
     for &(le, count) in buckets {
         if count >= rank {
             if le.is_infinite() {
-                return Some(prev.0);
+                // Beyond the largest bound: infinite, the caller says "above".
+                return Some(f64::INFINITY);
             }
             let width = count - prev.1;
             let frac = if width > 0.0 {

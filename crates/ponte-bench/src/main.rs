@@ -83,6 +83,9 @@ enum Cmd {
         /// ghz: concurrent workers.
         #[arg(long, default_value_t = 50)]
         ghz_concurrency: u32,
+        /// The repository's proto directory (ghz needs the .proto files).
+        #[arg(long, default_value = "proto")]
+        protos: PathBuf,
     },
 }
 
@@ -165,7 +168,9 @@ async fn main() -> anyhow::Result<()> {
             ghz_rps,
             ghz_seconds,
             ghz_concurrency,
+            protos,
         } => {
+            let protos = std::fs::canonicalize(&protos)?;
             let ponte = std::fs::canonicalize(&ponte).with_context(|| {
                 format!(
                     "{} (build it with cargo build --release -p ponte)",
@@ -187,6 +192,7 @@ async fn main() -> anyhow::Result<()> {
                     rps: ghz_rps,
                     seconds: ghz_seconds,
                     concurrency: ghz_concurrency,
+                    protos: protos.clone(),
                 }),
             })
             .await;
@@ -218,8 +224,10 @@ async fn main() -> anyhow::Result<()> {
             println!("throughput         {e2e_rate:.0} records/s end to end");
             match (f.latency_p50, f.latency_p99) {
                 (Some(p50), Some(p99)) => println!(
-                    "ingest → view      p50 {:.3} s, p99 {:.3} s ({} events, histogram interpolation)",
-                    p50, p99, f.latency_count
+                    "ingest → view      p50 {}, p99 {} ({} events, histogram interpolation)",
+                    seconds(p50),
+                    seconds(p99),
+                    f.latency_count
                 ),
                 _ => println!("ingest → view      no latency samples"),
             }
@@ -254,6 +262,15 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A latency in seconds; beyond the histogram's largest bucket (60 s) only "above" is known.
+fn seconds(s: f64) -> String {
+    if s.is_finite() {
+        format!("{s:.3} s")
+    } else {
+        "> 60 s (above the largest bucket)".to_owned()
+    }
 }
 
 fn print_broker(f: &broker::Figures) {
