@@ -262,7 +262,21 @@ pub(crate) async fn run(s: &Setup<'_>) -> anyhow::Result<Figures> {
         // ghz speaks the older reflection API only: give it the protos.
         let health = s.work.join("health.proto");
         std::fs::write(&health, HEALTH_PROTO)?;
-        let compliance = g.protos.join("ponte/compliance/v1/compliance.proto");
+        // ghz's proto parser refuses proto3 `optional`; for decoding, a copy without the
+        // keyword is equivalent (the label changes presence tracking, not the wire format).
+        let original =
+            std::fs::read_to_string(g.protos.join("ponte/compliance/v1/compliance.proto"))?;
+        let stripped: String = original
+            .lines()
+            .map(|l| match l.trim_start().strip_prefix("optional ") {
+                Some(rest) => format!("  {rest}\n"),
+                None => format!("{l}\n"),
+            })
+            .collect();
+        let protos = s.work.join("protos");
+        std::fs::create_dir_all(protos.join("ponte/compliance/v1"))?;
+        let compliance = protos.join("ponte/compliance/v1/compliance.proto");
+        std::fs::write(&compliance, stripped)?;
         for (call, proto, data_arg) in [
             ("grpc.health.v1.Health/Check", &health, None),
             (
@@ -275,7 +289,7 @@ pub(crate) async fn run(s: &Setup<'_>) -> anyhow::Result<Figures> {
             c.arg("--proto")
                 .arg(proto)
                 .arg("--import-paths")
-                .arg(&g.protos);
+                .arg(&protos);
             c.args([
                 "--insecure",
                 "--call",
