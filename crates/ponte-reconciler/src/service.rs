@@ -115,7 +115,8 @@ const KIND_STATE_DELETE: i32 = 4;
 /// Published only once every state entry before it is acknowledged, so a restored store's
 /// offsets are never ahead of its state (re-applying inputs is harmless; skipping is not).
 const KIND_OFFSET: i32 = 5;
-/// Changelog key prefix of consumed offsets: `offset/<partition>/<topic>`.
+/// Changelog key prefix of consumed offsets: `<group>|offset/<partition>/<topic>` (every
+/// changelog key starts with the consumer group, `<group>|<state key>`).
 const CHANGELOG_OFFSET: &str = "offset/";
 const OUTBOX_SEQ: &[u8] = b"meta/outbox_seq";
 
@@ -225,6 +226,7 @@ fn commit(
     offsets: &mut std::collections::BTreeMap<(String, i32), i64>,
     stats: &mut BatchStats,
     consumer: &impl rdkafka::consumer::Consumer<ponte_bus::consume::SeekingContext>,
+    scope: &str,
 ) -> Result<(), ReconcilerError> {
     if offsets.is_empty() {
         return Ok(());
@@ -264,7 +266,7 @@ fn commit(
         );
     }
     for (k, v) in &writes {
-        let key = String::from_utf8_lossy(k).into_owned();
+        let key = format!("{scope}|{}", String::from_utf8_lossy(k));
         let entry = match v {
             Some(v) => OutboxEntry {
                 kind: KIND_STATE_PUT,
@@ -285,7 +287,7 @@ fn commit(
             &mut w,
             OutboxEntry {
                 kind: KIND_OFFSET,
-                key: format!("{CHANGELOG_OFFSET}{partition}/{topic}"),
+                key: format!("{scope}|{CHANGELOG_OFFSET}{partition}/{topic}"),
                 payload: next.to_be_bytes().to_vec(),
             },
         );
@@ -414,6 +416,7 @@ fn restore_from_changelog(
     store: &Store,
     kafka: &KafkaConfig,
     changelog: &str,
+    scope: &str,
 ) -> Result<u64, ReconcilerError> {
     use rdkafka::consumer::{BaseConsumer, Consumer as _};
     let consumer: BaseConsumer = kafka
@@ -472,7 +475,14 @@ fn restore_from_changelog(
             continue;
         };
         let msg = msg.map_err(|e| ReconcilerError::Startup(format!("changelog read: {e}")))?;
-        let key = String::from_utf8_lossy(msg.key().unwrap_or_default()).into_owned();
+        let full = String::from_utf8_lossy(msg.key().unwrap_or_default()).into_owned();
+        if msg.offset() + 1 >= pending.get(&msg.partition()).copied().unwrap_or(0) {
+            pending.remove(&msg.partition());
+        }
+        // Entries are scoped by consumer group: another deployment's state is not ours.
+        let Some(key) = full.strip_prefix(&format!("{scope}|")).map(str::to_owned) else {
+            continue;
+        };
         if let Some(rest) = key.strip_prefix(CHANGELOG_OFFSET) {
             if let (Some((partition, topic)), Some(bytes)) = (rest.split_once('/'), msg.payload())
                 && let (Ok(partition), Ok(arr)) =
@@ -487,9 +497,6 @@ fn restore_from_changelog(
             }
         }
         restored += 1;
-        if msg.offset() + 1 >= pending.get(&msg.partition()).copied().unwrap_or(0) {
-            pending.remove(&msg.partition());
-        }
         if w.len() >= 10_000 {
             std::mem::replace(&mut w, store.batch()).commit()?;
         }
@@ -527,7 +534,7 @@ fn refresh_gauges(
             for (status, n) in [
                 ("COMPLIANT", c.compliant),
                 ("NON_COMPLIANT", c.non_compliant),
-                ("NOT_FOLLOWED", c.public - c.followed),
+                ("NOT_FOLLOWED", c.public.saturating_sub(c.followed)),
             ] {
                 *sums.entry((cond.to_owned(), status)).or_default() += n;
             }
@@ -575,11 +582,22 @@ pub async fn run(
     };
     if store.is_empty()? {
         readiness.set_not_ready("restoring state from the changelog");
-        let (s, k, c) = (store.clone(), kafka.clone(), out.changelog.clone());
+        let (s, k, c, g) = (
+            store.clone(),
+            kafka.clone(),
+            out.changelog.clone(),
+            cfg.group_id.clone(),
+        );
         let started = Instant::now();
-        let restored = tokio::task::spawn_blocking(move || restore_from_changelog(&s, &k, &c))
-            .await
-            .map_err(|e| ReconcilerError::Startup(format!("restore task: {e}")))??;
+        let restored = tokio::task::spawn_blocking(move || {
+            let n = restore_from_changelog(&s, &k, &c, &g)?;
+            // Derived counts are rebuilt from the restored views: the changelog holds the latest
+            // value of every key, not one consistent cut across keys.
+            crate::topology::rebuild_indicators(&s)?;
+            Ok::<_, ReconcilerError>(n)
+        })
+        .await
+        .map_err(|e| ReconcilerError::Startup(format!("restore task: {e}")))??;
         tracing::info!(
             restored,
             seconds = started.elapsed().as_secs_f64(),
@@ -666,7 +684,14 @@ pub async fn run(
             Some(Ok(msg)) => {
                 apply_message(&topology, &inputs, &mut tx, &mut offsets, &mut stats, &msg)?;
                 if stats.events >= cfg.batch_max {
-                    commit(&store, &mut tx, &mut offsets, &mut stats, &consumer)?;
+                    commit(
+                        &store,
+                        &mut tx,
+                        &mut offsets,
+                        &mut stats,
+                        &consumer,
+                        &cfg.group_id,
+                    )?;
                     drain_outbox(&store, &publisher, &out).await?;
                 }
             }
@@ -675,13 +700,27 @@ pub async fn run(
                 metrics::counter!("ponte_reconciler_consumer_errors_total").increment(1);
             }
             None => {
-                commit(&store, &mut tx, &mut offsets, &mut stats, &consumer)?;
+                commit(
+                    &store,
+                    &mut tx,
+                    &mut offsets,
+                    &mut stats,
+                    &consumer,
+                    &cfg.group_id,
+                )?;
                 drain_outbox(&store, &publisher, &out).await?;
             }
         }
     }
     // Whatever was applied in memory is committed with its offsets; nothing is half-written.
-    commit(&store, &mut tx, &mut offsets, &mut stats, &consumer)?;
+    commit(
+        &store,
+        &mut tx,
+        &mut offsets,
+        &mut stats,
+        &consumer,
+        &cfg.group_id,
+    )?;
     drop(tx);
     let _ = drain_outbox(&store, &publisher, &out).await;
     readiness.set_not_ready("shutting down");

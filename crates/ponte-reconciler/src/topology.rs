@@ -945,6 +945,33 @@ pub fn list_persons(
     Ok(out)
 }
 
+/// Rebuilds every indicator count from the stored person views (after a restore from the
+/// changelog, which holds the latest value of each key but not one consistent cut across keys).
+pub fn rebuild_indicators(store: &ponte_store::Store) -> Result<(), ReconcilerError> {
+    let mut counts: BTreeMap<Vec<u8>, Counts> = BTreeMap::new();
+    for (k, v) in store.scan_prefix(b"v/p/")? {
+        let p = api::Person::decode(v.as_slice()).map_err(|e| corrupt(&k, e))?;
+        for o in &p.outcomes {
+            if let Some(status) = domain_status(o.status) {
+                counts
+                    .entry(key(&["i", &p.municipality, &o.conditionality, &o.period]))
+                    .or_default()
+                    .add(status);
+            }
+        }
+    }
+    let mut w = store.batch();
+    for (k, _) in store.scan_prefix(b"i/")? {
+        w.delete(&k);
+    }
+    for (k, c) in &counts {
+        let bytes = serde_json::to_vec(c).map_err(|e| corrupt(k, e))?;
+        w.put(k, &bytes);
+    }
+    w.commit()?;
+    Ok(())
+}
+
 /// Outcome counts for a municipality, per (conditionality, period).
 pub fn read_indicators(
     kv: &dyn Kv,
