@@ -454,36 +454,7 @@ pub fn parse_metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 /// Reads every record currently on `topic` (all partitions, from the beginning), waiting up
 /// to `timeout` for at least `min` of them. Returns (key, payload) pairs.
 pub fn read_topic(topic: &str, min: usize, timeout: Duration) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", broker())
-        .set("group.id", format!("it-reader-{}", uuid::Uuid::new_v4()))
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let md = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for t in md.topics() {
-        for p in t.partitions() {
-            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
-                .unwrap();
-        }
-    }
-    consumer.assign(&tpl).unwrap();
-    let mut out = Vec::new();
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
-            out.push((
-                m.key().unwrap_or_default().to_vec(),
-                m.payload().unwrap_or_default().to_vec(),
-            ));
-        } else if out.len() >= min {
-            break;
-        }
-    }
-    out
+    read_topic_at(broker(), topic, min, timeout)
 }
 
 /// A Kafka broker of one test alone, on its own ports (`deploy/local/kafka.sh` with
@@ -596,17 +567,9 @@ pub fn read_topic_at(
 /// A valid NIS (domain.md: weights 3,2,9,8,7,6,5,4,3,2; DV = 11 − Σ mod 11, 10 and 11 → 0)
 /// for each `n` below 9·10⁹; distinct `n` give distinct NIS.
 pub fn valid_nis(n: u64) -> String {
-    let base = format!("{:010}", 1_000_000_000 + n);
-    let sum: u32 = base
-        .bytes()
-        .zip([3, 2, 9, 8, 7, 6, 5, 4, 3, 2])
-        .map(|(d, w)| u32::from(d - b'0') * w)
-        .sum();
-    let dv = match 11 - sum % 11 {
-        10 | 11 => 0,
-        d => d,
-    };
-    format!("{base}{dv}")
+    ponte_domain::ids::Nis::with_check_digit(&format!("{:010}", 1_000_000_000 + n))
+        .expect("ten digits, not all equal")
+        .to_string()
 }
 
 /// `grpcurl`, a gRPC client no one here wrote, installed by `deploy/local/setup.sh` into
