@@ -13,7 +13,7 @@ RUN="$REPO/.cache/demo"
 mkdir -p "$RUN"
 
 deploy/local/setup.sh
-echo "[demo] building ponte (the first build compiles RocksDB and librdkafka: ~15 min on 2 cores)" >&2
+echo "[demo] building ponte (the first build compiles RocksDB and librdkafka: about 20 min on 2 cores)" >&2
 cargo build --locked -p ponte --bin ponte
 PONTE="${CARGO_TARGET_DIR:-$REPO/target}/debug/ponte"
 
