@@ -343,10 +343,10 @@ async fn topics_ensure_creates_the_catalogue_once_and_compacts_the_view() {
     let stack = Stack::new("topics");
     let (status, first, err) = stack.ponte(&["topics", "ensure"]);
     assert!(status.success(), "{first}{err}");
-    assert!(first.contains("9 topics, 9 changed"), "{first}");
+    assert!(first.contains("12 topics, 12 changed"), "{first}");
     let (status, second, err) = stack.ponte(&["topics", "ensure"]);
     assert!(status.success(), "{second}{err}");
-    assert!(second.contains("9 topics, 0 changed"), "{second}");
+    assert!(second.contains("12 topics, 0 changed"), "{second}");
 
     use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
     use rdkafka::client::DefaultClientContext;
@@ -354,13 +354,16 @@ async fn topics_ensure_creates_the_catalogue_once_and_compacts_the_view() {
         .set("bootstrap.servers", ponte_integration_tests::broker())
         .create()
         .unwrap();
+    // The reconciler group's own topics are named after the group.
+    let group = format!("{}reconciler", stack.prefix);
     for (base, policy) in [
-        ("compliance.changes.v1", "compact"),
-        ("reconciler.changelog.v1", "compact"),
-        ("education.attendance.v1", "delete"),
-        ("deadletter.v1", "delete"),
+        ("compliance.changes.v1".to_owned(), "compact"),
+        (format!("reconciler.{group}.changelog.v1"), "compact"),
+        (format!("reconciler.{group}.crosswalk.v1"), "delete"),
+        ("education.attendance.v1".to_owned(), "delete"),
+        ("deadletter.v1".to_owned(), "delete"),
     ] {
-        let name = stack.topic(base);
+        let name = stack.topic(&base);
         let res = admin
             .describe_configs([&ResourceSpecifier::Topic(&name)], &AdminOptions::new())
             .await
@@ -406,5 +409,5 @@ async fn topics_ensure_creates_the_catalogue_once_and_compacts_the_view() {
         third.contains("cleanup.policy: delete -> compact"),
         "{third}"
     );
-    assert!(third.contains("9 topics, 1 changed"), "{third}");
+    assert!(third.contains("12 topics, 1 changed"), "{third}");
 }

@@ -22,6 +22,14 @@ use crate::{BusError, KafkaConfig};
 /// Where a consumer should resume: the next offset to read for a partition, or `None` when the
 /// store holds nothing from it.
 pub trait OffsetSource: Send + Sync + 'static {
+    /// Called once per assignment, before any [`OffsetSource::next_offset`] of it, with every
+    /// newly assigned partition: a stateful service checks here that its local state of those
+    /// partitions is current and restores it when it is not (it runs inside the rebalance, so
+    /// no record of the partitions is delivered before it returns).
+    fn prepare(&self, _assigned: &[(String, i32)]) -> Result<(), String> {
+        Ok(())
+    }
+
     fn next_offset(&self, topic: &str, partition: i32) -> Result<Option<i64>, String>;
 }
 
@@ -29,9 +37,36 @@ pub trait OffsetSource: Send + Sync + 'static {
 #[derive(Debug, Clone, Default)]
 pub struct Assignment {
     inner: Arc<Mutex<BTreeSet<(String, i32)>>>,
+    generation: Arc<std::sync::atomic::AtomicU64>,
+    failure: Arc<Mutex<Option<String>>>,
 }
 
 impl Assignment {
+    /// Changes on every assignment and revocation: work derived from records consumed under an
+    /// older generation may belong to partitions this consumer no longer owns.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Why the last assignment could not be prepared, if it could not: the partitions were
+    /// not taken and the service should stop (and be restarted) rather than run without them.
+    pub fn failure(&self) -> Option<String> {
+        self.failure.lock().ok().and_then(|g| g.clone())
+    }
+
+    fn bump(&self) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The distinct partition numbers owned (of any topic).
+    pub fn partition_numbers(&self) -> BTreeSet<i32> {
+        self.inner
+            .lock()
+            .map(|g| g.iter().map(|(_, p)| *p).collect())
+            .unwrap_or_default()
+    }
+
     /// A snapshot of the owned partitions.
     pub fn partitions(&self) -> Vec<(String, i32)> {
         self.inner
@@ -120,6 +155,17 @@ impl ConsumerContext for SeekingContext {
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let parts = list(tpl);
+                self.assignment.bump();
+                if let Err(e) = self.offsets.prepare(&parts) {
+                    // Without current state the partitions cannot be processed correctly:
+                    // take none of them, so the group gives them to another member.
+                    tracing::error!(error = %e, "cannot prepare the state of the assigned partitions; leaving them unassigned");
+                    metrics::counter!("ponte_consumer_prepare_failures_total", "group" => self.group.clone()).increment(1);
+                    if let Ok(mut g) = self.assignment.failure.lock() {
+                        *g = Some(e);
+                    }
+                    return;
+                }
                 for (topic, partition) in &parts {
                     let offset = match self.offsets.next_offset(topic, *partition) {
                         Ok(Some(o)) => Offset::Offset(o),
@@ -154,6 +200,7 @@ impl ConsumerContext for SeekingContext {
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 let parts = list(tpl);
+                self.assignment.bump();
                 tracing::info!(partitions = ?parts, "partitions revoked");
                 let res = if cooperative {
                     consumer.incremental_unassign(tpl)
@@ -210,7 +257,10 @@ pub fn group_consumer(
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
         .set("isolation.level", "read_committed")
-        .set("statistics.interval.ms", "5000");
+        .set("statistics.interval.ms", "5000")
+        // The range assignor gives a member the same partition numbers of every topic of equal
+        // partition count: co-partitioned topics stay together, and so does their state.
+        .set("partition.assignment.strategy", "range");
     // Pass-through properties win over the defaults above.
     for (k, v) in &kafka.properties {
         cfg.set(k, v);

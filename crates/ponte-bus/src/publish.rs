@@ -180,6 +180,29 @@ impl Publisher {
         }
     }
 
+    /// Publishes `payload` (a tombstone when `None`) under `key` to an explicit `partition`
+    /// (for a changelog, whose partitions mirror the input partitions the state came from).
+    pub async fn publish_to_partition(
+        &self,
+        topic: &str,
+        partition: i32,
+        key: &str,
+        payload: Option<&[u8]>,
+    ) -> Result<Delivered, BusError> {
+        let mut record: FutureRecord<'_, str, [u8]> =
+            FutureRecord::to(topic).key(key).partition(partition);
+        if let Some(p) = payload {
+            record = record.payload(p);
+        }
+        match self.producer.send(record, Timeout::Never).await {
+            Ok(d) => Ok(Delivered {
+                partition: d.partition,
+                offset: d.offset,
+            }),
+            Err((err, _)) => Err(classify(&err)),
+        }
+    }
+
     async fn send(
         &self,
         topic: &str,

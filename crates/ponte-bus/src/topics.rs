@@ -35,8 +35,19 @@ pub enum Topic {
     ComplianceAlerts,
     /// Records adapters could not accept, with the original bytes and the reason.
     DeadLetter,
-    /// The reconciler's state changelog, to rebuild a lost local store (compacted).
+    /// The reconciler's state changelog, one per consumer group and partition of the inputs,
+    /// to rebuild a lost local store or hand a partition's state to another instance
+    /// (compacted).
     ReconcilerChangelog,
+    /// Reconciler-internal repartition topic: registry identifiers (CNS/CPF) claimed or released
+    /// by a person, keyed by the identifier, co-partitioned with the health records.
+    ReconcilerCrosswalk,
+    /// Reconciler-internal repartition topic: health records resolved to a NIS (or withdrawn
+    /// from one), keyed by NIS.
+    ReconcilerHealthByNis,
+    /// Reconciler-internal repartition topic: a member's outcomes for the family view, keyed by
+    /// family id.
+    ReconcilerMembers,
 }
 
 /// Cleanup policy of a topic.
@@ -58,8 +69,8 @@ impl Cleanup {
 }
 
 impl Topic {
-    /// Every topic, in catalogue order.
-    pub const ALL: [Topic; 9] = [
+    /// Every shared topic, in catalogue order.
+    pub const ALL: [Topic; 8] = [
         Topic::EducationAttendance,
         Topic::HealthRecords,
         Topic::RegistryPersons,
@@ -68,7 +79,15 @@ impl Topic {
         Topic::ComplianceChanges,
         Topic::ComplianceAlerts,
         Topic::DeadLetter,
+    ];
+
+    /// The topics private to one reconciler consumer group (named after the group, see
+    /// [`TopicsConfig::reconciler_name`]), co-partitioned with the input topics.
+    pub const RECONCILER: [Topic; 4] = [
         Topic::ReconcilerChangelog,
+        Topic::ReconcilerCrosswalk,
+        Topic::ReconcilerHealthByNis,
+        Topic::ReconcilerMembers,
     ];
 
     /// Name without the configurable prefix.
@@ -82,7 +101,10 @@ impl Topic {
             Topic::ComplianceChanges => "compliance.changes.v1",
             Topic::ComplianceAlerts => "compliance.alerts.v1",
             Topic::DeadLetter => "deadletter.v1",
-            Topic::ReconcilerChangelog => "reconciler.changelog.v1",
+            Topic::ReconcilerChangelog => "changelog.v1",
+            Topic::ReconcilerCrosswalk => "crosswalk.v1",
+            Topic::ReconcilerHealthByNis => "health-by-nis.v1",
+            Topic::ReconcilerMembers => "members.v1",
         }
     }
 
@@ -92,9 +114,12 @@ impl Topic {
             Topic::EducationAttendance
             | Topic::RegistryPersons
             | Topic::AssistancePerson
-            | Topic::ReconcilerChangelog => "NIS",
-            Topic::HealthRecords => "CNS or CPF",
-            Topic::AssistanceFamily | Topic::ComplianceAlerts => "family id",
+            | Topic::ReconcilerHealthByNis => "NIS",
+            Topic::HealthRecords | Topic::ReconcilerCrosswalk => "CNS or CPF",
+            Topic::AssistanceFamily | Topic::ComplianceAlerts | Topic::ReconcilerMembers => {
+                "family id"
+            }
+            Topic::ReconcilerChangelog => "state key",
             Topic::ComplianceChanges => "NIS or family id",
             Topic::DeadLetter => "source system",
         }
@@ -146,9 +171,53 @@ pub struct TopicSpec {
 }
 
 impl TopicsConfig {
-    /// Full name of a topic.
+    /// Full name of a shared topic.
     pub fn name(&self, topic: Topic) -> String {
         format!("{}{}", self.prefix, topic.base_name())
+    }
+
+    /// Full name of a topic private to reconciler consumer group `group`:
+    /// `<prefix>reconciler.<group>.<base name>`.
+    pub fn reconciler_name(&self, topic: Topic, group: &str) -> String {
+        format!("{}reconciler.{group}.{}", self.prefix, topic.base_name())
+    }
+
+    /// The topics private to reconciler group `group`, with `partitions` partitions (the
+    /// partition count of the input topics they are co-partitioned with).
+    pub fn reconciler_catalogue(
+        &self,
+        group: &str,
+        partitions: i32,
+    ) -> Result<Vec<TopicSpec>, BusError> {
+        if group.is_empty()
+            || !group
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        {
+            return Err(BusError::Config(format!(
+                "reconciler.group_id {group:?}: names the reconciler's topics, so only ASCII \
+                 letters, digits, '.', '_' and '-' are allowed"
+            )));
+        }
+        if partitions < 1 || self.replication_factor < 1 {
+            return Err(BusError::Config(
+                "partitions and replication_factor must be >= 1".to_owned(),
+            ));
+        }
+        Ok(Topic::RECONCILER
+            .iter()
+            .map(|&topic| TopicSpec {
+                topic,
+                name: self.reconciler_name(topic, group),
+                partitions,
+                replication_factor: self.replication_factor,
+                configs: [(
+                    "cleanup.policy".to_owned(),
+                    topic.cleanup().as_kafka().to_owned(),
+                )]
+                .into(),
+            })
+            .collect())
     }
 
     /// The catalogue: the specification of every topic Ponte uses.
@@ -224,7 +293,15 @@ pub async fn ensure(
     topics: &TopicsConfig,
     timeout: Duration,
 ) -> Result<Vec<TopicReport>, BusError> {
-    let specs = topics.catalogue()?;
+    ensure_specs(kafka, topics.catalogue()?, timeout).await
+}
+
+/// [`ensure`] for any list of specifications (for example a reconciler group's own topics).
+pub async fn ensure_specs(
+    kafka: &KafkaConfig,
+    specs: Vec<TopicSpec>,
+    timeout: Duration,
+) -> Result<Vec<TopicReport>, BusError> {
     let admin: AdminClient<DefaultClientContext> = kafka
         .client_config("ponte-topics")
         .create()
@@ -381,11 +458,44 @@ mod tests {
         for spec in cfg().catalogue().unwrap() {
             let policy = spec.configs.get("cleanup.policy").unwrap();
             let want = match spec.topic {
-                Topic::ComplianceChanges | Topic::ReconcilerChangelog => "compact",
+                Topic::ComplianceChanges => "compact",
                 _ => "delete",
             };
             assert_eq!(policy, want, "{}", spec.name);
         }
+        let internal = cfg().reconciler_catalogue("g-1", 6).unwrap();
+        for spec in internal {
+            let policy = spec.configs.get("cleanup.policy").unwrap();
+            let want = match spec.topic {
+                Topic::ReconcilerChangelog => "compact",
+                _ => "delete",
+            };
+            assert_eq!(policy, want, "{}", spec.name);
+        }
+    }
+
+    #[test]
+    fn reconciler_topics_are_named_after_the_group_which_must_be_a_topic_name() {
+        let names: Vec<String> = cfg()
+            .reconciler_catalogue("ponte-reconciler", 3)
+            .unwrap()
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "ponte.reconciler.ponte-reconciler.changelog.v1",
+                "ponte.reconciler.ponte-reconciler.crosswalk.v1",
+                "ponte.reconciler.ponte-reconciler.health-by-nis.v1",
+                "ponte.reconciler.ponte-reconciler.members.v1",
+            ]
+        );
+        let err = cfg()
+            .reconciler_catalogue("a/b", 3)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("group_id"), "{err}");
     }
 
     #[test]

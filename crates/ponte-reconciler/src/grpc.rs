@@ -1,4 +1,5 @@
-//! The gRPC `ComplianceService` over the view held in the store.
+//! The gRPC `ComplianceService`: views, lists and indicators from the read model (every
+//! person and family, whichever instance owns them); parked records from the local state.
 use ponte_domain::ids::Nis;
 use ponte_proto::compliance::v1::compliance_service_server::ComplianceService;
 use std::collections::BTreeMap;
@@ -6,6 +7,7 @@ use std::pin::Pin;
 
 use futures::Stream;
 use ponte_bus::KafkaConfig;
+use ponte_bus::consume::Assignment;
 use ponte_domain::ids::IbgeMunicipality;
 use ponte_domain::period::Period;
 use ponte_domain::rules::RuleSet;
@@ -23,12 +25,18 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tonic::{Request, Response, Status};
 
 use crate::ReconcilerError;
-use crate::topology;
+use crate::{readmodel, topology};
 
-/// Serves the compliance view from the local store.
+/// Serves the compliance view: persons, families, lists and indicators from the read model,
+/// parked records from the local partitioned state.
 #[derive(Debug, Clone)]
 pub struct ComplianceApi {
-    store: Store,
+    /// The read model (see [`crate::readmodel`]).
+    read: Store,
+    /// The local partitioned state (only for ListParked).
+    state: Store,
+    /// The input partitions this instance owns (whose parked records ListParked reports).
+    assignment: Assignment,
     rules: RuleSet,
     kafka: KafkaConfig,
     changes_topic: String,
@@ -65,21 +73,46 @@ fn format_position(pos: &BTreeMap<i32, i64>) -> String {
 }
 
 impl ComplianceApi {
-    pub fn new(store: Store, rules: RuleSet, kafka: KafkaConfig, changes_topic: String) -> Self {
+    /// `read`: the read model's store; `state`: the store of this instance's partitions, of
+    /// which `assignment` tells the ones currently owned.
+    pub fn new(
+        read: Store,
+        state: Store,
+        assignment: Assignment,
+        rules: RuleSet,
+        kafka: KafkaConfig,
+        changes_topic: String,
+    ) -> Self {
         Self {
-            store,
+            read,
+            state,
+            assignment,
             rules,
             kafka,
             changes_topic,
         }
     }
 
-    /// Runs a store read off the async runtime.
+    /// Runs a read of the read model off the async runtime.
     async fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Store) -> Result<T, ReconcilerError> + Send + 'static,
     ) -> Result<T, Status> {
-        let store = self.store.clone();
+        Self::blocking(self.read.clone(), f).await
+    }
+
+    /// Runs a read of the local state off the async runtime.
+    async fn read_state<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T, ReconcilerError> + Send + 'static,
+    ) -> Result<T, Status> {
+        Self::blocking(self.state.clone(), f).await
+    }
+
+    async fn blocking<T: Send + 'static>(
+        store: Store,
+        f: impl FnOnce(&Store) -> Result<T, ReconcilerError> + Send + 'static,
+    ) -> Result<T, Status> {
         tokio::task::spawn_blocking(move || f(&store))
             .await
             .map_err(|e| Status::internal(format!("reading the view: {e}")))?
@@ -124,7 +157,7 @@ impl ComplianceService for ComplianceApi {
                                     || o.status == status as i32)
                         })
                 };
-                topology::list_persons(s, &mun, &after, limit, &keep)
+                readmodel::list_persons(s, &mun, &after, limit, &keep)
             })
             .await?;
         let items = persons.into_iter().map(|p| {
@@ -144,7 +177,7 @@ impl ComplianceService for ComplianceApi {
         let mun = municipality(&req.municipality)?;
         let key = mun.to_string();
         let rows = self
-            .read(move |s| topology::read_indicators(s, &key))
+            .read(move |s| readmodel::read_indicators(s, &key))
             .await?;
         let mut out = GetIndicatorsResponse::default();
         let mut latest: BTreeMap<String, (Period, f64)> = BTreeMap::new();
@@ -262,7 +295,7 @@ impl ComplianceService for ComplianceApi {
     ) -> Result<Response<GetPersonResponse>, Status> {
         let nis = Nis::parse(&request.get_ref().nis)
             .map_err(|e| Status::invalid_argument(format!("nis: {e}")))?;
-        let person = self.read(move |s| topology::read_person(s, &nis)).await?;
+        let person = self.read(move |s| readmodel::read_person(s, &nis)).await?;
         match person {
             Some(person) => Ok(Response::new(GetPersonResponse {
                 person: Some(person),
@@ -286,7 +319,7 @@ impl ComplianceService for ComplianceApi {
         }
         let lookup = id.clone();
         let family = self
-            .read(move |s| topology::read_family(s, &lookup))
+            .read(move |s| readmodel::read_family(s, &lookup))
             .await?;
         match family {
             Some(family) => Ok(Response::new(GetFamilyResponse {
@@ -309,7 +342,10 @@ impl ComplianceService for ComplianceApi {
             }
             n => n as usize,
         };
-        let parked = self.read(|s| topology::read_parked(s)).await?;
+        let owned: Vec<i32> = self.assignment.partition_numbers().into_iter().collect();
+        let parked = self
+            .read_state(move |s| topology::read_parked(s, &owned))
+            .await?;
         let total = parked.len() as u64;
         let parked = parked
             .into_iter()

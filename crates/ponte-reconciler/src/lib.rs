@@ -10,6 +10,7 @@
 //! and its input positions consistent, and replaying a record never changes the view twice
 //! (the [`view`] rules make applying an event idempotent).
 pub mod grpc;
+pub mod readmodel;
 pub mod service;
 pub mod topology;
 

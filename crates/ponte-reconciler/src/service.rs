@@ -1,4 +1,5 @@
 //! Wiring of the reconciler process: store, consumer loop, outbox, gRPC server.
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -21,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::ReconcilerError;
 use crate::grpc::ComplianceApi;
-use crate::topology::{Applied, Input, Kv as _, OutputKind, Topology, Tx};
+use crate::topology::{Applied, Input, OutputKind, Topology, Tx, partition_prefix};
 
 /// The `[reconciler]` section of the configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -84,18 +85,36 @@ pub fn topology_from(cfg: &ReconcilerConfig) -> Result<Topology, ReconcilerError
     Ok(Topology::new(rules, from, to))
 }
 
-struct StoreOffsets(Store);
+/// Where the consumer resumes, and the check that runs on every assignment: the local state of
+/// each newly assigned partition must be what the changelog says, or it is rebuilt from it.
+struct StoreOffsets {
+    store: Store,
+    kafka: KafkaConfig,
+    changelog: String,
+}
 
 impl OffsetSource for StoreOffsets {
+    fn prepare(&self, assigned: &[(String, i32)]) -> Result<(), String> {
+        let partitions: BTreeSet<i32> = assigned.iter().map(|(_, p)| *p).collect();
+        for p in partitions {
+            ensure_current(&self.store, &self.kafka, &self.changelog, p)
+                .map_err(|e| format!("partition {p}: {e}"))?;
+        }
+        Ok(())
+    }
+
     fn next_offset(&self, topic: &str, partition: i32) -> Result<Option<i64>, String> {
-        self.0.offset(topic, partition).map_err(|e| e.to_string())
+        self.store
+            .offset(topic, partition)
+            .map_err(|e| e.to_string())
     }
 }
 
 /// An output waiting in the store until the broker acknowledged it (transactional outbox):
 /// written in the same atomic batch as the state that produced it, deleted after the ack.
-/// Besides view changes and alerts, every state write and every consumed offset goes to the
-/// changelog topic this way, so an instance whose disk is lost can rebuild its store.
+/// Besides view changes, alerts and the repartition topics' messages, every state write and
+/// every consumed offset goes to the changelog topic this way, so another instance (or this one
+/// after losing its disk) can rebuild the partition's state.
 #[derive(Clone, PartialEq, prost::Message)]
 struct OutboxEntry {
     /// See the `KIND_*` constants.
@@ -105,6 +124,9 @@ struct OutboxEntry {
     key: String,
     #[prost(bytes = "vec", tag = "3")]
     payload: Vec<u8>,
+    /// The input partition whose state produced the entry.
+    #[prost(int32, tag = "4")]
+    partition: i32,
 }
 
 const OUTBOX: &[u8] = b"o/";
@@ -112,13 +134,36 @@ const KIND_CHANGE: i32 = 1;
 const KIND_ALERT: i32 = 2;
 const KIND_STATE_PUT: i32 = 3;
 const KIND_STATE_DELETE: i32 = 4;
-/// Published only once every state entry before it is acknowledged, so a restored store's
-/// offsets are never ahead of its state (re-applying inputs is harmless; skipping is not).
+/// Published only once every other entry before it is acknowledged, so a restored store's
+/// offsets are never ahead of its state or of the outputs derived from it (re-applying inputs
+/// is harmless; skipping them is not).
 const KIND_OFFSET: i32 = 5;
-/// Changelog key prefix of consumed offsets: `<group>|offset/<partition>/<topic>` (every
-/// changelog key starts with the consumer group, `<group>|<state key>`).
+const KIND_CROSSWALK: i32 = 6;
+const KIND_HEALTH_BY_NIS: i32 = 7;
+const KIND_MEMBER: i32 = 8;
+/// Changelog key prefix of consumed offsets: `offset/<topic>`, on the changelog partition of
+/// the same number as the input partition.
 const CHANGELOG_OFFSET: &str = "offset/";
 const OUTBOX_SEQ: &[u8] = b"meta/outbox_seq";
+
+/// `meta/changelog/<p>`: the changelog's end offset for partition `p` after this store's last
+/// acknowledged changelog write. When the changelog has moved past it, another instance owned
+/// the partition in between and the local state of `p` is stale.
+fn marker_key(p: i32) -> Vec<u8> {
+    format!("meta/changelog/{p}").into_bytes()
+}
+
+fn read_marker(store: &Store, p: i32) -> Result<Option<i64>, ReconcilerError> {
+    Ok(store
+        .get(&marker_key(p))?
+        .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+        .map(i64::from_be_bytes))
+}
+
+/// The input partition a full state key belongs to (its `NNNN/` prefix).
+fn key_partition(key: &[u8]) -> Option<i32> {
+    std::str::from_utf8(key.get(..4)?).ok()?.parse().ok()
+}
 
 /// Counters of one batch, turned into metrics after the commit.
 #[derive(Default)]
@@ -132,7 +177,7 @@ struct Inputs {
 }
 
 impl Inputs {
-    fn new(topics: &TopicsConfig) -> Self {
+    fn new(topics: &TopicsConfig, group: &str) -> Self {
         Self {
             by_topic: vec![
                 (topics.name(Topic::RegistryPersons), Input::Registry),
@@ -146,6 +191,18 @@ impl Inputs {
                     topics.name(Topic::AssistanceFamily),
                     Input::AssistanceFamily,
                 ),
+                (
+                    topics.reconciler_name(Topic::ReconcilerCrosswalk, group),
+                    Input::Crosswalk,
+                ),
+                (
+                    topics.reconciler_name(Topic::ReconcilerHealthByNis, group),
+                    Input::HealthByNis,
+                ),
+                (
+                    topics.reconciler_name(Topic::ReconcilerMembers, group),
+                    Input::Members,
+                ),
             ],
         }
     }
@@ -158,11 +215,19 @@ impl Inputs {
     }
 }
 
+fn to_system_time(t: &ponte_proto::Timestamp) -> SystemTime {
+    SystemTime::UNIX_EPOCH
+        + Duration::new(
+            u64::try_from(t.seconds).unwrap_or(0),
+            u32::try_from(t.nanos).unwrap_or(0),
+        )
+}
+
 fn apply_message(
     topology: &Topology,
     inputs: &Inputs,
     tx: &mut Tx<'_>,
-    offsets: &mut std::collections::BTreeMap<(String, i32), i64>,
+    offsets: &mut BTreeMap<(String, i32), i64>,
     stats: &mut BatchStats,
     msg: &BorrowedMessage<'_>,
 ) -> Result<(), ReconcilerError> {
@@ -182,28 +247,37 @@ fn apply_message(
         ignore("empty_payload");
         return Ok(());
     };
-    let event = match Event::decode(payload) {
-        Ok(e) => e,
-        Err(e) => {
-            // Adapters only publish valid events; anything else is counted and logged with its
-            // position so an operator can inspect it with a console consumer.
-            tracing::error!(%topic, partition = msg.partition(), offset = msg.offset(), error = %e, "undecodable event");
-            ignore("undecodable");
-            return Ok(());
-        }
+    tx.set_partition(msg.partition());
+    let (applied, at, record_id) = if input.is_internal() {
+        let (applied, at) = topology.apply_internal(tx, input, payload)?;
+        (applied, at, String::new())
+    } else {
+        let event = match Event::decode(payload) {
+            Ok(e) => e,
+            Err(e) => {
+                // Adapters only publish valid events; anything else is counted and logged with
+                // its position so an operator can inspect it with a console consumer.
+                tracing::error!(%topic, partition = msg.partition(), offset = msg.offset(), error = %e, "undecodable event");
+                ignore("undecodable");
+                return Ok(());
+            }
+        };
+        (
+            topology.apply(tx, input, &event)?,
+            event.ingest_time,
+            event.record_id,
+        )
     };
-    match topology.apply(tx, input, &event)? {
+    match applied {
         Applied::Changed => {
             metrics::counter!("ponte_reconciler_events_applied_total", "topic" => topic.clone())
                 .increment(1);
-            if let Some(t) = event.ingest_time {
-                stats.ingest_times.push(
-                    SystemTime::UNIX_EPOCH
-                        + Duration::new(
-                            u64::try_from(t.seconds).unwrap_or(0),
-                            u32::try_from(t.nanos).unwrap_or(0),
-                        ),
-                );
+            // Ingest-to-view: measured where a record reaches a view, not where it is
+            // forwarded (health records by CNS/CPF are measured on their second hop).
+            if input != Input::Health
+                && let Some(t) = &at
+            {
+                stats.ingest_times.push(to_system_time(t));
             }
         }
         Applied::Unchanged => ignore("stale_version"),
@@ -212,7 +286,7 @@ fn apply_message(
                 .increment(1);
         }
         Applied::Invalid(reason) => {
-            tracing::error!(%topic, partition = msg.partition(), offset = msg.offset(), record_id = %event.record_id, %reason, "event cannot be applied");
+            tracing::error!(%topic, partition = msg.partition(), offset = msg.offset(), %record_id, %reason, "event cannot be applied");
             ignore("invalid_record");
         }
     }
@@ -223,10 +297,9 @@ fn apply_message(
 fn commit(
     store: &Store,
     tx: &mut Tx<'_>,
-    offsets: &mut std::collections::BTreeMap<(String, i32), i64>,
+    offsets: &mut BTreeMap<(String, i32), i64>,
     stats: &mut BatchStats,
     consumer: &impl rdkafka::consumer::Consumer<ponte_bus::consume::SeekingContext>,
-    scope: &str,
 ) -> Result<(), ReconcilerError> {
     if offsets.is_empty() {
         return Ok(());
@@ -255,6 +328,9 @@ fn commit(
         let kind = match o.kind {
             OutputKind::Change => KIND_CHANGE,
             OutputKind::Alert => KIND_ALERT,
+            OutputKind::Crosswalk => KIND_CROSSWALK,
+            OutputKind::HealthByNis => KIND_HEALTH_BY_NIS,
+            OutputKind::Member => KIND_MEMBER,
         };
         outbox(
             &mut w,
@@ -262,21 +338,28 @@ fn commit(
                 kind,
                 key: o.key,
                 payload: o.payload,
+                partition: o.partition,
             },
         );
     }
-    for (k, v) in &writes {
-        let key = format!("{scope}|{}", String::from_utf8_lossy(k));
+    for (k, v) in writes {
+        let partition = key_partition(&k).ok_or_else(|| ReconcilerError::Corrupt {
+            key: String::from_utf8_lossy(&k).into_owned(),
+            reason: "state key without a partition prefix".to_owned(),
+        })?;
+        let key = String::from_utf8_lossy(&k).into_owned();
         let entry = match v {
             Some(v) => OutboxEntry {
                 kind: KIND_STATE_PUT,
                 key,
-                payload: v.clone(),
+                payload: v,
+                partition,
             },
             None => OutboxEntry {
                 kind: KIND_STATE_DELETE,
                 key,
                 payload: Vec::new(),
+                partition,
             },
         };
         outbox(&mut w, entry);
@@ -287,8 +370,9 @@ fn commit(
             &mut w,
             OutboxEntry {
                 kind: KIND_OFFSET,
-                key: format!("{scope}|{CHANGELOG_OFFSET}{partition}/{topic}"),
+                key: format!("{CHANGELOG_OFFSET}{topic}"),
                 payload: next.to_be_bytes().to_vec(),
+                partition: *partition,
             },
         );
     }
@@ -322,14 +406,18 @@ struct OutTopics {
     changes: String,
     alerts: String,
     changelog: String,
+    crosswalk: String,
+    health_by_nis: String,
+    members: String,
 }
 
-/// Publishes every outbox entry and deletes the acknowledged ones, offsets last. Returns how
-/// many remain.
+/// Publishes the outbox entries of the partitions this instance owns and deletes the
+/// acknowledged ones, offsets last. Returns how many remain.
 async fn drain_outbox(
     store: &Store,
     publisher: &Publisher,
     out: &OutTopics,
+    owned: &BTreeSet<i32>,
 ) -> Result<usize, ReconcilerError> {
     let entries = store.scan_prefix(OUTBOX)?;
     if entries.is_empty() {
@@ -341,7 +429,11 @@ async fn drain_outbox(
             key: String::from_utf8_lossy(&k).into_owned(),
             reason: e.to_string(),
         })?;
-        decoded.push((k, entry));
+        // Entries of a partition owned elsewhere now stay until the partition comes back
+        // (published then, if no one else wrote its changelog since) or is found stale.
+        if owned.contains(&entry.partition) {
+            decoded.push((k, entry));
+        }
     }
     let (offsets, others): (Vec<_>, Vec<_>) = decoded
         .into_iter()
@@ -367,162 +459,214 @@ async fn publish_entries(
     out: &OutTopics,
     entries: Vec<(Vec<u8>, OutboxEntry)>,
 ) -> Result<usize, ReconcilerError> {
+    if entries.is_empty() {
+        return Ok(0);
+    }
     let sends = entries.iter().map(|(k, e)| async move {
-        let (res, kind) = match e.kind {
-            KIND_ALERT => (
-                publisher
-                    .publish_bytes(&out.alerts, &e.key, &e.payload, "compliance_alert", "")
-                    .await,
-                "alert",
-            ),
-            KIND_STATE_DELETE => (
-                publisher.publish_tombstone(&out.changelog, &e.key).await,
-                "changelog",
-            ),
-            KIND_STATE_PUT | KIND_OFFSET => (
-                publisher
-                    .publish_bytes(&out.changelog, &e.key, &e.payload, "state", "")
-                    .await,
-                "changelog",
-            ),
-            _ => (
-                publisher
-                    .publish_bytes(&out.changes, &e.key, &e.payload, "compliance_change", "")
-                    .await,
-                "change",
-            ),
+        let keyed = match e.kind {
+            KIND_ALERT => Some((&out.alerts, "compliance_alert", "alert")),
+            KIND_CROSSWALK => Some((&out.crosswalk, "crosswalk", "crosswalk")),
+            KIND_HEALTH_BY_NIS => Some((&out.health_by_nis, "health_by_nis", "health_by_nis")),
+            KIND_MEMBER => Some((&out.members, "member", "member")),
+            KIND_STATE_PUT | KIND_STATE_DELETE | KIND_OFFSET => None,
+            _ => Some((&out.changes, "compliance_change", "change")),
         };
-        (k, res.is_ok(), kind)
+        let res = match keyed {
+            Some((topic, event_type, kind)) => (
+                publisher
+                    .publish_bytes(topic, &e.key, &e.payload, event_type, "")
+                    .await,
+                kind,
+            ),
+            None => {
+                let payload = (e.kind != KIND_STATE_DELETE).then_some(e.payload.as_slice());
+                (
+                    publisher
+                        .publish_to_partition(&out.changelog, e.partition, &e.key, payload)
+                        .await,
+                    "changelog",
+                )
+            }
+        };
+        (k, res.0, res.1)
     });
     let results = futures::future::join_all(sends).await;
     let mut w = store.batch();
     let mut remaining = 0;
-    for (k, ok, kind) in results {
-        if ok {
-            w.delete(k);
-            metrics::counter!("ponte_reconciler_outputs_published_total", "kind" => kind)
-                .increment(1);
-        } else {
-            remaining += 1;
+    let mut changelog_end: BTreeMap<i32, i64> = BTreeMap::new();
+    for (k, res, kind) in results {
+        match res {
+            Ok(d) => {
+                w.delete(k);
+                metrics::counter!("ponte_reconciler_outputs_published_total", "kind" => kind)
+                    .increment(1);
+                if kind == "changelog" {
+                    let end = changelog_end.entry(d.partition).or_insert(0);
+                    *end = (*end).max(d.offset + 1);
+                }
+            }
+            Err(_) => remaining += 1,
+        }
+    }
+    for (p, end) in changelog_end {
+        if read_marker(store, p)?.is_none_or(|m| m < end) {
+            w.put(&marker_key(p), &end.to_be_bytes());
         }
     }
     w.commit()?;
     Ok(remaining)
 }
 
-/// Rebuilds an empty store from the changelog topic: every state entry and the consumed
-/// offsets it was derived from. Inputs after those offsets are then consumed as usual.
-fn restore_from_changelog(
+fn startup(e: impl std::fmt::Display) -> ReconcilerError {
+    ReconcilerError::Startup(e.to_string())
+}
+
+/// Checks that the local state of partition `p` is the changelog's latest, and when it is not
+/// (a new or lost disk, or another instance owned `p` since this one last wrote it) drops it
+/// and rebuilds it from the changelog: every state entry and the consumed offsets it was
+/// derived from. Inputs after those offsets are then consumed as usual.
+fn ensure_current(
     store: &Store,
     kafka: &KafkaConfig,
     changelog: &str,
-    scope: &str,
-) -> Result<u64, ReconcilerError> {
+    p: i32,
+) -> Result<(), ReconcilerError> {
     use rdkafka::consumer::{BaseConsumer, Consumer as _};
     let consumer: BaseConsumer = kafka
         .client_config("ponte-reconciler-restore")
         .set("enable.auto.commit", "false")
         .set("group.id", "ponte-reconciler-restore")
         .create()
-        .map_err(|e| ReconcilerError::Startup(format!("restore consumer: {e}")))?;
+        .map_err(|e| startup(format!("restore consumer: {e}")))?;
     let timeout = Duration::from_secs(30);
-    let md = consumer
-        .fetch_metadata(Some(changelog), timeout)
-        .map_err(|e| ReconcilerError::Startup(format!("changelog metadata: {e}")))?;
-    let mut tpl = TopicPartitionList::new();
-    let mut pending: std::collections::BTreeMap<i32, i64> = Default::default();
-    for t in md.topics() {
-        for p in t.partitions() {
-            // Right after a topic is created its partitions may not have a leader yet: retry.
-            let mut attempt = 0;
-            let (low, high) = loop {
-                match consumer.fetch_watermarks(changelog, p.id(), timeout) {
-                    Ok(w) => break w,
-                    Err(e) if attempt < 60 => {
-                        attempt += 1;
-                        tracing::info!(partition = p.id(), error = %e, "changelog not ready; retrying");
-                        std::thread::sleep(Duration::from_millis(500));
-                    }
-                    Err(e) => {
-                        return Err(ReconcilerError::Startup(format!(
-                            "changelog watermarks: {e}"
-                        )));
-                    }
-                }
-            };
-            if high > low {
-                pending.insert(p.id(), high);
-                let _ = tpl.add_partition_offset(changelog, p.id(), Offset::Beginning);
+    // Right after a topic is created its partitions may not have a leader yet: retry.
+    let mut attempt = 0;
+    let (low, high) = loop {
+        match consumer.fetch_watermarks(changelog, p, timeout) {
+            Ok(w) => break w,
+            Err(e) if attempt < 60 => {
+                attempt += 1;
+                tracing::info!(partition = p, error = %e, "changelog not ready; retrying");
+                std::thread::sleep(Duration::from_millis(500));
             }
+            Err(e) => return Err(startup(format!("changelog watermarks: {e}"))),
         }
+    };
+    let marker = read_marker(store, p)?.unwrap_or(0);
+    if marker == high {
+        tracing::info!(
+            partition = p,
+            changelog_end = high,
+            "local state is current"
+        );
+        return Ok(());
     }
-    if pending.is_empty() {
-        return Ok(0);
-    }
-    consumer
-        .assign(&tpl)
-        .map_err(|e| ReconcilerError::Startup(format!("changelog assign: {e}")))?;
-    let mut restored = 0u64;
+    let started = Instant::now();
+    tracing::info!(
+        partition = p,
+        local = marker,
+        changelog_end = high,
+        "local state missing or stale; rebuilding the partition from the changelog"
+    );
+    // Drop the partition: state, offsets, pending outputs.
     let mut w = store.batch();
-    let deadline = Instant::now() + Duration::from_secs(3600);
-    while !pending.is_empty() {
-        if Instant::now() > deadline {
-            return Err(ReconcilerError::Startup(
-                "changelog restore did not finish in an hour".into(),
-            ));
-        }
-        let Some(msg) = consumer.poll(Duration::from_millis(500)) else {
-            continue;
-        };
-        let msg = msg.map_err(|e| ReconcilerError::Startup(format!("changelog read: {e}")))?;
-        let full = String::from_utf8_lossy(msg.key().unwrap_or_default()).into_owned();
-        if msg.offset() + 1 >= pending.get(&msg.partition()).copied().unwrap_or(0) {
-            pending.remove(&msg.partition());
-        }
-        // Entries are scoped by consumer group: another deployment's state is not ours.
-        let Some(key) = full.strip_prefix(&format!("{scope}|")).map(str::to_owned) else {
-            continue;
-        };
-        if let Some(rest) = key.strip_prefix(CHANGELOG_OFFSET) {
-            if let (Some((partition, topic)), Some(bytes)) = (rest.split_once('/'), msg.payload())
-                && let (Ok(partition), Ok(arr)) =
-                    (partition.parse::<i32>(), <[u8; 8]>::try_from(bytes))
-            {
-                w.set_offset(topic, partition, i64::from_be_bytes(arr));
-            }
-        } else {
-            match msg.payload() {
-                Some(v) => w.put(key.as_bytes(), v),
-                None => w.delete(key.as_bytes()),
-            }
-        }
-        restored += 1;
-        if w.len() >= 10_000 {
-            std::mem::replace(&mut w, store.batch()).commit()?;
+    w.delete_prefix(&partition_prefix(p));
+    for (topic, partition, _) in store.offsets()? {
+        if partition == p {
+            w.delete_offset(&topic, partition);
         }
     }
+    for (k, v) in store.scan_prefix(OUTBOX)? {
+        if OutboxEntry::decode(v.as_slice()).is_ok_and(|e| e.partition == p) {
+            w.delete(&k);
+        }
+    }
+    w.delete(&marker_key(p));
+    w.commit()?;
+
+    let mut restored = 0u64;
+    if high > low {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(changelog, p, Offset::Offset(low))
+            .map_err(startup)?;
+        consumer
+            .assign(&tpl)
+            .map_err(|e| startup(format!("changelog assign: {e}")))?;
+        let mut w = store.batch();
+        let deadline = Instant::now() + Duration::from_secs(3600);
+        let mut next = low;
+        while next < high {
+            if Instant::now() > deadline {
+                return Err(startup(
+                    "changelog restore did not finish in an hour".to_owned(),
+                ));
+            }
+            let Some(msg) = consumer.poll(Duration::from_millis(500)) else {
+                continue;
+            };
+            let msg = msg.map_err(|e| startup(format!("changelog read: {e}")))?;
+            next = msg.offset() + 1;
+            let key = msg.key().unwrap_or_default();
+            if let Some(topic) = key.strip_prefix(CHANGELOG_OFFSET.as_bytes()) {
+                if let Some(arr) = msg.payload().and_then(|b| <[u8; 8]>::try_from(b).ok()) {
+                    w.set_offset(&String::from_utf8_lossy(topic), p, i64::from_be_bytes(arr));
+                }
+            } else if key_partition(key) == Some(p) {
+                match msg.payload() {
+                    Some(v) => w.put(key, v),
+                    None => w.delete(key),
+                }
+            } else {
+                tracing::warn!(
+                    partition = p,
+                    offset = msg.offset(),
+                    "changelog entry of another partition ignored"
+                );
+                continue;
+            }
+            restored += 1;
+            if w.len() >= 10_000 {
+                std::mem::replace(&mut w, store.batch()).commit()?;
+            }
+        }
+        w.commit()?;
+    }
+    let mut w = store.batch();
+    w.put(&marker_key(p), &high.to_be_bytes());
     w.commit()?;
     metrics::counter!("ponte_reconciler_restored_entries_total").increment(restored);
-    Ok(restored)
+    metrics::counter!("ponte_reconciler_partition_restores_total").increment(1);
+    tracing::info!(
+        partition = p,
+        restored,
+        seconds = started.elapsed().as_secs_f64(),
+        "partition restored from the changelog"
+    );
+    Ok(())
 }
 
 fn refresh_gauges(
     store: &Store,
+    read: &Store,
     assignment: &ponte_bus::consume::Assignment,
     readiness: &Readiness,
+    read_model_ready: bool,
 ) {
     let owned = assignment.partitions().len();
     metrics::gauge!("ponte_reconciler_assigned_partitions").set(owned as f64);
     metrics::gauge!("ponte_reconciler_state_bytes").set(store.approximate_size_bytes() as f64);
-    if let Ok(parked) = store.scan(b"k/") {
+    metrics::gauge!("ponte_reconciler_read_model_bytes").set(read.approximate_size_bytes() as f64);
+    let parts: Vec<i32> = assignment.partition_numbers().into_iter().collect();
+    if let Ok(parked) = crate::topology::read_parked(store, &parts) {
         metrics::gauge!("ponte_reconciler_parked_records").set(parked.len() as f64);
     }
-    if let Ok(outbox) = store.scan(OUTBOX) {
+    if let Ok(outbox) = store.scan_prefix(OUTBOX) {
         metrics::gauge!("ponte_reconciler_outbox_pending").set(outbox.len() as f64);
     }
-    // Outcomes by conditionality and status, summed over municipalities and periods.
-    if let Ok(rows) = store.scan(b"i/") {
-        let mut sums: std::collections::BTreeMap<(String, &'static str), u64> = Default::default();
+    // Outcomes by conditionality and status, summed over municipalities and periods (from the
+    // read model, which holds every partition's views).
+    if let Ok(rows) = read.scan_prefix(b"i/") {
+        let mut sums: BTreeMap<(String, &'static str), u64> = Default::default();
         for (k, v) in rows {
             let key = String::from_utf8_lossy(&k).into_owned();
             let Some(cond) = key.split('/').nth(2) else {
@@ -543,11 +687,47 @@ fn refresh_gauges(
             metrics::gauge!("ponte_reconciler_outcomes", "conditionality" => cond, "status" => status).set(n as f64);
         }
     }
-    if owned > 0 {
-        readiness.set_ready();
-    } else {
+    if owned == 0 {
         readiness.set_not_ready("no partitions assigned yet");
+    } else if !read_model_ready {
+        readiness.set_not_ready("read model catching up with the changes topic");
+    } else {
+        readiness.set_ready();
     }
+}
+
+/// The partition count shared by the input topics (they must be co-partitioned).
+fn input_partitions(kafka: &KafkaConfig, inputs: &[String]) -> Result<i32, ReconcilerError> {
+    use rdkafka::consumer::{BaseConsumer, Consumer as _};
+    let consumer: BaseConsumer = kafka
+        .client_config("ponte-reconciler-metadata")
+        .create()
+        .map_err(startup)?;
+    let mut counts = BTreeMap::new();
+    for t in inputs {
+        let md = consumer
+            .fetch_metadata(Some(t), Duration::from_secs(30))
+            .map_err(|e| startup(format!("metadata of {t}: {e}")))?;
+        let n = md
+            .topics()
+            .first()
+            .filter(|m| m.error().is_none())
+            .map_or(0, |m| m.partitions().len());
+        if n == 0 {
+            return Err(startup(format!(
+                "input topic {t} does not exist: run `ponte topics ensure`"
+            )));
+        }
+        counts.insert(t.clone(), n);
+    }
+    let distinct: BTreeSet<usize> = counts.values().copied().collect();
+    if distinct.len() != 1 {
+        return Err(startup(format!(
+            "the input topics must be co-partitioned (one partition count): {counts:?}"
+        )));
+    }
+    let n = distinct.into_iter().next().unwrap_or(1);
+    i32::try_from(n).map_err(startup)
 }
 
 /// Runs the reconciler until `shutdown` is cancelled.
@@ -569,41 +749,72 @@ pub async fn run(
             )));
         }
     };
-    std::fs::create_dir_all(&cfg.state_dir).map_err(|e| {
-        ReconcilerError::Startup(format!("creating {}: {e}", cfg.state_dir.display()))
-    })?;
-    let store = Store::open(&cfg.state_dir, durability)?;
-    tracing::info!(state_dir = %cfg.state_dir.display(), "state store open");
+    let state_dir = cfg.state_dir.join("state");
+    let read_dir = cfg.state_dir.join("read");
+    for dir in [&state_dir, &read_dir] {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| startup(format!("creating {}: {e}", dir.display())))?;
+    }
+    let store = Store::open(&state_dir, durability)?;
+    // The read model is rebuilt from the changes topic whenever it is lost: no fsync needed.
+    let read = Store::open(&read_dir, Durability::Process)?;
+    tracing::info!(state_dir = %cfg.state_dir.display(), "state store and read model open");
+    let group = cfg.group_id.as_str();
+    let inputs = Inputs::new(topics, group);
+    let shared: Vec<String> = inputs
+        .by_topic
+        .iter()
+        .filter(|(_, i)| !i.is_internal())
+        .map(|(t, _)| t.clone())
+        .collect();
+    let partitions = input_partitions(kafka, &shared)?;
+    // The group's own topics: changelog and repartition topics, co-partitioned with the inputs.
+    let reports = ponte_bus::topics::ensure_specs(
+        kafka,
+        topics.reconciler_catalogue(group, partitions)?,
+        Duration::from_secs(30),
+    )
+    .await?;
+    for r in &reports {
+        for w in &r.warnings {
+            tracing::warn!(topic = %r.spec.name, "{w}");
+        }
+    }
     let publisher = Publisher::new(kafka, "reconciler")?;
     let out = OutTopics {
         changes: topics.name(Topic::ComplianceChanges),
         alerts: topics.name(Topic::ComplianceAlerts),
-        changelog: topics.name(Topic::ReconcilerChangelog),
+        changelog: topics.reconciler_name(Topic::ReconcilerChangelog, group),
+        crosswalk: topics.reconciler_name(Topic::ReconcilerCrosswalk, group),
+        health_by_nis: topics.reconciler_name(Topic::ReconcilerHealthByNis, group),
+        members: topics.reconciler_name(Topic::ReconcilerMembers, group),
     };
-    if store.is_empty()? {
-        readiness.set_not_ready("restoring state from the changelog");
-        let (s, k, c, g) = (
-            store.clone(),
-            kafka.clone(),
-            out.changelog.clone(),
-            cfg.group_id.clone(),
-        );
-        let started = Instant::now();
-        let restored = tokio::task::spawn_blocking(move || {
-            let n = restore_from_changelog(&s, &k, &c, &g)?;
-            // Derived counts are rebuilt from the restored views: the changelog holds the latest
-            // value of every key, not one consistent cut across keys.
-            crate::topology::rebuild_indicators(&s)?;
-            Ok::<_, ReconcilerError>(n)
-        })
-        .await
-        .map_err(|e| ReconcilerError::Startup(format!("restore task: {e}")))??;
-        tracing::info!(
-            restored,
-            seconds = started.elapsed().as_secs_f64(),
-            "store restored from the changelog"
-        );
-    }
+
+    // The read model: every instance follows the whole changes topic, so it can answer for
+    // every person and family, whichever instance owns their partition.
+    let (caught_up_tx, caught_up) = tokio::sync::watch::channel(false);
+    let read_task = tokio::spawn(crate::readmodel::run(
+        kafka.clone(),
+        out.changes.clone(),
+        read.clone(),
+        caught_up_tx,
+        shutdown.clone(),
+    ));
+
+    // The consumer: its assignment is also what ListParked reports on.
+    let input_refs: Vec<&str> = inputs.by_topic.iter().map(|(t, _)| t.as_str()).collect();
+    let (consumer, assignment) = group_consumer(
+        kafka,
+        group,
+        "ponte-reconciler",
+        &input_refs,
+        Arc::new(StoreOffsets {
+            store: store.clone(),
+            kafka: kafka.clone(),
+            changelog: out.changelog.clone(),
+        }),
+        cfg.session_timeout_ms,
+    )?;
 
     // gRPC: the compliance API, health and reflection.
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -611,18 +822,19 @@ pub async fn run(
         .register_encoded_file_descriptor_set(ponte_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
-        .map_err(|e| ReconcilerError::Startup(format!("reflection: {e}")))?;
-    let addr: std::net::SocketAddr = cfg.grpc_listen.parse().map_err(|e| {
-        ReconcilerError::Startup(format!("reconciler.grpc_listen {:?}: {e}", cfg.grpc_listen))
-    })?;
+        .map_err(|e| startup(format!("reflection: {e}")))?;
+    let addr: std::net::SocketAddr = cfg
+        .grpc_listen
+        .parse()
+        .map_err(|e| startup(format!("reconciler.grpc_listen {:?}: {e}", cfg.grpc_listen)))?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|e| ReconcilerError::Startup(format!("binding {addr}: {e}")))?;
-    let local = listener
-        .local_addr()
-        .map_err(|e| ReconcilerError::Startup(e.to_string()))?;
+        .map_err(|e| startup(format!("binding {addr}: {e}")))?;
+    let local = listener.local_addr().map_err(startup)?;
     let api = ComplianceServiceServer::new(ComplianceApi::new(
+        read.clone(),
         store.clone(),
+        assignment.clone(),
         topology.rules().clone(),
         kafka.clone(),
         out.changes.clone(),
@@ -644,55 +856,61 @@ pub async fn run(
     });
     tracing::info!(%local, "gRPC ComplianceService listening (health and reflection on)");
 
-    // Outputs left by a previous run (crash between commit and ack) go out first.
-    drain_outbox(&store, &publisher, &out).await?;
-
-    // The consumer loop.
-    let inputs = Inputs::new(topics);
-    let input_refs: Vec<&str> = inputs.by_topic.iter().map(|(t, _)| t.as_str()).collect();
-    let (consumer, assignment) = group_consumer(
-        kafka,
-        &cfg.group_id,
-        "ponte-reconciler",
-        &input_refs,
-        Arc::new(StoreOffsets(store.clone())),
-        cfg.session_timeout_ms,
-    )?;
+    // The consumer loop. Work consumed under an older assignment generation is dropped
+    // uncommitted (its partitions may belong to another instance now); what the store holds
+    // is then consumed again from the stored offsets, which is harmless.
     let linger = Duration::from_millis(cfg.batch_linger_ms);
     let mut tx = Tx::new(&store);
-    let mut offsets = std::collections::BTreeMap::new();
+    let mut offsets = BTreeMap::new();
     let mut stats = BatchStats::default();
     let mut last_gauges = Instant::now() - Duration::from_secs(60);
-    loop {
+    let mut generation = assignment.generation();
+    let mut owned = assignment.partition_numbers();
+    let result: Result<(), ReconcilerError> = loop {
+        if let Some(why) = assignment.failure() {
+            break Err(ReconcilerError::Startup(format!(
+                "partitions could not be prepared: {why}"
+            )));
+        }
         if last_gauges.elapsed() >= Duration::from_secs(1) {
-            refresh_gauges(&store, &assignment, &readiness);
+            refresh_gauges(&store, &read, &assignment, &readiness, *caught_up.borrow());
             last_gauges = Instant::now();
         }
         let next = if offsets.is_empty() {
             tokio::select! {
-                _ = shutdown.cancelled() => break,
+                _ = shutdown.cancelled() => break Ok(()),
                 m = consumer.recv() => Some(m),
                 _ = tokio::time::sleep(Duration::from_secs(1)) => None,
             }
         } else {
             tokio::select! {
-                _ = shutdown.cancelled() => break,
+                _ = shutdown.cancelled() => break Ok(()),
                 m = tokio::time::timeout(linger, consumer.recv()) => m.ok(),
             }
         };
+        if assignment.generation() != generation {
+            if !offsets.is_empty() {
+                tracing::info!(
+                    events = stats.events,
+                    "assignment changed: uncommitted work dropped, consumed again from the store's offsets"
+                );
+            }
+            drop(tx);
+            tx = Tx::new(&store);
+            offsets.clear();
+            stats = BatchStats::default();
+            generation = assignment.generation();
+            owned = assignment.partition_numbers();
+            // Outputs left by an earlier run or owner of these partitions go out first.
+            drain_outbox(&store, &publisher, &out, &owned).await?;
+            // The message (if any) was fetched under the new assignment: it is applied below.
+        }
         match next {
             Some(Ok(msg)) => {
                 apply_message(&topology, &inputs, &mut tx, &mut offsets, &mut stats, &msg)?;
                 if stats.events >= cfg.batch_max {
-                    commit(
-                        &store,
-                        &mut tx,
-                        &mut offsets,
-                        &mut stats,
-                        &consumer,
-                        &cfg.group_id,
-                    )?;
-                    drain_outbox(&store, &publisher, &out).await?;
+                    commit(&store, &mut tx, &mut offsets, &mut stats, &consumer)?;
+                    drain_outbox(&store, &publisher, &out, &owned).await?;
                 }
             }
             Some(Err(e)) => {
@@ -700,41 +918,35 @@ pub async fn run(
                 metrics::counter!("ponte_reconciler_consumer_errors_total").increment(1);
             }
             None => {
-                commit(
-                    &store,
-                    &mut tx,
-                    &mut offsets,
-                    &mut stats,
-                    &consumer,
-                    &cfg.group_id,
-                )?;
-                drain_outbox(&store, &publisher, &out).await?;
+                commit(&store, &mut tx, &mut offsets, &mut stats, &consumer)?;
+                drain_outbox(&store, &publisher, &out, &owned).await?;
             }
         }
+    };
+    if result.is_ok() && assignment.generation() == generation {
+        // Whatever was applied in memory is committed with its offsets; nothing is half-written.
+        commit(&store, &mut tx, &mut offsets, &mut stats, &consumer)?;
+        let _ = drain_outbox(&store, &publisher, &out, &owned).await;
     }
-    // Whatever was applied in memory is committed with its offsets; nothing is half-written.
-    commit(
-        &store,
-        &mut tx,
-        &mut offsets,
-        &mut stats,
-        &consumer,
-        &cfg.group_id,
-    )?;
     drop(tx);
-    let _ = drain_outbox(&store, &publisher, &out).await;
     readiness.set_not_ready("shutting down");
     health
         .set_not_serving::<ComplianceServiceServer<ComplianceApi>>()
         .await;
     drop(consumer);
+    shutdown.cancel();
     match grpc.await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::error!(error = %e, "gRPC server failed"),
         Err(e) => tracing::error!(error = %e, "gRPC task failed"),
     }
+    match read_task.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "read model failed"),
+        Err(e) => tracing::error!(error = %e, "read model task failed"),
+    }
     let p = publisher.clone();
     let _ = tokio::task::spawn_blocking(move || p.flush(Duration::from_secs(10))).await;
     tracing::info!("reconciler stopped");
-    Ok(())
+    result
 }

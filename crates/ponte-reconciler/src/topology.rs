@@ -4,32 +4,42 @@
 //! with a map, so the guarantees are tested without a broker. Never reads the clock: the times
 //! written into views come from the events.
 //!
-//! State layout (keys in the store's `state` column family):
+//! Three stages, each keyed so that everything it joins is on one partition — the unit an
+//! instance owns, restores and hands over (Kafka Streams' sub-topologies):
+//!
+//! 1. **Identity** (keyed by CNS/CPF: the health topic and the group's `crosswalk.v1`): a
+//!    health record is forwarded, re-keyed by NIS, to `health-by-nis.v1` when the crosswalk
+//!    maps its identifier; otherwise it is parked (never dropped) until a profile claims the
+//!    identifier. A claim moves the records that arrived under it (withdrawn from the previous
+//!    holder), a release parks them again. Records that arrive with a NIS go straight through.
+//! 2. **Person** (keyed by NIS: registry, education, person-level assistance,
+//!    `health-by-nis.v1`): the person's records and view; a profile's identifiers go to
+//!    `crosswalk.v1` as claims and releases, and the person's outcomes to the family's
+//!    partition through `members.v1`.
+//! 3. **Family** (keyed by family id: family-level assistance, `members.v1`): the members'
+//!    outcomes, follow-up, appeals and the effects ladder.
+//!
+//! State layout (keys in the store's `state` column family, each under the prefix of its input
+//! partition, [`partition_prefix`]):
 //!
 //! | key | value |
 //! |---|---|
-//! | `p/<nis>` | the person's records (JSON: every entry, tombstones included) |
-//! | `v/p/<nis>` | the person's view (`ponte.compliance.v1.Person`) |
 //! | `x/<cns:…\|cpf:…>` | crosswalk: the NIS an alternate identifier belongs to |
+//! | `e/<alt>/<record id>` | a health record that arrived as `<alt>` and was forwarded (`Event`) |
+//! | `k/<alt>/<record id>` | a parked health record (`Event`) |
+//! | `p/<nis>` | the person's records (JSON: every entry, tombstones included) |
 //! | `xo/<nis>` | the alternate identifiers the person's profile currently carries (JSON) |
-//! | `h/<alt>/<record id>` | the NIS a health record that arrived as `<alt>` was applied to |
-//! | `k/<alt>/<record id>` | a parked health record (`ponte.events.v1.Event`) |
-//! | `pf/<nis>` | the family the person belongs to |
+//! | `v/p/<nis>` | the person's view (`ponte.compliance.v1.Person`) |
 //! | `f/<family id>` | the family's assistance records (JSON) |
-//! | `fm/<family id>` | the family's members (JSON) |
+//! | `fm/<family id>` | the family's members and their outcomes (JSON) |
 //! | `v/f/<family id>` | the family's view (`ponte.compliance.v1.Family`) |
-//! | `i/<municipality>/<conditionality>/<period>` | outcome counts for indicators (JSON) |
-//! | `m/<municipality>/<nis>` | index of the persons of a municipality (empty value) |
 //!
-//! Identity resolution: a health record keyed by CNS or CPF is applied to the NIS the registry's
-//! crosswalk gives; without one it is parked (never dropped) and applied when a profile carrying
-//! that identifier arrives. A profile that stops carrying an identifier, or a second profile
-//! that claims it, moves the records that arrived under it.
+//! Views go out on `compliance.changes.v1`; what answers queries is the read model built from
+//! that topic ([`crate::readmodel`]), so every instance can answer for every person.
 use std::collections::{BTreeMap, BTreeSet};
 
 use ponte_domain::effects::{Effect as DomainEffect, FamilyEffects};
 use ponte_domain::ids::{Cns, Cpf, IbgeMunicipality, Inep, Nis};
-use ponte_domain::indicators::Counts;
 use ponte_domain::outcome::{Outcome, Status};
 use ponte_domain::period::{Date, Month, Period};
 use ponte_domain::records::{
@@ -94,6 +104,8 @@ pub struct Output {
     pub kind: OutputKind,
     pub key: String,
     pub payload: Vec<u8>,
+    /// The input partition whose state produced it.
+    pub partition: i32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -102,13 +114,30 @@ pub enum OutputKind {
     Change,
     /// `compliance.alerts.v1`: a `ComplianceAlert`.
     Alert,
+    /// The group's `crosswalk.v1`: a [`CrosswalkChange`].
+    Crosswalk,
+    /// The group's `health-by-nis.v1`: a [`HealthByNis`].
+    HealthByNis,
+    /// The group's `members.v1`: a [`MemberOutcomes`].
+    Member,
+}
+
+/// The key prefix of partition `p`'s state: every key of the state of one input partition
+/// starts with it, so a partition's state can be dropped, restored or handed over as a whole.
+pub fn partition_prefix(p: i32) -> Vec<u8> {
+    format!("{p:04}/").into_bytes()
 }
 
 /// Uncommitted state changes of a batch, readable before the commit.
+///
+/// A transaction is scoped to one input partition at a time ([`Tx::set_partition`]): the
+/// topology reads and writes plain keys (`p/<nis>`), stored under the partition's prefix.
 pub struct Tx<'a> {
     base: &'a dyn Kv,
     writes: Writes,
     outputs: Vec<Output>,
+    partition: i32,
+    scope: Vec<u8>,
 }
 
 impl std::fmt::Debug for Tx<'_> {
@@ -126,20 +155,38 @@ impl<'a> Tx<'a> {
             base,
             writes: BTreeMap::new(),
             outputs: Vec::new(),
+            partition: 0,
+            scope: partition_prefix(0),
         }
     }
 
+    /// Scopes the following reads, writes and outputs to input partition `p`.
+    pub fn set_partition(&mut self, p: i32) {
+        if p != self.partition {
+            self.partition = p;
+            self.scope = partition_prefix(p);
+        }
+    }
+
+    fn scoped(&self, key: &[u8]) -> Vec<u8> {
+        [self.scope.as_slice(), key].concat()
+    }
+
+    /// The value of `key` in the current partition.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ReconcilerError> {
-        match self.writes.get(key) {
+        let full = self.scoped(key);
+        match self.writes.get(&full) {
             Some(v) => Ok(v.clone()),
-            None => self.base.get(key),
+            None => self.base.get(&full),
         }
     }
 
+    /// Entries of the current partition under `prefix` (keys without the partition prefix).
     pub fn scan(&self, prefix: &[u8]) -> Result<Vec<Entry>, ReconcilerError> {
-        let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = self.base.scan(prefix)?.into_iter().collect();
-        for (k, v) in self.writes.range(prefix.to_vec()..) {
-            if !k.starts_with(prefix) {
+        let full = self.scoped(prefix);
+        let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = self.base.scan(&full)?.into_iter().collect();
+        for (k, v) in self.writes.range(full.clone()..) {
+            if !k.starts_with(&full) {
                 break;
             }
             match v {
@@ -147,18 +194,35 @@ impl<'a> Tx<'a> {
                 None => merged.remove(k),
             };
         }
-        Ok(merged.into_iter().collect())
+        let skip = self.scope.len();
+        Ok(merged
+            .into_iter()
+            .map(|(k, v)| (k[skip..].to_vec(), v))
+            .collect())
     }
 
     pub fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
-        self.writes.insert(key, Some(value));
+        let full = self.scoped(&key);
+        self.writes.insert(full, Some(value));
     }
 
     pub fn delete(&mut self, key: Vec<u8>) {
-        self.writes.insert(key, None);
+        let full = self.scoped(&key);
+        self.writes.insert(full, None);
     }
 
-    /// The state changes: `Some` to put, `None` to delete.
+    /// Records an output of the current partition, published after the commit.
+    pub fn emit(&mut self, kind: OutputKind, key: String, payload: Vec<u8>) {
+        self.outputs.push(Output {
+            kind,
+            key,
+            payload,
+            partition: self.partition,
+        });
+    }
+
+    /// The state changes (full keys, partition prefix included): `Some` to put, `None` to
+    /// delete.
     pub fn writes(&self) -> impl Iterator<Item = (&[u8], Option<&[u8]>)> {
         self.writes
             .iter()
@@ -209,7 +273,8 @@ fn corrupt(key: &[u8], e: impl std::fmt::Display) -> ReconcilerError {
     }
 }
 
-/// The input topics, by role.
+/// The input topics, by role. The first five are the shared input topics; the last three are
+/// the reconciler group's own repartition topics (see the module documentation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Input {
     Registry,
@@ -217,6 +282,19 @@ pub enum Input {
     Health,
     AssistancePerson,
     AssistanceFamily,
+    /// A person's profile claimed or released an alternate identifier (keyed by it).
+    Crosswalk,
+    /// A health record resolved to a NIS, or withdrawn from one (keyed by NIS).
+    HealthByNis,
+    /// A member's outcomes for the family view (keyed by family id).
+    Members,
+}
+
+impl Input {
+    /// True for the reconciler's own repartition topics, whose payloads are not `Event`s.
+    pub fn is_internal(self) -> bool {
+        matches!(self, Input::Crosswalk | Input::HealthByNis | Input::Members)
+    }
 }
 
 /// What applying one event did.
@@ -243,6 +321,56 @@ impl Applied {
     }
 }
 
+/// `crosswalk.v1`: a person's live profile started (`carried`) or stopped carrying an
+/// alternate identifier. Keyed by the identifier's digits, like the health records.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct CrosswalkChange {
+    /// `cns:<digits>` or `cpf:<digits>`.
+    #[prost(string, tag = "1")]
+    pub alt: String,
+    #[prost(string, tag = "2")]
+    pub nis: String,
+    #[prost(bool, tag = "3")]
+    pub carried: bool,
+    /// Ingest time of the registry event behind the change.
+    #[prost(message, optional, tag = "4")]
+    pub at: Option<Timestamp>,
+}
+
+/// `health-by-nis.v1`: a health record applied to a NIS (`event` set) or withdrawn from it
+/// (`event` unset, `withdraw_record_id` set) because its identifier moved. Keyed by NIS.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct HealthByNis {
+    #[prost(string, tag = "1")]
+    pub nis: String,
+    /// The identifier the record arrived as (`cns:…`, `cpf:…`, `nis:…`).
+    #[prost(string, tag = "2")]
+    pub arrived_as: String,
+    #[prost(message, optional, tag = "3")]
+    pub event: Option<Event>,
+    #[prost(string, tag = "4")]
+    pub withdraw_record_id: String,
+    #[prost(message, optional, tag = "5")]
+    pub at: Option<Timestamp>,
+}
+
+/// `members.v1`: a person joined (with their current outcomes) or left a family. Keyed by
+/// family id.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct MemberOutcomes {
+    #[prost(string, tag = "1")]
+    pub family_id: String,
+    #[prost(string, tag = "2")]
+    pub nis: String,
+    #[prost(bool, tag = "3")]
+    pub member: bool,
+    /// The member's outcomes (`ponte_domain::outcome::Outcome`, JSON array).
+    #[prost(bytes = "vec", tag = "4")]
+    pub outcomes_json: Vec<u8>,
+    #[prost(message, optional, tag = "5")]
+    pub at: Option<Timestamp>,
+}
+
 /// The records of one person as persisted.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct PersonDoc {
@@ -256,6 +384,9 @@ struct PersonDoc {
 struct FamilyDoc {
     records: Vec<FamilyRecord>,
 }
+
+/// The members of a family with their latest outcomes, as the members topic delivered them.
+type Members = BTreeMap<String, Vec<Outcome>>;
 
 /// The topology with its configuration: one rule set and the monitoring window.
 #[derive(Debug, Clone)]
@@ -273,6 +404,12 @@ fn invalid(what: &str, e: impl std::fmt::Display) -> Applied {
     Applied::Invalid(format!("{what}: {e}"))
 }
 
+/// The Kafka key of an alternate identifier (`cns:123` → `123`): the digits, as the health
+/// adapter keys the records, so both land on the same partition.
+fn alt_key(alt: &str) -> &str {
+    alt.split_once(':').map_or(alt, |(_, digits)| digits)
+}
+
 impl Topology {
     /// `from..=to` is the monitoring window: every period overlapping it is evaluated.
     pub fn new(rules: RuleSet, from: Month, to: Month) -> Self {
@@ -283,7 +420,7 @@ impl Topology {
         &self.rules
     }
 
-    /// Applies one event from `input` to the state in `tx`, recording outputs.
+    /// Applies one event from a shared input topic to the state in `tx`, recording outputs.
     pub fn apply(
         &self,
         tx: &mut Tx<'_>,
@@ -321,7 +458,172 @@ impl Topology {
         }
     }
 
-    // ---- persons -------------------------------------------------------------------------
+    /// Applies one message of the reconciler's own repartition topics. Returns what it did and
+    /// the ingest time of the source event behind it.
+    pub fn apply_internal(
+        &self,
+        tx: &mut Tx<'_>,
+        input: Input,
+        payload: &[u8],
+    ) -> Result<(Applied, Option<Timestamp>), ReconcilerError> {
+        let undecodable = |e: prost::DecodeError| Applied::Invalid(format!("undecodable: {e}"));
+        match input {
+            Input::Crosswalk => match CrosswalkChange::decode(payload) {
+                Ok(c) => Ok((self.apply_crosswalk(tx, &c)?, c.at)),
+                Err(e) => Ok((undecodable(e), None)),
+            },
+            Input::HealthByNis => match HealthByNis::decode(payload) {
+                Ok(h) => Ok((self.apply_health_by_nis(tx, &h)?, h.at)),
+                Err(e) => Ok((undecodable(e), None)),
+            },
+            Input::Members => match MemberOutcomes::decode(payload) {
+                Ok(m) => Ok((self.apply_member(tx, &m)?, m.at)),
+                Err(e) => Ok((undecodable(e), None)),
+            },
+            other => Ok((
+                Applied::Invalid(format!("{other:?} is not an internal topic")),
+                None,
+            )),
+        }
+    }
+
+    // ---- identity resolution (keyed by CNS/CPF) ---------------------------------------------
+
+    fn apply_health(
+        &self,
+        tx: &mut Tx<'_>,
+        event: &Event,
+        h: &ev::HealthFollowUp,
+    ) -> Result<Applied, ReconcilerError> {
+        let alt = match &h.subject {
+            Some(Subject::Nis(n)) => {
+                // Already a NIS: straight on to the person (the person stage checks versions).
+                let nis = match Nis::parse(n) {
+                    Ok(n) => n,
+                    Err(e) => return Ok(invalid("nis", e)),
+                };
+                self.forward_health(tx, nis.as_str(), &format!("nis:{nis}"), event);
+                return Ok(Applied::Changed);
+            }
+            Some(Subject::Cns(c)) => match Cns::parse(c) {
+                Ok(c) => format!("cns:{c}"),
+                Err(e) => return Ok(invalid("cns", e)),
+            },
+            Some(Subject::Cpf(c)) => match Cpf::parse(c) {
+                Ok(c) => format!("cpf:{c}"),
+                Err(e) => return Ok(invalid("cpf", e)),
+            },
+            None => return Ok(Applied::Invalid("health record names no person".into())),
+        };
+        let ekey = key(&["e", &alt, &event.record_id]);
+        let kkey = key(&["k", &alt, &event.record_id]);
+        let held: Option<Event> = match tx.get_proto(&ekey)? {
+            Some(e) => Some(e),
+            None => tx.get_proto(&kkey)?,
+        };
+        if held.is_some_and(|held| held.version >= event.version) {
+            return Ok(Applied::Unchanged);
+        }
+        match tx.get(&key(&["x", &alt]))? {
+            Some(nis) => {
+                let nis = String::from_utf8_lossy(&nis).into_owned();
+                tx.put(ekey, event.encode_to_vec());
+                self.forward_health(tx, &nis, &alt, event);
+                Ok(Applied::Changed)
+            }
+            None => {
+                tx.put(kkey, event.encode_to_vec());
+                Ok(Applied::Parked)
+            }
+        }
+    }
+
+    fn forward_health(&self, tx: &mut Tx<'_>, nis: &str, arrived_as: &str, event: &Event) {
+        let msg = HealthByNis {
+            nis: nis.to_owned(),
+            arrived_as: arrived_as.to_owned(),
+            event: Some(event.clone()),
+            withdraw_record_id: String::new(),
+            at: event.ingest_time,
+        };
+        tx.emit(OutputKind::HealthByNis, nis.to_owned(), msg.encode_to_vec());
+    }
+
+    fn withdraw_health(
+        &self,
+        tx: &mut Tx<'_>,
+        nis: &str,
+        alt: &str,
+        record_id: &str,
+        at: Option<Timestamp>,
+    ) {
+        let msg = HealthByNis {
+            nis: nis.to_owned(),
+            arrived_as: alt.to_owned(),
+            event: None,
+            withdraw_record_id: record_id.to_owned(),
+            at,
+        };
+        tx.emit(OutputKind::HealthByNis, nis.to_owned(), msg.encode_to_vec());
+    }
+
+    /// A profile claimed or released `alt`: records that arrived under it follow the mapping.
+    /// The latest claim wins; a release only counts from the person the identifier maps to.
+    fn apply_crosswalk(
+        &self,
+        tx: &mut Tx<'_>,
+        c: &CrosswalkChange,
+    ) -> Result<Applied, ReconcilerError> {
+        if let Err(e) = Nis::parse(&c.nis) {
+            return Ok(invalid("nis", e));
+        }
+        let xkey = key(&["x", &c.alt]);
+        let current = tx
+            .get(&xkey)?
+            .map(|b| String::from_utf8_lossy(&b).into_owned());
+        let resolved_prefix = key(&["e", &c.alt, ""]);
+        let parked_prefix = key(&["k", &c.alt, ""]);
+        if c.carried {
+            if current.as_deref() == Some(c.nis.as_str()) {
+                return Ok(Applied::Unchanged);
+            }
+            let resolved = tx.scan(&resolved_prefix)?;
+            if let Some(prev) = &current {
+                for (k, _) in &resolved {
+                    let rid = String::from_utf8_lossy(&k[resolved_prefix.len()..]).into_owned();
+                    self.withdraw_health(tx, prev, &c.alt, &rid, c.at);
+                }
+            }
+            tx.put(xkey, c.nis.as_bytes().to_vec());
+            let mut all = resolved;
+            for (k, v) in tx.scan(&parked_prefix)? {
+                let rid = &k[parked_prefix.len()..];
+                tx.delete(k.clone());
+                let ekey = [resolved_prefix.as_slice(), rid].concat();
+                tx.put(ekey.clone(), v.clone());
+                all.push((ekey, v));
+            }
+            for (k, v) in all {
+                let event = Event::decode(v.as_slice()).map_err(|e| corrupt(&k, e))?;
+                self.forward_health(tx, &c.nis, &c.alt, &event);
+            }
+            Ok(Applied::Changed)
+        } else {
+            if current.as_deref() != Some(c.nis.as_str()) {
+                return Ok(Applied::Unchanged);
+            }
+            tx.delete(xkey);
+            for (k, v) in tx.scan(&resolved_prefix)? {
+                let rid = String::from_utf8_lossy(&k[resolved_prefix.len()..]).into_owned();
+                tx.delete(k);
+                tx.put([parked_prefix.as_slice(), rid.as_bytes()].concat(), v);
+                self.withdraw_health(tx, &c.nis, &c.alt, &rid, c.at);
+            }
+            Ok(Applied::Changed)
+        }
+    }
+
+    // ---- persons (keyed by NIS) -------------------------------------------------------------
 
     fn load_person(
         &self,
@@ -368,7 +670,11 @@ impl Topology {
         let applied = state
             .apply(record)
             .map_err(|e| ReconcilerError::Misrouted(e.to_string()))?;
-        if !applied.changed() {
+        let arrived_changed = match (&rid, &arrived_as) {
+            (Some(rid), Some(alt)) => doc.health_arrived_as.get(rid) != Some(alt),
+            _ => false,
+        };
+        if !applied.changed() && !arrived_changed {
             return Ok(Applied::Unchanged);
         }
         if let (Some(rid), Some(alt)) = (rid, arrived_as) {
@@ -376,6 +682,72 @@ impl Topology {
         }
         self.save_person(tx, &state, &mut doc)?;
         self.refresh_person(tx, &state, &doc, at)?;
+        Ok(Applied::Changed)
+    }
+
+    fn apply_health_by_nis(
+        &self,
+        tx: &mut Tx<'_>,
+        m: &HealthByNis,
+    ) -> Result<Applied, ReconcilerError> {
+        let nis = match Nis::parse(&m.nis) {
+            Ok(n) => n,
+            Err(e) => return Ok(invalid("nis", e)),
+        };
+        let Some(event) = &m.event else {
+            return self.withdraw(tx, nis, &m.withdraw_record_id, m.at);
+        };
+        match &event.record {
+            Some(Record::HealthFollowUp(h)) => match health(event, h, nis) {
+                Ok(r) => self.apply_person_record(
+                    tx,
+                    PersonRecord::Health(r),
+                    Some(m.arrived_as.clone()),
+                    m.at.or(event.ingest_time),
+                ),
+                Err(e) => Ok(e),
+            },
+            _ => Ok(Applied::Invalid(
+                "health-by-nis message without a health record".into(),
+            )),
+        }
+    }
+
+    /// Removes health record `record_id` from `nis` (its identifier moved to someone else or
+    /// to no one).
+    fn withdraw(
+        &self,
+        tx: &mut Tx<'_>,
+        nis: Nis,
+        record_id: &str,
+        at: Option<Timestamp>,
+    ) -> Result<Applied, ReconcilerError> {
+        let (state, mut doc) = self.load_person(tx, nis)?;
+        if !state.health.entries().any(|r| r.record_id == record_id) {
+            return Ok(Applied::Unchanged);
+        }
+        let mut kept = PersonState::new(nis);
+        let records = state
+            .profiles
+            .entries()
+            .cloned()
+            .map(PersonRecord::Profile)
+            .chain(state.school.entries().cloned().map(PersonRecord::School))
+            .chain(state.scfv.entries().cloned().map(PersonRecord::Scfv))
+            .chain(
+                state
+                    .health
+                    .entries()
+                    .filter(|r| r.record_id != record_id)
+                    .cloned()
+                    .map(PersonRecord::Health),
+            );
+        for r in records {
+            let _ = kept.apply(r);
+        }
+        doc.health_arrived_as.remove(record_id);
+        self.save_person(tx, &kept, &mut doc)?;
+        self.refresh_person(tx, &kept, &doc, at)?;
         Ok(Applied::Changed)
     }
 
@@ -387,7 +759,6 @@ impl Topology {
     ) -> Result<Applied, ReconcilerError> {
         let nis = profile.nis;
         let (mut state, mut doc) = self.load_person(tx, nis)?;
-        let old_family = state.profile().map(|p| p.family_id.clone());
         let applied = state
             .apply(PersonRecord::Profile(profile))
             .map_err(|e| ReconcilerError::Misrouted(e.to_string()))?;
@@ -396,199 +767,32 @@ impl Topology {
         }
         self.save_person(tx, &state, &mut doc)?;
 
-        // Family membership.
-        let new_family = state.profile().map(|p| p.family_id.clone());
-        if old_family != new_family {
-            if let Some(f) = &old_family {
-                self.set_member(tx, f, nis, false)?;
-            }
-            match &new_family {
-                Some(f) => {
-                    self.set_member(tx, f, nis, true)?;
-                    tx.put(key(&["pf", nis.as_str()]), f.as_str().as_bytes().to_vec());
-                }
-                None => tx.delete(key(&["pf", nis.as_str()])),
-            }
-        }
-
-        // Crosswalk: identifiers the live profile carries now versus before.
+        // Crosswalk: identifiers the live profile carries now versus before, to the identity
+        // stage (keyed by the identifier).
         let now: BTreeSet<String> = state.profile().map(alt_ids).unwrap_or_default();
         let before: BTreeSet<String> = tx
             .get_json(&key(&["xo", nis.as_str()]))?
             .unwrap_or_default();
         tx.put_json(key(&["xo", nis.as_str()]), &now)?;
-        for alt in before.difference(&now) {
-            // This person no longer carries `alt`: unmap it and park what arrived under it.
-            let xkey = key(&["x", alt]);
-            if tx.get(&xkey)?.as_deref() == Some(nis.as_str().as_bytes()) {
-                tx.delete(xkey);
-            }
-            self.unresolve(tx, alt, nis, at)?;
+        let changes = before
+            .difference(&now)
+            .map(|a| (a, false))
+            .chain(now.difference(&before).map(|a| (a, true)));
+        for (alt, carried) in changes {
+            let msg = CrosswalkChange {
+                alt: alt.clone(),
+                nis: nis.to_string(),
+                carried,
+                at,
+            };
+            tx.emit(
+                OutputKind::Crosswalk,
+                alt_key(alt).to_owned(),
+                msg.encode_to_vec(),
+            );
         }
-        // Unresolving may have removed records: refresh from what is stored now.
-        let (state, doc) = self.load_person(tx, nis)?;
         self.refresh_person(tx, &state, &doc, at)?;
-        for alt in now.difference(&before) {
-            let xkey = key(&["x", alt]);
-            if let Some(prev) = tx.get(&xkey)?
-                && prev != nis.as_str().as_bytes()
-                && let Ok(prev) = Nis::parse(&String::from_utf8_lossy(&prev))
-            {
-                // Another person carried it before: their records under `alt` move here.
-                self.unresolve(tx, alt, prev, at)?;
-            }
-            tx.put(xkey, nis.as_str().as_bytes().to_vec());
-            self.release_parked(tx, alt, nis, at)?;
-        }
-        if let Some(f) = &old_family
-            && Some(f) != new_family.as_ref()
-        {
-            self.refresh_family(tx, f, at)?;
-        }
-        if let Some(f) = &new_family {
-            self.refresh_family(tx, f, at)?;
-        }
         Ok(Applied::Changed)
-    }
-
-    /// Removes the health records that arrived as `alt` from `nis` and parks them again.
-    fn unresolve(
-        &self,
-        tx: &mut Tx<'_>,
-        alt: &str,
-        nis: Nis,
-        at: Option<Timestamp>,
-    ) -> Result<(), ReconcilerError> {
-        let prefix = key(&["h", alt, ""]);
-        let moved: Vec<String> = tx
-            .scan(&prefix)?
-            .into_iter()
-            .filter(|(_, v)| v == nis.as_str().as_bytes())
-            .map(|(k, _)| String::from_utf8_lossy(&k[prefix.len()..]).into_owned())
-            .collect();
-        if moved.is_empty() {
-            return Ok(());
-        }
-        let (state, mut doc) = self.load_person(tx, nis)?;
-        let mut kept = PersonState::new(nis);
-        for r in state.health.entries() {
-            if moved.contains(&r.record_id) {
-                // Park the record again, as an event, so it follows the identifier.
-                let event = health_event_from(r, alt);
-                tx.put(key(&["k", alt, &r.record_id]), event.encode_to_vec());
-                tx.delete(key(&["h", alt, &r.record_id]));
-                doc.health_arrived_as.remove(&r.record_id);
-            } else {
-                let _ = kept.apply(PersonRecord::Health(r.clone()));
-            }
-        }
-        for r in state.profiles.entries() {
-            let _ = kept.apply(PersonRecord::Profile(r.clone()));
-        }
-        for r in state.school.entries() {
-            let _ = kept.apply(PersonRecord::School(r.clone()));
-        }
-        for r in state.scfv.entries() {
-            let _ = kept.apply(PersonRecord::Scfv(r.clone()));
-        }
-        self.save_person(tx, &kept, &mut doc)?;
-        self.refresh_person(tx, &kept, &doc, at)
-    }
-
-    /// Applies the records parked under `alt` to `nis`.
-    fn release_parked(
-        &self,
-        tx: &mut Tx<'_>,
-        alt: &str,
-        nis: Nis,
-        at: Option<Timestamp>,
-    ) -> Result<(), ReconcilerError> {
-        let parked = tx.scan(&key(&["k", alt, ""]))?;
-        for (k, bytes) in parked {
-            tx.delete(k);
-            let event = Event::decode(bytes.as_slice()).map_err(|e| corrupt(b"k/", e))?;
-            if let Some(Record::HealthFollowUp(h)) = &event.record {
-                match health(&event, h, nis) {
-                    Ok(r) => {
-                        tx.put(
-                            key(&["h", alt, &r.record_id]),
-                            nis.as_str().as_bytes().to_vec(),
-                        );
-                        self.apply_person_record(
-                            tx,
-                            PersonRecord::Health(r),
-                            Some(alt.to_owned()),
-                            at.or(event.ingest_time),
-                        )?;
-                    }
-                    Err(e) => tracing::warn!(reason = ?e, "parked record cannot be applied"),
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn apply_health(
-        &self,
-        tx: &mut Tx<'_>,
-        event: &Event,
-        h: &ev::HealthFollowUp,
-    ) -> Result<Applied, ReconcilerError> {
-        let alt = match &h.subject {
-            Some(Subject::Nis(n)) => {
-                let nis = match Nis::parse(n) {
-                    Ok(n) => n,
-                    Err(e) => return Ok(invalid("nis", e)),
-                };
-                return match health(event, h, nis) {
-                    Ok(r) => self.apply_person_record(
-                        tx,
-                        PersonRecord::Health(r),
-                        Some(format!("nis:{nis}")),
-                        event.ingest_time,
-                    ),
-                    Err(e) => Ok(e),
-                };
-            }
-            Some(Subject::Cns(c)) => match Cns::parse(c) {
-                Ok(c) => format!("cns:{c}"),
-                Err(e) => return Ok(invalid("cns", e)),
-            },
-            Some(Subject::Cpf(c)) => match Cpf::parse(c) {
-                Ok(c) => format!("cpf:{c}"),
-                Err(e) => return Ok(invalid("cpf", e)),
-            },
-            None => return Ok(Applied::Invalid("health record names no person".into())),
-        };
-        let resolved = tx
-            .get(&key(&["x", &alt]))?
-            .and_then(|b| Nis::parse(&String::from_utf8_lossy(&b)).ok());
-        match resolved {
-            Some(nis) => match health(event, h, nis) {
-                Ok(r) => {
-                    tx.put(
-                        key(&["h", &alt, &r.record_id]),
-                        nis.as_str().as_bytes().to_vec(),
-                    );
-                    self.apply_person_record(
-                        tx,
-                        PersonRecord::Health(r),
-                        Some(alt),
-                        event.ingest_time,
-                    )
-                }
-                Err(e) => Ok(e),
-            },
-            None => {
-                let pkey = key(&["k", &alt, &event.record_id]);
-                let held: Option<Event> = tx.get_proto(&pkey)?;
-                if held.is_some_and(|held| held.version >= event.version) {
-                    return Ok(Applied::Unchanged);
-                }
-                tx.put(pkey, event.encode_to_vec());
-                Ok(Applied::Parked)
-            }
-        }
     }
 
     fn refresh_person(
@@ -605,7 +809,6 @@ impl Topology {
         let mut view = self.person_view(state, doc, &outcomes);
         let vkey = key(&["v", "p", nis.as_str()]);
         let old: Option<api::Person> = tx.get_proto(&vkey)?;
-        let old_outcomes = old.as_ref().map(|o| o.outcomes.clone()).unwrap_or_default();
         if let Some(old) = &old {
             let mut cmp = old.clone();
             cmp.view_version = 0;
@@ -614,22 +817,12 @@ impl Topology {
                 return Ok(());
             }
         }
+        let (old_family, old_outcomes) = old
+            .as_ref()
+            .map(|o| (o.family_id.clone(), o.outcomes.clone()))
+            .unwrap_or_default();
         view.view_version = old.as_ref().map_or(0, |o| o.view_version) + 1;
         view.updated_time = at;
-        self.update_indicators(tx, old.as_ref(), &view)?;
-        // Municipality index for listing.
-        let old_mun = old
-            .as_ref()
-            .map(|o| o.municipality.clone())
-            .unwrap_or_default();
-        if old_mun != view.municipality {
-            if !old_mun.is_empty() {
-                tx.delete(key(&["m", &old_mun, nis.as_str()]));
-            }
-            if !view.municipality.is_empty() {
-                tx.put(key(&["m", &view.municipality, nis.as_str()]), Vec::new());
-            }
-        }
         // Alerts for members newly non-compliant.
         for o in &view.outcomes {
             let was = old_outcomes.iter().any(|p| {
@@ -646,65 +839,53 @@ impl Topology {
                     note: o.note.clone(),
                     event_ingest_time: at,
                 };
-                tx.outputs.push(Output {
-                    kind: OutputKind::Alert,
-                    key: view.family_id.clone(),
-                    payload: alert.encode_to_vec(),
-                });
+                tx.emit(
+                    OutputKind::Alert,
+                    view.family_id.clone(),
+                    alert.encode_to_vec(),
+                );
             }
         }
-        tx.outputs.push(Output {
-            kind: OutputKind::Change,
-            key: format!("person:{nis}"),
-            payload: api::ComplianceChange {
+        // The family view (on the family's partition) learns of joins, leaves and outcomes.
+        if old_family != view.family_id && !old_family.is_empty() {
+            let leave = MemberOutcomes {
+                family_id: old_family.clone(),
+                nis: nis.to_string(),
+                member: false,
+                outcomes_json: Vec::new(),
+                at,
+            };
+            tx.emit(
+                OutputKind::Member,
+                old_family.clone(),
+                leave.encode_to_vec(),
+            );
+        }
+        if !view.family_id.is_empty()
+            && (old_family != view.family_id || old_outcomes != view.outcomes)
+        {
+            let join = MemberOutcomes {
+                family_id: view.family_id.clone(),
+                nis: nis.to_string(),
+                member: true,
+                outcomes_json: serde_json::to_vec(&outcomes).map_err(|e| corrupt(&vkey, e))?,
+                at,
+            };
+            tx.emit(
+                OutputKind::Member,
+                view.family_id.clone(),
+                join.encode_to_vec(),
+            );
+        }
+        tx.emit(
+            OutputKind::Change,
+            format!("person:{nis}"),
+            api::ComplianceChange {
                 view: Some(api::compliance_change::View::Person(view.clone())),
             }
             .encode_to_vec(),
-        });
+        );
         tx.put(vkey, view.encode_to_vec());
-        if old_outcomes != view.outcomes
-            && let Some(p) = state.profile()
-        {
-            self.refresh_family(tx, &p.family_id.clone(), at)?;
-        }
-        Ok(())
-    }
-
-    fn update_indicators(
-        &self,
-        tx: &mut Tx<'_>,
-        old: Option<&api::Person>,
-        new: &api::Person,
-    ) -> Result<(), ReconcilerError> {
-        let mut delta: BTreeMap<Vec<u8>, Vec<(i32, bool)>> = BTreeMap::new();
-        if let Some(old) = old {
-            for o in &old.outcomes {
-                delta
-                    .entry(key(&["i", &old.municipality, &o.conditionality, &o.period]))
-                    .or_default()
-                    .push((o.status, false));
-            }
-        }
-        for o in &new.outcomes {
-            delta
-                .entry(key(&["i", &new.municipality, &o.conditionality, &o.period]))
-                .or_default()
-                .push((o.status, true));
-        }
-        for (k, changes) in delta {
-            let mut counts: Counts = tx.get_json(&k)?.unwrap_or_default();
-            for (status, add) in changes {
-                let Some(status) = domain_status(status) else {
-                    continue;
-                };
-                if add {
-                    counts.add(status);
-                } else {
-                    counts.remove(status);
-                }
-            }
-            tx.put_json(k, &counts)?;
-        }
         Ok(())
     }
 
@@ -776,23 +957,38 @@ impl Topology {
         }
     }
 
-    // ---- families ------------------------------------------------------------------------
+    // ---- families (keyed by family id) ------------------------------------------------------
 
-    fn set_member(
+    fn apply_member(
         &self,
         tx: &mut Tx<'_>,
-        family: &FamilyId,
-        nis: Nis,
-        member: bool,
-    ) -> Result<(), ReconcilerError> {
-        let k = key(&["fm", family.as_str()]);
-        let mut members: BTreeSet<String> = tx.get_json(&k)?.unwrap_or_default();
-        if member {
-            members.insert(nis.to_string());
-        } else {
-            members.remove(nis.as_str());
+        m: &MemberOutcomes,
+    ) -> Result<Applied, ReconcilerError> {
+        if let Err(e) = Nis::parse(&m.nis) {
+            return Ok(invalid("nis", e));
         }
-        tx.put_json(k, &members)
+        let fid = FamilyId(m.family_id.clone());
+        let k = key(&["fm", fid.as_str()]);
+        let mut members: Members = tx.get_json(&k)?.unwrap_or_default();
+        if m.member {
+            let outcomes: Vec<Outcome> = match serde_json::from_slice(&m.outcomes_json) {
+                Ok(o) => o,
+                Err(e) => return Ok(invalid("outcomes_json", e)),
+            };
+            if members.get(&m.nis) == Some(&outcomes) {
+                return Ok(Applied::Unchanged);
+            }
+            members.insert(m.nis.clone(), outcomes);
+        } else if members.remove(&m.nis).is_none() {
+            return Ok(Applied::Unchanged);
+        }
+        if members.is_empty() {
+            tx.delete(k);
+        } else {
+            tx.put_json(k, &members)?;
+        }
+        self.refresh_family(tx, &fid, m.at)?;
+        Ok(Applied::Changed)
     }
 
     fn apply_family_record(
@@ -844,18 +1040,13 @@ impl Topology {
         at: Option<Timestamp>,
     ) -> Result<(), ReconcilerError> {
         let (state, _) = self.load_family(tx, fid)?;
-        let members: BTreeSet<String> = tx
+        let members: Members = tx
             .get_json(&key(&["fm", fid.as_str()]))?
             .unwrap_or_default();
-        let mut outcomes = Vec::new();
-        for m in &members {
-            if let Ok(nis) = Nis::parse(m) {
-                let (ps, _) = self.load_person(tx, nis)?;
-                outcomes.extend(self.rules.evaluate_person_between(&ps, self.from, self.to));
-            }
-        }
+        let names: BTreeSet<String> = members.keys().cloned().collect();
+        let outcomes: Vec<Outcome> = members.into_values().flatten().collect();
         let effects = self.rules.evaluate_family(&state, &outcomes);
-        let mut view = family_view(fid, &members, &effects, &outcomes);
+        let mut view = family_view(fid, &names, &effects, &outcomes);
         let vkey = key(&["v", "f", fid.as_str()]);
         let old: Option<api::Family> = tx.get_proto(&vkey)?;
         if let Some(old) = &old {
@@ -868,124 +1059,37 @@ impl Topology {
         }
         view.view_version = old.as_ref().map_or(0, |o| o.view_version) + 1;
         view.updated_time = at;
-        tx.outputs.push(Output {
-            kind: OutputKind::Change,
-            key: format!("family:{fid}"),
-            payload: api::ComplianceChange {
+        tx.emit(
+            OutputKind::Change,
+            format!("family:{fid}"),
+            api::ComplianceChange {
                 view: Some(api::compliance_change::View::Family(view.clone())),
             }
             .encode_to_vec(),
-        });
+        );
         tx.put(vkey, view.encode_to_vec());
         Ok(())
     }
 }
 
-// ---- reads ---------------------------------------------------------------------------------
+// ---- reads of the local (partitioned) state ------------------------------------------------
 
-/// The stored view of a person.
-pub fn read_person(kv: &dyn Kv, nis: &Nis) -> Result<Option<api::Person>, ReconcilerError> {
-    let k = key(&["v", "p", nis.as_str()]);
-    kv.get(&k)?
-        .map(|b| api::Person::decode(b.as_slice()).map_err(|e| corrupt(&k, e)))
-        .transpose()
-}
-
-/// The stored view of a family.
-pub fn read_family(kv: &dyn Kv, family_id: &str) -> Result<Option<api::Family>, ReconcilerError> {
-    let k = key(&["v", "f", family_id]);
-    kv.get(&k)?
-        .map(|b| api::Family::decode(b.as_slice()).map_err(|e| corrupt(&k, e)))
-        .transpose()
-}
-
-/// Parked health records: (identifier, event).
-pub fn read_parked(kv: &dyn Kv) -> Result<Vec<(String, Event)>, ReconcilerError> {
-    let mut out = Vec::new();
-    for (k, v) in kv.scan(b"k/")? {
-        let s = String::from_utf8_lossy(&k).into_owned();
-        let alt = s.split('/').nth(1).unwrap_or_default().to_owned();
-        out.push((
-            alt,
-            Event::decode(v.as_slice()).map_err(|e| corrupt(&k, e))?,
-        ));
-    }
-    Ok(out)
-}
-
-/// Up to `limit` persons of a municipality with NIS after `after`, in NIS order, that `keep`
-/// accepts.
-pub fn list_persons(
+/// Parked health records of the partitions `partitions`: (identifier, event).
+pub fn read_parked(
     kv: &dyn Kv,
-    municipality: &str,
-    after: &str,
-    limit: usize,
-    keep: &dyn Fn(&api::Person) -> bool,
-) -> Result<Vec<api::Person>, ReconcilerError> {
-    let prefix = key(&["m", municipality, ""]);
-    let mut cursor = [prefix.as_slice(), after.as_bytes()].concat();
+    partitions: &[i32],
+) -> Result<Vec<(String, Event)>, ReconcilerError> {
     let mut out = Vec::new();
-    loop {
-        let page = kv.scan_after(&prefix, &cursor, 512)?;
-        let Some((last, _)) = page.last() else { break };
-        cursor = last.clone();
-        for (k, _) in &page {
-            let nis = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
-            let Ok(n) = Nis::parse(&nis) else { continue };
-            if let Some(p) = read_person(kv, &n)?
-                && keep(&p)
-            {
-                out.push(p);
-                if out.len() >= limit {
-                    return Ok(out);
-                }
-            }
+    for &p in partitions {
+        let prefix = [partition_prefix(p).as_slice(), b"k/"].concat();
+        for (k, v) in kv.scan(&prefix)? {
+            let rest = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+            let alt = rest.split('/').next().unwrap_or_default().to_owned();
+            out.push((
+                alt,
+                Event::decode(v.as_slice()).map_err(|e| corrupt(&k, e))?,
+            ));
         }
-    }
-    Ok(out)
-}
-
-/// Rebuilds every indicator count from the stored person views (after a restore from the
-/// changelog, which holds the latest value of each key but not one consistent cut across keys).
-pub fn rebuild_indicators(store: &ponte_store::Store) -> Result<(), ReconcilerError> {
-    let mut counts: BTreeMap<Vec<u8>, Counts> = BTreeMap::new();
-    for (k, v) in store.scan_prefix(b"v/p/")? {
-        let p = api::Person::decode(v.as_slice()).map_err(|e| corrupt(&k, e))?;
-        for o in &p.outcomes {
-            if let Some(status) = domain_status(o.status) {
-                counts
-                    .entry(key(&["i", &p.municipality, &o.conditionality, &o.period]))
-                    .or_default()
-                    .add(status);
-            }
-        }
-    }
-    let mut w = store.batch();
-    for (k, _) in store.scan_prefix(b"i/")? {
-        w.delete(&k);
-    }
-    for (k, c) in &counts {
-        let bytes = serde_json::to_vec(c).map_err(|e| corrupt(k, e))?;
-        w.put(k, &bytes);
-    }
-    w.commit()?;
-    Ok(())
-}
-
-/// Outcome counts for a municipality, per (conditionality, period).
-pub fn read_indicators(
-    kv: &dyn Kv,
-    municipality: &str,
-) -> Result<Vec<(String, String, Counts)>, ReconcilerError> {
-    let prefix = key(&["i", municipality, ""]);
-    let mut out = Vec::new();
-    for (k, v) in kv.scan(&prefix)? {
-        let rest = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
-        let Some((cond, period)) = rest.split_once('/') else {
-            continue;
-        };
-        let counts: Counts = serde_json::from_slice(&v).map_err(|e| corrupt(&k, e))?;
-        out.push((cond.to_owned(), period.to_owned(), counts));
     }
     Ok(out)
 }
@@ -1119,36 +1223,6 @@ fn health(e: &Event, h: &ev::HealthFollowUp, nis: Nis) -> Result<dr::HealthRecor
     })
 }
 
-/// Rebuilds the event of a health record, to park it again under the identifier it arrived as.
-fn health_event_from(r: &dr::HealthRecord, alt: &str) -> Event {
-    let subject = match alt.split_once(':') {
-        Some(("cpf", v)) => Subject::Cpf(v.to_owned()),
-        Some(("cns", v)) => Subject::Cns(v.to_owned()),
-        _ => Subject::Nis(r.nis.to_string()),
-    };
-    Event {
-        record_id: r.record_id.clone(),
-        version: r.version,
-        retraction: r.retracted,
-        record: Some(Record::HealthFollowUp(ev::HealthFollowUp {
-            subject: Some(subject),
-            encounter_date: r.recorded_on.to_string(),
-            vaccination_up_to_date: r.vaccination_up_to_date,
-            weight_grams: r.weight_grams,
-            height_mm: r.height_mm,
-            pregnant: r.pregnant.unwrap_or(false),
-            prenatal_care: r.prenatal.unwrap_or(false),
-            vaccines: r.immunization_refs.clone(),
-            last_menstruation_date: r
-                .last_menstruation
-                .map(|d| d.to_string())
-                .unwrap_or_default(),
-            ..Default::default()
-        })),
-        ..Default::default()
-    }
-}
-
 fn follow_up(e: &Event, f: &ev::FamilyFollowUp) -> Result<FamilyFollowUp, Applied> {
     let started_on = date("opened_on", &f.opened_on)?;
     Ok(FamilyFollowUp {
@@ -1203,16 +1277,6 @@ fn status_view(s: Status) -> api::OutcomeStatus {
         Status::NonCompliant => api::OutcomeStatus::NonCompliant,
         Status::NotFollowed => api::OutcomeStatus::NotFollowed,
         Status::NotRequired => api::OutcomeStatus::NotRequired,
-    }
-}
-
-fn domain_status(s: i32) -> Option<Status> {
-    match api::OutcomeStatus::try_from(s).ok()? {
-        api::OutcomeStatus::Compliant => Some(Status::Compliant),
-        api::OutcomeStatus::NonCompliant => Some(Status::NonCompliant),
-        api::OutcomeStatus::NotFollowed => Some(Status::NotFollowed),
-        api::OutcomeStatus::NotRequired => Some(Status::NotRequired),
-        api::OutcomeStatus::Unspecified => None,
     }
 }
 

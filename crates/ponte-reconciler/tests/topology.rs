@@ -3,7 +3,7 @@
 //! interleaving of the sources, and replaying any prefix changes nothing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 
 use ponte_domain::period::Month;
@@ -12,7 +12,7 @@ use ponte_proto::compliance::v1::{self as api, OutcomeStatus};
 use ponte_proto::events::v1::{self as ev, Event, event::Record, health_follow_up::Subject};
 use ponte_reconciler::ReconcilerError;
 use ponte_reconciler::topology::{
-    Applied, Input, Kv, OutputKind, Topology, Tx, read_family, read_parked, read_person,
+    Applied, Input, Kv, Output, OutputKind, Topology, Tx, Writes, read_parked,
 };
 use proptest::prelude::*;
 use prost::Message as _;
@@ -47,10 +47,44 @@ impl Kv for MapKv {
     }
 }
 
+/// Partitions of every topic in the harness: enough that a person, their identifiers and
+/// their family usually land on different partitions, as they do in a deployment.
+const PARTITIONS: i32 = 4;
+
+fn partition_of(key: &str) -> i32 {
+    // FNV-1a: any stable hash does; the broker's partitioner is another one.
+    let h = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    i32::try_from(h % PARTITIONS as u64).unwrap()
+}
+
+/// The Kafka key the adapters give an input event.
+fn key_of(input: Input, e: &Event) -> String {
+    match (&e.record, input) {
+        (Some(Record::PersonProfile(p)), _) => p.nis.clone(),
+        (Some(Record::SchoolAttendance(a)), _) => a.nis.clone(),
+        (Some(Record::ScfvAttendance(a)), _) => a.nis.clone(),
+        (Some(Record::HealthFollowUp(h)), _) => match &h.subject {
+            Some(Subject::Cns(s) | Subject::Cpf(s) | Subject::Nis(s)) => s.clone(),
+            None => String::new(),
+        },
+        (Some(Record::FamilyFollowUp(f)), _) => f.family_id.clone(),
+        (Some(Record::Appeal(a)), _) => a.family_id.clone(),
+        _ => String::new(),
+    }
+}
+
+/// The topology over a map, with the repartition topics as FIFO queues per partition, the way
+/// Kafka orders them; the read side is the latest change per key, like the compacted topic.
 struct Harness {
     kv: MapKv,
     topology: Topology,
     outputs: Vec<(OutputKind, String, Vec<u8>)>,
+    /// (internal input, partition) → messages not yet delivered, in order.
+    pending: BTreeMap<(Input, i32), VecDeque<Vec<u8>>>,
+    /// The latest change per key (`person:<nis>`, `family:<id>`).
+    views: BTreeMap<String, api::ComplianceChange>,
 }
 
 impl Harness {
@@ -64,14 +98,13 @@ impl Harness {
                 Month::parse("2025-12").unwrap(),
             ),
             outputs: Vec::new(),
+            pending: BTreeMap::new(),
+            views: BTreeMap::new(),
         }
     }
 
-    /// Applies one event and commits, as the service does for a batch of one.
-    fn apply(&mut self, (input, event): &(Input, Event)) -> Applied {
-        let mut tx = Tx::new(&self.kv);
-        let applied = self.topology.apply(&mut tx, *input, event).unwrap();
-        let (writes, outputs) = tx.take();
+    /// Commits a transaction and routes its outputs, as the service does for a batch of one.
+    fn commit(&mut self, (writes, outputs): (Writes, Vec<Output>)) {
         let mut map = self.kv.0.lock().unwrap();
         for (k, v) in writes {
             match v {
@@ -80,15 +113,107 @@ impl Harness {
             };
         }
         drop(map);
-        self.outputs
-            .extend(outputs.into_iter().map(|o| (o.kind, o.key, o.payload)));
+        for o in outputs {
+            let internal = match o.kind {
+                OutputKind::Crosswalk => Some(Input::Crosswalk),
+                OutputKind::HealthByNis => Some(Input::HealthByNis),
+                OutputKind::Member => Some(Input::Members),
+                OutputKind::Change => {
+                    let change = api::ComplianceChange::decode(o.payload.as_slice()).unwrap();
+                    self.views.insert(o.key.clone(), change);
+                    None
+                }
+                OutputKind::Alert => None,
+            };
+            if let Some(input) = internal {
+                self.pending
+                    .entry((input, partition_of(&o.key)))
+                    .or_default()
+                    .push_back(o.payload.clone());
+            }
+            self.outputs.push((o.kind, o.key, o.payload));
+        }
+    }
+
+    /// Applies one input event on its partition, without delivering what it sends onwards.
+    fn apply_only(&mut self, (input, event): &(Input, Event)) -> Applied {
+        let mut tx = Tx::new(&self.kv);
+        tx.set_partition(partition_of(&key_of(*input, event)));
+        let applied = self.topology.apply(&mut tx, *input, event).unwrap();
+        let taken = tx.take();
+        self.commit(taken);
         applied
     }
 
-    fn person(&self, nis: &str) -> api::Person {
-        read_person(&self.kv, &nis.parse().unwrap())
+    /// Delivers the oldest pending message of the `n`-th non-empty queue; false when none.
+    fn deliver(&mut self, n: usize) -> bool {
+        let queues: Vec<(Input, i32)> = self
+            .pending
+            .iter()
+            .filter(|(_, q)| !q.is_empty())
+            .map(|(k, _)| *k)
+            .collect();
+        if queues.is_empty() {
+            return false;
+        }
+        let (input, partition) = queues[n % queues.len()];
+        let payload = self
+            .pending
+            .get_mut(&(input, partition))
             .unwrap()
-            .expect("person in view")
+            .pop_front()
+            .unwrap();
+        let mut tx = Tx::new(&self.kv);
+        tx.set_partition(partition);
+        let (applied, _) = self
+            .topology
+            .apply_internal(&mut tx, input, &payload)
+            .unwrap();
+        assert!(
+            !matches!(applied, Applied::Invalid(_)),
+            "{input:?}: {applied:?}"
+        );
+        let taken = tx.take();
+        self.commit(taken);
+        true
+    }
+
+    /// Delivers every pending internal message (and what they send onwards).
+    fn settle(&mut self) {
+        while self.deliver(0) {}
+    }
+
+    /// Applies one input event and lets the topology settle.
+    fn apply(&mut self, e: &(Input, Event)) -> Applied {
+        let applied = self.apply_only(e);
+        self.settle();
+        applied
+    }
+
+    fn parked(&self) -> Vec<(String, Event)> {
+        read_parked(&self.kv, &(0..PARTITIONS).collect::<Vec<_>>()).unwrap()
+    }
+
+    fn person(&self, nis: &str) -> api::Person {
+        match self
+            .views
+            .get(&format!("person:{nis}"))
+            .and_then(|c| c.view.clone())
+        {
+            Some(api::compliance_change::View::Person(p)) => p,
+            other => panic!("person {nis} not in view: {other:?}"),
+        }
+    }
+
+    fn family(&self, id: &str) -> api::Family {
+        match self
+            .views
+            .get(&format!("family:{id}"))
+            .and_then(|c| c.view.clone())
+        {
+            Some(api::compliance_change::View::Family(f)) => f,
+            other => panic!("family {id} not in view: {other:?}"),
+        }
     }
 
     fn outcome(&self, nis: &str, conditionality: &str, period: &str) -> OutcomeStatus {
@@ -101,22 +226,22 @@ impl Harness {
         OutcomeStatus::try_from(o.status).unwrap()
     }
 
-    /// Views without their version counters and change times (which count how the view got
-    /// there), and every other piece of state.
+    /// Every piece of state, with views stripped of their version counters and change times
+    /// (which count how the view got there).
     fn normalised(&self) -> BTreeMap<Vec<u8>, Vec<u8>> {
         self.kv
             .0
             .lock()
             .unwrap()
             .iter()
-            .filter(|(k, _)| !k.starts_with(b"i/"))
             .map(|(k, v)| {
-                let v = if k.starts_with(b"v/p/") {
+                let local = &k[5..]; // after the `NNNN/` partition prefix
+                let v = if local.starts_with(b"v/p/") {
                     let mut p = api::Person::decode(v.as_slice()).unwrap();
                     p.view_version = 0;
                     p.updated_time = None;
                     p.encode_to_vec()
-                } else if k.starts_with(b"v/f/") {
+                } else if local.starts_with(b"v/f/") {
                     let mut f = api::Family::decode(v.as_slice()).unwrap();
                     f.view_version = 0;
                     f.updated_time = None;
@@ -233,7 +358,7 @@ fn a_low_attendance_month_makes_the_bimester_non_compliant_and_alerts_the_family
         (alerts[0].nis.as_str(), alerts[0].period.as_str()),
         (CHILD, "2025-B2")
     );
-    let family = read_family(&h.kv, FAMILY).unwrap().unwrap();
+    let family = h.family(FAMILY);
     assert_eq!(family.members, vec![CHILD.to_owned()]);
     assert!(family.non_compliant_periods.contains(&"2025-B2".to_owned()));
     assert!(
@@ -247,13 +372,7 @@ fn a_low_attendance_month_makes_the_bimester_non_compliant_and_alerts_the_family
         h.outcome(CHILD, "education", "2025-B2"),
         OutcomeStatus::Compliant
     );
-    assert!(
-        read_family(&h.kv, FAMILY)
-            .unwrap()
-            .unwrap()
-            .effects
-            .is_empty()
-    );
+    assert!(h.family(FAMILY).effects.is_empty());
 }
 
 #[test]
@@ -266,17 +385,14 @@ fn health_records_by_cns_are_parked_until_the_registry_knows_the_cns() {
         1,
     );
     assert_eq!(h.apply(&rec), Applied::Parked);
-    let parked = read_parked(&h.kv).unwrap();
+    let parked = h.parked();
     assert_eq!(parked.len(), 1);
     assert_eq!(parked[0].0, format!("cns:{CHILD_CNS}"));
     // Re-delivery of the same parked record is a no-op.
     assert_eq!(h.apply(&rec), Applied::Unchanged);
 
     h.apply(&profile(CHILD, "2020-01-01", "F", &[CHILD_CNS], "", 1));
-    assert!(
-        read_parked(&h.kv).unwrap().is_empty(),
-        "released when the mapping arrived"
-    );
+    assert!(h.parked().is_empty(), "released when the mapping arrived");
     let p = h.person(CHILD);
     assert_eq!(p.health_records.len(), 1);
     assert_eq!(p.health_records[0].arrived_as, format!("cns:{CHILD_CNS}"));
@@ -306,11 +422,7 @@ fn a_changed_mapping_moves_the_records_that_arrived_under_it() {
     // The registry corrects: the CNS was the mother's.
     h.apply(&profile(CHILD, "2020-01-01", "F", &[], "", 2));
     assert!(h.person(CHILD).health_records.is_empty());
-    assert_eq!(
-        read_parked(&h.kv).unwrap().len(),
-        1,
-        "parked again until someone carries it"
-    );
+    assert_eq!(h.parked().len(), 1, "parked again until someone carries it");
     h.apply(&profile(
         MOTHER,
         "1990-06-01",
@@ -320,7 +432,7 @@ fn a_changed_mapping_moves_the_records_that_arrived_under_it() {
         1,
     ));
     assert_eq!(h.person(MOTHER).health_records.len(), 1);
-    assert!(read_parked(&h.kv).unwrap().is_empty());
+    assert!(h.parked().is_empty());
 
     // And a CPF-keyed record resolves through the CPF.
     h.apply(&health(
@@ -400,19 +512,57 @@ fn history() -> Vec<(Input, Event)> {
     ]
 }
 
+#[test]
+fn the_history_spans_several_partitions_so_the_stages_really_are_apart() {
+    let used: std::collections::BTreeSet<i32> = history()
+        .iter()
+        .map(|(i, e)| partition_of(&key_of(*i, e)))
+        .chain([partition_of(FAMILY)])
+        .collect();
+    assert!(used.len() >= 2, "{used:?}");
+    // The child's CNS and the child's NIS are on different partitions: the health record
+    // must travel through the repartition topics to reach the person.
+    assert_ne!(partition_of(CHILD_CNS), partition_of(CHILD));
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
+    /// Any order of the sources, and any interleaving of the repartition topics' deliveries
+    /// with them (each partition stays in order, as in Kafka), ends in the same state.
     #[test]
     fn the_final_view_does_not_depend_on_the_interleaving_of_sources(
-        order in Just((0..history().len()).collect::<Vec<_>>()).prop_shuffle()
+        order in Just((0..history().len()).collect::<Vec<_>>()).prop_shuffle(),
+        steps in proptest::collection::vec(0usize..8, 0..64),
     ) {
         let events = history();
         let mut straight = Harness::new();
         for e in &events { straight.apply(e); }
         let mut shuffled = Harness::new();
-        for &i in &order { shuffled.apply(&events[i]); }
+        let mut next = order.iter();
+        for step in steps {
+            // 0..=3: the next source event; otherwise a delivery from some partition's queue.
+            if step <= 3 {
+                if let Some(&i) = next.next() { shuffled.apply_only(&events[i]); }
+            } else {
+                shuffled.deliver(step);
+            }
+        }
+        for &i in next { shuffled.apply_only(&events[i]); }
+        shuffled.settle();
         prop_assert_eq!(straight.normalised(), shuffled.normalised());
+        let views = |h: &Harness| -> BTreeMap<String, Vec<u8>> {
+            h.views.iter().map(|(k, c)| {
+                let mut c = c.clone();
+                match &mut c.view {
+                    Some(api::compliance_change::View::Person(p)) => { p.view_version = 0; p.updated_time = None; }
+                    Some(api::compliance_change::View::Family(f)) => { f.view_version = 0; f.updated_time = None; }
+                    None => {}
+                }
+                (k.clone(), c.encode_to_vec())
+            }).collect()
+        };
+        prop_assert_eq!(views(&straight), views(&shuffled), "the published views agree too");
     }
 
     #[test]
@@ -424,17 +574,28 @@ proptest! {
         let outputs_before = once.outputs.len();
         for e in events.iter().take(cut) { once.apply(e); }
         prop_assert_eq!(&before, &*once.kv.0.lock().unwrap());
-        prop_assert_eq!(outputs_before, once.outputs.len(), "no change is emitted again");
+        prop_assert_eq!(outputs_before, once.outputs.len(), "nothing is emitted again");
     }
 }
 
 #[test]
 fn municipal_lists_and_indicators_follow_the_outcomes() {
-    use ponte_reconciler::topology::{list_persons, read_indicators};
+    use ponte_reconciler::readmodel::{self, list_persons, read_indicators};
     let mut h = Harness::new();
     for e in history() {
         h.apply(&e);
     }
+    // The read model, fed with every change in the order it was emitted.
+    let dir = tempfile::tempdir().unwrap();
+    let read = ponte_store::Store::open(dir.path(), ponte_store::Durability::Process).unwrap();
+    let changes: Vec<_> = h
+        .outputs
+        .iter()
+        .filter(|(k, _, _)| *k == OutputKind::Change)
+        .enumerate()
+        .map(|(i, (_, key, payload))| (0, i as i64, key.clone(), Some(payload.clone())))
+        .collect();
+    readmodel::apply(&read, "changes", &changes).unwrap();
     let non_compliant_b4 = |p: &api::Person| {
         p.outcomes.iter().any(|o| {
             o.period == "2025-B4"
@@ -443,20 +604,20 @@ fn municipal_lists_and_indicators_follow_the_outcomes() {
         })
     };
     // August at 50% makes the child non-compliant in 2025-B4; the mother is not in that public.
-    let listed = list_persons(&h.kv, "3550308", "", 10, &non_compliant_b4).unwrap();
+    let listed = list_persons(&read, "3550308", "", 10, &non_compliant_b4).unwrap();
     assert_eq!(
         listed.iter().map(|p| p.nis.as_str()).collect::<Vec<_>>(),
         [CHILD]
     );
-    let everyone = list_persons(&h.kv, "3550308", "", 10, &|_| true).unwrap();
+    let everyone = list_persons(&read, "3550308", "", 10, &|_| true).unwrap();
     assert_eq!(everyone.len(), 2);
     // Paging resumes after the token (the NIS), in NIS order.
-    let first = list_persons(&h.kv, "3550308", "", 1, &|_| true).unwrap();
-    let rest = list_persons(&h.kv, "3550308", &first[0].nis, 10, &|_| true).unwrap();
+    let first = list_persons(&read, "3550308", "", 1, &|_| true).unwrap();
+    let rest = list_persons(&read, "3550308", &first[0].nis, 10, &|_| true).unwrap();
     assert_eq!(first.len() + rest.len(), 2);
     assert!(first[0].nis < rest[0].nis);
 
-    let rows = read_indicators(&h.kv, "3550308").unwrap();
+    let rows = read_indicators(&read, "3550308").unwrap();
     let row = |cond: &str, period: &str| {
         rows.iter()
             .find(|(c, p, _)| c == cond && p == period)

@@ -202,6 +202,34 @@ impl Store {
         }
     }
 
+    /// Every recorded offset: `(topic, partition, next offset)`.
+    pub fn offsets(&self) -> Result<Vec<(String, i32, i64)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_OFFSETS), IteratorMode::Start)
+        {
+            let (k, v) = item.map_err(|e| self.rocks(e))?;
+            // `<topic>\0<partition: 4 bytes>`: the partition may contain zero bytes itself.
+            let Some(split) = k.len().checked_sub(5) else {
+                continue;
+            };
+            let topic = String::from_utf8_lossy(&k[..split]).into_owned();
+            let (Ok(p), Ok(o)) = (
+                <[u8; 4]>::try_from(&k[split + 1..]),
+                <[u8; 8]>::try_from(v.as_ref()),
+            ) else {
+                return Err(StoreError::MalformedOffset {
+                    path: self.path.clone(),
+                    topic,
+                    partition: -1,
+                });
+            };
+            out.push((topic, i32::from_be_bytes(p), i64::from_be_bytes(o)));
+        }
+        Ok(out)
+    }
+
     /// True when the store holds neither state nor offsets (a new or lost disk).
     pub fn is_empty(&self) -> Result<bool, StoreError> {
         for cf in [CF_STATE, CF_OFFSETS] {
@@ -285,6 +313,31 @@ impl BatchWriter<'_> {
         self.batch.ops += 1;
     }
 
+    /// Deletes every state key starting with `prefix` (one range tombstone).
+    pub fn delete_prefix(&mut self, prefix: &[u8]) {
+        match prefix_end(prefix) {
+            Some(end) => {
+                self.batch
+                    .inner
+                    .delete_range_cf(self.store.cf(CF_STATE), prefix, end.as_slice())
+            }
+            None => self.batch.inner.delete_range_cf(
+                self.store.cf(CF_STATE),
+                prefix,
+                [0xffu8; 64].as_slice(),
+            ),
+        }
+        self.batch.ops += 1;
+    }
+
+    /// Forgets the next offset of `topic`/`partition`: it will be consumed from the beginning.
+    pub fn delete_offset(&mut self, topic: &str, partition: i32) {
+        self.batch
+            .inner
+            .delete_cf(self.store.cf(CF_OFFSETS), offset_key(topic, partition));
+        self.batch.ops += 1;
+    }
+
     /// Number of operations in the batch.
     pub fn len(&self) -> usize {
         self.batch.ops
@@ -299,6 +352,18 @@ impl BatchWriter<'_> {
     pub fn commit(self) -> Result<(), StoreError> {
         self.store.commit(self.batch)
     }
+}
+
+/// The smallest key greater than every key starting with `prefix`, if there is one.
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
 }
 
 fn offset_key(topic: &str, partition: i32) -> Vec<u8> {
@@ -334,6 +399,43 @@ mod tests {
         assert_eq!(store.offset("topic-a", 3).unwrap(), Some(42));
         assert_eq!(store.offset("topic-a", 2).unwrap(), None);
         assert_eq!(store.offset("topic-b", 3).unwrap(), None);
+    }
+
+    #[test]
+    fn a_partition_can_be_dropped_by_prefix_with_its_offsets() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let mut b = store.batch();
+        for k in [&b"0001/a"[..], b"0001/b/c", b"0002/a", b"0000/z"] {
+            b.put(k, b"v");
+        }
+        b.set_offset("in", 1, 7);
+        b.set_offset("in", 2, 9);
+        b.set_offset("other", 1, 3);
+        b.commit().unwrap();
+        assert_eq!(
+            store.offsets().unwrap(),
+            vec![
+                ("in".to_owned(), 1, 7),
+                ("in".to_owned(), 2, 9),
+                ("other".to_owned(), 1, 3)
+            ]
+        );
+        let mut b = store.batch();
+        b.delete_prefix(b"0001/");
+        b.delete_offset("in", 1);
+        b.delete_offset("other", 1);
+        b.commit().unwrap();
+        let keys: Vec<Vec<u8>> = store
+            .scan_prefix(b"")
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(keys, vec![b"0000/z".to_vec(), b"0002/a".to_vec()]);
+        assert_eq!(store.offsets().unwrap(), vec![("in".to_owned(), 2, 9)]);
+        assert_eq!(prefix_end(b"a\xff"), Some(b"b".to_vec()));
+        assert_eq!(prefix_end(b"\xff\xff"), None);
     }
 
     #[test]

@@ -175,9 +175,14 @@ async fn main() -> anyhow::Result<()> {
         Command::Topics {
             command: TopicsCommand::List,
         } => {
-            for spec in cfg.topics.catalogue()? {
+            let mut specs = cfg.topics.catalogue()?;
+            specs.extend(
+                cfg.topics
+                    .reconciler_catalogue(&cfg.reconciler.group_id, cfg.topics.partitions)?,
+            );
+            for spec in specs {
                 println!(
-                    "{:<40} key={:<16} partitions={:<3} replication={} {}",
+                    "{:<52} key={:<16} partitions={:<3} replication={} {}",
                     spec.name,
                     spec.topic.key(),
                     spec.partitions,
@@ -219,7 +224,14 @@ async fn start_admin(
 }
 
 async fn topics_ensure(cfg: &Config) -> anyhow::Result<()> {
-    let reports = ponte_bus::topics::ensure(&cfg.kafka, &cfg.topics, Duration::from_secs(30))
+    let mut specs = cfg.topics.catalogue()?;
+    // The configured reconciler group's own topics (each group has its own; a reconciler also
+    // ensures them when it starts).
+    specs.extend(
+        cfg.topics
+            .reconciler_catalogue(&cfg.reconciler.group_id, cfg.topics.partitions)?,
+    );
+    let reports = ponte_bus::topics::ensure_specs(&cfg.kafka, specs, Duration::from_secs(30))
         .await
         .context("ensuring topics")?;
     let mut changed = 0;

@@ -1,0 +1,1051 @@
+//! The read model: the views of every person and family, for the gRPC reads of any instance.
+//!
+//! Reconciler instances share the input partitions of a consumer group, so the state of one
+//! instance holds only the persons of its partitions. Every instance therefore also consumes
+//! *all* partitions of the compacted `compliance.changes.v1` topic (assigned explicitly, never as
+//! a member of a group) into a store of its own, and answers GetPerson, GetFamily, ListPersons
+//! and GetIndicators from it.
+//!
+//! Store layout (the `state` column family of the read store):
+//!
+//! | key | value |
+//! |---|---|
+//! | `v/p/<nis>` | the person's view (`ponte.compliance.v1.Person`) |
+//! | `v/f/<family id>` | the family's view (`ponte.compliance.v1.Family`) |
+//! | `m/<municipality>/<nis>` | index of the persons of a municipality (empty value) |
+//! | `i/<municipality>/<conditionality>/<period>` | outcome counts (JSON [`Counts`]); a row whose counts are all zero is not kept |
+//!
+//! Each batch of change records is written in one atomic store write together with the next
+//! offset of every partition read, so after a restart the read model resumes exactly where it
+//! stopped. A view is replaced only by a higher `view_version`: redeliveries, and versions
+//! re-emitted by the new owner of a partition, change nothing.
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ponte_bus::KafkaConfig;
+use ponte_domain::ids::Nis;
+use ponte_domain::indicators::Counts;
+use ponte_domain::outcome::Status;
+use ponte_proto::compliance::v1 as api;
+use ponte_store::Store;
+use prost::Message as _;
+use rdkafka::Message as _;
+use rdkafka::consumer::{Consumer as _, StreamConsumer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+
+use crate::ReconcilerError;
+use crate::topology::Kv;
+
+/// One consumed change record: partition, offset, key, payload (`None`: a tombstone).
+pub type ChangeRecord = (i32, i64, String, Option<Vec<u8>>);
+
+/// What applying a batch of change records did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ApplyStats {
+    /// Views stored: new, or newer than the one held.
+    pub applied: u64,
+    /// Views removed by a tombstone.
+    pub deleted: u64,
+    /// Records that changed nothing: a view not newer than the one held, or a tombstone for a
+    /// view not held.
+    pub duplicates: u64,
+    /// Records that cannot be applied (undecodable payload, unknown key, key and payload
+    /// naming different views): logged with partition and offset, and skipped.
+    pub invalid: u64,
+}
+
+impl ApplyStats {
+    fn add(&mut self, other: ApplyStats) {
+        self.applied += other.applied;
+        self.deleted += other.deleted;
+        self.duplicates += other.duplicates;
+        self.invalid += other.invalid;
+    }
+}
+
+fn key(parts: &[&str]) -> Vec<u8> {
+    parts.join("/").into_bytes()
+}
+
+fn corrupt(key: &[u8], e: impl std::fmt::Display) -> ReconcilerError {
+    ReconcilerError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        reason: e.to_string(),
+    }
+}
+
+fn domain_status(s: i32) -> Option<Status> {
+    match api::OutcomeStatus::try_from(s).ok()? {
+        api::OutcomeStatus::Compliant => Some(Status::Compliant),
+        api::OutcomeStatus::NonCompliant => Some(Status::NonCompliant),
+        api::OutcomeStatus::NotFollowed => Some(Status::NotFollowed),
+        api::OutcomeStatus::NotRequired => Some(Status::NotRequired),
+        api::OutcomeStatus::Unspecified => None,
+    }
+}
+
+// ---- applying change records ---------------------------------------------------------------
+
+/// The writes of a batch so far over the committed store: reads see the batch's own writes.
+struct Overlay<'a> {
+    base: &'a Store,
+    writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+impl<'a> Overlay<'a> {
+    fn new(base: &'a Store) -> Self {
+        Self {
+            base,
+            writes: BTreeMap::new(),
+        }
+    }
+
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ReconcilerError> {
+        match self.writes.get(key) {
+            Some(v) => Ok(v.clone()),
+            None => Ok(self.base.get(key)?),
+        }
+    }
+
+    fn get_proto<M: prost::Message + Default>(
+        &self,
+        key: &[u8],
+    ) -> Result<Option<M>, ReconcilerError> {
+        self.get(key)?
+            .map(|b| M::decode(b.as_slice()).map_err(|e| corrupt(key, e)))
+            .transpose()
+    }
+
+    fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.writes.insert(key, Some(value));
+    }
+
+    fn delete(&mut self, key: Vec<u8>) {
+        self.writes.insert(key, None);
+    }
+}
+
+/// The view a change record is keyed by.
+enum Target {
+    Person(Nis),
+    Family(String),
+}
+
+fn target(key: &str) -> Result<Target, String> {
+    if let Some(nis) = key.strip_prefix("person:") {
+        return Nis::parse(nis)
+            .map(Target::Person)
+            .map_err(|e| format!("key: person NIS: {e}"));
+    }
+    if let Some(id) = key.strip_prefix("family:") {
+        if id.is_empty() || id.contains('/') {
+            return Err("key: family id empty or containing '/'".into());
+        }
+        return Ok(Target::Family(id.to_owned()));
+    }
+    Err("key: neither person:<nis> nor family:<id>".into())
+}
+
+/// Outcome of one record: a change to the stats, or why it was skipped.
+type RecordResult = Result<Result<ApplyStats, String>, ReconcilerError>;
+
+fn apply_record(ov: &mut Overlay<'_>, key: &str, payload: Option<&[u8]>) -> RecordResult {
+    let target = match target(key) {
+        Ok(t) => t,
+        Err(reason) => return Ok(Err(reason)),
+    };
+    let change = match payload.map(api::ComplianceChange::decode).transpose() {
+        Ok(c) => c,
+        Err(e) => return Ok(Err(format!("payload: {e}"))),
+    };
+    match (target, change.map(|c| c.view)) {
+        (Target::Person(nis), None) => apply_person(ov, nis, None).map(Ok),
+        (Target::Person(nis), Some(Some(api::compliance_change::View::Person(p)))) => {
+            if Nis::parse(&p.nis).ok() != Some(nis) {
+                return Ok(Err("payload: the person's NIS is not the key's".into()));
+            }
+            apply_person(ov, nis, Some(p)).map(Ok)
+        }
+        (Target::Family(id), None) => apply_family(ov, &id, None).map(Ok),
+        (Target::Family(id), Some(Some(api::compliance_change::View::Family(f)))) => {
+            if f.family_id != id {
+                return Ok(Err("payload: the family id is not the key's".into()));
+            }
+            apply_family(ov, &id, Some(f)).map(Ok)
+        }
+        (_, Some(None)) => Ok(Err("payload: the change carries no view".into())),
+        (_, Some(Some(_))) => Ok(Err("payload: the view is not of the key's kind".into())),
+    }
+}
+
+/// Replaces (`Some`) or deletes (`None`) a person's view, with its index entry and counts.
+fn apply_person(
+    ov: &mut Overlay<'_>,
+    nis: Nis,
+    new: Option<api::Person>,
+) -> Result<ApplyStats, ReconcilerError> {
+    let vkey = key(&["v", "p", nis.as_str()]);
+    let old: Option<api::Person> = ov.get_proto(&vkey)?;
+    let duplicate = match (&old, &new) {
+        (Some(old), Some(new)) => new.view_version <= old.view_version,
+        (None, None) => true,
+        _ => false,
+    };
+    if duplicate {
+        return Ok(ApplyStats {
+            duplicates: 1,
+            ..Default::default()
+        });
+    }
+    update_counts(ov, old.as_ref(), new.as_ref())?;
+    let old_mun = old.as_ref().map(|o| o.municipality.as_str()).unwrap_or("");
+    let new_mun = new.as_ref().map(|n| n.municipality.as_str()).unwrap_or("");
+    if !old_mun.is_empty() && old_mun != new_mun {
+        ov.delete(key(&["m", old_mun, nis.as_str()]));
+    }
+    if !new_mun.is_empty() {
+        ov.put(key(&["m", new_mun, nis.as_str()]), Vec::new());
+    }
+    Ok(match new {
+        Some(new) => {
+            ov.put(vkey, new.encode_to_vec());
+            ApplyStats {
+                applied: 1,
+                ..Default::default()
+            }
+        }
+        None => {
+            ov.delete(vkey);
+            ApplyStats {
+                deleted: 1,
+                ..Default::default()
+            }
+        }
+    })
+}
+
+/// Moves the counts from the old view's outcomes to the new view's: every old outcome removed,
+/// every new one added, one read and write per counts row. A row left all zero is deleted, so
+/// the rows held depend only on the views held, not on the order they arrived in.
+fn update_counts(
+    ov: &mut Overlay<'_>,
+    old: Option<&api::Person>,
+    new: Option<&api::Person>,
+) -> Result<(), ReconcilerError> {
+    let mut delta: BTreeMap<Vec<u8>, Vec<(Status, bool)>> = BTreeMap::new();
+    for (person, add) in [(old, false), (new, true)] {
+        let Some(person) = person else { continue };
+        for o in &person.outcomes {
+            if let Some(status) = domain_status(o.status) {
+                delta
+                    .entry(key(&[
+                        "i",
+                        &person.municipality,
+                        &o.conditionality,
+                        &o.period,
+                    ]))
+                    .or_default()
+                    .push((status, add));
+            }
+        }
+    }
+    for (k, changes) in delta {
+        let mut counts: Counts = match ov.get(&k)? {
+            Some(b) => serde_json::from_slice(&b).map_err(|e| corrupt(&k, e))?,
+            None => Counts::default(),
+        };
+        for (status, add) in changes {
+            if add {
+                counts.add(status);
+            } else {
+                counts.remove(status);
+            }
+        }
+        if counts == Counts::default() {
+            ov.delete(k);
+        } else {
+            let bytes = serde_json::to_vec(&counts).map_err(|e| corrupt(&k, e))?;
+            ov.put(k, bytes);
+        }
+    }
+    Ok(())
+}
+
+/// Replaces (`Some`) or deletes (`None`) a family's view.
+fn apply_family(
+    ov: &mut Overlay<'_>,
+    family_id: &str,
+    new: Option<api::Family>,
+) -> Result<ApplyStats, ReconcilerError> {
+    let vkey = key(&["v", "f", family_id]);
+    let old: Option<api::Family> = ov.get_proto(&vkey)?;
+    Ok(match (old, new) {
+        (Some(old), Some(new)) if new.view_version <= old.view_version => ApplyStats {
+            duplicates: 1,
+            ..Default::default()
+        },
+        (None, None) => ApplyStats {
+            duplicates: 1,
+            ..Default::default()
+        },
+        (_, Some(new)) => {
+            ov.put(vkey, new.encode_to_vec());
+            ApplyStats {
+                applied: 1,
+                ..Default::default()
+            }
+        }
+        (Some(_), None) => {
+            ov.delete(vkey);
+            ApplyStats {
+                deleted: 1,
+                ..Default::default()
+            }
+        }
+    })
+}
+
+/// Applies change records of `topic` to the read model in one atomic write, together with the
+/// next offset of every partition in `records`.
+///
+/// Records are applied in order, each seeing the ones before it. A view not newer than the one
+/// held is ignored; a tombstone deletes the view with its index entry and counts. A record that
+/// cannot be applied is logged and skipped (its offset is still consumed); only a store failure
+/// or a corrupt stored value is an error, and then nothing of the batch is written.
+pub fn apply(
+    store: &Store,
+    topic: &str,
+    records: &[ChangeRecord],
+) -> Result<ApplyStats, ReconcilerError> {
+    let mut ov = Overlay::new(store);
+    let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut stats = ApplyStats::default();
+    for (partition, offset, key, payload) in records {
+        let n = next.entry(*partition).or_insert(offset + 1);
+        *n = (*n).max(offset + 1);
+        match apply_record(&mut ov, key, payload.as_deref())? {
+            Ok(s) => stats.add(s),
+            Err(reason) => {
+                tracing::error!(
+                    topic,
+                    partition,
+                    offset,
+                    reason,
+                    "change record cannot be applied to the read model; skipped"
+                );
+                stats.invalid += 1;
+            }
+        }
+    }
+    let mut w = store.batch();
+    for (k, v) in &ov.writes {
+        match v {
+            Some(v) => w.put(k, v),
+            None => w.delete(k),
+        }
+    }
+    for (partition, next) in next {
+        w.set_offset(topic, partition, next);
+    }
+    if !w.is_empty() {
+        w.commit()?;
+    }
+    Ok(stats)
+}
+
+// ---- reads ---------------------------------------------------------------------------------
+
+/// The stored view of a person.
+pub fn read_person(kv: &dyn Kv, nis: &Nis) -> Result<Option<api::Person>, ReconcilerError> {
+    let k = key(&["v", "p", nis.as_str()]);
+    kv.get(&k)?
+        .map(|b| api::Person::decode(b.as_slice()).map_err(|e| corrupt(&k, e)))
+        .transpose()
+}
+
+/// The stored view of a family.
+pub fn read_family(kv: &dyn Kv, family_id: &str) -> Result<Option<api::Family>, ReconcilerError> {
+    let k = key(&["v", "f", family_id]);
+    kv.get(&k)?
+        .map(|b| api::Family::decode(b.as_slice()).map_err(|e| corrupt(&k, e)))
+        .transpose()
+}
+
+/// Up to `limit` persons of a municipality with NIS after `after`, in NIS order, that `keep`
+/// accepts.
+pub fn list_persons(
+    kv: &dyn Kv,
+    municipality: &str,
+    after: &str,
+    limit: usize,
+    keep: &dyn Fn(&api::Person) -> bool,
+) -> Result<Vec<api::Person>, ReconcilerError> {
+    let prefix = key(&["m", municipality, ""]);
+    let mut cursor = [prefix.as_slice(), after.as_bytes()].concat();
+    let mut out = Vec::new();
+    loop {
+        let page = kv.scan_after(&prefix, &cursor, 512)?;
+        let Some((last, _)) = page.last() else { break };
+        cursor = last.clone();
+        for (k, _) in &page {
+            let nis = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+            let Ok(n) = Nis::parse(&nis) else { continue };
+            if let Some(p) = read_person(kv, &n)?
+                && keep(&p)
+            {
+                out.push(p);
+                if out.len() >= limit {
+                    return Ok(out);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Outcome counts for a municipality, per (conditionality, period).
+pub fn read_indicators(
+    kv: &dyn Kv,
+    municipality: &str,
+) -> Result<Vec<(String, String, Counts)>, ReconcilerError> {
+    let prefix = key(&["i", municipality, ""]);
+    let mut out = Vec::new();
+    for (k, v) in kv.scan(&prefix)? {
+        let rest = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+        let Some((cond, period)) = rest.split_once('/') else {
+            continue;
+        };
+        let counts: Counts = serde_json::from_slice(&v).map_err(|e| corrupt(&k, e))?;
+        out.push((cond.to_owned(), period.to_owned(), counts));
+    }
+    Ok(out)
+}
+
+// ---- consuming the changes topic -----------------------------------------------------------
+
+/// Most records applied in one store write.
+const BATCH_MAX: usize = 2000;
+/// How long a started batch waits for more records.
+const BATCH_LINGER: Duration = Duration::from_millis(20);
+/// How often the lag gauge is refreshed (it asks the brokers for the high watermarks).
+const LAG_EVERY: Duration = Duration::from_secs(10);
+
+/// Per partition: the next offset the read model holds, and the high watermark at start.
+#[derive(Debug, Default)]
+struct Progress {
+    next: BTreeMap<i32, i64>,
+    target: BTreeMap<i32, i64>,
+}
+
+impl Progress {
+    fn caught_up(&self) -> bool {
+        self.target
+            .iter()
+            .all(|(p, high)| self.next.get(p).is_some_and(|n| n >= high))
+    }
+
+    fn advance(&mut self, partition: i32, next: i64) {
+        let n = self.next.entry(partition).or_insert(next);
+        *n = (*n).max(next);
+    }
+}
+
+/// Assigns every partition of `topic` at the offset the store holds (or the beginning), and
+/// returns the starting progress. Retries while the topic or its partition leaders are not
+/// there yet (right after the topic is created).
+fn assign_all(
+    consumer: &StreamConsumer,
+    topic: &str,
+    store: &Store,
+    shutdown: &CancellationToken,
+) -> Result<Option<Progress>, ReconcilerError> {
+    let timeout = Duration::from_secs(10);
+    let attempt_assign = || -> Result<(TopicPartitionList, Progress), String> {
+        let md = consumer
+            .fetch_metadata(Some(topic), timeout)
+            .map_err(|e| format!("metadata: {e}"))?;
+        let t = md
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic)
+            .ok_or("topic not in the metadata")?;
+        if let Some(e) = t.error() {
+            return Err(format!("topic metadata: {e:?}"));
+        }
+        if t.partitions().is_empty() {
+            return Err("topic has no partitions".into());
+        }
+        let mut tpl = TopicPartitionList::new();
+        let mut progress = Progress::default();
+        for p in t.partitions() {
+            if p.leader() < 0 {
+                return Err(format!("partition {} has no leader", p.id()));
+            }
+            let (low, high) = consumer
+                .fetch_watermarks(topic, p.id(), timeout)
+                .map_err(|e| format!("partition {} watermarks: {e}", p.id()))?;
+            let stored = store
+                .offset(topic, p.id())
+                .map_err(|e| format!("stored offset: {e}"))?;
+            let offset = stored.map_or(Offset::Beginning, Offset::Offset);
+            tpl.add_partition_offset(topic, p.id(), offset)
+                .map_err(|e| e.to_string())?;
+            progress.next.insert(p.id(), stored.unwrap_or(low).max(low));
+            progress.target.insert(p.id(), high);
+        }
+        Ok((tpl, progress))
+    };
+    let mut attempt = 0;
+    let (tpl, progress) = loop {
+        if shutdown.is_cancelled() {
+            return Ok(None);
+        }
+        match attempt_assign() {
+            Ok(ok) => break ok,
+            Err(e) if attempt < 60 => {
+                attempt += 1;
+                tracing::info!(topic, error = %e, "changes topic not ready for the read model; retrying");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => {
+                return Err(ReconcilerError::Startup(format!(
+                    "read model: changes topic {topic}: {e}"
+                )));
+            }
+        }
+    };
+    consumer
+        .assign(&tpl)
+        .map_err(|e| ReconcilerError::Startup(format!("read model assign: {e}")))?;
+    Ok(Some(progress))
+}
+
+/// Sum over partitions of the high watermark minus the next offset held (`None` if a broker
+/// did not answer).
+fn lag(consumer: &StreamConsumer, topic: &str, next: &BTreeMap<i32, i64>) -> Option<i64> {
+    let mut total = 0;
+    for (p, n) in next {
+        let (_, high) = consumer
+            .fetch_watermarks(topic, *p, Duration::from_secs(2))
+            .ok()?;
+        total += (high - n).max(0);
+    }
+    Some(total)
+}
+
+/// Keeps the read model in `store` up to date with every partition of `topic` until
+/// `shutdown`.
+///
+/// Partitions are assigned, not subscribed to: no consumer group is joined and no offsets are
+/// committed to Kafka (they live in the store, written with the views). `caught_up` is set to
+/// `true` once every partition reached the high watermark it had at start (at once when the
+/// topic is empty).
+pub async fn run(
+    kafka: KafkaConfig,
+    topic: String,
+    store: Store,
+    caught_up: tokio::sync::watch::Sender<bool>,
+    shutdown: CancellationToken,
+) -> Result<(), ReconcilerError> {
+    let consumer: StreamConsumer = kafka
+        .client_config("ponte-reconciler-read")
+        // Required by librdkafka for a consumer; never joined (partitions are assigned).
+        .set("group.id", "ponte-reconciler-read-model")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false")
+        .set("isolation.level", "read_committed")
+        .create()
+        .map_err(|e| ReconcilerError::Startup(format!("read model consumer: {e}")))?;
+    let consumer = Arc::new(consumer);
+
+    let mut progress = {
+        let (c, t, s, stop) = (
+            Arc::clone(&consumer),
+            topic.clone(),
+            store.clone(),
+            shutdown.clone(),
+        );
+        let assigned = tokio::task::spawn_blocking(move || assign_all(&c, &t, &s, &stop))
+            .await
+            .map_err(|e| ReconcilerError::Startup(format!("read model assign task: {e}")))??;
+        match assigned {
+            Some(p) => p,
+            None => return Ok(()),
+        }
+    };
+    tracing::info!(
+        topic,
+        partitions = progress.target.len(),
+        "read model consuming every partition of the changes topic"
+    );
+    metrics::gauge!("ponte_reconciler_read_model_caught_up").set(0.0);
+    let mut reported = false;
+    let mut last_lag = Instant::now() - LAG_EVERY;
+
+    loop {
+        if !reported && progress.caught_up() {
+            reported = true;
+            caught_up.send_replace(true);
+            metrics::gauge!("ponte_reconciler_read_model_caught_up").set(1.0);
+            tracing::info!(topic, "read model caught up with the changes topic");
+        }
+        if last_lag.elapsed() >= LAG_EVERY {
+            last_lag = Instant::now();
+            let (c, t, n) = (Arc::clone(&consumer), topic.clone(), progress.next.clone());
+            if let Ok(Some(lag)) = tokio::task::spawn_blocking(move || lag(&c, &t, &n)).await {
+                metrics::gauge!("ponte_reconciler_read_model_lag").set(lag as f64);
+            }
+        }
+
+        let first = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            m = consumer.recv() => Some(m),
+            _ = tokio::time::sleep(Duration::from_secs(1)) => None,
+        };
+        let mut records: Vec<ChangeRecord> = Vec::new();
+        let owned = |m: &rdkafka::message::BorrowedMessage<'_>| -> ChangeRecord {
+            (
+                m.partition(),
+                m.offset(),
+                String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+                m.payload().map(<[u8]>::to_vec),
+            )
+        };
+        match first {
+            Some(Ok(m)) => records.push(owned(&m)),
+            Some(Err(e)) => {
+                tracing::warn!(topic, error = %e, "read model consumer error");
+                metrics::counter!("ponte_reconciler_read_model_consumer_errors_total").increment(1);
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                }
+            }
+            None => {}
+        }
+        if !records.is_empty() {
+            let deadline = tokio::time::Instant::now() + BATCH_LINGER;
+            while records.len() < BATCH_MAX {
+                match tokio::time::timeout_at(deadline, consumer.recv()).await {
+                    Ok(Ok(m)) => records.push(owned(&m)),
+                    Ok(Err(e)) => {
+                        tracing::warn!(topic, error = %e, "read model consumer error");
+                        metrics::counter!("ponte_reconciler_read_model_consumer_errors_total")
+                            .increment(1);
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            let positions: Vec<(i32, i64)> = records.iter().map(|r| (r.0, r.1 + 1)).collect();
+            let (s, t) = (store.clone(), topic.clone());
+            let stats = tokio::task::spawn_blocking(move || apply(&s, &t, &records))
+                .await
+                .map_err(|e| ReconcilerError::Startup(format!("read model apply task: {e}")))??;
+            for (p, n) in positions {
+                progress.advance(p, n);
+            }
+            metrics::counter!("ponte_reconciler_read_model_applied_total")
+                .increment(stats.applied + stats.deleted);
+            metrics::counter!("ponte_reconciler_read_model_duplicates_total")
+                .increment(stats.duplicates);
+            metrics::counter!("ponte_reconciler_read_model_invalid_total").increment(stats.invalid);
+        }
+        // The consumer's position also moves past records never delivered (transaction
+        // markers), which matters for reaching the high watermark.
+        if !reported && let Ok(tpl) = consumer.position() {
+            for e in tpl.elements_for_topic(&topic) {
+                if let Offset::Offset(o) = e.offset() {
+                    progress.advance(e.partition(), o);
+                }
+            }
+        }
+    }
+    tracing::info!(topic, "read model stopped");
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use ponte_store::Durability;
+
+    const TOPIC: &str = "ponte.compliance.changes.v1";
+    const SP: &str = "3550308";
+    const RJ: &str = "3304557";
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("read"), Durability::Process).unwrap();
+        (dir, store)
+    }
+
+    fn nis(body: &str) -> Nis {
+        Nis::with_check_digit(body).unwrap()
+    }
+
+    fn outcome(cond: &str, period: &str, status: api::OutcomeStatus) -> api::ConditionalityOutcome {
+        api::ConditionalityOutcome {
+            conditionality: cond.into(),
+            period: period.into(),
+            status: status as i32,
+            ..Default::default()
+        }
+    }
+
+    fn person(
+        nis: Nis,
+        version: u64,
+        municipality: &str,
+        outcomes: Vec<api::ConditionalityOutcome>,
+    ) -> api::Person {
+        api::Person {
+            nis: nis.to_string(),
+            view_version: version,
+            municipality: municipality.into(),
+            family_id: "F1".into(),
+            registered: true,
+            outcomes,
+            ..Default::default()
+        }
+    }
+
+    fn person_change(p: &api::Person) -> Option<Vec<u8>> {
+        Some(
+            api::ComplianceChange {
+                view: Some(api::compliance_change::View::Person(p.clone())),
+            }
+            .encode_to_vec(),
+        )
+    }
+
+    fn family_change(f: &api::Family) -> Option<Vec<u8>> {
+        Some(
+            api::ComplianceChange {
+                view: Some(api::compliance_change::View::Family(f.clone())),
+            }
+            .encode_to_vec(),
+        )
+    }
+
+    fn rec(offset: i64, p: &api::Person) -> ChangeRecord {
+        (0, offset, format!("person:{}", p.nis), person_change(p))
+    }
+
+    fn listed(store: &Store, mun: &str) -> Vec<String> {
+        list_persons(store, mun, "", 1000, &|_| true)
+            .unwrap()
+            .into_iter()
+            .map(|p| p.nis)
+            .collect()
+    }
+
+    fn counts(store: &Store, mun: &str) -> BTreeMap<(String, String), Counts> {
+        read_indicators(store, mun)
+            .unwrap()
+            .into_iter()
+            .map(|(c, p, n)| ((c, p), n))
+            .collect()
+    }
+
+    /// Every counts row recomputed from the stored person views.
+    fn recount(store: &Store) -> BTreeMap<Vec<u8>, Counts> {
+        let mut out: BTreeMap<Vec<u8>, Counts> = BTreeMap::new();
+        for (_, v) in store.scan_prefix(b"v/p/").unwrap() {
+            let p = api::Person::decode(v.as_slice()).unwrap();
+            for o in &p.outcomes {
+                if let Some(s) = domain_status(o.status) {
+                    out.entry(key(&["i", &p.municipality, &o.conditionality, &o.period]))
+                        .or_default()
+                        .add(s);
+                }
+            }
+        }
+        out.retain(|_, c| *c != Counts::default());
+        out
+    }
+
+    fn stored_counts(store: &Store) -> BTreeMap<Vec<u8>, Counts> {
+        store
+            .scan_prefix(b"i/")
+            .unwrap()
+            .into_iter()
+            .map(|(k, v)| (k, serde_json::from_slice(&v).unwrap()))
+            .collect()
+    }
+
+    use api::OutcomeStatus::{Compliant, NonCompliant, NotFollowed, NotRequired};
+
+    #[test]
+    fn lower_or_equal_versions_are_ignored() {
+        let (_d, s) = store();
+        let a = nis("1234567890");
+        let v2 = person(a, 2, SP, vec![outcome("education", "2025-B1", Compliant)]);
+        let stats = apply(&s, TOPIC, &[rec(0, &v2)]).unwrap();
+        assert_eq!(stats.applied, 1);
+
+        // The same version again (redelivery) and an older one change nothing.
+        let mut same = v2.clone();
+        same.outcomes = vec![outcome("education", "2025-B1", NonCompliant)];
+        let v1 = person(a, 1, RJ, vec![outcome("education", "2025-B1", NotFollowed)]);
+        let stats = apply(&s, TOPIC, &[rec(1, &v2), rec(2, &same), rec(3, &v1)]).unwrap();
+        assert_eq!(
+            stats,
+            ApplyStats {
+                duplicates: 3,
+                ..Default::default()
+            }
+        );
+        assert_eq!(read_person(&s, &a).unwrap(), Some(v2));
+        assert_eq!(listed(&s, SP), [a.to_string()]);
+        assert!(listed(&s, RJ).is_empty());
+        let c = counts(&s, SP)[&("education".to_owned(), "2025-B1".to_owned())];
+        assert_eq!((c.public, c.followed, c.compliant), (1, 1, 1));
+        assert!(counts(&s, RJ).is_empty());
+    }
+
+    #[test]
+    fn moving_municipality_moves_the_index_entry_and_the_counts() {
+        let (_d, s) = store();
+        let a = nis("1234567890");
+        let b = nis("2234567890");
+        let out = vec![outcome("education", "2025-B1", NonCompliant)];
+        apply(
+            &s,
+            TOPIC,
+            &[
+                rec(0, &person(a, 1, SP, out.clone())),
+                rec(1, &person(b, 1, SP, out.clone())),
+            ],
+        )
+        .unwrap();
+        apply(&s, TOPIC, &[rec(2, &person(a, 2, RJ, out.clone()))]).unwrap();
+        assert_eq!(listed(&s, SP), [b.to_string()]);
+        assert_eq!(listed(&s, RJ), [a.to_string()]);
+        let key = ("education".to_owned(), "2025-B1".to_owned());
+        assert_eq!(counts(&s, SP)[&key].non_compliant, 1);
+        assert_eq!(counts(&s, RJ)[&key].non_compliant, 1);
+        assert_eq!(stored_counts(&s), recount(&s));
+    }
+
+    #[test]
+    fn counts_equal_a_recount_after_a_sequence_of_updates() {
+        let (_d, s) = store();
+        let people: Vec<Nis> = (1..=5).map(|i| nis(&format!("{i}234567890"))).collect();
+        let statuses = [Compliant, NonCompliant, NotFollowed, NotRequired];
+        let muns = [SP, RJ];
+        let mut version: BTreeMap<Nis, u64> = BTreeMap::new();
+        let mut offset = 0;
+        // A deterministic mix of updates, redeliveries, moves and tombstones, in small batches.
+        for step in 0..60usize {
+            let mut batch = Vec::new();
+            for j in 0..3usize {
+                let who = people[(step * 7 + j * 3) % people.len()];
+                let kind = (step + j) % 6;
+                let payload = if kind == 5 && step % 4 == 0 {
+                    // A tombstone: the versions start again.
+                    version.insert(who, 0);
+                    None
+                } else {
+                    let v = version.entry(who).or_insert(0);
+                    // Kind 4 redelivers the version held (with other content: ignored).
+                    if !(kind == 4 && *v > 0) {
+                        *v += 1;
+                    }
+                    let outcomes = (0..(step + j) % 4)
+                        .map(|k| {
+                            outcome(
+                                ["education", "health"][k % 2],
+                                ["2025-B1", "2025-B2"][(k + step) % 2],
+                                statuses[(step + j + k) % statuses.len()],
+                            )
+                        })
+                        .collect();
+                    person_change(&person(who, *v, muns[(step / 3 + j) % 2], outcomes))
+                };
+                batch.push((0, offset, format!("person:{who}"), payload));
+                offset += 1;
+            }
+            apply(&s, TOPIC, &batch).unwrap();
+            assert_eq!(stored_counts(&s), recount(&s), "after step {step}");
+        }
+        assert!(!stored_counts(&s).is_empty());
+    }
+
+    #[test]
+    fn two_updates_of_one_key_in_one_batch() {
+        let (_d, s) = store();
+        let a = nis("1234567890");
+        let v1 = person(a, 1, SP, vec![outcome("health", "2025-S1", NotFollowed)]);
+        let v2 = person(a, 2, RJ, vec![outcome("health", "2025-S1", Compliant)]);
+        let stats = apply(&s, TOPIC, &[rec(0, &v1), rec(1, &v2), rec(2, &v1)]).unwrap();
+        assert_eq!((stats.applied, stats.duplicates), (2, 1));
+        assert_eq!(read_person(&s, &a).unwrap(), Some(v2));
+        assert!(listed(&s, SP).is_empty());
+        assert_eq!(listed(&s, RJ), [a.to_string()]);
+        assert!(counts(&s, SP).is_empty());
+        let c = counts(&s, RJ)[&("health".to_owned(), "2025-S1".to_owned())];
+        assert_eq!((c.public, c.followed, c.compliant), (1, 1, 1));
+        assert_eq!(stored_counts(&s), recount(&s));
+    }
+
+    #[test]
+    fn families_are_stored_and_replaced_by_newer_versions() {
+        let (_d, s) = store();
+        let f1 = api::Family {
+            family_id: "F1".into(),
+            members: vec![nis("1234567890").to_string()],
+            view_version: 1,
+            ..Default::default()
+        };
+        let mut f2 = f1.clone();
+        f2.view_version = 2;
+        f2.non_compliant_periods = vec!["2025-B1".into()];
+        let stats = apply(
+            &s,
+            TOPIC,
+            &[
+                (1, 0, "family:F1".into(), family_change(&f1)),
+                (1, 1, "family:F1".into(), family_change(&f2)),
+                (1, 2, "family:F1".into(), family_change(&f1)),
+            ],
+        )
+        .unwrap();
+        assert_eq!((stats.applied, stats.duplicates), (2, 1));
+        assert_eq!(read_family(&s, "F1").unwrap(), Some(f2));
+        assert_eq!(read_family(&s, "F2").unwrap(), None);
+        // A family tombstone removes the view.
+        apply(&s, TOPIC, &[(1, 3, "family:F1".into(), None)]).unwrap();
+        assert_eq!(read_family(&s, "F1").unwrap(), None);
+    }
+
+    #[test]
+    fn a_tombstone_removes_the_view_its_index_entry_and_its_counts() {
+        let (_d, s) = store();
+        let a = nis("1234567890");
+        let b = nis("2234567890");
+        let out = vec![outcome("education", "2025-B1", Compliant)];
+        apply(
+            &s,
+            TOPIC,
+            &[
+                rec(0, &person(a, 3, SP, out.clone())),
+                rec(1, &person(b, 1, SP, out.clone())),
+            ],
+        )
+        .unwrap();
+        let stats = apply(&s, TOPIC, &[(0, 2, format!("person:{a}"), None)]).unwrap();
+        assert_eq!(stats.deleted, 1);
+        assert_eq!(read_person(&s, &a).unwrap(), None);
+        assert_eq!(listed(&s, SP), [b.to_string()]);
+        let key = ("education".to_owned(), "2025-B1".to_owned());
+        assert_eq!(counts(&s, SP)[&key].compliant, 1);
+        // Once the last contribution goes, so does the row.
+        apply(&s, TOPIC, &[(0, 3, format!("person:{b}"), None)]).unwrap();
+        assert!(listed(&s, SP).is_empty());
+        assert!(counts(&s, SP).is_empty());
+        // A tombstone for a view not held changes nothing; after one, any version is new.
+        let stats = apply(&s, TOPIC, &[(0, 4, format!("person:{a}"), None)]).unwrap();
+        assert_eq!(stats.duplicates, 1);
+        apply(&s, TOPIC, &[rec(5, &person(a, 1, RJ, out))]).unwrap();
+        assert_eq!(listed(&s, RJ), [a.to_string()]);
+        assert_eq!(stored_counts(&s), recount(&s));
+    }
+
+    #[test]
+    fn offsets_are_stored_with_the_batch() {
+        let (_d, s) = store();
+        assert_eq!(s.offset(TOPIC, 0).unwrap(), None);
+        let a = nis("1234567890");
+        let b = nis("2234567890");
+        apply(
+            &s,
+            TOPIC,
+            &[
+                (
+                    0,
+                    10,
+                    format!("person:{a}"),
+                    person_change(&person(a, 1, SP, vec![])),
+                ),
+                (
+                    3,
+                    7,
+                    format!("person:{b}"),
+                    person_change(&person(b, 1, SP, vec![])),
+                ),
+                (0, 11, format!("person:{a}"), None),
+                // Skipped records are consumed too.
+                (3, 8, "person:nonsense".into(), Some(vec![1, 2, 3])),
+            ],
+        )
+        .unwrap();
+        assert_eq!(s.offset(TOPIC, 0).unwrap(), Some(12));
+        assert_eq!(s.offset(TOPIC, 3).unwrap(), Some(9));
+        assert_eq!(s.offset(TOPIC, 1).unwrap(), None);
+    }
+
+    #[test]
+    fn undecodable_or_mismatched_records_are_skipped() {
+        let (_d, s) = store();
+        let a = nis("1234567890");
+        let b = nis("2234567890");
+        let f = api::Family {
+            family_id: "F1".into(),
+            view_version: 1,
+            ..Default::default()
+        };
+        let stats = apply(
+            &s,
+            TOPIC,
+            &[
+                (0, 0, format!("person:{a}"), Some(vec![0xff, 0xff, 0xff])),
+                (
+                    0,
+                    1,
+                    "nobody".into(),
+                    person_change(&person(a, 1, SP, vec![])),
+                ),
+                (
+                    0,
+                    2,
+                    format!("person:{b}"),
+                    person_change(&person(a, 1, SP, vec![])),
+                ),
+                (0, 3, format!("person:{a}"), family_change(&f)),
+                (0, 4, "family:F1/x".into(), family_change(&f)),
+                (0, 5, format!("person:{a}"), Some(Vec::new())),
+                (
+                    0,
+                    6,
+                    format!("person:{b}"),
+                    person_change(&person(b, 1, SP, vec![])),
+                ),
+            ],
+        )
+        .unwrap();
+        assert_eq!((stats.invalid, stats.applied), (6, 1));
+        assert_eq!(read_person(&s, &a).unwrap(), None);
+        assert_eq!(listed(&s, SP), [b.to_string()]);
+        assert_eq!(s.offset(TOPIC, 0).unwrap(), Some(7));
+    }
+
+    #[test]
+    fn progress_is_caught_up_at_the_start_watermarks() {
+        let mut p = Progress::default();
+        assert!(p.caught_up(), "an empty topic is caught up");
+        p.target.insert(0, 5);
+        p.target.insert(1, 0);
+        p.next.insert(0, 0);
+        p.next.insert(1, 0);
+        assert!(!p.caught_up());
+        p.advance(0, 5);
+        p.advance(0, 3);
+        assert!(p.caught_up());
+    }
+}
