@@ -7,6 +7,8 @@
 //! group, ports and state directories, so tests run in parallel against one broker.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::missing_panics_doc)]
 
+pub mod workload;
+
 use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -210,9 +212,19 @@ impl Stack {
 
     /// Runs a `ponte` command to completion and returns (status, stdout, stderr).
     pub fn ponte(&self, args: &[&str]) -> (ExitStatus, String, String) {
+        self.ponte_with(args, &[])
+    }
+
+    /// [`Stack::ponte`] with `overrides` on top of the stack's environment.
+    pub fn ponte_with(
+        &self,
+        args: &[&str],
+        overrides: &[(&str, String)],
+    ) -> (ExitStatus, String, String) {
         let out = Command::new(ponte_bin())
             .args(args)
             .envs(self.env())
+            .envs(overrides.iter().map(|(k, v)| (*k, v.as_str())))
             .current_dir(self.dir.path())
             .output()
             .unwrap();

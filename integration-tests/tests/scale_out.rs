@@ -1,0 +1,263 @@
+//! Scale-out: two reconciler instances in one consumer group split the partitions; killing one
+//! moves its partitions and their state to the other; a returning instance finds its local
+//! state stale and rebuilds it from the changelog. Every person and family stays answerable
+//! from every instance (each serves the read model of the whole changes topic), and the views
+//! are exactly those of a single uninterrupted instance. Real broker, real processes.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use ponte_integration_tests::workload::{
+    attendance, families, family, persons, produce, produce_to, reference_deployment, workload,
+};
+use ponte_integration_tests::{Service, Stack, eventually, metric, wait_ready};
+use ponte_proto::compliance::v1::{Family, Person};
+
+const PERSONS: u64 = 600;
+/// Topic-partitions the group consumes: 5 input topics and 3 repartition topics, 3 partitions
+/// each (the stack's `topics.partitions`).
+const TOPIC_PARTITIONS: f64 = 24.0;
+
+/// An instance of the scaled deployment (group `scaled`) with its own state directory.
+fn instance(stack: &Stack, name: &str) -> Service {
+    stack.spawn_instance(
+        "reconciler",
+        name,
+        &[
+            (
+                "PONTE__RECONCILER__GROUP_ID",
+                format!("{}scaled", stack.prefix),
+            ),
+            (
+                "PONTE__RECONCILER__STATE_DIR",
+                stack.dir.path().join(name).display().to_string(),
+            ),
+        ],
+    )
+}
+
+async fn assigned(s: &Service) -> f64 {
+    metric(s.admin_port(), "ponte_reconciler_assigned_partitions", &[]).await
+}
+
+/// The reference's persons and families once it has applied everything up to `persons` people
+/// with `check` true of every person.
+async fn reference_views(
+    stack: &Stack,
+    persons_count: u64,
+    families_ids: &[String],
+    check: impl Fn(&Person) -> bool,
+) -> (BTreeMap<String, Person>, BTreeMap<String, Family>) {
+    let p = eventually(
+        "the reference instance to apply everything",
+        Duration::from_secs(300),
+        || async {
+            persons(stack.port("reference"))
+                .await
+                .filter(|m| m.len() as u64 == persons_count && m.values().all(&check))
+        },
+    )
+    .await;
+    // Family views follow the persons' through the members topic: wait until they are still.
+    let f = eventually(
+        "the reference's families to settle",
+        Duration::from_secs(120),
+        || async {
+            let now = families(stack.port("reference"), families_ids).await?;
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let again = families(stack.port("reference"), families_ids).await?;
+            (now == again).then_some(again)
+        },
+    )
+    .await;
+    (p, f)
+}
+
+/// Waits until the instance `name` serves exactly `expected`; on timeout, fails naming the
+/// first person or family that differs.
+async fn serves(
+    stack: &Stack,
+    name: &str,
+    expected: &(BTreeMap<String, Person>, BTreeMap<String, Family>),
+    families_ids: &[String],
+) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    loop {
+        let got_p = persons(stack.port(name)).await.unwrap_or_default();
+        let got_f = families(stack.port(name), families_ids)
+            .await
+            .unwrap_or_default();
+        if got_p == expected.0 && got_f == expected.1 {
+            return;
+        }
+        if std::time::Instant::now() > deadline {
+            let p = expected
+                .0
+                .iter()
+                .find(|(k, v)| got_p.get(*k) != Some(*v))
+                .map(|(k, v)| format!("person {k}: expected {v:?}, got {:?}", got_p.get(k)));
+            let f = expected
+                .1
+                .iter()
+                .find(|(k, v)| got_f.get(*k) != Some(*v))
+                .map(|(k, v)| {
+                    let members: Vec<String> = v
+                        .members
+                        .iter()
+                        .map(|m| {
+                            let outcomes: Vec<String> = got_p
+                                .get(m)
+                                .map(|p| {
+                                    p.outcomes
+                                        .iter()
+                                        .map(|o| {
+                                            format!(
+                                                "{}/{}={}",
+                                                o.conditionality, o.period, o.status
+                                            )
+                                        })
+                                        .collect()
+                                })
+                                .unwrap_or_default();
+                            format!("{m}: {outcomes:?}")
+                        })
+                        .collect();
+                    format!(
+                        "family {k}: expected {:?}, got {:?}; members now {members:?}",
+                        v.non_compliant_periods,
+                        got_f.get(k).map(|f| &f.non_compliant_periods)
+                    )
+                });
+            panic!(
+                "{name} serves {} persons and {} families unlike the reference: {p:?} {f:?}",
+                got_p.len(),
+                got_f.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_instances_split_the_partitions_and_the_survivor_takes_over() {
+    let stack = Stack::new("scale");
+    let reference_env = reference_deployment(&stack);
+    assert!(stack.ponte(&["topics", "ensure"]).0.success());
+    assert!(
+        stack
+            .ponte_with(&["topics", "ensure"], &reference_env)
+            .0
+            .success()
+    );
+    let reference_prefix = reference_env[0].1.clone();
+    let send = |events: Vec<_>| {
+        let stack = &stack;
+        let reference_prefix = &reference_prefix;
+        async move {
+            produce(stack, &events).await;
+            produce_to(reference_prefix, &events).await;
+        }
+    };
+    let half = PERSONS / 2;
+    let families_of = |n: u64| -> Vec<String> {
+        let mut f: Vec<String> = (0..n).map(family).collect();
+        f.dedup();
+        f
+    };
+    let complete = |p: &Person| p.school_attendance.len() == 4 && p.health_records.len() == 1;
+
+    // One uninterrupted instance, a deployment of its own with the same input: the views to
+    // compare with.
+    let mut reference = stack.spawn_instance("reconciler", "reference", &reference_env);
+    // Two instances in one group.
+    let mut a = instance(&stack, "a");
+    let mut b = instance(&stack, "b");
+    wait_ready(&mut a).await;
+    wait_ready(&mut b).await;
+    wait_ready(&mut reference).await;
+    let split = eventually(
+        "the group to split the partitions between a and b",
+        Duration::from_secs(60),
+        || async {
+            let (x, y) = (assigned(&a).await, assigned(&b).await);
+            (x > 0.0 && y > 0.0 && x + y == TOPIC_PARTITIONS).then_some((x, y))
+        },
+    )
+    .await;
+    println!("a owns {} topic-partitions, b owns {}", split.0, split.1);
+
+    // 1. Half the population while both run: each applies its share; both answer for all.
+    send(workload(0..half)).await;
+    println!("phase 1: both instances");
+    let first = reference_views(&stack, half, &families_of(half), complete).await;
+    serves(&stack, "a", &first, &families_of(half)).await;
+    serves(&stack, "b", &first, &families_of(half)).await;
+
+    // 2. b dies without leaving the group: after the session timeout a owns everything,
+    //    rebuilds b's partitions from the changelog, and applies the other half.
+    b.kill9();
+    eventually(
+        "a to own every partition",
+        Duration::from_secs(60),
+        || async { (assigned(&a).await == TOPIC_PARTITIONS).then_some(()) },
+    )
+    .await;
+    send(workload(half..PERSONS)).await;
+    println!("phase 2: a alone");
+    let second = reference_views(&stack, PERSONS, &families_of(PERSONS), complete).await;
+    serves(&stack, "a", &second, &families_of(PERSONS)).await;
+    let restores = metric(
+        a.admin_port(),
+        "ponte_reconciler_partition_restores_total",
+        &[],
+    )
+    .await;
+    assert!(
+        restores > 0.0,
+        "a took b's partitions without restoring them"
+    );
+
+    // 3. b returns with the state it had before: stale for the partitions a wrote since. It
+    //    must rebuild them, and both must agree with the reference after more changes
+    //    (corrections that raise April's attendance of everyone).
+    b.restart();
+    wait_ready(&mut b).await;
+    eventually(
+        "the group to split the partitions again",
+        Duration::from_secs(60),
+        || async {
+            let (x, y) = (assigned(&a).await, assigned(&b).await);
+            (x > 0.0 && y > 0.0 && x + y == TOPIC_PARTITIONS).then_some(())
+        },
+    )
+    .await;
+    let corrections: Vec<_> = (0..PERSONS)
+        .map(|i| attendance(i, "2025-04", 20, 2))
+        .collect();
+    send(corrections).await;
+    println!("phase 3: b back");
+    let corrected = |p: &Person| {
+        complete(p)
+            && p.school_attendance
+                .iter()
+                .any(|r| r.month == "2025-04" && r.attended == 20 && r.version == 2)
+    };
+    let third = reference_views(&stack, PERSONS, &families_of(PERSONS), corrected).await;
+    serves(&stack, "a", &third, &families_of(PERSONS)).await;
+    serves(&stack, "b", &third, &families_of(PERSONS)).await;
+    let restores = metric(
+        b.admin_port(),
+        "ponte_reconciler_partition_restores_total",
+        &[],
+    )
+    .await;
+    assert!(
+        restores > 0.0,
+        "b came back to partitions a had written and kept its stale state"
+    );
+
+    assert!(a.terminate().success());
+    assert!(b.terminate().success());
+    assert!(reference.terminate().success());
+}
