@@ -131,6 +131,10 @@ async fn main() -> anyhow::Result<()> {
                 f.changed, f.parked, f.unchanged, f.invalid, f.outputs
             );
             println!(
+                "repartition msgs   {} (applied too; the per-event figures below include them)",
+                f.internal
+            );
+            println!(
                 "topology.apply     {:.2} s  ({:.1} µs/event)",
                 f.apply.as_secs_f64(),
                 f.apply.as_secs_f64() * 1e6 / f.events.max(1) as f64

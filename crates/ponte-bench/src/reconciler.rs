@@ -1,13 +1,16 @@
 //! The reconciler alone: the topology applied in-process to the simulator's events, in batches
 //! committed to RocksDB as the service does (state writes in one atomic batch per `batch`
-//! events), without Kafka. One thread, so the rate is per core.
+//! events), without Kafka. The messages the topology sends itself through its repartition
+//! topics (crosswalk claims, health records re-keyed by NIS, members' outcomes for the family)
+//! are applied too, after the batch that produced them, on the partition their key hashes to.
+//! One thread, so the rate is per core.
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
 use ponte_domain::period::Month;
 use ponte_domain::rules::RuleSet;
 use ponte_proto::events::v1::Event;
-use ponte_reconciler::topology::{Applied, Input, Topology, Tx};
+use ponte_reconciler::topology::{Applied, Input, OutputKind, Topology, Tx};
 use ponte_store::{Durability, Store};
 
 const RULES: &str = include_str!("../../../rules/bolsa-familia-2023.toml");
@@ -21,10 +24,23 @@ pub(crate) struct Figures {
     pub(crate) unchanged: u64,
     pub(crate) invalid: u64,
     pub(crate) outputs: u64,
+    /// Messages through the repartition topics (applied like events, counted apart).
+    pub(crate) internal: u64,
     pub(crate) apply: Duration,
     pub(crate) commit: Duration,
     pub(crate) rejected_by_adapters: u64,
     pub(crate) state_bytes: u64,
+}
+
+/// Partitions of the simulated topics (the default `topics.partitions`).
+const PARTITIONS: u32 = 6;
+
+fn partition_of(key: &str) -> i32 {
+    // Any stable hash spreads keys as the broker's partitioner does.
+    let h = key.bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    (h % PARTITIONS) as i32
 }
 
 pub(crate) fn run(
@@ -37,17 +53,30 @@ pub(crate) fn run(
     let topology = Topology::new(rules, Month::parse("2025-01")?, Month::parse("2025-12")?);
     let store = Store::open(state, Durability::Process)?;
     let mut figures = Figures::default();
-    let mut pending: Vec<(Input, Event)> = Vec::with_capacity(batch);
-    let flush = |pending: &mut Vec<(Input, Event)>, figures: &mut Figures| -> anyhow::Result<()> {
+    let mut pending: Vec<(Input, i32, Event)> = Vec::with_capacity(batch);
+    // Internal messages waiting for the next batch: (topic, partition, payload).
+    let mut internal: Vec<(Input, i32, Vec<u8>)> = Vec::new();
+    let flush = |pending: &mut Vec<(Input, i32, Event)>,
+                 internal: &mut Vec<(Input, i32, Vec<u8>)>,
+                 figures: &mut Figures|
+     -> anyhow::Result<()> {
         let started = Instant::now();
         let mut tx = Tx::new(&store);
-        for (input, event) in pending.drain(..) {
-            match topology.apply(&mut tx, input, &event)? {
-                Applied::Changed => figures.changed += 1,
-                Applied::Unchanged => figures.unchanged += 1,
-                Applied::Parked => figures.parked += 1,
-                Applied::Invalid(_) => figures.invalid += 1,
-            }
+        let count = |applied: Applied, figures: &mut Figures| match applied {
+            Applied::Changed => figures.changed += 1,
+            Applied::Unchanged => figures.unchanged += 1,
+            Applied::Parked => figures.parked += 1,
+            Applied::Invalid(_) => figures.invalid += 1,
+        };
+        for (input, partition, payload) in internal.drain(..) {
+            tx.set_partition(partition);
+            let (applied, _) = topology.apply_internal(&mut tx, input, &payload)?;
+            count(applied, figures);
+            figures.internal += 1;
+        }
+        for (input, partition, event) in pending.drain(..) {
+            tx.set_partition(partition);
+            count(topology.apply(&mut tx, input, &event)?, figures);
             figures.events += 1;
         }
         let (writes, outputs) = tx.take();
@@ -60,19 +89,34 @@ pub(crate) fn run(
             }
         }
         w.commit()?;
-        figures.outputs += outputs.len() as u64;
+        for o in outputs {
+            figures.outputs += 1;
+            let to = match o.kind {
+                OutputKind::Crosswalk => Input::Crosswalk,
+                OutputKind::HealthByNis => Input::HealthByNis,
+                OutputKind::Member => Input::Members,
+                OutputKind::Change | OutputKind::Alert => continue,
+            };
+            internal.push((to, partition_of(&o.key), o.payload));
+        }
         figures.apply += applied - started;
         figures.commit += applied.elapsed();
         Ok(())
     };
-    figures.rejected_by_adapters = crate::events::for_each(data, now, |input, _key, event| {
-        pending.push((input, event));
+    figures.rejected_by_adapters = crate::events::for_each(data, now, |input, key, event| {
+        pending.push((input, partition_of(&key), event));
         if pending.len() >= batch {
-            flush(&mut pending, &mut figures)?;
+            flush(&mut pending, &mut internal, &mut figures)?;
         }
         Ok(())
     })?;
-    flush(&mut pending, &mut figures)?;
+    // The last batch and whatever the repartition topics still carry.
+    loop {
+        flush(&mut pending, &mut internal, &mut figures)?;
+        if internal.is_empty() {
+            break;
+        }
+    }
     figures.state_bytes = store.approximate_size_bytes();
     Ok(figures)
 }

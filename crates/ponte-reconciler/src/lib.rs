@@ -1,14 +1,17 @@
 //! The reconciliation service (`ponte reconciler`).
 //!
-//! Consumes the sector topics in a consumer group, applies each event to the view held in the
-//! embedded store, and serves the view over gRPC (`ponte.compliance.v1.ComplianceService`, with
-//! gRPC health and reflection).
+//! Consumes the sector topics and its own repartition topics in a consumer group, applies each
+//! event to the state of its partitions held in the embedded store ([`topology`]), publishes the
+//! views on `compliance.changes.v1`, and serves them over gRPC
+//! (`ponte.compliance.v1.ComplianceService`, with gRPC health and reflection) from a read model
+//! of that topic ([`readmodel`]), so every instance answers for every person.
 //!
 //! Crash safety: every batch of consumed events is applied as one atomic store write that also
 //! records the next offset of each partition read; on every assignment the consumer resumes at
 //! the stored offsets (see `ponte_bus::consume`). A crash at any point therefore leaves the view
-//! and its input positions consistent, and replaying a record never changes the view twice
-//! (the [`view`] rules make applying an event idempotent).
+//! and its input positions consistent, and replaying a record never changes the view twice.
+//! Each partition's state goes to a changelog topic, from which an instance rebuilds a partition
+//! it takes over or whose local state is stale or lost.
 pub mod grpc;
 pub mod readmodel;
 pub mod service;
