@@ -1,8 +1,10 @@
 //! End to end through the real processes: `ponte topics ensure`, the three adapters and the
 //! reconciler started as in production (own topic prefix, ports and state directory), the
 //! simulator's files sent with `ponte ingest`, and the clock stopped when the reconciler has
-//! committed every valid record to its view (`ponte_reconciler_batch_events_sum`, recorded after
-//! each atomic commit). Latency percentiles come from the reconciler's
+//! consumed every valid record from the input topics, committed everything it consumed
+//! (`ponte_reconciler_batch_events_sum`, recorded after each atomic commit; it counts the
+//! repartition topics' messages too), published every output and gone quiet: the records have
+//! been through all three stages. Latency percentiles come from the reconciler's
 //! `ponte_reconciler_ingest_to_view_seconds` histogram.
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -231,10 +233,26 @@ pub(crate) async fn run(s: &Setup<'_>) -> anyhow::Result<Figures> {
 
     let rec_admin = admin["reconciler"];
     let deadline = Instant::now() + Duration::from_secs(3600);
-    let metrics = loop {
+    let mut quiet_since: Option<(f64, Instant)> = None;
+    let (metrics, done) = loop {
         let text = scrape(rec_admin).await?;
-        if metric(&text, "ponte_reconciler_batch_events_sum") >= expected as f64 {
-            break text;
+        let consumed = metric(&text, "ponte_reconciler_events_consumed_total");
+        let inputs = metric_where(&text, "ponte_reconciler_events_consumed_total", |labels| {
+            !labels.contains(".reconciler.")
+        });
+        let settled = inputs >= expected as f64
+            && metric(&text, "ponte_reconciler_batch_events_sum") >= consumed
+            && metric(&text, "ponte_reconciler_outbox_pending") == 0.0;
+        match (settled, quiet_since) {
+            // Nothing consumed for 300 ms after that: the repartition topics are empty too.
+            (true, Some((n, since))) if n == consumed => {
+                if since.elapsed() >= Duration::from_millis(300) {
+                    // The view was complete when it went quiet, not when we noticed.
+                    break (text, since);
+                }
+            }
+            (true, _) => quiet_since = Some((consumed, Instant::now())),
+            (false, _) => quiet_since = None,
         }
         anyhow::ensure!(
             Instant::now() < deadline,
@@ -242,7 +260,7 @@ pub(crate) async fn run(s: &Setup<'_>) -> anyhow::Result<Figures> {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let to_view = started.elapsed();
+    let to_view = done - started;
     let buckets = histogram(&metrics, "ponte_reconciler_ingest_to_view_seconds");
     let cpu = services
         .iter()
@@ -366,12 +384,17 @@ async fn scrape(port: u16) -> anyhow::Result<String> {
 
 /// Sum of the samples of `name` (any labels).
 fn metric(text: &str, name: &str) -> f64 {
+    metric_where(text, name, |_| true)
+}
+
+/// Sum of the samples of `name` whose label text (`{…}`, empty without labels) `keep` accepts.
+fn metric_where(text: &str, name: &str, keep: impl Fn(&str) -> bool) -> f64 {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| {
             let (series, value) = l.rsplit_once(' ')?;
-            let metric = series.split('{').next()?;
-            (metric == name)
+            let (metric, labels) = series.split_once('{').unwrap_or((series, ""));
+            (metric == name && keep(labels))
                 .then(|| value.parse::<f64>().ok())
                 .flatten()
         })
