@@ -705,19 +705,31 @@ fn input_partitions(kafka: &KafkaConfig, inputs: &[String]) -> Result<i32, Recon
         .map_err(startup)?;
     let mut counts = BTreeMap::new();
     for t in inputs {
-        let md = consumer
-            .fetch_metadata(Some(t), Duration::from_secs(30))
-            .map_err(|e| startup(format!("metadata of {t}: {e}")))?;
-        let n = md
-            .topics()
-            .first()
-            .filter(|m| m.error().is_none())
-            .map_or(0, |m| m.partitions().len());
-        if n == 0 {
-            return Err(startup(format!(
-                "input topic {t} does not exist: run `ponte topics ensure`"
-            )));
-        }
+        // A topic just created may take a moment to appear in every broker's metadata.
+        let mut attempt = 0;
+        let n = loop {
+            let md = consumer
+                .fetch_metadata(Some(t), Duration::from_secs(30))
+                .map_err(|e| startup(format!("metadata of {t}: {e}")))?;
+            let n = md
+                .topics()
+                .first()
+                .filter(|m| m.error().is_none())
+                .map_or(0, |m| m.partitions().len());
+            if n > 0 {
+                break n;
+            }
+            attempt += 1;
+            if attempt > 60 {
+                return Err(startup(format!(
+                    "input topic {t} does not exist: run `ponte topics ensure`"
+                )));
+            }
+            if attempt == 1 {
+                tracing::info!(topic = %t, "waiting for the input topic to exist");
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        };
         counts.insert(t.clone(), n);
     }
     let distinct: BTreeSet<usize> = counts.values().copied().collect();
@@ -767,7 +779,12 @@ pub async fn run(
         .filter(|(_, i)| !i.is_internal())
         .map(|(t, _)| t.clone())
         .collect();
-    let partitions = input_partitions(kafka, &shared)?;
+    let partitions = {
+        let (k, topics) = (kafka.clone(), shared.clone());
+        tokio::task::spawn_blocking(move || input_partitions(&k, &topics))
+            .await
+            .map_err(startup)??
+    };
     // The group's own topics: changelog and repartition topics, co-partitioned with the inputs.
     let reports = ponte_bus::topics::ensure_specs(
         kafka,
