@@ -98,7 +98,42 @@ pub(crate) struct Setup<'a> {
     pub(crate) ghz: Option<Ghz>,
 }
 
+/// The processes of a run, started, fed the population and with the view complete; dropping it
+/// stops them (SIGTERM).
+pub(crate) struct Pipeline {
+    services: Vec<Service>,
+    /// The reconciler's gRPC address (`host:port`).
+    pub(crate) grpc: String,
+    /// The figures measured up to the complete view (`ghz` empty).
+    pub(crate) figures: Figures,
+}
+
+impl Pipeline {
+    /// Process id of the `ponte` service `name` (`reconciler`, `education-adapter`, ...).
+    pub(crate) fn pid(&self, name: &str) -> Option<u32> {
+        self.services
+            .iter()
+            .find(|s| s.name == name)
+            .map(|s| s.child.id())
+    }
+}
+
+/// End to end, then (with `s.ghz`) ghz against the reconciler's complete view.
 pub(crate) async fn run(s: &Setup<'_>) -> anyhow::Result<Figures> {
+    let Pipeline {
+        services,
+        grpc,
+        mut figures,
+    } = start(s).await?;
+    if let Some(g) = &s.ghz {
+        figures.ghz = load(s, g, &grpc)?;
+    }
+    drop(services);
+    Ok(figures)
+}
+
+/// Starts the processes, sends the population and waits until the view is complete.
+pub(crate) async fn start(s: &Setup<'_>) -> anyhow::Result<Pipeline> {
     let mut env: BTreeMap<String, String> = BTreeMap::new();
     let mut set = |k: &str, v: String| env.insert(k.to_owned(), v);
     set("PONTE__KAFKA__BOOTSTRAP_SERVERS", s.bootstrap.to_owned());
@@ -271,66 +306,6 @@ pub(crate) async fn run(s: &Setup<'_>) -> anyhow::Result<Figures> {
             )
         })
         .collect();
-    let mut ghz = Vec::new();
-    if let Some(g) = &s.ghz {
-        let nis = nis_sample(s.data, 10_000)?;
-        let data = s.work.join("get-person.json");
-        let body: Vec<String> = nis.iter().map(|n| format!("{{\"nis\":\"{n}\"}}")).collect();
-        std::fs::write(&data, format!("[{}]", body.join(",")))?;
-        // ghz speaks the older reflection API only: give it the protos.
-        let health = s.work.join("health.proto");
-        std::fs::write(&health, HEALTH_PROTO)?;
-        // ghz's proto parser refuses proto3 `optional`; for decoding, a copy without the
-        // keyword is equivalent (the label changes presence tracking, not the wire format).
-        let original =
-            std::fs::read_to_string(g.protos.join("ponte/compliance/v1/compliance.proto"))?;
-        let stripped: String = original
-            .lines()
-            .map(|l| match l.trim_start().strip_prefix("optional ") {
-                Some(rest) => format!("  {rest}\n"),
-                None => format!("{l}\n"),
-            })
-            .collect();
-        let protos = s.work.join("protos");
-        std::fs::create_dir_all(protos.join("ponte/compliance/v1"))?;
-        let compliance = protos.join("ponte/compliance/v1/compliance.proto");
-        std::fs::write(&compliance, stripped)?;
-        for (call, proto, data_arg) in [
-            ("grpc.health.v1.Health/Check", &health, None),
-            (
-                "ponte.compliance.v1.ComplianceService/GetPerson",
-                &compliance,
-                Some(&data),
-            ),
-        ] {
-            let mut c = Command::new(&g.bin);
-            c.arg("--proto")
-                .arg(proto)
-                .arg("--import-paths")
-                .arg(&protos);
-            c.args([
-                "--insecure",
-                "--call",
-                call,
-                "-z",
-                &format!("{}s", g.seconds),
-            ])
-            .args(["-c", &g.concurrency.to_string(), "--connections", "2"]);
-            if g.rps > 0 {
-                c.args(["--rps", &g.rps.to_string()]);
-            }
-            match data_arg {
-                Some(d) => c.arg("-D").arg(d),
-                None => c.args(["-d", "{}"]),
-            };
-            let out = c.arg(&grpc).output().context("running ghz")?;
-            ghz.push((
-                call.to_owned(),
-                String::from_utf8_lossy(&out.stdout).into_owned()
-                    + &String::from_utf8_lossy(&out.stderr),
-            ));
-        }
-    }
     let figures = Figures {
         records: expected,
         ingest: ingest_time,
@@ -342,14 +317,69 @@ pub(crate) async fn run(s: &Setup<'_>) -> anyhow::Result<Figures> {
         batches: metric(&metrics, "ponte_reconciler_batch_events_count"),
         commit_seconds: metric(&metrics, "ponte_reconciler_batch_commit_seconds_sum"),
         state_bytes: metric(&metrics, "ponte_reconciler_state_bytes"),
-        ghz,
+        ghz: Vec::new(),
     };
-    drop(services);
-    Ok(figures)
+    Ok(Pipeline {
+        services,
+        grpc,
+        figures,
+    })
+}
+
+/// ghz against the reconciler: gRPC health `Check` (the bare tonic stack of the same server) and
+/// `GetPerson` over the first 10 000 NIS of the registry; ghz's own summaries.
+fn load(s: &Setup<'_>, g: &Ghz, grpc: &str) -> anyhow::Result<Vec<(String, String)>> {
+    let nis = nis_sample(s.data, 10_000)?;
+    let data = s.work.join("get-person.json");
+    crate::queries::write_get_person_data(&data, &nis)?;
+    // ghz speaks the older reflection API only: give it the protos.
+    let health = s.work.join("health.proto");
+    std::fs::write(&health, HEALTH_PROTO)?;
+    let (protos, compliance) = crate::queries::ghz_protos(&g.protos, s.work)?;
+    let mut ghz = Vec::new();
+    for (call, proto, data_arg) in [
+        ("grpc.health.v1.Health/Check", &health, None),
+        (
+            "ponte.compliance.v1.ComplianceService/GetPerson",
+            &compliance,
+            Some(&data),
+        ),
+    ] {
+        let mut c = Command::new(&g.bin);
+        c.arg("--proto")
+            .arg(proto)
+            .arg("--import-paths")
+            .arg(&protos);
+        c.args([
+            "--insecure",
+            "--call",
+            call,
+            "-z",
+            &format!("{}s", g.seconds),
+            // Let the calls in flight at the end finish rather than count them as errors.
+            "--duration-stop",
+            "wait",
+        ])
+        .args(["-c", &g.concurrency.to_string(), "--connections", "2"]);
+        if g.rps > 0 {
+            c.args(["--rps", &g.rps.to_string()]);
+        }
+        match data_arg {
+            Some(d) => c.arg("-D").arg(d),
+            None => c.args(["-d", "{}"]),
+        };
+        let out = c.arg(grpc).output().context("running ghz")?;
+        ghz.push((
+            call.to_owned(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        ));
+    }
+    Ok(ghz)
 }
 
 /// The first `n` NIS of the registry file.
-fn nis_sample(data: &Path, n: usize) -> anyhow::Result<Vec<String>> {
+pub(crate) fn nis_sample(data: &Path, n: usize) -> anyhow::Result<Vec<String>> {
     use std::io::BufRead as _;
     let file = std::fs::File::open(data.join("registry-persons.csv"))?;
     let mut out = Vec::with_capacity(n);

@@ -5,7 +5,9 @@
 //! - `reconciler`: the topology alone, in-process over RocksDB, one thread (events/s per core);
 //! - `broker`: the bare-broker baseline, the same records produced and consumed with rdkafka;
 //! - `e2e`: the real processes end to end (`ponte ingest` → adapters → Kafka → reconciler →
-//!   committed view), then the bare-broker baseline in the same run, and the ratio.
+//!   committed view), then the bare-broker baseline in the same run, and the ratio;
+//! - `queries`: `GetPerson` and `ListPersons` of that complete view under load with `ghz`, beside
+//!   a trivial tonic service loaded the same way.
 //!
 //! Build in release mode (`cargo build --release -p ponte -p ponte-bench`); see
 //! `docs/benchmarks.md` for the commands and the figures measured.
@@ -20,6 +22,7 @@ use prost::Message as _;
 mod broker;
 mod e2e;
 mod events;
+mod queries;
 mod reconciler;
 
 #[derive(Debug, Parser)]
@@ -86,6 +89,46 @@ enum Cmd {
         /// The repository's proto directory (ghz needs the .proto files).
         #[arg(long, default_value = "proto")]
         protos: PathBuf,
+    },
+    /// The view of an end-to-end run under query load: ghz against the reconciler's GetPerson
+    /// and ListPersons, and against a trivial tonic service, at full speed and paced.
+    Queries {
+        #[command(flatten)]
+        kafka: KafkaArgs,
+        /// The `ponte` binary to run (build it with --release).
+        #[arg(long, default_value = "target/release/ponte")]
+        ponte: PathBuf,
+        /// The `ghz` binary (deploy/local/setup.sh builds it into .cache/go-bin/).
+        #[arg(long, default_value = ".cache/go-bin/ghz")]
+        ghz: PathBuf,
+        /// The repository's proto directory (ghz needs the .proto files).
+        #[arg(long, default_value = "proto")]
+        protos: PathBuf,
+        /// How long each ghz run lasts (ghz -z: `20s`, `1m`).
+        #[arg(long, default_value = "20s")]
+        duration: String,
+        /// ghz workers.
+        #[arg(long, default_value_t = 50)]
+        concurrency: u32,
+        /// ghz connections.
+        #[arg(long, default_value_t = 2)]
+        connections: u32,
+        /// GetPerson requests per second asked in the paced runs.
+        #[arg(long, default_value_t = 5000)]
+        rps: u32,
+        /// ListPersons requests per second asked in the paced runs.
+        #[arg(long, default_value_t = 100)]
+        list_rps: u32,
+        /// ListPersons page size.
+        #[arg(long, default_value_t = 100)]
+        page_size: u32,
+        /// Municipality (IBGE code) listed; the one with the most people when absent.
+        #[arg(long)]
+        municipality: Option<String>,
+        /// Also load variants of the trivial service: with TCP_NODELAY, with each answer built on
+        /// a blocking thread as the reconciler reads its store, and with both.
+        #[arg(long)]
+        variants: bool,
     },
 }
 
@@ -263,6 +306,65 @@ async fn main() -> anyhow::Result<()> {
             if !kafka.keep_topics {
                 cleanup(&kafka.bootstrap, &prefix).await;
             }
+        }
+        Cmd::Queries {
+            kafka,
+            ponte,
+            ghz,
+            protos,
+            duration,
+            concurrency,
+            connections,
+            rps,
+            list_rps,
+            page_size,
+            municipality,
+            variants,
+        } => {
+            let ponte = std::fs::canonicalize(&ponte).with_context(|| {
+                format!(
+                    "{} (build it with cargo build --release -p ponte)",
+                    ponte.display()
+                )
+            })?;
+            let ghz = std::fs::canonicalize(&ghz)
+                .with_context(|| format!("{} (deploy/local/setup.sh builds it)", ghz.display()))?;
+            let args = queries::Args {
+                ghz,
+                protos: std::fs::canonicalize(&protos)?,
+                duration,
+                concurrency,
+                connections,
+                rps,
+                list_rps,
+                page_size,
+                municipality,
+                variants,
+            };
+            let run_dir = e2e::work_dir(&work, &format!("queries-{}", &id[..8]))?;
+            let load = machine_load_start();
+            let started = Instant::now();
+            let done = queries::run(
+                &e2e::Setup {
+                    ponte: &ponte,
+                    bootstrap: &kafka.bootstrap,
+                    prefix: &prefix,
+                    partitions: kafka.partitions,
+                    work: &run_dir,
+                    data: &data,
+                    ghz: None,
+                },
+                &args,
+            )
+            .await;
+            if done.is_err() {
+                eprintln!("logs and ghz reports in {}", run_dir.display());
+            }
+            machine_load_end(load, started.elapsed().as_secs_f64());
+            if !kafka.keep_topics {
+                cleanup(&kafka.bootstrap, &prefix).await;
+            }
+            done?;
         }
     }
     Ok(())

@@ -309,7 +309,7 @@ impl Sink {
     }
 }
 
-const PERSONS_HEADER: &str = "nis,family_id,birth_date,sex,municipality,inep_school_code,cns,cpf,pregnant,expected_delivery_date,peti,basic_education_completed,version";
+const PERSONS_HEADER: &str = "nis,family_id,birth_date,sex,municipality,inep_school_code,cns,cpf,pregnant,expected_delivery_date,peti,basic_education_completed,memberships,version";
 const EDUCATION_HEADER: &str =
     "nis,inep_school_code,month,unit,given,attended,low_attendance_reason,version";
 
@@ -551,8 +551,10 @@ fn person_csv(family: &Family, p: &Person, malformed: bool) -> String {
         Some(d) => ("true", d.to_string()),
         None => ("", String::new()),
     };
+    // Every simulated family is a Bolsa Família family: the registry marks its members, which
+    // is what puts them in the monitored public (rules/*.toml `[public] member_of`).
     format!(
-        "{nis},{},{},{sex},{},{school},{cns},{cpf},{pregnant},{edd},{},{},1",
+        "{nis},{},{},{sex},{},{school},{cns},{cpf},{pregnant},{edd},{},{},PBF,1",
         family.id,
         p.birth_date,
         family.municipality_code(),

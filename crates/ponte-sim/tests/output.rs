@@ -73,7 +73,17 @@ fn validate_file(dir: &Path, f: &ponte_sim::FileSummary) -> (u64, u64) {
             let mut lines = text.lines();
             let header = csv::Header::parse(lines.next().unwrap()).unwrap();
             for l in lines {
-                count(csv::parse_row(&header, l, "assistance", now()).is_ok());
+                let row = csv::parse_row(&header, l, "assistance", now());
+                if let Ok(valid) = &row {
+                    // Members of the programme: without the marker nobody is in any public.
+                    match &valid.event.record {
+                        Some(ponte_proto::events::v1::event::Record::PersonProfile(p)) => {
+                            assert!(p.memberships.contains(&"PBF".to_owned()), "{l}");
+                        }
+                        other => panic!("not a profile: {other:?}"),
+                    }
+                }
+                count(row.is_ok());
             }
         }
         "/v1/attendance" => {
