@@ -31,7 +31,7 @@
 //! | `xo/<nis>` | the alternate identifiers the person's profile currently carries (JSON) |
 //! | `v/p/<nis>` | the person's view (`ponte.compliance.v1.Person`) |
 //! | `f/<family id>` | the family's assistance records (JSON) |
-//! | `fm/<family id>` | the family's members and their outcomes (JSON) |
+//! | `fm/<family id>` | the family's members and their non-compliant outcomes (JSON) |
 //! | `v/f/<family id>` | the family's view (`ponte.compliance.v1.Family`) |
 //!
 //! Views go out on `compliance.changes.v1`; what answers queries is the read model built from
@@ -354,8 +354,10 @@ pub struct HealthByNis {
     pub at: Option<Timestamp>,
 }
 
-/// `members.v1`: a person joined (with their current outcomes) or left a family. Keyed by
-/// family id.
+/// `members.v1`: a person joined a family or their non-compliant outcomes changed (`member`,
+/// with those outcomes, evidence left out: the family evaluation reads only who, which
+/// conditionality and period, and whose benefit is affected), or they left it. Keyed by family
+/// id.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct MemberOutcomes {
     #[prost(string, tag = "1")]
@@ -364,7 +366,7 @@ pub struct MemberOutcomes {
     pub nis: String,
     #[prost(bool, tag = "3")]
     pub member: bool,
-    /// The member's outcomes (`ponte_domain::outcome::Outcome`, JSON array).
+    /// The member's non-compliant outcomes (`ponte_domain::outcome::Outcome`, JSON array).
     #[prost(bytes = "vec", tag = "4")]
     pub outcomes_json: Vec<u8>,
     #[prost(message, optional, tag = "5")]
@@ -385,7 +387,8 @@ struct FamilyDoc {
     records: Vec<FamilyRecord>,
 }
 
-/// The members of a family with their latest outcomes, as the members topic delivered them.
+/// The members of a family with their latest non-compliant outcomes, as the members topic
+/// delivered them.
 type Members = BTreeMap<String, Vec<Outcome>>;
 
 /// The topology with its configuration: one rule set and the monitoring window.
@@ -846,7 +849,8 @@ impl Topology {
                 );
             }
         }
-        // The family view (on the family's partition) learns of joins, leaves and outcomes.
+        // The family view (on the family's partition) learns of joins, leaves and of changes
+        // in what it reads of a member: the non-compliant outcomes.
         if old_family != view.family_id && !old_family.is_empty() {
             let leave = MemberOutcomes {
                 family_id: old_family.clone(),
@@ -862,13 +866,15 @@ impl Topology {
             );
         }
         if !view.family_id.is_empty()
-            && (old_family != view.family_id || old_outcomes != view.outcomes)
+            && (old_family != view.family_id
+                || family_relevant(&old_outcomes) != family_relevant(&view.outcomes))
         {
+            let for_family = for_family(&outcomes);
             let join = MemberOutcomes {
                 family_id: view.family_id.clone(),
                 nis: nis.to_string(),
                 member: true,
-                outcomes_json: serde_json::to_vec(&outcomes).map_err(|e| corrupt(&vkey, e))?,
+                outcomes_json: serde_json::to_vec(&for_family).map_err(|e| corrupt(&vkey, e))?,
                 at,
             };
             tx.emit(
@@ -1286,6 +1292,46 @@ fn scope(s: EffectScope) -> &'static str {
         EffectScope::Member => "member",
         EffectScope::None => "none",
     }
+}
+
+/// What the family evaluation reads of a member's outcomes, as the view shows them: the
+/// non-compliant ones, with their effect scope.
+fn family_relevant(outcomes: &[api::ConditionalityOutcome]) -> Vec<(&str, &str, &str)> {
+    outcomes
+        .iter()
+        .filter(|o| o.status == api::OutcomeStatus::NonCompliant as i32)
+        .map(|o| {
+            (
+                o.conditionality.as_str(),
+                o.period.as_str(),
+                o.effects.as_str(),
+            )
+        })
+        .collect()
+}
+
+/// A member's outcomes as the family stage needs them: only the non-compliant ones (the only
+/// ones the effects ladder and the family view read), without the evidence, which stays in the
+/// person's view.
+fn for_family(outcomes: &[Outcome]) -> Vec<Outcome> {
+    outcomes
+        .iter()
+        .filter(|o| o.status == Status::NonCompliant)
+        .map(|o| Outcome {
+            evidence: ponte_domain::outcome::Evidence {
+                reference_date: o.evidence.reference_date,
+                age: o.evidence.age,
+                bands: Vec::new(),
+                threshold_percent: None,
+                months: Vec::new(),
+                months_below: Vec::new(),
+                months_missing: Vec::new(),
+                health: None,
+                note: String::new(),
+            },
+            ..o.clone()
+        })
+        .collect()
 }
 
 fn outcome_view(o: &Outcome) -> api::ConditionalityOutcome {
