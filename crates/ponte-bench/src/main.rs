@@ -11,6 +11,13 @@
 //!
 //! Build in release mode (`cargo build --release -p ponte -p ponte-bench`); see
 //! `docs/benchmarks.md` for the commands and the figures measured.
+
+/// mimalloc instead of glibc's allocator: the reconciler allocates and frees many small
+/// buffers per event (decoded records, views, keys), and with glibc's allocator that was about
+/// a third of its time (docs/benchmarks.md, "Where the time goes").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime};
 

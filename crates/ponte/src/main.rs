@@ -1,6 +1,13 @@
 //! `ponte`: one binary, a subcommand per service and per operator tool. It only wires the
 //! library crates together: configuration, telemetry and shutdown from `ponte-runtime`, the
 //! services from their crates.
+
+/// mimalloc instead of glibc's allocator: the reconciler allocates and frees many small
+/// buffers per event (decoded records, views, keys), and with glibc's allocator that was about
+/// a third of its time (docs/benchmarks.md, "Where the time goes").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
