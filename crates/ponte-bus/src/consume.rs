@@ -158,7 +158,9 @@ impl ConsumerContext for SeekingContext {
                 self.assignment.bump();
                 if let Err(e) = self.offsets.prepare(&parts) {
                     // Without current state the partitions cannot be processed correctly:
-                    // take none of them, so the group gives them to another member.
+                    // take none of them and report it; the service then stops, leaving the
+                    // group, which gives the partitions to another member (or to this one
+                    // when it is restarted).
                     tracing::error!(error = %e, "cannot prepare the state of the assigned partitions; leaving them unassigned");
                     metrics::counter!("ponte_consumer_prepare_failures_total", "group" => self.group.clone()).increment(1);
                     if let Ok(mut g) = self.assignment.failure.lock() {
