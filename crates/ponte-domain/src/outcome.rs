@@ -112,6 +112,24 @@ pub struct Evidence {
     pub note: String,
 }
 
+impl Evidence {
+    /// Evidence with the age and its reference date only: what an outcome carries where the
+    /// details are not needed (or not yet known).
+    pub fn bare(reference_date: Date, age: Option<u32>) -> Self {
+        Evidence {
+            reference_date,
+            age,
+            bands: Vec::new(),
+            threshold_percent: None,
+            months: Vec::new(),
+            months_below: Vec::new(),
+            months_missing: Vec::new(),
+            health: None,
+            note: String::new(),
+        }
+    }
+}
+
 /// The outcome of one conditionality for one person in one period.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Outcome {
@@ -338,15 +356,8 @@ impl RuleSet {
         let pregnant = self.registry_pregnant(profile, &period);
         let bands = self.matching_bands(c, profile, age, pregnant);
         let mut ev = Evidence {
-            reference_date,
-            age,
             bands: bands.iter().map(|b| b.id.clone()).collect(),
-            threshold_percent: None,
-            months: Vec::new(),
-            months_below: Vec::new(),
-            months_missing: Vec::new(),
-            health: None,
-            note: String::new(),
+            ..Evidence::bare(reference_date, age)
         };
         let Some((band, threshold)) = bands
             .first()
@@ -475,15 +486,8 @@ impl RuleSet {
             ..HealthEvidence::default()
         };
         let mut ev = Evidence {
-            reference_date,
-            age,
             bands: bands.iter().map(|b| b.id.clone()).collect(),
-            threshold_percent: None,
-            months: Vec::new(),
-            months_below: Vec::new(),
-            months_missing: Vec::new(),
-            health: None,
-            note: String::new(),
+            ..Evidence::bare(reference_date, age)
         };
         if bands.is_empty() {
             ev.note = format!("not in the public of {} for {period}", c.id);

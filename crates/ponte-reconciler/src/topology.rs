@@ -1318,17 +1318,10 @@ fn for_family(outcomes: &[Outcome]) -> Vec<Outcome> {
         .iter()
         .filter(|o| o.status == Status::NonCompliant)
         .map(|o| Outcome {
-            evidence: ponte_domain::outcome::Evidence {
-                reference_date: o.evidence.reference_date,
-                age: o.evidence.age,
-                bands: Vec::new(),
-                threshold_percent: None,
-                months: Vec::new(),
-                months_below: Vec::new(),
-                months_missing: Vec::new(),
-                health: None,
-                note: String::new(),
-            },
+            evidence: ponte_domain::outcome::Evidence::bare(
+                o.evidence.reference_date,
+                o.evidence.age,
+            ),
             ..o.clone()
         })
         .collect()
