@@ -178,30 +178,43 @@ pub async fn produce_to(prefix: &str, events: &[(&'static str, String, Event)]) 
     }
 }
 
-/// Every person of the municipality as the instance at `port` serves them, without the
-/// version counters and change times (how many changes led to a view depends on how batches
-/// were cut; the view does not). `None` while the instance does not answer.
-pub async fn persons(port: u16) -> Option<BTreeMap<String, Person>> {
+/// Every person of `municipality` as the reconciler at `port` serves them (one `ListPersons`
+/// stream); `None` while it does not answer.
+pub async fn list_municipality(port: u16, municipality: &str) -> Option<Vec<Person>> {
     let mut client = ComplianceServiceClient::connect(format!("http://127.0.0.1:{port}"))
         .await
         .ok()?;
     let mut stream = client
         .list_persons(ListPersonsRequest {
-            municipality: MUNICIPALITY.into(),
+            municipality: municipality.into(),
             page_size: 100_000,
             ..Default::default()
         })
         .await
         .ok()?
         .into_inner();
-    let mut out = BTreeMap::new();
+    let mut out = Vec::new();
     while let Some(item) = stream.message().await.ok()? {
-        let mut p = item.person?;
-        p.view_version = 0;
-        p.updated_time = None;
-        out.insert(p.nis.clone(), p);
+        out.push(item.person?);
     }
     Some(out)
+}
+
+/// Every person of the workload's municipality as the instance at `port` serves them, without
+/// the version counters and change times (how many changes led to a view depends on how
+/// batches were cut; the view does not). `None` while the instance does not answer.
+pub async fn persons(port: u16) -> Option<BTreeMap<String, Person>> {
+    let listed = list_municipality(port, MUNICIPALITY).await?;
+    Some(
+        listed
+            .into_iter()
+            .map(|mut p| {
+                p.view_version = 0;
+                p.updated_time = None;
+                (p.nis.clone(), p)
+            })
+            .collect(),
+    )
 }
 
 /// The families `ids` as the instance at `port` serves them (normalised like [`persons`]);

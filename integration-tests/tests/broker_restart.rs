@@ -6,12 +6,11 @@
 
 use std::time::Duration;
 
+use ponte_integration_tests::workload::list_municipality;
 use ponte_integration_tests::{
     PrivateBroker, Stack, eventually, ingest_through_broker_restart, metric, valid_cns, valid_nis,
     wait_for_leaders, wait_ready,
 };
-use ponte_proto::compliance::v1::ListPersonsRequest;
-use ponte_proto::compliance::v1::compliance_service_client::ComplianceServiceClient;
 use serde_json::json;
 
 const N: u64 = 1000;
@@ -133,22 +132,7 @@ async fn registry_and_health_batches_survive_a_broker_restart() {
         "every child in the view",
         Duration::from_secs(180),
         || async {
-            let mut c = ComplianceServiceClient::connect(stack.grpc_url())
-                .await
-                .ok()?;
-            let mut stream = c
-                .list_persons(ListPersonsRequest {
-                    municipality: MUNICIPALITY.into(),
-                    page_size: 100_000,
-                    ..Default::default()
-                })
-                .await
-                .ok()?
-                .into_inner();
-            let mut all = Vec::new();
-            while let Some(item) = stream.message().await.ok()? {
-                all.push(item.person?);
-            }
+            let all = list_municipality(stack.port("reconciler"), MUNICIPALITY).await?;
             (all.len() as u64 == N && all.iter().all(|p| p.health_records.len() == 1))
                 .then_some(all)
         },
