@@ -19,6 +19,31 @@ pub mod topology;
 
 pub use service::{ReconcilerConfig, run};
 
+/// Runs `attempt` until it succeeds, every 500 ms for up to 30 s: right after a topic is
+/// created its metadata, leaders and watermarks may not be there yet. `Ok(None)` when `stop`
+/// says to give up early (shutdown); the last error, prefixed with `what`, after 30 s.
+/// Blocking: call it off the async runtime.
+pub(crate) fn while_topic_settles<T>(
+    what: &str,
+    stop: impl Fn() -> bool,
+    mut attempt: impl FnMut() -> Result<T, String>,
+) -> Result<Option<T>, ReconcilerError> {
+    for tries in 0.. {
+        if stop() {
+            return Ok(None);
+        }
+        match attempt() {
+            Ok(v) => return Ok(Some(v)),
+            Err(e) if tries < 60 => {
+                tracing::info!(error = %e, "{what}: not ready yet; retrying");
+                std::thread::sleep(std::time::Duration::from_millis(500));
+            }
+            Err(e) => return Err(ReconcilerError::Startup(format!("{what}: {e}"))),
+        }
+    }
+    unreachable!("the loop returns")
+}
+
 /// Errors of the reconciler.
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcilerError {

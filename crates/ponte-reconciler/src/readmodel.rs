@@ -497,24 +497,13 @@ fn assign_all(
         }
         Ok((tpl, progress))
     };
-    let mut attempt = 0;
-    let (tpl, progress) = loop {
-        if shutdown.is_cancelled() {
-            return Ok(None);
-        }
-        match attempt_assign() {
-            Ok(ok) => break ok,
-            Err(e) if attempt < 60 => {
-                attempt += 1;
-                tracing::info!(topic, error = %e, "changes topic not ready for the read model; retrying");
-                std::thread::sleep(Duration::from_millis(500));
-            }
-            Err(e) => {
-                return Err(ReconcilerError::Startup(format!(
-                    "read model: changes topic {topic}: {e}"
-                )));
-            }
-        }
+    let Some((tpl, progress)) = crate::while_topic_settles(
+        &format!("read model: changes topic {topic}"),
+        || shutdown.is_cancelled(),
+        attempt_assign,
+    )?
+    else {
+        return Ok(None);
     };
     consumer
         .assign(&tpl)

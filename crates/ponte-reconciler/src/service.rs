@@ -539,19 +539,16 @@ fn ensure_current(
         .create()
         .map_err(|e| startup(format!("restore consumer: {e}")))?;
     let timeout = Duration::from_secs(30);
-    // Right after a topic is created its partitions may not have a leader yet: retry.
-    let mut attempt = 0;
-    let (low, high) = loop {
-        match consumer.fetch_watermarks(changelog, p, timeout) {
-            Ok(w) => break w,
-            Err(e) if attempt < 60 => {
-                attempt += 1;
-                tracing::info!(partition = p, error = %e, "changelog not ready; retrying");
-                std::thread::sleep(Duration::from_millis(500));
-            }
-            Err(e) => return Err(startup(format!("changelog watermarks: {e}"))),
-        }
-    };
+    let (low, high) = crate::while_topic_settles(
+        &format!("changelog {changelog} partition {p}"),
+        || false,
+        || {
+            consumer
+                .fetch_watermarks(changelog, p, timeout)
+                .map_err(|e| e.to_string())
+        },
+    )?
+    .ok_or_else(|| startup("changelog watermarks: gave up"))?;
     let marker = read_marker(store, p)?.unwrap_or(0);
     if marker == high {
         tracing::info!(
@@ -705,31 +702,21 @@ fn input_partitions(kafka: &KafkaConfig, inputs: &[String]) -> Result<i32, Recon
         .map_err(startup)?;
     let mut counts = BTreeMap::new();
     for t in inputs {
-        // A topic just created may take a moment to appear in every broker's metadata.
-        let mut attempt = 0;
-        let n = loop {
-            let md = consumer
-                .fetch_metadata(Some(t), Duration::from_secs(30))
-                .map_err(|e| startup(format!("metadata of {t}: {e}")))?;
-            let n = md
-                .topics()
-                .first()
-                .filter(|m| m.error().is_none())
-                .map_or(0, |m| m.partitions().len());
-            if n > 0 {
-                break n;
-            }
-            attempt += 1;
-            if attempt > 60 {
-                return Err(startup(format!(
-                    "input topic {t} does not exist: run `ponte topics ensure`"
-                )));
-            }
-            if attempt == 1 {
-                tracing::info!(topic = %t, "waiting for the input topic to exist");
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        };
+        let n = crate::while_topic_settles(
+            &format!("input topic {t} (created by `ponte topics ensure`)"),
+            || false,
+            || {
+                let md = consumer
+                    .fetch_metadata(Some(t), Duration::from_secs(30))
+                    .map_err(|e| e.to_string())?;
+                md.topics()
+                    .first()
+                    .filter(|m| m.error().is_none() && !m.partitions().is_empty())
+                    .map(|m| m.partitions().len())
+                    .ok_or_else(|| "does not exist".to_owned())
+            },
+        )?
+        .ok_or_else(|| startup(format!("input topic {t}: gave up")))?;
         counts.insert(t.clone(), n);
     }
     let distinct: BTreeSet<usize> = counts.values().copied().collect();
