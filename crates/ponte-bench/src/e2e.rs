@@ -12,6 +12,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use ponte_proto::compliance::v1::GetPersonRequest;
+use ponte_proto::compliance::v1::compliance_service_client::ComplianceServiceClient;
 
 use crate::events::ManifestEntry;
 
@@ -24,6 +26,10 @@ struct Service {
 
 impl Drop for Service {
     fn drop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            // Already exited (and reaped): its pid may belong to someone else by now.
+            return;
+        }
         // SIGTERM for a graceful stop; the process is ours (spawned above).
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
@@ -62,6 +68,8 @@ pub(crate) struct Figures {
     pub(crate) state_bytes: f64,
     /// `ghz` summaries: (call, text).
     pub(crate) ghz: Vec<(String, String)>,
+    /// Restarts of the reconciler on its state (with `Setup::restart`), in the order run.
+    pub(crate) restarts: Vec<Restart>,
 }
 
 /// A `ghz` load run against the reconciler's gRPC server while the view is complete.
@@ -96,12 +104,17 @@ pub(crate) struct Setup<'a> {
     pub(crate) work: &'a Path,
     pub(crate) data: &'a Path,
     pub(crate) ghz: Option<Ghz>,
+    /// Once the view is complete (and after `ghz`), restart the reconciler on its state: after
+    /// SIGTERM, then after SIGKILL.
+    pub(crate) restart: bool,
 }
 
 /// The processes of a run, started, fed the population and with the view complete; dropping it
 /// stops them (SIGTERM).
 pub(crate) struct Pipeline {
     services: Vec<Service>,
+    /// The environment every `ponte` process was started with (its whole configuration).
+    env: BTreeMap<String, String>,
     /// The reconciler's gRPC address (`host:port`).
     pub(crate) grpc: String,
     /// The figures measured up to the complete view (`ghz` empty).
@@ -120,14 +133,20 @@ impl Pipeline {
 
 /// End to end, then (with `s.ghz`) ghz against the reconciler's complete view.
 pub(crate) async fn run(s: &Setup<'_>) -> anyhow::Result<Figures> {
-    let Pipeline {
-        services,
-        grpc,
-        mut figures,
-    } = start(s).await?;
+    let mut pipeline = start(s).await?;
     if let Some(g) = &s.ghz {
-        figures.ghz = load(s, g, &grpc)?;
+        pipeline.figures.ghz = load(s, g, &pipeline.grpc)?;
     }
+    if s.restart {
+        let nis = known_nis(s.data, &pipeline.grpc).await?;
+        for stop in [Stop::Graceful, Stop::Crash] {
+            let r = pipeline.restart_reconciler(s, stop, &nis).await?;
+            pipeline.figures.restarts.push(r);
+        }
+    }
+    let Pipeline {
+        services, figures, ..
+    } = pipeline;
     drop(services);
     Ok(figures)
 }
@@ -142,7 +161,7 @@ pub(crate) async fn start(s: &Setup<'_>) -> anyhow::Result<Pipeline> {
     set("PONTE__LOG__FILTER", "warn".to_owned());
     set(
         "PONTE__RECONCILER__STATE_DIR",
-        s.work.join("reconciler").display().to_string(),
+        reconciler_state_dir(s.work).display().to_string(),
     );
     set(
         "PONTE__RECONCILER__GROUP_ID",
@@ -318,12 +337,328 @@ pub(crate) async fn start(s: &Setup<'_>) -> anyhow::Result<Pipeline> {
         commit_seconds: metric(&metrics, "ponte_reconciler_batch_commit_seconds_sum"),
         state_bytes: metric(&metrics, "ponte_reconciler_state_bytes"),
         ghz: Vec::new(),
+        restarts: Vec::new(),
     };
     Ok(Pipeline {
         services,
+        env,
         grpc,
         figures,
     })
+}
+
+/// The reconciler's state directory in a run's work directory.
+fn reconciler_state_dir(work: &Path) -> PathBuf {
+    work.join("reconciler")
+}
+
+/// How the reconciler is stopped before it is started again on its state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stop {
+    /// SIGTERM, and wait for the process to exit (as an orchestrator stops it).
+    Graceful,
+    /// SIGKILL (`kill -9`): a crash, nothing flushed or left cleanly.
+    Crash,
+}
+
+impl Stop {
+    pub(crate) fn signal(self) -> &'static str {
+        match self {
+            Stop::Graceful => "SIGTERM",
+            Stop::Crash => "SIGKILL",
+        }
+    }
+}
+
+/// One restart of the reconciler on its own state directory, with the same configuration and
+/// ports, measured from the spawn.
+#[derive(Debug)]
+pub(crate) struct Restart {
+    pub(crate) stop: Stop,
+    /// Peak RSS (`VmHWM`, bytes) of the process stopped, read just before the signal.
+    pub(crate) stopped_peak_rss: Option<u64>,
+    /// From the signal until the process had exited.
+    pub(crate) shutdown: Duration,
+    /// How it exited (`exit status: 0`, `signal: 9 (SIGKILL)`).
+    pub(crate) exit: String,
+    /// On disk between the stop and the start: the state store and the read model.
+    pub(crate) state_at_stop: Disk,
+    pub(crate) read_model_at_stop: Disk,
+    /// The same once ready and serving (RocksDB replays and flushes its write-ahead log on open).
+    pub(crate) state_serving: Disk,
+    pub(crate) read_model_serving: Disk,
+    /// Until `/health/ready` answered 200 (the reconciler updates its readiness once a second).
+    pub(crate) ready: Duration,
+    /// Until `GetPerson` of `nis` answered with that person.
+    pub(crate) serving: Duration,
+    pub(crate) nis: String,
+    /// What `/health/ready` answered before it was ready, each with when it was first seen.
+    pub(crate) not_ready: Vec<(Duration, String)>,
+    /// What `GetPerson` answered before it answered with the person, likewise.
+    pub(crate) not_serving: Vec<(Duration, String)>,
+    /// `VmRSS` and `VmHWM` (bytes) of the restarted process once ready and serving.
+    pub(crate) rss: Option<u64>,
+    pub(crate) peak_rss: Option<u64>,
+    /// Its counters then: partitions rebuilt from the changelog and the entries they restored,
+    /// messages consumed from the input and repartition topics (consumed again, the view being
+    /// complete before the stop), and changes applied to the read model.
+    pub(crate) partition_restores: u64,
+    pub(crate) restored_entries: u64,
+    pub(crate) events_consumed: u64,
+    pub(crate) read_model_applied: u64,
+    /// The restarted process' log, and its WARN and ERROR lines.
+    pub(crate) log: PathBuf,
+    pub(crate) log_warnings: Vec<String>,
+}
+
+impl Pipeline {
+    /// Stops the reconciler as `stop` says, starts it again with the same environment (so the
+    /// same configuration, state directory and ports) and measures until it is ready and
+    /// `GetPerson` of `nis` answers with that person. The new process replaces the old one.
+    async fn restart_reconciler(
+        &mut self,
+        s: &Setup<'_>,
+        stop: Stop,
+        nis: &str,
+    ) -> anyhow::Result<Restart> {
+        let i = self
+            .services
+            .iter()
+            .position(|x| x.name == "reconciler")
+            .context("no reconciler process")?;
+        let admin = self.services[i].admin;
+        let old = &mut self.services[i].child;
+        let stopped_peak_rss = proc_status_bytes(old.id(), "VmHWM");
+        let signalled = Instant::now();
+        let exit = match stop {
+            Stop::Graceful => {
+                let sent = Command::new("kill")
+                    .args(["-TERM", &old.id().to_string()])
+                    .status()?;
+                anyhow::ensure!(sent.success(), "kill -TERM {} failed", old.id());
+                let deadline = signalled + Duration::from_secs(120);
+                loop {
+                    if let Some(status) = old.try_wait()? {
+                        break status.to_string();
+                    }
+                    if Instant::now() > deadline {
+                        old.kill()?;
+                        break format!("still running after 120 s, killed: {}", old.wait()?);
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+            Stop::Crash => {
+                old.kill()?;
+                old.wait()?.to_string()
+            }
+        };
+        let shutdown = signalled.elapsed();
+
+        let dir = reconciler_state_dir(s.work);
+        let (state, read_model) = (dir.join("state"), dir.join("read"));
+        let state_at_stop = Disk::of(&state)?;
+        let read_model_at_stop = Disk::of(&read_model)?;
+        let log = s
+            .work
+            .join(format!("reconciler-after-{}.log", stop.signal()));
+        let spawned = Instant::now();
+        let child = Command::new(s.ponte)
+            .arg("reconciler")
+            .envs(&self.env)
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(std::fs::File::create(&log)?))
+            .spawn()
+            .context("starting ponte reconciler again")?;
+        let pid = child.id();
+        // The old process has exited: dropping it sends nothing.
+        self.services[i] = Service {
+            name: "reconciler",
+            child,
+            admin,
+        };
+        let deadline = spawned + Duration::from_secs(3600);
+        let child = &mut self.services[i].child;
+        let ((ready, not_ready), (serving, not_serving)) = tokio::select! {
+            both = async {
+                tokio::join!(
+                    until_ready(admin, spawned, deadline),
+                    until_serving(&self.grpc, nis, spawned, deadline),
+                )
+            } => (both.0?, both.1?),
+            exited = async {
+                loop {
+                    match child.try_wait() {
+                        Ok(Some(status)) => break status.to_string(),
+                        Ok(None) => tokio::time::sleep(Duration::from_millis(200)).await,
+                        Err(e) => break e.to_string(),
+                    }
+                }
+            } => anyhow::bail!(
+                "the restarted reconciler exited ({exited}) before serving; see {}",
+                log.display()
+            ),
+        };
+        let rss = proc_status_bytes(pid, "VmRSS");
+        let peak_rss = proc_status_bytes(pid, "VmHWM");
+        let text = scrape(admin).await?;
+        let count = |name: &str| metric(&text, name) as u64;
+        let log_warnings = std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+            .map(str::to_owned)
+            .collect();
+        Ok(Restart {
+            stop,
+            stopped_peak_rss,
+            shutdown,
+            exit,
+            state_at_stop,
+            read_model_at_stop,
+            state_serving: Disk::of(&state)?,
+            read_model_serving: Disk::of(&read_model)?,
+            ready,
+            serving,
+            nis: nis.to_owned(),
+            not_ready,
+            not_serving,
+            rss,
+            peak_rss,
+            partition_restores: count("ponte_reconciler_partition_restores_total"),
+            restored_entries: count("ponte_reconciler_restored_entries_total"),
+            events_consumed: count("ponte_reconciler_events_consumed_total"),
+            read_model_applied: count("ponte_reconciler_read_model_applied_total"),
+            log,
+            log_warnings,
+        })
+    }
+}
+
+/// Polls `/health/ready` every 50 ms until it answers 200: the time since `spawned`, and every
+/// different answer before it with when it was first seen.
+async fn until_ready(
+    admin: u16,
+    spawned: Instant,
+    deadline: Instant,
+) -> anyhow::Result<(Duration, Vec<(Duration, String)>)> {
+    let url = format!("http://127.0.0.1:{admin}/health/ready");
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()?;
+    let mut seen: Vec<(Duration, String)> = Vec::new();
+    loop {
+        let answer = match client.get(&url).send().await {
+            Ok(r) if r.status().is_success() => return Ok((spawned.elapsed(), seen)),
+            Ok(r) => r.text().await.unwrap_or_default().trim().to_owned(),
+            Err(_) => "no answer".to_owned(),
+        };
+        if seen.last().is_none_or(|(_, a)| *a != answer) {
+            seen.push((spawned.elapsed(), answer));
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the restarted reconciler was not ready in an hour"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Asks `GetPerson` of `nis` every 50 ms, on a new connection each time (as a client that lost
+/// the old one), until it answers with that person: the time since `spawned`, and every
+/// different answer before it with when it was first seen.
+async fn until_serving(
+    grpc: &str,
+    nis: &str,
+    spawned: Instant,
+    deadline: Instant,
+) -> anyhow::Result<(Duration, Vec<(Duration, String)>)> {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{grpc}"))?
+        .connect_timeout(Duration::from_secs(1))
+        .timeout(Duration::from_secs(2));
+    let mut seen: Vec<(Duration, String)> = Vec::new();
+    loop {
+        let answer = match endpoint.connect().await {
+            Err(_) => "no connection".to_owned(),
+            Ok(channel) => {
+                let request = GetPersonRequest {
+                    nis: nis.to_owned(),
+                };
+                match ComplianceServiceClient::new(channel)
+                    .get_person(request)
+                    .await
+                {
+                    Ok(r) if r.get_ref().person.as_ref().is_some_and(|p| p.nis == nis) => {
+                        return Ok((spawned.elapsed(), seen));
+                    }
+                    Ok(_) => "another person".to_owned(),
+                    Err(status) => format!("{:?}: {}", status.code(), status.message()),
+                }
+            }
+        };
+        if seen.last().is_none_or(|(_, a)| *a != answer) {
+            seen.push((spawned.elapsed(), answer));
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the restarted reconciler did not answer GetPerson in an hour"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The first NIS of the registry file that the reconciler's view holds (asked over gRPC).
+async fn known_nis(data: &Path, grpc: &str) -> anyhow::Result<String> {
+    let mut client = ComplianceServiceClient::connect(format!("http://{grpc}")).await?;
+    for nis in nis_sample(data, 100)? {
+        let request = GetPersonRequest { nis: nis.clone() };
+        match client.get_person(request).await {
+            Ok(r) if r.get_ref().person.as_ref().is_some_and(|p| p.nis == nis) => return Ok(nis),
+            Ok(_) => {}
+            Err(s) if s.code() == tonic::Code::NotFound => {}
+            Err(s) => return Err(s.into()),
+        }
+    }
+    anyhow::bail!("none of the first 100 NIS of the registry is in the view")
+}
+
+/// A `kB` field of `/proc/<pid>/status` (`VmRSS`, `VmHWM`), in bytes.
+fn proc_status_bytes(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status
+        .lines()
+        .find(|l| l.split(':').next() == Some(field))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Bytes on disk of a RocksDB directory: all its files, and its write-ahead log (`*.log`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Disk {
+    pub(crate) bytes: u64,
+    pub(crate) wal: u64,
+}
+
+impl Disk {
+    /// Apparent sizes of the files under `dir` (symbolic links not followed).
+    fn of(dir: &Path) -> anyhow::Result<Disk> {
+        let mut d = Disk::default();
+        for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+            let entry = entry?;
+            let meta = entry.metadata()?;
+            if meta.is_dir() {
+                let sub = Disk::of(&entry.path())?;
+                d.bytes += sub.bytes;
+                d.wal += sub.wal;
+            } else {
+                d.bytes += meta.len();
+                if entry.path().extension().is_some_and(|e| e == "log") {
+                    d.wal += meta.len();
+                }
+            }
+        }
+        Ok(d)
+    }
 }
 
 /// ghz against the reconciler: gRPC health `Check` (the bare tonic stack of the same server) and
@@ -530,5 +865,19 @@ mod tests {
         let text = "# TYPE x histogram\nx_bucket{le=\"0.5\"} 3\nx_bucket{le=\"+Inf\"} 4\nx_sum 1\nx_count 4\n";
         assert_eq!(histogram(text, "x"), vec![(0.5, 3.0), (f64::INFINITY, 4.0)]);
         assert_eq!(metric(text, "x_count"), 4.0);
+    }
+
+    #[test]
+    fn process_memory_and_directory_sizes_are_read() -> anyhow::Result<()> {
+        let rss = proc_status_bytes(std::process::id(), "VmRSS").unwrap_or(0);
+        let peak = proc_status_bytes(std::process::id(), "VmHWM").unwrap_or(0);
+        assert!(rss > 0 && peak >= rss, "{rss} {peak}");
+        let dir = tempfile::tempdir()?;
+        std::fs::create_dir(dir.path().join("sub"))?;
+        std::fs::write(dir.path().join("a"), [0u8; 10])?;
+        std::fs::write(dir.path().join("LOG"), [0u8; 3])?;
+        std::fs::write(dir.path().join("sub").join("000001.log"), [0u8; 5])?;
+        assert_eq!(Disk::of(dir.path())?, Disk { bytes: 18, wal: 5 });
+        Ok(())
     }
 }

@@ -96,6 +96,11 @@ enum Cmd {
         /// The repository's proto directory (ghz needs the .proto files).
         #[arg(long, default_value = "proto")]
         protos: PathBuf,
+        /// Once the view is complete (after ghz), restart the reconciler on its state, first
+        /// after SIGTERM, then after SIGKILL: shutdown time, time until ready and until
+        /// GetPerson answers, state on disk, RSS, what it restored.
+        #[arg(long)]
+        restart: bool,
     },
     /// The view of an end-to-end run under query load: ghz against the reconciler's GetPerson
     /// and ListPersons, and against a trivial tonic service, at full speed and paced.
@@ -223,6 +228,7 @@ async fn main() -> anyhow::Result<()> {
             ghz_seconds,
             ghz_concurrency,
             protos,
+            restart,
         } => {
             let protos = std::fs::canonicalize(&protos)?;
             let ponte = std::fs::canonicalize(&ponte).with_context(|| {
@@ -248,6 +254,7 @@ async fn main() -> anyhow::Result<()> {
                     concurrency: ghz_concurrency,
                     protos: protos.clone(),
                 }),
+                restart,
             })
             .await;
             let wall = started.elapsed().as_secs_f64();
@@ -299,6 +306,9 @@ async fn main() -> anyhow::Result<()> {
             for (call, text) in &f.ghz {
                 println!("== ghz {call}");
                 print!("{text}");
+            }
+            for r in &f.restarts {
+                print_restart(r);
             }
 
             let records = encoded(&data, now)?;
@@ -360,6 +370,7 @@ async fn main() -> anyhow::Result<()> {
                     work: &run_dir,
                     data: &data,
                     ghz: None,
+                    restart: false,
                 },
                 &args,
             )
@@ -383,6 +394,76 @@ fn seconds(s: f64) -> String {
         format!("{s:.3} s")
     } else {
         "> 60 s (above the largest bucket)".to_owned()
+    }
+}
+
+/// Bytes as MiB, or `?` when they could not be read.
+fn mib(bytes: Option<u64>) -> String {
+    bytes.map_or("?".to_owned(), |b| {
+        format!("{:.1} MiB", b as f64 / 1048576.0)
+    })
+}
+
+fn print_restart(r: &e2e::Restart) {
+    println!(
+        "== restart after {} (same config, state directory and ports; clock from the spawn)",
+        r.stop.signal()
+    );
+    println!(
+        "stopped            {:.2} s from {} to exit ({}); its peak RSS {} (VmHWM)",
+        r.shutdown.as_secs_f64(),
+        r.stop.signal(),
+        r.exit,
+        mib(r.stopped_peak_rss)
+    );
+    let disk = |state: e2e::Disk, read: e2e::Disk| {
+        format!(
+            "{} state store ({} of it write-ahead log) + {} read model ({} WAL)",
+            mib(Some(state.bytes)),
+            mib(Some(state.wal)),
+            mib(Some(read.bytes)),
+            mib(Some(read.wal))
+        )
+    };
+    println!(
+        "state at the stop  {}",
+        disk(r.state_at_stop, r.read_model_at_stop)
+    );
+    println!(
+        "ready              {:.2} s (/health/ready 200, polled every 50 ms)",
+        r.ready.as_secs_f64()
+    );
+    for (at, answer) in &r.not_ready {
+        println!("  from {:>7.2} s    {answer}", at.as_secs_f64());
+    }
+    println!(
+        "serving            {:.2} s (GetPerson {} answered with that person, new connection every 50 ms)",
+        r.serving.as_secs_f64(),
+        r.nis
+    );
+    for (at, answer) in &r.not_serving {
+        println!("  from {:>7.2} s    {answer}", at.as_secs_f64());
+    }
+    println!(
+        "state once serving {}",
+        disk(r.state_serving, r.read_model_serving)
+    );
+    println!(
+        "memory             RSS {} once ready and serving (VmRSS), peak {} (VmHWM)",
+        mib(r.rss),
+        mib(r.peak_rss)
+    );
+    println!(
+        "restored           {} partitions rebuilt from the changelog ({} entries); {} messages consumed again; {} changes applied to the read model",
+        r.partition_restores, r.restored_entries, r.events_consumed, r.read_model_applied
+    );
+    println!(
+        "log                {} ({} WARN/ERROR lines)",
+        r.log.display(),
+        r.log_warnings.len()
+    );
+    for line in r.log_warnings.iter().take(5) {
+        println!("  {line}");
     }
 }
 
