@@ -65,7 +65,7 @@ enum Cmd {
     /// The reconciler's topology alone, in-process, one thread, RocksDB state.
     Reconciler {
         /// Events per committed batch (the service's `reconciler.batch_max`).
-        #[arg(long, default_value_t = 2000)]
+        #[arg(long, default_value_t = 5000)]
         batch: usize,
     },
     /// The bare-broker baseline alone.

@@ -11,7 +11,7 @@ use ponte_domain::period::Month;
 use ponte_domain::rules::RuleSet;
 use ponte_proto::events::v1::Event;
 use ponte_reconciler::topology::{Applied, Input, OutputKind, Topology, Tx};
-use ponte_store::{Durability, Store};
+use ponte_store::{Durability, Memory, Store};
 
 const RULES: &str = include_str!("../../../rules/bolsa-familia-2023.toml");
 
@@ -51,7 +51,8 @@ pub(crate) fn run(
 ) -> anyhow::Result<Figures> {
     let rules = RuleSet::from_toml_str("bolsa-familia-2023.toml", RULES)?;
     let topology = Topology::new(rules, Month::parse("2025-01")?, Month::parse("2025-12")?);
-    let store = Store::open(state, Durability::Process)?;
+    // The reconciler's default `state_memory_mb`.
+    let store = Store::open_with(state, Durability::Process, Memory::mib(256))?;
     let mut figures = Figures::default();
     let mut pending: Vec<(Input, i32, Event)> = Vec::with_capacity(batch);
     // Internal messages waiting for the next batch: (topic, partition, payload).

@@ -11,7 +11,7 @@ use ponte_domain::rules::RuleSet;
 use ponte_proto::compliance::v1::compliance_service_server::ComplianceServiceServer;
 use ponte_proto::events::v1::Event;
 use ponte_runtime::Readiness;
-use ponte_store::{Durability, Store};
+use ponte_store::{Durability, Memory, Store};
 use prost::Message as _;
 use rdkafka::Message as _;
 use rdkafka::consumer::CommitMode;
@@ -38,7 +38,7 @@ pub struct ReconcilerConfig {
     pub group_id: String,
     /// Most events applied in one atomic store write.
     pub batch_max: usize,
-    /// How long a partly filled batch waits for more events before it is committed.
+    /// How long after its first event a partly filled batch is committed at the latest.
     pub batch_linger_ms: u64,
     /// `process` (survives kill -9) or `machine` (fsync: survives power loss).
     pub durability: String,
@@ -52,6 +52,10 @@ pub struct ReconcilerConfig {
     pub monitor_from: String,
     /// Last month of the monitoring window (`YYYY-MM`).
     pub monitor_to: String,
+    /// Memory of the state store (RocksDB block cache with the memtables charged to it), MiB.
+    pub state_memory_mb: usize,
+    /// Memory of the read model's store, MiB.
+    pub read_model_memory_mb: usize,
 }
 
 /// The built-in rule set (rules/bolsa-familia-2023.toml).
@@ -141,6 +145,12 @@ const KIND_OFFSET: i32 = 5;
 const KIND_CROSSWALK: i32 = 6;
 const KIND_HEALTH_BY_NIS: i32 = 7;
 const KIND_MEMBER: i32 = 8;
+/// A state key written by the batch, without its value: the value published to the changelog
+/// is read from the store when the entry is published. The batch's values are still the
+/// store's then, because no batch is applied while an owned partition has entries pending
+/// ([`Outbox::drain`]); every value is written once, not a second time into the outbox.
+/// (`KIND_STATE_PUT` entries, which carry the value, are still published as they are.)
+const KIND_STATE_REF: i32 = 9;
 /// Changelog key prefix of consumed offsets: `offset/<topic>`, on the changelog partition of
 /// the same number as the input partition.
 const CHANGELOG_OFFSET: &str = "offset/";
@@ -320,9 +330,7 @@ fn commit(
         .unwrap_or(0);
     let mut outbox = |w: &mut ponte_store::BatchWriter<'_>, entry: OutboxEntry| {
         seq += 1;
-        let mut k = OUTBOX.to_vec();
-        k.extend_from_slice(format!("{seq:020}").as_bytes());
-        w.put(&k, &entry.encode_to_vec());
+        w.put(&outbox_key(seq), &entry.encode_to_vec());
     };
     for o in outputs {
         let kind = match o.kind {
@@ -349,10 +357,10 @@ fn commit(
         })?;
         let key = String::from_utf8_lossy(&k).into_owned();
         let entry = match v {
-            Some(v) => OutboxEntry {
-                kind: KIND_STATE_PUT,
+            Some(_) => OutboxEntry {
+                kind: KIND_STATE_REF,
                 key,
-                payload: v,
+                payload: Vec::new(),
                 partition,
             },
             None => OutboxEntry {
@@ -411,46 +419,117 @@ struct OutTopics {
     members: String,
 }
 
-/// Publishes the outbox entries of the partitions this instance owns and deletes the
-/// acknowledged ones, offsets last. Returns how many remain.
-async fn drain_outbox(
-    store: &Store,
-    publisher: &Publisher,
-    out: &OutTopics,
-    owned: &BTreeSet<i32>,
-) -> Result<usize, ReconcilerError> {
-    let entries = store.scan_prefix(OUTBOX)?;
-    if entries.is_empty() {
-        return Ok(0);
-    }
-    let mut decoded = Vec::with_capacity(entries.len());
-    for (k, v) in entries {
-        let entry = OutboxEntry::decode(v.as_slice()).map_err(|e| ReconcilerError::Corrupt {
-            key: String::from_utf8_lossy(&k).into_owned(),
-            reason: e.to_string(),
-        })?;
-        // Entries of a partition owned elsewhere now stay until the partition comes back
-        // (published then, if no one else wrote its changelog since) or is found stale.
-        if owned.contains(&entry.partition) {
-            decoded.push((k, entry));
+/// The outbox's reading position: entries are keyed `o/<seq>` and deleted once acknowledged,
+/// so everything below `floor` is gone and a drain starts there instead of walking over the
+/// deletions (RocksDB keeps them as tombstones until compaction).
+#[derive(Debug, Default)]
+struct Outbox {
+    floor: u64,
+    /// Entries left after the last drain (unacknowledged, or of partitions owned elsewhere).
+    pending: usize,
+}
+
+fn outbox_key(seq: u64) -> Vec<u8> {
+    let mut k = OUTBOX.to_vec();
+    k.extend_from_slice(format!("{seq:020}").as_bytes());
+    k
+}
+
+fn outbox_seq(key: &[u8]) -> Option<u64> {
+    std::str::from_utf8(key.strip_prefix(OUTBOX)?)
+        .ok()?
+        .parse()
+        .ok()
+}
+
+impl Outbox {
+    /// Publishes the entries of the partitions this instance owns and deletes the
+    /// acknowledged ones, offsets last. Returns how many of the owned partitions' entries
+    /// remain.
+    async fn drain(
+        &mut self,
+        store: &Store,
+        publisher: &Publisher,
+        out: &OutTopics,
+        owned: &BTreeSet<i32>,
+    ) -> Result<usize, ReconcilerError> {
+        let entries = match self.floor {
+            0 => store.scan_prefix(OUTBOX)?,
+            f => store.scan_prefix_after(OUTBOX, &outbox_key(f - 1), usize::MAX)?,
+        };
+        let Some(last) = entries.last().and_then(|(k, _)| outbox_seq(k)) else {
+            self.pending = 0;
+            return Ok(0);
+        };
+        let mut decoded = Vec::with_capacity(entries.len());
+        let mut kept = Vec::new();
+        for (k, v) in entries {
+            let entry =
+                OutboxEntry::decode(v.as_slice()).map_err(|e| ReconcilerError::Corrupt {
+                    key: String::from_utf8_lossy(&k).into_owned(),
+                    reason: e.to_string(),
+                })?;
+            // Entries of a partition owned elsewhere now stay until the partition comes back
+            // (published then, if no one else wrote its changelog since) or is found stale.
+            if owned.contains(&entry.partition) {
+                decoded.push((k, entry));
+            } else {
+                kept.push(k);
+            }
         }
+        let (offsets, others): (Vec<_>, Vec<_>) = decoded
+            .into_iter()
+            .partition(|(_, e)| e.kind == KIND_OFFSET);
+        let failed = publish_entries(store, publisher, out, others).await?;
+        let (failed, remaining) = if failed.is_empty() {
+            let failed = publish_entries(store, publisher, out, offsets).await?;
+            let n = failed.len();
+            (failed, n)
+        } else {
+            let n = failed.len() + offsets.len();
+            let mut all = failed;
+            all.extend(offsets.into_iter().map(|(k, _)| k));
+            (all, n)
+        };
+        self.floor = failed
+            .iter()
+            .chain(&kept)
+            .filter_map(|k| outbox_seq(k))
+            .min()
+            .unwrap_or(last + 1);
+        self.pending = failed.len() + kept.len();
+        if remaining > 0 {
+            tracing::warn!(
+                remaining,
+                "outputs not acknowledged; no new input is applied until they are"
+            );
+        }
+        Ok(remaining)
     }
-    let (offsets, others): (Vec<_>, Vec<_>) = decoded
-        .into_iter()
-        .partition(|(_, e)| e.kind == KIND_OFFSET);
-    let mut remaining = publish_entries(store, publisher, out, others).await?;
-    if remaining == 0 {
-        remaining += publish_entries(store, publisher, out, offsets).await?;
-    } else {
-        remaining += offsets.len();
+
+    /// Drains until nothing owned is pending, retrying every second, so no batch is applied
+    /// on top of state whose changelog entries are not out yet. Gives up (returns false) on
+    /// shutdown or when the assignment changed.
+    async fn drain_all(
+        &mut self,
+        store: &Store,
+        publisher: &Publisher,
+        out: &OutTopics,
+        owned: &BTreeSet<i32>,
+        (assignment, generation): (&ponte_bus::consume::Assignment, u64),
+        shutdown: &CancellationToken,
+    ) -> Result<bool, ReconcilerError> {
+        while self.drain(store, publisher, out, owned).await? > 0 {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(false),
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            if assignment.generation() != generation {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
-    if remaining > 0 {
-        tracing::warn!(
-            remaining,
-            "outputs not acknowledged; retrying with the next batch"
-        );
-    }
-    Ok(remaining)
 }
 
 async fn publish_entries(
@@ -458,9 +537,22 @@ async fn publish_entries(
     publisher: &Publisher,
     out: &OutTopics,
     entries: Vec<(Vec<u8>, OutboxEntry)>,
-) -> Result<usize, ReconcilerError> {
+) -> Result<Vec<Vec<u8>>, ReconcilerError> {
     if entries.is_empty() {
-        return Ok(0);
+        return Ok(Vec::new());
+    }
+    // A state key's current value: an absent key goes out as a tombstone.
+    let mut entries = entries;
+    for (_, e) in &mut entries {
+        if e.kind == KIND_STATE_REF {
+            match store.get(e.key.as_bytes())? {
+                Some(v) => {
+                    e.kind = KIND_STATE_PUT;
+                    e.payload = v;
+                }
+                None => e.kind = KIND_STATE_DELETE,
+            }
+        }
     }
     let sends = entries.iter().map(|(k, e)| async move {
         let keyed = match e.kind {
@@ -479,20 +571,21 @@ async fn publish_entries(
                 kind,
             ),
             None => {
-                let payload = (e.kind != KIND_STATE_DELETE).then_some(e.payload.as_slice());
-                (
-                    publisher
-                        .publish_to_partition(&out.changelog, e.partition, &e.key, payload)
-                        .await,
-                    "changelog",
-                )
+                let payload = match e.kind {
+                    KIND_STATE_DELETE => None,
+                    _ => Some(e.payload.as_slice()),
+                };
+                let res = publisher
+                    .publish_to_partition(&out.changelog, e.partition, &e.key, payload)
+                    .await;
+                (res, "changelog")
             }
         };
         (k, res.0, res.1)
     });
     let results = futures::future::join_all(sends).await;
     let mut w = store.batch();
-    let mut remaining = 0;
+    let mut failed = Vec::new();
     let mut changelog_end: BTreeMap<i32, i64> = BTreeMap::new();
     for (k, res, kind) in results {
         match res {
@@ -505,7 +598,7 @@ async fn publish_entries(
                     *end = (*end).max(d.offset + 1);
                 }
             }
-            Err(_) => remaining += 1,
+            Err(_) => failed.push(k.clone()),
         }
     }
     for (p, end) in changelog_end {
@@ -514,7 +607,7 @@ async fn publish_entries(
         }
     }
     w.commit()?;
-    Ok(remaining)
+    Ok(failed)
 }
 
 fn startup(e: impl std::fmt::Display) -> ReconcilerError {
@@ -648,18 +741,17 @@ fn refresh_gauges(
     assignment: &ponte_bus::consume::Assignment,
     readiness: &Readiness,
     read_model_ready: bool,
+    outbox_pending: usize,
 ) {
     let owned = assignment.partitions().len();
     metrics::gauge!("ponte_reconciler_assigned_partitions").set(owned as f64);
     metrics::gauge!("ponte_reconciler_state_bytes").set(store.approximate_size_bytes() as f64);
     metrics::gauge!("ponte_reconciler_read_model_bytes").set(read.approximate_size_bytes() as f64);
     let parts: Vec<i32> = assignment.partition_numbers().into_iter().collect();
-    if let Ok(parked) = crate::topology::read_parked(store, &parts) {
-        metrics::gauge!("ponte_reconciler_parked_records").set(parked.len() as f64);
+    if let Ok(parked) = crate::topology::count_parked(store, &parts) {
+        metrics::gauge!("ponte_reconciler_parked_records").set(parked as f64);
     }
-    if let Ok(outbox) = store.scan_prefix(OUTBOX) {
-        metrics::gauge!("ponte_reconciler_outbox_pending").set(outbox.len() as f64);
-    }
+    metrics::gauge!("ponte_reconciler_outbox_pending").set(outbox_pending as f64);
     // Outcomes by conditionality and status, summed over municipalities and periods (from the
     // read model, which holds every partition's views).
     if let Ok(rows) = read.scan_prefix(b"i/") {
@@ -754,9 +846,13 @@ pub async fn run(
         std::fs::create_dir_all(dir)
             .map_err(|e| startup(format!("creating {}: {e}", dir.display())))?;
     }
-    let store = Store::open(&state_dir, durability)?;
+    let store = Store::open_with(&state_dir, durability, Memory::mib(cfg.state_memory_mb))?;
     // The read model is rebuilt from the changes topic whenever it is lost: no fsync needed.
-    let read = Store::open(&read_dir, Durability::Process)?;
+    let read = Store::open_with(
+        &read_dir,
+        Durability::Process,
+        Memory::mib(cfg.read_model_memory_mb),
+    )?;
     tracing::info!(state_dir = %cfg.state_dir.display(), "state store and read model open");
     let group = cfg.group_id.as_str();
     let inputs = Inputs::new(topics, group);
@@ -873,6 +969,8 @@ pub async fn run(
     let mut last_gauges = Instant::now() - Duration::from_secs(60);
     let mut generation = assignment.generation();
     let mut owned = assignment.partition_numbers();
+    let mut outbox = Outbox::default();
+    let mut batch_started = Instant::now();
     let result: Result<(), ReconcilerError> = loop {
         if let Some(why) = assignment.failure() {
             break Err(ReconcilerError::Startup(format!(
@@ -880,7 +978,14 @@ pub async fn run(
             )));
         }
         if last_gauges.elapsed() >= Duration::from_secs(1) {
-            refresh_gauges(&store, &read, &assignment, &readiness, *caught_up.borrow());
+            refresh_gauges(
+                &store,
+                &read,
+                &assignment,
+                &readiness,
+                *caught_up.borrow(),
+                outbox.pending,
+            );
             last_gauges = Instant::now();
         }
         let next = if offsets.is_empty() {
@@ -890,9 +995,12 @@ pub async fn run(
                 _ = tokio::time::sleep(Duration::from_secs(1)) => None,
             }
         } else {
+            // The batch is committed `batch_linger_ms` after its first event at the latest,
+            // however steadily events keep arriving.
+            let left = linger.saturating_sub(batch_started.elapsed());
             tokio::select! {
                 _ = shutdown.cancelled() => break Ok(()),
-                m = tokio::time::timeout(linger, consumer.recv()) => m.ok(),
+                m = tokio::time::timeout(left, consumer.recv()) => m.ok(),
             }
         };
         if assignment.generation() != generation {
@@ -909,15 +1017,39 @@ pub async fn run(
             generation = assignment.generation();
             owned = assignment.partition_numbers();
             // Outputs left by an earlier run or owner of these partitions go out first.
-            drain_outbox(&store, &publisher, &out, &owned).await?;
+            if !outbox
+                .drain_all(
+                    &store,
+                    &publisher,
+                    &out,
+                    &owned,
+                    (&assignment, generation),
+                    &shutdown,
+                )
+                .await?
+            {
+                continue;
+            }
             // The message (if any) was fetched under the new assignment: it is applied below.
         }
         match next {
             Some(Ok(msg)) => {
+                if offsets.is_empty() {
+                    batch_started = Instant::now();
+                }
                 apply_message(&topology, &inputs, &mut tx, &mut offsets, &mut stats, &msg)?;
                 if stats.events >= cfg.batch_max {
                     commit(&store, &mut tx, &mut offsets, &mut stats, &consumer)?;
-                    drain_outbox(&store, &publisher, &out, &owned).await?;
+                    outbox
+                        .drain_all(
+                            &store,
+                            &publisher,
+                            &out,
+                            &owned,
+                            (&assignment, generation),
+                            &shutdown,
+                        )
+                        .await?;
                 }
             }
             Some(Err(e)) => {
@@ -926,14 +1058,23 @@ pub async fn run(
             }
             None => {
                 commit(&store, &mut tx, &mut offsets, &mut stats, &consumer)?;
-                drain_outbox(&store, &publisher, &out, &owned).await?;
+                outbox
+                    .drain_all(
+                        &store,
+                        &publisher,
+                        &out,
+                        &owned,
+                        (&assignment, generation),
+                        &shutdown,
+                    )
+                    .await?;
             }
         }
     };
     if result.is_ok() && assignment.generation() == generation {
         // Whatever was applied in memory is committed with its offsets; nothing is half-written.
         commit(&store, &mut tx, &mut offsets, &mut stats, &consumer)?;
-        let _ = drain_outbox(&store, &publisher, &out, &owned).await;
+        let _ = outbox.drain(&store, &publisher, &out, &owned).await;
     }
     drop(tx);
     readiness.set_not_ready("shutting down");

@@ -590,7 +590,12 @@ impl Topology {
             if current.as_deref() == Some(c.nis.as_str()) {
                 return Ok(Applied::Unchanged);
             }
-            let resolved = tx.scan(&resolved_prefix)?;
+            // Records are held as resolved (`e/`) only while the identifier maps to someone:
+            // a first claim has nothing resolved to move, only what is parked.
+            let resolved = match &current {
+                Some(_) => tx.scan(&resolved_prefix)?,
+                None => Vec::new(),
+            };
             if let Some(prev) = &current {
                 for (k, _) in &resolved {
                     let rid = String::from_utf8_lossy(&k[resolved_prefix.len()..]).into_owned();
@@ -1079,6 +1084,17 @@ impl Topology {
 }
 
 // ---- reads of the local (partitioned) state ------------------------------------------------
+
+/// How many health records are parked in the partitions `partitions`.
+pub fn count_parked(kv: &dyn Kv, partitions: &[i32]) -> Result<usize, ReconcilerError> {
+    let mut n = 0;
+    for &p in partitions {
+        n += kv
+            .scan(&[partition_prefix(p).as_slice(), b"k/"].concat())?
+            .len();
+    }
+    Ok(n)
+}
 
 /// Parked health records of the partitions `partitions`: (identifier, event).
 pub fn read_parked(

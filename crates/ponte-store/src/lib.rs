@@ -16,7 +16,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rocksdb::{
-    ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions,
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options,
+    WriteBatch, WriteBufferManager, WriteOptions,
 };
 
 const CF_STATE: &str = "state";
@@ -55,6 +56,62 @@ pub enum Durability {
     Machine,
 }
 
+/// How much memory one store may use for RocksDB's block cache and memtables together.
+///
+/// One LRU cache holds the data, index and bloom-filter blocks read from disk, and the
+/// memtables are charged to the same cache (RocksDB's write-buffer manager), so the store's
+/// memory stays near `cache_bytes` however large the state on disk grows. Every table has a
+/// bloom filter (10 bits per key, ≈ 1 % false positives): a read of a key that does not exist
+/// — the first record of a new person — is answered without reading a data block of every
+/// level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Memory {
+    /// Block cache, memtables included.
+    pub cache_bytes: usize,
+    /// Memtables may use up to this share of `cache_bytes` before they are flushed.
+    pub memtable_bytes: usize,
+}
+
+impl Memory {
+    /// `mib` MiB in all, half of it at most for memtables.
+    pub fn mib(mib: usize) -> Self {
+        let cache_bytes = mib.max(16) << 20;
+        Self {
+            cache_bytes,
+            memtable_bytes: cache_bytes / 2,
+        }
+    }
+}
+
+impl Default for Memory {
+    fn default() -> Self {
+        Self::mib(128)
+    }
+}
+
+fn options(memory: Memory) -> (Options, Options) {
+    let cache = Cache::new_lru_cache(memory.cache_bytes);
+    let mut table = BlockBasedOptions::default();
+    table.set_block_cache(&cache);
+    table.set_bloom_filter(10.0, false);
+    table.set_cache_index_and_filter_blocks(true);
+    table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+    let mut db = Options::default();
+    db.create_if_missing(true);
+    db.create_missing_column_families(true);
+    db.set_write_buffer_manager(&WriteBufferManager::new_write_buffer_manager_with_cache(
+        memory.memtable_bytes,
+        false,
+        cache.clone(),
+    ));
+    let mut cf = Options::default();
+    cf.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    cf.set_block_based_table_factory(&table);
+    cf.set_write_buffer_size((memory.memtable_bytes / 2).clamp(4 << 20, 64 << 20));
+    cf.set_level_compaction_dynamic_level_bytes(true);
+    (db, cf)
+}
+
 /// A RocksDB-backed state store. Cheap to clone; all clones share one database.
 #[derive(Clone)]
 pub struct Store {
@@ -86,16 +143,22 @@ impl std::fmt::Debug for Batch {
 }
 
 impl Store {
-    /// Opens (creating if needed) the store in directory `path`.
+    /// Opens (creating if needed) the store in directory `path`, with the default [`Memory`].
     pub fn open(path: impl AsRef<Path>, durability: Durability) -> Result<Self, StoreError> {
+        Self::open_with(path, durability, Memory::default())
+    }
+
+    /// Opens (creating if needed) the store in directory `path`, within `memory`.
+    pub fn open_with(
+        path: impl AsRef<Path>,
+        durability: Durability,
+        memory: Memory,
+    ) -> Result<Self, StoreError> {
         let path = path.as_ref().to_path_buf();
-        let mut opts = Options::default();
-        opts.create_if_missing(true);
-        opts.create_missing_column_families(true);
-        opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        let (opts, cf) = options(memory);
         let cfs = [CF_STATE, CF_OFFSETS]
             .into_iter()
-            .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+            .map(|name| ColumnFamilyDescriptor::new(name, cf.clone()));
         let db =
             DB::open_cf_descriptors(&opts, &path, cfs).map_err(|source| StoreError::Rocks {
                 path: path.clone(),
