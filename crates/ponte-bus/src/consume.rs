@@ -235,16 +235,29 @@ impl ConsumerContext for SeekingContext {
     }
 }
 
+/// How a consumer is a member of its group.
+#[derive(Debug, Clone, Copy)]
+pub struct Membership<'a> {
+    /// How long the partitions of a member that stopped answering stay unowned.
+    pub session_timeout_ms: u32,
+    /// A stable name (Kafka's static membership, `group.instance.id`): a member that comes
+    /// back under the same name within the session timeout gets its partitions back at once,
+    /// without waiting for the timeout or moving anything; a member that stops for good keeps
+    /// its partitions unowned until the timeout, even on a clean shutdown. `None`: a new member
+    /// on every start.
+    pub instance_id: Option<&'a str>,
+}
+
 /// A group consumer subscribed to `topics`, positioned from `offsets` on every assignment.
-/// `session_timeout_ms` bounds how long the partitions of a crashed member stay unowned.
 pub fn group_consumer(
     kafka: &KafkaConfig,
     group_id: &str,
     client_id: &str,
     topics: &[&str],
     offsets: Arc<dyn OffsetSource>,
-    session_timeout_ms: u32,
+    membership: Membership<'_>,
 ) -> Result<(StreamConsumer<SeekingContext>, Assignment), BusError> {
+    let session_timeout_ms = membership.session_timeout_ms;
     let assignment = Assignment::default();
     let ctx = SeekingContext {
         offsets,
@@ -263,6 +276,9 @@ pub fn group_consumer(
         // The range assignor gives a member the same partition numbers of every topic of equal
         // partition count: co-partitioned topics stay together, and so does their state.
         .set("partition.assignment.strategy", "range");
+    if let Some(id) = membership.instance_id {
+        cfg.set("group.instance.id", id);
+    }
     // Pass-through properties win over the defaults above.
     for (k, v) in &kafka.properties {
         cfg.set(k, v);

@@ -45,6 +45,9 @@ pub struct ReconcilerConfig {
     /// Consumer group session timeout: how long the partitions of an instance that died
     /// without leaving the group wait before another instance takes them.
     pub session_timeout_ms: u32,
+    /// A stable name of this instance in the consumer group (Kafka static membership); empty
+    /// for a new member on every start. See docs/operations.md, "Restarts".
+    pub instance_id: String,
     /// Rule-set TOML file; empty for the built-in Bolsa Família 2023 rule set.
     pub rules_file: String,
     /// First month of the monitoring window (`YYYY-MM`): every period overlapping the window
@@ -913,7 +916,10 @@ pub async fn run(
             kafka: kafka.clone(),
             changelog: out.changelog.clone(),
         }),
-        cfg.session_timeout_ms,
+        ponte_bus::consume::Membership {
+            session_timeout_ms: cfg.session_timeout_ms,
+            instance_id: Some(cfg.instance_id.as_str()).filter(|id| !id.is_empty()),
+        },
     )?;
 
     // gRPC: the compliance API, health and reflection.
