@@ -331,6 +331,7 @@ fn commit(
         .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
         .map(u64::from_be_bytes)
         .unwrap_or(0);
+    let seq_before = seq;
     let mut outbox = |w: &mut ponte_store::BatchWriter<'_>, entry: OutboxEntry| {
         seq += 1;
         w.put(&outbox_key(seq), &entry.encode_to_vec());
@@ -388,7 +389,11 @@ fn commit(
         );
     }
     w.put(OUTBOX_SEQ, &seq.to_be_bytes());
+    let first_seq = seq_before;
     w.commit()?;
+    // Pending from the commit on, not from the next gauge refresh: "0 pending and everything
+    // consumed is committed" must mean the outputs are out (ponte-bench waits on it).
+    metrics::gauge!("ponte_reconciler_outbox_pending").increment((seq - first_seq) as f64);
     metrics::histogram!("ponte_reconciler_batch_commit_seconds")
         .record(started.elapsed().as_secs_f64());
     metrics::histogram!("ponte_reconciler_batch_events").record(stats.events as f64);
@@ -462,6 +467,7 @@ impl Outbox {
         };
         let Some(last) = entries.last().and_then(|(k, _)| outbox_seq(k)) else {
             self.pending = 0;
+            metrics::gauge!("ponte_reconciler_outbox_pending").set(0.0);
             return Ok(0);
         };
         let mut decoded = Vec::with_capacity(entries.len());
@@ -501,6 +507,7 @@ impl Outbox {
             .min()
             .unwrap_or(last + 1);
         self.pending = failed.len() + kept.len();
+        metrics::gauge!("ponte_reconciler_outbox_pending").set(self.pending as f64);
         if remaining > 0 {
             tracing::warn!(
                 remaining,
@@ -744,17 +751,26 @@ fn refresh_gauges(
     assignment: &ponte_bus::consume::Assignment,
     readiness: &Readiness,
     read_model_ready: bool,
-    outbox_pending: usize,
 ) {
     let owned = assignment.partitions().len();
     metrics::gauge!("ponte_reconciler_assigned_partitions").set(owned as f64);
     metrics::gauge!("ponte_reconciler_state_bytes").set(store.approximate_size_bytes() as f64);
     metrics::gauge!("ponte_reconciler_read_model_bytes").set(read.approximate_size_bytes() as f64);
+    for (name, s) in [("state", store), ("read_model", read)] {
+        let (cache, memtables, readers) = s.memory_bytes();
+        for (kind, v) in [
+            ("block_cache", cache),
+            ("memtables", memtables),
+            ("table_readers", readers),
+        ] {
+            metrics::gauge!("ponte_reconciler_store_memory_bytes", "store" => name, "kind" => kind)
+                .set(v as f64);
+        }
+    }
     let parts: Vec<i32> = assignment.partition_numbers().into_iter().collect();
     if let Ok(parked) = crate::topology::count_parked(store, &parts) {
         metrics::gauge!("ponte_reconciler_parked_records").set(parked as f64);
     }
-    metrics::gauge!("ponte_reconciler_outbox_pending").set(outbox_pending as f64);
     // Outcomes by conditionality and status, summed over municipalities and periods (from the
     // read model, which holds every partition's views).
     if let Ok(rows) = read.scan_prefix(b"i/") {
@@ -984,14 +1000,7 @@ pub async fn run(
             )));
         }
         if last_gauges.elapsed() >= Duration::from_secs(1) {
-            refresh_gauges(
-                &store,
-                &read,
-                &assignment,
-                &readiness,
-                *caught_up.borrow(),
-                outbox.pending,
-            );
+            refresh_gauges(&store, &read, &assignment, &readiness, *caught_up.borrow());
             last_gauges = Instant::now();
         }
         let next = if offsets.is_empty() {
@@ -1101,6 +1110,12 @@ pub async fn run(
     }
     let p = publisher.clone();
     let _ = tokio::task::spawn_blocking(move || p.flush(Duration::from_secs(10))).await;
+    // A restart then opens without replaying the write-ahead logs.
+    for (name, s) in [("state store", &store), ("read model", &read)] {
+        if let Err(e) = s.flush() {
+            tracing::warn!(error = %e, "flushing the {name} at shutdown");
+        }
+    }
     tracing::info!("reconciler stopped");
     result
 }
