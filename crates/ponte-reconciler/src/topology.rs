@@ -29,10 +29,10 @@
 //! | `k/<alt>/<record id>` | a parked health record (`Event`) |
 //! | `p/<nis>` | the person's records (JSON: every entry, tombstones included) |
 //! | `xo/<nis>` | the alternate identifiers the person's profile currently carries (JSON) |
-//! | `v/p/<nis>` | the person's view (`ponte.compliance.v1.Person`) |
+//! | `d/p/<nis>` | digest of the person's last published view ([`PersonDigest`]) |
 //! | `f/<family id>` | the family's assistance records (JSON) |
 //! | `fm/<family id>` | the family's members and their non-compliant outcomes (JSON) |
-//! | `v/f/<family id>` | the family's view (`ponte.compliance.v1.Family`) |
+//! | `d/f/<family id>` | digest of the family's last published view ([`FamilyDigest`]) |
 //!
 //! Views go out on `compliance.changes.v1`; what answers queries is the read model built from
 //! that topic ([`crate::readmodel`]), so every instance can answer for every person.
@@ -371,6 +371,42 @@ pub struct MemberOutcomes {
     pub outcomes_json: Vec<u8>,
     #[prost(message, optional, tag = "5")]
     pub at: Option<Timestamp>,
+}
+
+/// `d/p/<nis>`: what the person stage keeps of the last view it published — enough to number
+/// the next one, to tell whether it changed and to derive alerts and member messages — instead
+/// of the whole view (which goes out on `compliance.changes.v1` and lives in the read model).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PersonDigest {
+    #[prost(uint64, tag = "1")]
+    pub view_version: u64,
+    /// [`view_hash`] of the view.
+    #[prost(fixed64, tag = "2")]
+    pub hash: u64,
+    #[prost(string, tag = "3")]
+    pub family_id: String,
+    #[prost(message, repeated, tag = "4")]
+    pub non_compliant: Vec<NonCompliant>,
+}
+
+/// A non-compliant outcome as the family stage and the alerts read it.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct NonCompliant {
+    #[prost(string, tag = "1")]
+    pub conditionality: String,
+    #[prost(string, tag = "2")]
+    pub period: String,
+    #[prost(string, tag = "3")]
+    pub effects: String,
+}
+
+/// `d/f/<family id>`: the family stage's digest of the last family view it published.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct FamilyDigest {
+    #[prost(uint64, tag = "1")]
+    pub view_version: u64,
+    #[prost(fixed64, tag = "2")]
+    pub hash: u64,
 }
 
 /// The records of one person as persisted.
@@ -815,27 +851,27 @@ impl Topology {
             .rules
             .evaluate_person_between(state, self.from, self.to);
         let mut view = self.person_view(state, doc, &outcomes);
-        let vkey = key(&["v", "p", nis.as_str()]);
-        let old: Option<api::Person> = tx.get_proto(&vkey)?;
-        if let Some(old) = &old {
-            let mut cmp = old.clone();
-            cmp.view_version = 0;
-            cmp.updated_time = None;
-            if cmp == view {
-                return Ok(());
-            }
+        let hash = view_hash(&view);
+        let (old, legacy) = match person_digest(tx, nis.as_str())? {
+            Some((d, legacy)) => (Some(d), legacy),
+            None => (None, false),
+        };
+        if old.as_ref().is_some_and(|o| o.hash == hash) {
+            return Ok(());
         }
-        let (old_family, old_outcomes) = old
+        let vkey = key(&["d", "p", nis.as_str()]);
+        let (old_family, old_nc) = old
             .as_ref()
-            .map(|o| (o.family_id.clone(), o.outcomes.clone()))
+            .map(|o| (o.family_id.clone(), o.non_compliant.clone()))
             .unwrap_or_default();
         view.view_version = old.as_ref().map_or(0, |o| o.view_version) + 1;
         view.updated_time = at;
+        let nc = non_compliant(&view.outcomes);
         // Alerts for members newly non-compliant.
         for o in &view.outcomes {
-            let was = old_outcomes.iter().any(|p| {
-                p.conditionality == o.conditionality && p.period == o.period && p.status == o.status
-            });
+            let was = old_nc
+                .iter()
+                .any(|p| p.conditionality == o.conditionality && p.period == o.period);
             if o.status == api::OutcomeStatus::NonCompliant as i32 && !was {
                 let alert = api::ComplianceAlert {
                     family_id: view.family_id.clone(),
@@ -870,10 +906,7 @@ impl Topology {
                 leave.encode_to_vec(),
             );
         }
-        if !view.family_id.is_empty()
-            && (old_family != view.family_id
-                || family_relevant(&old_outcomes) != family_relevant(&view.outcomes))
-        {
+        if !view.family_id.is_empty() && (old_family != view.family_id || old_nc != nc) {
             let for_family = for_family(&outcomes);
             let join = MemberOutcomes {
                 family_id: view.family_id.clone(),
@@ -888,15 +921,24 @@ impl Topology {
                 join.encode_to_vec(),
             );
         }
+        let digest = PersonDigest {
+            view_version: view.view_version,
+            hash,
+            family_id: view.family_id.clone(),
+            non_compliant: nc,
+        };
         tx.emit(
             OutputKind::Change,
             format!("person:{nis}"),
             api::ComplianceChange {
-                view: Some(api::compliance_change::View::Person(view.clone())),
+                view: Some(api::compliance_change::View::Person(view)),
             }
             .encode_to_vec(),
         );
-        tx.put(vkey, view.encode_to_vec());
+        tx.put(vkey, digest.encode_to_vec());
+        if legacy {
+            tx.delete(key(&["v", "p", nis.as_str()]));
+        }
         Ok(())
     }
 
@@ -1058,27 +1100,32 @@ impl Topology {
         let outcomes: Vec<Outcome> = members.into_values().flatten().collect();
         let effects = self.rules.evaluate_family(&state, &outcomes);
         let mut view = family_view(fid, &names, &effects, &outcomes);
-        let vkey = key(&["v", "f", fid.as_str()]);
-        let old: Option<api::Family> = tx.get_proto(&vkey)?;
-        if let Some(old) = &old {
-            let mut cmp = old.clone();
-            cmp.view_version = 0;
-            cmp.updated_time = None;
-            if cmp == view {
-                return Ok(());
-            }
+        let hash = view_hash(&view);
+        let (old, legacy) = match family_digest(tx, fid.as_str())? {
+            Some((d, legacy)) => (Some(d), legacy),
+            None => (None, false),
+        };
+        if old.as_ref().is_some_and(|o| o.hash == hash) {
+            return Ok(());
         }
         view.view_version = old.as_ref().map_or(0, |o| o.view_version) + 1;
         view.updated_time = at;
+        let digest = FamilyDigest {
+            view_version: view.view_version,
+            hash,
+        };
         tx.emit(
             OutputKind::Change,
             format!("family:{fid}"),
             api::ComplianceChange {
-                view: Some(api::compliance_change::View::Family(view.clone())),
+                view: Some(api::compliance_change::View::Family(view)),
             }
             .encode_to_vec(),
         );
-        tx.put(vkey, view.encode_to_vec());
+        tx.put(key(&["d", "f", fid.as_str()]), digest.encode_to_vec());
+        if legacy {
+            tx.delete(key(&["v", "f", fid.as_str()]));
+        }
         Ok(())
     }
 }
@@ -1312,18 +1359,83 @@ fn scope(s: EffectScope) -> &'static str {
 
 /// What the family evaluation reads of a member's outcomes, as the view shows them: the
 /// non-compliant ones, with their effect scope.
-fn family_relevant(outcomes: &[api::ConditionalityOutcome]) -> Vec<(&str, &str, &str)> {
+/// What the family stage and the alerts read of a person's view: the non-compliant outcomes'
+/// conditionality, period and scope of effects, in the view's order.
+fn non_compliant(outcomes: &[api::ConditionalityOutcome]) -> Vec<NonCompliant> {
     outcomes
         .iter()
         .filter(|o| o.status == api::OutcomeStatus::NonCompliant as i32)
-        .map(|o| {
-            (
-                o.conditionality.as_str(),
-                o.period.as_str(),
-                o.effects.as_str(),
-            )
+        .map(|o| NonCompliant {
+            conditionality: o.conditionality.clone(),
+            period: o.period.clone(),
+            effects: o.effects.clone(),
         })
         .collect()
+}
+
+/// 64-bit FNV-1a of a view's encoding without its version and change time: equal views, equal
+/// hashes, across processes and builds (prost encodes fields in tag order).
+fn view_hash<M: prost::Message + Clone + VersionedView>(view: &M) -> u64 {
+    let mut v = view.clone();
+    v.clear_version();
+    v.encode_to_vec()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+        })
+}
+
+/// A view's counters, which say how it got there, not what it is.
+trait VersionedView {
+    fn clear_version(&mut self);
+}
+
+impl VersionedView for api::Person {
+    fn clear_version(&mut self) {
+        self.view_version = 0;
+        self.updated_time = None;
+    }
+}
+
+impl VersionedView for api::Family {
+    fn clear_version(&mut self) {
+        self.view_version = 0;
+        self.updated_time = None;
+    }
+}
+
+/// The person's digest, or one derived from the full view a store written before digests holds
+/// (then `true`: the old key is deleted with the next write).
+fn person_digest(tx: &Tx<'_>, nis: &str) -> Result<Option<(PersonDigest, bool)>, ReconcilerError> {
+    if let Some(d) = tx.get_proto::<PersonDigest>(&key(&["d", "p", nis]))? {
+        return Ok(Some((d, false)));
+    }
+    Ok(tx
+        .get_proto::<api::Person>(&key(&["v", "p", nis]))?
+        .map(|v| {
+            let d = PersonDigest {
+                view_version: v.view_version,
+                hash: view_hash(&v),
+                family_id: v.family_id.clone(),
+                non_compliant: non_compliant(&v.outcomes),
+            };
+            (d, true)
+        }))
+}
+
+fn family_digest(tx: &Tx<'_>, fid: &str) -> Result<Option<(FamilyDigest, bool)>, ReconcilerError> {
+    if let Some(d) = tx.get_proto::<FamilyDigest>(&key(&["d", "f", fid]))? {
+        return Ok(Some((d, false)));
+    }
+    Ok(tx
+        .get_proto::<api::Family>(&key(&["v", "f", fid]))?
+        .map(|v| {
+            let d = FamilyDigest {
+                view_version: v.view_version,
+                hash: view_hash(&v),
+            };
+            (d, true)
+        }))
 }
 
 /// A member's outcomes as the family stage needs them: only the non-compliant ones (the only

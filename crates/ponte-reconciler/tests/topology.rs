@@ -12,7 +12,8 @@ use ponte_proto::compliance::v1::{self as api, OutcomeStatus};
 use ponte_proto::events::v1::{self as ev, Event, event::Record, health_follow_up::Subject};
 use ponte_reconciler::ReconcilerError;
 use ponte_reconciler::topology::{
-    Applied, Input, Kv, Output, OutputKind, Topology, Tx, Writes, read_parked,
+    Applied, FamilyDigest, Input, Kv, Output, OutputKind, PersonDigest, Topology, Tx, Writes,
+    read_parked,
 };
 use proptest::prelude::*;
 use prost::Message as _;
@@ -236,15 +237,13 @@ impl Harness {
             .iter()
             .map(|(k, v)| {
                 let local = &k[5..]; // after the `NNNN/` partition prefix
-                let v = if local.starts_with(b"v/p/") {
-                    let mut p = api::Person::decode(v.as_slice()).unwrap();
+                let v = if local.starts_with(b"d/p/") {
+                    let mut p = PersonDigest::decode(v.as_slice()).unwrap();
                     p.view_version = 0;
-                    p.updated_time = None;
                     p.encode_to_vec()
-                } else if local.starts_with(b"v/f/") {
-                    let mut f = api::Family::decode(v.as_slice()).unwrap();
+                } else if local.starts_with(b"d/f/") {
+                    let mut f = FamilyDigest::decode(v.as_slice()).unwrap();
                     f.view_version = 0;
-                    f.updated_time = None;
                     f.encode_to_vec()
                 } else {
                     v.clone()
@@ -373,6 +372,41 @@ fn a_low_attendance_month_makes_the_bimester_non_compliant_and_alerts_the_family
         OutcomeStatus::Compliant
     );
     assert!(h.family(FAMILY).effects.is_empty());
+}
+
+#[test]
+fn a_store_with_full_views_from_before_digests_goes_on_numbering_them() {
+    let mut h = Harness::new();
+    h.apply(&profile(CHILD, "2017-03-10", "M", &[CHILD_CNS], "", 1));
+    let first = h.person(CHILD);
+    // Make the state look as an older build left it: the whole view at `v/p/<nis>`.
+    let digest_key = {
+        let map = h.kv.0.lock().unwrap();
+        map.keys()
+            .find(|k| k.ends_with(format!("d/p/{CHILD}").as_bytes()))
+            .cloned()
+            .expect("the person stage keeps a digest")
+    };
+    let legacy_key = [&digest_key[..5], format!("v/p/{CHILD}").as_bytes()].concat();
+    {
+        let mut map = h.kv.0.lock().unwrap();
+        map.remove(&digest_key);
+        let mut old = first.clone();
+        old.view_version = 5;
+        map.insert(legacy_key.clone(), old.encode_to_vec());
+    }
+    // The same view again: nothing published, the old key left as it is.
+    let published = h.outputs.len();
+    h.apply(&profile(CHILD, "2017-03-10", "M", &[CHILD_CNS], "", 1));
+    assert_eq!(h.outputs.len(), published);
+    // A change: numbered after the old view, which is replaced by a digest.
+    h.apply(&attendance(CHILD, "2025-04", 20, 20, 1));
+    assert_eq!(h.person(CHILD).view_version, 6);
+    let map = h.kv.0.lock().unwrap();
+    assert!(!map.contains_key(&legacy_key));
+    let digest = PersonDigest::decode(map[&digest_key].as_slice()).unwrap();
+    assert_eq!(digest.view_version, 6);
+    assert_eq!(digest.family_id, FAMILY);
 }
 
 #[test]
