@@ -547,6 +547,9 @@ pub async fn run(
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
         .set("isolation.level", "read_committed")
+        // Prefetch at most 16 MiB (librdkafka's default, 64 MiB, is resident memory for
+        // nothing: the read model applies changes far faster than that buffer drains).
+        .set("queued.max.messages.kbytes", "16384")
         .create()
         .map_err(|e| ReconcilerError::Startup(format!("read model consumer: {e}")))?;
     let consumer = Arc::new(consumer);
