@@ -389,11 +389,10 @@ fn commit(
         );
     }
     w.put(OUTBOX_SEQ, &seq.to_be_bytes());
-    let first_seq = seq_before;
     w.commit()?;
     // Pending from the commit on, not from the next gauge refresh: "0 pending and everything
     // consumed is committed" must mean the outputs are out (ponte-bench waits on it).
-    metrics::gauge!("ponte_reconciler_outbox_pending").increment((seq - first_seq) as f64);
+    metrics::gauge!("ponte_reconciler_outbox_pending").increment((seq - seq_before) as f64);
     metrics::histogram!("ponte_reconciler_batch_commit_seconds")
         .record(started.elapsed().as_secs_f64());
     metrics::histogram!("ponte_reconciler_batch_events").record(stats.events as f64);
