@@ -429,8 +429,10 @@ struct OutTopics {
 /// The outbox's reading position: entries are keyed `o/<seq>` and deleted once acknowledged,
 /// so everything below `floor` is gone and a drain starts there instead of walking over the
 /// deletions (RocksDB keeps them as tombstones until compaction).
-#[derive(Debug, Default)]
 struct Outbox {
+    store: Store,
+    publisher: Publisher,
+    out: OutTopics,
     floor: u64,
     /// Entries left after the last drain (unacknowledged, or of partitions owned elsewhere).
     pending: usize,
@@ -450,16 +452,21 @@ fn outbox_seq(key: &[u8]) -> Option<u64> {
 }
 
 impl Outbox {
+    fn new(store: Store, publisher: Publisher, out: OutTopics) -> Self {
+        Self {
+            store,
+            publisher,
+            out,
+            floor: 0,
+            pending: 0,
+        }
+    }
+
     /// Publishes the entries of the partitions this instance owns and deletes the
     /// acknowledged ones, offsets last. Returns how many of the owned partitions' entries
     /// remain.
-    async fn drain(
-        &mut self,
-        store: &Store,
-        publisher: &Publisher,
-        out: &OutTopics,
-        owned: &BTreeSet<i32>,
-    ) -> Result<usize, ReconcilerError> {
+    async fn drain(&mut self, owned: &BTreeSet<i32>) -> Result<usize, ReconcilerError> {
+        let (store, publisher, out) = (&self.store, &self.publisher, &self.out);
         let entries = match self.floor {
             0 => store.scan_prefix(OUTBOX)?,
             f => store.scan_prefix_after(OUTBOX, &outbox_key(f - 1), usize::MAX)?,
@@ -521,14 +528,11 @@ impl Outbox {
     /// shutdown or when the assignment changed.
     async fn drain_all(
         &mut self,
-        store: &Store,
-        publisher: &Publisher,
-        out: &OutTopics,
         owned: &BTreeSet<i32>,
         (assignment, generation): (&ponte_bus::consume::Assignment, u64),
         shutdown: &CancellationToken,
     ) -> Result<bool, ReconcilerError> {
-        while self.drain(store, publisher, out, owned).await? > 0 {
+        while self.drain(owned).await? > 0 {
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(false),
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -990,7 +994,7 @@ pub async fn run(
     let mut last_gauges = Instant::now() - Duration::from_secs(60);
     let mut generation = assignment.generation();
     let mut owned = assignment.partition_numbers();
-    let mut outbox = Outbox::default();
+    let mut outbox = Outbox::new(store.clone(), publisher.clone(), out);
     let mut batch_started = Instant::now();
     let result: Result<(), ReconcilerError> = loop {
         if let Some(why) = assignment.failure() {
@@ -1032,14 +1036,7 @@ pub async fn run(
             owned = assignment.partition_numbers();
             // Outputs left by an earlier run or owner of these partitions go out first.
             if !outbox
-                .drain_all(
-                    &store,
-                    &publisher,
-                    &out,
-                    &owned,
-                    (&assignment, generation),
-                    &shutdown,
-                )
+                .drain_all(&owned, (&assignment, generation), &shutdown)
                 .await?
             {
                 continue;
@@ -1055,14 +1052,7 @@ pub async fn run(
                 if stats.events >= cfg.batch_max {
                     commit(&store, &mut tx, &mut offsets, &mut stats, &consumer)?;
                     outbox
-                        .drain_all(
-                            &store,
-                            &publisher,
-                            &out,
-                            &owned,
-                            (&assignment, generation),
-                            &shutdown,
-                        )
+                        .drain_all(&owned, (&assignment, generation), &shutdown)
                         .await?;
                 }
             }
@@ -1073,14 +1063,7 @@ pub async fn run(
             None => {
                 commit(&store, &mut tx, &mut offsets, &mut stats, &consumer)?;
                 outbox
-                    .drain_all(
-                        &store,
-                        &publisher,
-                        &out,
-                        &owned,
-                        (&assignment, generation),
-                        &shutdown,
-                    )
+                    .drain_all(&owned, (&assignment, generation), &shutdown)
                     .await?;
             }
         }
@@ -1088,7 +1071,7 @@ pub async fn run(
     if result.is_ok() && assignment.generation() == generation {
         // Whatever was applied in memory is committed with its offsets; nothing is half-written.
         commit(&store, &mut tx, &mut offsets, &mut stats, &consumer)?;
-        let _ = outbox.drain(&store, &publisher, &out, &owned).await;
+        let _ = outbox.drain(&owned).await;
     }
     drop(tx);
     readiness.set_not_ready("shutting down");
