@@ -851,11 +851,8 @@ impl Topology {
             .rules
             .evaluate_person_between(state, self.from, self.to);
         let mut view = self.person_view(state, doc, &outcomes);
-        let hash = view_hash(&view);
-        let (old, legacy) = match person_digest(tx, nis.as_str())? {
-            Some((d, legacy)) => (Some(d), legacy),
-            None => (None, false),
-        };
+        let hash = view_hash(&view); // a fresh view: its counters are clear
+        let (old, legacy) = person_digest(tx, nis.as_str())?;
         if old.as_ref().is_some_and(|o| o.hash == hash) {
             return Ok(());
         }
@@ -1100,11 +1097,8 @@ impl Topology {
         let outcomes: Vec<Outcome> = members.into_values().flatten().collect();
         let effects = self.rules.evaluate_family(&state, &outcomes);
         let mut view = family_view(fid, &names, &effects, &outcomes);
-        let hash = view_hash(&view);
-        let (old, legacy) = match family_digest(tx, fid.as_str())? {
-            Some((d, legacy)) => (Some(d), legacy),
-            None => (None, false),
-        };
+        let hash = view_hash(&view); // a fresh view: its counters are clear
+        let (old, legacy) = family_digest(tx, fid.as_str())?;
         if old.as_ref().is_some_and(|o| o.hash == hash) {
             return Ok(());
         }
@@ -1373,69 +1367,56 @@ fn non_compliant(outcomes: &[api::ConditionalityOutcome]) -> Vec<NonCompliant> {
         .collect()
 }
 
-/// 64-bit FNV-1a of a view's encoding without its version and change time: equal views, equal
-/// hashes, across processes and builds (prost encodes fields in tag order).
-fn view_hash<M: prost::Message + Clone + VersionedView>(view: &M) -> u64 {
-    let mut v = view.clone();
-    v.clear_version();
-    v.encode_to_vec()
+/// 64-bit FNV-1a of a view's encoding: equal views, equal hashes, across processes and builds
+/// (prost encodes fields in tag order). The view's counters (`view_version`, `updated_time`)
+/// must be clear: they say how the view got there, not what it is.
+fn view_hash(view: &impl prost::Message) -> u64 {
+    view.encode_to_vec()
         .iter()
         .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
             (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
         })
 }
 
-/// A view's counters, which say how it got there, not what it is.
-trait VersionedView {
-    fn clear_version(&mut self);
+/// The digest at `d/<kind>/<id>`, or one derived from the full view at `v/<kind>/<id>` that a
+/// store written before digests holds (then `true`: the old key is deleted with the next write).
+fn read_digest<D: prost::Message + Default, V: prost::Message + Default>(
+    tx: &Tx<'_>,
+    kind: &str,
+    id: &str,
+    from_view: impl FnOnce(V) -> D,
+) -> Result<(Option<D>, bool), ReconcilerError> {
+    if let Some(d) = tx.get_proto::<D>(&key(&["d", kind, id]))? {
+        return Ok((Some(d), false));
+    }
+    Ok(match tx.get_proto::<V>(&key(&["v", kind, id]))? {
+        Some(v) => (Some(from_view(v)), true),
+        None => (None, false),
+    })
 }
 
-impl VersionedView for api::Person {
-    fn clear_version(&mut self) {
-        self.view_version = 0;
-        self.updated_time = None;
-    }
+fn person_digest(tx: &Tx<'_>, nis: &str) -> Result<(Option<PersonDigest>, bool), ReconcilerError> {
+    read_digest(tx, "p", nis, |mut v: api::Person| {
+        let view_version = std::mem::take(&mut v.view_version);
+        v.updated_time = None;
+        PersonDigest {
+            view_version,
+            hash: view_hash(&v),
+            non_compliant: non_compliant(&v.outcomes),
+            family_id: v.family_id,
+        }
+    })
 }
 
-impl VersionedView for api::Family {
-    fn clear_version(&mut self) {
-        self.view_version = 0;
-        self.updated_time = None;
-    }
-}
-
-/// The person's digest, or one derived from the full view a store written before digests holds
-/// (then `true`: the old key is deleted with the next write).
-fn person_digest(tx: &Tx<'_>, nis: &str) -> Result<Option<(PersonDigest, bool)>, ReconcilerError> {
-    if let Some(d) = tx.get_proto::<PersonDigest>(&key(&["d", "p", nis]))? {
-        return Ok(Some((d, false)));
-    }
-    Ok(tx
-        .get_proto::<api::Person>(&key(&["v", "p", nis]))?
-        .map(|v| {
-            let d = PersonDigest {
-                view_version: v.view_version,
-                hash: view_hash(&v),
-                family_id: v.family_id.clone(),
-                non_compliant: non_compliant(&v.outcomes),
-            };
-            (d, true)
-        }))
-}
-
-fn family_digest(tx: &Tx<'_>, fid: &str) -> Result<Option<(FamilyDigest, bool)>, ReconcilerError> {
-    if let Some(d) = tx.get_proto::<FamilyDigest>(&key(&["d", "f", fid]))? {
-        return Ok(Some((d, false)));
-    }
-    Ok(tx
-        .get_proto::<api::Family>(&key(&["v", "f", fid]))?
-        .map(|v| {
-            let d = FamilyDigest {
-                view_version: v.view_version,
-                hash: view_hash(&v),
-            };
-            (d, true)
-        }))
+fn family_digest(tx: &Tx<'_>, fid: &str) -> Result<(Option<FamilyDigest>, bool), ReconcilerError> {
+    read_digest(tx, "f", fid, |mut v: api::Family| {
+        let view_version = std::mem::take(&mut v.view_version);
+        v.updated_time = None;
+        FamilyDigest {
+            view_version,
+            hash: view_hash(&v),
+        }
+    })
 }
 
 /// A member's outcomes as the family stage needs them: only the non-compliant ones (the only
