@@ -434,8 +434,6 @@ struct Outbox {
     publisher: Publisher,
     out: OutTopics,
     floor: u64,
-    /// Entries left after the last drain (unacknowledged, or of partitions owned elsewhere).
-    pending: usize,
 }
 
 fn outbox_key(seq: u64) -> Vec<u8> {
@@ -458,7 +456,6 @@ impl Outbox {
             publisher,
             out,
             floor: 0,
-            pending: 0,
         }
     }
 
@@ -472,7 +469,6 @@ impl Outbox {
             f => store.scan_prefix_after(OUTBOX, &outbox_key(f - 1), usize::MAX)?,
         };
         let Some(last) = entries.last().and_then(|(k, _)| outbox_seq(k)) else {
-            self.pending = 0;
             metrics::gauge!("ponte_reconciler_outbox_pending").set(0.0);
             return Ok(0);
         };
@@ -512,8 +508,8 @@ impl Outbox {
             .filter_map(|k| outbox_seq(k))
             .min()
             .unwrap_or(last + 1);
-        self.pending = failed.len() + kept.len();
-        metrics::gauge!("ponte_reconciler_outbox_pending").set(self.pending as f64);
+        // Left: unacknowledged, or of partitions owned elsewhere.
+        metrics::gauge!("ponte_reconciler_outbox_pending").set((failed.len() + kept.len()) as f64);
         if remaining > 0 {
             tracing::warn!(
                 remaining,
