@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use ponte_integration_tests::{Stack, eventually, read_topic, wait_ready};
+use ponte_integration_tests::{Stack, eventually, metric, read_topic, wait_ready};
 use ponte_proto::compliance::v1::compliance_service_client::ComplianceServiceClient;
 use ponte_proto::compliance::v1::{
     ComplianceAlert, ComplianceChange, Family, GetFamilyRequest, GetPersonRequest,
@@ -30,6 +30,18 @@ async fn post(stack: &Stack, service: &str, path: &str, body: serde_json::Value)
     let status = resp.status();
     let text = resp.text().await.unwrap();
     assert!(status.is_success(), "{service} {path}: {status} {text}");
+}
+
+/// `ponte_reconciler_parked_records` (kept from the commits, refreshed every second).
+async fn parked_gauge_reaches(admin_port: u16, want: f64) {
+    eventually(
+        &format!("ponte_reconciler_parked_records {want}"),
+        Duration::from_secs(30),
+        || async {
+            (metric(admin_port, "ponte_reconciler_parked_records", &[]).await == want).then_some(())
+        },
+    )
+    .await;
 }
 
 async fn client(stack: &Stack) -> ComplianceServiceClient<tonic::transport::Channel> {
@@ -126,6 +138,8 @@ async fn three_sectors_meet_in_one_view() {
         },
     )
     .await;
+    let admin = stack.admin_port("reconciler");
+    parked_gauge_reaches(admin, 1.0).await;
 
     // The registry: a five-year-old (education band 4–5: 60 %, health: child under 7) and her
     // mother, both in the programme.
@@ -175,6 +189,7 @@ async fn three_sectors_meet_in_one_view() {
         .unwrap()
         .into_inner();
     assert_eq!(parked.total, 0, "released when the profile brought the CNS");
+    parked_gauge_reaches(admin, 0.0).await;
 
     let family = family_where(&stack, |f| !f.effects.is_empty()).await;
     assert_eq!(family.members, vec![CHILD.to_owned(), MOTHER.to_owned()]);

@@ -306,12 +306,45 @@ fn apply_message(
     Ok(())
 }
 
+/// Parked health records per owned partition for `ponte_reconciler_parked_records`: counted
+/// once when a partition is taken, then kept from each commit's writes. (Scanning them every
+/// second instead took 58 % of the reconciler's CPU with 3 M records parked while 10 M people
+/// were loaded at once: docs/benchmarks.md.)
+#[derive(Debug, Default)]
+struct ParkedCount(BTreeMap<i32, i64>);
+
+impl ParkedCount {
+    /// Forgets the partitions no longer owned and counts the newly owned ones (one scan each).
+    fn reassign(&mut self, store: &Store, owned: &BTreeSet<i32>) -> Result<(), ReconcilerError> {
+        self.0.retain(|p, _| owned.contains(p));
+        for &p in owned {
+            if let std::collections::btree_map::Entry::Vacant(e) = self.0.entry(p) {
+                e.insert(crate::topology::count_parked(store, &[p])? as i64);
+            }
+        }
+        Ok(())
+    }
+
+    fn add(&mut self, delta: BTreeMap<i32, i64>) {
+        for (p, d) in delta {
+            if let Some(n) = self.0.get_mut(&p) {
+                *n += d;
+            }
+        }
+    }
+
+    fn total(&self) -> i64 {
+        self.0.values().sum()
+    }
+}
+
 /// Commits the batch: state changes, outbox entries and offsets in one atomic write.
 fn commit(
     store: &Store,
     tx: &mut Tx<'_>,
     offsets: &mut BTreeMap<(String, i32), i64>,
     stats: &mut BatchStats,
+    parked: &mut ParkedCount,
     consumer: &impl rdkafka::consumer::Consumer<ponte_bus::consume::SeekingContext>,
 ) -> Result<(), ReconcilerError> {
     if offsets.is_empty() {
@@ -319,6 +352,7 @@ fn commit(
     }
     let started = Instant::now();
     let (writes, outputs) = tx.take();
+    let parked_delta = crate::topology::parked_delta(store, &writes)?;
     let mut w = store.batch();
     for (k, v) in &writes {
         match v {
@@ -390,6 +424,7 @@ fn commit(
     }
     w.put(OUTBOX_SEQ, &seq.to_be_bytes());
     w.commit()?;
+    parked.add(parked_delta);
     // Pending from the commit on, not from the next gauge refresh: "0 pending and everything
     // consumed is committed" must mean the outputs are out (ponte-bench waits on it).
     metrics::gauge!("ponte_reconciler_outbox_pending").increment((seq - seq_before) as f64);
@@ -750,6 +785,7 @@ fn refresh_gauges(
     assignment: &ponte_bus::consume::Assignment,
     readiness: &Readiness,
     read_model_ready: bool,
+    parked: &ParkedCount,
 ) {
     let owned = assignment.partitions().len();
     metrics::gauge!("ponte_reconciler_assigned_partitions").set(owned as f64);
@@ -766,10 +802,7 @@ fn refresh_gauges(
                 .set(v as f64);
         }
     }
-    let parts: Vec<i32> = assignment.partition_numbers().into_iter().collect();
-    if let Ok(parked) = crate::topology::count_parked(store, &parts) {
-        metrics::gauge!("ponte_reconciler_parked_records").set(parked as f64);
-    }
+    metrics::gauge!("ponte_reconciler_parked_records").set(parked.total() as f64);
     // Outcomes by conditionality and status, summed over municipalities and periods (from the
     // read model, which holds every partition's views).
     if let Ok(rows) = read.scan_prefix(b"i/") {
@@ -990,6 +1023,8 @@ pub async fn run(
     let mut last_gauges = Instant::now() - Duration::from_secs(60);
     let mut generation = assignment.generation();
     let mut owned = assignment.partition_numbers();
+    let mut parked = ParkedCount::default();
+    parked.reassign(&store, &owned)?;
     let mut outbox = Outbox::new(store.clone(), publisher.clone(), out);
     let mut batch_started = Instant::now();
     let result: Result<(), ReconcilerError> = loop {
@@ -999,7 +1034,14 @@ pub async fn run(
             )));
         }
         if last_gauges.elapsed() >= Duration::from_secs(1) {
-            refresh_gauges(&store, &read, &assignment, &readiness, *caught_up.borrow());
+            refresh_gauges(
+                &store,
+                &read,
+                &assignment,
+                &readiness,
+                *caught_up.borrow(),
+                &parked,
+            );
             last_gauges = Instant::now();
         }
         let next = if offsets.is_empty() {
@@ -1030,6 +1072,7 @@ pub async fn run(
             stats = BatchStats::default();
             generation = assignment.generation();
             owned = assignment.partition_numbers();
+            parked.reassign(&store, &owned)?;
             // Outputs left by an earlier run or owner of these partitions go out first.
             if !outbox
                 .drain_all(&owned, (&assignment, generation), &shutdown)
@@ -1046,7 +1089,14 @@ pub async fn run(
                 }
                 apply_message(&topology, &inputs, &mut tx, &mut offsets, &mut stats, &msg)?;
                 if stats.events >= cfg.batch_max {
-                    commit(&store, &mut tx, &mut offsets, &mut stats, &consumer)?;
+                    commit(
+                        &store,
+                        &mut tx,
+                        &mut offsets,
+                        &mut stats,
+                        &mut parked,
+                        &consumer,
+                    )?;
                     outbox
                         .drain_all(&owned, (&assignment, generation), &shutdown)
                         .await?;
@@ -1057,7 +1107,14 @@ pub async fn run(
                 metrics::counter!("ponte_reconciler_consumer_errors_total").increment(1);
             }
             None => {
-                commit(&store, &mut tx, &mut offsets, &mut stats, &consumer)?;
+                commit(
+                    &store,
+                    &mut tx,
+                    &mut offsets,
+                    &mut stats,
+                    &mut parked,
+                    &consumer,
+                )?;
                 outbox
                     .drain_all(&owned, (&assignment, generation), &shutdown)
                     .await?;
@@ -1066,7 +1123,14 @@ pub async fn run(
     };
     if result.is_ok() && assignment.generation() == generation {
         // Whatever was applied in memory is committed with its offsets; nothing is half-written.
-        commit(&store, &mut tx, &mut offsets, &mut stats, &consumer)?;
+        commit(
+            &store,
+            &mut tx,
+            &mut offsets,
+            &mut stats,
+            &mut parked,
+            &consumer,
+        )?;
         let _ = outbox.drain(&owned).await;
     }
     drop(tx);

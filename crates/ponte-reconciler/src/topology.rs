@@ -1137,6 +1137,37 @@ pub fn count_parked(kv: &dyn Kv, partitions: &[i32]) -> Result<usize, Reconciler
     Ok(n)
 }
 
+/// How a batch's `writes` change the number of parked health records per partition, against
+/// the committed state `base` they are about to be written over. Lets the service keep the
+/// count from each commit instead of scanning the parked records ([`count_parked`] is for a
+/// partition just taken): with 10 M people loaded at once, 3 M records were parked and the
+/// scan took most of the reconciler's time.
+pub fn parked_delta(base: &dyn Kv, writes: &Writes) -> Result<BTreeMap<i32, i64>, ReconcilerError> {
+    let mut delta = BTreeMap::new();
+    for (k, v) in writes {
+        let Some(p) = parked_partition(k) else {
+            continue;
+        };
+        let before = i64::from(base.get(k)?.is_some());
+        let after = i64::from(v.is_some());
+        if after != before {
+            *delta.entry(p).or_insert(0) += after - before;
+        }
+    }
+    Ok(delta)
+}
+
+/// The partition of a parked health record's key (the full key, partition prefix included);
+/// `None` for every other key.
+fn parked_partition(full_key: &[u8]) -> Option<i32> {
+    let slash = full_key.iter().position(|&b| b == b'/')?;
+    let (p, rest) = full_key.split_at(slash);
+    if !rest[1..].starts_with(b"k/") || !p.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(p).ok()?.parse().ok()
+}
+
 /// Parked health records of the partitions `partitions`: (identifier, event).
 pub fn read_parked(
     kv: &dyn Kv,
