@@ -107,6 +107,8 @@ pub(crate) struct Setup<'a> {
     /// Once the view is complete (and after `ghz`), restart the reconciler on its state: after
     /// SIGTERM, then after SIGKILL.
     pub(crate) restart: bool,
+    /// Give up when the view is not complete this long after the ingest began.
+    pub(crate) view_timeout: Duration,
 }
 
 /// The processes of a run, started, fed the population and with the view complete; dropping it
@@ -286,7 +288,8 @@ pub(crate) async fn start(s: &Setup<'_>) -> anyhow::Result<Pipeline> {
     let ingest_time = started.elapsed();
 
     let rec_admin = admin["reconciler"];
-    let deadline = Instant::now() + Duration::from_secs(3600);
+    let deadline = started + s.view_timeout;
+    let mut progress = Instant::now();
     let mut quiet_since: Option<(f64, Instant)> = None;
     let (metrics, done) = loop {
         let text = scrape(rec_admin).await?;
@@ -308,9 +311,18 @@ pub(crate) async fn start(s: &Setup<'_>) -> anyhow::Result<Pipeline> {
             (true, _) => quiet_since = Some((consumed, Instant::now())),
             (false, _) => quiet_since = None,
         }
+        if progress.elapsed() >= Duration::from_secs(60) {
+            progress = Instant::now();
+            eprintln!(
+                "[{:>6.0} s] {inputs:.0} of {expected} input records consumed, {consumed:.0} messages in all, outbox {:.0}",
+                started.elapsed().as_secs_f64(),
+                metric(&text, "ponte_reconciler_outbox_pending"),
+            );
+        }
         anyhow::ensure!(
             Instant::now() < deadline,
-            "the view did not catch up in an hour"
+            "the view did not catch up in {} s",
+            s.view_timeout.as_secs()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };

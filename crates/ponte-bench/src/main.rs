@@ -19,7 +19,7 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::path::{Path, PathBuf};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -101,6 +101,10 @@ enum Cmd {
         /// GetPerson answers, state on disk, RSS, what it restored.
         #[arg(long)]
         restart: bool,
+        /// Give up when the view is not complete this many minutes after the ingest began
+        /// (10 M people take hours on 2 cores).
+        #[arg(long, default_value_t = 60)]
+        view_timeout_min: u64,
     },
     /// The view of an end-to-end run under query load: ghz against the reconciler's GetPerson
     /// and ListPersons, and against a trivial tonic service, at full speed and paced.
@@ -229,6 +233,7 @@ async fn main() -> anyhow::Result<()> {
             ghz_concurrency,
             protos,
             restart,
+            view_timeout_min,
         } => {
             let protos = std::fs::canonicalize(&protos)?;
             let ponte = std::fs::canonicalize(&ponte).with_context(|| {
@@ -255,6 +260,7 @@ async fn main() -> anyhow::Result<()> {
                     protos: protos.clone(),
                 }),
                 restart,
+                view_timeout: Duration::from_secs(view_timeout_min * 60),
             })
             .await;
             let wall = started.elapsed().as_secs_f64();
@@ -371,6 +377,7 @@ async fn main() -> anyhow::Result<()> {
                     data: &data,
                     ghz: None,
                     restart: false,
+                    view_timeout: Duration::from_secs(3600),
                 },
                 &args,
             )
