@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options,
-    WriteBatch, WriteBufferManager, WriteOptions,
+    BlockBasedIndexType, BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, Direction,
+    IteratorMode, Options, WriteBatch, WriteBufferManager, WriteOptions,
 };
 
 const CF_STATE: &str = "state";
@@ -96,6 +96,14 @@ fn options(memory: Memory) -> (Options, Options) {
     table.set_bloom_filter(10.0, false);
     table.set_cache_index_and_filter_blocks(true);
     table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+    // Partitioned index and filters: with 10 M people a whole table's filter block (hundreds
+    // of KiB) was evicted from the bounded cache and read back, checksummed and parsed for most
+    // point reads (22 % of the reconciler's CPU). Now a read loads only the 4 KiB partition it
+    // needs; the top levels stay pinned in the cache.
+    table.set_index_type(BlockBasedIndexType::TwoLevelIndexSearch);
+    table.set_partition_filters(true);
+    table.set_metadata_block_size(4096);
+    table.set_pin_top_level_index_and_filter(true);
     let mut db = Options::default();
     db.create_if_missing(true);
     db.create_missing_column_families(true);
