@@ -58,9 +58,8 @@ pub(crate) struct Figures {
     pub(crate) records: u64,
     pub(crate) ingest: Duration,
     pub(crate) to_view: Duration,
-    pub(crate) latency_p50: Option<f64>,
-    pub(crate) latency_p99: Option<f64>,
-    pub(crate) latency_count: f64,
+    /// Ingest-to-view of the whole load.
+    pub(crate) latency: Latency,
     /// CPU seconds (user + system) per process.
     pub(crate) cpu: Vec<(String, f64)>,
     pub(crate) batches: f64,
@@ -70,6 +69,63 @@ pub(crate) struct Figures {
     pub(crate) ghz: Vec<(String, String)>,
     /// Restarts of the reconciler on its state (with `Setup::restart`), in the order run.
     pub(crate) restarts: Vec<Restart>,
+    /// The paced follow-up (with `Setup::paced`).
+    pub(crate) paced: Option<PacedFigures>,
+}
+
+/// A paced follow-up once the bulk load is in the view: a later bimester's attendance of the
+/// first pupils, sent as small CSV requests on a fixed schedule (as a sectoral system pushing
+/// records as they happen). The bulk load measures throughput, and its ingest-to-view latency
+/// is the backlog's; this measures the path under a load the reconciler keeps up with, on the
+/// state the bulk load left. Each request is answered only once its records are on the bus,
+/// and the adapter stamps them with the time the request arrived.
+#[derive(Debug, Clone)]
+pub(crate) struct Paced {
+    /// An education CSV of the same population (header first); its first `records` lines are sent.
+    pub(crate) source: PathBuf,
+    pub(crate) records: u64,
+    /// Records per second.
+    pub(crate) rate: u32,
+    /// Records per request.
+    pub(crate) batch: u32,
+}
+
+/// Figures of the paced follow-up.
+#[derive(Debug)]
+pub(crate) struct PacedFigures {
+    pub(crate) records: u64,
+    pub(crate) rate: u32,
+    pub(crate) batch: u32,
+    /// From the first request until the adapter acknowledged the last record.
+    pub(crate) ingest: Duration,
+    /// Adapter answers (request sent → 200 with every record accepted): p50, p99, slowest.
+    pub(crate) answer: (Duration, Duration, Duration),
+    /// From the first request until the view was complete again.
+    pub(crate) to_view: Duration,
+    /// Ingest-to-view of these records only (the histogram's buckets after minus before).
+    pub(crate) latency: Latency,
+    /// Reconciler CPU seconds spent meanwhile.
+    pub(crate) reconciler_cpu: f64,
+}
+
+/// Quantiles of a Prometheus histogram, by interpolation inside buckets.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Latency {
+    pub(crate) p50: Option<f64>,
+    pub(crate) p90: Option<f64>,
+    pub(crate) p99: Option<f64>,
+    pub(crate) count: f64,
+}
+
+impl Latency {
+    fn of(buckets: &[(f64, f64)]) -> Latency {
+        Latency {
+            p50: quantile(buckets, 0.50),
+            p90: quantile(buckets, 0.90),
+            p99: quantile(buckets, 0.99),
+            count: buckets.last().map(|b| b.1).unwrap_or(0.0),
+        }
+    }
 }
 
 /// A `ghz` load run against the reconciler's gRPC server while the view is complete.
@@ -109,6 +165,8 @@ pub(crate) struct Setup<'a> {
     pub(crate) restart: bool,
     /// Give up when the view is not complete this long after the ingest began.
     pub(crate) view_timeout: Duration,
+    /// Once the view is complete (before `ghz` and the restarts), a paced follow-up.
+    pub(crate) paced: Option<Paced>,
 }
 
 /// The processes of a run, started, fed the population and with the view complete; dropping it
@@ -136,6 +194,9 @@ impl Pipeline {
 /// End to end, then (with `s.ghz`) ghz against the reconciler's complete view.
 pub(crate) async fn run(s: &Setup<'_>) -> anyhow::Result<Figures> {
     let mut pipeline = start(s).await?;
+    if let Some(p) = &s.paced {
+        pipeline.figures.paced = Some(pipeline.paced(s, p).await?);
+    }
     if let Some(g) = &s.ghz {
         pipeline.figures.ghz = load(s, g, &pipeline.grpc)?;
     }
@@ -288,46 +349,15 @@ pub(crate) async fn start(s: &Setup<'_>) -> anyhow::Result<Pipeline> {
     let ingest_time = started.elapsed();
 
     let rec_admin = admin["reconciler"];
-    let deadline = started + s.view_timeout;
-    let mut progress = Instant::now();
-    let mut quiet_since: Option<(f64, Instant)> = None;
-    let (metrics, done) = loop {
-        let text = scrape(rec_admin).await?;
-        let consumed = metric(&text, "ponte_reconciler_events_consumed_total");
-        let inputs = metric_where(&text, "ponte_reconciler_events_consumed_total", |labels| {
-            !labels.contains(".reconciler.")
-        });
-        let settled = inputs >= expected as f64
-            && metric(&text, "ponte_reconciler_batch_events_sum") >= consumed
-            && metric(&text, "ponte_reconciler_outbox_pending") == 0.0;
-        match (settled, quiet_since) {
-            // Nothing consumed for 300 ms after that: the repartition topics are empty too.
-            (true, Some((n, since))) if n == consumed => {
-                if since.elapsed() >= Duration::from_millis(300) {
-                    // The view was complete when it went quiet, not when we noticed.
-                    break (text, since);
-                }
-            }
-            (true, _) => quiet_since = Some((consumed, Instant::now())),
-            (false, _) => quiet_since = None,
-        }
-        if progress.elapsed() >= Duration::from_secs(60) {
-            progress = Instant::now();
-            eprintln!(
-                "[{:>6.0} s] {inputs:.0} of {expected} input records consumed, {consumed:.0} messages in all, outbox {:.0}",
-                started.elapsed().as_secs_f64(),
-                metric(&text, "ponte_reconciler_outbox_pending"),
-            );
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "the view did not catch up in {} s",
-            s.view_timeout.as_secs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let (metrics, done) = wait_settled(
+        rec_admin,
+        expected as f64,
+        started,
+        started + s.view_timeout,
+    )
+    .await?;
     let to_view = done - started;
-    let buckets = histogram(&metrics, "ponte_reconciler_ingest_to_view_seconds");
+    let buckets = histogram(&metrics, LATENCY);
     let cpu = services
         .iter()
         .map(|svc| {
@@ -341,15 +371,14 @@ pub(crate) async fn start(s: &Setup<'_>) -> anyhow::Result<Pipeline> {
         records: expected,
         ingest: ingest_time,
         to_view,
-        latency_p50: quantile(&buckets, 0.50),
-        latency_p99: quantile(&buckets, 0.99),
-        latency_count: buckets.last().map(|b| b.1).unwrap_or(0.0),
+        latency: Latency::of(&buckets),
         cpu,
         batches: metric(&metrics, "ponte_reconciler_batch_events_count"),
         commit_seconds: metric(&metrics, "ponte_reconciler_batch_commit_seconds_sum"),
         state_bytes: metric(&metrics, "ponte_reconciler_state_bytes"),
         ghz: Vec::new(),
         restarts: Vec::new(),
+        paced: None,
     };
     Ok(Pipeline {
         services,
@@ -362,6 +391,198 @@ pub(crate) async fn start(s: &Setup<'_>) -> anyhow::Result<Pipeline> {
 /// The reconciler's state directory in a run's work directory.
 fn reconciler_state_dir(work: &Path) -> PathBuf {
     work.join("reconciler")
+}
+
+/// Polls the reconciler's metrics every 100 ms until it has consumed `inputs` records from the
+/// input topics, committed everything it consumed, published every output and then consumed
+/// nothing for 300 ms (the repartition topics are empty too): the metrics then, and when it
+/// went quiet. A progress line a minute; an error at `deadline`.
+async fn wait_settled(
+    admin: u16,
+    inputs: f64,
+    started: Instant,
+    deadline: Instant,
+) -> anyhow::Result<(String, Instant)> {
+    let mut progress = Instant::now();
+    let mut quiet_since: Option<(f64, Instant)> = None;
+    loop {
+        let text = scrape(admin).await?;
+        let consumed = metric(&text, "ponte_reconciler_events_consumed_total");
+        let consumed_inputs =
+            metric_where(&text, "ponte_reconciler_events_consumed_total", |labels| {
+                !labels.contains(".reconciler.")
+            });
+        let settled = consumed_inputs >= inputs
+            && metric(&text, "ponte_reconciler_batch_events_sum") >= consumed
+            && metric(&text, "ponte_reconciler_outbox_pending") == 0.0;
+        match (settled, quiet_since) {
+            (true, Some((n, since))) if n == consumed => {
+                if since.elapsed() >= Duration::from_millis(300) {
+                    // The view was complete when it went quiet, not when we noticed.
+                    return Ok((text, since));
+                }
+            }
+            (true, _) => quiet_since = Some((consumed, Instant::now())),
+            (false, _) => quiet_since = None,
+        }
+        if progress.elapsed() >= Duration::from_secs(60) {
+            progress = Instant::now();
+            eprintln!(
+                "[{:>6.0} s] {consumed_inputs:.0} of {inputs:.0} input records consumed, {consumed:.0} messages in all, outbox {:.0}",
+                started.elapsed().as_secs_f64(),
+                metric(&text, "ponte_reconciler_outbox_pending"),
+            );
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the view did not catch up in {} s",
+            (deadline - started).as_secs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The header and the first `n` records (lines) of the CSV `src`.
+fn csv_records(src: &Path, n: u64) -> anyhow::Result<(String, Vec<String>)> {
+    use std::io::BufRead as _;
+    let input = std::fs::File::open(src).with_context(|| format!("opening {}", src.display()))?;
+    let mut lines = std::io::BufReader::new(input).lines();
+    let header = lines.next().context("empty CSV")??;
+    let records = lines
+        .take(usize::try_from(n)?)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((header, records))
+}
+
+/// The `q` quantile of `sorted` (nearest rank), zero when empty.
+fn nearest_rank(sorted: &[Duration], q: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+/// Bucket by bucket, `after` minus `before` (cumulative counts of the same histogram, scraped
+/// twice): the distribution of what was observed in between.
+fn buckets_between(before: &[(f64, f64)], after: &[(f64, f64)]) -> Vec<(f64, f64)> {
+    after
+        .iter()
+        .map(|&(le, n)| {
+            let earlier = before
+                .iter()
+                .find(|b| b.0 == le)
+                .map(|b| b.1)
+                .unwrap_or(0.0);
+            (le, n - earlier)
+        })
+        .collect()
+}
+
+const LATENCY: &str = "ponte_reconciler_ingest_to_view_seconds";
+
+impl Pipeline {
+    /// Sends `p`'s records to the education adapter, `p.batch` per request at `p.rate` records
+    /// per second on a fixed schedule (a slow answer does not delay the next request), and
+    /// waits until the view is complete again; the latency of those records alone.
+    async fn paced(&mut self, s: &Setup<'_>, p: &Paced) -> anyhow::Result<PacedFigures> {
+        anyhow::ensure!(
+            p.rate > 0 && p.batch > 0,
+            "paced rate and batch must be positive"
+        );
+        let (header, lines) = csv_records(&p.source, p.records)?;
+        let records = lines.len() as u64;
+        let bodies: Vec<String> = lines
+            .chunks(p.batch as usize)
+            .map(|chunk| {
+                let mut body = header.clone();
+                for l in chunk {
+                    body.push('\n');
+                    body.push_str(l);
+                }
+                body.push('\n');
+                body
+            })
+            .collect();
+        let admin = self
+            .services
+            .iter()
+            .find(|x| x.name == "reconciler")
+            .context("no reconciler process")?
+            .admin;
+        let url = format!(
+            "http://{}/v1/attendance",
+            self.env
+                .get("PONTE__EDUCATION_ADAPTER__LISTEN")
+                .context("no education adapter address")?
+        );
+        let before = scrape(admin).await?;
+        let inputs_before = metric_where(
+            &before,
+            "ponte_reconciler_events_consumed_total",
+            |labels| !labels.contains(".reconciler."),
+        );
+        let pid = self.pid("reconciler").context("no reconciler process")?;
+        let cpu_before = cpu_seconds(pid).unwrap_or(f64::NAN);
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()?;
+        let period = Duration::from_secs_f64(f64::from(p.batch) / f64::from(p.rate));
+        let started = Instant::now();
+        let mut sends = tokio::task::JoinSet::new();
+        for (i, body) in bodies.into_iter().enumerate() {
+            tokio::time::sleep_until((started + period * i as u32).into()).await;
+            let (client, url) = (client.clone(), url.clone());
+            let n = body.lines().count() - 1;
+            sends.spawn(async move {
+                let sent = Instant::now();
+                let answer = client
+                    .post(&url)
+                    .header("content-type", "text/csv")
+                    .body(body)
+                    .send()
+                    .await?;
+                let status = answer.status();
+                let text = answer.text().await?;
+                let accepted = serde_json::from_str::<serde_json::Value>(&text)
+                    .ok()
+                    .and_then(|v| v.get("accepted").and_then(serde_json::Value::as_u64));
+                anyhow::ensure!(
+                    status.is_success() && accepted == Some(n as u64),
+                    "paced request {i}: {status} {text}"
+                );
+                Ok::<_, anyhow::Error>(sent.elapsed())
+            });
+        }
+        let mut answers = Vec::new();
+        while let Some(joined) = sends.join_next().await {
+            answers.push(joined??);
+        }
+        let ingest = started.elapsed();
+        answers.sort();
+        let (after, done) = wait_settled(
+            admin,
+            inputs_before + records as f64,
+            started,
+            started + s.view_timeout,
+        )
+        .await?;
+        let between = buckets_between(&histogram(&before, LATENCY), &histogram(&after, LATENCY));
+        Ok(PacedFigures {
+            records,
+            rate: p.rate,
+            batch: p.batch,
+            ingest,
+            answer: (
+                nearest_rank(&answers, 0.5),
+                nearest_rank(&answers, 0.99),
+                answers.last().copied().unwrap_or_default(),
+            ),
+            to_view: done - started,
+            latency: Latency::of(&between),
+            reconciler_cpu: cpu_seconds(pid).unwrap_or(f64::NAN) - cpu_before,
+        })
+    }
 }
 
 /// How the reconciler is stopped before it is started again on its state.
@@ -870,6 +1091,49 @@ mod tests {
         let p75 = quantile(&b, 0.75).unwrap_or(f64::NAN);
         assert!((p75 - 0.15).abs() < 1e-9, "{p75}");
         assert_eq!(quantile(&[(f64::INFINITY, 0.0)], 0.5), None);
+    }
+
+    #[test]
+    fn latency_between_two_scrapes_counts_only_what_came_in_between() {
+        let before = [(0.1, 10.0), (1.0, 20.0), (f64::INFINITY, 30.0)];
+        let after = [(0.1, 10.0), (1.0, 120.0), (f64::INFINITY, 130.0)];
+        let between = buckets_between(&before, &after);
+        assert_eq!(
+            between,
+            vec![(0.1, 0.0), (1.0, 100.0), (f64::INFINITY, 100.0)]
+        );
+        // All 100 new observations lie in (0.1, 1.0]: the median is inside that bucket, though
+        // the cumulative histogram's median (60 of 130) would be too.
+        let l = Latency::of(&between);
+        assert_eq!(l.count, 100.0);
+        let p50 = l.p50.unwrap_or(f64::NAN);
+        assert!((p50 - 0.55).abs() < 1e-9, "{p50}");
+        // A bucket the first scrape did not have yet counts from zero.
+        assert_eq!(buckets_between(&[], &after), after.to_vec());
+    }
+
+    #[test]
+    fn csv_records_are_the_header_and_the_first_lines() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let src = dir.path().join("in.csv");
+        std::fs::write(&src, "h1,h2\na,1\nb,2\nc,3\n")?;
+        let (header, lines) = csv_records(&src, 2)?;
+        assert_eq!(header, "h1,h2");
+        assert_eq!(lines, vec!["a,1", "b,2"]);
+        // Asking for more than there is gives everything.
+        assert_eq!(csv_records(&src, 10)?.1.len(), 3);
+        Ok(())
+    }
+
+    #[test]
+    fn nearest_rank_quantiles() {
+        let ms = |v: u64| Duration::from_millis(v);
+        let sorted: Vec<Duration> = (1..=100).map(ms).collect();
+        assert_eq!(nearest_rank(&sorted, 0.5), ms(50));
+        assert_eq!(nearest_rank(&sorted, 0.99), ms(99));
+        assert_eq!(nearest_rank(&sorted, 1.0), ms(100));
+        assert_eq!(nearest_rank(&[ms(7)], 0.5), ms(7));
+        assert_eq!(nearest_rank(&[], 0.5), Duration::ZERO);
     }
 
     #[test]

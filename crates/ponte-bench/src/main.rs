@@ -41,7 +41,7 @@ struct Cli {
     command: Cmd,
 }
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 struct DataArgs {
     /// About this many people in the simulated population.
     #[arg(long, global = true, default_value_t = 100_000)]
@@ -105,6 +105,17 @@ enum Cmd {
         /// (10 M people take hours on 2 cores).
         #[arg(long, default_value_t = 60)]
         view_timeout_min: u64,
+        /// Once the view is complete, send the next bimester's attendance of the first pupils
+        /// at this many records per second, in small requests on a fixed schedule, and measure
+        /// their ingest-to-view latency alone (0 = no paced follow-up).
+        #[arg(long, default_value_t = 0)]
+        paced_rate: u32,
+        /// How long the paced follow-up sends (records = rate × seconds).
+        #[arg(long, default_value_t = 60)]
+        paced_seconds: u32,
+        /// Records per request of the paced follow-up.
+        #[arg(long, default_value_t = 10)]
+        paced_batch: u32,
     },
     /// The view of an end-to-end run under query load: ghz against the reconciler's GetPerson
     /// and ListPersons, and against a trivial tonic service, at full speed and paced.
@@ -234,7 +245,21 @@ async fn main() -> anyhow::Result<()> {
             protos,
             restart,
             view_timeout_min,
+            paced_rate,
+            paced_seconds,
+            paced_batch,
         } => {
+            let paced = if paced_rate > 0 {
+                let (bimester, dir) = follow_up(&cli.data, &work)?;
+                Some(e2e::Paced {
+                    source: dir.join(format!("education-{bimester}.csv")),
+                    records: u64::from(paced_rate) * u64::from(paced_seconds),
+                    rate: paced_rate,
+                    batch: paced_batch,
+                })
+            } else {
+                None
+            };
             let protos = std::fs::canonicalize(&protos)?;
             let ponte = std::fs::canonicalize(&ponte).with_context(|| {
                 format!(
@@ -261,6 +286,7 @@ async fn main() -> anyhow::Result<()> {
                 }),
                 restart,
                 view_timeout: Duration::from_secs(view_timeout_min * 60),
+                paced,
             })
             .await;
             let wall = started.elapsed().as_secs_f64();
@@ -289,15 +315,7 @@ async fn main() -> anyhow::Result<()> {
             );
             println!("in the view        {:.1} s", f.to_view.as_secs_f64());
             println!("throughput         {e2e_rate:.0} records/s end to end");
-            match (f.latency_p50, f.latency_p99) {
-                (Some(p50), Some(p99)) => println!(
-                    "ingest → view      p50 {}, p99 {} ({} events, histogram interpolation)",
-                    seconds(p50),
-                    seconds(p99),
-                    f.latency_count
-                ),
-                _ => println!("ingest → view      no latency samples"),
-            }
+            print_latency(&f.latency);
             println!(
                 "reconciler         {} batches, {:.0} events/batch, commit {:.2} s in all, state {:.1} MiB",
                 f.batches,
@@ -309,6 +327,9 @@ async fn main() -> anyhow::Result<()> {
                 println!("cpu                {name:<20} {cpu:.1} s");
             }
             machine_load_end(load, wall);
+            if let Some(p) = &f.paced {
+                print_paced(p);
+            }
             for (call, text) in &f.ghz {
                 println!("== ghz {call}");
                 print!("{text}");
@@ -378,6 +399,7 @@ async fn main() -> anyhow::Result<()> {
                     ghz: None,
                     restart: false,
                     view_timeout: Duration::from_secs(3600),
+                    paced: None,
                 },
                 &args,
             )
@@ -402,6 +424,49 @@ fn seconds(s: f64) -> String {
     } else {
         "> 60 s (above the largest bucket)".to_owned()
     }
+}
+
+fn print_latency(l: &e2e::Latency) {
+    match (l.p50, l.p90, l.p99) {
+        (Some(p50), Some(p90), Some(p99)) => println!(
+            "ingest → view      p50 {}, p90 {}, p99 {} ({} events, histogram interpolation)",
+            seconds(p50),
+            seconds(p90),
+            seconds(p99),
+            l.count
+        ),
+        _ => println!("ingest → view      no latency samples"),
+    }
+}
+
+fn print_paced(p: &e2e::PacedFigures) {
+    println!(
+        "== paced follow-up (the next bimester's attendance of the first pupils, {} records/s in requests of {}, on the state of the run above)",
+        p.rate, p.batch
+    );
+    println!(
+        "sent               {} records in {:.1} s ({:.0} records/s acknowledged by the adapter)",
+        p.records,
+        p.ingest.as_secs_f64(),
+        p.records as f64 / p.ingest.as_secs_f64().max(1e-9)
+    );
+    println!(
+        "adapter answers    p50 {:.1} ms, p99 {:.1} ms, slowest {:.1} ms (records on the bus)",
+        p.answer.0.as_secs_f64() * 1e3,
+        p.answer.1.as_secs_f64() * 1e3,
+        p.answer.2.as_secs_f64() * 1e3
+    );
+    println!(
+        "in the view        {:.1} s after the first was sent ({:.2} s after the last was acknowledged)",
+        p.to_view.as_secs_f64(),
+        p.to_view.saturating_sub(p.ingest).as_secs_f64()
+    );
+    print_latency(&p.latency);
+    println!(
+        "reconciler cpu     {:.1} s meanwhile ({:.0} µs per record, repartition and read model included)",
+        p.reconciler_cpu,
+        p.reconciler_cpu * 1e6 / p.records.max(1) as f64
+    );
 }
 
 /// Bytes as MiB, or `?` when they could not be read.
@@ -528,6 +593,26 @@ fn encoded(data: &Path, now: SystemTime) -> anyhow::Result<Vec<(String, Vec<u8>)
         Ok(())
     })?;
     Ok(out)
+}
+
+/// The population of `args` with only the bimester after its last one (no health semester):
+/// the same people (a family is a function of the seed and its index), their next attendance.
+fn follow_up(args: &DataArgs, work: &Path) -> anyhow::Result<(Bimester, PathBuf)> {
+    let last = args
+        .bimesters
+        .iter()
+        .map(|s| Bimester::parse(s).with_context(|| format!("bimester {s:?}")))
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .max()
+        .context("no bimester to follow")?;
+    let next = last.next()?;
+    let follow = DataArgs {
+        bimesters: vec![next.to_string()],
+        semesters: Vec::new(),
+        ..args.clone()
+    };
+    Ok((next, simulate(&follow, work)?))
 }
 
 /// Writes (or reuses) the population's files under `work`.
