@@ -1095,19 +1095,21 @@ mod tests {
 
     #[test]
     fn latency_between_two_scrapes_counts_only_what_came_in_between() {
-        let before = [(0.1, 10.0), (1.0, 20.0), (f64::INFINITY, 30.0)];
-        let after = [(0.1, 10.0), (1.0, 120.0), (f64::INFINITY, 130.0)];
+        // A bulk load left 1 000 observations beyond the largest bound (the backlog); then 100
+        // paced records took between 0.1 and 1 s.
+        let before = [(0.1, 0.0), (1.0, 0.0), (f64::INFINITY, 1000.0)];
+        let after = [(0.1, 0.0), (1.0, 100.0), (f64::INFINITY, 1100.0)];
         let between = buckets_between(&before, &after);
         assert_eq!(
             between,
             vec![(0.1, 0.0), (1.0, 100.0), (f64::INFINITY, 100.0)]
         );
-        // All 100 new observations lie in (0.1, 1.0]: the median is inside that bucket, though
-        // the cumulative histogram's median (60 of 130) would be too.
         let l = Latency::of(&between);
         assert_eq!(l.count, 100.0);
         let p50 = l.p50.unwrap_or(f64::NAN);
         assert!((p50 - 0.55).abs() < 1e-9, "{p50}");
+        // The whole histogram would still say "above the largest bound".
+        assert_eq!(Latency::of(&after).p50, Some(f64::INFINITY));
         // A bucket the first scrape did not have yet counts from zero.
         assert_eq!(buckets_between(&[], &after), after.to_vec());
     }

@@ -125,7 +125,8 @@ enum Cmd {
         /// The `ponte` binary to run (build it with --release).
         #[arg(long, default_value = "target/release/ponte")]
         ponte: PathBuf,
-        /// The `ghz` binary (deploy/local/setup.sh builds it into .cache/go-bin/).
+        /// The `ghz` binary (`GOBIN=$PWD/.cache/go-bin go install
+        /// github.com/bojand/ghz/cmd/ghz@v0.120.0`; docs/benchmarks.md).
         #[arg(long, default_value = ".cache/go-bin/ghz")]
         ghz: PathBuf,
         /// The repository's proto directory (ghz needs the .proto files).
@@ -371,8 +372,12 @@ async fn main() -> anyhow::Result<()> {
                     ponte.display()
                 )
             })?;
-            let ghz = std::fs::canonicalize(&ghz)
-                .with_context(|| format!("{} (deploy/local/setup.sh builds it)", ghz.display()))?;
+            let ghz = std::fs::canonicalize(&ghz).with_context(|| {
+                format!(
+                    "{} (go install github.com/bojand/ghz/cmd/ghz@v0.120.0, docs/benchmarks.md)",
+                    ghz.display()
+                )
+            })?;
             let args = queries::Args {
                 ghz,
                 protos: std::fs::canonicalize(&protos)?,
