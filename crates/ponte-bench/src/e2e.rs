@@ -408,10 +408,7 @@ async fn wait_settled(
     loop {
         let text = scrape(admin).await?;
         let consumed = metric(&text, "ponte_reconciler_events_consumed_total");
-        let consumed_inputs =
-            metric_where(&text, "ponte_reconciler_events_consumed_total", |labels| {
-                !labels.contains(".reconciler.")
-            });
+        let consumed_inputs = inputs_consumed(&text);
         let settled = consumed_inputs >= inputs
             && metric(&text, "ponte_reconciler_batch_events_sum") >= consumed
             && metric(&text, "ponte_reconciler_outbox_pending") == 0.0;
@@ -440,6 +437,16 @@ async fn wait_settled(
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Records the reconciler consumed from the input topics (not its own repartition topics,
+/// `<prefix>reconciler.<group>.…`).
+fn inputs_consumed(metrics: &str) -> f64 {
+    metric_where(
+        metrics,
+        "ponte_reconciler_events_consumed_total",
+        |labels| !labels.contains(".reconciler."),
+    )
 }
 
 /// The header and the first `n` records (lines) of the CSV `src`.
@@ -517,11 +524,7 @@ impl Pipeline {
                 .context("no education adapter address")?
         );
         let before = scrape(admin).await?;
-        let inputs_before = metric_where(
-            &before,
-            "ponte_reconciler_events_consumed_total",
-            |labels| !labels.contains(".reconciler."),
-        );
+        let inputs_before = inputs_consumed(&before);
         let pid = self.pid("reconciler").context("no reconciler process")?;
         let cpu_before = cpu_seconds(pid).unwrap_or(f64::NAN);
         let client = reqwest::Client::builder()
