@@ -251,6 +251,8 @@ async fn main() -> anyhow::Result<()> {
             paced_batch,
         } => {
             let paced = if paced_rate > 0 {
+                // Checked now, not after a bulk load that may take hours.
+                anyhow::ensure!(paced_batch > 0, "--paced-batch must be at least 1");
                 let (bimester, dir) = follow_up(&cli.data, &work)?;
                 Some(e2e::Paced {
                     source: dir.join(format!("education-{bimester}.csv")),
