@@ -511,12 +511,12 @@ impl Pipeline {
                 body
             })
             .collect();
-        let admin = self
+        let reconciler = self
             .services
             .iter()
             .find(|x| x.name == "reconciler")
-            .context("no reconciler process")?
-            .admin;
+            .context("no reconciler process")?;
+        let (admin, pid) = (reconciler.admin, reconciler.child.id());
         let url = format!(
             "http://{}/v1/attendance",
             self.env
@@ -525,7 +525,6 @@ impl Pipeline {
         );
         let before = scrape(admin).await?;
         let inputs_before = inputs_consumed(&before);
-        let pid = self.pid("reconciler").context("no reconciler process")?;
         let cpu_before = cpu_seconds(pid).unwrap_or(f64::NAN);
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(60))

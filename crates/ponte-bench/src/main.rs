@@ -605,11 +605,7 @@ fn encoded(data: &Path, now: SystemTime) -> anyhow::Result<Vec<(String, Vec<u8>)
 /// The population of `args` with only the bimester after its last one (no health semester):
 /// the same people (a family is a function of the seed and its index), their next attendance.
 fn follow_up(args: &DataArgs, work: &Path) -> anyhow::Result<(Bimester, PathBuf)> {
-    let last = args
-        .bimesters
-        .iter()
-        .map(|s| Bimester::parse(s).with_context(|| format!("bimester {s:?}")))
-        .collect::<Result<Vec<_>, _>>()?
+    let last = bimesters(args)?
         .into_iter()
         .max()
         .context("no bimester to follow")?;
@@ -622,13 +618,17 @@ fn follow_up(args: &DataArgs, work: &Path) -> anyhow::Result<(Bimester, PathBuf)
     Ok((next, simulate(&follow, work)?))
 }
 
-/// Writes (or reuses) the population's files under `work`.
-fn simulate(args: &DataArgs, work: &Path) -> anyhow::Result<PathBuf> {
-    let bimesters = args
-        .bimesters
+/// The bimesters `args` names.
+fn bimesters(args: &DataArgs) -> anyhow::Result<Vec<Bimester>> {
+    args.bimesters
         .iter()
         .map(|s| Bimester::parse(s).with_context(|| format!("bimester {s:?}")))
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect()
+}
+
+/// Writes (or reuses) the population's files under `work`.
+fn simulate(args: &DataArgs, work: &Path) -> anyhow::Result<PathBuf> {
+    let bimesters = bimesters(args)?;
     let semesters = args
         .semesters
         .iter()
