@@ -15,7 +15,18 @@
 //! Other resources, and observations or encounters with other codes, are ignored (listed in the
 //! answer, not dead-lettered): they are not errors, just not Ponte's business. This module never
 //! resolves a CNS or CPF to a NIS and never corrects a value.
-use std::collections::HashMap;
+//!
+//! Documents (`Bundle.type` `document`, as RNDS sends its "Registro de Imunobiológico
+//! Administrado") are read through the same paths. FHIR makes the first entry the `Composition`
+//! (bdl-11); its `subject` says whom the document is about, so an entry its sections list that
+//! names no patient of its own takes that subject, and one that names a different patient is
+//! rejected rather than guessed at. Entries the sections do not list are read as in a
+//! collection: with their own patient or not at all. An entry without `id` or business
+//! identifier (RNDS forbids `Immunization.identifier` and reuses `urn:uuid:transient-N` full
+//! URLs in every document) is known by the document's `Bundle.identifier` plus its `fullUrl`,
+//! and versioned by `Bundle.timestamp` when it has no `meta`, so a re-sent document is a no-op
+//! and two documents never collide on one record.
+use std::collections::{HashMap, HashSet};
 use std::time::SystemTime;
 
 use ponte_domain::period::{Date, Semester};
@@ -34,8 +45,8 @@ const SNOMED: &str = "http://snomed.info/sct";
 const UCUM: &str = "http://unitsofmeasure.org";
 const BR_IMUNOBIOLOGICO: &str = "http://www.saude.gov.br/fhir/r4/CodeSystem/BRImunobiologico";
 
-/// Where a bundle comes from: pushed bundles are `batch`, `transaction` or `collection`; pull
-/// mode reads `searchset` pages.
+/// Where a bundle comes from: pushed bundles are `batch`, `transaction`, `collection` or
+/// `document`; pull mode reads `searchset` pages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BundleSource {
     Push,
@@ -47,7 +58,8 @@ pub enum BundleSource {
 pub enum EntryOutcome {
     /// A clinical resource mapped to a record.
     Record(Box<ValidRecord>),
-    /// A `Patient` that gives identity to the bundle's clinical resources.
+    /// A `Patient` that gives identity to the bundle's clinical resources, or a document's
+    /// `Composition` whose subject its listed entries take.
     Identity(Subject),
     /// Not used by Ponte (another resource type, another observation code); the reason says
     /// which.
@@ -92,6 +104,12 @@ struct RawBundle<'a> {
     entry: Option<Vec<&'a RawValue>>,
     #[serde(default)]
     link: Option<Vec<Value>>,
+    /// A document's identity (FHIR bdl-9).
+    #[serde(default)]
+    identifier: Option<Value>,
+    /// When a document was assembled (FHIR bdl-10).
+    #[serde(default)]
+    timestamp: Option<Value>,
 }
 
 fn str_at<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
@@ -143,7 +161,7 @@ pub fn parse_bundle(
     }
     let bundle_type = raw.kind.unwrap_or_default();
     let allowed: &[&str] = match source {
-        BundleSource::Push => &["batch", "transaction", "collection"],
+        BundleSource::Push => &["batch", "transaction", "collection", "document"],
         BundleSource::Search => &["searchset"],
     };
     if !allowed.contains(&bundle_type.as_str()) {
@@ -198,11 +216,27 @@ pub fn parse_bundle(
         identities.insert(i, identity);
     }
 
-    let ctx = Ctx {
+    let plain = Ctx {
         cfg,
         source_system,
         now,
         patients: &patients,
+        document: None,
+    };
+    let (document, mut composition_outcome) = if bundle_type == "document" {
+        let (d, o) = read_document(
+            &entries,
+            raw.identifier.as_ref(),
+            raw.timestamp.as_ref(),
+            &plain,
+        )?;
+        (Some(d), Some(o))
+    } else {
+        (None, None)
+    };
+    let ctx = Ctx {
+        document: document.as_ref(),
+        ..plain
     };
     let results = entries
         .iter()
@@ -254,7 +288,10 @@ pub fn parse_bundle(
             let outcome = match identities.remove(&index) {
                 Some(Ok(subject)) => EntryOutcome::Identity(subject),
                 Some(Err(e)) => EntryOutcome::Rejected(e),
-                None => ctx.entry(entry),
+                None => match composition_outcome.take_if(|_| index == 0) {
+                    Some(o) => o,
+                    None => ctx.entry(index, entry),
+                },
             };
             EntryResult {
                 index,
@@ -284,6 +321,148 @@ fn type_and_id(reference: &str) -> Option<String> {
     let rtype = parts.next()?;
     (!id.is_empty() && rtype.chars().next().is_some_and(|c| c.is_ascii_uppercase()))
         .then(|| format!("{rtype}/{id}"))
+}
+
+/// What a document bundle contributes beyond its entries: its Composition's subject, which
+/// entries its sections list, and its own identity and time.
+struct Document {
+    /// `Bundle.identifier` as `system|value`, when both are given.
+    identifier: Option<String>,
+    /// `Bundle.timestamp`.
+    timestamp: Option<SystemTime>,
+    /// The Composition's subject, or why it cannot be used.
+    subject: Result<Subject, String>,
+    /// Indices of the entries the Composition's sections list.
+    listed: HashSet<usize>,
+}
+
+type RawEntries<'a> = [(&'a RawValue, Result<Value, String>)];
+
+/// Reads a document's Composition (its first entry) and resolves its sections' references.
+/// `Err` when there is no Composition first: FHIR makes that the document (bdl-11), and without
+/// it nothing says whom the entries are about or which belong together. Otherwise the
+/// Composition's own outcome: the identity it gives, or why it is rejected (its subject is
+/// unusable, or a section lists a resource the document does not carry).
+fn read_document(
+    entries: &RawEntries<'_>,
+    identifier: Option<&Value>,
+    timestamp: Option<&Value>,
+    ctx: &Ctx<'_>,
+) -> Result<(Document, EntryOutcome), RecordError> {
+    let first = entries.first().and_then(|(_, e)| e.as_ref().ok());
+    let first_res = first.and_then(|e| e.get("resource"));
+    let Some(composition) = first_res.filter(|r| str_at(r, "resourceType") == Some("Composition"))
+    else {
+        let found = match (
+            entries.is_empty(),
+            first_res.and_then(|r| str_at(r, "resourceType")),
+        ) {
+            (true, _) => "here it has no entries".to_owned(),
+            (false, Some(t)) => format!("here the first entry is {t}"),
+            (false, None) => "here the first entry carries no resource".to_owned(),
+        };
+        return Err(RecordError::malformed(
+            "Bundle.entry[0]",
+            format!(
+                "a document must start with its Composition, which says whom the document is about and lists its content (FHIR bdl-11); {found}"
+            ),
+        ));
+    };
+    let timestamp = match timestamp {
+        None | Some(Value::Null) => None,
+        Some(t) => Some(t.as_str().and_then(parse_instant).ok_or_else(|| {
+            RecordError::new(
+                "Bundle.timestamp",
+                "invalid_value",
+                format!("{t} is not a FHIR instant"),
+            )
+        })?),
+    };
+    let identifier = identifier.and_then(|i| match (str_at(i, "system"), str_at(i, "value")) {
+        (Some(s), Some(v)) if !s.is_empty() && !v.is_empty() => Some(format!("{s}|{v}")),
+        _ => None,
+    });
+
+    // Every entry by what a reference to it may say: its fullUrl, or Type/id.
+    let mut by_ref: HashMap<String, usize> = HashMap::new();
+    for (i, (_, e)) in entries.iter().enumerate() {
+        let Ok(e) = e else { continue };
+        if let Some(full) = str_at(e, "fullUrl") {
+            by_ref.entry(full.to_owned()).or_insert(i);
+            if let Some(tail) = type_and_id(full) {
+                by_ref.entry(tail).or_insert(i);
+            }
+        }
+        if let Some(res) = e.get("resource")
+            && let (Some(t), Some(id)) = (str_at(res, "resourceType"), str_at(res, "id"))
+        {
+            by_ref.entry(format!("{t}/{id}")).or_insert(i);
+        }
+    }
+    let mut refs = Vec::new();
+    section_refs(composition, "Composition", &mut refs);
+    let mut listed = HashSet::new();
+    let mut unresolved: Vec<(String, String)> = Vec::new();
+    for (path, reference) in refs {
+        let found = reference.and_then(|r| {
+            by_ref
+                .get(r)
+                .or_else(|| type_and_id(r).and_then(|k| by_ref.get(&k)))
+        });
+        match found {
+            Some(&i) => {
+                listed.insert(i);
+            }
+            None => unresolved.push((
+                path,
+                reference.map_or_else(|| "(no reference)".to_owned(), str::to_owned),
+            )),
+        }
+    }
+    // The Composition gives identity as a Patient entry does: whom its listed entries are about.
+    let subject = ctx.subject(composition, "subject");
+    let outcome = match (&subject, unresolved.first()) {
+        (Err(e), _) => EntryOutcome::Rejected(e.clone()),
+        (Ok(_), Some((path, _))) => {
+            let all: Vec<&str> = unresolved.iter().map(|(_, r)| r.as_str()).collect();
+            EntryOutcome::Rejected(RecordError::new(
+                path,
+                "unresolved_reference",
+                format!(
+                    "{} listed in the sections but not an entry of this document: a document carries every resource its sections list, referred to by the entry's fullUrl or Type/id (the entries it does carry are still read)",
+                    all.join(", ")
+                ),
+            ))
+        }
+        (Ok(s), None) => EntryOutcome::Identity(s.clone()),
+    };
+    let document = Document {
+        identifier,
+        timestamp,
+        subject: subject.map_err(|e| format!("{}: {}", e.field, e.reason)),
+        listed,
+    };
+    Ok((document, outcome))
+}
+
+/// Every `entry` reference of a Composition's sections, nested sections included, with the
+/// FHIRPath of the section entry (`Composition.section[0].entry[1]`).
+fn section_refs<'a>(node: &'a Value, path: &str, out: &mut Vec<(String, Option<&'a str>)>) {
+    for (i, section) in array_at(node, "section").iter().enumerate() {
+        let here = format!("{path}.section[{i}]");
+        for (j, e) in array_at(section, "entry").iter().enumerate() {
+            out.push((format!("{here}.entry[{j}]"), str_at(e, "reference")));
+        }
+        section_refs(section, &here, out);
+    }
+}
+
+/// `CNS …2018`: the kind and the last four digits, enough to tell two identifiers apart in an
+/// answer without repeating them whole.
+fn describe(s: &Subject) -> String {
+    let key = s.key();
+    let tail = key.get(key.len().saturating_sub(4)..).unwrap_or(key);
+    format!("{} …{tail}", s.kind().to_uppercase())
 }
 
 /// The identity a `Patient` gives: its best identifier in a configured system (CNS, then CPF,
@@ -368,6 +547,8 @@ struct Ctx<'a> {
     source_system: &'a str,
     now: SystemTime,
     patients: &'a HashMap<String, (usize, Result<Subject, String>)>,
+    /// Set when the bundle is a document.
+    document: Option<&'a Document>,
 }
 
 /// What a clinical resource says, before the common envelope is built.
@@ -377,17 +558,14 @@ struct Facts {
 }
 
 impl Ctx<'_> {
-    fn entry(&self, entry: &Value) -> EntryOutcome {
+    fn entry(&self, index: usize, entry: &Value) -> EntryOutcome {
         if let Some(method) = entry.get("request").and_then(|r| str_at(r, "method"))
-            && method != "POST"
-            && method != "PUT"
+            && let Some(reason) = refused_method(method)
         {
             return EntryOutcome::Rejected(RecordError::new(
                 "Bundle.entry.request.method",
                 "unsupported",
-                format!(
-                    "{method} entries are not accepted; to withdraw a record send the resource with status entered-in-error"
-                ),
+                reason,
             ));
         }
         let Some(res) = entry.get("resource").filter(|r| r.is_object()) else {
@@ -411,6 +589,7 @@ impl Ctx<'_> {
         match mapped {
             Ok(Some((facts, retraction, subject_field, date, date_field))) => {
                 match self.finish(
+                    index,
                     entry,
                     res,
                     rtype,
@@ -431,15 +610,27 @@ impl Ctx<'_> {
 
     /// The subject of a clinical resource: a reference to a patient of the bundle, or a logical
     /// reference carrying the identifier itself.
-    fn subject(&self, res: &Value, field: &str) -> Result<Subject, RecordError> {
-        let Some(r) = res.get(field).filter(|r| r.is_object()) else {
+    fn subject(&self, res: &Value, key: &str) -> Result<Subject, RecordError> {
+        let rtype = str_at(res, "resourceType").unwrap_or("");
+        let field = format!("{rtype}.{key}");
+        let Some(r) = res.get(key).filter(|r| r.is_object()) else {
             return Err(RecordError::malformed(
-                field,
+                &field,
                 "missing: the patient is needed",
             ));
         };
-        let rtype = str_at(res, "resourceType").unwrap_or("");
-        let field = format!("{rtype}.{field}");
+        if r.get("identifier").is_none()
+            && r.get("reference").is_none()
+            && array_at(r, "extension")
+                .iter()
+                .any(|e| str_at(e, "url").is_some_and(|u| u.contains("BRIndividuoNaoIdentificado")))
+        {
+            return Err(RecordError::new(
+                &field,
+                "invalid_identifier",
+                "the person is recorded as unidentified (BRIndividuoNaoIdentificado): Ponte keeps a record only under a CNS, CPF or NIS",
+            ));
+        }
         if let Some(ident) = r.get("identifier") {
             return match classify(ident, self.cfg) {
                 Classified::Subject(s) => Ok(s),
@@ -501,12 +692,28 @@ impl Ctx<'_> {
                 ));
             }
         };
-        let date_str = str_at(res, "occurrenceDateTime").ok_or_else(|| {
-            RecordError::malformed(
-                "Immunization.occurrenceDateTime",
-                "missing: the date the dose was given places the record in a semester",
-            )
-        })?;
+        let date_str = match (
+            str_at(res, "occurrenceDateTime"),
+            str_at(res, "occurrenceString"),
+        ) {
+            (Some(d), _) => d,
+            // FHIR allows a free-text occurrence ("last spring"); it names no day.
+            (None, Some(text)) => {
+                return Err(RecordError::new(
+                    "Immunization.occurrenceString",
+                    "invalid_period",
+                    format!(
+                        "the occurrence is given only as a string ({text:?}) without a date: send occurrenceDateTime, the date the dose was given, which places the record in a semester"
+                    ),
+                ));
+            }
+            (None, None) => {
+                return Err(RecordError::malformed(
+                    "Immunization.occurrenceDateTime",
+                    "missing: the date the dose was given places the record in a semester",
+                ));
+            }
+        };
         let date = fhir_date("Immunization.occurrenceDateTime", date_str)?;
         let mut facts = Facts::default();
         let subpotent = res.get("isSubpotent").and_then(Value::as_bool) == Some(true);
@@ -687,9 +894,66 @@ impl Ctx<'_> {
         )))
     }
 
+    /// The patient of a clinical resource. In a document, an entry the Composition's sections
+    /// list takes the Composition's subject when it names none, and is rejected when it names
+    /// another person: a document is about one patient, and which of two is right is not
+    /// Ponte's guess. Entries the sections do not list need their own patient, as in a
+    /// collection.
+    fn record_subject(&self, index: usize, res: &Value, key: &str) -> Result<Subject, RecordError> {
+        let Some(doc) = self.document else {
+            return self.subject(res, key);
+        };
+        let rtype = str_at(res, "resourceType").unwrap_or("");
+        let field = format!("{rtype}.{key}");
+        let own_given = res.get(key).is_some_and(Value::is_object);
+        if !doc.listed.contains(&index) {
+            if own_given {
+                return self.subject(res, key);
+            }
+            return Err(RecordError::malformed(
+                &field,
+                "missing: the patient is needed; this entry is not listed in the Composition's sections, so it does not take the document's subject",
+            ));
+        }
+        if !own_given {
+            return doc.subject.clone().map_err(|reason| {
+                RecordError::new(
+                    &field,
+                    "invalid_identifier",
+                    format!(
+                        "not given, and the document's subject (Composition, entry 1) cannot be used: {reason}"
+                    ),
+                )
+            });
+        }
+        let own = self.subject(res, key)?;
+        match &doc.subject {
+            Ok(theirs) if *theirs != own => {
+                let hint = if theirs.kind() == own.kind() {
+                    ""
+                } else {
+                    " (Ponte cannot tell whether two different identifiers belong to one person)"
+                };
+                Err(RecordError::new(
+                    &field,
+                    "invalid_identifier",
+                    format!(
+                        "names {} but the document's Composition (entry 1) is about {}{hint}: a document is about one patient; correct the wrong one, or leave {field} out so the entry takes the Composition's subject",
+                        describe(&own),
+                        describe(theirs)
+                    ),
+                ))
+            }
+            // Agreeing, or nothing usable to compare with (the Composition is rejected on its
+            // own entry): the entry's own patient stands, as in a collection.
+            _ => Ok(own),
+        }
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn finish(
         &self,
+        index: usize,
         entry: &Value,
         res: &Value,
         rtype: &str,
@@ -699,7 +963,7 @@ impl Ctx<'_> {
         date: Date,
         date_field: &str,
     ) -> Result<ValidRecord, RecordError> {
-        let subject = self.subject(res, subject_field)?;
+        let subject = self.record_subject(index, res, subject_field)?;
         not_future(date_field, date, self.now)?;
         let local_id = match str_at(res, "id") {
             Some(id) if valid_id(id) => format!("{rtype}/{id}"),
@@ -710,7 +974,7 @@ impl Ctx<'_> {
                     format!("{id:?} is not a FHIR id (1–64 of A–Z a–z 0–9 - .)"),
                 ));
             }
-            None => stable_key(entry, res, rtype)?,
+            None => stable_key(entry, res, rtype, self.document)?,
         };
         let meta = res.get("meta");
         let version_id = meta.and_then(|m| str_at(m, "versionId"));
@@ -726,6 +990,9 @@ impl Ctx<'_> {
                 })
             })
             .transpose()?;
+        // In a document, a resource without meta is as of the document's timestamp: a re-sent
+        // document is the same version, a later one replaces it.
+        let last_updated = last_updated.or(self.document.and_then(|d| d.timestamp));
         let version = match (version_id.and_then(|v| v.parse::<u64>().ok()), last_updated) {
             (Some(v), _) if v >= 1 => v,
             (_, Some(t)) => millis(t),
@@ -768,6 +1035,28 @@ enum ObsKind {
     LastMenstruation,
 }
 
+/// Why an entry with this `request.method` is refused, or `None` for POST and PUT (a resource
+/// to record). Each says what to send instead.
+fn refused_method(method: &str) -> Option<String> {
+    match method {
+        "POST" | "PUT" => None,
+        "GET" | "HEAD" => Some(format!(
+            "a {method} entry is a read request, not a record: send the resource itself (an entry with the resource, and POST or PUT if a request is given)"
+        )),
+        "DELETE" => Some(
+            "DELETE entries are not accepted; to withdraw a record send the resource with status entered-in-error"
+                .to_owned(),
+        ),
+        "PATCH" => Some(
+            "a PATCH entry carries a change, not a record: send the whole resource (POST or PUT)"
+                .to_owned(),
+        ),
+        other => Some(format!(
+            "{other:?} is not a FHIR request method (GET, HEAD, POST, PUT, DELETE, PATCH): send the resource with POST or PUT"
+        )),
+    }
+}
+
 fn ignored_reason(rtype: &str) -> String {
     match rtype {
         "Observation" => "Observation code is not one Ponte records (body weight 29463-7, body height 8302-2/8306-3, pregnancy status 82810-3, last menstrual period 8665-2, vaccination status)".to_owned(),
@@ -784,13 +1073,36 @@ fn valid_id(id: &str) -> bool {
 }
 
 /// A resource without a server id (a transaction's POST): its first business identifier, or
-/// its `urn:uuid:` full URL (stable only if the sender reuses it).
-fn stable_key(entry: &Value, res: &Value, rtype: &str) -> Result<String, RecordError> {
+/// its `urn:uuid:` full URL (stable only if the sender reuses it). In a document, the full URL
+/// is only unique within the document (RNDS numbers entries `urn:uuid:transient-N` in every
+/// one), so the document's `Bundle.identifier` goes with it.
+fn stable_key(
+    entry: &Value,
+    res: &Value,
+    rtype: &str,
+    document: Option<&Document>,
+) -> Result<String, RecordError> {
     if let Some(ident) = array_at(res, "identifier").first()
         && let (Some(system), Some(value)) = (str_at(ident, "system"), str_at(ident, "value"))
         && !value.is_empty()
     {
         return Ok(format!("{rtype}?identifier={system}|{value}"));
+    }
+    if let Some(doc) = document {
+        let field = format!("{rtype}.id");
+        return match (doc.identifier.as_deref(), str_at(entry, "fullUrl")) {
+            (Some(d), Some(full)) if !full.is_empty() => {
+                Ok(format!("{rtype}?document={d}&entry={full}"))
+            }
+            (None, _) => Err(RecordError::malformed(
+                &field,
+                "missing: an entry of a document without an id or identifier is known by the document's Bundle.identifier and its fullUrl, and this Bundle has no identifier with system and value (FHIR requires one for a document, bdl-9)",
+            )),
+            (Some(_), _) => Err(RecordError::malformed(
+                &field,
+                "missing: without an id, an identifier or a fullUrl the entry has no stable identity in the document, and a re-sent document would duplicate it",
+            )),
+        };
     }
     if let Some(full) = str_at(entry, "fullUrl")
         && full.starts_with("urn:uuid:")
@@ -1256,5 +1568,410 @@ mod tests {
             0
         );
         assert_eq!(p("[]").unwrap_err().error_type, "malformed");
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // RNDS documents (tests/data/rnds/README.md)
+    // -----------------------------------------------------------------------------------------
+
+    const RIA_ROTINA: &str = include_str!("../tests/data/rnds/ria-rotina.json");
+    const RIA_CAMPANHA: &str = include_str!("../tests/data/rnds/ria-campanha.json");
+    const CNS_ROTINA: &str = "204318567230007";
+    const CNS_CAMPANHA: &str = "898001634957018";
+    /// Another valid CNS, for a patient who is not the document's.
+    const CNS_OTHER: &str = "702148003512018";
+    const RNDS_CNS: &str = "http://rnds.saude.gov.br/fhir/r4/NamingSystem/cns";
+
+    fn json(s: &str) -> Value {
+        serde_json::from_str(s).unwrap()
+    }
+
+    fn instant_millis(s: &str) -> u64 {
+        millis(parse_instant(s).unwrap())
+    }
+
+    #[test]
+    fn the_test_documents_use_valid_cns_numbers() {
+        for cns in [CNS_ROTINA, CNS_CAMPANHA, CNS_OTHER, "162031458900009"] {
+            let parsed = ponte_domain::ids::Cns::parse(cns).unwrap();
+            assert_eq!(parsed.as_str(), cns);
+        }
+    }
+
+    #[test]
+    fn an_rnds_routine_dose_document_is_accepted() {
+        let b = parse(RIA_ROTINA);
+        assert_eq!(b.bundle_type, "document");
+        assert_eq!(b.entries.len(), 2);
+        // The Composition gives the document's subject, like a Patient entry.
+        assert_eq!(
+            b.entries[0].outcome,
+            EntryOutcome::Identity(Subject::Cns(CNS_ROTINA.into()))
+        );
+        assert_eq!(b.entries[1].label, "urn:uuid:transient-1");
+        let (v, f) = follow(&b.entries[1]);
+        assert_eq!(v.key, CNS_ROTINA);
+        assert_eq!(f.subject, Some(PSubject::Cns(CNS_ROTINA.into())));
+        assert_eq!(f.vaccines, vec!["22".to_owned()]);
+        assert_eq!(f.encounter_date, "2025-03-10");
+        assert_eq!(f.semester, "2025-S1");
+        assert!(!v.event.retraction);
+        // No id and no identifier (the profile forbids it): the document's identifier and the
+        // entry's fullUrl make the record, the document's timestamp its version.
+        let local = "Immunization?document=http://www.saude.gov.br/fhir/r4/NamingSystem/BRRNDS-90217|ponte-ria-rotina-6f1d2c3a-58e4-4b7e-9a41-0c2b7d9e5f10&entry=urn:uuid:transient-1";
+        assert_eq!(f.fhir_refs, vec![local.to_owned()]);
+        assert_eq!(v.event.record_id, format!("health:{local}"));
+        assert_eq!(v.event.version, instant_millis("2025-03-10T09:41:12-03:00"));
+    }
+
+    #[test]
+    fn an_rnds_campaign_dose_document_is_accepted() {
+        let b = parse(RIA_CAMPANHA);
+        // The subject is in the BRIndividuo system without a type: 15 digits are a CNS.
+        assert_eq!(
+            b.entries[0].outcome,
+            EntryOutcome::Identity(Subject::Cns(CNS_CAMPANHA.into()))
+        );
+        let (v, f) = follow(&b.entries[1]);
+        assert_eq!(v.key, CNS_CAMPANHA);
+        assert_eq!(f.subject, Some(PSubject::Cns(CNS_CAMPANHA.into())));
+        assert_eq!(f.vaccines, vec!["24".to_owned()]);
+        assert_eq!(f.encounter_date, "2024-11-09");
+        assert_eq!(f.semester, "2024-S2");
+        assert_eq!(
+            f.fhir_refs,
+            vec!["Immunization?document=http://www.saude.gov.br/fhir/r4/NamingSystem/BRRNDS-90217|ponte-ria-campanha-0b9e4d71-2c5a-4f38-8d16-7a3e90c4b2e5&entry=urn:uuid:transient-1".to_owned()]
+        );
+        assert_eq!(v.event.version, instant_millis("2024-11-09T15:02:47-03:00"));
+    }
+
+    #[test]
+    fn two_documents_reusing_transient_full_urls_are_two_records_and_a_resent_one_is_the_same() {
+        let a = parse(RIA_ROTINA);
+        let b = parse(RIA_CAMPANHA);
+        assert_ne!(
+            follow(&a.entries[1]).0.event.record_id,
+            follow(&b.entries[1]).0.event.record_id
+        );
+        let again = parse(RIA_ROTINA);
+        assert_eq!(follow(&a.entries[1]).0, follow(&again.entries[1]).0);
+    }
+
+    #[test]
+    fn an_immunization_whose_patient_disagrees_with_the_composition_is_rejected() {
+        let mut doc = json(RIA_ROTINA);
+        doc["entry"][1]["resource"]["patient"]["identifier"]["value"] = CNS_OTHER.into();
+        let b = parse(&doc.to_string());
+        // The Composition itself is fine; the entry that contradicts it is not.
+        assert_eq!(
+            b.entries[0].outcome,
+            EntryOutcome::Identity(Subject::Cns(CNS_ROTINA.into()))
+        );
+        let e = rejected(&b.entries[1]);
+        assert_eq!(e.field, "Immunization.patient");
+        assert_eq!(e.error_type, "invalid_identifier");
+        assert!(
+            e.reason.contains(
+                "names CNS …2018 but the document's Composition (entry 1) is about CNS …0007"
+            ),
+            "{e}"
+        );
+        assert!(e.reason.contains("a document is about one patient"), "{e}");
+
+        // A CPF against the Composition's CNS: maybe the same person, but Ponte cannot tell.
+        doc["entry"][1]["resource"]["patient"] = cpf_ref();
+        let b = parse(&doc.to_string());
+        let e = rejected(&b.entries[1]);
+        assert!(e.reason.contains("names CPF …4725"), "{e}");
+        assert!(e.reason.contains("cannot tell"), "{e}");
+    }
+
+    #[test]
+    fn a_listed_entry_without_a_patient_takes_the_composition_subject() {
+        let mut doc = json(RIA_CAMPANHA);
+        doc["entry"][1]["resource"]
+            .as_object_mut()
+            .unwrap()
+            .remove("patient");
+        // A second clinical entry listed in another section: a weight, with no subject either.
+        doc["entry"].as_array_mut().unwrap().push(serde_json::json!({
+            "fullUrl": "urn:uuid:transient-2",
+            "resource": json(&obs(
+                "29463-7",
+                serde_json::json!({"valueQuantity": {"value": 14.2, "code": "kg", "system": UCUM}}),
+                Value::Null,
+            )),
+        }));
+        doc["entry"][2]["resource"]
+            .as_object_mut()
+            .unwrap()
+            .remove("subject");
+        doc["entry"][0]["resource"]["section"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({"entry": [{"reference": "Observation/o1"}]}));
+        let b = parse(&doc.to_string());
+        let (v, f) = follow(&b.entries[1]);
+        assert_eq!(v.key, CNS_CAMPANHA);
+        assert_eq!(f.vaccines, vec!["24".to_owned()]);
+        let (v, f) = follow(&b.entries[2]);
+        assert_eq!(v.key, CNS_CAMPANHA);
+        assert_eq!(f.weight_grams, Some(14_200));
+        // It has an id: that is its record, versioned by its own meta.lastUpdated.
+        assert_eq!(v.event.record_id, "health:Observation/o1");
+        assert_eq!(v.event.version, instant_millis("2025-08-14T13:00:00Z"));
+    }
+
+    #[test]
+    fn a_listed_entry_without_a_patient_is_rejected_when_the_composition_subject_is_unusable() {
+        let mut doc = json(RIA_ROTINA);
+        // A CNS with a wrong check digit on the Composition.
+        doc["entry"][0]["resource"]["subject"]["identifier"]["value"] = "204318567230008".into();
+        doc["entry"][1]["resource"]
+            .as_object_mut()
+            .unwrap()
+            .remove("patient");
+        let b = parse(&doc.to_string());
+        let e = rejected(&b.entries[0]);
+        assert_eq!(e.field, "Composition.subject");
+        assert_eq!(e.error_type, "invalid_identifier");
+        let e = rejected(&b.entries[1]);
+        assert_eq!(e.field, "Immunization.patient");
+        assert!(
+            e.reason
+                .contains("the document's subject (Composition, entry 1) cannot be used"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_unidentified_person_is_named_as_such() {
+        let mut doc = json(RIA_ROTINA);
+        doc["entry"][0]["resource"]["subject"] = serde_json::json!({"extension": [{
+            "url": "http://www.saude.gov.br/fhir/r4/StructureDefinition/BRIndividuoNaoIdentificado-1.0",
+            "extension": [{"url": "birthYear", "valueInteger": 2023}]
+        }]});
+        let b = parse(&doc.to_string());
+        let e = rejected(&b.entries[0]);
+        assert!(e.reason.contains("recorded as unidentified"), "{e}");
+        // The Immunization names its own patient: it stands, as in a collection.
+        assert_eq!(follow(&b.entries[1]).0.key, CNS_ROTINA);
+    }
+
+    #[test]
+    fn a_document_without_its_composition_first_is_refused_whole() {
+        let cfg = MappingConfig::default();
+        let p = |s: &str| parse_bundle(s.as_bytes(), &cfg, "health", BundleSource::Push, now());
+
+        let mut doc = json(RIA_ROTINA);
+        doc["entry"].as_array_mut().unwrap().remove(0);
+        let e = p(&doc.to_string()).unwrap_err();
+        assert_eq!(e.field, "Bundle.entry[0]");
+        assert_eq!(e.error_type, "malformed");
+        assert!(
+            e.reason
+                .contains("a document must start with its Composition"),
+            "{e}"
+        );
+        assert!(
+            e.reason.contains("here the first entry is Immunization"),
+            "{e}"
+        );
+
+        // The Composition present but not first: still refused (FHIR bdl-11).
+        let mut doc = json(RIA_ROTINA);
+        doc["entry"].as_array_mut().unwrap().reverse();
+        assert!(
+            p(&doc.to_string())
+                .unwrap_err()
+                .reason
+                .contains("must start with its Composition")
+        );
+
+        let e = p(r#"{"resourceType":"Bundle","type":"document","entry":[]}"#).unwrap_err();
+        assert!(e.reason.contains("no entries"), "{e}");
+    }
+
+    #[test]
+    fn entries_the_sections_do_not_list_are_read_as_in_a_collection() {
+        let mut doc = json(RIA_ROTINA);
+        let entries = doc["entry"].as_array_mut().unwrap();
+        // Listed nowhere but carrying its own patient: recorded.
+        entries.push(serde_json::json!({"resource": json(&obs(
+            "8302-2",
+            serde_json::json!({"valueQuantity": {"value": 87.3, "code": "cm", "system": UCUM}}),
+            cpf_ref(),
+        ))}));
+        // Listed nowhere and without a patient: not given the document's subject.
+        let mut unlisted = entries[1].clone();
+        unlisted["fullUrl"] = "urn:uuid:transient-9".into();
+        unlisted["resource"]
+            .as_object_mut()
+            .unwrap()
+            .remove("patient");
+        entries.push(unlisted);
+        let b = parse(&doc.to_string());
+        assert_eq!(follow(&b.entries[1]).0.key, CNS_ROTINA);
+        let (v, f) = follow(&b.entries[2]);
+        assert_eq!(v.key, "52998224725");
+        assert_eq!(f.height_mm, Some(873));
+        let e = rejected(&b.entries[3]);
+        assert_eq!(e.field, "Immunization.patient");
+        assert!(
+            e.reason
+                .contains("not listed in the Composition's sections, so it does not take the document's subject"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_section_listing_a_resource_the_document_lacks_rejects_the_composition_only() {
+        let mut doc = json(RIA_ROTINA);
+        doc["entry"][0]["resource"]["section"][0]["entry"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({"reference": "urn:uuid:transient-7"}));
+        let b = parse(&doc.to_string());
+        let e = rejected(&b.entries[0]);
+        assert_eq!(e.field, "Composition.section[0].entry[1]");
+        assert_eq!(e.error_type, "unresolved_reference");
+        assert!(e.reason.contains("urn:uuid:transient-7"), "{e}");
+        // The dose it does carry is still read, with the Composition's subject.
+        assert_eq!(follow(&b.entries[1]).0.key, CNS_ROTINA);
+    }
+
+    #[test]
+    fn sections_may_refer_by_type_and_id_and_patients_by_reference() {
+        // A generic FHIR document: a Patient entry, the Composition's subject a reference to it,
+        // the Immunization with an id and no patient, listed as Immunization/<id>.
+        let mut doc = json(RIA_ROTINA);
+        let entries = doc["entry"].as_array_mut().unwrap();
+        entries[0]["resource"]["subject"] =
+            serde_json::json!({"reference": "urn:uuid:7d0c5b1e-3a2f-4e6d-9b8c-1f2e3d4c5b6a"});
+        entries[0]["resource"]["section"][0]["entry"][0]["reference"] =
+            "Immunization/dose-1".into();
+        entries[1]["resource"]["id"] = "dose-1".into();
+        entries[1]["resource"]
+            .as_object_mut()
+            .unwrap()
+            .remove("patient");
+        entries.push(serde_json::json!({
+            "fullUrl": "urn:uuid:7d0c5b1e-3a2f-4e6d-9b8c-1f2e3d4c5b6a",
+            "resource": {"resourceType": "Patient", "identifier": [
+                {"system": RNDS_CNS, "value": CNS_OTHER}]}
+        }));
+        let b = parse(&doc.to_string());
+        assert_eq!(
+            b.entries[0].outcome,
+            EntryOutcome::Identity(Subject::Cns(CNS_OTHER.into()))
+        );
+        let (v, f) = follow(&b.entries[1]);
+        assert_eq!(v.key, CNS_OTHER);
+        assert_eq!(v.event.record_id, "health:Immunization/dose-1");
+        assert_eq!(f.fhir_refs, vec!["Immunization/dose-1".to_owned()]);
+    }
+
+    #[test]
+    fn an_id_less_entry_of_a_document_without_bundle_identifier_is_rejected() {
+        let mut doc = json(RIA_ROTINA);
+        doc.as_object_mut().unwrap().remove("identifier");
+        let b = parse(&doc.to_string());
+        let e = rejected(&b.entries[1]);
+        assert_eq!(e.field, "Immunization.id");
+        assert!(e.reason.contains("bdl-9"), "{e}");
+    }
+
+    #[test]
+    fn a_document_timestamp_that_is_no_instant_refuses_the_document() {
+        let mut doc = json(RIA_ROTINA);
+        doc["timestamp"] = "10/03/2025".into();
+        let e = parse_bundle(
+            doc.to_string().as_bytes(),
+            &MappingConfig::default(),
+            "health",
+            BundleSource::Push,
+            now(),
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "Bundle.timestamp");
+    }
+
+    #[test]
+    fn a_document_is_not_a_search_page() {
+        let e = parse_bundle(
+            RIA_ROTINA.as_bytes(),
+            &MappingConfig::default(),
+            "health",
+            BundleSource::Search,
+            now(),
+        )
+        .unwrap_err();
+        assert!(e.reason.contains("not accepted here"), "{e}");
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Rejection messages name the real reason
+    // -----------------------------------------------------------------------------------------
+
+    #[test]
+    fn a_get_entry_is_a_read_request_not_a_record() {
+        let body = r#"{"resourceType":"Bundle","type":"batch","entry":[
+            {"request":{"method":"GET","url":"Immunization?patient=Patient/1"}},
+            {"request":{"method":"HEAD","url":"Patient/1"}},
+            {"request":{"method":"DELETE","url":"Observation/1"}},
+            {"request":{"method":"PATCH","url":"Observation/1"}},
+            {"request":{"method":"FETCH","url":"Observation/1"}}
+        ]}"#;
+        let b = parse(body);
+        let e = rejected(&b.entries[0]);
+        assert_eq!(e.field, "Bundle.entry.request.method");
+        assert_eq!(e.error_type, "unsupported");
+        assert_eq!(
+            e.reason,
+            "a GET entry is a read request, not a record: send the resource itself (an entry with the resource, and POST or PUT if a request is given)"
+        );
+        assert!(!e.reason.contains("entered-in-error"), "{e}");
+        assert!(
+            rejected(&b.entries[1])
+                .reason
+                .starts_with("a HEAD entry is a read request, not a record")
+        );
+        // DELETE keeps its message: withdrawing is done with a status.
+        assert_eq!(
+            rejected(&b.entries[2]).reason,
+            "DELETE entries are not accepted; to withdraw a record send the resource with status entered-in-error"
+        );
+        assert!(
+            rejected(&b.entries[3])
+                .reason
+                .contains("a PATCH entry carries a change, not a record")
+        );
+        assert!(
+            rejected(&b.entries[4])
+                .reason
+                .contains("\"FETCH\" is not a FHIR request method")
+        );
+    }
+
+    #[test]
+    fn an_occurrence_given_only_as_a_string_says_so() {
+        let mut imm = json(IMMUNIZATION);
+        imm.as_object_mut().unwrap().remove("occurrenceDateTime");
+        imm["occurrenceString"] = "last winter, at the school campaign".into();
+        let b = parse(&bundle("batch", &[patient_with_cns(), imm.to_string()]));
+        let e = rejected(&b.entries[1]);
+        assert_eq!(e.field, "Immunization.occurrenceString");
+        assert_eq!(e.error_type, "invalid_period");
+        assert_eq!(
+            e.reason,
+            "the occurrence is given only as a string (\"last winter, at the school campaign\") without a date: send occurrenceDateTime, the date the dose was given, which places the record in a semester"
+        );
+
+        // With neither, the date is simply missing.
+        imm.as_object_mut().unwrap().remove("occurrenceString");
+        let b = parse(&bundle("batch", &[patient_with_cns(), imm.to_string()]));
+        let e = rejected(&b.entries[1]);
+        assert_eq!(e.field, "Immunization.occurrenceDateTime");
+        assert!(e.reason.starts_with("missing"), "{e}");
     }
 }
