@@ -380,6 +380,35 @@ impl Service {
     }
 }
 
+impl Drop for Stack {
+    /// A failed test's process logs would go with its temporary directory: when
+    /// `PONTE_TEST_KEEP_LOGS` names a directory (deploy/local/stress.sh sets it), they are
+    /// copied there first, under the stack's topic prefix.
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let Some(keep) = std::env::var_os("PONTE_TEST_KEEP_LOGS") else {
+            return;
+        };
+        let dest = PathBuf::from(keep).join(self.prefix.trim_end_matches('.'));
+        if std::fs::create_dir_all(&dest).is_err() {
+            return;
+        }
+        for entry in std::fs::read_dir(self.dir.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let path = entry.path();
+            if path.extension().is_some_and(|x| x == "log") {
+                let _ = std::fs::copy(&path, dest.join(entry.file_name()));
+            }
+        }
+        eprintln!("logs of the failed test kept in {}", dest.display());
+    }
+}
+
 impl Drop for Service {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
