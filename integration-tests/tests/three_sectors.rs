@@ -1,7 +1,9 @@
 //! The three sectors through real processes: a health record keyed by CNS arrives before the
 //! registry knows the CNS (parked), the registry profile arrives through the assistance adapter
 //! (released), school attendance below the threshold arrives through the education adapter, and
-//! the reconciler's views, alerts and family effects follow — including an accepted appeal.
+//! the reconciler's views, alerts and family effects follow — including an accepted appeal that
+//! revokes the effect visibly and its retraction by id, a semester-only health record, a registry
+//! retraction with only the NIS, and events the reconciler cannot apply, which are dead-lettered.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
@@ -12,7 +14,9 @@ use ponte_proto::compliance::v1::{
     ComplianceAlert, ComplianceChange, Family, GetFamilyRequest, GetPersonRequest,
     ListParkedRequest, OutcomeStatus, Person,
 };
+use ponte_proto::events::v1::{DeadLetter, Event, PersonProfile, event::Record};
 use prost::Message as _;
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
 
 const CHILD: &str = "26827649960"; // domain.md vectors
@@ -226,17 +230,140 @@ async fn three_sectors_meet_in_one_view() {
                 ))
     );
 
-    // An accepted appeal removes the effect (both Bolsa Família rule sets).
+    // The mother's health follow-up sent for the semester only (no encounter date): it counts
+    // for 2025-S2 like a dated record would.
+    post(
+        &stack,
+        "health-adapter",
+        "/v1/health",
+        json!({"nis": MOTHER, "semester": "2025-S2", "version": 1}),
+    )
+    .await;
+    let mother = person_where(&stack, MOTHER, |p| {
+        status(p, "health", "2025-S2") == Some(OutcomeStatus::Compliant)
+    })
+    .await;
+    assert_eq!(mother.health_records[0].semester, "2025-S2");
+    assert_eq!(mother.health_records[0].encounter_date, "");
+
+    // An accepted appeal revokes the effect (both Bolsa Família rule sets): it stays visible
+    // with its status and the appeal's record id.
     post(
         &stack,
         "assistance-adapter",
         "/v1/appeals",
-        json!({"family_id": FAMILY, "period": "2025-B2", "nis": CHILD, "conditionality": "education",
-               "filed_on": "2025-07-01", "decision": "ACCEPTED", "decided_on": "2025-07-20",
-               "version": 2}),
+        json!({"family_id": FAMILY, "appeal_id": "R-2025-1", "period": "2025-B2", "nis": CHILD,
+               "conditionality": "education", "filed_on": "2025-07-01", "decision": "ACCEPTED",
+               "decided_on": "2025-07-20", "version": 2}),
     )
     .await;
-    family_where(&stack, |f| f.effects.is_empty()).await;
+    let appeal_id = format!("assistance:appeal:{FAMILY}:R-2025-1");
+    let revoked = family_where(&stack, |f| {
+        !f.effects.is_empty() && f.effects.iter().all(|e| e.status == "revoked_by_appeal")
+    })
+    .await;
+    assert_eq!(
+        revoked.effects[0].appeal_record_ids,
+        vec![appeal_id.clone()]
+    );
+    // Its retraction by id alone brings the effect back.
+    post(
+        &stack,
+        "assistance-adapter",
+        "/v1/appeals",
+        json!({"family_id": FAMILY, "appeal_id": "R-2025-1", "retraction": true, "version": 3}),
+    )
+    .await;
+    family_where(&stack, |f| {
+        !f.effects.is_empty() && f.effects.iter().all(|e| e.status == "applied")
+    })
+    .await;
+
+    // A registry retraction with only the NIS takes the mother out of the public and the family.
+    post(
+        &stack,
+        "assistance-adapter",
+        "/v1/persons",
+        json!({"nis": MOTHER, "retraction": true, "version": 2}),
+    )
+    .await;
+    person_where(&stack, MOTHER, |p| !p.registered && p.outcomes.is_empty()).await;
+    family_where(&stack, |f| f.members == vec![CHILD.to_owned()]).await;
+
+    // What the reconciler cannot apply is dead-lettered with record id, source and reason:
+    // a profile written straight to the registry topic with a municipality that fails its
+    // check digit, and bytes that are no event at all.
+    let bad = Event {
+        record_id: "registry:bad-municipality".to_owned(),
+        version: 1,
+        source_system: "someone-else".to_owned(),
+        record: Some(Record::PersonProfile(PersonProfile {
+            nis: CHILD.to_owned(),
+            family_id: FAMILY.to_owned(),
+            birth_date: "2020-01-15".to_owned(),
+            sex: "F".to_owned(),
+            municipality: "3550307".to_owned(),
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", ponte_integration_tests::broker())
+        .create()
+        .unwrap();
+    let registry = stack.topic("registry.persons.v1");
+    for payload in [bad.encode_to_vec(), b"not a protobuf event \xff".to_vec()] {
+        producer
+            .send(
+                FutureRecord::to(&registry).key(CHILD).payload(&payload),
+                Duration::from_secs(30),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+    let letters: Vec<DeadLetter> =
+        read_topic(&stack.topic("deadletter.v1"), 2, Duration::from_secs(60))
+            .iter()
+            .map(|(_, v)| DeadLetter::decode(v.as_slice()).unwrap())
+            .collect();
+    let invalid = letters
+        .iter()
+        .find(|l| l.record_id == "registry:bad-municipality")
+        .unwrap_or_else(|| panic!("no dead letter for the bad profile: {letters:?}"));
+    assert_eq!(invalid.source_system, "someone-else");
+    assert_eq!(
+        (invalid.error_type.as_str(), invalid.field.as_str()),
+        ("invalid_identifier", "municipality")
+    );
+    assert!(
+        invalid.position.starts_with(&registry),
+        "{}",
+        invalid.position
+    );
+    assert_eq!(invalid.original, bad.encode_to_vec());
+    assert!(
+        letters
+            .iter()
+            .any(|l| l.error_type == "malformed" && l.source_system == "reconciler"),
+        "{letters:?}"
+    );
+    assert_eq!(
+        metric(
+            admin,
+            "ponte_reconciler_events_dead_lettered_total",
+            &[("error_type", "invalid_identifier")]
+        )
+        .await,
+        1.0
+    );
+    // The child's view is untouched by the profile that could not be applied.
+    assert_eq!(
+        person_where(&stack, CHILD, |p| p.registered)
+            .await
+            .municipality,
+        "3550308"
+    );
 
     for mut s in services {
         assert!(s.terminate().success(), "{} log:\n{}", s.name, s.log_text());

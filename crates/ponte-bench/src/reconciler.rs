@@ -96,7 +96,7 @@ pub(crate) fn run(
                 OutputKind::Crosswalk => Input::Crosswalk,
                 OutputKind::HealthByNis => Input::HealthByNis,
                 OutputKind::Member => Input::Members,
-                OutputKind::Change | OutputKind::Alert => continue,
+                OutputKind::Change | OutputKind::Alert | OutputKind::DeadLetter => continue,
             };
             internal.push((to, partition_of(&o.key), o.payload));
         }

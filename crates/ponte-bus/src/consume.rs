@@ -248,6 +248,56 @@ pub struct Membership<'a> {
     pub instance_id: Option<&'a str>,
 }
 
+/// Waits until the broker's metadata shows every topic of `topics` with all its partitions
+/// led, for up to `timeout`. A group member that subscribes before a topic is visible is
+/// assigned the others only — and so is every member, since the leader assigns what it sees —
+/// until a metadata refresh: call this before [`group_consumer`] when the topics may have been
+/// created moments ago. Blocking.
+pub fn wait_for_topics(
+    kafka: &KafkaConfig,
+    topics: &[&str],
+    timeout: std::time::Duration,
+) -> Result<(), BusError> {
+    let client: BaseConsumer = kafka
+        .client_config("ponte-metadata")
+        .create()
+        .map_err(|e| BusError::Config(e.to_string()))?;
+    let deadline = std::time::Instant::now() + timeout;
+    let mut waiting: Vec<&str> = topics.to_vec();
+    loop {
+        let mut still = Vec::new();
+        for &t in &waiting {
+            let visible = client
+                .fetch_metadata(Some(t), std::time::Duration::from_secs(5))
+                .ok()
+                .and_then(|md| {
+                    md.topics().first().map(|m| {
+                        m.error().is_none()
+                            && !m.partitions().is_empty()
+                            && m.partitions()
+                                .iter()
+                                .all(|p| p.error().is_none() && p.leader() >= 0)
+                    })
+                })
+                .unwrap_or(false);
+            if !visible {
+                still.push(t);
+            }
+        }
+        if still.is_empty() {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(BusError::Unavailable(format!(
+                "topics not visible in the broker's metadata after {timeout:?}: {still:?}"
+            )));
+        }
+        tracing::info!(topics = ?still, "waiting for topics to appear in the broker's metadata");
+        waiting = still;
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+}
+
 /// A group consumer subscribed to `topics`, positioned from `offsets` on every assignment.
 pub fn group_consumer(
     kafka: &KafkaConfig,
@@ -278,7 +328,12 @@ pub fn group_consumer(
         .set("partition.assignment.strategy", "range")
         // Prefetched messages are resident memory: 16 MiB is seconds of work for a consumer
         // that applies what it reads (librdkafka's default is 64 MiB).
-        .set("queued.max.messages.kbytes", "16384");
+        .set("queued.max.messages.kbytes", "16384")
+        // A subscribed topic the group leader cannot see yet is left out of the assignment
+        // until the leader's next metadata refresh notices it (librdkafka's default: every
+        // 5 minutes). Callers wait for their topics first ([`wait_for_topics`]); this bounds
+        // what is left, e.g. a broker that does not know a topic another broker created.
+        .set("topic.metadata.refresh.interval.ms", "10000");
     if let Some(id) = membership.instance_id {
         cfg.set("group.instance.id", id);
     }

@@ -136,6 +136,8 @@ impl Ingestor {
             original: r.original.clone(),
             content_type: r.content_type.clone(),
             received_time: Some(timestamp(received)),
+            // Rejected before it became an event: no record id yet.
+            record_id: String::new(),
         }
     }
 

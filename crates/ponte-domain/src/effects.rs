@@ -33,8 +33,9 @@ pub enum EffectStatus {
     Applied,
     /// Not applied: the family is in follow-up with an interruption of effects.
     Interrupted,
-    /// Not applied: an accepted appeal targets every cause (when appeals do not remove
-    /// non-compliance from the history).
+    /// Not applied: an accepted appeal targets every cause. Where the rule set removes
+    /// appealed non-compliance from the history, the effect is shown at the step it would
+    /// have been and the ladder goes on without it.
     RevokedByAppeal,
 }
 
@@ -59,6 +60,10 @@ pub struct Effect {
     pub status: EffectStatus,
     /// The non-compliance behind it.
     pub causes: Vec<Cause>,
+    /// Record ids of the accepted appeals that revoked it (set exactly when `status` is
+    /// `RevokedByAppeal`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub appeals: Vec<String>,
 }
 
 /// Everything that follows for one family.
@@ -109,7 +114,12 @@ struct Group {
     reference: Month,
     causes: Vec<Cause>,
     revoked: bool,
+    /// The accepted appeals targeting its causes.
+    appeals: BTreeSet<String>,
 }
+
+/// Accepted appeals by the cause they target (record ids).
+type Revoked = BTreeMap<Cause, Vec<String>>;
 
 fn lag_of(rules: &RuleSet, conditionality: &str) -> u32 {
     rules
@@ -117,7 +127,7 @@ fn lag_of(rules: &RuleSet, conditionality: &str) -> u32 {
         .map_or(0, |c| c.repercussion_lag_months)
 }
 
-fn group(rules: &RuleSet, causes: BTreeSet<Cause>, revoked: &BTreeSet<Cause>) -> Vec<Group> {
+fn group(rules: &RuleSet, causes: BTreeSet<Cause>, revoked: &Revoked) -> Vec<Group> {
     let mut by_month: BTreeMap<Month, Group> = BTreeMap::new();
     for c in causes {
         let last = c.period.last_month();
@@ -130,23 +140,33 @@ fn group(rules: &RuleSet, causes: BTreeSet<Cause>, revoked: &BTreeSet<Cause>) ->
             reference: last,
             causes: Vec::new(),
             revoked: true,
+            appeals: BTreeSet::new(),
         });
         g.reference = g.reference.max(last);
-        g.revoked &= revoked.contains(&c);
+        match revoked.get(&c) {
+            Some(appeals) => g.appeals.extend(appeals.iter().cloned()),
+            None => g.revoked = false,
+        }
         g.causes.push(c);
     }
     by_month.into_values().collect()
 }
 
-fn appeal_targets(family: &FamilyState, cause: &Cause) -> bool {
-    family.appeals.live().any(|a| {
-        a.status == AppealStatus::Accepted
-            && a.period == cause.period
-            && a.nis.is_none_or(|n| n == cause.nis)
-            && a.conditionality
-                .as_deref()
-                .is_none_or(|c| c == cause.conditionality)
-    })
+/// Record ids of the accepted appeals that target `cause`.
+fn appeals_targeting(family: &FamilyState, cause: &Cause) -> Vec<String> {
+    family
+        .appeals
+        .live()
+        .filter(|a| {
+            a.status == AppealStatus::Accepted
+                && a.period == cause.period
+                && a.nis.is_none_or(|n| n == cause.nis)
+                && a.conditionality
+                    .as_deref()
+                    .is_none_or(|c| c == cause.conditionality)
+        })
+        .map(|a| a.record_id.clone())
+        .collect()
 }
 
 fn active_follow_ups(family: &FamilyState, month: Month) -> impl Iterator<Item = &FamilyFollowUp> {
@@ -206,6 +226,11 @@ fn walk(rules: &RuleSet, family: &FamilyState, groups: Vec<Group>) -> Vec<Effect
         } else {
             EffectStatus::Applied
         };
+        let appeals: Vec<String> = if g.revoked {
+            g.appeals.into_iter().collect()
+        } else {
+            Vec::new()
+        };
         let effect = match cancel {
             Some(c) => Effect {
                 repercussion_month: g.repercussion,
@@ -217,6 +242,7 @@ fn walk(rules: &RuleSet, family: &FamilyState, groups: Vec<Group>) -> Vec<Effect
                 months: 0,
                 status,
                 causes: g.causes,
+                appeals,
             },
             None => Effect {
                 repercussion_month: g.repercussion,
@@ -228,6 +254,7 @@ fn walk(rules: &RuleSet, family: &FamilyState, groups: Vec<Group>) -> Vec<Effect
                 months: step.months,
                 status,
                 causes: g.causes,
+                appeals,
             },
         };
         let cancelled =
@@ -255,8 +282,7 @@ impl RuleSet {
     pub fn evaluate_family(&self, family: &FamilyState, outcomes: &[Outcome]) -> FamilyEffects {
         let mut family_causes = BTreeSet::new();
         let mut member_causes: BTreeMap<Nis, BTreeSet<Cause>> = BTreeMap::new();
-        let mut removed = Vec::new();
-        let mut revoked = BTreeSet::new();
+        let mut revoked = Revoked::new();
         for o in outcomes {
             if o.status != Status::NonCompliant || o.family_id != *family.family_id() {
                 continue;
@@ -266,12 +292,9 @@ impl RuleSet {
                 conditionality: o.conditionality.clone(),
                 period: o.period,
             };
-            if appeal_targets(family, &cause) {
-                if self.effects.accepted_appeal_removes_from_history {
-                    removed.push(cause);
-                    continue;
-                }
-                revoked.insert(cause.clone());
+            let appeals = appeals_targeting(family, &cause);
+            if !appeals.is_empty() {
+                revoked.insert(cause.clone(), appeals);
             }
             match o.effects {
                 EffectScope::Family => {
@@ -283,13 +306,37 @@ impl RuleSet {
                 EffectScope::None => {}
             }
         }
-        removed.sort();
-        removed.dedup();
-        let family_effects = walk(self, family, group(self, family_causes, &revoked));
+        let removes = self.effects.accepted_appeal_removes_from_history;
+        let ladder = |causes: BTreeSet<Cause>| -> Vec<Effect> {
+            if !removes {
+                return walk(self, family, group(self, causes, &revoked));
+            }
+            // The ladder goes on as if the appealed non-compliance never happened; the effects
+            // the appeals removed stay visible, revoked, at the step each would have been.
+            let kept = causes
+                .iter()
+                .filter(|c| !revoked.contains_key(*c))
+                .cloned()
+                .collect();
+            let mut out = walk(self, family, group(self, kept, &revoked));
+            out.extend(
+                walk(self, family, group(self, causes, &revoked))
+                    .into_iter()
+                    .filter(|e| e.status == EffectStatus::RevokedByAppeal),
+            );
+            out.sort_by_key(|e| e.repercussion_month);
+            out
+        };
+        let family_effects = ladder(family_causes);
         let members = member_causes
             .into_iter()
-            .map(|(nis, causes)| (nis, walk(self, family, group(self, causes, &revoked))))
+            .map(|(nis, causes)| (nis, ladder(causes)))
             .collect();
+        let removed = if removes {
+            revoked.keys().cloned().collect()
+        } else {
+            Vec::new()
+        };
         FamilyEffects {
             family_id: family.family_id().clone(),
             rule_set: self.reference(),

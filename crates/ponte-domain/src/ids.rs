@@ -167,8 +167,12 @@ fn ascii_str(bytes: &[u8]) -> &str {
 }
 
 /// Implements Display, FromStr, Serialize and Deserialize through the string form.
+/// `string_form!(T, also CONST)` also reads back `CONST`, a value `parse` refuses.
 macro_rules! string_form {
     ($t:ty) => {
+        string_form!($t, also);
+    };
+    ($t:ty, also $($extra:expr)?) => {
         impl fmt::Display for $t {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str(self.as_str())
@@ -188,6 +192,9 @@ macro_rules! string_form {
         impl<'de> serde::Deserialize<'de> for $t {
             fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
                 let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+                $(if s == $extra.as_str() {
+                    return Ok($extra);
+                })?
                 <$t>::parse(&s).map_err(serde::de::Error::custom)
             }
         }
@@ -491,6 +498,10 @@ fn ibge_dv(body: &[u8]) -> u8 {
 pub struct IbgeMunicipality([u8; 7]);
 
 impl IbgeMunicipality {
+    /// `0000000`: no municipality. Only the fixed content of tombstones
+    /// ([`crate::records`]); never the result of parsing.
+    pub const NONE: IbgeMunicipality = IbgeMunicipality(*b"0000000");
+
     /// Parses a 7-digit IBGE municipality code.
     pub fn parse(input: &str) -> Result<IbgeMunicipality, IdError> {
         let kind = IdKind::IbgeMunicipality;
@@ -543,7 +554,8 @@ impl fmt::Debug for IbgeMunicipality {
     }
 }
 
-string_form!(IbgeMunicipality);
+// The tombstones' `NONE` is stored and must read back.
+string_form!(IbgeMunicipality, also IbgeMunicipality::NONE);
 
 // ---------------------------------------------------------------------------------------------
 // INEP

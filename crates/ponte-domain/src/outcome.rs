@@ -71,8 +71,9 @@ pub struct MonthEvidence {
 /// Health evidence for a period.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct HealthEvidence {
-    /// Records in the period (record id, version, date).
-    pub records: Vec<(String, u64, Date)>,
+    /// Records in the period (record id, version, date — `None` for a record filed for the
+    /// whole semester without a date).
+    pub records: Vec<(String, u64, Option<Date>)>,
     /// Items the matching bands require.
     pub required: Vec<HealthItem>,
     /// Required items not recorded.
@@ -454,9 +455,9 @@ impl RuleSet {
         let mut records: Vec<&HealthRecord> = person
             .health
             .live()
-            .filter(|r| period.contains(r.recorded_on.month_of()))
+            .filter(|r| r.counts_for(&period))
             .collect();
-        // Latest last, deterministic whatever the arrival order.
+        // Latest last (records without a date first), deterministic whatever the arrival order.
         records.sort_by(|a, b| (a.recorded_on, &a.record_id).cmp(&(b.recorded_on, &b.record_id)));
         let pregnant_per_registry = self.registry_pregnant(profile, &period);
         let pregnant_per_health = records

@@ -125,6 +125,14 @@ pub struct Date {
 }
 
 impl Date {
+    /// 0001-01-01, the earliest date: the fixed content of tombstones
+    /// ([`crate::records`]), never a real fact.
+    pub const MIN: Date = Date {
+        year: 1,
+        month: 1,
+        day: 1,
+    };
+
     /// The last representable date, 9999-12-31.
     pub const MAX: Date = Date {
         year: 9999,
@@ -271,6 +279,9 @@ pub struct Month {
 }
 
 impl Month {
+    /// 0001-01, the earliest month: the fixed content of tombstones ([`crate::records`]).
+    pub const MIN: Month = Month { year: 1, month: 1 };
+
     /// Builds a month, checking the year (1–9999) and month (1–12).
     pub fn new(year: i32, month: u8) -> Result<Month, PeriodError> {
         check_year(year)?;

@@ -16,7 +16,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{Cns, Cpf, IbgeMunicipality, Inep, Nis};
-use crate::period::{Date, Month, Period};
+use crate::period::{Date, Month, Period, Semester};
 
 /// Family identifier as published by the registry (código familiar). Opaque to the engine.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -217,8 +217,13 @@ pub struct HealthRecord {
     pub retracted: bool,
     /// Person followed.
     pub nis: Nis,
-    /// Date of the follow-up (data do atendimento); places the record in a period.
-    pub recorded_on: Date,
+    /// Date of the follow-up (data do atendimento), when the source gave one; places the
+    /// record in a period. `None` for a record filed for a whole semester only.
+    pub recorded_on: Option<Date>,
+    /// The semester (vigência) the record was filed for. Absent in records stored before it
+    /// existed; then [`HealthRecord::semester`] derives it from `recorded_on`.
+    #[serde(default)]
+    pub semester: Option<Semester>,
     /// The health team's "vaccination up to date" flag, accepted as given.
     pub vaccination_up_to_date: Option<bool>,
     /// Weight, grams.
@@ -233,6 +238,29 @@ pub struct HealthRecord {
     pub prenatal: Option<bool>,
     /// References to FHIR Immunization resources, kept as evidence only.
     pub immunization_refs: Vec<String>,
+}
+
+impl HealthRecord {
+    /// The semester the record belongs to: the one it was filed for, else the one containing
+    /// its date. `None` only for a record that has neither (never built by the mapping).
+    pub fn semester(&self) -> Option<Semester> {
+        self.semester
+            .or_else(|| self.recorded_on.map(|d| Semester::containing(d.month_of())))
+    }
+
+    /// True when the record counts for `period`: its date lies in the period, or — for a
+    /// record known only by its semester — the period covers the whole semester (a
+    /// semester-only record says nothing about which month of it the follow-up happened).
+    pub fn counts_for(&self, period: &Period) -> bool {
+        match (self.recorded_on, self.semester) {
+            (Some(d), _) => period.contains(d.month_of()),
+            (None, Some(s)) => {
+                period.contains(s.first_day().month_of())
+                    && period.contains(s.last_day().month_of())
+            }
+            (None, None) => false,
+        }
+    }
 }
 
 /// Family follow-up by social assistance (acompanhamento familiar), optionally with a request
@@ -293,6 +321,120 @@ pub struct Appeal {
     pub period: Period,
     /// Decision.
     pub status: AppealStatus,
+}
+
+// ---- tombstones ---------------------------------------------------------------------------
+//
+// A retraction needs only the record id, its version and the subject (the NIS or family id the
+// record is routed by): sources send nothing else, or whatever they had. What a retraction
+// leaves behind is a tombstone whose other fields have one fixed value, so that equal
+// retractions are equal records whatever else the source sent with them — the state stays the
+// same in any arrival order — and no half-filled field of a withdrawn record is ever parsed.
+// Tombstones are never read as facts ([`RecordSet::live`] skips them).
+
+impl PersonProfile {
+    /// The tombstone of a withdrawn registry profile: the person leaves the public.
+    pub fn tombstone(record_id: String, version: u64, nis: Nis) -> Self {
+        PersonProfile {
+            record_id,
+            version,
+            retracted: true,
+            nis,
+            family_id: FamilyId(String::new()),
+            birth_date: Date::MIN,
+            sex: Sex::Female,
+            municipality: IbgeMunicipality::NONE,
+            school: None,
+            cns: None,
+            cpf: None,
+            pregnancy: None,
+            basic_education_completed: false,
+            programmes: BTreeSet::new(),
+        }
+    }
+}
+
+impl SchoolAttendanceMonth {
+    /// The tombstone of a withdrawn school attendance month.
+    pub fn tombstone(record_id: String, version: u64, nis: Nis) -> Self {
+        SchoolAttendanceMonth {
+            record_id,
+            version,
+            retracted: true,
+            nis,
+            inep: None,
+            month: Month::MIN,
+            attendance: Attendance::Percent(0),
+            reason_code: None,
+        }
+    }
+}
+
+impl ScfvAttendanceMonth {
+    /// The tombstone of a withdrawn SCFV attendance month.
+    pub fn tombstone(record_id: String, version: u64, nis: Nis) -> Self {
+        ScfvAttendanceMonth {
+            record_id,
+            version,
+            retracted: true,
+            nis,
+            month: Month::MIN,
+            attendance: Attendance::Percent(0),
+            reason_code: None,
+        }
+    }
+}
+
+impl HealthRecord {
+    /// The tombstone of a withdrawn health record.
+    pub fn tombstone(record_id: String, version: u64, nis: Nis) -> Self {
+        HealthRecord {
+            record_id,
+            version,
+            retracted: true,
+            nis,
+            recorded_on: None,
+            semester: None,
+            vaccination_up_to_date: None,
+            weight_grams: None,
+            height_mm: None,
+            pregnant: None,
+            last_menstruation: None,
+            prenatal: None,
+            immunization_refs: Vec::new(),
+        }
+    }
+}
+
+impl FamilyFollowUp {
+    /// The tombstone of a withdrawn family follow-up.
+    pub fn tombstone(record_id: String, version: u64, family_id: FamilyId) -> Self {
+        FamilyFollowUp {
+            record_id,
+            version,
+            retracted: true,
+            family_id,
+            started_on: Date::MIN,
+            ended_on: None,
+            interruption_requested_on: None,
+        }
+    }
+}
+
+impl Appeal {
+    /// The tombstone of a withdrawn appeal: the effect it removed is back.
+    pub fn tombstone(record_id: String, version: u64, family_id: FamilyId) -> Self {
+        Appeal {
+            record_id,
+            version,
+            retracted: true,
+            family_id,
+            nis: None,
+            conditionality: None,
+            period: Period::Month(Month::MIN),
+            status: AppealStatus::Pending,
+        }
+    }
 }
 
 /// Access to the version fields every record carries.
@@ -582,6 +724,46 @@ impl FamilyState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tombstones_are_equal_whatever_the_retraction_carried_and_read_back() {
+        let nis = Nis::parse("26827649960").unwrap();
+        let a = PersonProfile::tombstone("registry:1".into(), 2, nis);
+        let b = PersonProfile::tombstone("registry:1".into(), 2, nis);
+        assert_eq!(a, b);
+        let stored = serde_json::to_string(&PersonRecord::Profile(a.clone())).unwrap();
+        let back: PersonRecord = serde_json::from_str(&stored).unwrap();
+        assert_eq!(back, PersonRecord::Profile(a));
+        let appeal = Appeal::tombstone("appeal:F:R1".into(), 3, FamilyId::from("F"));
+        let stored = serde_json::to_string(&FamilyRecord::Appeal(appeal.clone())).unwrap();
+        let back: FamilyRecord = serde_json::from_str(&stored).unwrap();
+        assert_eq!(back, FamilyRecord::Appeal(appeal));
+        let mut family = FamilyState::new(FamilyId::from("F"));
+        let _ = family.apply(FamilyRecord::Appeal(Appeal::tombstone(
+            "appeal:F:R1".into(),
+            3,
+            FamilyId::from("F"),
+        )));
+        assert_eq!(family.appeals.live_len(), 0);
+    }
+
+    #[test]
+    fn a_semester_only_health_record_counts_for_periods_covering_its_semester() {
+        let mut r = HealthRecord::tombstone("h".into(), 1, Nis::parse("26827649960").unwrap());
+        r.retracted = false;
+        r.semester = Some(Semester::parse("2025-S1").unwrap());
+        assert!(r.counts_for(&Period::parse("2025-S1").unwrap()));
+        assert!(!r.counts_for(&Period::parse("2025-S2").unwrap()));
+        // A month or a bimester inside the semester: which month is unknown, so it does not
+        // count there.
+        assert!(!r.counts_for(&Period::parse("2025-03").unwrap()));
+        assert!(!r.counts_for(&Period::parse("2025-B2").unwrap()));
+        r.recorded_on = Some(Date::parse("2025-03-10").unwrap());
+        assert!(r.counts_for(&Period::parse("2025-03").unwrap()));
+        assert_eq!(r.semester(), Some(Semester::parse("2025-S1").unwrap()));
+        r.semester = None;
+        assert_eq!(r.semester(), Some(Semester::parse("2025-S1").unwrap()));
+    }
 
     fn rec(id: &str, version: u64, retracted: bool, pct: u8) -> SchoolAttendanceMonth {
         SchoolAttendanceMonth {

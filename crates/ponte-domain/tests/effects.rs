@@ -221,10 +221,34 @@ fn accepted_appeal_removes_the_effect_and_its_place_in_history() {
     }
     fam.apply(accepted).unwrap();
     let e = rs.evaluate_family(&fam, &outs);
-    let names: Vec<_> = e.family.iter().map(|x| x.name.clone()).collect();
-    assert_eq!(names, ["alert", "block"]);
+    // The ladder goes on without B2 (B3 is the second step, a block); the effect the appeal
+    // removed stays visible, revoked, at the step it would have been, naming the appeal.
+    let steps: Vec<_> = e
+        .family
+        .iter()
+        .map(|x| (x.name.as_str(), x.status, x.appeals.clone()))
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            ("alert", Applied, vec![]),
+            (
+                "block",
+                EffectStatus::RevokedByAppeal,
+                vec!["sicon-recurso:FAM:2025-B2".to_owned()]
+            ),
+            ("block", Applied, vec![]),
+        ]
+    );
+    assert_eq!(e.family[1].causes[0].period, period("2025-B2"));
     assert_eq!(e.removed_by_appeal.len(), 1);
     assert_eq!(e.removed_by_appeal[0].period, period("2025-B2"));
+    // Only applied effects are in force: B2's block never takes hold.
+    assert_eq!(
+        e.family_effect_in(e.family[1].repercussion_month),
+        None,
+        "the revoked block is not in force"
+    );
 }
 
 #[test]

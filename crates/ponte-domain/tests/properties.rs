@@ -185,7 +185,8 @@ fn health_strategy(n: Nis) -> impl Strategy<Value = PersonRecord> {
                     version,
                     retracted,
                     nis: n,
-                    recorded_on: ponte_domain::period::Date::new(2025, m, 10).unwrap(),
+                    recorded_on: Some(ponte_domain::period::Date::new(2025, m, 10).unwrap()),
+                    semester: None,
                     vaccination_up_to_date: vacc,
                     weight_grams: measured.then_some(15_000),
                     height_mm: measured.then_some(990),
@@ -275,7 +276,8 @@ fn health_record_for_unknown_period_is_ignored_not_fatal() {
     let n = nis(42);
     let outs = evaluate(
         &[PersonRecord::Health(HealthRecord {
-            recorded_on: date("2030-01-01"),
+            recorded_on: Some(date("2030-01-01")),
+            semester: None,
             ..health(n, "2030-01-01")
         })],
         "2021-03-01",

@@ -9,7 +9,7 @@ use ponte_bus::{KafkaConfig, Publisher, Topic, TopicsConfig};
 use ponte_domain::period::Month;
 use ponte_domain::rules::RuleSet;
 use ponte_proto::compliance::v1::compliance_service_server::ComplianceServiceServer;
-use ponte_proto::events::v1::Event;
+use ponte_proto::events::v1::{DeadLetter, Event};
 use ponte_runtime::Readiness;
 use ponte_store::{Durability, Memory, Store};
 use prost::Message as _;
@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::ReconcilerError;
 use crate::grpc::ComplianceApi;
-use crate::topology::{Applied, Input, OutputKind, Topology, Tx, partition_prefix};
+use crate::topology::{Applied, Input, OutputKind, Topology, Tx, Unapplicable, partition_prefix};
 
 /// The `[reconciler]` section of the configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -148,6 +148,7 @@ const KIND_OFFSET: i32 = 5;
 const KIND_CROSSWALK: i32 = 6;
 const KIND_HEALTH_BY_NIS: i32 = 7;
 const KIND_MEMBER: i32 = 8;
+const KIND_DEAD_LETTER: i32 = 10;
 /// A state key written by the batch, without its value: the value published to the changelog
 /// is read from the store when the entry is published. The batch's values are still the
 /// store's then, because no batch is applied while an owned partition has entries pending
@@ -249,37 +250,35 @@ fn apply_message(
         .increment(1);
     offsets.insert((topic.clone(), msg.partition()), msg.offset() + 1);
     stats.events += 1;
-    let ignore = |reason: &'static str| {
-        metrics::counter!("ponte_reconciler_events_ignored_total", "topic" => topic.clone(), "reason" => reason).increment(1);
-    };
     let Some(input) = inputs.input(&topic) else {
-        ignore("unknown_topic");
-        return Ok(());
-    };
-    let Some(payload) = msg.payload() else {
-        ignore("empty_payload");
+        // Only the subscribed topics are ever delivered.
+        metrics::counter!("ponte_reconciler_events_ignored_total", "topic" => topic.clone(), "reason" => "unknown_topic").increment(1);
         return Ok(());
     };
     tx.set_partition(msg.partition());
-    let (applied, at, record_id) = if input.is_internal() {
-        let (applied, at) = topology.apply_internal(tx, input, payload)?;
-        (applied, at, String::new())
-    } else {
-        let event = match Event::decode(payload) {
-            Ok(e) => e,
-            Err(e) => {
-                // Adapters only publish valid events; anything else is counted and logged with
-                // its position so an operator can inspect it with a console consumer.
-                tracing::error!(%topic, partition = msg.partition(), offset = msg.offset(), error = %e, "undecodable event");
-                ignore("undecodable");
-                return Ok(());
-            }
-        };
+    let payload = msg.payload().unwrap_or_default();
+    let (applied, event) = if payload.is_empty() {
         (
-            topology.apply(tx, input, &event)?,
-            event.ingest_time,
-            event.record_id,
+            Applied::Invalid(Unapplicable::of_event("malformed", "empty payload")),
+            None,
         )
+    } else if input.is_internal() {
+        let (applied, at) = topology.apply_internal(tx, input, payload)?;
+        if let (Applied::Changed, Some(t)) = (&applied, &at) {
+            stats.ingest_times.push(to_system_time(t));
+        }
+        (applied, None)
+    } else {
+        match Event::decode(payload) {
+            Ok(e) => (topology.apply(tx, input, &e)?, Some(e)),
+            Err(e) => (
+                Applied::Invalid(Unapplicable::of_event(
+                    "malformed",
+                    format!("undecodable ponte.events.v1.Event: {e}"),
+                )),
+                None,
+            ),
+        }
     };
     match applied {
         Applied::Changed => {
@@ -288,22 +287,75 @@ fn apply_message(
             // Ingest-to-view: measured where a record reaches a view, not where it is
             // forwarded (health records by CNS/CPF are measured on their second hop).
             if input != Input::Health
-                && let Some(t) = &at
+                && let Some(t) = event.as_ref().and_then(|e| e.ingest_time.as_ref())
             {
                 stats.ingest_times.push(to_system_time(t));
             }
         }
-        Applied::Unchanged => ignore("stale_version"),
+        Applied::Unchanged => {
+            metrics::counter!("ponte_reconciler_events_ignored_total", "topic" => topic.clone(), "reason" => "stale_version").increment(1);
+        }
         Applied::Parked => {
             metrics::counter!("ponte_reconciler_events_parked_total", "topic" => topic.clone())
                 .increment(1);
         }
-        Applied::Invalid(reason) => {
-            tracing::error!(%topic, partition = msg.partition(), offset = msg.offset(), %record_id, %reason, "event cannot be applied");
-            ignore("invalid_record");
-        }
+        Applied::Invalid(why) => dead_letter(tx, msg, input, event.as_ref(), payload, &why),
     }
     Ok(())
+}
+
+/// Sends an event that cannot be applied to the dead-letter topic, through the outbox with
+/// the batch (so it is out exactly when the batch's offsets are), counted by class and
+/// logged with its identifiers masked.
+fn dead_letter(
+    tx: &mut Tx<'_>,
+    msg: &BorrowedMessage<'_>,
+    input: Input,
+    event: Option<&Event>,
+    payload: &[u8],
+    why: &Unapplicable,
+) {
+    let topic = msg.topic();
+    let record_id = event.map(|e| e.record_id.clone()).unwrap_or_default();
+    let source_system = event
+        .map(|e| e.source_system.as_str())
+        .filter(|s| !s.is_empty())
+        .unwrap_or("reconciler")
+        .to_owned();
+    tracing::warn!(
+        %topic,
+        partition = msg.partition(),
+        offset = msg.offset(),
+        record_id = %ponte_runtime::telemetry::mask_ids_in(&record_id),
+        source = %source_system,
+        error_type = why.error_type,
+        reason = %ponte_runtime::telemetry::mask_ids_in(&why.to_string()),
+        "event cannot be applied; sent to the dead-letter topic"
+    );
+    metrics::counter!("ponte_reconciler_events_dead_lettered_total", "topic" => topic.to_owned(), "error_type" => why.error_type).increment(1);
+    let letter = DeadLetter {
+        source_system: source_system.clone(),
+        reason: why.to_string(),
+        error_type: why.error_type.to_owned(),
+        field: why.field.clone(),
+        position: format!(
+            "{topic} partition {} offset {}",
+            msg.partition(),
+            msg.offset()
+        ),
+        original: payload.to_vec(),
+        content_type: format!(
+            "application/x-protobuf; messageType={}",
+            input.message_type()
+        ),
+        received_time: event.and_then(|e| e.ingest_time),
+        record_id,
+    };
+    tx.emit(
+        OutputKind::DeadLetter,
+        source_system,
+        letter.encode_to_vec(),
+    );
 }
 
 /// Parked health records per owned partition for `ponte_reconciler_parked_records`: counted
@@ -377,6 +429,7 @@ fn commit(
             OutputKind::Crosswalk => KIND_CROSSWALK,
             OutputKind::HealthByNis => KIND_HEALTH_BY_NIS,
             OutputKind::Member => KIND_MEMBER,
+            OutputKind::DeadLetter => KIND_DEAD_LETTER,
         };
         outbox(
             &mut w,
@@ -459,6 +512,7 @@ struct OutTopics {
     crosswalk: String,
     health_by_nis: String,
     members: String,
+    deadletter: String,
 }
 
 /// The outbox's reading position: entries are keyed `o/<seq>` and deleted once acknowledged,
@@ -604,6 +658,7 @@ async fn publish_entries(
             KIND_CROSSWALK => Some((&out.crosswalk, "crosswalk", "crosswalk")),
             KIND_HEALTH_BY_NIS => Some((&out.health_by_nis, "health_by_nis", "health_by_nis")),
             KIND_MEMBER => Some((&out.members, "member", "member")),
+            KIND_DEAD_LETTER => Some((&out.deadletter, "dead_letter", "dead_letter")),
             KIND_STATE_PUT | KIND_STATE_DELETE | KIND_OFFSET => None,
             _ => Some((&out.changes, "compliance_change", "change")),
         };
@@ -786,6 +841,7 @@ fn refresh_gauges(
     readiness: &Readiness,
     read_model_ready: bool,
     parked: &ParkedCount,
+    topic_count: usize,
 ) {
     let owned = assignment.partitions().len();
     metrics::gauge!("ponte_reconciler_assigned_partitions").set(owned as f64);
@@ -827,8 +883,18 @@ fn refresh_gauges(
             metrics::gauge!("ponte_reconciler_outcomes", "conditionality" => cond, "status" => status).set(n as f64);
         }
     }
+    // Every owned partition number must come with all the subscribed topics (they are
+    // co-partitioned and the range assignor keeps equal numbers together): with one missing, a
+    // stage of the topology does not run for those partitions.
+    let numbers = assignment.partition_numbers().len();
+    let incomplete = owned != numbers * topic_count;
+    metrics::gauge!("ponte_reconciler_assignment_incomplete").set(f64::from(u8::from(incomplete)));
     if owned == 0 {
         readiness.set_not_ready("no partitions assigned yet");
+    } else if incomplete {
+        readiness.set_not_ready(
+            "assignment lacks some subscribed topics (not yet in the group leader's metadata)",
+        );
     } else if !read_model_ready {
         readiness.set_not_ready("read model catching up with the changes topic");
     } else {
@@ -939,6 +1005,7 @@ pub async fn run(
         crosswalk: topics.reconciler_name(Topic::ReconcilerCrosswalk, group),
         health_by_nis: topics.reconciler_name(Topic::ReconcilerHealthByNis, group),
         members: topics.reconciler_name(Topic::ReconcilerMembers, group),
+        deadletter: topics.name(Topic::DeadLetter),
     };
 
     // The read model: every instance follows the whole changes topic, so it can answer for
@@ -952,7 +1019,27 @@ pub async fn run(
         shutdown.clone(),
     ));
 
-    // The consumer: its assignment is also what ListParked reports on.
+    // The consumer: its assignment is also what ListParked reports on. It subscribes once the
+    // broker shows every topic, its own just created ones included: a group whose leader does
+    // not see a topic yet leaves it out of the assignment until a metadata refresh, and the
+    // identity and family stages would not run meanwhile (issue 13: the group's repartition
+    // topics missing from a scale-out test's assignment for over a minute).
+    {
+        let (k, names) = (
+            kafka.clone(),
+            inputs
+                .by_topic
+                .iter()
+                .map(|(t, _)| t.clone())
+                .collect::<Vec<_>>(),
+        );
+        tokio::task::spawn_blocking(move || {
+            let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+            ponte_bus::consume::wait_for_topics(&k, &refs, Duration::from_secs(60))
+        })
+        .await
+        .map_err(startup)??;
+    }
     let input_refs: Vec<&str> = inputs.by_topic.iter().map(|(t, _)| t.as_str()).collect();
     let (consumer, assignment) = group_consumer(
         kafka,
@@ -1041,6 +1128,7 @@ pub async fn run(
                 &readiness,
                 *caught_up.borrow(),
                 &parked,
+                inputs.by_topic.len(),
             );
             last_gauges = Instant::now();
         }

@@ -41,7 +41,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use ponte_domain::effects::{Effect as DomainEffect, FamilyEffects};
 use ponte_domain::ids::{Cns, Cpf, IbgeMunicipality, Inep, Nis};
 use ponte_domain::outcome::{Outcome, Status};
-use ponte_domain::period::{Date, Month, Period};
+use ponte_domain::period::{Date, Month, Period, Semester};
 use ponte_domain::records::{
     self as dr, Appeal, AppealStatus, Attendance, FamilyFollowUp, FamilyId, FamilyRecord,
     FamilyState, PersonRecord, PersonState, Pregnancy, Sex,
@@ -120,6 +120,9 @@ pub enum OutputKind {
     HealthByNis,
     /// The group's `members.v1`: a [`MemberOutcomes`].
     Member,
+    /// `deadletter.v1`: a `DeadLetter` for an event that cannot be applied, keyed by its
+    /// source system.
+    DeadLetter,
 }
 
 /// The key prefix of partition `p`'s state: every key of the state of one input partition
@@ -295,6 +298,20 @@ impl Input {
     pub fn is_internal(self) -> bool {
         matches!(self, Input::Crosswalk | Input::HealthByNis | Input::Members)
     }
+
+    /// The protobuf message type of the topic's payloads.
+    pub fn message_type(self) -> &'static str {
+        match self {
+            Input::Registry
+            | Input::Education
+            | Input::Health
+            | Input::AssistancePerson
+            | Input::AssistanceFamily => "ponte.events.v1.Event",
+            Input::Crosswalk => "ponte.reconciler.CrosswalkChange",
+            Input::HealthByNis => "ponte.reconciler.HealthByNis",
+            Input::Members => "ponte.reconciler.MemberOutcomes",
+        }
+    }
 }
 
 /// What applying one event did.
@@ -306,8 +323,42 @@ pub enum Applied {
     Unchanged,
     /// A health record whose identifier is not in the crosswalk was parked.
     Parked,
-    /// The event cannot be applied: counted and logged, never silently dropped.
-    Invalid(String),
+    /// The event cannot be applied: it goes to the dead-letter topic with the reason
+    /// (`crate::service`), never silently dropped.
+    Invalid(Unapplicable),
+}
+
+/// Why an event cannot be applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unapplicable {
+    /// Low-cardinality class, as the adapters' dead letters have: `invalid_identifier`,
+    /// `invalid_period`, `invalid_value`, `malformed`, `unsupported`.
+    pub error_type: &'static str,
+    /// The field at fault; empty when no one field is.
+    pub field: String,
+    /// What is wrong, naming the rule that failed.
+    pub reason: String,
+}
+
+impl Unapplicable {
+    /// A fault of the event as a whole (no one field to blame).
+    pub fn of_event(error_type: &'static str, reason: impl Into<String>) -> Self {
+        Unapplicable {
+            error_type,
+            field: String::new(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Unapplicable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.field.is_empty() {
+            f.write_str(&self.reason)
+        } else {
+            write!(f, "{}: {}", self.field, self.reason)
+        }
+    }
 }
 
 impl Applied {
@@ -439,8 +490,22 @@ fn key(parts: &[&str]) -> Vec<u8> {
     parts.join("/").into_bytes()
 }
 
-fn invalid(what: &str, e: impl std::fmt::Display) -> Applied {
-    Applied::Invalid(format!("{what}: {e}"))
+/// An event whose `field` breaks a rule; the class follows from the field.
+fn invalid(field: &str, e: impl std::fmt::Display) -> Applied {
+    let error_type = match field {
+        "nis" | "cns" | "cpf" | "municipality" | "inep_school_code" => "invalid_identifier",
+        "month" | "period" | "semester" => "invalid_period",
+        _ => "invalid_value",
+    };
+    Applied::Invalid(Unapplicable {
+        error_type,
+        field: field.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+fn malformed(reason: impl Into<String>) -> Applied {
+    Applied::Invalid(Unapplicable::of_event("malformed", reason))
 }
 
 /// The Kafka key of an alternate identifier (`cns:123` → `123`): the digits, as the health
@@ -490,9 +555,10 @@ impl Topology {
                 Ok(r) => self.apply_family_record(tx, FamilyRecord::Appeal(r), at),
                 Err(e) => Ok(e),
             },
-            (None, _) => Ok(Applied::Invalid("event carries no record".into())),
-            (Some(_), input) => Ok(Applied::Invalid(format!(
-                "record type not expected on the {input:?} topic"
+            (None, _) => Ok(malformed("event carries no record")),
+            (Some(_), input) => Ok(Applied::Invalid(Unapplicable::of_event(
+                "unsupported",
+                format!("record type not expected on the {input:?} topic"),
             ))),
         }
     }
@@ -505,7 +571,7 @@ impl Topology {
         input: Input,
         payload: &[u8],
     ) -> Result<(Applied, Option<Timestamp>), ReconcilerError> {
-        let undecodable = |e: prost::DecodeError| Applied::Invalid(format!("undecodable: {e}"));
+        let undecodable = |e: prost::DecodeError| malformed(format!("undecodable: {e}"));
         match input {
             Input::Crosswalk => match CrosswalkChange::decode(payload) {
                 Ok(c) => Ok((self.apply_crosswalk(tx, &c)?, c.at)),
@@ -520,7 +586,10 @@ impl Topology {
                 Err(e) => Ok((undecodable(e), None)),
             },
             other => Ok((
-                Applied::Invalid(format!("{other:?} is not an internal topic")),
+                Applied::Invalid(Unapplicable::of_event(
+                    "unsupported",
+                    format!("{other:?} is not an internal topic"),
+                )),
                 None,
             )),
         }
@@ -552,7 +621,7 @@ impl Topology {
                 Ok(c) => format!("cpf:{c}"),
                 Err(e) => return Ok(invalid("cpf", e)),
             },
-            None => return Ok(Applied::Invalid("health record names no person".into())),
+            None => return Ok(invalid("subject", "health record names no person")),
         };
         let ekey = key(&["e", &alt, &event.record_id]);
         let kkey = key(&["k", &alt, &event.record_id]);
@@ -751,9 +820,7 @@ impl Topology {
                 ),
                 Err(e) => Ok(e),
             },
-            _ => Ok(Applied::Invalid(
-                "health-by-nis message without a health record".into(),
-            )),
+            _ => Ok(malformed("health-by-nis message without a health record")),
         }
     }
 
@@ -984,7 +1051,8 @@ impl Topology {
                     .get(&h.record_id)
                     .cloned()
                     .unwrap_or_default(),
-                encounter_date: h.recorded_on.to_string(),
+                encounter_date: h.recorded_on.map(|d| d.to_string()).unwrap_or_default(),
+                semester: h.semester().map(|s| s.to_string()).unwrap_or_default(),
                 vaccination_up_to_date: h.vaccination_up_to_date,
                 weight_grams: h.weight_grams,
                 height_mm: h.height_mm,
@@ -1215,6 +1283,13 @@ fn opt_date(field: &str, s: &str) -> Result<Option<Date>, Applied> {
 
 fn profile(e: &Event, p: &ev::PersonProfile) -> Result<dr::PersonProfile, Applied> {
     let nis = Nis::parse(&p.nis).map_err(|x| invalid("nis", x))?;
+    if e.retraction {
+        return Ok(dr::PersonProfile::tombstone(
+            e.record_id.clone(),
+            e.version,
+            nis,
+        ));
+    }
     let municipality =
         IbgeMunicipality::parse(&p.municipality).map_err(|x| invalid("municipality", x))?;
     let school = if p.inep_school_code.is_empty() {
@@ -1234,12 +1309,12 @@ fn profile(e: &Event, p: &ev::PersonProfile) -> Result<dr::PersonProfile, Applie
     let sex = match p.sex.as_str() {
         "F" | "f" => Sex::Female,
         "M" | "m" => Sex::Male,
-        other => return Err(Applied::Invalid(format!("sex: {other:?} is not F or M"))),
+        other => return Err(invalid("sex", format!("{other:?} is not F or M"))),
     };
     Ok(dr::PersonProfile {
         record_id: e.record_id.clone(),
         version: e.version,
-        retracted: e.retraction,
+        retracted: false,
         nis,
         family_id: FamilyId(p.family_id.clone()),
         birth_date: date("birth_date", &p.birth_date)?,
@@ -1257,6 +1332,14 @@ fn profile(e: &Event, p: &ev::PersonProfile) -> Result<dr::PersonProfile, Applie
 }
 
 fn school(e: &Event, a: &ev::SchoolAttendance) -> Result<dr::SchoolAttendanceMonth, Applied> {
+    let nis = Nis::parse(&a.nis).map_err(|x| invalid("nis", x))?;
+    if e.retraction {
+        return Ok(dr::SchoolAttendanceMonth::tombstone(
+            e.record_id.clone(),
+            e.version,
+            nis,
+        ));
+    }
     let attendance = if a.given > 0 {
         Attendance::Counts {
             given: a.given,
@@ -1270,8 +1353,8 @@ fn school(e: &Event, a: &ev::SchoolAttendance) -> Result<dr::SchoolAttendanceMon
     Ok(dr::SchoolAttendanceMonth {
         record_id: e.record_id.clone(),
         version: e.version,
-        retracted: e.retraction,
-        nis: Nis::parse(&a.nis).map_err(|x| invalid("nis", x))?,
+        retracted: false,
+        nis,
         inep: Inep::parse(&a.inep_school_code).ok(),
         month: Month::parse(&a.month).map_err(|x| invalid("month", x))?,
         attendance,
@@ -1280,11 +1363,19 @@ fn school(e: &Event, a: &ev::SchoolAttendance) -> Result<dr::SchoolAttendanceMon
 }
 
 fn scfv(e: &Event, a: &ev::ScfvAttendance) -> Result<dr::ScfvAttendanceMonth, Applied> {
+    let nis = Nis::parse(&a.nis).map_err(|x| invalid("nis", x))?;
+    if e.retraction {
+        return Ok(dr::ScfvAttendanceMonth::tombstone(
+            e.record_id.clone(),
+            e.version,
+            nis,
+        ));
+    }
     Ok(dr::ScfvAttendanceMonth {
         record_id: e.record_id.clone(),
         version: e.version,
-        retracted: e.retraction,
-        nis: Nis::parse(&a.nis).map_err(|x| invalid("nis", x))?,
+        retracted: false,
+        nis,
         month: Month::parse(&a.month).map_err(|x| invalid("month", x))?,
         attendance: Attendance::Counts {
             given: a.hours_offered,
@@ -1295,12 +1386,43 @@ fn scfv(e: &Event, a: &ev::ScfvAttendance) -> Result<dr::ScfvAttendanceMonth, Ap
 }
 
 fn health(e: &Event, h: &ev::HealthFollowUp, nis: Nis) -> Result<dr::HealthRecord, Applied> {
+    if e.retraction {
+        return Ok(dr::HealthRecord::tombstone(
+            e.record_id.clone(),
+            e.version,
+            nis,
+        ));
+    }
+    // A record is placed by its date, or by the semester it was filed for when the source
+    // gave no date (the simple JSON form allows either).
+    let recorded_on = opt_date("encounter_date", &h.encounter_date)?;
+    let semester = if h.semester.is_empty() {
+        None
+    } else {
+        Some(Semester::parse(&h.semester).map_err(|x| invalid("semester", x))?)
+    };
+    match (recorded_on, semester) {
+        (None, None) => {
+            return Err(invalid(
+                "semester",
+                "neither semester nor encounter_date is given",
+            ));
+        }
+        (Some(d), Some(s)) if Semester::containing(d.month_of()) != s => {
+            return Err(invalid(
+                "semester",
+                format!("encounter_date {d} is not in {s}"),
+            ));
+        }
+        _ => {}
+    }
     Ok(dr::HealthRecord {
         record_id: e.record_id.clone(),
         version: e.version,
-        retracted: e.retraction,
+        retracted: false,
         nis,
-        recorded_on: date("encounter_date", &h.encounter_date)?,
+        recorded_on,
+        semester,
         vaccination_up_to_date: h.vaccination_up_to_date,
         weight_grams: h.weight_grams,
         height_mm: h.height_mm,
@@ -1318,11 +1440,18 @@ fn health(e: &Event, h: &ev::HealthFollowUp, nis: Nis) -> Result<dr::HealthRecor
 }
 
 fn follow_up(e: &Event, f: &ev::FamilyFollowUp) -> Result<FamilyFollowUp, Applied> {
+    if e.retraction {
+        return Ok(FamilyFollowUp::tombstone(
+            e.record_id.clone(),
+            e.version,
+            FamilyId(f.family_id.clone()),
+        ));
+    }
     let started_on = date("opened_on", &f.opened_on)?;
     Ok(FamilyFollowUp {
         record_id: e.record_id.clone(),
         version: e.version,
-        retracted: e.retraction,
+        retracted: false,
         family_id: FamilyId(f.family_id.clone()),
         started_on,
         ended_on: opt_date("closed_on", &f.closed_on)?,
@@ -1339,20 +1468,28 @@ fn follow_up(e: &Event, f: &ev::FamilyFollowUp) -> Result<FamilyFollowUp, Applie
 }
 
 fn appeal(e: &Event, a: &ev::Appeal) -> Result<Appeal, Applied> {
+    if e.retraction {
+        return Ok(Appeal::tombstone(
+            e.record_id.clone(),
+            e.version,
+            FamilyId(a.family_id.clone()),
+        ));
+    }
     let status = match a.decision.as_str() {
         "" => AppealStatus::Pending,
         "ACCEPTED" => AppealStatus::Accepted,
         "REJECTED" => AppealStatus::Rejected,
         other => {
-            return Err(Applied::Invalid(format!(
-                "decision: {other:?} is not ACCEPTED or REJECTED"
-            )));
+            return Err(invalid(
+                "decision",
+                format!("{other:?} is not ACCEPTED or REJECTED"),
+            ));
         }
     };
     Ok(Appeal {
         record_id: e.record_id.clone(),
         version: e.version,
-        retracted: e.retraction,
+        retracted: false,
         family_id: FamilyId(a.family_id.clone()),
         nis: if a.nis.is_empty() {
             None
@@ -1523,6 +1660,7 @@ fn effect_view(e: &DomainEffect) -> api::Effect {
             .iter()
             .map(|c| format!("{}/{}/{}", c.nis, c.conditionality, c.period))
             .collect(),
+        appeal_record_ids: e.appeals.clone(),
     }
 }
 

@@ -67,9 +67,49 @@ pub fn mask_id(id: &str) -> String {
     format!("{head}{}{tail}", "*".repeat(chars.len() - 5))
 }
 
+/// Masks every personal identifier inside a longer text — a record id such as
+/// `education:35012345:26827649960:2025-04`, or a reason — for logs: every run of 11 or more
+/// digits (a NIS or CPF has 11, a CNS 15) as [`mask_id`] masks it. Shorter runs (school and
+/// municipality codes, dates, counts) are kept: they identify no one.
+pub fn mask_ids_in(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut run = String::new();
+    let flush = |run: &mut String, out: &mut String| {
+        if run.len() >= 11 {
+            out.push_str(&mask_id(run));
+        } else {
+            out.push_str(run);
+        }
+        run.clear();
+    };
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            run.push(c);
+        } else {
+            flush(&mut run, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut run, &mut out);
+    out
+}
+
 #[cfg(test)]
 mod tests {
-    use super::mask_id;
+    use super::{mask_id, mask_ids_in};
+
+    #[test]
+    fn masks_identifiers_inside_record_ids_and_keeps_the_rest() {
+        assert_eq!(
+            mask_ids_in("education:35012345:26827649960:2025-04"),
+            "education:35012345:268******60:2025-04"
+        );
+        assert_eq!(
+            mask_ids_in("health:cns:268276499600008:2025-S1"),
+            "health:cns:268**********08:2025-S1"
+        );
+        assert_eq!(mask_ids_in("no digits"), "no digits");
+    }
 
     #[test]
     fn masks_all_but_the_edges() {
