@@ -35,7 +35,7 @@ fn member(i: u64, born: &str, sex: Sex) -> PersonState {
         sex,
         municipality: IbgeMunicipality::parse("3550308").unwrap(),
         school: None,
-        cns: None,
+        cns: Vec::new(),
         cpf: None,
         pregnancy: None,
         basic_education_completed: false,

@@ -80,8 +80,11 @@ pub struct PersonProfile {
     pub municipality: IbgeMunicipality,
     /// School, if known.
     pub school: Option<Inep>,
-    /// Health card number, if known.
-    pub cns: Option<Cns>,
+    /// Health card numbers known for the person (a person may hold several CNS: a provisional
+    /// and a definitive one, or duplicates issued over the years); every one resolves the
+    /// person's health records.
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub cns: Vec<Cns>,
     /// CPF, if known.
     pub cpf: Option<Cpf>,
     /// Pregnancy declared in the registry.
@@ -90,6 +93,26 @@ pub struct PersonProfile {
     pub basic_education_completed: bool,
     /// Programme markers the registry assigns (e.g. `PBF`, `PETI`); rule sets select on them.
     pub programmes: BTreeSet<String>,
+}
+
+/// Reads a list of identifiers, or one or none as profiles stored before lists were (a single
+/// value or `null`).
+fn one_or_many<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany<T> {
+        Many(Vec<T>),
+        One(T),
+    }
+    Ok(match Option::<OneOrMany<T>>::deserialize(d)? {
+        Some(OneOrMany::Many(v)) => v,
+        Some(OneOrMany::One(x)) => vec![x],
+        None => Vec::new(),
+    })
 }
 
 /// An attendance figure for one month: either a percentage, or counts of units (days, classes
@@ -345,7 +368,7 @@ impl PersonProfile {
             sex: Sex::Female,
             municipality: IbgeMunicipality::NONE,
             school: None,
-            cns: None,
+            cns: Vec::new(),
             cpf: None,
             pregnancy: None,
             basic_education_completed: false,
@@ -724,6 +747,33 @@ impl FamilyState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn profiles_stored_with_one_cns_or_none_read_back_as_lists() {
+        let nis = Nis::parse("26827649960").unwrap();
+        let mut p = PersonProfile::tombstone("registry:1".into(), 1, nis);
+        let cns = Cns::parse("700000000000005").unwrap();
+        p.cns = vec![cns];
+        let list = serde_json::to_value(&p).unwrap();
+        assert_eq!(list["cns"], serde_json::json!(["700000000000005"]));
+        for (old, want) in [
+            (serde_json::json!("700000000000005"), vec![cns]),
+            (serde_json::Value::Null, vec![]),
+        ] {
+            let mut v = list.clone();
+            v["cns"] = old;
+            let back: PersonProfile = serde_json::from_value(v).unwrap();
+            assert_eq!(back.cns, want);
+        }
+        let mut v = list;
+        v.as_object_mut().unwrap().remove("cns");
+        assert!(
+            serde_json::from_value::<PersonProfile>(v)
+                .unwrap()
+                .cns
+                .is_empty()
+        );
+    }
 
     #[test]
     fn tombstones_are_equal_whatever_the_retraction_carried_and_read_back() {

@@ -1260,7 +1260,7 @@ pub fn read_parked(
 
 fn alt_ids(p: &dr::PersonProfile) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
-    if let Some(c) = &p.cns {
+    for c in &p.cns {
         out.insert(format!("cns:{c}"));
     }
     if let Some(c) = &p.cpf {
@@ -1297,10 +1297,11 @@ fn profile(e: &Event, p: &ev::PersonProfile) -> Result<dr::PersonProfile, Applie
     } else {
         Some(Inep::parse(&p.inep_school_code).map_err(|x| invalid("inep_school_code", x))?)
     };
-    let cns = match p.cns.first() {
-        Some(c) => Some(Cns::parse(c).map_err(|x| invalid("cns", x))?),
-        None => None,
-    };
+    let cns = p
+        .cns
+        .iter()
+        .map(|c| Cns::parse(c).map_err(|x| invalid("cns", x)))
+        .collect::<Result<Vec<_>, _>>()?;
     let cpf = if p.cpf.is_empty() {
         None
     } else {

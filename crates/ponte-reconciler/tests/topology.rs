@@ -456,6 +456,54 @@ fn health_records_by_cns_are_parked_until_the_registry_knows_the_cns() {
 }
 
 #[test]
+fn every_cns_of_a_profile_resolves_the_records_that_arrived_under_it() {
+    // A second CNS (a definitive card beside the provisional one): records under either reach
+    // the person; before, only the first CNS entered the crosswalk and the others stayed
+    // parked forever.
+    const SECOND_CNS: &str = "898001634957018";
+    let mut h = Harness::new();
+    h.apply(&health(
+        "health:enc-second",
+        Subject::Cns(SECOND_CNS.into()),
+        "2025-03-15",
+        1,
+    ));
+    assert_eq!(h.parked().len(), 1);
+    h.apply(&profile(
+        CHILD,
+        "2021-05-01",
+        "M",
+        &[CHILD_CNS, SECOND_CNS],
+        "",
+        1,
+    ));
+    assert!(h.parked().is_empty(), "{:?}", h.parked());
+    h.apply(&health(
+        "health:enc-first",
+        Subject::Cns(CHILD_CNS.into()),
+        "2025-09-15",
+        1,
+    ));
+    let records: Vec<(String, String)> = h
+        .person(CHILD)
+        .health_records
+        .iter()
+        .map(|r| (r.record_id.clone(), r.arrived_as.clone()))
+        .collect();
+    assert_eq!(
+        records,
+        [
+            ("health:enc-first".to_owned(), format!("cns:{CHILD_CNS}")),
+            ("health:enc-second".to_owned(), format!("cns:{SECOND_CNS}")),
+        ]
+    );
+    // A profile that drops the second CNS parks its record again.
+    h.apply(&profile(CHILD, "2021-05-01", "M", &[CHILD_CNS], "", 2));
+    assert_eq!(h.parked().len(), 1);
+    assert_eq!(h.person(CHILD).health_records.len(), 1);
+}
+
+#[test]
 fn a_changed_mapping_moves_the_records_that_arrived_under_it() {
     let mut h = Harness::new();
     h.apply(&profile(CHILD, "2020-01-01", "F", &[CHILD_CNS], "", 1));

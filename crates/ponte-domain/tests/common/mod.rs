@@ -68,7 +68,7 @@ pub fn profile(n: Nis, family: &str, born: &str, sex: Sex) -> PersonProfile {
         sex,
         municipality: sao_paulo(),
         school: None,
-        cns: None,
+        cns: Vec::new(),
         cpf: None,
         pregnancy: None,
         basic_education_completed: false,
