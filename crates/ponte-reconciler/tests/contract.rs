@@ -19,9 +19,12 @@
 //! reproduces exactly; `PROPTEST_RNG_SEED=<n>` explores another part of the space.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::{MapKv, partition_of};
+
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
-use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use ponte_adapter_assistance::record::{Destination, Kind};
@@ -34,10 +37,7 @@ use ponte_domain::ids::{Cns, Cpf, IBGE_CHECK_DIGIT_EXCEPTIONS, IbgeMunicipality,
 use ponte_domain::period::Date;
 use ponte_domain::rules::RuleSet;
 use ponte_proto::events::v1::Event;
-use ponte_reconciler::ReconcilerError;
-use ponte_reconciler::topology::{
-    Applied, Entry, Input, Kv, Output, OutputKind, Topology, Tx, Writes,
-};
+use ponte_reconciler::topology::{Applied, Input, Output, OutputKind, Topology, Tx, Writes};
 use proptest::collection::vec;
 use proptest::option;
 use proptest::prelude::*;
@@ -67,34 +67,6 @@ fn day(y: i32, m: u8, d: u8) -> Date {
 }
 
 // ---- the reconciler over a map --------------------------------------------------------------
-
-#[derive(Default)]
-struct MapKv(Mutex<BTreeMap<Vec<u8>, Vec<u8>>>);
-
-impl Kv for MapKv {
-    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ReconcilerError> {
-        Ok(self.0.lock().unwrap().get(key).cloned())
-    }
-    fn scan(&self, prefix: &[u8]) -> Result<Vec<Entry>, ReconcilerError> {
-        Ok(self
-            .0
-            .lock()
-            .unwrap()
-            .range(prefix.to_vec()..)
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect())
-    }
-}
-
-const PARTITIONS: i32 = 4;
-
-fn partition_of(key: &str) -> i32 {
-    let h = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-    });
-    i32::try_from(h % PARTITIONS as u64).unwrap()
-}
 
 /// The topology with its state in a map and its repartition topics as one FIFO queue.
 struct Reconciler {

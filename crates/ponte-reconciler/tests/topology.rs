@@ -3,16 +3,18 @@
 //! interleaving of the sources, and replaying any prefix changes nothing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::{MapKv, PARTITIONS, partition_of};
+
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::Mutex;
 
 use ponte_domain::period::Month;
 use ponte_domain::rules::RuleSet;
 use ponte_proto::compliance::v1::{self as api, OutcomeStatus};
 use ponte_proto::events::v1::{self as ev, Event, event::Record, health_follow_up::Subject};
-use ponte_reconciler::ReconcilerError;
 use ponte_reconciler::topology::{
-    Applied, FamilyDigest, Input, Kv, Output, OutputKind, PersonDigest, Topology, Tx, Writes,
+    Applied, FamilyDigest, Input, Output, OutputKind, PersonDigest, Topology, Tx, Writes,
     parked_delta, read_parked,
 };
 use proptest::prelude::*;
@@ -25,40 +27,6 @@ const MOTHER: &str = "46952280637";
 const CHILD_CNS: &str = "700000000000005";
 const MOTHER_CPF: &str = "52998224725";
 const FAMILY: &str = "F-0001";
-
-#[derive(Default)]
-struct MapKv(Mutex<BTreeMap<Vec<u8>, Vec<u8>>>);
-
-impl Kv for MapKv {
-    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ReconcilerError> {
-        Ok(self.0.lock().unwrap().get(key).cloned())
-    }
-    fn scan(
-        &self,
-        prefix: &[u8],
-    ) -> Result<Vec<ponte_reconciler::topology::Entry>, ReconcilerError> {
-        Ok(self
-            .0
-            .lock()
-            .unwrap()
-            .range(prefix.to_vec()..)
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect())
-    }
-}
-
-/// Partitions of every topic in the harness: enough that a person, their identifiers and
-/// their family usually land on different partitions, as they do in a deployment.
-const PARTITIONS: i32 = 4;
-
-fn partition_of(key: &str) -> i32 {
-    // FNV-1a: any stable hash does; the broker's partitioner is another one.
-    let h = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-    });
-    i32::try_from(h % PARTITIONS as u64).unwrap()
-}
 
 /// The Kafka key the adapters give an input event.
 fn key_of(input: Input, e: &Event) -> String {

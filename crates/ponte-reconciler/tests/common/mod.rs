@@ -1,0 +1,42 @@
+//! What the topology's tests share: the state as a map instead of RocksDB, and the partitioning
+//! of keys.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use ponte_reconciler::ReconcilerError;
+use ponte_reconciler::topology::{Entry, Kv};
+
+/// Committed state in a map, read as the service reads RocksDB.
+#[derive(Default)]
+pub(crate) struct MapKv(pub(crate) Mutex<BTreeMap<Vec<u8>, Vec<u8>>>);
+
+impl Kv for MapKv {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ReconcilerError> {
+        Ok(self.0.lock().unwrap().get(key).cloned())
+    }
+    fn scan(&self, prefix: &[u8]) -> Result<Vec<Entry>, ReconcilerError> {
+        Ok(self
+            .0
+            .lock()
+            .unwrap()
+            .range(prefix.to_vec()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+}
+
+/// Partitions of every topic in the harnesses: enough that a person, their identifiers and
+/// their family usually land on different partitions, as they do in a deployment.
+pub(crate) const PARTITIONS: i32 = 4;
+
+/// The partition of a Kafka key. FNV-1a: any stable hash does; the broker's partitioner is
+/// another one.
+pub(crate) fn partition_of(key: &str) -> i32 {
+    let h = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    i32::try_from(h % PARTITIONS as u64).unwrap()
+}
