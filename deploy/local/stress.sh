@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs the system tests that depend most on timing — scale-out, reconciler crash, static
-# membership and the broker restarts — RUNS times in a row (default 10) while two busy loops
+# Runs the system tests that depend most on timing — scale-out, reconciler kill -9, and the
+# broker restarts under the reconciler and under a CSV upload — RUNS times in a row (default 10),
+# frozen copies of one build, while two busy loops
 # take both cores, the way CI and users' machines are busy. A test that fails only here hides a
 # race: find its cause, do not raise its timeout. Run it after changing the reconciler, the bus
 # or an adapter's publish path (docs/operations.md, "Testing under load").
@@ -14,13 +15,14 @@
 #                        (default target/stress-logs/<UTC time>)
 #
 # Ends with `stress: N passed, N failed` and exits non-zero when anything failed. Not part of
-# deploy/local/test.sh: ten rounds take 30–60 minutes on 2 cores.
+# deploy/local/test.sh: ten rounds take about 70 minutes on 2 cores. (`static_membership` can
+# be added to PONTE_STRESS_TESTS; it waits out a 180 s session timeout by design.)
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$REPO"
 
 runs="${1:-10}"
-tests="${PONTE_STRESS_TESTS:-scale_out reconciler_crash static_membership broker_restart education_adapter:broker_restart}"
+tests="${PONTE_STRESS_TESTS:-scale_out reconciler_crash broker_restart education_adapter:broker_restart}"
 busy="${PONTE_STRESS_BUSY:-2}"
 logs="${PONTE_STRESS_LOGS:-$REPO/target/stress-logs/$(date -u +%Y%m%dT%H%M%SZ)}"
 mkdir -p "$logs"
@@ -33,10 +35,19 @@ fi
 PONTE_TEST_BOOTSTRAP="$(deploy/local/kafka.sh start | tail -n1)"
 export PONTE_TEST_BOOTSTRAP
 
-# Build before the load starts: the tests are what is measured, not the compiler.
+# Build before the load starts, and run frozen copies of what was built: the tests are what
+# is measured, not the compiler, and edits made while the rounds run (they take an hour) must
+# not be picked up half-way.
 echo "[stress] building the tests and the ponte binary" >&2
 cargo build -p ponte --bin ponte --locked
-cargo test -p ponte-integration-tests --tests --no-run --locked
+built="$logs/bin"
+mkdir -p "$built"
+cp target/debug/ponte "$built/ponte"
+cargo test -p ponte-integration-tests --tests --no-run --locked 2>&1 | tee "$logs/build.out" >&2
+while read -r name exe; do
+  cp "$exe" "$built/$name"
+done < <(sed -nE 's#^ *Executable tests/([a-z_0-9]+)\.rs \((.*)\)$#\1 \2#p' "$logs/build.out")
+export PONTE_TEST_PONTE_BIN="$built/ponte"
 
 pids=()
 cleanup() {
@@ -60,8 +71,8 @@ for ((r = 1; r <= runs; r++)); do
     [[ "$t" == *:* ]] && filter="${t#*:}"
     out="$logs/round-$r-${bin}${filter:+-$filter}.out"
     started=$(date +%s)
-    if PONTE_TEST_KEEP_LOGS="$logs/round-$r" \
-      cargo test -q -p ponte-integration-tests --locked --test "$bin" -- $filter >"$out" 2>&1; then
+    [[ -x "$built/$bin" ]] || { echo "[stress] no test binary $bin" >&2; exit 2; }
+    if PONTE_TEST_KEEP_LOGS="$logs/round-$r" "$built/$bin" $filter >"$out" 2>&1; then
       passed=$((passed + 1))
       rm -f "$out"
       echo "[stress] round $r $t: ok ($(($(date +%s) - started)) s)" >&2

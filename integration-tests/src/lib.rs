@@ -76,10 +76,17 @@ fn target_dir() -> PathBuf {
         .unwrap_or_else(|| repo_root().join("target"))
 }
 
-/// The `ponte` binary, built (once per run) with the same cargo that runs the tests.
+/// The `ponte` binary, built (once per run) with the same cargo that runs the tests — or the
+/// one `PONTE_TEST_PONTE_BIN` names, built beforehand (deploy/local/stress.sh runs a frozen copy,
+/// so edits made while it runs are not picked up half-way).
 pub fn ponte_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
+        if let Some(bin) = std::env::var_os("PONTE_TEST_PONTE_BIN") {
+            let bin = PathBuf::from(bin);
+            assert!(bin.exists(), "PONTE_TEST_PONTE_BIN {} not found", bin.display());
+            return bin;
+        }
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
         let status = Command::new(cargo)
             .args(["build", "-p", "ponte", "--bin", "ponte"])
