@@ -84,7 +84,11 @@ pub fn ponte_bin() -> &'static Path {
     BIN.get_or_init(|| {
         if let Some(bin) = std::env::var_os("PONTE_TEST_PONTE_BIN") {
             let bin = PathBuf::from(bin);
-            assert!(bin.exists(), "PONTE_TEST_PONTE_BIN {} not found", bin.display());
+            assert!(
+                bin.exists(),
+                "PONTE_TEST_PONTE_BIN {} not found",
+                bin.display()
+            );
             return bin;
         }
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
