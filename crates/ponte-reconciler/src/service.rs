@@ -735,6 +735,14 @@ fn ensure_current(
         &format!("changelog {changelog} partition {p}"),
         || false,
         || {
+            // Ask for the topic's metadata on every attempt: right after a broker restart its
+            // first answer may lack the partition, and the client would go on answering
+            // "unknown partition" from that cached answer until its next periodic refresh
+            // (minutes) — the reconciler then gave up preparing the partition and stopped
+            // (issue 13, a broker-restart test failing under load).
+            consumer
+                .fetch_metadata(Some(changelog), timeout)
+                .map_err(|e| e.to_string())?;
             consumer
                 .fetch_watermarks(changelog, p, timeout)
                 .map_err(|e| e.to_string())
