@@ -12,6 +12,8 @@
 //! | `ca.pem`, `ca-key.pem` | the local CA (CN "Ponte development CA"), valid 3,652 days (10 years) |
 //! | `server.pem`, `server-key.pem` | the listeners' certificate for `localhost`, `127.0.0.1` and `::1` |
 //! | `<name>.pem`, `<name>-key.pem` | one client certificate per principal of [`DEV_CLIENTS`] |
+//! | `jwks.json`, `token-signing-key.pem` | a JWKS with one ES256 key (`kid` [`crate::token::dev::DEV_KID`]) and its private key, for bearer tokens ([`crate::token::dev::DevSigner`] signs them) |
+//! | `policy.toml` | an access policy granting each principal above its rights ([`crate::policy::dev_policy_toml`]) |
 //!
 //! Leaf certificates are valid 365 days (1 year). Every validity period starts five minutes
 //! before generation, to tolerate a little clock skew. Keys are ECDSA P-256, written as PEM
@@ -164,6 +166,12 @@ pub struct DevPkiManifest {
     pub ca_not_after: OffsetDateTime,
     /// When the server and client certificates expire.
     pub leaf_not_after: OffsetDateTime,
+    /// The JWKS bearer tokens are checked against.
+    pub jwks: PathBuf,
+    /// The private key that signs development bearer tokens (mode 0600).
+    pub token_signing_key: PathBuf,
+    /// The access policy for the principals above.
+    pub policy: PathBuf,
 }
 
 /// Writes the development PKI into `dir` (created if missing, mode 0700 on Unix). Refuses a
@@ -215,11 +223,25 @@ pub fn generate_dev(dir: &Path, force: bool) -> Result<DevPkiManifest, AccessErr
         });
     }
 
+    let signer = crate::token::dev::DevSigner::generate(crate::token::dev::DEV_KID)?;
+    let (jwks, token_signing_key, policy) = (
+        dir.join("jwks.json"),
+        dir.join("token-signing-key.pem"),
+        dir.join("policy.toml"),
+    );
+
     for (stem, cert_pem, key_pem) in &outputs {
         let files = files_of(dir, stem);
         write_new(&files.cert, cert_pem.as_bytes(), false)?;
         write_new(&files.key, key_pem.as_bytes(), true)?;
     }
+    write_new(&jwks, signer.jwks_json().as_bytes(), false)?;
+    write_new(
+        &token_signing_key,
+        signer.private_key_pem().as_bytes(),
+        true,
+    )?;
+    write_new(&policy, crate::policy::dev_policy_toml().as_bytes(), false)?;
 
     Ok(DevPkiManifest {
         dir: dir.to_path_buf(),
@@ -229,6 +251,9 @@ pub fn generate_dev(dir: &Path, force: bool) -> Result<DevPkiManifest, AccessErr
         clients,
         ca_not_after,
         leaf_not_after,
+        jwks,
+        token_signing_key,
+        policy,
     })
 }
 
@@ -505,7 +530,11 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         names.sort();
-        let mut expected = vec![];
+        let mut expected = vec![
+            "jwks.json".to_owned(),
+            "policy.toml".to_owned(),
+            "token-signing-key.pem".to_owned(),
+        ];
         for stem in ["ca", "server"]
             .into_iter()
             .chain(DEV_CLIENTS.iter().map(|c| c.name))
@@ -543,6 +572,45 @@ mod tests {
             }
             let dir_mode = fs::metadata(&dir).unwrap().permissions().mode();
             assert_eq!(dir_mode & 0o077, 0, "the directory is private");
+        }
+
+        // The token material and the policy belong together: a token the signing key signs
+        // validates against the JWKS, and the policy grants its principal what it should.
+        let pem = fs::read_to_string(&pki.token_signing_key).unwrap();
+        let signer =
+            crate::token::dev::DevSigner::from_pkcs8_pem(crate::token::dev::DEV_KID, &pem).unwrap();
+        let token = signer
+            .sign_for(
+                &principal_uri("federal"),
+                crate::token::dev::DEV_ISSUER,
+                crate::token::dev::DEV_AUDIENCE,
+                std::time::Duration::from_secs(60),
+            )
+            .unwrap();
+        let validator =
+            crate::token::Validator::load(&crate::token::TokenConfig::dev(&pki.jwks)).unwrap();
+        assert_eq!(
+            validator.validate(&token).unwrap(),
+            principal_uri("federal")
+        );
+        let policy = crate::policy::Policy::load(&pki.policy).unwrap();
+        assert!(
+            policy
+                .may_send(
+                    &principal_uri("education"),
+                    crate::policy::Adapter::Education,
+                    crate::policy::RecordKind::Attendance
+                )
+                .is_ok()
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(&pki.token_signing_key)
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
         }
 
         let days = |t: OffsetDateTime| (t - OffsetDateTime::now_utc()).whole_days();

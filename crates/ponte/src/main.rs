@@ -71,6 +71,26 @@ enum Command {
     /// Write a deterministic synthetic population's sector records to files, in the adapters'
     /// input formats (for demos and benchmarks; send them with `ponte ingest`).
     Sim(sim::SimArgs),
+    /// Certificates and keys.
+    Pki {
+        #[command(subcommand)]
+        command: PkiCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PkiCommand {
+    /// Write a development PKI: a local CA, a server certificate for localhost, a client
+    /// certificate per sector system, sample query clients and an operator, a JWKS with its
+    /// token-signing key, and a matching access policy. Never for a real deployment.
+    Dev {
+        /// Output directory (created; refused when not empty unless --force).
+        #[arg(long)]
+        out: PathBuf,
+        /// Overwrite the files it writes in a non-empty directory.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -216,7 +236,37 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Command::Sim(args) => sim::run(args)?,
+        Command::Pki {
+            command: PkiCommand::Dev { out, force },
+        } => pki_dev(&out, force)?,
     }
+    Ok(())
+}
+
+fn pki_dev(out: &std::path::Path, force: bool) -> anyhow::Result<()> {
+    let pki = ponte_access::pki::generate_dev(out, force)?;
+    println!(
+        "development PKI in {} — never for a real deployment",
+        pki.dir.display()
+    );
+    println!("  CA bundle        {}", pki.ca.cert.display());
+    println!(
+        "  server           {} ({}), valid until {}",
+        pki.server.cert.display(),
+        pki.server_names.join(", "),
+        pki.leaf_not_after.date()
+    );
+    for c in &pki.clients {
+        println!(
+            "  {:<22} {}  {}",
+            c.spec.name,
+            c.files.cert.display(),
+            c.principal.as_str()
+        );
+    }
+    println!("  JWKS             {}", pki.jwks.display());
+    println!("  token key        {}", pki.token_signing_key.display());
+    println!("  access policy    {}", pki.policy.display());
     Ok(())
 }
 
