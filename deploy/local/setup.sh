@@ -4,6 +4,7 @@
 #
 #   libclang-dev   bindgen, for RocksDB's C++ bindings (librocksdb-sys)
 #   cmake, g++     building librdkafka and RocksDB from source
+#   libssl-dev, pkg-config  librdkafka's TLS and SASL/SCRAM (brokers with SASL_SSL)
 #   openjdk 17+    the Kafka broker;  maven  fetching the broker jars
 #   curl           the demo's HTTP calls
 #   grpcurl        a gRPC client no one here wrote, for the system tests and operators; built
@@ -17,6 +18,8 @@ have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok
 have_pkg libclang-dev || need+=(libclang-dev)
 command -v cmake >/dev/null || need+=(cmake)
 command -v g++ >/dev/null || need+=(g++)
+have_pkg libssl-dev || need+=(libssl-dev)
+command -v pkg-config >/dev/null || need+=(pkg-config)
 command -v java >/dev/null || need+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || need+=(maven)
 command -v curl >/dev/null || need+=(curl)

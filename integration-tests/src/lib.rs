@@ -5,8 +5,14 @@
 //! reuses a running broker), or taken from `PONTE_TEST_BOOTSTRAP`. If it cannot be reached the
 //! tests fail — they never pass without Kafka. Each test gets its own topic prefix, consumer
 //! group, ports and state directories, so tests run in parallel against one broker.
+//!
+//! Every service runs with TLS and authenticated callers, as in production: one development PKI
+//! (`ponte_access::pki::generate_dev`) per test process, the development access policy copied
+//! into each stack's directory (a test may rewrite it), and clients that present the
+//! certificate of a development principal ([`http_client`], [`grpc_client`]).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::missing_panics_doc)]
 
+pub mod secure_broker;
 pub mod workload;
 
 use std::collections::BTreeMap;
@@ -27,6 +33,173 @@ pub fn repo_root() -> PathBuf {
         .parent()
         .expect("integration-tests sits in the repo root")
         .to_path_buf()
+}
+
+/// The development PKI of this test process: a CA, the server certificate every service
+/// presents, a client certificate per development principal, a JWKS and its signing key.
+pub fn pki() -> &'static ponte_access::pki::DevPkiManifest {
+    static PKI: OnceLock<ponte_access::pki::DevPkiManifest> = OnceLock::new();
+    PKI.get_or_init(|| {
+        // Kept for the life of the process (services of every test read it).
+        let dir = tempfile::Builder::new()
+            .prefix("ponte-test-pki-")
+            .tempdir()
+            .unwrap()
+            .keep();
+        ponte_access::pki::generate_dev(&dir.join("pki"), false).unwrap()
+    })
+}
+
+/// (certificate, key) of the development principal `name` (`education`, `federal`, …).
+pub fn identity(name: &str) -> (PathBuf, PathBuf) {
+    let c = pki()
+        .clients
+        .iter()
+        .find(|c| c.spec.name == name)
+        .unwrap_or_else(|| panic!("no development principal {name:?}"));
+    (c.files.cert.clone(), c.files.key.clone())
+}
+
+/// The development principal that sends to an adapter (`education-adapter` → `education`).
+pub fn sender_of(service: &str) -> &'static str {
+    match service {
+        "education-adapter" => "education",
+        "health-adapter" => "health",
+        "assistance-adapter" => "assistance",
+        other => panic!("{other} takes no records"),
+    }
+}
+
+/// An HTTP client trusting the test CA, presenting the certificate of principal `name`.
+pub fn http_client(name: &str) -> reqwest::Client {
+    let (cert, key) = identity(name);
+    let mut pem = std::fs::read(cert).unwrap();
+    pem.push(b'\n');
+    pem.extend(std::fs::read(key).unwrap());
+    reqwest::Client::builder()
+        .use_rustls_tls()
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(&std::fs::read(&pki().ca.cert).unwrap()).unwrap(),
+        )
+        .identity(reqwest::Identity::from_pem(&pem).unwrap())
+        .build()
+        .unwrap()
+}
+
+/// An HTTP client trusting the test CA, presenting no certificate.
+pub fn anonymous_http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .use_rustls_tls()
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(&std::fs::read(&pki().ca.cert).unwrap()).unwrap(),
+        )
+        .build()
+        .unwrap()
+}
+
+/// The TLS settings of a gRPC client trusting the test CA, presenting `name`'s certificate
+/// (none for `None`).
+pub fn grpc_tls(name: Option<&str>) -> tonic::transport::ClientTlsConfig {
+    let ca = std::fs::read(&pki().ca.cert).unwrap();
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+        .domain_name("localhost");
+    match name {
+        Some(name) => {
+            let (cert, key) = identity(name);
+            tls.identity(tonic::transport::Identity::from_pem(
+                std::fs::read(cert).unwrap(),
+                std::fs::read(key).unwrap(),
+            ))
+        }
+        None => tls,
+    }
+}
+
+/// A gRPC channel to the reconciler at `port` as principal `name`.
+pub async fn grpc_channel(
+    port: u16,
+    name: Option<&str>,
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    tonic::transport::Endpoint::from_shared(format!("https://127.0.0.1:{port}"))?
+        .tls_config(grpc_tls(name))?
+        .connect()
+        .await
+}
+
+/// A compliance client of the reconciler at `port` as principal `name` (`federal`,
+/// `operator`, `municipality-3550308`, …).
+pub async fn grpc_client(
+    port: u16,
+    name: &str,
+) -> Result<
+    ponte_proto::compliance::v1::compliance_service_client::ComplianceServiceClient<
+        tonic::transport::Channel,
+    >,
+    tonic::transport::Error,
+> {
+    grpc_channel(port, Some(name))
+        .await
+        .map(ponte_proto::compliance::v1::compliance_service_client::ComplianceServiceClient::new)
+}
+
+/// A rustls client configuration trusting `ca`, presenting `identity` (certificate, key) if
+/// given, offering HTTP/1.1.
+pub fn rustls_client(
+    ca: &Path,
+    identity: Option<(PathBuf, PathBuf)>,
+) -> std::sync::Arc<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let b = rustls::ClientConfig::builder_with_provider(ponte_access::tls::crypto_provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let mut cfg = match identity {
+        Some((cert, key)) => b
+            .with_client_auth_cert(
+                CertificateDer::pem_file_iter(cert)
+                    .unwrap()
+                    .collect::<Result<Vec<_>, _>>()
+                    .unwrap(),
+                PrivateKeyDer::from_pem_file(key).unwrap(),
+            )
+            .unwrap(),
+        None => b.with_no_client_auth(),
+    };
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    std::sync::Arc::new(cfg)
+}
+
+/// A TLS connection to `127.0.0.1:port` as principal `name`, for tests that write HTTP by hand.
+pub async fn tls_connect(
+    port: u16,
+    name: &str,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    tokio_rustls::TlsConnector::from(rustls_client(&pki().ca.cert, Some(identity(name))))
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .unwrap()
+}
+
+/// `grpcurl` arguments for TLS as principal `name`.
+pub fn grpcurl_tls_args(name: &str) -> Vec<String> {
+    let (cert, key) = identity(name);
+    vec![
+        "-cacert".into(),
+        pki().ca.cert.display().to_string(),
+        "-cert".into(),
+        cert.display().to_string(),
+        "-key".into(),
+        key.display().to_string(),
+    ]
 }
 
 /// Bootstrap address of the test broker, started on first use.
@@ -122,6 +295,10 @@ pub struct Stack {
     pub extra_env: BTreeMap<String, String>,
 }
 
+fn path(p: &Path) -> String {
+    p.display().to_string()
+}
+
 /// Config section of a service subcommand (`education-adapter` → `education_adapter`).
 fn section(service: &str) -> String {
     service.replace('-', "_")
@@ -139,12 +316,37 @@ fn listen_key(service: &str) -> &'static str {
 impl Stack {
     pub fn new(name: &str) -> Self {
         let id = uuid::Uuid::new_v4().simple().to_string();
-        Stack {
+        let stack = Stack {
             prefix: format!("it-{name}-{}.ponte.", &id[..8]),
             dir: tempfile::tempdir().unwrap(),
             ports: Default::default(),
             extra_env: BTreeMap::new(),
-        }
+        };
+        std::fs::write(stack.policy_file(), ponte_access::policy::dev_policy_toml()).unwrap();
+        stack
+    }
+
+    /// The access policy file of this stack's services (the development policy at first; a
+    /// running service reloads it when it changes).
+    pub fn policy_file(&self) -> PathBuf {
+        self.dir.path().join("policy.toml")
+    }
+
+    /// An HTTP client presenting the certificate of the principal that sends to `service`.
+    pub fn client_for(&self, service: &str) -> reqwest::Client {
+        http_client(sender_of(service))
+    }
+
+    /// A compliance client of this stack's reconciler as the federal reader.
+    pub async fn grpc(
+        &self,
+    ) -> Result<
+        ponte_proto::compliance::v1::compliance_service_client::ComplianceServiceClient<
+            tonic::transport::Channel,
+        >,
+        tonic::transport::Error,
+    > {
+        grpc_client(self.port("reconciler"), "federal").await
     }
 
     /// The (main, admin) ports of a service of this stack, allocated on first use.
@@ -189,6 +391,24 @@ impl Stack {
             ),
             ("PONTE__RECONCILER__SESSION_TIMEOUT_MS", "6000".to_owned()),
             ("RUST_LOG", "info,librdkafka=warn".to_owned()),
+            // TLS and authentication on, with the test process' development PKI.
+            ("PONTE__TLS__CERT_FILE", path(&pki().server.cert)),
+            ("PONTE__TLS__KEY_FILE", path(&pki().server.key)),
+            ("PONTE__TLS__CLIENT_CA_FILE", path(&pki().ca.cert)),
+            ("PONTE__TLS__CLIENT_AUTH", "optional".to_owned()),
+            ("PONTE__ACCESS__POLICY_FILE", path(&self.policy_file())),
+            ("PONTE__ACCESS__TOKENS__JWKS_FILE", path(&pki().jwks)),
+            (
+                "PONTE__ACCESS__TOKENS__ISSUER",
+                ponte_access::token::dev::DEV_ISSUER.to_owned(),
+            ),
+            (
+                "PONTE__ACCESS__TOKENS__AUDIENCE",
+                ponte_access::token::dev::DEV_AUDIENCE.to_owned(),
+            ),
+            ("PONTE__ACCESS__RELOAD_CHECK_SECS", "1".to_owned()),
+            // `ponte ingest` / `ponte query` run by a test trust the test CA.
+            ("PONTE_CLIENT_CA", path(&pki().ca.cert)),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
@@ -264,12 +484,7 @@ impl Stack {
 
     /// URL on an adapter's HTTP API, e.g. `stack.url("education-adapter", "/v1/attendance")`.
     pub fn url(&self, service: &str, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port(service))
-    }
-
-    /// gRPC endpoint of the reconciler.
-    pub fn grpc_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port("reconciler"))
+        format!("https://127.0.0.1:{}{path}", self.port(service))
     }
 }
 
@@ -701,6 +916,8 @@ pub async fn ingest_through_broker_restart(
             "--no-progress",
         ])
         .envs(stack.env())
+        .env("PONTE_CLIENT_CERT", identity(sector).0)
+        .env("PONTE_CLIENT_KEY", identity(sector).1)
         .stdout(std::fs::File::create(&out_path).unwrap())
         .stderr(Stdio::piped())
         .spawn()

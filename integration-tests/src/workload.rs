@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use ponte_domain::ids::Nis;
-use ponte_proto::compliance::v1::compliance_service_client::ComplianceServiceClient;
 use ponte_proto::compliance::v1::{Family, GetFamilyRequest, ListPersonsRequest, Person};
 use ponte_proto::events::v1::{self as ev, Event, event::Record, health_follow_up::Subject};
 use prost::Message as _;
@@ -181,9 +180,7 @@ pub async fn produce_to(prefix: &str, events: &[(&'static str, String, Event)]) 
 /// Every person of `municipality` as the reconciler at `port` serves them (one `ListPersons`
 /// stream); `None` while it does not answer.
 pub async fn list_municipality(port: u16, municipality: &str) -> Option<Vec<Person>> {
-    let mut client = ComplianceServiceClient::connect(format!("http://127.0.0.1:{port}"))
-        .await
-        .ok()?;
+    let mut client = crate::grpc_client(port, "federal").await.ok()?;
     let mut stream = client
         .list_persons(ListPersonsRequest {
             municipality: municipality.into(),
@@ -220,9 +217,7 @@ pub async fn persons(port: u16) -> Option<BTreeMap<String, Person>> {
 /// The families `ids` as the instance at `port` serves them (normalised like [`persons`]);
 /// `None` while one of them is missing.
 pub async fn families(port: u16, ids: &[String]) -> Option<BTreeMap<String, Family>> {
-    let mut client = ComplianceServiceClient::connect(format!("http://127.0.0.1:{port}"))
-        .await
-        .ok()?;
+    let mut client = crate::grpc_client(port, "federal").await.ok()?;
     let mut out = BTreeMap::new();
     for id in ids {
         let mut f = client

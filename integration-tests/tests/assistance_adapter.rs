@@ -27,7 +27,8 @@ struct Reply {
 }
 
 async fn post(stack: &Stack, path: &str, content_type: &str, body: impl Into<Vec<u8>>) -> Reply {
-    let resp = reqwest::Client::new()
+    let resp = stack
+        .client_for(SERVICE)
         .post(stack.url(SERVICE, path))
         .header("content-type", content_type)
         .body(body.into())
@@ -453,10 +454,8 @@ async fn a_chunked_csv_upload_over_the_limit_stores_and_counts_the_lines_read_be
             nis_from(3_000_000_000 + i)
         ));
     }
-    let stream = tokio::net::TcpStream::connect(("127.0.0.1", stack.port(SERVICE)))
-        .await
-        .unwrap();
-    let (mut rd, mut wr) = stream.into_split();
+    let stream = ponte_integration_tests::tls_connect(stack.port(SERVICE), "assistance").await;
+    let (mut rd, mut wr) = tokio::io::split(stream);
     let writer = tokio::spawn(async move {
         let head = "POST /v1/persons HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/csv\r\n\
                     Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n";

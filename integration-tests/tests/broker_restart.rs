@@ -67,8 +67,8 @@ async fn registry_and_health_batches_survive_a_broker_restart() {
     // Health: one record per child by CNS, one request each, sent by a client that re-sends on
     // 503 after Retry-After — while the broker goes away a second time.
     let health_url = stack.url("health-adapter", "/v1/health");
+    let client = stack.client_for("health-adapter");
     let sender = tokio::spawn(async move {
-        let client = reqwest::Client::new();
         let mut retried = 0u32;
         for i in 0..N {
             let body = json!({"cns": valid_cns(i), "encounter_date": "2025-03-10",

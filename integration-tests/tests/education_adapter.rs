@@ -9,11 +9,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use ponte_integration_tests::{
-    PrivateBroker, Stack, eventually, ingest_through_broker_restart, metric, read_topic,
-    read_topic_at, valid_nis, wait_for_leaders, wait_ready,
+    PrivateBroker, Stack, eventually, http_client, ingest_through_broker_restart, metric,
+    read_topic, read_topic_at, valid_nis, wait_for_leaders, wait_ready,
 };
 use ponte_proto::compliance::v1::GetPersonRequest;
-use ponte_proto::compliance::v1::compliance_service_client::ComplianceServiceClient;
 use ponte_proto::events::v1::event::Record;
 use ponte_proto::events::v1::{DeadLetter, Event};
 use prost::Message as _;
@@ -22,7 +21,7 @@ use serde_json::Value;
 const HEADER: &str = "nis,inep_school_code,month,unit,given,attended,low_attendance_reason";
 
 async fn post_csv(url: &str, body: Vec<u8>) -> (u16, Value) {
-    let resp = reqwest::Client::new()
+    let resp = http_client("education")
         .post(url)
         .header("content-type", "text/csv")
         .body(body)
@@ -179,12 +178,17 @@ async fn a_csv_upload_keeps_good_lines_lists_bad_ones_by_line_and_resends_as_a_n
     // and versions on the topic, which the view ignores as redeliveries.
     let path = stack.dir.path().join("b2.csv");
     std::fs::write(&path, &file).unwrap();
+    let (cert, key) = ponte_integration_tests::identity("education");
     let (status, out, err) = stack.ponte(&[
         "ingest",
         "education",
         path.to_str().unwrap(),
         "--url",
         &url,
+        "--cert",
+        cert.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
         "--no-progress",
     ]);
     assert!(status.success(), "{out}{err}");
@@ -333,9 +337,7 @@ async fn a_broker_restart_during_a_csv_batch_loses_and_duplicates_nothing() {
     // In the view every pupil holds exactly their one record, applied exactly once
     // (view_version 1: the redelivered copies changed nothing).
     let client = eventually("the reconciler", Duration::from_secs(30), || async {
-        ComplianceServiceClient::connect(stack.grpc_url())
-            .await
-            .ok()
+        stack.grpc().await.ok()
     })
     .await;
     for i in 0..N {

@@ -7,7 +7,6 @@
 use std::time::Duration;
 
 use ponte_integration_tests::{Stack, eventually, metric, read_topic, wait_ready};
-use ponte_proto::compliance::v1::compliance_service_client::ComplianceServiceClient;
 use ponte_proto::compliance::v1::{GetPersonRequest, Person};
 use ponte_proto::events::v1::DeadLetter;
 use prost::Message as _;
@@ -18,7 +17,8 @@ const NIS: &str = "26827649960"; // valid vector from domain.md
 const OTHER_VALID_NIS: &str = "46952280637"; // valid vector from domain.md, never sent
 
 async fn post(stack: &Stack, body: &str) -> (u16, Value, Option<String>) {
-    let resp = reqwest::Client::new()
+    let resp = stack
+        .client_for("education-adapter")
         .post(stack.url("education-adapter", "/v1/attendance"))
         .header("content-type", "application/json")
         .body(body.to_owned())
@@ -36,7 +36,8 @@ async fn post(stack: &Stack, body: &str) -> (u16, Value, Option<String>) {
 }
 
 async fn get_person(stack: &Stack, nis: &str) -> Result<Person, tonic::Status> {
-    let mut client = ComplianceServiceClient::connect(stack.grpc_url())
+    let mut client = stack
+        .grpc()
         .await
         .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
     client
@@ -207,9 +208,11 @@ async fn attendance_travels_end_to_end_and_survives_reconciler_restarts() {
 
     // grpcurl — a client no one here wrote — finds the services through reflection, checks
     // health and calls GetPerson.
-    let addr = format!("127.0.0.1:{}", stack.port("reconciler"));
+    let addr = format!("localhost:{}", stack.port("reconciler"));
     let grpcurl = |args: &[&str]| {
         let out = std::process::Command::new(ponte_integration_tests::grpcurl())
+            // TLS, as the federal reader.
+            .args(ponte_integration_tests::grpcurl_tls_args("federal"))
             .args(args)
             .output()
             .unwrap();
@@ -220,16 +223,15 @@ async fn attendance_travels_end_to_end_and_survives_reconciler_restarts() {
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    let services = grpcurl(&["-plaintext", &addr, "list"]);
+    let services = grpcurl(&[&addr, "list"]);
     assert!(
         services.contains("ponte.compliance.v1.ComplianceService"),
         "{services}"
     );
     assert!(services.contains("grpc.health.v1.Health"), "{services}");
-    let health = grpcurl(&["-plaintext", &addr, "grpc.health.v1.Health/Check"]);
+    let health = grpcurl(&[&addr, "grpc.health.v1.Health/Check"]);
     assert!(health.contains("SERVING"), "{health}");
     let person = grpcurl(&[
-        "-plaintext",
         "-d",
         &format!("{{\"nis\": \"{NIS}\"}}"),
         &addr,

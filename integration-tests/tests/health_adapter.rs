@@ -49,7 +49,8 @@ fn entry(resource: &Value) -> String {
 }
 
 async fn post(stack: &Stack, path: &str, body: String) -> (u16, Value, Option<String>, String) {
-    let resp = reqwest::Client::new()
+    let resp = stack
+        .client_for(SERVICE)
         .post(stack.url(SERVICE, path))
         .header("content-type", "application/fhir+json")
         .body(body)

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use ponte_integration_tests::{Stack, eventually, metric, read_topic, wait_ready};
+use ponte_integration_tests::{Stack, eventually, grpc_client, metric, read_topic, wait_ready};
 use ponte_proto::compliance::v1::compliance_service_client::ComplianceServiceClient;
 use ponte_proto::compliance::v1::{
     ComplianceAlert, ComplianceChange, Family, GetFamilyRequest, GetPersonRequest,
@@ -25,7 +25,8 @@ const CHILD_CNS: &str = "700000000000005"; // provisional CNS, ponte-domain's ve
 const FAMILY: &str = "1234567890";
 
 async fn post(stack: &Stack, service: &str, path: &str, body: serde_json::Value) {
-    let resp = reqwest::Client::new()
+    let resp = stack
+        .client_for(service)
         .post(stack.url(service, path))
         .json(&body)
         .send()
@@ -49,9 +50,7 @@ async fn parked_gauge_reaches(admin_port: u16, want: f64) {
 }
 
 async fn client(stack: &Stack) -> ComplianceServiceClient<tonic::transport::Channel> {
-    ComplianceServiceClient::connect(stack.grpc_url())
-        .await
-        .unwrap()
+    stack.grpc().await.unwrap()
 }
 
 async fn person_where(stack: &Stack, nis: &str, pred: impl Fn(&Person) -> bool) -> Person {
@@ -59,9 +58,7 @@ async fn person_where(stack: &Stack, nis: &str, pred: impl Fn(&Person) -> bool) 
         &format!("person {nis}"),
         Duration::from_secs(60),
         || async {
-            let mut c = ComplianceServiceClient::connect(stack.grpc_url())
-                .await
-                .ok()?;
+            let mut c = stack.grpc().await.ok()?;
             let p = c
                 .get_person(GetPersonRequest { nis: nis.into() })
                 .await
@@ -76,9 +73,7 @@ async fn person_where(stack: &Stack, nis: &str, pred: impl Fn(&Person) -> bool) 
 
 async fn family_where(stack: &Stack, pred: impl Fn(&Family) -> bool) -> Family {
     eventually("the family", Duration::from_secs(60), || async {
-        let mut c = ComplianceServiceClient::connect(stack.grpc_url())
-            .await
-            .ok()?;
+        let mut c = stack.grpc().await.ok()?;
         let f = c
             .get_family(GetFamilyRequest {
                 family_id: FAMILY.into(),
@@ -130,7 +125,8 @@ async fn three_sectors_meet_in_one_view() {
         "the health record to be parked",
         Duration::from_secs(60),
         || async {
-            let mut c = ComplianceServiceClient::connect(stack.grpc_url())
+            // Parked records carry raw CNS/CPF: only the operator may list them.
+            let mut c = grpc_client(stack.port("reconciler"), "operator")
                 .await
                 .ok()?;
             let r = c

@@ -30,13 +30,15 @@ use std::time::{Duration, SystemTime};
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use futures::StreamExt as _;
 use ponte_bus::ingest::{Accepted, IngestReport, Ingestor, Item, Rejected, Rejection};
 use ponte_bus::{BusError, KafkaConfig, Publisher, Topic, TopicsConfig};
+use ponte_edge::http::{Sender, may_send};
+use ponte_edge::{AccessConfig, Adapter, Gate, RecordKind, TlsConfig};
 use ponte_runtime::Readiness;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -63,8 +65,6 @@ pub struct AssistanceAdapterConfig {
     pub listen: String,
     /// Address of the admin endpoint (metrics, health).
     pub admin_listen: String,
-    /// Name written as the events' source system and into record ids.
-    pub source_system: String,
     /// Largest JSON request body accepted, in bytes.
     pub max_body_bytes: usize,
     /// Largest CSV upload accepted, in bytes (it is streamed, not held in memory).
@@ -83,7 +83,6 @@ struct AppState {
     registry_topic: String,
     person_topic: String,
     family_topic: String,
-    source_system: String,
     max_body_bytes: usize,
     max_csv_bytes: u64,
     csv_chunk_records: usize,
@@ -248,7 +247,13 @@ fn too_large(what: &str, limit: u64, key: &str) -> String {
     format!("{what} larger than {limit} bytes (assistance_adapter.{key}); split it")
 }
 
-async fn json_records(state: &AppState, kind: Kind, headers: &HeaderMap, body: Body) -> Response {
+async fn json_records(
+    state: &AppState,
+    source: &str,
+    kind: Kind,
+    headers: &HeaderMap,
+    body: Body,
+) -> Response {
     let now = SystemTime::now();
     let trace = trace_id(headers);
     let limit = state.max_body_bytes;
@@ -280,7 +285,7 @@ async fn json_records(state: &AppState, kind: Kind, headers: &HeaderMap, body: B
                     } else {
                         format!("record {}", i + 1)
                     };
-                    let parsed = parse_json(kind, raw.get(), &state.source_system, now);
+                    let parsed = parse_json(kind, raw.get(), source, now);
                     state.item(parsed, position, raw.get().as_bytes(), "application/json")
                 })
                 .collect();
@@ -295,7 +300,7 @@ async fn json_records(state: &AppState, kind: Kind, headers: &HeaderMap, body: B
         }
     };
 
-    match state.ingestor.ingest(items, &trace, now).await {
+    match state.ingestor.ingest(source, items, &trace, now).await {
         Ok(report) => {
             let status = if malformed_body {
                 StatusCode::BAD_REQUEST
@@ -348,7 +353,7 @@ impl CsvProgress {
     }
 }
 
-async fn csv_upload(state: &AppState, headers: &HeaderMap, body: Body) -> Response {
+async fn csv_upload(state: &AppState, source: &str, headers: &HeaderMap, body: Body) -> Response {
     let now = SystemTime::now();
     let trace = trace_id(headers);
     let limit = state.max_csv_bytes;
@@ -460,7 +465,7 @@ async fn csv_upload(state: &AppState, headers: &HeaderMap, body: Body) -> Respon
                         },
                         Some(_) if text.trim().is_empty() => {}
                         Some(h) => {
-                            let parsed = parse_row(h, text, &state.source_system, now);
+                            let parsed = parse_row(h, text, source, now);
                             pending.push(state.item(parsed, position, &bytes, "text/csv"));
                         }
                     }
@@ -473,7 +478,7 @@ async fn csv_upload(state: &AppState, headers: &HeaderMap, body: Body) -> Respon
             let last_line = splitter.lines_seen();
             match state
                 .ingestor
-                .ingest(std::mem::take(&mut pending), &trace, now)
+                .ingest(source, std::mem::take(&mut pending), &trace, now)
                 .await
             {
                 Ok(report) => progress.absorb(report),
@@ -506,10 +511,16 @@ async fn csv_upload(state: &AppState, headers: &HeaderMap, body: Body) -> Respon
     progress.answer(status, None)
 }
 
-async fn persons(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+async fn persons(
+    State(state): State<Arc<AppState>>,
+    Extension(sender): Extension<Sender>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let source = sender.source_system.as_str();
     match body_type(&headers) {
-        BodyType::Json => json_records(&state, Kind::Person, &headers, body).await,
-        BodyType::Csv => csv_upload(&state, &headers, body).await,
+        BodyType::Json => json_records(&state, source, Kind::Person, &headers, body).await,
+        BodyType::Csv => csv_upload(&state, source, &headers, body).await,
         BodyType::CsvNotUtf8(charset) => error(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             format!("charset {charset:?}: CSV uploads must be UTF-8"),
@@ -517,54 +528,74 @@ async fn persons(State(state): State<Arc<AppState>>, headers: HeaderMap, body: B
     }
 }
 
-async fn json_only(state: &AppState, kind: Kind, headers: HeaderMap, body: Body) -> Response {
+async fn json_only(
+    state: &AppState,
+    sender: Sender,
+    kind: Kind,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     if body_type(&headers) != BodyType::Json {
         return error(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "CSV is taken for person profiles only (POST /v1/persons); send JSON here",
         );
     }
-    json_records(state, kind, &headers, body).await
+    json_records(state, sender.source_system.as_str(), kind, &headers, body).await
 }
 
-async fn scfv(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
-    json_only(&state, Kind::ScfvAttendance, headers, body).await
+async fn scfv(
+    State(state): State<Arc<AppState>>,
+    Extension(sender): Extension<Sender>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    json_only(&state, sender, Kind::ScfvAttendance, headers, body).await
 }
 
 async fn follow_ups(
     State(state): State<Arc<AppState>>,
+    Extension(sender): Extension<Sender>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    json_only(&state, Kind::FamilyFollowUp, headers, body).await
+    json_only(&state, sender, Kind::FamilyFollowUp, headers, body).await
 }
 
-async fn appeals(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
-    json_only(&state, Kind::Appeal, headers, body).await
+async fn appeals(
+    State(state): State<Arc<AppState>>,
+    Extension(sender): Extension<Sender>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    json_only(&state, sender, Kind::Appeal, headers, body).await
 }
 
 /// Runs the adapter until `shutdown` is cancelled: binds the API, keeps readiness in step with
 /// the broker, and flushes the producer before returning.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     cfg: &AssistanceAdapterConfig,
     kafka: &KafkaConfig,
     topics: &TopicsConfig,
+    tls: &TlsConfig,
+    access: &AccessConfig,
     readiness: Readiness,
     shutdown: CancellationToken,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let publisher = Publisher::new(kafka, &cfg.source_system)?;
+    // The policy is read before anything connects: a bad one stops the start, named.
+    let gate = Arc::new(Gate::new(ADAPTER, access, tls.is_insecure(), &[])?);
+    let publisher = Publisher::new(kafka, ADAPTER)?;
     let state = Arc::new(AppState {
         ingestor: Ingestor::new(
             publisher.clone(),
             ADAPTER,
-            &cfg.source_system,
             &topics.name(Topic::DeadLetter),
             cfg.max_in_flight,
         ),
         registry_topic: topics.name(Topic::RegistryPersons),
         person_topic: topics.name(Topic::AssistancePerson),
         family_topic: topics.name(Topic::AssistanceFamily),
-        source_system: cfg.source_system.clone(),
         max_body_bytes: cfg.max_body_bytes,
         max_csv_bytes: cfg.max_csv_bytes,
         csv_chunk_records: cfg.csv_chunk_records.max(1),
@@ -584,23 +615,39 @@ pub async fn run(
         },
     );
 
+    let rights =
+        |kind| axum::middleware::from_fn(may_send(Arc::clone(&gate), Adapter::Assistance, kind));
     let app = Router::new()
-        .route("/v1/persons", post(persons))
-        .route("/v1/scfv-attendance", post(scfv))
-        .route("/v1/family-follow-ups", post(follow_ups))
-        .route("/v1/appeals", post(appeals))
+        .route(
+            "/v1/persons",
+            post(persons).layer(rights(RecordKind::Person)),
+        )
+        .route(
+            "/v1/scfv-attendance",
+            post(scfv).layer(rights(RecordKind::Scfv)),
+        )
+        .route(
+            "/v1/family-follow-ups",
+            post(follow_ups).layer(rights(RecordKind::FollowUp)),
+        )
+        .route(
+            "/v1/appeals",
+            post(appeals).layer(rights(RecordKind::Appeal)),
+        )
         .with_state(state);
-    let listener = tokio::net::TcpListener::bind(&cfg.listen)
-        .await
-        .map_err(|e| format!("binding {}: {e}", cfg.listen))?;
     tracing::info!(
-        addr = %listener.local_addr()?,
-        "assistance adapter listening (POST /v1/persons, /v1/scfv-attendance, /v1/family-follow-ups, /v1/appeals)"
+        "assistance adapter: POST /v1/persons, /v1/scfv-attendance, /v1/family-follow-ups, /v1/appeals"
     );
-    let stop = shutdown.clone();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await?;
+    ponte_edge::http::run(
+        gate,
+        &cfg.listen,
+        tls,
+        access,
+        app,
+        shutdown.clone(),
+        Duration::from_secs(30),
+    )
+    .await?;
     readiness.set_not_ready("shutting down");
     let p = publisher.clone();
     tokio::task::spawn_blocking(move || p.flush(Duration::from_secs(10))).await??;

@@ -25,6 +25,8 @@ use axum::routing::post;
 use futures::StreamExt as _;
 use ponte_bus::ingest::{Accepted, Ingestor, Item, Rejected, Rejection};
 use ponte_bus::{BusError, KafkaConfig, Publisher, Topic, TopicsConfig};
+use ponte_edge::http::{Sender, may_send};
+use ponte_edge::{AccessConfig, Adapter, Gate, RecordKind, SourceSystem, TlsConfig};
 use ponte_runtime::Readiness;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -44,8 +46,6 @@ pub struct EducationAdapterConfig {
     pub listen: String,
     /// Address of the admin endpoint (metrics, health).
     pub admin_listen: String,
-    /// Name written as the events' source system and into record ids.
-    pub source_system: String,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
     /// Seconds a client is told to wait before retrying when the broker is unavailable.
@@ -67,7 +67,6 @@ pub struct EducationAdapterConfig {
 struct AppState {
     ingestor: Ingestor,
     records_topic: String,
-    source_system: String,
     retry_after_secs: u64,
     max_csv_bytes: u64,
     max_csv_line_bytes: usize,
@@ -138,17 +137,35 @@ fn is_csv(headers: &HeaderMap) -> bool {
 
 async fn ingest(State(state): State<Arc<AppState>>, req: Request) -> Response {
     let headers = req.headers().clone();
+    // Put there by the edge (`may_send`): the caller's right to send attendance, and the source
+    // system its records carry.
+    let Some(sender) = req.extensions().get::<Sender>().cloned() else {
+        return json(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &Answer {
+                accepted: 0,
+                rejected: Vec::new(),
+                error: Some("the request reached the handler without a checked sender".into()),
+            },
+        );
+    };
+    let source = sender.source_system;
     if is_csv(&headers) {
-        return ingest_csv(state, headers, req.into_body()).await;
+        return ingest_csv(state, source, headers, req.into_body()).await;
     }
     // The JSON path reads the whole body, bounded by `DefaultBodyLimit` (`max_body_bytes`).
     match Bytes::from_request(req, &state).await {
-        Ok(body) => ingest_json(&state, &headers, body).await,
+        Ok(body) => ingest_json(&state, &source, &headers, body).await,
         Err(rejection) => rejection.into_response(),
     }
 }
 
-async fn ingest_json(state: &AppState, headers: &HeaderMap, body: Bytes) -> Response {
+async fn ingest_json(
+    state: &AppState,
+    source: &SourceSystem,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Response {
     let now = SystemTime::now();
     let trace = trace_id(headers);
 
@@ -166,7 +183,7 @@ async fn ingest_json(state: &AppState, headers: &HeaderMap, body: Bytes) -> Resp
                     };
                     let parsed = serde_json::from_str::<AttendanceInput>(raw.get())
                         .map_err(|e| RecordError::malformed(e.to_string()))
-                        .and_then(|input| validate(&input, &state.source_system, now));
+                        .and_then(|input| validate(&input, source.as_str(), now));
                     match parsed {
                         Ok(ValidRecord { key, event }) => Item::Accepted(Accepted {
                             topic: state.records_topic.clone(),
@@ -194,7 +211,11 @@ async fn ingest_json(state: &AppState, headers: &HeaderMap, body: Bytes) -> Resp
         }
     };
 
-    match state.ingestor.ingest(items, &trace, now).await {
+    match state
+        .ingestor
+        .ingest(source.as_str(), items, &trace, now)
+        .await
+    {
         Ok(report) => {
             let status = if malformed_body {
                 StatusCode::BAD_REQUEST
@@ -246,6 +267,7 @@ struct CsvAnswer {
 /// One CSV upload in progress: the header, the chunk being filled, and the answer so far.
 struct CsvUpload<'a> {
     state: &'a AppState,
+    source: SourceSystem,
     trace: String,
     now: SystemTime,
     header: Option<Header>,
@@ -317,7 +339,7 @@ impl CsvUpload<'_> {
         }
         let parsed = header
             .parse_row(&line.bytes)
-            .and_then(|input| validate(&input, &self.state.source_system, self.now));
+            .and_then(|input| validate(&input, self.source.as_str(), self.now));
         match parsed {
             Ok(ValidRecord { key, event }) => self.items.push(Item::Accepted(Accepted {
                 topic: self.state.records_topic.clone(),
@@ -340,7 +362,7 @@ impl CsvUpload<'_> {
         match self
             .state
             .ingestor
-            .ingest(items, &self.trace, self.now)
+            .ingest(self.source.as_str(), items, &self.trace, self.now)
             .await
         {
             Ok(report) => {
@@ -409,10 +431,16 @@ fn refused(reason: &'static str) {
 }
 
 /// A CSV upload: streamed line by line, published in chunks of `csv_chunk_records`.
-async fn ingest_csv(state: Arc<AppState>, headers: HeaderMap, body: Body) -> Response {
+async fn ingest_csv(
+    state: Arc<AppState>,
+    source: SourceSystem,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let limit = state.max_csv_bytes;
     let mut up = CsvUpload {
         state: &state,
+        source,
         trace: trace_id(&headers),
         now: SystemTime::now(),
         header: None,
@@ -534,24 +562,27 @@ async fn too_large(limit: usize) -> Response {
 
 /// Runs the adapter until `shutdown` is cancelled: binds the API, keeps readiness in step with
 /// the broker, and flushes the producer before returning.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     cfg: &EducationAdapterConfig,
     kafka: &KafkaConfig,
     topics: &TopicsConfig,
+    tls: &TlsConfig,
+    access: &AccessConfig,
     readiness: Readiness,
     shutdown: CancellationToken,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let publisher = Publisher::new(kafka, &cfg.source_system)?;
+    // The policy is read before anything connects: a bad one stops the start, named.
+    let gate = Arc::new(Gate::new(ADAPTER, access, tls.is_insecure(), &[])?);
+    let publisher = Publisher::new(kafka, ADAPTER)?;
     let state = Arc::new(AppState {
         ingestor: Ingestor::new(
             publisher.clone(),
             ADAPTER,
-            &cfg.source_system,
             &topics.name(Topic::DeadLetter),
             cfg.max_in_flight,
         ),
         records_topic: topics.name(Topic::EducationAttendance),
-        source_system: cfg.source_system.clone(),
         retry_after_secs: cfg.retry_after_secs,
         max_csv_bytes: cfg.max_csv_bytes,
         max_csv_line_bytes: cfg.max_csv_line_bytes.max(1),
@@ -574,7 +605,14 @@ pub async fn run(
 
     let limit = cfg.max_body_bytes;
     let app = Router::new()
-        .route("/v1/attendance", post(ingest))
+        .route(
+            "/v1/attendance",
+            post(ingest).layer(axum::middleware::from_fn(may_send(
+                Arc::clone(&gate),
+                Adapter::Education,
+                RecordKind::Attendance,
+            ))),
+        )
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::map_response(
             move |resp: Response| async move {
@@ -589,14 +627,17 @@ pub async fn run(
             },
         ))
         .with_state(state);
-    let listener = tokio::net::TcpListener::bind(&cfg.listen)
-        .await
-        .map_err(|e| format!("binding {}: {e}", cfg.listen))?;
-    tracing::info!(addr = %listener.local_addr()?, "education adapter listening (POST /v1/attendance)");
-    let stop = shutdown.clone();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await?;
+    tracing::info!("education adapter: POST /v1/attendance");
+    ponte_edge::http::run(
+        gate,
+        &cfg.listen,
+        tls,
+        access,
+        app,
+        shutdown.clone(),
+        Duration::from_secs(30),
+    )
+    .await?;
     readiness.set_not_ready("shutting down");
     let p = publisher.clone();
     tokio::task::spawn_blocking(move || p.flush(Duration::from_secs(10))).await??;

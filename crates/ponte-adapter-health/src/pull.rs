@@ -25,6 +25,10 @@ use crate::watermark::{Mark, WatermarkError, WatermarkFile};
 pub struct PullConfig {
     /// Base URL of the FHIR server (`https://fhir.example/r4`); empty turns pull mode off.
     pub base_url: String,
+    /// Source system of the records pulled from that server (the first part of their record
+    /// ids). Pushed records take theirs from the caller's principal in the access policy;
+    /// pulled ones have no caller, so the operator who configures the server names it here.
+    pub source_system: String,
     /// Resource types searched, in this order.
     pub resource_types: Vec<String>,
     /// Seconds between polling cycles.
@@ -75,6 +79,7 @@ impl PullError {
 pub trait Sink: Send + Sync {
     fn ingest(
         &self,
+        source_system: &str,
         items: Vec<Item>,
         trace_id: &str,
         received: SystemTime,
@@ -84,11 +89,12 @@ pub trait Sink: Send + Sync {
 impl Sink for Ingestor {
     fn ingest(
         &self,
+        source_system: &str,
         items: Vec<Item>,
         trace_id: &str,
         received: SystemTime,
     ) -> impl Future<Output = Result<IngestReport, IngestFailure>> + Send {
-        Ingestor::ingest(self, items, trace_id, received)
+        Ingestor::ingest(self, source_system, items, trace_id, received)
     }
 }
 
@@ -277,7 +283,7 @@ impl Poller {
                 IngestReport::default()
             } else {
                 let trace = uuid::Uuid::new_v4().simple().to_string();
-                sink.ingest(items, &trace, now)
+                sink.ingest(&self.source_system, items, &trace, now)
                     .await
                     .map_err(|f| PullError::Bus(f.error.to_string()))?
             };
@@ -441,6 +447,7 @@ mod tests {
     impl Sink for Arc<Recorder> {
         fn ingest(
             &self,
+            _source_system: &str,
             items: Vec<Item>,
             _trace_id: &str,
             _received: SystemTime,
@@ -486,6 +493,7 @@ mod tests {
     fn cfg(base: &str, wm: &Path) -> PullConfig {
         PullConfig {
             base_url: base.to_owned(),
+            source_system: "health".to_owned(),
             resource_types: vec!["Observation".into()],
             interval_secs: 1,
             page_size: 2,

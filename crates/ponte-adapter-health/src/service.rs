@@ -18,12 +18,14 @@ use std::time::{Duration, SystemTime};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Extension, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use ponte_bus::ingest::{Accepted, IngestReport, Ingestor, Item, Rejected, Rejection};
 use ponte_bus::{BusError, KafkaConfig, Publisher, Topic, TopicsConfig};
+use ponte_edge::http::{Sender, may_send};
+use ponte_edge::{AccessConfig, Adapter, Gate, RecordKind, TlsConfig};
 use ponte_runtime::Readiness;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -49,8 +51,6 @@ pub struct HealthAdapterConfig {
     pub listen: String,
     /// Address of the admin endpoint (metrics, health).
     pub admin_listen: String,
-    /// Name written as the events' source system and into record ids.
-    pub source_system: String,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
     /// Seconds a client is told to wait before retrying when the broker is unavailable.
@@ -67,7 +67,6 @@ pub struct HealthAdapterConfig {
 struct AppState {
     ingestor: Ingestor,
     records_topic: String,
-    source_system: String,
     mapping: MappingConfig,
     retry_after_secs: u64,
 }
@@ -249,24 +248,20 @@ fn bus_failure_fhir(state: &AppState, err: &BusError) -> Response {
 
 async fn ingest_bundle(
     State(state): State<Arc<AppState>>,
+    Extension(sender): Extension<Sender>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let now = SystemTime::now();
     let trace = trace_id(&headers);
-    let parsed = parse_bundle(
-        &body,
-        &state.mapping,
-        &state.source_system,
-        BundleSource::Push,
-        now,
-    );
+    let source = sender.source_system.as_str();
+    let parsed = parse_bundle(&body, &state.mapping, source, BundleSource::Push, now);
     match parsed {
         Ok(parsed) => {
             let items = items_of(&parsed, &state.records_topic, |i| {
                 format!("entry {}", i + 1)
             });
-            match state.ingestor.ingest(items, &trace, now).await {
+            match state.ingestor.ingest(source, items, &trace, now).await {
                 Ok(report) => bundle_answer(&parsed, &report),
                 Err(failure) => bus_failure_fhir(&state, &failure.error),
             }
@@ -278,7 +273,7 @@ async fn ingest_bundle(
                 body.to_vec(),
                 FHIR_JSON,
             ));
-            match state.ingestor.ingest(vec![item], &trace, now).await {
+            match state.ingestor.ingest(source, vec![item], &trace, now).await {
                 Ok(_) => single_issue(
                     StatusCode::BAD_REQUEST,
                     "error",
@@ -383,25 +378,26 @@ pub fn simple_items(
 
 async fn ingest_simple(
     State(state): State<Arc<AppState>>,
+    Extension(sender): Extension<Sender>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let now = SystemTime::now();
     let trace = trace_id(&headers);
-    let (items, malformed) =
-        match simple_items(&body, &state.source_system, &state.records_topic, now) {
-            Ok(items) => (items, false),
-            Err(e) => (
-                vec![Item::Rejected(rejected(
-                    "body".to_owned(),
-                    e,
-                    body.to_vec(),
-                    "application/json",
-                ))],
-                true,
-            ),
-        };
-    match state.ingestor.ingest(items, &trace, now).await {
+    let source = sender.source_system.as_str();
+    let (items, malformed) = match simple_items(&body, source, &state.records_topic, now) {
+        Ok(items) => (items, false),
+        Err(e) => (
+            vec![Item::Rejected(rejected(
+                "body".to_owned(),
+                e,
+                body.to_vec(),
+                "application/json",
+            ))],
+            true,
+        ),
+    };
+    match state.ingestor.ingest(source, items, &trace, now).await {
         Ok(report) => {
             let status = if malformed {
                 StatusCode::BAD_REQUEST
@@ -438,18 +434,22 @@ fn is_plain_413(resp: &Response, own_type: &'static str) -> bool {
 /// Runs the adapter until `shutdown` is cancelled: binds the API, starts pull mode when
 /// configured, keeps readiness in step with the broker, and flushes the producer before
 /// returning.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     cfg: &HealthAdapterConfig,
     kafka: &KafkaConfig,
     topics: &TopicsConfig,
+    tls: &TlsConfig,
+    access: &AccessConfig,
     readiness: Readiness,
     shutdown: CancellationToken,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let publisher = Publisher::new(kafka, &cfg.source_system)?;
+    // The policy is read before anything connects: a bad one stops the start, named.
+    let gate = Arc::new(Gate::new(ADAPTER, access, tls.is_insecure(), &[])?);
+    let publisher = Publisher::new(kafka, ADAPTER)?;
     let ingestor = Ingestor::new(
         publisher.clone(),
         ADAPTER,
-        &cfg.source_system,
         &topics.name(Topic::DeadLetter),
         cfg.max_in_flight,
     );
@@ -457,7 +457,6 @@ pub async fn run(
     let state = Arc::new(AppState {
         ingestor: ingestor.clone(),
         records_topic: records_topic.clone(),
-        source_system: cfg.source_system.clone(),
         mapping: cfg.mapping.clone(),
         retry_after_secs: cfg.retry_after_secs,
     });
@@ -469,7 +468,7 @@ pub async fn run(
         let poller = crate::pull::Poller::new(
             &cfg.pull,
             cfg.mapping.clone(),
-            &cfg.source_system,
+            &cfg.pull.source_system,
             &records_topic,
         )?;
         let stop = shutdown.clone();
@@ -492,9 +491,16 @@ pub async fn run(
     );
 
     let limit = cfg.max_body_bytes;
+    let health_records = || {
+        axum::middleware::from_fn(may_send(
+            Arc::clone(&gate),
+            Adapter::Health,
+            RecordKind::Health,
+        ))
+    };
     let fhir = Router::new()
-        .route("/fhir", post(ingest_bundle))
-        .route("/fhir/Bundle", post(ingest_bundle))
+        .route("/fhir", post(ingest_bundle).layer(health_records()))
+        .route("/fhir/Bundle", post(ingest_bundle).layer(health_records()))
         .layer(axum::middleware::map_response(
             move |resp: Response| async move {
                 if is_plain_413(&resp, FHIR_JSON) {
@@ -510,7 +516,7 @@ pub async fn run(
             },
         ));
     let simple = Router::new()
-        .route("/v1/health", post(ingest_simple))
+        .route("/v1/health", post(ingest_simple).layer(health_records()))
         .layer(axum::middleware::map_response(
             move |resp: Response| async move {
                 if is_plain_413(&resp, "application/json") {
@@ -531,14 +537,17 @@ pub async fn run(
         .merge(simple)
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state);
-    let listener = tokio::net::TcpListener::bind(&cfg.listen)
-        .await
-        .map_err(|e| format!("binding {}: {e}", cfg.listen))?;
-    tracing::info!(addr = %listener.local_addr()?, "health adapter listening (POST /fhir, /fhir/Bundle, /v1/health)");
-    let stop = shutdown.clone();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await?;
+    tracing::info!("health adapter: POST /fhir, /fhir/Bundle, /v1/health");
+    ponte_edge::http::run(
+        gate,
+        &cfg.listen,
+        tls,
+        access,
+        app,
+        shutdown.clone(),
+        Duration::from_secs(30),
+    )
+    .await?;
     readiness.set_not_ready("shutting down");
     if let Some(p) = puller {
         p.await?;

@@ -92,33 +92,46 @@ pub struct IngestFailure {
     pub error: BusError,
 }
 
+/// The largest original kept in a dead letter by default, in bytes: well under the broker's
+/// default 1 MiB message limit, so that a dead letter is always publishable.
+pub const DEFAULT_MAX_DEAD_LETTER_ORIGINAL_BYTES: usize = 256 * 1024;
+
 /// Publishes validated batches for one adapter.
 #[derive(Debug, Clone)]
 pub struct Ingestor {
     publisher: Publisher,
     adapter: &'static str,
-    source_system: String,
     deadletter_topic: String,
     max_in_flight: usize,
+    max_original_bytes: usize,
 }
 
 impl Ingestor {
-    /// `adapter` is the metrics label (`education`, `health`, `assistance`); `source_system`
-    /// is written into dead letters; `max_in_flight` bounds unacknowledged records (memory).
+    /// `adapter` is the metrics label (`education`, `health`, `assistance`); `max_in_flight`
+    /// bounds unacknowledged records (memory). Dead letters keep at most
+    /// [`DEFAULT_MAX_DEAD_LETTER_ORIGINAL_BYTES`] of an original (see
+    /// [`Ingestor::with_max_original_bytes`]).
     pub fn new(
         publisher: Publisher,
         adapter: &'static str,
-        source_system: &str,
         deadletter_topic: &str,
         max_in_flight: usize,
     ) -> Self {
         Self {
             publisher,
             adapter,
-            source_system: source_system.to_owned(),
             deadletter_topic: deadletter_topic.to_owned(),
             max_in_flight: max_in_flight.max(1),
+            max_original_bytes: DEFAULT_MAX_DEAD_LETTER_ORIGINAL_BYTES,
         }
+    }
+
+    /// Dead letters keep at most the first `max` bytes of an original; the reason says how
+    /// many there were. A larger original than the broker's message limit could never be
+    /// dead-lettered, and the client would get 5xx on every retry.
+    pub fn with_max_original_bytes(mut self, max: usize) -> Self {
+        self.max_original_bytes = max.max(1);
+        self
     }
 
     /// The underlying publisher (for readiness probes and shutdown flushes).
@@ -126,14 +139,25 @@ impl Ingestor {
         &self.publisher
     }
 
-    fn dead_letter(&self, r: &Rejected, received: SystemTime) -> DeadLetter {
+    fn dead_letter(&self, source_system: &str, r: &Rejected, received: SystemTime) -> DeadLetter {
+        let mut reason = format!("{}: {}", r.field, r.reason);
+        let original = if r.original.len() > self.max_original_bytes {
+            reason.push_str(&format!(
+                " (original of {} bytes; its first {} kept)",
+                r.original.len(),
+                self.max_original_bytes
+            ));
+            r.original[..self.max_original_bytes].to_vec()
+        } else {
+            r.original.clone()
+        };
         DeadLetter {
-            source_system: self.source_system.clone(),
-            reason: format!("{}: {}", r.field, r.reason),
+            source_system: source_system.to_owned(),
+            reason,
             error_type: r.error_type.clone(),
             field: r.field.clone(),
             position: r.position.clone(),
-            original: r.original.clone(),
+            original,
             content_type: r.content_type.clone(),
             received_time: Some(timestamp(received)),
             // Rejected before it became an event: no record id yet.
@@ -141,9 +165,11 @@ impl Ingestor {
         }
     }
 
-    /// Publishes a batch; see the module documentation for the contract.
+    /// Publishes a batch sent by `source_system` (dead letters name it); see the module
+    /// documentation for the contract.
     pub async fn ingest(
         &self,
+        source_system: &str,
         items: Vec<Item>,
         trace_id: &str,
         received: SystemTime,
@@ -184,7 +210,7 @@ impl Ingestor {
                             self.publisher
                                 .publish_dead_letter(
                                     &self.deadletter_topic,
-                                    &self.dead_letter(&r, received),
+                                    &self.dead_letter(source_system, &r, received),
                                     trace_id,
                                 )
                                 .await,
@@ -224,5 +250,54 @@ impl Ingestor {
             "batch ingested"
         );
         Ok(IngestReport { accepted, rejected })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::KafkaConfig;
+
+    fn rejected(original: Vec<u8>) -> Rejected {
+        Rejected {
+            position: "body".into(),
+            field: "record".into(),
+            error_type: "malformed".into(),
+            reason: "body is not JSON".into(),
+            original,
+            content_type: "application/json".into(),
+        }
+    }
+
+    #[test]
+    fn a_dead_letter_keeps_at_most_the_cap_and_says_so() {
+        // Creating a producer does not connect: nothing is sent here.
+        let kafka = KafkaConfig {
+            bootstrap_servers: "127.0.0.1:1".into(),
+            message_timeout_ms: 1000,
+            properties: Default::default(),
+        };
+        let ingestor = Ingestor::new(Publisher::new(&kafka, "test").unwrap(), "t", "dl", 1)
+            .with_max_original_bytes(10);
+        let small = ingestor.dead_letter(
+            "education",
+            &rejected(b"0123456789".to_vec()),
+            SystemTime::now(),
+        );
+        assert_eq!(small.original, b"0123456789");
+        assert_eq!(small.reason, "record: body is not JSON");
+        assert_eq!(small.source_system, "education");
+
+        let big =
+            ingestor.dead_letter("health", &rejected(vec![b'x'; 16 << 20]), SystemTime::now());
+        assert_eq!(big.original, b"xxxxxxxxxx");
+        assert!(
+            big.reason
+                .ends_with("(original of 16777216 bytes; its first 10 kept)"),
+            "{}",
+            big.reason
+        );
+        assert_eq!(big.source_system, "health");
     }
 }

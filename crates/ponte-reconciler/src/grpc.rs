@@ -11,6 +11,9 @@ use ponte_bus::consume::Assignment;
 use ponte_domain::ids::IbgeMunicipality;
 use ponte_domain::period::Period;
 use ponte_domain::rules::RuleSet;
+use ponte_edge::grpc::{admit, out_of_scope};
+use ponte_edge::{Gate, Grant, Rpc};
+use ponte_proto::compliance::v1::compliance_change::View;
 use ponte_proto::compliance::v1::{
     ComplianceChange, GetFamilyRequest, GetFamilyResponse, GetIndicatorsRequest,
     GetIndicatorsResponse, GetPersonRequest, GetPersonResponse, IndicatorRow, ListParkedRequest,
@@ -22,6 +25,7 @@ use prost::Message as _;
 use rdkafka::Message as _;
 use rdkafka::consumer::{Consumer as _, StreamConsumer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use crate::ReconcilerError;
@@ -40,6 +44,8 @@ pub struct ComplianceApi {
     rules: RuleSet,
     kafka: KafkaConfig,
     changes_topic: String,
+    /// Who may call what, and see where (docs/security.md).
+    gate: Arc<Gate>,
 }
 
 type ItemStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -72,6 +78,78 @@ fn format_position(pos: &BTreeMap<i32, i64>) -> String {
         .join(",")
 }
 
+/// The conditionality a person's school attendance records are evidence of.
+const EDUCATION: &str = "education";
+/// The conditionality a person's health records are evidence of.
+const HEALTH: &str = "health";
+
+/// What of `person` the grant may show: nothing outside its places, and only the outcomes and
+/// records of its conditionalities.
+fn visible_person(
+    grant: &Grant,
+    mut person: ponte_proto::compliance::v1::Person,
+) -> Option<ponte_proto::compliance::v1::Person> {
+    if !grant.covers_municipality_code(&person.municipality) {
+        return None;
+    }
+    person
+        .outcomes
+        .retain(|o| grant.covers_conditionality(&o.conditionality));
+    if !grant.covers_conditionality(EDUCATION) {
+        person.school_attendance.clear();
+    }
+    if !grant.covers_conditionality(HEALTH) {
+        person.health_records.clear();
+    }
+    Some(person)
+}
+
+/// Whether an effect's causes (`<nis>/<conditionality>/<period>`) are all of conditionalities
+/// the grant covers.
+fn effect_visible(grant: &Grant, causes: &[String]) -> bool {
+    causes.iter().all(|c| {
+        c.split('/')
+            .nth(1)
+            .is_none_or(|cond| grant.covers_conditionality(cond))
+    })
+}
+
+/// What of `family` the grant may show: a family is in the place of its members (the first
+/// member with a view decides; a family none of whose members is in the view only to a federal
+/// scope), and only effects caused by its conditionalities.
+fn visible_family(
+    grant: &Grant,
+    read: &Store,
+    mut family: ponte_proto::compliance::v1::Family,
+) -> Result<Option<ponte_proto::compliance::v1::Family>, ReconcilerError> {
+    if !grant.is_federal() {
+        let mut place = None;
+        for member in &family.members {
+            if let Ok(nis) = Nis::parse(member)
+                && let Some(p) = readmodel::read_person(read, &nis)?
+            {
+                place = Some(p.municipality);
+                break;
+            }
+        }
+        if !place.is_some_and(|m| grant.covers_municipality_code(&m)) {
+            return Ok(None);
+        }
+    }
+    if !matches!(
+        grant.conditionalities(),
+        ponte_access::policy::Conditionalities::All
+    ) {
+        family.effects.retain(|e| effect_visible(grant, &e.causes));
+        for m in &mut family.member_effects {
+            m.effects.retain(|e| effect_visible(grant, &e.causes));
+        }
+        // The evaluation as a whole names every conditionality: only for callers of all.
+        family.effects_json.clear();
+    }
+    Ok(Some(family))
+}
+
 impl ComplianceApi {
     /// `read`: the read model's store; `state`: the store of this instance's partitions, of
     /// which `assignment` tells the ones currently owned.
@@ -82,6 +160,7 @@ impl ComplianceApi {
         rules: RuleSet,
         kafka: KafkaConfig,
         changes_topic: String,
+        gate: Arc<Gate>,
     ) -> Self {
         Self {
             read,
@@ -90,6 +169,7 @@ impl ComplianceApi {
             rules,
             kafka,
             changes_topic,
+            gate,
         }
     }
 
@@ -132,8 +212,20 @@ impl ComplianceService for ComplianceApi {
         &self,
         request: Request<ListPersonsRequest>,
     ) -> Result<Response<Self::ListPersonsStream>, Status> {
+        let admitted = admit(&self.gate, &request, Rpc::ListPersons)?;
         let req = request.into_inner();
-        let mun = municipality(&req.municipality)?.to_string();
+        let place = municipality(&req.municipality)?;
+        if !admitted.grant.covers_municipality(&place) {
+            return Err(out_of_scope("municipality"));
+        }
+        if !req.conditionality.is_empty()
+            && !admitted.grant.covers_conditionality(&req.conditionality)
+        {
+            return Err(Status::permission_denied(
+                "conditionality: not among the caller's conditionalities",
+            ));
+        }
+        let mun = place.to_string();
         if !req.period.is_empty() {
             Period::parse(&req.period)
                 .map_err(|e| Status::invalid_argument(format!("period: {e}")))?;
@@ -160,12 +252,19 @@ impl ComplianceService for ComplianceApi {
                 readmodel::list_persons(s, &mun, &after, limit, &keep)
             })
             .await?;
-        let items = persons.into_iter().map(|p| {
-            Ok(ListPersonsItem {
-                page_token: p.nis.clone(),
-                person: Some(p),
+        let grant = admitted.grant;
+        let items: Vec<_> = persons
+            .into_iter()
+            .filter_map(|p| {
+                let page_token = p.nis.clone();
+                visible_person(&grant, p).map(|person| {
+                    Ok(ListPersonsItem {
+                        page_token,
+                        person: Some(person),
+                    })
+                })
             })
-        });
+            .collect();
         Ok(Response::new(Box::pin(futures::stream::iter(items))))
     }
 
@@ -173,8 +272,12 @@ impl ComplianceService for ComplianceApi {
         &self,
         request: Request<GetIndicatorsRequest>,
     ) -> Result<Response<GetIndicatorsResponse>, Status> {
+        let admitted = admit(&self.gate, &request, Rpc::GetIndicators)?;
         let req = request.into_inner();
         let mun = municipality(&req.municipality)?;
+        if !admitted.grant.covers_municipality(&mun) {
+            return Err(out_of_scope("municipality"));
+        }
         let key = mun.to_string();
         let rows = self
             .read(move |s| readmodel::read_indicators(s, &key))
@@ -182,6 +285,9 @@ impl ComplianceService for ComplianceApi {
         let mut out = GetIndicatorsResponse::default();
         let mut latest: BTreeMap<String, (Period, f64)> = BTreeMap::new();
         for (cond, period, c) in rows {
+            if !admitted.grant.covers_conditionality(&cond) {
+                continue;
+            }
             let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
             if let Ok(p) = Period::parse(&period)
                 && c.public > 0
@@ -220,6 +326,14 @@ impl ComplianceService for ComplianceApi {
         &self,
         request: Request<WatchChangesRequest>,
     ) -> Result<Response<Self::WatchChangesStream>, Status> {
+        let admitted = admit(&self.gate, &request, Rpc::WatchChanges)?;
+        // One stream slot of the principal for the stream's whole life.
+        let stream_slot = self
+            .gate
+            .admit_watch(&admitted.caller.principal)
+            .map_err(|b| Status::resource_exhausted(b.to_string()))?;
+        let grant = admitted.grant;
+        let read = self.read.clone();
         let from = request.into_inner().from;
         let explicit = match from.as_str() {
             "" | "end" => None,
@@ -261,6 +375,7 @@ impl ComplianceService for ComplianceApi {
             .map_err(|e| Status::internal(format!("watch assign: {e}")))?;
         let (tx, rx) = tokio::sync::mpsc::channel(256);
         tokio::spawn(async move {
+            let _stream_slot = stream_slot;
             loop {
                 let msg = tokio::select! {
                     _ = tx.closed() => break,
@@ -269,13 +384,29 @@ impl ComplianceService for ComplianceApi {
                 let item = match msg {
                     Ok(m) => {
                         position.insert(m.partition(), m.offset() + 1);
-                        match m.payload().map(ComplianceChange::decode) {
-                            Some(Ok(change)) => Ok(WatchedChange {
-                                change: Some(change),
-                                position: format_position(&position),
-                            }),
+                        let change = match m.payload().map(ComplianceChange::decode) {
+                            Some(Ok(change)) => change,
                             _ => continue,
-                        }
+                        };
+                        // Only what the caller's scope covers; the position still moves on.
+                        let visible = match change.view {
+                            Some(View::Person(p)) => visible_person(&grant, p).map(View::Person),
+                            Some(View::Family(f)) => {
+                                let (g, r) = (grant.clone(), read.clone());
+                                match tokio::task::spawn_blocking(move || visible_family(&g, &r, f))
+                                    .await
+                                {
+                                    Ok(Ok(f)) => f.map(View::Family),
+                                    _ => None,
+                                }
+                            }
+                            None => None,
+                        };
+                        let Some(view) = visible else { continue };
+                        Ok(WatchedChange {
+                            change: Some(ComplianceChange { view: Some(view) }),
+                            position: format_position(&position),
+                        })
                     }
                     Err(e) => Err(Status::unavailable(format!("bus: {e}"))),
                 };
@@ -293,17 +424,22 @@ impl ComplianceService for ComplianceApi {
         &self,
         request: Request<GetPersonRequest>,
     ) -> Result<Response<GetPersonResponse>, Status> {
+        let admitted = admit(&self.gate, &request, Rpc::GetPerson)?;
         let nis = Nis::parse(&request.get_ref().nis)
             .map_err(|e| Status::invalid_argument(format!("nis: {e}")))?;
+        let masked = nis.masked();
         let person = self.read(move |s| readmodel::read_person(s, &nis)).await?;
-        match person {
-            Some(person) => Ok(Response::new(GetPersonResponse {
+        let federal = admitted.grant.is_federal();
+        match person.map(|p| visible_person(&admitted.grant, p)) {
+            Some(Some(person)) => Ok(Response::new(GetPersonResponse {
                 person: Some(person),
             })),
-            None => Err(Status::not_found(format!(
-                "nis: no record for {} in the view",
-                nis.masked()
+            // Only a federal caller may learn that a NIS is not in the view; anyone else gets
+            // the same answer for "not there" and "not yours".
+            None if federal => Err(Status::not_found(format!(
+                "nis: no record for {masked} in the view"
             ))),
+            _ => Err(out_of_scope("nis")),
         }
     }
 
@@ -311,6 +447,7 @@ impl ComplianceService for ComplianceApi {
         &self,
         request: Request<GetFamilyRequest>,
     ) -> Result<Response<GetFamilyResponse>, Status> {
+        let admitted = admit(&self.gate, &request, Rpc::GetFamily)?;
         let id = request.into_inner().family_id;
         if id.is_empty() || id.len() > 64 || id.contains('/') {
             return Err(Status::invalid_argument(
@@ -318,16 +455,21 @@ impl ComplianceService for ComplianceApi {
             ));
         }
         let lookup = id.clone();
+        let grant = admitted.grant.clone();
         let family = self
-            .read(move |s| readmodel::read_family(s, &lookup))
+            .read(move |s| match readmodel::read_family(s, &lookup)? {
+                Some(f) => visible_family(&grant, s, f).map(|v| Some(v.ok_or(()))),
+                None => Ok(None),
+            })
             .await?;
         match family {
-            Some(family) => Ok(Response::new(GetFamilyResponse {
+            Some(Ok(family)) => Ok(Response::new(GetFamilyResponse {
                 family: Some(family),
             })),
-            None => Err(Status::not_found(format!(
+            None if admitted.grant.is_federal() => Err(Status::not_found(format!(
                 "family_id: no family {id} in the view"
             ))),
+            _ => Err(out_of_scope("family_id")),
         }
     }
 
@@ -335,6 +477,7 @@ impl ComplianceService for ComplianceApi {
         &self,
         request: Request<ListParkedRequest>,
     ) -> Result<Response<ListParkedResponse>, Status> {
+        let _admitted = admit(&self.gate, &request, Rpc::ListParked)?;
         let limit = match request.get_ref().limit {
             0 => 100,
             n if n > 10_000 => {

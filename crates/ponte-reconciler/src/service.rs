@@ -946,16 +946,36 @@ fn input_partitions(kafka: &KafkaConfig, inputs: &[String]) -> Result<i32, Recon
     i32::try_from(n).map_err(startup)
 }
 
+/// Largest gRPC request message accepted, in bytes.
+const MAX_GRPC_REQUEST_BYTES: usize = 64 * 1024;
+/// Most HTTP/2 streams (calls) open at once on one gRPC connection.
+const GRPC_MAX_CONCURRENT_STREAMS: u32 = 256;
+
 /// Runs the reconciler until `shutdown` is cancelled.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     cfg: &ReconcilerConfig,
     kafka: &KafkaConfig,
     topics: &TopicsConfig,
+    tls: &ponte_edge::TlsConfig,
+    access: &ponte_edge::AccessConfig,
     readiness: Readiness,
     shutdown: CancellationToken,
 ) -> Result<(), ReconcilerError> {
     let topology = topology_from(cfg)?;
     tracing::info!(rule_set = %topology.rules().reference(), from = %cfg.monitor_from, to = %cfg.monitor_to, "rule set loaded");
+    // The access policy is checked against the rule set's conditionalities before anything
+    // connects: a misspelt id stops the start instead of silently denying.
+    let known: Vec<&str> = topology
+        .rules()
+        .conditionalities
+        .iter()
+        .map(|c| c.id.as_str())
+        .collect();
+    let gate = Arc::new(
+        ponte_edge::Gate::new("grpc", access, tls.is_insecure(), &known)
+            .map_err(|e| startup(format!("access: {e}")))?,
+    );
     let durability = match cfg.durability.as_str() {
         "process" => Durability::Process,
         "machine" => Durability::Machine,
@@ -1072,14 +1092,21 @@ pub async fn run(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| startup(format!("reflection: {e}")))?;
-    let addr: std::net::SocketAddr = cfg
-        .grpc_listen
-        .parse()
-        .map_err(|e| startup(format!("reconciler.grpc_listen {:?}: {e}", cfg.grpc_listen)))?;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| startup(format!("binding {addr}: {e}")))?;
+    let listener = ponte_edge::EdgeListener::bind(
+        "grpc",
+        &cfg.grpc_listen,
+        tls,
+        &[ponte_access::tls::Alpn::H2],
+        access.handshake_timeout(),
+    )
+    .await
+    .map_err(|e| startup(format!("reconciler.grpc_listen {:?}: {e}", cfg.grpc_listen)))?;
     let local = listener.local_addr().map_err(startup)?;
+    let tls_on = listener.is_tls();
+    gate.spawn_reloader(
+        Duration::from_secs(access.reload_check_secs.max(1)),
+        shutdown.clone(),
+    );
     let api = ComplianceServiceServer::new(ComplianceApi::new(
         read.clone(),
         store.clone(),
@@ -1087,26 +1114,35 @@ pub async fn run(
         topology.rules().clone(),
         kafka.clone(),
         out.changes.clone(),
-    ));
+        Arc::clone(&gate),
+    ))
+    // Requests are a NIS, a code or a page token: nothing legitimate comes near this.
+    .max_decoding_message_size(MAX_GRPC_REQUEST_BYTES);
     health
         .set_serving::<ComplianceServiceServer<ComplianceApi>>()
         .await;
     let grpc_stop = shutdown.clone();
     let grpc = tokio::spawn(async move {
         tonic::transport::Server::builder()
+            // Limits of one connection: streams open at once, and pings so that a vanished
+            // client's streams (WatchChanges) are closed.
+            .max_concurrent_streams(Some(GRPC_MAX_CONCURRENT_STREAMS))
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .add_service(health_service)
             .add_service(reflection)
             .add_service(api)
             .serve_with_incoming_shutdown(
-                // Small answers go out at once: with Nagle's algorithm on, a reply waited for
-                // the client's delayed ACK (about 40 ms) in a fifth to a third of calls
+                // The edge listener completes TLS handshakes (with a deadline) and sets
+                // TCP_NODELAY: with Nagle's algorithm on, a reply waited for the client's
+                // delayed ACK (about 40 ms) in a fifth to a third of calls
                 // (docs/benchmarks.md, "Queries under load").
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                listener.incoming(grpc_stop.clone()),
                 async move { grpc_stop.cancelled().await },
             )
             .await
     });
-    tracing::info!(%local, "gRPC ComplianceService listening (health and reflection on)");
+    tracing::info!(%local, tls = tls_on, "gRPC ComplianceService listening (health and reflection on)");
 
     // The consumer loop. Work consumed under an older assignment generation is dropped
     // uncommitted (its partitions may belong to another instance now); what the store holds

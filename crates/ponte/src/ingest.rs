@@ -61,7 +61,7 @@ pub(crate) struct IngestArgs {
     /// The file to send (CSV, JSON…; the type follows the extension unless --content-type).
     pub(crate) file: PathBuf,
     /// Full URL of the adapter's ingest endpoint [default: from the sector's `listen` in the
-    /// configuration, e.g. http://127.0.0.1:8081/v1/attendance].
+    /// configuration, e.g. https://127.0.0.1:8081/v1/attendance; http:// without --ca].
     #[arg(long)]
     pub(crate) url: Option<String>,
     /// Media type to send, overriding the one derived from the file's extension.
@@ -222,10 +222,14 @@ fn describe(rejection: &serde_json::Value) -> String {
 
 /// Runs `ponte ingest`; `default_listen` is the sector's configured listen address, if known.
 /// Returns whether the adapter finally answered 2xx.
-pub(crate) async fn run(args: IngestArgs, default_listen: Option<&str>) -> anyhow::Result<bool> {
+pub(crate) async fn run(
+    args: IngestArgs,
+    default_listen: Option<&str>,
+    creds: &crate::client::ClientCreds,
+) -> anyhow::Result<bool> {
     let url = match (&args.url, default_listen, args.sector.default_path()) {
         (Some(u), _, _) => u.clone(),
-        (None, Some(listen), Some(path)) => format!("http://{listen}{path}"),
+        (None, Some(listen), Some(path)) => format!("{}://{listen}{path}", creds.scheme()),
         _ => anyhow::bail!(
             "no default endpoint for the {:?} adapter: pass --url",
             args.sector
@@ -257,9 +261,7 @@ pub(crate) async fn run(args: IngestArgs, default_listen: Option<&str>) -> anyho
     );
     bar.enable_steady_tick(Duration::from_millis(200));
 
-    let client = reqwest::Client::builder()
-        .build()
-        .context("building the HTTP client")?;
+    let client = creds.http_client()?;
     let started = Instant::now();
     let mut attempts = 0u32;
     let (status, body) = loop {

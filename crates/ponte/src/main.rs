@@ -19,6 +19,7 @@ use ponte_runtime::telemetry::{LogConfig, init_logging, init_metrics};
 use ponte_runtime::{Readiness, serve_admin, shutdown_token};
 use serde::Deserialize;
 
+mod client;
 mod ingest;
 mod sim;
 
@@ -34,6 +35,9 @@ struct Cli {
     /// TOML file layered over the built-in defaults (then PONTE__* variables over both).
     #[arg(long, global = true, env = "PONTE_CONFIG")]
     config: Option<PathBuf>,
+    /// Credentials of `ponte query` and `ponte ingest`.
+    #[command(flatten)]
+    client: client::ClientCreds,
     #[command(subcommand)]
     command: Command,
 }
@@ -57,8 +61,9 @@ enum Command {
     },
     /// Query a running reconciler over gRPC.
     Query {
-        /// gRPC address of the reconciler.
-        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        /// gRPC address of the reconciler: `https://` for TLS (with --ca), `http://` for an
+        /// insecure one.
+        #[arg(long, default_value = "https://localhost:50051")]
         addr: String,
         #[command(subcommand)]
         command: QueryCommand,
@@ -90,6 +95,22 @@ enum PkiCommand {
         /// Overwrite the files it writes in a non-empty directory.
         #[arg(long)]
         force: bool,
+    },
+    /// Print a bearer token (JWT) for a principal, signed with a development PKI's token key
+    /// (the issuer and audience of the `ponte.toml` that `pki dev` wrote).
+    DevToken {
+        /// The development PKI's directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The principal (`urn:ponte:principal:federal`, or just `federal`).
+        #[arg(long)]
+        principal: String,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl_secs: u64,
+        /// Audience (default: the development audience `urn:ponte:api`).
+        #[arg(long)]
+        audience: Option<String>,
     },
 }
 
@@ -133,6 +154,8 @@ struct Config {
     health_adapter: ponte_adapter_health::HealthAdapterConfig,
     assistance_adapter: ponte_adapter_assistance::AssistanceAdapterConfig,
     reconciler: ponte_reconciler::ReconcilerConfig,
+    tls: ponte_edge::TlsConfig,
+    access: ponte_edge::AccessConfig,
 }
 
 fn load_config(file: Option<&std::path::Path>) -> anyhow::Result<Config> {
@@ -151,6 +174,8 @@ async fn main() -> anyhow::Result<()> {
                 &cfg.education_adapter,
                 &cfg.kafka,
                 &cfg.topics,
+                &cfg.tls,
+                &cfg.access,
                 readiness,
                 shutdown,
             )
@@ -164,6 +189,8 @@ async fn main() -> anyhow::Result<()> {
                 &cfg.health_adapter,
                 &cfg.kafka,
                 &cfg.topics,
+                &cfg.tls,
+                &cfg.access,
                 readiness,
                 shutdown,
             )
@@ -177,6 +204,8 @@ async fn main() -> anyhow::Result<()> {
                 &cfg.assistance_adapter,
                 &cfg.kafka,
                 &cfg.topics,
+                &cfg.tls,
+                &cfg.access,
                 readiness,
                 shutdown,
             )
@@ -190,6 +219,8 @@ async fn main() -> anyhow::Result<()> {
                 &cfg.reconciler,
                 &cfg.kafka,
                 &cfg.topics,
+                &cfg.tls,
+                &cfg.access,
                 readiness,
                 shutdown,
             )
@@ -222,7 +253,7 @@ async fn main() -> anyhow::Result<()> {
                 );
             }
         }
-        Command::Query { addr, command } => query(&addr, command).await?,
+        Command::Query { addr, command } => query(&addr, &cli.client, command).await?,
         Command::Config => println!("{cfg:#?}"),
         Command::Ingest(args) => {
             // The sector's configured listen address gives the default endpoint.
@@ -231,7 +262,7 @@ async fn main() -> anyhow::Result<()> {
                 ingest::Sector::Health => cfg.health_adapter.listen.clone(),
                 ingest::Sector::Assistance => cfg.assistance_adapter.listen.clone(),
             });
-            if !ingest::run(args, listen.as_deref()).await? {
+            if !ingest::run(args, listen.as_deref(), &cli.client).await? {
                 std::process::exit(1);
             }
         }
@@ -239,6 +270,34 @@ async fn main() -> anyhow::Result<()> {
         Command::Pki {
             command: PkiCommand::Dev { out, force },
         } => pki_dev(&out, force)?,
+        Command::Pki {
+            command:
+                PkiCommand::DevToken {
+                    dir,
+                    principal,
+                    ttl_secs,
+                    audience,
+                },
+        } => {
+            use ponte_access::token::dev;
+            let key = std::fs::read_to_string(dir.join("token-signing-key.pem"))
+                .with_context(|| format!("{}/token-signing-key.pem", dir.display()))?;
+            let signer = dev::DevSigner::from_pkcs8_pem(dev::DEV_KID, &key)?;
+            let principal = if principal.contains(':') {
+                principal
+            } else {
+                ponte_access::pki::principal_uri(&principal)
+            };
+            println!(
+                "{}",
+                signer.sign_for(
+                    &principal,
+                    dev::DEV_ISSUER,
+                    audience.as_deref().unwrap_or(dev::DEV_AUDIENCE),
+                    Duration::from_secs(ttl_secs),
+                )?
+            );
+        }
     }
     Ok(())
 }
@@ -267,7 +326,66 @@ fn pki_dev(out: &std::path::Path, force: bool) -> anyhow::Result<()> {
     println!("  JWKS             {}", pki.jwks.display());
     println!("  token key        {}", pki.token_signing_key.display());
     println!("  access policy    {}", pki.policy.display());
+    let config = pki.dir.join("ponte.toml");
+    std::fs::write(&config, dev_config_toml(&pki))
+        .with_context(|| format!("writing {}", config.display()))?;
+    println!(
+        "  Ponte config     {}  (PONTE_CONFIG=<it> ponte <service>)",
+        config.display()
+    );
     Ok(())
+}
+
+/// The `[tls]` and `[access]` sections for services using the development PKI: TLS with the dev
+/// server certificate, client certificates checked against the dev CA (optional, so that a
+/// caller may use a bearer token instead), tokens from the dev issuer, the dev policy.
+fn dev_config_toml(pki: &ponte_access::pki::DevPkiManifest) -> String {
+    use ponte_access::token::dev;
+    // Absolute paths, so the file works from any directory. TOML basic strings: escape.
+    let path = |p: &std::path::Path| {
+        let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+        toml_string(&abs.display().to_string())
+    };
+    format!(
+        "# Written by `ponte pki dev`: TLS and authentication with the development PKI in this\n\
+         # directory. Never for a real deployment (docs/security.md).\n\
+         [tls]\n\
+         cert_file = {}\n\
+         key_file = {}\n\
+         client_ca_file = {}\n\
+         client_auth = \"optional\"\n\
+         \n\
+         [access]\n\
+         policy_file = {}\n\
+         \n\
+         [access.tokens]\n\
+         jwks_file = {}\n\
+         issuer = {}\n\
+         audience = {}\n",
+        path(&pki.server.cert),
+        path(&pki.server.key),
+        path(&pki.ca.cert),
+        path(&pki.policy),
+        path(&pki.jwks),
+        toml_string(dev::DEV_ISSUER),
+        toml_string(dev::DEV_AUDIENCE),
+    )
+}
+
+/// `s` as a TOML basic string.
+fn toml_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 async fn start_admin(
@@ -313,12 +431,21 @@ async fn topics_ensure(cfg: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn query(addr: &str, command: QueryCommand) -> anyhow::Result<()> {
+async fn query(
+    addr: &str,
+    creds: &client::ClientCreds,
+    command: QueryCommand,
+) -> anyhow::Result<()> {
     use ponte_proto::compliance::v1::GetPersonRequest;
     use ponte_proto::compliance::v1::compliance_service_client::ComplianceServiceClient;
-    let mut client = ComplianceServiceClient::connect(addr.to_owned())
-        .await
-        .with_context(|| format!("connecting to {addr}"))?;
+    let (channel, auth) = creds.grpc(addr).await?;
+    let mut client =
+        ComplianceServiceClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
+            if let Some(v) = &auth {
+                req.metadata_mut().insert("authorization", v.clone());
+            }
+            Ok(req)
+        });
     match command {
         QueryCommand::Person { nis } => {
             let resp = client

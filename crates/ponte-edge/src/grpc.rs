@@ -1,0 +1,55 @@
+//! The edge's decisions for tonic handlers: `UNAUTHENTICATED` without valid credentials,
+//! `PERMISSION_DENIED` outside the principal's rights, `RESOURCE_EXHAUSTED` over its limits.
+use ponte_access::policy::{Grant, Rpc};
+use tonic::{Request, Status};
+
+use crate::gate::{Caller, Gate, Permit};
+use crate::listener::PeerInfo;
+
+/// An admitted call: what it may see, and its request slot (hold it until the answer is built).
+#[derive(Debug)]
+pub struct Admitted {
+    /// The caller.
+    pub caller: Caller,
+    /// What the answer may show.
+    pub grant: Grant,
+    /// The caller's request slot.
+    pub permit: Permit,
+}
+
+/// Authenticates the caller of `req`.
+pub fn caller<T>(gate: &Gate, req: &Request<T>) -> Result<Caller, Status> {
+    let peer = req.extensions().get::<PeerInfo>();
+    let authorization = req
+        .metadata()
+        .get("authorization")
+        .map(|v| v.as_bytes().to_vec());
+    gate.authenticate(peer, authorization.as_deref())
+        .map_err(|e| Status::unauthenticated(e.to_string()))
+}
+
+/// Authenticates the caller of `req`, checks it may call `rpc` and takes its request slot.
+pub fn admit<T>(gate: &Gate, req: &Request<T>, rpc: Rpc) -> Result<Admitted, Status> {
+    let caller = caller(gate, req)?;
+    let grant = gate.policy().may_call(&caller.principal, rpc).map_err(|d| {
+        metrics::counter!("ponte_access_refused_total", "listener" => gate.listener(), "reason" => "forbidden")
+            .increment(1);
+        Status::permission_denied(d.to_string())
+    })?;
+    let permit = gate
+        .admit(&caller)
+        .map_err(|b| Status::resource_exhausted(b.to_string()))?;
+    Ok(Admitted {
+        caller,
+        grant,
+        permit,
+    })
+}
+
+/// The answer for a view the grant does not cover, or that does not exist, to a caller who
+/// may not learn which: the same status either way.
+pub fn out_of_scope(what: &str) -> Status {
+    Status::permission_denied(format!(
+        "{what}: not in the caller's scope (or not in the view)"
+    ))
+}
