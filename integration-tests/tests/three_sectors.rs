@@ -361,7 +361,21 @@ async fn three_sectors_meet_in_one_view() {
         "3550308"
     );
 
-    for mut s in services {
+    for s in &mut services {
         assert!(s.terminate().success(), "{} log:\n{}", s.name, s.log_text());
+    }
+    // No service logged an input identifier in clear (docs/operations.md, "Logs"): record ids,
+    // keys, reasons and errors pass through the masking writer.
+    for s in &services {
+        let log = s.log_text();
+        for id in [CHILD, MOTHER, CHILD_CNS] {
+            let leaks: Vec<&str> = log.lines().filter(|l| l.contains(id)).collect();
+            assert!(
+                leaks.is_empty(),
+                "{} logs {id} in clear:\n{}",
+                s.name,
+                leaks.join("\n")
+            );
+        }
     }
 }

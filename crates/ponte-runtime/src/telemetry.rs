@@ -29,9 +29,11 @@ pub fn init_logging(cfg: &LogConfig) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&cfg.filter))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    // Every line goes through `mask_ids_in` on its way out: identifiers inside record ids, keys
+    // and error messages are masked whichever code logged them (librdkafka's lines included).
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(|| MaskedLine(Vec::with_capacity(256)));
     let _ = match cfg.format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.try_init(),
@@ -67,15 +69,40 @@ pub fn mask_id(id: &str) -> String {
     format!("{head}{}{tail}", "*".repeat(chars.len() - 5))
 }
 
+/// One log line on its way to stderr: written whole, identifiers masked, when dropped (the
+/// formatter writes one event per writer).
+struct MaskedLine(Vec<u8>);
+
+impl std::io::Write for MaskedLine {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for MaskedLine {
+    fn drop(&mut self) {
+        let text = String::from_utf8_lossy(&self.0);
+        let masked = mask_ids_in(&text);
+        let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), masked.as_bytes());
+    }
+}
+
 /// Masks every personal identifier inside a longer text — a record id such as
 /// `education:35012345:26827649960:2025-04`, or a reason — for logs: every run of 11 or more
-/// digits (a NIS or CPF has 11, a CNS 15) as [`mask_id`] masks it. Shorter runs (school and
+/// digits (a NIS or CPF has 11, a CNS 15) as [`mask_id`] masks it, unless a letter touches it
+/// (a run inside a hexadecimal trace id or hash is no identifier). Shorter runs (school and
 /// municipality codes, dates, counts) are kept: they identify no one.
 pub fn mask_ids_in(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut run = String::new();
-    let flush = |run: &mut String, out: &mut String| {
-        if run.len() >= 11 {
+    let mut after_letter = false;
+    let flush = |run: &mut String, out: &mut String, touches_letter: bool| {
+        if run.len() >= 11 && !touches_letter {
             out.push_str(&mask_id(run));
         } else {
             out.push_str(run);
@@ -86,11 +113,15 @@ pub fn mask_ids_in(text: &str) -> String {
         if c.is_ascii_digit() {
             run.push(c);
         } else {
-            flush(&mut run, &mut out);
+            let letter = c.is_ascii_alphabetic();
+            if !run.is_empty() {
+                flush(&mut run, &mut out, after_letter || letter);
+            }
+            after_letter = letter;
             out.push(c);
         }
     }
-    flush(&mut run, &mut out);
+    flush(&mut run, &mut out, after_letter);
     out
 }
 
@@ -109,6 +140,19 @@ mod tests {
             "health:cns:268**********08:2025-S1"
         );
         assert_eq!(mask_ids_in("no digits"), "no digits");
+        assert_eq!(
+            mask_ids_in("nis=26827649960 cpf 12345678909\n"),
+            "nis=268******60 cpf 123******09\n"
+        );
+        // A run of digits inside a hexadecimal trace id is no identifier.
+        assert_eq!(
+            mask_ids_in("trace_id=3f12345678901234ab"),
+            "trace_id=3f12345678901234ab"
+        );
+        assert_eq!(
+            mask_ids_in("trace_id=12345678901234ab"),
+            "trace_id=12345678901234ab"
+        );
     }
 
     #[test]

@@ -254,7 +254,7 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Command::Query { addr, command } => query(&addr, &cli.client, command).await?,
-        Command::Config => println!("{cfg:#?}"),
+        Command::Config => println!("{:#?}", redacted(cfg)),
         Command::Ingest(args) => {
             // The sector's configured listen address gives the default endpoint.
             let listen = Some(match args.sector {
@@ -388,6 +388,32 @@ fn toml_string(s: &str) -> String {
     out
 }
 
+/// What `ponte config` prints: the configuration with every secret replaced (Kafka passwords
+/// and secrets among the pass-through properties, the pull mode's Authorization header).
+fn redacted(mut cfg: Config) -> Config {
+    const REDACTED: &str = "<redacted>";
+    for (key, value) in cfg.kafka.properties.iter_mut() {
+        let k = key.to_ascii_lowercase();
+        if [
+            "password",
+            "secret",
+            "token",
+            "credential",
+            "sasl.jaas.config",
+        ]
+        .iter()
+        .any(|s| k.contains(s))
+            || k.ends_with(".pem")
+        {
+            *value = REDACTED.to_owned();
+        }
+    }
+    if !cfg.health_adapter.pull.authorization.is_empty() {
+        cfg.health_adapter.pull.authorization = REDACTED.to_owned();
+    }
+    cfg
+}
+
 async fn start_admin(
     addr: &str,
 ) -> anyhow::Result<(Readiness, tokio_util::sync::CancellationToken)> {
@@ -517,4 +543,42 @@ async fn query(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_redacts_secrets_and_keeps_the_rest() {
+        let env = [
+            ("PONTE__KAFKA__PROPERTIES__SASL_PASSWORD", "hunter2"),
+            (
+                "PONTE__HEALTH_ADAPTER__PULL__AUTHORIZATION",
+                "Bearer abc.def",
+            ),
+        ];
+        let mut cfg: Config = ponte_runtime::load(
+            DEFAULTS,
+            None,
+            env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        )
+        .unwrap();
+        cfg.kafka
+            .properties
+            .insert("sasl.password".into(), "hunter2".into());
+        cfg.kafka
+            .properties
+            .insert("ssl.key.password".into(), "s3cret".into());
+        cfg.kafka
+            .properties
+            .insert("security.protocol".into(), "SASL_SSL".into());
+        let text = format!("{:#?}", redacted(cfg));
+        for secret in ["hunter2", "s3cret", "abc.def"] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+        assert!(text.contains("SASL_SSL"), "{text}");
+        assert!(text.contains("<redacted>"), "{text}");
+    }
 }
