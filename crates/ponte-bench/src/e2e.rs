@@ -230,6 +230,18 @@ pub(crate) async fn start(s: &Setup<'_>) -> anyhow::Result<Pipeline> {
         "PONTE__RECONCILER__GROUP_ID",
         format!("{}reconciler", s.prefix),
     );
+    // The pipeline runs plaintext and unauthenticated (the benchmark measures Ponte's
+    // processing, as before issue 14): explicit `insecure`, with each process' callers acting
+    // as its development principal of the development access policy.
+    let policy = s.work.join("access-policy.toml");
+    std::fs::write(&policy, ponte_access::policy::dev_policy_toml())
+        .with_context(|| format!("writing {}", policy.display()))?;
+    set("PONTE__TLS__INSECURE", "true".to_owned());
+    set("PONTE__ACCESS__POLICY_FILE", policy.display().to_string());
+    set(
+        "PONTE__ACCESS__ANONYMOUS_PRINCIPAL",
+        ponte_access::policy::dev_principal("federal"),
+    );
     let grpc = format!("127.0.0.1:{}", free_port()?);
     set("PONTE__RECONCILER__GRPC_LISTEN", grpc.clone());
     let mut listen = BTreeMap::new();
@@ -274,7 +286,14 @@ pub(crate) async fn start(s: &Setup<'_>) -> anyhow::Result<Pipeline> {
         ("reconciler", "reconciler"),
     ] {
         let log = std::fs::File::create(s.work.join(format!("{name}.log")))?;
-        let child = command(&[name])
+        let mut command = command(&[name]);
+        if let Some(sector) = name.strip_suffix("-adapter") {
+            command.env(
+                "PONTE__ACCESS__ANONYMOUS_PRINCIPAL",
+                ponte_access::policy::dev_principal(sector),
+            );
+        }
+        let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
             .spawn()
