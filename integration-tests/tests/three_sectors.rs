@@ -9,7 +9,6 @@
 use std::time::Duration;
 
 use ponte_integration_tests::{Stack, eventually, grpc_client, metric, read_topic, wait_ready};
-use ponte_proto::compliance::v1::compliance_service_client::ComplianceServiceClient;
 use ponte_proto::compliance::v1::{
     ComplianceAlert, ComplianceChange, Family, GetFamilyRequest, GetPersonRequest,
     ListParkedRequest, OutcomeStatus, Person,
@@ -47,10 +46,6 @@ async fn parked_gauge_reaches(admin_port: u16, want: f64) {
         },
     )
     .await;
-}
-
-async fn client(stack: &Stack) -> ComplianceServiceClient<tonic::transport::Channel> {
-    stack.grpc().await.unwrap()
 }
 
 async fn person_where(stack: &Stack, nis: &str, pred: impl Fn(&Person) -> bool) -> Person {
@@ -182,7 +177,9 @@ async fn three_sectors_meet_in_one_view() {
         status(&child, "education", "2025-B3"),
         Some(OutcomeStatus::NotFollowed)
     );
-    let mut c = client(&stack).await;
+    let mut c = grpc_client(stack.port("reconciler"), "operator")
+        .await
+        .unwrap();
     let parked = c
         .list_parked(ListParkedRequest { limit: 10 })
         .await

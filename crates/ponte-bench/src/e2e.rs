@@ -669,6 +669,49 @@ impl Pipeline {
     /// Stops the reconciler as `stop` says, starts it again with the same environment (so the
     /// same configuration, state directory and ports) and measures until it is ready and
     /// `GetPerson` of `nis` answers with that person. The new process replaces the old one.
+    /// Stops the reconciler gracefully and starts it again on the same state with `changes`
+    /// to its environment (`None` removes a variable); returns once it is ready, with its pid.
+    pub(crate) async fn restart_reconciler_with(
+        &mut self,
+        s: &Setup<'_>,
+        changes: &[(&str, Option<String>)],
+    ) -> anyhow::Result<u32> {
+        let i = self
+            .services
+            .iter()
+            .position(|x| x.name == "reconciler")
+            .context("no reconciler process")?;
+        let admin = self.services[i].admin;
+        let old = &mut self.services[i].child;
+        let sent = Command::new("kill")
+            .args(["-TERM", &old.id().to_string()])
+            .status()?;
+        anyhow::ensure!(sent.success(), "kill -TERM {} failed", old.id());
+        old.wait()?;
+        for (k, v) in changes {
+            match v {
+                Some(v) => self.env.insert((*k).to_owned(), v.clone()),
+                None => self.env.remove(*k),
+            };
+        }
+        let log = s.work.join("reconciler-reconfigured.log");
+        let child = Command::new(s.ponte)
+            .arg("reconciler")
+            .envs(&self.env)
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(std::fs::File::create(&log)?))
+            .spawn()
+            .context("starting ponte reconciler again")?;
+        let pid = child.id();
+        self.services[i] = Service {
+            name: "reconciler",
+            child,
+            admin,
+        };
+        wait_ready(&self.services[i]).await?;
+        Ok(pid)
+    }
+
     async fn restart_reconciler(
         &mut self,
         s: &Setup<'_>,

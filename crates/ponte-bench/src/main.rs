@@ -157,6 +157,11 @@ enum Cmd {
         /// a blocking thread as the reconciler reads its store, and with both.
         #[arg(long)]
         variants: bool,
+        /// Then restart the reconciler with TLS and client certificates (a development PKI in
+        /// the work directory) and load it again, ghz presenting the federal reader's
+        /// certificate: TLS and authentication on beside off, in the same run.
+        #[arg(long)]
+        tls: bool,
     },
 }
 
@@ -367,6 +372,7 @@ async fn main() -> anyhow::Result<()> {
             page_size,
             municipality,
             variants,
+            tls,
         } => {
             let ponte = std::fs::canonicalize(&ponte).with_context(|| {
                 format!(
@@ -391,6 +397,7 @@ async fn main() -> anyhow::Result<()> {
                 page_size,
                 municipality,
                 variants,
+                tls,
             };
             let run_dir = e2e::work_dir(&work, &format!("queries-{}", &id[..8]))?;
             let load = machine_load_start();

@@ -62,6 +62,17 @@ pub(crate) struct Args {
     /// each answer built on a blocking thread (`spawn_blocking`, as the reconciler reads its
     /// store), and with both.
     pub(crate) variants: bool,
+    /// Then restart the reconciler with TLS and client certificates and load it again.
+    pub(crate) tls: bool,
+}
+
+/// A server ghz loads: its name in the table, address, process and ghz's TLS arguments
+/// (`--insecure` for plaintext).
+struct Target {
+    name: String,
+    addr: String,
+    pid: u32,
+    tls: Vec<String>,
 }
 
 /// Starts the real processes with the population in the view (as `e2e` does), then loads the
@@ -157,13 +168,101 @@ pub(crate) async fn run(setup: &e2e::Setup<'_>, a: &Args) -> anyhow::Result<()> 
         a.duration, a.concurrency, a.connections
     );
 
+    let targets: Vec<Target> = targets
+        .into_iter()
+        .map(|(name, addr, pid)| Target {
+            name: name.to_owned(),
+            addr,
+            pid,
+            tls: vec!["--insecure".to_owned()],
+        })
+        .collect();
+    let calls = Calls {
+        get: &get_data,
+        list: &list_data,
+        import: &import,
+        compliance: &compliance,
+    };
+    let mut rows = measure(setup, a, &calls, &targets).await?;
+    let mut pipeline = pipeline;
+    if a.tls {
+        // The same reconciler, state and view, restarted with TLS and authentication on.
+        let pki = ponte_access::pki::generate_dev(&setup.work.join("pki"), true)?;
+        let federal = pki
+            .clients
+            .iter()
+            .find(|c| c.spec.name == "federal")
+            .context("the development PKI has no federal reader")?;
+        let path = |p: &Path| p.display().to_string();
+        let pid = pipeline
+            .restart_reconciler_with(
+                setup,
+                &[
+                    ("PONTE__TLS__INSECURE", None),
+                    ("PONTE__ACCESS__ANONYMOUS_PRINCIPAL", None),
+                    ("PONTE__TLS__CERT_FILE", Some(path(&pki.server.cert))),
+                    ("PONTE__TLS__KEY_FILE", Some(path(&pki.server.key))),
+                    ("PONTE__TLS__CLIENT_CA_FILE", Some(path(&pki.ca.cert))),
+                ],
+            )
+            .await?;
+        println!(
+            "== TLS on           the reconciler restarted with TLS 1.3 and required client certificates; ghz presents the federal reader's"
+        );
+        let tls = vec![
+            "--cacert".to_owned(),
+            path(&pki.ca.cert),
+            "--cert".to_owned(),
+            path(&federal.files.cert),
+            "--key".to_owned(),
+            path(&federal.files.key),
+            "--cname".to_owned(),
+            "localhost".to_owned(),
+        ];
+        rows.extend(
+            measure(
+                setup,
+                a,
+                &calls,
+                &[Target {
+                    name: "reconciler+tls".to_owned(),
+                    addr: pipeline.grpc.clone(),
+                    pid,
+                    tls,
+                }],
+            )
+            .await?,
+        );
+    }
+    print_table(&rows);
+    drop(trivial);
+    drop(pipeline);
+    Ok(())
+}
+
+/// The data files and protos of the ghz runs.
+struct Calls<'a> {
+    get: &'a Path,
+    list: &'a Path,
+    import: &'a Path,
+    compliance: &'a Path,
+}
+
+/// Loads every target with ghz: each call at full speed, then paced.
+async fn measure(
+    setup: &e2e::Setup<'_>,
+    a: &Args,
+    calls: &Calls<'_>,
+    targets: &[Target],
+) -> anyhow::Result<Vec<Row>> {
     let mut rows = Vec::new();
     for (get_rps, list_rps) in [(0, 0), (a.rps, a.list_rps)] {
         for (call, data, rps) in [
-            (GET_PERSON, &get_data, get_rps),
-            (LIST_PERSONS, &list_data, list_rps),
+            (GET_PERSON, calls.get, get_rps),
+            (LIST_PERSONS, calls.list, list_rps),
         ] {
-            for (server, addr, pid) in &targets {
+            for t in targets {
+                let (server, addr, pid) = (&t.name, &t.addr, &t.pid);
                 let method = call.rsplit('/').next().unwrap_or(call);
                 let load = match rps {
                     0 => "max".to_owned(),
@@ -179,10 +278,11 @@ pub(crate) async fn run(setup: &e2e::Setup<'_>, a: &Args) -> anyhow::Result<()> 
                 let started = Instant::now();
                 let mut c = tokio::process::Command::new(&a.ghz);
                 c.arg("--proto")
-                    .arg(&compliance)
+                    .arg(calls.compliance)
                     .arg("--import-paths")
-                    .arg(&import)
-                    .args(["--insecure", "--call", call, "-z", &a.duration])
+                    .arg(calls.import)
+                    .args(&t.tls)
+                    .args(["--call", call, "-z", &a.duration])
                     .args(["--duration-stop", "wait"])
                     .args(["-c", &a.concurrency.to_string()])
                     .args(["--connections", &a.connections.to_string()])
@@ -221,7 +321,7 @@ pub(crate) async fn run(setup: &e2e::Setup<'_>, a: &Args) -> anyhow::Result<()> 
                 let row = Row {
                     method: method.to_owned(),
                     load,
-                    server: (*server).to_owned(),
+                    server: server.clone(),
                     report,
                     server_cpu: cpu,
                     client_cpu,
@@ -232,10 +332,7 @@ pub(crate) async fn run(setup: &e2e::Setup<'_>, a: &Args) -> anyhow::Result<()> 
             }
         }
     }
-    print_table(&rows);
-    drop(trivial);
-    drop(pipeline);
-    Ok(())
+    Ok(rows)
 }
 
 /// One ghz run.
