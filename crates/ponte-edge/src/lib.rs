@@ -14,6 +14,7 @@
 //!   `RESOURCE_EXHAUSTED`).
 //!
 //! The rules are in `docs/security.md`.
+pub mod csv;
 pub mod gate;
 pub mod grpc;
 pub mod http;
