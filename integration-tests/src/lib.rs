@@ -556,6 +556,11 @@ impl Service {
         self.wait(Duration::from_secs(30))
     }
 
+    /// SIGHUP: a service reloads its access policy and JWKS.
+    pub fn hangup(&self) {
+        self.signal("-HUP");
+    }
+
     /// SIGKILL: the process dies wherever it is.
     pub fn kill9(&mut self) {
         self.signal("-KILL");

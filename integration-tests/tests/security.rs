@@ -618,3 +618,86 @@ async fn one_principal_over_its_limit_is_told_to_retry_and_loses_nothing() {
     assert_eq!(keys.into_iter().collect::<BTreeSet<_>>(), expected);
     education.assert_running();
 }
+
+/// SIGHUP reloads the access policy at once (here the file is not polled for an hour): the
+/// education system, taken out of the policy, is refused from then on, and put back, admitted.
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_puts_a_new_policy_in_force() {
+    let mut stack = Stack::new("sighup");
+    stack
+        .extra_env
+        .insert("PONTE__ACCESS__RELOAD_CHECK_SECS".into(), "3600".into());
+    assert_eq!(stack.ponte(&["topics", "ensure"]).0.code(), Some(0));
+    let mut education = stack.spawn("education-adapter");
+    wait_ready(&mut education).await;
+    let url = stack.url("education-adapter", "/v1/attendance");
+    let client = http_client("education");
+    assert_eq!(
+        post_with(&client, &url, &attendance(&valid_nis(1))).await.0,
+        200
+    );
+
+    let original = std::fs::read_to_string(stack.policy_file()).unwrap();
+    let without = original.replace(
+        "[principals.\"urn:ponte:principal:education\"]\nsend = { adapter = \"education\", records = [\"attendance\"], source_system = \"education\" }\n",
+        "",
+    );
+    assert_ne!(original, without, "the development policy's layout changed");
+    std::fs::write(stack.policy_file(), &without).unwrap();
+    // Not polled: the old policy stays in force until the signal.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        post_with(&client, &url, &attendance(&valid_nis(2))).await.0,
+        200
+    );
+    education.hangup();
+    eventually(
+        "the policy reloaded on SIGHUP",
+        Duration::from_secs(20),
+        || {
+            let (client, url) = (client.clone(), url.clone());
+            async move {
+                let (status, body) = post_with(&client, &url, &attendance(&valid_nis(3))).await;
+                (status == 403 && body["error"].as_str()?.contains("not in the access policy"))
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    // A policy that does not parse leaves the one in force.
+    std::fs::write(stack.policy_file(), "this is not toml [").unwrap();
+    education.hangup();
+    eventually(
+        "the failed reload counted",
+        Duration::from_secs(20),
+        || async {
+            (metric(
+                education.admin_port(),
+                "ponte_access_policy_reloads_total",
+                &[("result", "error")],
+            )
+            .await
+                >= 1.0)
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        post_with(&client, &url, &attendance(&valid_nis(4))).await.0,
+        403
+    );
+    std::fs::write(stack.policy_file(), &original).unwrap();
+    education.hangup();
+    eventually(
+        "the education system back in",
+        Duration::from_secs(20),
+        || {
+            let (client, url) = (client.clone(), url.clone());
+            async move {
+                (post_with(&client, &url, &attendance(&valid_nis(5))).await.0 == 200).then_some(())
+            }
+        },
+    )
+    .await;
+    education.assert_running();
+}
