@@ -5,7 +5,9 @@
 #   libclang-dev   bindgen, for RocksDB's C++ bindings (librocksdb-sys)
 #   cmake, g++     building librdkafka and RocksDB from source
 #   libssl-dev, pkg-config  librdkafka's TLS and SASL/SCRAM (brokers with SASL_SSL)
-#   openjdk 17+    the Kafka broker;  maven  fetching the broker jars
+#   openjdk 17+    the Kafka broker (a JDK: the secure broker compiles its ACL tool)
+#   maven          fetching the broker jars
+#   openssl        the secure broker's local CA and certificate (kafka.sh, PONTE_KAFKA_SECURE=1)
 #   curl           the demo's HTTP calls
 #   grpcurl        a gRPC client no one here wrote, for the system tests and operators; built
 #                  from the Go module proxy into .cache/go-bin (needs Go >= 1.21)
@@ -20,7 +22,9 @@ command -v cmake >/dev/null || need+=(cmake)
 command -v g++ >/dev/null || need+=(g++)
 have_pkg libssl-dev || need+=(libssl-dev)
 command -v pkg-config >/dev/null || need+=(pkg-config)
-command -v java >/dev/null || need+=(openjdk-17-jre-headless)
+# A JDK rather than a JRE: the secure broker's ACL tool runs through java's source launcher.
+java --list-modules 2>/dev/null | grep '^jdk.compiler' >/dev/null || need+=(openjdk-17-jdk-headless)
+command -v openssl >/dev/null || need+=(openssl)
 command -v mvn >/dev/null || need+=(maven)
 command -v curl >/dev/null || need+=(curl)
 
