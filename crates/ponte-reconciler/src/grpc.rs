@@ -503,3 +503,108 @@ impl ComplianceService for ComplianceApi {
         Ok(Response::new(ListParkedResponse { parked, total }))
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use ponte_access::policy::Policy;
+    use ponte_proto::compliance::v1::{
+        AttendanceRecord, ConditionalityOutcome, Effect, Family, HealthRecordView, MemberEffects,
+        Person,
+    };
+
+    const POLICY: &str = r#"
+[principals."state-sp-education"]
+read = { scopes = ["state:SP"], rpcs = ["GetPerson", "GetFamily"], conditionalities = ["education"] }
+[principals."federal"]
+read = { scopes = ["federal"], rpcs = ["GetPerson", "GetFamily"], conditionalities = ["all"] }
+"#;
+
+    fn grant(principal: &str) -> Grant {
+        Policy::from_toml_str("policy.toml", POLICY)
+            .unwrap()
+            .may_call(principal, Rpc::GetPerson)
+            .unwrap()
+    }
+
+    fn person(municipality: &str) -> Person {
+        let outcome = |c: &str| ConditionalityOutcome {
+            conditionality: c.to_owned(),
+            ..Default::default()
+        };
+        Person {
+            nis: "26827649960".into(),
+            municipality: municipality.into(),
+            outcomes: vec![outcome("education"), outcome("health")],
+            school_attendance: vec![AttendanceRecord::default()],
+            health_records: vec![HealthRecordView::default()],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_person_shows_only_within_the_scope_and_only_its_conditionalities() {
+        let state = grant("state-sp-education");
+        // Campinas (SP): in scope; health outcomes and records hidden, education kept.
+        let seen = visible_person(&state, person("3509502")).unwrap();
+        let conds: Vec<&str> = seen
+            .outcomes
+            .iter()
+            .map(|o| o.conditionality.as_str())
+            .collect();
+        assert_eq!(conds, ["education"]);
+        assert_eq!(seen.school_attendance.len(), 1);
+        assert!(seen.health_records.is_empty());
+        // Rio (RJ), and a person the registry has not placed: out of scope.
+        assert!(visible_person(&state, person("3304557")).is_none());
+        assert!(visible_person(&state, person("")).is_none());
+        // The federal reader sees everything, unplaced persons included.
+        let all = visible_person(&grant("federal"), person("")).unwrap();
+        assert_eq!(all.outcomes.len(), 2);
+        assert_eq!(all.health_records.len(), 1);
+    }
+
+    #[test]
+    fn effects_caused_by_another_conditionality_are_hidden() {
+        let state = grant("state-sp-education");
+        let effect = |cause: &str| Effect {
+            causes: vec![cause.to_owned()],
+            ..Default::default()
+        };
+        assert!(effect_visible(
+            &state,
+            &["26827649960/education/2025-B2".into()]
+        ));
+        assert!(!effect_visible(
+            &state,
+            &["26827649960/health/2025-S1".into()]
+        ));
+        assert!(!effect_visible(
+            &state,
+            &[
+                "26827649960/education/2025-B2".into(),
+                "26827649960/health/2025-S1".into()
+            ]
+        ));
+        // A federal caller's families are not looked up: no store is read.
+        let family = Family {
+            family_id: "F-1".into(),
+            effects: vec![effect("x/health/2025-S1"), effect("x/education/2025-B2")],
+            member_effects: vec![MemberEffects {
+                effects: vec![effect("x/health/2025-S1")],
+                ..Default::default()
+            }],
+            effects_json: "{}".into(),
+            ..Default::default()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), ponte_store::Durability::Process).unwrap();
+        let seen = visible_family(&grant("federal"), &store, family.clone())
+            .unwrap()
+            .unwrap();
+        assert_eq!(seen, family);
+        // A state reader: the family's members are not in the view, so it is not in scope.
+        assert!(visible_family(&state, &store, family).unwrap().is_none());
+    }
+}
