@@ -18,6 +18,8 @@ pub mod csv;
 pub mod gate;
 pub mod grpc;
 pub mod http;
+#[cfg(feature = "ingest")]
+pub mod ingest;
 pub mod listener;
 
 use std::path::PathBuf;

@@ -1,0 +1,1015 @@
+//! What the adapters' ingest endpoints share once a request is let in: how the outcome of
+//! publishing its records ([`ponte_bus::ingest::Ingestor`]) becomes a status and an answer, and
+//! CSV uploads, read with [`crate::csv`] and published chunk by chunk.
+//!
+//! Status codes (every adapter, every format):
+//! - `200`: every valid record is acknowledged by the broker; invalid ones, if any, are listed
+//!   (position, field, reason) and are on the dead-letter topic.
+//! - `422`: nothing was valid; everything is listed and dead-lettered.
+//! - `400`: the body as a whole cannot be read (not JSON, a CSV header that cannot be read, an
+//!   empty CSV upload, a body that broke off). What could be dead-lettered was.
+//! - `413`: larger than the configured limit. `415`: CSV in a charset other than UTF-8.
+//! - `503` + `Retry-After`: the broker did not acknowledge; sending the same body again is
+//!   harmless (records carry stable ids and versions). `500`: the broker refused for good.
+//!
+//! JSON answers are `{accepted, rejected, error}` ([`Answer`]); CSV answers add
+//! `rejected_total` and `lines`, and list rejections by line ([`CsvAnswer`]).
+use std::future::Future;
+use std::time::SystemTime;
+
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt as _;
+use ponte_bus::BusError;
+use ponte_bus::ingest::{
+    Accepted, IngestFailure, IngestReport, Ingestor, Item, Rejected, Rejection,
+};
+use serde::Serialize;
+
+use crate::csv::{CsvError, Reader, Record};
+
+/// Media type of every answer but the health adapter's FHIR ones.
+pub const JSON: &str = "application/json";
+
+/// What is wrong with one record, as an adapter's validation says it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fault {
+    /// The field at fault, or `record` when the record as a whole is malformed.
+    pub field: String,
+    /// Low-cardinality class: `malformed`, `invalid_identifier`, `invalid_value`…
+    pub error_type: String,
+    /// What rule failed, for a person to act on.
+    pub reason: String,
+}
+
+impl Fault {
+    pub fn new(
+        field: impl Into<String>,
+        error_type: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Self {
+        Self {
+            field: field.into(),
+            error_type: error_type.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// A record that does not have the layout's shape.
+    pub fn malformed(reason: impl Into<String>) -> Self {
+        Self::new("record", "malformed", reason)
+    }
+
+    /// The record at `position` (`body`, `record 3`, `line 17`, `entry 2`), rejected with its
+    /// bytes as received (the ingestor caps what the dead letter keeps).
+    pub fn item(self, position: impl Into<String>, original: Vec<u8>, content_type: &str) -> Item {
+        Item::Rejected(Rejected {
+            position: position.into(),
+            field: self.field,
+            error_type: self.error_type,
+            reason: self.reason,
+            original,
+            content_type: content_type.to_owned(),
+        })
+    }
+}
+
+/// Where the records of a JSON body are: `body` for a single record, `record N` (1-based) in
+/// an array.
+pub fn json_position(single: bool, index: usize) -> String {
+    if single {
+        "body".to_owned()
+    } else {
+        format!("record {}", index + 1)
+    }
+}
+
+/// A JSON response.
+pub fn json<T: Serialize>(status: StatusCode, answer: &T) -> Response {
+    let body = serde_json::to_vec(answer).unwrap_or_default();
+    (status, [(header::CONTENT_TYPE, JSON)], body).into_response()
+}
+
+/// The answer of a JSON request.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Answer {
+    /// Records acknowledged by the broker.
+    pub accepted: usize,
+    /// Every rejected record (all are on the dead-letter topic).
+    pub rejected: Vec<Rejection>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Answer {
+    /// What an ingest stored.
+    pub fn of(report: IngestReport) -> Self {
+        Self {
+            accepted: report.accepted,
+            rejected: report.rejected,
+            error: None,
+        }
+    }
+
+    /// Nothing stored, and why.
+    pub fn error(message: impl Into<String>) -> Self {
+        Self {
+            error: Some(message.into()),
+            ..Self::default()
+        }
+    }
+
+    pub fn respond(&self, status: StatusCode) -> Response {
+        json(status, self)
+    }
+}
+
+/// The status of a request whose records were all stored: `400` when the body was not
+/// readable at all (it was dead-lettered whole), `422` when nothing in it was valid, else
+/// `200`.
+pub fn status_of(report: &IngestReport, malformed_body: bool) -> StatusCode {
+    if malformed_body {
+        StatusCode::BAD_REQUEST
+    } else if report.accepted == 0 && !report.rejected.is_empty() {
+        StatusCode::UNPROCESSABLE_ENTITY
+    } else {
+        StatusCode::OK
+    }
+}
+
+/// The answer to a JSON request whose records were all stored.
+pub fn answer(report: IngestReport, malformed_body: bool) -> Response {
+    let status = status_of(&report, malformed_body);
+    Answer::of(report).respond(status)
+}
+
+/// The status when the broker did not acknowledge: `503` when retrying can work, else `500`.
+pub fn unavailable_status(err: &BusError) -> StatusCode {
+    if err.is_retryable() {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::INTERNAL_SERVER_ERROR
+    }
+}
+
+/// Adds `Retry-After` to a response about `err` when retrying can work.
+pub fn with_retry_after(mut resp: Response, err: &BusError, retry_after_secs: u64) -> Response {
+    if err.is_retryable() {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+    }
+    resp
+}
+
+/// The answer to a JSON request the broker did not acknowledge.
+pub fn unavailable(err: &BusError, retry_after_secs: u64) -> Response {
+    let answer = Answer::error(format!(
+        "the bus did not acknowledge the batch ({err}); nothing in it is guaranteed stored: \
+         send it again (records carry stable ids, a repeat is harmless)"
+    ));
+    with_retry_after(
+        answer.respond(unavailable_status(err)),
+        err,
+        retry_after_secs,
+    )
+}
+
+/// What the `Content-Type` says a body is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BodyType {
+    /// JSON, or no `Content-Type`.
+    Json,
+    /// `text/csv` or `application/csv`, in UTF-8.
+    Csv,
+    /// CSV in another charset.
+    CsvNotUtf8(String),
+}
+
+/// Reads the `Content-Type`.
+pub fn body_type(headers: &HeaderMap) -> BodyType {
+    let Some(ct) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return BodyType::Json;
+    };
+    let mut parts = ct.split(';').map(str::trim);
+    let media = parts.next().unwrap_or("").to_ascii_lowercase();
+    if media != "text/csv" && media != "application/csv" {
+        return BodyType::Json;
+    }
+    for p in parts {
+        if let Some((k, v)) = p.split_once('=')
+            && k.trim().eq_ignore_ascii_case("charset")
+        {
+            let v = v.trim().trim_matches('"');
+            if !v.eq_ignore_ascii_case("utf-8") && !v.eq_ignore_ascii_case("utf8") {
+                return BodyType::CsvNotUtf8(v.to_owned());
+            }
+        }
+    }
+    BodyType::Csv
+}
+
+/// The `415` to CSV in another charset than UTF-8.
+pub fn csv_not_utf8(charset: &str) -> Response {
+    Answer::error(format!("charset {charset:?}: CSV uploads must be UTF-8"))
+        .respond(StatusCode::UNSUPPORTED_MEDIA_TYPE)
+}
+
+// ---------------------------------------------------------------------------------------------
+// CSV uploads
+// ---------------------------------------------------------------------------------------------
+
+/// Where the records of an upload are published: the adapter's [`Ingestor`] (tests use their
+/// own).
+pub trait Sink: Sync {
+    /// Publishes one chunk; see [`Ingestor::ingest`].
+    fn ingest(
+        &self,
+        source_system: &str,
+        items: Vec<Item>,
+        trace_id: &str,
+        received: SystemTime,
+    ) -> impl Future<Output = Result<IngestReport, IngestFailure>> + Send;
+}
+
+impl Sink for Ingestor {
+    fn ingest(
+        &self,
+        source_system: &str,
+        items: Vec<Item>,
+        trace_id: &str,
+        received: SystemTime,
+    ) -> impl Future<Output = Result<IngestReport, IngestFailure>> + Send {
+        Ingestor::ingest(self, source_system, items, trace_id, received)
+    }
+}
+
+/// An adapter's CSV layout: what its header may name, and what a row becomes. The dialect
+/// itself is [`crate::csv`]'s.
+pub trait CsvLayout {
+    /// What the header says about the columns.
+    type Header: Send;
+    /// Reads the header's names (`delimiter` is the file's); `Err` refuses the file.
+    fn header(&self, names: &[String], delimiter: u8) -> Result<Self::Header, String>;
+    /// Maps one row (as many cells as the header has names, or not: the layout checks) to the
+    /// record to publish.
+    fn row(&self, header: &Self::Header, cells: &[String]) -> Result<Accepted, Fault>;
+}
+
+/// How an adapter takes CSV uploads.
+#[derive(Debug, Clone)]
+pub struct CsvSettings {
+    /// The adapter's configuration section, named in messages (`education_adapter`).
+    pub section: &'static str,
+    /// Largest upload, in bytes (`max_csv_bytes`). Uploads are streamed: this bounds the time
+    /// and bus volume of one request, not memory.
+    pub max_bytes: u64,
+    /// Longest record kept; a longer one is rejected with its first bytes.
+    pub max_record_bytes: usize,
+    /// The setting giving `max_record_bytes`, when it is one (`max_csv_line_bytes`).
+    pub max_record_setting: Option<&'static str>,
+    /// Records published per chunk: the memory bound of an upload.
+    pub chunk_records: usize,
+    /// Most rejected records listed in an answer; all are counted and dead-lettered.
+    pub max_listed_rejections: usize,
+    /// Seconds a client is told to wait when the broker did not acknowledge.
+    pub retry_after_secs: u64,
+}
+
+/// What a CSV answer lists about one rejected record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CsvRejection {
+    /// 1-based line the record starts on (the header is line 1, blank lines count).
+    pub line: u64,
+    /// `line N`, as in the dead letter.
+    pub position: String,
+    pub field: String,
+    pub error_type: String,
+    pub reason: String,
+}
+
+/// The answer to a CSV upload.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct CsvAnswer {
+    /// Records acknowledged by the broker.
+    pub accepted: usize,
+    /// The first `max_listed_rejections` rejected records.
+    pub rejected: Vec<CsvRejection>,
+    /// Every rejected record, listed or not (all are dead-lettered).
+    pub rejected_total: usize,
+    /// Lines read, header and blank lines included.
+    pub lines: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// One CSV upload: who sent it and where it goes.
+#[derive(Debug)]
+pub struct CsvUpload<'a, S> {
+    pub sink: &'a S,
+    pub settings: &'a CsvSettings,
+    /// The `adapter` label of metrics.
+    pub adapter: &'static str,
+    pub source_system: &'a str,
+    pub trace_id: &'a str,
+    pub received: SystemTime,
+}
+
+impl<S: Sink> CsvUpload<'_, S> {
+    /// Reads `body` record by record and publishes it in chunks of `chunk_records`; the answer
+    /// comes once every chunk is acknowledged. The first record is the header: one that
+    /// `layout` cannot read refuses the file (`400`, the header dead-lettered). Any other
+    /// record that cannot be read or mapped is rejected alone, by its line.
+    pub async fn run<L: CsvLayout + Sync>(
+        &self,
+        layout: &L,
+        headers: &HeaderMap,
+        body: Body,
+    ) -> Response {
+        let s = self.settings;
+        let mut up = Progress {
+            upload: self,
+            items: Vec::with_capacity(s.chunk_records.min(4096)),
+            pending: Vec::new(),
+            answer: CsvAnswer::default(),
+        };
+        // A declared size over the limit is refused before anything is read or published.
+        if content_length(headers).is_some_and(|len| len > s.max_bytes) {
+            self.refused("too_large");
+            return up.respond(StatusCode::PAYLOAD_TOO_LARGE, Some(self.too_large()));
+        }
+
+        let mut stream = body.into_data_stream();
+        let mut reader = Reader::new(s.max_record_bytes);
+        let mut records = Vec::new();
+        let mut header: Option<L::Header> = None;
+        let mut received: u64 = 0;
+        loop {
+            let ended = match stream.next().await {
+                Some(Ok(bytes)) => {
+                    received += bytes.len() as u64;
+                    if received > s.max_bytes {
+                        // Sent without a declared size: what came before the limit is
+                        // published and counted; the rest is not read.
+                        self.refused("too_large");
+                        let error = format!(
+                            "{}; the lines before line {} were read and are counted here, \
+                             nothing after them",
+                            self.too_large(),
+                            reader.lines() + 1
+                        );
+                        return up.finish(StatusCode::PAYLOAD_TOO_LARGE, error).await;
+                    }
+                    reader.push(&bytes, &mut records);
+                    false
+                }
+                Some(Err(e)) => {
+                    // The client stopped sending or sent a broken body.
+                    let error = format!("request body could not be read: {e}");
+                    return up.finish(StatusCode::BAD_REQUEST, error).await;
+                }
+                None => {
+                    reader.finish(&mut records);
+                    true
+                }
+            };
+            for record in records.drain(..) {
+                up.answer.lines = record.last_line;
+                let Some(h) = &header else {
+                    match self.header(layout, &record, reader.delimiter()) {
+                        Ok(h) => header = Some(h),
+                        Err(reason) => {
+                            // Without its header no line can be read: the header is
+                            // dead-lettered and the file refused.
+                            self.refused("bad_header");
+                            let error = format!(
+                                "header (line {}): {reason}; no line after it was read",
+                                record.line
+                            );
+                            up.reject(record, Fault::new("header", "malformed", reason));
+                            drain(&mut stream, received, s.max_bytes).await;
+                            return up.finish(StatusCode::BAD_REQUEST, error).await;
+                        }
+                    }
+                    continue;
+                };
+                up.row(layout, h, record);
+                if up.items.len() >= s.chunk_records
+                    && let Err(e) = up.flush().await
+                {
+                    drain(&mut stream, received, s.max_bytes).await;
+                    return up.unavailable(&e);
+                }
+            }
+            up.answer.lines = reader.lines();
+            if ended {
+                break;
+            }
+        }
+        if let Err(e) = up.flush().await {
+            return up.unavailable(&e);
+        }
+        if header.is_none() {
+            self.refused("empty");
+            let error = "empty body: a CSV upload starts with its header line".to_owned();
+            return up.respond(StatusCode::BAD_REQUEST, Some(error));
+        }
+        let status = if up.answer.accepted == 0 && up.answer.rejected_total > 0 {
+            StatusCode::UNPROCESSABLE_ENTITY
+        } else {
+            StatusCode::OK
+        };
+        up.respond(status, None)
+    }
+
+    fn header<L: CsvLayout>(
+        &self,
+        layout: &L,
+        record: &Record,
+        delimiter: Option<u8>,
+    ) -> Result<L::Header, String> {
+        match &record.fields {
+            Ok(names) => layout.header(names, delimiter.unwrap_or(b',')),
+            Err(e) => Err(self.reason(e)),
+        }
+    }
+
+    /// Why a record cannot be read, naming the setting that limits a record's size.
+    fn reason(&self, e: &CsvError) -> String {
+        let CsvError::TooLong { max, lines } = e else {
+            return e.to_string();
+        };
+        let s = self.settings;
+        let mut reason = format!("record longer than {max} bytes");
+        if let Some(setting) = s.max_record_setting {
+            reason.push_str(&format!(" ({}.{setting})", s.section));
+        }
+        reason.push_str("; only its first bytes are kept in the dead letter");
+        if *lines > 1 {
+            reason.push_str(&format!(
+                "; it runs over {lines} lines: is a quote that opens a field never closed?"
+            ));
+        }
+        reason
+    }
+
+    fn too_large(&self) -> String {
+        format!(
+            "request body larger than {} bytes ({}.max_csv_bytes); split the file",
+            self.settings.max_bytes, self.settings.section
+        )
+    }
+
+    fn refused(&self, reason: &'static str) {
+        metrics::counter!(
+            "ponte_adapter_requests_refused_total",
+            "adapter" => self.adapter,
+            "reason" => reason
+        )
+        .increment(1);
+    }
+}
+
+/// An upload in progress: the chunk being filled and the answer so far.
+struct Progress<'u, 'a, S> {
+    upload: &'u CsvUpload<'a, S>,
+    items: Vec<Item>,
+    /// Rejections of the chunk being filled; reported once the chunk is acknowledged.
+    pending: Vec<CsvRejection>,
+    answer: CsvAnswer,
+}
+
+impl<S: Sink> Progress<'_, '_, S> {
+    fn row<L: CsvLayout>(&mut self, layout: &L, header: &L::Header, record: Record) {
+        let mapped = match &record.fields {
+            Ok(cells) => layout.row(header, cells),
+            Err(e) => Err(Fault::malformed(self.upload.reason(e))),
+        };
+        match mapped {
+            Ok(accepted) => self.items.push(Item::Accepted(accepted)),
+            Err(fault) => self.reject(record, fault),
+        }
+    }
+
+    fn reject(&mut self, record: Record, fault: Fault) {
+        let position = format!("line {}", record.line);
+        self.pending.push(CsvRejection {
+            line: record.line,
+            position: position.clone(),
+            field: fault.field.clone(),
+            error_type: fault.error_type.clone(),
+            reason: fault.reason.clone(),
+        });
+        self.items
+            .push(fault.item(position, record.raw, "text/csv"));
+    }
+
+    /// Publishes the chunk and waits for the broker; only then are its records reported.
+    async fn flush(&mut self) -> Result<(), BusError> {
+        if self.items.is_empty() {
+            return Ok(());
+        }
+        let items = std::mem::take(&mut self.items);
+        let u = self.upload;
+        match u
+            .sink
+            .ingest(u.source_system, items, u.trace_id, u.received)
+            .await
+        {
+            Ok(report) => {
+                self.answer.accepted += report.accepted;
+                for r in self.pending.drain(..) {
+                    self.answer.rejected_total += 1;
+                    if self.answer.rejected.len() < u.settings.max_listed_rejections {
+                        self.answer.rejected.push(r);
+                    }
+                }
+                Ok(())
+            }
+            Err(failure) => {
+                self.pending.clear();
+                Err(failure.error)
+            }
+        }
+    }
+
+    /// Publishes what is pending, then answers `status` with `error`.
+    async fn finish(mut self, status: StatusCode, error: String) -> Response {
+        match self.flush().await {
+            Ok(()) => self.respond(status, Some(error)),
+            Err(e) => self.unavailable(&e),
+        }
+    }
+
+    fn respond(mut self, status: StatusCode, error: Option<String>) -> Response {
+        self.answer.error = error;
+        tracing::info!(
+            trace_id = %self.upload.trace_id,
+            adapter = self.upload.adapter,
+            lines = self.answer.lines,
+            accepted = self.answer.accepted,
+            rejected = self.answer.rejected_total,
+            status = status.as_u16(),
+            "csv upload answered"
+        );
+        json(status, &self.answer)
+    }
+
+    fn unavailable(self, err: &BusError) -> Response {
+        let retry_after = self.upload.settings.retry_after_secs;
+        let error = format!(
+            "the bus did not acknowledge a chunk ({err}); lines counted in `accepted` are \
+             stored, the rest are not guaranteed: send the whole file again (records carry \
+             stable ids, a repeat is harmless)"
+        );
+        let resp = self.respond(unavailable_status(err), Some(error));
+        with_retry_after(resp, err, retry_after)
+    }
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Reads and discards the rest of a body (up to the size limit), so that a client still
+/// sending reads the answer instead of a reset connection.
+async fn drain(
+    stream: &mut (impl futures::Stream<Item = Result<Bytes, axum::Error>> + Unpin),
+    mut received: u64,
+    limit: u64,
+) {
+    while let Some(Ok(bytes)) = stream.next().await {
+        received += bytes.len() as u64;
+        if received > limit {
+            break;
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::Mutex;
+
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::csv::Columns;
+
+    /// Records what it is given; fails the chunk numbered `fail_at` (0-based) as unavailable.
+    #[derive(Debug, Default)]
+    struct Fake {
+        chunks: Mutex<Vec<Vec<Item>>>,
+        fail_at: Option<usize>,
+    }
+
+    impl Sink for Fake {
+        fn ingest(
+            &self,
+            _source_system: &str,
+            items: Vec<Item>,
+            _trace_id: &str,
+            _received: SystemTime,
+        ) -> impl Future<Output = Result<IngestReport, IngestFailure>> + Send {
+            let mut chunks = self.chunks.lock().unwrap();
+            let result = if self.fail_at == Some(chunks.len()) {
+                Err(IngestFailure {
+                    acknowledged: 0,
+                    error: BusError::Unavailable("brokers down".into()),
+                })
+            } else {
+                let mut report = IngestReport::default();
+                for item in &items {
+                    match item {
+                        Item::Accepted(_) => report.accepted += 1,
+                        Item::Rejected(r) => report.rejected.push(Rejection {
+                            position: r.position.clone(),
+                            field: r.field.clone(),
+                            error_type: r.error_type.clone(),
+                            reason: r.reason.clone(),
+                        }),
+                    }
+                }
+                Ok(report)
+            };
+            chunks.push(items);
+            std::future::ready(result)
+        }
+    }
+
+    impl Fake {
+        fn published(&self) -> Vec<Item> {
+            self.chunks.lock().unwrap().concat()
+        }
+    }
+
+    /// Rows of `nis` and a whole number `n`.
+    struct Layout;
+
+    impl CsvLayout for Layout {
+        type Header = Columns;
+
+        fn header(&self, names: &[String], _delimiter: u8) -> Result<Columns, String> {
+            Columns::new(names, &["nis", "n"], &["nis", "n"])
+        }
+
+        fn row(&self, header: &Columns, cells: &[String]) -> Result<Accepted, Fault> {
+            let mut key = String::new();
+            for (name, value) in header.cells(cells).map_err(Fault::malformed)? {
+                match name {
+                    "nis" => key = value.to_owned(),
+                    _ => {
+                        value.parse::<u32>().map_err(|_| {
+                            Fault::new("n", "invalid_value", format!("{value:?} is not a number"))
+                        })?;
+                    }
+                }
+            }
+            Ok(Accepted {
+                topic: "records".into(),
+                key,
+                event: Default::default(),
+            })
+        }
+    }
+
+    fn settings() -> CsvSettings {
+        CsvSettings {
+            section: "test_adapter",
+            max_bytes: 1000,
+            max_record_bytes: 40,
+            max_record_setting: Some("max_csv_line_bytes"),
+            chunk_records: 2,
+            max_listed_rejections: 2,
+            retry_after_secs: 7,
+        }
+    }
+
+    struct Reply {
+        status: u16,
+        retry_after: Option<String>,
+        body: Value,
+    }
+
+    async fn upload(sink: &Fake, s: &CsvSettings, headers: HeaderMap, body: Body) -> Reply {
+        let up = CsvUpload {
+            sink,
+            settings: s,
+            adapter: "test",
+            source_system: "test",
+            trace_id: "t",
+            received: SystemTime::UNIX_EPOCH,
+        };
+        let resp = up.run(&Layout, &headers, body).await;
+        let status = resp.status().as_u16();
+        let retry_after = resp
+            .headers()
+            .get(header::RETRY_AFTER)
+            .map(|v| v.to_str().unwrap().to_owned());
+        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        Reply {
+            status,
+            retry_after,
+            body: serde_json::from_slice(&bytes).unwrap(),
+        }
+    }
+
+    /// The body in pieces of `size` bytes, sent without a declared length.
+    fn pieces(text: &[u8], size: usize) -> Body {
+        let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+            text.chunks(size).map(|c| Ok(c.to_vec())).collect();
+        Body::from_stream(futures::stream::iter(chunks))
+    }
+
+    fn rejected_of(items: &[Item]) -> Vec<(String, String, Vec<u8>)> {
+        items
+            .iter()
+            .filter_map(|i| match i {
+                Item::Rejected(r) => {
+                    assert_eq!(r.content_type, "text/csv");
+                    Some((r.position.clone(), r.field.clone(), r.original.clone()))
+                }
+                Item::Accepted(_) => None,
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn rows_are_published_in_chunks_and_rejections_are_named_by_the_line_they_start_on() {
+        let text = "\u{feff}NIS;n\r\n\
+                    1;1\r\n\
+                    \"2\n(two lines)\";x\r\n\
+                    \r\n\
+                    3;3\r\n\
+                    4;\"4\"x\r\n\
+                    5\r\n\
+                    6;6";
+        for size in [1, 3, 1000] {
+            let sink = Fake::default();
+            let r = upload(
+                &sink,
+                &settings(),
+                HeaderMap::new(),
+                pieces(text.as_bytes(), size),
+            )
+            .await;
+            assert_eq!(r.status, 200, "{}", r.body);
+            assert_eq!(r.body["accepted"], 3);
+            assert_eq!(r.body["rejected_total"], 3);
+            assert_eq!(r.body["lines"], 9);
+            assert!(r.body.get("error").is_none());
+            // Only the first two are listed; every one is dead-lettered.
+            assert_eq!(
+                r.body["rejected"],
+                json!([
+                    {"line": 3, "position": "line 3", "field": "n", "error_type": "invalid_value",
+                     "reason": "\"x\" is not a number"},
+                    {"line": 7, "position": "line 7", "field": "record", "error_type": "malformed",
+                     "reason": "field 2: 'x' after the closing quote (expected the delimiter or the end of the record)"},
+                ])
+            );
+            let published = sink.published();
+            assert_eq!(
+                rejected_of(&published),
+                [
+                    (
+                        "line 3".into(),
+                        "n".into(),
+                        b"\"2\n(two lines)\";x".to_vec()
+                    ),
+                    ("line 7".into(), "record".into(), b"4;\"4\"x".to_vec()),
+                    ("line 8".into(), "record".into(), b"5".to_vec()),
+                ]
+            );
+            let keys: Vec<_> = published
+                .iter()
+                .filter_map(|i| match i {
+                    Item::Accepted(a) => Some(a.key.clone()),
+                    Item::Rejected(_) => None,
+                })
+                .collect();
+            assert_eq!(keys, ["1", "3", "6"]);
+            assert!(sink.chunks.lock().unwrap().iter().all(|c| c.len() <= 2));
+        }
+    }
+
+    #[tokio::test]
+    async fn nothing_valid_is_422() {
+        let sink = Fake::default();
+        let r = upload(
+            &sink,
+            &settings(),
+            HeaderMap::new(),
+            Body::from("nis,n\n1,x\n"),
+        )
+        .await;
+        assert_eq!(r.status, 422, "{}", r.body);
+        assert_eq!(
+            (
+                r.body["accepted"].as_u64(),
+                r.body["rejected_total"].as_u64()
+            ),
+            (Some(0), Some(1))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_header_that_cannot_be_read_refuses_the_file_and_is_dead_lettered() {
+        for (text, reason) in [
+            (&b"nis,presence\n1,2\n"[..], "unknown column \"presence\""),
+            (b"\n\nnis\n1\n", "required column \"n\" is missing"),
+            (b"nis,\"n\n", "never closed"),
+            (
+                b"nis,n,aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\n1,2\n",
+                "longer than 40 bytes (test_adapter.max_csv_line_bytes)",
+            ),
+            (b"n\xE9s,n\n1,2\n", "UTF-8"),
+        ] {
+            let sink = Fake::default();
+            let r = upload(
+                &sink,
+                &settings(),
+                HeaderMap::new(),
+                Body::from(text.to_vec()),
+            )
+            .await;
+            assert_eq!(r.status, 400, "{}", r.body);
+            let error = r.body["error"].as_str().unwrap();
+            assert!(error.contains(reason), "{error}");
+            assert!(error.starts_with("header (line "), "{error}");
+            assert_eq!(r.body["accepted"], 0);
+            assert_eq!(r.body["rejected"][0]["field"], "header");
+            let published = sink.published();
+            assert_eq!(published.len(), 1, "only the header, dead-lettered");
+            let line = r.body["rejected"][0]["line"].as_u64().unwrap();
+            assert_eq!(rejected_of(&published)[0].0, format!("line {line}"));
+        }
+    }
+
+    #[tokio::test]
+    async fn an_empty_upload_is_refused() {
+        for text in ["", "\r\n  \n"] {
+            let sink = Fake::default();
+            let r = upload(&sink, &settings(), HeaderMap::new(), Body::from(text)).await;
+            assert_eq!(r.status, 400, "{}", r.body);
+            assert!(r.body["error"].as_str().unwrap().contains("header line"));
+            assert!(sink.published().is_empty());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_declared_size_over_the_limit_is_refused_before_reading() {
+        let sink = Fake::default();
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(1001));
+        let r = upload(&sink, &settings(), headers, Body::from("nis,n\n1,1\n")).await;
+        assert_eq!(r.status, 413, "{}", r.body);
+        assert!(
+            r.body["error"]
+                .as_str()
+                .unwrap()
+                .contains("test_adapter.max_csv_bytes")
+        );
+        assert_eq!(
+            (r.body["accepted"].as_u64(), r.body["lines"].as_u64()),
+            (Some(0), Some(0))
+        );
+        assert!(sink.published().is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_undeclared_size_over_the_limit_stores_and_counts_what_came_before() {
+        let mut text = String::from("nis,n\n");
+        for i in 0..200 {
+            text.push_str(&format!("{i},{i}\n"));
+        }
+        let sink = Fake::default();
+        let r = upload(
+            &sink,
+            &settings(),
+            HeaderMap::new(),
+            pieces(text.as_bytes(), 64),
+        )
+        .await;
+        assert_eq!(r.status, 413, "{}", r.body);
+        let accepted = r.body["accepted"].as_u64().unwrap();
+        assert!((1..200).contains(&accepted), "{}", r.body);
+        assert_eq!(r.body["lines"].as_u64().unwrap(), accepted + 1);
+        assert_eq!(sink.published().len() as u64, accepted);
+    }
+
+    #[tokio::test]
+    async fn a_chunk_the_bus_does_not_take_is_503_with_what_was_stored_before_it() {
+        let sink = Fake {
+            fail_at: Some(1),
+            ..Fake::default()
+        };
+        let text = "nis,n\n1,1\n2,2\n3,x\n4,4\n5,5\n";
+        let r = upload(&sink, &settings(), HeaderMap::new(), Body::from(text)).await;
+        assert_eq!(r.status, 503, "{}", r.body);
+        assert_eq!(r.retry_after.as_deref(), Some("7"));
+        assert_eq!(r.body["accepted"], 2);
+        assert_eq!(
+            r.body["rejected_total"], 0,
+            "the failed chunk's rejections are not counted"
+        );
+        assert!(
+            r.body["error"]
+                .as_str()
+                .unwrap()
+                .contains("send the whole file again")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_body_that_breaks_off_is_400_with_what_was_read() {
+        let chunks: Vec<Result<Vec<u8>, std::io::Error>> = vec![
+            Ok(b"nis,n\n1,1\n2,".to_vec()),
+            Err(std::io::Error::other("connection reset")),
+        ];
+        let sink = Fake::default();
+        let r = upload(
+            &sink,
+            &settings(),
+            HeaderMap::new(),
+            Body::from_stream(futures::stream::iter(chunks)),
+        )
+        .await;
+        assert_eq!(r.status, 400, "{}", r.body);
+        assert!(
+            r.body["error"]
+                .as_str()
+                .unwrap()
+                .contains("could not be read")
+        );
+        assert_eq!(
+            (r.body["accepted"].as_u64(), r.body["lines"].as_u64()),
+            (Some(1), Some(2))
+        );
+    }
+
+    #[test]
+    fn a_report_maps_to_its_status() {
+        let none = IngestReport::default();
+        let bad = IngestReport {
+            accepted: 0,
+            rejected: vec![Rejection {
+                position: "record 1".into(),
+                field: "nis".into(),
+                error_type: "invalid_identifier".into(),
+                reason: "check digit".into(),
+            }],
+        };
+        let mixed = IngestReport {
+            accepted: 1,
+            ..bad.clone()
+        };
+        assert_eq!(status_of(&none, false), StatusCode::OK);
+        assert_eq!(status_of(&mixed, false), StatusCode::OK);
+        assert_eq!(status_of(&bad, false), StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(status_of(&bad, true), StatusCode::BAD_REQUEST);
+        assert_eq!(
+            serde_json::to_value(Answer::of(mixed)).unwrap(),
+            json!({"accepted": 1, "rejected": [{"position": "record 1", "field": "nis",
+                   "error_type": "invalid_identifier", "reason": "check digit"}]})
+        );
+        assert_eq!(json_position(true, 0), "body");
+        assert_eq!(json_position(false, 2), "record 3");
+    }
+
+    #[test]
+    fn a_bus_failure_is_503_with_retry_after_only_when_retrying_can_work() {
+        let resp = unavailable(&BusError::Unavailable("down".into()), 7);
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "7");
+        let resp = unavailable(&BusError::Rejected("no topic".into()), 7);
+        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(resp.headers().get(header::RETRY_AFTER).is_none());
+    }
+
+    #[test]
+    fn the_content_type_says_csv_and_its_charset() {
+        let with = |ct: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_str(ct).unwrap());
+            body_type(&h)
+        };
+        assert_eq!(body_type(&HeaderMap::new()), BodyType::Json);
+        assert_eq!(with("application/json"), BodyType::Json);
+        assert_eq!(with("text/csv"), BodyType::Csv);
+        assert_eq!(with("application/csv"), BodyType::Csv);
+        assert_eq!(with("Text/CSV; charset=\"UTF-8\""), BodyType::Csv);
+        assert_eq!(
+            with("text/csv; charset=ISO-8859-1"),
+            BodyType::CsvNotUtf8("ISO-8859-1".to_owned())
+        );
+    }
+}
