@@ -237,6 +237,16 @@ async fn each_service_principal_may_do_only_its_own_work() {
     let (status, out, err) = stack.ponte("admin", &["topics", "ensure"]);
     assert!(status.success(), "topics ensure as admin: {out}{err}");
     assert!(out.contains("12 topics, 12 changed"), "{out}");
+    // Once they exist, the reconciler sees every topic of the catalogue but may not read the
+    // sector topics' settings (no DescribeConfigs): its `ponte topics ensure` is an error naming
+    // the topic, never "unchanged" or "updated" (rdkafka does not pass the refusal on).
+    let (status, out, err) = stack.ponte("reconciler", &["topics", "ensure"]);
+    assert!(
+        !status.success(),
+        "topics ensure as reconciler after admin: {out}{err}"
+    );
+    assert!(err.contains("no settings"), "{out}{err}");
+    assert!(!out.contains("updated"), "{out}");
 
     // A reconciler cannot create its own internal topics either: started for a group (one its
     // group ACL covers) whose topics admin has not created, it stops at start.

@@ -296,6 +296,33 @@ pub async fn ensure(
     ensure_specs(kafka, topics.catalogue()?, timeout).await
 }
 
+/// The managed settings of `spec` that `current` does not hold, as `key: have -> want`.
+fn drift_of(
+    spec: &TopicSpec,
+    current: &std::collections::HashMap<&str, &rdkafka::admin::ConfigEntry>,
+) -> Vec<String> {
+    spec.configs
+        .iter()
+        .filter_map(|(k, want)| {
+            let have = current.get(k.as_str()).and_then(|e| e.value.as_deref());
+            (have != Some(want.as_str()))
+                .then(|| format!("{k}: {} -> {want}", have.unwrap_or("(unset)")))
+        })
+        .collect()
+}
+
+fn refuse_no_settings(topic: &str, empty: bool, what: &str) -> Result<(), BusError> {
+    if empty {
+        return Err(admin_err(
+            topic,
+            format!(
+                "{what}: the broker returned no settings (not authorized to describe its configs?)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// [`ensure`] for any list of specifications (for example a reconciler group's own topics).
 pub async fn ensure_specs(
     kafka: &KafkaConfig,
@@ -381,16 +408,11 @@ pub async fn ensure_specs(
             .next()
             .ok_or_else(|| admin_err(&spec.name, "no config description returned"))?
             .map_err(|code| admin_err(&spec.name, code))?;
-        let current = resource.entry_map();
-        let drift: Vec<String> = spec
-            .configs
-            .iter()
-            .filter_map(|(k, want)| {
-                let have = current.get(k.as_str()).and_then(|e| e.value.as_deref());
-                (have != Some(want.as_str()))
-                    .then(|| format!("{k}: {} -> {want}", have.unwrap_or("(unset)")))
-            })
-            .collect();
+        // A topic always has settings (defaults included): none means the broker refused the
+        // description, whose error code rdkafka 0.38 does not pass on (e.g. a principal without
+        // DescribeConfigs on the topic).
+        refuse_no_settings(&spec.name, resource.entries.is_empty(), "describing")?;
+        let drift = drift_of(spec, &resource.entry_map());
         let action = if drift.is_empty() {
             TopicAction::Unchanged
         } else {
@@ -406,6 +428,26 @@ pub async fn ensure_specs(
                 .map_err(|e| BusError::Unavailable(format!("altering {}: {e}", spec.name)))?;
             for r in results {
                 r.map_err(|(_, code)| admin_err(&spec.name, code))?;
+            }
+            // rdkafka 0.38 drops AlterConfigs' per-topic errors too: read the settings back and
+            // report "updated" only when the broker applied them.
+            let after = admin
+                .describe_configs([&ResourceSpecifier::Topic(&spec.name)], &opts)
+                .await
+                .map_err(|e| BusError::Unavailable(format!("describing {}: {e}", spec.name)))?
+                .into_iter()
+                .next()
+                .ok_or_else(|| admin_err(&spec.name, "no config description returned"))?
+                .map_err(|code| admin_err(&spec.name, code))?;
+            let left = drift_of(spec, &after.entry_map());
+            if !left.is_empty() {
+                return Err(admin_err(
+                    &spec.name,
+                    format!(
+                        "the broker did not apply the settings (not authorized to alter them?): {}",
+                        left.join(", ")
+                    ),
+                ));
             }
             TopicAction::ConfigsUpdated(drift)
         };
