@@ -1,255 +1,62 @@
-//! The CSV batch layout schools export per bimester, parsed line by line so that a file of any
-//! size goes through in bounded memory.
+//! The CSV layout schools export per bimester: which column holds which field of the JSON
+//! layout ([`AttendanceInput`]), and a row read into it, to be validated by
+//! [`crate::record::validate`] exactly as a JSON record is.
 //!
-//! - [`LineSplitter`] cuts a byte stream, fed in arbitrary pieces, into numbered lines, never
-//!   holding more than one line (at most `max_line_bytes`) at a time.
-//! - [`Header`] reads the first line: which column holds which field of the JSON layout
-//!   ([`AttendanceInput`]), and the delimiter (`,`, or `;` as spreadsheets in Brazil export).
-//! - [`Header::parse_row`] turns one data line into an [`AttendanceInput`], validated by
-//!   [`crate::record::validate`] exactly as a JSON record is.
-//!
-//! A line is one record: quoted fields (`"..."`, `""` for a quote) are accepted but may not span
-//! lines; no field of this layout needs a line break. This module never publishes and never
-//! panics on input.
+//! How a file is cut into records and fields (quoting, the `,` or `;` delimiter, line ends,
+//! UTF-8) is the dialect every adapter shares, [`ponte_edge::csv`], documented for senders in
+//! `docs/integration/csv.md`. This module never publishes and never panics on input.
+use ponte_edge::csv::{Columns, read_record};
+
 use crate::record::{AttendanceInput, RecordError};
 
-/// One line of the body, without its terminator (`\n` or `\r\n`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Line {
-    /// 1-based line number in the file, as a spreadsheet or `sed -n Np` shows it.
-    pub number: u64,
-    /// The line's bytes; when `truncated`, only its first `max_line_bytes`.
-    pub bytes: Vec<u8>,
-    /// The line was longer than the limit; the rest of it was discarded.
-    pub truncated: bool,
-}
-
-/// Cuts a stream of byte chunks into lines with bounded memory.
-#[derive(Debug)]
-pub struct LineSplitter {
-    buf: Vec<u8>,
-    max: usize,
-    truncated: bool,
-    number: u64,
-    /// True once anything of the current line was seen (distinguishes "no last line" from an
-    /// empty last line without a terminator).
-    started: bool,
-}
-
-impl LineSplitter {
-    /// A splitter keeping at most `max_line_bytes` of any one line.
-    pub fn new(max_line_bytes: usize) -> Self {
-        Self {
-            buf: Vec::new(),
-            max: max_line_bytes.max(1),
-            truncated: false,
-            number: 0,
-            started: false,
-        }
-    }
-
-    fn append(&mut self, part: &[u8]) {
-        self.started |= !part.is_empty();
-        let room = self.max.saturating_sub(self.buf.len());
-        if part.len() > room {
-            self.buf.extend_from_slice(&part[..room]);
-            self.truncated = true;
-        } else {
-            self.buf.extend_from_slice(part);
-        }
-    }
-
-    fn emit(&mut self, out: &mut Vec<Line>) {
-        self.number += 1;
-        let mut bytes = std::mem::take(&mut self.buf);
-        if !self.truncated && bytes.last() == Some(&b'\r') {
-            bytes.pop();
-        }
-        out.push(Line {
-            number: self.number,
-            bytes,
-            truncated: self.truncated,
-        });
-        self.truncated = false;
-        self.started = false;
-    }
-
-    /// Feeds the next piece of the stream; complete lines are appended to `out`.
-    pub fn push(&mut self, mut chunk: &[u8], out: &mut Vec<Line>) {
-        while let Some(i) = chunk.iter().position(|&b| b == b'\n') {
-            self.append(&chunk[..i]);
-            self.emit(out);
-            chunk = &chunk[i + 1..];
-        }
-        self.append(chunk);
-    }
-
-    /// The stream ended: the last line, if it had no terminator.
-    pub fn finish(&mut self, out: &mut Vec<Line>) {
-        if self.started || self.truncated {
-            self.emit(out);
-        }
-    }
-
-    /// Lines completed so far.
-    pub fn lines(&self) -> u64 {
-        self.number
-    }
-}
-
-/// A column of the layout: the fields of [`AttendanceInput`], under the same names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Column {
-    Nis,
-    InepSchoolCode,
-    Month,
-    Bimester,
-    Unit,
-    Given,
-    Attended,
-    AttendancePercent,
-    LowAttendanceReason,
-    Version,
-    RecordedAt,
-    Retraction,
-}
-
-const COLUMNS: [(&str, Column); 12] = [
-    ("nis", Column::Nis),
-    ("inep_school_code", Column::InepSchoolCode),
-    ("month", Column::Month),
-    ("bimester", Column::Bimester),
-    ("unit", Column::Unit),
-    ("given", Column::Given),
-    ("attended", Column::Attended),
-    ("attendance_percent", Column::AttendancePercent),
-    ("low_attendance_reason", Column::LowAttendanceReason),
-    ("version", Column::Version),
-    ("recorded_at", Column::RecordedAt),
-    ("retraction", Column::Retraction),
+/// The columns a header may name: the fields of [`AttendanceInput`], under the same names.
+pub const COLUMNS: [&str; 12] = [
+    "nis",
+    "inep_school_code",
+    "month",
+    "bimester",
+    "unit",
+    "given",
+    "attended",
+    "attendance_percent",
+    "low_attendance_reason",
+    "version",
+    "recorded_at",
+    "retraction",
 ];
 
-const REQUIRED: [Column; 3] = [Column::Nis, Column::InepSchoolCode, Column::Month];
+const REQUIRED: [&str; 3] = ["nis", "inep_school_code", "month"];
 
-fn column_name(c: Column) -> &'static str {
-    COLUMNS
-        .iter()
-        .find(|(_, col)| *col == c)
-        .map_or("?", |(name, _)| name)
-}
-
-/// The first line of a file: its columns and delimiter.
+/// The first record of a file: its columns and delimiter.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Header {
-    columns: Vec<Column>,
+    columns: Columns,
     delimiter: char,
 }
 
-/// Why a header line cannot be read; the whole file is refused.
+/// Why a header cannot be read; the whole file is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("header: {0}")]
 pub struct HeaderError(pub String);
 
-/// Splits a line into fields. Unquoted fields are trimmed; quoted ones are kept as written.
-pub fn split_fields(line: &str, delimiter: char) -> Result<Vec<String>, String> {
-    let mut fields = Vec::new();
-    let mut chars = line.chars().peekable();
-    loop {
-        // One field.
-        while chars.peek().is_some_and(|c| *c == ' ' || *c == '\t') {
-            chars.next();
-        }
-        let mut field = String::new();
-        if chars.peek() == Some(&'"') {
-            chars.next();
-            loop {
-                match chars.next() {
-                    Some('"') if chars.peek() == Some(&'"') => {
-                        chars.next();
-                        field.push('"');
-                    }
-                    Some('"') => break,
-                    Some(c) => field.push(c),
-                    None => {
-                        return Err(format!(
-                            "field {} opens a quote that the line never closes",
-                            fields.len() + 1
-                        ));
-                    }
-                }
-            }
-            while chars.peek().is_some_and(|c| *c == ' ' || *c == '\t') {
-                chars.next();
-            }
-            match chars.next() {
-                None => {
-                    fields.push(field);
-                    return Ok(fields);
-                }
-                Some(c) if c == delimiter => fields.push(field),
-                Some(c) => {
-                    return Err(format!(
-                        "field {}: {c:?} after the closing quote",
-                        fields.len() + 1
-                    ));
-                }
-            }
-        } else {
-            loop {
-                match chars.next() {
-                    None => {
-                        fields.push(field.trim_end().to_owned());
-                        return Ok(fields);
-                    }
-                    Some(c) if c == delimiter => break,
-                    Some(c) => field.push(c),
-                }
-            }
-            fields.push(field.trim_end().to_owned());
-        }
-    }
-}
-
 impl Header {
-    /// Reads a header line (a UTF-8 byte-order mark is skipped). Column names are those of the
-    /// JSON layout, in any order and case; `nis`, `inep_school_code` and `month` are required,
-    /// unknown or repeated names are refused.
+    /// The header's column names (as the CSV reader gave them) and the file's delimiter.
+    /// Names are those of the JSON layout, in any order and case; `nis`, `inep_school_code`
+    /// and `month` are required, unknown or repeated names are refused.
+    pub fn new(names: &[String], delimiter: u8) -> Result<Header, HeaderError> {
+        let columns = Columns::new(names, &COLUMNS, &REQUIRED).map_err(HeaderError)?;
+        Ok(Header {
+            columns,
+            delimiter: char::from(delimiter),
+        })
+    }
+
+    /// Reads a header line on its own (a UTF-8 byte-order mark is skipped), for tools that
+    /// read a file line by line.
     pub fn parse(line: &[u8]) -> Result<Header, HeaderError> {
-        let line = line.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(line);
-        let text = std::str::from_utf8(line)
-            .map_err(|_| HeaderError("not UTF-8".to_owned()))?
-            .trim_end_matches('\r');
-        let delimiter = if text.contains(';') && !text.contains(',') {
-            ';'
-        } else {
-            ','
-        };
-        let names = split_fields(text, delimiter).map_err(HeaderError)?;
-        let mut columns = Vec::with_capacity(names.len());
-        for name in &names {
-            let key = name.trim().to_ascii_lowercase();
-            let col = COLUMNS
-                .iter()
-                .find(|(n, _)| *n == key)
-                .map(|(_, c)| *c)
-                .ok_or_else(|| {
-                    HeaderError(format!(
-                        "unknown column {name:?}; the columns are {}",
-                        COLUMNS.map(|(n, _)| n).join(", ")
-                    ))
-                })?;
-            if columns.contains(&col) {
-                return Err(HeaderError(format!("column {key:?} appears twice")));
-            }
-            columns.push(col);
-        }
-        if let Some(missing) = REQUIRED.iter().find(|c| !columns.contains(c)) {
-            return Err(HeaderError(format!(
-                "required column {:?} is missing",
-                column_name(*missing)
-            )));
-        }
-        Ok(Header { columns, delimiter })
+        let (names, delimiter) = read_record(line, None);
+        let names = names.map_err(|e| HeaderError(e.to_string()))?;
+        Header::new(&names, delimiter)
     }
 
     /// The delimiter found in the header.
@@ -257,18 +64,17 @@ impl Header {
         self.delimiter
     }
 
-    /// Reads one data line into the JSON layout's record. An empty cell is an absent field.
+    /// Reads one data line on its own into the JSON layout's record, for tools that read a
+    /// file line by line (a field of it cannot hold a line break).
     pub fn parse_row(&self, line: &[u8]) -> Result<AttendanceInput, RecordError> {
-        let text = std::str::from_utf8(line)
-            .map_err(|e| RecordError::malformed(format!("line is not UTF-8 ({e})")))?;
-        let fields = split_fields(text, self.delimiter).map_err(RecordError::malformed)?;
-        if fields.len() != self.columns.len() {
-            return Err(RecordError::malformed(format!(
-                "{} fields where the header has {} columns",
-                fields.len(),
-                self.columns.len()
-            )));
-        }
+        let delimiter = u8::try_from(self.delimiter).unwrap_or(b',');
+        let (cells, _) = read_record(line, Some(delimiter));
+        self.row(&cells.map_err(RecordError::malformed)?)
+    }
+
+    /// One row's cells (as the CSV reader gave them) as the JSON layout's record. An empty
+    /// cell is an absent field.
+    pub fn row(&self, cells: &[String]) -> Result<AttendanceInput, RecordError> {
         let mut input = AttendanceInput {
             nis: String::new(),
             inep_school_code: String::new(),
@@ -283,26 +89,27 @@ impl Header {
             recorded_at: None,
             retraction: false,
         };
-        for (col, value) in self.columns.iter().zip(fields) {
-            let name = column_name(*col);
+        for (name, value) in self.columns.cells(cells).map_err(RecordError::malformed)? {
             if value.is_empty() {
                 continue;
             }
-            match col {
-                Column::Nis => input.nis = value,
-                Column::InepSchoolCode => input.inep_school_code = value,
-                Column::Month => input.month = value,
-                Column::Bimester => input.bimester = Some(value),
-                Column::Unit => input.unit = Some(value),
-                Column::LowAttendanceReason => input.low_attendance_reason = Some(value),
-                Column::RecordedAt => input.recorded_at = Some(value),
-                Column::Given => input.given = Some(whole(name, &value)?),
-                Column::Attended => input.attended = Some(whole(name, &value)?),
-                Column::Version => input.version = Some(whole(name, &value)?),
-                Column::AttendancePercent => {
-                    input.attendance_percent = Some(decimal(name, &value, self.delimiter)?);
+            let text = value.to_owned();
+            match name {
+                "nis" => input.nis = text,
+                "inep_school_code" => input.inep_school_code = text,
+                "month" => input.month = text,
+                "bimester" => input.bimester = Some(text),
+                "unit" => input.unit = Some(text),
+                "low_attendance_reason" => input.low_attendance_reason = Some(text),
+                "recorded_at" => input.recorded_at = Some(text),
+                "given" => input.given = Some(whole(name, value)?),
+                "attended" => input.attended = Some(whole(name, value)?),
+                "version" => input.version = Some(whole(name, value)?),
+                "attendance_percent" => {
+                    input.attendance_percent = Some(decimal(name, value, self.delimiter)?);
                 }
-                Column::Retraction => input.retraction = boolean(name, &value)?,
+                "retraction" => input.retraction = boolean(name, value)?,
+                _ => {}
             }
         }
         Ok(input)
@@ -369,65 +176,34 @@ mod tests {
     use super::*;
     use crate::record::validate;
 
-    fn lines(pieces: &[&[u8]], max: usize) -> Vec<Line> {
-        let mut s = LineSplitter::new(max);
-        let mut out = Vec::new();
-        for p in pieces {
-            s.push(p, &mut out);
-        }
-        s.finish(&mut out);
-        out
-    }
-
     #[test]
-    fn lines_are_numbered_whatever_the_chunking() {
-        let text = b"a,b\r\nc,d\n\ne,f";
-        let whole = lines(&[text], 100);
-        let bytes: Vec<_> = whole.iter().map(|l| (l.number, l.bytes.clone())).collect();
-        assert_eq!(
-            bytes,
-            vec![
-                (1, b"a,b".to_vec()),
-                (2, b"c,d".to_vec()),
-                (3, b"".to_vec()),
-                (4, b"e,f".to_vec())
-            ]
+    fn rows_come_from_the_shared_reader_quoted_or_not() {
+        // A whole upload as the service reads it: the reader cuts records and fields, the
+        // header maps them.
+        let mut reader = ponte_edge::csv::Reader::new(4096);
+        let mut records = Vec::new();
+        reader.push(
+            b"nis;inep_school_code;month;unit;low_attendance_reason\r\n\
+              \"268.27649.96-0\" ; 35012345;2025-04;\"days\";\"6;2\"\r\n",
+            &mut records,
         );
-        // One byte at a time gives the same lines.
-        let singles: Vec<&[u8]> = text.chunks(1).collect();
-        assert_eq!(lines(&singles, 100), whole);
-        // A trailing newline does not make an extra line.
-        assert_eq!(lines(&[b"a\n"], 100).len(), 1);
-        assert!(lines(&[b""], 100).is_empty());
-    }
-
-    #[test]
-    fn a_long_line_is_cut_at_the_limit_and_the_next_line_survives() {
-        let out = lines(&[b"0123456789abc\nok\n"], 4);
-        assert_eq!(out.len(), 2);
-        assert_eq!(out[0].bytes, b"0123");
-        assert!(out[0].truncated);
-        assert_eq!(out[1].bytes, b"ok");
-        assert!(!out[1].truncated);
-        assert_eq!(out[1].number, 2);
-    }
-
-    #[test]
-    fn fields_split_with_quotes_and_trim() {
-        assert_eq!(
-            split_fields(r#" a , "b,c" ,"d""e",,"#, ',').unwrap(),
-            vec!["a", "b,c", "d\"e", "", ""]
-        );
-        assert!(
-            split_fields(r#"a,"b"#, ',')
-                .unwrap_err()
-                .contains("never closes")
-        );
-        assert!(
-            split_fields(r#""b"x,c"#, ',')
-                .unwrap_err()
-                .contains("after the closing quote")
-        );
+        reader.finish(&mut records);
+        let h = Header::new(
+            records[0].fields.as_ref().unwrap(),
+            reader.delimiter().unwrap(),
+        )
+        .unwrap();
+        assert_eq!(h.delimiter(), ';');
+        let row = h.row(records[1].fields.as_ref().unwrap()).unwrap();
+        assert_eq!(row.nis, "268.27649.96-0");
+        assert_eq!(row.inep_school_code, "35012345");
+        assert_eq!(row.unit.as_deref(), Some("days"));
+        assert_eq!(row.low_attendance_reason.as_deref(), Some("6;2"));
+        // The line-by-line form reads the same.
+        let line = h
+            .parse_row(b"\"268.27649.96-0\" ; 35012345;2025-04;\"days\";\"6;2\"")
+            .unwrap();
+        assert_eq!(format!("{line:?}"), format!("{row:?}"));
     }
 
     #[test]
@@ -525,7 +301,7 @@ mod tests {
             (
                 b"26827649960,35012345,2025-04,,,,\"90,,",
                 "record",
-                "never closes",
+                "never closed",
             ),
             (b"\xC3\x28,35012345,2025-04,,,,90,,", "record", "UTF-8"),
         ] {

@@ -1,37 +1,44 @@
 //! The HTTP service: `POST /v1/attendance` with
 //! - `Content-Type: application/json` (or none): one JSON record or a JSON array of records;
-//! - `Content-Type: text/csv`: a CSV file in the layout of [`crate::csv`], read as a stream
-//!   line by line and published in chunks, so a file of millions of lines needs no more memory
-//!   than one chunk.
+//! - `Content-Type: text/csv`: a file in the columns of [`crate::csv`] and the CSV dialect of
+//!   every adapter (`ponte_edge::csv`, docs/integration/csv.md), read as a stream record by
+//!   record and published in chunks, so a file of millions of lines needs no more memory than
+//!   one chunk.
 //!
-//! Answers (JSON, always with `accepted` and `rejected`):
+//! Answers are the adapters' common ones (`ponte_edge::ingest`), JSON with `accepted` and
+//! `rejected`:
 //! - `200` every valid record is acknowledged by the broker; invalid ones (if any) are listed
 //!   with position (`record N`, `line N`), field and reason and are on the dead-letter topic.
 //! - `422` nothing was valid; every record is listed and dead-lettered.
 //! - `400` the body is not JSON at all (dead-lettered whole), or the CSV header is unreadable
-//!   (the header line is dead-lettered; no line was published).
+//!   (the header is dead-lettered; no row was published).
 //! - `413` the body is larger than `max_body_bytes` (JSON) or `max_csv_bytes` (CSV).
+//! - `415` CSV in a charset other than UTF-8.
 //! - `503` + `Retry-After` the broker could not acknowledge; send the same body again (records
 //!   carry stable ids and versions, so a repeat is harmless downstream).
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use axum::Router;
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest as _, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use futures::StreamExt as _;
-use ponte_bus::ingest::{Accepted, Ingestor, Item, Rejected, Rejection};
-use ponte_bus::{BusError, KafkaConfig, Publisher, Topic, TopicsConfig};
+use ponte_bus::ingest::{Accepted, Ingestor, Item};
+use ponte_bus::{KafkaConfig, Publisher, Topic, TopicsConfig};
 use ponte_edge::http::{Sender, may_send};
+use ponte_edge::ingest::{
+    Answer, BodyType, CsvLayout, CsvSettings, CsvUpload, Fault, answer, body_type, csv_not_utf8,
+    json_position, unavailable,
+};
 use ponte_edge::{AccessConfig, Adapter, Gate, RecordKind, SourceSystem, TlsConfig};
 use ponte_runtime::Readiness;
-use serde::{Deserialize, Serialize};
+use ponte_runtime::http::trace_id;
+use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::csv::{Header, Line, LineSplitter};
+use crate::csv::Header;
 use crate::record::{
     AttendanceInput, RecordError, ValidRecord, is_json_array, split_json_body, validate,
 };
@@ -55,11 +62,11 @@ pub struct EducationAdapterConfig {
     /// Largest CSV upload accepted, in bytes. CSV is streamed, so this bounds time and bus
     /// volume of one request, not memory.
     pub max_csv_bytes: u64,
-    /// Longest CSV line kept; a longer line is rejected (its first bytes are dead-lettered).
+    /// Longest CSV record kept; a longer one is rejected (its first bytes are dead-lettered).
     pub max_csv_line_bytes: usize,
-    /// CSV lines published per chunk: the memory bound of an upload.
+    /// CSV records published per chunk: the memory bound of an upload.
     pub csv_chunk_records: usize,
-    /// Most rejected lines listed in a CSV answer (all are counted and dead-lettered).
+    /// Most rejected records listed in a CSV answer (all are counted and dead-lettered).
     pub max_listed_rejections: usize,
 }
 
@@ -68,71 +75,13 @@ struct AppState {
     ingestor: Ingestor,
     records_topic: String,
     retry_after_secs: u64,
-    max_csv_bytes: u64,
-    max_csv_line_bytes: usize,
-    csv_chunk_records: usize,
-    max_listed_rejections: usize,
+    csv: CsvSettings,
 }
 
-#[derive(Debug, Serialize)]
-struct Answer {
-    accepted: usize,
-    rejected: Vec<Rejection>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<String>,
-}
-
-fn json(status: StatusCode, answer: &Answer) -> Response {
-    let body = serde_json::to_vec(answer).unwrap_or_default();
-    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
-}
-
-fn unavailable(state: &AppState, err: &BusError) -> Response {
-    let mut resp = json(
-        if err.is_retryable() {
-            StatusCode::SERVICE_UNAVAILABLE
-        } else {
-            StatusCode::INTERNAL_SERVER_ERROR
-        },
-        &Answer {
-            accepted: 0,
-            rejected: Vec::new(),
-            error: Some(format!(
-                "the bus did not acknowledge the batch ({err}); nothing in it is guaranteed \
-                 stored: send it again"
-            )),
-        },
-    );
-    if err.is_retryable() {
-        resp.headers_mut().insert(
-            header::RETRY_AFTER,
-            HeaderValue::from(state.retry_after_secs),
-        );
+impl From<RecordError> for Fault {
+    fn from(e: RecordError) -> Fault {
+        Fault::new(e.field, e.error_type, e.reason)
     }
-    resp
-}
-
-use ponte_runtime::http::trace_id;
-
-fn rejected(position: String, err: RecordError, original: Vec<u8>) -> Rejected {
-    Rejected {
-        position,
-        field: err.field,
-        error_type: err.error_type.to_owned(),
-        reason: err.reason,
-        original,
-        content_type: "application/json".to_owned(),
-    }
-}
-
-/// True when the request says its body is CSV (`text/csv`, `application/csv`).
-fn is_csv(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .map(|v| v.trim().to_ascii_lowercase())
-        .is_some_and(|v| v == "text/csv" || v == "application/csv")
 }
 
 async fn ingest(State(state): State<Arc<AppState>>, req: Request) -> Response {
@@ -140,18 +89,14 @@ async fn ingest(State(state): State<Arc<AppState>>, req: Request) -> Response {
     // Put there by the edge (`may_send`): the caller's right to send attendance, and the source
     // system its records carry.
     let Some(sender) = req.extensions().get::<Sender>().cloned() else {
-        return json(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            &Answer {
-                accepted: 0,
-                rejected: Vec::new(),
-                error: Some("the request reached the handler without a checked sender".into()),
-            },
-        );
+        return Answer::error("the request reached the handler without a checked sender")
+            .respond(StatusCode::INTERNAL_SERVER_ERROR);
     };
     let source = sender.source_system;
-    if is_csv(&headers) {
-        return ingest_csv(state, source, headers, req.into_body()).await;
+    match body_type(&headers) {
+        BodyType::Csv => return ingest_csv(&state, &source, &headers, req.into_body()).await,
+        BodyType::CsvNotUtf8(charset) => return csv_not_utf8(&charset),
+        BodyType::Json => {}
     }
     // The JSON path reads the whole body, bounded by `DefaultBodyLimit` (`max_body_bytes`).
     match Bytes::from_request(req, &state).await {
@@ -176,11 +121,6 @@ async fn ingest_json(
                 .iter()
                 .enumerate()
                 .map(|(i, raw)| {
-                    let position = if single {
-                        "body".to_owned()
-                    } else {
-                        format!("record {}", i + 1)
-                    };
                     let parsed = serde_json::from_str::<AttendanceInput>(raw.get())
                         .map_err(|e| RecordError::malformed(e.to_string()))
                         .and_then(|input| validate(&input, source.as_str(), now));
@@ -190,22 +130,20 @@ async fn ingest_json(
                             key,
                             event,
                         }),
-                        Err(e) => {
-                            Item::Rejected(rejected(position, e, raw.get().as_bytes().to_vec()))
-                        }
+                        Err(e) => Fault::from(e).item(
+                            json_position(single, i),
+                            raw.get().as_bytes().to_vec(),
+                            "application/json",
+                        ),
                     }
                 })
                 .collect();
             (items, false)
         }
         Err(e) => {
-            let err = RecordError::malformed(format!("body is not JSON: {e}"));
+            let fault = Fault::malformed(format!("body is not JSON: {e}"));
             (
-                vec![Item::Rejected(rejected(
-                    "body".to_owned(),
-                    err,
-                    body.to_vec(),
-                ))],
+                vec![fault.item("body", body.to_vec(), "application/json")],
                 true,
             )
         }
@@ -216,348 +154,66 @@ async fn ingest_json(
         .ingest(source.as_str(), items, &trace, now)
         .await
     {
-        Ok(report) => {
-            let status = if malformed_body {
-                StatusCode::BAD_REQUEST
-            } else if report.accepted == 0 && !report.rejected.is_empty() {
-                StatusCode::UNPROCESSABLE_ENTITY
-            } else {
-                StatusCode::OK
-            };
-            json(
-                status,
-                &Answer {
-                    accepted: report.accepted,
-                    rejected: report.rejected,
-                    error: None,
-                },
-            )
-        }
-        Err(failure) => unavailable(state, &failure.error),
+        Ok(report) => answer(report, malformed_body),
+        Err(failure) => unavailable(&failure.error, state.retry_after_secs),
     }
 }
 
-/// What a CSV upload's answer lists about one rejected line.
-#[derive(Debug, Serialize)]
-struct CsvRejection {
-    /// 1-based line number in the file (the header is line 1).
-    line: u64,
-    /// `line N`, as in the dead letter.
-    position: String,
-    field: String,
-    error_type: String,
-    reason: String,
-}
-
-/// The answer to a CSV upload.
-#[derive(Debug, Default, Serialize)]
-struct CsvAnswer {
-    /// Lines acknowledged by the broker.
-    accepted: usize,
-    /// The first `max_listed_rejections` rejected lines.
-    rejected: Vec<CsvRejection>,
-    /// Every rejected line, listed or not (all are dead-lettered).
-    rejected_total: usize,
-    /// Lines read, header and blank lines included.
-    lines: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<String>,
-}
-
-/// One CSV upload in progress: the header, the chunk being filled, and the answer so far.
-struct CsvUpload<'a> {
-    state: &'a AppState,
-    source: SourceSystem,
-    trace: String,
+/// The attendance layout of a CSV upload: rows validated exactly as JSON records are.
+struct AttendanceCsv<'a> {
+    topic: &'a str,
+    source: &'a str,
     now: SystemTime,
-    header: Option<Header>,
-    header_error: Option<String>,
-    items: Vec<Item>,
-    /// Rejections of the chunk being filled; reported once the chunk is acknowledged.
-    pending: Vec<CsvRejection>,
-    answer: CsvAnswer,
 }
 
-impl CsvUpload<'_> {
-    fn reject(&mut self, line: Line, err: RecordError) {
-        let position = format!("line {}", line.number);
-        self.pending.push(CsvRejection {
-            line: line.number,
-            position: position.clone(),
-            field: err.field.clone(),
-            error_type: err.error_type.to_owned(),
-            reason: err.reason.clone(),
-        });
-        self.items.push(Item::Rejected(Rejected {
-            position,
-            field: err.field,
-            error_type: err.error_type.to_owned(),
-            reason: err.reason,
-            original: line.bytes,
-            content_type: "text/csv".to_owned(),
-        }));
+impl CsvLayout for AttendanceCsv<'_> {
+    type Header = Header;
+
+    fn header(&self, names: &[String], delimiter: u8) -> Result<Header, String> {
+        Header::new(names, delimiter).map_err(|e| e.0)
     }
 
-    fn line(&mut self, line: Line) {
-        self.answer.lines = line.number;
-        let Some(header) = &self.header else {
-            let parsed = if line.truncated {
-                Err(format!(
-                    "header: longer than {} bytes (education_adapter.max_csv_line_bytes)",
-                    self.state.max_csv_line_bytes
-                ))
-            } else {
-                Header::parse(&line.bytes).map_err(|e| e.to_string())
-            };
-            match parsed {
-                Ok(h) => self.header = Some(h),
-                Err(reason) => {
-                    self.header_error = Some(reason.clone());
-                    self.reject(
-                        line,
-                        RecordError {
-                            field: "header".to_owned(),
-                            reason,
-                            error_type: "malformed",
-                        },
-                    );
-                }
-            }
-            return;
-        };
-        if line.truncated {
-            let err = RecordError::malformed(format!(
-                "line longer than {} bytes (education_adapter.max_csv_line_bytes); only its \
-                 first bytes are kept in the dead letter",
-                self.state.max_csv_line_bytes
-            ));
-            self.reject(line, err);
-            return;
-        }
-        if line.bytes.iter().all(u8::is_ascii_whitespace) {
-            return; // blank lines separate nothing and are not records
-        }
-        let parsed = header
-            .parse_row(&line.bytes)
-            .and_then(|input| validate(&input, self.source.as_str(), self.now));
-        match parsed {
-            Ok(ValidRecord { key, event }) => self.items.push(Item::Accepted(Accepted {
-                topic: self.state.records_topic.clone(),
-                key,
-                event,
-            })),
-            Err(e) => self.reject(line, e),
-        }
-    }
-
-    /// Publishes the chunk and waits for the broker; only then are its lines reported.
-    async fn flush(&mut self) -> Result<(), BusError> {
-        if self.items.is_empty() {
-            return Ok(());
-        }
-        let items = std::mem::replace(
-            &mut self.items,
-            Vec::with_capacity(self.state.csv_chunk_records),
-        );
-        match self
-            .state
-            .ingestor
-            .ingest(self.source.as_str(), items, &self.trace, self.now)
-            .await
-        {
-            Ok(report) => {
-                self.answer.accepted += report.accepted;
-                for r in self.pending.drain(..) {
-                    self.answer.rejected_total += 1;
-                    if self.answer.rejected.len() < self.state.max_listed_rejections {
-                        self.answer.rejected.push(r);
-                    }
-                }
-                Ok(())
-            }
-            Err(failure) => {
-                self.pending.clear();
-                Err(failure.error)
-            }
-        }
-    }
-
-    fn respond(mut self, status: StatusCode, error: Option<String>) -> Response {
-        self.answer.error = error;
-        tracing::info!(
-            trace_id = %self.trace,
-            lines = self.answer.lines,
-            accepted = self.answer.accepted,
-            rejected = self.answer.rejected_total,
-            status = status.as_u16(),
-            "csv upload answered"
-        );
-        let body = serde_json::to_vec(&self.answer).unwrap_or_default();
-        (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+    fn row(&self, header: &Header, cells: &[String]) -> Result<Accepted, Fault> {
+        let input = header.row(cells)?;
+        let ValidRecord { key, event } = validate(&input, self.source, self.now)?;
+        Ok(Accepted {
+            topic: self.topic.to_owned(),
+            key,
+            event,
+        })
     }
 }
 
-fn content_length(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse().ok())
-}
-
-/// Reads and discards the rest of a body (up to the size limit), so that a client still
-/// sending reads our answer instead of a reset connection.
-async fn drain(
-    stream: &mut (impl futures::Stream<Item = Result<Bytes, axum::Error>> + Unpin),
-    mut received: u64,
-    limit: u64,
-) {
-    while let Some(Ok(bytes)) = stream.next().await {
-        received += bytes.len() as u64;
-        if received > limit {
-            break;
-        }
-    }
-}
-
-fn too_large_csv(limit: u64) -> String {
-    format!(
-        "request body larger than {limit} bytes (education_adapter.max_csv_bytes); split the file"
-    )
-}
-
-fn refused(reason: &'static str) {
-    metrics::counter!("ponte_adapter_requests_refused_total", "adapter" => ADAPTER, "reason" => reason)
-        .increment(1);
-}
-
-/// A CSV upload: streamed line by line, published in chunks of `csv_chunk_records`.
+/// A CSV upload: streamed record by record, published in chunks of `csv_chunk_records`.
 async fn ingest_csv(
-    state: Arc<AppState>,
-    source: SourceSystem,
-    headers: HeaderMap,
-    body: Body,
+    state: &AppState,
+    source: &SourceSystem,
+    headers: &HeaderMap,
+    body: axum::body::Body,
 ) -> Response {
-    let limit = state.max_csv_bytes;
-    let mut up = CsvUpload {
-        state: &state,
-        source,
-        trace: trace_id(&headers),
-        now: SystemTime::now(),
-        header: None,
-        header_error: None,
-        items: Vec::with_capacity(state.csv_chunk_records),
-        pending: Vec::new(),
-        answer: CsvAnswer::default(),
+    let now = SystemTime::now();
+    let trace = trace_id(headers);
+    let upload = CsvUpload {
+        sink: &state.ingestor,
+        settings: &state.csv,
+        adapter: ADAPTER,
+        source_system: source.as_str(),
+        trace_id: &trace,
+        received: now,
     };
-    // A declared size over the limit is refused before anything is read or published.
-    if content_length(&headers).is_some_and(|len| len > limit) {
-        refused("too_large");
-        return up.respond(StatusCode::PAYLOAD_TOO_LARGE, Some(too_large_csv(limit)));
-    }
-
-    let mut stream = body.into_data_stream();
-    let mut splitter = LineSplitter::new(state.max_csv_line_bytes);
-    let mut lines = Vec::new();
-    let mut received: u64 = 0;
-    let mut ended = false;
-    while !ended {
-        match stream.next().await {
-            Some(Ok(bytes)) => {
-                received += bytes.len() as u64;
-                if received > limit {
-                    // Chunked upload without a declared size: what came before the limit is
-                    // published and reported; the rest is not read.
-                    refused("too_large");
-                    let error = too_large_csv(limit);
-                    return match up.flush().await {
-                        Ok(()) => up.respond(StatusCode::PAYLOAD_TOO_LARGE, Some(error)),
-                        Err(e) => csv_unavailable(up, &e),
-                    };
-                }
-                splitter.push(&bytes, &mut lines);
-            }
-            Some(Err(e)) => {
-                // The client stopped sending or sent a broken body; nothing more can be read.
-                let error = format!("request body could not be read: {e}");
-                return match up.flush().await {
-                    Ok(()) => up.respond(StatusCode::BAD_REQUEST, Some(error)),
-                    Err(e) => csv_unavailable(up, &e),
-                };
-            }
-            None => {
-                splitter.finish(&mut lines);
-                ended = true;
-            }
-        }
-        for line in lines.drain(..) {
-            up.line(line);
-            if let Some(reason) = up.header_error.clone() {
-                // Without a header no line can be read: dead-letter the header, refuse the file.
-                refused("bad_header");
-                drain(&mut stream, received, limit).await;
-                return match up.flush().await {
-                    Ok(()) => up.respond(StatusCode::BAD_REQUEST, Some(reason)),
-                    Err(e) => csv_unavailable(up, &e),
-                };
-            }
-            if up.items.len() >= state.csv_chunk_records
-                && let Err(e) = up.flush().await
-            {
-                drain(&mut stream, received, limit).await;
-                return csv_unavailable(up, &e);
-            }
-        }
-    }
-    if let Err(e) = up.flush().await {
-        return csv_unavailable(up, &e);
-    }
-    if up.header.is_none() {
-        refused("empty");
-        return up.respond(
-            StatusCode::BAD_REQUEST,
-            Some("empty body: a CSV upload starts with its header line".to_owned()),
-        );
-    }
-    let status = if up.answer.accepted == 0 && up.answer.rejected_total > 0 {
-        StatusCode::UNPROCESSABLE_ENTITY
-    } else {
-        StatusCode::OK
+    let layout = AttendanceCsv {
+        topic: &state.records_topic,
+        source: source.as_str(),
+        now,
     };
-    up.respond(status, None)
+    upload.run(&layout, headers, body).await
 }
 
-fn csv_unavailable(up: CsvUpload<'_>, err: &BusError) -> Response {
-    let retry_after = up.state.retry_after_secs;
-    let status = if err.is_retryable() {
-        StatusCode::SERVICE_UNAVAILABLE
-    } else {
-        StatusCode::INTERNAL_SERVER_ERROR
-    };
-    let mut resp = up.respond(
-        status,
-        Some(format!(
-            "the bus did not acknowledge a chunk ({err}); lines counted in `accepted` are \
-             stored, the rest are not guaranteed: send the whole file again"
-        )),
-    );
-    if err.is_retryable() {
-        resp.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
-    }
-    resp
-}
-
-async fn too_large(limit: usize) -> Response {
-    json(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        &Answer {
-            accepted: 0,
-            rejected: Vec::new(),
-            error: Some(format!(
-                "request body larger than {limit} bytes (education_adapter.max_body_bytes); split the batch"
-            )),
-        },
-    )
+fn too_large(limit: usize) -> Response {
+    Answer::error(format!(
+        "request body larger than {limit} bytes (education_adapter.max_body_bytes); split the batch"
+    ))
+    .respond(StatusCode::PAYLOAD_TOO_LARGE)
 }
 
 /// Runs the adapter until `shutdown` is cancelled: binds the API, keeps readiness in step with
@@ -584,10 +240,15 @@ pub async fn run(
         ),
         records_topic: topics.name(Topic::EducationAttendance),
         retry_after_secs: cfg.retry_after_secs,
-        max_csv_bytes: cfg.max_csv_bytes,
-        max_csv_line_bytes: cfg.max_csv_line_bytes.max(1),
-        csv_chunk_records: cfg.csv_chunk_records.max(1),
-        max_listed_rejections: cfg.max_listed_rejections,
+        csv: CsvSettings {
+            section: "education_adapter",
+            max_bytes: cfg.max_csv_bytes,
+            max_record_bytes: cfg.max_csv_line_bytes.max(1),
+            max_record_setting: Some("max_csv_line_bytes"),
+            chunk_records: cfg.csv_chunk_records.max(1),
+            max_listed_rejections: cfg.max_listed_rejections,
+            retry_after_secs: cfg.retry_after_secs,
+        },
     });
 
     // Readiness follows the broker: a load balancer should not send pushes we cannot store.
@@ -620,7 +281,7 @@ pub async fn run(
                     && resp.headers().get(header::CONTENT_TYPE)
                         != Some(&HeaderValue::from_static("application/json"))
                 {
-                    too_large(limit).await
+                    too_large(limit)
                 } else {
                     resp
                 }
