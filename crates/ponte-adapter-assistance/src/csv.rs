@@ -1,14 +1,14 @@
-//! The CSV batch layout for registry person profiles, read as a stream: bytes arrive in chunks,
-//! [`LineSplitter`] cuts them into numbered lines (never holding more than one line), the
-//! header names the columns, and each row becomes a [`PersonInput`] validated like a JSON
-//! record.
+//! The CSV layout for registry person profiles: which column holds which field of the JSON
+//! layout, and a row read into a [`PersonInput`] validated like a JSON record. List fields
+//! (`cns`, `memberships`) are separated by `|`; an empty cell is an absent field. This module
+//! never guesses: a row it cannot read is rejected with the reason.
 //!
-//! The layout is deliberately simple so that a spreadsheet export or a database dump produces
-//! it: UTF-8, one record per line (fields cannot contain line breaks), `,` or `;` as the
-//! delimiter (taken from the header), fields optionally quoted with `"` (`""` inside quotes is
-//! a quote), list fields (`cns`, `memberships`) separated by `|`. This module never guesses:
-//! a row it cannot read is rejected with its line number and the reason.
+//! How a file is cut into records and fields (quoting, the `,` or `;` delimiter, line ends,
+//! UTF-8) is the dialect every adapter shares, [`ponte_edge::csv`], documented for senders in
+//! `docs/integration/csv.md`.
 use std::time::SystemTime;
+
+use ponte_edge::csv::{Columns, read_record};
 
 use crate::person::{OneOrMany, PersonInput, validate};
 use crate::record::{RecordError, ValidRecord};
@@ -33,196 +33,29 @@ pub const COLUMNS: [&str; 16] = [
     "retraction",
 ];
 
-/// One line of the upload, numbered from 1, without its line terminator.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Line {
-    /// A complete line.
-    Text { number: u64, bytes: Vec<u8> },
-    /// A line longer than the limit: its first `limit` bytes; the rest was skipped.
-    TooLong { number: u64, prefix: Vec<u8> },
-}
-
-/// Cuts a byte stream into lines, holding at most one line (bounded by `max_line` bytes).
-#[derive(Debug)]
-pub struct LineSplitter {
-    buf: Vec<u8>,
-    number: u64,
-    max_line: usize,
-    overlong: bool,
-}
-
-impl LineSplitter {
-    /// A splitter for lines of at most `max_line` bytes.
-    pub fn new(max_line: usize) -> Self {
-        Self {
-            buf: Vec::new(),
-            number: 0,
-            max_line: max_line.max(1),
-            overlong: false,
-        }
-    }
-
-    /// Lines completed so far (including the one being read when it ends).
-    pub fn lines_seen(&self) -> u64 {
-        self.number
-    }
-
-    fn emit(&mut self, out: &mut Vec<Line>) {
-        self.number += 1;
-        let mut bytes = std::mem::take(&mut self.buf);
-        if self.overlong {
-            self.overlong = false;
-            out.push(Line::TooLong {
-                number: self.number,
-                prefix: bytes,
-            });
-            return;
-        }
-        if bytes.last() == Some(&b'\r') {
-            bytes.pop();
-        }
-        out.push(Line::Text {
-            number: self.number,
-            bytes,
-        });
-    }
-
-    /// Feeds a chunk; complete lines are appended to `out`.
-    pub fn push(&mut self, mut chunk: &[u8], out: &mut Vec<Line>) {
-        while !chunk.is_empty() {
-            let (part, rest, ended) = match chunk.iter().position(|&b| b == b'\n') {
-                Some(i) => (&chunk[..i], &chunk[i + 1..], true),
-                None => (chunk, &[][..], false),
-            };
-            if !self.overlong {
-                let room = self.max_line.saturating_sub(self.buf.len());
-                if part.len() > room {
-                    self.buf.extend_from_slice(&part[..room]);
-                    self.overlong = true;
-                } else {
-                    self.buf.extend_from_slice(part);
-                }
-            }
-            if ended {
-                self.emit(out);
-            }
-            chunk = rest;
-        }
-    }
-
-    /// Ends the stream: a last line without a terminator is emitted.
-    pub fn finish(&mut self, out: &mut Vec<Line>) {
-        if !self.buf.is_empty() || self.overlong {
-            self.emit(out);
-        }
-    }
-}
-
-/// Splits one CSV line into fields.
-pub fn split_fields(line: &str, delimiter: char) -> Result<Vec<String>, String> {
-    let mut fields = Vec::new();
-    let mut chars = line.chars().peekable();
-    loop {
-        let mut field = String::new();
-        // Leading spaces before a quote are allowed (`a, "b"`).
-        while chars.peek() == Some(&' ') {
-            chars.next();
-        }
-        if chars.peek() == Some(&'"') {
-            chars.next();
-            loop {
-                match chars.next() {
-                    Some('"') if chars.peek() == Some(&'"') => {
-                        chars.next();
-                        field.push('"');
-                    }
-                    Some('"') => break,
-                    Some(c) => field.push(c),
-                    None => {
-                        return Err(format!(
-                            "field {} has an opening quote without a closing one",
-                            fields.len() + 1
-                        ));
-                    }
-                }
-            }
-            while chars.peek() == Some(&' ') {
-                chars.next();
-            }
-            match chars.next() {
-                None => {
-                    fields.push(field);
-                    return Ok(fields);
-                }
-                Some(c) if c == delimiter => fields.push(field),
-                Some(c) => {
-                    return Err(format!(
-                        "field {}: {c:?} after the closing quote (expected {delimiter:?} or the end of the line)",
-                        fields.len() + 1
-                    ));
-                }
-            }
-        } else {
-            loop {
-                match chars.next() {
-                    None => {
-                        fields.push(field);
-                        return Ok(fields);
-                    }
-                    Some(c) if c == delimiter => {
-                        fields.push(field);
-                        break;
-                    }
-                    Some('"') => {
-                        return Err(format!(
-                            "field {}: a quote inside an unquoted field (quote the whole field and double the quote)",
-                            fields.len() + 1
-                        ));
-                    }
-                    Some(c) => field.push(c),
-                }
-            }
-        }
-    }
-}
-
 /// The header of a profile upload: the delimiter and which column is which.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Header {
     pub delimiter: char,
-    /// Index into [`COLUMNS`] of each column of the file.
-    columns: Vec<usize>,
+    columns: Columns,
 }
 
 impl Header {
-    /// Reads the header line. Column names are matched case-insensitively; every one must be
-    /// known, none repeated, and `nis` present. A UTF-8 byte-order mark is skipped.
+    /// The header's column names (as the CSV reader gave them) and the file's delimiter.
+    /// Names are matched case-insensitively; every one must be known, none repeated, and
+    /// `nis` present.
+    pub fn new(names: &[String], delimiter: u8) -> Result<Header, String> {
+        Ok(Header {
+            delimiter: char::from(delimiter),
+            columns: Columns::new(names, &COLUMNS, &["nis"])?,
+        })
+    }
+
+    /// Reads a header line on its own (a UTF-8 byte-order mark is skipped), for tools that
+    /// read a file line by line.
     pub fn parse(line: &str) -> Result<Header, String> {
-        let line = line.strip_prefix('\u{feff}').unwrap_or(line);
-        let delimiter = if line.contains(';') && !line.contains(',') {
-            ';'
-        } else {
-            ','
-        };
-        let names = split_fields(line, delimiter)?;
-        let mut columns = Vec::with_capacity(names.len());
-        for name in &names {
-            let n = name.trim().to_ascii_lowercase();
-            let Some(i) = COLUMNS.iter().position(|c| *c == n) else {
-                return Err(format!(
-                    "unknown column {name:?}; known columns: {}",
-                    COLUMNS.join(", ")
-                ));
-            };
-            if columns.contains(&i) {
-                return Err(format!("column {n:?} appears twice"));
-            }
-            columns.push(i);
-        }
-        if !columns.contains(&0) {
-            return Err("no `nis` column".to_owned());
-        }
-        Ok(Header { delimiter, columns })
+        let (names, delimiter) = read_record(line.as_bytes(), None);
+        Header::new(&names.map_err(|e| e.to_string())?, delimiter)
     }
 
     /// Number of columns.
@@ -261,19 +94,15 @@ fn text(s: &str) -> Option<String> {
     (!s.is_empty()).then(|| s.to_owned())
 }
 
-/// Reads one data row into the JSON layout's input (the same validation then applies).
-pub fn row_to_input(header: &Header, line: &str) -> Result<PersonInput, RecordError> {
-    let fields = split_fields(line, header.delimiter).map_err(RecordError::malformed)?;
-    if fields.len() != header.len() {
-        return Err(RecordError::malformed(format!(
-            "{} fields, but the header has {} columns",
-            fields.len(),
-            header.len()
-        )));
-    }
+/// One row's cells (as the CSV reader gave them) as the JSON layout's input (the same
+/// validation then applies).
+pub fn cells_to_input(header: &Header, cells: &[String]) -> Result<PersonInput, RecordError> {
     let mut input = PersonInput::default();
-    for (&column, value) in header.columns.iter().zip(&fields) {
-        let name = COLUMNS[column];
+    for (name, value) in header
+        .columns
+        .cells(cells)
+        .map_err(RecordError::malformed)?
+    {
         match name {
             "nis" => input.nis = text(value),
             "family_id" => input.family_id = text(value),
@@ -305,7 +134,25 @@ pub fn row_to_input(header: &Header, line: &str) -> Result<PersonInput, RecordEr
     Ok(input)
 }
 
-/// Reads and validates one data row.
+/// Reads and validates one row's cells.
+pub fn row(
+    header: &Header,
+    cells: &[String],
+    source_system: &str,
+    now: SystemTime,
+) -> Result<ValidRecord, RecordError> {
+    validate(&cells_to_input(header, cells)?, source_system, now)
+}
+
+/// Reads one data line on its own into the JSON layout's input, for tools that read a file
+/// line by line (a field of it cannot hold a line break).
+pub fn row_to_input(header: &Header, line: &str) -> Result<PersonInput, RecordError> {
+    let delimiter = u8::try_from(header.delimiter).unwrap_or(b',');
+    let (cells, _) = read_record(line.as_bytes(), Some(delimiter));
+    cells_to_input(header, &cells.map_err(RecordError::malformed)?)
+}
+
+/// Reads and validates one data line on its own (see [`row_to_input`]).
 pub fn parse_row(
     header: &Header,
     line: &str,
@@ -322,74 +169,29 @@ mod tests {
     use crate::record::testing::now;
     use ponte_proto::events::v1::event::Record;
 
-    fn lines(chunks: &[&[u8]], max: usize) -> Vec<Line> {
-        let mut s = LineSplitter::new(max);
-        let mut out = Vec::new();
-        for c in chunks {
-            s.push(c, &mut out);
-        }
-        s.finish(&mut out);
-        out
-    }
-
-    fn text_line(number: u64, s: &str) -> Line {
-        Line::Text {
-            number,
-            bytes: s.as_bytes().to_vec(),
-        }
-    }
-
     #[test]
-    fn lines_are_numbered_across_chunk_boundaries_and_crlf_is_accepted() {
-        let out = lines(&[b"a,b\r\nc", b",d\n\n", b"e"], 100);
-        assert_eq!(
-            out,
-            [
-                text_line(1, "a,b"),
-                text_line(2, "c,d"),
-                text_line(3, ""),
-                text_line(4, "e")
-            ]
+    fn a_row_with_a_quoted_line_break_maps_from_the_shared_reader() {
+        let mut reader = ponte_edge::csv::Reader::new(64 * 1024);
+        let mut records = Vec::new();
+        reader.push(
+            b"nis;family_id;birth_date;sex;municipality;memberships\r\n\
+              268.27649.96-0;\"12;34\";2014-03-09;F;3550308;\"PETI|\r\nPBF\"\r\n",
+            &mut records,
         );
-        assert_eq!(lines(&[b"a\n"], 100), [text_line(1, "a")]);
-        assert!(lines(&[b""], 100).is_empty());
-    }
-
-    #[test]
-    fn an_overlong_line_is_cut_and_the_next_one_is_read_whole() {
-        let out = lines(&[b"0123", b"456789\nok\n"], 4);
+        reader.finish(&mut records);
+        let h = Header::new(
+            records[0].fields.as_ref().unwrap(),
+            reader.delimiter().unwrap(),
+        )
+        .unwrap();
+        assert_eq!(h.delimiter, ';');
+        let input = cells_to_input(&h, records[1].fields.as_ref().unwrap()).unwrap();
+        assert_eq!(input.family_id.as_deref(), Some("12;34"));
+        // `|`-separated lists trim their items, so the line break inside the quotes is nothing.
         assert_eq!(
-            out,
-            [
-                Line::TooLong {
-                    number: 1,
-                    prefix: b"0123".to_vec()
-                },
-                text_line(2, "ok")
-            ]
+            input.memberships,
+            Some(vec!["PETI".to_owned(), "PBF".to_owned()])
         );
-    }
-
-    #[test]
-    fn fields_follow_the_quoting_rules() {
-        type Case<'a> = (&'a str, char, Result<&'a [&'a str], &'a str>);
-        let cases: &[Case<'_>] = &[
-            ("a,b,,c", ',', Ok(&["a", "b", "", "c"])),
-            (r#""a,1", "b""c""#, ',', Ok(&["a,1", r#"b"c"#])),
-            ("a;b", ';', Ok(&["a", "b"])),
-            ("", ',', Ok(&[""])),
-            ("a,", ',', Ok(&["a", ""])),
-            (r#""open"#, ',', Err("without a closing one")),
-            (r#""a"b"#, ',', Err("after the closing quote")),
-            (r#"a"b"#, ',', Err("quote inside an unquoted field")),
-        ];
-        for (line, delim, want) in cases {
-            match (split_fields(line, *delim), want) {
-                (Ok(got), Ok(want)) => assert_eq!(got, *want, "{line}"),
-                (Err(got), Err(want)) => assert!(got.contains(want), "{line}: {got}"),
-                (got, want) => panic!("{line}: got {got:?}, want {want:?}"),
-            }
-        }
     }
 
     #[test]
@@ -443,9 +245,18 @@ mod tests {
             (
                 "26827649960,1,2014-03-09,F,3550308,",
                 "record",
-                "6 fields, but the header has 7",
+                "6 fields where the header has 7",
             ),
-            ("26827649960,1,2014-03-09,F,\"3550308,", "record", "closing"),
+            (
+                "26827649960,1,2014-03-09,F,\"3550308,",
+                "record",
+                "never closed",
+            ),
+            (
+                "26827649960,1,2014-03-09,F,35\"50308,,",
+                "record",
+                "quote inside an unquoted field",
+            ),
             ("26827649961,1,2014-03-09,F,3550308,,", "nis", "check digit"),
             (",1,2014-03-09,F,3550308,,", "nis", "required"),
             (
