@@ -5,10 +5,11 @@
 //!   answer is a FHIR `OperationOutcome` (`application/fhir+json`): one `error` issue per rejected
 //!   entry with its FHIRPath (`Bundle.entry[2].resource.valueQuantity`) and reason, one
 //!   `information` issue per ignored entry, a summary issue, and the counts as extensions.
-//! - `POST /v1/health`: the simple JSON form, one object or an array; answered like the
-//!   education adapter (`accepted`, `rejected` with position, field and reason).
+//! - `POST /v1/health`: the simple JSON form, one object or an array; answered with every
+//!   adapter's JSON answer (`ponte_edge::ingest`: `accepted`, `rejected` with position, field and
+//!   reason).
 //!
-//! Status codes: `200` every accepted record is acknowledged by the broker (rejected ones are on
+//! Status codes, the same as every adapter's (`ponte_edge::ingest`): `200` every accepted record is acknowledged by the broker (rejected ones are on
 //! the dead-letter topic); `422` nothing was accepted and something was rejected; `400` the body
 //! is not a Bundle / not JSON (dead-lettered whole); `413` larger than `max_body_bytes`; `503` +
 //! `Retry-After` the broker did not acknowledge (send the same body again: ids are stable);
@@ -22,12 +23,16 @@ use axum::extract::{DefaultBodyLimit, Extension, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use ponte_bus::ingest::{Accepted, IngestReport, Ingestor, Item, Rejected, Rejection};
+use ponte_bus::ingest::{Accepted, IngestReport, Ingestor, Item};
 use ponte_bus::{BusError, KafkaConfig, Publisher, Topic, TopicsConfig};
 use ponte_edge::http::{Sender, may_send};
+use ponte_edge::ingest::{
+    Answer, Fault, answer, json_position, status_of, unavailable, unavailable_status,
+    with_retry_after,
+};
 use ponte_edge::{AccessConfig, Adapter, Gate, RecordKind, TlsConfig};
 use ponte_runtime::Readiness;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -90,12 +95,11 @@ pub(crate) fn items_of(
                     event,
                 }))
             }
-            EntryOutcome::Rejected(err) => Some(Item::Rejected(rejected(
+            EntryOutcome::Rejected(err) => Some(Fault::from(err.clone()).item(
                 position(e.index),
-                err.clone(),
                 e.original.clone(),
                 FHIR_JSON,
-            ))),
+            )),
             EntryOutcome::Identity(_) => None,
             EntryOutcome::Ignored(_) => {
                 metrics::counter!("ponte_adapter_records_ignored_total", "adapter" => ADAPTER, "reason" => "not_used")
@@ -106,14 +110,9 @@ pub(crate) fn items_of(
         .collect()
 }
 
-fn rejected(position: String, err: RecordError, original: Vec<u8>, content_type: &str) -> Rejected {
-    Rejected {
-        position,
-        field: err.field,
-        error_type: err.error_type.to_owned(),
-        reason: err.reason,
-        original,
-        content_type: content_type.to_owned(),
+impl From<RecordError> for Fault {
+    fn from(e: RecordError) -> Fault {
+        Fault::new(e.field, e.error_type, e.reason)
     }
 }
 
@@ -211,39 +210,27 @@ fn bundle_answer(parsed: &ParsedBundle, report: &IngestReport) -> Response {
             ),
         }),
     );
-    let status = if report.accepted == 0 && rejected_n > 0 {
-        StatusCode::UNPROCESSABLE_ENTITY
-    } else {
-        StatusCode::OK
-    };
     outcome_response(
-        status,
+        status_of(report, false),
         issues,
         Some((report.accepted, rejected_n, ignored_n)),
     )
 }
 
 fn bus_failure_fhir(state: &AppState, err: &BusError) -> Response {
-    let retryable = err.is_retryable();
-    let mut resp = single_issue(
-        if retryable {
-            StatusCode::SERVICE_UNAVAILABLE
-        } else {
-            StatusCode::INTERNAL_SERVER_ERROR
-        },
+    let resp = single_issue(
+        unavailable_status(err),
         "error",
-        if retryable { "transient" } else { "exception" },
+        if err.is_retryable() {
+            "transient"
+        } else {
+            "exception"
+        },
         format!(
             "the bus did not acknowledge the bundle ({err}); nothing in it is guaranteed stored: send it again"
         ),
     );
-    if retryable {
-        resp.headers_mut().insert(
-            header::RETRY_AFTER,
-            HeaderValue::from(state.retry_after_secs),
-        );
-    }
-    resp
+    with_retry_after(resp, err, state.retry_after_secs)
 }
 
 async fn ingest_bundle(
@@ -267,12 +254,7 @@ async fn ingest_bundle(
             }
         }
         Err(err) => {
-            let item = Item::Rejected(rejected(
-                "body".to_owned(),
-                err.clone(),
-                body.to_vec(),
-                FHIR_JSON,
-            ));
+            let item = Fault::from(err.clone()).item("body", body.to_vec(), FHIR_JSON);
             match state.ingestor.ingest(source, vec![item], &trace, now).await {
                 Ok(_) => single_issue(
                     StatusCode::BAD_REQUEST,
@@ -289,44 +271,6 @@ async fn ingest_bundle(
 // ---------------------------------------------------------------------------------------------
 // Simple JSON form
 // ---------------------------------------------------------------------------------------------
-
-#[derive(Debug, Serialize)]
-struct Answer {
-    accepted: usize,
-    rejected: Vec<Rejection>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<String>,
-}
-
-fn json_answer(status: StatusCode, answer: &Answer) -> Response {
-    let body = serde_json::to_vec(answer).unwrap_or_default();
-    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
-}
-
-fn bus_failure_json(state: &AppState, err: &BusError) -> Response {
-    let retryable = err.is_retryable();
-    let mut resp = json_answer(
-        if retryable {
-            StatusCode::SERVICE_UNAVAILABLE
-        } else {
-            StatusCode::INTERNAL_SERVER_ERROR
-        },
-        &Answer {
-            accepted: 0,
-            rejected: Vec::new(),
-            error: Some(format!(
-                "the bus did not acknowledge the batch ({err}); nothing in it is guaranteed stored: send it again"
-            )),
-        },
-    );
-    if retryable {
-        resp.headers_mut().insert(
-            header::RETRY_AFTER,
-            HeaderValue::from(state.retry_after_secs),
-        );
-    }
-    resp
-}
 
 fn is_array(body: &[u8]) -> bool {
     body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[')
@@ -351,11 +295,6 @@ pub fn simple_items(
         .iter()
         .enumerate()
         .map(|(i, raw)| {
-            let position = if single {
-                "body".to_owned()
-            } else {
-                format!("record {}", i + 1)
-            };
             let parsed = serde_json::from_str::<FollowUpInput>(raw.get())
                 .map_err(|e| RecordError::malformed("record", e))
                 .and_then(|input| validate(&input, source_system, now));
@@ -365,12 +304,11 @@ pub fn simple_items(
                     key,
                     event,
                 }),
-                Err(e) => Item::Rejected(rejected(
-                    position,
-                    e,
+                Err(e) => Fault::from(e).item(
+                    json_position(single, i),
                     raw.get().as_bytes().to_vec(),
                     "application/json",
-                )),
+                ),
             }
         })
         .collect())
@@ -388,34 +326,13 @@ async fn ingest_simple(
     let (items, malformed) = match simple_items(&body, source, &state.records_topic, now) {
         Ok(items) => (items, false),
         Err(e) => (
-            vec![Item::Rejected(rejected(
-                "body".to_owned(),
-                e,
-                body.to_vec(),
-                "application/json",
-            ))],
+            vec![Fault::from(e).item("body", body.to_vec(), "application/json")],
             true,
         ),
     };
     match state.ingestor.ingest(source, items, &trace, now).await {
-        Ok(report) => {
-            let status = if malformed {
-                StatusCode::BAD_REQUEST
-            } else if report.accepted == 0 && !report.rejected.is_empty() {
-                StatusCode::UNPROCESSABLE_ENTITY
-            } else {
-                StatusCode::OK
-            };
-            json_answer(
-                status,
-                &Answer {
-                    accepted: report.accepted,
-                    rejected: report.rejected,
-                    error: None,
-                },
-            )
-        }
-        Err(failure) => bus_failure_json(&state, &failure.error),
+        Ok(report) => answer(report, malformed),
+        Err(failure) => unavailable(&failure.error, state.retry_after_secs),
     }
 }
 
@@ -520,14 +437,7 @@ pub async fn run(
         .layer(axum::middleware::map_response(
             move |resp: Response| async move {
                 if is_plain_413(&resp, "application/json") {
-                    json_answer(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        &Answer {
-                            accepted: 0,
-                            rejected: Vec::new(),
-                            error: Some(too_large_text(limit)),
-                        },
-                    )
+                    Answer::error(too_large_text(limit)).respond(StatusCode::PAYLOAD_TOO_LARGE)
                 } else {
                     resp
                 }
