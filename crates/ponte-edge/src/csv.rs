@@ -771,6 +771,29 @@ mod tests {
         }
     }
 
+    #[test]
+    fn the_example_of_the_documentation_reads_as_it_says() {
+        let doc = include_str!("../../../docs/integration/csv.md");
+        let start = doc.find("```csv\n").unwrap() + "```csv\n".len();
+        let example = &doc[start..start + doc[start..].find("```").unwrap()];
+        for text in [example.to_owned(), example.replace('\n', "\r\n")] {
+            let (records, lines, delimiter) = read_pieces(&[text.as_bytes()], 4096);
+            assert_eq!(delimiter, Some(b';'));
+            let eol = if text.contains('\r') { "\r\n" } else { "\n" };
+            assert_eq!(
+                summary(&records),
+                [
+                    (1, "nis|name|note".to_owned()),
+                    (2, "26827649960|Silva; Ana|plain text".to_owned()),
+                    (3, format!("46952280637|Souza|first line{eol}second line")),
+                    (6, "47935263528|Escola \"Modelo\"|".to_owned()),
+                ]
+            );
+            assert_eq!(records[2].last_line, 4);
+            assert_eq!(lines, 6);
+        }
+    }
+
     // ---------------------------------------------------------------------------------------
     // Properties
     // ---------------------------------------------------------------------------------------
