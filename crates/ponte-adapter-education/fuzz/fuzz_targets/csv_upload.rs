@@ -1,23 +1,24 @@
 //! A CSV upload as the education adapter streams it: the bytes cut into pieces at fuzzer-chosen
-//! points, split into lines with a small line limit, the first line read as the header, every
-//! other line parsed and validated. Nothing may panic, and the lines must not depend on how the
-//! stream was cut.
+//! points and read by the shared CSV reader with a small record limit, the first record read as
+//! the header, every other record mapped and validated. Nothing may panic, and the records must
+//! not depend on how the stream was cut.
 #![no_main]
 
 use std::time::{Duration, SystemTime};
 
 use libfuzzer_sys::fuzz_target;
-use ponte_adapter_education::csv::{Header, Line, LineSplitter};
+use ponte_adapter_education::csv::Header;
 use ponte_adapter_education::record::validate;
+use ponte_edge::csv::{Reader, Record};
 
-fn split(pieces: &[&[u8]], max: usize) -> Vec<Line> {
-    let mut s = LineSplitter::new(max);
+fn read(pieces: &[&[u8]], max: usize) -> (Vec<Record>, Option<u8>) {
+    let mut reader = Reader::new(max);
     let mut out = Vec::new();
     for p in pieces {
-        s.push(p, &mut out);
+        reader.push(p, &mut out);
     }
-    s.finish(&mut out);
-    out
+    reader.finish(&mut out);
+    (out, reader.delimiter())
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -28,20 +29,29 @@ fuzz_target!(|data: &[u8]| {
     let max = 256;
     let step = usize::from(cut % 17) + 1;
     let pieces: Vec<&[u8]> = body.chunks(step).collect();
-    let lines = split(&pieces, max);
-    assert_eq!(lines, split(&[body], max), "lines depend on the chunking");
+    let (records, delimiter) = read(&pieces, max);
+    assert_eq!(
+        (&records, delimiter),
+        (&read(&[body], max).0, read(&[body], max).1),
+        "records depend on the chunking"
+    );
 
     let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_767_225_600);
-    let mut it = lines.into_iter();
+    let mut it = records.into_iter();
     let Some(first) = it.next() else {
         return;
     };
-    let Ok(header) = Header::parse(&first.bytes) else {
+    let Ok(names) = &first.fields else {
         return;
     };
-    for line in it {
-        assert!(line.bytes.len() <= max);
-        if let Ok(input) = header.parse_row(&line.bytes) {
+    let Ok(header) = Header::new(names, delimiter.unwrap_or(b',')) else {
+        return;
+    };
+    for record in it {
+        assert!(record.raw.len() <= max);
+        if let Ok(cells) = &record.fields
+            && let Ok(input) = header.row(cells)
+        {
             let _ = validate(&input, "education", now);
         }
     }
