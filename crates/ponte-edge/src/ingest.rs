@@ -91,13 +91,21 @@ pub fn json<T: Serialize>(status: StatusCode, answer: &T) -> Response {
     (status, [(header::CONTENT_TYPE, JSON)], body).into_response()
 }
 
+/// Most rejected records a JSON answer lists: a 16 MiB array of bad records would otherwise be
+/// answered with a larger body than it came with. All are counted and dead-lettered.
+pub const MAX_LISTED_JSON_REJECTIONS: usize = 1000;
+
 /// The answer of a JSON request.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Answer {
     /// Records acknowledged by the broker.
     pub accepted: usize,
-    /// Every rejected record (all are on the dead-letter topic).
+    /// The rejected records (all are on the dead-letter topic), the first
+    /// [`MAX_LISTED_JSON_REJECTIONS`] of them.
     pub rejected: Vec<Rejection>,
+    /// Every rejected record, when more were rejected than listed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rejected_total: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -105,9 +113,13 @@ pub struct Answer {
 impl Answer {
     /// What an ingest stored.
     pub fn of(report: IngestReport) -> Self {
+        let total = report.rejected.len();
+        let mut rejected = report.rejected;
+        rejected.truncate(MAX_LISTED_JSON_REJECTIONS);
         Self {
             accepted: report.accepted,
-            rejected: report.rejected,
+            rejected,
+            rejected_total: (total > MAX_LISTED_JSON_REJECTIONS).then_some(total),
             error: None,
         }
     }
@@ -601,6 +613,36 @@ mod tests {
 
     use super::*;
     use crate::csv::Columns;
+
+    #[test]
+    fn a_json_answer_lists_at_most_the_cap_and_counts_them_all() {
+        let rejection = |i: usize| Rejection {
+            position: format!("record {i}"),
+            field: "nis".into(),
+            error_type: "invalid_identifier".into(),
+            reason: "check digit".into(),
+        };
+        let few = Answer::of(IngestReport {
+            accepted: 1,
+            rejected: (1..=3).map(rejection).collect(),
+        });
+        assert_eq!(few.rejected.len(), 3);
+        let v = serde_json::to_value(&few).unwrap();
+        assert!(v.get("rejected_total").is_none(), "{v}");
+
+        let many = Answer::of(IngestReport {
+            accepted: 0,
+            rejected: (1..=MAX_LISTED_JSON_REJECTIONS + 500)
+                .map(rejection)
+                .collect(),
+        });
+        assert_eq!(many.rejected.len(), MAX_LISTED_JSON_REJECTIONS);
+        assert_eq!(many.rejected[0].position, "record 1");
+        assert_eq!(
+            serde_json::to_value(&many).unwrap()["rejected_total"],
+            json!(MAX_LISTED_JSON_REJECTIONS + 500)
+        );
+    }
 
     /// Records what it is given; fails the chunk numbered `fail_at` (0-based) as unavailable.
     #[derive(Debug, Default)]
