@@ -167,6 +167,8 @@ pub(crate) struct Setup<'a> {
     pub(crate) view_timeout: Duration,
     /// Once the view is complete (before `ghz` and the restarts), a paced follow-up.
     pub(crate) paced: Option<Paced>,
+    /// TLS and client certificates on every listener (bulk load only).
+    pub(crate) tls: bool,
 }
 
 /// The processes of a run, started, fed the population and with the view complete; dropping it
@@ -230,18 +232,38 @@ pub(crate) async fn start(s: &Setup<'_>) -> anyhow::Result<Pipeline> {
         "PONTE__RECONCILER__GROUP_ID",
         format!("{}reconciler", s.prefix),
     );
-    // The pipeline runs plaintext and unauthenticated (the benchmark measures Ponte's
-    // processing, as before issue 14): explicit `insecure`, with each process' callers acting
-    // as its development principal of the development access policy.
+    // Without --tls the pipeline runs plaintext and unauthenticated (as before issue 14):
+    // explicit `insecure`, with each process' callers acting as its development principal of
+    // the development access policy. With --tls, every listener has TLS and every caller its
+    // client certificate.
     let policy = s.work.join("access-policy.toml");
     std::fs::write(&policy, ponte_access::policy::dev_policy_toml())
         .with_context(|| format!("writing {}", policy.display()))?;
-    set("PONTE__TLS__INSECURE", "true".to_owned());
     set("PONTE__ACCESS__POLICY_FILE", policy.display().to_string());
-    set(
-        "PONTE__ACCESS__ANONYMOUS_PRINCIPAL",
-        ponte_access::policy::dev_principal("federal"),
-    );
+    let pki = if s.tls {
+        anyhow::ensure!(
+            s.ghz.is_none() && !s.restart && s.paced.is_none(),
+            "--tls measures the bulk load only: not with --ghz, --restart or --paced-rate"
+        );
+        let pki = ponte_access::pki::generate_dev(&s.work.join("pki"), true)?;
+        set(
+            "PONTE__TLS__CERT_FILE",
+            pki.server.cert.display().to_string(),
+        );
+        set("PONTE__TLS__KEY_FILE", pki.server.key.display().to_string());
+        set(
+            "PONTE__TLS__CLIENT_CA_FILE",
+            pki.ca.cert.display().to_string(),
+        );
+        Some(pki)
+    } else {
+        set("PONTE__TLS__INSECURE", "true".to_owned());
+        set(
+            "PONTE__ACCESS__ANONYMOUS_PRINCIPAL",
+            ponte_access::policy::dev_principal("federal"),
+        );
+        None
+    };
     let grpc = format!("127.0.0.1:{}", free_port()?);
     set("PONTE__RECONCILER__GRPC_LISTEN", grpc.clone());
     let mut listen = BTreeMap::new();
@@ -287,7 +309,9 @@ pub(crate) async fn start(s: &Setup<'_>) -> anyhow::Result<Pipeline> {
     ] {
         let log = std::fs::File::create(s.work.join(format!("{name}.log")))?;
         let mut command = command(&[name]);
-        if let Some(sector) = name.strip_suffix("-adapter") {
+        if let Some(sector) = name.strip_suffix("-adapter")
+            && pki.is_none()
+        {
             command.env(
                 "PONTE__ACCESS__ANONYMOUS_PRINCIPAL",
                 ponte_access::policy::dev_principal(sector),
@@ -316,10 +340,24 @@ pub(crate) async fn start(s: &Setup<'_>) -> anyhow::Result<Pipeline> {
         _ => listen["assistance_adapter"],
     };
     let ingest = |e: &ManifestEntry| -> anyhow::Result<Child> {
-        let url = format!("http://127.0.0.1:{}{}", port_of(e), e.endpoint);
+        let scheme = if pki.is_some() { "https" } else { "http" };
+        let url = format!("{scheme}://127.0.0.1:{}{}", port_of(e), e.endpoint);
         let file = s.data.join(&e.file);
-        Ok(command(&["ingest", &e.sector])
-            .arg(&file)
+        let mut c = command(&["ingest", &e.sector]);
+        if let Some(pki) = &pki {
+            let client = pki
+                .clients
+                .iter()
+                .find(|c| c.spec.name == e.sector)
+                .with_context(|| format!("no development principal for {}", e.sector))?;
+            c.arg("--ca")
+                .arg(&pki.ca.cert)
+                .arg("--cert")
+                .arg(&client.files.cert)
+                .arg("--key")
+                .arg(&client.files.key);
+        }
+        Ok(c.arg(&file)
             .args([
                 "--url",
                 &url,

@@ -116,6 +116,11 @@ enum Cmd {
         /// Records per request of the paced follow-up.
         #[arg(long, default_value_t = 10)]
         paced_batch: u32,
+        /// Run the services with TLS and client certificates (a development PKI in the work
+        /// directory), each sector's `ponte ingest` presenting its system's certificate. Only
+        /// the bulk load: not with --ghz, --restart or --paced-rate.
+        #[arg(long)]
+        tls: bool,
     },
     /// The view of an end-to-end run under query load: ghz against the reconciler's GetPerson
     /// and ListPersons, and against a trivial tonic service, at full speed and paced.
@@ -254,6 +259,7 @@ async fn main() -> anyhow::Result<()> {
             paced_rate,
             paced_seconds,
             paced_batch,
+            tls,
         } => {
             let paced = if paced_rate > 0 {
                 // Checked now, not after a bulk load that may take hours.
@@ -295,6 +301,7 @@ async fn main() -> anyhow::Result<()> {
                 restart,
                 view_timeout: Duration::from_secs(view_timeout_min * 60),
                 paced,
+                tls,
             })
             .await;
             let wall = started.elapsed().as_secs_f64();
@@ -414,6 +421,7 @@ async fn main() -> anyhow::Result<()> {
                     restart: false,
                     view_timeout: Duration::from_secs(3600),
                     paced: None,
+                    tls: false,
                 },
                 &args,
             )
