@@ -78,7 +78,13 @@ struct Target {
 /// Starts the real processes with the population in the view (as `e2e` does), then loads the
 /// reconciler and the trivial service with ghz and prints the figures.
 pub(crate) async fn run(setup: &e2e::Setup<'_>, a: &Args) -> anyhow::Result<()> {
-    let pipeline = e2e::start(setup).await?;
+    let mut pipeline = e2e::start(setup).await?;
+    if a.tls {
+        // Off and on each measured on a reconciler freshly restarted on the same state, so that
+        // neither inherits the other's warm caches or the bulk load's compactions.
+        pipeline.restart_reconciler_with(setup, &[]).await?;
+        println!("== TLS off          the reconciler restarted on its state, plaintext");
+    }
     let f = &pipeline.figures;
     println!(
         "== view complete    {} records in the reconciler's view after {:.1} s (ingest {:.1} s), state {:.1} MiB",
@@ -184,7 +190,6 @@ pub(crate) async fn run(setup: &e2e::Setup<'_>, a: &Args) -> anyhow::Result<()> 
         compliance: &compliance,
     };
     let mut rows = measure(setup, a, &calls, &targets).await?;
-    let mut pipeline = pipeline;
     if a.tls {
         // The same reconciler, state and view, restarted with TLS and authentication on.
         let pki = ponte_access::pki::generate_dev(&setup.work.join("pki"), true)?;
