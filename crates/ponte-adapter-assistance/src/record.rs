@@ -10,7 +10,6 @@ use std::time::{Duration, SystemTime};
 use ponte_domain::ids::{Cns, Cpf, IbgeMunicipality, Inep, Nis};
 use ponte_domain::period::{Date, Month};
 use ponte_proto::events::v1::{Event, event};
-use serde_json::value::RawValue;
 
 /// Why a record was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -148,20 +147,8 @@ pub fn parse_json(
     }
 }
 
-/// Splits a JSON body — one record, or an array of records — keeping each record's original
-/// bytes (they are what a dead letter carries).
-pub fn split_json_body(body: &[u8]) -> Result<Vec<Box<RawValue>>, serde_json::Error> {
-    if is_json_array(body) {
-        serde_json::from_slice::<Vec<Box<RawValue>>>(body)
-    } else {
-        serde_json::from_slice::<Box<RawValue>>(body).map(|r| vec![r])
-    }
-}
-
-/// True when the body is a JSON array (a batch) rather than one record.
-pub fn is_json_array(body: &[u8]) -> bool {
-    body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[')
-}
+// The body layout is the one of every adapter.
+pub use ponte_edge::json::{is_json_array, split_json_body};
 
 /// The version fields every input carries, validated.
 #[derive(Debug, Clone, Copy)]
@@ -400,17 +387,6 @@ mod tests {
             (err.field.as_str(), err.reason.as_str()),
             ("recorded_at", "is in the future")
         );
-    }
-
-    #[test]
-    fn a_body_is_one_record_or_an_array_and_keeps_each_record_s_bytes() {
-        let one = split_json_body(br#" {"a": 1} "#).unwrap();
-        assert_eq!(one.len(), 1);
-        let many = split_json_body(br#"[{"a":1}, {"b" : 2}]"#).unwrap();
-        let raw: Vec<&str> = many.iter().map(|r| r.get()).collect();
-        assert_eq!(raw, [r#"{"a":1}"#, r#"{"b" : 2}"#]);
-        assert!(split_json_body(b"{not json").is_err());
-        assert!(split_json_body(b"").is_err());
     }
 
     #[test]

@@ -77,22 +77,8 @@ impl RecordError {
     }
 }
 
-/// Splits a JSON body — one record or an array of records — into records, keeping each record's
-/// original bytes for the dead-letter topic.
-pub fn split_json_body(
-    body: &[u8],
-) -> Result<Vec<Box<serde_json::value::RawValue>>, serde_json::Error> {
-    if is_json_array(body) {
-        serde_json::from_slice::<Vec<Box<serde_json::value::RawValue>>>(body)
-    } else {
-        serde_json::from_slice::<Box<serde_json::value::RawValue>>(body).map(|r| vec![r])
-    }
-}
-
-/// True when the body's first non-blank byte opens an array.
-pub fn is_json_array(body: &[u8]) -> bool {
-    body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[')
-}
+// The body layout is the one of every adapter.
+pub use ponte_edge::json::{is_json_array, split_json_body};
 
 /// A validated record, ready to publish.
 #[derive(Debug, Clone, PartialEq)]

@@ -20,6 +20,7 @@ pub mod grpc;
 pub mod http;
 #[cfg(feature = "ingest")]
 pub mod ingest;
+pub mod json;
 pub mod listener;
 
 use std::path::PathBuf;
