@@ -327,13 +327,45 @@ async fn each_service_principal_may_do_only_its_own_work() {
     // (c) The services, each with its own principal, on the topics admin created.
     let mut adapter = stack.spawn("education-adapter", "education-adapter");
     let mut reconciler = stack.spawn("reconciler", "reconciler");
+    let mut health = stack.spawn("health-adapter", "health-adapter");
+    let mut assistance = stack.spawn("assistance-adapter", "assistance-adapter");
     adapter.wait_ready().await;
     reconciler.wait_ready().await;
+    health.wait_ready().await;
+    assistance.wait_ready().await;
     eprintln!("services ready after {:?}", t0.elapsed());
 
     let (code, answer) = post(&stack, &record("268.27649.96-0")).await;
     assert_eq!(code, 200, "{answer}");
     assert_eq!(answer["accepted"], 1, "{answer}");
+    // The other two adapters write their own topics under their own principals (a 2xx means
+    // the broker acknowledged the write).
+    for (service, path, body) in [
+        (
+            "assistance-adapter",
+            "/v1/persons",
+            json!({"nis": NIS, "family_id": "F-1", "birth_date": "2019-01-15", "sex": "F",
+                   "municipality": "3550308", "cns": ["700000000000005"],
+                   "memberships": ["PBF"], "version": 1}),
+        ),
+        (
+            "health-adapter",
+            "/v1/health",
+            json!({"cns": "700000000000005", "encounter_date": "2025-03-10",
+                   "vaccination_up_to_date": true, "weight_kg": 18.5, "version": 1}),
+        ),
+    ] {
+        let resp = stack
+            .client_for(service)
+            .post(stack.url(service, path))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        assert_eq!(status, 200, "{service}: {text}");
+    }
     // An invalid NIS is answered, and dead-lettered under the adapter's principal.
     let invalid = record("26827649961");
     let (code, answer) = post(&stack, &invalid).await;
@@ -363,7 +395,14 @@ async fn each_service_principal_may_do_only_its_own_work() {
             .await;
             let read_model =
                 metric(admin_port, "ponte_reconciler_read_model_applied_total", &[]).await;
-            (applied >= 1.0 && dead >= 1.0 && read_model >= 1.0).then_some(())
+            let registry_applied = metric(
+                admin_port,
+                "ponte_reconciler_events_applied_total",
+                &[("topic", registry.as_str())],
+            )
+            .await;
+            (applied >= 1.0 && dead >= 1.0 && read_model >= 1.0 && registry_applied >= 1.0)
+                .then_some(())
         },
     )
     .await;
@@ -386,7 +425,9 @@ async fn each_service_principal_may_do_only_its_own_work() {
     eprintln!("record reached the reconciler after {:?}", t0.elapsed());
     adapter.assert_running();
     reconciler.assert_running();
-    for s in [&adapter, &reconciler] {
+    health.assert_running();
+    assistance.assert_running();
+    for s in [&adapter, &reconciler, &health, &assistance] {
         let log = s.log_text();
         assert!(
             !log.to_lowercase().contains("authorization failed"),
