@@ -28,7 +28,7 @@
 //! every adapter (`ponte_edge::csv`, docs/integration/csv.md) and publishes it in chunks of
 //! `csv_chunk_records`, answering only after the last chunk is acknowledged.
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use axum::Router;
 use axum::body::Body;
@@ -324,19 +324,6 @@ pub async fn run(
         },
     });
 
-    // Readiness follows the broker: a load balancer should not send pushes we cannot store.
-    let probe = publisher.clone();
-    ponte_runtime::spawn_readiness_probe(
-        readiness.clone(),
-        shutdown.clone(),
-        Duration::from_secs(5),
-        move || {
-            probe
-                .check_connected(Duration::from_secs(3))
-                .map_err(|e| format!("broker: {e}"))
-        },
-    );
-
     let rights =
         |kind| axum::middleware::from_fn(may_send(Arc::clone(&gate), Adapter::Assistance, kind));
     let app = Router::new()
@@ -360,19 +347,18 @@ pub async fn run(
     tracing::info!(
         "assistance adapter: POST /v1/persons, /v1/scfv-attendance, /v1/family-follow-ups, /v1/appeals"
     );
-    ponte_edge::http::run(
+    ponte_edge::ingest::serve_adapter(
         gate,
         &cfg.listen,
         tls,
         access,
         app,
+        &publisher,
+        &readiness,
         shutdown.clone(),
-        Duration::from_secs(30),
     )
     .await?;
-    readiness.set_not_ready("shutting down");
-    let p = publisher.clone();
-    tokio::task::spawn_blocking(move || p.flush(Duration::from_secs(10))).await??;
+    ponte_edge::ingest::flush(&publisher).await?;
     tracing::info!("assistance adapter stopped");
     Ok(())
 }

@@ -17,7 +17,7 @@
 //! - `503` + `Retry-After` the broker could not acknowledge; send the same body again (records
 //!   carry stable ids and versions, so a repeat is harmless downstream).
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -251,19 +251,6 @@ pub async fn run(
         },
     });
 
-    // Readiness follows the broker: a load balancer should not send pushes we cannot store.
-    let probe = publisher.clone();
-    ponte_runtime::spawn_readiness_probe(
-        readiness.clone(),
-        shutdown.clone(),
-        Duration::from_secs(5),
-        move || {
-            probe
-                .check_connected(Duration::from_secs(3))
-                .map_err(|e| format!("broker: {e}"))
-        },
-    );
-
     let limit = cfg.max_body_bytes;
     let app = Router::new()
         .route(
@@ -289,19 +276,18 @@ pub async fn run(
         ))
         .with_state(state);
     tracing::info!("education adapter: POST /v1/attendance");
-    ponte_edge::http::run(
+    ponte_edge::ingest::serve_adapter(
         gate,
         &cfg.listen,
         tls,
         access,
         app,
+        &publisher,
+        &readiness,
         shutdown.clone(),
-        Duration::from_secs(30),
     )
     .await?;
-    readiness.set_not_ready("shutting down");
-    let p = publisher.clone();
-    tokio::task::spawn_blocking(move || p.flush(Duration::from_secs(10))).await??;
+    ponte_edge::ingest::flush(&publisher).await?;
     tracing::info!("education adapter stopped");
     Ok(())
 }

@@ -6,11 +6,12 @@
 //! It never publishes a page it could not fully store, and never advances past one: when the
 //! broker or the server fails, the cycle stops and the next one starts from the last stored
 //! watermark. `next` links must stay on the configured server (same origin).
-use std::future::Future;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use ponte_bus::ingest::{IngestFailure, IngestReport, Ingestor, Item};
+use ponte_bus::ingest::IngestReport;
+// Where pages go: the [`Ingestor`] in production, a recorder in tests.
+use ponte_edge::ingest::Sink;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
@@ -72,29 +73,6 @@ impl PullError {
             PullError::Bus(_) => "bus",
             PullError::Watermark(_) => "watermark",
         }
-    }
-}
-
-/// Where pages go: the [`Ingestor`] in production, a recorder in tests.
-pub trait Sink: Send + Sync {
-    fn ingest(
-        &self,
-        source_system: &str,
-        items: Vec<Item>,
-        trace_id: &str,
-        received: SystemTime,
-    ) -> impl Future<Output = Result<IngestReport, IngestFailure>> + Send;
-}
-
-impl Sink for Ingestor {
-    fn ingest(
-        &self,
-        source_system: &str,
-        items: Vec<Item>,
-        trace_id: &str,
-        received: SystemTime,
-    ) -> impl Future<Output = Result<IngestReport, IngestFailure>> + Send {
-        Ingestor::ingest(self, source_system, items, trace_id, received)
     }
 }
 
@@ -375,6 +353,8 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
+    use ponte_bus::ingest::{IngestFailure, Item};
+    use std::future::Future;
 
     /// A fake FHIR server: a list of Observations, searched by `_lastUpdated=ge…`, sorted, in
     /// pages of `_count` with `next` links carrying an offset.
@@ -444,7 +424,7 @@ mod tests {
         fail: std::sync::atomic::AtomicBool,
     }
 
-    impl Sink for Arc<Recorder> {
+    impl Sink for Recorder {
         fn ingest(
             &self,
             _source_system: &str,
@@ -515,7 +495,7 @@ mod tests {
         let base = serve(fhir.clone()).await;
         let dir = tempfile::tempdir().unwrap();
         let wm = dir.path().join("health-pull.json");
-        let sink = Arc::new(Recorder::default());
+        let sink = Recorder::default();
 
         let mut poller =
             Poller::new(&cfg(&base, &wm), MappingConfig::default(), "health", "t").unwrap();
@@ -590,10 +570,7 @@ mod tests {
             "t",
         )
         .unwrap();
-        let err = poller
-            .cycle(&Arc::new(Recorder::default()))
-            .await
-            .unwrap_err();
+        let err = poller.cycle(&Recorder::default()).await.unwrap_err();
         assert!(
             err.to_string().contains("leaves the configured server"),
             "{err}"

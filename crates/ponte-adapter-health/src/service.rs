@@ -15,7 +15,7 @@
 //! `Retry-After` the broker did not acknowledge (send the same body again: ids are stable);
 //! `500` the broker refused the write for good.
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -394,19 +394,6 @@ pub async fn run(
         ))
     };
 
-    // Readiness follows the broker: a load balancer should not send pushes we cannot store.
-    let probe = publisher.clone();
-    ponte_runtime::spawn_readiness_probe(
-        readiness.clone(),
-        shutdown.clone(),
-        Duration::from_secs(5),
-        move || {
-            probe
-                .check_connected(Duration::from_secs(3))
-                .map_err(|e| format!("broker: {e}"))
-        },
-    );
-
     let limit = cfg.max_body_bytes;
     let health_records = || {
         axum::middleware::from_fn(may_send(
@@ -448,22 +435,21 @@ pub async fn run(
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state);
     tracing::info!("health adapter: POST /fhir, /fhir/Bundle, /v1/health");
-    ponte_edge::http::run(
+    ponte_edge::ingest::serve_adapter(
         gate,
         &cfg.listen,
         tls,
         access,
         app,
+        &publisher,
+        &readiness,
         shutdown.clone(),
-        Duration::from_secs(30),
     )
     .await?;
-    readiness.set_not_ready("shutting down");
     if let Some(p) = puller {
         p.await?;
     }
-    let p = publisher.clone();
-    tokio::task::spawn_blocking(move || p.flush(Duration::from_secs(10))).await??;
+    ponte_edge::ingest::flush(&publisher).await?;
     tracing::info!("health adapter stopped");
     Ok(())
 }

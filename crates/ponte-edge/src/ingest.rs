@@ -15,17 +15,19 @@
 //! JSON answers are `{accepted, rejected, error}` ([`Answer`]); CSV answers add
 //! `rejected_total` and `lines`, and list rejections by line ([`CsvAnswer`]).
 use std::future::Future;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt as _;
-use ponte_bus::BusError;
 use ponte_bus::ingest::{
     Accepted, IngestFailure, IngestReport, Ingestor, Item, Rejected, Rejection,
 };
+use ponte_bus::{BusError, Publisher};
+use ponte_runtime::Readiness;
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
 
 use crate::csv::{CsvError, Reader, Record};
 
@@ -236,7 +238,7 @@ pub fn csv_not_utf8(charset: &str) -> Response {
 
 /// Where the records of an upload are published: the adapter's [`Ingestor`] (tests use their
 /// own).
-pub trait Sink: Sync {
+pub trait Sink: Send + Sync {
     /// Publishes one chunk; see [`Ingestor::ingest`].
     fn ingest(
         &self,
@@ -257,6 +259,54 @@ impl Sink for Ingestor {
     ) -> impl Future<Output = Result<IngestReport, IngestFailure>> + Send {
         Ingestor::ingest(self, source_system, items, trace_id, received)
     }
+}
+
+/// Runs an adapter's API at `listen` until `shutdown`: readiness follows the broker (a load
+/// balancer should not send pushes the adapter cannot store), the API serves behind the edge
+/// ([`crate::http::run`]), and once it stopped readiness goes down. The caller then flushes
+/// its producer ([`flush`]).
+#[allow(clippy::too_many_arguments)]
+pub async fn serve_adapter(
+    gate: std::sync::Arc<crate::Gate>,
+    listen: &str,
+    tls: &ponte_access::tls::TlsConfig,
+    access: &crate::AccessConfig,
+    app: axum::Router,
+    publisher: &Publisher,
+    readiness: &Readiness,
+    shutdown: CancellationToken,
+) -> Result<(), crate::EdgeError> {
+    let probe = publisher.clone();
+    ponte_runtime::spawn_readiness_probe(
+        readiness.clone(),
+        shutdown.clone(),
+        Duration::from_secs(5),
+        move || {
+            probe
+                .check_connected(Duration::from_secs(3))
+                .map_err(|e| format!("broker: {e}"))
+        },
+    );
+    crate::http::run(
+        gate,
+        listen,
+        tls,
+        access,
+        app,
+        shutdown,
+        Duration::from_secs(30),
+    )
+    .await?;
+    readiness.set_not_ready("shutting down");
+    Ok(())
+}
+
+/// Waits (off the async runtime, at most 10 s) until everything `publisher` sent is
+/// acknowledged or failed: the last step of an adapter's shutdown.
+pub async fn flush(publisher: &Publisher) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let p = publisher.clone();
+    tokio::task::spawn_blocking(move || p.flush(Duration::from_secs(10))).await??;
+    Ok(())
 }
 
 /// An adapter's CSV layout: what its header may name, and what a row becomes. The dialect
