@@ -61,6 +61,18 @@ fn attendance(nis: &str) -> Value {
            "given": 20, "attended": 19, "version": 1})
 }
 
+/// The stack's attendance topic holds one record for each NIS of `expected`, and nothing else.
+fn attendance_topic_holds_exactly(stack: &Stack, expected: &BTreeSet<String>) {
+    let topic = stack.topic("education.attendance.v1");
+    let events = read_topic(&topic, expected.len(), Duration::from_secs(60));
+    let keys: Vec<String> = events
+        .iter()
+        .map(|(k, _)| String::from_utf8(k.clone()).unwrap())
+        .collect();
+    assert_eq!(keys.len(), expected.len(), "each record exactly once");
+    assert_eq!(&keys.into_iter().collect::<BTreeSet<_>>(), expected);
+}
+
 /// Reads until the server closes the connection; how long that took (`None`: not within 10 s).
 async fn closed_within(mut io: impl tokio::io::AsyncRead + Unpin) -> Option<Duration> {
     let start = Instant::now();
@@ -496,14 +508,7 @@ async fn only_authenticated_callers_within_their_rights_get_in() {
 
     // Everything valid sent in this test is on the topic once; nothing else is.
     let expected: BTreeSet<String> = [valid_nis(3), here.clone(), there.clone()].into();
-    let topic = stack.topic("education.attendance.v1");
-    let events = read_topic(&topic, expected.len(), Duration::from_secs(60));
-    let keys: Vec<String> = events
-        .iter()
-        .map(|(k, _)| String::from_utf8(k.clone()).unwrap())
-        .collect();
-    assert_eq!(keys.len(), expected.len(), "each record exactly once");
-    assert_eq!(keys.into_iter().collect::<BTreeSet<_>>(), expected);
+    attendance_topic_holds_exactly(&stack, &expected);
 
     education.assert_running();
     assistance.assert_running();
@@ -608,14 +613,7 @@ async fn one_principal_over_its_limit_is_told_to_retry_and_loses_nothing() {
             >= limited.len() as f64
     );
     let expected: BTreeSet<String> = (first..first + n).map(valid_nis).collect();
-    let topic = stack.topic("education.attendance.v1");
-    let events = read_topic(&topic, expected.len(), Duration::from_secs(60));
-    let keys: Vec<String> = events
-        .iter()
-        .map(|(k, _)| String::from_utf8(k.clone()).unwrap())
-        .collect();
-    assert_eq!(keys.len(), expected.len(), "each record exactly once");
-    assert_eq!(keys.into_iter().collect::<BTreeSet<_>>(), expected);
+    attendance_topic_holds_exactly(&stack, &expected);
     education.assert_running();
 }
 

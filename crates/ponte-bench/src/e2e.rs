@@ -719,7 +719,6 @@ impl Pipeline {
             .iter()
             .position(|x| x.name == "reconciler")
             .context("no reconciler process")?;
-        let admin = self.services[i].admin;
         let old = &mut self.services[i].child;
         let sent = Command::new("kill")
             .args(["-TERM", &old.id().to_string()])
@@ -732,21 +731,28 @@ impl Pipeline {
                 None => self.env.remove(*k),
             };
         }
-        let log = s.work.join("reconciler-reconfigured.log");
+        let pid = self.respawn_reconciler(s, i, "reconciler-reconfigured.log")?;
+        wait_ready(&self.services[i]).await?;
+        Ok(pid)
+    }
+
+    /// Starts the reconciler again in slot `i` with the pipeline's environment (the old process
+    /// has exited: dropping it sends nothing), its log in `log`; returns its pid.
+    fn respawn_reconciler(&mut self, s: &Setup<'_>, i: usize, log: &str) -> anyhow::Result<u32> {
         let child = Command::new(s.ponte)
             .arg("reconciler")
             .envs(&self.env)
             .stdout(Stdio::null())
-            .stderr(Stdio::from(std::fs::File::create(&log)?))
+            .stderr(Stdio::from(std::fs::File::create(s.work.join(log))?))
             .spawn()
             .context("starting ponte reconciler again")?;
         let pid = child.id();
+        let admin = self.services[i].admin;
         self.services[i] = Service {
             name: "reconciler",
             child,
             admin,
         };
-        wait_ready(&self.services[i]).await?;
         Ok(pid)
     }
 
@@ -794,24 +800,10 @@ impl Pipeline {
         let (state, read_model) = (dir.join("state"), dir.join("read"));
         let state_at_stop = Disk::of(&state)?;
         let read_model_at_stop = Disk::of(&read_model)?;
-        let log = s
-            .work
-            .join(format!("reconciler-after-{}.log", stop.signal()));
+        let log_name = format!("reconciler-after-{}.log", stop.signal());
+        let log = s.work.join(&log_name);
         let spawned = Instant::now();
-        let child = Command::new(s.ponte)
-            .arg("reconciler")
-            .envs(&self.env)
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(std::fs::File::create(&log)?))
-            .spawn()
-            .context("starting ponte reconciler again")?;
-        let pid = child.id();
-        // The old process has exited: dropping it sends nothing.
-        self.services[i] = Service {
-            name: "reconciler",
-            child,
-            admin,
-        };
+        let pid = self.respawn_reconciler(s, i, &log_name)?;
         let deadline = spawned + Duration::from_secs(3600);
         let child = &mut self.services[i].child;
         let ((ready, not_ready), (serving, not_serving)) = tokio::select! {
