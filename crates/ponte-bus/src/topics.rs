@@ -430,24 +430,33 @@ pub async fn ensure_specs(
                 r.map_err(|(_, code)| admin_err(&spec.name, code))?;
             }
             // rdkafka 0.38 drops AlterConfigs' per-topic errors too: read the settings back and
-            // report "updated" only when the broker applied them.
-            let after = admin
-                .describe_configs([&ResourceSpecifier::Topic(&spec.name)], &opts)
-                .await
-                .map_err(|e| BusError::Unavailable(format!("describing {}: {e}", spec.name)))?
-                .into_iter()
-                .next()
-                .ok_or_else(|| admin_err(&spec.name, "no config description returned"))?
-                .map_err(|code| admin_err(&spec.name, code))?;
-            let left = drift_of(spec, &after.entry_map());
-            if !left.is_empty() {
-                return Err(admin_err(
-                    &spec.name,
-                    format!(
-                        "the broker did not apply the settings (not authorized to alter them?): {}",
-                        left.join(", ")
-                    ),
-                ));
+            // report "updated" only when the broker applied them. A broker applies an accepted
+            // change from the controller's log a moment later, so a first read may still show
+            // the old value: read again until it shows the new one or `timeout` has passed.
+            let deadline = std::time::Instant::now() + timeout;
+            loop {
+                let after = admin
+                    .describe_configs([&ResourceSpecifier::Topic(&spec.name)], &opts)
+                    .await
+                    .map_err(|e| BusError::Unavailable(format!("describing {}: {e}", spec.name)))?
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| admin_err(&spec.name, "no config description returned"))?
+                    .map_err(|code| admin_err(&spec.name, code))?;
+                let left = drift_of(spec, &after.entry_map());
+                if left.is_empty() {
+                    break;
+                }
+                if std::time::Instant::now() >= deadline {
+                    return Err(admin_err(
+                        &spec.name,
+                        format!(
+                            "the broker did not apply the settings within {timeout:?} (not authorized to alter them?): {}",
+                            left.join(", ")
+                        ),
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
             TopicAction::ConfigsUpdated(drift)
         };
