@@ -26,9 +26,10 @@
 //!
 //! The service never holds a whole CSV upload: it reads it record by record in the dialect of
 //! every adapter (`ponte_edge::csv`, docs/integration/csv.md) and publishes it in chunks of
-//! `csv_chunk_records`, answering only after the last chunk is acknowledged.
+//! `csv_chunk_records` (or fewer, once the first row of a chunk has waited
+//! `csv_chunk_linger_ms`), answering only after the last chunk is acknowledged.
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use axum::Router;
 use axum::body::Body;
@@ -74,6 +75,9 @@ pub struct AssistanceAdapterConfig {
     pub max_csv_bytes: u64,
     /// CSV rows published per chunk (memory held per upload is about this many records).
     pub csv_chunk_records: usize,
+    /// Longest a CSV row waits for its chunk to fill, in milliseconds: then the chunk is
+    /// published as it is, so a slowly sent upload reaches the view while it is still coming.
+    pub csv_chunk_linger_ms: u64,
     /// Seconds a client is told to wait before retrying when the broker is unavailable.
     pub retry_after_secs: u64,
     /// Most records of one request waiting for the broker's acknowledgement at once.
@@ -215,6 +219,8 @@ impl CsvLayout for PersonCsv<'_> {
 /// A CSV upload of profiles: streamed record by record, published in chunks of
 /// `csv_chunk_records`.
 async fn csv_upload(state: &AppState, source: &str, headers: &HeaderMap, body: Body) -> Response {
+    // Rows are validated against the time the request came in; the upload stamps each chunk's
+    // records (`ingest_time`) when it publishes them.
     let now = SystemTime::now();
     let trace = trace_id(headers);
     let upload = CsvUpload {
@@ -319,6 +325,7 @@ pub async fn run(
             max_record_bytes: MAX_RECORD_BYTES,
             max_record_setting: None,
             chunk_records: cfg.csv_chunk_records.max(1),
+            chunk_linger: Duration::from_millis(cfg.csv_chunk_linger_ms),
             max_listed_rejections: MAX_LISTED_REJECTIONS,
             retry_after_secs: cfg.retry_after_secs,
         },

@@ -17,7 +17,7 @@
 //! - `503` + `Retry-After` the broker could not acknowledge; send the same body again (records
 //!   carry stable ids and versions, so a repeat is harmless downstream).
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -66,6 +66,9 @@ pub struct EducationAdapterConfig {
     pub max_csv_line_bytes: usize,
     /// CSV records published per chunk: the memory bound of an upload.
     pub csv_chunk_records: usize,
+    /// Longest a CSV record waits for its chunk to fill, in milliseconds: then the chunk is
+    /// published as it is, so a slowly sent upload reaches the view while it is still coming.
+    pub csv_chunk_linger_ms: u64,
     /// Most rejected records listed in a CSV answer (all are counted and dead-lettered).
     pub max_listed_rejections: usize,
 }
@@ -184,13 +187,16 @@ impl CsvLayout for AttendanceCsv<'_> {
     }
 }
 
-/// A CSV upload: streamed record by record, published in chunks of `csv_chunk_records`.
+/// A CSV upload: streamed record by record, published in chunks of `csv_chunk_records` (or
+/// fewer, once the first record of a chunk has waited `csv_chunk_linger_ms`).
 async fn ingest_csv(
     state: &AppState,
     source: &SourceSystem,
     headers: &HeaderMap,
     body: axum::body::Body,
 ) -> Response {
+    // Rows are validated against the time the request came in; the upload stamps each chunk's
+    // records (`ingest_time`) when it publishes them.
     let now = SystemTime::now();
     let trace = trace_id(headers);
     let upload = CsvUpload {
@@ -246,6 +252,7 @@ pub async fn run(
             max_record_bytes: cfg.max_csv_line_bytes.max(1),
             max_record_setting: Some("max_csv_line_bytes"),
             chunk_records: cfg.csv_chunk_records.max(1),
+            chunk_linger: Duration::from_millis(cfg.csv_chunk_linger_ms),
             max_listed_rejections: cfg.max_listed_rejections,
             retry_after_secs: cfg.retry_after_secs,
         },

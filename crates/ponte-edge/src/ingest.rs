@@ -14,6 +14,11 @@
 //!
 //! JSON answers are `{accepted, rejected, error}` ([`Answer`]); CSV answers add
 //! `rejected_total` and `lines`, and list rejections by line ([`CsvAnswer`]).
+//!
+//! A CSV upload is published chunk by chunk while it is read: a chunk goes out when it holds
+//! `chunk_records` records, or when its first record has waited `chunk_linger` (so a slowly
+//! trickled upload reaches the view in about the linger, not after thousands of lines), and the
+//! records of a chunk are stamped (`Event.ingest_time`) with the time that chunk is published.
 use std::future::Future;
 use std::time::{Duration, SystemTime};
 
@@ -24,9 +29,11 @@ use futures::StreamExt as _;
 use ponte_bus::ingest::{
     Accepted, IngestFailure, IngestReport, Ingestor, Item, Rejected, Rejection,
 };
+use ponte_bus::publish::timestamp;
 use ponte_bus::{BusError, Publisher};
 use ponte_runtime::Readiness;
 use serde::Serialize;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::csv::{CsvError, Reader, Record};
@@ -317,7 +324,8 @@ pub trait CsvLayout {
     /// Reads the header's names (`delimiter` is the file's); `Err` refuses the file.
     fn header(&self, names: &[String], delimiter: u8) -> Result<Self::Header, String>;
     /// Maps one row (as many cells as the header has names, or not: the layout checks) to the
-    /// record to publish.
+    /// record to publish. Its event's `ingest_time` is replaced by the time its chunk is
+    /// published (see [`CsvUpload::run`]).
     fn row(&self, header: &Self::Header, cells: &[String]) -> Result<Accepted, Fault>;
 }
 
@@ -335,6 +343,10 @@ pub struct CsvSettings {
     pub max_record_setting: Option<&'static str>,
     /// Records published per chunk: the memory bound of an upload.
     pub chunk_records: usize,
+    /// Longest a chunk's first record waits for the chunk to fill (`csv_chunk_linger_ms`):
+    /// then the chunk is published as it is, even while the client is still sending (or has
+    /// stalled). Zero publishes what each read of the body brought.
+    pub chunk_linger: Duration,
     /// Most rejected records listed in an answer; all are counted and dead-lettered.
     pub max_listed_rejections: usize,
     /// Seconds a client is told to wait when the broker did not acknowledge.
@@ -377,14 +389,22 @@ pub struct CsvUpload<'a, S> {
     pub adapter: &'static str,
     pub source_system: &'a str,
     pub trace_id: &'a str,
+    /// When the request came in: the start of the records' stamps, and the `received_time` of
+    /// its dead letters.
     pub received: SystemTime,
 }
 
 impl<S: Sink> CsvUpload<'_, S> {
-    /// Reads `body` record by record and publishes it in chunks of `chunk_records`; the answer
-    /// comes once every chunk is acknowledged. The first record is the header: one that
-    /// `layout` cannot read refuses the file (`400`, the header dead-lettered). Any other
-    /// record that cannot be read or mapped is rejected alone, by its line.
+    /// Reads `body` record by record and publishes it in chunks of `chunk_records`, or fewer
+    /// once the chunk's first record has waited `chunk_linger`; the answer comes once every
+    /// chunk is acknowledged. The first record is the header: one that `layout` cannot read
+    /// refuses the file (`400`, the header dead-lettered). Any other record that cannot be read
+    /// or mapped is rejected alone, by its line. Where the chunks end changes nothing in the
+    /// answer but when its records are stored.
+    ///
+    /// The valid records of a chunk are stamped (`Event.ingest_time`) with the time the chunk
+    /// is published: `received` plus the time since the upload began, on the monotonic clock,
+    /// so stamps never go backwards within an upload. Dead letters keep `received`.
     pub async fn run<L: CsvLayout + Sync>(
         &self,
         layout: &L,
@@ -394,7 +414,9 @@ impl<S: Sink> CsvUpload<'_, S> {
         let s = self.settings;
         let mut up = Progress {
             upload: self,
+            started: Instant::now(),
             items: Vec::with_capacity(s.chunk_records.min(4096)),
+            since: None,
             pending: Vec::new(),
             answer: CsvAnswer::default(),
         };
@@ -410,7 +432,23 @@ impl<S: Sink> CsvUpload<'_, S> {
         let mut header: Option<L::Header> = None;
         let mut received: u64 = 0;
         loop {
-            let ended = match stream.next().await {
+            // A chunk whose first record has waited the linger is published before more is
+            // read: a slow (or stalled) client does not hold back what it already sent.
+            if up.lingered()
+                && let Err(e) = up.flush().await
+            {
+                drain(&mut stream, received, s.max_bytes).await;
+                return up.unavailable(&e);
+            }
+            let next = match up.deadline() {
+                Some(deadline) => match tokio::time::timeout_at(deadline, stream.next()).await {
+                    Ok(next) => next,
+                    // Nothing came within the linger: publish (above), then wait on.
+                    Err(_) => continue,
+                },
+                None => stream.next().await,
+            };
+            let ended = match next {
                 Some(Ok(bytes)) => {
                     received += bytes.len() as u64;
                     if received > s.max_bytes {
@@ -538,7 +576,11 @@ impl<S: Sink> CsvUpload<'_, S> {
 /// An upload in progress: the chunk being filled and the answer so far.
 struct Progress<'u, 'a, S> {
     upload: &'u CsvUpload<'a, S>,
+    /// When the upload began (with `upload.received`, the clock of the stamps).
+    started: Instant,
     items: Vec<Item>,
+    /// When the first record of the chunk being filled was read.
+    since: Option<Instant>,
     /// Rejections of the chunk being filled; reported once the chunk is acknowledged.
     pending: Vec<CsvRejection>,
     answer: CsvAnswer,
@@ -551,9 +593,33 @@ impl<S: Sink> Progress<'_, '_, S> {
             Err(e) => Err(Fault::malformed(self.upload.reason(e))),
         };
         match mapped {
-            Ok(accepted) => self.items.push(Item::Accepted(accepted)),
+            Ok(accepted) => self.push(Item::Accepted(accepted)),
             Err(fault) => self.reject(record, fault),
         }
+    }
+
+    fn push(&mut self, item: Item) {
+        if self.items.is_empty() {
+            self.since = Some(Instant::now());
+        }
+        self.items.push(item);
+    }
+
+    /// When the chunk being filled is due, if it lingers (a linger too long to add up is
+    /// none: the chunk waits to fill).
+    fn deadline(&self) -> Option<Instant> {
+        self.since
+            .and_then(|t| t.checked_add(self.upload.settings.chunk_linger))
+    }
+
+    /// Whether the chunk being filled has waited its linger.
+    fn lingered(&self) -> bool {
+        self.deadline().is_some_and(|d| Instant::now() >= d)
+    }
+
+    /// The wall-clock time now: the request's `received` plus the monotonic time since.
+    fn now(&self) -> SystemTime {
+        self.upload.received + self.started.elapsed()
     }
 
     fn reject(&mut self, record: Record, fault: Fault) {
@@ -565,16 +631,23 @@ impl<S: Sink> Progress<'_, '_, S> {
             error_type: fault.error_type.clone(),
             reason: fault.reason.clone(),
         });
-        self.items
-            .push(fault.item(position, record.raw, "text/csv"));
+        self.push(fault.item(position, record.raw, "text/csv"));
     }
 
-    /// Publishes the chunk and waits for the broker; only then are its records reported.
+    /// Publishes the chunk, its records stamped with the time now, and waits for the broker;
+    /// only then are its records reported.
     async fn flush(&mut self) -> Result<(), BusError> {
+        self.since = None;
         if self.items.is_empty() {
             return Ok(());
         }
-        let items = std::mem::take(&mut self.items);
+        let mut items = std::mem::take(&mut self.items);
+        let stamp = timestamp(self.now());
+        for item in &mut items {
+            if let Item::Accepted(a) = item {
+                a.event.ingest_time = Some(stamp);
+            }
+        }
         let u = self.upload;
         match u
             .sink
@@ -739,6 +812,48 @@ mod tests {
         fn published(&self) -> Vec<Item> {
             self.chunks.lock().unwrap().concat()
         }
+
+        /// Each chunk published so far: the keys of its records, the positions of its
+        /// rejections.
+        fn names(&self) -> Vec<Vec<String>> {
+            let chunks = self.chunks.lock().unwrap();
+            chunks
+                .iter()
+                .map(|c| {
+                    c.iter()
+                        .map(|i| match i {
+                            Item::Accepted(a) => a.key.clone(),
+                            Item::Rejected(r) => r.position.clone(),
+                        })
+                        .collect()
+                })
+                .collect()
+        }
+
+        /// The stamps of each chunk's records.
+        fn stamps(&self) -> Vec<Vec<SystemTime>> {
+            let chunks = self.chunks.lock().unwrap();
+            chunks
+                .iter()
+                .map(|c| {
+                    c.iter()
+                        .filter_map(|i| match i {
+                            Item::Accepted(a) => {
+                                let t = a.event.ingest_time.unwrap();
+                                Some(
+                                    SystemTime::UNIX_EPOCH
+                                        + Duration::new(
+                                            t.seconds.try_into().unwrap(),
+                                            t.nanos.try_into().unwrap(),
+                                        ),
+                                )
+                            }
+                            Item::Rejected(_) => None,
+                        })
+                        .collect()
+                })
+                .collect()
+        }
     }
 
     /// Rows of `nis` and a whole number `n`.
@@ -778,6 +893,9 @@ mod tests {
             max_record_bytes: 40,
             max_record_setting: Some("max_csv_line_bytes"),
             chunk_records: 2,
+            // Never reached by the bodies that are there at once (their chunks end by count);
+            // the linger tests set their own.
+            chunk_linger: Duration::from_secs(3600),
             max_listed_rejections: 2,
             retry_after_secs: 7,
         }
@@ -1046,6 +1164,159 @@ mod tests {
             (r.body["accepted"].as_u64(), r.body["lines"].as_u64()),
             (Some(1), Some(2))
         );
+    }
+
+    const LINGER: Duration = Duration::from_millis(100);
+
+    /// Chunks far larger than the tests' uploads: they end by the linger.
+    fn lingering() -> CsvSettings {
+        CsvSettings {
+            chunk_records: 1000,
+            chunk_linger: LINGER,
+            ..settings()
+        }
+    }
+
+    type Piece = Result<Vec<u8>, std::io::Error>;
+
+    /// A body the test sends piece by piece while it is read; dropping the sender ends it.
+    fn trickle() -> (futures::channel::mpsc::UnboundedSender<Piece>, Body) {
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        (tx, Body::from_stream(rx))
+    }
+
+    fn send(tx: &futures::channel::mpsc::UnboundedSender<Piece>, text: &str) {
+        tx.unbounded_send(Ok(text.as_bytes().to_vec())).unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_trickled_upload_is_published_after_the_linger_while_the_body_is_still_coming() {
+        let sink = Fake::default();
+        let s = lingering();
+        let (tx, body) = trickle();
+        let client = async {
+            send(&tx, "nis,n\n1,1\n2,x\n3,");
+            tokio::time::sleep(LINGER / 2).await;
+            assert!(sink.names().is_empty(), "published before the linger");
+            tokio::time::sleep(LINGER).await;
+            // The body goes on (line 4 is half sent), and what came before is published.
+            assert_eq!(sink.names(), [["1", "line 3"]]);
+            send(&tx, "3\n4,4\n");
+            tokio::time::sleep(LINGER * 2).await;
+            assert_eq!(sink.names(), [vec!["1", "line 3"], vec!["3", "4"]]);
+            // A client that stalls halfway through a record: the record waits for its end,
+            // the chunk before it does not.
+            send(&tx, "5,5\n6");
+            tokio::time::sleep(LINGER * 2).await;
+            assert_eq!(sink.names().len(), 3);
+            send(&tx, ",6\n");
+            drop(tx);
+        };
+        let (r, ()) = tokio::join!(upload(&sink, &s, HeaderMap::new(), body), client);
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.body["accepted"], 5);
+        assert_eq!(r.body["rejected_total"], 1);
+        assert_eq!(r.body["rejected"][0]["line"], 3);
+        assert_eq!(r.body["lines"], 7);
+        assert_eq!(
+            sink.names(),
+            [vec!["1", "line 3"], vec!["3", "4"], vec!["5"], vec!["6"]]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_records_of_a_chunk_are_stamped_when_it_is_published() {
+        let sink = Fake::default();
+        let s = lingering();
+        let wait = Duration::from_secs(7);
+        let (tx, body) = trickle();
+        let client = async {
+            send(&tx, "nis,n\n1,1\n2,2\n");
+            tokio::time::sleep(LINGER * 2).await;
+            assert_eq!(sink.names().len(), 1);
+            tokio::time::sleep(wait).await;
+            send(&tx, "3,3\n");
+            drop(tx);
+        };
+        // The request came in at the epoch (see `upload`).
+        let received = SystemTime::UNIX_EPOCH;
+        let (r, ()) = tokio::join!(upload(&sink, &s, HeaderMap::new(), body), client);
+        assert_eq!(r.status, 200, "{}", r.body);
+        let stamps = sink.stamps();
+        assert_eq!(stamps.len(), 2, "{:?}", sink.names());
+        // One stamp per chunk, taken when it is published, not when the request came in.
+        assert_eq!(stamps[0][0], stamps[0][1]);
+        assert!(stamps[0][0] >= received + LINGER, "{stamps:?}");
+        let apart = stamps[1][0].duration_since(stamps[0][0]).unwrap();
+        assert!(apart >= wait, "{stamps:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn where_the_chunks_end_changes_no_answer() {
+        let text = "\u{feff}NIS;n\r\n\
+                    1;1\r\n\
+                    \"2\n(two lines)\";x\r\n\
+                    \r\n\
+                    3;3\r\n\
+                    4;\"4\"x\r\n\
+                    5\r\n\
+                    6;6";
+        let once = Fake::default();
+        let expected = upload(&once, &settings(), HeaderMap::new(), Body::from(text)).await;
+        assert_eq!(once.names().len(), 3, "chunks of 2 by count");
+        let rejected = rejected_of(&once.published());
+        // Pieces with a pause longer than the linger after each, and pieces with no pause and
+        // no linger: each ends chunks elsewhere.
+        for (size, pause, linger) in [
+            (1, LINGER * 2, LINGER),
+            (5, LINGER * 2, LINGER),
+            (3, Duration::ZERO, Duration::ZERO),
+        ] {
+            let sink = Fake::default();
+            let s = CsvSettings {
+                chunk_linger: linger,
+                ..lingering()
+            };
+            let (tx, body) = trickle();
+            let client = async {
+                for piece in text.as_bytes().chunks(size) {
+                    tx.unbounded_send(Ok(piece.to_vec())).unwrap();
+                    tokio::time::sleep(pause).await;
+                }
+                drop(tx);
+            };
+            let (r, ()) = tokio::join!(upload(&sink, &s, HeaderMap::new(), body), client);
+            assert_eq!(r.status, expected.status, "{}", r.body);
+            assert_eq!(r.body, expected.body, "size {size}, pause {pause:?}");
+            assert!(sink.names().len() > 3, "size {size}: {:?}", sink.names());
+            assert_eq!(sink.names().concat(), once.names().concat());
+            assert_eq!(rejected_of(&sink.published()), rejected);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lingered_chunk_the_bus_does_not_take_is_503_with_what_was_stored_before_it() {
+        let sink = Fake {
+            fail_at: Some(1),
+            ..Fake::default()
+        };
+        let s = lingering();
+        let (tx, body) = trickle();
+        let client = async {
+            send(&tx, "nis,n\n1,1\n");
+            tokio::time::sleep(LINGER * 2).await;
+            send(&tx, "2,2\n3,x\n");
+            tokio::time::sleep(LINGER * 2).await;
+            // The failed chunk is gone: what follows is read but not published.
+            send(&tx, "4,4\n");
+            drop(tx);
+        };
+        let (r, ()) = tokio::join!(upload(&sink, &s, HeaderMap::new(), body), client);
+        assert_eq!(r.status, 503, "{}", r.body);
+        assert_eq!(r.retry_after.as_deref(), Some("7"));
+        assert_eq!(r.body["accepted"], 1);
+        assert_eq!(r.body["rejected_total"], 0);
+        assert_eq!(sink.names(), [vec!["1"], vec!["2", "line 4"]]);
     }
 
     #[test]
