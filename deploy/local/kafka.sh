@@ -284,6 +284,10 @@ acl_rules() {
   groups+=(ponte-watch-)
   local g
   for g in "${groups[@]}"; do echo "User:reconciler GROUP PREFIXED $g READ"; done
+  # Its epochs are Kafka transactions, under transactional ids `<group>.<instance>`.
+  for op in WRITE DESCRIBE; do
+    echo "User:reconciler TRANSACTIONAL_ID PREFIXED ${RECONCILER_GROUP}. $op"
+  done
 }
 
 # Applies the rules as admin through the Admin API (one JVM; the AclCommand tool is not among

@@ -467,8 +467,7 @@ async fn wait_settled(
         let consumed = metric(&text, "ponte_reconciler_events_consumed_total");
         let consumed_inputs = inputs_consumed(&text);
         let settled = consumed_inputs >= inputs
-            && metric(&text, "ponte_reconciler_batch_events_sum") >= consumed
-            && metric(&text, "ponte_reconciler_outbox_pending") == 0.0;
+            && metric(&text, "ponte_reconciler_uncommitted_events") == 0.0;
         match (settled, quiet_since) {
             (true, Some((n, since))) if n == consumed => {
                 if since.elapsed() >= Duration::from_millis(300) {
@@ -482,9 +481,9 @@ async fn wait_settled(
         if progress.elapsed() >= Duration::from_secs(60) {
             progress = Instant::now();
             eprintln!(
-                "[{:>6.0} s] {consumed_inputs:.0} of {inputs:.0} input records consumed, {consumed:.0} messages in all, outbox {:.0}",
+                "[{:>6.0} s] {consumed_inputs:.0} of {inputs:.0} input records consumed, {consumed:.0} messages in all, {:.0} not committed yet",
                 started.elapsed().as_secs_f64(),
-                metric(&text, "ponte_reconciler_outbox_pending"),
+                metric(&text, "ponte_reconciler_uncommitted_events"),
             );
         }
         anyhow::ensure!(

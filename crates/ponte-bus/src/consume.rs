@@ -1,37 +1,41 @@
-//! Group consumers whose positions come from the consuming service's own state store.
+//! Group consumers of stateful services, whose positions are committed with their outputs.
 //!
-//! A stateful service stores the next offset of every partition in the same atomic write as
-//! the state it derived from the records (see `ponte-store`). On every partition assignment the
-//! [`SeekingContext`] asks that store where to start, so the consumer resumes exactly where the
-//! state stops. A partition the store has never seen starts from the beginning — never from the
-//! group's committed offset, which may be ahead of a store that was lost or replaced. Offsets are
-//! also committed to Kafka, asynchronously, only so that operators' lag tools see progress.
-use std::collections::BTreeSet;
+//! A stateful service commits the next offset of every partition it read in the same Kafka
+//! transaction as the outputs and changelog entries it derived from the records
+//! ([`crate::transact`]). On every partition assignment the [`SeekingContext`] first reads the
+//! group's committed offsets — with `isolation.level=read_committed` librdkafka asks for stable
+//! offsets, so the answer waits until a transaction still open on those partitions (a stalled
+//! or crashed previous owner's) is committed or aborted — then lets the service bring its local
+//! state of the partitions up to the changelog ([`PartitionSetup::prepare`]), and only then
+//! assigns them from those offsets. State, outputs and positions therefore always describe the
+//! same committed transactions. A partition without a committed offset starts from the
+//! beginning.
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{
     BaseConsumer, Consumer as _, ConsumerContext, RebalanceProtocol, StreamConsumer,
 };
-use rdkafka::error::KafkaResult;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 
 use crate::{BusError, KafkaConfig};
 
-/// Where a consumer should resume: the next offset to read for a partition, or `None` when the
-/// store holds nothing from it.
-pub trait OffsetSource: Send + Sync + 'static {
-    /// Called once per assignment, before any [`OffsetSource::next_offset`] of it, with every
-    /// newly assigned partition: a stateful service checks here that its local state of those
-    /// partitions is current and restores it when it is not (it runs inside the rebalance, so
-    /// no record of the partitions is delivered before it returns).
-    fn prepare(&self, _assigned: &[(String, i32)]) -> Result<(), String> {
-        Ok(())
-    }
-
-    fn next_offset(&self, topic: &str, partition: i32) -> Result<Option<i64>, String>;
+/// What a stateful service does with newly assigned partitions before their records flow.
+pub trait PartitionSetup: Send + Sync + 'static {
+    /// Called once per assignment with every newly assigned partition and the group's
+    /// committed next offset of each (`None`: nothing committed), after any transaction open on
+    /// them is resolved: a stateful service brings its local state of those partitions up to
+    /// its changelog here (it runs inside the rebalance, so no record of the partitions is
+    /// delivered before it returns).
+    fn prepare(&self, assigned: &BTreeMap<(String, i32), Option<i64>>) -> Result<(), String>;
 }
+
+/// How long an assignment waits for the group's committed offsets: a previous owner's open
+/// transaction holds them until it ends or the broker aborts it (`transaction.timeout.ms`).
+const COMMITTED_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The partitions a consumer currently owns, readable from other tasks (health, metrics).
 #[derive(Debug, Clone, Default)]
@@ -97,9 +101,10 @@ impl Assignment {
     }
 }
 
-/// Consumer context that positions every newly assigned partition from an [`OffsetSource`].
+/// Consumer context that positions every newly assigned partition at the group's committed
+/// offset, once its [`PartitionSetup`] has prepared it.
 pub struct SeekingContext {
-    offsets: Arc<dyn OffsetSource>,
+    setup: Arc<dyn PartitionSetup>,
     assignment: Assignment,
     group: String,
 }
@@ -156,28 +161,33 @@ impl ConsumerContext for SeekingContext {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let parts = list(tpl);
                 self.assignment.bump();
-                if let Err(e) = self.offsets.prepare(&parts) {
-                    // Without current state the partitions cannot be processed correctly:
-                    // take none of them and report it; the service then stops, leaving the
-                    // group, which gives the partitions to another member (or to this one
-                    // when it is restarted).
-                    tracing::error!(error = %e, "cannot prepare the state of the assigned partitions; leaving them unassigned");
+                let fail = |e: String| {
+                    tracing::error!(error = %e, "cannot prepare the assigned partitions; leaving them unassigned");
                     metrics::counter!("ponte_consumer_prepare_failures_total", "group" => self.group.clone()).increment(1);
                     if let Ok(mut g) = self.assignment.failure.lock() {
                         *g = Some(e);
                     }
-                    return;
+                };
+                let committed = match consumer.committed_offsets(tpl.clone(), COMMITTED_TIMEOUT) {
+                    Ok(c) => c,
+                    Err(e) => return fail(format!("reading the group's committed offsets: {e}")),
+                };
+                let positions: BTreeMap<(String, i32), Option<i64>> = committed
+                    .elements()
+                    .iter()
+                    .map(|e| {
+                        let next = match e.offset() {
+                            Offset::Offset(o) if o >= 0 => Some(o),
+                            _ => None,
+                        };
+                        ((e.topic().to_owned(), e.partition()), next)
+                    })
+                    .collect();
+                if let Err(e) = self.setup.prepare(&positions) {
+                    return fail(e);
                 }
-                for (topic, partition) in &parts {
-                    let offset = match self.offsets.next_offset(topic, *partition) {
-                        Ok(Some(o)) => Offset::Offset(o),
-                        Ok(None) => Offset::Beginning,
-                        Err(e) => {
-                            // Reading from the beginning is always safe: applying is idempotent.
-                            tracing::error!(%topic, partition, error = %e, "cannot read stored offset; starting from the beginning");
-                            Offset::Beginning
-                        }
-                    };
+                for ((topic, partition), next) in &positions {
+                    let offset = next.map_or(Offset::Beginning, Offset::Offset);
                     if let Err(e) = tpl.set_partition_offset(topic, *partition, offset) {
                         tracing::error!(%topic, partition, error = %e, "cannot set start offset");
                     }
@@ -224,13 +234,6 @@ impl ConsumerContext for SeekingContext {
                 let _ = consumer.unassign();
                 self.assignment.replace([]);
             }
-        }
-    }
-
-    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
-        if let Err(e) = result {
-            // Informational only: positions come from the state store.
-            tracing::debug!(error = %e, "async offset commit failed");
         }
     }
 }
@@ -298,19 +301,21 @@ pub fn wait_for_topics(
     }
 }
 
-/// A group consumer subscribed to `topics`, positioned from `offsets` on every assignment.
+/// A group consumer subscribed to `topics`, positioned at the group's committed offsets after
+/// `setup` has prepared every assignment. Its offsets are committed in the caller's
+/// transactions, never by the consumer itself.
 pub fn group_consumer(
     kafka: &KafkaConfig,
     group_id: &str,
     client_id: &str,
     topics: &[&str],
-    offsets: Arc<dyn OffsetSource>,
+    setup: Arc<dyn PartitionSetup>,
     membership: Membership<'_>,
 ) -> Result<(StreamConsumer<SeekingContext>, Assignment), BusError> {
     let session_timeout_ms = membership.session_timeout_ms;
     let assignment = Assignment::default();
     let ctx = SeekingContext {
-        offsets,
+        setup,
         assignment: assignment.clone(),
         group: group_id.to_owned(),
     };

@@ -20,7 +20,7 @@ pub struct EventHeaders {
 }
 
 impl EventHeaders {
-    pub(crate) fn to_kafka(&self) -> OwnedHeaders {
+    pub fn to_kafka(&self) -> OwnedHeaders {
         OwnedHeaders::new_with_capacity(4)
             .insert(Header {
                 key: EVENT_TYPE,

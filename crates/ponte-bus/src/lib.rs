@@ -6,6 +6,8 @@
 //! - [`publish`]: an idempotent, `acks=all` producer that returns only once the broker has
 //!   acknowledged, with errors classified so adapters know whether to answer 4xx or 503.
 //! - [`headers`]: the Kafka headers every Ponte event carries.
+//! - [`transact`]: a transactional producer, for outputs committed with the offsets they came
+//!   from (the reconciler's epochs).
 //!
 //! This crate knows the envelope (`ponte.events.v1.Event`) but never the meaning of a record.
 pub mod config;
@@ -14,6 +16,7 @@ pub mod headers;
 pub mod ingest;
 pub mod publish;
 pub mod topics;
+pub mod transact;
 
 pub use config::KafkaConfig;
 pub use publish::{Delivered, Publisher};

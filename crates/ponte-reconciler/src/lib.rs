@@ -12,8 +12,10 @@
 //! and its input positions consistent, and replaying a record never changes the view twice.
 //! Each partition's state goes to a changelog topic, from which an instance rebuilds a partition
 //! it takes over or whose local state is stale or lost.
+pub mod epoch;
 pub mod grpc;
 pub mod readmodel;
+pub mod restore;
 pub mod service;
 pub mod topology;
 

@@ -125,6 +125,40 @@ pub enum OutputKind {
     DeadLetter,
 }
 
+impl OutputKind {
+    /// The `kind` label of `ponte_reconciler_outputs_published_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            OutputKind::Change => "change",
+            OutputKind::Alert => "alert",
+            OutputKind::Crosswalk => "crosswalk",
+            OutputKind::HealthByNis => "health_by_nis",
+            OutputKind::Member => "member",
+            OutputKind::DeadLetter => "dead_letter",
+        }
+    }
+
+    /// The `ponte-event-type` header of the published message.
+    pub fn event_type(self) -> &'static str {
+        match self {
+            OutputKind::Change => "compliance_change",
+            OutputKind::Alert => "compliance_alert",
+            other => other.label(),
+        }
+    }
+
+    /// The `ponte-schema` header: the protobuf package of the payload.
+    pub fn schema(self) -> &'static str {
+        match self {
+            OutputKind::Change | OutputKind::Alert => "ponte.compliance.v1",
+            OutputKind::DeadLetter => ponte_proto::EVENTS_SCHEMA,
+            OutputKind::Crosswalk | OutputKind::HealthByNis | OutputKind::Member => {
+                "ponte.reconciler"
+            }
+        }
+    }
+}
+
 /// The key prefix of partition `p`'s state: every key of the state of one input partition
 /// starts with it, so a partition's state can be dropped, restored or handed over as a whole.
 pub fn partition_prefix(p: i32) -> Vec<u8> {

@@ -54,6 +54,12 @@ pub enum Durability {
     Process,
     /// Each commit is fsynced: survives a power loss, at a cost in throughput.
     Machine,
+    /// Commits skip the write-ahead log: they are in memory until RocksDB flushes its
+    /// memtables (all column families at one point, `atomic_flush`). After a crash the store
+    /// holds a prefix of its commits — every commit up to some point, none after it, no commit
+    /// in part — and the owner rebuilds the rest from where it keeps its source of truth (the
+    /// reconciler: its changelog topic, from the position recorded in the last commit kept).
+    Rebuildable,
 }
 
 /// How much memory one store may use for RocksDB's block cache and memtables together.
@@ -89,7 +95,7 @@ impl Default for Memory {
     }
 }
 
-fn options(memory: Memory) -> (Options, Options) {
+fn options(memory: Memory, durability: Durability) -> (Options, Options) {
     let cache = Cache::new_lru_cache(memory.cache_bytes);
     let mut table = BlockBasedOptions::default();
     table.set_block_cache(&cache);
@@ -111,6 +117,11 @@ fn options(memory: Memory) -> (Options, Options) {
     // offsets family flushed too: at 1 M people 1.5 GiB of log piled up and every restart
     // replayed it (10 s). Past this size the families holding the oldest log are flushed.
     db.set_max_total_wal_size((2 * memory.memtable_bytes).max(64 << 20) as u64);
+    if durability == Durability::Rebuildable {
+        // Without a log, only flushes persist: both families flush at the same point, so what
+        // survives a crash is one prefix of the commits, state and offsets together.
+        db.set_atomic_flush(true);
+    }
     db.set_write_buffer_manager(&WriteBufferManager::new_write_buffer_manager_with_cache(
         memory.memtable_bytes,
         false,
@@ -167,7 +178,7 @@ impl Store {
         memory: Memory,
     ) -> Result<Self, StoreError> {
         let path = path.as_ref().to_path_buf();
-        let (opts, cf) = options(memory);
+        let (opts, cf) = options(memory, durability);
         let cfs = [CF_STATE, CF_OFFSETS]
             .into_iter()
             .map(|name| ColumnFamilyDescriptor::new(name, cf.clone()));
@@ -321,6 +332,7 @@ impl Store {
     pub fn commit(&self, batch: Batch) -> Result<(), StoreError> {
         let mut wo = WriteOptions::default();
         wo.set_sync(self.durability == Durability::Machine);
+        wo.disable_wal(self.durability == Durability::Rebuildable);
         self.db
             .write_opt(batch.inner, &wo)
             .map_err(|e| self.rocks(e))

@@ -1,0 +1,538 @@
+//! Committing an epoch: the events applied since the last commit become visible at once — their
+//! outputs, their state changes on the changelog and their input offsets in one Kafka
+//! transaction — and only then reach the local store.
+//!
+//! Order of a commit, each step a fault point for the crash tests ([`FaultPoint`]):
+//!
+//! 1. `begun`: a transaction is open.
+//! 2. `sent`: every output (latest view per key, every alert, repartition message and dead
+//!    letter) and one changelog entry per state key written is acknowledged by the broker —
+//!    still invisible to `read_committed` readers.
+//! 3. `offsets`: the next input offsets are in the transaction, for the group generation this
+//!    instance was assigned its partitions in. A stale generation (another instance owns them
+//!    now) is refused here or at the commit: the epoch is aborted and nothing of it is seen.
+//! 4. `committed`: the transaction is committed: outputs, changelog and offsets are visible.
+//! 5. `applied`: the state changes and each partition's changelog position are in the local
+//!    store, without a write-ahead log: a crash before the store flushes loses them locally, and
+//!    the next assignment reads them back from the changelog ([`crate::restore`]).
+//!
+//! A crash before step 4 leaves nothing visible and the inputs are consumed again from the
+//! committed offsets; a crash after it leaves everything visible and the inputs are not
+//! consumed again. Either way the restarted instance ends where an uninterrupted one would.
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant, SystemTime};
+
+use ponte_bus::headers::EventHeaders;
+use ponte_bus::transact::{Transactional, TxError};
+use ponte_bus::{KafkaConfig, Topic, TopicsConfig};
+use ponte_store::Store;
+use rdkafka::consumer::Consumer;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+use crate::ReconcilerError;
+use crate::restore::{Marker, key_partition};
+use crate::topology::{Output, OutputKind, Tx, Writes};
+
+/// Where each kind of output goes: topic, Kafka `ponte-event-type` header and metric label.
+#[derive(Debug, Clone)]
+pub struct Routes {
+    changes: String,
+    alerts: String,
+    crosswalk: String,
+    health_by_nis: String,
+    members: String,
+    deadletter: String,
+    changelog: String,
+}
+
+impl Routes {
+    pub fn new(topics: &TopicsConfig, group: &str) -> Self {
+        Self {
+            changes: topics.name(Topic::ComplianceChanges),
+            alerts: topics.name(Topic::ComplianceAlerts),
+            crosswalk: topics.reconciler_name(Topic::ReconcilerCrosswalk, group),
+            health_by_nis: topics.reconciler_name(Topic::ReconcilerHealthByNis, group),
+            members: topics.reconciler_name(Topic::ReconcilerMembers, group),
+            deadletter: topics.name(Topic::DeadLetter),
+            changelog: topics.reconciler_name(Topic::ReconcilerChangelog, group),
+        }
+    }
+
+    /// The topic of an output kind.
+    pub fn topic(&self, kind: OutputKind) -> &str {
+        match kind {
+            OutputKind::Change => &self.changes,
+            OutputKind::Alert => &self.alerts,
+            OutputKind::Crosswalk => &self.crosswalk,
+            OutputKind::HealthByNis => &self.health_by_nis,
+            OutputKind::Member => &self.members,
+            OutputKind::DeadLetter => &self.deadletter,
+        }
+    }
+
+    pub fn changes(&self) -> &str {
+        &self.changes
+    }
+
+    pub fn changelog(&self) -> &str {
+        &self.changelog
+    }
+}
+
+/// The steps of a commit at which a test can stop the process (`PONTE_TEST_FAULT_POINT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultPoint {
+    Begun,
+    Sent,
+    Offsets,
+    Committed,
+    Applied,
+}
+
+impl FaultPoint {
+    pub const ALL: [FaultPoint; 5] = [
+        FaultPoint::Begun,
+        FaultPoint::Sent,
+        FaultPoint::Offsets,
+        FaultPoint::Committed,
+        FaultPoint::Applied,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultPoint::Begun => "begun",
+            FaultPoint::Sent => "sent",
+            FaultPoint::Offsets => "offsets",
+            FaultPoint::Committed => "committed",
+            FaultPoint::Applied => "applied",
+        }
+    }
+}
+
+/// A fault point armed by the environment: `PONTE_TEST_FAULT_POINT=<point>[:<n>]` stops the
+/// process (it logs, then sleeps until killed) the `n`-th time (default 1) a commit with
+/// outputs reaches `<point>`. For crash tests only: the test kills the process with SIGKILL
+/// once the log shows the point reached, and restarts it without the variable.
+#[derive(Debug, Default)]
+pub struct Faults {
+    armed: Option<(FaultPoint, u32)>,
+    seen: u32,
+}
+
+impl Faults {
+    pub fn from_env() -> Result<Self, ReconcilerError> {
+        let Ok(spec) = std::env::var("PONTE_TEST_FAULT_POINT") else {
+            return Ok(Self::default());
+        };
+        let (name, n) = spec.split_once(':').unwrap_or((spec.as_str(), "1"));
+        let point = FaultPoint::ALL
+            .into_iter()
+            .find(|p| p.name() == name)
+            .ok_or_else(|| {
+                ReconcilerError::Startup(format!(
+                    "PONTE_TEST_FAULT_POINT: unknown point {name:?} (one of begun, sent, offsets, committed, applied)"
+                ))
+            })?;
+        let n = n.parse().map_err(|_| {
+            ReconcilerError::Startup(format!("PONTE_TEST_FAULT_POINT: {n:?} is not a count"))
+        })?;
+        tracing::warn!(
+            point = name,
+            n,
+            "test fault point armed: the process will stop there"
+        );
+        Ok(Self {
+            armed: Some((point, n)),
+            seen: 0,
+        })
+    }
+
+    fn reach(&mut self, point: FaultPoint) {
+        let Some((armed, n)) = self.armed else {
+            return;
+        };
+        if armed != point {
+            return;
+        }
+        self.seen += 1;
+        if self.seen < n {
+            return;
+        }
+        tracing::error!(
+            point = point.name(),
+            "test fault point reached; waiting to be killed"
+        );
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+    }
+}
+
+/// What was consumed in the open epoch, per input partition.
+#[derive(Debug, Default)]
+pub struct Consumed {
+    /// First offset consumed: where to seek back if the epoch is aborted.
+    first: BTreeMap<(String, i32), i64>,
+    /// Next offset to consume: committed with the epoch.
+    next: BTreeMap<(String, i32), i64>,
+    pub events: usize,
+    pub ingest_times: Vec<SystemTime>,
+}
+
+impl Consumed {
+    pub fn record(&mut self, topic: &str, partition: i32, offset: i64) {
+        let key = (topic.to_owned(), partition);
+        self.first.entry(key.clone()).or_insert(offset);
+        self.next.insert(key, offset + 1);
+        self.events += 1;
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.next.is_empty()
+    }
+
+    fn clear(&mut self) {
+        *self = Self::default();
+    }
+}
+
+/// How an epoch ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Nothing was consumed.
+    Empty,
+    /// Committed, and applied to the local store.
+    Committed,
+    /// Aborted: nothing of it is visible; the consumer was sent back to its first offsets.
+    Aborted,
+}
+
+/// Commits epochs through one transactional producer.
+pub struct Committer {
+    store: Store,
+    kafka: KafkaConfig,
+    routes: Routes,
+    transactional_id: String,
+    transaction_timeout: Duration,
+    producer: Option<Transactional>,
+    faults: Faults,
+}
+
+impl std::fmt::Debug for Committer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Committer")
+            .field("transactional_id", &self.transactional_id)
+            .finish()
+    }
+}
+
+/// Producer operations (init, offsets, commit) wait at most this long.
+const OP_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Committer {
+    pub fn new(
+        store: Store,
+        kafka: KafkaConfig,
+        routes: Routes,
+        transactional_id: String,
+        transaction_timeout: Duration,
+        faults: Faults,
+    ) -> Self {
+        Self {
+            store,
+            kafka,
+            routes,
+            transactional_id,
+            transaction_timeout,
+            producer: None,
+            faults,
+        }
+    }
+
+    /// The producer, created (and its transactional id registered, which aborts a transaction a
+    /// previous process with the id left open) when there is none.
+    fn producer(&mut self) -> Result<&Transactional, TxError> {
+        if self.producer.is_none() {
+            let p = tokio::task::block_in_place(|| {
+                Transactional::new(
+                    &self.kafka,
+                    "ponte-reconciler",
+                    &self.transactional_id,
+                    self.transaction_timeout,
+                    OP_TIMEOUT,
+                )
+            })?;
+            self.producer = Some(p);
+        }
+        self.producer
+            .as_ref()
+            .ok_or_else(|| TxError::Fatal("no producer".to_owned()))
+    }
+
+    /// Registers the transactional id now, so a start fails early when Kafka refuses it.
+    pub fn init(&mut self) -> Result<(), ReconcilerError> {
+        self.producer()
+            .map(|_| ())
+            .map_err(|e| ReconcilerError::Startup(format!("transactional producer: {e}")))
+    }
+
+    /// Commits the epoch held in `tx` and `consumed`; see the module docs. Returns the state
+    /// writes' effect on the parked-record count per partition when it committed.
+    pub async fn commit<C: Consumer<ponte_bus::consume::SeekingContext>>(
+        &mut self,
+        tx: &mut Tx<'_>,
+        consumed: &mut Consumed,
+        consumer: &C,
+    ) -> Result<(Outcome, BTreeMap<i32, i64>), ReconcilerError> {
+        if consumed.is_empty() {
+            return Ok((Outcome::Empty, BTreeMap::new()));
+        }
+        let started = Instant::now();
+        let (writes, outputs) = tx.take();
+        let parked = crate::topology::parked_delta(&self.store, &writes)?;
+        let outputs = latest_views(outputs);
+        match self.transact(&writes, &outputs, consumed, consumer).await {
+            Ok(changelog_ends) => {
+                self.faults.reach(FaultPoint::Committed);
+                let mut w = self.store.batch();
+                for (k, v) in &writes {
+                    match v {
+                        Some(v) => w.put(k, v),
+                        None => w.delete(k),
+                    }
+                }
+                for (p, end) in changelog_ends {
+                    w.put(&Marker::key(p), &Marker::now(end).encode());
+                }
+                w.commit()?;
+                self.faults.reach(FaultPoint::Applied);
+                for o in &outputs {
+                    metrics::counter!("ponte_reconciler_outputs_published_total", "kind" => o.kind.label())
+                        .increment(1);
+                }
+                metrics::counter!("ponte_reconciler_outputs_published_total", "kind" => "changelog")
+                    .increment(writes.len() as u64);
+                metrics::counter!("ponte_reconciler_epochs_total", "result" => "committed")
+                    .increment(1);
+                metrics::histogram!("ponte_reconciler_batch_commit_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                metrics::histogram!("ponte_reconciler_batch_events").record(consumed.events as f64);
+                let now = SystemTime::now();
+                for t in consumed.ingest_times.drain(..) {
+                    if let Ok(lat) = now.duration_since(t) {
+                        metrics::histogram!("ponte_reconciler_ingest_to_view_seconds")
+                            .record(lat.as_secs_f64());
+                    }
+                }
+                consumed.clear();
+                Ok((Outcome::Committed, parked))
+            }
+            Err(e) => {
+                let fenced = e.is_fenced();
+                let result = if fenced { "fenced" } else { "aborted" };
+                metrics::counter!("ponte_reconciler_epochs_total", "result" => result).increment(1);
+                tracing::warn!(
+                    error = %e,
+                    fenced,
+                    events = consumed.events,
+                    "epoch not committed; nothing of it is visible, its inputs are consumed again"
+                );
+                if matches!(e, TxError::Fatal(_)) {
+                    self.producer = None;
+                }
+                // Back to the epoch's first offsets (a partition revoked meanwhile is
+                // positioned by its next assignment instead).
+                for ((topic, partition), first) in &consumed.first {
+                    if let Err(err) = consumer.seek(
+                        topic,
+                        *partition,
+                        Offset::Offset(*first),
+                        Duration::from_secs(5),
+                    ) {
+                        tracing::debug!(%topic, partition, error = %err, "seek back after an aborted epoch");
+                    }
+                }
+                consumed.clear();
+                Ok((Outcome::Aborted, BTreeMap::new()))
+            }
+        }
+    }
+
+    /// Steps 1–4: returns each changelog partition's offset after the epoch's last entry.
+    async fn transact<C: Consumer<ponte_bus::consume::SeekingContext>>(
+        &mut self,
+        writes: &Writes,
+        outputs: &[Output],
+        consumed: &Consumed,
+        consumer: &C,
+    ) -> Result<BTreeMap<i32, i64>, TxError> {
+        let group = consumer
+            .group_metadata()
+            .ok_or_else(|| TxError::Aborted("the consumer has no group metadata".to_owned()))?;
+        let mut offsets = TopicPartitionList::new();
+        for ((topic, partition), next) in &consumed.next {
+            offsets
+                .add_partition_offset(topic, *partition, Offset::Offset(*next))
+                .map_err(|e| TxError::Aborted(format!("offsets: {e}")))?;
+        }
+        self.producer()?;
+        let Self {
+            producer,
+            faults,
+            routes,
+            ..
+        } = self;
+        let producer = producer
+            .as_ref()
+            .ok_or_else(|| TxError::Fatal("no producer".to_owned()))?;
+        producer.begin()?;
+        let epoch = Epoch {
+            producer,
+            routes,
+            writes,
+            outputs,
+            offsets: &offsets,
+            group: &group,
+        };
+        let result = epoch.run(faults).await;
+        if let Err(TxError::Aborted(_)) = &result {
+            tokio::task::block_in_place(|| producer.abort());
+        }
+        result
+    }
+}
+
+/// One open transaction's work.
+struct Epoch<'a> {
+    producer: &'a Transactional,
+    routes: &'a Routes,
+    writes: &'a Writes,
+    outputs: &'a [Output],
+    offsets: &'a TopicPartitionList,
+    group: &'a rdkafka::consumer::ConsumerGroupMetadata,
+}
+
+impl Epoch<'_> {
+    async fn run(&self, faults: &mut Faults) -> Result<BTreeMap<i32, i64>, TxError> {
+        faults.reach(FaultPoint::Begun);
+        let producer = self.producer;
+        let mut deliveries = Vec::with_capacity(self.outputs.len() + self.writes.len());
+        for o in self.outputs {
+            let headers = EventHeaders {
+                event_type: o.kind.event_type().to_owned(),
+                schema: o.kind.schema().to_owned(),
+                source: "reconciler".to_owned(),
+                trace_id: String::new(),
+            }
+            .to_kafka();
+            let d = producer.send(
+                self.routes.topic(o.kind),
+                None,
+                o.key.as_bytes(),
+                Some(&o.payload),
+                Some(headers),
+            )?;
+            deliveries.push((false, d));
+        }
+        for (k, v) in self.writes {
+            let p = key_partition(k).ok_or_else(|| {
+                TxError::Aborted(format!(
+                    "state key without a partition prefix: {}",
+                    String::from_utf8_lossy(k)
+                ))
+            })?;
+            let d = producer.send(self.routes.changelog(), Some(p), k, v.as_deref(), None)?;
+            deliveries.push((true, d));
+        }
+        let mut ends: BTreeMap<i32, i64> = BTreeMap::new();
+        for (is_changelog, d) in deliveries {
+            let (partition, offset) = match d.await {
+                Ok(Ok(d)) => (d.partition, d.offset),
+                Ok(Err((e, _))) => return Err(TxError::Aborted(format!("send: {e}"))),
+                Err(_) => return Err(TxError::Aborted("send cancelled".to_owned())),
+            };
+            if is_changelog {
+                let end = ends.entry(partition).or_insert(0);
+                *end = (*end).max(offset + 1);
+            }
+        }
+        faults.reach(FaultPoint::Sent);
+        tokio::task::block_in_place(|| producer.send_offsets(self.offsets, self.group))?;
+        faults.reach(FaultPoint::Offsets);
+        tokio::task::block_in_place(|| producer.commit())?;
+        Ok(ends)
+    }
+}
+
+/// The epoch's outputs with only the last view change of each person or family: the changes
+/// topic is compacted to the latest view per key, and a reader of the epoch sees the views as
+/// of its end. Alerts, repartition messages and dead letters all stay, in order.
+fn latest_views(outputs: Vec<Output>) -> Vec<Output> {
+    let mut last: BTreeMap<&str, usize> = BTreeMap::new();
+    for (i, o) in outputs.iter().enumerate() {
+        if o.kind == OutputKind::Change {
+            last.insert(o.key.as_str(), i);
+        }
+    }
+    let keep: Vec<bool> = outputs
+        .iter()
+        .enumerate()
+        .map(|(i, o)| o.kind != OutputKind::Change || last.get(o.key.as_str()) == Some(&i))
+        .collect();
+    outputs
+        .into_iter()
+        .zip(keep)
+        .filter_map(|(o, k)| k.then_some(o))
+        .collect()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn out(kind: OutputKind, key: &str, payload: &str) -> Output {
+        Output {
+            kind,
+            key: key.to_owned(),
+            payload: payload.as_bytes().to_vec(),
+            partition: 0,
+        }
+    }
+
+    #[test]
+    fn only_the_last_view_of_a_key_is_sent_and_every_other_output_stays_in_order() {
+        let outputs = vec![
+            out(OutputKind::Change, "p1", "v1"),
+            out(OutputKind::Alert, "p1", "a1"),
+            out(OutputKind::Change, "p2", "w1"),
+            out(OutputKind::Member, "f1", "m1"),
+            out(OutputKind::Change, "p1", "v2"),
+            out(OutputKind::Alert, "p1", "a2"),
+            out(OutputKind::Member, "f1", "m2"),
+        ];
+        let kept: Vec<(OutputKind, String)> = latest_views(outputs)
+            .into_iter()
+            .map(|o| (o.kind, String::from_utf8(o.payload).unwrap()))
+            .collect();
+        assert_eq!(
+            kept,
+            vec![
+                (OutputKind::Alert, "a1".to_owned()),
+                (OutputKind::Change, "w1".to_owned()),
+                (OutputKind::Member, "m1".to_owned()),
+                (OutputKind::Change, "v2".to_owned()),
+                (OutputKind::Alert, "a2".to_owned()),
+                (OutputKind::Member, "m2".to_owned()),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_fault_point_spec_names_a_known_point() {
+        assert_eq!(
+            FaultPoint::ALL.map(FaultPoint::name),
+            ["begun", "sent", "offsets", "committed", "applied"]
+        );
+    }
+}
