@@ -561,6 +561,11 @@ impl Service {
         self.signal("-HUP");
     }
 
+    /// SIGCONT: a process stopped with SIGSTOP goes on.
+    pub fn signal_continue(&self) {
+        self.signal("-CONT");
+    }
+
     /// SIGKILL: the process dies wherever it is.
     pub fn kill9(&mut self) {
         self.signal("-KILL");

@@ -23,38 +23,69 @@ use crate::KafkaConfig;
 pub enum TxError {
     /// The transaction was aborted (or must be: see [`Transactional::abort`]); nothing of it is
     /// visible. The producer can run the next one. Typical causes: a send the broker refused,
-    /// a timeout, or an offset commit refused because the group has moved on (fenced).
-    #[error("transaction aborted: {0}")]
-    Aborted(String),
+    /// a timeout, or an offset commit refused because the group has moved on (`fenced`).
+    #[error("transaction aborted: {reason}")]
+    Aborted { reason: String, fenced: bool },
     /// The producer cannot go on (another producer took its transactional id, or the broker
-    /// timed the transaction out and fenced it): it must be created anew.
-    #[error("transactional producer failed for good: {0}")]
-    Fatal(String),
+    /// timed the transaction out and bumped its epoch: `fenced`): it must be created anew.
+    #[error("transactional producer failed for good: {reason}")]
+    Fatal { reason: String, fenced: bool },
 }
 
 impl TxError {
-    fn of(what: &str, e: &KafkaError) -> Self {
+    pub fn aborted(reason: impl Into<String>) -> Self {
+        Self::Aborted {
+            reason: reason.into(),
+            fenced: false,
+        }
+    }
+
+    pub fn fatal(reason: impl Into<String>) -> Self {
+        Self::Fatal {
+            reason: reason.into(),
+            fenced: false,
+        }
+    }
+
+    /// Classifies a producer error of operation `what`.
+    pub fn of(what: &str, e: &KafkaError) -> Self {
+        use rdkafka::types::RDKafkaErrorCode as C;
+        let code = match e {
+            KafkaError::Transaction(t) => Some(t.code()),
+            other => other.rdkafka_error_code(),
+        };
+        // Refusals that mean another member or producer has taken over: the group's
+        // generation moved on, the member was removed or replaced, or the producer's epoch
+        // was bumped (its transaction timed out, or its id was registered again).
+        let fenced = matches!(
+            code,
+            Some(
+                C::IllegalGeneration
+                    | C::UnknownMemberId
+                    | C::FencedInstanceId
+                    | C::InvalidProducerEpoch
+                    | C::ProducerFenced
+                    | C::Fenced
+            )
+        );
+        let reason = format!("{what}: {e}");
         match e {
-            KafkaError::Transaction(t) if t.is_fatal() => Self::Fatal(format!("{what}: {e}")),
-            _ => Self::Aborted(format!("{what}: {e}")),
+            KafkaError::Transaction(t) if t.is_fatal() => Self::Fatal { reason, fenced },
+            _ => Self::Aborted { reason, fenced },
         }
     }
 
     /// True when the group or the transaction coordinator refused this producer because another
-    /// one has taken over (the commit of a stale group generation, a fenced producer epoch).
+    /// member or producer has taken over.
     pub fn is_fenced(&self) -> bool {
-        let text = match self {
-            Self::Aborted(t) | Self::Fatal(t) => t,
-        };
-        [
-            "generation",
-            "fenced",
-            "Fenced",
-            "UNKNOWN_MEMBER",
-            "member id",
-        ]
-        .iter()
-        .any(|needle| text.contains(needle))
+        match self {
+            Self::Aborted { fenced, .. } | Self::Fatal { fenced, .. } => *fenced,
+        }
+    }
+
+    /// True when the producer must be replaced.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, Self::Fatal { .. })
     }
 }
 
@@ -102,7 +133,7 @@ impl Transactional {
         }
         let producer: FutureProducer = cfg
             .create()
-            .map_err(|e| TxError::Fatal(format!("creating the producer: {e}")))?;
+            .map_err(|e| TxError::fatal(format!("creating the producer: {e}")))?;
         producer
             .init_transactions(op_timeout)
             .map_err(|e| TxError::of("init_transactions", &e))?;
@@ -188,7 +219,7 @@ impl Transactional {
                 }
                 Err(e) => {
                     let err = TxError::of("commit_transaction", &e);
-                    if matches!(err, TxError::Aborted(_)) {
+                    if !err.is_fatal() {
                         self.abort();
                     }
                     return Err(err);

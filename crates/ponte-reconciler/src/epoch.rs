@@ -109,13 +109,14 @@ impl FaultPoint {
     }
 }
 
-/// A fault point armed by the environment: `PONTE_TEST_FAULT_POINT=<point>[:<n>]` stops the
-/// process (it logs, then sleeps until killed) the `n`-th time (default 1) a commit with
-/// outputs reaches `<point>`. For crash tests only: the test kills the process with SIGKILL
-/// once the log shows the point reached, and restarts it without the variable.
+/// A fault point armed by the environment: `PONTE_TEST_FAULT_POINT=<point>[:<n>[:stop]]`
+/// stops the process the `n`-th time (default 1) a commit reaches `<point>`. For crash and
+/// fencing tests only: by default the process logs and then sleeps until the test kills it
+/// with SIGKILL; with `stop` it sends itself SIGSTOP, and goes on from the point when the test
+/// sends SIGCONT (an instance stalled mid-commit, e.g. by a long GC-like pause or a frozen VM).
 #[derive(Debug, Default)]
 pub struct Faults {
-    armed: Option<(FaultPoint, u32)>,
+    armed: Option<(FaultPoint, u32, bool)>,
     seen: u32,
 }
 
@@ -124,38 +125,64 @@ impl Faults {
         let Ok(spec) = std::env::var("PONTE_TEST_FAULT_POINT") else {
             return Ok(Self::default());
         };
-        let (name, n) = spec.split_once(':').unwrap_or((spec.as_str(), "1"));
+        Self::parse(&spec)
+            .map_err(|e| ReconcilerError::Startup(format!("PONTE_TEST_FAULT_POINT: {e}")))
+    }
+
+    fn parse(spec: &str) -> Result<Self, String> {
+        let mut parts = spec.split(':');
+        let name = parts.next().unwrap_or_default();
         let point = FaultPoint::ALL
             .into_iter()
             .find(|p| p.name() == name)
             .ok_or_else(|| {
-                ReconcilerError::Startup(format!(
-                    "PONTE_TEST_FAULT_POINT: unknown point {name:?} (one of begun, sent, offsets, committed, applied)"
-                ))
+                format!("unknown point {name:?} (one of begun, sent, offsets, committed, applied)")
             })?;
-        let n = n.parse().map_err(|_| {
-            ReconcilerError::Startup(format!("PONTE_TEST_FAULT_POINT: {n:?} is not a count"))
-        })?;
+        let n = match parts.next() {
+            None => 1,
+            Some(n) => n.parse().map_err(|_| format!("{n:?} is not a count"))?,
+        };
+        let stop = match parts.next() {
+            None => false,
+            Some("stop") => true,
+            Some(other) => return Err(format!("{other:?} is not `stop`")),
+        };
         tracing::warn!(
             point = name,
             n,
+            stop,
             "test fault point armed: the process will stop there"
         );
         Ok(Self {
-            armed: Some((point, n)),
+            armed: Some((point, n, stop)),
             seen: 0,
         })
     }
 
     fn reach(&mut self, point: FaultPoint) {
-        let Some((armed, n)) = self.armed else {
+        let Some((armed, n, stop)) = self.armed else {
             return;
         };
         if armed != point {
             return;
         }
         self.seen += 1;
-        if self.seen < n {
+        if self.seen != n {
+            return;
+        }
+        if stop {
+            tracing::error!(
+                point = point.name(),
+                "test fault point reached; stopping (SIGSTOP) until continued"
+            );
+            let stopped = std::process::Command::new("kill")
+                .args(["-STOP", &std::process::id().to_string()])
+                .status();
+            tracing::warn!(
+                point = point.name(),
+                ?stopped,
+                "test fault point: continued"
+            );
             return;
         }
         tracing::error!(
@@ -266,7 +293,7 @@ impl Committer {
         }
         self.producer
             .as_ref()
-            .ok_or_else(|| TxError::Fatal("no producer".to_owned()))
+            .ok_or_else(|| TxError::fatal("no producer"))
     }
 
     /// Registers the transactional id now, so a start fails early when Kafka refuses it.
@@ -337,7 +364,7 @@ impl Committer {
                     events = consumed.events,
                     "epoch not committed; nothing of it is visible, its inputs are consumed again"
                 );
-                if matches!(e, TxError::Fatal(_)) {
+                if e.is_fatal() {
                     self.producer = None;
                 }
                 // Back to the epoch's first offsets (a partition revoked meanwhile is
@@ -368,12 +395,12 @@ impl Committer {
     ) -> Result<BTreeMap<i32, i64>, TxError> {
         let group = consumer
             .group_metadata()
-            .ok_or_else(|| TxError::Aborted("the consumer has no group metadata".to_owned()))?;
+            .ok_or_else(|| TxError::aborted("the consumer has no group metadata"))?;
         let mut offsets = TopicPartitionList::new();
         for ((topic, partition), next) in &consumed.next {
             offsets
                 .add_partition_offset(topic, *partition, Offset::Offset(*next))
-                .map_err(|e| TxError::Aborted(format!("offsets: {e}")))?;
+                .map_err(|e| TxError::aborted(format!("offsets: {e}")))?;
         }
         self.producer()?;
         let Self {
@@ -384,7 +411,7 @@ impl Committer {
         } = self;
         let producer = producer
             .as_ref()
-            .ok_or_else(|| TxError::Fatal("no producer".to_owned()))?;
+            .ok_or_else(|| TxError::fatal("no producer"))?;
         producer.begin()?;
         let epoch = Epoch {
             producer,
@@ -395,7 +422,7 @@ impl Committer {
             group: &group,
         };
         let result = epoch.run(faults).await;
-        if let Err(TxError::Aborted(_)) = &result {
+        if result.as_ref().is_err_and(|e| !e.is_fatal()) {
             tokio::task::block_in_place(|| producer.abort());
         }
         result
@@ -436,7 +463,7 @@ impl Epoch<'_> {
         }
         for (k, v) in self.writes {
             let p = key_partition(k).ok_or_else(|| {
-                TxError::Aborted(format!(
+                TxError::aborted(format!(
                     "state key without a partition prefix: {}",
                     String::from_utf8_lossy(k)
                 ))
@@ -448,8 +475,8 @@ impl Epoch<'_> {
         for (is_changelog, d) in deliveries {
             let (partition, offset) = match d.await {
                 Ok(Ok(d)) => (d.partition, d.offset),
-                Ok(Err((e, _))) => return Err(TxError::Aborted(format!("send: {e}"))),
-                Err(_) => return Err(TxError::Aborted("send cancelled".to_owned())),
+                Ok(Err((e, _))) => return Err(TxError::of("send", &e)),
+                Err(_) => return Err(TxError::aborted("send cancelled")),
             };
             if is_changelog {
                 let end = ends.entry(partition).or_insert(0);
@@ -529,10 +556,13 @@ mod tests {
     }
 
     #[test]
-    fn a_fault_point_spec_names_a_known_point() {
-        assert_eq!(
-            FaultPoint::ALL.map(FaultPoint::name),
-            ["begun", "sent", "offsets", "committed", "applied"]
-        );
+    fn a_fault_point_spec_names_a_known_point_a_count_and_a_mode() {
+        let f = Faults::parse("sent").unwrap();
+        assert_eq!(f.armed, Some((FaultPoint::Sent, 1, false)));
+        let f = Faults::parse("committed:3:stop").unwrap();
+        assert_eq!(f.armed, Some((FaultPoint::Committed, 3, true)));
+        for bad in ["flushed", "sent:x", "sent:2:pause", ""] {
+            assert!(Faults::parse(bad).is_err(), "{bad:?} accepted");
+        }
     }
 }

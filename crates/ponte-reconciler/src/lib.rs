@@ -6,12 +6,14 @@
 //! (`ponte.compliance.v1.ComplianceService`, with gRPC health and reflection) from a read model
 //! of that topic ([`readmodel`]), so every instance answers for every person.
 //!
-//! Crash safety: every batch of consumed events is applied as one atomic store write that also
-//! records the next offset of each partition read; on every assignment the consumer resumes at
-//! the stored offsets (see `ponte_bus::consume`). A crash at any point therefore leaves the view
-//! and its input positions consistent, and replaying a record never changes the view twice.
-//! Each partition's state goes to a changelog topic, from which an instance rebuilds a partition
-//! it takes over or whose local state is stale or lost.
+//! Exactly once ([`epoch`]): consumed events are applied to an in-memory epoch over the
+//! local state and committed as one Kafka transaction — the epoch's outputs, its state changes
+//! on the changelog topic and its input offsets (for the group generation, so a member the group
+//! has moved on from is refused) — and only then written to the local store, which keeps no
+//! write-ahead log. On every assignment a partition's local state is brought up to its changelog
+//! ([`restore`]): the tail its store had not flushed, what another instance wrote meanwhile, or
+//! the whole partition on a new disk. A crash at any point therefore ends in the views an
+//! uninterrupted run gives, every output published once.
 pub mod epoch;
 pub mod grpc;
 pub mod readmodel;

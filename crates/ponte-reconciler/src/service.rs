@@ -1,4 +1,4 @@
-//! Wiring of the reconciler process: store, consumer loop, outbox, gRPC server.
+//! Wiring of the reconciler process: store, consumer loop and its epochs, gRPC server.
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -494,6 +494,13 @@ pub async fn run(
         Durability::Process,
         Memory::mib(cfg.read_model_memory_mb),
     )?;
+    {
+        // What a version before epochs left: its outbox, read by nothing now.
+        let mut w = store.batch();
+        w.delete_prefix(b"o/");
+        w.delete(b"meta/outbox_seq");
+        w.commit()?;
+    }
     tracing::info!(state_dir = %cfg.state_dir.display(), "state store and read model open");
     let group = cfg.group_id.as_str();
     let inputs = Inputs::new(topics, group);
