@@ -63,6 +63,11 @@ pub(crate) struct Figures {
     /// CPU seconds (user + system) per process.
     pub(crate) cpu: Vec<(String, f64)>,
     pub(crate) batches: f64,
+    /// Messages the reconciler produced, by kind (`ponte_reconciler_outputs_published_total`).
+    pub(crate) produced: Vec<(String, f64)>,
+    /// Messages the reconciler consumed, by what they are: the input records, each repartition
+    /// topic, and the read model's copy of the changes topic.
+    pub(crate) consumed: Vec<(String, f64)>,
     pub(crate) commit_seconds: f64,
     pub(crate) state_bytes: f64,
     /// `ghz` summaries: (call, text).
@@ -431,6 +436,8 @@ pub(crate) async fn start(s: &Setup<'_>) -> anyhow::Result<Pipeline> {
         latency: Latency::of(&buckets),
         cpu,
         batches: metric(&metrics, "ponte_reconciler_batch_events_count"),
+        produced: by_label(&metrics, "ponte_reconciler_outputs_published_total", "kind"),
+        consumed: consumed_by_kind(&metrics),
         commit_seconds: metric(&metrics, "ponte_reconciler_batch_commit_seconds_sum"),
         state_bytes: metric(&metrics, "ponte_reconciler_state_bytes"),
         ghz: Vec::new(),
@@ -503,6 +510,58 @@ fn inputs_consumed(metrics: &str) -> f64 {
         "ponte_reconciler_events_consumed_total",
         |labels| !labels.contains(".reconciler."),
     )
+}
+
+/// The samples of `name` summed by the value of `label`.
+fn by_label(text: &str, name: &str, label: &str) -> Vec<(String, f64)> {
+    let mut sums: std::collections::BTreeMap<String, f64> = Default::default();
+    let needle = format!("{label}=\"");
+    for l in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = l.rsplit_once(' ') else {
+            continue;
+        };
+        let Some((metric, labels)) = series.split_once('{') else {
+            continue;
+        };
+        let (Some(start), Ok(v)) = (labels.find(&needle), value.parse::<f64>()) else {
+            continue;
+        };
+        if metric != name {
+            continue;
+        }
+        let rest = &labels[start + needle.len()..];
+        let kind = rest.split('"').next().unwrap_or_default().to_owned();
+        *sums.entry(kind).or_default() += v;
+    }
+    sums.into_iter().collect()
+}
+
+/// What the reconciler consumed: input records, each internal topic (by its base name), and the
+/// changes topic again for the read model.
+fn consumed_by_kind(metrics: &str) -> Vec<(String, f64)> {
+    let mut out = vec![("input records".to_owned(), inputs_consumed(metrics))];
+    for internal in ["crosswalk", "health-by-nis", "members", "changelog"] {
+        let n = metric_where(
+            metrics,
+            "ponte_reconciler_events_consumed_total",
+            |labels| labels.contains(&format!(".{internal}.v1")),
+        );
+        out.push((internal.to_owned(), n));
+    }
+    let read: f64 = [
+        "ponte_reconciler_read_model_applied_total",
+        "ponte_reconciler_read_model_duplicates_total",
+        "ponte_reconciler_read_model_invalid_total",
+    ]
+    .iter()
+    .map(|m| metric(metrics, m))
+    .sum();
+    out.push(("read model (changes)".to_owned(), read));
+    out.push((
+        "changelog restore".to_owned(),
+        metric(metrics, "ponte_reconciler_restored_entries_total"),
+    ));
+    out
 }
 
 /// The header and the first `n` records (lines) of the CSV `src`.

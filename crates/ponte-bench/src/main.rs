@@ -29,6 +29,7 @@ use prost::Message as _;
 mod broker;
 mod e2e;
 mod events;
+mod floor;
 mod queries;
 mod reconciler;
 
@@ -340,7 +341,28 @@ async fn main() -> anyhow::Result<()> {
             );
             for (name, cpu) in &f.cpu {
                 println!("cpu                {name:<20} {cpu:.1} s");
+                if name == "reconciler" {
+                    println!(
+                        "                   {:.1} µs of reconciler CPU per input record",
+                        cpu * 1e6 / f.records.max(1) as f64
+                    );
+                }
             }
+            let per_input = |v: &[(String, f64)]| {
+                let total: f64 = v.iter().map(|(_, n)| n).sum();
+                let parts: Vec<String> = v
+                    .iter()
+                    .filter(|(_, n)| *n > 0.0)
+                    .map(|(k, n)| format!("{k} {:.2}", n / f.records.max(1) as f64))
+                    .collect();
+                format!(
+                    "{:.2} per input record ({})",
+                    total / f.records.max(1) as f64,
+                    parts.join(", ")
+                )
+            };
+            println!("produced           {}", per_input(&f.produced));
+            println!("consumed           {}", per_input(&f.consumed));
             machine_load_end(load, wall);
             if let Some(p) = &f.paced {
                 print_paced(p);
@@ -361,6 +383,38 @@ async fn main() -> anyhow::Result<()> {
                 "ratio              Ponte end to end = {:.2} × the bare broker ({e2e_rate:.0} / {:.0} records/s)",
                 e2e_rate / b.rate(),
                 b.rate()
+            );
+            let changes = format!("{prefix}compliance.changes.v1");
+            let view_bytes = tokio::task::block_in_place(|| {
+                floor::average_payload_blocking(
+                    &kafka.bootstrap,
+                    &changes,
+                    kafka.partitions,
+                    10_000,
+                )
+            })?;
+            let fl = floor::run(
+                &kafka.bootstrap,
+                &prefix,
+                kafka.partitions,
+                &records,
+                view_bytes,
+            )
+            .await?;
+            println!(
+                "== floor (inputs produced, consumed, one {} B view change each, one repartition message for {} of them; concurrent)",
+                fl.view_bytes, fl.repartitioned
+            );
+            println!(
+                "floor              {} inputs in {:.1} s: {:.0} records/s",
+                fl.inputs,
+                fl.elapsed.as_secs_f64(),
+                fl.rate()
+            );
+            println!(
+                "ratio              Ponte end to end = {:.2} × the floor ({e2e_rate:.0} / {:.0} records/s)",
+                e2e_rate / fl.rate(),
+                fl.rate()
             );
             if !kafka.keep_topics {
                 cleanup(&kafka.bootstrap, &prefix).await;
