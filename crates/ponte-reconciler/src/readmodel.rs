@@ -596,7 +596,10 @@ pub async fn run(
         let first = tokio::select! {
             _ = shutdown.cancelled() => break,
             m = consumer.recv() => Some(m),
-            _ = tokio::time::sleep(Duration::from_secs(1)) => None,
+            // Until caught up, look at the position often: the last record of a partition is
+            // usually an epoch's transaction marker, never delivered, so only the position shows
+            // the read model has passed it.
+            _ = tokio::time::sleep(if reported { Duration::from_secs(1) } else { Duration::from_millis(50) }) => None,
         };
         let mut records: Vec<ChangeRecord> = Vec::new();
         let owned = |m: &rdkafka::message::BorrowedMessage<'_>| -> ChangeRecord {

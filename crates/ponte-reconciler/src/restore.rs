@@ -102,7 +102,11 @@ pub fn restore_partition(
     cfg.set("enable.auto.commit", "false")
         .set("group.id", "ponte-reconciler-restore")
         .set("isolation.level", "read_committed")
-        .set("enable.partition.eof", "true");
+        .set("enable.partition.eof", "true")
+        // The end of the partition is known when a fetch comes back empty: without this the
+        // broker holds an empty fetch for 500 ms, and every restore waited that long per
+        // partition (a restart with 3 partitions took 4.5 s to be ready at 1 M people).
+        .set("fetch.wait.max.ms", "10");
     let consumer: BaseConsumer = cfg
         .create()
         .map_err(|e| startup(format!("restore consumer: {e}")))?;

@@ -128,7 +128,12 @@ fn options(memory: Memory, durability: Durability) -> (Options, Options) {
         cache.clone(),
     ));
     let mut cf = Options::default();
-    cf.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    // Compression on the bottommost level only, where nearly all the data ends up: the upper
+    // levels are rewritten by every compaction and read most often, and compressing them buys
+    // little disk (compaction threads took 23 % of the reconciler's CPU at 1 M people;
+    // docs/benchmarks.md, issue 15).
+    cf.set_compression_type(rocksdb::DBCompressionType::None);
+    cf.set_bottommost_compression_type(rocksdb::DBCompressionType::Lz4);
     cf.set_block_based_table_factory(&table);
     cf.set_write_buffer_size((memory.memtable_bytes / 2).clamp(4 << 20, 64 << 20));
     cf.set_level_compaction_dynamic_level_bytes(true);
