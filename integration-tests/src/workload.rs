@@ -146,6 +146,21 @@ pub fn reference_deployment(stack: &Stack) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// A stack for test `name` beside a [`reference_deployment`] on the same broker, the topics of
+/// both created: returns the stack and the reference's environment.
+pub fn stack_with_reference(name: &str) -> (Stack, Vec<(&'static str, String)>) {
+    let stack = Stack::new(name);
+    let reference_env = reference_deployment(&stack);
+    assert!(stack.ponte(&["topics", "ensure"]).0.success());
+    assert!(
+        stack
+            .ponte_with(&["topics", "ensure"], &reference_env)
+            .0
+            .success()
+    );
+    (stack, reference_env)
+}
+
 /// Sends `events` to the topics under `prefix` and waits for every acknowledgement.
 pub async fn produce_to(prefix: &str, events: &[(&'static str, String, Event)]) {
     let producer: FutureProducer = ClientConfig::new()

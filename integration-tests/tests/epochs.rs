@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use ponte_integration_tests::workload::{
-    families, family, persons, produce, produce_to, reference_deployment, workload,
+    families, family, persons, produce, produce_to, stack_with_reference, workload,
 };
 use ponte_integration_tests::{Service, Stack, eventually, metric, read_topic, wait_ready};
 use ponte_proto::compliance::v1::{
@@ -224,15 +224,7 @@ async fn log_shows(service: &Service, what: &str, text: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_kill_at_each_step_of_an_epoch_commit_ends_like_an_uninterrupted_run() {
-    let stack = Stack::new("epochcrash");
-    let reference_env = reference_deployment(&stack);
-    assert!(stack.ponte(&["topics", "ensure"]).0.success());
-    assert!(
-        stack
-            .ponte_with(&["topics", "ensure"], &reference_env)
-            .0
-            .success()
-    );
+    let (stack, reference_env) = stack_with_reference("epochcrash");
     let (profiles, records) = phases();
     produce(&stack, &profiles).await;
     produce_to(&reference_env[0].1, &profiles).await;
@@ -281,15 +273,7 @@ async fn a_kill_at_each_step_of_an_epoch_commit_ends_like_an_uninterrupted_run()
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_instance_stopped_mid_commit_past_its_session_is_fenced_and_the_views_stay_right() {
-    let stack = Stack::new("epochfence");
-    let reference_env = reference_deployment(&stack);
-    assert!(stack.ponte(&["topics", "ensure"]).0.success());
-    assert!(
-        stack
-            .ponte_with(&["topics", "ensure"], &reference_env)
-            .0
-            .success()
-    );
+    let (stack, reference_env) = stack_with_reference("epochfence");
     let group = format!("{}fenced", stack.prefix);
     let member = |name: &str, extra: Option<(&'static str, String)>| {
         let mut env = vec![

@@ -5,23 +5,15 @@
 use std::time::Duration;
 
 use ponte_integration_tests::workload::{
-    persons, produce, produce_to, reference_deployment, workload,
+    persons, produce, produce_to, stack_with_reference, workload,
 };
-use ponte_integration_tests::{Service, Stack, eventually, wait_ready};
+use ponte_integration_tests::{Service, eventually, wait_ready};
 
 const PERSONS: u64 = 1500;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_at_random_points_ends_in_the_view_of_an_uninterrupted_run() {
-    let stack = Stack::new("crash");
-    let reference_env = reference_deployment(&stack);
-    assert!(stack.ponte(&["topics", "ensure"]).0.success());
-    assert!(
-        stack
-            .ponte_with(&["topics", "ensure"], &reference_env)
-            .0
-            .success()
-    );
+    let (stack, reference_env) = stack_with_reference("crash");
 
     let events = workload(0..PERSONS);
     let total = events.len();

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use ponte_integration_tests::workload::{
-    attendance, families, family, persons, produce, produce_to, reference_deployment, workload,
+    attendance, families, family, persons, produce, produce_to, stack_with_reference, workload,
 };
 use ponte_integration_tests::{Service, Stack, eventually, metric, wait_ready};
 use ponte_proto::compliance::v1::{Family, Person};
@@ -141,15 +141,7 @@ async fn serves(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_instances_split_the_partitions_and_the_survivor_takes_over() {
-    let stack = Stack::new("scale");
-    let reference_env = reference_deployment(&stack);
-    assert!(stack.ponte(&["topics", "ensure"]).0.success());
-    assert!(
-        stack
-            .ponte_with(&["topics", "ensure"], &reference_env)
-            .0
-            .success()
-    );
+    let (stack, reference_env) = stack_with_reference("scale");
     let reference_prefix = reference_env[0].1.clone();
     let send = |events: Vec<_>| {
         let stack = &stack;

@@ -122,17 +122,7 @@ pub(crate) async fn run(
     }
     let produce = started.elapsed();
 
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", format!("{topic}-reader"))
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .create()?;
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
-    }
-    consumer.assign(&tpl)?;
+    let consumer = reader(bootstrap, topic, partitions)?;
     let started = Instant::now();
     let mut seen = 0u64;
     let deadline = started + Duration::from_secs(600);
@@ -155,6 +145,26 @@ pub(crate) async fn run(
         produce,
         consume,
     })
+}
+
+/// A consumer of every partition of `topic` from the beginning (`read_committed`).
+pub(crate) fn reader(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+) -> anyhow::Result<BaseConsumer> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("{topic}-reader"))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+    }
+    c.assign(&tpl)?;
+    Ok(c)
 }
 
 type Delivery = Result<OwnedDeliveryResult, futures::channel::oneshot::Canceled>;

@@ -19,14 +19,12 @@ use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
 use rdkafka::Message as _;
-use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{
     BaseRecord, DeliveryResult, Producer as _, ProducerContext, ThreadedProducer,
 };
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
-use crate::broker::create_topic;
+use crate::broker::{create_topic, reader};
 
 /// Figures of one floor run.
 #[derive(Debug)]
@@ -96,21 +94,6 @@ fn send(
     }
 }
 
-fn consumer(bootstrap: &str, topic: &str, partitions: i32) -> anyhow::Result<BaseConsumer> {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", format!("{topic}-floor"))
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .create()?;
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
-    }
-    c.assign(&tpl)?;
-    Ok(c)
-}
-
 /// True for an encoded event that reaches its person through the identity stage: a health
 /// record whose subject is a CNS or CPF rather than a NIS.
 fn needs_identity(payload: &[u8]) -> bool {
@@ -167,7 +150,7 @@ pub(crate) async fn run(
     };
     // Stages 2 and 3: a view change per input, or a repartition message.
     let stage = |from: &str, repartition: bool, expect: u64| -> anyhow::Result<()> {
-        let c = consumer(bootstrap, from, partitions)?;
+        let c = reader(bootstrap, from, partitions)?;
         let p = producer(bootstrap, &out_acks)?;
         let mut seen = 0u64;
         while seen < expect {
@@ -225,7 +208,7 @@ pub(crate) fn average_payload_blocking(
     partitions: i32,
     n: u64,
 ) -> anyhow::Result<usize> {
-    let c = consumer(bootstrap, topic, partitions)?;
+    let c = reader(bootstrap, topic, partitions)?;
     let (mut count, mut bytes) = (0u64, 0u64);
     let deadline = Instant::now() + Duration::from_secs(30);
     while count < n && Instant::now() < deadline {
