@@ -228,9 +228,9 @@ fn apply_message(
     Ok(())
 }
 
-/// Sends an event that cannot be applied to the dead-letter topic, through the outbox with
-/// the batch (so it is out exactly when the batch's offsets are), counted by class and
-/// logged with its identifiers masked.
+/// Sends an event that cannot be applied to the dead-letter topic, in the epoch's transaction
+/// (so it is out exactly when the epoch's offsets are committed), counted by class and logged
+/// with its identifiers masked.
 fn dead_letter(
     tx: &mut Tx<'_>,
     msg: &BorrowedMessage<'_>,
