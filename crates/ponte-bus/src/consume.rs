@@ -4,7 +4,8 @@
 //! transaction as the outputs and changelog entries it derived from the records
 //! ([`crate::transact`]). On every partition assignment the [`SeekingContext`] first reads the
 //! group's committed offsets — with `isolation.level=read_committed` librdkafka asks for stable
-//! offsets, so the answer waits until a transaction still open on those partitions (a stalled
+//! offsets (`rd_kafka_committed` sets RequireStable, and retries on UNSTABLE_OFFSET_COMMIT), so
+//! the answer waits until a transaction still open on those partitions (a stalled
 //! or crashed previous owner's) is committed or aborted — then lets the service bring its local
 //! state of the partitions up to the changelog ([`PartitionSetup::prepare`]), and only then
 //! assigns them from those offsets. State, outputs and positions therefore always describe the
@@ -161,6 +162,10 @@ impl ConsumerContext for SeekingContext {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let parts = list(tpl);
                 self.assignment.bump();
+                // Without current state (or positions) the partitions cannot be processed
+                // correctly: take none of them and report it; the service then stops, leaving
+                // the group, which gives the partitions to another member (or to this one when
+                // it is restarted).
                 let fail = |e: String| {
                     tracing::error!(error = %e, "cannot prepare the assigned partitions; leaving them unassigned");
                     metrics::counter!("ponte_consumer_prepare_failures_total", "group" => self.group.clone()).increment(1);
