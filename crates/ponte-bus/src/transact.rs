@@ -236,3 +236,35 @@ impl Transactional {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::types::RDKafkaErrorCode as C;
+
+    use super::*;
+
+    #[test]
+    fn refusals_of_a_member_or_producer_taken_over_are_fenced_and_others_are_not() {
+        for code in [
+            C::IllegalGeneration,
+            C::UnknownMemberId,
+            C::FencedInstanceId,
+            C::InvalidProducerEpoch,
+            C::ProducerFenced,
+            C::Fenced,
+        ] {
+            let e = TxError::of("send", &KafkaError::MessageProduction(code));
+            assert!(e.is_fenced(), "{code:?}");
+            assert!(
+                !e.is_fatal(),
+                "a send error aborts the transaction, {code:?}"
+            );
+        }
+        for code in [C::QueueFull, C::MessageTimedOut, C::NotEnoughReplicas] {
+            let e = TxError::of("send", &KafkaError::MessageProduction(code));
+            assert!(!e.is_fenced(), "{code:?}");
+        }
+        assert!(TxError::fatal("gone").is_fatal());
+        assert!(!TxError::aborted("timed out").is_fenced());
+    }
+}
