@@ -952,16 +952,20 @@ mod tests {
             .collect()
     }
 
+    /// A BOM, `;`, CRLF, a quoted field over two lines, a blank line, a stray quote, a short
+    /// record and no final line break.
+    const MESSY: &str = "\u{feff}NIS;n\r\n\
+                         1;1\r\n\
+                         \"2\n(two lines)\";x\r\n\
+                         \r\n\
+                         3;3\r\n\
+                         4;\"4\"x\r\n\
+                         5\r\n\
+                         6;6";
+
     #[tokio::test]
     async fn rows_are_published_in_chunks_and_rejections_are_named_by_the_line_they_start_on() {
-        let text = "\u{feff}NIS;n\r\n\
-                    1;1\r\n\
-                    \"2\n(two lines)\";x\r\n\
-                    \r\n\
-                    3;3\r\n\
-                    4;\"4\"x\r\n\
-                    5\r\n\
-                    6;6";
+        let text = MESSY;
         for size in [1, 3, 1000] {
             let sink = Fake::default();
             let r = upload(
@@ -1253,14 +1257,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn where_the_chunks_end_changes_no_answer() {
-        let text = "\u{feff}NIS;n\r\n\
-                    1;1\r\n\
-                    \"2\n(two lines)\";x\r\n\
-                    \r\n\
-                    3;3\r\n\
-                    4;\"4\"x\r\n\
-                    5\r\n\
-                    6;6";
+        let text = MESSY;
         let once = Fake::default();
         let expected = upload(&once, &settings(), HeaderMap::new(), Body::from(text)).await;
         assert_eq!(once.names().len(), 3, "chunks of 2 by count");

@@ -30,8 +30,8 @@ use rdkafka::consumer::Consumer;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use crate::ReconcilerError;
-use crate::restore::{Marker, key_partition};
-use crate::topology::{Output, OutputKind, Tx, Writes};
+use crate::restore::Marker;
+use crate::topology::{Output, OutputKind, Tx, Writes, key_partition};
 
 /// Where each kind of output goes: topic, Kafka `ponte-event-type` header and metric label.
 #[derive(Debug, Clone)]
@@ -333,9 +333,13 @@ impl Committer {
                 }
                 w.commit()?;
                 self.faults.reach(FaultPoint::Applied);
+                let mut by_kind: BTreeMap<&'static str, u64> = BTreeMap::new();
                 for o in &outputs {
-                    metrics::counter!("ponte_reconciler_outputs_published_total", "kind" => o.kind.label())
-                        .increment(1);
+                    *by_kind.entry(o.kind.label()).or_default() += 1;
+                }
+                for (kind, n) in by_kind {
+                    metrics::counter!("ponte_reconciler_outputs_published_total", "kind" => kind)
+                        .increment(n);
                 }
                 metrics::counter!("ponte_reconciler_outputs_published_total", "kind" => "changelog")
                     .increment(writes.len() as u64);
@@ -495,22 +499,14 @@ impl Epoch<'_> {
 /// topic is compacted to the latest view per key, and a reader of the epoch sees the views as
 /// of its end. Alerts, repartition messages and dead letters all stay, in order.
 fn latest_views(outputs: Vec<Output>) -> Vec<Output> {
-    let mut last: BTreeMap<&str, usize> = BTreeMap::new();
-    for (i, o) in outputs.iter().enumerate() {
-        if o.kind == OutputKind::Change {
-            last.insert(o.key.as_str(), i);
-        }
-    }
-    let keep: Vec<bool> = outputs
-        .iter()
-        .enumerate()
-        .map(|(i, o)| o.kind != OutputKind::Change || last.get(o.key.as_str()) == Some(&i))
-        .collect();
-    outputs
+    let mut sent = std::collections::HashSet::new();
+    let mut kept: Vec<Output> = outputs
         .into_iter()
-        .zip(keep)
-        .filter_map(|(o, k)| k.then_some(o))
-        .collect()
+        .rev()
+        .filter(|o| o.kind != OutputKind::Change || sent.insert(o.key.clone()))
+        .collect();
+    kept.reverse();
+    kept
 }
 
 #[cfg(test)]

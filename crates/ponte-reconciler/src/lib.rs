@@ -48,6 +48,11 @@ pub(crate) fn while_topic_settles<T>(
     unreachable!("the loop returns")
 }
 
+/// A startup error with `e`'s text.
+pub(crate) fn startup(e: impl std::fmt::Display) -> ReconcilerError {
+    ReconcilerError::Startup(e.to_string())
+}
+
 /// Errors of the reconciler.
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcilerError {

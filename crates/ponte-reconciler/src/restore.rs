@@ -21,8 +21,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::error::KafkaError;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
-use crate::ReconcilerError;
-use crate::topology::partition_prefix;
+use crate::topology::{key_partition, partition_prefix};
+use crate::{ReconcilerError, startup};
 
 /// A marker older than this is not used: the changelog is compacted, and a tombstone is
 /// removed `delete.retention.ms` (24 h by default) after it was written, so a store that has
@@ -32,6 +32,12 @@ const MARKER_MAX_AGE: Duration = Duration::from_secs(12 * 3600);
 /// Changelog keys of consumed offsets, written by versions before epochs committed offsets in
 /// their Kafka transaction: skipped.
 const LEGACY_OFFSET_KEY: &[u8] = b"offset/";
+
+fn unix_seconds() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
 
 /// Where partition `p`'s local state stands in its changelog.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,10 +50,10 @@ pub struct Marker {
 
 impl Marker {
     pub fn now(offset: i64) -> Self {
-        let written = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        Self { offset, written }
+        Self {
+            offset,
+            written: unix_seconds(),
+        }
     }
 
     pub fn key(p: i32) -> Vec<u8> {
@@ -73,22 +79,8 @@ impl Marker {
     }
 
     fn age(&self) -> Duration {
-        let now = Self::now(0).written;
-        Duration::from_secs(now.saturating_sub(self.written))
+        Duration::from_secs(unix_seconds().saturating_sub(self.written))
     }
-}
-
-/// The input partition a full state key belongs to (its `NNNN/` prefix).
-pub fn key_partition(key: &[u8]) -> Option<i32> {
-    let digits = key.get(..4)?;
-    if key.get(4) != Some(&b'/') || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(digits).ok()?.parse().ok()
-}
-
-fn startup(e: impl std::fmt::Display) -> ReconcilerError {
-    ReconcilerError::Startup(e.to_string())
 }
 
 /// Makes the local state of partition `p` the changelog's latest (see the module docs).

@@ -18,10 +18,10 @@ use rdkafka::message::BorrowedMessage;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::ReconcilerError;
 use crate::epoch::{Committer, Consumed, Faults, Outcome, Routes};
 use crate::grpc::ComplianceApi;
 use crate::topology::{Applied, Input, OutputKind, Topology, Tx, Unapplicable};
+use crate::{ReconcilerError, startup};
 
 /// The `[reconciler]` section of the configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -312,10 +312,6 @@ impl ParkedCount {
     fn total(&self) -> i64 {
         self.0.values().sum()
     }
-}
-
-fn startup(e: impl std::fmt::Display) -> ReconcilerError {
-    ReconcilerError::Startup(e.to_string())
 }
 
 /// The instance's transactional id: `<group>.<instance_id>` for a named instance, else
@@ -660,6 +656,8 @@ pub async fn run(
     let mut parked = ParkedCount::default();
     parked.reassign(&store, &owned)?;
     let mut batch_started = Instant::now();
+    // Set on every event: the handle is looked up once, not per event.
+    let uncommitted = metrics::gauge!("ponte_reconciler_uncommitted_events");
     let result: Result<(), ReconcilerError> = loop {
         if let Some(why) = assignment.failure() {
             break Err(ReconcilerError::Startup(format!(
@@ -703,7 +701,7 @@ pub async fn run(
             drop(tx);
             tx = Tx::new(&store);
             consumed = Consumed::default();
-            metrics::gauge!("ponte_reconciler_uncommitted_events").set(0.0);
+            uncommitted.set(0.0);
             generation = assignment.generation();
             owned = assignment.partition_numbers();
             parked.reassign(&store, &owned)?;
@@ -715,7 +713,7 @@ pub async fn run(
                     batch_started = Instant::now();
                 }
                 apply_message(&topology, &inputs, &mut tx, &mut consumed, &msg)?;
-                metrics::gauge!("ponte_reconciler_uncommitted_events").set(consumed.events as f64);
+                uncommitted.set(consumed.events as f64);
                 consumed.events >= cfg.batch_max
             }
             Some(Err(e)) => {
@@ -730,7 +728,7 @@ pub async fn run(
             if outcome == Outcome::Committed {
                 parked.add(delta);
             }
-            metrics::gauge!("ponte_reconciler_uncommitted_events").set(0.0);
+            uncommitted.set(0.0);
         }
     };
     if result.is_ok() && assignment.generation() == generation {

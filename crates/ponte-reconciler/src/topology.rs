@@ -165,6 +165,17 @@ pub fn partition_prefix(p: i32) -> Vec<u8> {
     format!("{p:04}/").into_bytes()
 }
 
+/// The input partition a full state key belongs to: the digits before its first `/`, as
+/// [`partition_prefix`] writes them; `None` for keys outside every partition (`meta/…`).
+pub fn key_partition(key: &[u8]) -> Option<i32> {
+    let slash = key.iter().position(|&b| b == b'/')?;
+    let digits = &key[..slash];
+    if digits.len() < 4 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
 /// Uncommitted state changes of a batch, readable before the commit.
 ///
 /// A transaction is scoped to one input partition at a time ([`Tx::set_partition`]): the
@@ -1262,12 +1273,10 @@ pub fn parked_delta(base: &dyn Kv, writes: &Writes) -> Result<BTreeMap<i32, i64>
 /// The partition of a parked health record's key (the full key, partition prefix included);
 /// `None` for every other key.
 fn parked_partition(full_key: &[u8]) -> Option<i32> {
-    let slash = full_key.iter().position(|&b| b == b'/')?;
-    let (p, rest) = full_key.split_at(slash);
-    if !rest[1..].starts_with(b"k/") || !p.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(p).ok()?.parse().ok()
+    let p = key_partition(full_key)?;
+    full_key[partition_prefix(p).len()..]
+        .starts_with(b"k/")
+        .then_some(p)
 }
 
 /// Parked health records of the partitions `partitions`: (identifier, event).
