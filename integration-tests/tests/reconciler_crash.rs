@@ -86,3 +86,69 @@ async fn kill_9_at_random_points_ends_in_the_view_of_an_uninterrupted_run() {
     assert!(crashing.terminate().success());
     assert!(reference.terminate().success());
 }
+
+/// A read model that fails (here its first batch, refused as a failing store would refuse it:
+/// `PONTE_TEST_READ_MODEL_FAULT`) turns readiness to 503 and every read to `UNAVAILABLE`,
+/// instead of answering from a store that no longer follows the changes topic; the write path
+/// goes on publishing views.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_read_model_turns_readiness_to_503_and_refuses_reads() {
+    use ponte_integration_tests::workload::nis;
+    use ponte_proto::compliance::v1::GetPersonRequest;
+
+    let stack = ponte_integration_tests::Stack::new("readfail");
+    assert!(stack.ponte(&["topics", "ensure"]).0.success());
+    let mut reconciler = stack.spawn_instance(
+        "reconciler",
+        "reconciler",
+        &[("PONTE_TEST_READ_MODEL_FAULT", "1".to_owned())],
+    );
+    wait_ready(&mut reconciler).await;
+    let ready = format!("http://127.0.0.1:{}/health/ready", reconciler.admin_port());
+    let get = |n: String| {
+        let stack = &stack;
+        async move {
+            let mut client = stack.grpc().await.unwrap();
+            client.get_person(GetPersonRequest { nis: n }).await
+        }
+    };
+    // Before any change the read path answers (nothing known yet).
+    assert_eq!(get(nis(0)).await.unwrap_err().code(), tonic::Code::NotFound);
+
+    produce(&stack, &workload(0..1)).await;
+    let body = eventually(
+        "readiness 503 after the read model failed",
+        Duration::from_secs(60),
+        || async {
+            let r = reqwest::get(&ready).await.ok()?;
+            (r.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE).then_some(())?;
+            r.text().await.ok()
+        },
+    )
+    .await;
+    assert!(body.contains("read model failed"), "{body}");
+    let refused = get(nis(0)).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert_eq!(
+        ponte_integration_tests::metric(
+            reconciler.admin_port(),
+            "ponte_reconciler_read_model_failed",
+            &[]
+        )
+        .await,
+        1.0
+    );
+    // The write path still publishes the person's view.
+    let changes = ponte_integration_tests::read_topic(
+        &stack.topic("compliance.changes.v1"),
+        1,
+        Duration::from_secs(30),
+    );
+    assert!(
+        changes
+            .iter()
+            .any(|(k, _)| k.as_slice() == format!("person:{}", nis(0)).as_bytes()),
+        "no view of the person on the changes topic"
+    );
+    reconciler.assert_running();
+}

@@ -15,6 +15,7 @@ use ponte_proto::compliance::v1::{
 };
 use ponte_proto::events::v1::{DeadLetter, Event, PersonProfile, event::Record};
 use prost::Message as _;
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
 
@@ -285,7 +286,9 @@ async fn three_sectors_meet_in_one_view() {
 
     // What the reconciler cannot apply is dead-lettered with record id, source and reason:
     // a profile written straight to the registry topic with a municipality that fails its
-    // check digit, and bytes that are no event at all.
+    // check digit, bytes that are no event at all, a well-formed event whose header names a
+    // schema the topic does not carry, and bytes on one of the reconciler's own repartition
+    // topics that are no repartition message.
     let bad = Event {
         record_id: "registry:bad-municipality".to_owned(),
         version: 1,
@@ -315,11 +318,70 @@ async fn three_sectors_meet_in_one_view() {
             .map_err(|(e, _)| e)
             .unwrap();
     }
+    let mut future = bad.clone();
+    future.record_id = "registry:future-schema".to_owned();
+    if let Some(Record::PersonProfile(p)) = future.record.as_mut() {
+        p.municipality = "3550308".to_owned();
+    }
+    let future_payload = future.encode_to_vec();
+    producer
+        .send(
+            FutureRecord::to(&registry)
+                .key(CHILD)
+                .payload(&future_payload)
+                .headers(OwnedHeaders::new().insert(Header {
+                    key: "ponte-schema",
+                    value: Some("ponte.events.v2"),
+                })),
+            Duration::from_secs(30),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+    let members = stack.topic(&format!("reconciler.{}reconciler.members.v1", stack.prefix));
+    producer
+        .send(
+            FutureRecord::to(&members)
+                .key(FAMILY)
+                .payload(b"\xff\xff no member outcomes"),
+            Duration::from_secs(30),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
     let letters: Vec<DeadLetter> =
-        read_topic(&stack.topic("deadletter.v1"), 2, Duration::from_secs(60))
+        read_topic(&stack.topic("deadletter.v1"), 4, Duration::from_secs(60))
             .iter()
             .map(|(_, v)| DeadLetter::decode(v.as_slice()).unwrap())
             .collect();
+    // Not decoded as what it does not claim to be: kept whole, with the schema it named.
+    let unknown = letters
+        .iter()
+        .find(|l| l.error_type == "unknown_schema")
+        .unwrap_or_else(|| panic!("no dead letter for the unknown schema: {letters:?}"));
+    assert!(
+        unknown.position.starts_with(&registry),
+        "{}",
+        unknown.position
+    );
+    assert!(
+        unknown.reason.contains("ponte.events.v2"),
+        "{}",
+        unknown.reason
+    );
+    assert_eq!(unknown.original, future_payload);
+    let internal = letters
+        .iter()
+        .find(|l| l.position.starts_with(&members))
+        .unwrap_or_else(|| panic!("no dead letter from {members}: {letters:?}"));
+    assert_eq!(
+        (
+            internal.error_type.as_str(),
+            internal.source_system.as_str()
+        ),
+        ("malformed", "reconciler"),
+        "{internal:?}"
+    );
     let invalid = letters
         .iter()
         .find(|l| l.record_id == "registry:bad-municipality")

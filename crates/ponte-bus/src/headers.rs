@@ -40,6 +40,12 @@ impl EventHeaders {
             })
     }
 
+    /// The value of one header of a consumed message, without copying it; `None` when the
+    /// message has no such header (or it has no value).
+    pub fn value<'a, H: Headers>(headers: Option<&'a H>, key: &str) -> Option<&'a [u8]> {
+        headers?.iter().find(|h| h.key == key).and_then(|h| h.value)
+    }
+
     /// Reads Ponte headers back from a consumed message; missing ones are empty.
     pub fn from_kafka<H: Headers>(headers: Option<&H>) -> Self {
         let mut out = EventHeaders {

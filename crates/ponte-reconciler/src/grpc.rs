@@ -32,20 +32,23 @@ use crate::ReconcilerError;
 use crate::{readmodel, topology};
 
 /// Serves the compliance view: persons, families, lists and indicators from the read model,
-/// parked records from the local partitioned state.
+/// parked records from the local partitioned state (`state`, of which `assignment` tells the
+/// partitions currently owned).
 #[derive(Debug, Clone)]
 pub struct ComplianceApi {
     /// The read model (see [`crate::readmodel`]).
-    read: Store,
+    pub read: Store,
     /// The local partitioned state (only for ListParked).
-    state: Store,
+    pub state: Store,
     /// The input partitions this instance owns (whose parked records ListParked reports).
-    assignment: Assignment,
-    rules: RuleSet,
-    kafka: KafkaConfig,
-    changes_topic: String,
+    pub assignment: Assignment,
+    pub rules: RuleSet,
+    pub kafka: KafkaConfig,
+    pub changes_topic: String,
     /// Who may call what, and see where (docs/security.md).
-    gate: Arc<Gate>,
+    pub gate: Arc<Gate>,
+    /// Whether the read model can be trusted: reads are refused once it failed.
+    pub path: readmodel::ReadPath,
 }
 
 type ItemStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -151,25 +154,14 @@ fn visible_family(
 }
 
 impl ComplianceApi {
-    /// `read`: the read model's store; `state`: the store of this instance's partitions, of
-    /// which `assignment` tells the ones currently owned.
-    pub fn new(
-        read: Store,
-        state: Store,
-        assignment: Assignment,
-        rules: RuleSet,
-        kafka: KafkaConfig,
-        changes_topic: String,
-        gate: Arc<Gate>,
-    ) -> Self {
-        Self {
-            read,
-            state,
-            assignment,
-            rules,
-            kafka,
-            changes_topic,
-            gate,
+    /// `UNAVAILABLE` once the read model failed: what it holds may be stale.
+    fn check_read_path(&self) -> Result<(), Status> {
+        match self.path.failure() {
+            None => Ok(()),
+            Some(_) => Err(Status::unavailable(
+                "the read model of this instance failed and its answers could be stale; \
+                 ask another instance",
+            )),
         }
     }
 
@@ -178,7 +170,8 @@ impl ComplianceApi {
         &self,
         f: impl FnOnce(&Store) -> Result<T, ReconcilerError> + Send + 'static,
     ) -> Result<T, Status> {
-        Self::blocking(self.read.clone(), f).await
+        self.check_read_path()?;
+        self.blocking(self.read.clone(), f).await
     }
 
     /// Runs a read of the local state off the async runtime.
@@ -186,10 +179,12 @@ impl ComplianceApi {
         &self,
         f: impl FnOnce(&Store) -> Result<T, ReconcilerError> + Send + 'static,
     ) -> Result<T, Status> {
-        Self::blocking(self.state.clone(), f).await
+        self.blocking(self.state.clone(), f).await
     }
 
+    /// A store that errs on a read is not trusted again: the read path is marked failed.
     async fn blocking<T: Send + 'static>(
+        &self,
         store: Store,
         f: impl FnOnce(&Store) -> Result<T, ReconcilerError> + Send + 'static,
     ) -> Result<T, Status> {
@@ -197,8 +192,8 @@ impl ComplianceApi {
             .await
             .map_err(|e| Status::internal(format!("reading the view: {e}")))?
             .map_err(|e| {
-                tracing::error!(error = %e, "reading the view failed");
-                Status::internal("reading the view failed")
+                self.path.fail(format!("a read of the store failed: {e}"));
+                Status::unavailable("reading the view failed; ask another instance")
             })
     }
 }
@@ -327,6 +322,7 @@ impl ComplianceService for ComplianceApi {
         request: Request<WatchChangesRequest>,
     ) -> Result<Response<Self::WatchChangesStream>, Status> {
         let admitted = admit(&self.gate, &request, Rpc::WatchChanges)?;
+        self.check_read_path()?;
         // One stream slot of the principal for the stream's whole life.
         let stream_slot = self
             .gate

@@ -19,8 +19,13 @@
 //! offset of every partition read, so after a restart the read model resumes exactly where it
 //! stopped. A view is replaced only by a higher `view_version`: redeliveries, and versions
 //! re-emitted by the new owner of a partition, change nothing.
+//!
+//! When the read model fails — a batch cannot be written, a read of its store errs — it is
+//! marked failed ([`ReadPath`]): readiness turns to 503 and every read is answered
+//! `UNAVAILABLE`, rather than answering from a store that no longer follows the changes topic.
+//! The write path goes on; a restart of the process opens the store again and resumes.
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ponte_bus::KafkaConfig;
@@ -37,6 +42,53 @@ use tokio_util::sync::CancellationToken;
 
 use crate::ReconcilerError;
 use crate::topology::Kv;
+
+/// Whether the read path can be trusted: once failed, it stays failed until the process
+/// restarts (a store that refused a write or a read is not trusted again in place).
+#[derive(Debug, Clone, Default)]
+pub struct ReadPath {
+    failure: Arc<Mutex<Option<String>>>,
+}
+
+impl ReadPath {
+    /// Marks the read path failed (the first reason is kept), counted and logged once.
+    pub fn fail(&self, reason: impl Into<String>) {
+        let reason = reason.into();
+        let mut failure = self
+            .failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if failure.is_none() {
+            tracing::error!(
+                reason = %ponte_runtime::telemetry::mask_ids_in(&reason),
+                "read model failed: readiness is 503 and reads are refused until a restart"
+            );
+            metrics::gauge!("ponte_reconciler_read_model_failed").set(1.0);
+            metrics::gauge!("ponte_reconciler_read_model_caught_up").set(0.0);
+            *failure = Some(reason);
+        }
+    }
+
+    /// Why the read path failed, if it did.
+    pub fn failure(&self) -> Option<String> {
+        self.failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// A test-only fault: `PONTE_TEST_READ_MODEL_FAULT=<n>` makes the read model's `n`-th batch
+/// fail as a store that refuses a write would (for the readiness tests; never set it in a
+/// deployment).
+fn injected_fault() -> Result<Option<u64>, ReconcilerError> {
+    match std::env::var("PONTE_TEST_READ_MODEL_FAULT") {
+        Err(_) => Ok(None),
+        Ok(n) => n.parse().map(Some).map_err(|_| {
+            ReconcilerError::Startup(format!("PONTE_TEST_READ_MODEL_FAULT: {n:?} is not a count"))
+        }),
+    }
+}
 
 /// One consumed change record: partition, offset, key, payload (`None`: a tombstone).
 pub type ChangeRecord = (i32, i64, String, Option<Vec<u8>>);
@@ -536,8 +588,27 @@ pub async fn run(
     topic: String,
     store: Store,
     caught_up: tokio::sync::watch::Sender<bool>,
+    path: ReadPath,
     shutdown: CancellationToken,
 ) -> Result<(), ReconcilerError> {
+    metrics::gauge!("ponte_reconciler_read_model_failed").set(0.0);
+    let result = follow(kafka, topic, store, caught_up, shutdown).await;
+    if let Err(e) = &result {
+        path.fail(format!(
+            "the read model stopped following the changes topic: {e}"
+        ));
+    }
+    result
+}
+
+async fn follow(
+    kafka: KafkaConfig,
+    topic: String,
+    store: Store,
+    caught_up: tokio::sync::watch::Sender<bool>,
+    shutdown: CancellationToken,
+) -> Result<(), ReconcilerError> {
+    let mut fault = injected_fault()?;
     let consumer: StreamConsumer = kafka
         .client_config("ponte-reconciler-read")
         // Required by librdkafka for a consumer; never joined (partitions are assigned).
@@ -634,6 +705,15 @@ pub async fn run(
                         break;
                     }
                     Err(_) => break,
+                }
+            }
+            if let Some(n) = fault.as_mut() {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    return Err(ReconcilerError::Startup(
+                        "injected fault (PONTE_TEST_READ_MODEL_FAULT): the store refused the batch"
+                            .to_owned(),
+                    ));
                 }
             }
             let positions: Vec<(i32, i64)> = records.iter().map(|r| (r.0, r.1 + 1)).collect();

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use ponte_bus::consume::{PartitionSetup, group_consumer};
+use ponte_bus::headers::EventHeaders;
 use ponte_bus::{KafkaConfig, Topic, TopicsConfig};
 use ponte_domain::period::Month;
 use ponte_domain::rules::RuleSet;
@@ -181,7 +182,23 @@ fn apply_message(
     };
     tx.set_partition(msg.partition());
     let payload = msg.payload().unwrap_or_default();
-    let (applied, event) = if payload.is_empty() {
+    // A message without the header is read as its topic's schema (tools that produce by hand
+    // rarely set headers); one that names another schema is not guessed at.
+    let schema = EventHeaders::value(msg.headers(), ponte_bus::headers::SCHEMA)
+        .filter(|s| *s != input.schema().as_bytes());
+    let (applied, event) = if let Some(schema) = schema {
+        (
+            Applied::Invalid(Unapplicable::of_event(
+                "unknown_schema",
+                format!(
+                    "schema {:?} on a topic of {}",
+                    String::from_utf8_lossy(schema),
+                    input.schema()
+                ),
+            )),
+            None,
+        )
+    } else if payload.is_empty() {
         (
             Applied::Invalid(Unapplicable::of_event("malformed", "empty payload")),
             None,
@@ -338,12 +355,21 @@ fn transactional_id(cfg: &ReconcilerConfig) -> Result<String, ReconcilerError> {
     Ok(id)
 }
 
+/// Whether the read model may answer: not once it failed, nor before it caught up.
+fn read_state(path: &crate::readmodel::ReadPath, caught_up: bool) -> Result<(), String> {
+    match path.failure() {
+        Some(why) => Err(format!("read model failed, reads refused: {why}")),
+        None if !caught_up => Err("read model catching up with the changes topic".to_owned()),
+        None => Ok(()),
+    }
+}
+
 fn refresh_gauges(
     store: &Store,
     read: &Store,
     assignment: &ponte_bus::consume::Assignment,
     readiness: &Readiness,
-    read_model_ready: bool,
+    read_model: Result<(), String>,
     parked: &ParkedCount,
     topic_count: usize,
 ) {
@@ -399,8 +425,8 @@ fn refresh_gauges(
         readiness.set_not_ready(
             "assignment lacks some subscribed topics (not yet in the group leader's metadata)",
         );
-    } else if !read_model_ready {
-        readiness.set_not_ready("read model catching up with the changes topic");
+    } else if let Err(why) = read_model {
+        readiness.set_not_ready(why);
     } else {
         readiness.set_ready();
     }
@@ -538,11 +564,13 @@ pub async fn run(
     // The read model: every instance follows the whole changes topic, so it can answer for
     // every person and family, whichever instance owns their partition.
     let (caught_up_tx, caught_up) = tokio::sync::watch::channel(false);
+    let read_path = crate::readmodel::ReadPath::default();
     let read_task = tokio::spawn(crate::readmodel::run(
         kafka.clone(),
         routes.changes().to_owned(),
         read.clone(),
         caught_up_tx,
+        read_path.clone(),
         shutdown.clone(),
     ));
 
@@ -606,15 +634,16 @@ pub async fn run(
         Duration::from_secs(access.reload_check_secs.max(1)),
         shutdown.clone(),
     );
-    let api = ComplianceServiceServer::new(ComplianceApi::new(
-        read.clone(),
-        store.clone(),
-        assignment.clone(),
-        topology.rules().clone(),
-        kafka.clone(),
-        routes.changes().to_owned(),
-        Arc::clone(&gate),
-    ))
+    let api = ComplianceServiceServer::new(ComplianceApi {
+        read: read.clone(),
+        state: store.clone(),
+        assignment: assignment.clone(),
+        rules: topology.rules().clone(),
+        kafka: kafka.clone(),
+        changes_topic: routes.changes().to_owned(),
+        gate: Arc::clone(&gate),
+        path: read_path.clone(),
+    })
     // Requests are a NIS, a code or a page token: nothing legitimate comes near this.
     .max_decoding_message_size(MAX_GRPC_REQUEST_BYTES);
     health
@@ -670,7 +699,7 @@ pub async fn run(
                 &read,
                 &assignment,
                 &readiness,
-                *caught_up.borrow(),
+                read_state(&read_path, *caught_up.borrow()),
                 &parked,
                 inputs.by_topic.len(),
             );

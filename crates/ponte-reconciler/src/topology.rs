@@ -152,12 +152,13 @@ impl OutputKind {
         match self {
             OutputKind::Change | OutputKind::Alert => "ponte.compliance.v1",
             OutputKind::DeadLetter => ponte_proto::EVENTS_SCHEMA,
-            OutputKind::Crosswalk | OutputKind::HealthByNis | OutputKind::Member => {
-                "ponte.reconciler"
-            }
+            OutputKind::Crosswalk | OutputKind::HealthByNis | OutputKind::Member => INTERNAL_SCHEMA,
         }
     }
 }
+
+/// The `ponte-schema` header of the reconciler's repartition messages.
+pub const INTERNAL_SCHEMA: &str = "ponte.reconciler";
 
 /// The key prefix of partition `p`'s state: every key of the state of one input partition
 /// starts with it, so a partition's state can be dropped, restored or handed over as a whole.
@@ -342,6 +343,16 @@ impl Input {
     /// True for the reconciler's own repartition topics, whose payloads are not `Event`s.
     pub fn is_internal(self) -> bool {
         matches!(self, Input::Crosswalk | Input::HealthByNis | Input::Members)
+    }
+
+    /// The `ponte-schema` header its messages carry: what the payload is encoded as (one
+    /// definition with the header written on outputs, [`OutputKind::schema`]).
+    pub fn schema(self) -> &'static str {
+        if self.is_internal() {
+            INTERNAL_SCHEMA
+        } else {
+            ponte_proto::EVENTS_SCHEMA
+        }
     }
 
     /// The protobuf message type of the topic's payloads.
