@@ -10,17 +10,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         root.join("ponte/events/v1/events.proto"),
         root.join("ponte/compliance/v1/compliance.proto"),
+        root.join("ponte/reconciler/v1/reconciler.proto"),
     ];
     for file in &files {
         println!("cargo:rerun-if-changed={}", file.display());
     }
     let fds = protox::compile(&files, [&root])?;
 
-    // The encoded descriptor set is embedded for gRPC server reflection.
+    // The encoded descriptor set is embedded for gRPC server reflection: the public contract
+    // only, not the reconciler's internal formats.
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    let mut public = fds.clone();
+    public.file.retain(|f| f.package() != "ponte.reconciler.v1");
     std::fs::write(
         out.join("ponte_descriptor.bin"),
-        prost::Message::encode_to_vec(&fds),
+        prost::Message::encode_to_vec(&public),
     )?;
 
     tonic_prost_build::configure()

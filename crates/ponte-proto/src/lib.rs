@@ -18,11 +18,23 @@ pub mod compliance {
     }
 }
 
-/// Encoded `FileDescriptorSet` of every Ponte proto, for gRPC server reflection.
+/// The reconciler's internal wire formats (`ponte.reconciler.v1`): repartition messages and
+/// the digests it keeps of published views.
+pub mod reconciler {
+    pub mod v1 {
+        tonic::include_proto!("ponte.reconciler.v1");
+    }
+}
+
+/// Encoded `FileDescriptorSet` of Ponte's public protos (events and the compliance API), for
+/// gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/ponte_descriptor.bin"));
 
 /// Schema name carried in the `ponte-schema` Kafka header.
 pub const EVENTS_SCHEMA: &str = "ponte.events.v1";
+
+/// The `ponte-schema` header of the reconciler's repartition messages.
+pub const RECONCILER_SCHEMA: &str = "ponte.reconciler.v1";
 
 pub use prost_types::Timestamp;

@@ -185,7 +185,7 @@ fn apply_message(
     // A message without the header is read as its topic's schema (tools that produce by hand
     // rarely set headers); one that names another schema is not guessed at.
     let schema = EventHeaders::value(msg.headers(), ponte_bus::headers::SCHEMA)
-        .filter(|s| *s != input.schema().as_bytes());
+        .filter(|s| !input.reads_schema(s));
     let (applied, event) = if let Some(schema) = schema {
         (
             Applied::Invalid(Unapplicable::of_event(

@@ -158,7 +158,10 @@ impl OutputKind {
 }
 
 /// The `ponte-schema` header of the reconciler's repartition messages.
-pub const INTERNAL_SCHEMA: &str = "ponte.reconciler";
+pub const INTERNAL_SCHEMA: &str = ponte_proto::RECONCILER_SCHEMA;
+/// What repartition messages written before `proto/ponte/reconciler/v1` carried: the same
+/// encoding under another name, still read.
+const INTERNAL_SCHEMA_UNVERSIONED: &str = "ponte.reconciler";
 
 /// The key prefix of partition `p`'s state: every key of the state of one input partition
 /// starts with it, so a partition's state can be dropped, restored or handed over as a whole.
@@ -355,6 +358,12 @@ impl Input {
         }
     }
 
+    /// Whether a message whose `ponte-schema` header is `schema` can be read from the topic.
+    pub fn reads_schema(self, schema: &[u8]) -> bool {
+        schema == self.schema().as_bytes()
+            || (self.is_internal() && schema == INTERNAL_SCHEMA_UNVERSIONED.as_bytes())
+    }
+
     /// The protobuf message type of the topic's payloads.
     pub fn message_type(self) -> &'static str {
         match self {
@@ -363,9 +372,9 @@ impl Input {
             | Input::Health
             | Input::AssistancePerson
             | Input::AssistanceFamily => "ponte.events.v1.Event",
-            Input::Crosswalk => "ponte.reconciler.CrosswalkChange",
-            Input::HealthByNis => "ponte.reconciler.HealthByNis",
-            Input::Members => "ponte.reconciler.MemberOutcomes",
+            Input::Crosswalk => "ponte.reconciler.v1.CrosswalkChange",
+            Input::HealthByNis => "ponte.reconciler.v1.HealthByNis",
+            Input::Members => "ponte.reconciler.v1.MemberOutcomes",
         }
     }
 }
@@ -428,93 +437,9 @@ impl Applied {
     }
 }
 
-/// `crosswalk.v1`: a person's live profile started (`carried`) or stopped carrying an
-/// alternate identifier. Keyed by the identifier's digits, like the health records.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct CrosswalkChange {
-    /// `cns:<digits>` or `cpf:<digits>`.
-    #[prost(string, tag = "1")]
-    pub alt: String,
-    #[prost(string, tag = "2")]
-    pub nis: String,
-    #[prost(bool, tag = "3")]
-    pub carried: bool,
-    /// Ingest time of the registry event behind the change.
-    #[prost(message, optional, tag = "4")]
-    pub at: Option<Timestamp>,
-}
-
-/// `health-by-nis.v1`: a health record applied to a NIS (`event` set) or withdrawn from it
-/// (`event` unset, `withdraw_record_id` set) because its identifier moved. Keyed by NIS.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct HealthByNis {
-    #[prost(string, tag = "1")]
-    pub nis: String,
-    /// The identifier the record arrived as (`cns:…`, `cpf:…`, `nis:…`).
-    #[prost(string, tag = "2")]
-    pub arrived_as: String,
-    #[prost(message, optional, tag = "3")]
-    pub event: Option<Event>,
-    #[prost(string, tag = "4")]
-    pub withdraw_record_id: String,
-    #[prost(message, optional, tag = "5")]
-    pub at: Option<Timestamp>,
-}
-
-/// `members.v1`: a person joined a family or their non-compliant outcomes changed (`member`,
-/// with those outcomes, evidence left out: the family evaluation reads only who, which
-/// conditionality and period, and whose benefit is affected), or they left it. Keyed by family
-/// id.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct MemberOutcomes {
-    #[prost(string, tag = "1")]
-    pub family_id: String,
-    #[prost(string, tag = "2")]
-    pub nis: String,
-    #[prost(bool, tag = "3")]
-    pub member: bool,
-    /// The member's non-compliant outcomes (`ponte_domain::outcome::Outcome`, JSON array).
-    #[prost(bytes = "vec", tag = "4")]
-    pub outcomes_json: Vec<u8>,
-    #[prost(message, optional, tag = "5")]
-    pub at: Option<Timestamp>,
-}
-
-/// `d/p/<nis>`: what the person stage keeps of the last view it published — enough to number
-/// the next one, to tell whether it changed and to derive alerts and member messages — instead
-/// of the whole view (which goes out on `compliance.changes.v1` and lives in the read model).
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct PersonDigest {
-    #[prost(uint64, tag = "1")]
-    pub view_version: u64,
-    /// [`view_hash`] of the view.
-    #[prost(fixed64, tag = "2")]
-    pub hash: u64,
-    #[prost(string, tag = "3")]
-    pub family_id: String,
-    #[prost(message, repeated, tag = "4")]
-    pub non_compliant: Vec<NonCompliant>,
-}
-
-/// A non-compliant outcome as the family stage and the alerts read it.
-#[derive(Clone, PartialEq, Eq, prost::Message)]
-pub struct NonCompliant {
-    #[prost(string, tag = "1")]
-    pub conditionality: String,
-    #[prost(string, tag = "2")]
-    pub period: String,
-    #[prost(string, tag = "3")]
-    pub effects: String,
-}
-
-/// `d/f/<family id>`: the family stage's digest of the last family view it published.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct FamilyDigest {
-    #[prost(uint64, tag = "1")]
-    pub view_version: u64,
-    #[prost(fixed64, tag = "2")]
-    pub hash: u64,
-}
+pub use ponte_proto::reconciler::v1::{
+    CrosswalkChange, FamilyDigest, HealthByNis, MemberOutcomes, NonCompliant, PersonDigest,
+};
 
 /// The records of one person as persisted.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -1748,5 +1673,57 @@ fn family_view(
         view_version: 0,
         updated_time: None,
         effects_json: serde_json::to_string(effects).unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// Repartition messages already on the bus when the formats moved into
+    /// `proto/ponte/reconciler/v1` (hand-written prost structs before) still decode: the bytes
+    /// below are what the old `MemberOutcomes` and `CrosswalkChange` encoded.
+    #[test]
+    fn messages_written_before_the_proto_definitions_still_decode() {
+        let member = [
+            0x0a, 0x02, b'f', b'1', // family_id = "f1"
+            0x12, 0x01, b'7', // nis = "7"
+            0x18, 0x01, // member = true
+            0x22, 0x02, b'[', b']', // outcomes_json = "[]"
+        ];
+        let m = MemberOutcomes::decode(member.as_slice()).unwrap();
+        assert_eq!(
+            (m.family_id.as_str(), m.nis.as_str(), m.member),
+            ("f1", "7", true)
+        );
+        assert_eq!(m.outcomes_json, b"[]");
+        let crosswalk = [
+            0x0a, 0x05, b'c', b'n', b's', b':', b'1', 0x12, 0x01, b'7', 0x18, 0x01,
+        ];
+        let c = CrosswalkChange::decode(crosswalk.as_slice()).unwrap();
+        assert_eq!(
+            (c.alt.as_str(), c.nis.as_str(), c.carried),
+            ("cns:1", "7", true)
+        );
+    }
+
+    #[test]
+    fn a_topic_reads_its_own_schema_and_repartition_topics_also_the_unversioned_name() {
+        assert!(Input::Registry.reads_schema(b"ponte.events.v1"));
+        assert!(!Input::Registry.reads_schema(b"ponte.events.v2"));
+        assert!(!Input::Registry.reads_schema(b"ponte.reconciler"));
+        for internal in [Input::Crosswalk, Input::HealthByNis, Input::Members] {
+            assert!(internal.reads_schema(b"ponte.reconciler.v1"));
+            assert!(internal.reads_schema(b"ponte.reconciler"));
+            assert!(!internal.reads_schema(b"ponte.events.v1"));
+        }
+        for kind in [
+            OutputKind::Crosswalk,
+            OutputKind::HealthByNis,
+            OutputKind::Member,
+        ] {
+            assert_eq!(kind.schema(), "ponte.reconciler.v1");
+        }
     }
 }
