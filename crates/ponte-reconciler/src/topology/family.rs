@@ -1,0 +1,130 @@
+//! Stage 3, families (keyed by family id): the members' outcomes, follow-up, appeals and the
+//! effects ladder.
+use super::*;
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(super) struct FamilyDoc {
+    records: Vec<FamilyRecord>,
+}
+
+/// The members of a family with their latest non-compliant outcomes, as the members topic
+/// delivered them.
+pub(super) type Members = BTreeMap<String, Vec<Outcome>>;
+
+impl Topology {
+    // ---- families (keyed by family id) ------------------------------------------------------
+
+    pub(super) fn apply_member(
+        &self,
+        tx: &mut Tx<'_>,
+        m: &MemberOutcomes,
+    ) -> Result<Applied, ReconcilerError> {
+        if let Err(e) = Nis::parse(&m.nis) {
+            return Ok(invalid("nis", e));
+        }
+        let fid = FamilyId(m.family_id.clone());
+        let k = key(&["fm", fid.as_str()]);
+        let mut members: Members = tx.get_json(&k)?.unwrap_or_default();
+        if m.member {
+            let outcomes: Vec<Outcome> = match serde_json::from_slice(&m.outcomes_json) {
+                Ok(o) => o,
+                Err(e) => return Ok(invalid("outcomes_json", e)),
+            };
+            if members.get(&m.nis) == Some(&outcomes) {
+                return Ok(Applied::Unchanged);
+            }
+            members.insert(m.nis.clone(), outcomes);
+        } else if members.remove(&m.nis).is_none() {
+            return Ok(Applied::Unchanged);
+        }
+        if members.is_empty() {
+            tx.delete(k);
+        } else {
+            tx.put_json(k, &members)?;
+        }
+        self.refresh_family(tx, &fid, m.at)?;
+        Ok(Applied::Changed)
+    }
+
+    pub(super) fn apply_family_record(
+        &self,
+        tx: &mut Tx<'_>,
+        record: FamilyRecord,
+        at: Option<Timestamp>,
+    ) -> Result<Applied, ReconcilerError> {
+        let fid = match &record {
+            FamilyRecord::FollowUp(r) => r.family_id.clone(),
+            FamilyRecord::Appeal(r) => r.family_id.clone(),
+        };
+        let (mut state, _) = self.load_family(tx, &fid)?;
+        let applied = state
+            .apply(record)
+            .map_err(|e| ReconcilerError::Misrouted(e.to_string()))?;
+        if !applied.changed() {
+            return Ok(Applied::Unchanged);
+        }
+        let mut records: Vec<FamilyRecord> = state
+            .follow_ups
+            .entries()
+            .cloned()
+            .map(FamilyRecord::FollowUp)
+            .collect();
+        records.extend(state.appeals.entries().cloned().map(FamilyRecord::Appeal));
+        tx.put_json(key(&["f", fid.as_str()]), &FamilyDoc { records })?;
+        self.refresh_family(tx, &fid, at)?;
+        Ok(Applied::Changed)
+    }
+
+    pub(super) fn load_family(
+        &self,
+        tx: &Tx<'_>,
+        fid: &FamilyId,
+    ) -> Result<(FamilyState, FamilyDoc), ReconcilerError> {
+        let doc: FamilyDoc = tx.get_json(&key(&["f", fid.as_str()]))?.unwrap_or_default();
+        let mut state = FamilyState::new(fid.clone());
+        for r in &doc.records {
+            let _ = state.apply(r.clone());
+        }
+        Ok((state, doc))
+    }
+
+    pub(super) fn refresh_family(
+        &self,
+        tx: &mut Tx<'_>,
+        fid: &FamilyId,
+        at: Option<Timestamp>,
+    ) -> Result<(), ReconcilerError> {
+        let (state, _) = self.load_family(tx, fid)?;
+        let members: Members = tx
+            .get_json(&key(&["fm", fid.as_str()]))?
+            .unwrap_or_default();
+        let names: BTreeSet<String> = members.keys().cloned().collect();
+        let outcomes: Vec<Outcome> = members.into_values().flatten().collect();
+        let effects = self.rules.evaluate_family(&state, &outcomes);
+        let mut view = family_view(fid, &names, &effects, &outcomes);
+        let hash = view_hash(&view); // a fresh view: its counters are clear
+        let (old, legacy) = family_digest(tx, fid.as_str())?;
+        if old.as_ref().is_some_and(|o| o.hash == hash) {
+            return Ok(());
+        }
+        view.view_version = old.as_ref().map_or(0, |o| o.view_version) + 1;
+        view.updated_time = at;
+        let digest = FamilyDigest {
+            view_version: view.view_version,
+            hash,
+        };
+        tx.emit(
+            OutputKind::Change,
+            format!("family:{fid}"),
+            api::ComplianceChange {
+                view: Some(api::compliance_change::View::Family(view)),
+            }
+            .encode_to_vec(),
+        );
+        tx.put(key(&["d", "f", fid.as_str()]), digest.encode_to_vec());
+        if legacy {
+            tx.delete(key(&["v", "f", fid.as_str()]));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,361 @@
+//! The reconciliation topology, as a pure function of (state, event) → (state changes, outputs).
+//!
+//! Driven by the service's consumer loop with the RocksDB store as state, and by property tests
+//! with a map, so the guarantees are tested without a broker. Never reads the clock: the times
+//! written into views come from the events.
+//!
+//! Three stages, each keyed so that everything it joins is on one partition — the unit an
+//! instance owns, restores and hands over (Kafka Streams' sub-topologies):
+//!
+//! 1. **Identity** (keyed by CNS/CPF: the health topic and the group's `crosswalk.v1`): a
+//!    health record is forwarded, re-keyed by NIS, to `health-by-nis.v1` when the crosswalk
+//!    maps its identifier; otherwise it is parked (never dropped) until a profile claims the
+//!    identifier. A claim moves the records that arrived under it (withdrawn from the previous
+//!    holder), a release parks them again. Records that arrive with a NIS go straight through.
+//! 2. **Person** (keyed by NIS: registry, education, person-level assistance,
+//!    `health-by-nis.v1`): the person's records and view; a profile's identifiers go to
+//!    `crosswalk.v1` as claims and releases, and the person's outcomes to the family's
+//!    partition through `members.v1`.
+//! 3. **Family** (keyed by family id: family-level assistance, `members.v1`): the members'
+//!    outcomes, follow-up, appeals and the effects ladder.
+//!
+//! State layout (keys in the store's `state` column family, each under the prefix of its input
+//! partition, [`partition_prefix`]):
+//!
+//! | key | value |
+//! |---|---|
+//! | `x/<cns:…\|cpf:…>` | crosswalk: the NIS an alternate identifier belongs to |
+//! | `e/<alt>/<record id>` | a health record that arrived as `<alt>` and was forwarded (`Event`) |
+//! | `k/<alt>/<record id>` | a parked health record (`Event`) |
+//! | `p/<nis>` | the person's records (JSON: every entry, tombstones included) |
+//! | `xo/<nis>` | the alternate identifiers the person's profile currently carries (JSON) |
+//! | `d/p/<nis>` | digest of the person's last published view ([`PersonDigest`]) |
+//! | `f/<family id>` | the family's assistance records (JSON) |
+//! | `fm/<family id>` | the family's members and their non-compliant outcomes (JSON) |
+//! | `d/f/<family id>` | digest of the family's last published view ([`FamilyDigest`]) |
+//!
+//! Views go out on `compliance.changes.v1`; what answers queries is the read model built from
+//! that topic ([`crate::readmodel`]), so every instance can answer for every person.
+//!
+//! Files: this one routes an event to its stage; `identity.rs`, `person.rs` and `family.rs`
+//! are the stages; `state.rs` the epoch's view of the state ([`Tx`]) and its keys;
+//! `convert.rs` the mapping of wire records to domain records; `views.rs` the published views
+//! and the digests kept of them. The repartition messages and digests are defined in
+//! `proto/ponte/reconciler/v1`.
+use std::collections::{BTreeMap, BTreeSet};
+
+use ponte_domain::effects::{Effect as DomainEffect, FamilyEffects};
+use ponte_domain::ids::{Cns, Cpf, IbgeMunicipality, Inep, Nis};
+use ponte_domain::outcome::{Outcome, Status};
+use ponte_domain::period::{Date, Month, Period, Semester};
+use ponte_domain::records::{
+    self as dr, Appeal, AppealStatus, Attendance, FamilyFollowUp, FamilyId, FamilyRecord,
+    FamilyState, PersonRecord, PersonState, Pregnancy, Sex,
+};
+use ponte_domain::rules::{EffectScope, RuleSet};
+use ponte_proto::Timestamp;
+use ponte_proto::compliance::v1 as api;
+use ponte_proto::events::v1::{self as ev, Event, event::Record, health_follow_up::Subject};
+use prost::Message as _;
+use serde::{Deserialize, Serialize};
+
+use crate::ReconcilerError;
+
+pub use ponte_store::Entry;
+
+mod convert;
+mod family;
+mod identity;
+mod person;
+mod state;
+mod views;
+
+use convert::*;
+pub use state::*;
+use views::*;
+
+/// The input topics, by role. The first five are the shared input topics; the last three are
+/// the reconciler group's own repartition topics (see the module documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Input {
+    Registry,
+    Education,
+    Health,
+    AssistancePerson,
+    AssistanceFamily,
+    /// A person's profile claimed or released an alternate identifier (keyed by it).
+    Crosswalk,
+    /// A health record resolved to a NIS, or withdrawn from one (keyed by NIS).
+    HealthByNis,
+    /// A member's outcomes for the family view (keyed by family id).
+    Members,
+}
+
+impl Input {
+    /// True for the reconciler's own repartition topics, whose payloads are not `Event`s.
+    pub fn is_internal(self) -> bool {
+        matches!(self, Input::Crosswalk | Input::HealthByNis | Input::Members)
+    }
+
+    /// The `ponte-schema` header its messages carry: what the payload is encoded as (one
+    /// definition with the header written on outputs, [`OutputKind::schema`]).
+    pub fn schema(self) -> &'static str {
+        if self.is_internal() {
+            INTERNAL_SCHEMA
+        } else {
+            ponte_proto::EVENTS_SCHEMA
+        }
+    }
+
+    /// Whether a message whose `ponte-schema` header is `schema` can be read from the topic.
+    pub fn reads_schema(self, schema: &[u8]) -> bool {
+        schema == self.schema().as_bytes()
+            || (self.is_internal() && schema == INTERNAL_SCHEMA_UNVERSIONED.as_bytes())
+    }
+
+    /// The protobuf message type of the topic's payloads.
+    pub fn message_type(self) -> &'static str {
+        match self {
+            Input::Registry
+            | Input::Education
+            | Input::Health
+            | Input::AssistancePerson
+            | Input::AssistanceFamily => "ponte.events.v1.Event",
+            Input::Crosswalk => "ponte.reconciler.v1.CrosswalkChange",
+            Input::HealthByNis => "ponte.reconciler.v1.HealthByNis",
+            Input::Members => "ponte.reconciler.v1.MemberOutcomes",
+        }
+    }
+}
+
+/// What applying one event did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// The records held changed (views may or may not have changed).
+    Changed,
+    /// The event changed nothing (a duplicate or a lower version).
+    Unchanged,
+    /// A health record whose identifier is not in the crosswalk was parked.
+    Parked,
+    /// The event cannot be applied: it goes to the dead-letter topic with the reason
+    /// (`crate::service`), never silently dropped.
+    Invalid(Unapplicable),
+}
+
+/// Why an event cannot be applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unapplicable {
+    /// Low-cardinality class, as the adapters' dead letters have: `invalid_identifier`,
+    /// `invalid_period`, `invalid_value`, `malformed`, `unsupported`.
+    pub error_type: &'static str,
+    /// The field at fault; empty when no one field is.
+    pub field: String,
+    /// What is wrong, naming the rule that failed.
+    pub reason: String,
+}
+
+impl Unapplicable {
+    /// A fault of the event as a whole (no one field to blame).
+    pub fn of_event(error_type: &'static str, reason: impl Into<String>) -> Self {
+        Unapplicable {
+            error_type,
+            field: String::new(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Unapplicable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.field.is_empty() {
+            f.write_str(&self.reason)
+        } else {
+            write!(f, "{}: {}", self.field, self.reason)
+        }
+    }
+}
+
+impl Applied {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Applied::Changed => "changed",
+            Applied::Unchanged => "unchanged",
+            Applied::Parked => "parked",
+            Applied::Invalid(_) => "invalid",
+        }
+    }
+}
+
+pub use ponte_proto::reconciler::v1::{
+    CrosswalkChange, FamilyDigest, HealthByNis, MemberOutcomes, NonCompliant, PersonDigest,
+};
+
+/// The topology with its configuration: one rule set and the monitoring window.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    rules: RuleSet,
+    from: Month,
+    to: Month,
+}
+
+fn key(parts: &[&str]) -> Vec<u8> {
+    parts.join("/").into_bytes()
+}
+
+/// An event whose `field` breaks a rule; the class follows from the field.
+fn invalid(field: &str, e: impl std::fmt::Display) -> Applied {
+    let error_type = match field {
+        "nis" | "cns" | "cpf" | "municipality" | "inep_school_code" => "invalid_identifier",
+        "month" | "period" | "semester" => "invalid_period",
+        _ => "invalid_value",
+    };
+    Applied::Invalid(Unapplicable {
+        error_type,
+        field: field.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+fn malformed(reason: impl Into<String>) -> Applied {
+    Applied::Invalid(Unapplicable::of_event("malformed", reason))
+}
+
+/// The Kafka key of an alternate identifier (`cns:123` → `123`): the digits, as the health
+/// adapter keys the records, so both land on the same partition.
+fn alt_key(alt: &str) -> &str {
+    alt.split_once(':').map_or(alt, |(_, digits)| digits)
+}
+
+impl Topology {
+    /// `from..=to` is the monitoring window: every period overlapping it is evaluated.
+    pub fn new(rules: RuleSet, from: Month, to: Month) -> Self {
+        Self { rules, from, to }
+    }
+
+    pub fn rules(&self) -> &RuleSet {
+        &self.rules
+    }
+
+    /// Applies one event from a shared input topic to the state in `tx`, recording outputs.
+    pub fn apply(
+        &self,
+        tx: &mut Tx<'_>,
+        input: Input,
+        event: &Event,
+    ) -> Result<Applied, ReconcilerError> {
+        let at = event.ingest_time;
+        match (&event.record, input) {
+            (Some(Record::PersonProfile(p)), Input::Registry) => match profile(event, p) {
+                Ok(profile) => self.apply_profile(tx, profile, at),
+                Err(e) => Ok(e),
+            },
+            (Some(Record::SchoolAttendance(a)), Input::Education) => match school(event, a) {
+                Ok(r) => self.apply_person_record(tx, PersonRecord::School(r), None, at),
+                Err(e) => Ok(e),
+            },
+            (Some(Record::ScfvAttendance(a)), Input::AssistancePerson) => match scfv(event, a) {
+                Ok(r) => self.apply_person_record(tx, PersonRecord::Scfv(r), None, at),
+                Err(e) => Ok(e),
+            },
+            (Some(Record::HealthFollowUp(h)), Input::Health) => self.apply_health(tx, event, h),
+            (Some(Record::FamilyFollowUp(f)), Input::AssistanceFamily) => match follow_up(event, f)
+            {
+                Ok(r) => self.apply_family_record(tx, FamilyRecord::FollowUp(r), at),
+                Err(e) => Ok(e),
+            },
+            (Some(Record::Appeal(a)), Input::AssistanceFamily) => match appeal(event, a) {
+                Ok(r) => self.apply_family_record(tx, FamilyRecord::Appeal(r), at),
+                Err(e) => Ok(e),
+            },
+            (None, _) => Ok(malformed("event carries no record")),
+            (Some(_), input) => Ok(Applied::Invalid(Unapplicable::of_event(
+                "unsupported",
+                format!("record type not expected on the {input:?} topic"),
+            ))),
+        }
+    }
+
+    /// Applies one message of the reconciler's own repartition topics. Returns what it did and
+    /// the ingest time of the source event behind it.
+    pub fn apply_internal(
+        &self,
+        tx: &mut Tx<'_>,
+        input: Input,
+        payload: &[u8],
+    ) -> Result<(Applied, Option<Timestamp>), ReconcilerError> {
+        let undecodable = |e: prost::DecodeError| malformed(format!("undecodable: {e}"));
+        match input {
+            Input::Crosswalk => match CrosswalkChange::decode(payload) {
+                Ok(c) => Ok((self.apply_crosswalk(tx, &c)?, c.at)),
+                Err(e) => Ok((undecodable(e), None)),
+            },
+            Input::HealthByNis => match HealthByNis::decode(payload) {
+                Ok(h) => Ok((self.apply_health_by_nis(tx, &h)?, h.at)),
+                Err(e) => Ok((undecodable(e), None)),
+            },
+            Input::Members => match MemberOutcomes::decode(payload) {
+                Ok(m) => Ok((self.apply_member(tx, &m)?, m.at)),
+                Err(e) => Ok((undecodable(e), None)),
+            },
+            other => Ok((
+                Applied::Invalid(Unapplicable::of_event(
+                    "unsupported",
+                    format!("{other:?} is not an internal topic"),
+                )),
+                None,
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// Repartition messages already on the bus when the formats moved into
+    /// `proto/ponte/reconciler/v1` (hand-written prost structs before) still decode: the bytes
+    /// below are what the old `MemberOutcomes` and `CrosswalkChange` encoded.
+    #[test]
+    fn messages_written_before_the_proto_definitions_still_decode() {
+        let member = [
+            0x0a, 0x02, b'f', b'1', // family_id = "f1"
+            0x12, 0x01, b'7', // nis = "7"
+            0x18, 0x01, // member = true
+            0x22, 0x02, b'[', b']', // outcomes_json = "[]"
+        ];
+        let m = MemberOutcomes::decode(member.as_slice()).unwrap();
+        assert_eq!(
+            (m.family_id.as_str(), m.nis.as_str(), m.member),
+            ("f1", "7", true)
+        );
+        assert_eq!(m.outcomes_json, b"[]");
+        let crosswalk = [
+            0x0a, 0x05, b'c', b'n', b's', b':', b'1', 0x12, 0x01, b'7', 0x18, 0x01,
+        ];
+        let c = CrosswalkChange::decode(crosswalk.as_slice()).unwrap();
+        assert_eq!(
+            (c.alt.as_str(), c.nis.as_str(), c.carried),
+            ("cns:1", "7", true)
+        );
+    }
+
+    #[test]
+    fn a_topic_reads_its_own_schema_and_repartition_topics_also_the_unversioned_name() {
+        assert!(Input::Registry.reads_schema(b"ponte.events.v1"));
+        assert!(!Input::Registry.reads_schema(b"ponte.events.v2"));
+        assert!(!Input::Registry.reads_schema(b"ponte.reconciler"));
+        for internal in [Input::Crosswalk, Input::HealthByNis, Input::Members] {
+            assert!(internal.reads_schema(b"ponte.reconciler.v1"));
+            assert!(internal.reads_schema(b"ponte.reconciler"));
+            assert!(!internal.reads_schema(b"ponte.events.v1"));
+        }
+        for kind in [
+            OutputKind::Crosswalk,
+            OutputKind::HealthByNis,
+            OutputKind::Member,
+        ] {
+            assert_eq!(kind.schema(), "ponte.reconciler.v1");
+        }
+    }
+}

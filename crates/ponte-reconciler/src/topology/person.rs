@@ -1,0 +1,353 @@
+//! Stage 2, persons (keyed by NIS): the person's records, outcomes and view; the profile's
+//! identifiers to the crosswalk and the outcomes to the family's partition.
+use super::*;
+
+/// The records of one person as persisted.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(super) struct PersonDoc {
+    records: Vec<PersonRecord>,
+    /// Record id → the identifier a health record arrived as (`cns:…`).
+    #[serde(default)]
+    health_arrived_as: BTreeMap<String, String>,
+}
+
+impl Topology {
+    // ---- persons (keyed by NIS) -------------------------------------------------------------
+
+    pub(super) fn load_person(
+        &self,
+        tx: &Tx<'_>,
+        nis: Nis,
+    ) -> Result<(PersonState, PersonDoc), ReconcilerError> {
+        let doc: PersonDoc = tx.get_json(&key(&["p", nis.as_str()]))?.unwrap_or_default();
+        let mut state = PersonState::new(nis);
+        for r in &doc.records {
+            // Records were checked against this NIS when first applied.
+            let _ = state.apply(r.clone());
+        }
+        Ok((state, doc))
+    }
+
+    pub(super) fn save_person(
+        &self,
+        tx: &mut Tx<'_>,
+        state: &PersonState,
+        doc: &mut PersonDoc,
+    ) -> Result<(), ReconcilerError> {
+        let mut records: Vec<PersonRecord> = Vec::new();
+        records.extend(state.profiles.entries().cloned().map(PersonRecord::Profile));
+        records.extend(state.school.entries().cloned().map(PersonRecord::School));
+        records.extend(state.scfv.entries().cloned().map(PersonRecord::Scfv));
+        records.extend(state.health.entries().cloned().map(PersonRecord::Health));
+        doc.records = records;
+        tx.put_json(key(&["p", state.nis().as_str()]), doc)
+    }
+
+    pub(super) fn apply_person_record(
+        &self,
+        tx: &mut Tx<'_>,
+        record: PersonRecord,
+        arrived_as: Option<String>,
+        at: Option<Timestamp>,
+    ) -> Result<Applied, ReconcilerError> {
+        let nis = record.nis();
+        let (mut state, mut doc) = self.load_person(tx, nis)?;
+        let rid = match &record {
+            PersonRecord::Health(h) => Some(h.record_id.clone()),
+            _ => None,
+        };
+        let applied = state
+            .apply(record)
+            .map_err(|e| ReconcilerError::Misrouted(e.to_string()))?;
+        let arrived_changed = match (&rid, &arrived_as) {
+            (Some(rid), Some(alt)) => doc.health_arrived_as.get(rid) != Some(alt),
+            _ => false,
+        };
+        if !applied.changed() && !arrived_changed {
+            return Ok(Applied::Unchanged);
+        }
+        if let (Some(rid), Some(alt)) = (rid, arrived_as) {
+            doc.health_arrived_as.insert(rid, alt);
+        }
+        self.save_person(tx, &state, &mut doc)?;
+        self.refresh_person(tx, &state, &doc, at)?;
+        Ok(Applied::Changed)
+    }
+
+    pub(super) fn apply_health_by_nis(
+        &self,
+        tx: &mut Tx<'_>,
+        m: &HealthByNis,
+    ) -> Result<Applied, ReconcilerError> {
+        let nis = match Nis::parse(&m.nis) {
+            Ok(n) => n,
+            Err(e) => return Ok(invalid("nis", e)),
+        };
+        let Some(event) = &m.event else {
+            return self.withdraw(tx, nis, &m.withdraw_record_id, m.at);
+        };
+        match &event.record {
+            Some(Record::HealthFollowUp(h)) => match health(event, h, nis) {
+                Ok(r) => self.apply_person_record(
+                    tx,
+                    PersonRecord::Health(r),
+                    Some(m.arrived_as.clone()),
+                    m.at.or(event.ingest_time),
+                ),
+                Err(e) => Ok(e),
+            },
+            _ => Ok(malformed("health-by-nis message without a health record")),
+        }
+    }
+
+    /// Removes health record `record_id` from `nis` (its identifier moved to someone else or
+    /// to no one).
+    pub(super) fn withdraw(
+        &self,
+        tx: &mut Tx<'_>,
+        nis: Nis,
+        record_id: &str,
+        at: Option<Timestamp>,
+    ) -> Result<Applied, ReconcilerError> {
+        let (state, mut doc) = self.load_person(tx, nis)?;
+        if !state.health.entries().any(|r| r.record_id == record_id) {
+            return Ok(Applied::Unchanged);
+        }
+        let mut kept = PersonState::new(nis);
+        let records = state
+            .profiles
+            .entries()
+            .cloned()
+            .map(PersonRecord::Profile)
+            .chain(state.school.entries().cloned().map(PersonRecord::School))
+            .chain(state.scfv.entries().cloned().map(PersonRecord::Scfv))
+            .chain(
+                state
+                    .health
+                    .entries()
+                    .filter(|r| r.record_id != record_id)
+                    .cloned()
+                    .map(PersonRecord::Health),
+            );
+        for r in records {
+            let _ = kept.apply(r);
+        }
+        doc.health_arrived_as.remove(record_id);
+        self.save_person(tx, &kept, &mut doc)?;
+        self.refresh_person(tx, &kept, &doc, at)?;
+        Ok(Applied::Changed)
+    }
+
+    pub(super) fn apply_profile(
+        &self,
+        tx: &mut Tx<'_>,
+        profile: dr::PersonProfile,
+        at: Option<Timestamp>,
+    ) -> Result<Applied, ReconcilerError> {
+        let nis = profile.nis;
+        let (mut state, mut doc) = self.load_person(tx, nis)?;
+        let applied = state
+            .apply(PersonRecord::Profile(profile))
+            .map_err(|e| ReconcilerError::Misrouted(e.to_string()))?;
+        if !applied.changed() {
+            return Ok(Applied::Unchanged);
+        }
+        self.save_person(tx, &state, &mut doc)?;
+
+        // Crosswalk: identifiers the live profile carries now versus before, to the identity
+        // stage (keyed by the identifier).
+        let now: BTreeSet<String> = state.profile().map(alt_ids).unwrap_or_default();
+        let before: BTreeSet<String> = tx
+            .get_json(&key(&["xo", nis.as_str()]))?
+            .unwrap_or_default();
+        tx.put_json(key(&["xo", nis.as_str()]), &now)?;
+        let changes = before
+            .difference(&now)
+            .map(|a| (a, false))
+            .chain(now.difference(&before).map(|a| (a, true)));
+        for (alt, carried) in changes {
+            let msg = CrosswalkChange {
+                alt: alt.clone(),
+                nis: nis.to_string(),
+                carried,
+                at,
+            };
+            tx.emit(
+                OutputKind::Crosswalk,
+                alt_key(alt).to_owned(),
+                msg.encode_to_vec(),
+            );
+        }
+        self.refresh_person(tx, &state, &doc, at)?;
+        Ok(Applied::Changed)
+    }
+
+    pub(super) fn refresh_person(
+        &self,
+        tx: &mut Tx<'_>,
+        state: &PersonState,
+        doc: &PersonDoc,
+        at: Option<Timestamp>,
+    ) -> Result<(), ReconcilerError> {
+        let nis = state.nis();
+        let outcomes = self
+            .rules
+            .evaluate_person_between(state, self.from, self.to);
+        let mut view = self.person_view(state, doc, &outcomes);
+        let hash = view_hash(&view); // a fresh view: its counters are clear
+        let (old, legacy) = person_digest(tx, nis.as_str())?;
+        if old.as_ref().is_some_and(|o| o.hash == hash) {
+            return Ok(());
+        }
+        let vkey = key(&["d", "p", nis.as_str()]);
+        let (old_family, old_nc) = old
+            .as_ref()
+            .map(|o| (o.family_id.clone(), o.non_compliant.clone()))
+            .unwrap_or_default();
+        view.view_version = old.as_ref().map_or(0, |o| o.view_version) + 1;
+        view.updated_time = at;
+        let nc = non_compliant(&view.outcomes);
+        // Alerts for members newly non-compliant.
+        for o in &view.outcomes {
+            let was = old_nc
+                .iter()
+                .any(|p| p.conditionality == o.conditionality && p.period == o.period);
+            if o.status == api::OutcomeStatus::NonCompliant as i32 && !was {
+                let alert = api::ComplianceAlert {
+                    family_id: view.family_id.clone(),
+                    nis: view.nis.clone(),
+                    municipality: view.municipality.clone(),
+                    conditionality: o.conditionality.clone(),
+                    period: o.period.clone(),
+                    effects: o.effects.clone(),
+                    note: o.note.clone(),
+                    event_ingest_time: at,
+                };
+                tx.emit(
+                    OutputKind::Alert,
+                    view.family_id.clone(),
+                    alert.encode_to_vec(),
+                );
+            }
+        }
+        // The family view (on the family's partition) learns of joins, leaves and of changes
+        // in what it reads of a member: the non-compliant outcomes.
+        if old_family != view.family_id && !old_family.is_empty() {
+            let leave = MemberOutcomes {
+                family_id: old_family.clone(),
+                nis: nis.to_string(),
+                member: false,
+                outcomes_json: Vec::new(),
+                at,
+            };
+            tx.emit(
+                OutputKind::Member,
+                old_family.clone(),
+                leave.encode_to_vec(),
+            );
+        }
+        if !view.family_id.is_empty() && (old_family != view.family_id || old_nc != nc) {
+            let for_family = for_family(&outcomes);
+            let join = MemberOutcomes {
+                family_id: view.family_id.clone(),
+                nis: nis.to_string(),
+                member: true,
+                outcomes_json: serde_json::to_vec(&for_family).map_err(|e| corrupt(&vkey, e))?,
+                at,
+            };
+            tx.emit(
+                OutputKind::Member,
+                view.family_id.clone(),
+                join.encode_to_vec(),
+            );
+        }
+        let digest = PersonDigest {
+            view_version: view.view_version,
+            hash,
+            family_id: view.family_id.clone(),
+            non_compliant: nc,
+        };
+        tx.emit(
+            OutputKind::Change,
+            format!("person:{nis}"),
+            api::ComplianceChange {
+                view: Some(api::compliance_change::View::Person(view)),
+            }
+            .encode_to_vec(),
+        );
+        tx.put(vkey, digest.encode_to_vec());
+        if legacy {
+            tx.delete(key(&["v", "p", nis.as_str()]));
+        }
+        Ok(())
+    }
+
+    pub(super) fn person_view(
+        &self,
+        state: &PersonState,
+        doc: &PersonDoc,
+        outcomes: &[Outcome],
+    ) -> api::Person {
+        let profile = state.profile();
+        let mut school: Vec<api::AttendanceRecord> = state
+            .school
+            .live()
+            .map(|r| {
+                let (given, attended) = match r.attendance {
+                    Attendance::Counts { given, attended } => (given, attended),
+                    Attendance::Percent(_) => (0, 0),
+                };
+                api::AttendanceRecord {
+                    record_id: r.record_id.clone(),
+                    version: r.version,
+                    source_system: r.record_id.split(':').next().unwrap_or_default().to_owned(),
+                    inep_school_code: r.inep.map(|i| i.to_string()).unwrap_or_default(),
+                    month: r.month.to_string(),
+                    bimester: ponte_domain::period::Bimester::containing(r.month)
+                        .map(|b| b.to_string())
+                        .unwrap_or_default(),
+                    attendance_bp: r.attendance.percent_hundredths().unwrap_or(10_000),
+                    given,
+                    attended,
+                    low_attendance_reason: r.reason_code.clone().unwrap_or_default(),
+                    event_time: None,
+                }
+            })
+            .collect();
+        school
+            .sort_by(|a, b| (&a.month, &a.inep_school_code).cmp(&(&b.month, &b.inep_school_code)));
+        let health_records = state
+            .health
+            .live()
+            .map(|h| api::HealthRecordView {
+                record_id: h.record_id.clone(),
+                version: h.version,
+                arrived_as: doc
+                    .health_arrived_as
+                    .get(&h.record_id)
+                    .cloned()
+                    .unwrap_or_default(),
+                encounter_date: h.recorded_on.map(|d| d.to_string()).unwrap_or_default(),
+                semester: h.semester().map(|s| s.to_string()).unwrap_or_default(),
+                vaccination_up_to_date: h.vaccination_up_to_date,
+                weight_grams: h.weight_grams,
+                height_mm: h.height_mm,
+                pregnant: h.pregnant.unwrap_or(false),
+                prenatal_care: h.prenatal.unwrap_or(false),
+            })
+            .collect();
+        api::Person {
+            nis: state.nis().to_string(),
+            school_attendance: school,
+            view_version: 0,
+            updated_time: None,
+            family_id: profile.map(|p| p.family_id.to_string()).unwrap_or_default(),
+            municipality: profile
+                .map(|p| p.municipality.to_string())
+                .unwrap_or_default(),
+            registered: profile.is_some(),
+            outcomes: outcomes.iter().map(outcome_view).collect(),
+            health_records,
+        }
+    }
+}

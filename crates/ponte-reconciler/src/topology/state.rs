@@ -1,0 +1,338 @@
+//! The state a topology reads and writes: the store behind it ([`Kv`]), an epoch's
+//! uncommitted writes and outputs ([`Tx`]), the partition prefix of every key, and reads of
+//! the parked records of a partition.
+use super::*;
+
+/// State changes of a transaction: `Some` puts, `None` deletes.
+pub type Writes = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+
+/// Reads committed state.
+pub trait Kv {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ReconcilerError>;
+    /// Entries whose key starts with `prefix`, in key order.
+    fn scan(&self, prefix: &[u8]) -> Result<Vec<Entry>, ReconcilerError>;
+    /// Up to `limit` entries under `prefix` with keys greater than `after`.
+    fn scan_after(
+        &self,
+        prefix: &[u8],
+        after: &[u8],
+        limit: usize,
+    ) -> Result<Vec<Entry>, ReconcilerError> {
+        Ok(self
+            .scan(prefix)?
+            .into_iter()
+            .filter(|(k, _)| k.as_slice() > after)
+            .take(limit)
+            .collect())
+    }
+}
+
+impl Kv for ponte_store::Store {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ReconcilerError> {
+        Ok(ponte_store::Store::get(self, key)?)
+    }
+    fn scan(&self, prefix: &[u8]) -> Result<Vec<Entry>, ReconcilerError> {
+        Ok(self.scan_prefix(prefix)?)
+    }
+    fn scan_after(
+        &self,
+        prefix: &[u8],
+        after: &[u8],
+        limit: usize,
+    ) -> Result<Vec<Entry>, ReconcilerError> {
+        Ok(self.scan_prefix_after(prefix, after, limit)?)
+    }
+}
+
+/// A message to publish once the batch that produced it is committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Output {
+    pub kind: OutputKind,
+    pub key: String,
+    pub payload: Vec<u8>,
+    /// The input partition whose state produced it.
+    pub partition: i32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum OutputKind {
+    /// `compliance.changes.v1`: a `ComplianceChange`.
+    Change,
+    /// `compliance.alerts.v1`: a `ComplianceAlert`.
+    Alert,
+    /// The group's `crosswalk.v1`: a [`CrosswalkChange`].
+    Crosswalk,
+    /// The group's `health-by-nis.v1`: a [`HealthByNis`].
+    HealthByNis,
+    /// The group's `members.v1`: a [`MemberOutcomes`].
+    Member,
+    /// `deadletter.v1`: a `DeadLetter` for an event that cannot be applied, keyed by its
+    /// source system.
+    DeadLetter,
+}
+
+impl OutputKind {
+    /// The `kind` label of `ponte_reconciler_outputs_published_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            OutputKind::Change => "change",
+            OutputKind::Alert => "alert",
+            OutputKind::Crosswalk => "crosswalk",
+            OutputKind::HealthByNis => "health_by_nis",
+            OutputKind::Member => "member",
+            OutputKind::DeadLetter => "dead_letter",
+        }
+    }
+
+    /// The `ponte-event-type` header of the published message.
+    pub fn event_type(self) -> &'static str {
+        match self {
+            OutputKind::Change => "compliance_change",
+            OutputKind::Alert => "compliance_alert",
+            other => other.label(),
+        }
+    }
+
+    /// The `ponte-schema` header: the protobuf package of the payload.
+    pub fn schema(self) -> &'static str {
+        match self {
+            OutputKind::Change | OutputKind::Alert => "ponte.compliance.v1",
+            OutputKind::DeadLetter => ponte_proto::EVENTS_SCHEMA,
+            OutputKind::Crosswalk | OutputKind::HealthByNis | OutputKind::Member => INTERNAL_SCHEMA,
+        }
+    }
+}
+
+/// The `ponte-schema` header of the reconciler's repartition messages.
+pub const INTERNAL_SCHEMA: &str = ponte_proto::RECONCILER_SCHEMA;
+/// What repartition messages written before `proto/ponte/reconciler/v1` carried: the same
+/// encoding under another name, still read.
+pub(super) const INTERNAL_SCHEMA_UNVERSIONED: &str = "ponte.reconciler";
+
+/// The key prefix of partition `p`'s state: every key of the state of one input partition
+/// starts with it, so a partition's state can be dropped, restored or handed over as a whole.
+pub fn partition_prefix(p: i32) -> Vec<u8> {
+    format!("{p:04}/").into_bytes()
+}
+
+/// The input partition a full state key belongs to: the digits before its first `/`, as
+/// [`partition_prefix`] writes them; `None` for keys outside every partition (`meta/…`).
+pub fn key_partition(key: &[u8]) -> Option<i32> {
+    let slash = key.iter().position(|&b| b == b'/')?;
+    let digits = &key[..slash];
+    if digits.len() < 4 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+/// Uncommitted state changes of a batch, readable before the commit.
+///
+/// A transaction is scoped to one input partition at a time ([`Tx::set_partition`]): the
+/// topology reads and writes plain keys (`p/<nis>`), stored under the partition's prefix.
+pub struct Tx<'a> {
+    base: &'a dyn Kv,
+    writes: Writes,
+    outputs: Vec<Output>,
+    partition: i32,
+    scope: Vec<u8>,
+}
+
+impl std::fmt::Debug for Tx<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tx")
+            .field("writes", &self.writes.len())
+            .field("outputs", &self.outputs.len())
+            .finish()
+    }
+}
+
+impl<'a> Tx<'a> {
+    pub fn new(base: &'a dyn Kv) -> Self {
+        Self {
+            base,
+            writes: BTreeMap::new(),
+            outputs: Vec::new(),
+            partition: 0,
+            scope: partition_prefix(0),
+        }
+    }
+
+    /// Scopes the following reads, writes and outputs to input partition `p`.
+    pub fn set_partition(&mut self, p: i32) {
+        if p != self.partition {
+            self.partition = p;
+            self.scope = partition_prefix(p);
+        }
+    }
+
+    fn scoped(&self, key: &[u8]) -> Vec<u8> {
+        [self.scope.as_slice(), key].concat()
+    }
+
+    /// The value of `key` in the current partition.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ReconcilerError> {
+        let full = self.scoped(key);
+        match self.writes.get(&full) {
+            Some(v) => Ok(v.clone()),
+            None => self.base.get(&full),
+        }
+    }
+
+    /// Entries of the current partition under `prefix` (keys without the partition prefix).
+    pub fn scan(&self, prefix: &[u8]) -> Result<Vec<Entry>, ReconcilerError> {
+        let full = self.scoped(prefix);
+        let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = self.base.scan(&full)?.into_iter().collect();
+        for (k, v) in self.writes.range(full.clone()..) {
+            if !k.starts_with(&full) {
+                break;
+            }
+            match v {
+                Some(v) => merged.insert(k.clone(), v.clone()),
+                None => merged.remove(k),
+            };
+        }
+        let skip = self.scope.len();
+        Ok(merged
+            .into_iter()
+            .map(|(k, v)| (k[skip..].to_vec(), v))
+            .collect())
+    }
+
+    pub fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        let full = self.scoped(&key);
+        self.writes.insert(full, Some(value));
+    }
+
+    pub fn delete(&mut self, key: Vec<u8>) {
+        let full = self.scoped(&key);
+        self.writes.insert(full, None);
+    }
+
+    /// Records an output of the current partition, published after the commit.
+    pub fn emit(&mut self, kind: OutputKind, key: String, payload: Vec<u8>) {
+        self.outputs.push(Output {
+            kind,
+            key,
+            payload,
+            partition: self.partition,
+        });
+    }
+
+    /// The state changes (full keys, partition prefix included): `Some` to put, `None` to
+    /// delete.
+    pub fn writes(&self) -> impl Iterator<Item = (&[u8], Option<&[u8]>)> {
+        self.writes
+            .iter()
+            .map(|(k, v)| (k.as_slice(), v.as_deref()))
+    }
+
+    pub fn outputs(&self) -> &[Output] {
+        &self.outputs
+    }
+
+    /// Takes the changes and outputs, leaving the transaction empty.
+    pub fn take(&mut self) -> (Writes, Vec<Output>) {
+        (
+            std::mem::take(&mut self.writes),
+            std::mem::take(&mut self.outputs),
+        )
+    }
+
+    pub(super) fn get_json<T: for<'de> Deserialize<'de>>(
+        &self,
+        key: &[u8],
+    ) -> Result<Option<T>, ReconcilerError> {
+        self.get(key)?
+            .map(|b| serde_json::from_slice(&b).map_err(|e| corrupt(key, e)))
+            .transpose()
+    }
+
+    pub(super) fn put_json<T: Serialize>(
+        &mut self,
+        key: Vec<u8>,
+        value: &T,
+    ) -> Result<(), ReconcilerError> {
+        let bytes = serde_json::to_vec(value).map_err(|e| corrupt(&key, e))?;
+        self.put(key, bytes);
+        Ok(())
+    }
+
+    pub(super) fn get_proto<M: prost::Message + Default>(
+        &self,
+        key: &[u8],
+    ) -> Result<Option<M>, ReconcilerError> {
+        self.get(key)?
+            .map(|b| M::decode(b.as_slice()).map_err(|e| corrupt(key, e)))
+            .transpose()
+    }
+}
+
+pub(super) fn corrupt(key: &[u8], e: impl std::fmt::Display) -> ReconcilerError {
+    ReconcilerError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        reason: e.to_string(),
+    }
+}
+
+// ---- reads of the local (partitioned) state ------------------------------------------------
+
+/// How many health records are parked in the partitions `partitions`.
+pub fn count_parked(kv: &dyn Kv, partitions: &[i32]) -> Result<usize, ReconcilerError> {
+    let mut n = 0;
+    for &p in partitions {
+        n += kv
+            .scan(&[partition_prefix(p).as_slice(), b"k/"].concat())?
+            .len();
+    }
+    Ok(n)
+}
+
+/// How a batch's `writes` change the number of parked health records per partition, against
+/// the committed state `base` they are about to be written over. Lets the service keep the
+/// count from each commit instead of scanning the parked records ([`count_parked`] is for a
+/// partition just taken): with 10 M people loaded at once, 3 M records were parked and the
+/// scan took most of the reconciler's time.
+pub fn parked_delta(base: &dyn Kv, writes: &Writes) -> Result<BTreeMap<i32, i64>, ReconcilerError> {
+    let mut delta = BTreeMap::new();
+    for (k, v) in writes {
+        let Some(p) = parked_partition(k) else {
+            continue;
+        };
+        let before = i64::from(base.get(k)?.is_some());
+        let after = i64::from(v.is_some());
+        if after != before {
+            *delta.entry(p).or_insert(0) += after - before;
+        }
+    }
+    Ok(delta)
+}
+
+/// The partition of a parked health record's key (the full key, partition prefix included);
+/// `None` for every other key.
+pub(super) fn parked_partition(full_key: &[u8]) -> Option<i32> {
+    let p = key_partition(full_key)?;
+    full_key[partition_prefix(p).len()..]
+        .starts_with(b"k/")
+        .then_some(p)
+}
+
+/// Parked health records of the partitions `partitions`: (identifier, event).
+pub fn read_parked(
+    kv: &dyn Kv,
+    partitions: &[i32],
+) -> Result<Vec<(String, Event)>, ReconcilerError> {
+    let mut out = Vec::new();
+    for &p in partitions {
+        let prefix = [partition_prefix(p).as_slice(), b"k/"].concat();
+        for (k, v) in kv.scan(&prefix)? {
+            let rest = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+            let alt = rest.split('/').next().unwrap_or_default().to_owned();
+            out.push((
+                alt,
+                Event::decode(v.as_slice()).map_err(|e| corrupt(&k, e))?,
+            ));
+        }
+    }
+    Ok(out)
+}

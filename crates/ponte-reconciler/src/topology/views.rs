@@ -1,0 +1,202 @@
+//! The published views (`ponte.compliance.v1`) and the digests the stages keep of them.
+use super::*;
+
+pub(super) fn status_view(s: Status) -> api::OutcomeStatus {
+    match s {
+        Status::Compliant => api::OutcomeStatus::Compliant,
+        Status::NonCompliant => api::OutcomeStatus::NonCompliant,
+        Status::NotFollowed => api::OutcomeStatus::NotFollowed,
+        Status::NotRequired => api::OutcomeStatus::NotRequired,
+    }
+}
+
+pub(super) fn scope(s: EffectScope) -> &'static str {
+    match s {
+        EffectScope::Family => "family",
+        EffectScope::Member => "member",
+        EffectScope::None => "none",
+    }
+}
+
+/// What the family evaluation reads of a member's outcomes, as the view shows them: the
+/// non-compliant ones, with their effect scope.
+/// What the family stage and the alerts read of a person's view: the non-compliant outcomes'
+/// conditionality, period and scope of effects, in the view's order.
+pub(super) fn non_compliant(outcomes: &[api::ConditionalityOutcome]) -> Vec<NonCompliant> {
+    outcomes
+        .iter()
+        .filter(|o| o.status == api::OutcomeStatus::NonCompliant as i32)
+        .map(|o| NonCompliant {
+            conditionality: o.conditionality.clone(),
+            period: o.period.clone(),
+            effects: o.effects.clone(),
+        })
+        .collect()
+}
+
+/// 64-bit FNV-1a of a view's encoding: equal views, equal hashes, across processes and builds
+/// (prost encodes fields in tag order). The view's counters (`view_version`, `updated_time`)
+/// must be clear: they say how the view got there, not what it is.
+pub(super) fn view_hash(view: &impl prost::Message) -> u64 {
+    view.encode_to_vec()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+        })
+}
+
+/// The digest at `d/<kind>/<id>`, or one derived from the full view at `v/<kind>/<id>` that a
+/// store written before digests holds (then `true`: the old key is deleted with the next write).
+pub(super) fn read_digest<D: prost::Message + Default, V: prost::Message + Default>(
+    tx: &Tx<'_>,
+    kind: &str,
+    id: &str,
+    from_view: impl FnOnce(V) -> D,
+) -> Result<(Option<D>, bool), ReconcilerError> {
+    if let Some(d) = tx.get_proto::<D>(&key(&["d", kind, id]))? {
+        return Ok((Some(d), false));
+    }
+    Ok(match tx.get_proto::<V>(&key(&["v", kind, id]))? {
+        Some(v) => (Some(from_view(v)), true),
+        None => (None, false),
+    })
+}
+
+pub(super) fn person_digest(
+    tx: &Tx<'_>,
+    nis: &str,
+) -> Result<(Option<PersonDigest>, bool), ReconcilerError> {
+    read_digest(tx, "p", nis, |mut v: api::Person| {
+        let view_version = std::mem::take(&mut v.view_version);
+        v.updated_time = None;
+        PersonDigest {
+            view_version,
+            hash: view_hash(&v),
+            non_compliant: non_compliant(&v.outcomes),
+            family_id: v.family_id,
+        }
+    })
+}
+
+pub(super) fn family_digest(
+    tx: &Tx<'_>,
+    fid: &str,
+) -> Result<(Option<FamilyDigest>, bool), ReconcilerError> {
+    read_digest(tx, "f", fid, |mut v: api::Family| {
+        let view_version = std::mem::take(&mut v.view_version);
+        v.updated_time = None;
+        FamilyDigest {
+            view_version,
+            hash: view_hash(&v),
+        }
+    })
+}
+
+/// A member's outcomes as the family stage needs them: only the non-compliant ones (the only
+/// ones the effects ladder and the family view read), without the evidence, which stays in the
+/// person's view.
+pub(super) fn for_family(outcomes: &[Outcome]) -> Vec<Outcome> {
+    outcomes
+        .iter()
+        .filter(|o| o.status == Status::NonCompliant)
+        .map(|o| Outcome {
+            evidence: ponte_domain::outcome::Evidence::bare(
+                o.evidence.reference_date,
+                o.evidence.age,
+            ),
+            ..o.clone()
+        })
+        .collect()
+}
+
+pub(super) fn outcome_view(o: &Outcome) -> api::ConditionalityOutcome {
+    let mut record_ids: Vec<String> = o
+        .evidence
+        .months
+        .iter()
+        .map(|m| m.record_id.clone())
+        .collect();
+    if let Some(h) = &o.evidence.health {
+        record_ids.extend(h.records.iter().map(|(id, _, _)| id.clone()));
+    }
+    record_ids.sort();
+    record_ids.dedup();
+    api::ConditionalityOutcome {
+        conditionality: o.conditionality.clone(),
+        period: o.period.to_string(),
+        status: status_view(o.status) as i32,
+        effects: scope(o.effects).to_owned(),
+        rule_set: format!("{}@{}", o.rule_set.id, o.rule_set.version),
+        threshold_percent: o.evidence.threshold_percent.map(u32::from).unwrap_or(0),
+        months_below: o
+            .evidence
+            .months_below
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+        months_missing: o
+            .evidence
+            .months_missing
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+        record_ids,
+        note: o.evidence.note.clone(),
+        evidence_json: serde_json::to_string(&o.evidence).unwrap_or_default(),
+    }
+}
+
+pub(super) fn effect_view(e: &DomainEffect) -> api::Effect {
+    api::Effect {
+        repercussion_month: e.repercussion_month.to_string(),
+        sequence: e.sequence,
+        name: e.name.clone(),
+        money: serde_json::to_value(e.money)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default(),
+        months: e.months,
+        status: serde_json::to_value(e.status)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default(),
+        causes: e
+            .causes
+            .iter()
+            .map(|c| format!("{}/{}/{}", c.nis, c.conditionality, c.period))
+            .collect(),
+        appeal_record_ids: e.appeals.clone(),
+    }
+}
+
+pub(super) fn family_view(
+    fid: &FamilyId,
+    members: &BTreeSet<String>,
+    effects: &FamilyEffects,
+    outcomes: &[Outcome],
+) -> api::Family {
+    let mut periods: BTreeSet<String> = BTreeSet::new();
+    for o in outcomes {
+        if o.status == Status::NonCompliant && o.effects == EffectScope::Family {
+            periods.insert(o.period.to_string());
+        }
+    }
+    api::Family {
+        family_id: fid.to_string(),
+        members: members.iter().cloned().collect(),
+        rule_set: format!("{}@{}", effects.rule_set.id, effects.rule_set.version),
+        effects: effects.family.iter().map(effect_view).collect(),
+        member_effects: effects
+            .members
+            .iter()
+            .map(|(nis, list)| api::MemberEffects {
+                nis: nis.to_string(),
+                effects: list.iter().map(effect_view).collect(),
+            })
+            .collect(),
+        non_compliant_periods: periods.into_iter().collect(),
+        view_version: 0,
+        updated_time: None,
+        effects_json: serde_json::to_string(effects).unwrap_or_default(),
+    }
+}
