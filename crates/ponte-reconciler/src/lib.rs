@@ -14,14 +14,18 @@
 //! ([`restore`]): the tail its store had not flushed, what another instance wrote meanwhile, or
 //! the whole partition on a new disk. A crash at any point therefore ends in the views an
 //! uninterrupted run gives, every output published once.
+pub mod config;
+mod driver;
 pub mod epoch;
+mod gauges;
 pub mod grpc;
 pub mod readmodel;
 pub mod restore;
 pub mod service;
 pub mod topology;
 
-pub use service::{ReconcilerConfig, run};
+pub use config::ReconcilerConfig;
+pub use service::run;
 
 /// Runs `attempt` until it succeeds, every 500 ms for up to 30 s: right after a topic is
 /// created its metadata, leaders and watermarks may not be there yet. `Ok(None)` when `stop`

@@ -1,0 +1,242 @@
+//! The `[reconciler]` section of the configuration, typed and checked when it is loaded: a
+//! month that does not parse, a window that ends before it starts, a timeout Kafka would refuse
+//! or a zero batch stops `ponte` before anything connects, naming the key.
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ponte_domain::period::Month;
+use ponte_domain::rules::RuleSet;
+use serde::Deserialize;
+
+use crate::ReconcilerError;
+use crate::topology::Topology;
+
+/// The `[reconciler]` section of the configuration (keys and defaults in
+/// `crates/ponte/config/default.toml`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(try_from = "RawConfig")]
+pub struct ReconcilerConfig {
+    /// Address of the gRPC API, e.g. `127.0.0.1:50051`.
+    pub grpc_listen: String,
+    /// Address of the admin endpoint (metrics, health).
+    pub admin_listen: String,
+    /// Directory of the embedded state store (one per instance; never shared).
+    pub state_dir: PathBuf,
+    /// Kafka consumer group of the reconciler instances.
+    pub group_id: String,
+    /// Most events in one epoch (`batch_max`, at least 1).
+    pub batch_max: usize,
+    /// How long after its first event a partly filled epoch is committed at the latest
+    /// (`batch_linger_ms`).
+    pub batch_linger: Duration,
+    /// How long an epoch's Kafka transaction may stay open before the broker aborts it: also
+    /// how long a stalled or crashed instance's unfinished epoch can hold up the partitions'
+    /// next owner and `read_committed` readers (`transaction_timeout_ms`, 1 s to 15 min — the
+    /// broker's default `transaction.max.timeout.ms`).
+    pub transaction_timeout: Duration,
+    /// Consumer group session timeout: how long the partitions of an instance that died
+    /// without leaving the group wait before another instance takes them
+    /// (`session_timeout_ms`, 6 s to 30 min — the broker's default group limits).
+    pub session_timeout: Duration,
+    /// A stable name of this instance in the consumer group (Kafka static membership); empty
+    /// for a new member on every start. See docs/operations.md, "Restarts".
+    pub instance_id: String,
+    /// Rule-set TOML file; empty for the built-in Bolsa Família 2023 rule set.
+    pub rules_file: String,
+    /// First month of the monitoring window: every period overlapping the window is evaluated
+    /// for every registered person.
+    pub monitor_from: Month,
+    /// Last month of the monitoring window (not before `monitor_from`).
+    pub monitor_to: Month,
+    /// Memory of the state store (RocksDB block cache with the memtables charged to it), MiB.
+    pub state_memory_mb: usize,
+    /// Memory of the read model's store, MiB.
+    pub read_model_memory_mb: usize,
+}
+
+/// The section as written; [`ReconcilerConfig`] is what it means.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    grpc_listen: String,
+    admin_listen: String,
+    state_dir: PathBuf,
+    group_id: String,
+    batch_max: usize,
+    batch_linger_ms: u64,
+    transaction_timeout_ms: u64,
+    session_timeout_ms: u64,
+    instance_id: String,
+    rules_file: String,
+    monitor_from: Month,
+    monitor_to: Month,
+    state_memory_mb: usize,
+    read_model_memory_mb: usize,
+}
+
+/// `value` in milliseconds when it lies in `min..=max`, else what the key must be.
+fn millis(key: &str, value: u64, min: u64, max: u64) -> Result<Duration, String> {
+    if (min..=max).contains(&value) {
+        Ok(Duration::from_millis(value))
+    } else {
+        Err(format!(
+            "reconciler.{key}: {value} is outside {min}..={max} ms"
+        ))
+    }
+}
+
+/// Smallest store memory that still holds the memtables of every column family, MiB.
+const MIN_STORE_MEMORY_MB: usize = 16;
+
+impl TryFrom<RawConfig> for ReconcilerConfig {
+    type Error = String;
+
+    fn try_from(raw: RawConfig) -> Result<Self, String> {
+        if raw.batch_max == 0 {
+            return Err("reconciler.batch_max: must be at least 1".to_owned());
+        }
+        if raw.monitor_from > raw.monitor_to {
+            return Err(format!(
+                "reconciler.monitor_from: {} is after monitor_to {}",
+                raw.monitor_from, raw.monitor_to
+            ));
+        }
+        if raw.group_id.trim().is_empty() {
+            return Err("reconciler.group_id: must not be empty".to_owned());
+        }
+        for (key, mb) in [
+            ("state_memory_mb", raw.state_memory_mb),
+            ("read_model_memory_mb", raw.read_model_memory_mb),
+        ] {
+            if mb < MIN_STORE_MEMORY_MB {
+                return Err(format!(
+                    "reconciler.{key}: {mb} is below {MIN_STORE_MEMORY_MB} MiB"
+                ));
+            }
+        }
+        Ok(Self {
+            batch_linger: millis("batch_linger_ms", raw.batch_linger_ms, 0, 60_000)?,
+            transaction_timeout: millis(
+                "transaction_timeout_ms",
+                raw.transaction_timeout_ms,
+                1_000,
+                900_000,
+            )?,
+            session_timeout: millis(
+                "session_timeout_ms",
+                raw.session_timeout_ms,
+                6_000,
+                1_800_000,
+            )?,
+            grpc_listen: raw.grpc_listen,
+            admin_listen: raw.admin_listen,
+            state_dir: raw.state_dir,
+            group_id: raw.group_id,
+            batch_max: raw.batch_max,
+            instance_id: raw.instance_id,
+            rules_file: raw.rules_file,
+            monitor_from: raw.monitor_from,
+            monitor_to: raw.monitor_to,
+            state_memory_mb: raw.state_memory_mb,
+            read_model_memory_mb: raw.read_model_memory_mb,
+        })
+    }
+}
+
+/// The built-in rule set (rules/bolsa-familia-2023.toml).
+const BUILTIN_RULES: &str = include_str!("../../../rules/bolsa-familia-2023.toml");
+
+/// Builds the topology from the configuration: rule set and monitoring window.
+pub fn topology_from(cfg: &ReconcilerConfig) -> Result<Topology, ReconcilerError> {
+    let (name, text) = if cfg.rules_file.is_empty() {
+        (
+            "rules/bolsa-familia-2023.toml".to_owned(),
+            BUILTIN_RULES.to_owned(),
+        )
+    } else {
+        let text = std::fs::read_to_string(&cfg.rules_file).map_err(|e| {
+            ReconcilerError::Startup(format!("reconciler.rules_file {}: {e}", cfg.rules_file))
+        })?;
+        (cfg.rules_file.clone(), text)
+    };
+    let rules = RuleSet::from_toml_str(&name, &text)
+        .map_err(|e| ReconcilerError::Startup(e.to_string()))?;
+    Ok(Topology::new(rules, cfg.monitor_from, cfg.monitor_to))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn section(overrides: &[(&str, &str)]) -> String {
+        let mut keys: Vec<(String, String)> = [
+            ("grpc_listen", "\"127.0.0.1:50051\""),
+            ("admin_listen", "\"127.0.0.1:9190\""),
+            ("state_dir", "\"x\""),
+            ("group_id", "\"ponte-reconciler\""),
+            ("batch_max", "5000"),
+            ("batch_linger_ms", "50"),
+            ("transaction_timeout_ms", "10000"),
+            ("session_timeout_ms", "45000"),
+            ("instance_id", "\"\""),
+            ("rules_file", "\"\""),
+            ("monitor_from", "\"2025-01\""),
+            ("monitor_to", "\"2025-12\""),
+            ("state_memory_mb", "256"),
+            ("read_model_memory_mb", "128"),
+        ]
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+        for (k, v) in overrides {
+            keys.retain(|(key, _)| key != k);
+            keys.push(((*k).to_owned(), (*v).to_owned()));
+        }
+        keys.iter().map(|(k, v)| format!("{k} = {v}\n")).collect()
+    }
+
+    fn parse(overrides: &[(&str, &str)]) -> Result<ReconcilerConfig, String> {
+        toml::from_str(&section(overrides)).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_defaults_load_as_durations_and_months() {
+        let cfg = parse(&[]).unwrap();
+        assert_eq!(cfg.batch_linger, Duration::from_millis(50));
+        assert_eq!(cfg.transaction_timeout, Duration::from_secs(10));
+        assert_eq!(cfg.session_timeout, Duration::from_secs(45));
+        assert_eq!(cfg.monitor_from, Month::parse("2025-01").unwrap());
+        assert!(topology_from(&cfg).is_ok());
+    }
+
+    #[test]
+    fn a_value_kafka_or_the_window_would_refuse_stops_the_load_naming_its_key() {
+        for (key, value, says) in [
+            ("batch_max", "0", "reconciler.batch_max"),
+            ("monitor_from", "\"2025-13\"", "monitor_from"),
+            ("monitor_to", "\"2024-12\"", "reconciler.monitor_from"),
+            (
+                "transaction_timeout_ms",
+                "500",
+                "reconciler.transaction_timeout_ms",
+            ),
+            (
+                "transaction_timeout_ms",
+                "3600000",
+                "reconciler.transaction_timeout_ms",
+            ),
+            (
+                "session_timeout_ms",
+                "1000",
+                "reconciler.session_timeout_ms",
+            ),
+            ("state_memory_mb", "1", "reconciler.state_memory_mb"),
+            ("group_id", "\" \"", "reconciler.group_id"),
+            ("batch_lingr_ms", "5", "batch_lingr_ms"),
+        ] {
+            let err = parse(&[(key, value)]).unwrap_err();
+            assert!(err.contains(says), "{key} = {value}: {err}");
+        }
+    }
+}

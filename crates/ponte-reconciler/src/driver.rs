@@ -1,0 +1,371 @@
+//! The consumer driver: polls the inputs, applies each event to the open epoch
+//! ([`crate::topology`]), dead-letters what cannot be applied, and commits the epoch
+//! ([`crate::epoch`]) when it is full or has lingered long enough.
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant, SystemTime};
+
+use ponte_bus::Topic;
+use ponte_bus::TopicsConfig;
+use ponte_bus::consume::{Assignment, SeekingContext};
+use ponte_bus::headers::EventHeaders;
+use ponte_proto::events::v1::{DeadLetter, Event};
+use ponte_runtime::Readiness;
+use ponte_store::Store;
+use prost::Message as _;
+use rdkafka::Message as _;
+use rdkafka::consumer::StreamConsumer;
+use rdkafka::message::BorrowedMessage;
+use tokio_util::sync::CancellationToken;
+
+use crate::ReconcilerError;
+use crate::epoch::{Committer, Consumed, Outcome};
+use crate::gauges::{read_state, refresh_gauges};
+use crate::readmodel::ReadPath;
+use crate::topology::{Applied, Input, OutputKind, Topology, Tx, Unapplicable};
+
+/// What the consumer loop works with; borrowed from the process wiring ([`crate::service`]).
+pub(crate) struct Driver<'a> {
+    pub topology: &'a Topology,
+    pub inputs: &'a Inputs,
+    pub store: &'a Store,
+    pub read: &'a Store,
+    pub consumer: &'a StreamConsumer<SeekingContext>,
+    pub assignment: &'a Assignment,
+    pub committer: &'a mut Committer,
+    pub readiness: &'a Readiness,
+    pub read_path: &'a ReadPath,
+    pub caught_up: &'a tokio::sync::watch::Receiver<bool>,
+    pub batch_max: usize,
+    pub batch_linger: Duration,
+    pub shutdown: &'a CancellationToken,
+}
+
+impl Driver<'_> {
+    /// Runs until `shutdown` (the open epoch is then committed) or a failure.
+    pub(crate) async fn run(self) -> Result<(), ReconcilerError> {
+        let Driver {
+            topology,
+            inputs,
+            store,
+            read,
+            consumer,
+            assignment,
+            committer,
+            readiness,
+            read_path,
+            caught_up,
+            shutdown,
+            ..
+        } = self;
+        // The consumer loop: events are applied to an in-memory epoch over the local state and
+        // committed together ([`crate::epoch`]). Work consumed under an older assignment generation
+        // is dropped uncommitted (its partitions may belong to another instance now); it is
+        // consumed again from the group's committed offsets, which is harmless.
+        let mut tx = Tx::new(store);
+        let mut consumed = Consumed::default();
+        let mut last_gauges = Instant::now() - Duration::from_secs(60);
+        let mut generation = assignment.generation();
+        let mut owned = assignment.partition_numbers();
+        let mut parked = ParkedCount::default();
+        parked.reassign(store, &owned)?;
+        let mut batch_started = Instant::now();
+        // Set on every event: the handle is looked up once, not per event.
+        let uncommitted = metrics::gauge!("ponte_reconciler_uncommitted_events");
+        let result: Result<(), ReconcilerError> = loop {
+            if let Some(why) = assignment.failure() {
+                break Err(ReconcilerError::Startup(format!(
+                    "partitions could not be prepared: {why}"
+                )));
+            }
+            if last_gauges.elapsed() >= Duration::from_secs(1) {
+                refresh_gauges(
+                    store,
+                    read,
+                    assignment,
+                    readiness,
+                    read_state(read_path, *caught_up.borrow()),
+                    &parked,
+                    inputs.by_topic.len(),
+                );
+                last_gauges = Instant::now();
+            }
+            let next = if consumed.is_empty() {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break Ok(()),
+                    m = consumer.recv() => Some(m),
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => None,
+                }
+            } else {
+                // The epoch is committed `batch_linger_ms` after its first event at the latest,
+                // however steadily events keep arriving.
+                let left = self.batch_linger.saturating_sub(batch_started.elapsed());
+                tokio::select! {
+                    _ = shutdown.cancelled() => break Ok(()),
+                    m = tokio::time::timeout(left, consumer.recv()) => m.ok(),
+                }
+            };
+            if assignment.generation() != generation {
+                if !consumed.is_empty() {
+                    tracing::info!(
+                        events = consumed.events,
+                        "assignment changed: the open epoch is dropped and consumed again from the committed offsets"
+                    );
+                }
+                drop(tx);
+                tx = Tx::new(store);
+                consumed = Consumed::default();
+                uncommitted.set(0.0);
+                generation = assignment.generation();
+                owned = assignment.partition_numbers();
+                parked.reassign(store, &owned)?;
+                // The message (if any) was fetched under the new assignment: it is applied below.
+            }
+            let commit_now = match next {
+                Some(Ok(msg)) => {
+                    if consumed.is_empty() {
+                        batch_started = Instant::now();
+                    }
+                    apply_message(topology, inputs, &mut tx, &mut consumed, &msg)?;
+                    uncommitted.set(consumed.events as f64);
+                    consumed.events >= self.batch_max
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "consumer error");
+                    metrics::counter!("ponte_reconciler_consumer_errors_total").increment(1);
+                    false
+                }
+                None => true,
+            };
+            if commit_now {
+                let (outcome, delta) = committer.commit(&mut tx, &mut consumed, consumer).await?;
+                if outcome == Outcome::Committed {
+                    parked.add(delta);
+                }
+                uncommitted.set(0.0);
+            }
+        };
+        if result.is_ok() && assignment.generation() == generation {
+            // Whatever was applied in memory is committed with its offsets; nothing is half-written.
+            committer.commit(&mut tx, &mut consumed, consumer).await?;
+        }
+        result
+    }
+}
+
+pub(crate) struct Inputs {
+    pub by_topic: Vec<(String, Input)>,
+}
+
+impl Inputs {
+    pub(crate) fn new(topics: &TopicsConfig, group: &str) -> Self {
+        Self {
+            by_topic: vec![
+                (topics.name(Topic::RegistryPersons), Input::Registry),
+                (topics.name(Topic::EducationAttendance), Input::Education),
+                (topics.name(Topic::HealthRecords), Input::Health),
+                (
+                    topics.name(Topic::AssistancePerson),
+                    Input::AssistancePerson,
+                ),
+                (
+                    topics.name(Topic::AssistanceFamily),
+                    Input::AssistanceFamily,
+                ),
+                (
+                    topics.reconciler_name(Topic::ReconcilerCrosswalk, group),
+                    Input::Crosswalk,
+                ),
+                (
+                    topics.reconciler_name(Topic::ReconcilerHealthByNis, group),
+                    Input::HealthByNis,
+                ),
+                (
+                    topics.reconciler_name(Topic::ReconcilerMembers, group),
+                    Input::Members,
+                ),
+            ],
+        }
+    }
+
+    fn input(&self, topic: &str) -> Option<Input> {
+        self.by_topic
+            .iter()
+            .find(|(t, _)| t == topic)
+            .map(|(_, i)| *i)
+    }
+}
+
+fn to_system_time(t: &ponte_proto::Timestamp) -> SystemTime {
+    SystemTime::UNIX_EPOCH
+        + Duration::new(
+            u64::try_from(t.seconds).unwrap_or(0),
+            u32::try_from(t.nanos).unwrap_or(0),
+        )
+}
+
+fn apply_message(
+    topology: &Topology,
+    inputs: &Inputs,
+    tx: &mut Tx<'_>,
+    stats: &mut Consumed,
+    msg: &BorrowedMessage<'_>,
+) -> Result<(), ReconcilerError> {
+    let topic = msg.topic().to_owned();
+    metrics::counter!("ponte_reconciler_events_consumed_total", "topic" => topic.clone())
+        .increment(1);
+    stats.record(&topic, msg.partition(), msg.offset());
+    let Some(input) = inputs.input(&topic) else {
+        // Only the subscribed topics are ever delivered.
+        metrics::counter!("ponte_reconciler_events_ignored_total", "topic" => topic.clone(), "reason" => "unknown_topic").increment(1);
+        return Ok(());
+    };
+    tx.set_partition(msg.partition());
+    let payload = msg.payload().unwrap_or_default();
+    // A message without the header is read as its topic's schema (tools that produce by hand
+    // rarely set headers); one that names another schema is not guessed at.
+    let schema = EventHeaders::value(msg.headers(), ponte_bus::headers::SCHEMA)
+        .filter(|s| !input.reads_schema(s));
+    let (applied, event) = if let Some(schema) = schema {
+        (
+            Applied::Invalid(Unapplicable::of_event(
+                "unknown_schema",
+                format!(
+                    "schema {:?} on a topic of {}",
+                    String::from_utf8_lossy(schema),
+                    input.schema()
+                ),
+            )),
+            None,
+        )
+    } else if payload.is_empty() {
+        (
+            Applied::Invalid(Unapplicable::of_event("malformed", "empty payload")),
+            None,
+        )
+    } else if input.is_internal() {
+        let (applied, at) = topology.apply_internal(tx, input, payload)?;
+        if let (Applied::Changed, Some(t)) = (&applied, &at) {
+            stats.ingest_times.push(to_system_time(t));
+        }
+        (applied, None)
+    } else {
+        match Event::decode(payload) {
+            Ok(e) => (topology.apply(tx, input, &e)?, Some(e)),
+            Err(e) => (
+                Applied::Invalid(Unapplicable::of_event(
+                    "malformed",
+                    format!("undecodable ponte.events.v1.Event: {e}"),
+                )),
+                None,
+            ),
+        }
+    };
+    match applied {
+        Applied::Changed => {
+            metrics::counter!("ponte_reconciler_events_applied_total", "topic" => topic.clone())
+                .increment(1);
+            // Ingest-to-view: measured where a record reaches a view, not where it is
+            // forwarded (health records by CNS/CPF are measured on their second hop).
+            if input != Input::Health
+                && let Some(t) = event.as_ref().and_then(|e| e.ingest_time.as_ref())
+            {
+                stats.ingest_times.push(to_system_time(t));
+            }
+        }
+        Applied::Unchanged => {
+            metrics::counter!("ponte_reconciler_events_ignored_total", "topic" => topic.clone(), "reason" => "stale_version").increment(1);
+        }
+        Applied::Parked => {
+            metrics::counter!("ponte_reconciler_events_parked_total", "topic" => topic.clone())
+                .increment(1);
+        }
+        Applied::Invalid(why) => dead_letter(tx, msg, input, event.as_ref(), payload, &why),
+    }
+    Ok(())
+}
+
+/// Sends an event that cannot be applied to the dead-letter topic, in the epoch's transaction
+/// (so it is out exactly when the epoch's offsets are committed), counted by class and logged
+/// with its identifiers masked.
+fn dead_letter(
+    tx: &mut Tx<'_>,
+    msg: &BorrowedMessage<'_>,
+    input: Input,
+    event: Option<&Event>,
+    payload: &[u8],
+    why: &Unapplicable,
+) {
+    let topic = msg.topic();
+    let record_id = event.map(|e| e.record_id.clone()).unwrap_or_default();
+    let source_system = event
+        .map(|e| e.source_system.as_str())
+        .filter(|s| !s.is_empty())
+        .unwrap_or("reconciler")
+        .to_owned();
+    tracing::warn!(
+        %topic,
+        partition = msg.partition(),
+        offset = msg.offset(),
+        record_id = %ponte_runtime::telemetry::mask_ids_in(&record_id),
+        source = %source_system,
+        error_type = why.error_type,
+        reason = %ponte_runtime::telemetry::mask_ids_in(&why.to_string()),
+        "event cannot be applied; sent to the dead-letter topic"
+    );
+    metrics::counter!("ponte_reconciler_events_dead_lettered_total", "topic" => topic.to_owned(), "error_type" => why.error_type).increment(1);
+    let letter = DeadLetter {
+        source_system: source_system.clone(),
+        reason: why.to_string(),
+        error_type: why.error_type.to_owned(),
+        field: why.field.clone(),
+        position: format!(
+            "{topic} partition {} offset {}",
+            msg.partition(),
+            msg.offset()
+        ),
+        original: payload.to_vec(),
+        content_type: format!(
+            "application/x-protobuf; messageType={}",
+            input.message_type()
+        ),
+        received_time: event.and_then(|e| e.ingest_time),
+        record_id,
+    };
+    tx.emit(
+        OutputKind::DeadLetter,
+        source_system,
+        letter.encode_to_vec(),
+    );
+}
+
+/// Parked health records per owned partition for `ponte_reconciler_parked_records`: counted
+/// once when a partition is taken, then kept from each commit's writes. (Scanning them every
+/// second instead took 58 % of the reconciler's CPU with 3 M records parked while 10 M people
+/// were loaded at once: docs/benchmarks.md.)
+#[derive(Debug, Default)]
+pub(crate) struct ParkedCount(BTreeMap<i32, i64>);
+
+impl ParkedCount {
+    /// Forgets the partitions no longer owned and counts the newly owned ones (one scan each).
+    fn reassign(&mut self, store: &Store, owned: &BTreeSet<i32>) -> Result<(), ReconcilerError> {
+        self.0.retain(|p, _| owned.contains(p));
+        for &p in owned {
+            if let std::collections::btree_map::Entry::Vacant(e) = self.0.entry(p) {
+                e.insert(crate::topology::count_parked(store, &[p])? as i64);
+            }
+        }
+        Ok(())
+    }
+
+    fn add(&mut self, delta: BTreeMap<i32, i64>) {
+        for (p, d) in delta {
+            if let Some(n) = self.0.get_mut(&p) {
+                *n += d;
+            }
+        }
+    }
+
+    pub(crate) fn total(&self) -> i64 {
+        self.0.values().sum()
+    }
+}
