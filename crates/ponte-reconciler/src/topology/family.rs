@@ -2,15 +2,6 @@
 //! effects ladder.
 use super::*;
 
-#[derive(Debug, Default, Serialize, Deserialize)]
-pub(super) struct FamilyDoc {
-    records: Vec<FamilyRecord>,
-}
-
-/// The members of a family with their latest non-compliant outcomes, as the members topic
-/// delivered them.
-pub(super) type Members = BTreeMap<String, Vec<Outcome>>;
-
 impl Topology {
     // ---- families (keyed by family id) ------------------------------------------------------
 
@@ -23,8 +14,7 @@ impl Topology {
             return Ok(invalid("nis", e));
         }
         let fid = FamilyId(m.family_id.clone());
-        let k = key(&["fm", fid.as_str()]);
-        let mut members: Members = tx.get_json(&k)?.unwrap_or_default();
+        let mut members: Members = MEMBERS.get(tx, &[fid.as_str()])?.unwrap_or_default();
         if m.member {
             let outcomes: Vec<Outcome> = match serde_json::from_slice(&m.outcomes_json) {
                 Ok(o) => o,
@@ -38,9 +28,9 @@ impl Topology {
             return Ok(Applied::Unchanged);
         }
         if members.is_empty() {
-            tx.delete(k);
+            MEMBERS.delete(tx, &[fid.as_str()]);
         } else {
-            tx.put_json(k, &members)?;
+            MEMBERS.put(tx, &[fid.as_str()], &members)?;
         }
         self.refresh_family(tx, &fid, m.at)?;
         Ok(Applied::Changed)
@@ -70,7 +60,7 @@ impl Topology {
             .map(FamilyRecord::FollowUp)
             .collect();
         records.extend(state.appeals.entries().cloned().map(FamilyRecord::Appeal));
-        tx.put_json(key(&["f", fid.as_str()]), &FamilyDoc { records })?;
+        FAMILIES.put(tx, &[fid.as_str()], &FamilyDoc { records })?;
         self.refresh_family(tx, &fid, at)?;
         Ok(Applied::Changed)
     }
@@ -80,7 +70,7 @@ impl Topology {
         tx: &Tx<'_>,
         fid: &FamilyId,
     ) -> Result<(FamilyState, FamilyDoc), ReconcilerError> {
-        let doc: FamilyDoc = tx.get_json(&key(&["f", fid.as_str()]))?.unwrap_or_default();
+        let doc: FamilyDoc = FAMILIES.get(tx, &[fid.as_str()])?.unwrap_or_default();
         let mut state = FamilyState::new(fid.clone());
         for r in &doc.records {
             let _ = state.apply(r.clone());
@@ -95,9 +85,7 @@ impl Topology {
         at: Option<Timestamp>,
     ) -> Result<(), ReconcilerError> {
         let (state, _) = self.load_family(tx, fid)?;
-        let members: Members = tx
-            .get_json(&key(&["fm", fid.as_str()]))?
-            .unwrap_or_default();
+        let members: Members = MEMBERS.get(tx, &[fid.as_str()])?.unwrap_or_default();
         let names: BTreeSet<String> = members.keys().cloned().collect();
         let outcomes: Vec<Outcome> = members.into_values().flatten().collect();
         let effects = self.rules.evaluate_family(&state, &outcomes);
@@ -121,9 +109,9 @@ impl Topology {
             }
             .encode_to_vec(),
         );
-        tx.put(key(&["d", "f", fid.as_str()]), digest.encode_to_vec());
+        FAMILY_DIGESTS.put(tx, &[fid.as_str()], &digest)?;
         if legacy {
-            tx.delete(key(&["v", "f", fid.as_str()]));
+            FAMILY_VIEWS_BEFORE_DIGESTS.delete(tx, &[fid.as_str()]);
         }
         Ok(())
     }

@@ -31,24 +31,22 @@ impl Topology {
             },
             None => return Ok(invalid("subject", "health record names no person")),
         };
-        let ekey = key(&["e", &alt, &event.record_id]);
-        let kkey = key(&["k", &alt, &event.record_id]);
-        let held: Option<Event> = match tx.get_proto(&ekey)? {
+        let id = [alt.as_str(), event.record_id.as_str()];
+        let held: Option<Event> = match FORWARDED.get(tx, &id)? {
             Some(e) => Some(e),
-            None => tx.get_proto(&kkey)?,
+            None => PARKED.get(tx, &id)?,
         };
         if held.is_some_and(|held| held.version >= event.version) {
             return Ok(Applied::Unchanged);
         }
-        match tx.get(&key(&["x", &alt]))? {
+        match CROSSWALK.get(tx, &[&alt])? {
             Some(nis) => {
-                let nis = String::from_utf8_lossy(&nis).into_owned();
-                tx.put(ekey, event.encode_to_vec());
-                self.forward_health(tx, &nis, &alt, event);
+                FORWARDED.put(tx, &id, event)?;
+                self.forward_health(tx, nis.as_str(), &alt, event);
                 Ok(Applied::Changed)
             }
             None => {
-                tx.put(kkey, event.encode_to_vec());
+                PARKED.put(tx, &id, event)?;
                 Ok(Applied::Parked)
             }
         }
@@ -96,55 +94,48 @@ impl Topology {
         tx: &mut Tx<'_>,
         c: &CrosswalkChange,
     ) -> Result<Applied, ReconcilerError> {
-        if let Err(e) = Nis::parse(&c.nis) {
-            return Ok(invalid("nis", e));
-        }
-        let xkey = key(&["x", &c.alt]);
-        let current = tx
-            .get(&xkey)?
-            .map(|b| String::from_utf8_lossy(&b).into_owned());
-        let resolved_prefix = key(&["e", &c.alt, ""]);
-        let parked_prefix = key(&["k", &c.alt, ""]);
+        let nis = match Nis::parse(&c.nis) {
+            Ok(n) => n,
+            Err(e) => return Ok(invalid("nis", e)),
+        };
+        let alt = c.alt.as_str();
+        let current = CROSSWALK.get(tx, &[alt])?.map(|n| n.as_str().to_owned());
         if c.carried {
-            if current.as_deref() == Some(c.nis.as_str()) {
+            if current.as_deref() == Some(nis.as_str()) {
                 return Ok(Applied::Unchanged);
             }
             // Records are held as resolved (`e/`) only while the identifier maps to someone:
             // a first claim has nothing resolved to move, only what is parked.
             let resolved = match &current {
-                Some(_) => tx.scan(&resolved_prefix)?,
+                Some(_) => FORWARDED.scan_under(tx, alt)?,
                 None => Vec::new(),
             };
             if let Some(prev) = &current {
-                for (k, _) in &resolved {
-                    let rid = String::from_utf8_lossy(&k[resolved_prefix.len()..]).into_owned();
-                    self.withdraw_health(tx, prev, &c.alt, &rid, c.at);
+                for (rid, _) in &resolved {
+                    self.withdraw_health(tx, prev, alt, rid, c.at);
                 }
             }
-            tx.put(xkey, c.nis.as_bytes().to_vec());
+            CROSSWALK.put(tx, &[alt], &nis)?;
             let mut all = resolved;
-            for (k, v) in tx.scan(&parked_prefix)? {
-                let rid = &k[parked_prefix.len()..];
-                tx.delete(k.clone());
-                let ekey = [resolved_prefix.as_slice(), rid].concat();
-                tx.put(ekey.clone(), v.clone());
-                all.push((ekey, v));
+            for (rid, v) in PARKED.scan_under(tx, alt)? {
+                PARKED.delete(tx, &[alt, &rid]);
+                FORWARDED.put_encoded(tx, &[alt, &rid], v.clone());
+                all.push((rid, v));
             }
-            for (k, v) in all {
-                let event = Event::decode(v.as_slice()).map_err(|e| corrupt(&k, e))?;
-                self.forward_health(tx, &c.nis, &c.alt, &event);
+            for (rid, v) in all {
+                let event = FORWARDED.decode(&[alt, &rid], &v)?;
+                self.forward_health(tx, nis.as_str(), alt, &event);
             }
             Ok(Applied::Changed)
         } else {
-            if current.as_deref() != Some(c.nis.as_str()) {
+            if current.as_deref() != Some(nis.as_str()) {
                 return Ok(Applied::Unchanged);
             }
-            tx.delete(xkey);
-            for (k, v) in tx.scan(&resolved_prefix)? {
-                let rid = String::from_utf8_lossy(&k[resolved_prefix.len()..]).into_owned();
-                tx.delete(k);
-                tx.put([parked_prefix.as_slice(), rid.as_bytes()].concat(), v);
-                self.withdraw_health(tx, &c.nis, &c.alt, &rid, c.at);
+            CROSSWALK.delete(tx, &[alt]);
+            for (rid, v) in FORWARDED.scan_under(tx, alt)? {
+                FORWARDED.delete(tx, &[alt, &rid]);
+                PARKED.put_encoded(tx, &[alt, &rid], v);
+                self.withdraw_health(tx, nis.as_str(), alt, &rid, c.at);
             }
             Ok(Applied::Changed)
         }

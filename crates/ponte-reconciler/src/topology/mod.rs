@@ -20,7 +20,8 @@
 //!    outcomes, follow-up, appeals and the effects ladder.
 //!
 //! State layout (keys in the store's `state` column family, each under the prefix of its input
-//! partition, [`partition_prefix`]):
+//! partition, [`partition_prefix`]; each prefix is one typed table of `tables.rs`, which holds
+//! the key layout and the value's encoding):
 //!
 //! | key | value |
 //! |---|---|
@@ -38,7 +39,8 @@
 //! that topic ([`crate::readmodel`]), so every instance can answer for every person.
 //!
 //! Files: this one routes an event to its stage; `identity.rs`, `person.rs` and `family.rs`
-//! are the stages; `state.rs` the epoch's view of the state ([`Tx`]) and its keys;
+//! are the stages; `state.rs` the epoch's view of the state ([`Tx`]) and its partitions;
+//! `tables.rs` the typed tables the stages keep in it;
 //! `convert.rs` the mapping of wire records to domain records; `views.rs` the published views
 //! and the digests kept of them. The repartition messages and digests are defined in
 //! `proto/ponte/reconciler/v1`.
@@ -68,10 +70,12 @@ mod family;
 mod identity;
 mod person;
 mod state;
+mod tables;
 mod views;
 
 use convert::*;
 pub use state::*;
+use tables::*;
 use views::*;
 
 /// The input topics, by role. The first five are the shared input topics; the last three are
@@ -196,10 +200,6 @@ pub struct Topology {
     rules: RuleSet,
     from: Month,
     to: Month,
-}
-
-fn key(parts: &[&str]) -> Vec<u8> {
-    parts.join("/").into_bytes()
 }
 
 /// An event whose `field` breaks a rule; the class follows from the field.

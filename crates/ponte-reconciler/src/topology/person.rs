@@ -2,15 +2,6 @@
 //! identifiers to the crosswalk and the outcomes to the family's partition.
 use super::*;
 
-/// The records of one person as persisted.
-#[derive(Debug, Default, Serialize, Deserialize)]
-pub(super) struct PersonDoc {
-    records: Vec<PersonRecord>,
-    /// Record id → the identifier a health record arrived as (`cns:…`).
-    #[serde(default)]
-    health_arrived_as: BTreeMap<String, String>,
-}
-
 impl Topology {
     // ---- persons (keyed by NIS) -------------------------------------------------------------
 
@@ -19,7 +10,7 @@ impl Topology {
         tx: &Tx<'_>,
         nis: Nis,
     ) -> Result<(PersonState, PersonDoc), ReconcilerError> {
-        let doc: PersonDoc = tx.get_json(&key(&["p", nis.as_str()]))?.unwrap_or_default();
+        let doc: PersonDoc = PERSONS.get(tx, &[nis.as_str()])?.unwrap_or_default();
         let mut state = PersonState::new(nis);
         for r in &doc.records {
             // Records were checked against this NIS when first applied.
@@ -40,7 +31,7 @@ impl Topology {
         records.extend(state.scfv.entries().cloned().map(PersonRecord::Scfv));
         records.extend(state.health.entries().cloned().map(PersonRecord::Health));
         doc.records = records;
-        tx.put_json(key(&["p", state.nis().as_str()]), doc)
+        PERSONS.put(tx, &[state.nis().as_str()], doc)
     }
 
     pub(super) fn apply_person_record(
@@ -157,10 +148,8 @@ impl Topology {
         // Crosswalk: identifiers the live profile carries now versus before, to the identity
         // stage (keyed by the identifier).
         let now: BTreeSet<String> = state.profile().map(alt_ids).unwrap_or_default();
-        let before: BTreeSet<String> = tx
-            .get_json(&key(&["xo", nis.as_str()]))?
-            .unwrap_or_default();
-        tx.put_json(key(&["xo", nis.as_str()]), &now)?;
+        let before: BTreeSet<String> = CARRIED_IDS.get(tx, &[nis.as_str()])?.unwrap_or_default();
+        CARRIED_IDS.put(tx, &[nis.as_str()], &now)?;
         let changes = before
             .difference(&now)
             .map(|a| (a, false))
@@ -199,7 +188,6 @@ impl Topology {
         if old.as_ref().is_some_and(|o| o.hash == hash) {
             return Ok(());
         }
-        let vkey = key(&["d", "p", nis.as_str()]);
         let (old_family, old_nc) = old
             .as_ref()
             .map(|o| (o.family_id.clone(), o.non_compliant.clone()))
@@ -252,7 +240,8 @@ impl Topology {
                 family_id: view.family_id.clone(),
                 nis: nis.to_string(),
                 member: true,
-                outcomes_json: serde_json::to_vec(&for_family).map_err(|e| corrupt(&vkey, e))?,
+                outcomes_json: serde_json::to_vec(&for_family)
+                    .map_err(|e| corrupt(&PERSON_DIGESTS.key(&[nis.as_str()]), e))?,
                 at,
             };
             tx.emit(
@@ -275,9 +264,9 @@ impl Topology {
             }
             .encode_to_vec(),
         );
-        tx.put(vkey, digest.encode_to_vec());
+        PERSON_DIGESTS.put(tx, &[nis.as_str()], &digest)?;
         if legacy {
-            tx.delete(key(&["v", "p", nis.as_str()]));
+            PERSON_VIEWS_BEFORE_DIGESTS.delete(tx, &[nis.as_str()]);
         }
         Ok(())
     }

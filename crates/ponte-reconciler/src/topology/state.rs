@@ -238,34 +238,6 @@ impl<'a> Tx<'a> {
             std::mem::take(&mut self.outputs),
         )
     }
-
-    pub(super) fn get_json<T: for<'de> Deserialize<'de>>(
-        &self,
-        key: &[u8],
-    ) -> Result<Option<T>, ReconcilerError> {
-        self.get(key)?
-            .map(|b| serde_json::from_slice(&b).map_err(|e| corrupt(key, e)))
-            .transpose()
-    }
-
-    pub(super) fn put_json<T: Serialize>(
-        &mut self,
-        key: Vec<u8>,
-        value: &T,
-    ) -> Result<(), ReconcilerError> {
-        let bytes = serde_json::to_vec(value).map_err(|e| corrupt(&key, e))?;
-        self.put(key, bytes);
-        Ok(())
-    }
-
-    pub(super) fn get_proto<M: prost::Message + Default>(
-        &self,
-        key: &[u8],
-    ) -> Result<Option<M>, ReconcilerError> {
-        self.get(key)?
-            .map(|b| M::decode(b.as_slice()).map_err(|e| corrupt(key, e)))
-            .transpose()
-    }
 }
 
 pub(super) fn corrupt(key: &[u8], e: impl std::fmt::Display) -> ReconcilerError {
@@ -282,7 +254,7 @@ pub fn count_parked(kv: &dyn Kv, partitions: &[i32]) -> Result<usize, Reconciler
     let mut n = 0;
     for &p in partitions {
         n += kv
-            .scan(&[partition_prefix(p).as_slice(), b"k/"].concat())?
+            .scan(&[partition_prefix(p), PARKED.key_prefix()].concat())?
             .len();
     }
     Ok(n)
@@ -313,7 +285,7 @@ pub fn parked_delta(base: &dyn Kv, writes: &Writes) -> Result<BTreeMap<i32, i64>
 pub(super) fn parked_partition(full_key: &[u8]) -> Option<i32> {
     let p = key_partition(full_key)?;
     full_key[partition_prefix(p).len()..]
-        .starts_with(b"k/")
+        .starts_with(&PARKED.key_prefix())
         .then_some(p)
 }
 
@@ -324,13 +296,13 @@ pub fn read_parked(
 ) -> Result<Vec<(String, Event)>, ReconcilerError> {
     let mut out = Vec::new();
     for &p in partitions {
-        let prefix = [partition_prefix(p).as_slice(), b"k/"].concat();
+        let prefix = [partition_prefix(p), PARKED.key_prefix()].concat();
         for (k, v) in kv.scan(&prefix)? {
             let rest = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
             let alt = rest.split('/').next().unwrap_or_default().to_owned();
             out.push((
                 alt,
-                Event::decode(v.as_slice()).map_err(|e| corrupt(&k, e))?,
+                <Event as prost::Message>::decode(v.as_slice()).map_err(|e| corrupt(&k, e))?,
             ));
         }
     }

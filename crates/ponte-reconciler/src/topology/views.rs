@@ -45,18 +45,19 @@ pub(super) fn view_hash(view: &impl prost::Message) -> u64 {
         })
 }
 
-/// The digest at `d/<kind>/<id>`, or one derived from the full view at `v/<kind>/<id>` that a
-/// store written before digests holds (then `true`: the old key is deleted with the next write).
-pub(super) fn read_digest<D: prost::Message + Default, V: prost::Message + Default>(
+/// The digest in `digests`, or one derived from the whole view that a store written before
+/// digests holds in `views` (then `true`: the view is deleted with the next write).
+fn read_digest<D: Stored, V: Stored>(
     tx: &Tx<'_>,
-    kind: &str,
+    digests: &Table<D>,
+    views: &Table<V>,
     id: &str,
     from_view: impl FnOnce(V) -> D,
 ) -> Result<(Option<D>, bool), ReconcilerError> {
-    if let Some(d) = tx.get_proto::<D>(&key(&["d", kind, id]))? {
+    if let Some(d) = digests.get(tx, &[id])? {
         return Ok((Some(d), false));
     }
-    Ok(match tx.get_proto::<V>(&key(&["v", kind, id]))? {
+    Ok(match views.get(tx, &[id])? {
         Some(v) => (Some(from_view(v)), true),
         None => (None, false),
     })
@@ -66,30 +67,42 @@ pub(super) fn person_digest(
     tx: &Tx<'_>,
     nis: &str,
 ) -> Result<(Option<PersonDigest>, bool), ReconcilerError> {
-    read_digest(tx, "p", nis, |mut v: api::Person| {
-        let view_version = std::mem::take(&mut v.view_version);
-        v.updated_time = None;
-        PersonDigest {
-            view_version,
-            hash: view_hash(&v),
-            non_compliant: non_compliant(&v.outcomes),
-            family_id: v.family_id,
-        }
-    })
+    read_digest(
+        tx,
+        &PERSON_DIGESTS,
+        &PERSON_VIEWS_BEFORE_DIGESTS,
+        nis,
+        |mut v: api::Person| {
+            let view_version = std::mem::take(&mut v.view_version);
+            v.updated_time = None;
+            PersonDigest {
+                view_version,
+                hash: view_hash(&v),
+                non_compliant: non_compliant(&v.outcomes),
+                family_id: v.family_id,
+            }
+        },
+    )
 }
 
 pub(super) fn family_digest(
     tx: &Tx<'_>,
     fid: &str,
 ) -> Result<(Option<FamilyDigest>, bool), ReconcilerError> {
-    read_digest(tx, "f", fid, |mut v: api::Family| {
-        let view_version = std::mem::take(&mut v.view_version);
-        v.updated_time = None;
-        FamilyDigest {
-            view_version,
-            hash: view_hash(&v),
-        }
-    })
+    read_digest(
+        tx,
+        &FAMILY_DIGESTS,
+        &FAMILY_VIEWS_BEFORE_DIGESTS,
+        fid,
+        |mut v: api::Family| {
+            let view_version = std::mem::take(&mut v.view_version);
+            v.updated_time = None;
+            FamilyDigest {
+                view_version,
+                hash: view_hash(&v),
+            }
+        },
+    )
 }
 
 /// A member's outcomes as the family stage needs them: only the non-compliant ones (the only
