@@ -782,6 +782,62 @@ fn the_history_spans_several_partitions_so_the_stages_really_are_apart() {
     assert_ne!(partition_of(CHILD_CNS), partition_of(CHILD));
 }
 
+/// One step of an epoch in [`Harness::epoch`].
+#[derive(Debug, Clone, Copy)]
+enum Step {
+    /// The `i`-th source event.
+    Source(usize),
+    /// A delivery from the `n`-th non-empty repartition queue.
+    Deliver(usize),
+}
+
+impl Harness {
+    /// Applies `steps` in one transaction committed once at the end, as the service's epochs
+    /// do: later steps read the earlier ones' uncommitted writes, and what the epoch sends
+    /// onwards is delivered only after its commit.
+    fn epoch(&mut self, events: &[(Input, Event)], steps: &[Step]) {
+        let mut tx = Tx::new(&self.kv);
+        for step in steps {
+            match *step {
+                Step::Source(i) => {
+                    let (input, event) = &events[i];
+                    tx.set_partition(partition_of(&key_of(*input, event)));
+                    self.topology.apply(&mut tx, *input, event).unwrap();
+                }
+                Step::Deliver(n) => {
+                    let queues: Vec<(Input, i32)> = self
+                        .pending
+                        .iter()
+                        .filter(|(_, q)| !q.is_empty())
+                        .map(|(k, _)| *k)
+                        .collect();
+                    if queues.is_empty() {
+                        continue;
+                    }
+                    let (input, partition) = queues[n % queues.len()];
+                    let payload = self
+                        .pending
+                        .get_mut(&(input, partition))
+                        .unwrap()
+                        .pop_front()
+                        .unwrap();
+                    tx.set_partition(partition);
+                    let (applied, _) = self
+                        .topology
+                        .apply_internal(&mut tx, input, &payload)
+                        .unwrap();
+                    assert!(
+                        !matches!(applied, Applied::Invalid(_)),
+                        "{input:?}: {applied:?}"
+                    );
+                }
+            }
+        }
+        let taken = tx.take();
+        self.commit(taken);
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
@@ -826,6 +882,41 @@ proptest! {
             }).collect()
         };
         prop_assert_eq!(views(&straight), views(&shuffled), "the published views agree too");
+    }
+
+    /// The same holds when events are applied in epochs of any size — several events, of any
+    /// partitions, in one transaction over the uncommitted state of the earlier ones, and
+    /// repartition messages delivered only after their epoch's commit — as the reconciler's
+    /// epochs do.
+    #[test]
+    fn epochs_of_any_size_end_in_the_views_of_one_event_at_a_time(
+        order in Just((0..history().len()).collect::<Vec<_>>()).prop_shuffle(),
+        sizes in proptest::collection::vec(1usize..12, 1..24),
+        picks in proptest::collection::vec(0usize..8, 64),
+    ) {
+        let events = history();
+        let mut one_at_a_time = Harness::new();
+        for e in &events { one_at_a_time.apply(e); }
+        let mut epochs = Harness::new();
+        let mut next = order.iter().copied();
+        let mut pick = picks.iter().copied().cycle();
+        for size in sizes.iter().copied().cycle() {
+            let mut steps: Vec<Step> = (0..size)
+                .filter_map(|_| {
+                    let p = pick.next().unwrap_or(0);
+                    if p <= 4 { next.next().map(Step::Source) } else { Some(Step::Deliver(p)) }
+                })
+                .collect();
+            if next.len() == 0 && steps.iter().all(|s| matches!(s, Step::Deliver(_))) {
+                if epochs.pending.values().all(VecDeque::is_empty) {
+                    break;
+                }
+                steps.push(Step::Deliver(0));
+            }
+            epochs.epoch(&events, &steps);
+            epochs.parked();
+        }
+        prop_assert_eq!(one_at_a_time.normalised(), epochs.normalised());
     }
 
     #[test]
