@@ -209,7 +209,7 @@ pub(crate) async fn run(s: &Setup<'_>) -> anyhow::Result<Figures> {
     }
     if s.restart {
         let nis = known_nis(s.data, &pipeline.grpc).await?;
-        for stop in [Stop::Graceful, Stop::Crash] {
+        for stop in [Stop::Graceful, Stop::Crash, Stop::LostDisk] {
             let r = pipeline.restart_reconciler(s, stop, &nis).await?;
             pipeline.figures.restarts.push(r);
         }
@@ -709,6 +709,9 @@ pub(crate) enum Stop {
     Graceful,
     /// SIGKILL (`kill -9`): a crash, nothing flushed or left cleanly.
     Crash,
+    /// SIGKILL, then the state directory deleted: a lost disk or a new machine. Every
+    /// partition is rebuilt from the changelog and the read model from the changes topic.
+    LostDisk,
 }
 
 impl Stop {
@@ -716,6 +719,16 @@ impl Stop {
         match self {
             Stop::Graceful => "SIGTERM",
             Stop::Crash => "SIGKILL",
+            Stop::LostDisk => "SIGKILL and a lost disk",
+        }
+    }
+
+    /// For file names.
+    fn slug(self) -> &'static str {
+        match self {
+            Stop::Graceful => "sigterm",
+            Stop::Crash => "sigkill",
+            Stop::LostDisk => "lost-disk",
         }
     }
 }
@@ -847,7 +860,7 @@ impl Pipeline {
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             }
-            Stop::Crash => {
+            Stop::Crash | Stop::LostDisk => {
                 old.kill()?;
                 old.wait()?.to_string()
             }
@@ -858,7 +871,10 @@ impl Pipeline {
         let (state, read_model) = (dir.join("state"), dir.join("read"));
         let state_at_stop = Disk::of(&state)?;
         let read_model_at_stop = Disk::of(&read_model)?;
-        let log_name = format!("reconciler-after-{}.log", stop.signal());
+        if stop == Stop::LostDisk {
+            std::fs::remove_dir_all(&dir).with_context(|| format!("deleting {}", dir.display()))?;
+        }
+        let log_name = format!("reconciler-after-{}.log", stop.slug());
         let log = s.work.join(&log_name);
         let spawned = Instant::now();
         let pid = self.respawn_reconciler(s, i, &log_name)?;

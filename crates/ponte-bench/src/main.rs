@@ -98,8 +98,9 @@ enum Cmd {
         #[arg(long, default_value = "proto")]
         protos: PathBuf,
         /// Once the view is complete (after ghz), restart the reconciler on its state, first
-        /// after SIGTERM, then after SIGKILL: shutdown time, time until ready and until
-        /// GetPerson answers, state on disk, RSS, what it restored.
+        /// after SIGTERM, then after SIGKILL, then after SIGKILL with its state directory
+        /// deleted (a lost disk): shutdown time, time until ready and until GetPerson answers,
+        /// state on disk, RSS, what it restored.
         #[arg(long)]
         restart: bool,
         /// Give up when the view is not complete this many minutes after the ingest began
