@@ -359,3 +359,23 @@ pub fn group_consumer(
         .map_err(|e| BusError::Config(format!("subscribing to {topics:?}: {e}")))?;
     Ok((consumer, assignment))
 }
+
+/// The context of a consumer that reads partitions to their end (`enable.partition.eof`):
+/// reaching the end is what it waits for, not an error, so librdkafka's end-of-partition
+/// events are logged at debug level instead of the default context's `ERROR` (which filled a
+/// restarted reconciler's log with one "Global error: PartitionEOF" per partition restored).
+/// Every other client error is logged at error level, as by default.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ReadToEnd;
+
+impl ClientContext for ReadToEnd {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF) {
+            tracing::debug!(%reason, "end of partition");
+        } else {
+            tracing::error!(%error, %reason, "librdkafka client error");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for ReadToEnd {}

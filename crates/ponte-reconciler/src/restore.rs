@@ -99,8 +99,8 @@ pub fn restore_partition(
         // broker holds an empty fetch for 500 ms, and every restore waited that long per
         // partition (a restart with 3 partitions took 4.5 s to be ready at 1 M people).
         .set("fetch.wait.max.ms", "10");
-    let consumer: BaseConsumer = cfg
-        .create()
+    let consumer: BaseConsumer<ponte_bus::consume::ReadToEnd> = cfg
+        .create_with_context(ponte_bus::consume::ReadToEnd)
         .map_err(|e| startup(format!("restore consumer: {e}")))?;
     let timeout = Duration::from_secs(30);
     let (low, high) = crate::while_topic_settles(
