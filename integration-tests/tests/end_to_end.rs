@@ -358,12 +358,42 @@ async fn topics_ensure_creates_the_catalogue_once_and_compacts_the_view() {
         .unwrap();
     // The reconciler group's own topics are named after the group.
     let group = format!("{}reconciler", stack.prefix);
-    for (base, policy) in [
-        ("compliance.changes.v1".to_owned(), "compact"),
-        (format!("reconciler.{group}.changelog.v1"), "compact"),
-        (format!("reconciler.{group}.crosswalk.v1"), "delete"),
-        ("education.attendance.v1".to_owned(), "delete"),
-        ("deadletter.v1".to_owned(), "delete"),
+    // Each keeps what it holds only as long as docs/privacy.md says: by time, or for a
+    // compacted topic the tombstone's day and a bound on how long a removed value waits for
+    // compaction.
+    const WEEK: &str = "604800000";
+    const MONTH: &str = "2592000000";
+    for (base, policy, retention) in [
+        (
+            "compliance.changes.v1".to_owned(),
+            "compact",
+            ("max.compaction.lag.ms", WEEK),
+        ),
+        (
+            format!("reconciler.{group}.changelog.v1"),
+            "compact",
+            ("delete.retention.ms", "86400000"),
+        ),
+        (
+            format!("reconciler.{group}.crosswalk.v1"),
+            "delete",
+            ("retention.ms", WEEK),
+        ),
+        (
+            "education.attendance.v1".to_owned(),
+            "delete",
+            ("retention.ms", WEEK),
+        ),
+        (
+            "deadletter.v1".to_owned(),
+            "delete",
+            ("retention.ms", MONTH),
+        ),
+        (
+            "compliance.alerts.v1".to_owned(),
+            "delete",
+            ("retention.ms", MONTH),
+        ),
     ] {
         let name = stack.topic(&base);
         let res = admin
@@ -375,6 +405,12 @@ async fn topics_ensure_creates_the_catalogue_once_and_compacts_the_view() {
             res.get("cleanup.policy").and_then(|e| e.value.as_deref()),
             Some(policy),
             "{name}"
+        );
+        assert_eq!(
+            res.get(retention.0).and_then(|e| e.value.as_deref()),
+            Some(retention.1),
+            "{name} {}",
+            retention.0
         );
         let md = admin
             .inner()

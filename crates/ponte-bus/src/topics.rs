@@ -132,6 +132,53 @@ impl Topic {
             _ => Cleanup::Delete,
         }
     }
+
+    /// How long the topic keeps what it holds: the topic configs Ponte sets so that no personal
+    /// data stays longer than docs/privacy.md says. On a topic deleted by time, `retention.ms`;
+    /// on a compacted one (a key's latest value is kept until the key is deleted), how long a
+    /// deletion's tombstone stays readable (`delete.retention.ms`) and how long a superseded
+    /// or deleted value may wait for compaction (`max.compaction.lag.ms`), which bounds how
+    /// long an erased person's data stays on the broker's disks. `[topics.overrides]` wins.
+    pub fn retention(self) -> &'static [(&'static str, &'static str)] {
+        // 604800000 ms = 7 days, 2592000000 ms = 30 days, 86400000 ms = 1 day.
+        match self {
+            // The sector records: read by the reconciler within seconds; kept a week to ride
+            // out an outage of the reconcilers. The sectors' own systems are their record.
+            Topic::EducationAttendance
+            | Topic::HealthRecords
+            | Topic::RegistryPersons
+            | Topic::AssistancePerson
+            | Topic::AssistanceFamily
+            // Repartition messages: consumed within seconds by the same deployment.
+            | Topic::ReconcilerCrosswalk
+            | Topic::ReconcilerHealthByNis
+            | Topic::ReconcilerMembers => &[("retention.ms", "604800000")],
+            // Alerts for social assistance to act on, and records that could not be applied:
+            // a month to act on them.
+            Topic::ComplianceAlerts | Topic::DeadLetter => &[("retention.ms", "2592000000")],
+            // The view and the reconciler's state: every person's latest until erased. A
+            // tombstone stays a day (a restore reads the changelog's tail within 12 h), and a
+            // removed value is compacted away within a week.
+            Topic::ComplianceChanges | Topic::ReconcilerChangelog => &[
+                ("delete.retention.ms", "86400000"),
+                ("max.compaction.lag.ms", "604800000"),
+            ],
+        }
+    }
+
+    /// The configs Ponte manages on the topic: its cleanup policy and its retention.
+    fn managed_configs(self) -> BTreeMap<String, String> {
+        let mut configs: BTreeMap<String, String> = self
+            .retention()
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        configs.insert(
+            "cleanup.policy".to_owned(),
+            self.cleanup().as_kafka().to_owned(),
+        );
+        configs
+    }
 }
 
 /// Per-topic overrides in `[topics.overrides."<base name>"]`.
@@ -211,11 +258,7 @@ impl TopicsConfig {
                 name: self.reconciler_name(topic, group),
                 partitions,
                 replication_factor: self.replication_factor,
-                configs: [(
-                    "cleanup.policy".to_owned(),
-                    topic.cleanup().as_kafka().to_owned(),
-                )]
-                .into(),
+                configs: topic.managed_configs(),
             })
             .collect())
     }
@@ -241,7 +284,11 @@ impl TopicsConfig {
                         topic.base_name()
                     )));
                 }
-                let mut configs = ov.map(|o| o.configs.clone()).unwrap_or_default();
+                // Retention from the catalogue unless overridden; the cleanup policy always.
+                let mut configs = topic.managed_configs();
+                if let Some(o) = ov {
+                    configs.extend(o.configs.clone());
+                }
                 configs.insert(
                     "cleanup.policy".to_owned(),
                     topic.cleanup().as_kafka().to_owned(),
@@ -547,6 +594,35 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("group_id"), "{err}");
+    }
+
+    #[test]
+    fn every_topic_says_how_long_it_keeps_what_it_holds() {
+        let mut specs = cfg().catalogue().unwrap();
+        specs.extend(cfg().reconciler_catalogue("g-1", 6).unwrap());
+        for spec in specs {
+            let get = |k: &str| spec.configs.get(k).map(String::as_str);
+            match spec.topic.cleanup() {
+                Cleanup::Delete => assert!(get("retention.ms").is_some(), "{}", spec.name),
+                Cleanup::Compact => {
+                    assert_eq!(
+                        get("delete.retention.ms"),
+                        Some("86400000"),
+                        "{}",
+                        spec.name
+                    );
+                    assert_eq!(
+                        get("max.compaction.lag.ms"),
+                        Some("604800000"),
+                        "{}",
+                        spec.name
+                    );
+                }
+            }
+            if spec.topic == Topic::DeadLetter {
+                assert_eq!(get("retention.ms"), Some("2592000000"), "30 days");
+            }
+        }
     }
 
     #[test]
