@@ -8,7 +8,9 @@
 
 use std::time::Duration;
 
-use ponte_integration_tests::{Stack, eventually, grpc_client, metric, read_topic, wait_ready};
+use ponte_integration_tests::{
+    Stack, eventually, grpc_client, metric, read_topic, sender_of, wait_ready,
+};
 use ponte_proto::compliance::v1::{
     ComplianceAlert, ComplianceChange, Family, GetFamilyRequest, GetPersonRequest,
     ListParkedRequest, OutcomeStatus, Person,
@@ -24,7 +26,9 @@ const MOTHER: &str = "46952280637";
 const CHILD_CNS: &str = "700000000000005"; // provisional CNS, ponte-domain's vector
 const FAMILY: &str = "1234567890";
 
-async fn post(stack: &Stack, service: &str, path: &str, body: serde_json::Value) {
+/// Posts `body` as the sector system of `service`; returns the request id it was answered
+/// (`x-request-id`), which the records it brought carry.
+async fn post(stack: &Stack, service: &str, path: &str, body: serde_json::Value) -> String {
     let resp = stack
         .client_for(service)
         .post(stack.url(service, path))
@@ -33,8 +37,16 @@ async fn post(stack: &Stack, service: &str, path: &str, body: serde_json::Value)
         .await
         .unwrap();
     let status = resp.status();
+    let request_id = resp
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
     let text = resp.text().await.unwrap();
     assert!(status.is_success(), "{service} {path}: {status} {text}");
+    assert!(!request_id.is_empty(), "{service} {path}: no x-request-id");
+    request_id
 }
 
 /// `ponte_reconciler_parked_records` (kept from the commits, refreshed every second).
@@ -109,7 +121,7 @@ async fn three_sectors_meet_in_one_view() {
     }
 
     // Health first: the CNS is unknown, so the record is parked.
-    post(
+    let health_request = post(
         &stack,
         "health-adapter",
         "/v1/health",
@@ -139,7 +151,7 @@ async fn three_sectors_meet_in_one_view() {
 
     // The registry: a five-year-old (education band 4–5: 60 %, health: child under 7) and her
     // mother, both in the programme.
-    post(
+    let registry_request = post(
         &stack,
         "assistance-adapter",
         "/v1/persons",
@@ -152,7 +164,7 @@ async fn three_sectors_meet_in_one_view() {
     )
     .await;
     // Education: April 2025 at 50 %, below the 60 % of the 4–5 band (Lei 14.601/2023 art. 10).
-    post(
+    let education_request = post(
         &stack,
         "education-adapter",
         "/v1/attendance",
@@ -172,6 +184,41 @@ async fn three_sectors_meet_in_one_view() {
     assert_eq!(
         child.health_records[0].arrived_as,
         format!("cns:{CHILD_CNS}")
+    );
+    // Each record the view uses says who sent it (the principal of the client certificate)
+    // and in which request (the x-request-id its sender was answered).
+    let mut sources: Vec<(String, String, String)> = child
+        .sources
+        .iter()
+        .map(|s| {
+            (
+                s.record_type.clone(),
+                s.sender.clone(),
+                s.request_id.clone(),
+            )
+        })
+        .collect();
+    sources.sort();
+    let principal = |service| format!("urn:ponte:principal:{}", sender_of(service));
+    assert_eq!(
+        sources,
+        vec![
+            (
+                "health_follow_up".to_owned(),
+                principal("health-adapter"),
+                health_request
+            ),
+            (
+                "person_profile".to_owned(),
+                principal("assistance-adapter"),
+                registry_request
+            ),
+            (
+                "school_attendance".to_owned(),
+                principal("education-adapter"),
+                education_request
+            ),
+        ]
     );
     // No record in the next bimester: not followed, never non-compliant.
     assert_eq!(

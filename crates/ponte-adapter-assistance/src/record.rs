@@ -207,6 +207,9 @@ impl Envelope {
             event_time: Some(timestamp(self.recorded_at.unwrap_or(now))),
             ingest_time: Some(timestamp(now)),
             retraction,
+            // Provenance: stamped with the request's by the ingestor.
+            sender: String::new(),
+            request_id: String::new(),
             record: Some(record),
         }
     }

@@ -138,11 +138,12 @@ fn is_length_limit(e: &axum::Error) -> bool {
 
 async fn json_records(
     state: &AppState,
-    source: &str,
+    sender: &Sender,
     kind: Kind,
     headers: &HeaderMap,
     body: Body,
 ) -> Response {
+    let source = sender.source_system.as_str();
     let now = SystemTime::now();
     let trace = trace_id(headers);
     let limit = state.max_body_bytes;
@@ -190,7 +191,11 @@ async fn json_records(
         }
     };
 
-    match state.ingestor.ingest(source, items, &trace, now).await {
+    match state
+        .ingestor
+        .ingest(&sender.origin(&trace), items, now)
+        .await
+    {
         Ok(report) => answer(report, malformed_body),
         Err(failure) => unavailable(&failure.error, state.retry_after_secs),
     }
@@ -218,7 +223,13 @@ impl CsvLayout for PersonCsv<'_> {
 
 /// A CSV upload of profiles: streamed record by record, published in chunks of
 /// `csv_chunk_records`.
-async fn csv_upload(state: &AppState, source: &str, headers: &HeaderMap, body: Body) -> Response {
+async fn csv_upload(
+    state: &AppState,
+    sender: &Sender,
+    headers: &HeaderMap,
+    body: Body,
+) -> Response {
+    let source = sender.source_system.as_str();
     // Rows are validated against the time the request came in; the upload stamps each chunk's
     // records (`ingest_time`) when it publishes them.
     let now = SystemTime::now();
@@ -227,8 +238,7 @@ async fn csv_upload(state: &AppState, source: &str, headers: &HeaderMap, body: B
         sink: &state.ingestor,
         settings: &state.csv,
         adapter: ADAPTER,
-        source_system: source,
-        trace_id: &trace,
+        origin: sender.origin(&trace),
         received: now,
     };
     let layout = PersonCsv { state, source, now };
@@ -241,10 +251,9 @@ async fn persons(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let source = sender.source_system.as_str();
     match body_type(&headers) {
-        BodyType::Json => json_records(&state, source, Kind::Person, &headers, body).await,
-        BodyType::Csv => csv_upload(&state, source, &headers, body).await,
+        BodyType::Json => json_records(&state, &sender, Kind::Person, &headers, body).await,
+        BodyType::Csv => csv_upload(&state, &sender, &headers, body).await,
         BodyType::CsvNotUtf8(charset) => csv_not_utf8(&charset),
     }
 }
@@ -262,7 +271,7 @@ async fn json_only(
             "CSV is taken for person profiles only (POST /v1/persons); send JSON here",
         );
     }
-    json_records(state, sender.source_system.as_str(), kind, &headers, body).await
+    json_records(state, &sender, kind, &headers, body).await
 }
 
 async fn scfv(

@@ -282,6 +282,9 @@ pub fn validate(
         event_time: Some(timestamp(recorded_at.unwrap_or(now))),
         ingest_time: Some(timestamp(now)),
         retraction: input.retraction,
+        // Provenance: stamped with the request's by the ingestor.
+        sender: String::new(),
+        request_id: String::new(),
         record: Some(Record::SchoolAttendance(record)),
     };
     Ok(ValidRecord {

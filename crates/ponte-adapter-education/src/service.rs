@@ -32,7 +32,7 @@ use ponte_edge::ingest::{
     Answer, BodyType, CsvLayout, CsvSettings, CsvUpload, Fault, answer, body_type, csv_not_utf8,
     json_position, unavailable,
 };
-use ponte_edge::{AccessConfig, Adapter, Gate, RecordKind, SourceSystem, TlsConfig};
+use ponte_edge::{AccessConfig, Adapter, Gate, RecordKind, TlsConfig};
 use ponte_runtime::Readiness;
 use ponte_runtime::http::trace_id;
 use serde::Deserialize;
@@ -95,22 +95,21 @@ async fn ingest(State(state): State<Arc<AppState>>, req: Request) -> Response {
         return Answer::error("the request reached the handler without a checked sender")
             .respond(StatusCode::INTERNAL_SERVER_ERROR);
     };
-    let source = sender.source_system;
     match body_type(&headers) {
-        BodyType::Csv => return ingest_csv(&state, &source, &headers, req.into_body()).await,
+        BodyType::Csv => return ingest_csv(&state, &sender, &headers, req.into_body()).await,
         BodyType::CsvNotUtf8(charset) => return csv_not_utf8(&charset),
         BodyType::Json => {}
     }
     // The JSON path reads the whole body, bounded by `DefaultBodyLimit` (`max_body_bytes`).
     match Bytes::from_request(req, &state).await {
-        Ok(body) => ingest_json(&state, &source, &headers, body).await,
+        Ok(body) => ingest_json(&state, &sender, &headers, body).await,
         Err(rejection) => rejection.into_response(),
     }
 }
 
 async fn ingest_json(
     state: &AppState,
-    source: &SourceSystem,
+    sender: &Sender,
     headers: &HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -126,7 +125,7 @@ async fn ingest_json(
                 .map(|(i, raw)| {
                     let parsed = serde_json::from_str::<AttendanceInput>(raw.get())
                         .map_err(|e| RecordError::malformed(e.to_string()))
-                        .and_then(|input| validate(&input, source.as_str(), now));
+                        .and_then(|input| validate(&input, sender.source_system.as_str(), now));
                     match parsed {
                         Ok(ValidRecord { key, event }) => Item::Accepted(Accepted {
                             topic: state.records_topic.clone(),
@@ -154,7 +153,7 @@ async fn ingest_json(
 
     match state
         .ingestor
-        .ingest(source.as_str(), items, &trace, now)
+        .ingest(&sender.origin(&trace), items, now)
         .await
     {
         Ok(report) => answer(report, malformed_body),
@@ -191,7 +190,7 @@ impl CsvLayout for AttendanceCsv<'_> {
 /// fewer, once the first record of a chunk has waited `csv_chunk_linger_ms`).
 async fn ingest_csv(
     state: &AppState,
-    source: &SourceSystem,
+    sender: &Sender,
     headers: &HeaderMap,
     body: axum::body::Body,
 ) -> Response {
@@ -203,13 +202,12 @@ async fn ingest_csv(
         sink: &state.ingestor,
         settings: &state.csv,
         adapter: ADAPTER,
-        source_system: source.as_str(),
-        trace_id: &trace,
+        origin: sender.origin(&trace),
         received: now,
     };
     let layout = AttendanceCsv {
         topic: &state.records_topic,
-        source: source.as_str(),
+        source: sender.source_system.as_str(),
         now,
     };
     upload.run(&layout, headers, body).await

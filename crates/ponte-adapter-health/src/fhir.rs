@@ -1018,6 +1018,9 @@ impl Ctx<'_> {
                 )),
                 ingest_time: Some(crate::record::timestamp(self.now)),
                 retraction,
+                // Provenance: stamped with the request's by the ingestor.
+                sender: String::new(),
+                request_id: String::new(),
                 record: Some(Record::HealthFollowUp(follow)),
             },
         })

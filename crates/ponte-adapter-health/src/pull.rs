@@ -9,7 +9,7 @@
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use ponte_bus::ingest::IngestReport;
+use ponte_bus::ingest::{IngestReport, Origin};
 // Where pages go: the [`Ingestor`] in production, a recorder in tests.
 use ponte_edge::ingest::Sink;
 use serde::Deserialize;
@@ -260,8 +260,17 @@ impl Poller {
             let ingested = if items.is_empty() {
                 IngestReport::default()
             } else {
-                let trace = uuid::Uuid::new_v4().simple().to_string();
-                sink.ingest(&self.source_system, items, &trace, now)
+                // The adapter itself fetched these: the sender is the pull of this source, the
+                // page its request.
+                let request = uuid::Uuid::new_v4().simple().to_string();
+                let sender = format!("pull:{}", self.source_system);
+                let origin = Origin {
+                    source_system: &self.source_system,
+                    sender: &sender,
+                    request_id: &request,
+                    trace_id: &request,
+                };
+                sink.ingest(&origin, items, now)
                     .await
                     .map_err(|f| PullError::Bus(f.error.to_string()))?
             };
@@ -427,9 +436,8 @@ mod tests {
     impl Sink for Recorder {
         fn ingest(
             &self,
-            _source_system: &str,
+            _origin: &Origin<'_>,
             items: Vec<Item>,
-            _trace_id: &str,
             _received: SystemTime,
         ) -> impl Future<Output = Result<IngestReport, IngestFailure>> + Send {
             let fail = self.fail.load(std::sync::atomic::Ordering::SeqCst);

@@ -248,14 +248,22 @@ async fn ingest_bundle(
             let items = items_of(&parsed, &state.records_topic, |i| {
                 format!("entry {}", i + 1)
             });
-            match state.ingestor.ingest(source, items, &trace, now).await {
+            match state
+                .ingestor
+                .ingest(&sender.origin(&trace), items, now)
+                .await
+            {
                 Ok(report) => bundle_answer(&parsed, &report),
                 Err(failure) => bus_failure_fhir(&state, &failure.error),
             }
         }
         Err(err) => {
             let item = Fault::from(err.clone()).item("body", body.to_vec(), FHIR_JSON);
-            match state.ingestor.ingest(source, vec![item], &trace, now).await {
+            match state
+                .ingestor
+                .ingest(&sender.origin(&trace), vec![item], now)
+                .await
+            {
                 Ok(_) => single_issue(
                     StatusCode::BAD_REQUEST,
                     "error",
@@ -330,7 +338,11 @@ async fn ingest_simple(
             true,
         ),
     };
-    match state.ingestor.ingest(source, items, &trace, now).await {
+    match state
+        .ingestor
+        .ingest(&sender.origin(&trace), items, now)
+        .await
+    {
         Ok(report) => answer(report, malformed),
         Err(failure) => unavailable(&failure.error, state.retry_after_secs),
     }

@@ -209,6 +209,9 @@ pub fn validate(
             event_time: Some(crate::record::timestamp(event_time)),
             ingest_time: Some(crate::record::timestamp(now)),
             retraction: input.retraction,
+            // Provenance: stamped with the request's by the ingestor.
+            sender: String::new(),
+            request_id: String::new(),
             record: Some(Record::HealthFollowUp(follow)),
         },
     })

@@ -59,6 +59,21 @@ pub enum Item {
     Rejected(Rejected),
 }
 
+/// Who sent a batch and in which request: named by every dead letter of it and stamped on
+/// every event of it (`Event.sender`, `Event.request_id`), so each record in the view can be
+/// traced to the principal and the request that brought it.
+#[derive(Debug, Clone, Copy)]
+pub struct Origin<'a> {
+    /// The source system the records are from (from the access policy).
+    pub source_system: &'a str,
+    /// The authenticated principal that sent them, or `pull:<source system>`.
+    pub sender: &'a str,
+    /// The id of the request (or pull) that carried them.
+    pub request_id: &'a str,
+    /// The caller's trace id (logs and Kafka headers).
+    pub trace_id: &'a str,
+}
+
 /// What a request's answer lists about one rejected record.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Rejection {
@@ -139,7 +154,7 @@ impl Ingestor {
         &self.publisher
     }
 
-    fn dead_letter(&self, source_system: &str, r: &Rejected, received: SystemTime) -> DeadLetter {
+    fn dead_letter(&self, origin: &Origin<'_>, r: &Rejected, received: SystemTime) -> DeadLetter {
         let mut reason = format!("{}: {}", r.field, r.reason);
         let original = if r.original.len() > self.max_original_bytes {
             reason.push_str(&format!(
@@ -152,7 +167,9 @@ impl Ingestor {
             r.original.clone()
         };
         DeadLetter {
-            source_system: source_system.to_owned(),
+            source_system: origin.source_system.to_owned(),
+            sender: origin.sender.to_owned(),
+            request_id: origin.request_id.to_owned(),
             reason,
             error_type: r.error_type.clone(),
             field: r.field.clone(),
@@ -165,16 +182,16 @@ impl Ingestor {
         }
     }
 
-    /// Publishes a batch sent by `source_system` (dead letters name it); see the module
-    /// documentation for the contract.
+    /// Publishes a batch from `origin` (every event stamped with its sender and request id,
+    /// every dead letter naming them); see the module documentation for the contract.
     pub async fn ingest(
         &self,
-        source_system: &str,
+        origin: &Origin<'_>,
         items: Vec<Item>,
-        trace_id: &str,
         received: SystemTime,
     ) -> Result<IngestReport, IngestFailure> {
         let adapter = self.adapter;
+        let trace_id = origin.trace_id;
         let total = items.len();
         let started = Instant::now();
         metrics::counter!("ponte_adapter_records_received_total", "adapter" => adapter)
@@ -199,18 +216,22 @@ impl Ingestor {
                 }
                 async move {
                     match item {
-                        Item::Accepted(a) => (
-                            true,
-                            self.publisher
-                                .publish_event(&a.topic, &a.key, &a.event, trace_id)
-                                .await,
-                        ),
+                        Item::Accepted(mut a) => {
+                            a.event.sender = origin.sender.to_owned();
+                            a.event.request_id = origin.request_id.to_owned();
+                            (
+                                true,
+                                self.publisher
+                                    .publish_event(&a.topic, &a.key, &a.event, trace_id)
+                                    .await,
+                            )
+                        }
                         Item::Rejected(r) => (
                             false,
                             self.publisher
                                 .publish_dead_letter(
                                     &self.deadletter_topic,
-                                    &self.dead_letter(source_system, &r, received),
+                                    &self.dead_letter(origin, &r, received),
                                     trace_id,
                                 )
                                 .await,
@@ -280,17 +301,31 @@ mod tests {
         };
         let ingestor = Ingestor::new(Publisher::new(&kafka, "test").unwrap(), "t", "dl", 1)
             .with_max_original_bytes(10);
+        let origin = |source_system| Origin {
+            source_system,
+            sender: "urn:ponte:principal:a-school-system",
+            request_id: "r-1",
+            trace_id: "t-1",
+        };
         let small = ingestor.dead_letter(
-            "education",
+            &origin("education"),
             &rejected(b"0123456789".to_vec()),
             SystemTime::now(),
         );
         assert_eq!(small.original, b"0123456789");
         assert_eq!(small.reason, "record: body is not JSON");
         assert_eq!(small.source_system, "education");
+        assert_eq!(
+            (small.sender.as_str(), small.request_id.as_str()),
+            ("urn:ponte:principal:a-school-system", "r-1"),
+            "a dead letter names who sent it and in which request"
+        );
 
-        let big =
-            ingestor.dead_letter("health", &rejected(vec![b'x'; 16 << 20]), SystemTime::now());
+        let big = ingestor.dead_letter(
+            &origin("health"),
+            &rejected(vec![b'x'; 16 << 20]),
+            SystemTime::now(),
+        );
         assert_eq!(big.original, b"xxxxxxxxxx");
         assert!(
             big.reason

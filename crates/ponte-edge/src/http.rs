@@ -208,7 +208,26 @@ pub struct Sender {
     pub principal: Arc<str>,
     /// The source system every record of the request carries (from the policy).
     pub source_system: SourceSystem,
+    /// This request's id, drawn here: stamped on every record it brings
+    /// ([`ponte_bus::ingest::Origin`]) and answered in the `x-request-id` header.
+    pub request_id: Arc<str>,
 }
+
+#[cfg(feature = "ingest")]
+impl Sender {
+    /// The origin of the records of this request, for [`ponte_bus::ingest::Ingestor::ingest`].
+    pub fn origin<'a>(&'a self, trace_id: &'a str) -> ponte_bus::ingest::Origin<'a> {
+        ponte_bus::ingest::Origin {
+            source_system: self.source_system.as_str(),
+            sender: &self.principal,
+            request_id: &self.request_id,
+            trace_id,
+        }
+    }
+}
+
+/// The header that tells a sender the id of its request (the records it brought carry it).
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
 /// Middleware factory: only callers the policy lets send `kind` records to `adapter` reach the
 /// handler; others get 403 (nothing is read, published or dead-lettered).
@@ -229,11 +248,17 @@ pub fn may_send(
             };
             match gate.policy().may_send(&caller.principal, adapter, kind) {
                 Ok(source_system) => {
+                    let request_id: Arc<str> = uuid::Uuid::new_v4().simple().to_string().into();
                     req.extensions_mut().insert(Sender {
                         principal: caller.principal,
                         source_system,
+                        request_id: Arc::clone(&request_id),
                     });
-                    next.run(req).await
+                    let mut resp = next.run(req).await;
+                    if let Ok(v) = HeaderValue::from_str(&request_id) {
+                        resp.headers_mut().insert(REQUEST_ID_HEADER, v);
+                    }
+                    resp
                 }
                 Err(denied) => {
                     metrics::counter!("ponte_access_refused_total", "listener" => gate.listener(), "reason" => "forbidden")

@@ -27,7 +27,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt as _;
 use ponte_bus::ingest::{
-    Accepted, IngestFailure, IngestReport, Ingestor, Item, Rejected, Rejection,
+    Accepted, IngestFailure, IngestReport, Ingestor, Item, Origin, Rejected, Rejection,
 };
 use ponte_bus::publish::timestamp;
 use ponte_bus::{BusError, Publisher};
@@ -249,9 +249,8 @@ pub trait Sink: Send + Sync {
     /// Publishes one chunk; see [`Ingestor::ingest`].
     fn ingest(
         &self,
-        source_system: &str,
+        origin: &Origin<'_>,
         items: Vec<Item>,
-        trace_id: &str,
         received: SystemTime,
     ) -> impl Future<Output = Result<IngestReport, IngestFailure>> + Send;
 }
@@ -259,12 +258,11 @@ pub trait Sink: Send + Sync {
 impl Sink for Ingestor {
     fn ingest(
         &self,
-        source_system: &str,
+        origin: &Origin<'_>,
         items: Vec<Item>,
-        trace_id: &str,
         received: SystemTime,
     ) -> impl Future<Output = Result<IngestReport, IngestFailure>> + Send {
-        Ingestor::ingest(self, source_system, items, trace_id, received)
+        Ingestor::ingest(self, origin, items, received)
     }
 }
 
@@ -387,8 +385,8 @@ pub struct CsvUpload<'a, S> {
     pub settings: &'a CsvSettings,
     /// The `adapter` label of metrics.
     pub adapter: &'static str,
-    pub source_system: &'a str,
-    pub trace_id: &'a str,
+    /// Who sent it, in which request.
+    pub origin: Origin<'a>,
     /// When the request came in: the start of the records' stamps, and the `received_time` of
     /// its dead letters.
     pub received: SystemTime,
@@ -649,11 +647,7 @@ impl<S: Sink> Progress<'_, '_, S> {
             }
         }
         let u = self.upload;
-        match u
-            .sink
-            .ingest(u.source_system, items, u.trace_id, u.received)
-            .await
-        {
+        match u.sink.ingest(&u.origin, items, u.received).await {
             Ok(report) => {
                 self.answer.accepted += report.accepted;
                 for r in self.pending.drain(..) {
@@ -682,7 +676,7 @@ impl<S: Sink> Progress<'_, '_, S> {
     fn respond(mut self, status: StatusCode, error: Option<String>) -> Response {
         self.answer.error = error;
         tracing::info!(
-            trace_id = %self.upload.trace_id,
+            trace_id = %self.upload.origin.trace_id,
             adapter = self.upload.adapter,
             lines = self.answer.lines,
             accepted = self.answer.accepted,
@@ -777,9 +771,8 @@ mod tests {
     impl Sink for Fake {
         fn ingest(
             &self,
-            _source_system: &str,
+            _origin: &Origin<'_>,
             items: Vec<Item>,
-            _trace_id: &str,
             _received: SystemTime,
         ) -> impl Future<Output = Result<IngestReport, IngestFailure>> + Send {
             let mut chunks = self.chunks.lock().unwrap();
@@ -912,8 +905,12 @@ mod tests {
             sink,
             settings: s,
             adapter: "test",
-            source_system: "test",
-            trace_id: "t",
+            origin: Origin {
+                source_system: "test",
+                sender: "urn:ponte:principal:test",
+                request_id: "r",
+                trace_id: "t",
+            },
             received: SystemTime::UNIX_EPOCH,
         };
         let resp = up.run(&Layout, &headers, body).await;

@@ -330,6 +330,9 @@ fn dead_letter(
         ),
         received_time: event.and_then(|e| e.ingest_time),
         record_id,
+        // Who sent the event that could not be applied, as its adapter stamped it.
+        sender: event.map(|e| e.sender.clone()).unwrap_or_default(),
+        request_id: event.map(|e| e.request_id.clone()).unwrap_or_default(),
     };
     tx.emit(
         OutputKind::DeadLetter,

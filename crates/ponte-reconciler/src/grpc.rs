@@ -104,6 +104,17 @@ fn visible_person(
     if !grant.covers_conditionality(HEALTH) {
         person.health_records.clear();
     }
+    // Where a record came from, only for the records the caller sees.
+    let all = matches!(
+        grant.conditionalities(),
+        ponte_access::policy::Conditionalities::All
+    );
+    person.sources.retain(|s| match s.record_type.as_str() {
+        "person_profile" => true,
+        "school_attendance" => grant.covers_conditionality(EDUCATION),
+        "health_follow_up" => grant.covers_conditionality(HEALTH),
+        _ => all,
+    });
     Some(person)
 }
 
@@ -147,8 +158,10 @@ fn visible_family(
         for m in &mut family.member_effects {
             m.effects.retain(|e| effect_visible(grant, &e.causes));
         }
-        // The evaluation as a whole names every conditionality: only for callers of all.
+        // The evaluation as a whole names every conditionality: only for callers of all; so
+        // do appeals (each concerns one conditionality), and where they came from.
         family.effects_json.clear();
+        family.sources.retain(|s| s.record_type != "appeal");
     }
     Ok(Some(family))
 }
@@ -507,7 +520,7 @@ mod tests {
     use ponte_access::policy::Policy;
     use ponte_proto::compliance::v1::{
         AttendanceRecord, ConditionalityOutcome, Effect, Family, HealthRecordView, MemberEffects,
-        Person,
+        Person, RecordSource,
     };
 
     const POLICY: &str = r#"
@@ -535,8 +548,26 @@ read = { scopes = ["federal"], rpcs = ["GetPerson", "GetFamily"], conditionaliti
             outcomes: vec![outcome("education"), outcome("health")],
             school_attendance: vec![AttendanceRecord::default()],
             health_records: vec![HealthRecordView::default()],
+            sources: [
+                "person_profile",
+                "school_attendance",
+                "health_follow_up",
+                "scfv_attendance",
+            ]
+            .into_iter()
+            .map(|t| RecordSource {
+                record_id: format!("{t}:1"),
+                record_type: t.to_owned(),
+                sender: "urn:ponte:principal:x".to_owned(),
+                ..Default::default()
+            })
+            .collect(),
             ..Default::default()
         }
+    }
+
+    fn source_types(p: &Person) -> Vec<&str> {
+        p.sources.iter().map(|s| s.record_type.as_str()).collect()
     }
 
     #[test]
@@ -552,6 +583,8 @@ read = { scopes = ["federal"], rpcs = ["GetPerson", "GetFamily"], conditionaliti
         assert_eq!(conds, ["education"]);
         assert_eq!(seen.school_attendance.len(), 1);
         assert!(seen.health_records.is_empty());
+        // Where records came from: only of the records it sees.
+        assert_eq!(source_types(&seen), ["person_profile", "school_attendance"]);
         // Rio (RJ), and a person the registry has not placed: out of scope.
         assert!(visible_person(&state, person("3304557")).is_none());
         assert!(visible_person(&state, person("")).is_none());
@@ -559,6 +592,7 @@ read = { scopes = ["federal"], rpcs = ["GetPerson", "GetFamily"], conditionaliti
         let all = visible_person(&grant("federal"), person("")).unwrap();
         assert_eq!(all.outcomes.len(), 2);
         assert_eq!(all.health_records.len(), 1);
+        assert_eq!(source_types(&all).len(), 4);
     }
 
     #[test]

@@ -356,6 +356,93 @@ fn a_low_attendance_month_makes_the_bimester_non_compliant_and_alerts_the_family
     assert!(h.family(FAMILY).effects.is_empty());
 }
 
+/// `e` as an adapter stamps it: sent by `sender` in request `request`, received now.
+fn sent_by((input, mut e): (Input, Event), sender: &str, request: &str) -> (Input, Event) {
+    e.sender = sender.to_owned();
+    e.request_id = request.to_owned();
+    e.ingest_time = Some(ponte_proto::Timestamp {
+        seconds: 1_751_000_000,
+        nanos: 0,
+    });
+    (input, e)
+}
+
+#[test]
+fn the_view_says_who_sent_each_record_it_uses_and_in_which_request() {
+    let mut h = Harness::new();
+    const REGISTRY: &str = "urn:ponte:principal:cadunico";
+    const SCHOOL: &str = "urn:ponte:principal:education-sp";
+    const CLINIC: &str = "urn:ponte:principal:health-sp";
+    h.apply(&sent_by(
+        profile(CHILD, "2017-03-10", "M", &[CHILD_CNS], "", 1),
+        REGISTRY,
+        "r-profile",
+    ));
+    h.apply(&sent_by(
+        attendance(CHILD, "2025-04", 20, 14, 1),
+        SCHOOL,
+        "r-april",
+    ));
+    // A health record by CNS: parked or forwarded through the identity stage, it keeps the
+    // provenance of its own envelope.
+    h.apply(&sent_by(
+        health("h-1", Subject::Cns(CHILD_CNS.into()), "2025-03-02", 1),
+        CLINIC,
+        "r-clinic",
+    ));
+    // A correction from another request replaces the month's provenance.
+    h.apply(&sent_by(
+        attendance(CHILD, "2025-04", 20, 18, 2),
+        SCHOOL,
+        "r-april-fixed",
+    ));
+    // A stale re-send changes nothing, its request included.
+    h.apply(&sent_by(
+        attendance(CHILD, "2025-04", 20, 18, 2),
+        SCHOOL,
+        "r-april-again",
+    ));
+    let person = h.person(CHILD);
+    let sources: Vec<(&str, &str, &str, u64)> = person
+        .sources
+        .iter()
+        .map(|s| {
+            (
+                s.record_type.as_str(),
+                s.sender.as_str(),
+                s.request_id.as_str(),
+                s.version,
+            )
+        })
+        .collect();
+    assert_eq!(
+        sources.len(),
+        3,
+        "one source per record the view uses: {sources:?}"
+    );
+    for want in [
+        ("person_profile", REGISTRY, "r-profile", 1),
+        ("school_attendance", SCHOOL, "r-april-fixed", 2),
+        ("health_follow_up", CLINIC, "r-clinic", 1),
+    ] {
+        assert!(sources.contains(&want), "{want:?} not in {sources:?}");
+    }
+    // Every record an outcome's evidence names has its source in the view.
+    for o in &person.outcomes {
+        for id in &o.record_ids {
+            assert!(
+                person.sources.iter().any(|s| &s.record_id == id),
+                "{id} of {} has no source",
+                o.conditionality
+            );
+        }
+    }
+    assert!(
+        person.sources.iter().all(|s| s.received_time.is_some()),
+        "each says when its adapter received it"
+    );
+}
+
 #[test]
 fn a_store_with_full_views_from_before_digests_goes_on_numbering_them() {
     let mut h = Harness::new();

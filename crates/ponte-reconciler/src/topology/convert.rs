@@ -255,3 +255,15 @@ pub(super) fn appeal(e: &Event, a: &ev::Appeal) -> Result<Appeal, Applied> {
         status,
     })
 }
+
+/// The provenance `e` carries, kept with the record it brings ([`Source`]).
+pub(super) fn source_of(e: &Event) -> Source {
+    Source {
+        version: e.version,
+        record_type: ponte_bus::publish::event_type(e).to_owned(),
+        source_system: e.source_system.clone(),
+        sender: e.sender.clone(),
+        request_id: e.request_id.clone(),
+        received: e.ingest_time.map(|t| (t.seconds, t.nanos)),
+    }
+}

@@ -40,13 +40,14 @@ impl Topology {
         &self,
         tx: &mut Tx<'_>,
         record: FamilyRecord,
+        source: Source,
         at: Option<Timestamp>,
     ) -> Result<Applied, ReconcilerError> {
-        let fid = match &record {
-            FamilyRecord::FollowUp(r) => r.family_id.clone(),
-            FamilyRecord::Appeal(r) => r.family_id.clone(),
+        let (fid, record_id) = match &record {
+            FamilyRecord::FollowUp(r) => (r.family_id.clone(), r.record_id.clone()),
+            FamilyRecord::Appeal(r) => (r.family_id.clone(), r.record_id.clone()),
         };
-        let (mut state, _) = self.load_family(tx, &fid)?;
+        let (mut state, mut doc) = self.load_family(tx, &fid)?;
         let applied = state
             .apply(record)
             .map_err(|e| ReconcilerError::Misrouted(e.to_string()))?;
@@ -60,7 +61,9 @@ impl Topology {
             .map(FamilyRecord::FollowUp)
             .collect();
         records.extend(state.appeals.entries().cloned().map(FamilyRecord::Appeal));
-        FAMILIES.put(tx, &[fid.as_str()], &FamilyDoc { records })?;
+        doc.records = records;
+        doc.sources.insert(record_id, source);
+        FAMILIES.put(tx, &[fid.as_str()], &doc)?;
         self.refresh_family(tx, &fid, at)?;
         Ok(Applied::Changed)
     }
@@ -84,12 +87,20 @@ impl Topology {
         fid: &FamilyId,
         at: Option<Timestamp>,
     ) -> Result<(), ReconcilerError> {
-        let (state, _) = self.load_family(tx, fid)?;
+        let (state, doc) = self.load_family(tx, fid)?;
         let members: Members = MEMBERS.get(tx, &[fid.as_str()])?.unwrap_or_default();
         let names: BTreeSet<String> = members.keys().cloned().collect();
         let outcomes: Vec<Outcome> = members.into_values().flatten().collect();
         let effects = self.rules.evaluate_family(&state, &outcomes);
         let mut view = family_view(fid, &names, &effects, &outcomes);
+        view.sources = sources_view(
+            &doc.sources,
+            state
+                .follow_ups
+                .live()
+                .map(|r| r.record_id.as_str())
+                .chain(state.appeals.live().map(|r| r.record_id.as_str())),
+        );
         let hash = view_hash(&view); // a fresh view: its counters are clear
         let (old, legacy) = family_digest(tx, fid.as_str())?;
         if old.as_ref().is_some_and(|o| o.hash == hash) {

@@ -246,25 +246,37 @@ impl Topology {
         let at = event.ingest_time;
         match (&event.record, input) {
             (Some(Record::PersonProfile(p)), Input::Registry) => match profile(event, p) {
-                Ok(profile) => self.apply_profile(tx, profile, at),
+                Ok(profile) => self.apply_profile(tx, profile, source_of(event), at),
                 Err(e) => Ok(e),
             },
             (Some(Record::SchoolAttendance(a)), Input::Education) => match school(event, a) {
-                Ok(r) => self.apply_person_record(tx, PersonRecord::School(r), None, at),
+                Ok(r) => self.apply_person_record(
+                    tx,
+                    PersonRecord::School(r),
+                    source_of(event),
+                    None,
+                    at,
+                ),
                 Err(e) => Ok(e),
             },
             (Some(Record::ScfvAttendance(a)), Input::AssistancePerson) => match scfv(event, a) {
-                Ok(r) => self.apply_person_record(tx, PersonRecord::Scfv(r), None, at),
+                Ok(r) => {
+                    self.apply_person_record(tx, PersonRecord::Scfv(r), source_of(event), None, at)
+                }
                 Err(e) => Ok(e),
             },
             (Some(Record::HealthFollowUp(h)), Input::Health) => self.apply_health(tx, event, h),
             (Some(Record::FamilyFollowUp(f)), Input::AssistanceFamily) => match follow_up(event, f)
             {
-                Ok(r) => self.apply_family_record(tx, FamilyRecord::FollowUp(r), at),
+                Ok(r) => {
+                    self.apply_family_record(tx, FamilyRecord::FollowUp(r), source_of(event), at)
+                }
                 Err(e) => Ok(e),
             },
             (Some(Record::Appeal(a)), Input::AssistanceFamily) => match appeal(event, a) {
-                Ok(r) => self.apply_family_record(tx, FamilyRecord::Appeal(r), at),
+                Ok(r) => {
+                    self.apply_family_record(tx, FamilyRecord::Appeal(r), source_of(event), at)
+                }
                 Err(e) => Ok(e),
             },
             (None, _) => Ok(malformed("event carries no record")),

@@ -38,11 +38,18 @@ impl Topology {
         &self,
         tx: &mut Tx<'_>,
         record: PersonRecord,
+        source: Source,
         arrived_as: Option<String>,
         at: Option<Timestamp>,
     ) -> Result<Applied, ReconcilerError> {
         let nis = record.nis();
         let (mut state, mut doc) = self.load_person(tx, nis)?;
+        let record_id = match &record {
+            PersonRecord::Profile(r) => r.record_id.clone(),
+            PersonRecord::School(r) => r.record_id.clone(),
+            PersonRecord::Scfv(r) => r.record_id.clone(),
+            PersonRecord::Health(r) => r.record_id.clone(),
+        };
         let rid = match &record {
             PersonRecord::Health(h) => Some(h.record_id.clone()),
             _ => None,
@@ -59,6 +66,9 @@ impl Topology {
         }
         if let (Some(rid), Some(alt)) = (rid, arrived_as) {
             doc.health_arrived_as.insert(rid, alt);
+        }
+        if applied.changed() {
+            doc.sources.insert(record_id, source);
         }
         self.save_person(tx, &state, &mut doc)?;
         self.refresh_person(tx, &state, &doc, at)?;
@@ -82,6 +92,7 @@ impl Topology {
                 Ok(r) => self.apply_person_record(
                     tx,
                     PersonRecord::Health(r),
+                    source_of(event),
                     Some(m.arrived_as.clone()),
                     m.at.or(event.ingest_time),
                 ),
@@ -124,6 +135,7 @@ impl Topology {
             let _ = kept.apply(r);
         }
         doc.health_arrived_as.remove(record_id);
+        doc.sources.remove(record_id);
         self.save_person(tx, &kept, &mut doc)?;
         self.refresh_person(tx, &kept, &doc, at)?;
         Ok(Applied::Changed)
@@ -133,16 +145,19 @@ impl Topology {
         &self,
         tx: &mut Tx<'_>,
         profile: dr::PersonProfile,
+        source: Source,
         at: Option<Timestamp>,
     ) -> Result<Applied, ReconcilerError> {
         let nis = profile.nis;
         let (mut state, mut doc) = self.load_person(tx, nis)?;
+        let record_id = profile.record_id.clone();
         let applied = state
             .apply(PersonRecord::Profile(profile))
             .map_err(|e| ReconcilerError::Misrouted(e.to_string()))?;
         if !applied.changed() {
             return Ok(Applied::Unchanged);
         }
+        doc.sources.insert(record_id, source);
         self.save_person(tx, &state, &mut doc)?;
 
         // Crosswalk: identifiers the live profile carries now versus before, to the identity
@@ -337,6 +352,16 @@ impl Topology {
             registered: profile.is_some(),
             outcomes: outcomes.iter().map(outcome_view).collect(),
             health_records,
+            sources: sources_view(
+                &doc.sources,
+                state
+                    .profiles
+                    .live()
+                    .map(|r| r.record_id.as_str())
+                    .chain(state.school.live().map(|r| r.record_id.as_str()))
+                    .chain(state.scfv.live().map(|r| r.record_id.as_str()))
+                    .chain(state.health.live().map(|r| r.record_id.as_str())),
+            ),
         }
     }
 }

@@ -12,12 +12,31 @@ pub(super) struct PersonDoc {
     /// Record id → the identifier a health record arrived as (`cns:…`).
     #[serde(default)]
     pub(super) health_arrived_as: BTreeMap<String, String>,
+    /// Record id → where the record came from (absent for records applied before provenance
+    /// was kept).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(super) sources: BTreeMap<String, Source>,
+}
+
+/// Where a record came from: the provenance its envelope carried when it last changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct Source {
+    pub(super) version: u64,
+    pub(super) record_type: String,
+    pub(super) source_system: String,
+    pub(super) sender: String,
+    pub(super) request_id: String,
+    /// When the adapter received it: seconds and nanoseconds since the epoch.
+    pub(super) received: Option<(i64, i32)>,
 }
 
 /// The records of one family as persisted.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub(super) struct FamilyDoc {
     pub(super) records: Vec<FamilyRecord>,
+    /// Record id → where the record came from.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(super) sources: BTreeMap<String, Source>,
 }
 
 /// The members of a family with their latest non-compliant outcomes, as the members topic

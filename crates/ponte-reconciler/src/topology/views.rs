@@ -211,5 +211,31 @@ pub(super) fn family_view(
         view_version: 0,
         updated_time: None,
         effects_json: serde_json::to_string(effects).unwrap_or_default(),
+        sources: Vec::new(),
     }
+}
+
+/// The sources of the records `ids` that `sources` knows, in record id order.
+pub(super) fn sources_view<'a>(
+    sources: &BTreeMap<String, Source>,
+    ids: impl Iterator<Item = &'a str>,
+) -> Vec<api::RecordSource> {
+    let mut out: Vec<api::RecordSource> = ids
+        .filter_map(|id| {
+            sources.get(id).map(|s| api::RecordSource {
+                record_id: id.to_owned(),
+                version: s.version,
+                record_type: s.record_type.clone(),
+                source_system: s.source_system.clone(),
+                sender: s.sender.clone(),
+                request_id: s.request_id.clone(),
+                received_time: s
+                    .received
+                    .map(|(seconds, nanos)| Timestamp { seconds, nanos }),
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.record_id.cmp(&b.record_id));
+    out.dedup_by(|a, b| a.record_id == b.record_id);
+    out
 }
