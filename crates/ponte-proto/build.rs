@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         root.join("ponte/events/v1/events.proto"),
         root.join("ponte/compliance/v1/compliance.proto"),
         root.join("ponte/reconciler/v1/reconciler.proto"),
+        root.join("ponte/audit/v1/audit.proto"),
     ];
     for file in &files {
         println!("cargo:rerun-if-changed={}", file.display());
@@ -18,7 +19,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fds = protox::compile(&files, [&root])?;
 
     // The encoded descriptor set is embedded for gRPC server reflection: the public contract
-    // only, not the reconciler's internal formats.
+    // only, not the reconciler's internal formats nor the audit log's.
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     let mut public = fds.clone();
     public.file.retain(|f| f.package() != "ponte.reconciler.v1");

@@ -26,6 +26,16 @@ pub mod reconciler {
     }
 }
 
+/// The audit log's entries (`ponte.audit.v1`), written by every service.
+pub mod audit {
+    pub mod v1 {
+        tonic::include_proto!("ponte.audit.v1");
+    }
+}
+
+/// The `ponte-schema` header of audit entries.
+pub const AUDIT_SCHEMA: &str = "ponte.audit.v1";
+
 /// Encoded `FileDescriptorSet` of Ponte's public protos (events and the compliance API), for
 /// gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
