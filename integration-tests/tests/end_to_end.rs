@@ -345,10 +345,10 @@ async fn topics_ensure_creates_the_catalogue_once_and_compacts_the_view() {
     let stack = Stack::new("topics");
     let (status, first, err) = stack.ponte(&["topics", "ensure"]);
     assert!(status.success(), "{first}{err}");
-    assert!(first.contains("12 topics, 12 changed"), "{first}");
+    assert!(first.contains("13 topics, 13 changed"), "{first}");
     let (status, second, err) = stack.ponte(&["topics", "ensure"]);
     assert!(status.success(), "{second}{err}");
-    assert!(second.contains("12 topics, 0 changed"), "{second}");
+    assert!(second.contains("13 topics, 0 changed"), "{second}");
 
     use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
     use rdkafka::client::DefaultClientContext;
@@ -393,6 +393,11 @@ async fn topics_ensure_creates_the_catalogue_once_and_compacts_the_view() {
             "compliance.alerts.v1".to_owned(),
             "delete",
             ("retention.ms", MONTH),
+        ),
+        (
+            "audit.v1".to_owned(),
+            "delete",
+            ("retention.ms", "157680000000"),
         ),
     ] {
         let name = stack.topic(&base);
@@ -447,5 +452,5 @@ async fn topics_ensure_creates_the_catalogue_once_and_compacts_the_view() {
         third.contains("cleanup.policy: delete -> compact"),
         "{third}"
     );
-    assert!(third.contains("12 topics, 1 changed"), "{third}");
+    assert!(third.contains("13 topics, 1 changed"), "{third}");
 }

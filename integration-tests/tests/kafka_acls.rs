@@ -236,7 +236,7 @@ async fn each_service_principal_may_do_only_its_own_work() {
     // admin creates the catalogue, the reconciler group's own topics included.
     let (status, out, err) = stack.ponte("admin", &["topics", "ensure"]);
     assert!(status.success(), "topics ensure as admin: {out}{err}");
-    assert!(out.contains("12 topics, 12 changed"), "{out}");
+    assert!(out.contains("13 topics, 13 changed"), "{out}");
     // Once they exist, the reconciler sees every topic of the catalogue but may not read the
     // sector topics' settings (no DescribeConfigs): its `ponte topics ensure` is an error naming
     // the topic, never "unchanged" or "updated" (rdkafka does not pass the refusal on).

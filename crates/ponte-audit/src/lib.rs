@@ -12,8 +12,8 @@
 //!   with its position: a broken link, a missing or out-of-order sequence number, a bad
 //!   signature, an unknown key, a chain that does not start at 1.
 //!
-//! Pure: no I/O. Writing the log to Kafka and reading it back is the caller's (ponte-bus,
-//! the `ponte audit` command).
+//! [`log`] writes a process's chain to Kafka ([`log::AuditLog`]) and verifies a whole audit
+//! topic ([`log::verify_topic`]); everything else here is pure.
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -21,6 +21,8 @@ use ponte_proto::Timestamp;
 use ponte_proto::audit::v1::{AuditEntry, Seal, audit_entry::Body};
 use prost::Message as _;
 use ring::signature::{ED25519, Ed25519KeyPair, KeyPair as _, UnparsedPublicKey};
+
+pub mod log;
 
 /// Length of a SHA-256 hash.
 pub const HASH_LEN: usize = 32;
@@ -609,4 +611,42 @@ mod tests {
         assert!(!nis.windows(11).any(|w| w == b"26827649960"));
         assert!(SubjectKey::new(&[1u8; 16]).is_err());
     }
+}
+
+/// The `[audit]` section of the configuration.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// The public keys seals may be signed with: key id → base64 of the 32-byte Ed25519
+    /// public key (`ponte audit keygen` prints the line to add).
+    #[serde(default)]
+    pub keys: BTreeMap<String, String>,
+}
+
+impl AuditConfig {
+    /// The configured keys, each checked.
+    pub fn keys(&self) -> Result<Keys, AuditError> {
+        let mut keys = Keys::default();
+        for (id, b64) in &self.keys {
+            keys.insert(id, decode_key(id, b64)?)?;
+        }
+        Ok(keys)
+    }
+}
+
+/// A public key given as base64 (standard alphabet).
+pub fn decode_key(key_id: &str, b64: &str) -> Result<Vec<u8>, AuditError> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .map_err(|e| AuditError::PublicKey {
+            key_id: key_id.to_owned(),
+            reason: format!("not base64: {e}"),
+        })
+}
+
+/// `key` as the configuration writes it (base64, standard alphabet).
+pub fn encode_key(key: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(key)
 }

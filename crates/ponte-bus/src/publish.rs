@@ -224,6 +224,47 @@ impl Publisher {
         }
     }
 
+    /// Enqueues an encoded message now and returns a future of its acknowledgement. Messages
+    /// enqueued one after another keep that order on their partition (the producer is
+    /// idempotent) while their acknowledgements are awaited concurrently: what a hash chain
+    /// written by concurrent requests needs. A full queue is refused at once (`Unavailable`).
+    pub fn enqueue(
+        &self,
+        topic: &str,
+        key: &str,
+        payload: &[u8],
+        event_type: &str,
+        schema: &str,
+    ) -> Result<
+        impl std::future::Future<Output = Result<Delivered, BusError>> + Send + 'static,
+        BusError,
+    > {
+        let headers = EventHeaders {
+            event_type: event_type.to_owned(),
+            schema: schema.to_owned(),
+            source: self.source.clone(),
+            trace_id: String::new(),
+        };
+        let record = FutureRecord::to(topic)
+            .key(key)
+            .payload(payload)
+            .headers(headers.to_kafka());
+        let delivery = self
+            .producer
+            .send_result(record)
+            .map_err(|(err, _)| classify(&err))?;
+        Ok(async move {
+            match delivery.await {
+                Ok(Ok(d)) => Ok(Delivered {
+                    partition: d.partition,
+                    offset: d.offset,
+                }),
+                Ok(Err((err, _))) => Err(classify(&err)),
+                Err(_) => Err(BusError::Unavailable("the producer was dropped".to_owned())),
+            }
+        })
+    }
+
     /// Waits up to `timeout` for every in-flight record to be acknowledged (on shutdown).
     pub fn flush(&self, timeout: Duration) -> Result<(), BusError> {
         self.producer.flush(timeout).map_err(|e| classify(&e))

@@ -35,6 +35,9 @@ pub enum Topic {
     ComplianceAlerts,
     /// Records adapters could not accept, with the original bytes and the reason.
     DeadLetter,
+    /// The audit log (`ponte.audit.v1`): every write, refusal and read, hash-chained per
+    /// writer (crate ponte-audit).
+    Audit,
     /// The reconciler's state changelog, one per consumer group and partition of the inputs,
     /// to rebuild a lost local store or hand a partition's state to another instance
     /// (compacted).
@@ -70,7 +73,7 @@ impl Cleanup {
 
 impl Topic {
     /// Every shared topic, in catalogue order.
-    pub const ALL: [Topic; 8] = [
+    pub const ALL: [Topic; 9] = [
         Topic::EducationAttendance,
         Topic::HealthRecords,
         Topic::RegistryPersons,
@@ -79,6 +82,7 @@ impl Topic {
         Topic::ComplianceChanges,
         Topic::ComplianceAlerts,
         Topic::DeadLetter,
+        Topic::Audit,
     ];
 
     /// The topics private to one reconciler consumer group (named after the group, see
@@ -101,6 +105,7 @@ impl Topic {
             Topic::ComplianceChanges => "compliance.changes.v1",
             Topic::ComplianceAlerts => "compliance.alerts.v1",
             Topic::DeadLetter => "deadletter.v1",
+            Topic::Audit => "audit.v1",
             Topic::ReconcilerChangelog => "changelog.v1",
             Topic::ReconcilerCrosswalk => "crosswalk.v1",
             Topic::ReconcilerHealthByNis => "health-by-nis.v1",
@@ -122,6 +127,7 @@ impl Topic {
             Topic::ReconcilerChangelog => "state key",
             Topic::ComplianceChanges => "NIS or family id",
             Topic::DeadLetter => "source system",
+            Topic::Audit => "writer",
         }
     }
 
@@ -156,6 +162,10 @@ impl Topic {
             // Alerts for social assistance to act on, and records that could not be applied:
             // a month to act on them.
             Topic::ComplianceAlerts | Topic::DeadLetter => &[("retention.ms", "2592000000")],
+            // Who sent and who read what: kept five years (157680000000 ms) so a person can
+            // learn who accessed their data over several programme cycles; identifiers in it
+            // are keyed hashes. The controller decides the period (docs/privacy.md).
+            Topic::Audit => &[("retention.ms", "157680000000")],
             // The view and the reconciler's state: every person's latest until erased. A
             // tombstone stays a day (a restore reads the changelog's tail within 12 h), and a
             // removed value is compacted away within a week.

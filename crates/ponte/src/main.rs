@@ -19,6 +19,7 @@ use ponte_runtime::telemetry::{LogConfig, init_logging, init_metrics};
 use ponte_runtime::{Readiness, serve_admin, shutdown_token};
 use serde::Deserialize;
 
+mod audit;
 mod client;
 mod ingest;
 mod sim;
@@ -76,6 +77,11 @@ enum Command {
     /// Write a deterministic synthetic population's sector records to files, in the adapters'
     /// input formats (for demos and benchmarks; send them with `ponte ingest`).
     Sim(sim::SimArgs),
+    /// The audit log: verify its chains, make signing keys.
+    Audit {
+        #[command(subcommand)]
+        command: audit::AuditCommand,
+    },
     /// Certificates and keys.
     Pki {
         #[command(subcommand)]
@@ -156,6 +162,7 @@ struct Config {
     reconciler: ponte_reconciler::ReconcilerConfig,
     tls: ponte_edge::TlsConfig,
     access: ponte_edge::AccessConfig,
+    audit: ponte_audit::AuditConfig,
 }
 
 fn load_config(file: Option<&std::path::Path>) -> anyhow::Result<Config> {
@@ -255,6 +262,11 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Query { addr, command } => query(&addr, &cli.client, command).await?,
         Command::Config => println!("{:#?}", redacted(cfg)),
+        Command::Audit { command } => {
+            if !audit::run(command, &cfg.audit, &cfg.kafka, &cfg.topics).await? {
+                std::process::exit(1);
+            }
+        }
         Command::Ingest(args) => {
             // The sector's configured listen address gives the default endpoint.
             let listen = Some(match args.sector {
