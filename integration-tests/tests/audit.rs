@@ -192,3 +192,145 @@ async fn verify_names_each_kind_of_tampering_with_its_position() {
     );
     assert!(!ok && out.contains("does not list"), "{out}");
 }
+
+/// With `[audit]` configured, the services record what happens: the education adapter a
+/// write (its principal, endpoint, request id and the keyed hash of the record id) once the
+/// record is on the bus, the reconciler every read of the person — two principals each
+/// listed — before answering; the chains verify, and no identifier is in the log in clear.
+#[tokio::test(flavor = "multi_thread")]
+async fn writes_and_reads_are_recorded_before_they_are_answered() {
+    use ponte_audit::SubjectKey;
+    use ponte_integration_tests::{grpc_client, valid_nis, wait_ready};
+    use ponte_proto::audit::v1::{Write, read::Subject};
+    use ponte_proto::compliance::v1::GetPersonRequest;
+
+    let mut stack = Stack::new("auditon");
+    let keys = tempfile::tempdir().unwrap();
+    let mut public = Vec::new();
+    for service in ["education", "reconciler"] {
+        let pkcs8 = Signer::generate().unwrap();
+        std::fs::write(keys.path().join(format!("{service}.pk8")), &pkcs8).unwrap();
+        let s = Signer::from_pkcs8(service, &pkcs8).unwrap();
+        public.push(format!("{service}={}", encode_key(&s.public_key())));
+    }
+    let secret = [42u8; 32];
+    let subject_file = keys.path().join("subject.key");
+    std::fs::write(&subject_file, secret).unwrap();
+    stack.extra_env.insert(
+        "PONTE__AUDIT__KEY_DIR".into(),
+        keys.path().display().to_string(),
+    );
+    stack.extra_env.insert(
+        "PONTE__AUDIT__SUBJECT_KEY_FILE".into(),
+        subject_file.display().to_string(),
+    );
+    assert!(stack.ponte(&["topics", "ensure"]).0.success());
+    let mut services = vec![stack.spawn("education-adapter"), stack.spawn("reconciler")];
+    for s in &mut services {
+        wait_ready(s).await;
+    }
+
+    // A pupil's month, sent by the education system; the person is not registered, but the
+    // record makes a view of them.
+    let nis = valid_nis(77);
+    let resp = stack
+        .client_for("education-adapter")
+        .post(stack.url("education-adapter", "/v1/attendance"))
+        .json(
+            &serde_json::json!({"nis": nis, "inep_school_code": "35012345", "month": "2025-04",
+            "unit": "days", "given": 20, "attended": 18, "version": 1}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{}", resp.status());
+    let request_id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+
+    // Read by the federal reader (until the view has the person) and by the operator's
+    // colleague of São Paulo state, who is refused (the person is not placed) — still a read.
+    let mut federal = grpc_client(stack.port("reconciler"), "federal")
+        .await
+        .unwrap();
+    ponte_integration_tests::eventually("the person in the view", Duration::from_secs(60), || {
+        let mut c = federal.clone();
+        let nis = nis.clone();
+        async move {
+            c.get_person(GetPersonRequest { nis })
+                .await
+                .ok()
+                .map(|_| ())
+        }
+    })
+    .await;
+    let mut state = grpc_client(stack.port("reconciler"), "state-sp")
+        .await
+        .unwrap();
+    let refused = state
+        .get_person(GetPersonRequest { nis: nis.clone() })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    federal
+        .get_person(GetPersonRequest { nis: nis.clone() })
+        .await
+        .unwrap();
+    for s in &mut services {
+        assert!(s.terminate().success(), "{}", s.log_text());
+    }
+
+    let topic = stack.topic("audit.v1");
+    let entries: Vec<AuditEntry> = read_topic(&topic, 4, Duration::from_secs(20))
+        .into_iter()
+        .map(|(_, v)| AuditEntry::decode(v.as_slice()).unwrap())
+        .collect();
+    let subjects = SubjectKey::new(&secret).unwrap();
+    let writes: Vec<&Write> = entries
+        .iter()
+        .filter_map(|e| match &e.body {
+            Some(Body::Write(w)) => Some(w),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(writes.len(), 1, "{entries:?}");
+    assert_eq!(writes[0].principal, "urn:ponte:principal:education");
+    assert_eq!(writes[0].endpoint, "POST /v1/attendance");
+    assert_eq!(writes[0].request_id, request_id);
+    assert_eq!((writes[0].accepted, writes[0].rejected), (1, 0));
+    assert_eq!(
+        writes[0].record_ids,
+        vec![subjects.hash("record", &format!("education:35012345:{nis}:2025-04"))]
+    );
+    // Who read the person: every principal, each read listed (the federal reader's polling
+    // included), the refused one with nothing returned.
+    let person = subjects.hash("nis", &nis);
+    let mut readers: Vec<(String, u32)> = entries
+        .iter()
+        .filter_map(|e| match &e.body {
+            Some(Body::Read(r)) if r.subject == Some(Subject::Person(person.clone())) => {
+                Some((r.principal.clone(), r.returned))
+            }
+            _ => None,
+        })
+        .collect();
+    readers.dedup();
+    assert!(
+        readers.contains(&("urn:ponte:principal:federal".to_owned(), 1))
+            && readers.contains(&("urn:ponte:principal:state-sp".to_owned(), 0)),
+        "{readers:?}"
+    );
+    // No identifier in clear anywhere in the log.
+    for (_, raw) in read_topic(&topic, entries.len(), Duration::from_secs(5)) {
+        assert!(!raw.windows(nis.len()).any(|w| w == nis.as_bytes()));
+    }
+    // Both chains verify with the services' public keys.
+    let mut args = vec!["audit", "verify", "--topic", topic.as_str()];
+    for k in &public {
+        args.extend(["--public-key", k.as_str()]);
+    }
+    let (status, out, err) = stack.ponte(&args);
+    assert!(status.success(), "{out}{err}");
+    assert!(
+        out.contains("from 2 writers") && out.contains(", 0 problems"),
+        "{out}"
+    );
+}

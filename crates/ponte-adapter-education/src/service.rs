@@ -229,6 +229,7 @@ pub async fn run(
     topics: &TopicsConfig,
     tls: &TlsConfig,
     access: &AccessConfig,
+    audit: &ponte_audit::AuditConfig,
     readiness: Readiness,
     shutdown: CancellationToken,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
@@ -236,12 +237,20 @@ pub async fn run(
     let gate = Arc::new(Gate::new(ADAPTER, access, tls.is_insecure(), &[])?);
     let publisher = Publisher::new(kafka, ADAPTER)?;
     let state = Arc::new(AppState {
-        ingestor: Ingestor::new(
-            publisher.clone(),
+        ingestor: ponte_audit::log::attach(
+            Ingestor::new(
+                publisher.clone(),
+                ADAPTER,
+                &topics.name(Topic::DeadLetter),
+                cfg.max_in_flight,
+            ),
+            audit,
+            kafka,
+            &topics.name(Topic::Audit),
             ADAPTER,
-            &topics.name(Topic::DeadLetter),
-            cfg.max_in_flight,
-        ),
+            shutdown.clone(),
+        )
+        .await?,
         records_topic: topics.name(Topic::EducationAttendance),
         retry_after_secs: cfg.retry_after_secs,
         csv: CsvSettings {

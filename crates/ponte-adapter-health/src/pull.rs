@@ -264,11 +264,13 @@ impl Poller {
                 // page its request.
                 let request = uuid::Uuid::new_v4().simple().to_string();
                 let sender = format!("pull:{}", self.source_system);
+                let endpoint = format!("pull {rtype} search page {page_no}");
                 let origin = Origin {
                     source_system: &self.source_system,
                     sender: &sender,
                     request_id: &request,
                     trace_id: &request,
+                    endpoint: &endpoint,
                 };
                 sink.ingest(&origin, items, now)
                     .await

@@ -370,18 +370,27 @@ pub async fn run(
     topics: &TopicsConfig,
     tls: &TlsConfig,
     access: &AccessConfig,
+    audit: &ponte_audit::AuditConfig,
     readiness: Readiness,
     shutdown: CancellationToken,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     // The policy is read before anything connects: a bad one stops the start, named.
     let gate = Arc::new(Gate::new(ADAPTER, access, tls.is_insecure(), &[])?);
     let publisher = Publisher::new(kafka, ADAPTER)?;
-    let ingestor = Ingestor::new(
-        publisher.clone(),
+    let ingestor = ponte_audit::log::attach(
+        Ingestor::new(
+            publisher.clone(),
+            ADAPTER,
+            &topics.name(Topic::DeadLetter),
+            cfg.max_in_flight,
+        ),
+        audit,
+        kafka,
+        &topics.name(Topic::Audit),
         ADAPTER,
-        &topics.name(Topic::DeadLetter),
-        cfg.max_in_flight,
-    );
+        shutdown.clone(),
+    )
+    .await?;
     let records_topic = topics.name(Topic::HealthRecords);
     let state = Arc::new(AppState {
         ingestor: ingestor.clone(),

@@ -617,6 +617,15 @@ mod tests {
 #[derive(Debug, Clone, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditConfig {
+    /// Directory of the services' signing keys, `<service>.pk8` each (`ponte audit keygen`,
+    /// or `ponte pki dev`); the key id is the service's name. Empty: the services write no
+    /// audit log (they say so at start).
+    #[serde(default)]
+    pub key_dir: String,
+    /// File of the secret (at least 32 bytes) under which identifiers are hashed in the log;
+    /// required with `key_dir`.
+    #[serde(default)]
+    pub subject_key_file: String,
     /// The public keys seals may be signed with: key id → base64 of the 32-byte Ed25519
     /// public key (`ponte audit keygen` prints the line to add).
     #[serde(default)]
@@ -624,6 +633,26 @@ pub struct AuditConfig {
 }
 
 impl AuditConfig {
+    /// `service`'s signing key and the subject key, when the log is on.
+    pub fn service_keys(&self, service: &str) -> Result<Option<(Signer, SubjectKey)>, AuditError> {
+        if self.key_dir.is_empty() {
+            return Ok(None);
+        }
+        let path = std::path::Path::new(&self.key_dir).join(format!("{service}.pk8"));
+        let pkcs8 = std::fs::read(&path)
+            .map_err(|e| AuditError::Key(format!("{}: {e}", path.display())))?;
+        let signer = Signer::from_pkcs8(service, &pkcs8)
+            .map_err(|e| AuditError::Key(format!("{}: {e}", path.display())))?;
+        if self.subject_key_file.is_empty() {
+            return Err(AuditError::Key(
+                "audit.subject_key_file must be set with audit.key_dir".to_owned(),
+            ));
+        }
+        let secret = std::fs::read(&self.subject_key_file)
+            .map_err(|e| AuditError::Key(format!("{}: {e}", self.subject_key_file)))?;
+        Ok(Some((signer, SubjectKey::new(&secret)?)))
+    }
+
     /// The configured keys, each checked.
     pub fn keys(&self) -> Result<Keys, AuditError> {
         let mut keys = Keys::default();

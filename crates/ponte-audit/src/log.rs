@@ -4,13 +4,13 @@
 use std::time::{Duration, SystemTime};
 
 use ponte_bus::{BusError, KafkaConfig, Publisher};
-use ponte_proto::audit::v1::{Start, audit_entry::Body};
+use ponte_proto::audit::v1::{Read, Refusal, Start, Write, audit_entry::Body, read::Subject};
 use rdkafka::Message as _;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tokio::sync::Mutex;
 
-use crate::{Chain, Keys, Report, Signer, Verifier};
+use crate::{Chain, Keys, Report, Signer, SubjectKey, Verifier};
 
 /// A seal after this many entries (and at [`AuditLog::seal`], which a service calls on a
 /// timer and at shutdown): an entry forged after the last seal shows at the next one.
@@ -114,6 +114,149 @@ impl AuditLog {
     }
 }
 
+/// What a service records: its [`AuditLog`] and the key identifiers are hashed under.
+#[derive(Debug)]
+pub struct Auditor {
+    log: AuditLog,
+    subjects: SubjectKey,
+}
+
+impl Auditor {
+    /// Starts `service`'s chain; a task seals what is unsealed every second until `stop`.
+    pub async fn start(
+        kafka: &KafkaConfig,
+        topic: &str,
+        service: &str,
+        signer: Signer,
+        subjects: SubjectKey,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> Result<std::sync::Arc<Self>, BusError> {
+        let publisher = Publisher::new(kafka, &format!("{service}-audit"))?;
+        let log = AuditLog::start(publisher, topic, service, signer).await?;
+        let auditor = std::sync::Arc::new(Self { log, subjects });
+        let sealer = std::sync::Arc::clone(&auditor);
+        tokio::spawn(async move {
+            loop {
+                let stopped = tokio::select! {
+                    _ = stop.cancelled() => true,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => false,
+                };
+                if let Err(e) = sealer.log.seal().await {
+                    tracing::warn!(error = %e, "sealing the audit chain");
+                }
+                if stopped {
+                    break;
+                }
+            }
+        });
+        Ok(auditor)
+    }
+
+    /// The keyed hash of identifier `id` of `kind` (`nis`, `family`, `record`).
+    pub fn hash(&self, kind: &str, id: &str) -> Vec<u8> {
+        self.subjects.hash(kind, id)
+    }
+
+    /// A write whose records are all acknowledged; `record_ids` of the accepted ones.
+    pub async fn write(
+        &self,
+        principal: &str,
+        endpoint: &str,
+        request_id: &str,
+        accepted: usize,
+        rejected: usize,
+        record_ids: &[&str],
+    ) -> Result<(), BusError> {
+        self.log
+            .record(Body::Write(Write {
+                principal: principal.to_owned(),
+                endpoint: endpoint.to_owned(),
+                request_id: request_id.to_owned(),
+                accepted: u32::try_from(accepted).unwrap_or(u32::MAX),
+                rejected: u32::try_from(rejected).unwrap_or(u32::MAX),
+                record_ids: record_ids.iter().map(|r| self.hash("record", r)).collect(),
+            }))
+            .await
+    }
+
+    /// A caller refused at the edge.
+    pub async fn refusal(
+        &self,
+        principal: &str,
+        listener: &str,
+        reason: &str,
+        endpoint: &str,
+    ) -> Result<(), BusError> {
+        self.log
+            .record(Body::Refusal(Refusal {
+                principal: principal.to_owned(),
+                listener: listener.to_owned(),
+                reason: reason.to_owned(),
+                endpoint: endpoint.to_owned(),
+            }))
+            .await
+    }
+
+    /// A read of the view about `subject`, `returned` views handed out.
+    pub async fn read(
+        &self,
+        principal: &str,
+        rpc: &str,
+        subject: ReadSubject<'_>,
+        returned: usize,
+    ) -> Result<(), BusError> {
+        let subject = match subject {
+            ReadSubject::Person(nis) => Some(Subject::Person(self.hash("nis", nis))),
+            ReadSubject::Family(id) => Some(Subject::Family(self.hash("family", id))),
+            ReadSubject::Municipality(code) => Some(Subject::Municipality(code.to_owned())),
+            ReadSubject::None => None,
+        };
+        self.log
+            .record(Body::Read(Read {
+                principal: principal.to_owned(),
+                rpc: rpc.to_owned(),
+                subject,
+                returned: u32::try_from(returned).unwrap_or(u32::MAX),
+            }))
+            .await
+    }
+}
+
+impl ponte_bus::ingest::WriteAudit for Auditor {
+    fn write<'a>(
+        &'a self,
+        origin: &'a ponte_bus::ingest::Origin<'a>,
+        accepted: usize,
+        rejected: usize,
+        record_ids: &'a [String],
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), BusError>> + Send + 'a>>
+    {
+        Box::pin(async move {
+            let ids: Vec<&str> = record_ids.iter().map(String::as_str).collect();
+            Auditor::write(
+                self,
+                origin.sender,
+                origin.endpoint,
+                origin.request_id,
+                accepted,
+                rejected,
+                &ids,
+            )
+            .await
+        })
+    }
+}
+
+/// What a read was about.
+#[derive(Debug, Clone, Copy)]
+pub enum ReadSubject<'a> {
+    Person(&'a str),
+    Family(&'a str),
+    Municipality(&'a str),
+    /// A stream of changes or a list of parked records: no one subject.
+    None,
+}
+
 /// A random id for this process's chain.
 fn ring_boot_id() -> String {
     let mut bytes = [0u8; 8];
@@ -192,4 +335,31 @@ pub fn verify_topic(kafka: &KafkaConfig, topic: &str, keys: Keys) -> Result<Repo
         }
     }
     Ok(verifier.finish())
+}
+
+/// `ingestor` recording every write in `service`'s audit log when `[audit]` configures one
+/// (`audit.key_dir`); otherwise as it is, with a warning that writes are not recorded.
+pub async fn attach(
+    ingestor: ponte_bus::ingest::Ingestor,
+    cfg: &crate::AuditConfig,
+    kafka: &KafkaConfig,
+    topic: &str,
+    service: &str,
+    stop: tokio_util::sync::CancellationToken,
+) -> Result<ponte_bus::ingest::Ingestor, String> {
+    match cfg.service_keys(service).map_err(|e| e.to_string())? {
+        Some((signer, subjects)) => {
+            let auditor = Auditor::start(kafka, topic, service, signer, subjects, stop)
+                .await
+                .map_err(|e| format!("audit log: {e}"))?;
+            Ok(ingestor.with_audit(auditor))
+        }
+        None => {
+            tracing::warn!(
+                service,
+                "audit log off (audit.key_dir not set): writes are not recorded"
+            );
+            Ok(ingestor)
+        }
+    }
 }

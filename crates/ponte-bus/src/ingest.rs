@@ -72,6 +72,21 @@ pub struct Origin<'a> {
     pub request_id: &'a str,
     /// The caller's trace id (logs and Kafka headers).
     pub trace_id: &'a str,
+    /// What was called: `POST /v1/attendance`, or what a pull fetched.
+    pub endpoint: &'a str,
+}
+
+/// Records a write in the audit log once every record of it is acknowledged (ponte-audit's
+/// `Auditor` implements it; the bus does not depend on it).
+pub trait WriteAudit: Send + Sync + std::fmt::Debug {
+    /// The write of `origin`: `accepted` records with `record_ids`, `rejected` dead-lettered.
+    fn write<'a>(
+        &'a self,
+        origin: &'a Origin<'a>,
+        accepted: usize,
+        rejected: usize,
+        record_ids: &'a [String],
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), BusError>> + Send + 'a>>;
 }
 
 /// What a request's answer lists about one rejected record.
@@ -119,6 +134,7 @@ pub struct Ingestor {
     deadletter_topic: String,
     max_in_flight: usize,
     max_original_bytes: usize,
+    audit: Option<std::sync::Arc<dyn WriteAudit>>,
 }
 
 impl Ingestor {
@@ -138,7 +154,16 @@ impl Ingestor {
             deadletter_topic: deadletter_topic.to_owned(),
             max_in_flight: max_in_flight.max(1),
             max_original_bytes: DEFAULT_MAX_DEAD_LETTER_ORIGINAL_BYTES,
+            audit: None,
         }
+    }
+
+    /// Every batch is recorded in `audit` once all its records are acknowledged, and reported
+    /// stored only once that record is acknowledged too: no write is answered 2xx without its
+    /// audit entry, and none is in the log that is not on the bus.
+    pub fn with_audit(mut self, audit: std::sync::Arc<dyn WriteAudit>) -> Self {
+        self.audit = Some(audit);
+        self
     }
 
     /// Dead letters keep at most the first `max` bytes of an original; the reason says how
@@ -199,6 +224,16 @@ impl Ingestor {
         metrics::gauge!("ponte_adapter_in_flight_records", "adapter" => adapter)
             .increment(total as f64);
 
+        let record_ids: Vec<String> = match &self.audit {
+            Some(_) => items
+                .iter()
+                .filter_map(|i| match i {
+                    Item::Accepted(a) => Some(a.event.record_id.clone()),
+                    Item::Rejected(_) => None,
+                })
+                .collect(),
+            None => Vec::new(),
+        };
         let mut rejected = Vec::new();
         let results: Vec<(bool, Result<Delivered, BusError>)> = futures::stream::iter(items)
             .map(|item| {
@@ -258,6 +293,18 @@ impl Ingestor {
                 error,
             });
         }
+        if let Some(audit) = &self.audit
+            && let Err(error) = audit
+                .write(origin, accepted, rejected.len(), &record_ids)
+                .await
+        {
+            metrics::counter!("ponte_adapter_publish_failures_total", "adapter" => adapter, "error_type" => "audit").increment(1);
+            tracing::warn!(%error, acknowledged, total, adapter, "batch stored but its audit entry was not: not reported stored");
+            return Err(IngestFailure {
+                acknowledged,
+                error,
+            });
+        }
         metrics::counter!("ponte_adapter_records_accepted_total", "adapter" => adapter)
             .increment(accepted as u64);
         for r in &rejected {
@@ -306,6 +353,7 @@ mod tests {
             sender: "urn:ponte:principal:a-school-system",
             request_id: "r-1",
             trace_id: "t-1",
+            endpoint: "POST /v1/attendance",
         };
         let small = ingestor.dead_letter(
             &origin("education"),

@@ -211,6 +211,8 @@ pub struct Sender {
     /// This request's id, drawn here: stamped on every record it brings
     /// ([`ponte_bus::ingest::Origin`]) and answered in the `x-request-id` header.
     pub request_id: Arc<str>,
+    /// What was called: `POST /v1/attendance`.
+    pub endpoint: Arc<str>,
 }
 
 #[cfg(feature = "ingest")]
@@ -222,6 +224,7 @@ impl Sender {
             sender: &self.principal,
             request_id: &self.request_id,
             trace_id,
+            endpoint: &self.endpoint,
         }
     }
 }
@@ -249,10 +252,13 @@ pub fn may_send(
             match gate.policy().may_send(&caller.principal, adapter, kind) {
                 Ok(source_system) => {
                     let request_id: Arc<str> = uuid::Uuid::new_v4().simple().to_string().into();
+                    let endpoint: Arc<str> =
+                        format!("{} {}", req.method(), req.uri().path()).into();
                     req.extensions_mut().insert(Sender {
                         principal: caller.principal,
                         source_system,
                         request_id: Arc::clone(&request_id),
+                        endpoint,
                     });
                     let mut resp = next.run(req).await;
                     if let Ok(v) = HeaderValue::from_str(&request_id) {

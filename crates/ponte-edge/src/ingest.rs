@@ -910,6 +910,7 @@ mod tests {
                 sender: "urn:ponte:principal:test",
                 request_id: "r",
                 trace_id: "t",
+                endpoint: "POST /test",
             },
             received: SystemTime::UNIX_EPOCH,
         };

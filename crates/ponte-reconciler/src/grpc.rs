@@ -6,12 +6,13 @@ use std::collections::BTreeMap;
 use std::pin::Pin;
 
 use futures::Stream;
+use ponte_audit::log::{Auditor, ReadSubject};
 use ponte_bus::KafkaConfig;
 use ponte_bus::consume::Assignment;
 use ponte_domain::ids::IbgeMunicipality;
 use ponte_domain::period::Period;
 use ponte_domain::rules::RuleSet;
-use ponte_edge::grpc::{admit, out_of_scope};
+use ponte_edge::grpc::{Admitted, admit, out_of_scope};
 use ponte_edge::{Gate, Grant, Rpc};
 use ponte_proto::compliance::v1::compliance_change::View;
 use ponte_proto::compliance::v1::{
@@ -49,6 +50,9 @@ pub struct ComplianceApi {
     pub gate: Arc<Gate>,
     /// Whether the read model can be trusted: reads are refused once it failed.
     pub path: readmodel::ReadPath,
+    /// The audit log every read is recorded in before it is answered (none when
+    /// `audit.key_dir` is not set).
+    pub audit: Option<Arc<Auditor>>,
 }
 
 type ItemStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -167,6 +171,27 @@ fn visible_family(
 }
 
 impl ComplianceApi {
+    /// Records the read in the audit log, before anything is answered: a read that cannot be
+    /// recorded is not answered (`UNAVAILABLE`).
+    async fn audited(
+        &self,
+        admitted: &Admitted,
+        rpc: &str,
+        subject: ReadSubject<'_>,
+        returned: usize,
+    ) -> Result<(), Status> {
+        let Some(audit) = &self.audit else {
+            return Ok(());
+        };
+        audit
+            .read(&admitted.caller.principal, rpc, subject, returned)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, rpc, "a read could not be written to the audit log; refused");
+                Status::unavailable("the read could not be audited; nothing is answered unaudited")
+            })
+    }
+
     /// `UNAVAILABLE` once the read model failed: what it holds may be stale.
     fn check_read_path(&self) -> Result<(), Status> {
         match self.path.failure() {
@@ -260,19 +285,26 @@ impl ComplianceService for ComplianceApi {
                 readmodel::list_persons(s, &mun, &after, limit, &keep)
             })
             .await?;
-        let grant = admitted.grant;
+        let place_code = place.to_string();
         let items: Vec<_> = persons
             .into_iter()
             .filter_map(|p| {
                 let page_token = p.nis.clone();
-                visible_person(&grant, p).map(|person| {
+                visible_person(&admitted.grant, p).map(|person| {
                     Ok(ListPersonsItem {
                         page_token,
                         person: Some(person),
                     })
                 })
             })
-            .collect();
+            .collect::<Vec<_>>();
+        self.audited(
+            &admitted,
+            "ListPersons",
+            ReadSubject::Municipality(&place_code),
+            items.len(),
+        )
+        .await?;
         Ok(Response::new(Box::pin(futures::stream::iter(items))))
     }
 
@@ -318,6 +350,13 @@ impl ComplianceService for ComplianceApi {
                 });
             }
         }
+        self.audited(
+            &admitted,
+            "GetIndicators",
+            ReadSubject::Municipality(&mun.to_string()),
+            out.rows.len(),
+        )
+        .await?;
         for r in &self.rules.indicators.follow_up_rates {
             if let Some((p, rate)) = latest.get(&r.conditionality) {
                 out.follow_up_rates.push(NamedRate {
@@ -341,6 +380,8 @@ impl ComplianceService for ComplianceApi {
             .gate
             .admit_watch(&admitted.caller.principal)
             .map_err(|b| Status::resource_exhausted(b.to_string()))?;
+        self.audited(&admitted, "WatchChanges", ReadSubject::None, 0)
+            .await?;
         let grant = admitted.grant;
         let read = self.read.clone();
         let from = request.into_inner().from;
@@ -437,9 +478,21 @@ impl ComplianceService for ComplianceApi {
         let nis = Nis::parse(&request.get_ref().nis)
             .map_err(|e| Status::invalid_argument(format!("nis: {e}")))?;
         let masked = nis.masked();
-        let person = self.read(move |s| readmodel::read_person(s, &nis)).await?;
+        let lookup = nis;
+        let person = self
+            .read(move |s| readmodel::read_person(s, &lookup))
+            .await?;
         let federal = admitted.grant.is_federal();
-        match person.map(|p| visible_person(&admitted.grant, p)) {
+        let visible = person.map(|p| visible_person(&admitted.grant, p));
+        let shown = usize::from(matches!(visible, Some(Some(_))));
+        self.audited(
+            &admitted,
+            "GetPerson",
+            ReadSubject::Person(nis.as_str()),
+            shown,
+        )
+        .await?;
+        match visible {
             Some(Some(person)) => Ok(Response::new(GetPersonResponse {
                 person: Some(person),
             })),
@@ -471,6 +524,9 @@ impl ComplianceService for ComplianceApi {
                 None => Ok(None),
             })
             .await?;
+        let shown = usize::from(matches!(family, Some(Ok(_))));
+        self.audited(&admitted, "GetFamily", ReadSubject::Family(&id), shown)
+            .await?;
         match family {
             Some(Ok(family)) => Ok(Response::new(GetFamilyResponse {
                 family: Some(family),
@@ -486,7 +542,7 @@ impl ComplianceService for ComplianceApi {
         &self,
         request: Request<ListParkedRequest>,
     ) -> Result<Response<ListParkedResponse>, Status> {
-        let _admitted = admit(&self.gate, &request, Rpc::ListParked)?;
+        let admitted = admit(&self.gate, &request, Rpc::ListParked)?;
         let limit = match request.get_ref().limit {
             0 => 100,
             n if n > 10_000 => {
@@ -508,7 +564,9 @@ impl ComplianceService for ComplianceApi {
                 version: e.version,
                 ingest_time: e.ingest_time,
             })
-            .collect();
+            .collect::<Vec<_>>();
+        self.audited(&admitted, "ListParked", ReadSubject::None, parked.len())
+            .await?;
         Ok(Response::new(ListParkedResponse { parked, total }))
     }
 }

@@ -108,6 +108,7 @@ pub async fn run(
     topics: &TopicsConfig,
     tls: &ponte_edge::TlsConfig,
     access: &ponte_edge::AccessConfig,
+    audit: &ponte_audit::AuditConfig,
     readiness: Readiness,
     shutdown: CancellationToken,
 ) -> Result<(), ReconcilerError> {
@@ -261,6 +262,27 @@ pub async fn run(
         Duration::from_secs(access.reload_check_secs.max(1)),
         shutdown.clone(),
     );
+    // The audit log: every read is recorded in it before it is answered.
+    let auditor = match audit.service_keys("reconciler").map_err(startup)? {
+        Some((signer, subjects)) => Some(
+            ponte_audit::log::Auditor::start(
+                kafka,
+                &topics.name(ponte_bus::Topic::Audit),
+                "reconciler",
+                signer,
+                subjects,
+                shutdown.clone(),
+            )
+            .await
+            .map_err(|e| startup(format!("audit log: {e}")))?,
+        ),
+        None => {
+            tracing::warn!(
+                "audit log off (audit.key_dir not set): reads of the view are not recorded"
+            );
+            None
+        }
+    };
     let api = ComplianceServiceServer::new(ComplianceApi {
         read: read.clone(),
         state: store.clone(),
@@ -270,6 +292,7 @@ pub async fn run(
         changes_topic: routes.changes().to_owned(),
         gate: Arc::clone(&gate),
         path: read_path.clone(),
+        audit: auditor,
     })
     // Requests are a NIS, a code or a page token: nothing legitimate comes near this.
     .max_decoding_message_size(MAX_GRPC_REQUEST_BYTES);

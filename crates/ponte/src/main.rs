@@ -183,6 +183,7 @@ async fn main() -> anyhow::Result<()> {
                 &cfg.topics,
                 &cfg.tls,
                 &cfg.access,
+                &cfg.audit,
                 readiness,
                 shutdown,
             )
@@ -198,6 +199,7 @@ async fn main() -> anyhow::Result<()> {
                 &cfg.topics,
                 &cfg.tls,
                 &cfg.access,
+                &cfg.audit,
                 readiness,
                 shutdown,
             )
@@ -213,6 +215,7 @@ async fn main() -> anyhow::Result<()> {
                 &cfg.topics,
                 &cfg.tls,
                 &cfg.access,
+                &cfg.audit,
                 readiness,
                 shutdown,
             )
@@ -228,6 +231,7 @@ async fn main() -> anyhow::Result<()> {
                 &cfg.topics,
                 &cfg.tls,
                 &cfg.access,
+                &cfg.audit,
                 readiness,
                 shutdown,
             )
