@@ -264,8 +264,11 @@ acl_rules() {
     set -- $who
     for op in WRITE DESCRIBE; do echo "User:$1 TOPIC PREFIXED ${p}$2. $op"; done
   done
+  # Every service: the dead letters, and its audit log entries (docs/operations.md "Audit log").
   for who in education-adapter health-adapter assistance-adapter reconciler; do
-    for op in WRITE DESCRIBE; do echo "User:$who TOPIC PREFIXED ${p}deadletter. $op"; done
+    for fam in deadletter audit; do
+      for op in WRITE DESCRIBE; do echo "User:$who TOPIC PREFIXED ${p}$fam. $op"; done
+    done
   done
   # Reconciler: read the sector topics; read and write the view topics (it follows the changes
   # topic for its read model and WatchChanges) and its own internal topics, whose configs it

@@ -304,10 +304,15 @@ async fn each_service_principal_may_do_only_its_own_work() {
         .await
         .unwrap_or_else(|(e, _)| panic!("producing to {attendance} as education-adapter: {e}"));
     assert!(delivered.offset >= 0);
-    // It sees only the topics it may write; the registry topic is not even listed.
+    // It sees only the topics it may write (its records, dead letters and audit entries); the
+    // registry topic is not even listed.
     assert_eq!(
         visible_topics(&broker, "education-adapter", &prefix),
-        vec![deadletter.clone(), attendance.clone()]
+        vec![
+            stack.topic("audit.v1"),
+            deadletter.clone(),
+            attendance.clone()
+        ]
     );
     // The record is on its topic (read as admin), but its writer may not read it back.
     let on_topic = read_as(&broker, "admin", &attendance, 1, Duration::from_secs(20));

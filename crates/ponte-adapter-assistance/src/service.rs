@@ -318,17 +318,13 @@ pub async fn run(
     let gate = Arc::new(Gate::new(ADAPTER, access, tls.is_insecure(), &[])?);
     let publisher = Publisher::new(kafka, ADAPTER)?;
     let state = Arc::new(AppState {
-        ingestor: ponte_audit::log::attach(
-            Ingestor::new(
-                publisher.clone(),
-                ADAPTER,
-                &topics.name(Topic::DeadLetter),
-                cfg.max_in_flight,
-            ),
+        ingestor: ponte_audit::log::adapter_ingestor(
+            publisher.clone(),
+            ADAPTER,
+            cfg.max_in_flight,
             audit,
             kafka,
-            &topics.name(Topic::Audit),
-            ADAPTER,
+            topics,
             shutdown.clone(),
         )
         .await?,

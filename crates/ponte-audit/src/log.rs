@@ -337,19 +337,31 @@ pub fn verify_topic(kafka: &KafkaConfig, topic: &str, keys: Keys) -> Result<Repo
     Ok(verifier.finish())
 }
 
-/// `ingestor` recording every write in `service`'s audit log when `[audit]` configures one
-/// (`audit.key_dir`); otherwise as it is, with a warning that writes are not recorded.
-pub async fn attach(
-    ingestor: ponte_bus::ingest::Ingestor,
+/// An adapter's ingestor (publishing with `publisher`, dead letters to the catalogue's topic,
+/// at most `max_in_flight` records unacknowledged), recording every write in the adapter's
+/// audit log when `[audit]` configures one (`audit.key_dir`); otherwise with a warning that
+/// writes are not recorded.
+pub async fn adapter_ingestor(
+    publisher: Publisher,
+    adapter: &'static str,
+    max_in_flight: usize,
     cfg: &crate::AuditConfig,
     kafka: &KafkaConfig,
-    topic: &str,
-    service: &str,
+    topics: &ponte_bus::TopicsConfig,
     stop: tokio_util::sync::CancellationToken,
 ) -> Result<ponte_bus::ingest::Ingestor, String> {
+    use ponte_bus::Topic;
+    let ingestor = ponte_bus::ingest::Ingestor::new(
+        publisher,
+        adapter,
+        &topics.name(Topic::DeadLetter),
+        max_in_flight,
+    );
+    let topic = topics.name(Topic::Audit);
+    let service = adapter;
     match cfg.service_keys(service).map_err(|e| e.to_string())? {
         Some((signer, subjects)) => {
-            let auditor = Auditor::start(kafka, topic, service, signer, subjects, stop)
+            let auditor = Auditor::start(kafka, &topic, service, signer, subjects, stop)
                 .await
                 .map_err(|e| format!("audit log: {e}"))?;
             Ok(ingestor.with_audit(auditor))

@@ -51,12 +51,30 @@ struct Harness {
     topology: Topology,
     outputs: Vec<(OutputKind, String, Vec<u8>)>,
     /// (internal input, partition) → messages not yet delivered, in order.
-    pending: BTreeMap<(Input, i32), VecDeque<Vec<u8>>>,
+    pending: Pending,
     /// The latest change per key (`person:<nis>`, `family:<id>`).
     views: BTreeMap<String, api::ComplianceChange>,
     /// Parked records per partition, kept from each commit's writes as the service keeps its
     /// gauge; [`Harness::parked`] checks it against a scan.
     parked_count: BTreeMap<i32, i64>,
+}
+
+/// Repartition messages not delivered yet, per (topic, partition), oldest first.
+type Pending = BTreeMap<(Input, i32), VecDeque<Vec<u8>>>;
+
+/// Takes the oldest pending message of the `n`-th non-empty queue.
+fn pending_of(pending: &mut Pending, n: usize) -> Option<(Input, i32, Vec<u8>)> {
+    let queues: Vec<(Input, i32)> = pending
+        .iter()
+        .filter(|(_, q)| !q.is_empty())
+        .map(|(k, _)| *k)
+        .collect();
+    if queues.is_empty() {
+        return None;
+    }
+    let (input, partition) = queues[n % queues.len()];
+    let payload = pending.get_mut(&(input, partition))?.pop_front()?;
+    Some((input, partition, payload))
 }
 
 impl Harness {
@@ -123,22 +141,9 @@ impl Harness {
 
     /// Delivers the oldest pending message of the `n`-th non-empty queue; false when none.
     fn deliver(&mut self, n: usize) -> bool {
-        let queues: Vec<(Input, i32)> = self
-            .pending
-            .iter()
-            .filter(|(_, q)| !q.is_empty())
-            .map(|(k, _)| *k)
-            .collect();
-        if queues.is_empty() {
+        let Some((input, partition, payload)) = pending_of(&mut self.pending, n) else {
             return false;
-        }
-        let (input, partition) = queues[n % queues.len()];
-        let payload = self
-            .pending
-            .get_mut(&(input, partition))
-            .unwrap()
-            .pop_front()
-            .unwrap();
+        };
         let mut tx = Tx::new(&self.kv);
         tx.set_partition(partition);
         let (applied, _) = self
@@ -892,22 +897,9 @@ impl Harness {
                     self.topology.apply(&mut tx, *input, event).unwrap();
                 }
                 Step::Deliver(n) => {
-                    let queues: Vec<(Input, i32)> = self
-                        .pending
-                        .iter()
-                        .filter(|(_, q)| !q.is_empty())
-                        .map(|(k, _)| *k)
-                        .collect();
-                    if queues.is_empty() {
+                    let Some((input, partition, payload)) = pending_of(&mut self.pending, n) else {
                         continue;
-                    }
-                    let (input, partition) = queues[n % queues.len()];
-                    let payload = self
-                        .pending
-                        .get_mut(&(input, partition))
-                        .unwrap()
-                        .pop_front()
-                        .unwrap();
+                    };
                     tx.set_partition(partition);
                     let (applied, _) = self
                         .topology
