@@ -196,7 +196,8 @@ async fn verify_names_each_kind_of_tampering_with_its_position() {
 /// With `[audit]` configured, the services record what happens: the education adapter a
 /// write (its principal, endpoint, request id and the keyed hash of the record id) once the
 /// record is on the bus, the reconciler every read of the person — two principals each
-/// listed — before answering; the chains verify, and no identifier is in the log in clear.
+/// listed — before answering, both their refusals (401 and 403 over HTTP, 403 over gRPC);
+/// the chains verify, and no identifier is in the log in clear.
 #[tokio::test(flavor = "multi_thread")]
 async fn writes_and_reads_are_recorded_before_they_are_answered() {
     use ponte_audit::SubjectKey;
@@ -274,6 +275,32 @@ async fn writes_and_reads_are_recorded_before_they_are_answered() {
         .get_person(GetPersonRequest { nis: nis.clone() })
         .await
         .unwrap();
+    // Refused at the edge: no certificate (401), a principal outside its rights over HTTP
+    // (403) and over gRPC (ListParked is the operator's).
+    let record = serde_json::json!({"nis": nis, "inep_school_code": "35012345",
+        "month": "2025-05", "unit": "days", "given": 20, "attended": 18, "version": 1});
+    let anonymous = ponte_integration_tests::anonymous_http_client()
+        .post(stack.url("education-adapter", "/v1/attendance"))
+        .json(&record)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status().as_u16(), 401);
+    let outside = stack
+        .client_for("assistance-adapter")
+        .post(stack.url("education-adapter", "/v1/attendance"))
+        .json(&record)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(outside.status().as_u16(), 403);
+    let denied = state
+        .list_parked(ponte_proto::compliance::v1::ListParkedRequest { limit: 1 })
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+    // Refusals are recorded without holding up the answer: give them a moment.
+    tokio::time::sleep(Duration::from_secs(2)).await;
     for s in &mut services {
         assert!(s.terminate().success(), "{}", s.log_text());
     }
@@ -317,6 +344,36 @@ async fn writes_and_reads_are_recorded_before_they_are_answered() {
         readers.contains(&("urn:ponte:principal:federal".to_owned(), 1))
             && readers.contains(&("urn:ponte:principal:state-sp".to_owned(), 0)),
         "{readers:?}"
+    );
+    let mut refusals: Vec<(String, String, String)> = entries
+        .iter()
+        .filter_map(|e| match &e.body {
+            Some(Body::Refusal(r)) => {
+                Some((r.principal.clone(), r.reason.clone(), r.endpoint.clone()))
+            }
+            _ => None,
+        })
+        .collect();
+    refusals.sort();
+    assert_eq!(
+        refusals,
+        vec![
+            (
+                String::new(),
+                "no_credentials".to_owned(),
+                "POST /v1/attendance".to_owned()
+            ),
+            (
+                "urn:ponte:principal:assistance".to_owned(),
+                "forbidden".to_owned(),
+                "POST /v1/attendance".to_owned()
+            ),
+            (
+                "urn:ponte:principal:state-sp".to_owned(),
+                "forbidden".to_owned(),
+                "ListParked".to_owned()
+            ),
+        ]
     );
     // No identifier in clear anywhere in the log.
     for (_, raw) in read_topic(&topic, entries.len(), Duration::from_secs(5)) {

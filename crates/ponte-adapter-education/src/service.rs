@@ -239,11 +239,11 @@ pub async fn run(
     let state = Arc::new(AppState {
         ingestor: ponte_audit::log::adapter_ingestor(
             publisher.clone(),
-            ADAPTER,
             cfg.max_in_flight,
             audit,
             kafka,
             topics,
+            &gate,
             shutdown.clone(),
         )
         .await?,

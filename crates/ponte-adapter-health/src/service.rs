@@ -379,11 +379,11 @@ pub async fn run(
     let publisher = Publisher::new(kafka, ADAPTER)?;
     let ingestor = ponte_audit::log::adapter_ingestor(
         publisher.clone(),
-        ADAPTER,
         cfg.max_in_flight,
         audit,
         kafka,
         topics,
+        &gate,
         shutdown.clone(),
     )
     .await?;

@@ -247,6 +247,31 @@ impl ponte_bus::ingest::WriteAudit for Auditor {
     }
 }
 
+/// Records the refusals of an edge ([`ponte_edge::Gate::record_refusals`]) in the audit log,
+/// each in a task of its own so the refusal is not held up (a failure is logged).
+#[derive(Debug)]
+pub struct Refusals(pub std::sync::Arc<Auditor>);
+
+impl ponte_edge::RefusalAudit for Refusals {
+    fn refused(&self, listener: &str, principal: &str, reason: &str, endpoint: &str) {
+        let auditor = std::sync::Arc::clone(&self.0);
+        let (listener, principal, reason, endpoint) = (
+            listener.to_owned(),
+            principal.to_owned(),
+            reason.to_owned(),
+            endpoint.to_owned(),
+        );
+        tokio::spawn(async move {
+            if let Err(e) = auditor
+                .refusal(&principal, &listener, &reason, &endpoint)
+                .await
+            {
+                tracing::warn!(error = %e, %reason, "a refusal could not be written to the audit log");
+            }
+        });
+    }
+}
+
 /// What a read was about.
 #[derive(Debug, Clone, Copy)]
 pub enum ReadSubject<'a> {
@@ -337,20 +362,22 @@ pub fn verify_topic(kafka: &KafkaConfig, topic: &str, keys: Keys) -> Result<Repo
     Ok(verifier.finish())
 }
 
-/// An adapter's ingestor (publishing with `publisher`, dead letters to the catalogue's topic,
-/// at most `max_in_flight` records unacknowledged), recording every write in the adapter's
-/// audit log when `[audit]` configures one (`audit.key_dir`); otherwise with a warning that
-/// writes are not recorded.
+/// The ingestor of the adapter whose edge is `gate` (publishing with `publisher`, dead letters to the catalogue's topic,
+/// at most `max_in_flight` records unacknowledged), recording every write — and every refusal
+/// of its `gate` — in the adapter's audit log when `[audit]` configures one (`audit.key_dir`);
+/// otherwise with a warning that nothing is recorded.
 pub async fn adapter_ingestor(
     publisher: Publisher,
-    adapter: &'static str,
     max_in_flight: usize,
     cfg: &crate::AuditConfig,
     kafka: &KafkaConfig,
     topics: &ponte_bus::TopicsConfig,
+    gate: &ponte_edge::Gate,
     stop: tokio_util::sync::CancellationToken,
 ) -> Result<ponte_bus::ingest::Ingestor, String> {
     use ponte_bus::Topic;
+    // The adapter's name: its edge's listener (`education`, `health`, `assistance`).
+    let adapter = gate.listener();
     let ingestor = ponte_bus::ingest::Ingestor::new(
         publisher,
         adapter,
@@ -364,6 +391,9 @@ pub async fn adapter_ingestor(
             let auditor = Auditor::start(kafka, &topic, service, signer, subjects, stop)
                 .await
                 .map_err(|e| format!("audit log: {e}"))?;
+            gate.record_refusals(std::sync::Arc::new(Refusals(std::sync::Arc::clone(
+                &auditor,
+            ))));
             Ok(ingestor.with_audit(auditor))
         }
         None => {

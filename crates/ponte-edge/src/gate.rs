@@ -91,6 +91,23 @@ pub enum Busy {
     Listener(usize),
 }
 
+impl Busy {
+    /// A metric label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Busy::Principal(_) => "principal_busy",
+            Busy::Listener(_) => "listener_busy",
+        }
+    }
+}
+
+/// Where refusals at the edge are recorded besides their metric: the audit log.
+pub trait RefusalAudit: Send + Sync + std::fmt::Debug {
+    /// Records, without holding up the refusal, that `principal` (empty when it could not be
+    /// authenticated) was refused at `endpoint` of `listener` for `reason`.
+    fn refused(&self, listener: &str, principal: &str, reason: &str, endpoint: &str);
+}
+
 /// Held while a request runs; dropping it frees the caller's slots.
 #[derive(Debug)]
 pub struct Permit {
@@ -113,6 +130,7 @@ pub struct Gate {
     principal_slots: Slots,
     watch_slots: Slots,
     retry_after_secs: u64,
+    refusals: std::sync::OnceLock<Arc<dyn RefusalAudit>>,
 }
 
 /// Semaphores per (principal, limit).
@@ -184,6 +202,7 @@ impl Gate {
             principal_slots: Mutex::default(),
             watch_slots: Mutex::default(),
             retry_after_secs: cfg.retry_after_secs,
+            refusals: std::sync::OnceLock::new(),
         })
     }
 
@@ -195,6 +214,19 @@ impl Gate {
     /// The policy in force.
     pub fn policy(&self) -> Arc<Policy> {
         self.policy.current()
+    }
+
+    /// Records every refusal of this edge in `audit` from now on (set once).
+    pub fn record_refusals(&self, audit: Arc<dyn RefusalAudit>) {
+        let _ = self.refusals.set(audit);
+    }
+
+    /// A refusal decided by a caller of this gate, for the audit log (its metric is counted
+    /// where it is decided).
+    pub fn refused(&self, principal: &str, reason: &str, endpoint: &str) {
+        if let Some(a) = self.refusals.get() {
+            a.refused(self.listener, principal, reason, endpoint);
+        }
     }
 
     /// Seconds a refused client is told to wait.

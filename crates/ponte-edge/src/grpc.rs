@@ -17,28 +17,33 @@ pub struct Admitted {
     pub permit: Permit,
 }
 
-/// Authenticates the caller of `req`.
-pub fn caller<T>(gate: &Gate, req: &Request<T>) -> Result<Caller, Status> {
+/// Authenticates the caller of `req` to `endpoint` (a refusal is recorded with it).
+pub fn caller<T>(gate: &Gate, req: &Request<T>, endpoint: &str) -> Result<Caller, Status> {
     let peer = req.extensions().get::<PeerInfo>();
     let authorization = req
         .metadata()
         .get("authorization")
         .map(|v| v.as_bytes().to_vec());
     gate.authenticate(peer, authorization.as_deref())
-        .map_err(|e| Status::unauthenticated(e.to_string()))
+        .map_err(|e| {
+            gate.refused("", e.reason(), endpoint);
+            Status::unauthenticated(e.to_string())
+        })
 }
 
 /// Authenticates the caller of `req`, checks it may call `rpc` and takes its request slot.
 pub fn admit<T>(gate: &Gate, req: &Request<T>, rpc: Rpc) -> Result<Admitted, Status> {
-    let caller = caller(gate, req)?;
+    let caller = caller(gate, req, rpc.as_str())?;
     let grant = gate.policy().may_call(&caller.principal, rpc).map_err(|d| {
         metrics::counter!("ponte_access_refused_total", "listener" => gate.listener(), "reason" => "forbidden")
             .increment(1);
+        gate.refused(&caller.principal, "forbidden", rpc.as_str());
         Status::permission_denied(d.to_string())
     })?;
-    let permit = gate
-        .admit(&caller)
-        .map_err(|b| Status::resource_exhausted(b.to_string()))?;
+    let permit = gate.admit(&caller).map_err(|b| {
+        gate.refused(&caller.principal, b.reason(), rpc.as_str());
+        Status::resource_exhausted(b.to_string())
+    })?;
     Ok(Admitted {
         caller,
         grant,

@@ -170,6 +170,7 @@ pub fn refusal(status: StatusCode, error: &str) -> Response {
 /// Middleware: authenticates the caller (401), takes its request slots (429 + Retry-After) and
 /// puts the [`Caller`] into the request's extensions.
 pub async fn authenticate(State(gate): State<Arc<Gate>>, mut req: Request, next: Next) -> Response {
+    let endpoint = format!("{} {}", req.method(), req.uri().path());
     let peer = req.extensions().get::<crate::PeerInfo>().cloned();
     let authorization = req
         .headers()
@@ -178,6 +179,7 @@ pub async fn authenticate(State(gate): State<Arc<Gate>>, mut req: Request, next:
     let caller = match gate.authenticate(peer.as_ref(), authorization.as_deref()) {
         Ok(c) => c,
         Err(e) => {
+            gate.refused("", e.reason(), &endpoint);
             let mut resp = refusal(StatusCode::UNAUTHORIZED, &e.to_string());
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -187,6 +189,7 @@ pub async fn authenticate(State(gate): State<Arc<Gate>>, mut req: Request, next:
     let permit = match gate.admit(&caller) {
         Ok(p) => p,
         Err(busy) => {
+            gate.refused(&caller.principal, busy.reason(), &endpoint);
             let mut resp = refusal(StatusCode::TOO_MANY_REQUESTS, &busy.to_string());
             resp.headers_mut().insert(
                 header::RETRY_AFTER,
@@ -269,6 +272,11 @@ pub fn may_send(
                 Err(denied) => {
                     metrics::counter!("ponte_access_refused_total", "listener" => gate.listener(), "reason" => "forbidden")
                         .increment(1);
+                    gate.refused(
+                        &caller.principal,
+                        "forbidden",
+                        &format!("{} {}", req.method(), req.uri().path()),
+                    );
                     tracing::info!(principal = %caller.principal, %adapter, %kind, "request refused: outside the principal's rights");
                     refusal(StatusCode::FORBIDDEN, &denied.to_string())
                 }

@@ -26,7 +26,7 @@ pub mod listener;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use gate::{AuthMethod, Caller, Gate};
+pub use gate::{AuthMethod, Caller, Gate, RefusalAudit};
 pub use listener::{Conn, EdgeListener, PeerInfo};
 pub use ponte_access::policy::{Adapter, Grant, RecordKind, Rpc, SourceSystem};
 pub use ponte_access::tls::TlsConfig;

@@ -379,7 +379,11 @@ impl ComplianceService for ComplianceApi {
         let stream_slot = self
             .gate
             .admit_watch(&admitted.caller.principal)
-            .map_err(|b| Status::resource_exhausted(b.to_string()))?;
+            .map_err(|b| {
+                self.gate
+                    .refused(&admitted.caller.principal, "watch_streams", "WatchChanges");
+                Status::resource_exhausted(b.to_string())
+            })?;
         self.audited(&admitted, "WatchChanges", ReadSubject::None, 0)
             .await?;
         let grant = admitted.grant;

@@ -283,6 +283,9 @@ pub async fn run(
             None
         }
     };
+    if let Some(a) = &auditor {
+        gate.record_refusals(Arc::new(ponte_audit::log::Refusals(Arc::clone(a))));
+    }
     let api = ComplianceServiceServer::new(ComplianceApi {
         read: read.clone(),
         state: store.clone(),
