@@ -390,4 +390,38 @@ async fn writes_and_reads_are_recorded_before_they_are_answered() {
         out.contains("from 2 writers") && out.contains(", 0 problems"),
         "{out}"
     );
+
+    // Who read the person, and which request brought the record — as an operator holding the
+    // subject key (the stack's configuration names it).
+    let (status, out, err) = stack.ponte(&["audit", "who-read", &nis, "--topic", &topic]);
+    assert!(status.success(), "{out}{err}");
+    assert!(
+        out.contains("read by urn:ponte:principal:federal (GetPerson, 1 returned)")
+            && out.contains("read by urn:ponte:principal:state-sp (GetPerson, 0 returned)"),
+        "{out}"
+    );
+    assert!(!out.contains(&nis), "the answer masks the NIS: {out}");
+    let (status, out, err) = stack.ponte(&[
+        "audit",
+        "trace",
+        &format!("education:35012345:{nis}:2025-04"),
+        "--topic",
+        &topic,
+    ]);
+    assert!(status.success(), "{out}{err}");
+    assert!(
+        out.contains(&format!(
+            "sent by urn:ponte:principal:education to POST /v1/attendance in request {request_id} (1 accepted, 0 rejected)"
+        )) && out.contains("1 writes of the record"),
+        "{out}"
+    );
+    // Without the subject key no one can look a person up.
+    let (status, _, err) = stack.ponte_with(
+        &["audit", "who-read", &nis, "--topic", &topic],
+        &[("PONTE__AUDIT__SUBJECT_KEY_FILE", String::new())],
+    );
+    assert!(
+        !status.success() && err.contains("subject_key_file"),
+        "{err}"
+    );
 }

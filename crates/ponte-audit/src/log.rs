@@ -299,6 +299,20 @@ fn ring_boot_id() -> String {
 /// Reads the whole audit topic as it is now (committed entries, every partition from its
 /// start to its current end) through a [`Verifier`] with `keys`.
 pub fn verify_topic(kafka: &KafkaConfig, topic: &str, keys: Keys) -> Result<Report, BusError> {
+    let mut verifier = Verifier::new(keys);
+    scan_topic(kafka, topic, |position, bytes| {
+        verifier.check(position, bytes)
+    })?;
+    Ok(verifier.finish())
+}
+
+/// Calls `each` with the position and bytes of every committed entry of `topic`, partition by
+/// partition, from its start to its end as it is now.
+pub fn scan_topic(
+    kafka: &KafkaConfig,
+    topic: &str,
+    mut each: impl FnMut(&str, &[u8]),
+) -> Result<(), BusError> {
     let consumer: BaseConsumer = kafka
         .client_config("ponte-audit-verify")
         .set("group.id", "ponte-audit-verify")
@@ -319,7 +333,6 @@ pub fn verify_topic(kafka: &KafkaConfig, topic: &str, keys: Keys) -> Result<Repo
     if partitions.is_empty() {
         return Err(BusError::Config(format!("topic {topic} not found")));
     }
-    let mut verifier = Verifier::new(keys);
     for p in partitions {
         let (low, high) = consumer
             .fetch_watermarks(topic, p, timeout)
@@ -339,7 +352,7 @@ pub fn verify_topic(kafka: &KafkaConfig, topic: &str, keys: Keys) -> Result<Repo
                 Some(Ok(m)) => {
                     next = m.offset() + 1;
                     let position = format!("{topic} partition {p} offset {}", m.offset());
-                    verifier.check(&position, m.payload().unwrap_or_default());
+                    each(&position, m.payload().unwrap_or_default());
                 }
                 Some(Err(e)) => return Err(BusError::Unavailable(e.to_string())),
                 None => {
@@ -359,7 +372,7 @@ pub fn verify_topic(kafka: &KafkaConfig, topic: &str, keys: Keys) -> Result<Repo
             }
         }
     }
-    Ok(verifier.finish())
+    Ok(())
 }
 
 /// The ingestor of the adapter whose edge is `gate` (publishing with `publisher`, dead letters to the catalogue's topic,
