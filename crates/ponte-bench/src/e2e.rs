@@ -76,6 +76,8 @@ pub(crate) struct Figures {
     pub(crate) restarts: Vec<Restart>,
     /// The paced follow-up (with `Setup::paced`).
     pub(crate) paced: Option<PacedFigures>,
+    /// The audit log's entries and bytes once the view was complete (with `Setup::audit`).
+    pub(crate) audit: Option<(u64, u64)>,
 }
 
 /// A paced follow-up once the bulk load is in the view: a later bimester's attendance of the
@@ -174,6 +176,8 @@ pub(crate) struct Setup<'a> {
     pub(crate) paced: Option<Paced>,
     /// TLS and client certificates on every listener (bulk load only).
     pub(crate) tls: bool,
+    /// The audit log on (keys made in the work directory).
+    pub(crate) audit: bool,
 }
 
 /// The processes of a run, started, fed the population and with the view complete; dropping it
@@ -245,6 +249,24 @@ pub(crate) async fn start(s: &Setup<'_>) -> anyhow::Result<Pipeline> {
     std::fs::write(&policy, ponte_access::policy::dev_policy_toml())
         .with_context(|| format!("writing {}", policy.display()))?;
     set("PONTE__ACCESS__POLICY_FILE", policy.display().to_string());
+    if s.audit {
+        let dir = s.work.join("audit-keys");
+        std::fs::create_dir_all(&dir)?;
+        for service in ["education", "health", "assistance", "reconciler"] {
+            std::fs::write(
+                dir.join(format!("{service}.pk8")),
+                ponte_audit::Signer::generate()?,
+            )?;
+        }
+        // 83 random bytes: a fresh key document is as good a secret as any.
+        let subject = dir.join("subject.key");
+        std::fs::write(&subject, ponte_audit::Signer::generate()?)?;
+        set("PONTE__AUDIT__KEY_DIR", dir.display().to_string());
+        set(
+            "PONTE__AUDIT__SUBJECT_KEY_FILE",
+            subject.display().to_string(),
+        );
+    }
     let pki = if s.tls {
         anyhow::ensure!(
             s.ghz.is_none() && !s.restart && s.paced.is_none(),
@@ -443,6 +465,26 @@ pub(crate) async fn start(s: &Setup<'_>) -> anyhow::Result<Pipeline> {
         ghz: Vec::new(),
         restarts: Vec::new(),
         paced: None,
+        audit: if s.audit {
+            let kafka = ponte_bus::KafkaConfig {
+                bootstrap_servers: s.bootstrap.to_owned(),
+                message_timeout_ms: 30_000,
+                properties: Default::default(),
+            };
+            let topic = format!("{}audit.v1", s.prefix);
+            let counted = tokio::task::spawn_blocking(move || {
+                let (mut entries, mut bytes) = (0u64, 0u64);
+                ponte_audit::log::scan_topic(&kafka, &topic, |_, b| {
+                    entries += 1;
+                    bytes += b.len() as u64;
+                })
+                .map(|()| (entries, bytes))
+            })
+            .await??;
+            Some(counted)
+        } else {
+            None
+        },
     };
     Ok(Pipeline {
         services,

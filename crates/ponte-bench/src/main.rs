@@ -123,6 +123,10 @@ enum Cmd {
         /// the bulk load: not with --ghz, --restart or --paced-rate.
         #[arg(long)]
         tls: bool,
+        /// Run the services with the audit log on (signing keys and a subject key made in
+        /// the work directory) and report its entries and bytes per input record.
+        #[arg(long)]
+        audit: bool,
     },
     /// The view of an end-to-end run under query load: ghz against the reconciler's GetPerson
     /// and ListPersons, and against a trivial tonic service, at full speed and paced.
@@ -262,6 +266,7 @@ async fn main() -> anyhow::Result<()> {
             paced_seconds,
             paced_batch,
             tls,
+            audit,
         } => {
             let paced = if paced_rate > 0 {
                 // Checked now, not after a bulk load that may take hours.
@@ -304,6 +309,7 @@ async fn main() -> anyhow::Result<()> {
                 view_timeout: Duration::from_secs(view_timeout_min * 60),
                 paced,
                 tls,
+                audit,
             })
             .await;
             let wall = started.elapsed().as_secs_f64();
@@ -364,6 +370,12 @@ async fn main() -> anyhow::Result<()> {
             };
             println!("produced           {}", per_input(&f.produced));
             println!("consumed           {}", per_input(&f.consumed));
+            if let Some((entries, bytes)) = f.audit {
+                println!(
+                    "audit log          {entries} entries, {bytes} bytes: {:.1} bytes per input record",
+                    bytes as f64 / f.records.max(1) as f64
+                );
+            }
             machine_load_end(load, wall);
             if let Some(p) = &f.paced {
                 print_paced(p);
@@ -477,6 +489,7 @@ async fn main() -> anyhow::Result<()> {
                     view_timeout: Duration::from_secs(3600),
                     paced: None,
                     tls: false,
+                    audit: false,
                 },
                 &args,
             )
