@@ -425,3 +425,71 @@ async fn writes_and_reads_are_recorded_before_they_are_answered() {
         "{err}"
     );
 }
+
+/// An entry lost because the broker was down past its delivery timeout does not leave a gap
+/// in the middle of a chain: the writer goes on with a new chain, and the log still verifies
+/// (the first chain simply ends before the lost entry). A broker of this test alone, stopped
+/// and started again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_entry_starts_a_new_chain_and_the_log_still_verifies() {
+    use ponte_audit::Keys;
+    use ponte_audit::log::verify_topic;
+
+    let broker = ponte_integration_tests::PrivateBroker::start();
+    let topic = "audit-lost.v1".to_owned();
+    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .create()
+        .unwrap();
+    admin
+        .create_topics(
+            [&NewTopic::new(&topic, 1, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await
+        .unwrap();
+    let kafka = KafkaConfig {
+        bootstrap_servers: broker.bootstrap(),
+        message_timeout_ms: 3_000,
+        properties: Default::default(),
+    };
+    let signer = Signer::from_pkcs8("reconciler", &Signer::generate().unwrap()).unwrap();
+    let mut keys = Keys::default();
+    keys.insert("reconciler", signer.public_key()).unwrap();
+    let log = AuditLog::start(
+        Publisher::new(&kafka, "audit-lost").unwrap(),
+        &topic,
+        "reconciler",
+        signer,
+    )
+    .await
+    .unwrap();
+    log.record(read(1)).await.unwrap();
+    let first = log.writer().await;
+
+    broker.stop();
+    assert!(
+        log.record(read(2)).await.is_err(),
+        "an entry cannot be stored while the broker is down"
+    );
+    broker.restart();
+    // Once the broker answers again, the next entry goes out on a new chain.
+    let mut stored = false;
+    for _ in 0..20 {
+        if log.record(read(3)).await.is_ok() {
+            stored = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(stored, "no entry stored after the broker came back");
+    assert_ne!(log.writer().await, first, "a new chain");
+    log.seal().await.unwrap();
+
+    let report = tokio::task::spawn_blocking(move || verify_topic(&kafka, &topic, keys))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert!(report.writers >= 2, "{report:?}");
+}

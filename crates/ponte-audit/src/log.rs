@@ -26,7 +26,21 @@ pub struct AuditLog {
     publisher: Publisher,
     topic: String,
     signer: Signer,
-    chain: Mutex<Chain>,
+    service: String,
+    chain: Mutex<Writer>,
+}
+
+/// The chain being written, and whether an entry of it was lost (then the next entry starts a
+/// new chain rather than link to an entry that is not on the topic).
+#[derive(Debug)]
+struct Writer {
+    chain: Chain,
+    broken: bool,
+}
+
+/// `<service>/<random boot id>`: a new writer name for every chain.
+fn writer_name(service: &str) -> String {
+    format!("{service}/{}", ring_boot_id())
 }
 
 impl AuditLog {
@@ -38,46 +52,71 @@ impl AuditLog {
         service: &str,
         signer: Signer,
     ) -> Result<Self, BusError> {
-        let boot = ring_boot_id();
         let log = Self {
             publisher,
             topic: topic.to_owned(),
-            chain: Mutex::new(Chain::new(&format!("{service}/{boot}"))),
+            chain: Mutex::new(Writer {
+                chain: Chain::new(&writer_name(service)),
+                broken: false,
+            }),
             signer,
-        };
-        let start = Body::Start(Start {
             service: service.to_owned(),
-            key_id: log.signer.key_id().to_owned(),
-        });
-        log.record(start).await?;
+        };
+        log.record(log.start_body()).await?;
         Ok(log)
+    }
+
+    fn start_body(&self) -> Body {
+        Body::Start(Start {
+            service: self.service.clone(),
+            key_id: self.signer.key_id().to_owned(),
+        })
     }
 
     /// The writer's name.
     pub async fn writer(&self) -> String {
-        self.chain.lock().await.writer().to_owned()
+        self.chain.lock().await.chain.writer().to_owned()
     }
 
     /// Appends `body` and waits until the broker acknowledged it (and the seal that follows
     /// it every [`SEAL_EVERY`] entries). Concurrent callers are ordered by the chain's lock,
     /// held only while their entries are enqueued.
+    ///
+    /// When an entry is lost (not enqueued, or its delivery failed for good), the chain is
+    /// marked broken and the next entry starts a new chain (a new writer name and a `Start`),
+    /// so the entries written after the loss do not link to an entry missing from the topic.
+    /// (Entries enqueued by other requests before the loss was known still do: `verify`
+    /// reports the gap there.)
     pub async fn record(&self, body: Body) -> Result<(), BusError> {
-        let (entry, seal) = {
-            let mut chain = self.chain.lock().await;
-            let key = chain.writer().to_owned();
-            let bytes = chain.append(body, now());
-            let entry = self.enqueue(&key, &bytes)?;
-            let seal = if chain.unsealed() >= SEAL_EVERY {
-                let bytes = chain.seal(&self.signer, now());
-                Some(self.enqueue(&key, &bytes)?)
-            } else {
-                None
-            };
-            (entry, seal)
+        let result = self.try_record(body).await;
+        if result.is_err() {
+            self.chain.lock().await.broken = true;
+        }
+        result
+    }
+
+    async fn try_record(&self, body: Body) -> Result<(), BusError> {
+        let pending = {
+            let mut w = self.chain.lock().await;
+            let mut pending = Vec::with_capacity(3);
+            if w.broken {
+                w.chain = Chain::new(&writer_name(&self.service));
+                w.broken = false;
+                let key = w.chain.writer().to_owned();
+                let bytes = w.chain.append(self.start_body(), now());
+                pending.push(self.enqueue(&key, &bytes));
+            }
+            let key = w.chain.writer().to_owned();
+            let bytes = w.chain.append(body, now());
+            pending.push(self.enqueue(&key, &bytes));
+            if w.chain.unsealed() >= SEAL_EVERY {
+                let bytes = w.chain.seal(&self.signer, now());
+                pending.push(self.enqueue(&key, &bytes));
+            }
+            pending
         };
-        entry.await?;
-        if let Some(seal) = seal {
-            seal.await?;
+        for p in pending {
+            p?.await?;
         }
         Ok(())
     }
@@ -85,15 +124,22 @@ impl AuditLog {
     /// Seals what was appended since the last seal (nothing when nothing was).
     pub async fn seal(&self) -> Result<(), BusError> {
         let pending = {
-            let mut chain = self.chain.lock().await;
-            if chain.unsealed() == 0 {
+            let mut w = self.chain.lock().await;
+            if w.chain.unsealed() == 0 || w.broken {
                 return Ok(());
             }
-            let key = chain.writer().to_owned();
-            let bytes = chain.seal(&self.signer, now());
-            self.enqueue(&key, &bytes)?
+            let key = w.chain.writer().to_owned();
+            let bytes = w.chain.seal(&self.signer, now());
+            self.enqueue(&key, &bytes)
         };
-        pending.await.map(|_| ())
+        let result = match pending {
+            Ok(p) => p.await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        if result.is_err() {
+            self.chain.lock().await.broken = true;
+        }
+        result
     }
 
     fn enqueue(
