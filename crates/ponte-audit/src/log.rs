@@ -40,7 +40,7 @@ struct Writer {
 
 /// `<service>/<random boot id>`: a new writer name for every chain.
 fn writer_name(service: &str) -> String {
-    format!("{service}/{}", ring_boot_id())
+    format!("{service}/{}", uuid::Uuid::new_v4().simple())
 }
 
 impl AuditLog {
@@ -326,20 +326,6 @@ pub enum ReadSubject<'a> {
     Municipality(&'a str),
     /// A stream of changes or a list of parked records: no one subject.
     None,
-}
-
-/// A random id for this process's chain.
-fn ring_boot_id() -> String {
-    let mut bytes = [0u8; 8];
-    // SystemRandom fails only when the OS has no randomness; the time is unique enough then.
-    if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).is_err() {
-        bytes = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0)
-            .to_be_bytes();
-    }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Reads the whole audit topic as it is now (committed entries, every partition from its

@@ -606,6 +606,16 @@ impl PersonRecord {
             PersonRecord::Health(r) => r.nis,
         }
     }
+
+    /// The record's id.
+    pub fn record_id(&self) -> &str {
+        match self {
+            PersonRecord::Profile(r) => &r.record_id,
+            PersonRecord::School(r) => &r.record_id,
+            PersonRecord::Scfv(r) => &r.record_id,
+            PersonRecord::Health(r) => &r.record_id,
+        }
+    }
 }
 
 /// A record was addressed to the wrong key.
@@ -698,6 +708,24 @@ pub enum FamilyRecord {
     FollowUp(FamilyFollowUp),
     /// Appeal.
     Appeal(Appeal),
+}
+
+impl FamilyRecord {
+    /// The family the record is about.
+    pub fn family_id(&self) -> &FamilyId {
+        match self {
+            FamilyRecord::FollowUp(r) => &r.family_id,
+            FamilyRecord::Appeal(r) => &r.family_id,
+        }
+    }
+
+    /// The record's id.
+    pub fn record_id(&self) -> &str {
+        match self {
+            FamilyRecord::FollowUp(r) => &r.record_id,
+            FamilyRecord::Appeal(r) => &r.record_id,
+        }
+    }
 }
 
 /// Family-level assistance records (keyed by family id).

@@ -229,6 +229,13 @@ impl Gate {
         }
     }
 
+    /// A caller refused by the policy at `endpoint`: counted and recorded.
+    pub fn forbidden(&self, principal: &str, endpoint: &str) {
+        metrics::counter!("ponte_access_refused_total", "listener" => self.listener, "reason" => "forbidden")
+            .increment(1);
+        self.refused(principal, "forbidden", endpoint);
+    }
+
     /// Seconds a refused client is told to wait.
     pub fn retry_after_secs(&self) -> u64 {
         self.retry_after_secs

@@ -34,12 +34,13 @@ pub fn caller<T>(gate: &Gate, req: &Request<T>, endpoint: &str) -> Result<Caller
 /// Authenticates the caller of `req`, checks it may call `rpc` and takes its request slot.
 pub fn admit<T>(gate: &Gate, req: &Request<T>, rpc: Rpc) -> Result<Admitted, Status> {
     let caller = caller(gate, req, rpc.as_str())?;
-    let grant = gate.policy().may_call(&caller.principal, rpc).map_err(|d| {
-        metrics::counter!("ponte_access_refused_total", "listener" => gate.listener(), "reason" => "forbidden")
-            .increment(1);
-        gate.refused(&caller.principal, "forbidden", rpc.as_str());
-        Status::permission_denied(d.to_string())
-    })?;
+    let grant = gate
+        .policy()
+        .may_call(&caller.principal, rpc)
+        .map_err(|d| {
+            gate.forbidden(&caller.principal, rpc.as_str());
+            Status::permission_denied(d.to_string())
+        })?;
     let permit = gate.admit(&caller).map_err(|b| {
         gate.refused(&caller.principal, b.reason(), rpc.as_str());
         Status::resource_exhausted(b.to_string())

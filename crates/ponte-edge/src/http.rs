@@ -270,11 +270,8 @@ pub fn may_send(
                     resp
                 }
                 Err(denied) => {
-                    metrics::counter!("ponte_access_refused_total", "listener" => gate.listener(), "reason" => "forbidden")
-                        .increment(1);
-                    gate.refused(
+                    gate.forbidden(
                         &caller.principal,
-                        "forbidden",
                         &format!("{} {}", req.method(), req.uri().path()),
                     );
                     tracing::info!(principal = %caller.principal, %adapter, %kind, "request refused: outside the principal's rights");

@@ -141,21 +141,10 @@ impl Harness {
 
     /// Delivers the oldest pending message of the `n`-th non-empty queue; false when none.
     fn deliver(&mut self, n: usize) -> bool {
-        let Some((input, partition, payload)) = pending_of(&mut self.pending, n) else {
+        if self.pending.values().all(VecDeque::is_empty) {
             return false;
-        };
-        let mut tx = Tx::new(&self.kv);
-        tx.set_partition(partition);
-        let (applied, _) = self
-            .topology
-            .apply_internal(&mut tx, input, &payload)
-            .unwrap();
-        assert!(
-            !matches!(applied, Applied::Invalid(_)),
-            "{input:?}: {applied:?}"
-        );
-        let taken = tx.take();
-        self.commit(taken);
+        }
+        self.epoch(&[], &[Step::Deliver(n)]);
         true
     }
 

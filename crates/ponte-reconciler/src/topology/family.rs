@@ -43,10 +43,7 @@ impl Topology {
         source: Source,
         at: Option<Timestamp>,
     ) -> Result<Applied, ReconcilerError> {
-        let (fid, record_id) = match &record {
-            FamilyRecord::FollowUp(r) => (r.family_id.clone(), r.record_id.clone()),
-            FamilyRecord::Appeal(r) => (r.family_id.clone(), r.record_id.clone()),
-        };
+        let (fid, record_id) = (record.family_id().clone(), record.record_id().to_owned());
         let (mut state, mut doc) = self.load_family(tx, &fid)?;
         let applied = state
             .apply(record)

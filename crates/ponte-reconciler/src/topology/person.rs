@@ -44,16 +44,8 @@ impl Topology {
     ) -> Result<Applied, ReconcilerError> {
         let nis = record.nis();
         let (mut state, mut doc) = self.load_person(tx, nis)?;
-        let record_id = match &record {
-            PersonRecord::Profile(r) => r.record_id.clone(),
-            PersonRecord::School(r) => r.record_id.clone(),
-            PersonRecord::Scfv(r) => r.record_id.clone(),
-            PersonRecord::Health(r) => r.record_id.clone(),
-        };
-        let rid = match &record {
-            PersonRecord::Health(h) => Some(h.record_id.clone()),
-            _ => None,
-        };
+        let record_id = record.record_id().to_owned();
+        let rid = matches!(record, PersonRecord::Health(_)).then(|| record_id.clone());
         let applied = state
             .apply(record)
             .map_err(|e| ReconcilerError::Misrouted(e.to_string()))?;
