@@ -734,6 +734,60 @@ pub fn read_topic(topic: &str, min: usize, timeout: Duration) -> Vec<(Vec<u8>, V
     read_topic_at(broker(), topic, min, timeout)
 }
 
+/// Every committed message of `topic` as it is now: each partition read from its start to its
+/// current end (`read_committed`, so the outputs of aborted transactions are not among them),
+/// in partition order. Unlike [`read_topic`], which stops once `min` messages came and one poll
+/// was empty — enough for a test that knows what to wait for, but short of the end on a busy
+/// machine — this answers "what does the topic hold".
+pub fn read_topic_to_end(topic: &str, timeout: Duration) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker())
+        .set("group.id", format!("it-reader-{}", uuid::Uuid::new_v4()))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .create()
+        .unwrap();
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + timeout;
+    for p in md.topics().iter().flat_map(|t| t.partitions()) {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
+            .unwrap();
+        if high <= low {
+            continue;
+        }
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, p.id(), Offset::Offset(low))
+            .unwrap();
+        consumer.assign(&tpl).unwrap();
+        loop {
+            // The position also passes transaction markers and aborted messages, never delivered.
+            let at = consumer.position().ok().and_then(|l| {
+                l.find_partition(topic, p.id())
+                    .and_then(|e| e.offset().to_raw())
+            });
+            if at.is_some_and(|o| o >= high) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{topic} partition {}: not read to its end {high} within {timeout:?}",
+                p.id()
+            );
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+                out.push((
+                    m.key().unwrap_or_default().to_vec(),
+                    m.payload().unwrap_or_default().to_vec(),
+                ));
+            }
+        }
+    }
+    out
+}
+
 /// A Kafka broker of one test alone, on its own ports (`deploy/local/kafka.sh` with
 /// `PONTE_KAFKA_PORT`/`PONTE_KAFKA_CONTROLLER_PORT`), for tests that stop and restart the
 /// broker without disturbing the shared one. The broker jars are the shared cache's; the run

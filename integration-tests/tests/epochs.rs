@@ -24,7 +24,9 @@ use std::time::Duration;
 use ponte_integration_tests::workload::{
     families, family, persons, produce, produce_to, stack_with_reference, workload,
 };
-use ponte_integration_tests::{Service, Stack, eventually, metric, read_topic, wait_ready};
+use ponte_integration_tests::{
+    Service, Stack, eventually, metric, read_topic, read_topic_to_end, wait_ready,
+};
 use ponte_proto::compliance::v1::{
     ComplianceAlert, ComplianceChange, Family, Person, compliance_change::View,
 };
@@ -99,9 +101,11 @@ fn latest_changes(topic: &str, min: usize) -> BTreeMap<Vec<u8>, View> {
     latest
 }
 
-fn alerts(topic: &str, min: usize) -> BTreeMap<Vec<u8>, Vec<ComplianceAlert>> {
+/// Every committed alert on `topic`, by family (read to the topic's end: how many there are is
+/// what is compared, so the read cannot stop at a count).
+fn alerts(topic: &str) -> BTreeMap<Vec<u8>, Vec<ComplianceAlert>> {
     let mut by_family: BTreeMap<Vec<u8>, Vec<ComplianceAlert>> = BTreeMap::new();
-    for (key, payload) in read_topic(topic, min, Duration::from_secs(20)) {
+    for (key, payload) in read_topic_to_end(topic, Duration::from_secs(60)) {
         by_family
             .entry(key)
             .or_default()
@@ -161,17 +165,12 @@ async fn outcome(port: u16, prefix: &str, expected: Option<&Outcome>) -> Outcome
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    let (min_changes, min_alerts) = expected.map_or((ids.len() + PERSONS as usize, 1), |e| {
-        (
-            e.latest_changes.len(),
-            e.alerts.values().map(Vec::len).sum(),
-        )
-    });
+    let min_changes = expected.map_or(ids.len() + PERSONS as usize, |e| e.latest_changes.len());
     Outcome {
         persons,
         families,
         latest_changes: latest_changes(&format!("{prefix}compliance.changes.v1"), min_changes),
-        alerts: alerts(&format!("{prefix}compliance.alerts.v1"), min_alerts),
+        alerts: alerts(&format!("{prefix}compliance.alerts.v1")),
     }
 }
 
