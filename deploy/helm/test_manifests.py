@@ -22,7 +22,8 @@ checks, against the sources of truth in the repository rather than a copy of the
   values' extraEgress);
 - the ServiceMonitor selects the four admin Services, with the job names the alert rules use;
 - the KafkaTopics are exactly the catalogue of crates/ponte-bus/src/topics.rs (parsed from the
-  source: names, partitions, replication, cleanup.policy and retention configs);
+  source: names, partitions, replication, cleanup.policy and retention configs), and survive
+  `helm uninstall`;
 - the KafkaUsers' ACLs are exactly those `acl_rules` in deploy/local/kafka.sh grants each
   principal (the function is run for the same prefix and group), with tls authentication, and
   each pod mounts its own user's secret.
@@ -539,6 +540,8 @@ def check_topics(docs: list[dict], exp: dict, f: Failures) -> None:
         f.check(t["apiVersion"] == "kafka.strimzi.io/v1beta2", f"{name}: apiVersion {t['apiVersion']}")
         f.check(t["metadata"]["labels"].get("strimzi.io/cluster") == exp["kafkaCluster"], f"{name}: strimzi.io/cluster label")
         f.check(bool(DNS_LABEL.match(t["metadata"]["name"])) and len(t["metadata"]["name"]) <= 253, f"{name}: metadata.name {t['metadata']['name']} is not a valid Kubernetes name")
+        f.check(t["metadata"].get("annotations", {}).get("helm.sh/resource-policy") == "keep",
+                f"{name}: `helm uninstall` would delete the KafkaTopic, and the Topic Operator the topic")
         f.check(spec["partitions"] == parts, f"{name}: {spec['partitions']} partitions, expected {parts}")
         f.check(spec["replicas"] == exp["replicas"], f"{name}: replicas {spec['replicas']}")
         for k, v in cfg.items():
