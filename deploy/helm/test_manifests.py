@@ -640,13 +640,14 @@ def main() -> int:
     for label, extra, exp in cases:
         failed += len(run_case(args.helm, label, extra, exp, known).items)
     # A chart that cannot be rendered wrongly: these must be refused.
-    for label, extra in (
-        ("more reconciler replicas than partitions", ["--set", "reconciler.replicas=7"]),
-        ("an override of an unknown topic", ["--set", "topics.overrides.nosuch\\.v1.partitions=2"]),
+    for label, extra, why in (
+        ("more reconciler replicas than partitions", ["--set", "reconciler.replicas=7"], "reconciler.replicas (7) > topics.partitions"),
+        ("an override of an unknown topic", ["--set", "topics.overrides.nosuch\\.v1.partitions=2"], "no such shared topic"),
+        ("audit verification without the public keys", ["--set", "auditVerify.enabled=true"], "audit.publicKeys must list"),
     ):
         res = subprocess.run([args.helm, "template", "ponte", str(CHART), "--kube-version", KUBE_VERSION, *extra],
                              capture_output=True, text=True)
-        ok = res.returncode != 0
+        ok = res.returncode != 0 and why in res.stderr
         print(f"  refused: {label}: {'ok' if ok else 'FAILED (rendered)'}")
         failed += 0 if ok else 1
     if failed:

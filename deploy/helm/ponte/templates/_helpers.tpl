@@ -349,7 +349,10 @@ partitions = {{ int64 $V.topics.partitions }}
 replication_factor = {{ int64 $V.topics.replicationFactor }}
 
 [audit.keys]
-{{- include "ponte.tomlKeys" (required "audit.publicKeys must list the services' public keys with auditVerify.enabled" $V.audit.publicKeys) }}
+{{- if not $V.audit.publicKeys }}
+{{- fail "auditVerify.enabled: audit.publicKeys must list the services' public keys, or every seal is reported as signed by an unknown key" }}
+{{- end }}
+{{- include "ponte.tomlKeys" $V.audit.publicKeys }}
 {{- end -}}
 
 {{/* NetworkPolicy egress to the Kafka brokers and the cluster DNS. */}}
