@@ -24,9 +24,10 @@ deploy/local/kafka.sh status >/dev/null 2>&1 || started_kafka=1
 export PONTE__KAFKA__BOOTSTRAP_SERVERS="$(deploy/local/kafka.sh start | tail -n1)"
 export PONTE__RECONCILER__STATE_DIR="$RUN/reconciler-state"
 
-# TLS and authentication: the development PKI (made once) and the config that points at it.
+# TLS, authentication and the audit log: the development PKI and audit keys (made once) and the
+# config that points at them.
 PKI="$RUN/pki"
-[[ -f "$PKI/ponte.toml" ]] || "$PONTE" pki dev --out "$PKI" >/dev/null
+[[ -f "$PKI/ponte.toml" && -f "$PKI/audit/subject.key" ]] || "$PONTE" pki dev --out "$PKI" --force >/dev/null
 export PONTE_CONFIG="$PKI/ponte.toml"
 # `ponte query` trusts the demo CA and reads as the federal ministry by default.
 export PONTE_CLIENT_CA="$PKI/ca.pem" PONTE_CLIENT_CERT="$PKI/federal.pem" PONTE_CLIENT_KEY="$PKI/federal-key.pem"
@@ -94,6 +95,13 @@ echo "[demo] the family:" >&2
 "$PONTE" query family F-1 | grep -v effects_json | grep -E 'members|name|sequence|status|non_compliant|"' | head -30
 echo "[demo] indicators of São Paulo (3550308):" >&2
 "$PONTE" query indicators 3550308
+# Every write, read and refusal above is in the audit log (docs/privacy.md), hash-chained and
+# signed; the operator holding the subject key can answer a family's "who read us?".
+sleep 2
+echo "[demo] who read NIS 26827649960, from the audit log:" >&2
+"$PONTE" audit who-read 26827649960 | tail -n 6 || true
+echo "[demo] the audit log's chains:" >&2
+"$PONTE" audit verify | tail -n 2 || true
 
 cat >&2 <<MSG
 
@@ -107,6 +115,8 @@ cat >&2 <<MSG
               $PONTE query --ca $PKI/ca.pem --token-file <($PONTE pki dev-token --dir $PKI --principal state-sp) person 46952280637
               .cache/go-bin/grpcurl -cacert $PKI/ca.pem -cert $PKI/federal.pem -key $PKI/federal-key.pem -d '{"nis":"46952280637"}' localhost:50051 ponte.compliance.v1.ComplianceService/GetPerson
   security    certificates, tokens and the access policy: $PKI (docs/security.md)
+  audit       $PONTE audit verify | who-read <nis> | trace <record id>   (docs/privacy.md)
+              $PONTE erase <nis> --cert $PKI/operator.pem --key $PKI/operator-key.pem
   metrics     http://127.0.0.1:{9181,9182,9183}/metrics (adapters)   http://127.0.0.1:9190/metrics (reconciler)
   health      http://127.0.0.1:{9181,9182,9183,9190}/health/ready
   logs        $RUN/*.log

@@ -50,6 +50,36 @@ pub fn pki() -> &'static ponte_access::pki::DevPkiManifest {
     })
 }
 
+/// The development audit keys of this test process (a signing key per service and the subject
+/// key), beside the PKI: every service of every stack writes the audit log, as a deployment's
+/// must.
+pub fn audit_keys() -> &'static ponte_audit::DevKeys {
+    static KEYS: OnceLock<ponte_audit::DevKeys> = OnceLock::new();
+    KEYS.get_or_init(|| ponte_audit::write_dev_keys(&pki().dir.join("audit")).unwrap())
+}
+
+/// The `[audit]` settings of a service with [`audit_keys`], as environment variables.
+pub fn audit_env() -> Vec<(String, String)> {
+    let keys = audit_keys();
+    let mut env = vec![
+        (
+            "PONTE__AUDIT__KEY_DIR".to_owned(),
+            keys.key_dir.display().to_string(),
+        ),
+        (
+            "PONTE__AUDIT__SUBJECT_KEY_FILE".to_owned(),
+            keys.subject_key_file.display().to_string(),
+        ),
+    ];
+    for (id, key) in &keys.public {
+        env.push((
+            format!("PONTE__AUDIT__KEYS__{}", id.to_uppercase()),
+            key.clone(),
+        ));
+    }
+    env
+}
+
 /// (certificate, key) of the development principal `name` (`education`, `federal`, …).
 pub fn identity(name: &str) -> (PathBuf, PathBuf) {
     let c = pki()
@@ -413,6 +443,7 @@ impl Stack {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
+        env.extend(audit_env());
         env.extend(self.extra_env.clone());
         env
     }

@@ -246,6 +246,7 @@ impl<'b> SecureStack<'b> {
         ] {
             env.insert(k.to_owned(), v);
         }
+        env.extend(crate::audit_env());
         for service in [
             "education-adapter",
             "health-adapter",

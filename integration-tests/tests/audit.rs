@@ -493,3 +493,134 @@ async fn a_lost_entry_starts_a_new_chain_and_the_log_still_verifies() {
     assert!(report.problems.is_empty(), "{:?}", report.problems);
     assert!(report.writers >= 2, "{report:?}");
 }
+
+/// kill -9 of an adapter in the middle of many writes: every write entry in the audit log names
+/// records that are on the input topic (an entry is written only after the broker acknowledged
+/// the records), and every request answered 2xx has its entry (the answer waits for it). Some
+/// requests are cut off by the kill — their records may be on the bus without an entry, which
+/// is allowed: they were never acknowledged to the sender, who sends them again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_adapter_leaves_no_entry_without_records_and_no_answer_without_an_entry() {
+    use std::collections::BTreeSet;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use ponte_audit::SubjectKey;
+    use ponte_integration_tests::{read_topic_to_end, valid_nis, wait_ready};
+    use ponte_proto::events::v1::Event;
+
+    const WORKERS: usize = 12;
+    const REQUESTS: usize = 400;
+    const RECORDS: usize = 25;
+
+    // The harness' audit keys: the adapter records every write.
+    let stack = Stack::new("auditkill");
+    let secret = std::fs::read(&ponte_integration_tests::audit_keys().subject_key_file).unwrap();
+    assert!(stack.ponte(&["topics", "ensure"]).0.success());
+    let mut adapter = stack.spawn("education-adapter");
+    wait_ready(&mut adapter).await;
+
+    let stack = Arc::new(stack);
+    let next = Arc::new(AtomicUsize::new(0));
+    let answered = Arc::new(AtomicUsize::new(0));
+    let killed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for _ in 0..WORKERS {
+        let (stack, next, answered, killed) = (
+            stack.clone(),
+            next.clone(),
+            answered.clone(),
+            killed.clone(),
+        );
+        workers.push(tokio::spawn(async move {
+            let client = stack.client_for("education-adapter");
+            let url = stack.url("education-adapter", "/v1/attendance");
+            // (request number, Some(request id) when answered 2xx, None when cut off)
+            let mut outcomes: Vec<(usize, Option<String>)> = Vec::new();
+            loop {
+                let r = next.fetch_add(1, Ordering::SeqCst);
+                // Only requests sent before the kill: those that fail were cut off by it.
+                if r >= REQUESTS || killed.load(Ordering::SeqCst) {
+                    return outcomes;
+                }
+                let records: Vec<serde_json::Value> = (0..RECORDS)
+                    .map(|i| {
+                        serde_json::json!({"nis": valid_nis((r * RECORDS + i) as u64 + 1),
+                            "inep_school_code": "35012345", "month": "2025-04", "unit": "days",
+                            "given": 20, "attended": 18, "version": 1})
+                    })
+                    .collect();
+                match client.post(&url).json(&records).send().await {
+                    Ok(resp) if resp.status().is_success() => {
+                        let id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+                        answered.fetch_add(1, Ordering::SeqCst);
+                        outcomes.push((r, Some(id)));
+                    }
+                    Ok(resp) => panic!("request {r}: {}", resp.status()),
+                    Err(_) => outcomes.push((r, None)),
+                }
+            }
+        }));
+    }
+    // Kill once some writes are through and others are in flight.
+    while answered.load(Ordering::SeqCst) < 20 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    killed.store(true, Ordering::SeqCst);
+    adapter.kill9();
+    let mut outcomes = Vec::new();
+    for w in workers {
+        outcomes.extend(w.await.unwrap());
+    }
+    let acked: Vec<String> = outcomes.iter().filter_map(|(_, id)| id.clone()).collect();
+    let cut = outcomes.iter().filter(|(_, id)| id.is_none()).count();
+    assert!(acked.len() >= 20, "{} answered", acked.len());
+    assert!(
+        cut > 0,
+        "no request was in flight at the kill: the test proves nothing"
+    );
+
+    // The records on the bus, as the audit log names them (keyed hashes of their ids).
+    let subjects = SubjectKey::new(&secret).unwrap();
+    let on_bus: BTreeSet<Vec<u8>> = read_topic_to_end(
+        &stack.topic("education.attendance.v1"),
+        Duration::from_secs(30),
+    )
+    .into_iter()
+    .map(|(_, v)| subjects.hash("record", &Event::decode(v.as_slice()).unwrap().record_id))
+    .collect();
+    let writes: Vec<ponte_proto::audit::v1::Write> =
+        read_topic_to_end(&stack.topic("audit.v1"), Duration::from_secs(30))
+            .into_iter()
+            .filter_map(
+                |(_, v)| match AuditEntry::decode(v.as_slice()).unwrap().body {
+                    Some(Body::Write(w)) => Some(w),
+                    _ => None,
+                },
+            )
+            .collect();
+    // No entry for a write that is not on the bus.
+    for w in &writes {
+        assert_eq!(w.record_ids.len(), RECORDS, "{w:?}");
+        for id in &w.record_ids {
+            assert!(
+                on_bus.contains(id),
+                "request {}: a record not on the bus",
+                w.request_id
+            );
+        }
+    }
+    // No acknowledged write without its entry.
+    let recorded: BTreeSet<&str> = writes.iter().map(|w| w.request_id.as_str()).collect();
+    for id in &acked {
+        assert!(
+            recorded.contains(id.as_str()),
+            "request {id} answered 2xx with no entry"
+        );
+    }
+    eprintln!(
+        "{} requests answered, {cut} cut off by the kill, {} write entries, {} records on the bus",
+        acked.len(),
+        writes.len(),
+        on_bus.len()
+    );
+}

@@ -121,17 +121,20 @@ pub enum RecordKind {
     FollowUp,
     /// Appeals (`POST /v1/appeals`) — assistance adapter.
     Appeal,
+    /// Orders to erase a person (`POST /v1/erasures`, `ponte erase`) — assistance adapter.
+    Erasure,
 }
 
 impl RecordKind {
     /// Every record kind.
-    pub const ALL: [RecordKind; 6] = [
+    pub const ALL: [RecordKind; 7] = [
         RecordKind::Attendance,
         RecordKind::Health,
         RecordKind::Person,
         RecordKind::Scfv,
         RecordKind::FollowUp,
         RecordKind::Appeal,
+        RecordKind::Erasure,
     ];
 
     /// The name used in the policy file (for the assistance kinds, the adapter's own short
@@ -144,6 +147,7 @@ impl RecordKind {
             RecordKind::Scfv => "scfv",
             RecordKind::FollowUp => "follow-up",
             RecordKind::Appeal => "appeal",
+            RecordKind::Erasure => "erasure",
         }
     }
 
@@ -157,9 +161,11 @@ impl RecordKind {
         match self {
             RecordKind::Attendance => Adapter::Education,
             RecordKind::Health => Adapter::Health,
-            RecordKind::Person | RecordKind::Scfv | RecordKind::FollowUp | RecordKind::Appeal => {
-                Adapter::Assistance
-            }
+            RecordKind::Person
+            | RecordKind::Scfv
+            | RecordKind::FollowUp
+            | RecordKind::Appeal
+            | RecordKind::Erasure => Adapter::Assistance,
         }
     }
 }
@@ -1125,11 +1131,13 @@ read = { scopes = ["state:SP"], rpcs = ["GetPerson", "GetFamily", "ListPersons",
 [principals."urn:ponte:principal:municipality-3550308"]
 read = { scopes = ["municipality:3550308"], rpcs = ["GetPerson", "GetFamily", "ListPersons", "GetIndicators", "WatchChanges"], conditionalities = ["all"] }
 
-# The operator lists parked health records (raw CNS/CPF) and nothing else.
+# The operator lists parked health records (raw CNS/CPF) and carries out the controller's
+# erasure orders (`ponte erase`); it reads no view.
 
 [principals."urn:ponte:principal:operator"]
 operator = true
 read = { rpcs = ["ListParked"] }
+send = { adapter = "assistance", records = ["erasure"], source_system = "operator" }
 "#;
 
 #[cfg(test)]
@@ -1208,6 +1216,22 @@ mod tests {
         for rpc in Rpc::ALL {
             assert!(p.may_call(&education, rpc).is_err());
         }
+        // Only the operator orders erasures, under a source system of its own.
+        let operator = dev_principal("operator");
+        assert_eq!(
+            p.may_send(&operator, Adapter::Assistance, RecordKind::Erasure)
+                .unwrap()
+                .as_str(),
+            "operator"
+        );
+        assert!(matches!(
+            p.may_send(&assistance, Adapter::Assistance, RecordKind::Erasure),
+            Err(Denied::RecordKind { .. })
+        ));
+        assert!(matches!(
+            p.may_send(&operator, Adapter::Assistance, RecordKind::Person),
+            Err(Denied::RecordKind { .. })
+        ));
 
         let federal = p
             .may_call(&dev_principal("federal"), Rpc::GetPerson)
@@ -1458,7 +1482,7 @@ max_concurrent_requests = 10
             ),
             (
                 "[principals.a]\nsend = { adapter = \"assistance\", records = [\"follow_up\"], source_system = \"e\" }\n",
-                "\"follow_up\" is not a record kind (the assistance adapter takes person, scfv, follow-up, appeal)",
+                "\"follow_up\" is not a record kind (the assistance adapter takes person, scfv, follow-up, appeal, erasure)",
             ),
             (
                 "[principals.a]\nsend = { adapter = \"health\", records = [], source_system = \"e\" }\n",

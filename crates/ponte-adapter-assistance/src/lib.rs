@@ -5,7 +5,8 @@
 //! - monthly SCFV attendance of PETI children → `ScfvAttendance` on `assistance.person.v1`,
 //!   keyed by NIS;
 //! - family follow-up with interruption of effects, and appeals with their decisions →
-//!   `FamilyFollowUp` / `Appeal` on `assistance.family.v1`, keyed by family id.
+//!   `FamilyFollowUp` / `Appeal` on `assistance.family.v1`, keyed by family id;
+//! - erasure orders (LGPD) → `PersonErasure` on `registry.persons.v1`, keyed by NIS.
 //!
 //! Every record is validated (identifiers by their check digits, dates, hours, decisions) and
 //! answered only once the broker has acknowledged it; invalid records are answered with the
@@ -16,6 +17,7 @@
 //!
 //! Without the default `service` feature the crate is only the parsers (for the fuzz targets).
 pub mod csv;
+pub mod erasure;
 pub mod family;
 pub mod person;
 pub mod record;

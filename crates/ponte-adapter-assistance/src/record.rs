@@ -63,21 +63,24 @@ pub enum Kind {
     FamilyFollowUp,
     /// Appeal (recurso) and its decision.
     Appeal,
+    /// An order to erase a person (LGPD).
+    Erasure,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 4] = [
+    pub const ALL: [Kind; 5] = [
         Kind::Person,
         Kind::ScfvAttendance,
         Kind::FamilyFollowUp,
         Kind::Appeal,
+        Kind::Erasure,
     ];
 
     /// Where records of this kind are published.
     pub fn destination(self) -> Destination {
         match self {
-            Kind::Person => Destination::RegistryPersons,
+            Kind::Person | Kind::Erasure => Destination::RegistryPersons,
             Kind::ScfvAttendance => Destination::AssistancePerson,
             Kind::FamilyFollowUp | Kind::Appeal => Destination::AssistanceFamily,
         }
@@ -90,6 +93,7 @@ impl Kind {
             Kind::ScfvAttendance => "scfv",
             Kind::FamilyFollowUp => "follow-up",
             Kind::Appeal => "appeal",
+            Kind::Erasure => "erasure",
         }
     }
 }
@@ -140,6 +144,11 @@ pub fn parse_json(
             now,
         ),
         Kind::Appeal => crate::family::validate_appeal(
+            &serde_json::from_str(json).map_err(malformed)?,
+            source_system,
+            now,
+        ),
+        Kind::Erasure => crate::erasure::validate(
             &serde_json::from_str(json).map_err(malformed)?,
             source_system,
             now,

@@ -7,6 +7,7 @@
 //! | `POST /v1/scfv-attendance` | one month of SCFV attendance | `assistance.person.v1` (NIS) |
 //! | `POST /v1/family-follow-ups` | family follow-up | `assistance.family.v1` (family id) |
 //! | `POST /v1/appeals` | appeal and decision | `assistance.family.v1` (family id) |
+//! | `POST /v1/erasures` | an order to erase a person (LGPD) | `registry.persons.v1` (NIS) |
 //!
 //! Answers are the adapters' common ones (`ponte_edge::ingest`), JSON with `accepted` and
 //! `rejected`:
@@ -301,6 +302,15 @@ async fn appeals(
     json_only(&state, sender, Kind::Appeal, headers, body).await
 }
 
+async fn erasures(
+    State(state): State<Arc<AppState>>,
+    Extension(sender): Extension<Sender>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    json_only(&state, sender, Kind::Erasure, headers, body).await
+}
+
 /// Runs the adapter until `shutdown` is cancelled: binds the API, keeps readiness in step with
 /// the broker, and flushes the producer before returning.
 #[allow(clippy::too_many_arguments)]
@@ -364,9 +374,13 @@ pub async fn run(
             "/v1/appeals",
             post(appeals).layer(rights(RecordKind::Appeal)),
         )
+        .route(
+            "/v1/erasures",
+            post(erasures).layer(rights(RecordKind::Erasure)),
+        )
         .with_state(state);
     tracing::info!(
-        "assistance adapter: POST /v1/persons, /v1/scfv-attendance, /v1/family-follow-ups, /v1/appeals"
+        "assistance adapter: POST /v1/persons, /v1/scfv-attendance, /v1/family-follow-ups, /v1/appeals, /v1/erasures"
     );
     ponte_edge::ingest::serve_adapter(
         gate,

@@ -618,8 +618,8 @@ mod tests {
 #[serde(deny_unknown_fields)]
 pub struct AuditConfig {
     /// Directory of the services' signing keys, `<service>.pk8` each (`ponte audit keygen`,
-    /// or `ponte pki dev`); the key id is the service's name. Empty: the services write no
-    /// audit log (they say so at start).
+    /// or `ponte pki dev`); the key id is the service's name. Required unless `disabled`: a
+    /// service without it refuses to start.
     #[serde(default)]
     pub key_dir: String,
     /// File of the secret (at least 32 bytes) under which identifiers are hashed in the log;
@@ -630,13 +630,33 @@ pub struct AuditConfig {
     /// public key (`ponte audit keygen` prints the line to add).
     #[serde(default)]
     pub keys: BTreeMap<String, String>,
+    /// Run without an audit log (a benchmark's baseline, an experiment): writes, reads and
+    /// refusals are not recorded; each service warns at start and sets
+    /// `ponte_audit_disabled{service} 1`.
+    #[serde(default)]
+    pub disabled: bool,
 }
 
 impl AuditConfig {
-    /// `service`'s signing key and the subject key, when the log is on.
+    /// `service`'s signing key and the subject key; `None` only when the log is `disabled`
+    /// (said in a warning and the `ponte_audit_disabled{service}` gauge). Without keys and
+    /// not disabled, an error naming the keys to set: the log is on by default.
     pub fn service_keys(&self, service: &str) -> Result<Option<(Signer, SubjectKey)>, AuditError> {
-        if self.key_dir.is_empty() {
+        if self.disabled {
+            tracing::warn!(
+                service,
+                "audit log DISABLED (audit.disabled = true): writes, reads and refusals are not recorded"
+            );
+            metrics::gauge!("ponte_audit_disabled", "service" => service.to_owned()).set(1.0);
             return Ok(None);
+        }
+        if self.key_dir.is_empty() {
+            return Err(AuditError::Key(format!(
+                "audit.key_dir is not set: every service records its writes, reads and refusals \
+                 in the audit log, signed with <key_dir>/{service}.pk8 (`ponte audit keygen`, or \
+                 `ponte pki dev` for development keys); set audit.key_dir and \
+                 audit.subject_key_file, or audit.disabled = true to run without a log"
+            )));
         }
         let path = std::path::Path::new(&self.key_dir).join(format!("{service}.pk8"));
         let pkcs8 = std::fs::read(&path)
@@ -661,6 +681,56 @@ impl AuditConfig {
         }
         Ok(keys)
     }
+}
+
+/// The services that write the audit log, each with its own key `<service>.pk8`.
+pub const SERVICES: [&str; 4] = ["education", "health", "assistance", "reconciler"];
+
+/// Development audit keys written by [`write_dev_keys`]: what `[audit]` needs.
+#[derive(Debug, Clone)]
+pub struct DevKeys {
+    /// `audit.key_dir`.
+    pub key_dir: std::path::PathBuf,
+    /// `audit.subject_key_file`.
+    pub subject_key_file: std::path::PathBuf,
+    /// `audit.keys`: key id (the service) → base64 public key.
+    pub public: BTreeMap<String, String>,
+}
+
+/// Writes a signing key per service of [`SERVICES`] and a 32-byte subject key into `dir`
+/// (created), private to the owner — for `ponte pki dev`, the tests and the benchmarks, never
+/// for a real deployment (whose keys are made and kept by its operators: `ponte audit keygen`).
+pub fn write_dev_keys(dir: &std::path::Path) -> Result<DevKeys, AuditError> {
+    let io =
+        |p: &std::path::Path, e: std::io::Error| AuditError::Key(format!("{}: {e}", p.display()));
+    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    let write = |path: &std::path::Path, bytes: &[u8]| -> Result<(), AuditError> {
+        use std::io::Write as _;
+        let mut o = std::fs::OpenOptions::new();
+        o.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+        o.open(path)
+            .and_then(|mut f| f.write_all(bytes))
+            .map_err(|e| io(path, e))
+    };
+    let mut public = BTreeMap::new();
+    for service in SERVICES {
+        let pkcs8 = Signer::generate()?;
+        write(&dir.join(format!("{service}.pk8")), &pkcs8)?;
+        let signer = Signer::from_pkcs8(service, &pkcs8)?;
+        public.insert(service.to_owned(), encode_key(&signer.public_key()));
+    }
+    let mut secret = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret)
+        .map_err(|_| AuditError::Key("no randomness for the subject key".to_owned()))?;
+    let subject_key_file = dir.join("subject.key");
+    write(&subject_key_file, &secret)?;
+    Ok(DevKeys {
+        key_dir: dir.to_path_buf(),
+        subject_key_file,
+        public,
+    })
 }
 
 /// A public key given as base64 (standard alphabet).

@@ -250,22 +250,14 @@ pub(crate) async fn start(s: &Setup<'_>) -> anyhow::Result<Pipeline> {
         .with_context(|| format!("writing {}", policy.display()))?;
     set("PONTE__ACCESS__POLICY_FILE", policy.display().to_string());
     if s.audit {
-        let dir = s.work.join("audit-keys");
-        std::fs::create_dir_all(&dir)?;
-        for service in ["education", "health", "assistance", "reconciler"] {
-            std::fs::write(
-                dir.join(format!("{service}.pk8")),
-                ponte_audit::Signer::generate()?,
-            )?;
+        for (k, v) in audit_env(&s.work.join("audit-keys"))? {
+            if let Some(v) = v {
+                set(k, v);
+            }
         }
-        // 83 random bytes: a fresh key document is as good a secret as any.
-        let subject = dir.join("subject.key");
-        std::fs::write(&subject, ponte_audit::Signer::generate()?)?;
-        set("PONTE__AUDIT__KEY_DIR", dir.display().to_string());
-        set(
-            "PONTE__AUDIT__SUBJECT_KEY_FILE",
-            subject.display().to_string(),
-        );
+    } else {
+        // The baseline: no log (the services warn and say so in ponte_audit_disabled).
+        set("PONTE__AUDIT__DISABLED", "true".to_owned());
     }
     let pki = if s.tls {
         anyhow::ensure!(
@@ -1283,6 +1275,23 @@ pub(crate) fn machine_jiffies() -> Option<(u64, u64)> {
 }
 
 /// Work directory helper: a fresh directory under `base`.
+/// Development audit keys written into `dir`, as the environment that turns the log on (and
+/// lifts `PONTE__AUDIT__DISABLED`, `None`).
+pub(crate) fn audit_env(dir: &Path) -> anyhow::Result<Vec<(&'static str, Option<String>)>> {
+    let keys = ponte_audit::write_dev_keys(dir)?;
+    Ok(vec![
+        ("PONTE__AUDIT__DISABLED", None),
+        (
+            "PONTE__AUDIT__KEY_DIR",
+            Some(keys.key_dir.display().to_string()),
+        ),
+        (
+            "PONTE__AUDIT__SUBJECT_KEY_FILE",
+            Some(keys.subject_key_file.display().to_string()),
+        ),
+    ])
+}
+
 pub(crate) fn work_dir(base: &Path, name: &str) -> anyhow::Result<PathBuf> {
     let dir = base.join(name);
     std::fs::create_dir_all(&dir)?;

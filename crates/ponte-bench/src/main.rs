@@ -173,6 +173,11 @@ enum Cmd {
         /// certificate: TLS and authentication on beside off, in the same run.
         #[arg(long)]
         tls: bool,
+        /// Then restart the reconciler with the audit log on (a signing key and a subject key
+        /// made in the work directory) and load it again: every read recorded beside none, in
+        /// the same run, with the audit bytes per read.
+        #[arg(long)]
+        audit: bool,
     },
 }
 
@@ -447,6 +452,7 @@ async fn main() -> anyhow::Result<()> {
             municipality,
             variants,
             tls,
+            audit,
         } => {
             let ponte = std::fs::canonicalize(&ponte).with_context(|| {
                 format!(
@@ -472,6 +478,7 @@ async fn main() -> anyhow::Result<()> {
                 municipality,
                 variants,
                 tls,
+                audit,
             };
             let run_dir = e2e::work_dir(&work, &format!("queries-{}", &id[..8]))?;
             let load = machine_load_start();

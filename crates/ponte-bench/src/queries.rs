@@ -64,6 +64,8 @@ pub(crate) struct Args {
     pub(crate) variants: bool,
     /// Then restart the reconciler with TLS and client certificates and load it again.
     pub(crate) tls: bool,
+    /// Then restart the reconciler with the audit log on and load it again.
+    pub(crate) audit: bool,
 }
 
 /// A server ghz loads: its name in the table, address, process and ghz's TLS arguments
@@ -190,6 +192,13 @@ pub(crate) async fn run(setup: &e2e::Setup<'_>, a: &Args) -> anyhow::Result<()> 
         compliance: &compliance,
     };
     let mut rows = measure(setup, a, &calls, &targets).await?;
+    // The reconciler as last measured: the audit run changes only the audit log.
+    let mut reconciler = Target {
+        name: "reconciler".to_owned(),
+        addr: pipeline.grpc.clone(),
+        pid: reconciler_pid,
+        tls: vec!["--insecure".to_owned()],
+    };
     if a.tls {
         // The same reconciler, state and view, restarted with TLS and authentication on.
         let pki = ponte_access::pki::generate_dev(&setup.work.join("pki"), true)?;
@@ -224,25 +233,77 @@ pub(crate) async fn run(setup: &e2e::Setup<'_>, a: &Args) -> anyhow::Result<()> 
             "--cname".to_owned(),
             "localhost".to_owned(),
         ];
-        rows.extend(
-            measure(
-                setup,
-                a,
-                &calls,
-                &[Target {
-                    name: "reconciler+tls".to_owned(),
-                    addr: pipeline.grpc.clone(),
-                    pid,
-                    tls,
-                }],
-            )
-            .await?,
+        reconciler = Target {
+            name: "reconciler+tls".to_owned(),
+            addr: pipeline.grpc.clone(),
+            pid,
+            tls,
+        };
+        rows.extend(measure(setup, a, &calls, std::slice::from_ref(&reconciler)).await?);
+    }
+    if a.audit {
+        let env = e2e::audit_env(&setup.work.join("audit-keys"))?;
+        let before = audit_bytes(setup).await?;
+        let pid = pipeline.restart_reconciler_with(setup, &env).await?;
+        println!(
+            "== audit on         the reconciler restarted with the audit log on: every read recorded (hash-chained, sealed every second) before it is answered"
+        );
+        reconciler = Target {
+            name: format!("{}+audit", reconciler.name),
+            pid,
+            ..reconciler
+        };
+        rows.extend(measure(setup, a, &calls, std::slice::from_ref(&reconciler)).await?);
+        let after = audit_bytes(setup).await?;
+        let reads = after.reads - before.reads;
+        println!(
+            "audit log          {reads} reads recorded in {} entries, {} bytes: {:.1} bytes per read ({:.1} for the read entry itself, the rest starts and seals)",
+            after.entries - before.entries,
+            after.bytes - before.bytes,
+            (after.bytes - before.bytes) as f64 / reads.max(1) as f64,
+            (after.read_bytes - before.read_bytes) as f64 / reads.max(1) as f64,
         );
     }
     print_table(&rows);
     drop(trivial);
     drop(pipeline);
     Ok(())
+}
+
+/// What the audit topic holds: entries, bytes, and the read entries among them.
+#[derive(Debug, Default, Clone, Copy)]
+struct AuditBytes {
+    entries: u64,
+    bytes: u64,
+    reads: u64,
+    read_bytes: u64,
+}
+
+async fn audit_bytes(setup: &e2e::Setup<'_>) -> anyhow::Result<AuditBytes> {
+    use ponte_proto::audit::v1::{AuditEntry, audit_entry::Body};
+    let kafka = ponte_bus::KafkaConfig {
+        bootstrap_servers: setup.bootstrap.to_owned(),
+        message_timeout_ms: 30_000,
+        properties: Default::default(),
+    };
+    let topic = format!("{}audit.v1", setup.prefix);
+    let counted = tokio::task::spawn_blocking(move || {
+        let mut c = AuditBytes::default();
+        ponte_audit::log::scan_topic(&kafka, &topic, |_, b| {
+            c.entries += 1;
+            c.bytes += b.len() as u64;
+            if matches!(
+                AuditEntry::decode(b).map(|e| e.body),
+                Ok(Some(Body::Read(_)))
+            ) {
+                c.reads += 1;
+                c.read_bytes += b.len() as u64;
+            }
+        })
+        .map(|()| c)
+    })
+    .await??;
+    Ok(counted)
 }
 
 /// The data files and protos of the ghz runs.

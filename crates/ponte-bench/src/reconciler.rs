@@ -64,7 +64,7 @@ pub(crate) fn run(
         let started = Instant::now();
         let mut tx = Tx::new(&store);
         let count = |applied: Applied, figures: &mut Figures| match applied {
-            Applied::Changed => figures.changed += 1,
+            Applied::Changed | Applied::Erased => figures.changed += 1,
             Applied::Unchanged => figures.unchanged += 1,
             Applied::Parked => figures.parked += 1,
             Applied::Invalid(_) => figures.invalid += 1,
@@ -98,7 +98,7 @@ pub(crate) fn run(
                 OutputKind::Member => Input::Members,
                 OutputKind::Change | OutputKind::Alert | OutputKind::DeadLetter => continue,
             };
-            internal.push((to, partition_of(&o.key), o.payload));
+            internal.push((to, partition_of(&o.key), o.payload.unwrap_or_default()));
         }
         figures.apply += applied - started;
         figures.commit += applied.elapsed();

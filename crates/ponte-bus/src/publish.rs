@@ -42,6 +42,7 @@ pub fn event_type(event: &Event) -> &'static str {
         Some(Record::ScfvAttendance(_)) => "scfv_attendance",
         Some(Record::FamilyFollowUp(_)) => "family_follow_up",
         Some(Record::Appeal(_)) => "appeal",
+        Some(Record::PersonErasure(_)) => "person_erasure",
         None => "none",
     }
 }

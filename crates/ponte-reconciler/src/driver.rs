@@ -279,6 +279,15 @@ fn apply_message(
             metrics::counter!("ponte_reconciler_events_parked_total", "topic" => topic.clone())
                 .increment(1);
         }
+        Applied::Erased => {
+            metrics::counter!("ponte_reconciler_erasures_applied_total", "topic" => topic.clone())
+                .increment(1);
+            tracing::info!(
+                topic = %topic,
+                record_id = %event.as_ref().map(|e| ponte_runtime::telemetry::mask_ids_in(&e.record_id)).unwrap_or_default(),
+                "erasure applied"
+            );
+        }
         Applied::Invalid(why) => dead_letter(tx, msg, input, event.as_ref(), payload, &why),
     }
     Ok(())

@@ -460,7 +460,7 @@ impl Epoch<'_> {
                 self.routes.topic(o.kind),
                 None,
                 o.key.as_bytes(),
-                Some(&o.payload),
+                o.payload.as_deref(),
                 Some(headers),
             )?;
             deliveries.push((false, d));
@@ -518,7 +518,7 @@ mod tests {
         Output {
             kind,
             key: key.to_owned(),
-            payload: payload.as_bytes().to_vec(),
+            payload: Some(payload.as_bytes().to_vec()),
             partition: 0,
         }
     }
@@ -536,7 +536,7 @@ mod tests {
         ];
         let kept: Vec<(OutputKind, String)> = latest_views(outputs)
             .into_iter()
-            .map(|o| (o.kind, String::from_utf8(o.payload).unwrap()))
+            .map(|o| (o.kind, String::from_utf8(o.payload.unwrap()).unwrap()))
             .collect();
         assert_eq!(
             kept,

@@ -276,12 +276,8 @@ pub async fn run(
             .await
             .map_err(|e| startup(format!("audit log: {e}")))?,
         ),
-        None => {
-            tracing::warn!(
-                "audit log off (audit.key_dir not set): reads of the view are not recorded"
-            );
-            None
-        }
+        // Disabled: `service_keys` said so.
+        None => None,
     };
     if let Some(a) = &auditor {
         gate.record_refusals(Arc::new(ponte_audit::log::Refusals(Arc::clone(a))));

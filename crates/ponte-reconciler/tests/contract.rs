@@ -109,8 +109,11 @@ impl Reconciler {
                 // Views, alerts and anything else for the world outside the topology.
                 _ => continue,
             };
-            self.pending
-                .push_back((internal, partition_of(&o.key), o.payload));
+            self.pending.push_back((
+                internal,
+                partition_of(&o.key),
+                o.payload.unwrap_or_default(),
+            ));
         }
     }
 

@@ -40,6 +40,7 @@ fn key_of(input: Input, e: &Event) -> String {
         },
         (Some(Record::FamilyFollowUp(f)), _) => f.family_id.clone(),
         (Some(Record::Appeal(a)), _) => a.family_id.clone(),
+        (Some(Record::PersonErasure(e)), _) => e.nis.clone(),
         _ => String::new(),
     }
 }
@@ -113,8 +114,15 @@ impl Harness {
                 OutputKind::HealthByNis => Some(Input::HealthByNis),
                 OutputKind::Member => Some(Input::Members),
                 OutputKind::Change => {
-                    let change = api::ComplianceChange::decode(o.payload.as_slice()).unwrap();
-                    self.views.insert(o.key.clone(), change);
+                    match &o.payload {
+                        Some(p) => {
+                            let change = api::ComplianceChange::decode(p.as_slice()).unwrap();
+                            self.views.insert(o.key.clone(), change);
+                        }
+                        None => {
+                            self.views.remove(&o.key);
+                        }
+                    }
                     None
                 }
                 OutputKind::Alert | OutputKind::DeadLetter => None,
@@ -123,9 +131,10 @@ impl Harness {
                 self.pending
                     .entry((input, partition_of(&o.key)))
                     .or_default()
-                    .push_back(o.payload.clone());
+                    .push_back(o.payload.clone().unwrap_or_default());
             }
-            self.outputs.push((o.kind, o.key, o.payload));
+            self.outputs
+                .push((o.kind, o.key, o.payload.unwrap_or_default()));
         }
     }
 
@@ -819,6 +828,104 @@ fn a_registry_retraction_with_only_the_nis_takes_the_person_out_of_public_and_fa
         Applied::Unchanged
     );
     assert!(!h.person(CHILD).registered);
+}
+
+fn erasure(nis: &str) -> (Input, Event) {
+    (
+        Input::Registry,
+        event(
+            &format!("operator:erasure:{nis}"),
+            1,
+            Record::PersonErasure(ev::PersonErasure {
+                nis: nis.into(),
+                reference: "SIC-2026-0042".into(),
+            }),
+        ),
+    )
+}
+
+/// The state's keys and values (decoded as text where they are text) that hold `needle`.
+fn state_holding(h: &Harness, needle: &str) -> Vec<String> {
+    let holds = |b: &[u8]| b.windows(needle.len()).any(|w| w == needle.as_bytes());
+    h.kv.0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(k, v)| holds(k) || holds(v))
+        .map(|(k, _)| String::from_utf8_lossy(k).into_owned())
+        .collect()
+}
+
+#[test]
+fn an_erased_person_leaves_nothing_in_the_state_and_their_family_goes_on_without_them() {
+    let mut h = Harness::new();
+    for e in history() {
+        h.apply(&e);
+    }
+    // An appeal naming the child, and a health record under the child's CNS; the child is a
+    // non-compliant member of the family.
+    h.apply(&(
+        Input::AssistanceFamily,
+        event(
+            "assistance:appeal-child",
+            1,
+            Record::Appeal(ev::Appeal {
+                family_id: FAMILY.into(),
+                nis: CHILD.into(),
+                period: "2025-B4".into(),
+                filed_on: "2025-09-10".into(),
+                decision: "REJECTED".into(),
+                ..Default::default()
+            }),
+        ),
+    ));
+    let before = h.family(FAMILY);
+    assert!(before.members.contains(&CHILD.to_owned()));
+    assert!(!before.non_compliant_periods.is_empty());
+    assert!(!state_holding(&h, CHILD).is_empty());
+    assert!(!state_holding(&h, CHILD_CNS).is_empty());
+
+    assert_eq!(h.apply(&erasure(CHILD)), Applied::Erased);
+
+    // No key or value of the state holds the child's NIS or CNS.
+    assert_eq!(state_holding(&h, CHILD), Vec::<String>::new());
+    assert_eq!(state_holding(&h, CHILD_CNS), Vec::<String>::new());
+    // The person's view is a tombstone; the family's view goes on with the mother only, with
+    // neither the child's outcomes nor the appeal naming them.
+    assert!(!h.views.contains_key(&format!("person:{CHILD}")));
+    assert!(h.outputs.iter().any(|(k, key, p)| *k == OutputKind::Change
+        && *key == format!("person:{CHILD}")
+        && p.is_empty()));
+    let family = h.family(FAMILY);
+    assert_eq!(family.members, vec![MOTHER.to_owned()]);
+    let encoded = family.encode_to_vec();
+    assert!(
+        !encoded.windows(CHILD.len()).any(|w| w == CHILD.as_bytes()),
+        "{family:?}"
+    );
+    assert!(family.non_compliant_periods.is_empty(), "{family:?}");
+    assert!(h.person(MOTHER).registered);
+
+    // Erasing again changes nothing; a record that arrives afterwards under the child's CNS
+    // belongs to no one and is parked.
+    assert_eq!(h.apply(&erasure(CHILD)), Applied::Unchanged);
+    assert_eq!(
+        h.apply(&semester_only(CHILD_CNS, "2025-S1", 7)),
+        Applied::Parked
+    );
+}
+
+#[test]
+fn erasing_a_family_s_only_member_deletes_the_family_view() {
+    let mut h = Harness::new();
+    h.apply(&profile(CHILD, "2017-03-10", "M", &[CHILD_CNS], "", 1));
+    h.apply(&attendance(CHILD, "2025-04", 20, 10, 1));
+    assert_eq!(h.family(FAMILY).members, vec![CHILD.to_owned()]);
+    assert_eq!(h.apply(&erasure(CHILD)), Applied::Erased);
+    assert!(!h.views.contains_key(&format!("family:{FAMILY}")));
+    assert!(!h.views.contains_key(&format!("person:{CHILD}")));
+    assert_eq!(state_holding(&h, CHILD), Vec::<String>::new());
+    assert_eq!(state_holding(&h, FAMILY), Vec::<String>::new());
 }
 
 #[test]

@@ -21,6 +21,7 @@ use serde::Deserialize;
 
 mod audit;
 mod client;
+mod erase;
 mod ingest;
 mod sim;
 
@@ -36,7 +37,7 @@ struct Cli {
     /// TOML file layered over the built-in defaults (then PONTE__* variables over both).
     #[arg(long, global = true, env = "PONTE_CONFIG")]
     config: Option<PathBuf>,
-    /// Credentials of `ponte query` and `ponte ingest`.
+    /// Credentials of `ponte query`, `ponte ingest` and `ponte erase`.
     #[command(flatten)]
     client: client::ClientCreds,
     #[command(subcommand)]
@@ -77,6 +78,9 @@ enum Command {
     /// Write a deterministic synthetic population's sector records to files, in the adapters'
     /// input formats (for demos and benchmarks; send them with `ponte ingest`).
     Sim(sim::SimArgs),
+    /// Erase a person everywhere Ponte keeps them (LGPD): sends the order to the assistance
+    /// adapter (`POST /v1/erasures`); the principal needs the `erasure` grant.
+    Erase(erase::EraseArgs),
     /// The audit log: verify its chains, make signing keys.
     Audit {
         #[command(subcommand)]
@@ -282,6 +286,11 @@ async fn main() -> anyhow::Result<()> {
                 std::process::exit(1);
             }
         }
+        Command::Erase(args) => {
+            if !erase::run(args, &cfg.assistance_adapter.listen, &cli.client).await? {
+                std::process::exit(1);
+            }
+        }
         Command::Sim(args) => sim::run(args)?,
         Command::Pki {
             command: PkiCommand::Dev { out, force },
@@ -342,8 +351,13 @@ fn pki_dev(out: &std::path::Path, force: bool) -> anyhow::Result<()> {
     println!("  JWKS             {}", pki.jwks.display());
     println!("  token key        {}", pki.token_signing_key.display());
     println!("  access policy    {}", pki.policy.display());
+    let audit = ponte_audit::write_dev_keys(&pki.dir.join("audit"))?;
+    println!(
+        "  audit keys       {} (a signing key per service, the subject key)",
+        audit.key_dir.display()
+    );
     let config = pki.dir.join("ponte.toml");
-    std::fs::write(&config, dev_config_toml(&pki))
+    std::fs::write(&config, dev_config_toml(&pki, &audit))
         .with_context(|| format!("writing {}", config.display()))?;
     println!(
         "  Ponte config     {}  (PONTE_CONFIG=<it> ponte <service>)",
@@ -352,10 +366,14 @@ fn pki_dev(out: &std::path::Path, force: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The `[tls]` and `[access]` sections for services using the development PKI: TLS with the dev
-/// server certificate, client certificates checked against the dev CA (optional, so that a
-/// caller may use a bearer token instead), tokens from the dev issuer, the dev policy.
-fn dev_config_toml(pki: &ponte_access::pki::DevPkiManifest) -> String {
+/// The `[tls]`, `[access]` and `[audit]` sections for services using the development PKI: TLS
+/// with the dev server certificate, client certificates checked against the dev CA (optional,
+/// so that a caller may use a bearer token instead), tokens from the dev issuer, the dev
+/// policy, the audit log signed with the dev keys.
+fn dev_config_toml(
+    pki: &ponte_access::pki::DevPkiManifest,
+    audit: &ponte_audit::DevKeys,
+) -> String {
     use ponte_access::token::dev;
     // Absolute paths, so the file works from any directory. TOML basic strings: escape.
     let path = |p: &std::path::Path| {
@@ -377,7 +395,14 @@ fn dev_config_toml(pki: &ponte_access::pki::DevPkiManifest) -> String {
          [access.tokens]\n\
          jwks_file = {}\n\
          issuer = {}\n\
-         audience = {}\n",
+         audience = {}\n\
+         \n\
+         [audit]\n\
+         key_dir = {}\n\
+         subject_key_file = {}\n\
+         \n\
+         [audit.keys]\n\
+         {}",
         path(&pki.server.cert),
         path(&pki.server.key),
         path(&pki.ca.cert),
@@ -385,6 +410,13 @@ fn dev_config_toml(pki: &ponte_access::pki::DevPkiManifest) -> String {
         path(&pki.jwks),
         toml_string(dev::DEV_ISSUER),
         toml_string(dev::DEV_AUDIENCE),
+        path(&audit.key_dir),
+        path(&audit.subject_key_file),
+        audit
+            .public
+            .iter()
+            .map(|(id, key)| format!("{id} = {}\n", toml_string(key)))
+            .collect::<String>(),
     )
 }
 

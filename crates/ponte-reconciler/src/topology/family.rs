@@ -15,6 +15,9 @@ impl Topology {
         }
         let fid = FamilyId(m.family_id.clone());
         let mut members: Members = MEMBERS.get(tx, &[fid.as_str()])?.unwrap_or_default();
+        if m.erased {
+            return self.erase_member(tx, &fid, members, &m.nis, m.at);
+        }
         if m.member {
             let outcomes: Vec<Outcome> = match serde_json::from_slice(&m.outcomes_json) {
                 Ok(o) => o,
@@ -34,6 +37,52 @@ impl Topology {
         }
         self.refresh_family(tx, &fid, m.at)?;
         Ok(Applied::Changed)
+    }
+
+    /// An erased person leaves the family: with the appeals that name them. A family left
+    /// with no member and no record has its view deleted (a tombstone) instead of an empty one.
+    fn erase_member(
+        &self,
+        tx: &mut Tx<'_>,
+        fid: &FamilyId,
+        mut members: Members,
+        nis: &str,
+        at: Option<Timestamp>,
+    ) -> Result<Applied, ReconcilerError> {
+        let was_member = members.remove(nis).is_some();
+        let mut doc: FamilyDoc = FAMILIES.get(tx, &[fid.as_str()])?.unwrap_or_default();
+        let names_them = |r: &FamilyRecord| matches!(r, FamilyRecord::Appeal(a) if a.nis.as_ref().is_some_and(|n| n.as_str() == nis));
+        let dropped: Vec<String> = doc
+            .records
+            .iter()
+            .filter(|r| names_them(r))
+            .map(|r| r.record_id().to_owned())
+            .collect();
+        if !was_member && dropped.is_empty() {
+            return Ok(Applied::Unchanged);
+        }
+        doc.records.retain(|r| !names_them(r));
+        for id in &dropped {
+            doc.sources.remove(id);
+        }
+        if doc.records.is_empty() {
+            FAMILIES.delete(tx, &[fid.as_str()]);
+        } else {
+            FAMILIES.put(tx, &[fid.as_str()], &doc)?;
+        }
+        if members.is_empty() {
+            MEMBERS.delete(tx, &[fid.as_str()]);
+        } else {
+            MEMBERS.put(tx, &[fid.as_str()], &members)?;
+        }
+        if members.is_empty() && doc.records.is_empty() {
+            FAMILY_DIGESTS.delete(tx, &[fid.as_str()]);
+            FAMILY_VIEWS_BEFORE_DIGESTS.delete(tx, &[fid.as_str()]);
+            tx.emit_tombstone(OutputKind::Change, format!("family:{fid}"));
+        } else {
+            self.refresh_family(tx, fid, at)?;
+        }
+        Ok(Applied::Erased)
     }
 
     pub(super) fn apply_family_record(

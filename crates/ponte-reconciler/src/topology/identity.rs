@@ -100,6 +100,26 @@ impl Topology {
         };
         let alt = c.alt.as_str();
         let current = CROSSWALK.get(tx, &[alt])?.map(|n| n.as_str().to_owned());
+        if c.erased {
+            // The person was erased: what is held under their identifier goes, unless the
+            // identifier already belongs to someone else (then what is held is theirs).
+            if current.as_deref().is_some_and(|held| held != nis.as_str()) {
+                return Ok(Applied::Unchanged);
+            }
+            let forwarded = FORWARDED.scan_under(tx, alt)?;
+            let parked = PARKED.scan_under(tx, alt)?;
+            if current.is_none() && forwarded.is_empty() && parked.is_empty() {
+                return Ok(Applied::Unchanged);
+            }
+            CROSSWALK.delete(tx, &[alt]);
+            for (rid, _) in forwarded {
+                FORWARDED.delete(tx, &[alt, &rid]);
+            }
+            for (rid, _) in parked {
+                PARKED.delete(tx, &[alt, &rid]);
+            }
+            return Ok(Applied::Erased);
+        }
         if c.carried {
             if current.as_deref() == Some(nis.as_str()) {
                 return Ok(Applied::Unchanged);

@@ -141,6 +141,8 @@ pub enum Applied {
     Unchanged,
     /// A health record whose identifier is not in the crosswalk was parked.
     Parked,
+    /// A person was erased (`PersonErasure`): their records, view and identifiers are gone.
+    Erased,
     /// The event cannot be applied: it goes to the dead-letter topic with the reason
     /// (`crate::service`), never silently dropped.
     Invalid(Unapplicable),
@@ -185,6 +187,7 @@ impl Applied {
             Applied::Changed => "changed",
             Applied::Unchanged => "unchanged",
             Applied::Parked => "parked",
+            Applied::Erased => "erased",
             Applied::Invalid(_) => "invalid",
         }
     }
@@ -266,6 +269,10 @@ impl Topology {
                 Err(e) => Ok(e),
             },
             (Some(Record::HealthFollowUp(h)), Input::Health) => self.apply_health(tx, event, h),
+            (Some(Record::PersonErasure(e)), Input::Registry) => match Nis::parse(&e.nis) {
+                Ok(nis) => self.apply_erasure(tx, nis, at),
+                Err(x) => Ok(invalid("nis", x)),
+            },
             (Some(Record::FamilyFollowUp(f)), Input::AssistanceFamily) => match follow_up(event, f)
             {
                 Ok(r) => {

@@ -167,6 +167,7 @@ impl Topology {
                 nis: nis.to_string(),
                 carried,
                 at,
+                erased: false,
             };
             tx.emit(
                 OutputKind::Crosswalk,
@@ -176,6 +177,71 @@ impl Topology {
         }
         self.refresh_person(tx, &state, &doc, at)?;
         Ok(Applied::Changed)
+    }
+
+    /// Erases the person (LGPD, docs/privacy.md): their records, digest, identifiers and view
+    /// go from this partition; the identity stage is told to delete what it holds under the
+    /// person's identifiers (forwarded and parked health records) and the family stage to drop
+    /// them, and the appeals naming them, from the family's view. The view's key gets a
+    /// tombstone, which compaction turns into nothing. Records of the person that arrive
+    /// afterwards start a new person: the sources must stop sending first.
+    pub(super) fn apply_erasure(
+        &self,
+        tx: &mut Tx<'_>,
+        nis: Nis,
+        at: Option<Timestamp>,
+    ) -> Result<Applied, ReconcilerError> {
+        let id = [nis.as_str()];
+        let doc = PERSONS.get(tx, &id)?;
+        let (digest, legacy) = person_digest(tx, nis.as_str())?;
+        let carried = CARRIED_IDS.get(tx, &id)?;
+        if doc.is_none() && digest.is_none() && carried.is_none() {
+            return Ok(Applied::Unchanged);
+        }
+        // Every identifier records were held under: the profile's, and those the person's
+        // health records arrived as (a NIS is not held by the identity stage).
+        let mut alts: BTreeSet<String> = carried.unwrap_or_default();
+        if let Some(doc) = &doc {
+            alts.extend(
+                doc.health_arrived_as
+                    .values()
+                    .filter(|a| !a.starts_with("nis:"))
+                    .cloned(),
+            );
+        }
+        PERSONS.delete(tx, &id);
+        CARRIED_IDS.delete(tx, &id);
+        PERSON_DIGESTS.delete(tx, &id);
+        if legacy {
+            PERSON_VIEWS_BEFORE_DIGESTS.delete(tx, &id);
+        }
+        for alt in alts {
+            let msg = CrosswalkChange {
+                alt: alt.clone(),
+                nis: nis.to_string(),
+                carried: false,
+                at,
+                erased: true,
+            };
+            tx.emit(
+                OutputKind::Crosswalk,
+                alt_key(&alt).to_owned(),
+                msg.encode_to_vec(),
+            );
+        }
+        if let Some(family) = digest.map(|d| d.family_id).filter(|f| !f.is_empty()) {
+            let leave = MemberOutcomes {
+                family_id: family.clone(),
+                nis: nis.to_string(),
+                member: false,
+                outcomes_json: Vec::new(),
+                at,
+                erased: true,
+            };
+            tx.emit(OutputKind::Member, family, leave.encode_to_vec());
+        }
+        tx.emit_tombstone(OutputKind::Change, format!("person:{nis}"));
+        Ok(Applied::Erased)
     }
 
     pub(super) fn refresh_person(
@@ -234,6 +300,7 @@ impl Topology {
                 member: false,
                 outcomes_json: Vec::new(),
                 at,
+                erased: false,
             };
             tx.emit(
                 OutputKind::Member,
@@ -250,6 +317,7 @@ impl Topology {
                 outcomes_json: serde_json::to_vec(&for_family)
                     .map_err(|e| corrupt(&PERSON_DIGESTS.key(&[nis.as_str()]), e))?,
                 at,
+                erased: false,
             };
             tx.emit(
                 OutputKind::Member,

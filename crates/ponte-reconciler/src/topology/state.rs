@@ -49,7 +49,8 @@ impl Kv for ponte_store::Store {
 pub struct Output {
     pub kind: OutputKind,
     pub key: String,
-    pub payload: Vec<u8>,
+    /// `None`: a tombstone (an erased person's view).
+    pub payload: Option<Vec<u8>>,
     /// The input partition whose state produced it.
     pub partition: i32,
 }
@@ -214,7 +215,17 @@ impl<'a> Tx<'a> {
         self.outputs.push(Output {
             kind,
             key,
-            payload,
+            payload: Some(payload),
+            partition: self.partition,
+        });
+    }
+
+    /// Records a tombstone for `key` (its view is deleted), published after the commit.
+    pub fn emit_tombstone(&mut self, kind: OutputKind, key: String) {
+        self.outputs.push(Output {
+            kind,
+            key,
+            payload: None,
             partition: self.partition,
         });
     }
