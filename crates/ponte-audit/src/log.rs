@@ -30,11 +30,13 @@ pub struct AuditLog {
     chain: Mutex<Writer>,
 }
 
-/// The chain being written, and whether an entry of it was lost (then the next entry starts a
-/// new chain rather than link to an entry that is not on the topic).
+/// The chain being written, whether its `Start` entry was sent yet, and whether an entry of it
+/// was lost (then the next entry starts a new chain rather than link to an entry that is not
+/// on the topic).
 #[derive(Debug)]
 struct Writer {
     chain: Chain,
+    started: bool,
     broken: bool,
 }
 
@@ -44,8 +46,10 @@ fn writer_name(service: &str) -> String {
 }
 
 impl AuditLog {
-    /// Starts a new chain for `service` (writer `<service>/<random boot id>`) with its first
-    /// entry, acknowledged before this returns.
+    /// Starts a new chain for `service` (writer `<service>/<random boot id>`). Its first entry,
+    /// the `Start`, goes out with the first entry recorded and is acknowledged with it: a
+    /// service starts while the broker is away (unready, answering 503) and records nothing
+    /// until it has something to record.
     pub async fn start(
         publisher: Publisher,
         topic: &str,
@@ -57,12 +61,12 @@ impl AuditLog {
             topic: topic.to_owned(),
             chain: Mutex::new(Writer {
                 chain: Chain::new(&writer_name(service)),
+                started: false,
                 broken: false,
             }),
             signer,
             service: service.to_owned(),
         };
-        log.record(log.start_body()).await?;
         Ok(log)
     }
 
@@ -102,9 +106,13 @@ impl AuditLog {
             if w.broken {
                 w.chain = Chain::new(&writer_name(&self.service));
                 w.broken = false;
+                w.started = false;
+            }
+            if !w.started {
                 let key = w.chain.writer().to_owned();
                 let bytes = w.chain.append(self.start_body(), now());
                 pending.push(self.enqueue(&key, &bytes));
+                w.started = true;
             }
             let key = w.chain.writer().to_owned();
             let bytes = w.chain.append(body, now());
