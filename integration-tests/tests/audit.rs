@@ -624,3 +624,44 @@ async fn a_killed_adapter_leaves_no_entry_without_records_and_no_answer_without_
         on_bus.len()
     );
 }
+
+/// The audit log is on by default: a service without its keys does not start, naming them;
+/// only `audit.disabled = true` runs one without the log, said in its log and in
+/// `ponte_audit_disabled`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_service_without_audit_keys_refuses_to_start_unless_disabled_out_loud() {
+    use ponte_integration_tests::{metric, wait_ready};
+
+    let mut stack = Stack::new("auditreq");
+    assert!(stack.ponte(&["topics", "ensure"]).0.success());
+    stack
+        .extra_env
+        .insert("PONTE__AUDIT__KEY_DIR".into(), String::new());
+    let out = std::process::Command::new(ponte_integration_tests::ponte_bin())
+        .arg("education-adapter")
+        .envs(stack.service_env("education-adapter"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("audit.key_dir is not set") && err.contains("audit.disabled = true"),
+        "{err}"
+    );
+
+    stack
+        .extra_env
+        .insert("PONTE__AUDIT__DISABLED".into(), "true".into());
+    let mut education = stack.spawn("education-adapter");
+    wait_ready(&mut education).await;
+    assert_eq!(
+        metric(
+            education.admin_port(),
+            "ponte_audit_disabled",
+            &[("service", "education")]
+        )
+        .await,
+        1.0
+    );
+    assert!(education.log_text().contains("audit log DISABLED"));
+}

@@ -549,6 +549,8 @@ async fn a_listener_without_tls_is_explicit_and_visible() {
         )
         .env("PONTE__EDUCATION_ADAPTER__LISTEN", "127.0.0.1:0")
         .env("PONTE__EDUCATION_ADAPTER__ADMIN_LISTEN", "127.0.0.1:0")
+        // (the audit log's keys are required too: audit.rs tests that)
+        .env("PONTE__AUDIT__DISABLED", "true")
         .output()
         .unwrap();
     assert!(!out.status.success());
