@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Kafka's command-line tools against the local broker of deploy/local/kafka.sh, without a Kafka
-# distribution: the tools' jars (org.apache.kafka:kafka-tools and the broker's kafka_2.13, of
-# the broker's version) are fetched through Maven into the cache once, and each tool runs its
-# main class, as Kafka's bin/*.sh scripts do.
+# distribution: kafka.sh fetches the tools' jars (org.apache.kafka:kafka-tools) with the broker's
+# through Maven into the cache once, and each tool runs its main class on them, as Kafka's
+# bin/*.sh scripts do.
 #
 #   deploy/local/kafka-tools.sh <tool> [args...]
 #   deploy/local/kafka-tools.sh fetch          fetch the jars only
@@ -37,7 +37,7 @@ case "${PONTE_KAFKA_SECURE:-}" in
 esac
 if ((SECURE)); then PORT="${PONTE_KAFKA_PORT:-19094}"; else PORT="${PONTE_KAFKA_PORT:-19092}"; fi
 TOOLS_DIR="$CACHE/kafka-$VERSION/tools"
-LIBS="$TOOLS_DIR/libs"
+LIBS="$CACHE/kafka-$VERSION/libs"
 RUN_DIR="$CACHE/kafka-run-$PORT"
 ADMIN_PROPS="$RUN_DIR/clients/admin.java.properties"
 
@@ -60,48 +60,11 @@ main_class() {
 TOOLS=(kafka-consumer-groups kafka-console-consumer kafka-console-producer kafka-topics
   kafka-configs kafka-acls kafka-get-offsets kafka-transactions)
 
+# The jars are the broker's: kafka.sh fetches the tools with it.
 fetch() {
-  if [[ -f "$LIBS/.complete" ]]; then return 0; fi
-  command -v mvn >/dev/null || { log "mvn not found: install Maven (deploy/local/setup.sh does)"; exit 1; }
-  command -v java >/dev/null || { log "java not found: install a JDK 17+"; exit 1; }
-  log "fetching org.apache.kafka:kafka-tools:$VERSION and kafka_2.13:$VERSION through Maven"
+  [[ -f "$LIBS/.complete-with-tools" ]] || "$REPO/deploy/local/kafka.sh" fetch
+  [[ -f "$TOOLS_DIR/log4j2.properties" ]] && return 0
   mkdir -p "$TOOLS_DIR"
-  # One resolution for both, so the tools and the broker classes (kafka-configs lives in
-  # kafka_2.13) share one set of dependency versions; the slf4j/log4j pins are kafka.sh's.
-  cat >"$TOOLS_DIR/pom.xml" <<POM
-<project xmlns="http://maven.apache.org/POM/4.0.0">
-  <modelVersion>4.0.0</modelVersion>
-  <groupId>org.ponte.local</groupId>
-  <artifactId>kafka-tools-jars</artifactId>
-  <version>1</version>
-  <packaging>pom</packaging>
-  <dependencies>
-    <dependency>
-      <groupId>org.apache.kafka</groupId>
-      <artifactId>kafka-tools</artifactId>
-      <version>$VERSION</version>
-    </dependency>
-    <dependency>
-      <groupId>org.apache.kafka</groupId>
-      <artifactId>kafka_2.13</artifactId>
-      <version>$VERSION</version>
-    </dependency>
-    <dependency>
-      <groupId>org.slf4j</groupId>
-      <artifactId>slf4j-api</artifactId>
-      <version>2.0.17</version>
-    </dependency>
-    <dependency>
-      <groupId>org.apache.logging.log4j</groupId>
-      <artifactId>log4j-slf4j2-impl</artifactId>
-      <version>2.24.3</version>
-    </dependency>
-  </dependencies>
-</project>
-POM
-  rm -rf "$LIBS"
-  mvn -B -q -Dstyle.color=never -f "$TOOLS_DIR/pom.xml" -Dmaven.repo.local="$CACHE/m2" \
-    dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$LIBS" >&2
   cat >"$TOOLS_DIR/log4j2.properties" <<'L4J'
 status = warn
 appender.err.type = Console
@@ -112,8 +75,6 @@ appender.err.layout.pattern = [%d] %p %m (%c)%n
 rootLogger.level = WARN
 rootLogger.appenderRef.err.ref = STDERR
 L4J
-  touch "$LIBS/.complete"
-  log "jars in $LIBS ($(ls "$LIBS" | wc -l) files)"
 }
 
 has_arg() {

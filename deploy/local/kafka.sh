@@ -81,10 +81,10 @@ answers() {
 }
 
 fetch() {
-  if [[ -f "$LIBS/.complete" ]]; then return 0; fi
+  if [[ -f "$LIBS/.complete-with-tools" ]]; then return 0; fi
   command -v mvn >/dev/null || { log "mvn not found: install Maven (deploy/local/setup.sh does)"; exit 1; }
   command -v java >/dev/null || { log "java not found: install a JDK 17+"; exit 1; }
-  log "fetching org.apache.kafka:kafka_2.13:$VERSION and its dependencies through Maven"
+  log "fetching org.apache.kafka:kafka_2.13:$VERSION, kafka-tools and their dependencies through Maven"
   mkdir -p "$HOME_DIR"
   cat >"$HOME_DIR/pom.xml" <<POM
 <project xmlns="http://maven.apache.org/POM/4.0.0">
@@ -97,6 +97,14 @@ fetch() {
     <dependency>
       <groupId>org.apache.kafka</groupId>
       <artifactId>kafka_2.13</artifactId>
+      <version>$VERSION</version>
+    </dependency>
+    <!-- the command-line tools operators reach for (kafka-consumer-groups, the console
+         consumer, …; deploy/local/kafka-tools.sh runs them), in one resolution with the broker
+         as in Kafka's own distribution -->
+    <dependency>
+      <groupId>org.apache.kafka</groupId>
+      <artifactId>kafka-tools</artifactId>
       <version>$VERSION</version>
     </dependency>
     <!-- slf4j 2 and the log4j2 binding (as in Kafka's own distribution), so the broker's log
@@ -118,7 +126,7 @@ POM
   # Maven's output goes to stderr: stdout carries only the bootstrap address `start` prints.
   mvn -B -q -Dstyle.color=never -f "$HOME_DIR/pom.xml" -Dmaven.repo.local="$CACHE/m2" \
     dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$LIBS" >&2
-  touch "$LIBS/.complete"
+  touch "$LIBS/.complete-with-tools"
   log "jars in $LIBS ($(ls "$LIBS" | wc -l) files)"
 }
 
