@@ -513,6 +513,29 @@ impl Stack {
         Service::start(self, service, instance, overrides)
     }
 
+    /// Posts `body` as the sector system of `service`; returns the request id it was answered
+    /// (`x-request-id`), which the records it brought carry.
+    pub async fn post(&self, service: &str, path: &str, body: serde_json::Value) -> String {
+        let resp = self
+            .client_for(service)
+            .post(self.url(service, path))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        let request_id = resp
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let text = resp.text().await.unwrap();
+        assert!(status.is_success(), "{service} {path}: {status} {text}");
+        assert!(!request_id.is_empty(), "{service} {path}: no x-request-id");
+        request_id
+    }
+
     /// URL on an adapter's HTTP API, e.g. `stack.url("education-adapter", "/v1/attendance")`.
     pub fn url(&self, service: &str, path: &str) -> String {
         format!("https://127.0.0.1:{}{path}", self.port(service))

@@ -27,19 +27,6 @@ const MOTHER: &str = "46952280637";
 const CHILD_CNS: &str = "700000000000005";
 const FAMILY: &str = "1234567890";
 
-async fn post(stack: &Stack, service: &str, path: &str, body: serde_json::Value) {
-    let resp = stack
-        .client_for(service)
-        .post(stack.url(service, path))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status();
-    let text = resp.text().await.unwrap();
-    assert!(status.is_success(), "{service} {path}: {status} {text}");
-}
-
 /// Makes a compacted topic compact at once: segments rolled every second, any dirty share
 /// cleanable, tombstones dropped by the next cleaning (the catalogue keeps them a day).
 async fn compact_eagerly(topic: &str) {
@@ -102,9 +89,7 @@ async fn an_erased_person_is_gone_from_views_topics_and_stores_and_the_act_is_au
 
     // The family: a child with a CNS and a low-attendance bimester, the mother; a health
     // record under the child's CNS, an appeal naming the child.
-    post(
-        &stack,
-        "assistance-adapter",
+    stack.post("assistance-adapter",
         "/v1/persons",
         json!([
             {"nis": CHILD, "family_id": FAMILY, "birth_date": "2015-01-15", "sex": "F",
@@ -114,31 +99,31 @@ async fn an_erased_person_is_gone_from_views_topics_and_stores_and_the_act_is_au
         ]),
     )
     .await;
-    post(
-        &stack,
-        "education-adapter",
-        "/v1/attendance",
-        json!({"nis": CHILD, "inep_school_code": "35012345", "month": "2025-04", "unit": "days",
+    stack
+        .post(
+            "education-adapter",
+            "/v1/attendance",
+            json!({"nis": CHILD, "inep_school_code": "35012345", "month": "2025-04", "unit": "days",
                "given": 20, "attended": 10, "low_attendance_reason": "62", "version": 1}),
-    )
-    .await;
-    post(
-        &stack,
-        "health-adapter",
-        "/v1/health",
-        json!({"cns": CHILD_CNS, "encounter_date": "2025-03-10", "vaccination_up_to_date": true,
+        )
+        .await;
+    stack
+        .post(
+            "health-adapter",
+            "/v1/health",
+            json!({"cns": CHILD_CNS, "encounter_date": "2025-03-10", "vaccination_up_to_date": true,
                "weight_kg": 30.5, "height_cm": 131.0, "version": 1}),
-    )
-    .await;
-    post(
-        &stack,
-        "assistance-adapter",
-        "/v1/appeals",
-        json!({"family_id": FAMILY, "appeal_id": "R-2025-9", "period": "2025-B2", "nis": CHILD,
+        )
+        .await;
+    stack
+        .post(
+            "assistance-adapter",
+            "/v1/appeals",
+            json!({"family_id": FAMILY, "appeal_id": "R-2025-9", "period": "2025-B2", "nis": CHILD,
                "conditionality": "education", "filed_on": "2025-07-01", "decision": "REJECTED",
                "decided_on": "2025-07-20", "version": 1}),
-    )
-    .await;
+        )
+        .await;
     let grpc = || async { stack.grpc().await.ok() };
     eventually(
         "the child's health record and the family's non-compliance",
@@ -247,7 +232,9 @@ async fn an_erased_person_is_gone_from_views_topics_and_stores_and_the_act_is_au
             let stack = &stack;
             let (changes, changelog) = (changes.clone(), changelog.clone());
             async move {
-                post(stack, "education-adapter", "/v1/attendance", json!(batch)).await;
+                stack
+                    .post("education-adapter", "/v1/attendance", json!(batch))
+                    .await;
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 let left: Vec<String> = [&changes, &changelog]
                     .into_iter()

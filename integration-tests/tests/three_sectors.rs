@@ -26,29 +26,6 @@ const MOTHER: &str = "46952280637";
 const CHILD_CNS: &str = "700000000000005"; // provisional CNS, ponte-domain's vector
 const FAMILY: &str = "1234567890";
 
-/// Posts `body` as the sector system of `service`; returns the request id it was answered
-/// (`x-request-id`), which the records it brought carry.
-async fn post(stack: &Stack, service: &str, path: &str, body: serde_json::Value) -> String {
-    let resp = stack
-        .client_for(service)
-        .post(stack.url(service, path))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status();
-    let request_id = resp
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    let text = resp.text().await.unwrap();
-    assert!(status.is_success(), "{service} {path}: {status} {text}");
-    assert!(!request_id.is_empty(), "{service} {path}: no x-request-id");
-    request_id
-}
-
 /// `ponte_reconciler_parked_records` (kept from the commits, refreshed every second).
 async fn parked_gauge_reaches(admin_port: u16, want: f64) {
     eventually(
@@ -121,14 +98,14 @@ async fn three_sectors_meet_in_one_view() {
     }
 
     // Health first: the CNS is unknown, so the record is parked.
-    let health_request = post(
-        &stack,
-        "health-adapter",
-        "/v1/health",
-        json!({"cns": CHILD_CNS, "encounter_date": "2025-03-10", "vaccination_up_to_date": true,
+    let health_request = stack
+        .post(
+            "health-adapter",
+            "/v1/health",
+            json!({"cns": CHILD_CNS, "encounter_date": "2025-03-10", "vaccination_up_to_date": true,
                "weight_kg": 18.5, "height_cm": 108.0, "version": 1}),
-    )
-    .await;
+        )
+        .await;
     eventually(
         "the health record to be parked",
         Duration::from_secs(60),
@@ -151,9 +128,7 @@ async fn three_sectors_meet_in_one_view() {
 
     // The registry: a five-year-old (education band 4–5: 60 %, health: child under 7) and her
     // mother, both in the programme.
-    let registry_request = post(
-        &stack,
-        "assistance-adapter",
+    let registry_request = stack.post("assistance-adapter",
         "/v1/persons",
         json!([
             {"nis": CHILD, "family_id": FAMILY, "birth_date": "2020-01-15", "sex": "F",
@@ -164,14 +139,14 @@ async fn three_sectors_meet_in_one_view() {
     )
     .await;
     // Education: April 2025 at 50 %, below the 60 % of the 4–5 band (Lei 14.601/2023 art. 10).
-    let education_request = post(
-        &stack,
-        "education-adapter",
-        "/v1/attendance",
-        json!({"nis": CHILD, "inep_school_code": "35012345", "month": "2025-04", "unit": "days",
+    let education_request = stack
+        .post(
+            "education-adapter",
+            "/v1/attendance",
+            json!({"nis": CHILD, "inep_school_code": "35012345", "month": "2025-04", "unit": "days",
                "given": 20, "attended": 10, "low_attendance_reason": "62", "version": 1}),
-    )
-    .await;
+        )
+        .await;
 
     let child = person_where(&stack, CHILD, |p| {
         status(p, "education", "2025-B2") == Some(OutcomeStatus::NonCompliant)
@@ -273,13 +248,13 @@ async fn three_sectors_meet_in_one_view() {
 
     // The mother's health follow-up sent for the semester only (no encounter date): it counts
     // for 2025-S2 like a dated record would.
-    post(
-        &stack,
-        "health-adapter",
-        "/v1/health",
-        json!({"nis": MOTHER, "semester": "2025-S2", "version": 1}),
-    )
-    .await;
+    stack
+        .post(
+            "health-adapter",
+            "/v1/health",
+            json!({"nis": MOTHER, "semester": "2025-S2", "version": 1}),
+        )
+        .await;
     let mother = person_where(&stack, MOTHER, |p| {
         status(p, "health", "2025-S2") == Some(OutcomeStatus::Compliant)
     })
@@ -289,15 +264,15 @@ async fn three_sectors_meet_in_one_view() {
 
     // An accepted appeal revokes the effect (both Bolsa Família rule sets): it stays visible
     // with its status and the appeal's record id.
-    post(
-        &stack,
-        "assistance-adapter",
-        "/v1/appeals",
-        json!({"family_id": FAMILY, "appeal_id": "R-2025-1", "period": "2025-B2", "nis": CHILD,
+    stack
+        .post(
+            "assistance-adapter",
+            "/v1/appeals",
+            json!({"family_id": FAMILY, "appeal_id": "R-2025-1", "period": "2025-B2", "nis": CHILD,
                "conditionality": "education", "filed_on": "2025-07-01", "decision": "ACCEPTED",
                "decided_on": "2025-07-20", "version": 2}),
-    )
-    .await;
+        )
+        .await;
     let appeal_id = format!("assistance:appeal:{FAMILY}:R-2025-1");
     let revoked = family_where(&stack, |f| {
         !f.effects.is_empty() && f.effects.iter().all(|e| e.status == "revoked_by_appeal")
@@ -308,26 +283,26 @@ async fn three_sectors_meet_in_one_view() {
         vec![appeal_id.clone()]
     );
     // Its retraction by id alone brings the effect back.
-    post(
-        &stack,
-        "assistance-adapter",
-        "/v1/appeals",
-        json!({"family_id": FAMILY, "appeal_id": "R-2025-1", "retraction": true, "version": 3}),
-    )
-    .await;
+    stack
+        .post(
+            "assistance-adapter",
+            "/v1/appeals",
+            json!({"family_id": FAMILY, "appeal_id": "R-2025-1", "retraction": true, "version": 3}),
+        )
+        .await;
     family_where(&stack, |f| {
         !f.effects.is_empty() && f.effects.iter().all(|e| e.status == "applied")
     })
     .await;
 
     // A registry retraction with only the NIS takes the mother out of the public and the family.
-    post(
-        &stack,
-        "assistance-adapter",
-        "/v1/persons",
-        json!({"nis": MOTHER, "retraction": true, "version": 2}),
-    )
-    .await;
+    stack
+        .post(
+            "assistance-adapter",
+            "/v1/persons",
+            json!({"nis": MOTHER, "retraction": true, "version": 2}),
+        )
+        .await;
     person_where(&stack, MOTHER, |p| !p.registered && p.outcomes.is_empty()).await;
     family_where(&stack, |f| f.members == vec![CHILD.to_owned()]).await;
 
