@@ -949,8 +949,8 @@ pub fn read_topic_at(
     out
 }
 
-/// A valid NIS (domain.md: weights 3,2,9,8,7,6,5,4,3,2; DV = 11 − Σ mod 11, 10 and 11 → 0)
-/// for each `n` below 9·10⁹; distinct `n` give distinct NIS.
+/// A valid NIS (docs/rules.md#identifiers: weights 3,2,9,8,7,6,5,4,3,2; DV = 11 − Σ mod 11,
+/// 10 and 11 → 0) for each `n` below 9·10⁹; distinct `n` give distinct NIS.
 pub fn valid_nis(n: u64) -> String {
     ponte_domain::ids::Nis::with_check_digit(&format!("{:010}", 1_000_000_000 + n))
         .expect("ten digits, not all equal")

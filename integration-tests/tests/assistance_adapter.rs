@@ -15,7 +15,7 @@ use prost::Message as _;
 use serde_json::{Value, json};
 
 const SERVICE: &str = "assistance-adapter";
-// Valid vectors from domain.md (NIS check digit) and the IBGE code of São Paulo.
+// Valid vectors from docs/rules.md#test-vectors (NIS check digit) and the IBGE code of São Paulo.
 const NIS: &str = "26827649960";
 const NIS2: &str = "46952280637";
 const IBGE: &str = "3550308";
@@ -60,7 +60,8 @@ fn events(stack: &Stack, base: &str, min: usize) -> BTreeMap<String, (String, Ev
         .collect()
 }
 
-/// NIS with its check digit (domain.md: weights 3,2,9,8,7,6,5,4,3,2; 10 and 11 become 0).
+/// NIS with its check digit (docs/rules.md#identifiers: weights 3,2,9,8,7,6,5,4,3,2; 10 and 11
+/// become 0).
 fn nis_from(body: u64) -> String {
     let body = format!("{body:010}");
     let weights = [3, 2, 9, 8, 7, 6, 5, 4, 3, 2];

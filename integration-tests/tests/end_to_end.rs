@@ -13,8 +13,8 @@ use prost::Message as _;
 use serde_json::{Value, json};
 use tonic::Code;
 
-const NIS: &str = "26827649960"; // valid vector from domain.md
-const OTHER_VALID_NIS: &str = "46952280637"; // valid vector from domain.md, never sent
+const NIS: &str = "26827649960"; // valid vector from docs/rules.md#test-vectors
+const OTHER_VALID_NIS: &str = "46952280637"; // docs/rules.md#test-vectors; never sent
 
 async fn post(stack: &Stack, body: &str) -> (u16, Value, Option<String>) {
     let resp = stack

@@ -22,7 +22,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ResourceSpecifier};
 use rdkafka::client::DefaultClientContext;
 use serde_json::json;
 
-const CHILD: &str = "26827649960"; // domain.md vectors
+const CHILD: &str = "26827649960"; // docs/rules.md#test-vectors
 const MOTHER: &str = "46952280637";
 const CHILD_CNS: &str = "700000000000005";
 const FAMILY: &str = "1234567890";

@@ -27,7 +27,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use serde_json::{Value, json};
 
-const NIS: &str = "26827649960"; // valid vector from domain.md
+const NIS: &str = "26827649960"; // valid vector from docs/rules.md#test-vectors
 const RECONCILER_GROUP: &str = "ponte-reconciler";
 /// What the education adapter's principal writes straight to its topic: no event.
 const PROBE: &str = "written by the education adapter's principal";

@@ -21,7 +21,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
 
-const CHILD: &str = "26827649960"; // domain.md vectors
+const CHILD: &str = "26827649960"; // docs/rules.md#test-vectors
 const MOTHER: &str = "46952280637";
 const CHILD_CNS: &str = "700000000000005"; // provisional CNS, ponte-domain's vector
 const FAMILY: &str = "1234567890";

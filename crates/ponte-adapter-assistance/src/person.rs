@@ -241,9 +241,9 @@ mod tests {
     use crate::record::testing::now;
     use crate::record::{Kind, parse_json};
 
-    // Valid vectors: NIS 26827649960 and IBGE 3550308 (São Paulo) from domain.md; CPF
-    // 52998224725 and CNS 700000000000005 pass the published check-digit rules (checked by
-    // ponte-domain's own tests of those rules).
+    // Valid vectors: NIS 26827649960 and IBGE 3550308 (São Paulo) from
+    // docs/rules.md#test-vectors; CPF 52998224725 and CNS 700000000000005 pass the published
+    // check-digit rules (checked by ponte-domain's own tests of those rules).
     const BASE: &str = r#""nis":"268.27649.96-0","family_id":"1234567890","birth_date":"2014-03-09","sex":"F","municipality":"3550308""#;
 
     fn profile(v: &ValidRecord) -> &PersonProfile {
@@ -359,7 +359,7 @@ mod tests {
                 "sex",
                 "`F` or `M`",
             ),
-            // 3550307: wrong IBGE check digit (domain.md vector).
+            // 3550307: wrong IBGE check digit (docs/rules.md#test-vectors).
             (
                 r#""nis":"26827649960","family_id":"1","birth_date":"2014-03-09","sex":"F","municipality":"3550307""#,
                 "municipality",

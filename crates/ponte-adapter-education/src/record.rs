@@ -327,7 +327,7 @@ mod tests {
         assert_eq!(v.event.record_id, "education:35012345:26827649960:2025-04");
         assert_eq!(v.event.version, 3);
         let a = attendance(&v);
-        assert_eq!(a.bimester, "2025-B2"); // April is in B2 (domain.md, Periods)
+        assert_eq!(a.bimester, "2025-B2"); // April is in B2 (docs/rules.md#periods-and-ages)
         assert_eq!(a.attendance_bp, 7500);
         assert_eq!(a.low_attendance_reason, "62");
     }

@@ -6,7 +6,8 @@
 //! never "corrects" an identifier (a wrong check digit is a wrong identifier, and the record goes
 //! to the dead-letter topic with the reason).
 //!
-//! Sources for every rule are in `shared/docs/domain-sources.md` §1.9 and `docs/rules.md`.
+//! The rules and their sources: `docs/rules.md#identifiers` and `docs/sources.md` (`#nis`, `#cpf`,
+//! `#cns`, `#ibge-municipality`, `#inep`).
 
 use std::fmt;
 use std::str::FromStr;
@@ -209,8 +210,8 @@ const NIS_WEIGHTS: [u32; 10] = [3, 2, 9, 8, 7, 6, 5, 4, 3, 2];
 
 /// Computes the NIS check digit and the weighted-sum remainder from the first ten digits.
 ///
-/// DV = 11 − (Σ mod 11), where 10 and 11 become 0 (domain.md, "Identifiers"; jquery-validation
-/// `nit_pis_pasepBR.js`, poliquin/brazilnum).
+/// DV = 11 − (Σ mod 11), where 10 and 11 become 0 (docs/rules.md#identifiers; jquery-validation
+/// `nit_pis_pasepBR.js`, poliquin/brazilnum: docs/sources.md#nis).
 fn nis_check(body: &[u8]) -> (u8, u8) {
     let r = (weighted_sum(body, &NIS_WEIGHTS) % 11) as u8;
     let dv = 11 - r;
@@ -463,7 +464,8 @@ string_form!(Cns);
 // IBGE municipality code
 // ---------------------------------------------------------------------------------------------
 
-/// IBGE state (UF) codes; they run 11–53 and are not contiguous (domain-sources §1.9).
+/// IBGE state (UF) codes; they run 11–53 and are not contiguous
+/// (docs/sources.md#ibge-municipality).
 pub const UF_CODES: [u8; 27] = [
     11, 12, 13, 14, 15, 16, 17, // North
     21, 22, 23, 24, 25, 26, 27, 28, 29, // North-east
@@ -473,7 +475,7 @@ pub const UF_CODES: [u8; 27] = [
 ];
 
 /// The nine official municipality codes that violate the check-digit rule and are valid anyway
-/// (poliquin/brazilnum `muni.py`, citing SEFAZ NT2008.004; domain-sources §1.9).
+/// (poliquin/brazilnum `muni.py`, citing SEFAZ NT2008.004; docs/sources.md#ibge-municipality).
 pub const IBGE_CHECK_DIGIT_EXCEPTIONS: [&str; 9] = [
     "2201919", "2201988", "2202251", "2611533", "3117836", "3152131", "4305871", "5203939",
     "5203962",
@@ -595,27 +597,27 @@ string_form!(Inep);
 mod tests {
     use super::*;
 
-    // Vectors from shared/docs/domain.md "Identifiers" and domain-sources.md §1.9 / §5 rule 1.
+    // Vectors from docs/rules.md#test-vectors (rules: docs/sources.md#nis).
     #[test]
     fn nis_vectors() {
         let cases: &[(&str, Result<&str, &str>)] = &[
-            // domain.md: valid
+            // docs/rules.md#test-vectors: valid
             ("26827649960", Ok("26827649960")),
-            // domain-sources §1.9: punctuated form of the same number
+            // the mask XXX.XXXXX.XX-D (docs/sources.md#nis): the same number punctuated
             ("268.27649.96-0", Ok("26827649960")),
-            // domain.md: valid
+            // docs/rules.md#test-vectors: valid
             ("46952280637", Ok("46952280637")),
             ("469.52280.63-7", Ok("46952280637")),
-            // domain.md: invalid (check digit)
+            // docs/rules.md#test-vectors: invalid (check digit)
             (
                 "26827649961",
                 Err("NIS check digit mismatch: expected 0, found 1"),
             ),
-            // length rule (domain.md: 11 digits)
+            // length rule (docs/rules.md#identifiers: 11 digits)
             ("2682764996", Err("NIS must have 11 digits, got 10")),
             ("268276499600", Err("NIS must have 11 digits, got 12")),
             ("", Err("NIS must have 11 digits, got 0")),
-            // all-same-digit rule (domain.md); 00000000000 would pass the DV rule
+            // all-same-digit rule (docs/rules.md#identifiers); 00000000000 would pass the DV rule
             ("00000000000", Err("NIS must not be all the same digit")),
             ("11111111111", Err("NIS must not be all the same digit")),
             (
@@ -637,7 +639,7 @@ mod tests {
 
     #[test]
     fn nis_remainder_one_is_accepted_and_flagged() {
-        // domain-sources §1.9: r = 1 (DV would be 10) maps to 0 and is accepted but flagged.
+        // docs/sources.md#nis: r = 1 (DV would be 10) maps to 0 and is accepted but flagged.
         // 1000000003x: Σ = 3·1 + 2·3 = 9 → r = 9; search a body with r = 1 instead.
         let body = find_body_with_remainder(1);
         let n = Nis::parse(&format!("{body}0")).unwrap();
@@ -734,7 +736,7 @@ mod tests {
     #[test]
     fn ibge_vectors() {
         let cases: &[(&str, Result<&str, &str>)] = &[
-            // domain.md / domain-sources §1.9 worked vectors
+            // docs/rules.md#test-vectors: worked vectors
             ("3550308", Ok("3550308")),
             ("2704302", Ok("2704302")),
             ("1100015", Ok("1100015")),
@@ -742,10 +744,11 @@ mod tests {
                 "3550307",
                 Err("IBGE municipality code check digit mismatch: expected 8, found 7"),
             ),
-            // domain.md: official exception
+            // official exception (docs/sources.md#ibge-municipality)
             ("2201919", Ok("2201919")),
             ("5203962", Ok("5203962")),
-            // UF 10 is not an IBGE state code (domain-sources §1.9: 11–53, not contiguous)
+            // UF 10 is not an IBGE state code (docs/sources.md#ibge-municipality: 11–53, not
+            // contiguous)
             (
                 "1000007",
                 Err("IBGE municipality code has unknown state (UF) prefix 10"),
@@ -779,7 +782,7 @@ mod tests {
 
     #[test]
     fn inep_vectors() {
-        // domain.md: INEP identifies schools, 8 digits.
+        // docs/rules.md#identifiers: INEP identifies schools, 8 digits.
         assert_eq!(Inep::parse("35012345").unwrap().as_str(), "35012345");
         assert_eq!(
             Inep::parse("3501234").unwrap_err().to_string(),

@@ -3,7 +3,8 @@
 //!
 //! This module never reads the clock: every "today" is passed in by the caller.
 //!
-//! Period calendars (domain-sources §1.3, domain.md "Periods"):
+//! Period calendars (docs/rules.md#periods-and-ages; the source key S9 is docs/sources.md#s9,
+//! S11 docs/sources.md#s11):
 //! - education bimesters B1 Feb–Mar, B2 Apr–May, B3 Jun–Jul, B4 Aug–Sep, B5 Oct–Nov (MEC Sistema
 //!   Presença [S9]); January and December are in no bimester;
 //! - health semesters (vigências) S1 Jan–Jun, S2 Jul–Dec (Sistema BFA [S11]).
@@ -395,7 +396,7 @@ impl Bimester {
     }
 
     /// The bimester containing `month`; `None` for January and December, which no bimester
-    /// covers (domain-sources §5 rule 9).
+    /// covers (docs/rules.md#periods-and-ages, inferred from docs/sources.md#s9).
     pub fn containing(month: Month) -> Option<Bimester> {
         match month.month {
             2..=11 => Some(Bimester {
@@ -693,7 +694,7 @@ mod tests {
 
     #[test]
     fn bimester_calendar() {
-        // domain.md "Periods" / domain-sources §1.3 [S9]: B1 Feb–Mar … B5 Oct–Nov; no Dec–Jan.
+        // docs/rules.md#periods-and-ages [S9]: B1 Feb–Mar … B5 Oct–Nov; no Dec–Jan.
         let table: &[(&str, Option<&str>)] = &[
             ("2025-01", None),
             ("2025-02", Some("2025-B1")),
@@ -736,7 +737,7 @@ mod tests {
 
     #[test]
     fn semester_calendar() {
-        // domain.md "Periods" / domain-sources §5 rule 13 [S11]: Jan 1–Jun 30, Jul 1–Dec 31.
+        // docs/rules.md#periods-and-ages [S11]: Jan 1–Jun 30, Jul 1–Dec 31.
         let s1 = Semester::parse("2025-S1").unwrap();
         assert_eq!(s1.first_day().to_string(), "2025-01-01");
         assert_eq!(s1.last_day().to_string(), "2025-06-30");

@@ -875,7 +875,8 @@ mod tests {
 
     #[test]
     fn attendance_threshold_is_exact() {
-        // domain.md: % = attended × 100 / given; met when at or above the threshold.
+        // docs/rules.md, "How an outcome is decided": % = attended × 100 / given; met when at or
+        // above the threshold.
         assert!(
             Attendance::Counts {
                 given: 20,

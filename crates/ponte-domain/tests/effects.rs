@@ -1,5 +1,7 @@
 //! Family effects over multi-period histories: both ladders, the window, cancellation,
 //! interruption during family follow-up, appeals and the adolescent exception.
+//!
+//! Source keys: `[S8]` is `docs/sources.md#s8`, and so on; decisions are in `docs/rules.md`.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -89,8 +91,8 @@ fn ladder_2025_alert_block_suspension_repeats() {
 
 #[test]
 fn window_of_six_months_decides_successive() {
-    // domain.md: successive when the new non-compliant period ends within six months of the
-    // previous one (2012 window kept as default [S5]).
+    // docs/rules.md, decision 5: successive when the new non-compliant period ends within six
+    // months of the previous one (2012 window kept as default [S5]).
     let rs = bf2023();
     // B1 ends March, B4 ends September: 6 months → successive → block.
     let outs = student(
@@ -126,8 +128,8 @@ fn window_of_six_months_decides_successive() {
 
 #[test]
 fn cancellation_2025_after_twelve_months_in_suspension_with_follow_up() {
-    // [S8] + domain.md: cancellation only after 12 consecutive months in suspension, with active
-    // family follow-up and a new non-compliance.
+    // [S8] + docs/rules.md, decision 6: cancellation only after 12 consecutive months in
+    // suspension, with active family follow-up and a new non-compliance.
     let rs = bf2023();
     let low = [
         "2025-B1", "2025-B2", "2025-B3", "2025-B4", "2025-B5", "2026-B1", "2026-B2", "2026-B3",
@@ -214,7 +216,7 @@ fn accepted_appeal_removes_the_effect_and_its_place_in_history() {
         .collect();
     assert_eq!(names, ["alert", "block", "suspension"]);
     // Accepted (same record id, higher version): the B2 non-compliance leaves the history
-    // (DECISION; domain.md "An accepted appeal removes the effect it targets").
+    // (DECISION; docs/rules.md, decision 8: an accepted appeal removes the effect it targets).
     let mut accepted = appeal("FAM", "2025-B2", AppealStatus::Accepted);
     if let ponte_domain::records::FamilyRecord::Appeal(a) = &mut accepted {
         a.version = 2;
@@ -271,7 +273,8 @@ fn adolescent_non_compliance_affects_only_the_adolescent() {
 
 #[test]
 fn not_followed_never_counts_as_non_compliance() {
-    // domain.md: NOT_FOLLOWED counts against follow-up rates, never as non-compliance.
+    // docs/rules.md, "How an outcome is decided": NOT_FOLLOWED counts against follow-up rates,
+    // never as non-compliance.
     let rs = bf2023();
     let n = nis(7);
     let p = person(profile(n, "FAM", "2015-01-01", Sex::Male), vec![]);
@@ -364,7 +367,7 @@ fn ladder_2012_wording_and_cancellation_from_follow_up_start() {
 
 #[test]
 fn scfv_non_compliance_follows_the_same_ladder_in_2012() {
-    // Agência Brasil (June 2010), domain-sources §1.2b: same graduated effects.
+    // Agência Brasil (June 2010), docs/sources.md#peti-scfv-2010: same graduated effects.
     let rs = bf2012();
     let n = nis(11);
     let prof = with_programmes(profile(n, "FAM", "2005-01-01", Sex::Male), &["PBF", "PETI"]);

@@ -1,5 +1,7 @@
 //! Indicators per municipality and period, and a non-Bolsa Família programme run by the same
 //! engine from its rule file alone.
+//!
+//! Source keys: `[S12]` is `docs/sources.md#s12`.
 #![allow(clippy::unwrap_used)]
 
 mod common;

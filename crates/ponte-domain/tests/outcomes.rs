@@ -1,5 +1,7 @@
 //! Per-person outcomes: education, health and SCFV attendance under the 2012 and 2023 rule sets,
 //! the public derivation, and corrections/retractions.
+//!
+//! Source keys: `[S1]` is `docs/sources.md#s1`, and so on; decisions are in `docs/rules.md`.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -37,7 +39,7 @@ fn education(rs: &RuleSet, born: &str, bim: &str, months: &[Month<'_>]) -> (Stat
 fn education_2023_table() {
     let rs = bf2023();
     // (case, birth date, bimester, months recorded, expected status, expected scope)
-    // Ages are taken at the bimester's first day (domain.md "Periods", DECISION).
+    // Ages are taken at the bimester's first day (docs/rules.md, decision 1).
     let cases: &[Case<'_>] = &[
         // Age 4 → 60% [S1]: 12/20 = 60% meets, 11/20 = 55% does not.
         (
@@ -56,7 +58,7 @@ fn education_2023_table() {
             NonCompliant,
             EffectScope::Family,
         ),
-        // Exempting code 1a (student's health) neutralises the month (domain.md default list).
+        // Exempting code 1a (student's health) neutralises the month (docs/rules.md, decision 2).
         (
             "4y below, code 1a",
             "2020-05-10",
@@ -73,7 +75,7 @@ fn education_2023_table() {
             Compliant,
             EffectScope::Family,
         ),
-        // Codes 58 / 65 / 7 are not exempting (domain.md).
+        // Codes 58 / 65 / 7 are not exempting (docs/rules.md, decision 2).
         (
             "4y below, code 58",
             "2020-05-10",
@@ -98,7 +100,7 @@ fn education_2023_table() {
             NonCompliant,
             EffectScope::Family,
         ),
-        // At least one month recorded → followed (domain.md).
+        // At least one month recorded → followed (docs/rules.md, "How an outcome is decided").
         (
             "one month only",
             "2020-05-10",
@@ -107,7 +109,7 @@ fn education_2023_table() {
             Compliant,
             EffectScope::Family,
         ),
-        // In the public, nothing recorded → NOT_FOLLOWED, never non-compliance (domain.md).
+        // In the public, nothing recorded → NOT_FOLLOWED, never non-compliance (docs/rules.md).
         (
             "no record",
             "2020-05-10",
@@ -403,7 +405,8 @@ fn health_2023_table() {
         health_status(&rs, child(), vec![weigh.clone(), vacc], "2025-S1"),
         (Compliant, Family, vec![])
     );
-    // The latest vaccination flag wins (the team's flag is accepted as given, domain.md).
+    // The latest vaccination flag wins (the team's flag is accepted as given, docs/rules.md,
+    // decision 19).
     let late_no = ponte_domain::records::HealthRecord {
         vaccination_up_to_date: Some(false),
         ..health(n, "2025-06-01")
@@ -426,7 +429,7 @@ fn health_2023_table() {
         health_status(&rs, child(), vec![], "2025-S1"),
         (NotFollowed, Family, vec![])
     );
-    // Woman 14–44 not pregnant: followed is compliant; no effect (domain.md).
+    // Woman 14–44 not pregnant: followed is compliant; no effect (docs/rules.md, decision 4).
     assert_eq!(
         health_status(
             &rs,
@@ -475,7 +478,8 @@ fn health_2023_table() {
         health_status(&rs, preg(), vec![health(n, "2025-02-02")], "2025-S1"),
         (NonCompliant, Family, vec![Prenatal])
     );
-    // Pregnant per the health record only (domain.md): prenatal required too.
+    // Pregnant per the health record only (docs/rules.md, "How an outcome is decided"): prenatal
+    // required too.
     let says_pregnant = ponte_domain::records::HealthRecord {
         pregnant: Some(true),
         ..health(n, "2025-02-02")
@@ -504,7 +508,8 @@ fn health_2023_table() {
 #[test]
 fn scfv_is_monitored_by_2012_and_not_by_2023() {
     // 2012 rule set: PETI children up to 15 must attend ≥ 85% of monthly SCFV hours
-    // (Agência Brasil, June 2010; domain-sources §1.2b). 2023 law has no such condition [S1].
+    // (Agência Brasil, June 2010; docs/sources.md#peti-scfv-2010). 2023 law has no such
+    // condition [S1].
     let n = nis(7);
     let peti = || with_programmes(profile(n, "F1", "2005-01-01", Sex::Male), &["PBF", "PETI"]);
     let rs = bf2012();

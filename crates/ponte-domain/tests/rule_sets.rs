@@ -1,5 +1,7 @@
 //! Loading rule sets: every file under `rules/` loads; malformed or inconsistent ones fail with
 //! a message naming the file, the key and the problem; selection by effective date.
+//!
+//! Source keys: `[S1]` is `docs/sources.md#s1`, and so on.
 #![allow(clippy::unwrap_used)]
 
 mod common;

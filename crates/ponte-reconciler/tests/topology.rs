@@ -21,7 +21,7 @@ use proptest::prelude::*;
 use prost::Message as _;
 
 const RULES: &str = include_str!("../../../rules/bolsa-familia-2023.toml");
-// Valid vectors from domain.md and ponte-domain's id tests.
+// Valid vectors from docs/rules.md#test-vectors and ponte-domain's id tests.
 const CHILD: &str = "26827649960";
 const MOTHER: &str = "46952280637";
 const CHILD_CNS: &str = "700000000000005";
@@ -502,7 +502,8 @@ fn health_records_by_cns_are_parked_until_the_registry_knows_the_cns() {
     let p = h.person(CHILD);
     assert_eq!(p.health_records.len(), 1);
     assert_eq!(p.health_records[0].arrived_as, format!("cns:{CHILD_CNS}"));
-    // Child under 7 with vaccination, weight and height recorded in S1 (domain.md, Health).
+    // Child under 7 with vaccination, weight and height recorded in S1 (docs/rules.md, "How an
+    // outcome is decided").
     assert_eq!(
         h.outcome(CHILD, "health", "2025-S1"),
         OutcomeStatus::Compliant

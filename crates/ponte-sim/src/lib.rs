@@ -3,7 +3,8 @@
 //! tests and benchmarks (`ponte sim`).
 //!
 //! - [`population`]: families and people, each a pure function of (seed, family index), shaped
-//!   by the programme's published figures (age structure, family size, CNS/CPF coverage).
+//!   by the programme's published figures (age structure, family size, CNS/CPF coverage;
+//!   `docs/sources.md#s13`, the key S13 below).
 //! - [`generate`]: one pass over the families, writing every chosen period's records to files as
 //!   it goes (bounded memory: one family at a time plus buffered writers), so the national figure
 //!   (54 M people) needs disk, not RAM.

@@ -1,11 +1,12 @@
 //! Where the synthetic families live: a modest embedded list of real IBGE municipality codes.
 //!
-//! Source: IBGE's territorial division (Divisão Territorial Brasileira) codes of the 27 state
-//! capitals, a dozen other large municipalities, and 1100015 (Alta Floresta D'Oeste, the worked
-//! vector in `domain-sources.md` §1.9). Every code is checked against the published check-digit
-//! rule by the tests (`ponte_domain::ids::IbgeMunicipality::parse`). The weights are rough
-//! population sizes in thousands, used only to give the population a skewed geography; they are
-//! not the programme's distribution of families (which the sources do not give per municipality).
+//! Source: IBGE's territorial division (Divisão Territorial Brasileira,
+//! `docs/sources.md#ibge-dtb`) codes of the 27 state capitals, a dozen other large municipalities,
+//! and 1100015 (Alta Floresta D'Oeste, a worked vector in `docs/rules.md#test-vectors`). Every code
+//! is checked against the published check-digit rule by the tests
+//! (`ponte_domain::ids::IbgeMunicipality::parse`). The weights are rough population sizes in
+//! thousands, used only to give the population a skewed geography; they are not the programme's
+//! distribution of families (which the sources do not give per municipality).
 
 /// A municipality: IBGE code, name, weight.
 #[derive(Debug, Clone, Copy)]

@@ -1,7 +1,7 @@
 //! The synthetic population: families and people, each a pure function of (seed, family
 //! index), so any family can be regenerated on demand and nothing needs to be held in memory.
 //!
-//! Shape (figures from `../shared/docs/domain-sources.md` §1.10, Feb 2025 [S13], unless marked
+//! Shape (figures of February 2025 from `docs/sources.md#s13`, key [S13], unless marked
 //! ASSUMPTION):
 //! - 54 M people in 20.56 M families → 2.63 people per family on average. The distribution of
 //!   family sizes around that mean is an ASSUMPTION ([`FAMILY_SIZE`]).
@@ -9,9 +9,11 @@
 //!   family has one adult responsible, so the other 33.4 M members split 9.12 : 12.3 : 2.6 :
 //!   9.42 ([`OTHER_MEMBER_BANDS`]).
 //! - 839 k pregnant women among ≈22 M women 14–44 in the health public → 3.8 % ([`PREGNANT`]).
-//! - CNS coverage "much worse for children than women" [S11]; the rates are ASSUMPTIONS
+//! - CNS coverage "much worse for children than women" [S11] (`docs/sources.md#s11`); the rates
+//!   are ASSUMPTIONS
 //!   ([`CNS_KNOWN`], [`CPF_KNOWN`]).
-//! - PETI: ~820 k children up to 16 in 2010 (§1.4); 5 % of 6–15 year-olds is an ASSUMPTION.
+//! - PETI: ~820 k children up to 16 in 2010 (`docs/sources.md#peti-scfv-2010`); 5 % of 6–15
+//!   year-olds is an ASSUMPTION.
 use ponte_domain::ids::{Cpf, Nis};
 use ponte_domain::period::Date;
 

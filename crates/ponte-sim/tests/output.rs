@@ -164,7 +164,7 @@ fn malformed_records_are_exactly_those_the_adapters_reject() {
     assert_eq!(manifest.lines().count(), summary.files.len() + 1);
 }
 
-/// Ratios on 10 k people against the figures of domain-sources.md §1.10 (Feb 2025 [S13]).
+/// Ratios on 10 k people against the figures of February 2025 (docs/sources.md#s13).
 #[test]
 fn the_population_has_the_published_shape() {
     let cfg = config(21, 10_000, 0.0);
