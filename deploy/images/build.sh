@@ -118,7 +118,6 @@ build_ponte() {
     bin="$target/release/ponte"
   fi
   [[ -x $bin ]] || die "no ponte binary at $bin"
-  [[ -f /etc/ssl/certs/ca-certificates.crt ]] || apt_install ca-certificates
 
   local root="$IMAGES_CACHE/rootfs-ponte"
   log "assembling the ponte image's file system from $bin"
@@ -127,7 +126,8 @@ build_ponte() {
   install -m 0755 "$bin" "$root/usr/local/bin/ponte"
   copy_libs "$root" "$root/usr/local/bin/ponte"
   base_etc "$root" ponte "$PONTE_UID" /var/lib/ponte
-  # For a Kafka cluster or FHIR server whose certificates chain to a public CA.
+  # For a Kafka cluster or FHIR server whose certificates chain to a public CA. (NO_COLOR: logs
+  # without terminal colours, as log pipelines want them.)
   cp -L /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/"
   chown "$PONTE_UID:$PONTE_UID" "$root/var/lib/ponte"
   chmod 0750 "$root/var/lib/ponte"
@@ -135,6 +135,7 @@ build_ponte() {
   import_image "$PONTE_IMAGE" "$root" \
     'ENV PATH=/usr/local/bin' \
     'ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt' \
+    'ENV NO_COLOR=1' \
     "USER $PONTE_UID:$PONTE_UID" \
     'WORKDIR /var/lib/ponte' \
     'ENTRYPOINT ["/usr/local/bin/ponte"]' \
@@ -235,6 +236,11 @@ L4J
 
 # ---------------------------------------------------------------------------------------------
 
+# What this script needs beyond deploy/local/setup.sh's packages, in one apt-get run.
+missing=()
+command -v dockerd >/dev/null && command -v docker >/dev/null || missing+=(docker.io)
+[[ -f /etc/ssl/certs/ca-certificates.crt ]] || missing+=(ca-certificates)
+apt_install "${missing[@]}"
 ensure_docker
 mkdir -p "$IMAGES_CACHE"
 case "$what" in
