@@ -213,6 +213,17 @@ logger.kafka.level = INFO
 logger.apache.name = org.apache.kafka
 logger.apache.level = INFO
 L4J
+  # For the command-line tools (-Dlog4j2.configurationFile=…): warnings only, to stderr.
+  cat >"$root/opt/kafka/config/tools-log4j2.properties" <<'L4J'
+status = warn
+appender.err.type = Console
+appender.err.name = STDERR
+appender.err.target = SYSTEM_ERR
+appender.err.layout.type = PatternLayout
+appender.err.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = WARN
+rootLogger.appenderRef.err.ref = STDERR
+L4J
   # The default configuration: PLAINTEXT on kafka:9092 (the stack mounts its own /etc/kafka).
   kafka_server_properties plaintext >"$root/etc/kafka/server.properties"
   chown "$KAFKA_UID:$KAFKA_UID" "$root/var/lib/kafka"

@@ -9,6 +9,10 @@
 #                                         the reconciler) and wait until it is ready
 #   deploy/images/stack.sh status         the stack's containers
 #   deploy/images/stack.sh logs NAME      a container's log (kafka, education-adapter, …)
+#   deploy/images/stack.sh kafka-tool TOOL [ARGS…]
+#                                         one of Kafka's tools (as deploy/local/kafka-tools.sh:
+#                                         consumer-groups, console-consumer, topics, …) against
+#                                         the stack's broker, as admin
 #   deploy/images/stack.sh stop           remove the containers, keep the data and credentials
 #   deploy/images/stack.sh down           remove containers, network, volumes and credentials
 #
@@ -39,8 +43,12 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 RUN="$CACHE/containers"
 NET="${PONTE_STACK_NETWORK:-ponte}"
+# Secure unless asked otherwise, or unless the stack in $RUN was made plaintext.
 SECURE=1
-case "${PONTE_STACK_KAFKA_SECURE:-1}" in 0 | false | no) SECURE=0 ;; esac
+case "${PONTE_STACK_KAFKA_SECURE:-}" in
+  0 | false | no) SECURE=0 ;;
+  "") [[ "$(cat "$RUN/mode" 2>/dev/null)" != plaintext ]] || SECURE=0 ;;
+esac
 KAFKA_OPTS="${PONTE_STACK_KAFKA_HEAP:--Xms256m -Xmx512m}"
 KAFKA_VOLUME=ponte-kafka-data
 STATE_VOLUME=ponte-reconciler-state
@@ -321,6 +329,33 @@ run_service() {
   log "$name is ready (https://localhost:$api, admin http://127.0.0.1:$admin)"
 }
 
+# One of Kafka's command-line tools (deploy/local/kafka-tools.sh's names: consumer-groups,
+# console-consumer, topics, …) in a container on the network, as admin.
+kafka_tool_cmd() {
+  local tool="${1:-}" class extra=() mounts=()
+  (($#)) && shift
+  eval "$(sed -n '/^main_class() {/,/^}/p' "$REPO/deploy/local/kafka-tools.sh")"
+  class="$(main_class "$tool")" || die "unknown tool '$tool' (deploy/local/kafka-tools.sh list names them)"
+  local a has_bootstrap=0 has_config=0 opt=--command-config
+  case "${tool#kafka-}" in
+    console-consumer) opt=--consumer.config ;;
+    console-producer) opt=--producer.config ;;
+  esac
+  for a in "$@"; do
+    [[ $a == --bootstrap-server* ]] && has_bootstrap=1
+    [[ $a == "$opt"* ]] && has_config=1
+  done
+  ((has_bootstrap)) || extra+=(--bootstrap-server "$BOOTSTRAP")
+  if ((SECURE)); then
+    [[ -f $RUN/acl/admin.properties ]] || die "no admin credentials in $RUN/acl: run '$0 up' first"
+    mounts+=(-v "$RUN/acl:/acl:ro" -v "$RUN/kafka:/etc/kafka:ro")
+    ((has_config)) || extra+=("$opt" /acl/admin.properties)
+  fi
+  docker run --rm -i --network "$NET" "${HARDENING[@]}" --tmpfs /tmp:exec,size=64m \
+    -e JDK_JAVA_OPTIONS=-Xmx512m "${mounts[@]}" "$KAFKA_IMAGE" -XX:TieredStopAtLevel=1 \
+    -Dlog4j2.configurationFile=/opt/kafka/config/tools-log4j2.properties "$class" "${extra[@]}" "$@"
+}
+
 up() {
   ensure_docker
   command -v curl >/dev/null || apt_install curl
@@ -349,6 +384,7 @@ up() {
   query    ponte query --ca $RUN/pki/ca.pem --cert $RUN/pki/federal.pem --key $RUN/pki/federal-key.pem person <nis>
   admin    http://127.0.0.1:{9181,9182,9183,9190}/metrics and /health/ready
   logs     $0 logs kafka|education-adapter|health-adapter|assistance-adapter|reconciler
+  kafka    $0 kafka-tool consumer-groups --describe --group $RECONCILER_GROUP
   stop     $0 stop (keeps data)   |   $0 down (removes data and credentials)
 MSG
 }
@@ -378,7 +414,8 @@ case "${1:-}" in
     run_service "$2" ;;
   status) docker ps -a --filter "label=$LABEL" --format 'table {{.Names}}\t{{.Status}}\t{{.Ports}}' ;;
   logs) [[ -n ${2:-} ]] || die "usage: $0 logs NAME"; docker logs "ponte-$2" ;;
+  kafka-tool) shift; kafka_tool_cmd "$@" ;;
   stop) stop_containers ;;
   down) down ;;
-  *) echo "usage: $0 {up|service NAME|status|logs NAME|stop|down}" >&2; exit 2 ;;
+  *) echo "usage: $0 {up|service NAME|status|logs NAME|kafka-tool TOOL [ARGS]|stop|down}" >&2; exit 2 ;;
 esac
