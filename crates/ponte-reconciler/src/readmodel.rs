@@ -303,7 +303,26 @@ fn update_counts(
             }
         }
     }
-    for (k, changes) in delta {
+    for (k, mut changes) in delta {
+        // An outcome whose status did not change (most of a view's, when one record changed)
+        // removes and adds the same status: the row is left alone, unread and unwritten.
+        let mut i = 0;
+        while i < changes.len() {
+            let (status, add) = changes[i];
+            match changes[i + 1..]
+                .iter()
+                .position(|&(s, a)| s == status && a != add)
+            {
+                Some(j) => {
+                    changes.remove(i + 1 + j);
+                    changes.remove(i);
+                }
+                None => i += 1,
+            }
+        }
+        if changes.is_empty() {
+            continue;
+        }
         let mut counts: Counts = match ov.get(&k)? {
             Some(b) => serde_json::from_slice(&b).map_err(|e| corrupt(&k, e))?,
             None => Counts::default(),

@@ -138,10 +138,14 @@ pub async fn run(
         Durability::Rebuildable,
         Memory::mib(cfg.state_memory_mb),
     )?;
-    // The read model is rebuilt from the changes topic whenever it is lost: no fsync needed.
+    // No write-ahead log either: the read model is the changes topic's, and its offsets are
+    // written with the views they led to. A crash loses what was not flushed yet, views and
+    // offsets together, and the read model reads it again from the topic (it answers from
+    // the older views meanwhile, as any reader behind the topic does). The log's writes took
+    // a third of the read model's CPU (docs/benchmarks.md).
     let read = Store::open_with(
         &read_dir,
-        Durability::Process,
+        Durability::Rebuildable,
         Memory::mib(cfg.read_model_memory_mb),
     )?;
     {

@@ -14,7 +14,7 @@ use ponte_domain::rules::RuleSet;
 use ponte_proto::compliance::v1::{self as api, OutcomeStatus};
 use ponte_proto::events::v1::{self as ev, Event, event::Record, health_follow_up::Subject};
 use ponte_reconciler::topology::{
-    Applied, FamilyDigest, Input, Output, OutputKind, PersonDigest, Topology, Tx, Writes,
+    Applied, FamilyMembersEntry, Input, Output, OutputKind, PersonEntry, Topology, Tx, Writes,
     parked_delta, read_parked,
 };
 use proptest::prelude::*;
@@ -58,6 +58,8 @@ struct Harness {
     /// Parked records per partition, kept from each commit's writes as the service keeps its
     /// gauge; [`Harness::parked`] checks it against a scan.
     parked_count: BTreeMap<i32, i64>,
+    /// Every state key written or deleted, commit after commit.
+    written: Vec<Vec<u8>>,
 }
 
 /// Repartition messages not delivered yet, per (topic, partition), oldest first.
@@ -92,6 +94,7 @@ impl Harness {
             pending: BTreeMap::new(),
             views: BTreeMap::new(),
             parked_count: BTreeMap::new(),
+            written: Vec::new(),
         }
     }
 
@@ -102,6 +105,7 @@ impl Harness {
         }
         let mut map = self.kv.0.lock().unwrap();
         for (k, v) in writes {
+            self.written.push(k.clone());
             match v {
                 Some(v) => map.insert(k, v),
                 None => map.remove(&k),
@@ -222,13 +226,17 @@ impl Harness {
             .iter()
             .map(|(k, v)| {
                 let local = &k[5..]; // after the `NNNN/` partition prefix
-                let v = if local.starts_with(b"d/p/") {
-                    let mut p = PersonDigest::decode(v.as_slice()).unwrap();
-                    p.view_version = 0;
+                let v = if local.starts_with(b"p/") {
+                    let mut p = person_entry(v);
+                    if let Some(d) = &mut p.digest {
+                        d.view_version = 0;
+                    }
                     p.encode_to_vec()
-                } else if local.starts_with(b"d/f/") {
-                    let mut f = FamilyDigest::decode(v.as_slice()).unwrap();
-                    f.view_version = 0;
+                } else if local.starts_with(b"fm/") {
+                    let mut f = members_entry(v);
+                    if let Some(d) = &mut f.digest {
+                        d.view_version = 0;
+                    }
                     f.encode_to_vec()
                 } else {
                     v.clone()
@@ -237,6 +245,18 @@ impl Harness {
             })
             .collect()
     }
+}
+
+/// A `p/` value in format 2: the byte 2, then a `PersonEntry`.
+fn person_entry(v: &[u8]) -> PersonEntry {
+    assert_eq!(v[0], 2, "p/ values are written in format 2");
+    PersonEntry::decode(&v[1..]).unwrap()
+}
+
+/// An `fm/` value in format 2: the byte 2, then a `FamilyMembersEntry`.
+fn members_entry(v: &[u8]) -> FamilyMembersEntry {
+    assert_eq!(v[0], 2, "fm/ values are written in format 2");
+    FamilyMembersEntry::decode(&v[1..]).unwrap()
 }
 
 fn event(record_id: &str, version: u64, record: Record) -> Event {
@@ -446,39 +466,122 @@ fn the_view_says_who_sent_each_record_it_uses_and_in_which_request() {
     );
 }
 
+/// The full key of a state entry of `local` key (`p/<nis>`), found by its end.
+fn state_key(h: &Harness, local: &str) -> Vec<u8> {
+    let map = h.kv.0.lock().unwrap();
+    map.keys()
+        .find(|k| &k[5..] == local.as_bytes())
+        .cloned()
+        .unwrap_or_else(|| panic!("no {local} in the state"))
+}
+
+/// Rewrites a person's `p/` value as a store in format 1 kept it: the records' JSON alone, the
+/// identifiers under `xo/` and, by `legacy`, the digest under `d/p/` or the whole view (version
+/// 5) under `v/p/`. Returns the keys written.
+fn to_format_1(h: &mut Harness, nis: &str, legacy: &str) -> Vec<Vec<u8>> {
+    let key = state_key(h, &format!("p/{nis}"));
+    let prefix = key[..5].to_vec();
+    let view = h.person(nis);
+    let mut map = h.kv.0.lock().unwrap();
+    let entry = person_entry(&map[&key]);
+    map.insert(key.clone(), entry.records_json.clone());
+    let carried = [prefix.as_slice(), format!("xo/{nis}").as_bytes()].concat();
+    map.insert(carried.clone(), serde_json::to_vec(&entry.carried).unwrap());
+    let mut digest = entry.digest.expect("a view was published");
+    digest.view_version = 5;
+    let old = if legacy == "d/p" {
+        let k = [prefix.as_slice(), format!("d/p/{nis}").as_bytes()].concat();
+        map.insert(k.clone(), digest.encode_to_vec());
+        k
+    } else {
+        let k = [prefix.as_slice(), format!("v/p/{nis}").as_bytes()].concat();
+        let mut v = view;
+        v.view_version = 5;
+        map.insert(k.clone(), v.encode_to_vec());
+        k
+    };
+    vec![carried, old]
+}
+
 #[test]
-fn a_store_with_full_views_from_before_digests_goes_on_numbering_them() {
+fn a_store_in_format_1_goes_on_numbering_views_and_is_rewritten_in_format_2() {
+    // Both older layouts: a digest under `d/p/`, and before digests the whole view under `v/p/`.
+    for legacy in ["d/p", "v/p"] {
+        let mut h = Harness::new();
+        h.apply(&profile(CHILD, "2017-03-10", "M", &[CHILD_CNS], "", 1));
+        let old_keys = to_format_1(&mut h, CHILD, legacy);
+        // The same profile again: nothing published, nothing written.
+        let published = h.outputs.len();
+        h.apply(&profile(CHILD, "2017-03-10", "M", &[CHILD_CNS], "", 1));
+        assert_eq!(h.outputs.len(), published, "{legacy}");
+        // A change: numbered after the old view; the profile's identifiers are known (no
+        // claim or release of the CNS goes out); the old keys are gone.
+        h.apply(&attendance(CHILD, "2025-04", 20, 20, 1));
+        assert_eq!(h.person(CHILD).view_version, 6, "{legacy}");
+        assert!(
+            h.outputs[published..]
+                .iter()
+                .all(|(kind, _, _)| *kind != OutputKind::Crosswalk),
+            "{legacy}: the identifiers were read from xo/"
+        );
+        let key = state_key(&h, &format!("p/{CHILD}"));
+        let map = h.kv.0.lock().unwrap();
+        for k in &old_keys {
+            assert!(!map.contains_key(k), "{legacy}: {k:?} left");
+        }
+        let entry = person_entry(&map[&key]);
+        let digest = entry.digest.unwrap();
+        assert_eq!(digest.view_version, 6, "{legacy}");
+        assert_eq!(digest.family_id, FAMILY, "{legacy}");
+        assert_eq!(entry.carried, vec![format!("cns:{CHILD_CNS}")], "{legacy}");
+    }
+}
+
+#[test]
+fn a_family_in_format_1_goes_on_numbering_its_view() {
     let mut h = Harness::new();
     h.apply(&profile(CHILD, "2017-03-10", "M", &[CHILD_CNS], "", 1));
-    let first = h.person(CHILD);
-    // Make the state look as an older build left it: the whole view at `v/p/<nis>`.
-    let digest_key = {
-        let map = h.kv.0.lock().unwrap();
-        map.keys()
-            .find(|k| k.ends_with(format!("d/p/{CHILD}").as_bytes()))
-            .cloned()
-            .expect("the person stage keeps a digest")
-    };
-    let legacy_key = [&digest_key[..5], format!("v/p/{CHILD}").as_bytes()].concat();
+    assert_eq!(h.family(FAMILY).members, vec![CHILD.to_owned()]);
+    let key = state_key(&h, &format!("fm/{FAMILY}"));
+    let digest_key = [&key[..5], format!("d/f/{FAMILY}").as_bytes()].concat();
     {
         let mut map = h.kv.0.lock().unwrap();
-        map.remove(&digest_key);
-        let mut old = first.clone();
-        old.view_version = 5;
-        map.insert(legacy_key.clone(), old.encode_to_vec());
+        let entry = members_entry(&map[&key]);
+        let mut digest = entry.digest.unwrap();
+        digest.view_version = 7;
+        map.insert(key.clone(), entry.members_json);
+        map.insert(digest_key.clone(), digest.encode_to_vec());
     }
-    // The same view again: nothing published, the old key left as it is.
-    let published = h.outputs.len();
-    h.apply(&profile(CHILD, "2017-03-10", "M", &[CHILD_CNS], "", 1));
-    assert_eq!(h.outputs.len(), published);
-    // A change: numbered after the old view, which is replaced by a digest.
-    h.apply(&attendance(CHILD, "2025-04", 20, 20, 1));
-    assert_eq!(h.person(CHILD).view_version, 6);
+    h.apply(&profile(MOTHER, "1990-05-05", "F", &[], MOTHER_CPF, 1));
+    let family = h.family(FAMILY);
+    assert_eq!(family.members.len(), 2);
+    assert_eq!(family.view_version, 8);
     let map = h.kv.0.lock().unwrap();
-    assert!(!map.contains_key(&legacy_key));
-    let digest = PersonDigest::decode(map[&digest_key].as_slice()).unwrap();
-    assert_eq!(digest.view_version, 6);
-    assert_eq!(digest.family_id, FAMILY);
+    assert!(!map.contains_key(&digest_key));
+    assert_eq!(members_entry(&map[&key]).digest.unwrap().view_version, 8);
+}
+
+#[test]
+fn an_event_writes_one_state_value_for_its_person_and_one_for_its_family() {
+    let mut h = Harness::new();
+    h.apply(&profile(CHILD, "2017-03-10", "M", &[CHILD_CNS], "", 1));
+    h.apply(&attendance(CHILD, "2025-04", 20, 20, 1));
+    let family_version = h.family(FAMILY).view_version;
+    h.written.clear();
+    // Low attendance for the whole bimester: the child's view changes, and the family's.
+    h.apply(&attendance(CHILD, "2025-05", 20, 2, 1));
+    assert!(
+        h.family(FAMILY).view_version > family_version,
+        "the family view changed"
+    );
+    let written: Vec<String> = h
+        .written
+        .iter()
+        .map(|k| String::from_utf8_lossy(&k[5..]).into_owned())
+        .collect();
+    // The person (records, digest) on the person's commit, the family's members entry
+    // (members, digest) on the family's: one value each.
+    assert_eq!(written, vec![format!("p/{CHILD}"), format!("fm/{FAMILY}")]);
 }
 
 #[test]

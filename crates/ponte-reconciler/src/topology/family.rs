@@ -14,7 +14,7 @@ impl Topology {
             return Ok(invalid("nis", e));
         }
         let fid = FamilyId(m.family_id.clone());
-        let mut members: Members = MEMBERS.get(tx, &[fid.as_str()])?.unwrap_or_default();
+        let mut members = self.load_members(tx, &fid)?;
         if m.erased {
             return self.erase_member(tx, &fid, members, &m.nis, m.at);
         }
@@ -23,20 +23,47 @@ impl Topology {
                 Ok(o) => o,
                 Err(e) => return Ok(invalid("outcomes_json", e)),
             };
-            if members.get(&m.nis) == Some(&outcomes) {
+            if members.members.get(&m.nis) == Some(&outcomes) {
                 return Ok(Applied::Unchanged);
             }
-            members.insert(m.nis.clone(), outcomes);
-        } else if members.remove(&m.nis).is_none() {
+            members.members.insert(m.nis.clone(), outcomes);
+        } else if members.members.remove(&m.nis).is_none() {
             return Ok(Applied::Unchanged);
         }
-        if members.is_empty() {
-            MEMBERS.delete(tx, &[fid.as_str()]);
-        } else {
-            MEMBERS.put(tx, &[fid.as_str()], &members)?;
-        }
-        self.refresh_family(tx, &fid, m.at)?;
+        self.save_members(tx, &fid, &mut members, m.at)?;
         Ok(Applied::Changed)
+    }
+
+    /// The family's members entry (an empty one, marked `absent`, when none is stored), with
+    /// the digest a store in format 1 kept under a key of its own.
+    fn load_members(&self, tx: &Tx<'_>, fid: &FamilyId) -> Result<MembersDoc, ReconcilerError> {
+        let Some(mut members) = MEMBERS.get(tx, &[fid.as_str()])? else {
+            return Ok(MembersDoc {
+                absent: true,
+                ..MembersDoc::default()
+            });
+        };
+        if members.format1 {
+            members.digest = family_digest(tx, fid.as_str())?;
+        }
+        Ok(members)
+    }
+
+    /// Publishes the family's view if it changed ([`Topology::refresh_family`]) and writes
+    /// the members entry with the view's digest, in one value.
+    fn save_members(
+        &self,
+        tx: &mut Tx<'_>,
+        fid: &FamilyId,
+        members: &mut MembersDoc,
+        at: Option<Timestamp>,
+    ) -> Result<(), ReconcilerError> {
+        self.refresh_family(tx, fid, members, at)?;
+        if std::mem::take(&mut members.format1) {
+            FAMILY_DIGESTS.delete(tx, &[fid.as_str()]);
+            FAMILY_VIEWS_BEFORE_DIGESTS.delete(tx, &[fid.as_str()]);
+        }
+        MEMBERS.put(tx, &[fid.as_str()], members)
     }
 
     /// An erased person leaves the family: with the appeals that name them. A family left
@@ -45,11 +72,11 @@ impl Topology {
         &self,
         tx: &mut Tx<'_>,
         fid: &FamilyId,
-        mut members: Members,
+        mut members: MembersDoc,
         nis: &str,
         at: Option<Timestamp>,
     ) -> Result<Applied, ReconcilerError> {
-        let was_member = members.remove(nis).is_some();
+        let was_member = members.members.remove(nis).is_some();
         let mut doc: FamilyDoc = FAMILIES.get(tx, &[fid.as_str()])?.unwrap_or_default();
         let names_them = |r: &FamilyRecord| matches!(r, FamilyRecord::Appeal(a) if a.nis.as_ref().is_some_and(|n| n.as_str() == nis));
         let dropped: Vec<String> = doc
@@ -70,17 +97,13 @@ impl Topology {
         } else {
             FAMILIES.put(tx, &[fid.as_str()], &doc)?;
         }
-        if members.is_empty() {
+        if members.members.is_empty() && doc.records.is_empty() {
             MEMBERS.delete(tx, &[fid.as_str()]);
-        } else {
-            MEMBERS.put(tx, &[fid.as_str()], &members)?;
-        }
-        if members.is_empty() && doc.records.is_empty() {
             FAMILY_DIGESTS.delete(tx, &[fid.as_str()]);
             FAMILY_VIEWS_BEFORE_DIGESTS.delete(tx, &[fid.as_str()]);
             tx.emit_tombstone(OutputKind::Change, format!("family:{fid}"));
         } else {
-            self.refresh_family(tx, fid, at)?;
+            self.save_members(tx, fid, &mut members, at)?;
         }
         Ok(Applied::Erased)
     }
@@ -110,7 +133,8 @@ impl Topology {
         doc.records = records;
         doc.sources.insert(record_id, source);
         FAMILIES.put(tx, &[fid.as_str()], &doc)?;
-        self.refresh_family(tx, &fid, at)?;
+        let mut members = self.load_members(tx, &fid)?;
+        self.save_members(tx, &fid, &mut members, at)?;
         Ok(Applied::Changed)
     }
 
@@ -127,16 +151,24 @@ impl Topology {
         Ok((state, doc))
     }
 
-    pub(super) fn refresh_family(
+    /// Publishes the family's view if it is not the view last published; keeps its digest in
+    /// `members` (written by the caller).
+    fn refresh_family(
         &self,
         tx: &mut Tx<'_>,
         fid: &FamilyId,
+        members: &mut MembersDoc,
         at: Option<Timestamp>,
     ) -> Result<(), ReconcilerError> {
         let (state, doc) = self.load_family(tx, fid)?;
-        let members: Members = MEMBERS.get(tx, &[fid.as_str()])?.unwrap_or_default();
-        let names: BTreeSet<String> = members.keys().cloned().collect();
-        let outcomes: Vec<Outcome> = members.into_values().flatten().collect();
+        if std::mem::take(&mut members.absent) && !doc.records.is_empty() {
+            // A family with records and no members entry: a store in format 1 may keep the
+            // digest of its view under a key of its own.
+            members.digest = family_digest(tx, fid.as_str())?;
+            members.format1 = true;
+        }
+        let names: BTreeSet<String> = members.members.keys().cloned().collect();
+        let outcomes: Vec<Outcome> = members.members.values().flatten().cloned().collect();
         let effects = self.rules.evaluate_family(&state, &outcomes);
         let mut view = family_view(fid, &names, &effects, &outcomes);
         view.sources = sources_view(
@@ -148,7 +180,7 @@ impl Topology {
                 .chain(state.appeals.live().map(|r| r.record_id.as_str())),
         );
         let hash = view_hash(&view); // a fresh view: its counters are clear
-        let (old, legacy) = family_digest(tx, fid.as_str())?;
+        let old = &members.digest;
         if old.as_ref().is_some_and(|o| o.hash == hash) {
             return Ok(());
         }
@@ -166,10 +198,7 @@ impl Topology {
             }
             .encode_to_vec(),
         );
-        FAMILY_DIGESTS.put(tx, &[fid.as_str()], &digest)?;
-        if legacy {
-            FAMILY_VIEWS_BEFORE_DIGESTS.delete(tx, &[fid.as_str()]);
-        }
+        members.digest = Some(digest);
         Ok(())
     }
 }

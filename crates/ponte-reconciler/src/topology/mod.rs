@@ -28,12 +28,15 @@
 //! | `x/<cns:…\|cpf:…>` | crosswalk: the NIS an alternate identifier belongs to |
 //! | `e/<alt>/<record id>` | a health record that arrived as `<alt>` and was forwarded (`Event`) |
 //! | `k/<alt>/<record id>` | a parked health record (`Event`) |
-//! | `p/<nis>` | the person's records (JSON: every entry, tombstones included) |
-//! | `xo/<nis>` | the alternate identifiers the person's profile currently carries (JSON) |
-//! | `d/p/<nis>` | digest of the person's last published view ([`PersonDigest`]) |
+//! | `p/<nis>` | the person ([`PersonEntry`]): records (every entry, tombstones included), the digest of the last published view, the identifiers the profile carries |
 //! | `f/<family id>` | the family's assistance records (JSON) |
-//! | `fm/<family id>` | the family's members and their non-compliant outcomes (JSON) |
-//! | `d/f/<family id>` | digest of the family's last published view ([`FamilyDigest`]) |
+//! | `fm/<family id>` | the family's members and their non-compliant outcomes, the digest of the last family view ([`FamilyMembersEntry`]) |
+//!
+//! An event changes one key of its stage, so an epoch writes (and sends to the changelog) one
+//! entry per person or family it touched. Stores written before this layout kept the digests
+//! under `d/p/`, `d/f/` (or whole views under `v/p/`, `v/f/`) and the identifiers under `xo/`;
+//! they are read when the `p/` or `fm/` value is in that format (JSON), and deleted with its
+//! next write.
 //!
 //! Views go out on `compliance.changes.v1`; what answers queries is the read model built from
 //! that topic ([`crate::readmodel`]), so every instance can answer for every person.
@@ -194,7 +197,8 @@ impl Applied {
 }
 
 pub use ponte_proto::reconciler::v1::{
-    CrosswalkChange, FamilyDigest, HealthByNis, MemberOutcomes, NonCompliant, PersonDigest,
+    CrosswalkChange, FamilyDigest, FamilyMembersEntry, HealthByNis, MemberOutcomes, NonCompliant,
+    PersonDigest, PersonEntry,
 };
 
 /// The topology with its configuration: one rule set and the monitoring window.

@@ -5,12 +5,29 @@ use super::*;
 impl Topology {
     // ---- persons (keyed by NIS) -------------------------------------------------------------
 
+    /// The person's stored doc (`None` for a person never seen), with the digest and the
+    /// identifiers that a store in format 1 kept under keys of their own.
+    pub(super) fn load_person_doc(
+        &self,
+        tx: &Tx<'_>,
+        nis: Nis,
+    ) -> Result<Option<PersonDoc>, ReconcilerError> {
+        let Some(mut doc) = PERSONS.get(tx, &[nis.as_str()])? else {
+            return Ok(None);
+        };
+        if doc.format1 {
+            doc.digest = person_digest(tx, nis.as_str())?;
+            doc.carried = CARRIED_IDS.get(tx, &[nis.as_str()])?.unwrap_or_default();
+        }
+        Ok(Some(doc))
+    }
+
     pub(super) fn load_person(
         &self,
         tx: &Tx<'_>,
         nis: Nis,
     ) -> Result<(PersonState, PersonDoc), ReconcilerError> {
-        let doc: PersonDoc = PERSONS.get(tx, &[nis.as_str()])?.unwrap_or_default();
+        let doc = self.load_person_doc(tx, nis)?.unwrap_or_default();
         let mut state = PersonState::new(nis);
         for r in &doc.records {
             // Records were checked against this NIS when first applied.
@@ -19,19 +36,30 @@ impl Topology {
         Ok((state, doc))
     }
 
+    /// Publishes the person's view if it changed ([`Topology::refresh_person`]) and writes
+    /// the person: records, digest and identifiers in one value.
     pub(super) fn save_person(
         &self,
         tx: &mut Tx<'_>,
         state: &PersonState,
         doc: &mut PersonDoc,
+        at: Option<Timestamp>,
     ) -> Result<(), ReconcilerError> {
+        self.refresh_person(tx, state, doc, at)?;
+        let nis = state.nis();
+        let id = [nis.as_str()];
+        if std::mem::take(&mut doc.format1) {
+            PERSON_DIGESTS.delete(tx, &id);
+            PERSON_VIEWS_BEFORE_DIGESTS.delete(tx, &id);
+            CARRIED_IDS.delete(tx, &id);
+        }
         let mut records: Vec<PersonRecord> = Vec::new();
         records.extend(state.profiles.entries().cloned().map(PersonRecord::Profile));
         records.extend(state.school.entries().cloned().map(PersonRecord::School));
         records.extend(state.scfv.entries().cloned().map(PersonRecord::Scfv));
         records.extend(state.health.entries().cloned().map(PersonRecord::Health));
         doc.records = records;
-        PERSONS.put(tx, &[state.nis().as_str()], doc)
+        PERSONS.put(tx, &id, doc)
     }
 
     pub(super) fn apply_person_record(
@@ -62,8 +90,7 @@ impl Topology {
         if applied.changed() {
             doc.sources.insert(record_id, source);
         }
-        self.save_person(tx, &state, &mut doc)?;
-        self.refresh_person(tx, &state, &doc, at)?;
+        self.save_person(tx, &state, &mut doc, at)?;
         Ok(Applied::Changed)
     }
 
@@ -128,8 +155,7 @@ impl Topology {
         }
         doc.health_arrived_as.remove(record_id);
         doc.sources.remove(record_id);
-        self.save_person(tx, &kept, &mut doc)?;
-        self.refresh_person(tx, &kept, &doc, at)?;
+        self.save_person(tx, &kept, &mut doc, at)?;
         Ok(Applied::Changed)
     }
 
@@ -150,13 +176,11 @@ impl Topology {
             return Ok(Applied::Unchanged);
         }
         doc.sources.insert(record_id, source);
-        self.save_person(tx, &state, &mut doc)?;
 
         // Crosswalk: identifiers the live profile carries now versus before, to the identity
         // stage (keyed by the identifier).
         let now: BTreeSet<String> = state.profile().map(alt_ids).unwrap_or_default();
-        let before: BTreeSet<String> = CARRIED_IDS.get(tx, &[nis.as_str()])?.unwrap_or_default();
-        CARRIED_IDS.put(tx, &[nis.as_str()], &now)?;
+        let before = std::mem::replace(&mut doc.carried, now.clone());
         let changes = before
             .difference(&now)
             .map(|a| (a, false))
@@ -175,7 +199,7 @@ impl Topology {
                 msg.encode_to_vec(),
             );
         }
-        self.refresh_person(tx, &state, &doc, at)?;
+        self.save_person(tx, &state, &mut doc, at)?;
         Ok(Applied::Changed)
     }
 
@@ -192,27 +216,28 @@ impl Topology {
         at: Option<Timestamp>,
     ) -> Result<Applied, ReconcilerError> {
         let id = [nis.as_str()];
-        let doc = PERSONS.get(tx, &id)?;
-        let (digest, legacy) = person_digest(tx, nis.as_str())?;
-        let carried = CARRIED_IDS.get(tx, &id)?;
-        if doc.is_none() && digest.is_none() && carried.is_none() {
+        let Some(doc) = self.load_person_doc(tx, nis)? else {
             return Ok(Applied::Unchanged);
-        }
+        };
+        let PersonDoc {
+            health_arrived_as,
+            digest,
+            carried,
+            format1,
+            ..
+        } = doc;
         // Every identifier records were held under: the profile's, and those the person's
         // health records arrived as (a NIS is not held by the identity stage).
-        let mut alts: BTreeSet<String> = carried.unwrap_or_default();
-        if let Some(doc) = &doc {
-            alts.extend(
-                doc.health_arrived_as
-                    .values()
-                    .filter(|a| !a.starts_with("nis:"))
-                    .cloned(),
-            );
-        }
+        let mut alts: BTreeSet<String> = carried;
+        alts.extend(
+            health_arrived_as
+                .into_values()
+                .filter(|a| !a.starts_with("nis:")),
+        );
         PERSONS.delete(tx, &id);
-        CARRIED_IDS.delete(tx, &id);
-        PERSON_DIGESTS.delete(tx, &id);
-        if legacy {
+        if format1 {
+            CARRIED_IDS.delete(tx, &id);
+            PERSON_DIGESTS.delete(tx, &id);
             PERSON_VIEWS_BEFORE_DIGESTS.delete(tx, &id);
         }
         for alt in alts {
@@ -244,11 +269,13 @@ impl Topology {
         Ok(Applied::Erased)
     }
 
-    pub(super) fn refresh_person(
+    /// Publishes the person's view, with the alerts and member messages it implies, if it is
+    /// not the view last published; keeps its digest in `doc` (written by the caller).
+    fn refresh_person(
         &self,
         tx: &mut Tx<'_>,
         state: &PersonState,
-        doc: &PersonDoc,
+        doc: &mut PersonDoc,
         at: Option<Timestamp>,
     ) -> Result<(), ReconcilerError> {
         let nis = state.nis();
@@ -257,7 +284,7 @@ impl Topology {
             .evaluate_person_between(state, self.from, self.to);
         let mut view = self.person_view(state, doc, &outcomes);
         let hash = view_hash(&view); // a fresh view: its counters are clear
-        let (old, legacy) = person_digest(tx, nis.as_str())?;
+        let old = &doc.digest;
         if old.as_ref().is_some_and(|o| o.hash == hash) {
             return Ok(());
         }
@@ -315,7 +342,7 @@ impl Topology {
                 nis: nis.to_string(),
                 member: true,
                 outcomes_json: serde_json::to_vec(&for_family)
-                    .map_err(|e| corrupt(&PERSON_DIGESTS.key(&[nis.as_str()]), e))?,
+                    .map_err(|e| corrupt(&PERSONS.key(&[nis.as_str()]), e))?,
                 at,
                 erased: false,
             };
@@ -339,10 +366,7 @@ impl Topology {
             }
             .encode_to_vec(),
         );
-        PERSON_DIGESTS.put(tx, &[nis.as_str()], &digest)?;
-        if legacy {
-            PERSON_VIEWS_BEFORE_DIGESTS.delete(tx, &[nis.as_str()]);
-        }
+        doc.digest = Some(digest);
         Ok(())
     }
 

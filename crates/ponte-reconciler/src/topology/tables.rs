@@ -5,7 +5,10 @@ use std::marker::PhantomData;
 
 use super::*;
 
-/// The records of one person as persisted.
+/// Everything the person stage keeps of one person (`p/<nis>`): one key, so an event writes
+/// one value and one changelog entry. Stored in format 2 ([`PersonEntry`]: the records as JSON,
+/// the digest and the identifiers beside them); format 1 (the JSON alone, with the digest and
+/// the identifiers under keys of their own) is still read.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub(super) struct PersonDoc {
     pub(super) records: Vec<PersonRecord>,
@@ -16,6 +19,16 @@ pub(super) struct PersonDoc {
     /// was kept).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub(super) sources: BTreeMap<String, Source>,
+    /// The digest of the last view published; `None` until one was.
+    #[serde(skip)]
+    pub(super) digest: Option<PersonDigest>,
+    /// The alternate identifiers the live profile carries (`cns:…`, `cpf:…`).
+    #[serde(skip)]
+    pub(super) carried: BTreeSet<String>,
+    /// Read in format 1: the digest and identifiers are under `d/p/`, `v/p/` and `xo/`
+    /// ([`Topology::load_person_doc`] reads them), which the next write deletes.
+    #[serde(skip)]
+    pub(super) format1: bool,
 }
 
 /// Where a record came from: the provenance its envelope carried when it last changed.
@@ -42,6 +55,92 @@ pub(super) struct FamilyDoc {
 /// The members of a family with their latest non-compliant outcomes, as the members topic
 /// delivered them.
 pub(super) type Members = BTreeMap<String, Vec<Outcome>>;
+
+/// What the family stage keeps of a family's members (`fm/<family id>`): the members and the
+/// digest of the last family view, under one key. Format 2 is [`FamilyMembersEntry`]; format 1
+/// (the members' JSON alone, the digest under `d/f/`) is still read.
+#[derive(Debug, Default)]
+pub(super) struct MembersDoc {
+    pub(super) members: Members,
+    pub(super) digest: Option<FamilyDigest>,
+    /// Read in format 1: the digest is under `d/f/` or `v/f/`, which the next write deletes.
+    pub(super) format1: bool,
+    /// Not stored: the family had no members entry.
+    pub(super) absent: bool,
+}
+
+/// The first byte of a state value in format 2, a protobuf entry after it. Format 1 values are
+/// JSON objects, whose first byte is `{`.
+const FORMAT_2: u8 = 2;
+
+fn format_2(entry: &impl prost::Message) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(1 + entry.encoded_len());
+    bytes.push(FORMAT_2);
+    entry.encode_raw(&mut bytes);
+    bytes
+}
+
+/// A state value's format: 1 (JSON) or 2 (the protobuf after the first byte).
+fn format_of(bytes: &[u8]) -> Result<u8, String> {
+    match bytes.first() {
+        Some(b'{') => Ok(1),
+        Some(&FORMAT_2) => Ok(2),
+        Some(other) => Err(format!(
+            "unknown state value format (first byte {other:#04x})"
+        )),
+        None => Err("empty state value".to_owned()),
+    }
+}
+
+impl Stored for PersonDoc {
+    fn to_stored(&self) -> Result<Vec<u8>, String> {
+        Ok(format_2(&PersonEntry {
+            records_json: serde_json::to_vec(self).map_err(|e| e.to_string())?,
+            digest: self.digest.clone(),
+            carried: self.carried.iter().cloned().collect(),
+        }))
+    }
+    fn from_stored(bytes: &[u8]) -> Result<Self, String> {
+        let json = |b: &[u8]| serde_json::from_slice::<PersonDoc>(b).map_err(|e| e.to_string());
+        if format_of(bytes)? == 1 {
+            return Ok(PersonDoc {
+                format1: true,
+                ..json(bytes)?
+            });
+        }
+        let entry = PersonEntry::decode(&bytes[1..]).map_err(|e| e.to_string())?;
+        Ok(PersonDoc {
+            digest: entry.digest,
+            carried: entry.carried.into_iter().collect(),
+            ..json(&entry.records_json)?
+        })
+    }
+}
+
+impl Stored for MembersDoc {
+    fn to_stored(&self) -> Result<Vec<u8>, String> {
+        Ok(format_2(&FamilyMembersEntry {
+            members_json: serde_json::to_vec(&self.members).map_err(|e| e.to_string())?,
+            digest: self.digest,
+        }))
+    }
+    fn from_stored(bytes: &[u8]) -> Result<Self, String> {
+        let json = |b: &[u8]| serde_json::from_slice::<Members>(b).map_err(|e| e.to_string());
+        if format_of(bytes)? == 1 {
+            return Ok(MembersDoc {
+                members: json(bytes)?,
+                format1: true,
+                ..MembersDoc::default()
+            });
+        }
+        let entry = FamilyMembersEntry::decode(&bytes[1..]).map_err(|e| e.to_string())?;
+        Ok(MembersDoc {
+            members: json(&entry.members_json)?,
+            digest: entry.digest,
+            ..MembersDoc::default()
+        })
+    }
+}
 
 /// A value kept in the state, and how it is encoded there.
 pub(super) trait Stored: Sized {
@@ -77,7 +176,7 @@ macro_rules! stored_as_proto {
     )*};
 }
 
-stored_as_json!(PersonDoc, FamilyDoc, Members, BTreeSet<String>);
+stored_as_json!(FamilyDoc, Members, BTreeSet<String>);
 stored_as_proto!(Event, PersonDigest, FamilyDigest, api::Person, api::Family);
 
 /// A NIS, kept as its digits.
@@ -180,20 +279,25 @@ pub(super) const CROSSWALK: Table<Nis> = Table::new("x");
 pub(super) const FORWARDED: Table<Event> = Table::new("e");
 /// `k/<alt>/<record id>`: a parked health record.
 pub(super) const PARKED: Table<Event> = Table::new("k");
-/// `p/<nis>`: the person's records, every entry, tombstones included.
+/// `p/<nis>`: the person's records, every entry, tombstones included; the digest of the last
+/// view and the identifiers the profile carries.
 pub(super) const PERSONS: Table<PersonDoc> = Table::new("p");
-/// `xo/<nis>`: the alternate identifiers the person's profile currently carries.
+/// `xo/<nis>`: the alternate identifiers the person's profile carried, as stores kept them
+/// before format 2 of `p/` (read once, then deleted).
 pub(super) const CARRIED_IDS: Table<BTreeSet<String>> = Table::new("xo");
-/// `d/p/<nis>`: digest of the person's last published view.
+/// `d/p/<nis>`: digest of the person's last published view, as stores kept it before format 2
+/// of `p/` (read once, then deleted).
 pub(super) const PERSON_DIGESTS: Table<PersonDigest> = Table::new("d/p");
 /// `v/p/<nis>`: the whole last view, as stores written before digests kept it (read once,
 /// then replaced by the digest).
 pub(super) const PERSON_VIEWS_BEFORE_DIGESTS: Table<api::Person> = Table::new("v/p");
 /// `f/<family id>`: the family's assistance records.
 pub(super) const FAMILIES: Table<FamilyDoc> = Table::new("f");
-/// `fm/<family id>`: the family's members and their non-compliant outcomes.
-pub(super) const MEMBERS: Table<Members> = Table::new("fm");
-/// `d/f/<family id>`: digest of the family's last published view.
+/// `fm/<family id>`: the family's members and their non-compliant outcomes, and the digest of
+/// the last family view.
+pub(super) const MEMBERS: Table<MembersDoc> = Table::new("fm");
+/// `d/f/<family id>`: digest of the family's last published view, as stores kept it before
+/// format 2 of `fm/` (read once, then deleted).
 pub(super) const FAMILY_DIGESTS: Table<FamilyDigest> = Table::new("d/f");
 /// `v/f/<family id>`: the whole last family view of stores written before digests.
 pub(super) const FAMILY_VIEWS_BEFORE_DIGESTS: Table<api::Family> = Table::new("v/f");

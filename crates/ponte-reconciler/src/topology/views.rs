@@ -45,28 +45,26 @@ pub(super) fn view_hash(view: &impl prost::Message) -> u64 {
         })
 }
 
-/// The digest in `digests`, or one derived from the whole view that a store written before
-/// digests holds in `views` (then `true`: the view is deleted with the next write).
+/// The digest a store in format 1 kept under `digests`, or one derived from the whole view that
+/// a store written before digests holds in `views`.
 fn read_digest<D: Stored, V: Stored>(
     tx: &Tx<'_>,
     digests: &Table<D>,
     views: &Table<V>,
     id: &str,
     from_view: impl FnOnce(V) -> D,
-) -> Result<(Option<D>, bool), ReconcilerError> {
+) -> Result<Option<D>, ReconcilerError> {
     if let Some(d) = digests.get(tx, &[id])? {
-        return Ok((Some(d), false));
+        return Ok(Some(d));
     }
-    Ok(match views.get(tx, &[id])? {
-        Some(v) => (Some(from_view(v)), true),
-        None => (None, false),
-    })
+    Ok(views.get(tx, &[id])?.map(from_view))
 }
 
+/// The digest of a person whose `p/` value is in format 1 (`d/p/` or `v/p/`).
 pub(super) fn person_digest(
     tx: &Tx<'_>,
     nis: &str,
-) -> Result<(Option<PersonDigest>, bool), ReconcilerError> {
+) -> Result<Option<PersonDigest>, ReconcilerError> {
     read_digest(
         tx,
         &PERSON_DIGESTS,
@@ -85,10 +83,11 @@ pub(super) fn person_digest(
     )
 }
 
+/// The digest of a family whose `fm/` value is in format 1, or absent (`d/f/` or `v/f/`).
 pub(super) fn family_digest(
     tx: &Tx<'_>,
     fid: &str,
-) -> Result<(Option<FamilyDigest>, bool), ReconcilerError> {
+) -> Result<Option<FamilyDigest>, ReconcilerError> {
     read_digest(
         tx,
         &FAMILY_DIGESTS,
