@@ -179,7 +179,8 @@ impl Topology {
                 .map(|r| r.record_id.as_str())
                 .chain(state.appeals.live().map(|r| r.record_id.as_str())),
         );
-        let hash = view_hash(&view); // a fresh view: its counters are clear
+        let encoded = EncodedView::new(&view); // a fresh view: its counters are clear
+        let hash = encoded.hash;
         let old = &members.digest;
         if old.as_ref().is_some_and(|o| o.hash == hash) {
             return Ok(());
@@ -190,13 +191,15 @@ impl Topology {
             view_version: view.view_version,
             hash,
         };
+        let counters = api::Family {
+            view_version: view.view_version,
+            updated_time: view.updated_time,
+            ..Default::default()
+        };
         tx.emit(
             OutputKind::Change,
             format!("family:{fid}"),
-            api::ComplianceChange {
-                view: Some(api::compliance_change::View::Family(view)),
-            }
-            .encode_to_vec(),
+            encoded.change(FAMILY_FIELD, &counters),
         );
         members.digest = Some(digest);
         Ok(())

@@ -283,7 +283,8 @@ impl Topology {
             .rules
             .evaluate_person_between(state, self.from, self.to);
         let mut view = self.person_view(state, doc, &outcomes);
-        let hash = view_hash(&view); // a fresh view: its counters are clear
+        let encoded = EncodedView::new(&view); // a fresh view: its counters are clear
+        let hash = encoded.hash;
         let old = &doc.digest;
         if old.as_ref().is_some_and(|o| o.hash == hash) {
             return Ok(());
@@ -358,13 +359,15 @@ impl Topology {
             family_id: view.family_id.clone(),
             non_compliant: nc,
         };
+        let counters = api::Person {
+            view_version: view.view_version,
+            updated_time: view.updated_time,
+            ..Default::default()
+        };
         tx.emit(
             OutputKind::Change,
             format!("person:{nis}"),
-            api::ComplianceChange {
-                view: Some(api::compliance_change::View::Person(view)),
-            }
-            .encode_to_vec(),
+            encoded.change(PERSON_FIELD, &counters),
         );
         doc.digest = Some(digest);
         Ok(())

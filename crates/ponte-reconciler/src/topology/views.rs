@@ -38,11 +38,49 @@ pub(super) fn non_compliant(outcomes: &[api::ConditionalityOutcome]) -> Vec<NonC
 /// (prost encodes fields in tag order). The view's counters (`view_version`, `updated_time`)
 /// must be clear: they say how the view got there, not what it is.
 pub(super) fn view_hash(view: &impl prost::Message) -> u64 {
-    view.encode_to_vec()
-        .iter()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-        })
+    fnv1a(&view.encode_to_vec())
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// A view encoded once, with its counters clear: hashed ([`view_hash`]) and, if it changed,
+/// sent as it is ([`EncodedView::change`]).
+pub(super) struct EncodedView {
+    bytes: Vec<u8>,
+    pub(super) hash: u64,
+}
+
+/// The `ComplianceChange` field that carries each kind of view.
+pub(super) const PERSON_FIELD: u32 = 1;
+pub(super) const FAMILY_FIELD: u32 = 2;
+
+impl EncodedView {
+    /// `view` must have its counters clear.
+    pub(super) fn new(view: &impl prost::Message) -> Self {
+        let bytes = view.encode_to_vec();
+        let hash = fnv1a(&bytes);
+        Self { bytes, hash }
+    }
+
+    /// The `ComplianceChange` carrying the view in its `field` with the counters that
+    /// `counters` (a view of the same type with only `view_version` and `updated_time` set)
+    /// holds. Protobuf merges concatenated encodings of one message (a later scalar field
+    /// wins), so the counters' encoding appended to the view's is the whole view: it is not
+    /// encoded a second time.
+    pub(super) fn change(self, field: u32, counters: &impl prost::Message) -> Vec<u8> {
+        use prost::encoding::{WireType, encode_key, encode_varint};
+        let len = self.bytes.len() + counters.encoded_len();
+        let mut out = Vec::with_capacity(len + 16);
+        encode_key(field, WireType::LengthDelimited, &mut out);
+        encode_varint(len as u64, &mut out);
+        out.extend_from_slice(&self.bytes);
+        counters.encode_raw(&mut out);
+        out
+    }
 }
 
 /// The digest a store in format 1 kept under `digests`, or one derived from the whole view that
@@ -237,4 +275,78 @@ pub(super) fn sources_view<'a>(
     out.sort_by(|a, b| a.record_id.cmp(&b.record_id));
     out.dedup_by(|a, b| a.record_id == b.record_id);
     out
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn person() -> api::Person {
+        api::Person {
+            nis: "12345678901".into(),
+            family_id: "F-1".into(),
+            municipality: "3550308".into(),
+            registered: true,
+            outcomes: vec![api::ConditionalityOutcome {
+                conditionality: "education".into(),
+                period: "2025-B2".into(),
+                status: api::OutcomeStatus::NonCompliant as i32,
+                months_below: vec!["2025-03".into()],
+                evidence_json: "{\"a\":1}".into(),
+                ..Default::default()
+            }],
+            sources: vec![api::RecordSource {
+                record_id: "edu:1".into(),
+                version: 3,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_change_built_from_the_encoded_view_decodes_to_the_view_with_its_counters() {
+        let at = Some(Timestamp {
+            seconds: 1_700_000_000,
+            nanos: 5,
+        });
+        let view = person();
+        let encoded = EncodedView::new(&view);
+        assert_eq!(encoded.hash, view_hash(&view));
+        let counters = api::Person {
+            view_version: 7,
+            updated_time: at,
+            ..Default::default()
+        };
+        let bytes = encoded.change(PERSON_FIELD, &counters);
+        let mut expected = view.clone();
+        expected.view_version = 7;
+        expected.updated_time = at;
+        let decoded = api::ComplianceChange::decode(bytes.as_slice()).unwrap();
+        assert_eq!(
+            decoded.view,
+            Some(api::compliance_change::View::Person(expected))
+        );
+
+        let family = api::Family {
+            family_id: "F-1".into(),
+            members: vec!["1".into(), "2".into()],
+            non_compliant_periods: vec!["2025-B2".into()],
+            ..Default::default()
+        };
+        let counters = api::Family {
+            view_version: 2,
+            updated_time: None,
+            ..Default::default()
+        };
+        let bytes = EncodedView::new(&family).change(FAMILY_FIELD, &counters);
+        let mut expected = family;
+        expected.view_version = 2;
+        let decoded = api::ComplianceChange::decode(bytes.as_slice()).unwrap();
+        assert_eq!(
+            decoded.view,
+            Some(api::compliance_change::View::Family(expected))
+        );
+    }
 }
