@@ -6,6 +6,7 @@
 //! figures where a rule set can carry them.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod colombia;
 pub mod effects;
 pub mod ids;
 pub mod indicators;
@@ -21,6 +22,12 @@ pub enum Error {
     /// An identifier failed validation.
     #[error(transparent)]
     Id(#[from] ids::IdError),
+    /// A Colombian identifier or code failed validation.
+    #[error(transparent)]
+    ColombianId(#[from] colombia::CoIdError),
+    /// A document does not continue a person's identity.
+    #[error(transparent)]
+    Identity(#[from] colombia::IdentityConflict),
     /// A date or period failed validation.
     #[error(transparent)]
     Period(#[from] period::PeriodError),
