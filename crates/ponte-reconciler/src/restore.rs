@@ -12,6 +12,7 @@
 //! instance wrote. With no usable marker — a new or lost disk, a changelog recreated, or a
 //! marker too old to trust the changelog's tombstones — the partition is dropped and rebuilt
 //! from the changelog's start.
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use ponte_bus::KafkaConfig;
@@ -37,6 +38,47 @@ fn unix_seconds() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// The restores running in this process, by the time each began (seconds since the epoch),
+/// exported as two gauges: `ponte_reconciler_restoring_partitions`, how many, and
+/// `ponte_reconciler_restore_started_timestamp_seconds`, when the oldest began (0 when none), so
+/// that `time() - ponte_reconciler_restore_started_timestamp_seconds` is how long it has run.
+static RESTORES_RUNNING: Mutex<Vec<u64>> = Mutex::new(Vec::new());
+
+/// One partition's restore in [`RESTORES_RUNNING`] and its gauges, from its start until the
+/// guard is dropped: however the restore ends (done, an error returned early, a panic).
+struct Restoring {
+    started: u64,
+}
+
+impl Restoring {
+    fn start() -> Self {
+        let started = unix_seconds();
+        Self::change(|running| running.push(started));
+        Self { started }
+    }
+
+    fn change(f: impl FnOnce(&mut Vec<u64>)) {
+        let mut running = RESTORES_RUNNING
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        f(&mut running);
+        metrics::gauge!("ponte_reconciler_restoring_partitions").set(running.len() as f64);
+        metrics::gauge!("ponte_reconciler_restore_started_timestamp_seconds")
+            .set(running.iter().min().map_or(0.0, |&t| t as f64));
+    }
+}
+
+impl Drop for Restoring {
+    fn drop(&mut self) {
+        let started = self.started;
+        Self::change(|running| {
+            if let Some(i) = running.iter().position(|&t| t == started) {
+                running.swap_remove(i);
+            }
+        });
+    }
 }
 
 /// Where partition `p`'s local state stands in its changelog.
@@ -90,6 +132,7 @@ pub fn restore_partition(
     changelog: &str,
     p: i32,
 ) -> Result<(), ReconcilerError> {
+    let _restoring = Restoring::start();
     let mut cfg = kafka.client_config("ponte-reconciler-restore");
     cfg.set("enable.auto.commit", "false")
         .set("group.id", "ponte-reconciler-restore")
@@ -228,6 +271,12 @@ pub fn restore_partition(
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, SharedString, Unit};
+
     use super::*;
 
     #[test]
@@ -251,5 +300,59 @@ mod tests {
         assert_eq!(Marker::read(&store, 1).unwrap(), Some(m));
         assert_eq!(Marker::read(&store, 2).unwrap(), None);
         assert_eq!(Marker::read(&store, 3).unwrap(), None);
+    }
+
+    /// A recorder of gauges by name (labels ignored), for a test's thread.
+    #[derive(Default)]
+    struct Gauges(Mutex<BTreeMap<String, Arc<AtomicU64>>>);
+
+    impl Gauges {
+        fn get(&self, name: &str) -> Option<f64> {
+            let g = self.0.lock().unwrap();
+            g.get(name)
+                .map(|v| f64::from_bits(v.load(Ordering::Relaxed)))
+        }
+    }
+
+    impl metrics::Recorder for Gauges {
+        fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn register_counter(&self, _: &Key, _: &Metadata<'_>) -> Counter {
+            Counter::noop()
+        }
+        fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> Gauge {
+            let mut g = self.0.lock().unwrap();
+            Gauge::from_arc(g.entry(key.name().to_owned()).or_default().clone())
+        }
+        fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
+            Histogram::noop()
+        }
+    }
+
+    #[test]
+    fn the_restore_gauges_count_running_restores_and_keep_the_oldest_start() {
+        let gauges = Gauges::default();
+        metrics::with_local_recorder(&gauges, || {
+            let count = || gauges.get("ponte_reconciler_restoring_partitions");
+            let oldest = || gauges.get("ponte_reconciler_restore_started_timestamp_seconds");
+            let before = unix_seconds() as f64;
+            let first = Restoring::start();
+            assert_eq!(count(), Some(1.0));
+            let began = oldest().unwrap();
+            assert!(began >= before && began <= unix_seconds() as f64);
+            // A restore that ends with an error leaves the gauges as well.
+            let failing = || -> Result<(), ReconcilerError> {
+                let _restoring = Restoring::start();
+                assert_eq!(count(), Some(2.0));
+                Err(startup("changelog read: broker down"))
+            };
+            assert!(failing().is_err());
+            assert_eq!(count(), Some(1.0));
+            assert_eq!(oldest(), Some(began));
+            drop(first);
+            assert_eq!(count(), Some(0.0));
+            assert_eq!(oldest(), Some(0.0));
+        });
     }
 }

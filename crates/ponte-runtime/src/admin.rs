@@ -1,6 +1,11 @@
 //! The admin HTTP server every service runs beside its own API:
 //! `GET /metrics` (Prometheus text format), `GET /health/live` (the process runs) and
 //! `GET /health/ready` (the service can do its job: 200, or 503 with the reason).
+//!
+//! Readiness is also a metric, the gauge `ponte_ready` (1 ready, 0 not), so that the alerts
+//! read it from the services themselves rather than from Kubernetes. It has no label: a process
+//! runs one service, and the scrape's `job` and `pod` name it (no metric here carries a global
+//! label).
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
@@ -13,7 +18,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::RuntimeError;
 
-/// Readiness of a service, set by the service, read by `/health/ready`.
+/// Readiness of a service, set by the service, read by `/health/ready` and exported as the
+/// gauge `ponte_ready` (1 ready, 0 not; 0 from construction until the first
+/// [`Readiness::set_ready`]). A process makes one, after the metrics recorder is installed
+/// (`telemetry::init_metrics`), and shares clones of it.
 #[derive(Debug, Clone)]
 pub struct Readiness {
     state: Arc<Mutex<Result<(), String>>>,
@@ -21,6 +29,7 @@ pub struct Readiness {
 
 impl Default for Readiness {
     fn default() -> Self {
+        metrics::gauge!("ponte_ready").set(0.0);
         Self {
             state: Arc::new(Mutex::new(Err("starting".to_owned()))),
         }
@@ -29,14 +38,24 @@ impl Default for Readiness {
 
 impl Readiness {
     pub fn set_ready(&self) {
-        if let Ok(mut s) = self.state.lock() {
-            *s = Ok(());
-        }
+        self.set(Ok(()));
     }
 
     pub fn set_not_ready(&self, reason: impl Into<String>) {
-        if let Ok(mut s) = self.state.lock() {
-            *s = Err(reason.into());
+        self.set(Err(reason.into()));
+    }
+
+    /// Sets the state and the gauge under the lock, so that two threads changing readiness at
+    /// once leave the gauge saying what `/health/ready` says.
+    fn set(&self, state: Result<(), String>) {
+        let ready = state.is_ok();
+        match self.state.lock() {
+            Ok(mut s) => {
+                *s = state;
+                metrics::gauge!("ponte_ready").set(if ready { 1.0 } else { 0.0 });
+            }
+            // `get` answers not ready from now on; so does the gauge.
+            Err(_) => metrics::gauge!("ponte_ready").set(0.0),
         }
     }
 
@@ -135,4 +154,90 @@ pub async fn serve_admin(
     });
     tracing::info!(%local, "admin endpoint listening (/metrics, /health/live, /health/ready)");
     Ok(local)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use metrics_exporter_prometheus::PrometheusBuilder;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::*;
+
+    /// The value of the unlabelled series `name` in a Prometheus text exposition.
+    fn sample(text: &str, name: &str) -> Option<f64> {
+        text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            (series == name).then(|| value.parse().ok()).flatten()
+        })
+    }
+
+    #[test]
+    fn the_ready_gauge_follows_readiness_from_construction() {
+        // A recorder of this thread only: the test sees its own gauge, whatever runs beside it.
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            let readiness = Readiness::default();
+            assert_eq!(sample(&handle.render(), "ponte_ready"), Some(0.0));
+            // A clone is the same readiness.
+            readiness.clone().set_ready();
+            assert_eq!(readiness.get(), Ok(()));
+            assert_eq!(sample(&handle.render(), "ponte_ready"), Some(1.0));
+            readiness.set_not_ready("broker: all brokers down");
+            assert_eq!(sample(&handle.render(), "ponte_ready"), Some(0.0));
+            readiness.set_ready();
+            assert_eq!(sample(&handle.render(), "ponte_ready"), Some(1.0));
+        });
+    }
+
+    /// `GET path` on `addr`: the status code and the body.
+    async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+        conn.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).await.unwrap();
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+        let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+        (status, body.to_owned())
+    }
+
+    #[tokio::test]
+    async fn metrics_says_what_health_ready_says() {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let _local = metrics::set_default_local_recorder(&recorder);
+        let readiness = Readiness::default();
+        let shutdown = CancellationToken::new();
+        let addr = serve_admin(
+            "127.0.0.1:0",
+            recorder.handle(),
+            readiness.clone(),
+            shutdown.clone(),
+        )
+        .await
+        .unwrap();
+        let ready_gauge = |text: &str| sample(text, "ponte_ready");
+
+        assert_eq!(
+            get(addr, "/health/ready").await,
+            (503, "not ready: starting\n".to_owned())
+        );
+        assert_eq!(ready_gauge(&get(addr, "/metrics").await.1), Some(0.0));
+
+        readiness.set_ready();
+        assert_eq!(
+            get(addr, "/health/ready").await,
+            (200, "ready\n".to_owned())
+        );
+        assert_eq!(ready_gauge(&get(addr, "/metrics").await.1), Some(1.0));
+
+        readiness.set_not_ready("no partitions assigned yet");
+        assert_eq!(get(addr, "/health/ready").await.0, 503);
+        assert_eq!(ready_gauge(&get(addr, "/metrics").await.1), Some(0.0));
+        shutdown.cancel();
+    }
 }
