@@ -4,9 +4,10 @@
 Reads the metric names the services register (`counter!`, `gauge!`, `histogram!` calls in
 crates/*/src, with `_bucket`, `_sum` and `_count` for histograms) and every `ponte_*` name in
 deploy/monitoring/grafana/*.json and deploy/monitoring/prometheus/*.rules.yaml, and fails on a
-name the code does not export. Also checks that each dashboard is provisionable (valid JSON, a
-uid, unique panel ids, every query on the `${datasource}` variable) and, with --promtool, that
-every dashboard query parses as PromQL (Grafana's $namespace and $__rate_interval replaced).
+name the code does not export, or on a kube-state-metrics series other than
+kube_job_status_failed. Also checks that each dashboard is provisionable (valid JSON, a uid,
+unique panel ids, every query on the `${datasource}` variable) and, with --promtool, that every
+dashboard query parses as PromQL (Grafana's $namespace and $__rate_interval replaced).
 
   python3 deploy/monitoring/check_metrics.py [--promtool PATH]
 """
@@ -26,8 +27,11 @@ REPO = Path(__file__).resolve().parents[2]
 MON = REPO / "deploy/monitoring"
 MACRO = re.compile(r"\b(counter|gauge|histogram)!\(\s*\"(ponte_[a-z0-9_]+)\"")
 USED = re.compile(r"\bponte_[a-z0-9_]+\b")
-# Series that are not Ponte's: Prometheus' `up` and kube-state-metrics' (named in the rules).
-FOREIGN = {"up", "kube_pod_status_ready", "kube_job_status_failed"}
+KUBE = re.compile(r"\bkube_[a-z0-9_]+\b")
+# Series that are not Ponte's: Prometheus' `up` and the one of kube-state-metrics the rules may
+# read (the audit verification CronJob's Jobs). Readiness and restores come from Ponte's own
+# gauges, so no other kube-state-metrics series is allowed.
+FOREIGN = {"up", "kube_job_status_failed"}
 
 
 def exported() -> dict[str, str]:
@@ -101,6 +105,11 @@ def main() -> int:
         for e in rule_exprs(path):
             for n in USED.findall(e):
                 used.setdefault(n, set()).add(path.name)
+    rules = [e for p in sorted((MON / "prometheus").glob("*.rules.yaml")) for e in rule_exprs(p)]
+    for e in dash_exprs + rules:
+        for n in sorted(set(KUBE.findall(e)) - FOREIGN):
+            problems.append(f"{n} (kube-state-metrics) is queried; Ponte's own metrics should say it: "
+                            f"{e.strip()[:80]}")
     for n in sorted(used):
         if n not in valid:
             problems.append(f"{', '.join(sorted(used[n]))}: {n} is not exported by any crate")
