@@ -6,6 +6,7 @@
 //! figures where a rule set can carry them.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod achievements;
 pub mod colombia;
 pub mod effects;
 pub mod ids;
@@ -13,6 +14,7 @@ pub mod indicators;
 pub mod outcome;
 pub mod period;
 pub mod records;
+pub mod rule_file;
 pub mod rules;
 
 /// Any error of this crate. Every one is bad input (a record or a rule file): a retry cannot
@@ -37,6 +39,9 @@ pub enum Error {
     /// A record was addressed to the wrong person or family.
     #[error(transparent)]
     Record(#[from] records::RecordError),
+    /// A record was addressed to the wrong household.
+    #[error(transparent)]
+    Household(#[from] achievements::household::WrongHousehold),
     /// An attendance figure is impossible.
     #[error(transparent)]
     Attendance(#[from] records::AttendanceError),

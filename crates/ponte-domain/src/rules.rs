@@ -442,7 +442,7 @@ impl Ctx<'_> {
 }
 
 /// Describes where a TOML error is: line, column and the dotted key written on that line.
-fn locate(text: &str, span: Option<std::ops::Range<usize>>) -> String {
+pub(crate) fn locate(text: &str, span: Option<std::ops::Range<usize>>) -> String {
     let Some(span) = span else {
         return "(document)".to_owned();
     };
