@@ -7,18 +7,38 @@
 mod common;
 
 use common::*;
+use ponte_domain::achievements::AchievementRuleSet;
+use ponte_domain::rule_file::RuleFile;
 use ponte_domain::rules::{EffectScope, Method, RuleBook, RuleSet};
 
 #[test]
 fn every_rule_file_loads() {
+    // Each file with the loader its content calls for: conditionality rule sets with
+    // `RuleSet`, household-achievement rule sets (`[[achievement]]`) with
+    // `AchievementRuleSet`.
     let mut names = Vec::new();
+    let mut achievement_sets = Vec::new();
     for entry in std::fs::read_dir(rules_dir()).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
             let text = std::fs::read_to_string(&path).unwrap();
-            let rs = RuleSet::from_toml_str(&path.display().to_string(), &text)
-                .unwrap_or_else(|e| panic!("{e}"));
-            names.push(rs.id);
+            let name = path.display().to_string();
+            match RuleFile::from_toml_str(&name, &text).unwrap_or_else(|e| panic!("{e}")) {
+                RuleFile::Conditionalities(rs) => {
+                    assert_eq!(
+                        RuleSet::from_toml_str(&name, &text).as_ref(),
+                        Ok(rs.as_ref())
+                    );
+                    names.push(rs.id);
+                }
+                RuleFile::Achievements(rs) => {
+                    assert_eq!(
+                        AchievementRuleSet::from_toml_str(&name, &text).as_ref(),
+                        Ok(rs.as_ref())
+                    );
+                    achievement_sets.push(rs.id);
+                }
+            }
         }
     }
     names.sort();
@@ -30,6 +50,25 @@ fn every_rule_file_loads() {
             "example-cct-2024"
         ]
     );
+    assert_eq!(achievement_sets, ["unidos-2021"]);
+}
+
+#[test]
+fn each_loader_refuses_the_other_engines_files() {
+    // The conditionality loader refuses Unidos, naming the first key it does not know; the
+    // achievement loader refuses Bolsa Família the same way.
+    let unidos = std::fs::read_to_string(rules_dir().join("unidos-2021.toml")).unwrap();
+    let e = RuleSet::from_toml_str("rules/unidos-2021.toml", &unidos)
+        .unwrap_err()
+        .to_string();
+    assert!(e.starts_with("rules/unidos-2021.toml: "), "{e}");
+    assert!(e.contains("unknown field `achievement`"), "{e}");
+    let bf = std::fs::read_to_string(rules_dir().join("bolsa-familia-2023.toml")).unwrap();
+    let e = AchievementRuleSet::from_toml_str("rules/bolsa-familia-2023.toml", &bf)
+        .unwrap_err()
+        .to_string();
+    assert!(e.starts_with("rules/bolsa-familia-2023.toml: "), "{e}");
+    assert!(e.contains("unknown field"), "{e}");
 }
 
 #[test]

@@ -3,6 +3,8 @@
 
 use std::collections::BTreeSet;
 
+pub mod unidos;
+
 use ponte_domain::ids::{IbgeMunicipality, Nis};
 use ponte_domain::outcome::{Outcome, Status};
 use ponte_domain::period::{Date, Month, Period};
