@@ -136,6 +136,11 @@ fn options(memory: Memory, durability: Durability) -> (Options, Options) {
     cf.set_bottommost_compression_type(rocksdb::DBCompressionType::Lz4);
     cf.set_block_based_table_factory(&table);
     cf.set_write_buffer_size((memory.memtable_bytes / 2).clamp(4 << 20, 64 << 20));
+    // Up to four memtables per family while flushes catch up: with two, a store without a log
+    // (both families flushed together) stopped its writes ten times while the read model was
+    // rebuilt at 1 M people ("Stopping writes because we have 2 immutable memtables"). The
+    // write-buffer manager above still bounds the memtables' memory as a whole.
+    cf.set_max_write_buffer_number(4);
     cf.set_level_compaction_dynamic_level_bytes(true);
     (db, cf)
 }
