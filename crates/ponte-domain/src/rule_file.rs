@@ -4,7 +4,7 @@
 //! exactly the errors it had.
 
 use crate::achievements::AchievementRuleSet;
-use crate::rules::{RuleSet, RuleSetError, locate};
+use crate::rules::{RuleSet, RuleSetError, parse_toml};
 
 /// A loaded rule file.
 #[derive(Debug, Clone)]
@@ -18,11 +18,7 @@ pub enum RuleFile {
 impl RuleFile {
     /// Parses a rule file with the loader its content calls for.
     pub fn from_toml_str(name_for_errors: &str, text: &str) -> Result<RuleFile, RuleSetError> {
-        let table: toml::Table = toml::from_str(text).map_err(|e| RuleSetError {
-            file: name_for_errors.to_owned(),
-            key: locate(text, e.span()),
-            problem: e.message().trim().replace('\n', " "),
-        })?;
+        let table: toml::Table = parse_toml(name_for_errors, text)?;
         if table.contains_key("achievement") {
             AchievementRuleSet::from_toml_str(name_for_errors, text)
                 .map(|r| RuleFile::Achievements(Box::new(r)))

@@ -441,8 +441,21 @@ impl Ctx<'_> {
     }
 }
 
+/// Deserialises a rule file, a syntax or shape error naming the file, where it is and what is
+/// wrong (for every kind of rule set).
+pub(crate) fn parse_toml<T: serde::de::DeserializeOwned>(
+    file: &str,
+    text: &str,
+) -> Result<T, RuleSetError> {
+    toml::from_str(text).map_err(|e| RuleSetError {
+        file: file.to_owned(),
+        key: locate(text, e.span()),
+        problem: e.message().trim().replace('\n', " "),
+    })
+}
+
 /// Describes where a TOML error is: line, column and the dotted key written on that line.
-pub(crate) fn locate(text: &str, span: Option<std::ops::Range<usize>>) -> String {
+fn locate(text: &str, span: Option<std::ops::Range<usize>>) -> String {
     let Some(span) = span else {
         return "(document)".to_owned();
     };
@@ -478,16 +491,13 @@ impl RuleSet {
     /// Parses and validates a rule set. `name_for_errors` (usually the file path) is the first
     /// part of every error message.
     pub fn from_toml_str(name_for_errors: &str, text: &str) -> Result<RuleSet, RuleSetError> {
-        let ctx = Ctx {
-            file: name_for_errors,
-        };
-        let raw: RawFile = toml::from_str(text).map_err(|e| {
-            ctx.err(
-                locate(text, e.span()),
-                e.message().trim().replace('\n', " "),
-            )
-        })?;
-        validate(&ctx, raw)
+        let raw: RawFile = parse_toml(name_for_errors, text)?;
+        validate(
+            &Ctx {
+                file: name_for_errors,
+            },
+            raw,
+        )
     }
 
     /// Reference recorded in outcomes.

@@ -18,7 +18,7 @@ use super::household::Zone;
 use super::value::{Decimal, Value};
 use crate::period::Date;
 use crate::records::Sex;
-use crate::rules::{RuleSetError, RuleSetRef, locate};
+use crate::rules::{RuleSetError, RuleSetRef, parse_toml};
 
 // ---------------------------------------------------------------------------------------------
 // Raw TOML shape
@@ -681,16 +681,13 @@ impl AchievementRuleSet {
         name_for_errors: &str,
         text: &str,
     ) -> Result<AchievementRuleSet, RuleSetError> {
-        let ctx = Ctx {
-            file: name_for_errors,
-        };
-        let raw: RawFile = toml::from_str(text).map_err(|e| {
-            ctx.err(
-                locate(text, e.span()),
-                e.message().trim().replace('\n', " "),
-            )
-        })?;
-        validate(&ctx, raw)
+        let raw: RawFile = parse_toml(name_for_errors, text)?;
+        validate(
+            &Ctx {
+                file: name_for_errors,
+            },
+            raw,
+        )
     }
 
     /// Reference recorded in evaluations.
