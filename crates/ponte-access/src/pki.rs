@@ -105,7 +105,7 @@ pub const DEV_CLIENTS: [DevClientSpec; 7] = [
     DevClientSpec {
         name: "assistance",
         kind: ClientKind::SectorSystem,
-        purpose: "the social assistance system (registry, SCFV, follow-up, appeals)",
+        purpose: "the social assistance system (registry, SCFV, follow-up, appeals, households)",
     },
     DevClientSpec {
         name: "federal",

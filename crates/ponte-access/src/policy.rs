@@ -123,11 +123,17 @@ pub enum RecordKind {
     Appeal,
     /// Orders to erase a person (`POST /v1/erasures`, `ponte erase`) — assistance adapter.
     Erasure,
+    /// Household profiles of a household-accompaniment programme such as Colombia's Unidos
+    /// (`POST /v1/household-profiles`) — assistance adapter.
+    HouseholdProfile,
+    /// Evidence about a household: social workers' visits, registry items
+    /// (`POST /v1/household-evidence`) — assistance adapter.
+    HouseholdEvidence,
 }
 
 impl RecordKind {
     /// Every record kind.
-    pub const ALL: [RecordKind; 7] = [
+    pub const ALL: [RecordKind; 9] = [
         RecordKind::Attendance,
         RecordKind::Health,
         RecordKind::Person,
@@ -135,10 +141,12 @@ impl RecordKind {
         RecordKind::FollowUp,
         RecordKind::Appeal,
         RecordKind::Erasure,
+        RecordKind::HouseholdProfile,
+        RecordKind::HouseholdEvidence,
     ];
 
     /// The name used in the policy file (for the assistance kinds, the adapter's own short
-    /// names: `person`, `scfv`, `follow-up`, `appeal`).
+    /// names: `person`, `scfv`, `follow-up`, `appeal`, `household-profile`, …).
     pub fn as_str(self) -> &'static str {
         match self {
             RecordKind::Attendance => "attendance",
@@ -148,6 +156,8 @@ impl RecordKind {
             RecordKind::FollowUp => "follow-up",
             RecordKind::Appeal => "appeal",
             RecordKind::Erasure => "erasure",
+            RecordKind::HouseholdProfile => "household-profile",
+            RecordKind::HouseholdEvidence => "household-evidence",
         }
     }
 
@@ -165,7 +175,9 @@ impl RecordKind {
             | RecordKind::Scfv
             | RecordKind::FollowUp
             | RecordKind::Appeal
-            | RecordKind::Erasure => Adapter::Assistance,
+            | RecordKind::Erasure
+            | RecordKind::HouseholdProfile
+            | RecordKind::HouseholdEvidence => Adapter::Assistance,
         }
     }
 }
@@ -1117,7 +1129,7 @@ send = { adapter = "education", records = ["attendance"], source_system = "educa
 send = { adapter = "health", records = ["health"], source_system = "health" }
 
 [principals."urn:ponte:principal:assistance"]
-send = { adapter = "assistance", records = ["person", "scfv", "follow-up", "appeal"], source_system = "assistance" }
+send = { adapter = "assistance", records = ["person", "scfv", "follow-up", "appeal", "household-profile", "household-evidence"], source_system = "assistance" }
 
 # Readers: the federal ministry sees everything; a state its municipalities; a municipality itself.
 
@@ -1204,6 +1216,8 @@ mod tests {
             RecordKind::Scfv,
             RecordKind::FollowUp,
             RecordKind::Appeal,
+            RecordKind::HouseholdProfile,
+            RecordKind::HouseholdEvidence,
         ] {
             assert_eq!(
                 p.may_send(&assistance, Adapter::Assistance, kind)
@@ -1482,7 +1496,7 @@ max_concurrent_requests = 10
             ),
             (
                 "[principals.a]\nsend = { adapter = \"assistance\", records = [\"follow_up\"], source_system = \"e\" }\n",
-                "\"follow_up\" is not a record kind (the assistance adapter takes person, scfv, follow-up, appeal, erasure)",
+                "\"follow_up\" is not a record kind (the assistance adapter takes person, scfv, follow-up, appeal, erasure, household-profile, household-evidence)",
             ),
             (
                 "[principals.a]\nsend = { adapter = \"health\", records = [], source_system = \"e\" }\n",

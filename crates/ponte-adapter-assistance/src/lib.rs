@@ -6,7 +6,10 @@
 //!   keyed by NIS;
 //! - family follow-up with interruption of effects, and appeals with their decisions →
 //!   `FamilyFollowUp` / `Appeal` on `assistance.family.v1`, keyed by family id;
-//! - erasure orders (LGPD) → `PersonErasure` on `registry.persons.v1`, keyed by NIS.
+//! - erasure orders (LGPD) → `PersonErasure` on `registry.persons.v1`, keyed by NIS;
+//! - for household-accompaniment programmes (Colombia's Unidos), household profiles and the
+//!   evidence about households (social workers' visits, dated registry items) →
+//!   `HouseholdProfile` / `HouseholdEvidence` on `assistance.family.v1`, keyed by household id.
 //!
 //! Every record is validated (identifiers by their check digits, dates, hours, decisions) and
 //! answered only once the broker has acknowledged it; invalid records are answered with the
@@ -19,6 +22,7 @@
 pub mod csv;
 pub mod erasure;
 pub mod family;
+pub mod household;
 pub mod person;
 pub mod record;
 pub mod scfv;

@@ -65,16 +65,22 @@ pub enum Kind {
     Appeal,
     /// An order to erase a person (LGPD).
     Erasure,
+    /// A household's profile in the household registry (Unidos).
+    HouseholdProfile,
+    /// Evidence about a household: a social worker's visit, a dated registry item (Unidos).
+    HouseholdEvidence,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 7] = [
         Kind::Person,
         Kind::ScfvAttendance,
         Kind::FamilyFollowUp,
         Kind::Appeal,
         Kind::Erasure,
+        Kind::HouseholdProfile,
+        Kind::HouseholdEvidence,
     ];
 
     /// Where records of this kind are published.
@@ -82,7 +88,11 @@ impl Kind {
         match self {
             Kind::Person | Kind::Erasure => Destination::RegistryPersons,
             Kind::ScfvAttendance => Destination::AssistancePerson,
-            Kind::FamilyFollowUp | Kind::Appeal => Destination::AssistanceFamily,
+            // A household is the family-level unit of household-accompaniment programmes.
+            Kind::FamilyFollowUp
+            | Kind::Appeal
+            | Kind::HouseholdProfile
+            | Kind::HouseholdEvidence => Destination::AssistanceFamily,
         }
     }
 
@@ -94,6 +104,8 @@ impl Kind {
             Kind::FamilyFollowUp => "follow-up",
             Kind::Appeal => "appeal",
             Kind::Erasure => "erasure",
+            Kind::HouseholdProfile => "household-profile",
+            Kind::HouseholdEvidence => "household-evidence",
         }
     }
 }
@@ -105,7 +117,7 @@ pub enum Destination {
     RegistryPersons,
     /// `assistance.person.v1`, keyed by NIS.
     AssistancePerson,
-    /// `assistance.family.v1`, keyed by family id.
+    /// `assistance.family.v1`, keyed by family id (household id for household records).
     AssistanceFamily,
 }
 
@@ -113,7 +125,7 @@ pub enum Destination {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ValidRecord {
     pub destination: Destination,
-    /// Kafka key: the NIS or the family id.
+    /// Kafka key: the NIS, the family id or the household id.
     pub key: String,
     pub event: Event,
 }
@@ -149,6 +161,16 @@ pub fn parse_json(
             now,
         ),
         Kind::Erasure => crate::erasure::validate(
+            &serde_json::from_str(json).map_err(malformed)?,
+            source_system,
+            now,
+        ),
+        Kind::HouseholdProfile => crate::household::validate_profile(
+            &serde_json::from_str(json).map_err(malformed)?,
+            source_system,
+            now,
+        ),
+        Kind::HouseholdEvidence => crate::household::validate_evidence(
             &serde_json::from_str(json).map_err(malformed)?,
             source_system,
             now,

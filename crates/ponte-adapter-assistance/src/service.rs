@@ -8,6 +8,8 @@
 //! | `POST /v1/family-follow-ups` | family follow-up | `assistance.family.v1` (family id) |
 //! | `POST /v1/appeals` | appeal and decision | `assistance.family.v1` (family id) |
 //! | `POST /v1/erasures` | an order to erase a person (LGPD) | `registry.persons.v1` (NIS) |
+//! | `POST /v1/household-profiles` | household profile (Unidos) | `assistance.family.v1` (household id) |
+//! | `POST /v1/household-evidence` | visit or registry evidence about a household (Unidos) | `assistance.family.v1` (household id) |
 //!
 //! Answers are the adapters' common ones (`ponte_edge::ingest`), JSON with `accepted` and
 //! `rejected`:
@@ -302,6 +304,24 @@ async fn appeals(
     json_only(&state, sender, Kind::Appeal, headers, body).await
 }
 
+async fn household_profiles(
+    State(state): State<Arc<AppState>>,
+    Extension(sender): Extension<Sender>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    json_only(&state, sender, Kind::HouseholdProfile, headers, body).await
+}
+
+async fn household_evidence(
+    State(state): State<Arc<AppState>>,
+    Extension(sender): Extension<Sender>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    json_only(&state, sender, Kind::HouseholdEvidence, headers, body).await
+}
+
 async fn erasures(
     State(state): State<Arc<AppState>>,
     Extension(sender): Extension<Sender>,
@@ -378,9 +398,17 @@ pub async fn run(
             "/v1/erasures",
             post(erasures).layer(rights(RecordKind::Erasure)),
         )
+        .route(
+            "/v1/household-profiles",
+            post(household_profiles).layer(rights(RecordKind::HouseholdProfile)),
+        )
+        .route(
+            "/v1/household-evidence",
+            post(household_evidence).layer(rights(RecordKind::HouseholdEvidence)),
+        )
         .with_state(state);
     tracing::info!(
-        "assistance adapter: POST /v1/persons, /v1/scfv-attendance, /v1/family-follow-ups, /v1/appeals, /v1/erasures"
+        "assistance adapter: POST /v1/persons, /v1/scfv-attendance, /v1/family-follow-ups, /v1/appeals, /v1/erasures, /v1/household-profiles, /v1/household-evidence"
     );
     ponte_edge::ingest::serve_adapter(
         gate,

@@ -43,6 +43,8 @@ pub fn event_type(event: &Event) -> &'static str {
         Some(Record::FamilyFollowUp(_)) => "family_follow_up",
         Some(Record::Appeal(_)) => "appeal",
         Some(Record::PersonErasure(_)) => "person_erasure",
+        Some(Record::HouseholdProfile(_)) => "household_profile",
+        Some(Record::HouseholdEvidence(_)) => "household_evidence",
         None => "none",
     }
 }
