@@ -30,7 +30,7 @@ impl Topology {
         } else if members.members.remove(&m.nis).is_none() {
             return Ok(Applied::Unchanged);
         }
-        self.save_members(tx, &fid, &mut members, m.at)?;
+        self.save_members(tx, &fid, &mut members, true, m.at)?;
         Ok(Applied::Changed)
     }
 
@@ -50,20 +50,26 @@ impl Topology {
     }
 
     /// Publishes the family's view if it changed ([`Topology::refresh_family`]) and writes
-    /// the members entry with the view's digest, in one value.
+    /// the members entry with the view's digest, in one value — unless neither the members
+    /// (`members_changed`) nor the digest changed.
     fn save_members(
         &self,
         tx: &mut Tx<'_>,
         fid: &FamilyId,
         members: &mut MembersDoc,
+        members_changed: bool,
         at: Option<Timestamp>,
     ) -> Result<(), ReconcilerError> {
-        self.refresh_family(tx, fid, members, at)?;
-        if std::mem::take(&mut members.format1) {
+        let published = self.refresh_family(tx, fid, members, at)?;
+        let migrated = std::mem::take(&mut members.format1);
+        if migrated {
             FAMILY_DIGESTS.delete(tx, &[fid.as_str()]);
             FAMILY_VIEWS_BEFORE_DIGESTS.delete(tx, &[fid.as_str()]);
         }
-        MEMBERS.put(tx, &[fid.as_str()], members)
+        if members_changed || published || migrated {
+            MEMBERS.put(tx, &[fid.as_str()], members)?;
+        }
+        Ok(())
     }
 
     /// An erased person leaves the family: with the appeals that name them. A family left
@@ -103,7 +109,7 @@ impl Topology {
             FAMILY_VIEWS_BEFORE_DIGESTS.delete(tx, &[fid.as_str()]);
             tx.emit_tombstone(OutputKind::Change, format!("family:{fid}"));
         } else {
-            self.save_members(tx, fid, &mut members, at)?;
+            self.save_members(tx, fid, &mut members, was_member, at)?;
         }
         Ok(Applied::Erased)
     }
@@ -134,7 +140,7 @@ impl Topology {
         doc.sources.insert(record_id, source);
         FAMILIES.put(tx, &[fid.as_str()], &doc)?;
         let mut members = self.load_members(tx, &fid)?;
-        self.save_members(tx, &fid, &mut members, at)?;
+        self.save_members(tx, &fid, &mut members, false, at)?;
         Ok(Applied::Changed)
     }
 
@@ -151,15 +157,15 @@ impl Topology {
         Ok((state, doc))
     }
 
-    /// Publishes the family's view if it is not the view last published; keeps its digest in
-    /// `members` (written by the caller).
+    /// Publishes the family's view if it is not the view last published, and then keeps its
+    /// digest in `members` (written by the caller) and returns true.
     fn refresh_family(
         &self,
         tx: &mut Tx<'_>,
         fid: &FamilyId,
         members: &mut MembersDoc,
         at: Option<Timestamp>,
-    ) -> Result<(), ReconcilerError> {
+    ) -> Result<bool, ReconcilerError> {
         let (state, doc) = self.load_family(tx, fid)?;
         if std::mem::take(&mut members.absent) && !doc.records.is_empty() {
             // A family with records and no members entry: a store in format 1 may keep the
@@ -183,7 +189,7 @@ impl Topology {
         let hash = encoded.hash;
         let old = &members.digest;
         if old.as_ref().is_some_and(|o| o.hash == hash) {
-            return Ok(());
+            return Ok(false);
         }
         view.view_version = old.as_ref().map_or(0, |o| o.view_version) + 1;
         view.updated_time = at;
@@ -202,6 +208,6 @@ impl Topology {
             encoded.change(FAMILY_FIELD, &counters),
         );
         members.digest = Some(digest);
-        Ok(())
+        Ok(true)
     }
 }
