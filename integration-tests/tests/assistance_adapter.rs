@@ -491,3 +491,166 @@ async fn a_chunked_csv_upload_over_the_limit_stores_and_counts_the_lines_read_be
     let persons = events(&stack, "registry.persons.v1", accepted as usize);
     assert_eq!(persons.len() as u64, accepted);
 }
+
+/// A Unidos household (issue 17): its registry profile and a cogestor's visit land on
+/// `assistance.family.v1` keyed by household id as `HouseholdProfile` and `HouseholdEvidence`
+/// events; a profile whose tarjeta de identidad predates the member's seventh birthday is
+/// refused with the field and the reason, dead-lettered, and the valid profile of the same
+/// request is kept.
+#[tokio::test(flavor = "multi_thread")]
+async fn unidos_households_and_visits_land_on_the_family_topic_keyed_by_household() {
+    use ponte_proto::events::v1::evidence_item::Value as V;
+
+    let stack = Stack::new("assist-household");
+    let (status, out, err) = stack.ponte(&["topics", "ensure"]);
+    assert!(status.success(), "topics ensure failed: {out}{err}");
+    let mut adapter = stack.spawn(SERVICE);
+    wait_ready(&mut adapter).await;
+
+    // A household of Pasto (DIVIPOLA 52001): a mother with her cédula, a son whose registro
+    // civil and tarjeta de identidad carry one NUIP, a relative with a PPT.
+    let household = json!({"household_id": "HH-52001-0001", "municipality": "52001",
+        "zone": "urban", "sisben_group": "A3", "programmes": ["UNIDOS"],
+        "members": [
+            {"member_id": "HH1-1", "birth_date": "1985-06-01", "sex": "F",
+             "documents": [{"type": "CC", "number": "52.123.456", "from": "2003-07-01"}]},
+            {"member_id": "HH1-2", "birth_date": "2014-03-04", "sex": "M",
+             "documents": [{"type": "RC", "number": "1023456789", "from": "2014-03-20"},
+                           {"type": "TI", "number": "1023456789", "from": "2021-04-01"}]},
+            {"member_id": "HH1-3", "birth_date": "1990-01-01",
+             "documents": [{"type": "PT", "number": "4512345", "from": "2022-01-15"}]}],
+        "figures": {"extreme_poverty_line": 227220},
+        "ipm_deprivations": {"material_inadecuado_pisos": true}, "version": 2})
+    .to_string();
+    // The same household under another id, its son's tarjeta dated at age 6.
+    let bad_household = household
+        .replace("HH-52001-0001", "HH-52001-0002")
+        .replace("2021-04-01", "2020-04-01");
+    let r = post(
+        &stack,
+        "/v1/household-profiles",
+        "application/json",
+        format!("[{household},{bad_household}]"),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["accepted"], 1);
+    let rejected = &r.body["rejected"][0];
+    assert_eq!(rejected["position"], "record 2");
+    assert_eq!(rejected["field"], "members[1].documents");
+    assert_eq!(
+        rejected["reason"],
+        "a tarjeta de identidad is issued from age 7; the person was 6 on 2020-04-01",
+        "{}",
+        r.body
+    );
+
+    // A cogestor's visit about the household, and one naming a member by a cédula number
+    // instead of a person key (refused: 422, nothing valid in it).
+    let visit = json!({"household_id": "HH-52001-0001", "evidence_id": "V-2025-0042",
+        "source": "visit", "subject": "household", "recorded_on": "2025-06-10",
+        "recorded_by": "cogestor:CG-5201-017",
+        "items": {"floor_material": "earth", "persons_per_sleeping_room": 2.5,
+                  "achievement:L21": "POR ALCANZAR"}})
+    .to_string();
+    let r = post(&stack, "/v1/household-evidence", "application/json", visit).await;
+    assert_eq!(
+        (r.status, &r.body["accepted"]),
+        (200, &json!(1)),
+        "{}",
+        r.body
+    );
+    let bad_visit = json!({"household_id": "HH-52001-0001", "source": "visit",
+        "subject": "cc:52123456", "recorded_on": "2025-06-10", "recorded_by": "CG-17",
+        "items": {"attends_school": true}})
+    .to_string();
+    let r = post(
+        &stack,
+        "/v1/household-evidence",
+        "application/json",
+        bad_visit.clone(),
+    )
+    .await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert_eq!(r.body["rejected"][0]["field"], "subject");
+    assert_eq!(
+        r.body["rejected"][0]["reason"],
+        "person key must start with nuip: or registry:, got \"cc\""
+    );
+
+    let family = events(&stack, "assistance.family.v1", 2);
+    assert_eq!(family.len(), 2, "{family:?}");
+    let (key, e) = &family["assistance:household-profile:HH-52001-0001"];
+    assert_eq!(key, "HH-52001-0001");
+    assert_eq!((e.version, e.sender.is_empty()), (2, false));
+    let Some(Record::HouseholdProfile(p)) = &e.record else {
+        panic!("{e:?}")
+    };
+    assert_eq!(
+        (p.municipality.as_str(), p.sisben_group.as_str()),
+        ("52001", "A3")
+    );
+    let keys: Vec<&str> = p.members.iter().map(|m| m.person_key.as_str()).collect();
+    assert_eq!(keys, ["nuip:52123456", "nuip:1023456789", "registry:HH1-3"]);
+    assert_eq!(p.figures[0].thousandths, 227_220_000);
+    let (key, e) = &family["assistance:household-evidence:HH-52001-0001:V-2025-0042"];
+    assert_eq!(key, "HH-52001-0001");
+    let Some(Record::HouseholdEvidence(v)) = &e.record else {
+        panic!("{e:?}")
+    };
+    assert_eq!(
+        (
+            v.source.as_str(),
+            v.subject.as_str(),
+            v.recorded_by.as_str()
+        ),
+        ("visit", "household", "cogestor:CG-5201-017")
+    );
+    let items: Vec<(&str, Option<V>)> = v
+        .items
+        .iter()
+        .map(|i| (i.name.as_str(), i.value.clone()))
+        .collect();
+    assert_eq!(
+        items,
+        [
+            ("achievement:L21", Some(V::Text("POR ALCANZAR".into()))),
+            ("floor_material", Some(V::Text("earth".into()))),
+            ("persons_per_sleeping_room", Some(V::Thousandths(2500))),
+        ]
+    );
+
+    // Exactly the two refused records are dead letters, with their reasons.
+    let letters: Vec<DeadLetter> =
+        read_topic(&stack.topic("deadletter.v1"), 2, Duration::from_secs(20))
+            .into_iter()
+            .map(|(_, p)| DeadLetter::decode(p.as_slice()).unwrap())
+            .collect();
+    assert_eq!(letters.len(), 2, "{letters:?}");
+    let profile_letter = letters
+        .iter()
+        .find(|l| l.original == bad_household.as_bytes())
+        .unwrap();
+    assert_eq!(
+        (
+            profile_letter.position.as_str(),
+            profile_letter.field.as_str()
+        ),
+        ("record 2", "members[1].documents")
+    );
+    assert!(
+        profile_letter.reason.contains("issued from age 7"),
+        "{profile_letter:?}"
+    );
+    let visit_letter = letters
+        .iter()
+        .find(|l| l.original == bad_visit.as_bytes())
+        .unwrap();
+    assert_eq!(
+        (
+            visit_letter.field.as_str(),
+            visit_letter.error_type.as_str()
+        ),
+        ("subject", "invalid_identifier")
+    );
+}
