@@ -44,8 +44,8 @@ use ponte_bus::ingest::{Accepted, Ingestor, Item};
 use ponte_bus::{KafkaConfig, Publisher, Topic, TopicsConfig};
 use ponte_edge::http::{Sender, may_send};
 use ponte_edge::ingest::{
-    Answer, BodyType, CsvLayout, CsvSettings, CsvUpload, Fault, answer, body_type, csv_not_utf8,
-    json_position, unavailable,
+    Answer, BodyError, BodyType, CsvLayout, CsvSettings, CsvUpload, Fault, answer, body_type,
+    csv_not_utf8, json_position, unavailable,
 };
 use ponte_edge::{AccessConfig, Adapter, Gate, RecordKind, TlsConfig};
 use ponte_runtime::Readiness;
@@ -126,19 +126,6 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
     Answer::error(message).respond(status)
 }
 
-/// True when reading a body failed on its length limit (`http_body_util::LengthLimitError`,
-/// which axum does not re-export), rather than on the connection.
-fn is_length_limit(e: &axum::Error) -> bool {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cur {
-        if err.to_string().contains("length limit exceeded") {
-            return true;
-        }
-        cur = err.source();
-    }
-    false
-}
-
 async fn json_records(
     state: &AppState,
     sender: &Sender,
@@ -150,21 +137,19 @@ async fn json_records(
     let now = SystemTime::now();
     let trace = trace_id(headers);
     let limit = state.max_body_bytes;
-    let body = match axum::body::to_bytes(body, limit).await {
+    let body = match ponte_edge::ingest::read_body(body, limit).await {
         Ok(b) => b,
-        Err(e) => {
-            // `to_bytes` fails on the length limit or a broken connection.
-            return if is_length_limit(&e) {
-                error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!(
-                        "request body larger than {limit} bytes \
-                         (assistance_adapter.max_body_bytes); split it"
-                    ),
-                )
-            } else {
-                error(StatusCode::BAD_REQUEST, format!("reading the body: {e}"))
-            };
+        Err(BodyError::TooLarge) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "request body larger than {limit} bytes \
+                     (assistance_adapter.max_body_bytes); split it"
+                ),
+            );
+        }
+        Err(BodyError::Unreadable(e)) => {
+            return error(StatusCode::BAD_REQUEST, format!("reading the body: {e}"));
         }
     };
 

@@ -708,6 +708,68 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// The largest body an adapter's JSON routes read (`max_body_bytes`): a request extension
+/// ([`axum::Extension`]) that [`BoundedBody`] reads.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimit(pub usize);
+
+/// Why a body was not read whole.
+#[derive(Debug)]
+pub enum BodyError {
+    /// Larger than the limit: what came after it was read on and dropped ([`linger`]).
+    TooLarge,
+    /// The connection failed or the client stopped sending.
+    Unreadable(axum::Error),
+}
+
+/// Reads a request body whole, up to `limit` bytes. A larger body is refused only after what
+/// the client keeps sending was read on for a moment ([`linger`]): refusing it unread, as
+/// axum's body limit does, closes the connection under a client still writing, which then
+/// sees "broken pipe" instead of the 413.
+pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, BodyError> {
+    let mut stream = body.into_data_stream();
+    let mut read: Vec<u8> = Vec::new();
+    while let Some(next) = stream.next().await {
+        let bytes = next.map_err(BodyError::Unreadable)?;
+        if read.len() + bytes.len() > limit {
+            linger(&mut stream, (read.len() + bytes.len()) as u64, limit as u64).await;
+            return Err(BodyError::TooLarge);
+        }
+        read.extend_from_slice(&bytes);
+    }
+    Ok(Bytes::from(read))
+}
+
+/// A JSON route's body, read with [`read_body`] up to the route's [`BodyLimit`]. Refused as
+/// axum's own limit refuses (413 or 400, plain text), so an adapter's answer mapping applies.
+#[derive(Debug)]
+pub struct BoundedBody(pub Bytes);
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for BoundedBody {
+    type Rejection = Response;
+
+    async fn from_request(req: axum::extract::Request, _: &S) -> Result<Self, Response> {
+        let Some(BodyLimit(limit)) = req.extensions().get::<BodyLimit>().copied() else {
+            return Err((
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the route has no body limit (BodyLimit extension)",
+            )
+                .into_response());
+        };
+        match read_body(req.into_body(), limit).await {
+            Ok(bytes) => Ok(BoundedBody(bytes)),
+            Err(BodyError::TooLarge) => {
+                Err((StatusCode::PAYLOAD_TOO_LARGE, "length limit exceeded").into_response())
+            }
+            Err(BodyError::Unreadable(e)) => Err((
+                StatusCode::BAD_REQUEST,
+                format!("request body could not be read: {e}"),
+            )
+                .into_response()),
+        }
+    }
+}
+
 /// How long a refused upload's body is read on ([`linger`]) before the answer.
 const REFUSAL_LINGER: Duration = Duration::from_secs(2);
 
@@ -1156,6 +1218,27 @@ mod tests {
         let r = upload(&Fake::default(), &settings(), HeaderMap::new(), body).await;
         assert_eq!(r.status, 413, "{}", r.body);
         assert_eq!(pulled.load(Ordering::SeqCst), 1500);
+    }
+
+    #[tokio::test]
+    async fn a_json_body_over_the_limit_is_read_on_before_it_is_refused() {
+        let (body, pulled) = counted(vec![b'x'; 1500], 100);
+        assert!(matches!(
+            read_body(body, 1000).await,
+            Err(BodyError::TooLarge)
+        ));
+        assert_eq!(pulled.load(Ordering::SeqCst), 1500, "the rest was read on");
+        let (body, pulled) = counted(vec![b'x'; 10_000], 100);
+        assert!(matches!(
+            read_body(body, 1000).await,
+            Err(BodyError::TooLarge)
+        ));
+        assert!(
+            pulled.load(Ordering::SeqCst) <= 2100,
+            "but not past twice the limit"
+        );
+        let (body, _) = counted(vec![b'y'; 1000], 64);
+        assert_eq!(read_body(body, 1000).await.unwrap().len(), 1000);
     }
 
     #[tokio::test]
