@@ -95,6 +95,10 @@ fn latest_changes(topic: &str, min: usize) -> BTreeMap<Vec<u8>, View> {
                 f.view_version = 0;
                 f.updated_time = None;
             }
+            View::Household(h) => {
+                h.view_version = 0;
+                h.updated_time = None;
+            }
         }
         latest.insert(key, view);
     }

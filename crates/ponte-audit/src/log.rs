@@ -262,6 +262,7 @@ impl Auditor {
         let subject = match subject {
             ReadSubject::Person(nis) => Some(Subject::Person(self.hash("nis", nis))),
             ReadSubject::Family(id) => Some(Subject::Family(self.hash("family", id))),
+            ReadSubject::Household(id) => Some(Subject::Household(self.hash("household", id))),
             ReadSubject::Municipality(code) => Some(Subject::Municipality(code.to_owned())),
             ReadSubject::None => None,
         };
@@ -331,6 +332,8 @@ impl ponte_edge::RefusalAudit for Refusals {
 pub enum ReadSubject<'a> {
     Person(&'a str),
     Family(&'a str),
+    /// A followed household (Unidos), by household id.
+    Household(&'a str),
     Municipality(&'a str),
     /// A stream of changes or a list of parked records: no one subject.
     None,

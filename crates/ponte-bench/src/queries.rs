@@ -25,9 +25,11 @@ use ponte_proto::compliance::v1::compliance_service_server::{
     ComplianceService, ComplianceServiceServer,
 };
 use ponte_proto::compliance::v1::{
-    GetFamilyRequest, GetFamilyResponse, GetIndicatorsRequest, GetIndicatorsResponse,
-    GetPersonRequest, GetPersonResponse, ListParkedRequest, ListParkedResponse, ListPersonsItem,
-    ListPersonsRequest, Person, WatchChangesRequest, WatchedChange,
+    GetFamilyRequest, GetFamilyResponse, GetHouseholdIndicatorsRequest,
+    GetHouseholdIndicatorsResponse, GetHouseholdRequest, GetHouseholdResponse,
+    GetIndicatorsRequest, GetIndicatorsResponse, GetPersonRequest, GetPersonResponse,
+    ListParkedRequest, ListParkedResponse, ListPersonsItem, ListPersonsRequest, Person,
+    WatchChangesRequest, WatchedChange,
 };
 use prost::Message as _;
 use tonic::{Request, Response, Status};
@@ -786,6 +788,20 @@ impl ComplianceService for Trivial {
         &self,
         _: Request<GetIndicatorsRequest>,
     ) -> Result<Response<GetIndicatorsResponse>, Status> {
+        Err(Status::unimplemented("trivial benchmark service"))
+    }
+
+    async fn get_household(
+        &self,
+        _: Request<GetHouseholdRequest>,
+    ) -> Result<Response<GetHouseholdResponse>, Status> {
+        Err(Status::unimplemented("trivial benchmark service"))
+    }
+
+    async fn get_household_indicators(
+        &self,
+        _: Request<GetHouseholdIndicatorsRequest>,
+    ) -> Result<Response<GetHouseholdIndicatorsResponse>, Status> {
         Err(Status::unimplemented("trivial benchmark service"))
     }
 

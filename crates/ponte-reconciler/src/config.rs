@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use ponte_domain::achievements::AchievementRuleSet;
 use ponte_domain::period::Month;
 use ponte_domain::rules::RuleSet;
 use serde::Deserialize;
@@ -43,6 +44,10 @@ pub struct ReconcilerConfig {
     pub instance_id: String,
     /// Rule-set TOML file; empty for the built-in Bolsa Família 2023 rule set.
     pub rules_file: String,
+    /// Household-achievement rule-set TOML file (`rules/unidos-2021.toml`): the reconciler
+    /// also follows households with it. Empty: no household stage (household records are
+    /// dead-lettered as unsupported).
+    pub achievement_rules_file: String,
     /// First month of the monitoring window: every period overlapping the window is evaluated
     /// for every registered person.
     pub monitor_from: Month,
@@ -68,6 +73,8 @@ struct RawConfig {
     session_timeout_ms: u64,
     instance_id: String,
     rules_file: String,
+    #[serde(default)]
+    achievement_rules_file: String,
     monitor_from: Month,
     monitor_to: Month,
     state_memory_mb: usize,
@@ -135,6 +142,7 @@ impl TryFrom<RawConfig> for ReconcilerConfig {
             batch_max: raw.batch_max,
             instance_id: raw.instance_id,
             rules_file: raw.rules_file,
+            achievement_rules_file: raw.achievement_rules_file,
             monitor_from: raw.monitor_from,
             monitor_to: raw.monitor_to,
             state_memory_mb: raw.state_memory_mb,
@@ -161,7 +169,17 @@ pub fn topology_from(cfg: &ReconcilerConfig) -> Result<Topology, ReconcilerError
     };
     let rules = RuleSet::from_toml_str(&name, &text)
         .map_err(|e| ReconcilerError::Startup(e.to_string()))?;
-    Ok(Topology::new(rules, cfg.monitor_from, cfg.monitor_to))
+    let topology = Topology::new(rules, cfg.monitor_from, cfg.monitor_to);
+    if cfg.achievement_rules_file.is_empty() {
+        return Ok(topology);
+    }
+    let file = &cfg.achievement_rules_file;
+    let text = std::fs::read_to_string(file).map_err(|e| {
+        ReconcilerError::Startup(format!("reconciler.achievement_rules_file {file}: {e}"))
+    })?;
+    let achievements = AchievementRuleSet::from_toml_str(file, &text)
+        .map_err(|e| ReconcilerError::Startup(e.to_string()))?;
+    Ok(topology.with_achievements(achievements))
 }
 
 #[cfg(test)]
@@ -208,6 +226,25 @@ mod tests {
         assert_eq!(cfg.session_timeout, Duration::from_secs(45));
         assert_eq!(cfg.monitor_from, Month::parse("2025-01").unwrap());
         assert!(topology_from(&cfg).is_ok());
+    }
+
+    #[test]
+    fn an_achievement_rule_set_loads_and_a_broken_one_stops_the_start_naming_the_file() {
+        let unidos = concat!(env!("CARGO_MANIFEST_DIR"), "/../../rules/unidos-2021.toml");
+        let cfg = parse(&[("achievement_rules_file", &format!("{unidos:?}"))]).unwrap();
+        assert_eq!(cfg.achievement_rules_file, unidos);
+        assert!(topology_from(&cfg).unwrap().follows_households());
+        assert!(
+            !topology_from(&parse(&[]).unwrap())
+                .unwrap()
+                .follows_households()
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let broken = dir.path().join("broken.toml");
+        std::fs::write(&broken, "[rule_set]\nid = 1\n").unwrap();
+        let cfg = parse(&[("achievement_rules_file", &format!("{broken:?}"))]).unwrap();
+        let err = topology_from(&cfg).unwrap_err().to_string();
+        assert!(err.contains("broken.toml"), "{err}");
     }
 
     #[test]

@@ -16,10 +16,11 @@ use ponte_edge::grpc::{Admitted, admit, out_of_scope};
 use ponte_edge::{Gate, Grant, Rpc};
 use ponte_proto::compliance::v1::compliance_change::View;
 use ponte_proto::compliance::v1::{
-    ComplianceChange, GetFamilyRequest, GetFamilyResponse, GetIndicatorsRequest,
-    GetIndicatorsResponse, GetPersonRequest, GetPersonResponse, IndicatorRow, ListParkedRequest,
-    ListParkedResponse, ListPersonsItem, ListPersonsRequest, NamedRate, OutcomeStatus,
-    ParkedRecord, WatchChangesRequest, WatchedChange,
+    ComplianceChange, GetFamilyRequest, GetFamilyResponse, GetHouseholdIndicatorsRequest,
+    GetHouseholdIndicatorsResponse, GetHouseholdRequest, GetHouseholdResponse,
+    GetIndicatorsRequest, GetIndicatorsResponse, GetPersonRequest, GetPersonResponse, IndicatorRow,
+    ListParkedRequest, ListParkedResponse, ListPersonsItem, ListPersonsRequest, NamedRate,
+    OutcomeStatus, ParkedRecord, WatchChangesRequest, WatchedChange,
 };
 use ponte_store::Store;
 use prost::Message as _;
@@ -168,6 +169,26 @@ fn visible_family(
         family.sources.retain(|s| s.record_type != "appeal");
     }
     Ok(Some(family))
+}
+
+/// What of a followed household the grant may show: the whole view, to a federal scope only.
+/// Read scopes name Brazilian places (IBGE codes, UFs); until they name Colombian ones
+/// (DIVIPOLA), a household is out of every narrower scope.
+fn visible_household(
+    grant: &Grant,
+    household: ponte_proto::compliance::v1::Household,
+) -> Option<ponte_proto::compliance::v1::Household> {
+    grant.is_federal().then_some(household)
+}
+
+/// A household id as the adapters accept it, or `INVALID_ARGUMENT` naming the field.
+fn household_id(id: &str) -> Result<&str, Status> {
+    if id.is_empty() || id.len() > 32 || id.contains('/') {
+        return Err(Status::invalid_argument(
+            "household_id: required, at most 32 characters, no '/'",
+        ));
+    }
+    Ok(id)
 }
 
 impl ComplianceApi {
@@ -454,6 +475,9 @@ impl ComplianceService for ComplianceApi {
                                     _ => None,
                                 }
                             }
+                            Some(View::Household(h)) => {
+                                visible_household(&grant, h).map(View::Household)
+                            }
                             None => None,
                         };
                         let Some(view) = visible else { continue };
@@ -540,6 +564,62 @@ impl ComplianceService for ComplianceApi {
             ))),
             _ => Err(out_of_scope("family_id")),
         }
+    }
+
+    async fn get_household(
+        &self,
+        request: Request<GetHouseholdRequest>,
+    ) -> Result<Response<GetHouseholdResponse>, Status> {
+        let admitted = admit(&self.gate, &request, Rpc::GetHousehold)?;
+        let id = household_id(&request.get_ref().household_id)?.to_owned();
+        let lookup = id.clone();
+        let household = self
+            .read(move |s| readmodel::read_household(s, &lookup))
+            .await?;
+        let grant = admitted.grant.clone();
+        let shown = household.and_then(|h| visible_household(&grant, h));
+        self.audited(
+            &admitted,
+            "GetHousehold",
+            ReadSubject::Household(&id),
+            usize::from(shown.is_some()),
+        )
+        .await?;
+        match shown {
+            Some(household) => Ok(Response::new(GetHouseholdResponse {
+                household: Some(household),
+            })),
+            None if admitted.grant.is_federal() => Err(Status::not_found(format!(
+                "household_id: no household {id} in the view"
+            ))),
+            None => Err(out_of_scope("household_id")),
+        }
+    }
+
+    async fn get_household_indicators(
+        &self,
+        request: Request<GetHouseholdIndicatorsRequest>,
+    ) -> Result<Response<GetHouseholdIndicatorsResponse>, Status> {
+        let admitted = admit(&self.gate, &request, Rpc::GetHouseholdIndicators)?;
+        let code = request.into_inner().municipality;
+        let mun = ponte_domain::colombia::Divipola::parse(&code)
+            .map_err(|e| Status::invalid_argument(format!("municipality: {e}")))?
+            .to_string();
+        if !admitted.grant.is_federal() {
+            return Err(out_of_scope("municipality"));
+        }
+        let key = mun.clone();
+        let out = self
+            .read(move |s| readmodel::household_indicators(s, &key))
+            .await?;
+        self.audited(
+            &admitted,
+            "GetHouseholdIndicators",
+            ReadSubject::Municipality(&mun),
+            out.dimensions.len(),
+        )
+        .await?;
+        Ok(Response::new(out))
     }
 
     async fn list_parked(

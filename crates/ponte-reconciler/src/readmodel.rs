@@ -1,4 +1,5 @@
-//! The read model: the views of every person and family, for the gRPC reads of any instance.
+//! The read model: the views of every person, family and followed household, for the gRPC
+//! reads of any instance.
 //!
 //! Reconciler instances share the input partitions of a consumer group, so the state of one
 //! instance holds only the persons of its partitions. Every instance therefore also consumes
@@ -14,6 +15,8 @@
 //! | `v/f/<family id>` | the family's view (`ponte.compliance.v1.Family`) |
 //! | `m/<municipality>/<nis>` | index of the persons of a municipality (empty value) |
 //! | `i/<municipality>/<conditionality>/<period>` | outcome counts (JSON [`Counts`]); a row whose counts are all zero is not kept |
+//! | `v/h/<household id>` | a followed household's view (`ponte.compliance.v1.Household`; deployments with household achievements) |
+//! | `hm/<DIVIPOLA municipality>/<household id>` | index of the households of a municipality (empty value) |
 //!
 //! Each batch of change records is written in one atomic store write together with the next
 //! offset of every partition read, so after a restart the read model resumes exactly where it
@@ -183,6 +186,7 @@ impl<'a> Overlay<'a> {
 enum Target {
     Person(Nis),
     Family(String),
+    Household(String),
 }
 
 fn target(key: &str) -> Result<Target, String> {
@@ -197,7 +201,13 @@ fn target(key: &str) -> Result<Target, String> {
         }
         return Ok(Target::Family(id.to_owned()));
     }
-    Err("key: neither person:<nis> nor family:<id>".into())
+    if let Some(id) = key.strip_prefix("household:") {
+        if id.is_empty() || id.contains('/') {
+            return Err("key: household id empty or containing '/'".into());
+        }
+        return Ok(Target::Household(id.to_owned()));
+    }
+    Err("key: none of person:<nis>, family:<id>, household:<id>".into())
 }
 
 /// Outcome of one record: a change to the stats, or why it was skipped.
@@ -226,6 +236,18 @@ fn apply_record(ov: &mut Overlay<'_>, key: &str, payload: Option<&[u8]>) -> Reco
                 return Ok(Err("payload: the family id is not the key's".into()));
             }
             apply_family(ov, &id, Some(f)).map(Ok)
+        }
+        (Target::Household(id), None) => apply_household(ov, &id, None).map(Ok),
+        (Target::Household(id), Some(Some(api::compliance_change::View::Household(h)))) => {
+            if h.household_id != id {
+                return Ok(Err("payload: the household id is not the key's".into()));
+            }
+            if h.municipality.is_empty() || h.municipality.contains('/') {
+                return Ok(Err(
+                    "payload: the household's municipality is empty or has '/'".into(),
+                ));
+            }
+            apply_household(ov, &id, Some(h)).map(Ok)
         }
         (_, Some(None)) => Ok(Err("payload: the change carries no view".into())),
         (_, Some(Some(_))) => Ok(Err("payload: the view is not of the key's kind".into())),
@@ -378,6 +400,48 @@ fn apply_family(
     })
 }
 
+/// Replaces (`Some`) or deletes (`None`) a household's view, with its municipality index entry.
+fn apply_household(
+    ov: &mut Overlay<'_>,
+    household_id: &str,
+    new: Option<api::Household>,
+) -> Result<ApplyStats, ReconcilerError> {
+    let vkey = key(&["v", "h", household_id]);
+    let old: Option<api::Household> = ov.get_proto(&vkey)?;
+    if let (Some(old), Some(new)) = (&old, &new)
+        && new.view_version <= old.view_version
+    {
+        return Ok(ApplyStats {
+            duplicates: 1,
+            ..Default::default()
+        });
+    }
+    if let Some(old) = &old {
+        ov.delete(key(&["hm", &old.municipality, household_id]));
+    }
+    Ok(match new {
+        Some(new) => {
+            ov.put(key(&["hm", &new.municipality, household_id]), Vec::new());
+            ov.put(vkey, new.encode_to_vec());
+            ApplyStats {
+                applied: 1,
+                ..Default::default()
+            }
+        }
+        None if old.is_some() => {
+            ov.delete(vkey);
+            ApplyStats {
+                deleted: 1,
+                ..Default::default()
+            }
+        }
+        None => ApplyStats {
+            duplicates: 1,
+            ..Default::default()
+        },
+    })
+}
+
 /// Applies change records of `topic` to the read model in one atomic write, together with the
 /// next offset of every partition in `records`.
 ///
@@ -442,6 +506,62 @@ pub fn read_family(kv: &dyn Kv, family_id: &str) -> Result<Option<api::Family>, 
     kv.get(&k)?
         .map(|b| api::Family::decode(b.as_slice()).map_err(|e| corrupt(&k, e)))
         .transpose()
+}
+
+/// The stored view of a household.
+pub fn read_household(
+    kv: &dyn Kv,
+    household_id: &str,
+) -> Result<Option<api::Household>, ReconcilerError> {
+    let k = key(&["v", "h", household_id]);
+    kv.get(&k)?
+        .map(|b| api::Household::decode(b.as_slice()).map_err(|e| corrupt(&k, e)))
+        .transpose()
+}
+
+/// The household indicators of a DIVIPOLA municipality, counted over its households' views
+/// (read, not kept as counts: a municipality holds thousands of followed households, not
+/// millions of persons).
+pub fn household_indicators(
+    kv: &dyn Kv,
+    municipality: &str,
+) -> Result<api::GetHouseholdIndicatorsResponse, ReconcilerError> {
+    let prefix = key(&["hm", municipality, ""]);
+    let mut out = api::GetHouseholdIndicatorsResponse {
+        municipality: municipality.to_owned(),
+        ..Default::default()
+    };
+    let mut dimensions: BTreeMap<String, api::DimensionIndicator> = BTreeMap::new();
+    let mut cursor = prefix.clone();
+    loop {
+        let page = kv.scan_after(&prefix, &cursor, 512)?;
+        let Some((last, _)) = page.last() else { break };
+        cursor = last.clone();
+        for (k, _) in &page {
+            let id = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+            let Some(h) = read_household(kv, &id)? else {
+                continue;
+            };
+            out.households += 1;
+            out.may_leave += u64::from(h.exit.as_ref().is_some_and(|e| e.may_leave));
+            for a in &h.achievements {
+                let d = dimensions.entry(a.dimension.clone()).or_insert_with(|| {
+                    api::DimensionIndicator {
+                        dimension: a.dimension.clone(),
+                        ..Default::default()
+                    }
+                });
+                match api::AchievementState::try_from(a.state) {
+                    Ok(api::AchievementState::AchievementReached) => d.reached += 1,
+                    Ok(api::AchievementState::AchievementNotReached) => d.not_reached += 1,
+                    Ok(api::AchievementState::AchievementNotApplicable) => d.not_applicable += 1,
+                    _ => d.unknown += 1,
+                }
+            }
+        }
+    }
+    out.dimensions = dimensions.into_values().collect();
+    Ok(out)
 }
 
 /// Up to `limit` persons of a municipality with NIS after `after`, in NIS order, that `keep`
@@ -1141,5 +1261,101 @@ mod tests {
         p.advance(0, 5);
         p.advance(0, 3);
         assert!(p.caught_up());
+    }
+
+    fn household(id: &str, version: u64, mun: &str, may_leave: bool) -> api::Household {
+        api::Household {
+            household_id: id.into(),
+            municipality: mun.into(),
+            view_version: version,
+            achievements: vec![
+                api::HouseholdAchievement {
+                    achievement: "L01".into(),
+                    dimension: "identificacion".into(),
+                    state: api::AchievementState::AchievementReached as i32,
+                    ..Default::default()
+                },
+                api::HouseholdAchievement {
+                    achievement: "L21".into(),
+                    dimension: "habitabilidad".into(),
+                    state: if may_leave {
+                        api::AchievementState::AchievementReached
+                    } else {
+                        api::AchievementState::AchievementUnknown
+                    } as i32,
+                    ..Default::default()
+                },
+            ],
+            exit: Some(api::HouseholdExit {
+                may_leave,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn household_change(h: &api::Household) -> Option<Vec<u8>> {
+        Some(
+            api::ComplianceChange {
+                view: Some(api::compliance_change::View::Household(h.clone())),
+            }
+            .encode_to_vec(),
+        )
+    }
+
+    #[test]
+    fn households_are_indexed_by_municipality_counted_and_withdrawn_by_a_tombstone() {
+        let (_d, s) = store();
+        let h1 = household("H1", 1, "52001", false);
+        let h1b = household("H1", 2, "52001", true);
+        let h2 = household("H2", 1, "52001", false);
+        let h3 = household("H3", 1, "05001", true);
+        let recs: Vec<ChangeRecord> = [&h1, &h2, &h3, &h1b, &h1]
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                (
+                    0,
+                    i as i64,
+                    format!("household:{}", h.household_id),
+                    household_change(h),
+                )
+            })
+            .collect();
+        let stats = apply(&s, TOPIC, &recs).unwrap();
+        assert_eq!((stats.applied, stats.duplicates), (4, 1));
+        assert_eq!(read_household(&s, "H1").unwrap(), Some(h1b.clone()));
+        let pasto = household_indicators(&s, "52001").unwrap();
+        assert_eq!((pasto.households, pasto.may_leave), (2, 1));
+        let habitabilidad = pasto
+            .dimensions
+            .iter()
+            .find(|d| d.dimension == "habitabilidad")
+            .unwrap();
+        assert_eq!((habitabilidad.reached, habitabilidad.unknown), (1, 1));
+        assert_eq!(household_indicators(&s, "05001").unwrap().households, 1);
+        // Moving to another municipality moves the index entry.
+        let moved = household("H2", 2, "05001", false);
+        apply(
+            &s,
+            TOPIC,
+            &[(0, 5, "household:H2".into(), household_change(&moved))],
+        )
+        .unwrap();
+        assert_eq!(household_indicators(&s, "52001").unwrap().households, 1);
+        assert_eq!(household_indicators(&s, "05001").unwrap().households, 2);
+        // A tombstone removes the view and its index entry.
+        let stats = apply(&s, TOPIC, &[(0, 6, "household:H1".into(), None)]).unwrap();
+        assert_eq!(stats.deleted, 1);
+        assert_eq!(read_household(&s, "H1").unwrap(), None);
+        assert_eq!(household_indicators(&s, "52001").unwrap().households, 0);
+        // A payload of another household than the key's is skipped.
+        let stats = apply(
+            &s,
+            TOPIC,
+            &[(0, 7, "household:H9".into(), household_change(&h3))],
+        )
+        .unwrap();
+        assert_eq!(stats.invalid, 1);
     }
 }

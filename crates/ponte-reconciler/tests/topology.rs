@@ -1155,6 +1155,7 @@ proptest! {
                 match &mut c.view {
                     Some(api::compliance_change::View::Person(p)) => { p.view_version = 0; p.updated_time = None; }
                     Some(api::compliance_change::View::Family(f)) => { f.view_version = 0; f.updated_time = None; }
+                    Some(api::compliance_change::View::Household(h)) => { h.view_version = 0; h.updated_time = None; }
                     None => {}
                 }
                 (k.clone(), c.encode_to_vec())

@@ -91,6 +91,24 @@ pub struct HouseholdProfile {
 }
 
 impl HouseholdProfile {
+    /// The tombstone of a profile: a retraction carries only the record id and version that
+    /// withdraw it (the rest is empty and never read).
+    pub fn retraction(record_id: String, version: u64, household_id: HouseholdId) -> Self {
+        HouseholdProfile {
+            record_id,
+            version,
+            retracted: true,
+            household_id,
+            municipality: crate::colombia::Divipola::NONE,
+            zone: None,
+            sisben_group: None,
+            programmes: BTreeSet::new(),
+            members: Vec::new(),
+            figures: BTreeMap::new(),
+            ipm_deprivations: BTreeMap::new(),
+        }
+    }
+
     /// The member with this key.
     pub fn member(&self, key: &PersonKey) -> Option<&Member> {
         self.members.iter().find(|m| m.key() == key)

@@ -78,6 +78,10 @@ fn department(code: u8) -> Option<&'static Department> {
 pub struct Divipola([u8; 5]);
 
 impl Divipola {
+    /// `00000`, no municipality: what the tombstone of a record stands on
+    /// ([`crate::achievements::HouseholdProfile::retraction`]), never read.
+    pub(crate) const NONE: Divipola = Divipola(*b"00000");
+
     /// Parses a 5-digit municipality code. Nothing but digits is accepted (the code is not
     /// punctuated), and a 4-digit code is refused rather than padded: it is usually a code of
     /// department 05 or 08 stored as a number, but padding would guess.
@@ -166,6 +170,10 @@ impl serde::Serialize for Divipola {
 impl<'de> serde::Deserialize<'de> for Divipola {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        if s.as_bytes() == Divipola::NONE.0 {
+            // A stored tombstone's (never an input: `parse` refuses it).
+            return Ok(Divipola::NONE);
+        }
         Divipola::parse(&s).map_err(serde::de::Error::custom)
     }
 }

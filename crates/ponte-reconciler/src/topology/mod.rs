@@ -18,6 +18,9 @@
 //!    partition through `members.v1`.
 //! 3. **Family** (keyed by family id: family-level assistance, `members.v1`): the members'
 //!    outcomes, follow-up, appeals and the effects ladder.
+//! 4. **Household** (keyed by household id: household profiles and evidence on the assistance
+//!    family, education and health topics), only with a household-achievement rule set:
+//!    each achievement's state and the exit test (`household.rs`).
 //!
 //! State layout (keys in the store's `state` column family, each under the prefix of its input
 //! partition, [`partition_prefix`]; each prefix is one typed table of `tables.rs`, which holds
@@ -31,6 +34,7 @@
 //! | `p/<nis>` | the person ([`PersonEntry`]): records (every entry, tombstones included), the digest of the last published view, the identifiers the profile carries |
 //! | `f/<family id>` | the family's assistance records (JSON) |
 //! | `fm/<family id>` | the family's members and their non-compliant outcomes, the digest of the last family view ([`FamilyMembersEntry`]) |
+//! | `h/<household id>` | a followed household (Unidos): its profile and evidence entries, their sources, the last evaluation day and view digest (JSON) |
 //!
 //! An event changes one key of its stage, so an epoch writes (and sends to the changelog) one
 //! entry per person or family it touched. Stores written before this layout kept the digests
@@ -70,6 +74,7 @@ pub use ponte_store::Entry;
 
 mod convert;
 mod family;
+mod household;
 mod identity;
 mod person;
 mod state;
@@ -201,12 +206,14 @@ pub use ponte_proto::reconciler::v1::{
     PersonDigest, PersonEntry,
 };
 
-/// The topology with its configuration: one rule set and the monitoring window.
+/// The topology with its configuration: one rule set and the monitoring window, and the
+/// household-achievement rule set of deployments that follow households (Unidos).
 #[derive(Debug, Clone)]
 pub struct Topology {
     rules: RuleSet,
     from: Month,
     to: Month,
+    achievements: Option<std::sync::Arc<ponte_domain::achievements::AchievementRuleSet>>,
 }
 
 /// An event whose `field` breaks a rule; the class follows from the field.
@@ -236,7 +243,27 @@ fn alt_key(alt: &str) -> &str {
 impl Topology {
     /// `from..=to` is the monitoring window: every period overlapping it is evaluated.
     pub fn new(rules: RuleSet, from: Month, to: Month) -> Self {
-        Self { rules, from, to }
+        Self {
+            rules,
+            from,
+            to,
+            achievements: None,
+        }
+    }
+
+    /// Also follows households with this household-achievement rule set (stage 4,
+    /// `household.rs`); without one, household records are dead-lettered as unsupported.
+    pub fn with_achievements(
+        mut self,
+        rules: ponte_domain::achievements::AchievementRuleSet,
+    ) -> Self {
+        self.achievements = Some(std::sync::Arc::new(rules));
+        self
+    }
+
+    /// True when the topology follows households (a household-achievement rule set).
+    pub fn follows_households(&self) -> bool {
+        self.achievements.is_some()
     }
 
     pub fn rules(&self) -> &RuleSet {
@@ -290,6 +317,13 @@ impl Topology {
                 }
                 Err(e) => Ok(e),
             },
+            (Some(Record::HouseholdProfile(p)), Input::AssistanceFamily) => {
+                self.apply_household(tx, input, event, household::household_profile(event, p))
+            }
+            (
+                Some(Record::HouseholdEvidence(x)),
+                Input::AssistanceFamily | Input::Education | Input::Health,
+            ) => self.apply_household(tx, input, event, household::household_evidence(event, x)),
             (None, _) => Ok(malformed("event carries no record")),
             (Some(_), input) => Ok(Applied::Invalid(Unapplicable::of_event(
                 "unsupported",

@@ -176,7 +176,12 @@ macro_rules! stored_as_proto {
     )*};
 }
 
-stored_as_json!(FamilyDoc, Members, BTreeSet<String>);
+stored_as_json!(
+    FamilyDoc,
+    Members,
+    BTreeSet<String>,
+    household::HouseholdDoc
+);
 stored_as_proto!(Event, PersonDigest, FamilyDigest, api::Person, api::Family);
 
 /// A NIS, kept as its digits.
@@ -301,6 +306,10 @@ pub(super) const MEMBERS: Table<MembersDoc> = Table::new("fm");
 pub(super) const FAMILY_DIGESTS: Table<FamilyDigest> = Table::new("d/f");
 /// `v/f/<family id>`: the whole last family view of stores written before digests.
 pub(super) const FAMILY_VIEWS_BEFORE_DIGESTS: Table<api::Family> = Table::new("v/f");
+
+/// `h/<household id>`: a followed household's records, their sources, the last evaluation day
+/// and the digest of its last view.
+pub(super) const HOUSEHOLDS: Table<household::HouseholdDoc> = Table::new("h");
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

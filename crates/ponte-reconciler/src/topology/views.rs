@@ -57,6 +57,7 @@ pub(super) struct EncodedView {
 /// The `ComplianceChange` field that carries each kind of view.
 pub(super) const PERSON_FIELD: u32 = 1;
 pub(super) const FAMILY_FIELD: u32 = 2;
+pub(super) const HOUSEHOLD_FIELD: u32 = 3;
 
 impl EncodedView {
     /// `view` must have its counters clear.

@@ -1,0 +1,368 @@
+//! Stage 4, households (keyed by household id): programmes in which social workers accompany
+//! households and follow achievements until the household may leave — Colombia's Estrategia
+//! Unidos, with the rule set of `reconciler.achievement_rules_file`.
+//!
+//! The registry's profile and the social workers' visits arrive on the assistance family topic,
+//! the education and health sectors' evidence on their own topics, all keyed by household id:
+//! the topics are co-partitioned, so every record of a household is applied on the partition
+//! that holds its state (`h/<household id>`). Each change re-evaluates the household with
+//! [`AchievementRuleSet::evaluate`] on the day of the event that changed it (UTC; the stage
+//! never reads the clock) and publishes the view on the change topic under
+//! `household:<household id>` when it differs from the last one published.
+use ponte_domain::achievements::rules::Adapter;
+use ponte_domain::achievements::{
+    AchievementOutcome, AchievementRuleSet, AchievementState, CriterionState, EvidenceRecord,
+    EvidenceUsed, HouseholdEvaluation, HouseholdId, HouseholdProfile, HouseholdRecord,
+    HouseholdState, MemberOutcome, Subject,
+};
+
+use super::*;
+
+/// Everything the household stage keeps of one household (`h/<household id>`).
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(super) struct HouseholdDoc {
+    /// Every record entry (tombstones included, so a lower version stays refused).
+    pub(super) records: Vec<HouseholdRecord>,
+    /// Record id → where the record came from.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(super) sources: BTreeMap<String, Source>,
+    /// The latest day the household was evaluated on: evaluation never goes back in time.
+    #[serde(default)]
+    pub(super) evaluated_on: Option<Date>,
+    /// The digest of the last view published; `None` when none is (or it was withdrawn).
+    #[serde(default)]
+    pub(super) digest: Option<(u64, u64)>,
+}
+
+/// The error of a household record that cannot be read, as the adapters name it.
+fn record_error(e: ponte_adapter_assistance::record::RecordError) -> Applied {
+    Applied::Invalid(Unapplicable {
+        error_type: e.error_type,
+        field: e.field,
+        reason: e.reason,
+    })
+}
+
+/// A household id as the adapters accept it (also a key part: never empty, never `/`).
+fn household_id(id: &str) -> Result<HouseholdId, Applied> {
+    if id.is_empty() || id.len() > 32 || id.contains('/') {
+        return Err(invalid(
+            "household_id",
+            format!("{id:?} is not a household id (1 to 32 characters, no '/')"),
+        ));
+    }
+    Ok(HouseholdId(id.to_owned()))
+}
+
+/// The registry's profile (or its retraction) as the engine's record.
+pub(super) fn household_profile(
+    e: &Event,
+    p: &ev::HouseholdProfile,
+) -> Result<HouseholdRecord, Applied> {
+    let id = household_id(&p.household_id)?;
+    if e.retraction {
+        return Ok(HouseholdRecord::Profile(HouseholdProfile::retraction(
+            e.record_id.clone(),
+            e.version,
+            id,
+        )));
+    }
+    ponte_adapter_assistance::household::profile_from_proto(e, p)
+        .map(HouseholdRecord::Profile)
+        .map_err(record_error)
+}
+
+/// A source's evidence (or its retraction) as the engine's record.
+pub(super) fn household_evidence(
+    e: &Event,
+    x: &ev::HouseholdEvidence,
+) -> Result<HouseholdRecord, Applied> {
+    let id = household_id(&x.household_id)?;
+    if e.retraction {
+        return Ok(HouseholdRecord::Evidence(EvidenceRecord {
+            record_id: e.record_id.clone(),
+            version: e.version,
+            retracted: true,
+            household_id: id,
+            source: x.source.clone(),
+            subject: Subject::Household,
+            recorded_on: Date::MIN,
+            recorded_by: String::new(),
+            items: BTreeMap::new(),
+        }));
+    }
+    ponte_adapter_assistance::household::evidence_from_proto(e, x)
+        .map(HouseholdRecord::Evidence)
+        .map_err(record_error)
+}
+
+/// The adapter whose topic `input` is.
+fn adapter_of(input: Input) -> Option<Adapter> {
+    match input {
+        Input::AssistanceFamily | Input::AssistancePerson | Input::Registry => {
+            Some(Adapter::Assistance)
+        }
+        Input::Education => Some(Adapter::Education),
+        Input::Health => Some(Adapter::Health),
+        Input::Crosswalk | Input::HealthByNis | Input::Members => None,
+    }
+}
+
+/// The UTC day of an acceptance time (1970-01-01 when the event has none).
+fn day_of(at: Option<Timestamp>) -> Date {
+    let seconds = at.map_or(0, |t| t.seconds);
+    Date::from_days(seconds.div_euclid(86_400)).unwrap_or(Date::MIN)
+}
+
+/// A serde enum's name as it is written in rule files and JSON (`reached`, `education`).
+fn name_of(value: &impl Serialize) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(s)) => s,
+        Ok(other) => other.to_string(),
+        Err(_) => String::new(),
+    }
+}
+
+fn state_view(s: AchievementState) -> api::AchievementState {
+    match s {
+        AchievementState::Reached => api::AchievementState::AchievementReached,
+        AchievementState::NotReached => api::AchievementState::AchievementNotReached,
+        AchievementState::NotApplicable => api::AchievementState::AchievementNotApplicable,
+        AchievementState::Unknown => api::AchievementState::AchievementUnknown,
+    }
+}
+
+fn evidence_view(e: &EvidenceUsed) -> api::AchievementEvidence {
+    api::AchievementEvidence {
+        source: e.source.clone(),
+        sector: name_of(&e.sector),
+        record_id: e.record_id.clone(),
+        version: e.version,
+        recorded_on: e.recorded_on.to_string(),
+        recorded_by: e.recorded_by.clone(),
+        item: e.item.clone(),
+        value: e.value.to_string(),
+        compared_with: e.compared_with.as_ref().map_or_else(String::new, |c| {
+            format!(
+                "{} {} (reached when {})",
+                c.name,
+                c.value,
+                name_of(&c.reached_when)
+            )
+        }),
+    }
+}
+
+fn member_view(m: &MemberOutcome) -> api::MemberAchievement {
+    api::MemberAchievement {
+        person_key: m.person.to_string(),
+        age: m.age,
+        state: state_view(m.state) as i32,
+        evidence: m.evidence.as_ref().map(evidence_view),
+        note: m.note.clone(),
+    }
+}
+
+fn achievement_view(a: &AchievementOutcome) -> api::HouseholdAchievement {
+    api::HouseholdAchievement {
+        achievement: a.achievement.clone(),
+        number: a.number,
+        dimension: a.dimension.clone(),
+        prerequisite: a.prerequisite,
+        state: state_view(a.state) as i32,
+        evidence: a.evidence.as_ref().map(evidence_view),
+        members: a.members.iter().map(member_view).collect(),
+        note: a.note.clone(),
+    }
+}
+
+/// The published view of a household's evaluation (counters clear, sources empty).
+pub(super) fn household_view(
+    eval: &HouseholdEvaluation,
+    profile: &HouseholdProfile,
+) -> api::Household {
+    let exit = &eval.exit;
+    api::Household {
+        household_id: eval.household_id.to_string(),
+        municipality: eval.municipality.to_string(),
+        sisben_group: eval
+            .sisben_group
+            .map_or_else(String::new, |g| g.to_string()),
+        rule_set: eval.rule_set.to_string(),
+        evaluated_on: eval.evaluated_on.to_string(),
+        evidence_since: eval.evidence_since.to_string(),
+        members: profile
+            .members
+            .iter()
+            .map(|m| m.key().to_string())
+            .collect(),
+        achievements: eval.achievements.iter().map(achievement_view).collect(),
+        exit: Some(api::HouseholdExit {
+            name: exit.name.clone(),
+            local_name: exit.local_name.clone().unwrap_or_default(),
+            may_leave: exit.may_leave,
+            criteria: exit
+                .criteria
+                .iter()
+                .map(|c| api::ExitCriterion {
+                    criterion: name_of(&c.criterion),
+                    state: match c.state {
+                        CriterionState::Met => api::CriterionState::CriterionMet,
+                        CriterionState::NotMet => api::CriterionState::CriterionNotMet,
+                        CriterionState::Unknown => api::CriterionState::CriterionUnknown,
+                    } as i32,
+                    detail_json: serde_json::to_string(&c.detail).unwrap_or_default(),
+                })
+                .collect(),
+            missing: exit
+                .missing
+                .iter()
+                .map(|m| api::MissingEvidence {
+                    criterion: name_of(&m.criterion),
+                    achievement: m.achievement.clone().unwrap_or_default(),
+                    person_key: m
+                        .person
+                        .as_ref()
+                        .map_or_else(String::new, ToString::to_string),
+                    what: m.what.clone(),
+                })
+                .collect(),
+        }),
+        view_version: 0,
+        updated_time: None,
+        sources: Vec::new(),
+    }
+}
+
+impl Topology {
+    /// Applies a household record that arrived on `input`.
+    pub(super) fn apply_household(
+        &self,
+        tx: &mut Tx<'_>,
+        input: Input,
+        event: &Event,
+        record: Result<HouseholdRecord, Applied>,
+    ) -> Result<Applied, ReconcilerError> {
+        let Some(rules) = self.achievements.as_deref() else {
+            return Ok(Applied::Invalid(Unapplicable::of_event(
+                "unsupported",
+                "household records need a household-achievement rule set \
+                 (reconciler.achievement_rules_file), and this deployment has none",
+            )));
+        };
+        let record = match record {
+            Ok(r) => r,
+            Err(invalid) => return Ok(invalid),
+        };
+        if let HouseholdRecord::Evidence(e) = &record
+            && !e.retracted
+            && let Some(refused) = misplaced_source(rules, &e.source, input)
+        {
+            return Ok(refused);
+        }
+        let hid = record.household_id().clone();
+        let mut doc = HOUSEHOLDS.get(tx, &[hid.0.as_str()])?.unwrap_or_default();
+        let mut state = HouseholdState::new(hid.clone());
+        for r in &doc.records {
+            let _ = state.apply(r.clone());
+        }
+        let record_id = record.record_id().to_owned();
+        let applied = state
+            .apply(record)
+            .map_err(|e| ReconcilerError::Misrouted(e.to_string()))?;
+        if !applied.changed() {
+            return Ok(Applied::Unchanged);
+        }
+        doc.records = state
+            .profiles
+            .entries()
+            .cloned()
+            .map(HouseholdRecord::Profile)
+            .chain(
+                state
+                    .evidence
+                    .entries()
+                    .cloned()
+                    .map(HouseholdRecord::Evidence),
+            )
+            .collect();
+        doc.sources.insert(record_id, source_of(event));
+        let on = day_of(event.ingest_time).max(doc.evaluated_on.unwrap_or(Date::MIN));
+        doc.evaluated_on = Some(on);
+        self.refresh_household(tx, rules, &state, &mut doc, on, event.ingest_time);
+        HOUSEHOLDS.put(tx, &[hid.0.as_str()], &doc)?;
+        Ok(Applied::Changed)
+    }
+
+    /// Publishes the household's view if it is not the one last published; withdraws it (a
+    /// tombstone) when the household has no live profile or left the programme.
+    fn refresh_household(
+        &self,
+        tx: &mut Tx<'_>,
+        rules: &AchievementRuleSet,
+        state: &HouseholdState,
+        doc: &mut HouseholdDoc,
+        on: Date,
+        at: Option<Timestamp>,
+    ) {
+        let key = format!("household:{}", state.household_id());
+        let evaluated = state
+            .profile()
+            .and_then(|p| rules.evaluate(state, on).map(|e| (p, e)));
+        let Some((profile, eval)) = evaluated else {
+            if doc.digest.take().is_some() {
+                tx.emit_tombstone(OutputKind::Change, key);
+            }
+            return;
+        };
+        let mut view = household_view(&eval, profile);
+        view.sources = sources_view(
+            &doc.sources,
+            state
+                .profiles
+                .live()
+                .map(|r| r.record_id.as_str())
+                .chain(state.evidence.live().map(|r| r.record_id.as_str())),
+        );
+        let encoded = EncodedView::new(&view);
+        if doc.digest.is_some_and(|(_, hash)| hash == encoded.hash) {
+            return;
+        }
+        let view_version = doc.digest.map_or(0, |(v, _)| v) + 1;
+        let counters = api::Household {
+            view_version,
+            updated_time: at,
+            ..Default::default()
+        };
+        doc.digest = Some((view_version, encoded.hash));
+        tx.emit(
+            OutputKind::Change,
+            key,
+            encoded.change(HOUSEHOLD_FIELD, &counters),
+        );
+    }
+}
+
+/// Why evidence of `source` cannot be taken from `input`'s topic: a source the rule set does
+/// not declare, or one declared to arrive through another adapter.
+fn misplaced_source(rules: &AchievementRuleSet, source: &str, input: Input) -> Option<Applied> {
+    let Some(declared) = rules.sources.iter().find(|s| s.id == source) else {
+        return Some(invalid(
+            "source",
+            format!(
+                "{source:?} is not a source of rule set {}@{}",
+                rules.id, rules.version
+            ),
+        ));
+    };
+    if adapter_of(input) != Some(declared.adapter) {
+        return Some(invalid(
+            "source",
+            format!(
+                "source {source:?} arrives through the {} adapter, not on the {input:?} topic",
+                name_of(&declared.adapter)
+            ),
+        ));
+    }
+    None
+}
