@@ -1,6 +1,7 @@
 //! `ponte-sim`: deterministic synthetic Bolsa Família populations and the records the three
 //! sectors would send about them, written in the adapters' own input formats — for demos, system
-//! tests and benchmarks (`ponte sim`).
+//! tests and benchmarks (`ponte sim`); and Colombian Unidos households with their cogestores'
+//! visits ([`unidos`], `ponte sim --programme unidos`).
 //!
 //! - [`population`]: families and people, each a pure function of (seed, family index), shaped
 //!   by the programme's published figures (age structure, family size, CNS/CPF coverage;
@@ -15,6 +16,9 @@
 //! simple JSON form), `scfv-<YYYY-Bn>-NNNN.json`, `family-follow-ups-NNNN.json` and
 //! `appeals-NNNN.json` (assistance JSON). JSON files are arrays of at most
 //! [`SimConfig::json_chunk_records`] records, to stay under the adapters' body limit.
+//! [`unidos::generate`] writes `household-profiles-NNNN.json` (assistance
+//! `/v1/household-profiles`) and `household-visits-NNNN.json` (`/v1/household-evidence`),
+//! chunked and listed in `manifest.tsv` the same way.
 //!
 //! The generator never reads the clock: periods are chosen by the caller, and must lie in the
 //! past for the adapters to accept their dates.
@@ -31,6 +35,7 @@ use ponte_domain::period::{Bimester, Date, Semester};
 pub mod places;
 pub mod population;
 pub mod rng;
+pub mod unidos;
 
 use population::{Family, Person, Population, Sex};
 use rng::Rng;
@@ -180,6 +185,10 @@ struct Sink {
     endpoint: &'static str,
     content_type: &'static str,
     current: Option<(BufWriter<File>, FileSummary, PathBuf)>,
+    /// Bytes written to the current file.
+    bytes: u64,
+    /// A record that would take the current file past this many bytes starts a new one.
+    max_bytes: u64,
     files: u32,
     done: Vec<FileSummary>,
 }
@@ -201,6 +210,8 @@ impl Sink {
             endpoint,
             content_type: "text/csv",
             current: None,
+            bytes: 0,
+            max_bytes: u64::MAX,
             files: 0,
             done: Vec::new(),
         }
@@ -222,16 +233,25 @@ impl Sink {
             endpoint,
             content_type: "application/json",
             current: None,
+            bytes: 0,
+            max_bytes: u64::MAX,
             files: 0,
             done: Vec::new(),
         }
     }
 
+    /// Files of at most `max_bytes` bytes too (each file is one request, and the adapters
+    /// refuse a body above their limit).
+    fn max_bytes(mut self, max_bytes: u64) -> Self {
+        self.max_bytes = max_bytes;
+        self
+    }
+
     fn write(&mut self, record: &str, malformed: bool) -> Result<(), SimError> {
-        let full = self
-            .current
-            .as_ref()
-            .is_some_and(|(_, s, _)| s.records as usize >= self.chunk);
+        let full = self.current.as_ref().is_some_and(|(_, s, _)| {
+            s.records as usize >= self.chunk
+                || self.bytes.saturating_add(record.len() as u64 + 2) > self.max_bytes
+        });
         if full {
             self.finish_file()?;
         }
@@ -251,6 +271,7 @@ impl Sink {
                 path: path.clone(),
                 source,
             })?;
+            self.bytes += record.len() as u64 + 2;
             summary.records += 1;
             summary.malformed += u64::from(malformed);
         }
@@ -274,6 +295,8 @@ impl Sink {
             None => w.write_all(b"[\n"),
         }
         .map_err(io)?;
+        // The opening and closing brackets.
+        self.bytes = 4;
         self.current = Some((
             w,
             FileSummary {

@@ -1,17 +1,36 @@
 //! `ponte sim`: writes a deterministic synthetic population's sector records to a directory, in
 //! the adapters' input formats, with a progress bar (see `ponte-sim`). Send them with
 //! `ponte ingest` (the directory's `manifest.tsv` names each file's adapter endpoint).
+//! `--programme unidos` writes Colombian Unidos households and their cogestores' visits instead
+//! (`ponte_sim::unidos`).
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context as _;
 use indicatif::{ProgressBar, ProgressStyle};
-use ponte_domain::period::{Bimester, Semester};
+use ponte_domain::period::{Bimester, Date, Semester};
 use ponte_sim::SimConfig;
+use ponte_sim::unidos::UnidosConfig;
+
+/// The programme whose population is simulated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Programme {
+    /// Brazil's Bolsa Família: registry profiles and every sector's records.
+    BolsaFamilia,
+    /// Colombia's Unidos: household profiles and cogestores' visits (assistance adapter).
+    Unidos,
+}
 
 /// Arguments of `ponte sim`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct SimArgs {
+    /// Programme: `bolsa-familia` (the default) or `unidos`.
+    #[arg(long, value_enum, default_value = "bolsa-familia")]
+    pub(crate) programme: Programme,
+    /// Unidos: the day the households would be evaluated (`YYYY-MM-DD`); visits fall in the 12
+    /// months before it. Must not be in the future when the files are sent.
+    #[arg(long, default_value = "2025-06-30")]
+    pub(crate) evaluated_on: String,
     /// Directory to write the files into (created if missing).
     #[arg(long, default_value = "ponte-sim-out")]
     pub(crate) out: PathBuf,
@@ -21,10 +40,11 @@ pub(crate) struct SimArgs {
     /// About this many people (Brazil 2025: 54000000).
     #[arg(long, default_value_t = 100_000)]
     pub(crate) people: u64,
-    /// School bimesters to write attendance for, comma-separated (`2025-B1,2025-B2`).
+    /// School bimesters to write attendance for, comma-separated (`2025-B1,2025-B2`); Bolsa
+    /// Família only.
     #[arg(long, value_delimiter = ',', default_value = "2025-B2")]
     pub(crate) bimesters: Vec<String>,
-    /// Health semesters to write follow-up for, comma-separated (`2025-S1`).
+    /// Health semesters to write follow-up for, comma-separated (`2025-S1`); Bolsa Família only.
     #[arg(long, value_delimiter = ',', default_value = "2025-S1")]
     pub(crate) semesters: Vec<String>,
     /// Share of records written malformed on purpose (0–1), for the dead-letter paths.
@@ -39,48 +59,48 @@ pub(crate) struct SimArgs {
 }
 
 pub(crate) fn run(args: SimArgs) -> anyhow::Result<()> {
-    let bimesters = args
-        .bimesters
-        .iter()
-        .filter(|s| !s.is_empty())
-        .map(|s| Bimester::parse(s).with_context(|| format!("bimester {s:?}")))
-        .collect::<Result<Vec<_>, _>>()?;
-    let semesters = args
-        .semesters
-        .iter()
-        .filter(|s| !s.is_empty())
-        .map(|s| Semester::parse(s).with_context(|| format!("semester {s:?}")))
-        .collect::<Result<Vec<_>, _>>()?;
-    let cfg = SimConfig {
-        seed: args.seed,
-        people: args.people,
-        bimesters,
-        semesters,
-        malformed_share: args.malformed,
-        json_chunk_records: args.json_chunk_records,
-    };
     let bar = if args.no_progress {
         ProgressBar::hidden()
     } else {
         ProgressBar::new(0)
     };
+    let unit = match args.programme {
+        Programme::BolsaFamilia => "families",
+        Programme::Unidos => "households",
+    };
     bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} families {pos}/{len} [{bar:40}] {percent}% {per_sec} eta {eta}",
-        )
+        ProgressStyle::with_template(&format!(
+            "{{spinner}} {unit} {{pos}}/{{len}} [{{bar:40}}] {{percent}}% {{per_sec}} eta {{eta}}"
+        ))
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> "),
     );
-    let started = Instant::now();
-    let summary = ponte_sim::generate(&cfg, &args.out, &mut |done, total| {
+    let mut progress = |done, total| {
         bar.set_length(total);
         bar.set_position(done);
-    })
+    };
+    let started = Instant::now();
+    let summary = match args.programme {
+        Programme::BolsaFamilia => {
+            ponte_sim::generate(&bolsa_familia(&args)?, &args.out, &mut progress)
+        }
+        Programme::Unidos => {
+            let cfg = UnidosConfig {
+                seed: args.seed,
+                people: args.people,
+                evaluated_on: Date::parse(&args.evaluated_on)
+                    .with_context(|| format!("evaluation day {:?}", args.evaluated_on))?,
+                malformed_share: args.malformed,
+                json_chunk_records: args.json_chunk_records,
+            };
+            ponte_sim::unidos::generate(&cfg, &args.out, &mut progress)
+        }
+    }
     .with_context(|| format!("writing {}", args.out.display()))?;
     bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
     println!(
-        "{} families, {} people, {} records ({} malformed) in {:.1} s ({:.0} records/s)",
+        "{} {unit}, {} people, {} records ({} malformed) in {:.1} s ({:.0} records/s)",
         summary.families,
         summary.people,
         summary.records(),
@@ -100,4 +120,28 @@ pub(crate) fn run(args: SimArgs) -> anyhow::Result<()> {
     }
     println!("manifest   {}", args.out.join("manifest.tsv").display());
     Ok(())
+}
+
+/// The Bolsa Família settings of the arguments.
+fn bolsa_familia(args: &SimArgs) -> anyhow::Result<SimConfig> {
+    let bimesters = args
+        .bimesters
+        .iter()
+        .filter(|s| !s.is_empty())
+        .map(|s| Bimester::parse(s).with_context(|| format!("bimester {s:?}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let semesters = args
+        .semesters
+        .iter()
+        .filter(|s| !s.is_empty())
+        .map(|s| Semester::parse(s).with_context(|| format!("semester {s:?}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(SimConfig {
+        seed: args.seed,
+        people: args.people,
+        bimesters,
+        semesters,
+        malformed_share: args.malformed,
+        json_chunk_records: args.json_chunk_records,
+    })
 }
