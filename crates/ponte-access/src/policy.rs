@@ -106,7 +106,8 @@ impl fmt::Display for Adapter {
     }
 }
 
-/// A kind of record an adapter accepts. Each kind belongs to exactly one adapter.
+/// A kind of record an adapter accepts. Each kind belongs to one adapter, but for household
+/// evidence, which every sector sends to its own adapter ([`RecordKind::adapters`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum RecordKind {
     /// School attendance (`POST /v1/attendance`, JSON or CSV) — education adapter.
@@ -126,8 +127,10 @@ pub enum RecordKind {
     /// Household profiles of a household-accompaniment programme such as Colombia's Unidos
     /// (`POST /v1/household-profiles`) — assistance adapter.
     HouseholdProfile,
-    /// Evidence about a household: social workers' visits, registry items
-    /// (`POST /v1/household-evidence`) — assistance adapter.
+    /// Evidence about a household of a household-accompaniment programme
+    /// (`POST /v1/household-evidence`): social workers' visits and registry items at the
+    /// assistance adapter, the education and health sectors' results at theirs — each sector
+    /// sends its own source's evidence to its own adapter.
     HouseholdEvidence,
 }
 
@@ -166,19 +169,27 @@ impl RecordKind {
         RecordKind::ALL.into_iter().find(|k| k.as_str() == name)
     }
 
-    /// The adapter that accepts records of this kind.
-    pub fn adapter(self) -> Adapter {
+    /// The adapters that accept records of this kind: one, but for household evidence, which
+    /// each sector sends to its own adapter (a principal still sends to one adapter only).
+    pub fn adapters(self) -> &'static [Adapter] {
         match self {
-            RecordKind::Attendance => Adapter::Education,
-            RecordKind::Health => Adapter::Health,
+            RecordKind::Attendance => &[Adapter::Education],
+            RecordKind::Health => &[Adapter::Health],
             RecordKind::Person
             | RecordKind::Scfv
             | RecordKind::FollowUp
             | RecordKind::Appeal
             | RecordKind::Erasure
-            | RecordKind::HouseholdProfile
-            | RecordKind::HouseholdEvidence => Adapter::Assistance,
+            | RecordKind::HouseholdProfile => &[Adapter::Assistance],
+            RecordKind::HouseholdEvidence => {
+                &[Adapter::Education, Adapter::Health, Adapter::Assistance]
+            }
         }
+    }
+
+    /// Whether `adapter` accepts records of this kind.
+    pub fn accepted_by(self, adapter: Adapter) -> bool {
+        self.adapters().contains(&adapter)
     }
 }
 
@@ -203,17 +214,23 @@ pub enum Rpc {
     WatchChanges,
     /// `ListParked` (raw CNS/CPF of unresolved health records): operators only.
     ListParked,
+    /// `GetHousehold` (deployments with household achievements).
+    GetHousehold,
+    /// `GetHouseholdIndicators`.
+    GetHouseholdIndicators,
 }
 
 impl Rpc {
     /// Every method.
-    pub const ALL: [Rpc; 6] = [
+    pub const ALL: [Rpc; 8] = [
         Rpc::GetPerson,
         Rpc::GetFamily,
         Rpc::ListPersons,
         Rpc::GetIndicators,
         Rpc::WatchChanges,
         Rpc::ListParked,
+        Rpc::GetHousehold,
+        Rpc::GetHouseholdIndicators,
     ];
 
     /// The gRPC method name, as written in the policy file.
@@ -225,6 +242,8 @@ impl Rpc {
             Rpc::GetIndicators => "GetIndicators",
             Rpc::WatchChanges => "WatchChanges",
             Rpc::ListParked => "ListParked",
+            Rpc::GetHousehold => "GetHousehold",
+            Rpc::GetHouseholdIndicators => "GetHouseholdIndicators",
         }
     }
 
@@ -651,7 +670,7 @@ impl Policy {
                 adapter,
             });
         };
-        if kind.adapter() != adapter || !send.records.contains(&kind) {
+        if !kind.accepted_by(adapter) || !send.records.contains(&kind) {
             return Err(Denied::RecordKind {
                 principal: echo(principal),
                 adapter,
@@ -967,7 +986,7 @@ fn send_rights(ctx: &Ctx<'_>, key: &str, raw: RawSend) -> Result<SendRights, Acc
         let expected = || {
             RecordKind::ALL
                 .into_iter()
-                .filter(|k| k.adapter() == adapter)
+                .filter(|k| k.accepted_by(adapter))
                 .map(RecordKind::as_str)
                 .collect::<Vec<_>>()
                 .join(", ")
@@ -981,12 +1000,13 @@ fn send_rights(ctx: &Ctx<'_>, key: &str, raw: RawSend) -> Result<SendRights, Acc
                 ),
             )
         })?;
-        if kind.adapter() != adapter {
+        if !kind.accepted_by(adapter) {
+            let to: Vec<&str> = kind.adapters().iter().map(|a| a.as_str()).collect();
             return Err(ctx.err(
                 &here,
                 format!(
                     "{kind} records go to the {} adapter, not the {adapter} adapter (which takes {})",
-                    kind.adapter(),
+                    to.join(" or "),
                     expected()
                 ),
             ));
@@ -1123,10 +1143,10 @@ max_watch_streams = 2
 # Sector systems: each sends its own records, under its own source system, and reads nothing.
 
 [principals."urn:ponte:principal:education"]
-send = { adapter = "education", records = ["attendance"], source_system = "education" }
+send = { adapter = "education", records = ["attendance", "household-evidence"], source_system = "education" }
 
 [principals."urn:ponte:principal:health"]
-send = { adapter = "health", records = ["health"], source_system = "health" }
+send = { adapter = "health", records = ["health", "household-evidence"], source_system = "health" }
 
 [principals."urn:ponte:principal:assistance"]
 send = { adapter = "assistance", records = ["person", "scfv", "follow-up", "appeal", "household-profile", "household-evidence"], source_system = "assistance" }
@@ -1134,7 +1154,7 @@ send = { adapter = "assistance", records = ["person", "scfv", "follow-up", "appe
 # Readers: the federal ministry sees everything; a state its municipalities; a municipality itself.
 
 [principals."urn:ponte:principal:federal"]
-read = { scopes = ["federal"], rpcs = ["GetPerson", "GetFamily", "ListPersons", "GetIndicators", "WatchChanges"], conditionalities = ["all"] }
+read = { scopes = ["federal"], rpcs = ["GetPerson", "GetFamily", "ListPersons", "GetIndicators", "WatchChanges", "GetHousehold", "GetHouseholdIndicators"], conditionalities = ["all"] }
 limits = { max_concurrent_requests = 256, max_watch_streams = 4 }
 
 [principals."urn:ponte:principal:state-sp"]
@@ -1182,6 +1202,21 @@ mod tests {
     }
 
     #[test]
+    fn every_kind_goes_to_one_adapter_but_household_evidence_to_each_sectors() {
+        for kind in RecordKind::ALL {
+            let adapters = kind.adapters();
+            if kind == RecordKind::HouseholdEvidence {
+                assert_eq!(adapters.len(), Adapter::ALL.len(), "{kind}");
+            } else {
+                assert_eq!(adapters.len(), 1, "{kind}");
+            }
+            for a in Adapter::ALL {
+                assert_eq!(kind.accepted_by(a), adapters.contains(&a), "{kind} {a}");
+            }
+        }
+    }
+
+    #[test]
     fn dev_policy_parses_and_names_every_dev_principal() {
         let p = policy(dev_policy_toml());
         let names: Vec<&str> = p.principals().collect();
@@ -1226,6 +1261,28 @@ mod tests {
                 "assistance"
             );
         }
+        // Household evidence (Unidos): each sector sends its own source's to its own adapter,
+        // under its own source system, and to no other adapter.
+        for (who, adapter) in [
+            (&education, Adapter::Education),
+            (&health, Adapter::Health),
+            (&assistance, Adapter::Assistance),
+        ] {
+            assert_eq!(
+                p.may_send(who, adapter, RecordKind::HouseholdEvidence)
+                    .unwrap()
+                    .as_str(),
+                adapter.as_str()
+            );
+        }
+        assert!(matches!(
+            p.may_send(&education, Adapter::Health, RecordKind::HouseholdEvidence),
+            Err(Denied::Adapter { .. })
+        ));
+        assert!(matches!(
+            p.may_send(&education, Adapter::Education, RecordKind::HouseholdProfile),
+            Err(Denied::RecordKind { .. })
+        ));
         // Senders read nothing.
         for rpc in Rpc::ALL {
             assert!(p.may_call(&education, rpc).is_err());
@@ -1488,7 +1545,11 @@ max_concurrent_requests = 10
             ),
             (
                 "[principals.a]\nsend = { adapter = \"education\", records = [\"person\"], source_system = \"e\" }\n",
-                "principals.\"a\".send.records[0]: person records go to the assistance adapter, not the education adapter (which takes attendance)",
+                "principals.\"a\".send.records[0]: person records go to the assistance adapter, not the education adapter (which takes attendance, household-evidence)",
+            ),
+            (
+                "[principals.a]\nsend = { adapter = \"health\", records = [\"household-profile\"], source_system = \"e\" }\n",
+                "principals.\"a\".send.records[0]: household-profile records go to the assistance adapter, not the health adapter (which takes health, household-evidence)",
             ),
             (
                 "[principals.a]\nsend = { adapter = \"school\", records = [\"attendance\"], source_system = \"e\" }\n",

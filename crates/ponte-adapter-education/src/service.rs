@@ -5,6 +5,10 @@
 //!   record and published in chunks, so a file of millions of lines needs no more memory than
 //!   one chunk.
 //!
+//! and `POST /v1/household-evidence` (JSON only; record kind `household-evidence`): the
+//! education source's evidence about the households of Colombia's Unidos ([`crate::household`]),
+//! published on the same topic keyed by household id.
+//!
 //! Answers are the adapters' common ones (`ponte_edge::ingest`), JSON with `accepted` and
 //! `rejected`:
 //! - `200` every valid record is acknowledged by the broker; invalid ones (if any) are listed
@@ -19,9 +23,10 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use axum::Extension;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, FromRequest as _, Request, State};
+use axum::extract::{FromRequest as _, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -29,8 +34,8 @@ use ponte_bus::ingest::{Accepted, Ingestor, Item};
 use ponte_bus::{KafkaConfig, Publisher, Topic, TopicsConfig};
 use ponte_edge::http::{Sender, may_send};
 use ponte_edge::ingest::{
-    Answer, BodyType, CsvLayout, CsvSettings, CsvUpload, Fault, answer, body_type, csv_not_utf8,
-    json_position, unavailable,
+    Answer, BodyLimit, BodyType, BoundedBody, CsvLayout, CsvSettings, CsvUpload, Fault, answer,
+    body_type, csv_not_utf8, json_position, unavailable,
 };
 use ponte_edge::{AccessConfig, Adapter, Gate, RecordKind, TlsConfig};
 use ponte_runtime::Readiness;
@@ -39,6 +44,7 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::csv::Header;
+use crate::household::{SectorEvidence, ValidEvidence};
 use crate::record::{
     AttendanceInput, RecordError, ValidRecord, is_json_array, split_json_body, validate,
 };
@@ -79,6 +85,8 @@ struct AppState {
     records_topic: String,
     retry_after_secs: u64,
     csv: CsvSettings,
+    /// The education source of Unidos's rule set: the household evidence this adapter takes.
+    evidence: SectorEvidence,
 }
 
 impl From<RecordError> for Fault {
@@ -100,18 +108,60 @@ async fn ingest(State(state): State<Arc<AppState>>, req: Request) -> Response {
         BodyType::CsvNotUtf8(charset) => return csv_not_utf8(&charset),
         BodyType::Json => {}
     }
-    // The JSON path reads the whole body, bounded by `DefaultBodyLimit` (`max_body_bytes`).
-    match Bytes::from_request(req, &state).await {
-        Ok(body) => ingest_json(&state, &sender, &headers, body).await,
+    // The JSON path reads the whole body, bounded by `max_body_bytes` (`BodyLimit`).
+    match BoundedBody::from_request(req, &state).await {
+        Ok(BoundedBody(body)) => {
+            let source = sender.source_system.as_str();
+            ingest_json(&state, &sender, &headers, body, |raw, now| {
+                serde_json::from_str::<AttendanceInput>(raw)
+                    .map_err(|e| RecordError::malformed(e.to_string()))
+                    .and_then(|input| validate(&input, source, now))
+                    .map(|ValidRecord { key, event }| (key, event))
+            })
+            .await
+        }
         Err(rejection) => rejection.into_response(),
     }
 }
 
-async fn ingest_json(
+/// `POST /v1/household-evidence`: one JSON record or an array, in the assistance adapter's
+/// household-evidence layout, for the education source only.
+async fn household_evidence(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    let headers = req.headers().clone();
+    let Some(sender) = req.extensions().get::<Sender>().cloned() else {
+        return Answer::error("the request reached the handler without a checked sender")
+            .respond(StatusCode::INTERNAL_SERVER_ERROR);
+    };
+    if body_type(&headers) != BodyType::Json {
+        return Answer::error(
+            "household evidence is taken as JSON only (CSV is taken at POST /v1/attendance)",
+        )
+        .respond(StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    }
+    match BoundedBody::from_request(req, &state).await {
+        Ok(BoundedBody(body)) => {
+            let source = sender.source_system.as_str();
+            ingest_json(&state, &sender, &headers, body, |raw, now| {
+                state
+                    .evidence
+                    .parse_json(raw, source, now)
+                    .map(|ValidEvidence { key, event }| (key, event))
+                    .map_err(|e| Fault::new(e.field, e.error_type, e.reason))
+            })
+            .await
+        }
+        Err(rejection) => rejection.into_response(),
+    }
+}
+
+/// A JSON body (one record or an array), each record parsed by `parse` into its Kafka key and
+/// event, published on the records topic; the invalid ones answered and dead-lettered.
+async fn ingest_json<E: Into<Fault>>(
     state: &AppState,
     sender: &Sender,
     headers: &HeaderMap,
     body: Bytes,
+    parse: impl Fn(&str, SystemTime) -> Result<(String, ponte_proto::events::v1::Event), E>,
 ) -> Response {
     let now = SystemTime::now();
     let trace = trace_id(headers);
@@ -122,22 +172,17 @@ async fn ingest_json(
             let items = raws
                 .iter()
                 .enumerate()
-                .map(|(i, raw)| {
-                    let parsed = serde_json::from_str::<AttendanceInput>(raw.get())
-                        .map_err(|e| RecordError::malformed(e.to_string()))
-                        .and_then(|input| validate(&input, sender.source_system.as_str(), now));
-                    match parsed {
-                        Ok(ValidRecord { key, event }) => Item::Accepted(Accepted {
-                            topic: state.records_topic.clone(),
-                            key,
-                            event,
-                        }),
-                        Err(e) => Fault::from(e).item(
-                            json_position(single, i),
-                            raw.get().as_bytes().to_vec(),
-                            "application/json",
-                        ),
-                    }
+                .map(|(i, raw)| match parse(raw.get(), now) {
+                    Ok((key, event)) => Item::Accepted(Accepted {
+                        topic: state.records_topic.clone(),
+                        key,
+                        event,
+                    }),
+                    Err(e) => e.into().item(
+                        json_position(single, i),
+                        raw.get().as_bytes().to_vec(),
+                        "application/json",
+                    ),
                 })
                 .collect();
             (items, false)
@@ -235,6 +280,7 @@ pub async fn run(
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     // The policy is read before anything connects: a bad one stops the start, named.
     let gate = Arc::new(Gate::new(ADAPTER, access, tls.is_insecure(), &[])?);
+    let evidence = SectorEvidence::unidos(ponte_domain::achievements::rules::Adapter::Education)?;
     let publisher = Publisher::new(kafka, ADAPTER)?;
     let state = Arc::new(AppState {
         ingestor: ponte_audit::log::adapter_ingestor(
@@ -259,6 +305,7 @@ pub async fn run(
             max_listed_rejections: cfg.max_listed_rejections,
             retry_after_secs: cfg.retry_after_secs,
         },
+        evidence,
     });
 
     let limit = cfg.max_body_bytes;
@@ -271,7 +318,15 @@ pub async fn run(
                 RecordKind::Attendance,
             ))),
         )
-        .layer(DefaultBodyLimit::max(limit))
+        .route(
+            "/v1/household-evidence",
+            post(household_evidence).layer(axum::middleware::from_fn(may_send(
+                Arc::clone(&gate),
+                Adapter::Education,
+                RecordKind::HouseholdEvidence,
+            ))),
+        )
+        .layer(Extension(BodyLimit(limit)))
         .layer(axum::middleware::map_response(
             move |resp: Response| async move {
                 if resp.status() == StatusCode::PAYLOAD_TOO_LARGE
@@ -285,7 +340,7 @@ pub async fn run(
             },
         ))
         .with_state(state);
-    tracing::info!("education adapter: POST /v1/attendance");
+    tracing::info!("education adapter: POST /v1/attendance, /v1/household-evidence");
     ponte_edge::ingest::serve_adapter(
         gate,
         &cfg.listen,

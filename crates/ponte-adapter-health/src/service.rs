@@ -8,6 +8,10 @@
 //! - `POST /v1/health`: the simple JSON form, one object or an array; answered with every
 //!   adapter's JSON answer (`ponte_edge::ingest`: `accepted`, `rejected` with position, field and
 //!   reason).
+//! - `POST /v1/household-evidence` (JSON only; record kind `household-evidence`): the health
+//!   source's evidence about the households of Colombia's Unidos, in the assistance adapter's
+//!   household-evidence layout (`ponte_adapter_education::household`), published on the same
+//!   topic keyed by household id and answered as `/v1/health` is. Not taken as FHIR.
 //!
 //! Status codes, the same as every adapter's (`ponte_edge::ingest`): `200` every accepted record is acknowledged by the broker (rejected ones are on
 //! the dead-letter topic); `422` nothing was accepted and something was rejected; `400` the body
@@ -18,19 +22,20 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Extension, State};
+use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use ponte_adapter_education::household::{SectorEvidence, ValidEvidence};
 use ponte_bus::ingest::{Accepted, IngestReport, Ingestor, Item};
 use ponte_bus::{BusError, KafkaConfig, Publisher, Topic, TopicsConfig};
 use ponte_edge::http::{Sender, may_send};
 use ponte_edge::ingest::{
-    Answer, Fault, answer, json_position, status_of, unavailable, unavailable_status,
-    with_retry_after,
+    Answer, BodyLimit, BodyType, BoundedBody, Fault, answer, body_type, json_position, status_of,
+    unavailable, unavailable_status, with_retry_after,
 };
 use ponte_edge::{AccessConfig, Adapter, Gate, RecordKind, TlsConfig};
+use ponte_proto::events::v1::Event;
 use ponte_runtime::Readiness;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -74,6 +79,8 @@ struct AppState {
     records_topic: String,
     mapping: MappingConfig,
     retry_after_secs: u64,
+    /// The health source of Unidos's rule set: the household evidence this adapter takes.
+    evidence: SectorEvidence,
 }
 
 /// Turns a parsed bundle into the items to publish (records and rejections; identities and
@@ -237,7 +244,7 @@ async fn ingest_bundle(
     State(state): State<Arc<AppState>>,
     Extension(sender): Extension<Sender>,
     headers: HeaderMap,
-    body: Bytes,
+    BoundedBody(body): BoundedBody,
 ) -> Response {
     let now = SystemTime::now();
     let trace = trace_id(&headers);
@@ -284,13 +291,12 @@ fn is_array(body: &[u8]) -> bool {
     body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[')
 }
 
-/// Parses the simple form's body (one object or an array) into items; `Err` when the body is not
-/// JSON at all.
-pub fn simple_items(
+/// Parses a JSON body (one object or an array) into items, each record by `parse` into its
+/// Kafka key and event; `Err` when the body is not JSON at all.
+fn json_items<E: Into<Fault>>(
     body: &[u8],
-    source_system: &str,
     topic: &str,
-    now: SystemTime,
+    parse: impl Fn(&str) -> Result<(String, Event), E>,
 ) -> Result<Vec<Item>, RecordError> {
     let single = !is_array(body);
     let raws = if single {
@@ -302,36 +308,95 @@ pub fn simple_items(
     Ok(raws
         .iter()
         .enumerate()
-        .map(|(i, raw)| {
-            let parsed = serde_json::from_str::<FollowUpInput>(raw.get())
-                .map_err(|e| RecordError::malformed("record", e))
-                .and_then(|input| validate(&input, source_system, now));
-            match parsed {
-                Ok(ValidRecord { key, event }) => Item::Accepted(Accepted {
-                    topic: topic.to_owned(),
-                    key,
-                    event,
-                }),
-                Err(e) => Fault::from(e).item(
-                    json_position(single, i),
-                    raw.get().as_bytes().to_vec(),
-                    "application/json",
-                ),
-            }
+        .map(|(i, raw)| match parse(raw.get()) {
+            Ok((key, event)) => Item::Accepted(Accepted {
+                topic: topic.to_owned(),
+                key,
+                event,
+            }),
+            Err(e) => e.into().item(
+                json_position(single, i),
+                raw.get().as_bytes().to_vec(),
+                "application/json",
+            ),
         })
         .collect())
+}
+
+/// Parses the simple form's body (one object or an array) into items; `Err` when the body is not
+/// JSON at all.
+pub fn simple_items(
+    body: &[u8],
+    source_system: &str,
+    topic: &str,
+    now: SystemTime,
+) -> Result<Vec<Item>, RecordError> {
+    json_items(body, topic, |raw| {
+        serde_json::from_str::<FollowUpInput>(raw)
+            .map_err(|e| RecordError::malformed("record", e))
+            .and_then(|input| validate(&input, source_system, now))
+            .map(|ValidRecord { key, event }| (key, event))
+    })
+}
+
+/// Parses a household-evidence body (one object or an array) into items; `Err` when the body
+/// is not JSON at all.
+fn evidence_items(
+    evidence: &SectorEvidence,
+    body: &[u8],
+    source_system: &str,
+    topic: &str,
+    now: SystemTime,
+) -> Result<Vec<Item>, RecordError> {
+    json_items(body, topic, |raw| {
+        evidence
+            .parse_json(raw, source_system, now)
+            .map(|ValidEvidence { key, event }| (key, event))
+            .map_err(|e| Fault::new(e.field, e.error_type, e.reason))
+    })
 }
 
 async fn ingest_simple(
     State(state): State<Arc<AppState>>,
     Extension(sender): Extension<Sender>,
     headers: HeaderMap,
-    body: Bytes,
+    BoundedBody(body): BoundedBody,
 ) -> Response {
     let now = SystemTime::now();
-    let trace = trace_id(&headers);
     let source = sender.source_system.as_str();
-    let (items, malformed) = match simple_items(&body, source, &state.records_topic, now) {
+    let items = simple_items(&body, source, &state.records_topic, now);
+    publish_json(&state, &sender, &headers, &body, items, now).await
+}
+
+async fn ingest_household_evidence(
+    State(state): State<Arc<AppState>>,
+    Extension(sender): Extension<Sender>,
+    headers: HeaderMap,
+    BoundedBody(body): BoundedBody,
+) -> Response {
+    if body_type(&headers) != BodyType::Json {
+        return Answer::error(
+            "household evidence is taken as JSON only (not CSV, not a FHIR bundle)",
+        )
+        .respond(StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    }
+    let now = SystemTime::now();
+    let source = sender.source_system.as_str();
+    let items = evidence_items(&state.evidence, &body, source, &state.records_topic, now);
+    publish_json(&state, &sender, &headers, &body, items, now).await
+}
+
+/// Publishes a JSON route's items (or dead-letters a body that is not JSON) and answers.
+async fn publish_json(
+    state: &AppState,
+    sender: &Sender,
+    headers: &HeaderMap,
+    body: &[u8],
+    items: Result<Vec<Item>, RecordError>,
+    now: SystemTime,
+) -> Response {
+    let trace = trace_id(headers);
+    let (items, malformed) = match items {
         Ok(items) => (items, false),
         Err(e) => (
             vec![Fault::from(e).item("body", body.to_vec(), "application/json")],
@@ -376,6 +441,7 @@ pub async fn run(
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     // The policy is read before anything connects: a bad one stops the start, named.
     let gate = Arc::new(Gate::new(ADAPTER, access, tls.is_insecure(), &[])?);
+    let evidence = SectorEvidence::unidos(ponte_domain::achievements::rules::Adapter::Health)?;
     let publisher = Publisher::new(kafka, ADAPTER)?;
     let ingestor = ponte_audit::log::adapter_ingestor(
         publisher.clone(),
@@ -393,6 +459,7 @@ pub async fn run(
         records_topic: records_topic.clone(),
         mapping: cfg.mapping.clone(),
         retry_after_secs: cfg.retry_after_secs,
+        evidence,
     });
 
     // Pull mode: refuses to start on a bad watermark file rather than re-reading everything.
@@ -438,6 +505,14 @@ pub async fn run(
         ));
     let simple = Router::new()
         .route("/v1/health", post(ingest_simple).layer(health_records()))
+        .route(
+            "/v1/household-evidence",
+            post(ingest_household_evidence).layer(axum::middleware::from_fn(may_send(
+                Arc::clone(&gate),
+                Adapter::Health,
+                RecordKind::HouseholdEvidence,
+            ))),
+        )
         .layer(axum::middleware::map_response(
             move |resp: Response| async move {
                 if is_plain_413(&resp, "application/json") {
@@ -449,9 +524,9 @@ pub async fn run(
         ));
     let app = fhir
         .merge(simple)
-        .layer(DefaultBodyLimit::max(limit))
+        .layer(Extension(BodyLimit(limit)))
         .with_state(state);
-    tracing::info!("health adapter: POST /fhir, /fhir/Bundle, /v1/health");
+    tracing::info!("health adapter: POST /fhir, /fhir/Bundle, /v1/health, /v1/household-evidence");
     ponte_edge::ingest::serve_adapter(
         gate,
         &cfg.listen,
@@ -506,5 +581,43 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(simple_items(b"{nope", "health", "t", SystemTime::now()).is_err());
+    }
+
+    #[test]
+    fn household_evidence_keeps_the_valid_records_keyed_by_household_and_names_the_invalid() {
+        let evidence =
+            SectorEvidence::unidos(ponte_domain::achievements::rules::Adapter::Health).unwrap();
+        let body = br#"[{"household_id":"HH-52001-0001","evidence_id":"RIPS-77","subject":"nuip:1023456789","recorded_on":"2025-05-02","recorded_by":"eps:EPS037","items":{"vaccination_up_to_date":true,"weight_and_height_recorded":true}},{"household_id":"HH-52001-0001","source":"health","subject":"household","recorded_on":"2025-05-02","recorded_by":"eps:EPS037","items":{"enrolled_current_year":true}}]"#;
+        let items = evidence_items(&evidence, body, "health", "t", SystemTime::now()).unwrap();
+        match &items[0] {
+            Item::Accepted(a) => {
+                assert_eq!((a.topic.as_str(), a.key.as_str()), ("t", "HH-52001-0001"));
+                assert_eq!(
+                    a.event.record_id,
+                    "health:household-evidence:HH-52001-0001:RIPS-77"
+                );
+                let Some(ponte_proto::events::v1::event::Record::HouseholdEvidence(e)) =
+                    &a.event.record
+                else {
+                    panic!("{a:?}")
+                };
+                assert_eq!(e.source, "health");
+                assert_eq!(e.items.len(), 2);
+            }
+            other => panic!("{other:?}"),
+        }
+        match &items[1] {
+            Item::Rejected(r) => {
+                assert_eq!(r.position, "record 2");
+                assert_eq!(r.field, "items.enrolled_current_year");
+                assert!(
+                    r.reason.contains("is not an item of the health source"),
+                    "{}",
+                    r.reason
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(evidence_items(&evidence, b"{nope", "health", "t", SystemTime::now()).is_err());
     }
 }
