@@ -245,6 +245,16 @@ pub(crate) async fn start(s: &Setup<'_>) -> anyhow::Result<Pipeline> {
     // explicit `insecure`, with each process' callers acting as its development principal of
     // the development access policy. With --tls, every listener has TLS and every caller its
     // client certificate.
+    if crate::events::follows_households(s.data)? {
+        // A Unidos population: the reconciler follows households with the Unidos rule set.
+        let rules = s.work.join("unidos-2021.toml");
+        std::fs::write(&rules, crate::events::UNIDOS_RULES)
+            .with_context(|| format!("writing {}", rules.display()))?;
+        set(
+            "PONTE__RECONCILER__ACHIEVEMENT_RULES_FILE",
+            rules.display().to_string(),
+        );
+    }
     let policy = s.work.join("access-policy.toml");
     std::fs::write(&policy, ponte_access::policy::dev_policy_toml())
         .with_context(|| format!("writing {}", policy.display()))?;

@@ -42,6 +42,17 @@ pub(crate) fn manifest(dir: &Path) -> anyhow::Result<Vec<ManifestEntry>> {
         .collect()
 }
 
+/// The household-achievement rule set the bench runs Unidos populations with.
+pub(crate) const UNIDOS_RULES: &str = include_str!("../../../rules/unidos-2021.toml");
+
+/// Whether the simulated population is of a household-accompaniment programme (Unidos): its
+/// manifest lists household profiles, which need a reconciler with [`UNIDOS_RULES`].
+pub(crate) fn follows_households(dir: &Path) -> anyhow::Result<bool> {
+    Ok(manifest(dir)?
+        .iter()
+        .any(|e| e.endpoint == "/v1/household-profiles"))
+}
+
 /// Calls `f(input, key, event)` for every valid record of every file, in manifest order;
 /// returns how many records were rejected.
 pub(crate) fn for_each(
@@ -103,6 +114,8 @@ pub(crate) fn for_each(
                     "/v1/scfv-attendance" => (Kind::ScfvAttendance, Input::AssistancePerson),
                     "/v1/family-follow-ups" => (Kind::FamilyFollowUp, Input::AssistanceFamily),
                     "/v1/appeals" => (Kind::Appeal, Input::AssistanceFamily),
+                    "/v1/household-profiles" => (Kind::HouseholdProfile, Input::AssistanceFamily),
+                    "/v1/household-evidence" => (Kind::HouseholdEvidence, Input::AssistanceFamily),
                     other => anyhow::bail!("unknown endpoint {other} in the manifest"),
                 };
                 let raws: Vec<Box<serde_json::value::RawValue>> =

@@ -59,6 +59,19 @@ struct DataArgs {
     /// earlier run with the same settings in it are reused.
     #[arg(long, global = true)]
     work: Option<PathBuf>,
+    /// The programme of the simulated population: `bolsa-familia` (people, the three sectors'
+    /// records of `--bimesters` and `--semesters`) or `unidos` (Colombian households and the
+    /// social workers' visits, evaluated on the day of the run; the reconciler follows them
+    /// with rules/unidos-2021.toml).
+    #[arg(long, global = true, default_value = "bolsa-familia")]
+    programme: Programme,
+}
+
+/// A programme the simulator has a population of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Programme {
+    BolsaFamilia,
+    Unidos,
 }
 
 #[derive(Debug, Subcommand)]
@@ -718,6 +731,9 @@ fn bimesters(args: &DataArgs) -> anyhow::Result<Vec<Bimester>> {
 
 /// Writes (or reuses) the population's files under `work`.
 fn simulate(args: &DataArgs, work: &Path) -> anyhow::Result<PathBuf> {
+    if args.programme == Programme::Unidos {
+        return simulate_unidos(args, work);
+    }
     let bimesters = bimesters(args)?;
     let semesters = args
         .semesters
@@ -747,6 +763,39 @@ fn simulate(args: &DataArgs, work: &Path) -> anyhow::Result<PathBuf> {
     let s = ponte_sim::generate(&cfg, &dir, &mut |_, _| {})?;
     println!(
         "population         {} people, {} families, {} records written in {:.1} s ({})",
+        s.people,
+        s.families,
+        s.records(),
+        started.elapsed().as_secs_f64(),
+        dir.display()
+    );
+    Ok(dir)
+}
+
+/// A Unidos population evaluated today (UTC): its visits fall in the rule set's evidence window
+/// of the day the reconciler evaluates them on, the day they are accepted.
+fn simulate_unidos(args: &DataArgs, work: &Path) -> anyhow::Result<PathBuf> {
+    let days = SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs()
+        / 86_400;
+    let today = ponte_domain::period::Date::from_days(i64::try_from(days)?)?;
+    let dir = work.join(format!("sim-unidos-{}-{}-{today}", args.people, args.seed));
+    if dir.join("manifest.tsv").exists() {
+        println!("population         {} (reused)", dir.display());
+        return Ok(dir);
+    }
+    let cfg = ponte_sim::unidos::UnidosConfig {
+        seed: args.seed,
+        people: args.people,
+        evaluated_on: today,
+        malformed_share: 0.0,
+        json_chunk_records: 20_000,
+    };
+    let started = Instant::now();
+    let s = ponte_sim::unidos::generate(&cfg, &dir, &mut |_, _| {})?;
+    println!(
+        "population         Unidos: {} people, {} households, {} records written in {:.1} s ({})",
         s.people,
         s.families,
         s.records(),

@@ -50,7 +50,15 @@ pub(crate) fn run(
     now: SystemTime,
 ) -> anyhow::Result<Figures> {
     let rules = RuleSet::from_toml_str("bolsa-familia-2023.toml", RULES)?;
-    let topology = Topology::new(rules, Month::parse("2025-01")?, Month::parse("2025-12")?);
+    let mut topology = Topology::new(rules, Month::parse("2025-01")?, Month::parse("2025-12")?);
+    if crate::events::follows_households(data)? {
+        topology = topology.with_achievements(
+            ponte_domain::achievements::AchievementRuleSet::from_toml_str(
+                "unidos-2021.toml",
+                crate::events::UNIDOS_RULES,
+            )?,
+        );
+    }
     // The reconciler's default `state_memory_mb`.
     let store = Store::open_with(state, Durability::Process, Memory::mib(256))?;
     let mut figures = Figures::default();

@@ -116,16 +116,16 @@ impl Topic {
     /// What the Kafka key of the topic is.
     pub fn key(self) -> &'static str {
         match self {
-            Topic::EducationAttendance
-            | Topic::RegistryPersons
-            | Topic::AssistancePerson
-            | Topic::ReconcilerHealthByNis => "NIS",
-            Topic::HealthRecords | Topic::ReconcilerCrosswalk => "CNS or CPF",
-            Topic::AssistanceFamily | Topic::ComplianceAlerts | Topic::ReconcilerMembers => {
-                "family id"
+            Topic::RegistryPersons | Topic::AssistancePerson | Topic::ReconcilerHealthByNis => {
+                "NIS"
             }
+            Topic::EducationAttendance => "NIS, or household id (household evidence)",
+            Topic::HealthRecords => "CNS or CPF, or household id (household evidence)",
+            Topic::ReconcilerCrosswalk => "CNS or CPF",
+            Topic::AssistanceFamily => "family id or household id",
+            Topic::ComplianceAlerts | Topic::ReconcilerMembers => "family id",
             Topic::ReconcilerChangelog => "state key",
-            Topic::ComplianceChanges => "NIS or family id",
+            Topic::ComplianceChanges => "NIS, family id or household id",
             Topic::DeadLetter => "source system",
             Topic::Audit => "writer",
         }
