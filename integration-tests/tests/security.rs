@@ -639,7 +639,7 @@ async fn sighup_puts_a_new_policy_in_force() {
 
     let original = std::fs::read_to_string(stack.policy_file()).unwrap();
     let without = original.replace(
-        "[principals.\"urn:ponte:principal:education\"]\nsend = { adapter = \"education\", records = [\"attendance\"], source_system = \"education\" }\n",
+        "[principals.\"urn:ponte:principal:education\"]\nsend = { adapter = \"education\", records = [\"attendance\", \"household-evidence\"], source_system = \"education\" }\n",
         "",
     );
     assert_ne!(original, without, "the development policy's layout changed");
