@@ -88,6 +88,7 @@ pub(crate) fn run(
             count(topology.apply(&mut tx, input, &event)?, figures);
             figures.events += 1;
         }
+        topology.finish(&mut tx)?;
         let (writes, outputs) = tx.take();
         let applied = Instant::now();
         let mut w = store.batch();

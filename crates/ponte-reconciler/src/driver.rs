@@ -137,6 +137,7 @@ impl Driver<'_> {
                 None => true,
             };
             if commit_now {
+                topology.finish(&mut tx)?;
                 let (outcome, delta) = committer.commit(&mut tx, &mut consumed, consumer).await?;
                 if outcome == Outcome::Committed {
                     parked.add(delta);
@@ -146,6 +147,7 @@ impl Driver<'_> {
         };
         if result.is_ok() && assignment.generation() == generation {
             // Whatever was applied in memory is committed with its offsets; nothing is half-written.
+            topology.finish(&mut tx)?;
             committer.commit(&mut tx, &mut consumed, consumer).await?;
         }
         result

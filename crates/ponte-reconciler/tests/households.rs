@@ -316,15 +316,25 @@ impl Harness {
         }
     }
 
-    fn apply(&mut self, (input, event): &(Input, Event)) -> Applied {
-        let key = match &event.record {
-            Some(Record::HouseholdProfile(p)) => p.household_id.clone(),
-            Some(Record::HouseholdEvidence(e)) => e.household_id.clone(),
-            _ => String::new(),
-        };
+    fn apply(&mut self, e: &(Input, Event)) -> Applied {
+        self.epoch(std::slice::from_ref(e)).remove(0)
+    }
+
+    /// Applies `events` in one epoch (one transaction, the household evaluated at its end),
+    /// as the service does with a batch.
+    fn epoch(&mut self, events: &[(Input, Event)]) -> Vec<Applied> {
         let mut tx = Tx::new(&self.kv);
-        tx.set_partition(partition_of(&key));
-        let applied = self.topology.apply(&mut tx, *input, event).unwrap();
+        let mut applied = Vec::new();
+        for (input, event) in events {
+            let key = match &event.record {
+                Some(Record::HouseholdProfile(p)) => p.household_id.clone(),
+                Some(Record::HouseholdEvidence(e)) => e.household_id.clone(),
+                _ => String::new(),
+            };
+            tx.set_partition(partition_of(&key));
+            applied.push(self.topology.apply(&mut tx, *input, event).unwrap());
+        }
+        self.topology.finish(&mut tx).unwrap();
         let (writes, outputs) = tx.take();
         let mut map = self.kv.0.lock().unwrap();
         for (k, v) in writes {
@@ -442,6 +452,24 @@ fn a_household_is_followed_from_its_characterisation_visit_to_its_exit() {
 }
 
 #[test]
+fn an_epoch_evaluates_a_household_once_and_publishes_one_view() {
+    let records = accompaniment();
+    let mut one_by_one = Harness::new(true);
+    for r in &records {
+        one_by_one.apply(r);
+    }
+    let mut epoch = Harness::new(true);
+    let applied = epoch.epoch(&records);
+    assert!(applied.iter().all(|a| *a == Applied::Changed));
+    assert_eq!(epoch.changes, 1, "one view for the epoch's eight records");
+    assert_eq!(
+        epoch.household().map(normalised),
+        one_by_one.household().map(normalised)
+    );
+    assert_eq!(epoch.household().unwrap().view_version, 1);
+}
+
+#[test]
 fn evidence_is_taken_only_from_the_topic_of_its_sources_adapter() {
     let mut h = Harness::new(true);
     h.apply(&profile_event(&profile(1), "2025-03-01"));
@@ -539,12 +567,13 @@ fn normalised(mut h: api::Household) -> api::Household {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
-    /// The household's view does not depend on the order its records arrive in, nor on
-    /// redeliveries.
+    /// The household's view does not depend on the order its records arrive in, on how
+    /// they are cut into epochs, nor on redeliveries.
     #[test]
     fn the_view_does_not_depend_on_the_order_of_the_records(
         order in Just((0..accompaniment().len()).collect::<Vec<_>>()).prop_shuffle(),
         again in proptest::collection::vec(0..accompaniment().len(), 0..4),
+        cuts in proptest::collection::vec(1usize..4, 1..8),
     ) {
         let records = accompaniment();
         let mut straight = Harness::new(true);
@@ -552,8 +581,19 @@ proptest! {
             straight.apply(r);
         }
         let mut shuffled = Harness::new(true);
-        for &i in order.iter().chain(&again) {
-            shuffled.apply(&records[i]);
+        let sequence: Vec<(Input, Event)> = order
+            .iter()
+            .chain(&again)
+            .map(|&i| records[i].clone())
+            .collect();
+        let mut rest = sequence.as_slice();
+        for &n in cuts.iter().cycle() {
+            if rest.is_empty() {
+                break;
+            }
+            let (now, later) = rest.split_at(n.min(rest.len()));
+            shuffled.epoch(now);
+            rest = later;
         }
         prop_assert_eq!(
             straight.household().map(normalised),

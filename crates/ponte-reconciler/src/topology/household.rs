@@ -21,8 +21,14 @@ use super::*;
 /// Everything the household stage keeps of one household (`h/<household id>`).
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub(super) struct HouseholdDoc {
-    /// Every record entry (tombstones included, so a lower version stays refused).
-    pub(super) records: Vec<HouseholdRecord>,
+    /// Every profile entry (tombstones included, so a lower version stays refused).
+    #[serde(default)]
+    pub(super) profiles: Vec<HouseholdProfile>,
+    /// Every evidence entry, tombstones included. Kept apart from the profiles rather than as
+    /// one list of tagged records: an internally tagged enum is buffered whole before it is
+    /// decoded, which made reading the state the stage's largest cost.
+    #[serde(default)]
+    pub(super) evidence: Vec<EvidenceRecord>,
     /// Record id → where the record came from.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub(super) sources: BTreeMap<String, Source>,
@@ -263,8 +269,11 @@ impl Topology {
         let hid = record.household_id().clone();
         let mut doc = HOUSEHOLDS.get(tx, &[hid.0.as_str()])?.unwrap_or_default();
         let mut state = HouseholdState::new(hid.clone());
-        for r in &doc.records {
-            let _ = state.apply(r.clone());
+        for p in std::mem::take(&mut doc.profiles) {
+            let _ = state.apply(HouseholdRecord::Profile(p));
+        }
+        for e in std::mem::take(&mut doc.evidence) {
+            let _ = state.apply(HouseholdRecord::Evidence(e));
         }
         let record_id = record.record_id().to_owned();
         let applied = state
@@ -273,25 +282,44 @@ impl Topology {
         if !applied.changed() {
             return Ok(Applied::Unchanged);
         }
-        doc.records = state
-            .profiles
-            .entries()
-            .cloned()
-            .map(HouseholdRecord::Profile)
-            .chain(
-                state
-                    .evidence
-                    .entries()
-                    .cloned()
-                    .map(HouseholdRecord::Evidence),
-            )
-            .collect();
+        doc.profiles = state.profiles.entries().cloned().collect();
+        doc.evidence = state.evidence.entries().cloned().collect();
         doc.sources.insert(record_id, source_of(event));
         let on = day_of(event.ingest_time).max(doc.evaluated_on.unwrap_or(Date::MIN));
         doc.evaluated_on = Some(on);
-        self.refresh_household(tx, rules, &state, &mut doc, on, event.ingest_time);
         HOUSEHOLDS.put(tx, &[hid.0.as_str()], &doc)?;
+        // Evaluated once per epoch, whatever number of its records the epoch brought.
+        tx.defer(&hid.0, event.ingest_time);
         Ok(Applied::Changed)
+    }
+
+    /// Evaluates the households the epoch's events changed, each once, and publishes the views
+    /// that changed: call before the epoch is taken ([`Tx::take`]).
+    pub fn finish(&self, tx: &mut Tx<'_>) -> Result<(), ReconcilerError> {
+        let deferred = tx.take_deferred();
+        let Some(rules) = self.achievements.as_deref() else {
+            return Ok(());
+        };
+        for ((partition, id), at) in deferred {
+            tx.set_partition(partition);
+            let Some(mut doc) = HOUSEHOLDS.get(tx, &[id.as_str()])? else {
+                continue;
+            };
+            let mut state = HouseholdState::new(HouseholdId(id.clone()));
+            for p in &doc.profiles {
+                let _ = state.apply(HouseholdRecord::Profile(p.clone()));
+            }
+            for e in &doc.evidence {
+                let _ = state.apply(HouseholdRecord::Evidence(e.clone()));
+            }
+            let on = doc.evaluated_on.unwrap_or(Date::MIN);
+            let before = doc.digest;
+            self.refresh_household(tx, rules, &state, &mut doc, on, at);
+            if doc.digest != before {
+                HOUSEHOLDS.put(tx, &[id.as_str()], &doc)?;
+            }
+        }
+        Ok(())
     }
 
     /// Publishes the household's view if it is not the one last published; withdraws it (a

@@ -137,6 +137,9 @@ pub struct Tx<'a> {
     outputs: Vec<Output>,
     partition: i32,
     scope: Vec<u8>,
+    /// Keys whose view is computed once at the end of the epoch ([`Topology::finish`]), by
+    /// (partition, id), with the acceptance time of the latest event that changed them.
+    deferred: BTreeMap<(i32, String), Option<Timestamp>>,
 }
 
 impl std::fmt::Debug for Tx<'_> {
@@ -156,7 +159,25 @@ impl<'a> Tx<'a> {
             outputs: Vec::new(),
             partition: 0,
             scope: partition_prefix(0),
+            deferred: BTreeMap::new(),
         }
+    }
+
+    /// Marks `id` of the current partition for evaluation at the end of the epoch, as changed
+    /// by an event accepted at `at`.
+    pub(super) fn defer(&mut self, id: &str, at: Option<Timestamp>) {
+        let latest = self
+            .deferred
+            .entry((self.partition, id.to_owned()))
+            .or_insert(at);
+        if at.map(|t| (t.seconds, t.nanos)) > latest.map(|t| (t.seconds, t.nanos)) {
+            *latest = at;
+        }
+    }
+
+    /// Takes the keys marked with [`Tx::defer`].
+    pub(super) fn take_deferred(&mut self) -> BTreeMap<(i32, String), Option<Timestamp>> {
+        std::mem::take(&mut self.deferred)
     }
 
     /// Scopes the following reads, writes and outputs to input partition `p`.
@@ -242,8 +263,13 @@ impl<'a> Tx<'a> {
         &self.outputs
     }
 
-    /// Takes the changes and outputs, leaving the transaction empty.
+    /// Takes the changes and outputs, leaving the transaction empty. [`Topology::finish`] must
+    /// have run first: what it would publish is not in the outputs yet.
     pub fn take(&mut self) -> (Writes, Vec<Output>) {
+        debug_assert!(
+            self.deferred.is_empty(),
+            "Topology::finish was not called before the epoch was taken"
+        );
         (
             std::mem::take(&mut self.writes),
             std::mem::take(&mut self.outputs),
