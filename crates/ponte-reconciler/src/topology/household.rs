@@ -5,9 +5,10 @@
 //! The registry's profile and the social workers' visits arrive on the assistance family topic,
 //! the education and health sectors' evidence on their own topics, all keyed by household id:
 //! the topics are co-partitioned, so every record of a household is applied on the partition
-//! that holds its state (`h/<household id>`). Each change re-evaluates the household with
-//! [`AchievementRuleSet::evaluate`] on the day of the event that changed it (UTC; the stage
-//! never reads the clock) and publishes the view on the change topic under
+//! that holds its state (`h/<household id>`). At the end of each epoch in which its records
+//! changed ([`Topology::finish`]), the household is evaluated once with
+//! [`AchievementRuleSet::evaluate`] on the day of the newest event that changed it (UTC; the
+//! stage never reads the clock), and the view is published on the change topic under
 //! `household:<household id>` when it differs from the last one published.
 use ponte_domain::achievements::rules::Adapter;
 use ponte_domain::achievements::{
