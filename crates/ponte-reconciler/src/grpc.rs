@@ -679,6 +679,25 @@ read = { scopes = ["federal"], rpcs = ["GetPerson", "GetFamily"], conditionaliti
             .unwrap()
     }
 
+    #[test]
+    fn a_household_shows_to_a_federal_scope_only() {
+        let h = ponte_proto::compliance::v1::Household {
+            household_id: "HH-1".into(),
+            municipality: "52001".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            visible_household(&grant("federal"), h.clone()),
+            Some(h.clone())
+        );
+        assert_eq!(visible_household(&grant("state-sp-education"), h), None);
+        assert!(household_id("HH-1").is_ok());
+        for bad in ["", "a/b", &"x".repeat(33)] {
+            let e = household_id(bad).unwrap_err();
+            assert!(e.message().starts_with("household_id:"), "{bad:?}");
+        }
+    }
+
     fn person(municipality: &str) -> Person {
         let outcome = |c: &str| ConditionalityOutcome {
             conditionality: c.to_owned(),

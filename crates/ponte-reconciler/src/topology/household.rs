@@ -26,8 +26,8 @@ pub(super) struct HouseholdDoc {
     #[serde(default)]
     pub(super) profiles: Vec<HouseholdProfile>,
     /// Every evidence entry, tombstones included. Kept apart from the profiles rather than as
-    /// one list of tagged records: an internally tagged enum is buffered whole before it is
-    /// decoded, which made reading the state the stage's largest cost.
+    /// one list of tagged records: serde buffers an internally tagged enum whole before it
+    /// decodes it, which cost about a tenth of the stage's time (docs/benchmarks.md).
     #[serde(default)]
     pub(super) evidence: Vec<EvidenceRecord>,
     /// Record id → where the record came from.
