@@ -112,11 +112,11 @@ struct RawBundle<'a> {
     timestamp: Option<Value>,
 }
 
-fn str_at<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
+pub(crate) fn str_at<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
     v.get(key).and_then(Value::as_str)
 }
 
-fn array_at<'a>(v: &'a Value, key: &str) -> &'a [Value] {
+pub(crate) fn array_at<'a>(v: &'a Value, key: &str) -> &'a [Value] {
     v.get(key)
         .and_then(Value::as_array)
         .map(Vec::as_slice)
@@ -124,13 +124,13 @@ fn array_at<'a>(v: &'a Value, key: &str) -> &'a [Value] {
 }
 
 /// Every (system, code) of a CodeableConcept.
-fn codings(cc: &Value) -> impl Iterator<Item = (&str, &str)> {
+pub(crate) fn codings(cc: &Value) -> impl Iterator<Item = (&str, &str)> {
     array_at(cc, "coding")
         .iter()
         .filter_map(|c| Some((str_at(c, "system").unwrap_or(""), str_at(c, "code")?)))
 }
 
-fn has_code(cc: &Value, system: &str, code: &str) -> bool {
+pub(crate) fn has_code(cc: &Value, system: &str, code: &str) -> bool {
     codings(cc).any(|(s, c)| s == system && c == code)
 }
 
@@ -311,7 +311,7 @@ pub fn parse_bundle(
 }
 
 /// `Type/id` from a reference or full URL (`Patient/1`, `http://x/fhir/Patient/1/_history/2`).
-fn type_and_id(reference: &str) -> Option<String> {
+pub(crate) fn type_and_id(reference: &str) -> Option<String> {
     let r = match reference.find("/_history/") {
         Some(i) => &reference[..i],
         None => reference,
@@ -325,7 +325,7 @@ fn type_and_id(reference: &str) -> Option<String> {
 
 /// What a document bundle contributes beyond its entries: its Composition's subject, which
 /// entries its sections list, and its own identity and time.
-struct Document {
+pub(crate) struct Document {
     /// `Bundle.identifier` as `system|value`, when both are given.
     identifier: Option<String>,
     /// `Bundle.timestamp`.
@@ -976,28 +976,11 @@ impl Ctx<'_> {
             }
             None => stable_key(entry, res, rtype, self.document)?,
         };
-        let meta = res.get("meta");
-        let version_id = meta.and_then(|m| str_at(m, "versionId"));
-        let last_updated = meta
-            .and_then(|m| str_at(m, "lastUpdated"))
-            .map(|s| {
-                parse_instant(s).ok_or_else(|| {
-                    RecordError::new(
-                        &format!("{rtype}.meta.lastUpdated"),
-                        "invalid_value",
-                        format!("{s:?} is not a FHIR instant"),
-                    )
-                })
-            })
-            .transpose()?;
+        let (version_id, last_updated) = meta_of(res, rtype)?;
         // In a document, a resource without meta is as of the document's timestamp: a re-sent
         // document is the same version, a later one replaces it.
         let last_updated = last_updated.or(self.document.and_then(|d| d.timestamp));
-        let version = match (version_id.and_then(|v| v.parse::<u64>().ok()), last_updated) {
-            (Some(v), _) if v >= 1 => v,
-            (_, Some(t)) => millis(t),
-            _ => 1,
-        };
+        let version = version_of(version_id, last_updated);
         let mut follow = facts.follow;
         follow.subject = Some(subject.to_proto());
         follow.semester = Semester::containing(date.month_of()).to_string();
@@ -1029,6 +1012,39 @@ impl Ctx<'_> {
 
 type Mapped = Result<Option<(Facts, bool, String, Date, String)>, RecordError>;
 
+/// A resource's `meta.versionId` and `meta.lastUpdated` (parsed; an unparsable instant is an
+/// error naming `<Type>.meta.lastUpdated`).
+pub(crate) fn meta_of<'a>(
+    res: &'a Value,
+    rtype: &str,
+) -> Result<(Option<&'a str>, Option<SystemTime>), RecordError> {
+    let meta = res.get("meta");
+    let version_id = meta.and_then(|m| str_at(m, "versionId"));
+    let last_updated = meta
+        .and_then(|m| str_at(m, "lastUpdated"))
+        .map(|s| {
+            parse_instant(s).ok_or_else(|| {
+                RecordError::new(
+                    &format!("{rtype}.meta.lastUpdated"),
+                    "invalid_value",
+                    format!("{s:?} is not a FHIR instant"),
+                )
+            })
+        })
+        .transpose()?;
+    Ok((version_id, last_updated))
+}
+
+/// A record's version: `meta.versionId` when it is a number from 1, else `meta.lastUpdated` in
+/// milliseconds, else 1 — so a re-sent resource is the same version and a new one replaces it.
+pub(crate) fn version_of(version_id: Option<&str>, last_updated: Option<SystemTime>) -> u64 {
+    match (version_id.and_then(|v| v.parse::<u64>().ok()), last_updated) {
+        (Some(v), _) if v >= 1 => v,
+        (_, Some(t)) => millis(t),
+        _ => 1,
+    }
+}
+
 #[derive(Clone, Copy)]
 enum ObsKind {
     Weight,
@@ -1040,7 +1056,7 @@ enum ObsKind {
 
 /// Why an entry with this `request.method` is refused, or `None` for POST and PUT (a resource
 /// to record). Each says what to send instead.
-fn refused_method(method: &str) -> Option<String> {
+pub(crate) fn refused_method(method: &str) -> Option<String> {
     match method {
         "POST" | "PUT" => None,
         "GET" | "HEAD" => Some(format!(
@@ -1068,7 +1084,7 @@ fn ignored_reason(rtype: &str) -> String {
     }
 }
 
-fn valid_id(id: &str) -> bool {
+pub(crate) fn valid_id(id: &str) -> bool {
     (1..=64).contains(&id.len())
         && id
             .chars()
@@ -1079,7 +1095,7 @@ fn valid_id(id: &str) -> bool {
 /// its `urn:uuid:` full URL (stable only if the sender reuses it). In a document, the full URL
 /// is only unique within the document (RNDS numbers entries `urn:uuid:transient-N` in every
 /// one), so the document's `Bundle.identifier` goes with it.
-fn stable_key(
+pub(crate) fn stable_key(
     entry: &Value,
     res: &Value,
     rtype: &str,
@@ -1120,7 +1136,7 @@ fn stable_key(
 
 /// The date part of a FHIR `date`/`dateTime` (`2025-03-10`, `2025-03-10T09:00:00-03:00`), as
 /// written: the local date of the health unit, not converted to UTC.
-fn fhir_date(field: &str, s: &str) -> Result<Date, RecordError> {
+pub(crate) fn fhir_date(field: &str, s: &str) -> Result<Date, RecordError> {
     let bad = |why: &str| RecordError::new(field, "invalid_period", format!("{s:?}: {why}"));
     let day = s
         .get(..10)
@@ -1132,7 +1148,7 @@ fn fhir_date(field: &str, s: &str) -> Result<Date, RecordError> {
     Date::parse(day).map_err(|e| bad(&e.to_string()))
 }
 
-fn quantity(res: &Value) -> Result<(f64, String), RecordError> {
+pub(crate) fn quantity(res: &Value) -> Result<(f64, String), RecordError> {
     let q = res.get("valueQuantity").ok_or_else(|| {
         RecordError::malformed(
             "Observation.valueQuantity",

@@ -10,6 +10,8 @@
 //! compliance.
 pub mod fhir;
 #[cfg(feature = "service")]
+pub mod household_fhir;
+#[cfg(feature = "service")]
 pub mod pull;
 pub mod record;
 #[cfg(feature = "service")]

@@ -8,10 +8,13 @@
 //! - `POST /v1/health`: the simple JSON form, one object or an array; answered with every
 //!   adapter's JSON answer (`ponte_edge::ingest`: `accepted`, `rejected` with position, field and
 //!   reason).
-//! - `POST /v1/household-evidence` (JSON only; record kind `household-evidence`): the health
-//!   source's evidence about the households of Colombia's Unidos, in the assistance adapter's
-//!   household-evidence layout (`ponte_adapter_education::household`), published on the same
-//!   topic keyed by household id and answered as `/v1/health` is. Not taken as FHIR.
+//! - `POST /v1/household-evidence` (record kind `household-evidence`): the health source's
+//!   evidence about the households of Colombia's Unidos, published on the records topic keyed
+//!   by household id. As JSON, the assistance adapter's household-evidence layout
+//!   (`ponte_adapter_education::household`), answered as `/v1/health` is; as
+//!   `application/fhir+json`, a household's Bundle (the household a `Group`, its members
+//!   `Patient`s, the results `Coverage`, `Observation`, `Encounter`: [`crate::household_fhir`]),
+//!   answered with an `OperationOutcome` as `/fhir` is.
 //!
 //! Status codes, the same as every adapter's (`ponte_edge::ingest`): `200` every accepted record is acknowledged by the broker (rejected ones are on
 //! the dead-letter topic); `422` nothing was accepted and something was rejected; `400` the body
@@ -43,6 +46,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::fhir::{BundleSource, EntryOutcome, ParsedBundle, parse_bundle};
+use crate::household_fhir::{HouseholdBundle, Outcome, parse_household_bundle};
 use crate::pull::PullConfig;
 use crate::record::{MappingConfig, RecordError, ValidRecord};
 use crate::simple::{FollowUpInput, validate};
@@ -177,33 +181,73 @@ fn single_issue(status: StatusCode, severity: &str, code: &str, text: String) ->
     )
 }
 
+/// What the answer says about one entry.
+enum Verdict<'a> {
+    Rejected(&'a RecordError),
+    Ignored(&'a str),
+    /// Part of the record of entry `0` (0-based).
+    PartOf(usize),
+    /// A record, or identity: said in the summary only.
+    Quiet,
+}
+
 fn bundle_answer(parsed: &ParsedBundle, report: &IngestReport) -> Response {
+    fhir_answer(
+        parsed.entries.iter().map(|e| {
+            let verdict = match &e.outcome {
+                EntryOutcome::Rejected(err) => Verdict::Rejected(err),
+                EntryOutcome::Ignored(reason) => Verdict::Ignored(reason),
+                EntryOutcome::Record(_) | EntryOutcome::Identity(_) => Verdict::Quiet,
+            };
+            (e.index, e.label.as_str(), verdict)
+        }),
+        report,
+    )
+}
+
+/// The `OperationOutcome` of a bundle: a summary, one `error` issue per rejected entry (its
+/// FHIRPath, the entry 1-based with its resource, the reason and its class), one `information`
+/// issue per ignored entry (and per measurement recorded with another entry), the counts as
+/// extensions.
+fn fhir_answer<'a>(
+    entries: impl Iterator<Item = (usize, &'a str, Verdict<'a>)>,
+    report: &IngestReport,
+) -> Response {
     let mut issues = Vec::new();
     let (mut rejected_n, mut ignored_n) = (0, 0);
-    for e in &parsed.entries {
-        let rtype = e.label.split('/').next().unwrap_or("");
-        match &e.outcome {
-            EntryOutcome::Rejected(err) => {
+    for (index, label, verdict) in entries {
+        let rtype = label.split('/').next().unwrap_or("");
+        match verdict {
+            Verdict::Rejected(err) => {
                 rejected_n += 1;
                 issues.push(json!({
                     "severity": "error",
                     "code": issue_code(err.error_type),
                     "details": {"text": err.error_type},
-                    "diagnostics": format!("entry {} ({}): {}: {}", e.index + 1, e.label, err.field, err.reason),
-                    "expression": [expression(e.index, rtype, &err.field)],
+                    "diagnostics": format!("entry {} ({label}): {}: {}", index + 1, err.field, err.reason),
+                    "expression": [expression(index, rtype, &err.field)],
                 }));
             }
-            EntryOutcome::Ignored(reason) => {
+            Verdict::Ignored(reason) => {
                 ignored_n += 1;
                 issues.push(json!({
                     "severity": "information",
                     "code": "informational",
                     "details": {"text": "ignored"},
-                    "diagnostics": format!("entry {} ({}): ignored: {reason}", e.index + 1, e.label),
-                    "expression": [format!("Bundle.entry[{}]", e.index)],
+                    "diagnostics": format!("entry {} ({label}): ignored: {reason}", index + 1),
+                    "expression": [format!("Bundle.entry[{index}]")],
                 }));
             }
-            EntryOutcome::Record(_) | EntryOutcome::Identity(_) => {}
+            Verdict::PartOf(record) => {
+                issues.push(json!({
+                    "severity": "information",
+                    "code": "informational",
+                    "details": {"text": "part-of"},
+                    "diagnostics": format!("entry {} ({label}): recorded with entry {}", index + 1, record + 1),
+                    "expression": [format!("Bundle.entry[{index}]")],
+                }));
+            }
+            Verdict::Quiet => {}
         }
     }
     issues.insert(
@@ -264,22 +308,115 @@ async fn ingest_bundle(
                 Err(failure) => bus_failure_fhir(&state, &failure.error),
             }
         }
-        Err(err) => {
-            let item = Fault::from(err.clone()).item("body", body.to_vec(), FHIR_JSON);
+        Err(err) => refuse_bundle(&state, &sender, &trace, &body, &err, now).await,
+    }
+}
+
+/// A bundle unusable as a whole: dead-lettered whole, answered `400` with the reason.
+async fn refuse_bundle(
+    state: &AppState,
+    sender: &Sender,
+    trace: &str,
+    body: &[u8],
+    err: &RecordError,
+    now: SystemTime,
+) -> Response {
+    let item = Fault::from(err.clone()).item("body", body.to_vec(), FHIR_JSON);
+    match state
+        .ingestor
+        .ingest(&sender.origin(trace), vec![item], now)
+        .await
+    {
+        Ok(_) => single_issue(
+            StatusCode::BAD_REQUEST,
+            "error",
+            issue_code(err.error_type),
+            format!("{}: {}", err.field, err.reason),
+        ),
+        Err(failure) => bus_failure_fhir(state, &failure.error),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Household evidence as FHIR (Unidos)
+// ---------------------------------------------------------------------------------------------
+
+/// True when the `Content-Type` is `application/fhir+json`.
+fn is_fhir_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|ct| ct.split(';').next())
+        .is_some_and(|media| media.trim().eq_ignore_ascii_case(FHIR_JSON))
+}
+
+/// The items to publish from a household bundle: its records keyed by household id, and its
+/// rejected entries with their bytes and position `entry N`.
+fn household_items(parsed: &HouseholdBundle, topic: &str) -> Vec<Item> {
+    parsed
+        .entries
+        .iter()
+        .filter_map(|e| match &e.outcome {
+            Outcome::Record(v) => {
+                let ValidEvidence { key, event } = v.as_ref().clone();
+                Some(Item::Accepted(Accepted {
+                    topic: topic.to_owned(),
+                    key,
+                    event,
+                }))
+            }
+            Outcome::Rejected(err) => Some(Fault::from(err.clone()).item(
+                format!("entry {}", e.index + 1),
+                e.original.clone(),
+                FHIR_JSON,
+            )),
+            Outcome::Ignored(_) => {
+                metrics::counter!("ponte_adapter_records_ignored_total", "adapter" => ADAPTER, "reason" => "not_used")
+                    .increment(1);
+                None
+            }
+            Outcome::Identity | Outcome::PartOf(_) => None,
+        })
+        .collect()
+}
+
+fn household_answer(parsed: &HouseholdBundle, report: &IngestReport) -> Response {
+    fhir_answer(
+        parsed.entries.iter().map(|e| {
+            let verdict = match &e.outcome {
+                Outcome::Rejected(err) => Verdict::Rejected(err),
+                Outcome::Ignored(reason) => Verdict::Ignored(reason),
+                Outcome::PartOf(i) => Verdict::PartOf(*i),
+                Outcome::Record(_) | Outcome::Identity => Verdict::Quiet,
+            };
+            (e.index, e.label.as_str(), verdict)
+        }),
+        report,
+    )
+}
+
+async fn ingest_household_bundle(
+    state: &AppState,
+    sender: &Sender,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Response {
+    let now = SystemTime::now();
+    let trace = trace_id(headers);
+    let source = sender.source_system.as_str();
+    match parse_household_bundle(body, &state.evidence, &state.mapping, source, now) {
+        Ok(parsed) => {
+            let items = household_items(&parsed, &state.records_topic);
             match state
                 .ingestor
-                .ingest(&sender.origin(&trace), vec![item], now)
+                .ingest(&sender.origin(&trace), items, now)
                 .await
             {
-                Ok(_) => single_issue(
-                    StatusCode::BAD_REQUEST,
-                    "error",
-                    issue_code(err.error_type),
-                    format!("{}: {}", err.field, err.reason),
-                ),
-                Err(failure) => bus_failure_fhir(&state, &failure.error),
+                Ok(report) => household_answer(&parsed, &report),
+                Err(failure) => bus_failure_fhir(state, &failure.error),
             }
         }
+        Err(err) => refuse_bundle(state, sender, &trace, body, &err, now).await,
     }
 }
 
@@ -374,9 +511,12 @@ async fn ingest_household_evidence(
     headers: HeaderMap,
     BoundedBody(body): BoundedBody,
 ) -> Response {
+    if is_fhir_json(&headers) {
+        return ingest_household_bundle(&state, &sender, &headers, &body).await;
+    }
     if body_type(&headers) != BodyType::Json {
         return Answer::error(
-            "household evidence is taken as JSON only (not CSV, not a FHIR bundle)",
+            "household evidence is taken as JSON (the household-evidence layout) or as a FHIR Bundle (application/fhir+json), not CSV",
         )
         .respond(StatusCode::UNSUPPORTED_MEDIA_TYPE);
     }
