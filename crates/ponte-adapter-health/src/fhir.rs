@@ -95,7 +95,7 @@ pub struct ParsedBundle {
 }
 
 #[derive(Deserialize)]
-struct RawBundle<'a> {
+pub(crate) struct RawBundle<'a> {
     #[serde(rename = "resourceType")]
     resource_type: Option<String>,
     #[serde(rename = "type")]
@@ -109,7 +109,7 @@ struct RawBundle<'a> {
     identifier: Option<Value>,
     /// When a document was assembled (FHIR bdl-10).
     #[serde(default)]
-    timestamp: Option<Value>,
+    pub(crate) timestamp: Option<Value>,
 }
 
 pub(crate) fn str_at<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
@@ -136,14 +136,20 @@ pub(crate) fn has_code(cc: &Value, system: &str, code: &str) -> bool {
 
 /// Parses a bundle. `Err` means the body as a whole is unusable (not JSON, not a Bundle, wrong
 /// bundle type); otherwise every entry has an outcome.
-pub fn parse_bundle(
-    body: &[u8],
-    cfg: &MappingConfig,
-    source_system: &str,
-    source: BundleSource,
-    now: SystemTime,
-) -> Result<ParsedBundle, RecordError> {
-    let raw: RawBundle<'_> = serde_json::from_slice(body).map_err(|e| {
+/// A bundle's entries, each with its own bytes and its parse (an entry that is not JSON is
+/// answered by position, not for the whole bundle).
+pub(crate) type Entries<'a> = Vec<(&'a RawValue, Result<Value, String>)>;
+
+/// Reads a body as a FHIR `Bundle` of one of the `accepted` types and parses each entry once.
+/// `Err` for the whole body: not JSON, not a Bundle (`hint` says what to send instead), or
+/// another type (refused `here`, e.g. "for household evidence").
+pub(crate) fn open_bundle<'a>(
+    body: &'a [u8],
+    accepted: &[&str],
+    hint: &str,
+    here: &str,
+) -> Result<(RawBundle<'a>, Entries<'a>), RecordError> {
+    let mut raw: RawBundle<'_> = serde_json::from_slice(body).map_err(|e| {
         RecordError::malformed("Bundle", format!("body is not a FHIR JSON resource: {e}"))
     })?;
     match raw.resource_type.as_deref() {
@@ -152,37 +158,25 @@ pub fn parse_bundle(
             return Err(RecordError::new(
                 "Bundle.resourceType",
                 "unsupported",
-                format!(
-                    "expected a Bundle, got {other}; wrap resources in a batch, transaction or collection Bundle"
-                ),
+                format!("expected a Bundle, got {other}; {hint}"),
             ));
         }
         None => return Err(RecordError::malformed("Bundle.resourceType", "missing")),
     }
-    let bundle_type = raw.kind.unwrap_or_default();
-    let allowed: &[&str] = match source {
-        BundleSource::Push => &["batch", "transaction", "collection", "document"],
-        BundleSource::Search => &["searchset"],
-    };
-    if !allowed.contains(&bundle_type.as_str()) {
+    let bundle_type = raw.kind.clone().unwrap_or_default();
+    if !accepted.contains(&bundle_type.as_str()) {
         return Err(RecordError::new(
             "Bundle.type",
             "unsupported",
             format!(
-                "{bundle_type:?} is not accepted here (accepted: {})",
-                allowed.join(", ")
+                "{bundle_type:?} is not accepted {here} (accepted: {})",
+                accepted.join(", ")
             ),
         ));
     }
-    let next = raw.link.unwrap_or_default().iter().find_map(|l| {
-        (str_at(l, "relation") == Some("next"))
-            .then(|| str_at(l, "url").map(str::to_owned))
-            .flatten()
-    });
-
-    // Every entry parsed once; patients first so clinical resources can refer to any of them.
-    let entries: Vec<(&RawValue, Result<Value, String>)> = raw
+    let entries = raw
         .entry
+        .take()
         .unwrap_or_default()
         .into_iter()
         .map(|r| {
@@ -192,6 +186,35 @@ pub fn parse_bundle(
             )
         })
         .collect();
+    Ok((raw, entries))
+}
+
+pub fn parse_bundle(
+    body: &[u8],
+    cfg: &MappingConfig,
+    source_system: &str,
+    source: BundleSource,
+    now: SystemTime,
+) -> Result<ParsedBundle, RecordError> {
+    let allowed: &[&str] = match source {
+        BundleSource::Push => &["batch", "transaction", "collection", "document"],
+        BundleSource::Search => &["searchset"],
+    };
+    let (raw, entries) = open_bundle(
+        body,
+        allowed,
+        "wrap resources in a batch, transaction or collection Bundle",
+        "here",
+    )?;
+    let bundle_type = raw.kind.clone().unwrap_or_default();
+    let next = raw.link.unwrap_or_default().iter().find_map(|l| {
+        (str_at(l, "relation") == Some("next"))
+            .then(|| str_at(l, "url").map(str::to_owned))
+            .flatten()
+    });
+
+    // Every entry parsed once (`open_bundle`); patients first so clinical resources can refer
+    // to any of them.
     let mut patients: HashMap<String, (usize, Result<Subject, String>)> = HashMap::new();
     let mut identities: HashMap<usize, Result<Subject, RecordError>> = HashMap::new();
     for (i, (_, entry)) in entries.iter().enumerate() {

@@ -34,13 +34,11 @@ use std::time::SystemTime;
 use ponte_adapter_education::household::{EvidenceInput, SectorEvidence, ValidEvidence};
 use ponte_domain::colombia::{Document, DocumentType, PersonKey};
 use ponte_domain::period::Date;
-use serde::Deserialize;
 use serde_json::Value;
-use serde_json::value::RawValue;
 
 use crate::fhir::{
-    array_at, codings, fhir_date, has_code, meta_of, quantity, refused_method, stable_key, str_at,
-    type_and_id, valid_id, version_of,
+    array_at, codings, fhir_date, has_code, meta_of, open_bundle, quantity, refused_method,
+    stable_key, str_at, type_and_id, valid_id, version_of,
 };
 use crate::record::{MappingConfig, RecordError, grams, millimetres, parse_instant};
 
@@ -115,18 +113,6 @@ pub struct HouseholdBundle {
     pub entries: Vec<EntryResult>,
 }
 
-#[derive(Deserialize)]
-struct RawBundle<'a> {
-    #[serde(rename = "resourceType")]
-    resource_type: Option<String>,
-    #[serde(rename = "type")]
-    kind: Option<String>,
-    #[serde(default, borrow)]
-    entry: Option<Vec<&'a RawValue>>,
-    #[serde(default)]
-    timestamp: Option<Value>,
-}
-
 /// The bundle types a household's results may come in.
 const BUNDLE_TYPES: [&str; 3] = ["collection", "batch", "transaction"];
 
@@ -141,33 +127,12 @@ pub fn parse_household_bundle(
     source_system: &str,
     now: SystemTime,
 ) -> Result<HouseholdBundle, RecordError> {
-    let raw: RawBundle<'_> = serde_json::from_slice(body).map_err(|e| {
-        RecordError::malformed("Bundle", format!("body is not a FHIR JSON resource: {e}"))
-    })?;
-    match raw.resource_type.as_deref() {
-        Some("Bundle") => {}
-        Some(other) => {
-            return Err(RecordError::new(
-                "Bundle.resourceType",
-                "unsupported",
-                format!(
-                    "expected a Bundle, got {other}; send the household's Group, Patients and results in a collection, batch or transaction Bundle"
-                ),
-            ));
-        }
-        None => return Err(RecordError::malformed("Bundle.resourceType", "missing")),
-    }
-    let bundle_type = raw.kind.unwrap_or_default();
-    if !BUNDLE_TYPES.contains(&bundle_type.as_str()) {
-        return Err(RecordError::new(
-            "Bundle.type",
-            "unsupported",
-            format!(
-                "{bundle_type:?} is not accepted for household evidence (accepted: {})",
-                BUNDLE_TYPES.join(", ")
-            ),
-        ));
-    }
+    let (raw, entries) = open_bundle(
+        body,
+        &BUNDLE_TYPES,
+        "send the household's Group, Patients and results in a collection, batch or transaction Bundle",
+        "for household evidence",
+    )?;
     let timestamp = match raw.timestamp {
         None | Some(Value::Null) => None,
         Some(t) => Some(
@@ -183,17 +148,6 @@ pub fn parse_household_bundle(
                 })?,
         ),
     };
-    let entries: Vec<(&RawValue, Result<Value, String>)> = raw
-        .entry
-        .unwrap_or_default()
-        .into_iter()
-        .map(|r| {
-            (
-                r,
-                serde_json::from_str::<Value>(r.get()).map_err(|e| e.to_string()),
-            )
-        })
-        .collect();
     let resource = |i: usize| {
         entries[i]
             .1
