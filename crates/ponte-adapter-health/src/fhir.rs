@@ -782,32 +782,11 @@ impl Ctx<'_> {
         } else {
             return Ok(None);
         };
-        let retraction = match str_at(res, "status").unwrap_or("") {
-            "final" | "amended" | "corrected" => false,
-            "entered-in-error" | "cancelled" => true,
-            other => {
-                return Err(RecordError::new(
-                    "Observation.status",
-                    "unsupported",
-                    format!(
-                        "{other:?}: only final, amended or corrected results are recorded (entered-in-error or cancelled withdraw one)"
-                    ),
-                ));
-            }
-        };
-        let (date_str, date_field) = if let Some(s) = str_at(res, "effectiveDateTime") {
-            (s, "Observation.effectiveDateTime")
-        } else if let Some(s) = res.get("effectivePeriod").and_then(|p| str_at(p, "start")) {
-            (s, "Observation.effectivePeriod.start")
-        } else if let Some(s) = str_at(res, "effectiveInstant") {
-            (s, "Observation.effectiveInstant")
-        } else {
-            return Err(RecordError::malformed(
-                "Observation.effective[x]",
-                "missing: the date of the measurement places the record in a semester",
-            ));
-        };
-        let date = fhir_date(date_field, date_str)?;
+        let retraction = observation_withdrawn(res)?;
+        let (date, date_field) = observation_date(
+            res,
+            "missing: the date of the measurement places the record in a semester",
+        )?;
         let mut facts = Facts::default();
         if !retraction {
             let f = &mut facts.follow;
@@ -1159,6 +1138,41 @@ pub(crate) fn stable_key(
 
 /// The date part of a FHIR `date`/`dateTime` (`2025-03-10`, `2025-03-10T09:00:00-03:00`), as
 /// written: the local date of the health unit, not converted to UTC.
+/// Whether an `Observation` withdraws its record (`entered-in-error`, `cancelled`) or records
+/// it (`final`, `amended`, `corrected`); any other status is refused.
+pub(crate) fn observation_withdrawn(res: &Value) -> Result<bool, RecordError> {
+    match str_at(res, "status").unwrap_or("") {
+        "final" | "amended" | "corrected" => Ok(false),
+        "entered-in-error" | "cancelled" => Ok(true),
+        other => Err(RecordError::new(
+            "Observation.status",
+            "unsupported",
+            format!(
+                "{other:?}: only final, amended or corrected results are recorded (entered-in-error or cancelled withdraw one)"
+            ),
+        )),
+    }
+}
+
+/// The day of an `Observation`: `effectiveDateTime`, `effectivePeriod.start` or
+/// `effectiveInstant`, with the field it was read from; `missing` says why one is needed when
+/// there is none.
+pub(crate) fn observation_date(
+    res: &Value,
+    missing: &str,
+) -> Result<(Date, &'static str), RecordError> {
+    let (date_str, date_field) = if let Some(s) = str_at(res, "effectiveDateTime") {
+        (s, "Observation.effectiveDateTime")
+    } else if let Some(s) = res.get("effectivePeriod").and_then(|p| str_at(p, "start")) {
+        (s, "Observation.effectivePeriod.start")
+    } else if let Some(s) = str_at(res, "effectiveInstant") {
+        (s, "Observation.effectiveInstant")
+    } else {
+        return Err(RecordError::malformed("Observation.effective[x]", missing));
+    };
+    Ok((fhir_date(date_field, date_str)?, date_field))
+}
+
 pub(crate) fn fhir_date(field: &str, s: &str) -> Result<Date, RecordError> {
     let bad = |why: &str| RecordError::new(field, "invalid_period", format!("{s:?}: {why}"));
     let day = s

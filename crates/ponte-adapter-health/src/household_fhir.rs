@@ -37,8 +37,8 @@ use ponte_domain::period::Date;
 use serde_json::Value;
 
 use crate::fhir::{
-    array_at, codings, fhir_date, has_code, meta_of, open_bundle, quantity, refused_method,
-    stable_key, str_at, type_and_id, valid_id, version_of,
+    array_at, codings, fhir_date, has_code, meta_of, observation_date, observation_withdrawn,
+    open_bundle, quantity, refused_method, stable_key, str_at, type_and_id, valid_id, version_of,
 };
 use crate::record::{MappingConfig, RecordError, grams, millimetres, parse_instant};
 
@@ -753,33 +753,10 @@ impl Ctx<'_> {
                 "Observation code is not one read as Unidos household evidence (body weight LOINC {BODY_WEIGHT}, body height {BODY_HEIGHT}, vaccination status)"
             ))));
         };
-        let withdrawn = match str_at(res, "status").unwrap_or("") {
-            "final" | "amended" | "corrected" => false,
-            "entered-in-error" | "cancelled" => true,
-            other => {
-                return Err(RecordError::new(
-                    "Observation.status",
-                    "unsupported",
-                    format!(
-                        "{other:?}: only final, amended or corrected results are recorded (entered-in-error or cancelled withdraw one)"
-                    ),
-                ));
-            }
-        };
+        let withdrawn = observation_withdrawn(res)?;
         let (subject, subject_field) = self.member(res, T, "subject")?;
-        let (date_str, date_field) = if let Some(s) = str_at(res, "effectiveDateTime") {
-            (s, "Observation.effectiveDateTime")
-        } else if let Some(s) = res.get("effectivePeriod").and_then(|p| str_at(p, "start")) {
-            (s, "Observation.effectivePeriod.start")
-        } else if let Some(s) = str_at(res, "effectiveInstant") {
-            (s, "Observation.effectiveInstant")
-        } else {
-            return Err(RecordError::malformed(
-                "Observation.effective[x]",
-                "missing: the day of the result dates the evidence",
-            ));
-        };
-        let day = fhir_date(date_field, date_str)?;
+        let (day, date_field) =
+            observation_date(res, "missing: the day of the result dates the evidence")?;
         let (evidence_id, version, recorded_at) = self.identity(entry, res, T)?;
         match kind {
             Kind::Measure(kind) => {
