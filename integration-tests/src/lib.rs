@@ -367,6 +367,29 @@ impl Stack {
         http_client(sender_of(service))
     }
 
+    /// Polls the reconciler (as the federal reader) until household `id`'s view satisfies
+    /// `pred`, for up to a minute.
+    pub async fn household_where(
+        &self,
+        id: &str,
+        what: &str,
+        pred: impl Fn(&ponte_proto::compliance::v1::Household) -> bool,
+    ) -> ponte_proto::compliance::v1::Household {
+        eventually(what, Duration::from_secs(60), || async {
+            let mut c = self.grpc().await.ok()?;
+            let h = c
+                .get_household(ponte_proto::compliance::v1::GetHouseholdRequest {
+                    household_id: id.into(),
+                })
+                .await
+                .ok()?
+                .into_inner()
+                .household?;
+            pred(&h).then_some(h)
+        })
+        .await
+    }
+
     /// A compliance client of this stack's reconciler as the federal reader.
     pub async fn grpc(
         &self,
@@ -706,6 +729,20 @@ impl Drop for Service {
             let _ = c.wait();
         }
     }
+}
+
+/// The state of `achievement` in a household's view (it must be listed).
+pub fn achievement_state(
+    h: &ponte_proto::compliance::v1::Household,
+    achievement: &str,
+) -> ponte_proto::compliance::v1::AchievementState {
+    let a = h
+        .achievements
+        .iter()
+        .find(|a| a.achievement == achievement)
+        .unwrap_or_else(|| panic!("achievement {achievement} not in the household's view"));
+    ponte_proto::compliance::v1::AchievementState::try_from(a.state)
+        .unwrap_or_else(|_| panic!("achievement {achievement}: unknown state {}", a.state))
 }
 
 /// Polls `check` every 100 ms until it returns `Some` or `timeout` passes.

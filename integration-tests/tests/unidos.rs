@@ -10,10 +10,10 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ponte_domain::period::Date;
-use ponte_integration_tests::{Stack, eventually, read_topic_to_end, repo_root, wait_ready};
+use ponte_integration_tests::{Stack, achievement_state, read_topic_to_end, repo_root, wait_ready};
 use ponte_proto::compliance::v1::{
     AchievementState, ComplianceChange, CriterionState, GetHouseholdIndicatorsRequest,
-    GetHouseholdRequest, Household, compliance_change::View,
+    compliance_change::View,
 };
 use prost::Message as _;
 use serde_json::{Value, json};
@@ -65,35 +65,6 @@ fn evidence(id: &str, source: &str, subject: &str, on: &str, items: Value) -> Va
         "recorded_by": format!("{source}-recorder-1"),
         "items": items,
     })
-}
-
-async fn household_where(
-    stack: &Stack,
-    what: &str,
-    pred: impl Fn(&Household) -> bool,
-) -> Household {
-    eventually(what, Duration::from_secs(60), || async {
-        let mut c = stack.grpc().await.ok()?;
-        let h = c
-            .get_household(GetHouseholdRequest {
-                household_id: HOUSEHOLD.into(),
-            })
-            .await
-            .ok()?
-            .into_inner()
-            .household?;
-        pred(&h).then_some(h)
-    })
-    .await
-}
-
-fn state(h: &Household, achievement: &str) -> AchievementState {
-    let a = h
-        .achievements
-        .iter()
-        .find(|a| a.achievement == achievement)
-        .unwrap();
-    AchievementState::try_from(a.state).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -177,14 +148,15 @@ async fn a_unidos_household_through_the_three_adapters_to_its_exit() {
             ]),
         )
         .await;
-    let before = household_where(&stack, "the household after its first visit", |h| {
-        h.sources.len() == 4
-    })
-    .await;
+    let before = stack
+        .household_where(HOUSEHOLD, "the household after its first visit", |h| {
+            h.sources.len() == 4
+        })
+        .await;
     assert_eq!(before.municipality, "52001");
     assert_eq!(before.members, [MOTHER, DAUGHTER]);
     assert_eq!(
-        state(&before, "L21"),
+        achievement_state(&before, "L21"),
         AchievementState::AchievementNotReached
     );
     let exit = before.exit.as_ref().unwrap();
@@ -247,11 +219,15 @@ async fn a_unidos_household_through_the_three_adapters_to_its_exit() {
             )]),
         )
         .await;
-    let after = household_where(&stack, "the household ready to leave", |h| {
-        h.exit.as_ref().is_some_and(|e| e.may_leave)
-    })
-    .await;
-    assert_eq!(state(&after, "L21"), AchievementState::AchievementReached);
+    let after = stack
+        .household_where(HOUSEHOLD, "the household ready to leave", |h| {
+            h.exit.as_ref().is_some_and(|e| e.may_leave)
+        })
+        .await;
+    assert_eq!(
+        achievement_state(&after, "L21"),
+        AchievementState::AchievementReached
+    );
     assert!(after.view_version > before.view_version);
     let systems: std::collections::BTreeSet<&str> = after
         .sources

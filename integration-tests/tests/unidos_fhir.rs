@@ -14,8 +14,8 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ponte_domain::period::Date;
-use ponte_integration_tests::{Stack, eventually, read_topic, repo_root, wait_ready};
-use ponte_proto::compliance::v1::{AchievementState, GetHouseholdRequest, Household};
+use ponte_integration_tests::{Stack, achievement_state, read_topic, repo_root, wait_ready};
+use ponte_proto::compliance::v1::{AchievementState, Household};
 use ponte_proto::events::v1::DeadLetter;
 use prost::Message as _;
 use serde_json::{Value, json};
@@ -121,35 +121,6 @@ fn count(outcome: &Value, what: &str) -> i64 {
         .unwrap()
 }
 
-async fn household_where(
-    stack: &Stack,
-    what: &str,
-    pred: impl Fn(&Household) -> bool,
-) -> Household {
-    eventually(what, Duration::from_secs(60), || async {
-        let mut c = stack.grpc().await.ok()?;
-        let h = c
-            .get_household(GetHouseholdRequest {
-                household_id: HOUSEHOLD.into(),
-            })
-            .await
-            .ok()?
-            .into_inner()
-            .household?;
-        pred(&h).then_some(h)
-    })
-    .await
-}
-
-fn state(h: &Household, achievement: &str) -> AchievementState {
-    let a = h
-        .achievements
-        .iter()
-        .find(|a| a.achievement == achievement)
-        .unwrap();
-    AchievementState::try_from(a.state).unwrap()
-}
-
 /// The source and record id a member's state of `achievement` rests on.
 fn evidence_of(h: &Household, achievement: &str, member: &str) -> Option<(String, String)> {
     h.achievements
@@ -190,13 +161,20 @@ async fn a_households_fhir_bundle_reaches_its_health_achievements() {
             json!([profile()]),
         )
         .await;
-    let before = household_where(&stack, "the household from its profile", |h| {
-        h.members.len() == 2
-    })
-    .await;
+    let before = stack
+        .household_where(HOUSEHOLD, "the household from its profile", |h| {
+            h.members.len() == 2
+        })
+        .await;
     assert_eq!(before.members, [MOTHER, SON]);
-    assert_eq!(state(&before, "L02"), AchievementState::AchievementUnknown);
-    assert_eq!(state(&before, "L03"), AchievementState::AchievementUnknown);
+    assert_eq!(
+        achievement_state(&before, "L02"),
+        AchievementState::AchievementUnknown
+    );
+    assert_eq!(
+        achievement_state(&before, "L03"),
+        AchievementState::AchievementUnknown
+    );
 
     // The health system's answer for the household: both members' affiliation, the son's
     // vaccination status, a result about a child who is not in the household's Group (refused)
@@ -244,11 +222,12 @@ async fn a_households_fhir_bundle_reaches_its_health_achievements() {
         "{error}"
     );
 
-    let after = household_where(&stack, "affiliation and vaccination reached", |h| {
-        state(h, "L02") == AchievementState::AchievementReached
-            && state(h, "L03") == AchievementState::AchievementReached
-    })
-    .await;
+    let after = stack
+        .household_where(HOUSEHOLD, "affiliation and vaccination reached", |h| {
+            achievement_state(h, "L02") == AchievementState::AchievementReached
+                && achievement_state(h, "L03") == AchievementState::AchievementReached
+        })
+        .await;
     assert_eq!(
         evidence_of(&after, "L03", SON),
         Some((
@@ -292,12 +271,13 @@ async fn a_households_fhir_bundle_reaches_its_health_achievements() {
     ];
     let (status, outcome) = post_fhir(&stack, bundle(&resources)).await;
     assert_eq!((status, count(&outcome, "accepted")), (200, 1), "{outcome}");
-    let withdrawn = household_where(&stack, "the vaccination withdrawn", |h| {
-        state(h, "L03") == AchievementState::AchievementUnknown
-    })
-    .await;
+    let withdrawn = stack
+        .household_where(HOUSEHOLD, "the vaccination withdrawn", |h| {
+            achievement_state(h, "L03") == AchievementState::AchievementUnknown
+        })
+        .await;
     assert_eq!(
-        state(&withdrawn, "L02"),
+        achievement_state(&withdrawn, "L02"),
         AchievementState::AchievementReached
     );
     assert!(withdrawn.view_version > after.view_version);
