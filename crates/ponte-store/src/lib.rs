@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use rocksdb::{
     BlockBasedIndexType, BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, Direction,
-    IteratorMode, Options, WriteBatch, WriteBufferManager, WriteOptions,
+    IteratorMode, Options, ReadOptions, WriteBatch, WriteBufferManager, WriteOptions,
 };
 
 const CF_STATE: &str = "state";
@@ -234,8 +234,17 @@ impl Store {
     /// All state entries whose key starts with `prefix`, in key order.
     pub fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<Entry>, StoreError> {
         let mut out = Vec::new();
-        let iter = self.db.iterator_cf(
+        // Bounded above by the first key past the prefix: a level whose next file starts past
+        // it is not opened at all. Most scans find nothing (the identity stage looks for records
+        // parked under each identifier a profile claims), and without the bound each of them
+        // read a data block of every level to learn the next key was someone else's.
+        let mut opts = ReadOptions::default();
+        if let Some(end) = prefix_end(prefix) {
+            opts.set_iterate_upper_bound(end);
+        }
+        let iter = self.db.iterator_cf_opt(
             self.cf(CF_STATE),
+            opts,
             IteratorMode::From(prefix, Direction::Forward),
         );
         for item in iter {
@@ -258,8 +267,13 @@ impl Store {
     ) -> Result<Vec<Entry>, StoreError> {
         let start = if after < prefix { prefix } else { after };
         let mut out = Vec::new();
-        let iter = self.db.iterator_cf(
+        let mut opts = ReadOptions::default();
+        if let Some(end) = prefix_end(prefix) {
+            opts.set_iterate_upper_bound(end);
+        }
+        let iter = self.db.iterator_cf_opt(
             self.cf(CF_STATE),
+            opts,
             IteratorMode::From(start, Direction::Forward),
         );
         for item in iter {
@@ -641,6 +655,37 @@ mod tests {
             .map(|(k, _)| String::from_utf8(k).unwrap())
             .collect();
         assert_eq!(keys, ["a/1", "a/3"]);
+    }
+
+    #[test]
+    fn a_prefix_ending_in_0xff_scans_up_to_the_next_shorter_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let mut b = store.batch();
+        for k in [
+            &b"a\xff"[..],
+            b"a\xff\x00",
+            b"a\xff\xff\x01",
+            b"b",
+            b"\xff\xff",
+        ] {
+            b.put(k, b"");
+        }
+        b.commit().unwrap();
+        let keys = |prefix: &[u8]| -> Vec<Vec<u8>> {
+            store
+                .scan_prefix(prefix)
+                .unwrap()
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect()
+        };
+        assert_eq!(
+            keys(b"a\xff"),
+            [&b"a\xff"[..], b"a\xff\x00", b"a\xff\xff\x01"]
+        );
+        assert_eq!(keys(b"\xff"), [b"\xff\xff"]);
+        assert_eq!(keys(b"").len(), 5);
     }
 
     #[test]
