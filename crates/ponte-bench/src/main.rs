@@ -250,6 +250,12 @@ async fn main() -> anyhow::Result<()> {
                 f.commit.as_secs_f64() * 1e6 / f.events.max(1) as f64
             );
             println!(
+                "read model         {:.2} s  ({:.1} µs/change, {} changes applied as the service's read model applies them; not in the throughput below)",
+                f.read_model.as_secs_f64(),
+                f.read_model.as_secs_f64() * 1e6 / f.changes.max(1) as f64,
+                f.changes
+            );
+            println!(
                 "throughput         {:.0} events/s per core (apply + commit); wall {:.1} s incl. parsing",
                 f.events as f64 / busy.as_secs_f64().max(1e-9),
                 wall

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 use ponte_domain::period::Month;
 use ponte_domain::rules::RuleSet;
 use ponte_proto::events::v1::Event;
+use ponte_reconciler::readmodel::{self, ChangeRecord};
 use ponte_reconciler::topology::{Applied, Input, OutputKind, Topology, Tx};
 use ponte_store::{Durability, Memory, Store};
 
@@ -30,6 +31,10 @@ pub(crate) struct Figures {
     pub(crate) commit: Duration,
     pub(crate) rejected_by_adapters: u64,
     pub(crate) state_bytes: u64,
+    /// View changes applied to a read model of their own (as the service's read model does,
+    /// in one store write per epoch's changes).
+    pub(crate) changes: u64,
+    pub(crate) read_model: Duration,
 }
 
 /// Partitions of the simulated topics (the default `topics.partitions`).
@@ -61,6 +66,12 @@ pub(crate) fn run(
     }
     // The reconciler's default `state_memory_mb`.
     let store = Store::open_with(state, Durability::Process, Memory::mib(256))?;
+    // The reconciler's default `read_model_memory_mb`.
+    let read = Store::open_with(
+        state.join("read"),
+        Durability::Rebuildable,
+        Memory::mib(128),
+    )?;
     let mut figures = Figures::default();
     let mut pending: Vec<(Input, i32, Event)> = Vec::with_capacity(batch);
     // Internal messages waiting for the next batch: (topic, partition, payload).
@@ -99,18 +110,36 @@ pub(crate) fn run(
             }
         }
         w.commit()?;
+        let committed = Instant::now();
+        let mut changes: Vec<ChangeRecord> = Vec::new();
         for o in outputs {
             figures.outputs += 1;
             let to = match o.kind {
                 OutputKind::Crosswalk => Input::Crosswalk,
                 OutputKind::HealthByNis => Input::HealthByNis,
                 OutputKind::Member => Input::Members,
-                OutputKind::Change | OutputKind::Alert | OutputKind::DeadLetter => continue,
+                OutputKind::Change => {
+                    changes.push((0, 0, o.key, o.payload));
+                    continue;
+                }
+                OutputKind::Alert | OutputKind::DeadLetter => continue,
             };
             internal.push((to, partition_of(&o.key), o.payload.unwrap_or_default()));
         }
         figures.apply += applied - started;
-        figures.commit += applied.elapsed();
+        figures.commit += committed - applied;
+        // Only the last view of a key goes out in an epoch, as the service's commit sends them.
+        let mut seen = std::collections::HashSet::new();
+        changes.reverse();
+        changes.retain(|c| seen.insert(c.2.clone()));
+        changes.reverse();
+        let reading = Instant::now();
+        for c in changes.iter_mut() {
+            figures.changes += 1;
+            c.1 = figures.changes as i64;
+        }
+        readmodel::apply(&read, "changes", &changes)?;
+        figures.read_model += reading.elapsed();
         Ok(())
     };
     figures.rejected_by_adapters = crate::events::for_each(data, now, |input, key, event| {
