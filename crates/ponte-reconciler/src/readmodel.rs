@@ -20,8 +20,8 @@
 //!
 //! A view is stored as the bytes that arrived in the change (decoded once, whole, to check
 //! it), and the view held is read back only for what the index and counts need
-//! (`ponte.reconciler.v1.PersonCounted`, which skips the evidence unread): decoding the old
-//! view whole and encoding the new one again took a third of the read model's CPU.
+//! (`ponte.reconciler.v1.PersonCounted`, which skips the evidence unread) instead of being
+//! decoded whole, and the new one is not encoded again (docs/benchmarks.md, issue 15).
 //!
 //! Each batch of change records is written in one atomic store write together with the next
 //! offset of every partition read, so after a restart the read model resumes exactly where it
