@@ -249,6 +249,16 @@ async fn main() -> anyhow::Result<()> {
                 f.commit.as_secs_f64(),
                 f.commit.as_secs_f64() * 1e6 / f.events.max(1) as f64
             );
+            let per_input = |n: u64| n as f64 / f.events.max(1) as f64;
+            println!(
+                "state writes       {:.2} per input event, each a changelog entry in the service ({})",
+                per_input(f.writes_by_table.values().sum()),
+                f.writes_by_table
+                    .iter()
+                    .map(|(t, n)| format!("{t}/ {:.2}", per_input(*n)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
             println!(
                 "read model         {:.2} s  ({:.1} µs/change, {} changes applied as the service's read model applies them; not in the throughput below)",
                 f.read_model.as_secs_f64(),

@@ -11,7 +11,7 @@ use ponte_domain::period::Month;
 use ponte_domain::rules::RuleSet;
 use ponte_proto::events::v1::Event;
 use ponte_reconciler::readmodel::{self, ChangeRecord};
-use ponte_reconciler::topology::{Applied, Input, OutputKind, Topology, Tx};
+use ponte_reconciler::topology::{Applied, Input, OutputKind, Topology, Tx, key_partition};
 use ponte_store::{Durability, Memory, Store};
 
 const RULES: &str = include_str!("../../../rules/bolsa-familia-2023.toml");
@@ -35,6 +35,9 @@ pub(crate) struct Figures {
     /// in one store write per epoch's changes).
     pub(crate) changes: u64,
     pub(crate) read_model: Duration,
+    /// State writes (each one changelog entry in the service) by table: the key's part between
+    /// the partition prefix and the next `/` (`p`, `fm`, `x`, `e`, `k`, `f`, `h`).
+    pub(crate) writes_by_table: std::collections::BTreeMap<String, u64>,
 }
 
 /// Partitions of the simulated topics (the default `topics.partitions`).
@@ -46,6 +49,18 @@ fn partition_of(key: &str) -> i32 {
         (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
     });
     (h % PARTITIONS) as i32
+}
+
+/// The table of a state key: `0003/p/<nis>` → `p`.
+fn table_of(key: &[u8]) -> String {
+    let mut parts = key.split(|&b| b == b'/');
+    let first = parts.next().unwrap_or_default();
+    let table = if key_partition(key).is_some() {
+        parts.next().unwrap_or_default()
+    } else {
+        first
+    };
+    String::from_utf8_lossy(table).into_owned()
 }
 
 pub(crate) fn run(
@@ -102,6 +117,9 @@ pub(crate) fn run(
         topology.finish(&mut tx)?;
         let (writes, outputs) = tx.take();
         let applied = Instant::now();
+        for k in writes.keys() {
+            *figures.writes_by_table.entry(table_of(k)).or_default() += 1;
+        }
         let mut w = store.batch();
         for (k, v) in &writes {
             match v {
