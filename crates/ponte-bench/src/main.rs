@@ -323,6 +323,7 @@ async fn main() -> anyhow::Result<()> {
                 )
             })?;
             let run_dir = e2e::work_dir(&work, &format!("e2e-{}", &id[..8]))?;
+            broker_load(&kafka.bootstrap);
             let load = machine_load_start();
             let started = Instant::now();
             let f = e2e::run(&e2e::Setup {
@@ -688,6 +689,33 @@ fn print_broker(f: &broker::Figures) {
         "through            {:.0} records/s (produce then consume)",
         f.rate()
     );
+}
+
+/// Prints what the broker already holds before the run: partitions left by other runs (the
+/// integration tests' `it-…` topics on a long-lived local broker) made the same builds' runs
+/// both slower and far more spread out (docs/benchmarks.md, 2026-12-03).
+fn broker_load(bootstrap: &str) {
+    use rdkafka::ClientConfig;
+    use rdkafka::consumer::{BaseConsumer, Consumer as _};
+    let metadata = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create::<BaseConsumer>()
+        .and_then(|c| c.fetch_metadata(None, std::time::Duration::from_secs(10)));
+    match metadata {
+        Ok(m) => {
+            let partitions: usize = m.topics().iter().map(|t| t.partitions().len()).sum();
+            println!(
+                "broker             {} topics, {partitions} partitions before the run{}",
+                m.topics().len(),
+                if partitions > 500 {
+                    " (other runs' topics load the broker; `deploy/local/kafka.sh reset` starts an empty one)"
+                } else {
+                    ""
+                }
+            );
+        }
+        Err(e) => eprintln!("broker metadata: {e}"),
+    }
 }
 
 /// Deletes every topic of this run (its prefix) from the shared broker.
