@@ -134,8 +134,6 @@ pub(crate) fn has_code(cc: &Value, system: &str, code: &str) -> bool {
     codings(cc).any(|(s, c)| s == system && c == code)
 }
 
-/// Parses a bundle. `Err` means the body as a whole is unusable (not JSON, not a Bundle, wrong
-/// bundle type); otherwise every entry has an outcome.
 /// A bundle's entries, each with its own bytes and its parse (an entry that is not JSON is
 /// answered by position, not for the whole bundle).
 pub(crate) type Entries<'a> = Vec<(&'a RawValue, Result<Value, String>)>;
@@ -163,8 +161,8 @@ pub(crate) fn open_bundle<'a>(
         }
         None => return Err(RecordError::malformed("Bundle.resourceType", "missing")),
     }
-    let bundle_type = raw.kind.clone().unwrap_or_default();
-    if !accepted.contains(&bundle_type.as_str()) {
+    let bundle_type = raw.kind.as_deref().unwrap_or_default();
+    if !accepted.contains(&bundle_type) {
         return Err(RecordError::new(
             "Bundle.type",
             "unsupported",
@@ -189,6 +187,8 @@ pub(crate) fn open_bundle<'a>(
     Ok((raw, entries))
 }
 
+/// Parses a bundle. `Err` means the body as a whole is unusable (not JSON, not a Bundle, wrong
+/// bundle type); otherwise every entry has an outcome.
 pub fn parse_bundle(
     body: &[u8],
     cfg: &MappingConfig,
@@ -206,7 +206,7 @@ pub fn parse_bundle(
         "wrap resources in a batch, transaction or collection Bundle",
         "here",
     )?;
-    let bundle_type = raw.kind.clone().unwrap_or_default();
+    let bundle_type = raw.kind.unwrap_or_default();
     let next = raw.link.unwrap_or_default().iter().find_map(|l| {
         (str_at(l, "relation") == Some("next"))
             .then(|| str_at(l, "url").map(str::to_owned))
@@ -1136,8 +1136,6 @@ pub(crate) fn stable_key(
     ))
 }
 
-/// The date part of a FHIR `date`/`dateTime` (`2025-03-10`, `2025-03-10T09:00:00-03:00`), as
-/// written: the local date of the health unit, not converted to UTC.
 /// Whether an `Observation` withdraws its record (`entered-in-error`, `cancelled`) or records
 /// it (`final`, `amended`, `corrected`); any other status is refused.
 pub(crate) fn observation_withdrawn(res: &Value) -> Result<bool, RecordError> {
@@ -1173,6 +1171,8 @@ pub(crate) fn observation_date(
     Ok((fhir_date(date_field, date_str)?, date_field))
 }
 
+/// The date part of a FHIR `date`/`dateTime` (`2025-03-10`, `2025-03-10T09:00:00-03:00`), as
+/// written: the local date of the health unit, not converted to UTC.
 pub(crate) fn fhir_date(field: &str, s: &str) -> Result<Date, RecordError> {
     let bad = |why: &str| RecordError::new(field, "invalid_period", format!("{s:?}: {why}"));
     let day = s

@@ -42,7 +42,7 @@ use ponte_domain::indicators::Counts;
 use ponte_domain::outcome::Status;
 use ponte_proto::compliance::v1 as api;
 use ponte_proto::reconciler::v1::change_as_stored::View;
-use ponte_proto::reconciler::v1::{ChangeAsStored, FamilyCounted, PersonCounted};
+use ponte_proto::reconciler::v1::{ChangeAsStored, FamilyCounted, OutcomeCounted, PersonCounted};
 use ponte_store::Store;
 use prost::Message as _;
 use rdkafka::Message as _;
@@ -227,6 +227,11 @@ struct PersonBytes {
     counted: PersonCounted,
 }
 
+/// A change whose payload or view cannot be decoded: skipped, with why.
+fn undecodable(e: prost::DecodeError) -> RecordResult {
+    Ok(Err(format!("payload: {e}")))
+}
+
 fn apply_record(ov: &mut Overlay<'_>, key: &str, payload: Option<&[u8]>) -> RecordResult {
     let target = match target(key) {
         Ok(t) => t,
@@ -234,44 +239,53 @@ fn apply_record(ov: &mut Overlay<'_>, key: &str, payload: Option<&[u8]>) -> Reco
     };
     let change = match payload.map(ChangeAsStored::decode).transpose() {
         Ok(c) => c,
-        Err(e) => return Ok(Err(format!("payload: {e}"))),
+        Err(e) => return undecodable(e),
     };
     match (target, change.map(|c| c.view)) {
         (Target::Person(nis), None) => apply_person(ov, nis, None).map(Ok),
         (Target::Person(nis), Some(Some(View::Person(encoded)))) => {
-            // The whole view is decoded once, to check it: a view stored here is read back by
-            // every GetPerson, and one that cannot be decoded would fail the read path.
-            if let Err(e) = api::Person::decode(encoded.as_slice()) {
-                return Ok(Err(format!("payload: {e}")));
-            }
-            let counted = match PersonCounted::decode(encoded.as_slice()) {
-                Ok(c) => c,
-                Err(e) => return Ok(Err(format!("payload: {e}"))),
+            // The whole view is decoded once, to check it (a view stored here is read back by
+            // every GetPerson, and one that cannot be decoded would fail the read path); what
+            // the index and counts need is taken from that decode.
+            let p = match api::Person::decode(encoded.as_slice()) {
+                Ok(p) => p,
+                Err(e) => return undecodable(e),
             };
-            if Nis::parse(&counted.nis).ok() != Some(nis) {
+            if Nis::parse(&p.nis).ok() != Some(nis) {
                 return Ok(Err("payload: the person's NIS is not the key's".into()));
             }
+            let counted = PersonCounted {
+                nis: p.nis,
+                view_version: p.view_version,
+                municipality: p.municipality,
+                outcomes: p
+                    .outcomes
+                    .into_iter()
+                    .map(|o| OutcomeCounted {
+                        conditionality: o.conditionality,
+                        period: o.period,
+                        status: o.status,
+                    })
+                    .collect(),
+            };
             apply_person(ov, nis, Some(PersonBytes { encoded, counted })).map(Ok)
         }
         (Target::Family(id), None) => apply_family(ov, &id, None).map(Ok),
         (Target::Family(id), Some(Some(View::Family(encoded)))) => {
-            if let Err(e) = api::Family::decode(encoded.as_slice()) {
-                return Ok(Err(format!("payload: {e}")));
-            }
-            let counted = match FamilyCounted::decode(encoded.as_slice()) {
-                Ok(c) => c,
-                Err(e) => return Ok(Err(format!("payload: {e}"))),
+            let f = match api::Family::decode(encoded.as_slice()) {
+                Ok(f) => f,
+                Err(e) => return undecodable(e),
             };
-            if counted.family_id != id {
+            if f.family_id != id {
                 return Ok(Err("payload: the family id is not the key's".into()));
             }
-            apply_family(ov, &id, Some((encoded, counted.view_version))).map(Ok)
+            apply_family(ov, &id, Some((encoded, f.view_version))).map(Ok)
         }
         (Target::Household(id), None) => apply_household(ov, &id, None).map(Ok),
         (Target::Household(id), Some(Some(View::Household(encoded)))) => {
             let h = match api::Household::decode(encoded.as_slice()) {
                 Ok(h) => h,
-                Err(e) => return Ok(Err(format!("payload: {e}"))),
+                Err(e) => return undecodable(e),
             };
             if h.household_id != id {
                 return Ok(Err("payload: the household id is not the key's".into()));
