@@ -52,6 +52,9 @@ fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
+/// The steps of a commit, in order (`phase` of `ponte_reconciler_commit_phase_seconds`).
+const COMMIT_PHASES: [&str; 5] = ["send", "acknowledged", "offsets", "commit", "store"];
+
 /// Figures of one run.
 #[derive(Debug)]
 pub(crate) struct Figures {
@@ -69,6 +72,10 @@ pub(crate) struct Figures {
     /// topic, and the read model's copy of the changes topic.
     pub(crate) consumed: Vec<(String, f64)>,
     pub(crate) commit_seconds: f64,
+    /// Seconds the consumer loop spent applying events (`ponte_reconciler_epoch_apply_seconds`).
+    pub(crate) apply_seconds: f64,
+    /// Seconds of the commits by step (`ponte_reconciler_commit_phase_seconds`), in commit order.
+    pub(crate) commit_phases: Vec<(String, f64)>,
     pub(crate) state_bytes: f64,
     /// `ghz` summaries: (call, text).
     pub(crate) ghz: Vec<(String, String)>,
@@ -463,6 +470,8 @@ pub(crate) async fn start(s: &Setup<'_>) -> anyhow::Result<Pipeline> {
         produced: by_label(&metrics, "ponte_reconciler_outputs_published_total", "kind"),
         consumed: consumed_by_kind(&metrics),
         commit_seconds: metric(&metrics, "ponte_reconciler_batch_commit_seconds_sum"),
+        apply_seconds: metric(&metrics, "ponte_reconciler_epoch_apply_seconds_sum"),
+        commit_phases: commit_phases(&metrics),
         state_bytes: metric(&metrics, "ponte_reconciler_state_bytes"),
         ghz: Vec::new(),
         restarts: Vec::new(),
@@ -1193,6 +1202,20 @@ async fn scrape(port: u16) -> anyhow::Result<String> {
 }
 
 /// Sum of the samples of `name` (any labels).
+/// Seconds of the commits by step, in [`COMMIT_PHASES`] order.
+fn commit_phases(metrics: &str) -> Vec<(String, f64)> {
+    COMMIT_PHASES
+        .iter()
+        .map(|&p| {
+            let phase = format!("phase=\"{p}\"");
+            let took = metric_where(metrics, "ponte_reconciler_commit_phase_seconds_sum", |l| {
+                l.contains(&phase)
+            });
+            (p.to_owned(), took)
+        })
+        .collect()
+}
+
 fn metric(text: &str, name: &str) -> f64 {
     metric_where(text, name, |_| true)
 }
@@ -1365,6 +1388,18 @@ mod tests {
         assert_eq!(nearest_rank(&sorted, 1.0), ms(100));
         assert_eq!(nearest_rank(&[ms(7)], 0.5), ms(7));
         assert_eq!(nearest_rank(&[], 0.5), Duration::ZERO);
+    }
+
+    #[test]
+    fn commit_phases_are_read_in_commit_order() {
+        let text = "ponte_reconciler_commit_phase_seconds_sum{phase=\"commit\"} 0.5\n\
+                    ponte_reconciler_commit_phase_seconds_sum{phase=\"send\"} 2\n\
+                    ponte_reconciler_commit_phase_seconds_count{phase=\"send\"} 9\n";
+        let phases = commit_phases(text);
+        let names: Vec<&str> = phases.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(names, COMMIT_PHASES);
+        let took: Vec<f64> = phases.iter().map(|(_, s)| *s).collect();
+        assert_eq!(took, vec![2.0, 0.0, 0.0, 0.5, 0.0]);
     }
 
     #[test]

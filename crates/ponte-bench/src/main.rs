@@ -381,6 +381,17 @@ async fn main() -> anyhow::Result<()> {
                 f.commit_seconds,
                 f.state_bytes / 1048576.0
             );
+            let phases: Vec<String> = f
+                .commit_phases
+                .iter()
+                .map(|(p, s)| format!("{p} {s:.2}"))
+                .collect();
+            println!(
+                "consumer loop      applying {:.2} s, committing {:.2} s ({} s), the rest waiting for input",
+                f.apply_seconds,
+                f.commit_seconds,
+                phases.join(", ")
+            );
             for (name, cpu) in &f.cpu {
                 println!("cpu                {name:<20} {cpu:.1} s");
                 if name == "reconciler" {

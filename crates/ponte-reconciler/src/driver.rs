@@ -69,6 +69,8 @@ impl Driver<'_> {
         let mut parked = ParkedCount::default();
         parked.reassign(store, &owned)?;
         let mut batch_started = Instant::now();
+        // Time spent applying the open epoch's events (not waiting for them, not committing).
+        let mut applying = Duration::ZERO;
         // Set on every event: the handle is looked up once, not per event.
         let uncommitted = metrics::gauge!("ponte_reconciler_uncommitted_events");
         let result: Result<(), ReconcilerError> = loop {
@@ -114,6 +116,7 @@ impl Driver<'_> {
                 drop(tx);
                 tx = Tx::new(store);
                 consumed = Consumed::default();
+                applying = Duration::ZERO;
                 uncommitted.set(0.0);
                 generation = assignment.generation();
                 owned = assignment.partition_numbers();
@@ -125,7 +128,9 @@ impl Driver<'_> {
                     if consumed.is_empty() {
                         batch_started = Instant::now();
                     }
+                    let t = Instant::now();
                     apply_message(topology, inputs, &mut tx, &mut consumed, &msg)?;
+                    applying += t.elapsed();
                     uncommitted.set(consumed.events as f64);
                     consumed.events >= self.batch_max
                 }
@@ -137,7 +142,13 @@ impl Driver<'_> {
                 None => true,
             };
             if commit_now {
+                let t = Instant::now();
                 topology.finish(&mut tx)?;
+                applying += t.elapsed();
+                if !consumed.is_empty() {
+                    metrics::histogram!("ponte_reconciler_epoch_apply_seconds")
+                        .record(std::mem::take(&mut applying).as_secs_f64());
+                }
                 let (outcome, delta) = committer.commit(&mut tx, &mut consumed, consumer).await?;
                 if outcome == Outcome::Committed {
                     parked.add(delta);

@@ -321,6 +321,7 @@ impl Committer {
         match self.transact(&writes, &outputs, consumed, consumer).await {
             Ok(changelog_ends) => {
                 self.faults.reach(FaultPoint::Committed);
+                let applying = Instant::now();
                 let mut w = self.store.batch();
                 for (k, v) in &writes {
                     match v {
@@ -332,6 +333,7 @@ impl Committer {
                     w.put(&Marker::key(p), &Marker::now(end).encode());
                 }
                 w.commit()?;
+                phase_took("store", applying);
                 self.faults.reach(FaultPoint::Applied);
                 let mut by_kind: BTreeMap<&'static str, u64> = BTreeMap::new();
                 for o in &outputs {
@@ -447,6 +449,7 @@ impl Epoch<'_> {
     async fn run(&self, faults: &mut Faults) -> Result<BTreeMap<i32, i64>, TxError> {
         faults.reach(FaultPoint::Begun);
         let producer = self.producer;
+        let mut started = Instant::now();
         let mut deliveries = Vec::with_capacity(self.outputs.len() + self.writes.len());
         for o in self.outputs {
             let headers = EventHeaders {
@@ -475,6 +478,7 @@ impl Epoch<'_> {
             let d = producer.send(self.routes.changelog(), Some(p), k, v.as_deref(), None)?;
             deliveries.push((true, d));
         }
+        started = phase_took("send", started);
         let mut ends: BTreeMap<i32, i64> = BTreeMap::new();
         for (is_changelog, d) in deliveries {
             let (partition, offset) = match d.await {
@@ -487,12 +491,27 @@ impl Epoch<'_> {
                 *end = (*end).max(offset + 1);
             }
         }
+        started = phase_took("acknowledged", started);
         faults.reach(FaultPoint::Sent);
         tokio::task::block_in_place(|| producer.send_offsets(self.offsets, self.group))?;
+        started = phase_took("offsets", started);
         faults.reach(FaultPoint::Offsets);
         tokio::task::block_in_place(|| producer.commit())?;
+        phase_took("commit", started);
         Ok(ends)
     }
+}
+
+/// Records how long a step of a committed epoch took
+/// (`ponte_reconciler_commit_phase_seconds{phase}`), and returns when the next step starts.
+/// The steps: `send` (outputs and changelog entries handed to the producer), `acknowledged`
+/// (waiting until the broker acknowledged them all), `offsets` (the input offsets added to the
+/// transaction), `commit` (the transaction committed) and `store` (the state written locally).
+fn phase_took(phase: &'static str, started: Instant) -> Instant {
+    let now = Instant::now();
+    metrics::histogram!("ponte_reconciler_commit_phase_seconds", "phase" => phase)
+        .record(now.duration_since(started).as_secs_f64());
+    now
 }
 
 /// The epoch's outputs with only the last view change of each person or family: the changes
