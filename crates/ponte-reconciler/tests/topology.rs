@@ -561,6 +561,69 @@ fn a_family_in_format_1_goes_on_numbering_its_view() {
     assert_eq!(members_entry(&map[&key]).digest.unwrap().view_version, 8);
 }
 
+/// 64-bit FNV-1a, as digests written before XXH3 hashed a view's encoding.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+#[test]
+fn digests_hashed_with_fnv_before_xxh3_still_recognise_their_views() {
+    let mut h = Harness::new();
+    h.apply(&profile(CHILD, "2017-03-10", "M", &[CHILD_CNS], "", 1));
+    let person_key = state_key(&h, &format!("p/{CHILD}"));
+    let family_key = state_key(&h, &format!("fm/{FAMILY}"));
+    {
+        // The digests as a store written before XXH3 holds them: FNV-1a of the same views.
+        let mut person = h.person(CHILD);
+        let mut family = h.family(FAMILY);
+        (person.view_version, person.updated_time) = (0, None);
+        (family.view_version, family.updated_time) = (0, None);
+        let mut map = h.kv.0.lock().unwrap();
+        let mut entry = person_entry(&map[&person_key]);
+        let d = entry.digest.as_mut().unwrap();
+        assert_eq!(d.hash_kind, 1, "digests are written as XXH3-64");
+        (d.hash, d.hash_kind) = (fnv1a(&person.encode_to_vec()), 0);
+        map.insert(
+            person_key.clone(),
+            [&[2u8][..], &entry.encode_to_vec()].concat(),
+        );
+        let mut entry = members_entry(&map[&family_key]);
+        let d = entry.digest.as_mut().unwrap();
+        assert_eq!(d.hash_kind, 1, "digests are written as XXH3-64");
+        (d.hash, d.hash_kind) = (fnv1a(&family.encode_to_vec()), 0);
+        map.insert(
+            family_key.clone(),
+            [&[2u8][..], &entry.encode_to_vec()].concat(),
+        );
+    }
+    // A retraction of a health record the child never had changes the records held (a
+    // tombstone) but not the view: the FNV digest recognises it, nothing goes out.
+    let published = h.outputs.len();
+    let retraction = health_retraction("health:none", Subject::Nis(CHILD.into()), "2025-S1", 1);
+    assert_eq!(h.apply(&retraction), Applied::Changed);
+    assert!(
+        h.outputs[published..]
+            .iter()
+            .all(|(kind, _, _)| *kind != OutputKind::Change),
+        "an unchanged view was published again"
+    );
+    // A digest of another view does not match: the view is published, numbered after it, and
+    // its digest is XXH3 from then on.
+    let (person_version, family_version) =
+        (h.person(CHILD).view_version, h.family(FAMILY).view_version);
+    h.apply(&attendance(CHILD, "2025-05", 20, 2, 1));
+    assert_eq!(h.person(CHILD).view_version, person_version + 1);
+    assert_eq!(h.family(FAMILY).view_version, family_version + 1);
+    let map = h.kv.0.lock().unwrap();
+    assert_eq!(person_entry(&map[&person_key]).digest.unwrap().hash_kind, 1);
+    assert_eq!(
+        members_entry(&map[&family_key]).digest.unwrap().hash_kind,
+        1
+    );
+}
+
 #[test]
 fn an_event_writes_one_state_value_for_its_person_and_one_for_its_family() {
     let mut h = Harness::new();

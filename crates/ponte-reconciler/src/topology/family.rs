@@ -188,7 +188,10 @@ impl Topology {
         let encoded = EncodedView::new(&view); // a fresh view: its counters are clear
         let hash = encoded.hash;
         let old = &members.digest;
-        if old.as_ref().is_some_and(|o| o.hash == hash) {
+        if old
+            .as_ref()
+            .is_some_and(|o| encoded.is(o.hash_kind, o.hash))
+        {
             return Ok(false);
         }
         view.view_version = old.as_ref().map_or(0, |o| o.view_version) + 1;
@@ -196,6 +199,7 @@ impl Topology {
         let digest = FamilyDigest {
             view_version: view.view_version,
             hash,
+            hash_kind: HASH_XXH3,
         };
         let counters = api::Family {
             view_version: view.view_version,

@@ -36,9 +36,13 @@ pub(super) struct HouseholdDoc {
     /// The latest day the household was evaluated on: evaluation never goes back in time.
     #[serde(default)]
     pub(super) evaluated_on: Option<Date>,
-    /// The digest of the last view published; `None` when none is (or it was withdrawn).
+    /// The digest of the last view published, (view version, hash); `None` when none is (or it
+    /// was withdrawn).
     #[serde(default)]
     pub(super) digest: Option<(u64, u64)>,
+    /// How the digest's hash was computed (absent, so FNV-1a, in docs written before XXH3).
+    #[serde(default)]
+    pub(super) digest_hash_kind: u32,
 }
 
 /// The error of a household record that cannot be read, as the adapters name it.
@@ -354,7 +358,10 @@ impl Topology {
                 .chain(state.evidence.live().map(|r| r.record_id.as_str())),
         );
         let encoded = EncodedView::new(&view);
-        if doc.digest.is_some_and(|(_, hash)| hash == encoded.hash) {
+        if doc
+            .digest
+            .is_some_and(|(_, hash)| encoded.is(doc.digest_hash_kind, hash))
+        {
             return;
         }
         let view_version = doc.digest.map_or(0, |(v, _)| v) + 1;
@@ -364,6 +371,7 @@ impl Topology {
             ..Default::default()
         };
         doc.digest = Some((view_version, encoded.hash));
+        doc.digest_hash_kind = HASH_XXH3;
         tx.emit(
             OutputKind::Change,
             key,

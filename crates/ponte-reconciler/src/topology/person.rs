@@ -286,7 +286,10 @@ impl Topology {
         let encoded = EncodedView::new(&view); // a fresh view: its counters are clear
         let hash = encoded.hash;
         let old = &doc.digest;
-        if old.as_ref().is_some_and(|o| o.hash == hash) {
+        if old
+            .as_ref()
+            .is_some_and(|o| encoded.is(o.hash_kind, o.hash))
+        {
             return Ok(());
         }
         let (old_family, old_nc) = old
@@ -356,6 +359,7 @@ impl Topology {
         let digest = PersonDigest {
             view_version: view.view_version,
             hash,
+            hash_kind: HASH_XXH3,
             family_id: view.family_id.clone(),
             non_compliant: nc,
         };

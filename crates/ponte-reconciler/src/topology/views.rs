@@ -34,11 +34,19 @@ pub(super) fn non_compliant(outcomes: &[api::ConditionalityOutcome]) -> Vec<NonC
         .collect()
 }
 
-/// 64-bit FNV-1a of a view's encoding: equal views, equal hashes, across processes and builds
-/// (prost encodes fields in tag order). The view's counters (`view_version`, `updated_time`)
-/// must be clear: they say how the view got there, not what it is.
+/// How a digest's hash was computed (`hash_kind` of the digests in
+/// `proto/ponte/reconciler/v1`): FNV-1a, what digests written before the field hold …
+pub(super) const HASH_FNV1A: u32 = 0;
+/// … or XXH3-64, what is written now (FNV-1a goes a byte at a time: on a person's view of a few
+/// KiB it was a sixth of the topology's time).
+pub(super) const HASH_XXH3: u32 = 1;
+
+/// XXH3-64 of a view's encoding: equal views, equal hashes, across processes and builds
+/// (prost encodes fields in tag order; XXH3 is a specified algorithm). The view's counters
+/// (`view_version`, `updated_time`) must be clear: they say how the view got there, not what it
+/// is.
 pub(super) fn view_hash(view: &impl prost::Message) -> u64 {
-    fnv1a(&view.encode_to_vec())
+    xxhash_rust::xxh3::xxh3_64(&view.encode_to_vec())
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {
@@ -51,6 +59,7 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 /// sent as it is ([`EncodedView::change`]).
 pub(super) struct EncodedView {
     bytes: Vec<u8>,
+    /// Computed as [`HASH_XXH3`].
     pub(super) hash: u64,
 }
 
@@ -63,8 +72,19 @@ impl EncodedView {
     /// `view` must have its counters clear.
     pub(super) fn new(view: &impl prost::Message) -> Self {
         let bytes = view.encode_to_vec();
-        let hash = fnv1a(&bytes);
+        let hash = xxhash_rust::xxh3::xxh3_64(&bytes);
         Self { bytes, hash }
+    }
+
+    /// True when this is the view whose hash, computed as `kind`, is `hash`: a digest written
+    /// before XXH3 is compared by FNV-1a (once: the view's next digest is XXH3), one of an
+    /// unknown kind never matches (the view is published again, not silently held back).
+    pub(super) fn is(&self, kind: u32, hash: u64) -> bool {
+        match kind {
+            HASH_XXH3 => self.hash == hash,
+            HASH_FNV1A => fnv1a(&self.bytes) == hash,
+            _ => false,
+        }
     }
 
     /// The `ComplianceChange` carrying the view in its `field` with the counters that
@@ -115,6 +135,7 @@ pub(super) fn person_digest(
             PersonDigest {
                 view_version,
                 hash: view_hash(&v),
+                hash_kind: HASH_XXH3,
                 non_compliant: non_compliant(&v.outcomes),
                 family_id: v.family_id,
             }
@@ -138,6 +159,7 @@ pub(super) fn family_digest(
             FamilyDigest {
                 view_version,
                 hash: view_hash(&v),
+                hash_kind: HASH_XXH3,
             }
         },
     )
@@ -304,6 +326,22 @@ mod tests {
             }],
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_view_is_recognised_by_a_digest_of_either_kind_and_never_by_an_unknown_one() {
+        let view = person();
+        let encoded = EncodedView::new(&view);
+        let bytes = view.encode_to_vec();
+        assert_eq!(encoded.hash, xxhash_rust::xxh3::xxh3_64(&bytes));
+        assert!(encoded.is(HASH_XXH3, encoded.hash));
+        assert!(encoded.is(HASH_FNV1A, fnv1a(&bytes)));
+        assert!(!encoded.is(HASH_FNV1A, encoded.hash));
+        assert!(!encoded.is(HASH_XXH3, fnv1a(&bytes)));
+        assert!(!encoded.is(7, encoded.hash));
+        let mut other = view.clone();
+        other.municipality = "3304557".into();
+        assert!(!encoded.is(HASH_XXH3, EncodedView::new(&other).hash));
     }
 
     #[test]
