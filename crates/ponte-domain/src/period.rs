@@ -262,11 +262,51 @@ impl Date {
 
 impl fmt::Display for Date {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:04}-{:02}-{:02}", self.year, self.month, self.day)
+        match Digits::year(self.year) {
+            Some(mut d) => f.pad(d.push(b'-').two(self.month).push(b'-').two(self.day).text()),
+            None => write!(f, "{:04}-{:02}-{:02}", self.year, self.month, self.day),
+        }
     }
 }
 
 string_form!(Date);
+
+/// The text of a date or period, written digit by digit into a buffer on the stack: views and
+/// evidence print thousands of months and dates per second, and `write!` with padded fields
+/// costs several times more. Only years 0–9999 (four digits, as written); the others go
+/// through `write!`.
+struct Digits {
+    buf: [u8; 10],
+    len: usize,
+}
+
+impl Digits {
+    fn year(year: i32) -> Option<Self> {
+        let y = u16::try_from(year).ok().filter(|y| *y <= 9999)?;
+        let mut d = Digits {
+            buf: [0; 10],
+            len: 0,
+        };
+        d.two((y / 100) as u8).two((y % 100) as u8);
+        Some(d)
+    }
+
+    fn push(&mut self, b: u8) -> &mut Self {
+        self.buf[self.len] = b;
+        self.len += 1;
+        self
+    }
+
+    /// Two digits of `n` (0–99); callers hold months, days and half-years.
+    fn two(&mut self, n: u8) -> &mut Self {
+        self.push(b'0' + (n / 10) % 10).push(b'0' + n % 10)
+    }
+
+    fn text(&self) -> &str {
+        // Only ASCII digits and separators were pushed.
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
+    }
+}
 
 // ---------------------------------------------------------------------------------------------
 // Month
@@ -356,7 +396,10 @@ impl Month {
 
 impl fmt::Display for Month {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:04}-{:02}", self.year, self.month)
+        match Digits::year(self.year) {
+            Some(mut d) => f.pad(d.push(b'-').two(self.month).text()),
+            None => write!(f, "{:04}-{:02}", self.year, self.month),
+        }
     }
 }
 
@@ -454,7 +497,10 @@ impl Bimester {
 
 impl fmt::Display for Bimester {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:04}-B{}", self.year, self.number)
+        match Digits::year(self.year).filter(|_| self.number < 10) {
+            Some(mut d) => f.pad(d.push(b'-').push(b'B').push(b'0' + self.number).text()),
+            None => write!(f, "{:04}-B{}", self.year, self.number),
+        }
     }
 }
 
@@ -533,7 +579,10 @@ impl Semester {
 
 impl fmt::Display for Semester {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:04}-S{}", self.year, self.number)
+        match Digits::year(self.year).filter(|_| self.number < 10) {
+            Some(mut d) => f.pad(d.push(b'-').push(b'S').push(b'0' + self.number).text()),
+            None => write!(f, "{:04}-S{}", self.year, self.number),
+        }
     }
 }
 
@@ -670,6 +719,41 @@ mod tests {
 
     fn m(s: &str) -> Month {
         Month::parse(s).unwrap()
+    }
+
+    #[test]
+    fn dates_and_periods_print_as_padded_formatting_would() {
+        for year in [
+            0, 1, 9, 10, 99, 100, 999, 1000, 2025, 9999, 10_000, 123_456, -1, -2025,
+        ] {
+            let (Ok(d), Ok(mo), Ok(b), Ok(s)) = (
+                Date::new(year, 2, 7),
+                Month::new(year, 11),
+                Bimester::new(year, 3),
+                Semester::new(year, 2),
+            ) else {
+                continue;
+            };
+            assert_eq!(d.to_string(), format!("{year:04}-02-07"));
+            assert_eq!(mo.to_string(), format!("{year:04}-11"));
+            assert_eq!(b.to_string(), format!("{year:04}-B3"));
+            assert_eq!(s.to_string(), format!("{year:04}-S2"));
+        }
+        for month in 1..=12 {
+            assert_eq!(
+                Month::new(2025, month).unwrap().to_string(),
+                format!("2025-{month:02}")
+            );
+        }
+        for day in 1..=31 {
+            assert_eq!(
+                Date::new(2025, 1, day).unwrap().to_string(),
+                format!("2025-01-{day:02}")
+            );
+        }
+        // Width and alignment are honoured as for any string.
+        assert_eq!(format!("{:>9}|", m("2025-04")), "  2025-04|");
+        assert_eq!(format!("{:<9}|", m("2025-04")), "2025-04  |");
     }
 
     #[test]
