@@ -71,8 +71,9 @@ impl Driver<'_> {
         let mut batch_started = Instant::now();
         // Time spent applying the open epoch's events (not waiting for them, not committing).
         let mut applying = Duration::ZERO;
-        // Set on every event: the handle is looked up once, not per event.
+        // Set on every event: the handles are looked up once, not per event.
         let uncommitted = metrics::gauge!("ponte_reconciler_uncommitted_events");
+        let counters = TopicCounters::of(inputs);
         let result: Result<(), ReconcilerError> = loop {
             if let Some(why) = assignment.failure() {
                 break Err(ReconcilerError::Startup(format!(
@@ -129,7 +130,7 @@ impl Driver<'_> {
                         batch_started = Instant::now();
                     }
                     let t = Instant::now();
-                    apply_message(topology, inputs, &mut tx, &mut consumed, &msg)?;
+                    apply_message(topology, inputs, &counters, &mut tx, &mut consumed, &msg)?;
                     applying += t.elapsed();
                     uncommitted.set(consumed.events as f64);
                     consumed.events >= self.batch_max
@@ -200,11 +201,12 @@ impl Inputs {
         }
     }
 
-    fn input(&self, topic: &str) -> Option<Input> {
+    /// The input a topic is, and where it is in [`Inputs::by_topic`].
+    fn position(&self, topic: &str) -> Option<(usize, Input)> {
         self.by_topic
             .iter()
-            .find(|(t, _)| t == topic)
-            .map(|(_, i)| *i)
+            .position(|(t, _)| t == topic)
+            .map(|i| (i, self.by_topic[i].1))
     }
 }
 
@@ -216,22 +218,54 @@ fn to_system_time(t: &ponte_proto::Timestamp) -> SystemTime {
         )
 }
 
+/// The per-topic counters of the consumer loop, looked up once instead of per message (a
+/// labelled `counter!` finds its series in the registry each time it runs).
+pub(crate) struct TopicCounters {
+    consumed: metrics::Counter,
+    applied: metrics::Counter,
+    stale: metrics::Counter,
+    parked: metrics::Counter,
+    erased: metrics::Counter,
+}
+
+impl TopicCounters {
+    /// One per input topic, in [`Inputs::by_topic`] order.
+    pub(crate) fn of(inputs: &Inputs) -> Vec<Self> {
+        inputs
+            .by_topic
+            .iter()
+            .map(|(topic, _)| TopicCounters {
+                consumed: metrics::counter!("ponte_reconciler_events_consumed_total", "topic" => topic.clone()),
+                applied: metrics::counter!("ponte_reconciler_events_applied_total", "topic" => topic.clone()),
+                stale: metrics::counter!("ponte_reconciler_events_ignored_total", "topic" => topic.clone(), "reason" => "stale_version"),
+                parked: metrics::counter!("ponte_reconciler_events_parked_total", "topic" => topic.clone()),
+                erased: metrics::counter!("ponte_reconciler_erasures_applied_total", "topic" => topic.clone()),
+            })
+            .collect()
+    }
+}
+
 fn apply_message(
     topology: &Topology,
     inputs: &Inputs,
+    counters: &[TopicCounters],
     tx: &mut Tx<'_>,
     stats: &mut Consumed,
     msg: &BorrowedMessage<'_>,
 ) -> Result<(), ReconcilerError> {
-    let topic = msg.topic().to_owned();
-    metrics::counter!("ponte_reconciler_events_consumed_total", "topic" => topic.clone())
-        .increment(1);
-    stats.record(&topic, msg.partition(), msg.offset());
-    let Some(input) = inputs.input(&topic) else {
+    let topic = msg.topic();
+    stats.record(topic, msg.partition(), msg.offset());
+    let Some((input, counters)) = inputs
+        .position(topic)
+        .and_then(|(i, input)| Some((input, counters.get(i)?)))
+    else {
         // Only the subscribed topics are ever delivered.
-        metrics::counter!("ponte_reconciler_events_ignored_total", "topic" => topic.clone(), "reason" => "unknown_topic").increment(1);
+        metrics::counter!("ponte_reconciler_events_consumed_total", "topic" => topic.to_owned())
+            .increment(1);
+        metrics::counter!("ponte_reconciler_events_ignored_total", "topic" => topic.to_owned(), "reason" => "unknown_topic").increment(1);
         return Ok(());
     };
+    counters.consumed.increment(1);
     tx.set_partition(msg.partition());
     let payload = msg.payload().unwrap_or_default();
     // A message without the header is read as its topic's schema (tools that produce by hand
@@ -275,8 +309,7 @@ fn apply_message(
     };
     match applied {
         Applied::Changed => {
-            metrics::counter!("ponte_reconciler_events_applied_total", "topic" => topic.clone())
-                .increment(1);
+            counters.applied.increment(1);
             // Ingest-to-view: measured where a record reaches a view, not where it is
             // forwarded (health records by CNS/CPF are measured on their second hop).
             if input != Input::Health
@@ -285,16 +318,10 @@ fn apply_message(
                 stats.ingest_times.push(to_system_time(t));
             }
         }
-        Applied::Unchanged => {
-            metrics::counter!("ponte_reconciler_events_ignored_total", "topic" => topic.clone(), "reason" => "stale_version").increment(1);
-        }
-        Applied::Parked => {
-            metrics::counter!("ponte_reconciler_events_parked_total", "topic" => topic.clone())
-                .increment(1);
-        }
+        Applied::Unchanged => counters.stale.increment(1),
+        Applied::Parked => counters.parked.increment(1),
         Applied::Erased => {
-            metrics::counter!("ponte_reconciler_erasures_applied_total", "topic" => topic.clone())
-                .increment(1);
+            counters.erased.increment(1);
             tracing::info!(
                 topic = %topic,
                 record_id = %event.as_ref().map(|e| ponte_runtime::telemetry::mask_ids_in(&e.record_id)).unwrap_or_default(),

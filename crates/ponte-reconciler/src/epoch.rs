@@ -198,24 +198,38 @@ impl Faults {
 /// What was consumed in the open epoch, per input partition.
 #[derive(Debug, Default)]
 pub struct Consumed {
-    /// First offset consumed: where to seek back if the epoch is aborted.
-    first: BTreeMap<(String, i32), i64>,
-    /// Next offset to consume: committed with the epoch.
-    next: BTreeMap<(String, i32), i64>,
+    /// Topic → partition → (first offset consumed: where to seek back if the epoch is aborted,
+    /// next offset to consume: committed with the epoch). By topic name first, so recording a
+    /// message allocates nothing once its topic is in the epoch.
+    offsets: BTreeMap<String, BTreeMap<i32, (i64, i64)>>,
     pub events: usize,
     pub ingest_times: Vec<SystemTime>,
 }
 
 impl Consumed {
     pub fn record(&mut self, topic: &str, partition: i32, offset: i64) {
-        let key = (topic.to_owned(), partition);
-        self.first.entry(key.clone()).or_insert(offset);
-        self.next.insert(key, offset + 1);
+        let partitions = match self.offsets.get_mut(topic) {
+            Some(p) => p,
+            None => self.offsets.entry(topic.to_owned()).or_default(),
+        };
+        partitions
+            .entry(partition)
+            .and_modify(|(_, next)| *next = offset + 1)
+            .or_insert((offset, offset + 1));
         self.events += 1;
     }
 
     pub fn is_empty(&self) -> bool {
-        self.next.is_empty()
+        self.offsets.is_empty()
+    }
+
+    /// (topic, partition, first offset consumed, next offset to consume) of each partition.
+    fn partitions(&self) -> impl Iterator<Item = (&str, i32, i64, i64)> {
+        self.offsets.iter().flat_map(|(topic, partitions)| {
+            partitions
+                .iter()
+                .map(move |(p, (first, next))| (topic.as_str(), *p, *first, *next))
+        })
     }
 
     fn clear(&mut self) {
@@ -375,11 +389,11 @@ impl Committer {
                 }
                 // Back to the epoch's first offsets (a partition revoked meanwhile is
                 // positioned by its next assignment instead).
-                for ((topic, partition), first) in &consumed.first {
+                for (topic, partition, first, _) in consumed.partitions() {
                     if let Err(err) = consumer.seek(
                         topic,
-                        *partition,
-                        Offset::Offset(*first),
+                        partition,
+                        Offset::Offset(first),
                         Duration::from_secs(5),
                     ) {
                         tracing::debug!(%topic, partition, error = %err, "seek back after an aborted epoch");
@@ -403,9 +417,9 @@ impl Committer {
             .group_metadata()
             .ok_or_else(|| TxError::aborted("the consumer has no group metadata"))?;
         let mut offsets = TopicPartitionList::new();
-        for ((topic, partition), next) in &consumed.next {
+        for (topic, partition, _, next) in consumed.partitions() {
             offsets
-                .add_partition_offset(topic, *partition, Offset::Offset(*next))
+                .add_partition_offset(topic, partition, Offset::Offset(next))
                 .map_err(|e| TxError::aborted(format!("offsets: {e}")))?;
         }
         self.producer()?;
@@ -568,6 +582,22 @@ mod tests {
                 (OutputKind::Member, "m2".to_owned()),
             ]
         );
+    }
+
+    #[test]
+    fn an_epoch_keeps_the_first_and_next_offset_of_each_partition_it_consumed() {
+        let mut c = Consumed::default();
+        assert!(c.is_empty());
+        c.record("b", 1, 40);
+        c.record("a", 0, 7);
+        c.record("b", 1, 41);
+        c.record("b", 0, 3);
+        c.record("b", 1, 45);
+        let seen: Vec<(&str, i32, i64, i64)> = c.partitions().collect();
+        assert_eq!(seen, vec![("a", 0, 7, 8), ("b", 0, 3, 4), ("b", 1, 40, 46)]);
+        assert_eq!(c.events, 5);
+        c.clear();
+        assert!(c.is_empty() && c.partitions().next().is_none());
     }
 
     #[test]
