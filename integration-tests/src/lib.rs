@@ -40,14 +40,45 @@ pub fn repo_root() -> PathBuf {
 pub fn pki() -> &'static ponte_access::pki::DevPkiManifest {
     static PKI: OnceLock<ponte_access::pki::DevPkiManifest> = OnceLock::new();
     PKI.get_or_init(|| {
-        // Kept for the life of the process (services of every test read it).
+        // Kept for the life of the process (services of every test read it): a static is never
+        // dropped, so the directory outlives the process. Each test process names its own after
+        // its pid and removes those of processes that have ended, so keys do not pile up.
+        remove_pki_of_ended_processes(&std::env::temp_dir());
         let dir = tempfile::Builder::new()
-            .prefix("ponte-test-pki-")
+            .prefix(&format!("{PKI_PREFIX}{}-", std::process::id()))
             .tempdir()
             .unwrap()
             .keep();
         ponte_access::pki::generate_dev(&dir.join("pki"), false).unwrap()
     })
+}
+
+const PKI_PREFIX: &str = "ponte-test-pki-";
+
+/// Removes the PKI directories under `tmp` left by test processes that are no longer running
+/// (`ponte-test-pki-<pid>-…` whose pid has no `/proc` entry). Where there is no `/proc`,
+/// nothing is removed.
+fn remove_pki_of_ended_processes(tmp: &Path) {
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(PKI_PREFIX))
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// The development audit keys of this test process (a signing key per service and the subject
@@ -1142,4 +1173,30 @@ pub fn valid_cns(i: u64) -> String {
     ponte_domain::ids::Cns::parse(&s)
         .expect("a valid CNS by construction")
         .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pki_directories_of_ended_test_processes_are_removed_and_no_other() {
+        let tmp = tempfile::tempdir().unwrap();
+        let names = [
+            format!("{PKI_PREFIX}{}-live", std::process::id()),
+            format!("{PKI_PREFIX}999999999-ended"),
+            format!("{PKI_PREFIX}nopid"),
+            "someone-else-999999999-x".to_owned(),
+        ];
+        for n in &names {
+            std::fs::create_dir_all(tmp.path().join(n).join("pki")).unwrap();
+        }
+        remove_pki_of_ended_processes(tmp.path());
+        let left: Vec<bool> = names.iter().map(|n| tmp.path().join(n).exists()).collect();
+        if Path::new("/proc/self").exists() {
+            assert_eq!(left, vec![true, false, true, true]);
+        } else {
+            assert_eq!(left, vec![true; 4]);
+        }
+    }
 }
