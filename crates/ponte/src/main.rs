@@ -4,7 +4,9 @@
 
 /// mimalloc instead of glibc's allocator: the reconciler allocates and frees many small
 /// buffers per event (decoded records, views, keys), and with glibc's allocator that was about
-/// a third of its time (docs/benchmarks.md, "Where the time goes").
+/// a third of its time (docs/benchmarks.md, "Where the time goes"). Built without asking the
+/// kernel for transparent huge pages (the `no_thp` feature, workspace `Cargo.toml`): zeroing a
+/// fresh 2 MiB page on first touch was a fifth of an adapter's CPU.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
