@@ -1201,7 +1201,6 @@ async fn scrape(port: u16) -> anyhow::Result<String> {
         .await?)
 }
 
-/// Sum of the samples of `name` (any labels).
 /// Seconds of the commits by step, in [`COMMIT_PHASES`] order.
 fn commit_phases(metrics: &str) -> Vec<(String, f64)> {
     COMMIT_PHASES
@@ -1216,6 +1215,7 @@ fn commit_phases(metrics: &str) -> Vec<(String, f64)> {
         .collect()
 }
 
+/// Sum of the samples of `name` (any labels).
 fn metric(text: &str, name: &str) -> f64 {
     metric_where(text, name, |_| true)
 }
