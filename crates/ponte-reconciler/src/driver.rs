@@ -220,7 +220,7 @@ fn to_system_time(t: &ponte_proto::Timestamp) -> SystemTime {
 
 /// The per-topic counters of the consumer loop, looked up once instead of per message (a
 /// labelled `counter!` finds its series in the registry each time it runs).
-pub(crate) struct TopicCounters {
+struct TopicCounters {
     consumed: metrics::Counter,
     applied: metrics::Counter,
     stale: metrics::Counter,
@@ -230,7 +230,7 @@ pub(crate) struct TopicCounters {
 
 impl TopicCounters {
     /// One per input topic, in [`Inputs::by_topic`] order.
-    pub(crate) fn of(inputs: &Inputs) -> Vec<Self> {
+    fn of(inputs: &Inputs) -> Vec<Self> {
         inputs
             .by_topic
             .iter()

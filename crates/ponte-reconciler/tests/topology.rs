@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{MapKv, PARTITIONS, partition_of};
+use common::{MapKv, PARTITIONS, fnv1a, partition_of};
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -559,13 +559,6 @@ fn a_family_in_format_1_goes_on_numbering_its_view() {
     let map = h.kv.0.lock().unwrap();
     assert!(!map.contains_key(&digest_key));
     assert_eq!(members_entry(&map[&key]).digest.unwrap().view_version, 8);
-}
-
-/// 64-bit FNV-1a, as digests written before XXH3 hashed a view's encoding.
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    })
 }
 
 #[test]

@@ -32,11 +32,15 @@ impl Kv for MapKv {
 /// their family usually land on different partitions, as they do in a deployment.
 pub(crate) const PARTITIONS: i32 = 4;
 
+/// 64-bit FNV-1a (also how digests written before XXH3 hashed a view's encoding).
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
 /// The partition of a Kafka key. FNV-1a: any stable hash does; the broker's partitioner is
 /// another one.
 pub(crate) fn partition_of(key: &str) -> i32 {
-    let h = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-    });
-    i32::try_from(h % PARTITIONS as u64).unwrap()
+    i32::try_from(fnv1a(key.as_bytes()) % PARTITIONS as u64).unwrap()
 }
