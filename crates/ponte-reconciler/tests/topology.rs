@@ -15,7 +15,7 @@ use ponte_proto::compliance::v1::{self as api, OutcomeStatus};
 use ponte_proto::events::v1::{self as ev, Event, event::Record, health_follow_up::Subject};
 use ponte_reconciler::topology::{
     Applied, FamilyMembersEntry, Input, Output, OutputKind, PersonEntry, Topology, Tx, Writes,
-    parked_delta, read_parked,
+    parked_delta, person_value_in_format_2, read_parked,
 };
 use proptest::prelude::*;
 use prost::Message as _;
@@ -247,10 +247,12 @@ impl Harness {
     }
 }
 
-/// A `p/` value in format 2: the byte 2, then a `PersonEntry`.
+/// A `p/` value in format 3: the byte 3, then a `PersonEntry` with the records in protobuf.
 fn person_entry(v: &[u8]) -> PersonEntry {
-    assert_eq!(v[0], 2, "p/ values are written in format 2");
-    PersonEntry::decode(&v[1..]).unwrap()
+    assert_eq!(v[0], 3, "p/ values are written in format 3");
+    let entry = PersonEntry::decode(&v[1..]).unwrap();
+    assert!(entry.records_json.is_empty(), "format 3 has no JSON");
+    entry
 }
 
 /// An `fm/` value in format 2: the byte 2, then a `FamilyMembersEntry`.
@@ -483,7 +485,9 @@ fn to_format_1(h: &mut Harness, nis: &str, legacy: &str) -> Vec<Vec<u8>> {
     let prefix = key[..5].to_vec();
     let view = h.person(nis);
     let mut map = h.kv.0.lock().unwrap();
-    let entry = person_entry(&map[&key]);
+    let format_2 = person_value_in_format_2(&map[&key]).unwrap();
+    assert_eq!(format_2[0], 2);
+    let entry = PersonEntry::decode(&format_2[1..]).unwrap();
     map.insert(key.clone(), entry.records_json.clone());
     let carried = [prefix.as_slice(), format!("xo/{nis}").as_bytes()].concat();
     map.insert(carried.clone(), serde_json::to_vec(&entry.carried).unwrap());
@@ -538,6 +542,48 @@ fn a_store_in_format_1_goes_on_numbering_views_and_is_rewritten_in_format_2() {
 }
 
 #[test]
+fn a_person_in_format_2_is_read_and_rewritten_in_format_3() {
+    let mut h = Harness::new();
+    h.apply(&profile(CHILD, "2017-03-10", "M", &[CHILD_CNS], "", 1));
+    h.apply(&attendance(CHILD, "2025-04", 20, 20, 1));
+    let view = h.person(CHILD);
+    let key = state_key(&h, &format!("p/{CHILD}"));
+    {
+        let mut map = h.kv.0.lock().unwrap();
+        let two = person_value_in_format_2(&map[&key]).unwrap();
+        assert_eq!(two[0], 2);
+        map.insert(key.clone(), two);
+    }
+    // The same records again: known from the format-2 value, nothing changes or goes out.
+    let published = h.outputs.len();
+    assert_eq!(
+        h.apply(&attendance(CHILD, "2025-04", 20, 20, 1)),
+        Applied::Unchanged
+    );
+    assert_eq!(
+        h.apply(&profile(CHILD, "2017-03-10", "M", &[CHILD_CNS], "", 1)),
+        Applied::Unchanged
+    );
+    assert_eq!(h.outputs.len(), published);
+    // A change: numbered after the view, evaluated over every record format 2 held, and the
+    // person written in format 3.
+    h.apply(&attendance(CHILD, "2025-05", 20, 2, 1));
+    let after = h.person(CHILD);
+    assert_eq!(after.view_version, view.view_version + 1);
+    let months: Vec<&str> = after
+        .school_attendance
+        .iter()
+        .map(|a| a.month.as_str())
+        .collect();
+    assert_eq!(months, ["2025-04", "2025-05"]);
+    assert_eq!(after.sources.len(), view.sources.len() + 1);
+    let map = h.kv.0.lock().unwrap();
+    let entry = person_entry(&map[&key]);
+    assert_eq!((entry.profiles.len(), entry.school.len()), (1, 2));
+    assert_eq!(entry.carried, vec![format!("cns:{CHILD_CNS}")]);
+}
+
+#[test]
 fn a_family_in_format_1_goes_on_numbering_its_view() {
     let mut h = Harness::new();
     h.apply(&profile(CHILD, "2017-03-10", "M", &[CHILD_CNS], "", 1));
@@ -580,7 +626,7 @@ fn digests_hashed_with_fnv_before_xxh3_still_recognise_their_views() {
         (d.hash, d.hash_kind) = (fnv1a(&person.encode_to_vec()), 0);
         map.insert(
             person_key.clone(),
-            [&[2u8][..], &entry.encode_to_vec()].concat(),
+            [&[3u8][..], &entry.encode_to_vec()].concat(),
         );
         let mut entry = members_entry(&map[&family_key]);
         let d = entry.digest.as_mut().unwrap();

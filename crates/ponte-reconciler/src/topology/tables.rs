@@ -6,9 +6,9 @@ use std::marker::PhantomData;
 use super::*;
 
 /// Everything the person stage keeps of one person (`p/<nis>`): one key, so an event writes
-/// one value and one changelog entry. Stored in format 2 ([`PersonEntry`]: the records as JSON,
-/// the digest and the identifiers beside them); format 1 (the JSON alone, with the digest and
-/// the identifiers under keys of their own) is still read.
+/// one value and one changelog entry. Stored in format 3 ([`PersonEntry`] with the records in
+/// protobuf, `person_format.rs`); format 2 (the records as JSON in the entry) and format 1 (the
+/// JSON alone, with the digest and the identifiers under keys of their own) are still read.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub(super) struct PersonDoc {
     pub(super) records: Vec<PersonRecord>,
@@ -72,19 +72,22 @@ pub(super) struct MembersDoc {
 /// The first byte of a state value in format 2, a protobuf entry after it. Format 1 values are
 /// JSON objects, whose first byte is `{`.
 const FORMAT_2: u8 = 2;
+/// The first byte of a person's value in format 3: a [`PersonEntry`] with its records in
+/// protobuf.
+const FORMAT_3: u8 = 3;
 
-fn format_2(entry: &impl prost::Message) -> Vec<u8> {
+fn with_format(format: u8, entry: &impl prost::Message) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(1 + entry.encoded_len());
-    bytes.push(FORMAT_2);
+    bytes.push(format);
     entry.encode_raw(&mut bytes);
     bytes
 }
 
-/// A state value's format: 1 (JSON) or 2 (the protobuf after the first byte).
+/// A state value's format: 1 (JSON), or 2 or 3 (the protobuf after the first byte).
 fn format_of(bytes: &[u8]) -> Result<u8, String> {
     match bytes.first() {
         Some(b'{') => Ok(1),
-        Some(&FORMAT_2) => Ok(2),
+        Some(&f @ (FORMAT_2 | FORMAT_3)) => Ok(f),
         Some(other) => Err(format!(
             "unknown state value format (first byte {other:#04x})"
         )),
@@ -92,46 +95,79 @@ fn format_of(bytes: &[u8]) -> Result<u8, String> {
     }
 }
 
+impl PersonDoc {
+    /// The value as format 2 wrote it (records as JSON): what stores written before format 3
+    /// hold, for the tests that read them ([`super::person_value_in_format_2`]).
+    pub(super) fn to_format_2(&self) -> Result<Vec<u8>, String> {
+        Ok(with_format(
+            FORMAT_2,
+            &PersonEntry {
+                records_json: serde_json::to_vec(self).map_err(|e| e.to_string())?,
+                digest: self.digest.clone(),
+                carried: self.carried.iter().cloned().collect(),
+                ..PersonEntry::default()
+            },
+        ))
+    }
+}
+
 impl Stored for PersonDoc {
     fn to_stored(&self) -> Result<Vec<u8>, String> {
-        Ok(format_2(&PersonEntry {
-            records_json: serde_json::to_vec(self).map_err(|e| e.to_string())?,
+        let mut entry = PersonEntry {
             digest: self.digest.clone(),
             carried: self.carried.iter().cloned().collect(),
-        }))
+            ..PersonEntry::default()
+        };
+        super::person_format::encode_records(self, &mut entry);
+        Ok(with_format(FORMAT_3, &entry))
     }
     fn from_stored(bytes: &[u8]) -> Result<Self, String> {
         let json = |b: &[u8]| serde_json::from_slice::<PersonDoc>(b).map_err(|e| e.to_string());
-        if format_of(bytes)? == 1 {
+        let format = format_of(bytes)?;
+        if format == 1 {
             return Ok(PersonDoc {
                 format1: true,
                 ..json(bytes)?
             });
         }
-        let entry = PersonEntry::decode(&bytes[1..]).map_err(|e| e.to_string())?;
+        let mut entry = PersonEntry::decode(&bytes[1..]).map_err(|e| e.to_string())?;
+        let digest = entry.digest.take();
+        let carried = std::mem::take(&mut entry.carried).into_iter().collect();
+        let records = if format == FORMAT_2 {
+            json(&entry.records_json)?
+        } else {
+            super::person_format::decode_records(entry)?
+        };
         Ok(PersonDoc {
-            digest: entry.digest,
-            carried: entry.carried.into_iter().collect(),
-            ..json(&entry.records_json)?
+            digest,
+            carried,
+            ..records
         })
     }
 }
 
 impl Stored for MembersDoc {
     fn to_stored(&self) -> Result<Vec<u8>, String> {
-        Ok(format_2(&FamilyMembersEntry {
-            members_json: serde_json::to_vec(&self.members).map_err(|e| e.to_string())?,
-            digest: self.digest,
-        }))
+        Ok(with_format(
+            FORMAT_2,
+            &FamilyMembersEntry {
+                members_json: serde_json::to_vec(&self.members).map_err(|e| e.to_string())?,
+                digest: self.digest,
+            },
+        ))
     }
     fn from_stored(bytes: &[u8]) -> Result<Self, String> {
         let json = |b: &[u8]| serde_json::from_slice::<Members>(b).map_err(|e| e.to_string());
-        if format_of(bytes)? == 1 {
-            return Ok(MembersDoc {
-                members: json(bytes)?,
-                format1: true,
-                ..MembersDoc::default()
-            });
+        match format_of(bytes)? {
+            1 => {
+                return Ok(MembersDoc {
+                    members: json(bytes)?,
+                    format1: true,
+                    ..MembersDoc::default()
+                });
+            }
+            FORMAT_2 => {}
+            other => return Err(format!("format {other} is not one of a family's members")),
         }
         let entry = FamilyMembersEntry::decode(&bytes[1..]).map_err(|e| e.to_string())?;
         Ok(MembersDoc {
