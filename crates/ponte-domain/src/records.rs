@@ -580,6 +580,11 @@ impl<T: Versioned + Ord> RecordSet<T> {
     pub fn entries(&self) -> impl Iterator<Item = &T> {
         self.by_id.values()
     }
+
+    /// Every stored entry, tombstones included, by record id, taken out of the set.
+    pub fn into_entries(self) -> impl Iterator<Item = T> {
+        self.by_id.into_values()
+    }
 }
 
 /// A record addressed to one person.

@@ -27,11 +27,12 @@ impl Topology {
         tx: &Tx<'_>,
         nis: Nis,
     ) -> Result<(PersonState, PersonDoc), ReconcilerError> {
-        let doc = self.load_person_doc(tx, nis)?.unwrap_or_default();
+        let mut doc = self.load_person_doc(tx, nis)?.unwrap_or_default();
         let mut state = PersonState::new(nis);
-        for r in &doc.records {
+        // The records move into the state; `save_person` puts them back.
+        for r in std::mem::take(&mut doc.records) {
             // Records were checked against this NIS when first applied.
-            let _ = state.apply(r.clone());
+            let _ = state.apply(r);
         }
         Ok((state, doc))
     }
@@ -41,11 +42,11 @@ impl Topology {
     pub(super) fn save_person(
         &self,
         tx: &mut Tx<'_>,
-        state: &PersonState,
+        state: PersonState,
         doc: &mut PersonDoc,
         at: Option<Timestamp>,
     ) -> Result<(), ReconcilerError> {
-        self.refresh_person(tx, state, doc, at)?;
+        self.refresh_person(tx, &state, doc, at)?;
         let nis = state.nis();
         let id = [nis.as_str()];
         if std::mem::take(&mut doc.format1) {
@@ -53,11 +54,18 @@ impl Topology {
             PERSON_VIEWS_BEFORE_DIGESTS.delete(tx, &id);
             CARRIED_IDS.delete(tx, &id);
         }
+        let PersonState {
+            profiles,
+            school,
+            scfv,
+            health,
+            ..
+        } = state;
         let mut records: Vec<PersonRecord> = Vec::new();
-        records.extend(state.profiles.entries().cloned().map(PersonRecord::Profile));
-        records.extend(state.school.entries().cloned().map(PersonRecord::School));
-        records.extend(state.scfv.entries().cloned().map(PersonRecord::Scfv));
-        records.extend(state.health.entries().cloned().map(PersonRecord::Health));
+        records.extend(profiles.into_entries().map(PersonRecord::Profile));
+        records.extend(school.into_entries().map(PersonRecord::School));
+        records.extend(scfv.into_entries().map(PersonRecord::Scfv));
+        records.extend(health.into_entries().map(PersonRecord::Health));
         doc.records = records;
         PERSONS.put(tx, &id, doc)
     }
@@ -90,7 +98,7 @@ impl Topology {
         if applied.changed() {
             doc.sources.insert(record_id, source);
         }
-        self.save_person(tx, &state, &mut doc, at)?;
+        self.save_person(tx, state, &mut doc, at)?;
         Ok(Applied::Changed)
     }
 
@@ -155,7 +163,7 @@ impl Topology {
         }
         doc.health_arrived_as.remove(record_id);
         doc.sources.remove(record_id);
-        self.save_person(tx, &kept, &mut doc, at)?;
+        self.save_person(tx, kept, &mut doc, at)?;
         Ok(Applied::Changed)
     }
 
@@ -199,7 +207,7 @@ impl Topology {
                 msg.encode_to_vec(),
             );
         }
-        self.save_person(tx, &state, &mut doc, at)?;
+        self.save_person(tx, state, &mut doc, at)?;
         Ok(Applied::Changed)
     }
 
