@@ -48,9 +48,9 @@
 //! Files: this one routes an event to its stage; `identity.rs`, `person.rs` and `family.rs`
 //! are the stages; `state.rs` the epoch's view of the state ([`Tx`]) and its partitions;
 //! `tables.rs` the typed tables the stages keep in it; `person_format.rs` a person's records
-//! in the binary form `p/` values hold; `convert.rs` the mapping of wire records to domain records; `views.rs` the published views
-//! and the digests kept of them. The repartition messages and digests are defined in
-//! `proto/ponte/reconciler/v1`.
+//! in the binary form `p/` values hold; `convert.rs` the mapping of wire records to domain
+//! records; `views.rs` the published views and the digests kept of them. The repartition
+//! messages, digests and state entries are defined in `proto/ponte/reconciler/v1`.
 use std::collections::{BTreeMap, BTreeSet};
 
 use ponte_domain::effects::{Effect as DomainEffect, FamilyEffects};
