@@ -1,6 +1,6 @@
 //! A person's state value in format 3: the domain's records, their sources and the identifiers
 //! health records arrived as, in the protobuf messages of `proto/ponte/reconciler/v1`
-//! (`PersonEntry` fields 4–9) instead of JSON. Loading and saving a person is done once or
+//! (`PersonEntry` fields 4–10) instead of JSON. Loading and saving a person is done once or
 //! twice per event that reaches the person stage, and JSON was most of its cost; the value is
 //! also what the changelog carries (docs/benchmarks.md, issue 15).
 //!
@@ -22,16 +22,25 @@ use super::tables::{PersonDoc, Source};
 type Fallible<T> = Result<T, String>;
 
 /// Fills the format-3 fields of `entry` from the records, sources and arrival identifiers of
-/// `doc` (its digest and identifiers are the caller's).
-pub(super) fn encode_records(doc: &PersonDoc, entry: &mut PersonEntry) {
+/// `doc` (its digest and identifiers are the caller's). Every record is the same person's, whose
+/// NIS is kept once; a doc holding another person's record is refused.
+pub(super) fn encode_records(doc: &PersonDoc, entry: &mut PersonEntry) -> Fallible<()> {
+    if let Some(first) = doc.records.first() {
+        entry.nis = first.nis().as_str().to_owned();
+    }
     for r in &doc.records {
+        if r.nis().as_str() != entry.nis {
+            return Err(format!(
+                "record {} is not for the person of the others",
+                r.record_id()
+            ));
+        }
         match r {
             PersonRecord::Profile(p) => entry.profiles.push(profile_to(p)),
             PersonRecord::School(s) => entry.school.push(StoredAttendance {
                 record_id: s.record_id.clone(),
                 version: s.version,
                 retracted: s.retracted,
-                nis: s.nis.as_str().to_owned(),
                 inep: s.inep.map(|i| i.as_str().to_owned()),
                 month: month_to(s.month),
                 reason_code: s.reason_code.clone(),
@@ -41,7 +50,6 @@ pub(super) fn encode_records(doc: &PersonDoc, entry: &mut PersonEntry) {
                 record_id: s.record_id.clone(),
                 version: s.version,
                 retracted: s.retracted,
-                nis: s.nis.as_str().to_owned(),
                 inep: None,
                 month: month_to(s.month),
                 reason_code: s.reason_code.clone(),
@@ -73,47 +81,50 @@ pub(super) fn encode_records(doc: &PersonDoc, entry: &mut PersonEntry) {
                 .map(|(seconds, nanos)| ponte_proto::Timestamp { seconds, nanos }),
         })
         .collect();
+    Ok(())
 }
 
 /// The records, sources and arrival identifiers of a format-3 `entry`, in a doc without digest
 /// and identifiers (the caller's).
 pub(super) fn decode_records(entry: PersonEntry) -> Fallible<PersonDoc> {
-    let mut records = Vec::with_capacity(
-        entry.profiles.len() + entry.school.len() + entry.scfv.len() + entry.health.len(),
-    );
-    for p in entry.profiles {
-        records.push(PersonRecord::Profile(profile_from(p)?));
-    }
-    for s in entry.school {
-        let attendance = attendance_from(&s)?;
-        records.push(PersonRecord::School(SchoolAttendanceMonth {
-            nis: nis(&s.nis)?,
-            inep: s.inep.as_deref().map(inep).transpose()?,
-            month: month_from(s.month)?,
-            attendance,
-            record_id: s.record_id,
-            version: s.version,
-            retracted: s.retracted,
-            reason_code: s.reason_code,
-        }));
-    }
-    for s in entry.scfv {
-        let attendance = attendance_from(&s)?;
-        if s.inep.is_some() {
-            return Err(format!("SCFV record {} names a school", s.record_id));
+    let count = entry.profiles.len() + entry.school.len() + entry.scfv.len() + entry.health.len();
+    let mut records = Vec::with_capacity(count);
+    if count > 0 {
+        let nis = Nis::parse(&entry.nis).map_err(|e| e.to_string())?;
+        for p in entry.profiles {
+            records.push(PersonRecord::Profile(profile_from(p, nis)?));
         }
-        records.push(PersonRecord::Scfv(ScfvAttendanceMonth {
-            nis: nis(&s.nis)?,
-            month: month_from(s.month)?,
-            attendance,
-            record_id: s.record_id,
-            version: s.version,
-            retracted: s.retracted,
-            reason_code: s.reason_code,
-        }));
-    }
-    for h in entry.health {
-        records.push(PersonRecord::Health(health_from(h)?));
+        for s in entry.school {
+            let attendance = attendance_from(&s)?;
+            records.push(PersonRecord::School(SchoolAttendanceMonth {
+                nis,
+                inep: s.inep.as_deref().map(inep).transpose()?,
+                month: month_from(s.month)?,
+                attendance,
+                record_id: s.record_id,
+                version: s.version,
+                retracted: s.retracted,
+                reason_code: s.reason_code,
+            }));
+        }
+        for s in entry.scfv {
+            let attendance = attendance_from(&s)?;
+            if s.inep.is_some() {
+                return Err(format!("SCFV record {} names a school", s.record_id));
+            }
+            records.push(PersonRecord::Scfv(ScfvAttendanceMonth {
+                nis,
+                month: month_from(s.month)?,
+                attendance,
+                record_id: s.record_id,
+                version: s.version,
+                retracted: s.retracted,
+                reason_code: s.reason_code,
+            }));
+        }
+        for h in entry.health {
+            records.push(PersonRecord::Health(health_from(h, nis)?));
+        }
     }
     Ok(PersonDoc {
         records,
@@ -148,7 +159,6 @@ fn profile_to(p: &PersonProfile) -> StoredProfile {
         record_id: p.record_id.clone(),
         version: p.version,
         retracted: p.retracted,
-        nis: p.nis.as_str().to_owned(),
         family_id: p.family_id.0.clone(),
         birth_date: date_to(p.birth_date),
         female: p.sex == Sex::Female,
@@ -164,9 +174,9 @@ fn profile_to(p: &PersonProfile) -> StoredProfile {
     }
 }
 
-fn profile_from(p: StoredProfile) -> Fallible<PersonProfile> {
+fn profile_from(p: StoredProfile, nis: Nis) -> Fallible<PersonProfile> {
     Ok(PersonProfile {
-        nis: nis(&p.nis)?,
+        nis,
         family_id: FamilyId(p.family_id),
         birth_date: date_from(p.birth_date)?,
         sex: if p.female { Sex::Female } else { Sex::Male },
@@ -206,7 +216,6 @@ fn health_to(h: &HealthRecord) -> StoredHealth {
         record_id: h.record_id.clone(),
         version: h.version,
         retracted: h.retracted,
-        nis: h.nis.as_str().to_owned(),
         recorded_on: h.recorded_on.map(date_to),
         semester: h.semester.map(|s| s.year() * 10 + i32::from(s.number())),
         vaccination_up_to_date: h.vaccination_up_to_date,
@@ -219,9 +228,9 @@ fn health_to(h: &HealthRecord) -> StoredHealth {
     }
 }
 
-fn health_from(h: StoredHealth) -> Fallible<HealthRecord> {
+fn health_from(h: StoredHealth, nis: Nis) -> Fallible<HealthRecord> {
     Ok(HealthRecord {
-        nis: nis(&h.nis)?,
+        nis,
         recorded_on: h.recorded_on.map(date_from).transpose()?,
         semester: h
             .semester
@@ -268,10 +277,6 @@ fn attendance_from(s: &StoredAttendance) -> Fallible<Attendance> {
     u8::try_from(s.percent)
         .map(Attendance::Percent)
         .map_err(|_| format!("record {}: attendance {}%", s.record_id, s.percent))
-}
-
-fn nis(s: &str) -> Fallible<Nis> {
-    Nis::parse(s).map_err(|e| e.to_string())
 }
 
 /// A municipality code, or the placeholder a profile's tombstone carries (as the JSON form
@@ -322,7 +327,7 @@ mod tests {
     use super::super::tables::Stored as _;
     use super::*;
 
-    const NIS: [&str; 2] = ["26827649960", "46952280637"];
+    const NIS: &str = "26827649960";
     const CNS: [&str; 2] = ["700000000000005", "898001634957018"];
 
     fn date() -> impl Strategy<Value = Date> {
@@ -342,13 +347,8 @@ mod tests {
     }
 
     fn head() -> impl Strategy<Value = (String, u64, bool, Nis)> {
-        (
-            "[a-z]{1,6}:[0-9]{1,4}",
-            0u64..5,
-            any::<bool>(),
-            0..NIS.len(),
-        )
-            .prop_map(|(id, v, r, n)| (id, v, r, Nis::parse(NIS[n]).unwrap()))
+        ("[a-z]{1,6}:[0-9]{1,4}", 0u64..5, any::<bool>())
+            .prop_map(|(id, v, r)| (id, v, r, Nis::parse(NIS).unwrap()))
     }
 
     fn profile() -> impl Strategy<Value = PersonRecord> {
@@ -566,10 +566,12 @@ mod tests {
 
     #[test]
     fn a_damaged_value_is_refused_with_the_field_at_fault() {
-        let mut entry = PersonEntry::default();
+        let mut entry = PersonEntry {
+            nis: NIS.into(),
+            ..PersonEntry::default()
+        };
         let school = StoredAttendance {
             record_id: "education:1".into(),
-            nis: NIS[0].into(),
             month: 202513,
             ..StoredAttendance::default()
         };
@@ -584,12 +586,29 @@ mod tests {
         assert!(e.contains("education:1"), "{e}");
         entry.school[0] = StoredAttendance {
             month: 202504,
-            nis: "12345678901".into(),
             ..school
         };
+        entry.nis = "12345678901".into();
         assert!(
             decode_records(entry).is_err(),
             "a NIS with a wrong check digit"
         );
+    }
+
+    /// The NIS is kept once for all the records: a doc holding another person's record (which
+    /// the person stage never builds) is refused rather than stored under the wrong person.
+    #[test]
+    fn records_of_two_persons_are_not_stored_as_one() {
+        let mine = Nis::parse(NIS).unwrap();
+        let other = Nis::parse("46952280637").unwrap();
+        let doc = PersonDoc {
+            records: vec![
+                PersonRecord::School(SchoolAttendanceMonth::tombstone("a".into(), 1, mine)),
+                PersonRecord::Health(HealthRecord::tombstone("b".into(), 1, other)),
+            ],
+            ..PersonDoc::default()
+        };
+        let e = doc.to_stored().err().unwrap();
+        assert!(e.contains("record b"), "{e}");
     }
 }

@@ -118,7 +118,7 @@ impl Stored for PersonDoc {
             carried: self.carried.iter().cloned().collect(),
             ..PersonEntry::default()
         };
-        super::person_format::encode_records(self, &mut entry);
+        super::person_format::encode_records(self, &mut entry)?;
         Ok(with_format(FORMAT_3, &entry))
     }
     fn from_stored(bytes: &[u8]) -> Result<Self, String> {
