@@ -6,7 +6,10 @@
 //!   uninterrupted run over the same input;
 //! - an instance stopped (SIGSTOP) in the middle of a commit, past its session, while another
 //!   instance takes its partitions, gets its epoch refused when it is continued, and the views
-//!   stay those of an uninterrupted run.
+//!   stay those of an uninterrupted run;
+//! - a restore longer than the consumer's `max.poll.interval.ms` keeps the instance in its
+//!   group (the partitions wait paused while the consumer goes on polling), it is not ready
+//!   meanwhile, and its views are then those of an uninterrupted run.
 //!
 //! Alerts say when a member *became* non-compliant, so which alerts a run raises depends on the
 //! order a person's records meet in (a profile that arrives after two months of attendance
@@ -354,6 +357,104 @@ async fn an_instance_stopped_mid_commit_past_its_session_is_fenced_and_the_views
     wait_ready(&mut a).await;
     let got_a = outcome(stack.port("a"), &stack.prefix, Some(&expected)).await;
     assert_eq!(got_a.persons, expected.persons);
+    assert!(a.terminate().success());
+    assert!(b.terminate().success());
+    assert!(reference.terminate().success());
+}
+
+/// `GET /health/ready` of the service's admin port: its status, or `None` while it does not
+/// answer.
+async fn readiness(service: &Service) -> Option<u16> {
+    reqwest::get(format!(
+        "http://127.0.0.1:{}/health/ready",
+        service.admin_port()
+    ))
+    .await
+    .ok()
+    .map(|r| r.status().as_u16())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restore_longer_than_the_poll_interval_keeps_the_instance_in_its_group() {
+    let (stack, reference_env) = stack_with_reference("epochslow");
+    let group = format!("{}slow", stack.prefix);
+    // Every client of the process gets the properties; librdkafka refuses a poll interval
+    // below the session timeout (45 s by default).
+    let config = stack.dir.path().join("short-poll-interval.toml");
+    std::fs::write(
+        &config,
+        "[kafka.properties]\n\"max.poll.interval.ms\" = \"7000\"\n\"session.timeout.ms\" = \"6000\"\n",
+    )
+    .unwrap();
+    let member = |name: &str, extra: Option<(&'static str, String)>| {
+        let mut env = vec![
+            ("PONTE__RECONCILER__GROUP_ID", group.clone()),
+            (
+                "PONTE__RECONCILER__STATE_DIR",
+                stack.dir.path().join(name).display().to_string(),
+            ),
+            ("PONTE_CONFIG", config.display().to_string()),
+        ];
+        env.extend(extra);
+        reconciler(&stack, name, &env)
+    };
+    // Every restore of `a` is held 8 s, longer than the poll interval. librdkafka enforces the
+    // interval once the member has been in its group (not during its first assignment), so
+    // the long restore that matters is the one of the rebalance when `b` joins.
+    let mut a = member(
+        "a",
+        Some(("PONTE_TEST_RESTORE_DELAY_MS", "8000".to_owned())),
+    );
+    let mut reference = reconciler(&stack, "reference", &reference_env);
+    wait_ready(&mut reference).await;
+    let (profiles, records) = phases();
+    produce(&stack, &profiles).await;
+    produce_to(&reference_env[0].1, &profiles).await;
+    profiles_applied(stack.port("reference")).await;
+    eventually("a to be ready", Duration::from_secs(120), || async {
+        (readiness(&a).await == Some(200)).then_some(())
+    })
+    .await;
+    profiles_applied(stack.port("a")).await;
+
+    let mut b = member("b", None);
+    // `a` restores what it is given again, paused, and says it is not ready meanwhile (with
+    // the restore inside the rebalance, nothing refreshed its readiness and the group took it
+    // for stuck).
+    eventually(
+        "a to restore its new assignment, not ready",
+        Duration::from_secs(60),
+        || async { (readiness(&a).await == Some(503)).then_some(()) },
+    )
+    .await;
+    // The sector records arrive meanwhile: they wait for the restored state.
+    produce(&stack, &records).await;
+    produce_to(&reference_env[0].1, &records).await;
+    eventually("a to be ready again", Duration::from_secs(120), || async {
+        (readiness(&a).await == Some(200)).then_some(())
+    })
+    .await;
+    wait_ready(&mut b).await;
+
+    let expected = outcome(stack.port("reference"), &reference_env[0].1, None).await;
+    let got = outcome(stack.port("a"), &stack.prefix, Some(&expected)).await;
+    assert_same(&got, &expected);
+    a.assert_running();
+    let log = a.log_text();
+    assert!(
+        !log.contains("maximum poll interval"),
+        "a was taken out of its group while restoring; log:\n{log}"
+    );
+    assert_eq!(
+        metric(
+            a.admin_port(),
+            "ponte_reconciler_consumer_errors_total",
+            &[]
+        )
+        .await,
+        0.0,
+        "consumer errors; log:\n{log}"
+    );
     assert!(a.terminate().success());
     assert!(b.terminate().success());
     assert!(reference.terminate().success());

@@ -6,18 +6,26 @@
 //! group's committed offsets — with `isolation.level=read_committed` librdkafka asks for stable
 //! offsets (`rd_kafka_committed` sets RequireStable, and retries on UNSTABLE_OFFSET_COMMIT), so
 //! the answer waits until a transaction still open on those partitions (a stalled
-//! or crashed previous owner's) is committed or aborted — then lets the service bring its local
-//! state of the partitions up to the changelog ([`PartitionSetup::prepare`]), and only then
-//! assigns them from those offsets. State, outputs and positions therefore always describe the
-//! same committed transactions. A partition without a committed offset starts from the
-//! beginning.
+//! or crashed previous owner's) is committed or aborted — then assigns them from those offsets,
+//! *paused*, and hands them to the service's [`PartitionSetup::prepare`] on a thread of its
+//! own, which brings the service's local state of the partitions up to its changelog. The
+//! consumer goes on polling meanwhile, so a preparation of any length keeps the member in its
+//! group (one run inside the rebalance callback blocked the poll: past
+//! `max.poll.interval.ms` librdkafka took the member out of the group, and its partitions were
+//! assigned and restored again). Once the preparation is done the service resumes the
+//! partitions ([`Assignment::resume_prepared`]); a preparation whose partitions were revoked
+//! meanwhile is abandoned and never resumes anything. State, outputs and positions therefore
+//! always describe the same committed transactions. A partition without a committed offset
+//! starts from the beginning.
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{
-    BaseConsumer, Consumer as _, ConsumerContext, RebalanceProtocol, StreamConsumer,
+    BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer,
 };
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
@@ -29,83 +37,233 @@ pub trait PartitionSetup: Send + Sync + 'static {
     /// Called once per assignment with every newly assigned partition and the group's
     /// committed next offset of each (`None`: nothing committed), after any transaction open on
     /// them is resolved: a stateful service brings its local state of those partitions up to
-    /// its changelog here (it runs inside the rebalance, so no record of the partitions is
-    /// delivered before it returns).
-    fn prepare(&self, assigned: &BTreeMap<(String, i32), Option<i64>>) -> Result<(), String>;
+    /// its changelog here. It runs on a thread of its own while the partitions are assigned
+    /// but paused, so no record of them is delivered before it returns, and the consumer keeps
+    /// polling however long it takes. `still_wanted` turns false once the partitions are
+    /// revoked or the consumer closes: the preparation should then stop (with an error, which
+    /// is not reported as a failure) — the next assignment prepares the partitions again.
+    fn prepare(
+        &self,
+        assigned: &BTreeMap<(String, i32), Option<i64>>,
+        still_wanted: &dyn Fn() -> bool,
+    ) -> Result<(), String>;
 }
 
 /// How long an assignment waits for the group's committed offsets: a previous owner's open
 /// transaction holds them until it ends or the broker aborts it (`transaction.timeout.ms`).
 const COMMITTED_TIMEOUT: Duration = Duration::from_secs(120);
 
+type Partition = (String, i32);
+
+/// An assignment's partitions for [`PartitionSetup::prepare`], with the generation it was for.
+struct Job {
+    generation: u64,
+    positions: BTreeMap<Partition, Option<i64>>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Every partition assigned to the consumer.
+    owned: BTreeSet<Partition>,
+    /// Assigned partitions paused until their preparation is done and they are resumed, with
+    /// their committed positions.
+    preparing: BTreeMap<Partition, Option<i64>>,
+    /// Preparations done, with the generation each was for, whose partitions are not resumed
+    /// yet.
+    prepared: Vec<(u64, Vec<Partition>)>,
+    /// Why an assignment could not be prepared.
+    failure: Option<String>,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    state: Mutex<State>,
+    generation: AtomicU64,
+    closed: AtomicBool,
+    /// Signalled when a preparation ends, done or failed.
+    wake: tokio::sync::Notify,
+    worker: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
 /// The partitions a consumer currently owns, readable from other tasks (health, metrics).
 #[derive(Debug, Clone, Default)]
 pub struct Assignment {
-    inner: Arc<Mutex<BTreeSet<(String, i32)>>>,
-    generation: Arc<std::sync::atomic::AtomicU64>,
-    failure: Arc<Mutex<Option<String>>>,
+    shared: Arc<Shared>,
 }
 
 impl Assignment {
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Changes on every assignment and revocation: work derived from records consumed under an
     /// older generation may belong to partitions this consumer no longer owns.
     pub fn generation(&self) -> u64 {
-        self.generation.load(std::sync::atomic::Ordering::SeqCst)
+        self.shared.generation.load(Ordering::SeqCst)
     }
 
-    /// Why the last assignment could not be prepared, if it could not: the partitions were
-    /// not taken and the service should stop (and be restarted) rather than run without them.
+    fn bump(&self) -> u64 {
+        self.shared.generation.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// Why the last assignment could not be prepared, if it could not: the partitions are not
+    /// processed and the service should stop (and be restarted) rather than run without them.
     pub fn failure(&self) -> Option<String> {
-        self.failure.lock().ok().and_then(|g| g.clone())
+        self.state().failure.clone()
     }
 
-    fn bump(&self) {
-        self.generation
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    fn fail(&self, why: String) {
+        self.state().failure = Some(why);
+        self.shared.wake.notify_one();
     }
 
-    /// The distinct partition numbers owned (of any topic).
+    /// The distinct partition numbers owned (of any topic), prepared or not.
     pub fn partition_numbers(&self) -> BTreeSet<i32> {
-        self.inner
-            .lock()
-            .map(|g| g.iter().map(|(_, p)| *p).collect())
-            .unwrap_or_default()
+        self.state().owned.iter().map(|(_, p)| *p).collect()
+    }
+
+    /// The distinct partition numbers owned and prepared: those whose records flow.
+    pub fn prepared_partition_numbers(&self) -> BTreeSet<i32> {
+        let s = self.state();
+        s.owned
+            .iter()
+            .filter(|p| !s.preparing.contains_key(*p))
+            .map(|(_, p)| *p)
+            .collect()
+    }
+
+    /// The distinct partition numbers owned and still being prepared (paused).
+    pub fn preparing_partition_numbers(&self) -> BTreeSet<i32> {
+        self.state().preparing.keys().map(|(_, p)| *p).collect()
     }
 
     /// A snapshot of the owned partitions.
     pub fn partitions(&self) -> Vec<(String, i32)> {
-        self.inner
+        self.state().owned.iter().cloned().collect()
+    }
+
+    /// Resolves when a preparation has ended (done or failed) since the last call: time to call
+    /// [`Assignment::resume_prepared`] (or to look at [`Assignment::failure`]).
+    pub async fn changed(&self) {
+        self.shared.wake.notified().await;
+    }
+
+    /// Resumes the partitions whose preparation is done for the current assignment (those of
+    /// a preparation for an older one stay as the newer assignment left them). Returns whether
+    /// any was resumed. Call it from the task that polls `consumer`.
+    pub fn resume_prepared<C: ConsumerContext>(
+        &self,
+        consumer: &impl Consumer<C>,
+    ) -> Result<bool, BusError> {
+        let current = self.generation();
+        let mut s = self.state();
+        if s.prepared.is_empty() {
+            return Ok(false);
+        }
+        let mut tpl = TopicPartitionList::new();
+        let mut resumed = Vec::new();
+        for (generation, parts) in std::mem::take(&mut s.prepared) {
+            if generation != current {
+                continue;
+            }
+            for part in parts {
+                if s.preparing.contains_key(&part) {
+                    tpl.add_partition(&part.0, part.1);
+                    resumed.push(part);
+                }
+            }
+        }
+        if resumed.is_empty() {
+            return Ok(false);
+        }
+        consumer
+            .resume(&tpl)
+            .map_err(|e| BusError::Unavailable(format!("resuming prepared partitions: {e}")))?;
+        for part in &resumed {
+            s.preparing.remove(part);
+        }
+        tracing::info!(partitions = ?resumed, "prepared partitions resumed");
+        Ok(true)
+    }
+
+    /// Stops the preparation thread: a preparation under way is told it is no longer wanted,
+    /// and this waits until it has returned. Blocking.
+    pub fn close(&self) {
+        self.shared.closed.store(true, Ordering::SeqCst);
+        let worker = self
+            .shared
+            .worker
             .lock()
-            .map(|g| g.iter().cloned().collect())
-            .unwrap_or_default()
-    }
-
-    fn replace(&self, parts: impl IntoIterator<Item = (String, i32)>) {
-        if let Ok(mut g) = self.inner.lock() {
-            g.clear();
-            g.extend(parts);
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(w) = worker
+            && w.join().is_err()
+        {
+            tracing::error!("the partition preparation thread panicked");
         }
     }
 
-    fn add(&self, parts: impl IntoIterator<Item = (String, i32)>) {
-        if let Ok(mut g) = self.inner.lock() {
-            g.extend(parts);
-        }
+    fn closed(&self) -> bool {
+        self.shared.closed.load(Ordering::SeqCst)
     }
+}
 
-    fn remove(&self, parts: &[(String, i32)]) {
-        if let Ok(mut g) = self.inner.lock() {
-            for p in parts {
-                g.remove(p);
+/// The preparation thread: runs each assignment's [`PartitionSetup::prepare`] in turn, skipping
+/// those already superseded, until the consumer is dropped or the assignment closed.
+fn prepare_assignments(
+    setup: Arc<dyn PartitionSetup>,
+    assignment: Assignment,
+    jobs: Receiver<Job>,
+    group: String,
+) {
+    loop {
+        let job = match jobs.recv_timeout(Duration::from_millis(200)) {
+            Ok(job) => job,
+            Err(RecvTimeoutError::Timeout) if !assignment.closed() => continue,
+            Err(_) => return,
+        };
+        let wanted = || assignment.generation() == job.generation && !assignment.closed();
+        if !wanted() {
+            continue;
+        }
+        let started = Instant::now();
+        let result = setup.prepare(&job.positions, &wanted);
+        if !wanted() {
+            tracing::info!(
+                seconds = started.elapsed().as_secs_f64(),
+                "the partitions being prepared were revoked; the preparation is abandoned"
+            );
+            continue;
+        }
+        match result {
+            Ok(()) => {
+                tracing::info!(
+                    partitions = job.positions.len(),
+                    seconds = started.elapsed().as_secs_f64(),
+                    "assigned partitions prepared"
+                );
+                assignment
+                    .state()
+                    .prepared
+                    .push((job.generation, job.positions.into_keys().collect()));
+                assignment.shared.wake.notify_one();
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot prepare the assigned partitions; they stay paused");
+                metrics::counter!("ponte_consumer_prepare_failures_total", "group" => group.clone()).increment(1);
+                assignment.fail(e);
             }
         }
     }
 }
 
 /// Consumer context that positions every newly assigned partition at the group's committed
-/// offset, once its [`PartitionSetup`] has prepared it.
+/// offset, paused until its [`PartitionSetup`] has prepared it.
 pub struct SeekingContext {
-    setup: Arc<dyn PartitionSetup>,
+    jobs: Sender<Job>,
     assignment: Assignment,
     group: String,
 }
@@ -147,6 +305,21 @@ fn list(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
         .collect()
 }
 
+impl SeekingContext {
+    /// Hands every partition still waiting to the preparation thread, for `generation`.
+    fn prepare(&self, generation: u64, s: &State) {
+        if s.preparing.is_empty() {
+            return;
+        }
+        // The thread lives as long as the consumer: a send fails only while the consumer is
+        // being dropped.
+        let _ = self.jobs.send(Job {
+            generation,
+            positions: s.preparing.clone(),
+        });
+    }
+}
+
 impl ConsumerContext for SeekingContext {
     fn rebalance(
         &self,
@@ -161,17 +334,15 @@ impl ConsumerContext for SeekingContext {
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let parts = list(tpl);
-                self.assignment.bump();
-                // Without current state (or positions) the partitions cannot be processed
+                let generation = self.assignment.bump();
+                // Without their committed positions the partitions cannot be processed
                 // correctly: take none of them and report it; the service then stops, leaving
                 // the group, which gives the partitions to another member (or to this one when
                 // it is restarted).
                 let fail = |e: String| {
-                    tracing::error!(error = %e, "cannot prepare the assigned partitions; leaving them unassigned");
+                    tracing::error!(error = %e, "cannot take the assigned partitions; leaving them unassigned");
                     metrics::counter!("ponte_consumer_prepare_failures_total", "group" => self.group.clone()).increment(1);
-                    if let Ok(mut g) = self.assignment.failure.lock() {
-                        *g = Some(e);
-                    }
+                    self.assignment.fail(e);
                 };
                 let committed = match consumer.committed_offsets(tpl.clone(), COMMITTED_TIMEOUT) {
                     Ok(c) => c,
@@ -188,9 +359,6 @@ impl ConsumerContext for SeekingContext {
                         ((e.topic().to_owned(), e.partition()), next)
                     })
                     .collect();
-                if let Err(e) = self.setup.prepare(&positions) {
-                    return fail(e);
-                }
                 for ((topic, partition), next) in &positions {
                     let offset = next.map_or(Offset::Beginning, Offset::Offset);
                     if let Err(e) = tpl.set_partition_offset(topic, *partition, offset) {
@@ -203,17 +371,32 @@ impl ConsumerContext for SeekingContext {
                 } else {
                     consumer.assign(tpl)
                 };
-                match res {
-                    Ok(()) => {
-                        if cooperative {
-                            self.assignment.add(parts);
-                        } else {
-                            self.assignment.replace(parts);
-                        }
-                        metrics::counter!("ponte_consumer_rebalances_total", "group" => self.group.clone(), "kind" => "assign").increment(1);
-                    }
-                    Err(e) => tracing::error!(error = %e, "assign failed"),
+                if let Err(e) = res {
+                    tracing::error!(error = %e, "assign failed");
+                    return;
                 }
+                // Paused in the same callback, before anything fetched can be delivered (a
+                // pause also discards what was fetched, and fetching restarts from the
+                // assigned offset on resume).
+                if !parts.is_empty()
+                    && let Err(e) = consumer.pause(tpl)
+                {
+                    return fail(format!("pausing the assigned partitions: {e}"));
+                }
+                let mut s = self.assignment.state();
+                if !cooperative {
+                    s.owned.clear();
+                    s.preparing.clear();
+                    s.prepared.clear();
+                }
+                s.owned.extend(parts.iter().cloned());
+                s.preparing.extend(positions);
+                // A preparation under way is for the older generation and stops: the new one
+                // takes every partition still waiting (under the cooperative protocol, those
+                // of earlier assignments too).
+                self.prepare(generation, &s);
+                drop(s);
+                metrics::counter!("ponte_consumer_rebalances_total", "group" => self.group.clone(), "kind" => "assign").increment(1);
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 let parts = list(tpl);
@@ -227,17 +410,30 @@ impl ConsumerContext for SeekingContext {
                 if let Err(e) = res {
                     tracing::error!(error = %e, "unassign failed");
                 }
+                let mut s = self.assignment.state();
                 if cooperative {
-                    self.assignment.remove(&parts);
+                    for p in &parts {
+                        s.owned.remove(p);
+                        s.preparing.remove(p);
+                    }
+                    // The preparation under way stopped with the generation: the partitions
+                    // still waiting are prepared again.
+                    self.prepare(self.assignment.generation(), &s);
                 } else {
-                    self.assignment.replace([]);
+                    s.owned.clear();
+                    s.preparing.clear();
+                    s.prepared.clear();
                 }
                 metrics::counter!("ponte_consumer_rebalances_total", "group" => self.group.clone(), "kind" => "revoke").increment(1);
             }
             other => {
                 tracing::error!(error = ?other, "rebalance error; dropping assignment");
+                self.assignment.bump();
                 let _ = consumer.unassign();
-                self.assignment.replace([]);
+                let mut s = self.assignment.state();
+                s.owned.clear();
+                s.preparing.clear();
+                s.prepared.clear();
             }
         }
     }
@@ -306,9 +502,10 @@ pub fn wait_for_topics(
     }
 }
 
-/// A group consumer subscribed to `topics`, positioned at the group's committed offsets after
-/// `setup` has prepared every assignment. Its offsets are committed in the caller's
-/// transactions, never by the consumer itself.
+/// A group consumer subscribed to `topics`, positioned at the group's committed offsets; every
+/// assignment's partitions stay paused until `setup` has prepared them on the returned
+/// [`Assignment`]'s thread and the caller resumes them ([`Assignment::resume_prepared`]). Its
+/// offsets are committed in the caller's transactions, never by the consumer itself.
 pub fn group_consumer(
     kafka: &KafkaConfig,
     group_id: &str,
@@ -319,8 +516,21 @@ pub fn group_consumer(
 ) -> Result<(StreamConsumer<SeekingContext>, Assignment), BusError> {
     let session_timeout_ms = membership.session_timeout_ms;
     let assignment = Assignment::default();
+    let (jobs, pending) = std::sync::mpsc::channel();
+    let worker = {
+        let (assignment, group) = (assignment.clone(), group_id.to_owned());
+        std::thread::Builder::new()
+            .name("partition-setup".to_owned())
+            .spawn(move || prepare_assignments(setup, assignment, pending, group))
+            .map_err(|e| BusError::Config(format!("starting the partition setup thread: {e}")))?
+    };
+    *assignment
+        .shared
+        .worker
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner) = Some(worker);
     let ctx = SeekingContext {
-        setup,
+        jobs,
         assignment: assignment.clone(),
         group: group_id.to_owned(),
     };
@@ -379,3 +589,173 @@ impl ClientContext for ReadToEnd {
 }
 
 impl rdkafka::consumer::ConsumerContext for ReadToEnd {}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::mpsc;
+
+    use rdkafka::config::ClientConfig;
+
+    use super::*;
+
+    /// A setup that reports each call and finishes when told to, or as soon as it is no longer
+    /// wanted (with an error, as a restore does).
+    struct Gated {
+        started: Mutex<mpsc::Sender<()>>,
+        finish: Mutex<mpsc::Receiver<()>>,
+    }
+
+    impl PartitionSetup for Gated {
+        fn prepare(
+            &self,
+            _: &BTreeMap<Partition, Option<i64>>,
+            still_wanted: &dyn Fn() -> bool,
+        ) -> Result<(), String> {
+            self.started.lock().unwrap().send(()).unwrap();
+            loop {
+                if !still_wanted() {
+                    return Err("no longer wanted".to_owned());
+                }
+                if self
+                    .finish
+                    .lock()
+                    .unwrap()
+                    .recv_timeout(Duration::from_millis(10))
+                    .is_ok()
+                {
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// What the rebalance callback does on an assignment, without a broker.
+    fn assign(a: &Assignment, jobs: &Sender<Job>, parts: &[Partition]) -> u64 {
+        let generation = a.bump();
+        {
+            let mut s = a.state();
+            s.owned = parts.iter().cloned().collect();
+            s.preparing = parts.iter().map(|p| (p.clone(), None)).collect();
+            s.prepared.clear();
+        }
+        jobs.send(Job {
+            generation,
+            positions: parts.iter().map(|p| (p.clone(), None)).collect(),
+        })
+        .unwrap();
+        generation
+    }
+
+    fn wait_for(what: &str, f: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !f() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn a_preparation_overtaken_by_a_new_assignment_resumes_nothing_and_is_no_failure() {
+        let (started_tx, started) = mpsc::channel();
+        let (finish, finish_rx) = mpsc::channel();
+        let setup = Arc::new(Gated {
+            started: Mutex::new(started_tx),
+            finish: Mutex::new(finish_rx),
+        });
+        let a = Assignment::default();
+        let (jobs, pending) = mpsc::channel();
+        let worker = {
+            let a = a.clone();
+            std::thread::spawn(move || prepare_assignments(setup, a, pending, "g".to_owned()))
+        };
+        *a.shared.worker.lock().unwrap() = Some(worker);
+        // No broker: resuming only needs the consumer's local partition state.
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", "127.0.0.1:1")
+            .set("group.id", "g")
+            .create()
+            .unwrap();
+        let p0 = ("t".to_owned(), 0);
+        let p1 = ("t".to_owned(), 1);
+
+        // The first assignment is revoked and replaced while it is being prepared.
+        assign(&a, &jobs, &[p0.clone(), p1.clone()]);
+        started.recv_timeout(Duration::from_secs(10)).unwrap();
+        assign(&a, &jobs, std::slice::from_ref(&p1));
+        // The abandoned preparation stopped on its own (it was not told to finish) and the
+        // new one began; nothing is resumed before it is done.
+        started.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert!(!a.resume_prepared(&consumer).unwrap());
+        assert_eq!(
+            a.failure(),
+            None,
+            "an abandoned preparation is not a failure"
+        );
+        assert_eq!(a.prepared_partition_numbers(), BTreeSet::new());
+        assert_eq!(a.preparing_partition_numbers(), BTreeSet::from([1]));
+
+        finish.send(()).unwrap();
+        wait_for("the preparation to be reported", || {
+            !a.state().prepared.is_empty()
+        });
+        assert!(a.resume_prepared(&consumer).unwrap());
+        assert_eq!(a.prepared_partition_numbers(), BTreeSet::from([1]));
+        assert_eq!(a.preparing_partition_numbers(), BTreeSet::new());
+        // Resumed once.
+        assert!(!a.resume_prepared(&consumer).unwrap());
+
+        // A preparation done for an assignment that has since changed is not resumed.
+        let stale = assign(&a, &jobs, std::slice::from_ref(&p0));
+        started.recv_timeout(Duration::from_secs(10)).unwrap();
+        finish.send(()).unwrap();
+        wait_for("the preparation to be reported", || {
+            !a.state().prepared.is_empty()
+        });
+        a.bump();
+        assert!(a.generation() > stale);
+        assert!(!a.resume_prepared(&consumer).unwrap());
+        assert_eq!(a.preparing_partition_numbers(), BTreeSet::from([0]));
+
+        // A failure of a current preparation is reported, and wakes whoever waits.
+        let (failing_tx, failing) = mpsc::channel();
+        let b = Assignment::default();
+        let (b_jobs, b_pending) = mpsc::channel();
+        struct Failing(Mutex<mpsc::Sender<()>>);
+        impl PartitionSetup for Failing {
+            fn prepare(
+                &self,
+                _: &BTreeMap<Partition, Option<i64>>,
+                _: &dyn Fn() -> bool,
+            ) -> Result<(), String> {
+                self.0.lock().unwrap().send(()).unwrap();
+                Err("changelog unreadable".to_owned())
+            }
+        }
+        {
+            let b = b.clone();
+            let setup = Arc::new(Failing(Mutex::new(failing_tx)));
+            std::thread::spawn(move || prepare_assignments(setup, b, b_pending, "g".to_owned()));
+        }
+        assign(&b, &b_jobs, std::slice::from_ref(&p0));
+        failing.recv_timeout(Duration::from_secs(10)).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(10), b.changed())
+                .await
+                .unwrap();
+        });
+        assert_eq!(b.failure().as_deref(), Some("changelog unreadable"));
+        assert!(!b.resume_prepared(&consumer).unwrap());
+
+        // Closing stops the thread, even in the middle of a preparation.
+        assign(&a, &jobs, std::slice::from_ref(&p1));
+        started.recv_timeout(Duration::from_secs(10)).unwrap();
+        a.close();
+        assert!(a.shared.worker.lock().unwrap().is_none());
+        b.close();
+    }
+}

@@ -65,7 +65,8 @@ impl Driver<'_> {
         let mut consumed = Consumed::default();
         let mut last_gauges = Instant::now() - Duration::from_secs(60);
         let mut generation = assignment.generation();
-        let mut owned = assignment.partition_numbers();
+        // The partitions whose records flow: owned and restored.
+        let mut owned = assignment.prepared_partition_numbers();
         let mut parked = ParkedCount::default();
         parked.reassign(store, &owned)?;
         let mut batch_started = Instant::now();
@@ -79,6 +80,14 @@ impl Driver<'_> {
                 break Err(ReconcilerError::Startup(format!(
                     "partitions could not be prepared: {why}"
                 )));
+            }
+            // Partitions are assigned paused and restored on the consumer's own thread
+            // ([`ponte_bus::consume`]); those restored since are resumed here, between polls.
+            if assignment.resume_prepared(consumer)? {
+                owned = assignment.prepared_partition_numbers();
+                parked.reassign(store, &owned)?;
+                // Readiness follows at once.
+                last_gauges = Instant::now() - Duration::from_secs(60);
             }
             if last_gauges.elapsed() >= Duration::from_secs(1) {
                 refresh_gauges(
@@ -96,6 +105,7 @@ impl Driver<'_> {
                 tokio::select! {
                     _ = shutdown.cancelled() => break Ok(()),
                     m = consumer.recv() => Some(m),
+                    _ = assignment.changed() => None,
                     _ = tokio::time::sleep(Duration::from_secs(1)) => None,
                 }
             } else {
@@ -120,7 +130,7 @@ impl Driver<'_> {
                 applying = Duration::ZERO;
                 uncommitted.set(0.0);
                 generation = assignment.generation();
-                owned = assignment.partition_numbers();
+                owned = assignment.prepared_partition_numbers();
                 parked.reassign(store, &owned)?;
                 // The message (if any) was fetched under the new assignment: it is applied below.
             }

@@ -71,8 +71,13 @@ pub(crate) fn refresh_gauges(
     let numbers = assignment.partition_numbers().len();
     let incomplete = owned != numbers * topic_count;
     metrics::gauge!("ponte_reconciler_assignment_incomplete").set(f64::from(u8::from(incomplete)));
+    let restoring = assignment.preparing_partition_numbers().len();
     if owned == 0 {
         readiness.set_not_ready("no partitions assigned yet");
+    } else if restoring > 0 {
+        readiness.set_not_ready(format!(
+            "restoring {restoring} partition(s) from the changelog"
+        ));
     } else if incomplete {
         readiness.set_not_ready(
             "assignment lacks some subscribed topics (not yet in the group leader's metadata)",

@@ -634,7 +634,11 @@ impl ComplianceService for ComplianceApi {
             }
             n => n as usize,
         };
-        let owned: Vec<i32> = self.assignment.partition_numbers().into_iter().collect();
+        let owned: Vec<i32> = self
+            .assignment
+            .prepared_partition_numbers()
+            .into_iter()
+            .collect();
         let parked = self
             .read_state(move |s| topology::read_parked(s, &owned))
             .await?;

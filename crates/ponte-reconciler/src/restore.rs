@@ -12,7 +12,7 @@
 //! instance wrote. With no usable marker — a new or lost disk, a changelog recreated, or a
 //! marker too old to trust the changelog's tombstones — the partition is dropped and rebuilt
 //! from the changelog's start.
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use ponte_bus::KafkaConfig;
@@ -125,14 +125,56 @@ impl Marker {
     }
 }
 
-/// Makes the local state of partition `p` the changelog's latest (see the module docs).
+/// `PONTE_TEST_RESTORE_DELAY_MS`, for tests only: every partition's restore first waits this
+/// long (a restore of a state far larger than a test can build).
+fn test_delay() -> Result<Option<Duration>, ReconcilerError> {
+    static DELAY: OnceLock<Result<Option<Duration>, String>> = OnceLock::new();
+    DELAY
+        .get_or_init(|| match std::env::var("PONTE_TEST_RESTORE_DELAY_MS") {
+            Err(_) => Ok(None),
+            Ok(ms) => {
+                let ms: u64 = ms
+                    .parse()
+                    .map_err(|_| format!("PONTE_TEST_RESTORE_DELAY_MS: {ms:?} is not a number"))?;
+                tracing::warn!(
+                    ms,
+                    "test restore delay armed: every partition's restore waits this long first"
+                );
+                Ok(Some(Duration::from_millis(ms)))
+            }
+        })
+        .clone()
+        .map_err(startup)
+}
+
+/// The error of a restore stopped because its partition was revoked.
+fn no_longer_wanted(p: i32) -> ReconcilerError {
+    startup(format!(
+        "restore of partition {p} stopped: no longer assigned"
+    ))
+}
+
+/// Makes the local state of partition `p` the changelog's latest (see the module docs). Stops
+/// with an error as soon as `still_wanted` turns false (the partition was revoked meanwhile):
+/// what it wrote until then is kept, and the next restore goes on from the marker, which is
+/// written only when a restore ends.
 pub fn restore_partition(
     store: &Store,
     kafka: &KafkaConfig,
     changelog: &str,
     p: i32,
+    still_wanted: &dyn Fn() -> bool,
 ) -> Result<(), ReconcilerError> {
     let _restoring = Restoring::start();
+    if let Some(delay) = test_delay()? {
+        let until = Instant::now() + delay;
+        while Instant::now() < until {
+            if !still_wanted() {
+                return Err(no_longer_wanted(p));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
     let mut cfg = kafka.client_config("ponte-reconciler-restore");
     cfg.set("enable.auto.commit", "false")
         .set("group.id", "ponte-reconciler-restore")
@@ -220,6 +262,9 @@ pub fn restore_partition(
         loop {
             if Instant::now() > deadline {
                 return Err(startup("changelog restore did not finish in an hour"));
+            }
+            if !still_wanted() {
+                return Err(no_longer_wanted(p));
             }
             let Some(msg) = consumer.poll(Duration::from_millis(500)) else {
                 continue;

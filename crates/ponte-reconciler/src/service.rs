@@ -17,7 +17,8 @@ use crate::grpc::ComplianceApi;
 use crate::{ReconcilerError, startup};
 
 /// On every assignment, brings the local state of each newly assigned partition up to the
-/// changelog ([`crate::restore`]).
+/// changelog ([`crate::restore`]), on the consumer's preparation thread while the partitions
+/// are paused.
 struct PartitionRestore {
     store: Store,
     kafka: KafkaConfig,
@@ -25,11 +26,21 @@ struct PartitionRestore {
 }
 
 impl PartitionSetup for PartitionRestore {
-    fn prepare(&self, assigned: &BTreeMap<(String, i32), Option<i64>>) -> Result<(), String> {
+    fn prepare(
+        &self,
+        assigned: &BTreeMap<(String, i32), Option<i64>>,
+        still_wanted: &dyn Fn() -> bool,
+    ) -> Result<(), String> {
         let partitions: BTreeSet<i32> = assigned.keys().map(|(_, p)| *p).collect();
         for p in partitions {
-            crate::restore::restore_partition(&self.store, &self.kafka, &self.changelog, p)
-                .map_err(|e| format!("partition {p}: {e}"))?;
+            crate::restore::restore_partition(
+                &self.store,
+                &self.kafka,
+                &self.changelog,
+                p,
+                still_wanted,
+            )
+            .map_err(|e| format!("partition {p}: {e}"))?;
         }
         Ok(())
     }
@@ -344,6 +355,13 @@ pub async fn run(
     .run()
     .await;
     readiness.set_not_ready("shutting down");
+    // A restore under way stops at its next step.
+    {
+        let assignment = assignment.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || assignment.close()).await {
+            tracing::error!(error = %e, "stopping the partition preparation");
+        }
+    }
     health
         .set_not_serving::<ComplianceServiceServer<ComplianceApi>>()
         .await;
