@@ -190,7 +190,7 @@ pub fn restore_partition(
     let timeout = Duration::from_secs(30);
     let (low, high) = crate::while_topic_settles(
         &format!("changelog {changelog} partition {p}"),
-        || false,
+        || !still_wanted(),
         || {
             // Ask for the topic's metadata on every attempt: right after a broker restart its
             // first answer may lack the partition, and the client would go on answering
@@ -205,7 +205,7 @@ pub fn restore_partition(
                 .map_err(|e| e.to_string())
         },
     )?
-    .ok_or_else(|| startup("changelog watermarks: gave up"))?;
+    .ok_or_else(|| no_longer_wanted(p))?;
     let marker = Marker::read(store, p)?;
     let usable = marker.filter(|m| m.offset >= low && m.offset <= high && m.age() < MARKER_MAX_AGE);
     if let Some(m) = usable
