@@ -418,9 +418,9 @@ async fn a_restore_longer_than_the_poll_interval_keeps_the_instance_in_its_group
     profiles_applied(stack.port("a")).await;
 
     let mut b = member("b", None);
-    // `a` restores what it is given again, paused, and says it is not ready meanwhile (with
-    // the restore inside the rebalance, nothing refreshed its readiness and the group took it
-    // for stuck).
+    // `a` restores what it is given again, paused, and says it is not ready meanwhile. (With
+    // the restore inside the rebalance the group took it for stuck here: librdkafka's MAXPOLL
+    // "leaving group", checked below.)
     eventually(
         "a to restore its new assignment, not ready",
         Duration::from_secs(60),
