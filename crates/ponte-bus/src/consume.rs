@@ -80,6 +80,9 @@ struct Shared {
     state: Mutex<State>,
     generation: AtomicU64,
     closed: AtomicBool,
+    /// Set when a preparation is done, so the driver's check between polls is one atomic load
+    /// rather than a lock.
+    done: AtomicBool,
     /// Signalled when a preparation ends, done or failed.
     wake: tokio::sync::Notify,
     worker: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -158,11 +161,11 @@ impl Assignment {
         &self,
         consumer: &impl Consumer<C>,
     ) -> Result<bool, BusError> {
-        let current = self.generation();
-        let mut s = self.state();
-        if s.prepared.is_empty() {
+        if !self.shared.done.swap(false, Ordering::SeqCst) {
             return Ok(false);
         }
+        let current = self.generation();
+        let mut s = self.state();
         let mut tpl = TopicPartitionList::new();
         let mut resumed = Vec::new();
         for (generation, parts) in std::mem::take(&mut s.prepared) {
@@ -245,10 +248,12 @@ fn prepare_assignments(
                     seconds = started.elapsed().as_secs_f64(),
                     "assigned partitions prepared"
                 );
-                assignment
-                    .state()
-                    .prepared
+                // Flagged under the lock: whoever sees the preparation listed sees the flag.
+                let mut s = assignment.state();
+                s.prepared
                     .push((job.generation, job.positions.into_keys().collect()));
+                assignment.shared.done.store(true, Ordering::SeqCst);
+                drop(s);
                 assignment.shared.wake.notify_one();
             }
             Err(e) => {
