@@ -329,11 +329,16 @@ fn apply_person(
         .as_ref()
         .map(|n| n.counted.municipality.as_str())
         .unwrap_or("");
-    if !old_mun.is_empty() && old_mun != new_mun {
-        ov.delete(key(&["m", old_mun, nis.as_str()]));
-    }
-    if !new_mun.is_empty() {
-        ov.put(key(&["m", new_mun, nis.as_str()]), Vec::new());
+    // The index entry is written only when the municipality changed: rewriting the same
+    // empty entry on every change of the view was as many store writes as the views (each
+    // one merged again by every compaction until it met its older copy).
+    if old_mun != new_mun {
+        if !old_mun.is_empty() {
+            ov.delete(key(&["m", old_mun, nis.as_str()]));
+        }
+        if !new_mun.is_empty() {
+            ov.put(key(&["m", new_mun, nis.as_str()]), Vec::new());
+        }
     }
     Ok(match new {
         Some(new) => {
@@ -469,12 +474,19 @@ fn apply_household(
             ..Default::default()
         });
     }
-    if let Some(old) = &old {
-        ov.delete(key(&["hm", &old.municipality, household_id]));
+    // As for persons: the index entry is written only when the municipality changed.
+    let old_mun = old.as_ref().map(|o| o.municipality.as_str());
+    let new_mun = new.as_ref().map(|n| n.municipality.as_str());
+    if old_mun != new_mun {
+        if let Some(m) = old_mun {
+            ov.delete(key(&["hm", m, household_id]));
+        }
+        if let Some(m) = new_mun {
+            ov.put(key(&["hm", m, household_id]), Vec::new());
+        }
     }
     Ok(match new {
         Some(new) => {
-            ov.put(key(&["hm", &new.municipality, household_id]), Vec::new());
             ov.put(vkey, new.encode_to_vec());
             ApplyStats {
                 applied: 1,
@@ -507,6 +519,32 @@ pub fn apply(
     topic: &str,
     records: &[ChangeRecord],
 ) -> Result<ApplyStats, ReconcilerError> {
+    let (writes, next, stats) = stage(store, topic, records)?;
+    let mut w = store.batch();
+    for (k, v) in &writes {
+        match v {
+            Some(v) => w.put(k, v),
+            None => w.delete(k),
+        }
+    }
+    for (partition, next) in next {
+        w.set_offset(topic, partition, next);
+    }
+    if !w.is_empty() {
+        w.commit()?;
+    }
+    Ok(stats)
+}
+
+/// The store writes (`None`: a delete) and next offsets applying `records` leads to, and what
+/// it did; nothing is written yet.
+type Staged = (
+    BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    BTreeMap<i32, i64>,
+    ApplyStats,
+);
+
+fn stage(store: &Store, topic: &str, records: &[ChangeRecord]) -> Result<Staged, ReconcilerError> {
     let mut ov = Overlay::new(store);
     let mut next: BTreeMap<i32, i64> = BTreeMap::new();
     let mut stats = ApplyStats::default();
@@ -527,20 +565,7 @@ pub fn apply(
             }
         }
     }
-    let mut w = store.batch();
-    for (k, v) in &ov.writes {
-        match v {
-            Some(v) => w.put(k, v),
-            None => w.delete(k),
-        }
-    }
-    for (partition, next) in next {
-        w.set_offset(topic, partition, next);
-    }
-    if !w.is_empty() {
-        w.commit()?;
-    }
-    Ok(stats)
+    Ok((ov.writes, next, stats))
 }
 
 // ---- reads ---------------------------------------------------------------------------------
@@ -1098,6 +1123,64 @@ mod tests {
         assert_eq!(counts(&s, SP)[&key].non_compliant, 1);
         assert_eq!(counts(&s, RJ)[&key].non_compliant, 1);
         assert_eq!(stored_counts(&s), recount(&s));
+    }
+
+    #[test]
+    fn a_new_version_writes_its_index_entry_only_when_the_municipality_changed() {
+        let (_d, s) = store();
+        let a = nis("1234567890");
+        let written = |records: &[ChangeRecord]| -> Vec<String> {
+            let (writes, _, _) = stage(&s, TOPIC, records).unwrap();
+            writes
+                .iter()
+                .map(|(k, v)| {
+                    let k = String::from_utf8_lossy(k);
+                    if v.is_some() {
+                        format!("put {k}")
+                    } else {
+                        format!("delete {k}")
+                    }
+                })
+                .collect()
+        };
+        let v1 = person(a, 1, SP, vec![outcome("education", "2025-B1", Compliant)]);
+        apply(&s, TOPIC, &[rec(0, &v1)]).unwrap();
+        // Same municipality, one outcome changed: the view and the counts row, no index entry.
+        let v2 = person(
+            a,
+            2,
+            SP,
+            vec![outcome("education", "2025-B1", NonCompliant)],
+        );
+        assert_eq!(
+            written(&[rec(1, &v2)]),
+            [
+                format!("put i/{SP}/education/2025-B1"),
+                format!("put v/p/{a}"),
+            ]
+        );
+        apply(&s, TOPIC, &[rec(1, &v2)]).unwrap();
+        assert_eq!(listed(&s, SP), [a.to_string()]);
+        // Another municipality: the entry moves.
+        let v3 = person(
+            a,
+            3,
+            RJ,
+            vec![outcome("education", "2025-B1", NonCompliant)],
+        );
+        assert_eq!(
+            written(&[rec(2, &v3)]),
+            [
+                format!("put i/{RJ}/education/2025-B1"),
+                format!("delete i/{SP}/education/2025-B1"),
+                format!("put m/{RJ}/{a}"),
+                format!("delete m/{SP}/{a}"),
+                format!("put v/p/{a}"),
+            ]
+        );
+        apply(&s, TOPIC, &[rec(2, &v3)]).unwrap();
+        assert!(listed(&s, SP).is_empty());
+        assert_eq!(listed(&s, RJ), [a.to_string()]);
     }
 
     #[test]
