@@ -82,10 +82,11 @@ pub(crate) fn run(
     // The reconciler's default `state_memory_mb`.
     let store = Store::open_with(state, Durability::Process, Memory::mib(256))?;
     // The reconciler's default `read_model_memory_mb`.
-    let read = Store::open_with(
+    let read = Store::open_with_layout(
         state.join("read"),
         Durability::Rebuildable,
         Memory::mib(128),
+        ponte_reconciler::readmodel::LAYOUT,
     )?;
     let mut figures = Figures::default();
     let mut pending: Vec<(Input, i32, Event)> = Vec::with_capacity(batch);

@@ -53,6 +53,14 @@ use tokio_util::sync::CancellationToken;
 use crate::ReconcilerError;
 use crate::topology::Kv;
 
+/// How the read model's store is laid out: its views (about 2.5 KiB each with the evidence)
+/// are replaced on every change, so they live in blob files and the keys are compacted by
+/// size tiers ([`ponte_store::Layout::LargeValues`]); index entries and counts rows stay in
+/// the tables.
+pub const LAYOUT: ponte_store::Layout = ponte_store::Layout::LargeValues {
+    min_blob_bytes: 256,
+};
+
 /// Whether the read path can be trusted: once failed, it stays failed until the process
 /// restarts (a store that refused a write or a read is not trusted again in place).
 #[derive(Debug, Clone, Default)]

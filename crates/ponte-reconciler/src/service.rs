@@ -154,10 +154,11 @@ pub async fn run(
     // offsets together, and the read model reads it again from the topic (it answers from
     // the older views meanwhile, as any reader behind the topic does). The log's writes took
     // a third of the read model's CPU (docs/benchmarks.md).
-    let read = Store::open_with(
+    let read = Store::open_with_layout(
         &read_dir,
         Durability::Rebuildable,
         Memory::mib(cfg.read_model_memory_mb),
+        crate::readmodel::LAYOUT,
     )?;
     {
         // What a version before epochs left: its outbox, read by nothing now.

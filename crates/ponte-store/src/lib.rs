@@ -95,7 +95,25 @@ impl Default for Memory {
     }
 }
 
-fn options(memory: Memory, durability: Durability) -> (Options, Options) {
+/// How the `state` family is laid out on disk, for the workload of the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Layout {
+    /// Leveled compaction, values beside their keys: small values read by key and by key
+    /// range (the reconciler's state).
+    #[default]
+    Leveled,
+    /// Large values overwritten often (the read model's views): values of at least
+    /// `min_blob_bytes` go to LZ4-compressed blob files of their own, the tables holding only
+    /// a reference (RocksDB's integrated BlobDB), and the keys are compacted by size tiers
+    /// (universal compaction) instead of level by level. Leveled compaction merged every
+    /// flush into the whole key set, and rewrote the values with it: at 1 M people that was
+    /// about a fifth of the reconciler's CPU (docs/benchmarks.md). Still-live values are
+    /// relocated only out of the oldest quarter of blob files; the space the rest of the
+    /// garbage holds is freed as its blob files empty.
+    LargeValues { min_blob_bytes: u64 },
+}
+
+fn options(memory: Memory, durability: Durability, layout: Layout) -> (Options, Options, Options) {
     let cache = Cache::new_lru_cache(memory.cache_bytes);
     let mut table = BlockBasedOptions::default();
     table.set_block_cache(&cache);
@@ -142,7 +160,19 @@ fn options(memory: Memory, durability: Durability) -> (Options, Options) {
     // write-buffer manager above still bounds the memtables' memory as a whole.
     cf.set_max_write_buffer_number(4);
     cf.set_level_compaction_dynamic_level_bytes(true);
-    (db, cf)
+    let offsets = cf.clone();
+    let mut state = cf;
+    if let Layout::LargeValues { min_blob_bytes } = layout {
+        state.set_compaction_style(rocksdb::DBCompactionStyle::Universal);
+        state.set_universal_compaction_options(&rocksdb::UniversalCompactOptions::default());
+        state.set_enable_blob_files(true);
+        state.set_min_blob_size(min_blob_bytes);
+        state.set_blob_compression_type(rocksdb::DBCompressionType::Lz4);
+        state.set_enable_blob_gc(true);
+        state.set_blob_gc_age_cutoff(0.25);
+        state.set_blob_cache(&cache);
+    }
+    (db, state, offsets)
 }
 
 /// A RocksDB-backed state store. Cheap to clone; all clones share one database.
@@ -187,11 +217,25 @@ impl Store {
         durability: Durability,
         memory: Memory,
     ) -> Result<Self, StoreError> {
+        Self::open_with_layout(path, durability, memory, Layout::Leveled)
+    }
+
+    /// Opens (creating if needed) the store in directory `path`, within `memory`, its state
+    /// laid out as `layout` says. A store written [`Layout::Leveled`] opens as
+    /// [`Layout::LargeValues`]: what it holds is read as before and compacted into the new
+    /// shape as the store is written (the way back is not tested).
+    pub fn open_with_layout(
+        path: impl AsRef<Path>,
+        durability: Durability,
+        memory: Memory,
+        layout: Layout,
+    ) -> Result<Self, StoreError> {
         let path = path.as_ref().to_path_buf();
-        let (opts, cf) = options(memory, durability);
-        let cfs = [CF_STATE, CF_OFFSETS]
-            .into_iter()
-            .map(|name| ColumnFamilyDescriptor::new(name, cf.clone()));
+        let (opts, state, offsets) = options(memory, durability, layout);
+        let cfs = [
+            ColumnFamilyDescriptor::new(CF_STATE, state),
+            ColumnFamilyDescriptor::new(CF_OFFSETS, offsets),
+        ];
         let db =
             DB::open_cf_descriptors(&opts, &path, cfs).map_err(|source| StoreError::Rocks {
                 path: path.clone(),
@@ -371,22 +415,24 @@ impl Store {
             .map_err(|e| self.rocks(e))
     }
 
-    /// Approximate size of the live state in bytes (SST files plus memtables), for metrics.
+    /// Approximate size of the live state in bytes (SST files, blob files and memtables), for
+    /// metrics.
     pub fn approximate_size_bytes(&self) -> u64 {
         let cf = self.cf(CF_STATE);
-        let sst = self
-            .db
-            .property_int_value_cf(cf, "rocksdb.total-sst-files-size")
-            .ok()
-            .flatten()
-            .unwrap_or(0);
-        let mem = self
-            .db
-            .property_int_value_cf(cf, "rocksdb.cur-size-all-mem-tables")
-            .ok()
-            .flatten()
-            .unwrap_or(0);
-        sst + mem
+        [
+            "rocksdb.total-sst-files-size",
+            "rocksdb.total-blob-file-size",
+            "rocksdb.cur-size-all-mem-tables",
+        ]
+        .into_iter()
+        .map(|p| {
+            self.db
+                .property_int_value_cf(cf, p)
+                .ok()
+                .flatten()
+                .unwrap_or(0)
+        })
+        .sum()
     }
 
     /// RocksDB's memory by use, in bytes, for metrics: `(block cache, memtables, table
@@ -554,6 +600,97 @@ mod tests {
             cache > 0,
             "a read from a table file goes through the block cache"
         );
+    }
+
+    #[test]
+    fn a_leveled_store_reopened_for_large_values_keeps_them_in_blob_files_and_reads_every_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let blob_files = |store: &Store| {
+            store
+                .db
+                .property_int_value_cf(store.cf(CF_STATE), "rocksdb.num-blob-files")
+                .unwrap()
+                .unwrap()
+        };
+        let large = |i: u32| format!("{i:06}").repeat(100).into_bytes();
+        let open = |layout| {
+            Store::open_with_layout(dir.path(), Durability::Rebuildable, Memory::mib(16), layout)
+                .unwrap()
+        };
+        {
+            // Written as every store was before layouts: values in the tables.
+            let store = open(Layout::Leveled);
+            let mut b = store.batch();
+            for i in 0..500u32 {
+                b.put(format!("v/{i:06}").as_bytes(), &large(i));
+            }
+            b.commit().unwrap();
+            store.flush().unwrap();
+            // Down to the bottommost level, as a long-running store's data is.
+            store
+                .db
+                .compact_range_cf(store.cf(CF_STATE), None::<&[u8]>, None::<&[u8]>);
+            let level = |l: u32| {
+                store
+                    .db
+                    .property_value_cf(
+                        store.cf(CF_STATE),
+                        &format!("rocksdb.num-files-at-level{l}"),
+                    )
+                    .unwrap()
+                    .unwrap()
+            };
+            assert_eq!((level(0), level(6)), ("0".to_owned(), "1".to_owned()));
+            assert_eq!(blob_files(&store), 0);
+        }
+        let store = open(Layout::LargeValues {
+            min_blob_bytes: 256,
+        });
+        let mut b = store.batch();
+        for i in 500..1000u32 {
+            b.put(format!("v/{i:06}").as_bytes(), &large(i));
+            b.put(format!("m/{i:06}").as_bytes(), b"");
+        }
+        b.put(b"v/000001", b"small now");
+        b.set_offset("changes", 0, 1000);
+        b.commit().unwrap();
+        store.flush().unwrap();
+        assert!(blob_files(&store) > 0, "large values went to blob files");
+        let property = |name: &str| {
+            store
+                .db
+                .property_int_value_cf(store.cf(CF_STATE), name)
+                .unwrap()
+                .unwrap()
+        };
+        let (sst, blobs) = (
+            property("rocksdb.total-sst-files-size"),
+            property("rocksdb.total-blob-file-size"),
+        );
+        assert!(blobs > 0);
+        assert!(
+            store.approximate_size_bytes() >= sst + blobs,
+            "the blob files are counted"
+        );
+        // Values of either layout, overwritten ones as their newest version, by key and by scan.
+        assert_eq!(store.get(b"v/000002").unwrap(), Some(large(2)));
+        assert_eq!(store.get(b"v/000999").unwrap(), Some(large(999)));
+        assert_eq!(
+            store.get(b"v/000001").unwrap().as_deref(),
+            Some(&b"small now"[..])
+        );
+        assert_eq!(store.get(b"m/000999").unwrap().as_deref(), Some(&b""[..]));
+        let scanned = store.scan_prefix(b"v/").unwrap();
+        assert_eq!(scanned.len(), 1000);
+        assert_eq!(scanned[700], (b"v/000700".to_vec(), large(700)));
+        assert_eq!(store.offset("changes", 0).unwrap(), Some(1000));
+        drop(store);
+        // And again after a reopen.
+        let store = open(Layout::LargeValues {
+            min_blob_bytes: 256,
+        });
+        assert_eq!(store.get(b"v/000998").unwrap(), Some(large(998)));
+        assert_eq!(store.scan_prefix(b"v/").unwrap().len(), 1000);
     }
 
     #[test]
