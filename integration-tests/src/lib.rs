@@ -338,13 +338,60 @@ pub fn ponte_bin() -> &'static Path {
     })
 }
 
-/// A free TCP port on 127.0.0.1.
+/// A free TCP port on 127.0.0.1, never the same twice in one test process, and below the
+/// kernel's ephemeral range. Asking the kernel for port 0 and releasing it gave the same port
+/// to two calls in a row (CI: an adapter's API and admin listeners on one port, "Address
+/// already in use"), and a port from the ephemeral range can be taken by any outgoing
+/// connection — a Kafka client's — before the service that was given it binds it.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    const LOWEST: u16 = 10_000;
+    // (A kernel whose ephemeral range starts lower leaves 10000–10999, some of them in it.)
+    let span = u128::from(ephemeral_port_start().saturating_sub(LOWEST).max(1_000));
+    let mut handed = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        // Random, so that test processes running side by side (deploy/local/stress.sh) rarely
+        // try the same ports.
+        let candidate = LOWEST + (uuid::Uuid::new_v4().as_u128() % span) as u16;
+        if handed.contains(&candidate) {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", candidate)).is_ok() {
+            handed.insert(candidate);
+            return candidate;
+        }
+    }
+}
+
+/// Creates `topic` with `partitions` partitions (replication 1) on the broker at `bootstrap`,
+/// asserting that the broker created it.
+pub async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    let created = admin
+        .create_topics(
+            [&NewTopic::new(
+                topic,
+                partitions,
+                TopicReplication::Fixed(1),
+            )],
+            &AdminOptions::new(),
+        )
+        .await
+        .unwrap();
+    assert!(created.iter().all(Result::is_ok), "{created:?}");
+}
+
+/// The first port of the kernel's ephemeral range (outgoing connections' local ports).
+fn ephemeral_port_start() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
 }
 
 /// Everything one test's Ponte deployment needs: a topic prefix, ports and a work directory.
@@ -1197,6 +1244,22 @@ mod tests {
             assert_eq!(left, vec![true, false, true, true]);
         } else {
             assert_eq!(left, vec![true; 4]);
+        }
+    }
+
+    #[test]
+    fn free_ports_are_never_handed_out_twice_and_stay_below_the_ephemeral_range() {
+        let ephemeral_from = ephemeral_port_start();
+        let ports: Vec<u16> = (0..500).map(|_| free_port()).collect();
+        let distinct: std::collections::BTreeSet<u16> = ports.iter().copied().collect();
+        assert_eq!(distinct.len(), ports.len(), "a port was handed out twice");
+        assert!(
+            ephemeral_from <= 11_000 || ports.iter().all(|&p| p < ephemeral_from),
+            "a port in the ephemeral range (from {ephemeral_from}): {ports:?}"
+        );
+        // Each is free: a listener can take it.
+        for p in &ports[..20] {
+            TcpListener::bind(("127.0.0.1", *p)).unwrap();
         }
     }
 }

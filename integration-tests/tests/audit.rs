@@ -11,7 +11,7 @@ use std::time::Duration;
 use ponte_audit::log::AuditLog;
 use ponte_audit::{Signer, encode_key, hash};
 use ponte_bus::{KafkaConfig, Publisher};
-use ponte_integration_tests::{Stack, broker, read_topic};
+use ponte_integration_tests::{Stack, broker, create_topic, read_topic};
 use ponte_proto::audit::v1::{AuditEntry, Read, audit_entry::Body, read::Subject};
 use prost::Message as _;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -32,18 +32,7 @@ fn read(i: usize) -> Body {
 /// Writes `entries` in order to a new one-partition topic of the stack; returns its name.
 async fn copy(stack: &Stack, name: &str, entries: &[Vec<u8>]) -> String {
     let topic = stack.topic(&format!("audit-{name}.v1"));
-    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", broker())
-        .create()
-        .unwrap();
-    let created = admin
-        .create_topics(
-            [&NewTopic::new(&topic, 1, TopicReplication::Fixed(1))],
-            &AdminOptions::new(),
-        )
-        .await
-        .unwrap();
-    assert!(created.iter().all(Result::is_ok), "{created:?}");
+    create_topic(broker(), &topic, 1).await;
     let producer: FutureProducer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", broker())
         .set("enable.idempotence", "true")

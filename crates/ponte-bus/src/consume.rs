@@ -24,9 +24,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
-use rdkafka::consumer::{
-    BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer,
-};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 
@@ -271,6 +269,11 @@ pub struct SeekingContext {
     jobs: Sender<Job>,
     assignment: Assignment,
     group: String,
+    /// Whether the group's rebalance protocol is cooperative (incremental assignments), as the
+    /// consumer's `partition.assignment.strategy` decides. Known when the consumer is built:
+    /// asking librdkafka from inside the callback is a request to its main thread, and the
+    /// callback also runs from the consumer's close.
+    cooperative: bool,
 }
 
 impl std::fmt::Debug for SeekingContext {
@@ -311,6 +314,21 @@ fn list(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
 }
 
 impl SeekingContext {
+    /// Answers an assignment by taking no partition. librdkafka waits for every assignment to
+    /// be answered with an assign call — until then the member neither goes on nor can close —
+    /// and an unassign is no answer: an empty assignment is.
+    fn take_none(&self, consumer: &BaseConsumer<Self>) {
+        let none = TopicPartitionList::new();
+        let res = if self.cooperative {
+            consumer.incremental_assign(&none)
+        } else {
+            consumer.assign(&none)
+        };
+        if let Err(e) = res {
+            tracing::error!(error = %e, "answering the assignment with no partition failed");
+        }
+    }
+
     /// Hands every partition still waiting to the preparation thread, for `generation`.
     fn prepare(&self, generation: u64, s: &State) {
         if s.preparing.is_empty() {
@@ -332,11 +350,20 @@ impl ConsumerContext for SeekingContext {
         err: RDKafkaRespErr,
         tpl: &mut TopicPartitionList,
     ) {
-        let cooperative = matches!(
-            consumer.rebalance_protocol(),
-            RebalanceProtocol::Cooperative
-        );
+        let cooperative = self.cooperative;
         match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS if self.assignment.closed() => {
+                // An assignment the group made while this member was leaving, served by the
+                // consumer's close: nothing will process the partitions. The group's committed
+                // offsets cannot be read any more (librdkafka answers "waiting for the
+                // coordinator" to a closing consumer, and `committed_offsets` would wait out
+                // its whole timeout for a broker change that never comes, holding the close —
+                // and the service's shutdown — with it), and are not needed: the closing
+                // consumer treats the assignment as none at all.
+                self.assignment.bump();
+                tracing::info!(partitions = ?list(tpl), "partitions assigned while the consumer closes; not taken");
+                self.take_none(consumer);
+            }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let parts = list(tpl);
                 let generation = self.assignment.bump();
@@ -347,6 +374,7 @@ impl ConsumerContext for SeekingContext {
                 let fail = |e: String| {
                     tracing::error!(error = %e, "cannot take the assigned partitions; leaving them unassigned");
                     metrics::counter!("ponte_consumer_prepare_failures_total", "group" => self.group.clone()).increment(1);
+                    self.take_none(consumer);
                     self.assignment.fail(e);
                 };
                 let committed = match consumer.committed_offsets(tpl.clone(), COMMITTED_TIMEOUT) {
@@ -510,7 +538,10 @@ pub fn wait_for_topics(
 /// A group consumer subscribed to `topics`, positioned at the group's committed offsets; every
 /// assignment's partitions stay paused until `setup` has prepared them on the returned
 /// [`Assignment`]'s thread and the caller resumes them ([`Assignment::resume_prepared`]). Its
-/// offsets are committed in the caller's transactions, never by the consumer itself.
+/// offsets are committed in the caller's transactions, never by the consumer itself. Stop the
+/// service with [`Assignment::close`] *before* dropping the consumer: the drop closes it, which
+/// serves any assignment still queued, and a closed assignment is answered with no partition
+/// instead of reading the group's committed offsets (which a closing consumer cannot).
 pub fn group_consumer(
     kafka: &KafkaConfig,
     group_id: &str,
@@ -534,11 +565,6 @@ pub fn group_consumer(
         .worker
         .lock()
         .unwrap_or_else(PoisonError::into_inner) = Some(worker);
-    let ctx = SeekingContext {
-        jobs,
-        assignment: assignment.clone(),
-        group: group_id.to_owned(),
-    };
     let mut cfg = kafka.client_config(client_id);
     cfg.set("group.id", group_id)
         .set("session.timeout.ms", session_timeout_ms.to_string())
@@ -566,6 +592,14 @@ pub fn group_consumer(
     for (k, v) in &kafka.properties {
         cfg.set(k, v);
     }
+    let ctx = SeekingContext {
+        jobs,
+        assignment: assignment.clone(),
+        group: group_id.to_owned(),
+        cooperative: cfg
+            .get("partition.assignment.strategy")
+            .is_some_and(is_cooperative),
+    };
     let consumer: StreamConsumer<SeekingContext> = cfg
         .create_with_context(ctx)
         .map_err(|e| BusError::Config(e.to_string()))?;
@@ -573,6 +607,14 @@ pub fn group_consumer(
         .subscribe(topics)
         .map_err(|e| BusError::Config(format!("subscribing to {topics:?}: {e}")))?;
     Ok((consumer, assignment))
+}
+
+/// Whether a `partition.assignment.strategy` list names a cooperative assignor: librdkafka
+/// refuses a list mixing eager and cooperative ones, so any one decides the protocol.
+fn is_cooperative(strategy: &str) -> bool {
+    strategy
+        .split(',')
+        .any(|assignor| assignor.trim() == "cooperative-sticky")
 }
 
 /// The context of a consumer that reads partitions to their end (`enable.partition.eof`):
