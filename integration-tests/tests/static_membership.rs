@@ -1,18 +1,21 @@
 //! `reconciler.instance_id` (Kafka static membership): a reconciler killed with `kill -9` and
 //! started again under the same name gets its partitions back at once, not after the session
-//! timeout, and goes on applying new input; and a group member closed in the middle of a
-//! rebalance leaves at once (`ponte_bus::consume`). Real broker, real processes.
+//! timeout, and goes on applying new input; and `ponte_bus::consume`'s group membership under
+//! both rebalance protocols: a member closed in the middle of a rebalance leaves at once, and
+//! under the cooperative one only the partitions that move are prepared. Real broker, real
+//! processes.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ponte_bus::KafkaConfig;
 use ponte_bus::consume::{Membership, PartitionSetup, group_consumer};
 use ponte_integration_tests::workload::{persons, produce, workload};
 use ponte_integration_tests::{Stack, broker, create_topic, eventually, parse_metric, wait_ready};
+use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
 /// Topic-partitions the group consumes: 5 input topics and 3 repartition topics, 3 partitions
@@ -86,17 +89,28 @@ async fn a_restarted_instance_gets_its_partitions_back_without_waiting_for_the_s
     r.terminate();
 }
 
-/// Counts the preparations it is asked for.
+/// Records the partitions of each preparation it is asked for.
 #[derive(Default)]
-struct CountPreparations(AtomicUsize);
+struct RecordPreparations(Mutex<Vec<BTreeSet<i32>>>);
 
-impl PartitionSetup for CountPreparations {
+impl RecordPreparations {
+    fn prepared(&self) -> Vec<BTreeSet<i32>> {
+        self.0.lock().unwrap().clone()
+    }
+
+    fn count(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+}
+
+impl PartitionSetup for RecordPreparations {
     fn prepare(
         &self,
-        _: &BTreeMap<(String, i32), Option<i64>>,
+        assigned: &BTreeMap<(String, i32), Option<i64>>,
         _: &dyn Fn() -> bool,
     ) -> Result<(), String> {
-        self.0.fetch_add(1, Ordering::SeqCst);
+        let partitions = assigned.keys().map(|(_, p)| *p).collect();
+        self.0.lock().unwrap().push(partitions);
         Ok(())
     }
 }
@@ -131,13 +145,33 @@ async fn poll_until(
 /// CI: a reconciler that did not exit within 30 s of SIGTERM).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_consumer_closed_while_its_group_rebalances_leaves_the_group_at_once() {
-    let stack = Stack::new("close");
+    closed_while_rebalancing("close", BTreeMap::new()).await;
+}
+
+/// The same under the cooperative protocol (`partition.assignment.strategy=cooperative-sticky`
+/// in `kafka.properties`): the member keeps its partition through the other's leaving, and the
+/// partition handed back to it is the assignment its close serves.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cooperative_consumer_closed_while_its_group_rebalances_leaves_the_group_at_once() {
+    closed_while_rebalancing("coopclose", cooperative()).await;
+}
+
+fn cooperative() -> BTreeMap<String, String> {
+    BTreeMap::from([(
+        "partition.assignment.strategy".to_owned(),
+        "cooperative-sticky".to_owned(),
+    )])
+}
+
+async fn closed_while_rebalancing(name: &str, properties: BTreeMap<String, String>) {
+    let cooperative = !properties.is_empty();
+    let stack = Stack::new(name);
     let topic = stack.topic("closing.v1");
     create_topic(broker(), &topic, 2).await;
     let kafka = KafkaConfig {
         bootstrap_servers: broker().to_owned(),
         message_timeout_ms: 30_000,
-        properties: BTreeMap::new(),
+        properties,
     };
     ponte_bus::consume::wait_for_topics(&kafka, &[&topic], Duration::from_secs(60)).unwrap();
     let observer: BaseConsumer = rdkafka::ClientConfig::new()
@@ -146,7 +180,7 @@ async fn a_consumer_closed_while_its_group_rebalances_leaves_the_group_at_once()
         .unwrap();
     for round in 0..5 {
         let group = format!("{}closing-{round}", stack.prefix);
-        let setup = Arc::new(CountPreparations::default());
+        let setup = Arc::new(RecordPreparations::default());
         let membership = Membership {
             session_timeout_ms: 30_000,
             instance_id: None,
@@ -170,11 +204,14 @@ async fn a_consumer_closed_while_its_group_rebalances_leaves_the_group_at_once()
             &group,
             "closing-b",
             &[&topic],
-            Arc::new(CountPreparations::default()),
+            Arc::new(RecordPreparations::default()),
             membership,
         )
         .unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (left, has_left) = tokio::sync::oneshot::channel::<()>();
+        let other_ready = Arc::new(AtomicBool::new(false));
+        let other_has_one = other_ready.clone();
         let other_loop = tokio::spawn(async move {
             poll_until(
                 &other,
@@ -183,23 +220,43 @@ async fn a_consumer_closed_while_its_group_rebalances_leaves_the_group_at_once()
                 |a| a.prepared_partition_numbers().len() == 1,
             )
             .await;
+            other_has_one.store(true, Ordering::SeqCst);
             let _ = stopped.await;
             other_assignment.close();
             drop(other);
+            let _ = left.send(());
         });
+        // (Polled until the other has its partition too: under the cooperative protocol this
+        // member holds one as soon as it has given the other up, and the group's second round
+        // needs it polling.)
         poll_until(&consumer, &assignment, "one partition", |a| {
-            a.prepared_partition_numbers().len() == 1
+            a.prepared_partition_numbers().len() == 1 && other_ready.load(Ordering::SeqCst)
         })
         .await;
         let _ = stop.send(());
-        // Served: the revocation of the rebalance the leaving member starts; the assignment
-        // that follows it is left unserved.
-        poll_until(&consumer, &assignment, "the revocation", |a| {
-            a.partitions().is_empty()
-        })
-        .await;
+        if cooperative {
+            // Nothing is revoked from this member when the other leaves: the other's
+            // partition comes back in an assignment the group completes without this member
+            // serving it, left unserved until the close.
+            let _ = has_left.await;
+            eventually(
+                "the group to settle on the remaining member",
+                Duration::from_secs(60),
+                || async {
+                    (group_state(&observer, &group).as_deref() == Some("Stable")).then_some(())
+                },
+            )
+            .await;
+        } else {
+            // Served: the revocation of the rebalance the leaving member starts; the
+            // assignment that follows it is left unserved.
+            poll_until(&consumer, &assignment, "the revocation", |a| {
+                a.partitions().is_empty()
+            })
+            .await;
+        }
         other_loop.await.unwrap();
-        let before = setup.0.load(Ordering::SeqCst);
+        let before = setup.count();
 
         let closed = tokio::task::spawn_blocking(move || {
             assignment.close();
@@ -213,7 +270,7 @@ async fn a_consumer_closed_while_its_group_rebalances_leaves_the_group_at_once()
             .unwrap();
         println!("round {round}: closed in {:.2} s", took.as_secs_f64());
         assert_eq!(
-            setup.0.load(Ordering::SeqCst),
+            setup.count(),
             before,
             "a closing consumer prepared partitions"
         );
@@ -224,4 +281,121 @@ async fn a_consumer_closed_while_its_group_rebalances_leaves_the_group_at_once()
         )
         .await;
     }
+}
+
+/// Under the cooperative protocol a member that a newcomer takes a partition from keeps the
+/// other one flowing — not revoked, not paused, not prepared again — and when the newcomer
+/// leaves, only the partition handed back is prepared. (Taken as eager, the assignment would
+/// be answered with the wrong call and refused, and every partition prepared again.)
+#[tokio::test(flavor = "multi_thread")]
+async fn under_the_cooperative_protocol_only_the_partitions_that_move_are_prepared() {
+    let stack = Stack::new("coop");
+    let topic = stack.topic("coop.v1");
+    create_topic(broker(), &topic, 2).await;
+    let kafka = KafkaConfig {
+        bootstrap_servers: broker().to_owned(),
+        message_timeout_ms: 30_000,
+        properties: cooperative(),
+    };
+    ponte_bus::consume::wait_for_topics(&kafka, &[&topic], Duration::from_secs(60)).unwrap();
+    let group = format!("{}coop", stack.prefix);
+    let membership = Membership {
+        session_timeout_ms: 30_000,
+        instance_id: None,
+    };
+    let setup = Arc::new(RecordPreparations::default());
+    let (consumer, assignment) = group_consumer(
+        &kafka,
+        &group,
+        "coop-a",
+        &[&topic],
+        setup.clone(),
+        membership,
+    )
+    .unwrap();
+    poll_until(&consumer, &assignment, "both partitions", |a| {
+        a.prepared_partition_numbers().len() == 2
+    })
+    .await;
+    assert_eq!(setup.prepared(), vec![BTreeSet::from([0, 1])]);
+
+    let (other, other_assignment) = group_consumer(
+        &kafka,
+        &group,
+        "coop-b",
+        &[&topic],
+        Arc::new(RecordPreparations::default()),
+        membership,
+    )
+    .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let other_loop = tokio::spawn(async move {
+        poll_until(&other, &other_assignment, "the newcomer's partition", |a| {
+            a.prepared_partition_numbers().len() == 1
+        })
+        .await;
+        let _ = stopped.await;
+        other_assignment.close();
+        drop(other);
+    });
+    poll_until(&consumer, &assignment, "one partition left", |a| {
+        a.partition_numbers().len() == 1
+    })
+    .await;
+    let kept = *assignment.partition_numbers().first().unwrap();
+    assert_eq!(
+        assignment.prepared_partition_numbers(),
+        BTreeSet::from([kept])
+    );
+    assert_eq!(
+        setup.prepared(),
+        vec![BTreeSet::from([0, 1])],
+        "the kept partition was prepared again"
+    );
+
+    // The kept partition flows: a record written to it now is delivered.
+    let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", broker())
+        .create()
+        .unwrap();
+    producer
+        .send(
+            rdkafka::producer::FutureRecord::to(&topic)
+                .partition(kept)
+                .key("k")
+                .payload("after the newcomer joined"),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    let delivered = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let m = consumer.recv().await.unwrap();
+            if m.payload() == Some(b"after the newcomer joined".as_slice()) {
+                return m.partition();
+            }
+        }
+    })
+    .await
+    .expect("a record of the kept partition to be delivered");
+    assert_eq!(delivered, kept);
+
+    // The newcomer leaves: its partition comes back, and only it is prepared.
+    let _ = stop.send(());
+    other_loop.await.unwrap();
+    poll_until(&consumer, &assignment, "both partitions again", |a| {
+        a.prepared_partition_numbers().len() == 2
+    })
+    .await;
+    assert_eq!(
+        setup.prepared(),
+        vec![BTreeSet::from([0, 1]), BTreeSet::from([1 - kept])]
+    );
+    assert_eq!(assignment.failure(), None);
+    tokio::task::spawn_blocking(move || {
+        assignment.close();
+        drop(consumer);
+    })
+    .await
+    .unwrap();
 }
