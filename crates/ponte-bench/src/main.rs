@@ -31,6 +31,7 @@ mod e2e;
 mod events;
 mod floor;
 mod queries;
+mod read_model;
 mod reconciler;
 
 #[derive(Debug, Parser)]
@@ -81,6 +82,33 @@ enum Cmd {
         /// Events per committed batch (the service's `reconciler.batch_max`).
         #[arg(long, default_value_t = 5000)]
         batch: usize,
+    },
+    /// The read model's store alone at a population's scale: the views of the `--people`
+    /// population (through the topology in-process) written again under new keys, `--changes`
+    /// times in all, through the service's write path; then what its compactions did and
+    /// person reads. The layout is the service's unless told otherwise.
+    ReadModel {
+        /// Persons with a view (the 10 M people run of 2026-12-04 had 10,049,421).
+        #[arg(long, default_value_t = 10_049_421)]
+        persons: u64,
+        /// Families with a view (3,807,407 in that run).
+        #[arg(long, default_value_t = 3_807_407)]
+        families: u64,
+        /// View changes in all (24,857,863 in that run: 1.27 per input record).
+        #[arg(long, default_value_t = 24_857_863)]
+        changes: u64,
+        /// Sorted runs merged at once (the service's layout when absent).
+        #[arg(long)]
+        merge_width: Option<u32>,
+        /// Space amplification allowed before a whole merge, percent (the service's when absent).
+        #[arg(long)]
+        space_amp_percent: Option<u32>,
+        /// Blob garbage collection on or off (the service's when absent).
+        #[arg(long)]
+        blob_gc: Option<bool>,
+        /// Persons read at random once the compactions have settled.
+        #[arg(long, default_value_t = 200_000)]
+        reads: usize,
     },
     /// The bare-broker baseline alone.
     Broker {
@@ -226,7 +254,7 @@ async fn main() -> anyhow::Result<()> {
             let state = e2e::work_dir(&work, &format!("reconciler-state-{}", &id[..8]))?;
             let load = machine_load_start();
             let started = Instant::now();
-            let f = reconciler::run(&data, &state, batch, now)?;
+            let f = reconciler::run(&data, &state, batch, now, 0)?;
             let wall = started.elapsed().as_secs_f64();
             let busy = f.apply + f.commit;
             println!("== reconciler alone (in-process, 1 thread, RocksDB, batches of {batch})");
@@ -276,6 +304,46 @@ async fn main() -> anyhow::Result<()> {
             );
             machine_load_end(load, wall);
             let _ = std::fs::remove_dir_all(&state);
+        }
+        Cmd::ReadModel {
+            persons,
+            families,
+            changes,
+            merge_width,
+            space_amp_percent,
+            blob_gc,
+            reads,
+        } => {
+            let ponte_store::Layout::LargeValues {
+                min_blob_bytes,
+                merge_width: width,
+                space_amp_percent: amp,
+                blob_gc: gc,
+            } = ponte_reconciler::readmodel::LAYOUT
+            else {
+                anyhow::bail!("the service's read model is not laid out for large values");
+            };
+            let layout = ponte_store::Layout::LargeValues {
+                min_blob_bytes,
+                merge_width: merge_width.unwrap_or(width),
+                space_amp_percent: space_amp_percent.unwrap_or(amp),
+                blob_gc: blob_gc.unwrap_or(gc),
+            };
+            let state = e2e::work_dir(&work, &format!("read-model-templates-{}", &id[..8]))?;
+            let t = reconciler::run(&data, &state, 2000, now, 50_000)?;
+            let _ = std::fs::remove_dir_all(&state);
+            let dir = e2e::work_dir(&work, &format!("read-model-{}", &id[..8]))?;
+            let load = machine_load_start();
+            let started = Instant::now();
+            let scale = read_model::Scale {
+                persons,
+                families,
+                changes,
+            };
+            let f = read_model::run(&t.views, &dir, scale, layout, reads)?;
+            print_read_model(&f, &layout);
+            machine_load_end(load, started.elapsed().as_secs_f64());
+            let _ = std::fs::remove_dir_all(&dir);
         }
         Cmd::Broker { kafka } => {
             let records = encoded(&data, now)?;
@@ -604,6 +672,68 @@ fn print_paced(p: &e2e::PacedFigures) {
         "reconciler cpu     {:.1} s meanwhile ({:.0} µs per record, repartition and read model included)",
         p.reconciler_cpu,
         p.reconciler_cpu * 1e6 / p.records.max(1) as f64
+    );
+}
+
+fn print_read_model(f: &read_model::Figures, layout: &ponte_store::Layout) {
+    println!("== read model's store alone ({layout:?}; one thread applying, as the service)");
+    println!(
+        "views              written from {} person and {} family views of the simulated population",
+        f.templates.0, f.templates.1
+    );
+    let load = f.load.as_secs_f64();
+    println!(
+        "changes            {} in {load:.1} s ({:.0} changes/s; {} applied, {} duplicates, {} invalid)",
+        f.changes,
+        f.changes as f64 / load.max(1e-9),
+        f.stats.applied,
+        f.stats.duplicates,
+        f.stats.invalid
+    );
+    println!(
+        "applying           {:.1} s in readmodel::apply ({:.1} µs per change); generating the changes {:.1} s",
+        f.apply.as_secs_f64(),
+        f.apply.as_secs_f64() * 1e6 / f.changes.max(1) as f64,
+        f.generate.as_secs_f64()
+    );
+    println!(
+        "settled            {:.1} s after the load (no flush or compaction running)",
+        f.settle.as_secs_f64()
+    );
+    let store_cpu = f.cpu - f.generate.as_secs_f64();
+    println!(
+        "cpu                {:.1} s of the process, {store_cpu:.1} s without generating ({:.1} µs per change)",
+        f.cpu,
+        store_cpu * 1e6 / f.changes.max(1) as f64
+    );
+    let c = &f.compactions;
+    println!(
+        "compactions        {} ({} flushes), {:.1} s of CPU; {:.0} M entries merged ({:.1} per change), {:.1} GB of tables and {:.1} GB of relocated blobs written",
+        c.count,
+        c.flushes,
+        c.cpu.as_secs_f64(),
+        c.records_in as f64 / 1e6,
+        c.records_in as f64 / f.changes.max(1) as f64,
+        c.table_mb_out / 1e3,
+        c.blob_mb_out / 1e3
+    );
+    println!(
+        "on disk            tables {}, blob files {}; {} sorted runs",
+        mib(Some(f.table_bytes)),
+        mib(Some(f.blob_bytes)),
+        f.sorted_runs
+    );
+    let at = |q: f64| {
+        f.reads
+            .get(((f.reads.len() as f64 * q) as usize).min(f.reads.len().saturating_sub(1)))
+            .map_or(0.0, |d| d.as_secs_f64() * 1e6)
+    };
+    println!(
+        "person reads       {} at random: p50 {:.1} µs, p99 {:.1} µs, slowest {:.1} µs",
+        f.reads.len(),
+        at(0.5),
+        at(0.99),
+        f.reads.last().map_or(0.0, |d| d.as_secs_f64() * 1e6)
     );
 }
 

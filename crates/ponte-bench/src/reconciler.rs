@@ -38,6 +38,9 @@ pub(crate) struct Figures {
     /// State writes (each one changelog entry in the service) by table: the key's part between
     /// the partition prefix and the next `/` (`p`, `fm`, `x`, `e`, `k`, `f`, `h`).
     pub(crate) writes_by_table: std::collections::BTreeMap<String, u64>,
+    /// The latest change payload of the first `keep_views` keys whose view changed (key as on
+    /// the changes topic: `person:<nis>`, `family:<id>`), for benchmarks that need real views.
+    pub(crate) views: std::collections::HashMap<String, Vec<u8>>,
 }
 
 /// Partitions of the simulated topics (the default `topics.partitions`).
@@ -68,6 +71,7 @@ pub(crate) fn run(
     state: &Path,
     batch: usize,
     now: SystemTime,
+    keep_views: usize,
 ) -> anyhow::Result<Figures> {
     let rules = RuleSet::from_toml_str("bolsa-familia-2023.toml", RULES)?;
     let mut topology = Topology::new(rules, Month::parse("2025-01")?, Month::parse("2025-12")?);
@@ -152,6 +156,13 @@ pub(crate) fn run(
         changes.reverse();
         changes.retain(|c| seen.insert(c.2.clone()));
         changes.reverse();
+        for (_, _, key, payload) in &changes {
+            if let Some(payload) = payload
+                && (figures.views.len() < keep_views || figures.views.contains_key(key))
+            {
+                figures.views.insert(key.clone(), payload.clone());
+            }
+        }
         let reading = Instant::now();
         for c in changes.iter_mut() {
             figures.changes += 1;

@@ -110,7 +110,26 @@ pub enum Layout {
     /// about a fifth of the reconciler's CPU (docs/benchmarks.md). Still-live values are
     /// relocated only out of the oldest quarter of blob files; the space the rest of the
     /// garbage holds is freed as its blob files empty.
-    LargeValues { min_blob_bytes: u64 },
+    LargeValues {
+        min_blob_bytes: u64,
+        /// Sorted runs of similar size merged at once (universal compaction's
+        /// `min_merge_width`; RocksDB's default is 2). Each merge moves a key into a run about
+        /// `merge_width` times larger, so a key is rewritten about log_width(keys / keys per
+        /// flush) times, and up to `merge_width - 1` runs wait in each tier (a point read
+        /// probes each run's filter).
+        merge_width: u32,
+        /// How much larger than the oldest run the newer runs may grow, in percent, before all
+        /// are merged into one (universal compaction's `max_size_amplification_percent`;
+        /// RocksDB's default is 200). While the store grows, these whole merges rewrite every
+        /// key about log_(1 + percent/100)(keys / keys per flush) times; the tables hold only keys
+        /// and blob references, so a larger percent costs little disk there, but a value's blob
+        /// file is freed later.
+        space_amp_percent: u32,
+        /// Whether compactions relocate still-live values out of the oldest quarter of blob
+        /// files (RocksDB's blob garbage collection), so the space of overwritten values is
+        /// reclaimed even where their files hold live ones too.
+        blob_gc: bool,
+    },
 }
 
 fn options(memory: Memory, durability: Durability, layout: Layout) -> (Options, Options, Options) {
@@ -162,13 +181,29 @@ fn options(memory: Memory, durability: Durability, layout: Layout) -> (Options, 
     cf.set_level_compaction_dynamic_level_bytes(true);
     let offsets = cf.clone();
     let mut state = cf;
-    if let Layout::LargeValues { min_blob_bytes } = layout {
+    if let Layout::LargeValues {
+        min_blob_bytes,
+        merge_width,
+        space_amp_percent,
+        blob_gc,
+    } = layout
+    {
+        let width = merge_width.max(2);
+        let mut universal = rocksdb::UniversalCompactOptions::default();
+        universal.set_min_merge_width(width as i32);
+        universal.set_max_size_amplification_percent(space_amp_percent.max(1) as i32);
         state.set_compaction_style(rocksdb::DBCompactionStyle::Universal);
-        state.set_universal_compaction_options(&rocksdb::UniversalCompactOptions::default());
+        state.set_universal_compaction_options(&universal);
+        // A merge waits for `width` runs of a size; writes slow down only well past the runs
+        // that many tiers can hold.
+        let trigger = (2 * width).max(4) as i32;
+        state.set_level_zero_file_num_compaction_trigger(trigger);
+        state.set_level_zero_slowdown_writes_trigger((5 * trigger).max(20));
+        state.set_level_zero_stop_writes_trigger((8 * trigger).max(36));
         state.set_enable_blob_files(true);
         state.set_min_blob_size(min_blob_bytes);
         state.set_blob_compression_type(rocksdb::DBCompressionType::Lz4);
-        state.set_enable_blob_gc(true);
+        state.set_enable_blob_gc(blob_gc);
         state.set_blob_gc_age_cutoff(0.25);
         state.set_blob_cache(&cache);
     }
@@ -435,6 +470,16 @@ impl Store {
         .sum()
     }
 
+    /// An integer property of the state family (`rocksdb.compaction-pending`,
+    /// `rocksdb.total-blob-file-size`, …; RocksDB's `include/rocksdb/db.h` lists them), for
+    /// benchmarks and metrics; `None` if RocksDB does not know it.
+    pub fn state_property(&self, name: &str) -> Option<u64> {
+        self.db
+            .property_int_value_cf(self.cf(CF_STATE), name)
+            .ok()
+            .flatten()
+    }
+
     /// RocksDB's memory by use, in bytes, for metrics: `(block cache, memtables, table
     /// readers)`. The memtables are charged to the block cache too (see [`Memory`]).
     pub fn memory_bytes(&self) -> (u64, u64, u64) {
@@ -603,6 +648,81 @@ mod tests {
     }
 
     #[test]
+    fn the_large_values_layout_reaches_rocksdb_as_given() {
+        // What RocksDB was opened with, from the options file it writes beside its data: the
+        // `state` family's section.
+        let state_options = |layout| {
+            let dir = tempfile::tempdir().unwrap();
+            drop(
+                Store::open_with_layout(
+                    dir.path(),
+                    Durability::Rebuildable,
+                    Memory::mib(16),
+                    layout,
+                )
+                .unwrap(),
+            );
+            let file = std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| {
+                    p.file_name()
+                        .unwrap()
+                        .to_string_lossy()
+                        .starts_with("OPTIONS-")
+                })
+                .max()
+                .unwrap();
+            let text = std::fs::read_to_string(file).unwrap();
+            let section = text
+                .split("[CFOptions \"state\"]")
+                .nth(1)
+                .unwrap()
+                .to_owned();
+            section.split("\n[").next().unwrap().to_owned()
+        };
+        let has = |section: &str, setting: &str| {
+            section.split(['\n', ';', '{']).any(|s| s.trim() == setting)
+        };
+        let wide = state_options(Layout::LargeValues {
+            min_blob_bytes: 512,
+            merge_width: 4,
+            space_amp_percent: 800,
+            blob_gc: false,
+        });
+        for setting in [
+            "compaction_style=kCompactionStyleUniversal",
+            "min_merge_width=4",
+            "max_size_amplification_percent=800",
+            "level0_file_num_compaction_trigger=8",
+            "level0_slowdown_writes_trigger=40",
+            "level0_stop_writes_trigger=64",
+            "enable_blob_files=true",
+            "min_blob_size=512",
+            "enable_blob_garbage_collection=false",
+        ] {
+            assert!(has(&wide, setting), "{setting} in\n{wide}");
+        }
+        // Width 2 keeps RocksDB's own triggers.
+        let narrow = state_options(Layout::LargeValues {
+            min_blob_bytes: 256,
+            merge_width: 2,
+            space_amp_percent: 200,
+            blob_gc: true,
+        });
+        for setting in [
+            "min_merge_width=2",
+            "max_size_amplification_percent=200",
+            "level0_file_num_compaction_trigger=4",
+            "level0_slowdown_writes_trigger=20",
+            "level0_stop_writes_trigger=36",
+            "enable_blob_garbage_collection=true",
+        ] {
+            assert!(has(&narrow, setting), "{setting} in\n{narrow}");
+        }
+    }
+
+    #[test]
     fn a_leveled_store_reopened_for_large_values_keeps_them_in_blob_files_and_reads_every_value() {
         let dir = tempfile::tempdir().unwrap();
         let blob_files = |store: &Store| {
@@ -645,6 +765,9 @@ mod tests {
         }
         let store = open(Layout::LargeValues {
             min_blob_bytes: 256,
+            merge_width: 2,
+            space_amp_percent: 200,
+            blob_gc: true,
         });
         let mut b = store.batch();
         for i in 500..1000u32 {
@@ -688,6 +811,9 @@ mod tests {
         // And again after a reopen.
         let store = open(Layout::LargeValues {
             min_blob_bytes: 256,
+            merge_width: 2,
+            space_amp_percent: 200,
+            blob_gc: true,
         });
         assert_eq!(store.get(b"v/000998").unwrap(), Some(large(998)));
         assert_eq!(store.scan_prefix(b"v/").unwrap().len(), 1000);
