@@ -681,45 +681,53 @@ mod tests {
                 .to_owned();
             section.split("\n[").next().unwrap().to_owned()
         };
-        let has = |section: &str, setting: &str| {
-            section.split(['\n', ';', '{']).any(|s| s.trim() == setting)
+        let opened_with = |layout: Layout, settings: &[&str]| {
+            let section = state_options(layout);
+            for setting in settings {
+                assert!(
+                    section
+                        .split(['\n', ';', '{'])
+                        .any(|s| s.trim() == *setting),
+                    "{setting} in\n{section}"
+                );
+            }
         };
-        let wide = state_options(Layout::LargeValues {
-            min_blob_bytes: 512,
-            merge_width: 4,
-            space_amp_percent: 800,
-            blob_gc: false,
-        });
-        for setting in [
-            "compaction_style=kCompactionStyleUniversal",
-            "min_merge_width=4",
-            "max_size_amplification_percent=800",
-            "level0_file_num_compaction_trigger=8",
-            "level0_slowdown_writes_trigger=40",
-            "level0_stop_writes_trigger=64",
-            "enable_blob_files=true",
-            "min_blob_size=512",
-            "enable_blob_garbage_collection=false",
-        ] {
-            assert!(has(&wide, setting), "{setting} in\n{wide}");
-        }
+        opened_with(
+            Layout::LargeValues {
+                min_blob_bytes: 512,
+                merge_width: 4,
+                space_amp_percent: 800,
+                blob_gc: false,
+            },
+            &[
+                "compaction_style=kCompactionStyleUniversal",
+                "min_merge_width=4",
+                "max_size_amplification_percent=800",
+                "level0_file_num_compaction_trigger=8",
+                "level0_slowdown_writes_trigger=40",
+                "level0_stop_writes_trigger=64",
+                "enable_blob_files=true",
+                "min_blob_size=512",
+                "enable_blob_garbage_collection=false",
+            ],
+        );
         // Width 2 keeps RocksDB's own triggers.
-        let narrow = state_options(Layout::LargeValues {
-            min_blob_bytes: 256,
-            merge_width: 2,
-            space_amp_percent: 200,
-            blob_gc: true,
-        });
-        for setting in [
-            "min_merge_width=2",
-            "max_size_amplification_percent=200",
-            "level0_file_num_compaction_trigger=4",
-            "level0_slowdown_writes_trigger=20",
-            "level0_stop_writes_trigger=36",
-            "enable_blob_garbage_collection=true",
-        ] {
-            assert!(has(&narrow, setting), "{setting} in\n{narrow}");
-        }
+        opened_with(
+            Layout::LargeValues {
+                min_blob_bytes: 256,
+                merge_width: 2,
+                space_amp_percent: 200,
+                blob_gc: true,
+            },
+            &[
+                "min_merge_width=2",
+                "max_size_amplification_percent=200",
+                "level0_file_num_compaction_trigger=4",
+                "level0_slowdown_writes_trigger=20",
+                "level0_stop_writes_trigger=36",
+                "enable_blob_garbage_collection=true",
+            ],
+        );
     }
 
     #[test]
