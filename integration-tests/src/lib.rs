@@ -957,6 +957,32 @@ pub fn read_topic_to_end(topic: &str, timeout: Duration) -> Vec<(Vec<u8>, Vec<u8
     out
 }
 
+/// The messages of `topic` once one of them is `wanted`: the topic read to its end again
+/// (every 200 ms) until it holds such a message, for up to `timeout`. A test looking for one
+/// message among several must not use [`read_topic`] with a smaller `min`: on a busy machine
+/// its first fetch can bring other partitions' messages and an empty poll before the one
+/// sought, and it returns without it.
+pub fn read_topic_until(
+    topic: &str,
+    timeout: Duration,
+    wanted: impl Fn(&[u8], &[u8]) -> bool,
+) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let all = read_topic_to_end(topic, left.max(Duration::from_secs(10)));
+        if all.iter().any(|(k, v)| wanted(k, v)) {
+            return all;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{topic}: none of its {} messages is the one sought within {timeout:?}",
+            all.len()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// A Kafka broker of one test alone, on its own ports (`deploy/local/kafka.sh` with
 /// `PONTE_KAFKA_PORT`/`PONTE_KAFKA_CONTROLLER_PORT`), for tests that stop and restart the
 /// broker without disturbing the shared one. The broker jars are the shared cache's; the run

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use ponte_access::token::dev::{DEV_AUDIENCE, DEV_ISSUER, DEV_KID, DevSigner, unix_now};
 use ponte_integration_tests::{
     Stack, anonymous_http_client, eventually, grpc_channel, grpc_client, http_client, metric, pki,
-    read_topic, rustls_client, tls_connect, valid_nis, wait_ready,
+    read_topic, read_topic_until, rustls_client, tls_connect, valid_nis, wait_ready,
 };
 use ponte_proto::compliance::v1::compliance_service_client::ComplianceServiceClient;
 use ponte_proto::compliance::v1::{
@@ -492,11 +492,16 @@ async fn only_authenticated_callers_within_their_rights_get_in() {
         "{}",
         resp.text().await.unwrap()
     );
-    let letters = read_topic(&stack.topic("deadletter.v1"), 1, Duration::from_secs(20));
+    let big_body = |l: &DeadLetter| l.reason.contains("16777216 bytes");
+    let letters = read_topic_until(
+        &stack.topic("deadletter.v1"),
+        Duration::from_secs(20),
+        |_, v| DeadLetter::decode(v).is_ok_and(|l| big_body(&l)),
+    );
     let letter = letters
         .iter()
         .map(|(_, v)| DeadLetter::decode(v.as_slice()).unwrap())
-        .find(|l| l.reason.contains("16777216 bytes"))
+        .find(big_body)
         .expect("the big body's dead letter");
     assert_eq!(letter.source_system, "education");
     assert!(

@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use ponte_integration_tests::{
-    Stack, eventually, grpc_client, metric, read_topic, sender_of, wait_ready,
+    Stack, eventually, grpc_client, metric, read_topic, read_topic_until, sender_of, wait_ready,
 };
 use ponte_proto::compliance::v1::{
     ComplianceAlert, ComplianceChange, Family, GetFamilyRequest, GetPersonRequest,
@@ -217,33 +217,33 @@ async fn three_sectors_meet_in_one_view() {
     assert_eq!(family.effects[0].sequence, 1, "first rung of the ladder");
 
     // The alert for social assistance, and the view on the compacted changes topic.
-    let alerts = read_topic(
+    let child_alert = |_: &[u8], v: &[u8]| ComplianceAlert::decode(v).is_ok_and(|a| a.nis == CHILD);
+    let alert = read_topic_until(
         &stack.topic("compliance.alerts.v1"),
-        1,
         Duration::from_secs(30),
-    );
-    let alert = alerts
-        .iter()
-        .map(|(_, v)| ComplianceAlert::decode(v.as_slice()).unwrap())
-        .find(|a| a.nis == CHILD)
-        .expect("an alert for the child");
+        child_alert,
+    )
+    .iter()
+    .map(|(_, v)| ComplianceAlert::decode(v.as_slice()).unwrap())
+    .find(|a| a.nis == CHILD)
+    .expect("an alert for the child");
     assert_eq!(
         (alert.family_id.as_str(), alert.period.as_str()),
         (FAMILY, "2025-B2")
     );
-    let changes = read_topic(
+    // The child's person view is on the changes topic (the read fails when it never comes).
+    read_topic_until(
         &stack.topic("compliance.changes.v1"),
-        1,
         Duration::from_secs(30),
-    );
-    assert!(
-        changes
-            .iter()
-            .any(|(k, v)| k == format!("person:{CHILD}").as_bytes()
+        |k, v| {
+            k == format!("person:{CHILD}").as_bytes()
                 && matches!(
-                    ComplianceChange::decode(v.as_slice()).unwrap().view,
-                    Some(ponte_proto::compliance::v1::compliance_change::View::Person(_))
-                ))
+                    ComplianceChange::decode(v).map(|c| c.view),
+                    Ok(Some(
+                        ponte_proto::compliance::v1::compliance_change::View::Person(_)
+                    ))
+                )
+        },
     );
 
     // The mother's health follow-up sent for the semester only (no encounter date): it counts
