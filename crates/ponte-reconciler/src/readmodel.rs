@@ -21,7 +21,8 @@
 //! A view is stored as the bytes that arrived in the change (decoded once, whole, to check
 //! it), and the view held is read back only for what the index and counts need
 //! (`ponte.reconciler.v1.PersonCounted`, which skips the evidence unread) instead of being
-//! decoded whole, and the new one is not encoded again (docs/benchmarks.md, issue 15).
+//! decoded whole, and the new one is not encoded again (docs/benchmarks.md, issue 15). The
+//! views a batch replaces are read in one batched lookup before its records are applied.
 //!
 //! Each batch of change records is written in one atomic store write together with the next
 //! offset of every partition read, so after a restart the read model resumes exactly where it
@@ -32,7 +33,7 @@
 //! marked failed ([`ReadPath`]): readiness turns to 503 and every read is answered
 //! `UNAVAILABLE`, rather than answering from a store that no longer follows the changes topic.
 //! The write path goes on; a restart of the process opens the store again and resumes.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -166,6 +167,9 @@ fn domain_status(s: i32) -> Option<Status> {
 /// The writes of a batch so far over the committed store: reads see the batch's own writes.
 struct Overlay<'a> {
     base: &'a Store,
+    /// Values of the committed store read ahead for the whole batch (the views its records
+    /// replace), so that they are looked up in one batched read instead of one each.
+    read: HashMap<Vec<u8>, Option<Vec<u8>>>,
     writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
 }
 
@@ -173,12 +177,22 @@ impl<'a> Overlay<'a> {
     fn new(base: &'a Store) -> Self {
         Self {
             base,
+            read: HashMap::new(),
             writes: BTreeMap::new(),
         }
     }
 
+    /// Reads `keys` of the committed store ahead, in one batched read.
+    fn read_ahead(&mut self, mut keys: Vec<Vec<u8>>) -> Result<(), ReconcilerError> {
+        keys.sort_unstable();
+        keys.dedup();
+        let values = self.base.get_many(&keys)?;
+        self.read.extend(keys.into_iter().zip(values));
+        Ok(())
+    }
+
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ReconcilerError> {
-        match self.writes.get(key) {
+        match self.writes.get(key).or_else(|| self.read.get(key)) {
             Some(v) => Ok(v.clone()),
             None => Ok(self.base.get(key)?),
         }
@@ -207,6 +221,17 @@ enum Target {
     Person(Nis),
     Family(String),
     Household(String),
+}
+
+impl Target {
+    /// Where the view is stored.
+    fn view_key(&self) -> Vec<u8> {
+        match self {
+            Target::Person(nis) => key(&["v", "p", nis.as_str()]),
+            Target::Family(id) => key(&["v", "f", id]),
+            Target::Household(id) => key(&["v", "h", id]),
+        }
+    }
 }
 
 fn target(key: &str) -> Result<Target, String> {
@@ -323,7 +348,7 @@ fn apply_person(
     nis: Nis,
     new: Option<PersonBytes>,
 ) -> Result<ApplyStats, ReconcilerError> {
-    let vkey = key(&["v", "p", nis.as_str()]);
+    let vkey = Target::Person(nis).view_key();
     let old: Option<PersonCounted> = ov.get_proto(&vkey)?;
     let duplicate = match (&old, &new) {
         (Some(old), Some(new)) => new.counted.view_version <= old.view_version,
@@ -443,7 +468,7 @@ fn apply_family(
     family_id: &str,
     new: Option<(Vec<u8>, u64)>,
 ) -> Result<ApplyStats, ReconcilerError> {
-    let vkey = key(&["v", "f", family_id]);
+    let vkey = Target::Family(family_id.to_owned()).view_key();
     let old: Option<FamilyCounted> = ov.get_proto(&vkey)?;
     Ok(match (old, new) {
         (Some(old), Some((_, version))) if version <= old.view_version => ApplyStats {
@@ -477,7 +502,7 @@ fn apply_household(
     household_id: &str,
     new: Option<api::Household>,
 ) -> Result<ApplyStats, ReconcilerError> {
-    let vkey = key(&["v", "h", household_id]);
+    let vkey = Target::Household(household_id.to_owned()).view_key();
     let old: Option<api::Household> = ov.get_proto(&vkey)?;
     if let (Some(old), Some(new)) = (&old, &new)
         && new.view_version <= old.view_version
@@ -559,6 +584,16 @@ type Staged = (
 
 fn stage(store: &Store, topic: &str, records: &[ChangeRecord]) -> Result<Staged, ReconcilerError> {
     let mut ov = Overlay::new(store);
+    // Every record replaces a view held, or finds none: all of them are read at once
+    // (docs/benchmarks.md: one point read each was two thirds of the applying thread once
+    // views were being overwritten).
+    ov.read_ahead(
+        records
+            .iter()
+            .filter_map(|(_, _, key, _)| target(key).ok())
+            .map(|t| t.view_key())
+            .collect(),
+    )?;
     let mut next: BTreeMap<i32, i64> = BTreeMap::new();
     let mut stats = ApplyStats::default();
     for (partition, offset, key, payload) in records {
