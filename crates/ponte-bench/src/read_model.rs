@@ -192,9 +192,7 @@ pub(crate) fn run(
         figures.generate += applying - generating;
         let stats = readmodel::apply(&store, "changes", &batch)?;
         figures.apply += applying.elapsed();
-        figures.stats.applied += stats.applied;
-        figures.stats.duplicates += stats.duplicates;
-        figures.stats.invalid += stats.invalid;
+        figures.stats.add(stats);
         figures.changes += batch.len() as u64;
         if report.elapsed() >= Duration::from_secs(30) {
             report = Instant::now();

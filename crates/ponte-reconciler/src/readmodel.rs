@@ -133,7 +133,8 @@ pub struct ApplyStats {
 }
 
 impl ApplyStats {
-    fn add(&mut self, other: ApplyStats) {
+    /// Adds what another batch did.
+    pub fn add(&mut self, other: ApplyStats) {
         self.applied += other.applied;
         self.deleted += other.deleted;
         self.duplicates += other.duplicates;
@@ -270,17 +271,19 @@ fn undecodable(e: prost::DecodeError) -> RecordResult {
     Ok(Err(format!("payload: {e}")))
 }
 
-fn apply_record(ov: &mut Overlay<'_>, key: &str, payload: Option<&[u8]>) -> RecordResult {
-    let target = match target(key) {
-        Ok(t) => t,
-        Err(reason) => return Ok(Err(reason)),
-    };
+/// Applies one record to the view `target` stored under `vkey` (its [`Target::view_key`]).
+fn apply_record(
+    ov: &mut Overlay<'_>,
+    target: Target,
+    vkey: Vec<u8>,
+    payload: Option<&[u8]>,
+) -> RecordResult {
     let change = match payload.map(ChangeAsStored::decode).transpose() {
         Ok(c) => c,
         Err(e) => return undecodable(e),
     };
     match (target, change.map(|c| c.view)) {
-        (Target::Person(nis), None) => apply_person(ov, nis, None).map(Ok),
+        (Target::Person(nis), None) => apply_person(ov, vkey, nis, None).map(Ok),
         (Target::Person(nis), Some(Some(View::Person(encoded)))) => {
             // The whole view is decoded once, to check it (a view stored here is read back by
             // every GetPerson, and one that cannot be decoded would fail the read path); what
@@ -306,9 +309,9 @@ fn apply_record(ov: &mut Overlay<'_>, key: &str, payload: Option<&[u8]>) -> Reco
                     })
                     .collect(),
             };
-            apply_person(ov, nis, Some(PersonBytes { encoded, counted })).map(Ok)
+            apply_person(ov, vkey, nis, Some(PersonBytes { encoded, counted })).map(Ok)
         }
-        (Target::Family(id), None) => apply_family(ov, &id, None).map(Ok),
+        (Target::Family(_), None) => apply_family(ov, vkey, None).map(Ok),
         (Target::Family(id), Some(Some(View::Family(encoded)))) => {
             let f = match api::Family::decode(encoded.as_slice()) {
                 Ok(f) => f,
@@ -317,9 +320,9 @@ fn apply_record(ov: &mut Overlay<'_>, key: &str, payload: Option<&[u8]>) -> Reco
             if f.family_id != id {
                 return Ok(Err("payload: the family id is not the key's".into()));
             }
-            apply_family(ov, &id, Some((encoded, f.view_version))).map(Ok)
+            apply_family(ov, vkey, Some((encoded, f.view_version))).map(Ok)
         }
-        (Target::Household(id), None) => apply_household(ov, &id, None).map(Ok),
+        (Target::Household(id), None) => apply_household(ov, vkey, &id, None).map(Ok),
         (Target::Household(id), Some(Some(View::Household(encoded)))) => {
             let h = match api::Household::decode(encoded.as_slice()) {
                 Ok(h) => h,
@@ -333,7 +336,7 @@ fn apply_record(ov: &mut Overlay<'_>, key: &str, payload: Option<&[u8]>) -> Reco
                     "payload: the household's municipality is empty or has '/'".into(),
                 ));
             }
-            apply_household(ov, &id, Some(h)).map(Ok)
+            apply_household(ov, vkey, &id, Some(h)).map(Ok)
         }
         (_, Some(None)) => Ok(Err("payload: the change carries no view".into())),
         (_, Some(Some(_))) => Ok(Err("payload: the view is not of the key's kind".into())),
@@ -345,10 +348,10 @@ fn apply_record(ov: &mut Overlay<'_>, key: &str, payload: Option<&[u8]>) -> Reco
 /// arrived.
 fn apply_person(
     ov: &mut Overlay<'_>,
+    vkey: Vec<u8>,
     nis: Nis,
     new: Option<PersonBytes>,
 ) -> Result<ApplyStats, ReconcilerError> {
-    let vkey = Target::Person(nis).view_key();
     let old: Option<PersonCounted> = ov.get_proto(&vkey)?;
     let duplicate = match (&old, &new) {
         (Some(old), Some(new)) => new.counted.view_version <= old.view_version,
@@ -465,10 +468,9 @@ fn update_counts(
 /// Replaces (`Some`: its encoding and version) or deletes (`None`) a family's view.
 fn apply_family(
     ov: &mut Overlay<'_>,
-    family_id: &str,
+    vkey: Vec<u8>,
     new: Option<(Vec<u8>, u64)>,
 ) -> Result<ApplyStats, ReconcilerError> {
-    let vkey = Target::Family(family_id.to_owned()).view_key();
     let old: Option<FamilyCounted> = ov.get_proto(&vkey)?;
     Ok(match (old, new) {
         (Some(old), Some((_, version))) if version <= old.view_version => ApplyStats {
@@ -499,10 +501,10 @@ fn apply_family(
 /// Replaces (`Some`) or deletes (`None`) a household's view, with its municipality index entry.
 fn apply_household(
     ov: &mut Overlay<'_>,
+    vkey: Vec<u8>,
     household_id: &str,
     new: Option<api::Household>,
 ) -> Result<ApplyStats, ReconcilerError> {
-    let vkey = Target::Household(household_id.to_owned()).view_key();
     let old: Option<api::Household> = ov.get_proto(&vkey)?;
     if let (Some(old), Some(new)) = (&old, &new)
         && new.view_version <= old.view_version
@@ -584,22 +586,35 @@ type Staged = (
 
 fn stage(store: &Store, topic: &str, records: &[ChangeRecord]) -> Result<Staged, ReconcilerError> {
     let mut ov = Overlay::new(store);
-    // Every record replaces a view held, or finds none: all of them are read at once
-    // (docs/benchmarks.md: one point read each was two thirds of the applying thread once
-    // views were being overwritten).
+    // Every record replaces a view held, or finds none: its key is parsed once, and all the
+    // views are read at once (docs/benchmarks.md: one point read each was two thirds of the
+    // applying thread once views were being overwritten).
+    let targets: Vec<Result<(Target, Vec<u8>), String>> = records
+        .iter()
+        .map(|(_, _, key, _)| {
+            target(key).map(|t| {
+                let vkey = t.view_key();
+                (t, vkey)
+            })
+        })
+        .collect();
     ov.read_ahead(
-        records
+        targets
             .iter()
-            .filter_map(|(_, _, key, _)| target(key).ok())
-            .map(|t| t.view_key())
+            .filter_map(|t| t.as_ref().ok())
+            .map(|(_, vkey)| vkey.clone())
             .collect(),
     )?;
     let mut next: BTreeMap<i32, i64> = BTreeMap::new();
     let mut stats = ApplyStats::default();
-    for (partition, offset, key, payload) in records {
+    for ((partition, offset, _, payload), target) in records.iter().zip(targets) {
         let n = next.entry(*partition).or_insert(offset + 1);
         *n = (*n).max(offset + 1);
-        match apply_record(&mut ov, key, payload.as_deref())? {
+        let applied = match target {
+            Ok((target, vkey)) => apply_record(&mut ov, target, vkey, payload.as_deref())?,
+            Err(reason) => Err(reason),
+        };
+        match applied {
             Ok(s) => stats.add(s),
             Err(reason) => {
                 tracing::error!(
