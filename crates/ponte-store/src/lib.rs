@@ -99,7 +99,10 @@ impl Default for Memory {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Layout {
     /// Leveled compaction, values beside their keys: small values read by key and by key
-    /// range (the reconciler's state).
+    /// range (the reconciler's state). Keys are grouped by their first three `/`-separated
+    /// segments ([`SCAN_GROUP_SEGMENTS`], e.g. `0003/k/cns:1/` of `0003/k/cns:1/r9`): each
+    /// table's filter also holds those groups, so a scan of one group skips, without reading
+    /// an index or data block, every sorted run that holds none of it ([`Store::scan_prefix`]).
     #[default]
     Leveled,
     /// Large values overwritten often (the read model's views): values of at least
@@ -130,6 +133,36 @@ pub enum Layout {
         /// reclaimed even where their files hold live ones too.
         blob_gc: bool,
     },
+}
+
+/// How many leading `/`-separated segments of a key form its scan group in a
+/// [`Layout::Leveled`] store: the prefix filters hold `a/b/c/` for every key `a/b/c/…`; keys
+/// with fewer segments belong to no group.
+pub const SCAN_GROUP_SEGMENTS: usize = 3;
+
+/// The scan group of `key` (its first [`SCAN_GROUP_SEGMENTS`] segments, the last `/`
+/// included), if it has one.
+fn scan_group(key: &[u8]) -> Option<&[u8]> {
+    let mut seen = 0;
+    for (i, b) in key.iter().enumerate() {
+        if *b == b'/' {
+            seen += 1;
+            if seen == SCAN_GROUP_SEGMENTS {
+                return Some(&key[..=i]);
+            }
+        }
+    }
+    None
+}
+
+/// RocksDB's prefix extractor for scan groups: called only on keys [`in_scan_group`] says
+/// have one.
+fn scan_group_of(key: &[u8]) -> &[u8] {
+    scan_group(key).unwrap_or(key)
+}
+
+fn in_scan_group(key: &[u8]) -> bool {
+    scan_group(key).is_some()
 }
 
 fn options(memory: Memory, durability: Durability, layout: Layout) -> (Options, Options, Options) {
@@ -181,6 +214,19 @@ fn options(memory: Memory, durability: Durability, layout: Layout) -> (Options, 
     cf.set_level_compaction_dynamic_level_bytes(true);
     let offsets = cf.clone();
     let mut state = cf;
+    if layout == Layout::Leveled {
+        // Scan groups in the filters (the whole keys stay there too, for point reads): the
+        // identity stage scans the records parked under each identifier a profile claims and
+        // nearly always finds none; without them every such scan seeked an index and a data
+        // block in each sorted run (docs/benchmarks.md, issue 15). Tables written before hold
+        // no groups and are scanned as before.
+        state.set_prefix_extractor(rocksdb::SliceTransform::create(
+            "ponte.scan-group.3",
+            scan_group_of,
+            Some(in_scan_group),
+        ));
+        state.set_memtable_prefix_bloom_ratio(0.02);
+    }
     if let Layout::LargeValues {
         min_blob_bytes,
         merge_width,
@@ -328,20 +374,17 @@ impl Store {
         Ok(out)
     }
 
-    /// All state entries whose key starts with `prefix`, in key order.
+    /// All state entries whose key starts with `prefix`, in key order. Cheapest for a whole
+    /// scan group of a [`Layout::Leveled`] store ([`SCAN_GROUP_SEGMENTS`]).
     pub fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<Entry>, StoreError> {
         let mut out = Vec::new();
-        // Bounded above by the first key past the prefix: a level whose next file starts past
-        // it is not opened at all. Most scans find nothing (the identity stage looks for records
-        // parked under each identifier a profile claims), and without the bound each of them
-        // read a data block of every level to learn the next key was someone else's.
-        let mut opts = ReadOptions::default();
-        if let Some(end) = prefix_end(prefix) {
-            opts.set_iterate_upper_bound(end);
-        }
+        // Most scans find nothing (the identity stage looks for records parked under each
+        // identifier a profile claims): without the upper bound each of them read a data block
+        // of every level to learn the next key was someone else's, and without the groups in
+        // the filters an index and a data block of every sorted run that could hold it.
         let iter = self.db.iterator_cf_opt(
             self.cf(CF_STATE),
-            opts,
+            scan_options(prefix),
             IteratorMode::From(prefix, Direction::Forward),
         );
         for item in iter {
@@ -364,13 +407,9 @@ impl Store {
     ) -> Result<Vec<Entry>, StoreError> {
         let start = if after < prefix { prefix } else { after };
         let mut out = Vec::new();
-        let mut opts = ReadOptions::default();
-        if let Some(end) = prefix_end(prefix) {
-            opts.set_iterate_upper_bound(end);
-        }
         let iter = self.db.iterator_cf_opt(
             self.cf(CF_STATE),
-            opts,
+            scan_options(prefix),
             IteratorMode::From(start, Direction::Forward),
         );
         for item in iter {
@@ -440,7 +479,9 @@ impl Store {
     /// True when the store holds neither state nor offsets (a new or lost disk).
     pub fn is_empty(&self) -> Result<bool, StoreError> {
         for cf in [CF_STATE, CF_OFFSETS] {
-            let mut iter = self.db.iterator_cf(self.cf(cf), IteratorMode::Start);
+            let mut iter = self
+                .db
+                .iterator_cf_opt(self.cf(cf), total_order(), IteratorMode::Start);
             if let Some(item) = iter.next() {
                 item.map_err(|e| self.rocks(e))?;
                 return Ok(false);
@@ -613,6 +654,33 @@ impl BatchWriter<'_> {
     }
 }
 
+/// Read options of an iterator over every key in order: with a prefix extractor, RocksDB's
+/// iterators otherwise only promise the order within one prefix.
+fn total_order() -> ReadOptions {
+    let mut opts = ReadOptions::default();
+    opts.set_total_order_seek(true);
+    opts
+}
+
+/// Read options of a scan of the keys starting with `prefix`. Bounded above by the first key
+/// past the prefix: a level whose next file starts past it is not opened at all. When `prefix`
+/// is a whole scan group (`a/b/c/`), the scan is a prefix seek, which consults the groups in
+/// the filters and skips every sorted run that holds none of the group; any other prefix is
+/// scanned in total order.
+fn scan_options(prefix: &[u8]) -> ReadOptions {
+    let mut opts = if scan_group(prefix) == Some(prefix) {
+        let mut opts = ReadOptions::default();
+        opts.set_prefix_same_as_start(true);
+        opts
+    } else {
+        total_order()
+    };
+    if let Some(end) = prefix_end(prefix) {
+        opts.set_iterate_upper_bound(end);
+    }
+    opts
+}
+
 /// The smallest key greater than every key starting with `prefix`, if there is one.
 fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
     let mut end = prefix.to_vec();
@@ -637,9 +705,133 @@ fn offset_key(topic: &str, partition: i32) -> Vec<u8> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     fn open(dir: &Path) -> Store {
         Store::open(dir, Durability::Process).unwrap()
+    }
+
+    #[test]
+    fn a_scan_of_a_group_finds_what_a_scan_in_key_order_finds() {
+        // Keys of several groups over several sorted runs (the memtable, then flushed tables),
+        // with deletes, groups that share the start of their last segment, keys too short to
+        // have a group, and groups ending in 0xff.
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let groups: [&[u8]; 6] = [
+            b"0001/k/cns:1/",
+            b"0001/k/cns:12/",
+            b"0001/e/cns:1/",
+            b"0002/k/cns:1/",
+            b"0001/k/\xff/",
+            b"0001/k/\xff\xff/",
+        ];
+        let mut written = BTreeMap::new();
+        for round in 0..4u8 {
+            let mut b = store.batch();
+            for (g, group) in groups.iter().enumerate() {
+                for r in 0..3u8 {
+                    let key = [
+                        *group,
+                        format!("r{}", (usize::from(round) * 7 + g + usize::from(r)) % 5)
+                            .as_bytes(),
+                    ]
+                    .concat();
+                    if (usize::from(round) + g + usize::from(r)).is_multiple_of(4) {
+                        b.delete(&key);
+                        written.remove(&key);
+                    } else {
+                        b.put(&key, &[round, r]);
+                        written.insert(key, vec![round, r]);
+                    }
+                }
+            }
+            for short in [b"0001/x/cns:1".as_slice(), b"0001/p/7", b"0001/k/cns:1"] {
+                b.put(short, &[round]);
+                written.insert(short.to_vec(), vec![round]);
+            }
+            b.commit().unwrap();
+            if round < 3 {
+                store.flush().unwrap();
+            }
+        }
+        let expected = |prefix: &[u8]| -> Vec<Entry> {
+            written
+                .iter()
+                .filter(|(k, _)| k.starts_with(prefix))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        };
+        let prefixes: Vec<&[u8]> = groups
+            .iter()
+            .copied()
+            .chain([
+                b"0001/k/cns:".as_slice(),
+                b"0001/k/cns:1",
+                b"0001/k/",
+                b"0001/",
+                b"",
+                b"0001/k/cns:9/",
+            ])
+            .collect();
+        for prefix in prefixes {
+            let found = store.scan_prefix(prefix).unwrap();
+            assert_eq!(
+                found,
+                expected(prefix),
+                "{}",
+                String::from_utf8_lossy(prefix)
+            );
+            let page = store.scan_prefix_after(prefix, b"", 2).unwrap();
+            assert_eq!(
+                page,
+                expected(prefix).into_iter().take(2).collect::<Vec<_>>()
+            );
+            if let Some((first, _)) = expected(prefix).first() {
+                let after = store.scan_prefix_after(prefix, first, 100).unwrap();
+                assert_eq!(
+                    after,
+                    expected(prefix).into_iter().skip(1).collect::<Vec<_>>()
+                );
+            }
+        }
+        assert!(!store.is_empty().unwrap());
+    }
+
+    #[test]
+    fn a_scan_of_an_absent_group_reads_fewer_blocks_than_one_in_key_order() {
+        // Ten flushes, each holding keys of groups on both sides of the one scanned, so every
+        // table's key range covers it: scanned in key order, a table's index and a data block
+        // are read to learn it holds none of it; as a group, its filter says so (without the
+        // groups in the filters both scans read the same blocks).
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        for t in 0..10 {
+            let mut b = store.batch();
+            for i in 0..200 {
+                b.put(format!("0001/k/cns:{i:03}a/r{t}").as_bytes(), b"v");
+                b.put(format!("0001/k/cns:{i:03}c/r{t}").as_bytes(), b"v");
+            }
+            b.commit().unwrap();
+            store.flush().unwrap();
+        }
+        let blocks_read = |prefix: &[u8]| {
+            rocksdb::perf::set_perf_stats(rocksdb::perf::PerfStatsLevel::EnableCount);
+            let mut context = rocksdb::perf::PerfContext::default();
+            context.reset();
+            assert!(store.scan_prefix(prefix).unwrap().is_empty());
+            let n = context.metric(rocksdb::perf::PerfMetric::BlockCacheHitCount)
+                + context.metric(rocksdb::perf::PerfMetric::BlockReadCount);
+            rocksdb::perf::set_perf_stats(rocksdb::perf::PerfStatsLevel::Disable);
+            n
+        };
+        // `0001/k/cns:100b` is not a group (no third `/`): scanned in key order.
+        let in_key_order = blocks_read(b"0001/k/cns:100b");
+        let as_group = blocks_read(b"0001/k/cns:100b/");
+        assert!(
+            as_group * 2 <= in_key_order,
+            "{as_group} blocks as a group, {in_key_order} in key order"
+        );
     }
 
     #[test]
