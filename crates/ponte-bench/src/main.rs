@@ -82,6 +82,10 @@ enum Cmd {
         /// Events per committed batch (the service's `reconciler.batch_max`).
         #[arg(long, default_value_t = 5000)]
         batch: usize,
+        /// Applies each event with point reads of its state, as the service did before it
+        /// read the keys of a run of events at once (for comparisons in one build).
+        #[arg(long)]
+        no_read_ahead: bool,
     },
     /// The read model's store alone at a population's scale: the views of the `--people`
     /// population (through the topology in-process) written again under new keys, `--changes`
@@ -250,11 +254,14 @@ async fn main() -> anyhow::Result<()> {
     let id = uuid::Uuid::new_v4().simple().to_string();
     let prefix = format!("bench-{}.ponte.", &id[..8]);
     match cli.command {
-        Cmd::Reconciler { batch } => {
+        Cmd::Reconciler {
+            batch,
+            no_read_ahead,
+        } => {
             let state = e2e::work_dir(&work, &format!("reconciler-state-{}", &id[..8]))?;
             let load = machine_load_start();
             let started = Instant::now();
-            let f = reconciler::run(&data, &state, batch, now, 0)?;
+            let f = reconciler::run(&data, &state, batch, now, 0, !no_read_ahead)?;
             let wall = started.elapsed().as_secs_f64();
             let busy = f.apply + f.commit;
             println!("== reconciler alone (in-process, 1 thread, RocksDB, batches of {batch})");
@@ -330,7 +337,7 @@ async fn main() -> anyhow::Result<()> {
                 blob_gc: blob_gc.unwrap_or(gc),
             };
             let state = e2e::work_dir(&work, &format!("read-model-templates-{}", &id[..8]))?;
-            let t = reconciler::run(&data, &state, 2000, now, 50_000)?;
+            let t = reconciler::run(&data, &state, 2000, now, 50_000, true)?;
             let _ = std::fs::remove_dir_all(&state);
             let dir = e2e::work_dir(&work, &format!("read-model-{}", &id[..8]))?;
             let load = machine_load_start();

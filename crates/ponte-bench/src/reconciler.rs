@@ -11,7 +11,9 @@ use ponte_domain::period::Month;
 use ponte_domain::rules::RuleSet;
 use ponte_proto::events::v1::Event;
 use ponte_reconciler::readmodel::{self, ChangeRecord};
-use ponte_reconciler::topology::{Applied, Input, OutputKind, Topology, Tx, key_partition};
+use ponte_reconciler::topology::{
+    Applied, Input, OutputKind, READ_AHEAD_RUN, Topology, Tx, key_partition,
+};
 use ponte_store::{Durability, Memory, Store};
 
 const RULES: &str = include_str!("../../../rules/bolsa-familia-2023.toml");
@@ -72,6 +74,7 @@ pub(crate) fn run(
     batch: usize,
     now: SystemTime,
     keep_views: usize,
+    read_ahead: bool,
 ) -> anyhow::Result<Figures> {
     let rules = RuleSet::from_toml_str("bolsa-familia-2023.toml", RULES)?;
     let mut topology = Topology::new(rules, Month::parse("2025-01")?, Month::parse("2025-12")?);
@@ -93,11 +96,12 @@ pub(crate) fn run(
         ponte_reconciler::readmodel::LAYOUT,
     )?;
     let mut figures = Figures::default();
-    let mut pending: Vec<(Input, i32, Event)> = Vec::with_capacity(batch);
-    // Internal messages waiting for the next batch: (topic, partition, payload).
-    let mut internal: Vec<(Input, i32, Vec<u8>)> = Vec::new();
-    let flush = |pending: &mut Vec<(Input, i32, Event)>,
-                 internal: &mut Vec<(Input, i32, Vec<u8>)>,
+    // Events waiting for the next batch: (topic, partition, Kafka key, event).
+    let mut pending: Vec<(Input, i32, String, Event)> = Vec::with_capacity(batch);
+    // Internal messages waiting for the next batch: (topic, partition, Kafka key, payload).
+    let mut internal: Vec<(Input, i32, String, Vec<u8>)> = Vec::new();
+    let flush = |pending: &mut Vec<(Input, i32, String, Event)>,
+                 internal: &mut Vec<(Input, i32, String, Vec<u8>)>,
                  figures: &mut Figures|
      -> anyhow::Result<()> {
         let started = Instant::now();
@@ -108,17 +112,37 @@ pub(crate) fn run(
             Applied::Parked => figures.parked += 1,
             Applied::Invalid(_) => figures.invalid += 1,
         };
-        for (input, partition, payload) in internal.drain(..) {
-            tx.set_partition(partition);
-            let (applied, _) = topology.apply_internal(&mut tx, input, &payload)?;
-            count(applied, figures);
-            figures.internal += 1;
+        // As the service's consumer loop does: the state keys of each run of messages read at
+        // once before they are applied.
+        for run in internal.chunks(READ_AHEAD_RUN) {
+            if read_ahead {
+                tx.read_ahead(run.iter().flat_map(|(input, partition, key, payload)| {
+                    let keys = topology.keys_read(*input, key.as_bytes(), payload);
+                    keys.into_iter().map(|k| (*partition, k))
+                }))?;
+            }
+            for (input, partition, _, payload) in run {
+                tx.set_partition(*partition);
+                let (applied, _) = topology.apply_internal(&mut tx, *input, payload)?;
+                count(applied, figures);
+                figures.internal += 1;
+            }
         }
-        for (input, partition, event) in pending.drain(..) {
-            tx.set_partition(partition);
-            count(topology.apply(&mut tx, input, &event)?, figures);
-            figures.events += 1;
+        internal.clear();
+        for run in pending.chunks(READ_AHEAD_RUN) {
+            if read_ahead {
+                tx.read_ahead(run.iter().flat_map(|(input, partition, key, _)| {
+                    let keys = topology.keys_read(*input, key.as_bytes(), &[]);
+                    keys.into_iter().map(|k| (*partition, k))
+                }))?;
+            }
+            for (input, partition, _, event) in run {
+                tx.set_partition(*partition);
+                count(topology.apply(&mut tx, *input, event)?, figures);
+                figures.events += 1;
+            }
         }
+        pending.clear();
         topology.finish(&mut tx)?;
         let (writes, outputs) = tx.take();
         let applied = Instant::now();
@@ -147,7 +171,12 @@ pub(crate) fn run(
                 }
                 OutputKind::Alert | OutputKind::DeadLetter => continue,
             };
-            internal.push((to, partition_of(&o.key), o.payload.unwrap_or_default()));
+            internal.push((
+                to,
+                partition_of(&o.key),
+                o.key,
+                o.payload.unwrap_or_default(),
+            ));
         }
         figures.apply += applied - started;
         figures.commit += committed - applied;
@@ -173,7 +202,7 @@ pub(crate) fn run(
         Ok(())
     };
     figures.rejected_by_adapters = crate::events::for_each(data, now, |input, key, event| {
-        pending.push((input, partition_of(&key), event));
+        pending.push((input, partition_of(&key), key, event));
         if pending.len() >= batch {
             flush(&mut pending, &mut internal, &mut figures)?;
         }

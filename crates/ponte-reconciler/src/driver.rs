@@ -1,9 +1,13 @@
 //! The consumer driver: polls the inputs, applies each event to the open epoch
 //! ([`crate::topology`]), dead-letters what cannot be applied, and commits the epoch
-//! ([`crate::epoch`]) when it is full or has lingered long enough.
+//! ([`crate::epoch`]) when it is full or has lingered long enough. Messages already fetched
+//! are applied in runs of up to [`READ_AHEAD_RUN`], the state keys a run's messages name read
+//! in one batched lookup first ([`Tx::read_ahead`]); each message is applied in order as
+//! before.
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant, SystemTime};
 
+use futures::FutureExt as _;
 use ponte_bus::Topic;
 use ponte_bus::TopicsConfig;
 use ponte_bus::consume::{Assignment, SeekingContext};
@@ -21,7 +25,7 @@ use crate::ReconcilerError;
 use crate::epoch::{Committer, Consumed, Outcome};
 use crate::gauges::{read_state, refresh_gauges};
 use crate::readmodel::ReadPath;
-use crate::topology::{Applied, Input, OutputKind, Topology, Tx, Unapplicable};
+use crate::topology::{Applied, Input, OutputKind, READ_AHEAD_RUN, Topology, Tx, Unapplicable};
 
 /// What the consumer loop works with; borrowed from the process wiring ([`crate::service`]).
 pub(crate) struct Driver<'a> {
@@ -140,7 +144,43 @@ impl Driver<'_> {
                         batch_started = Instant::now();
                     }
                     let t = Instant::now();
-                    apply_message(topology, inputs, &counters, &mut tx, &mut consumed, &msg)?;
+                    // With it, the messages already fetched (never waiting for more), up to
+                    // the epoch's limit, as one run. A rebalance is served inside a poll and
+                    // returns no message: the run ends there, and the next message goes
+                    // through the generation check above.
+                    let room = self
+                        .batch_max
+                        .saturating_sub(consumed.events)
+                        .clamp(1, READ_AHEAD_RUN);
+                    let mut run = vec![msg];
+                    while run.len() < room && assignment.generation() == generation {
+                        match consumer.recv().now_or_never() {
+                            Some(Ok(m)) => run.push(m),
+                            Some(Err(e)) => {
+                                tracing::warn!(error = %e, "consumer error");
+                                metrics::counter!("ponte_reconciler_consumer_errors_total")
+                                    .increment(1);
+                                break;
+                            }
+                            None => break,
+                        }
+                    }
+                    tx.read_ahead(
+                        run.iter()
+                            .filter_map(|m| {
+                                let (_, input) = inputs.position(m.topic())?;
+                                let keys = topology.keys_read(
+                                    input,
+                                    m.key().unwrap_or_default(),
+                                    m.payload().unwrap_or_default(),
+                                );
+                                Some(keys.into_iter().map(move |k| (m.partition(), k)))
+                            })
+                            .flatten(),
+                    )?;
+                    for msg in &run {
+                        apply_message(topology, inputs, &counters, &mut tx, &mut consumed, msg)?;
+                    }
                     applying += t.elapsed();
                     uncommitted.set(consumed.events as f64);
                     consumed.events >= self.batch_max

@@ -87,6 +87,10 @@ pub use state::*;
 use tables::*;
 use views::*;
 
+/// At most this many messages already fetched are applied as one run, their state keys read
+/// at once first ([`Topology::keys_read`], [`Tx::read_ahead`]).
+pub const READ_AHEAD_RUN: usize = 256;
+
 /// The input topics, by role. The first five are the shared input topics; the last three are
 /// the reconciler group's own repartition topics (see the module documentation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -337,6 +341,37 @@ impl Topology {
                 "unsupported",
                 format!("record type not expected on the {input:?} topic"),
             ))),
+        }
+    }
+
+    /// The state keys applying a message of `input` keyed `key` reads first: the person, the
+    /// family or the identifier the topic is keyed by, for the consumer loop to read a run of
+    /// messages' keys at once ([`Tx::read_ahead`]). Taken from the Kafka key (and, for a
+    /// crosswalk change, whose key holds only the identifier's digits, from the payload),
+    /// never trusted: a key read ahead and not asked for, or one asked for and not read
+    /// ahead, costs a read and changes nothing else. Health records by CNS/CPF are not read
+    /// ahead (their keys name the record, which only the whole event gives).
+    pub fn keys_read(&self, input: Input, key: &[u8], payload: &[u8]) -> Vec<Vec<u8>> {
+        let Ok(id) = std::str::from_utf8(key) else {
+            return Vec::new();
+        };
+        match input {
+            Input::Registry | Input::Education | Input::AssistancePerson | Input::HealthByNis => {
+                vec![PERSONS.key(&[id])]
+            }
+            // A family with records and no members entry yet may hold the digest of its view
+            // where stores in format 1 kept it: looked for under both keys.
+            Input::AssistanceFamily => vec![
+                FAMILIES.key(&[id]),
+                MEMBERS.key(&[id]),
+                FAMILY_DIGESTS.key(&[id]),
+                FAMILY_VIEWS_BEFORE_DIGESTS.key(&[id]),
+            ],
+            Input::Members => vec![FAMILIES.key(&[id]), MEMBERS.key(&[id])],
+            Input::Crosswalk => CrosswalkChange::decode(payload)
+                .map(|c| vec![CROSSWALK.key(&[&c.alt])])
+                .unwrap_or_default(),
+            Input::Health => Vec::new(),
         }
     }
 

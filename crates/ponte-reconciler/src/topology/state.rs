@@ -2,6 +2,7 @@
 //! uncommitted writes and outputs ([`Tx`]), the partition prefix of every key, and reads of
 //! the parked records of a partition.
 use super::*;
+use std::collections::HashMap;
 
 /// State changes of a transaction: `Some` puts, `None` deletes.
 pub type Writes = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
@@ -9,6 +10,10 @@ pub type Writes = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
 /// Reads committed state.
 pub trait Kv {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ReconcilerError>;
+    /// The values of `keys`, in their order; a store may read them at once.
+    fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, ReconcilerError> {
+        keys.iter().map(|k| self.get(k)).collect()
+    }
     /// Entries whose key starts with `prefix`, in key order.
     fn scan(&self, prefix: &[u8]) -> Result<Vec<Entry>, ReconcilerError>;
     /// Up to `limit` entries under `prefix` with keys greater than `after`.
@@ -30,6 +35,9 @@ pub trait Kv {
 impl Kv for ponte_store::Store {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ReconcilerError> {
         Ok(ponte_store::Store::get(self, key)?)
+    }
+    fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, ReconcilerError> {
+        Ok(ponte_store::Store::get_many(self, keys)?)
     }
     fn scan(&self, prefix: &[u8]) -> Result<Vec<Entry>, ReconcilerError> {
         Ok(self.scan_prefix(prefix)?)
@@ -140,6 +148,9 @@ pub struct Tx<'a> {
     /// Keys whose view is computed once at the end of the epoch ([`Topology::finish`]), by
     /// (partition, id), with the acceptance time of the latest event that changed them.
     deferred: BTreeMap<(i32, String), Option<Timestamp>>,
+    /// Committed values read ahead for the events to come ([`Tx::read_ahead`]), by full key:
+    /// what `base` held when they were read, which nothing but this epoch's commit changes.
+    read: HashMap<Vec<u8>, Option<Vec<u8>>>,
 }
 
 impl std::fmt::Debug for Tx<'_> {
@@ -160,7 +171,38 @@ impl<'a> Tx<'a> {
             partition: 0,
             scope: partition_prefix(0),
             deferred: BTreeMap::new(),
+            read: HashMap::new(),
         }
+    }
+
+    /// Reads the committed values of `keys` (partition, key without its partition prefix) in
+    /// one batched lookup ([`Kv::get_many`]), for the [`Tx::get`]s of the events about to be
+    /// applied: a point read per event costs the filter, index and data-block probes of every
+    /// sorted run once per key, a batch shares them. Keys this epoch already wrote or read
+    /// ahead are skipped; a key read ahead and never asked for costs only its read.
+    pub fn read_ahead(
+        &mut self,
+        keys: impl IntoIterator<Item = (i32, Vec<u8>)>,
+    ) -> Result<(), ReconcilerError> {
+        let mut wanted: Vec<Vec<u8>> = Vec::new();
+        let mut prefix = (self.partition, self.scope.clone());
+        for (p, key) in keys {
+            if p != prefix.0 {
+                prefix = (p, partition_prefix(p));
+            }
+            let full = [prefix.1.as_slice(), key.as_slice()].concat();
+            if !self.writes.contains_key(&full) && !self.read.contains_key(&full) {
+                wanted.push(full);
+            }
+        }
+        wanted.sort_unstable();
+        wanted.dedup();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let values = self.base.get_many(&wanted)?;
+        self.read.extend(wanted.into_iter().zip(values));
+        Ok(())
     }
 
     /// Marks `id` of the current partition for evaluation at the end of the epoch, as changed
@@ -195,7 +237,7 @@ impl<'a> Tx<'a> {
     /// The value of `key` in the current partition.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ReconcilerError> {
         let full = self.scoped(key);
-        match self.writes.get(&full) {
+        match self.writes.get(&full).or_else(|| self.read.get(&full)) {
             Some(v) => Ok(v.clone()),
             None => self.base.get(&full),
         }
@@ -270,6 +312,8 @@ impl<'a> Tx<'a> {
             self.deferred.is_empty(),
             "Topology::finish was not called before the epoch was taken"
         );
+        // The writes are about to change the committed state the values were read from.
+        self.read.clear();
         (
             std::mem::take(&mut self.writes),
             std::mem::take(&mut self.outputs),
@@ -344,4 +388,76 @@ pub fn read_parked(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// The committed values, and how many values were asked for.
+    type Counted = (BTreeMap<Vec<u8>, Vec<u8>>, usize);
+
+    /// Committed state in a map; counts the values it was asked for.
+    #[derive(Default)]
+    struct Committed(Mutex<Counted>);
+
+    impl Kv for Committed {
+        fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ReconcilerError> {
+            let mut state = self.0.lock().unwrap();
+            state.1 += 1;
+            Ok(state.0.get(key).cloned())
+        }
+        fn scan(&self, _: &[u8]) -> Result<Vec<Entry>, ReconcilerError> {
+            Ok(Vec::new())
+        }
+    }
+
+    #[test]
+    fn values_read_ahead_answer_until_the_epoch_is_taken_and_writes_come_first() {
+        let base = Committed::default();
+        base.0
+            .lock()
+            .unwrap()
+            .0
+            .insert(b"0001/p/1".to_vec(), b"old".to_vec());
+        let mut tx = Tx::new(&base);
+        tx.read_ahead([
+            (1, b"p/1".to_vec()),
+            (1, b"p/2".to_vec()),
+            (1, b"p/1".to_vec()),
+        ])
+        .unwrap();
+        assert_eq!(base.0.lock().unwrap().1, 2, "each key read once");
+        tx.set_partition(1);
+        assert_eq!(tx.get(b"p/1").unwrap(), Some(b"old".to_vec()));
+        assert_eq!(tx.get(b"p/2").unwrap(), None);
+        assert_eq!(
+            base.0.lock().unwrap().1,
+            2,
+            "answered from what was read ahead"
+        );
+        // The epoch's own write answers before what was read ahead.
+        tx.put(b"p/1".to_vec(), b"new".to_vec());
+        assert_eq!(tx.get(b"p/1").unwrap(), Some(b"new".to_vec()));
+        // Committed (here, by hand), the epoch's writes are the state: nothing read ahead
+        // before answers for the next epoch of the same transaction.
+        let (writes, _) = tx.take();
+        for (k, v) in writes {
+            base.0.lock().unwrap().0.insert(k, v.unwrap());
+        }
+        base.0
+            .lock()
+            .unwrap()
+            .0
+            .insert(b"0001/p/2".to_vec(), b"two".to_vec());
+        assert_eq!(tx.get(b"p/1").unwrap(), Some(b"new".to_vec()));
+        assert_eq!(tx.get(b"p/2").unwrap(), Some(b"two".to_vec()));
+        // Keys written in the epoch are not read ahead.
+        tx.put(b"p/3".to_vec(), b"three".to_vec());
+        let asked = base.0.lock().unwrap().1;
+        tx.read_ahead([(1, b"p/3".to_vec())]).unwrap();
+        assert_eq!(base.0.lock().unwrap().1, asked);
+    }
 }

@@ -8,13 +8,22 @@ use std::sync::Mutex;
 use ponte_reconciler::ReconcilerError;
 use ponte_reconciler::topology::{Entry, Kv};
 
-/// Committed state in a map, read as the service reads RocksDB.
+/// Committed state in a map, read as the service reads RocksDB; the keys read one at a time
+/// (not in a batch, [`Kv::get_many`]) are recorded in the second field.
 #[derive(Default)]
-pub(crate) struct MapKv(pub(crate) Mutex<BTreeMap<Vec<u8>, Vec<u8>>>);
+pub(crate) struct MapKv(
+    pub(crate) Mutex<BTreeMap<Vec<u8>, Vec<u8>>>,
+    pub(crate) Mutex<Vec<Vec<u8>>>,
+);
 
 impl Kv for MapKv {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ReconcilerError> {
+        self.1.lock().unwrap().push(key.to_vec());
         Ok(self.0.lock().unwrap().get(key).cloned())
+    }
+    fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, ReconcilerError> {
+        let map = self.0.lock().unwrap();
+        Ok(keys.iter().map(|k| map.get(k).cloned()).collect())
     }
     fn scan(&self, prefix: &[u8]) -> Result<Vec<Entry>, ReconcilerError> {
         Ok(self
