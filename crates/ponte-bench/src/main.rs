@@ -86,6 +86,10 @@ enum Cmd {
         /// read the keys of a run of events at once (for comparisons in one build).
         #[arg(long)]
         no_read_ahead: bool,
+        /// Looks for the records parked under every identifier a profile claims in the store,
+        /// as the service did before it kept an index of them (for comparisons in one build).
+        #[arg(long)]
+        no_parked_index: bool,
     },
     /// The read model's store alone at a population's scale: the views of the `--people`
     /// population (through the topology in-process) written again under new keys, `--changes`
@@ -257,11 +261,16 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Reconciler {
             batch,
             no_read_ahead,
+            no_parked_index,
         } => {
             let state = e2e::work_dir(&work, &format!("reconciler-state-{}", &id[..8]))?;
             let load = machine_load_start();
             let started = Instant::now();
-            let f = reconciler::run(&data, &state, batch, now, 0, !no_read_ahead)?;
+            let how = reconciler::How {
+                read_ahead: !no_read_ahead,
+                parked_index: !no_parked_index,
+            };
+            let f = reconciler::run(&data, &state, batch, now, 0, how)?;
             let wall = started.elapsed().as_secs_f64();
             let busy = f.apply + f.commit;
             println!("== reconciler alone (in-process, 1 thread, RocksDB, batches of {batch})");
@@ -337,7 +346,7 @@ async fn main() -> anyhow::Result<()> {
                 blob_gc: blob_gc.unwrap_or(gc),
             };
             let state = e2e::work_dir(&work, &format!("read-model-templates-{}", &id[..8]))?;
-            let t = reconciler::run(&data, &state, 2000, now, 50_000, true)?;
+            let t = reconciler::run(&data, &state, 2000, now, 50_000, reconciler::How::SERVICE)?;
             let _ = std::fs::remove_dir_all(&state);
             let dir = e2e::work_dir(&work, &format!("read-model-{}", &id[..8]))?;
             let load = machine_load_start();

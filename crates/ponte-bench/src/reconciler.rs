@@ -12,7 +12,8 @@ use ponte_domain::rules::RuleSet;
 use ponte_proto::events::v1::Event;
 use ponte_reconciler::readmodel::{self, ChangeRecord};
 use ponte_reconciler::topology::{
-    Applied, Input, OutputKind, READ_AHEAD_RUN, Topology, Tx, key_partition,
+    Applied, Indexed, Input, Kv, OutputKind, ParkedIndex, READ_AHEAD_RUN, Topology, Tx,
+    key_partition, parked_delta,
 };
 use ponte_store::{Durability, Memory, Store};
 
@@ -68,14 +69,35 @@ fn table_of(key: &[u8]) -> String {
     String::from_utf8_lossy(table).into_owned()
 }
 
+/// Which of the consumer loop's ways of reading the state the run uses.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct How {
+    /// The state keys of each run of messages read at once before they are applied.
+    pub(crate) read_ahead: bool,
+    /// Scans of an identifier's parked records answered from the index when it rules them out.
+    pub(crate) parked_index: bool,
+}
+
+impl How {
+    /// As the service reads.
+    pub(crate) const SERVICE: How = How {
+        read_ahead: true,
+        parked_index: true,
+    };
+}
+
 pub(crate) fn run(
     data: &Path,
     state: &Path,
     batch: usize,
     now: SystemTime,
     keep_views: usize,
-    read_ahead: bool,
+    how: How,
 ) -> anyhow::Result<Figures> {
+    let How {
+        read_ahead,
+        parked_index,
+    } = how;
     let rules = RuleSet::from_toml_str("bolsa-familia-2023.toml", RULES)?;
     let mut topology = Topology::new(rules, Month::parse("2025-01")?, Month::parse("2025-12")?);
     if crate::events::follows_households(data)? {
@@ -95,6 +117,11 @@ pub(crate) fn run(
         Memory::mib(128),
         ponte_reconciler::readmodel::LAYOUT,
     )?;
+    // The index of parked records the consumer loop keeps (every partition is this process').
+    let parked = ParkedIndex::default();
+    parked.reassign(&store, &(0..PARTITIONS as i32).collect())?;
+    let indexed = Indexed::new(&store, &parked);
+    let state_read: &dyn Kv = if parked_index { &indexed } else { &store };
     let mut figures = Figures::default();
     // Events waiting for the next batch: (topic, partition, Kafka key, event).
     let mut pending: Vec<(Input, i32, String, Event)> = Vec::with_capacity(batch);
@@ -105,7 +132,7 @@ pub(crate) fn run(
                  figures: &mut Figures|
      -> anyhow::Result<()> {
         let started = Instant::now();
-        let mut tx = Tx::new(&store);
+        let mut tx = Tx::new(state_read);
         let count = |applied: Applied, figures: &mut Figures| match applied {
             Applied::Changed | Applied::Erased => figures.changed += 1,
             Applied::Unchanged => figures.unchanged += 1,
@@ -149,6 +176,9 @@ pub(crate) fn run(
         for k in writes.keys() {
             *figures.writes_by_table.entry(table_of(k)).or_default() += 1;
         }
+        // The commit's effect on the parked records, read before it is written (as the
+        // service's commit does, with or without the index).
+        let parked_delta = parked_delta(&store, &writes)?;
         let mut w = store.batch();
         for (k, v) in &writes {
             match v {
@@ -157,6 +187,7 @@ pub(crate) fn run(
             }
         }
         w.commit()?;
+        parked.add(&parked_delta);
         let committed = Instant::now();
         let mut changes: Vec<ChangeRecord> = Vec::new();
         for o in outputs {

@@ -4,7 +4,6 @@
 //! are applied in runs of up to [`READ_AHEAD_RUN`], the state keys a run's messages name read
 //! in one batched lookup first ([`Tx::read_ahead`]); each message is applied in order as
 //! before.
-use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures::FutureExt as _;
@@ -25,7 +24,9 @@ use crate::ReconcilerError;
 use crate::epoch::{Committer, Consumed, Outcome};
 use crate::gauges::{read_state, refresh_gauges};
 use crate::readmodel::ReadPath;
-use crate::topology::{Applied, Input, OutputKind, READ_AHEAD_RUN, Topology, Tx, Unapplicable};
+use crate::topology::{
+    Applied, Indexed, Input, OutputKind, ParkedIndex, READ_AHEAD_RUN, Topology, Tx, Unapplicable,
+};
 
 /// What the consumer loop works with; borrowed from the process wiring ([`crate::service`]).
 pub(crate) struct Driver<'a> {
@@ -65,13 +66,17 @@ impl Driver<'_> {
         // committed together ([`crate::epoch`]). Work consumed under an older assignment generation
         // is dropped uncommitted (its partitions may belong to another instance now); it is
         // consumed again from the group's committed offsets, which is harmless.
-        let mut tx = Tx::new(store);
+        //
+        // The epochs read the store through the index of the owned partitions' parked
+        // records ([`crate::topology::ParkedIndex`]), kept here from each commit.
+        let parked = ParkedIndex::default();
+        let indexed = Indexed::new(store, &parked);
+        let mut tx = Tx::new(&indexed);
         let mut consumed = Consumed::default();
         let mut last_gauges = Instant::now() - Duration::from_secs(60);
         let mut generation = assignment.generation();
         // The partitions whose records flow: owned and restored.
         let mut owned = assignment.prepared_partition_numbers();
-        let mut parked = ParkedCount::default();
         parked.reassign(store, &owned)?;
         let mut batch_started = Instant::now();
         // Time spent applying the open epoch's events (not waiting for them, not committing).
@@ -129,12 +134,15 @@ impl Driver<'_> {
                     );
                 }
                 drop(tx);
-                tx = Tx::new(store);
+                tx = Tx::new(&indexed);
                 consumed = Consumed::default();
                 applying = Duration::ZERO;
                 uncommitted.set(0.0);
                 generation = assignment.generation();
                 owned = assignment.prepared_partition_numbers();
+                // A partition kept may have been revoked and restored meanwhile: every one is
+                // indexed again from the store.
+                parked.clear();
                 parked.reassign(store, &owned)?;
                 // The message (if any) was fetched under the new assignment: it is applied below.
             }
@@ -202,7 +210,7 @@ impl Driver<'_> {
                 }
                 let (outcome, delta) = committer.commit(&mut tx, &mut consumed, consumer).await?;
                 if outcome == Outcome::Committed {
-                    parked.add(delta);
+                    parked.add(&delta);
                 }
                 uncommitted.set(0.0);
             }
@@ -438,36 +446,4 @@ fn dead_letter(
         source_system,
         letter.encode_to_vec(),
     );
-}
-
-/// Parked health records per owned partition for `ponte_reconciler_parked_records`: counted
-/// once when a partition is taken, then kept from each commit's writes. (Scanning them every
-/// second instead took 58 % of the reconciler's CPU with 3 M records parked while 10 M people
-/// were loaded at once: docs/benchmarks.md.)
-#[derive(Debug, Default)]
-pub(crate) struct ParkedCount(BTreeMap<i32, i64>);
-
-impl ParkedCount {
-    /// Forgets the partitions no longer owned and counts the newly owned ones (one scan each).
-    fn reassign(&mut self, store: &Store, owned: &BTreeSet<i32>) -> Result<(), ReconcilerError> {
-        self.0.retain(|p, _| owned.contains(p));
-        for &p in owned {
-            if let std::collections::btree_map::Entry::Vacant(e) = self.0.entry(p) {
-                e.insert(crate::topology::count_parked(store, &[p])? as i64);
-            }
-        }
-        Ok(())
-    }
-
-    fn add(&mut self, delta: BTreeMap<i32, i64>) {
-        for (p, d) in delta {
-            if let Some(n) = self.0.get_mut(&p) {
-                *n += d;
-            }
-        }
-    }
-
-    pub(crate) fn total(&self) -> i64 {
-        self.0.values().sum()
-    }
 }

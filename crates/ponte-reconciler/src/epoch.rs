@@ -31,7 +31,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use crate::ReconcilerError;
 use crate::restore::Marker;
-use crate::topology::{Output, OutputKind, Tx, Writes, key_partition};
+use crate::topology::{Output, OutputKind, ParkedDelta, Tx, Writes, key_partition};
 
 /// Where each kind of output goes: topic, Kafka `ponte-event-type` header and metric label.
 #[derive(Debug, Clone)]
@@ -318,15 +318,15 @@ impl Committer {
     }
 
     /// Commits the epoch held in `tx` and `consumed`; see the module docs. Returns the state
-    /// writes' effect on the parked-record count per partition when it committed.
+    /// writes' effect on the parked records when it committed.
     pub async fn commit<C: Consumer<ponte_bus::consume::SeekingContext>>(
         &mut self,
         tx: &mut Tx<'_>,
         consumed: &mut Consumed,
         consumer: &C,
-    ) -> Result<(Outcome, BTreeMap<i32, i64>), ReconcilerError> {
+    ) -> Result<(Outcome, ParkedDelta), ReconcilerError> {
         if consumed.is_empty() {
-            return Ok((Outcome::Empty, BTreeMap::new()));
+            return Ok((Outcome::Empty, ParkedDelta::default()));
         }
         let started = Instant::now();
         let (writes, outputs) = tx.take();
@@ -400,7 +400,7 @@ impl Committer {
                     }
                 }
                 consumed.clear();
-                Ok((Outcome::Aborted, BTreeMap::new()))
+                Ok((Outcome::Aborted, ParkedDelta::default()))
             }
         }
     }

@@ -5,8 +5,6 @@ use std::collections::BTreeMap;
 use ponte_runtime::Readiness;
 use ponte_store::Store;
 
-use crate::driver::ParkedCount;
-
 /// Whether the read model may answer: not once it failed, nor before it caught up.
 pub(crate) fn read_state(path: &crate::readmodel::ReadPath, caught_up: bool) -> Result<(), String> {
     match path.failure() {
@@ -22,7 +20,7 @@ pub(crate) fn refresh_gauges(
     assignment: &ponte_bus::consume::Assignment,
     readiness: &Readiness,
     read_model: Result<(), String>,
-    parked: &ParkedCount,
+    parked: &crate::topology::ParkedIndex,
     topic_count: usize,
 ) {
     let owned = assignment.partitions().len();

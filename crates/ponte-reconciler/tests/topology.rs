@@ -14,8 +14,8 @@ use ponte_domain::rules::RuleSet;
 use ponte_proto::compliance::v1::{self as api, OutcomeStatus};
 use ponte_proto::events::v1::{self as ev, Event, event::Record, health_follow_up::Subject};
 use ponte_reconciler::topology::{
-    Applied, FamilyMembersEntry, Input, Output, OutputKind, PersonEntry, READ_AHEAD_RUN, Topology,
-    Tx, Writes, parked_delta, person_value_in_format_2, read_parked,
+    Applied, FamilyMembersEntry, Indexed, Input, Output, OutputKind, ParkedIndex, PersonEntry,
+    READ_AHEAD_RUN, Topology, Tx, Writes, parked_delta, person_value_in_format_2, read_parked,
 };
 use proptest::prelude::*;
 use prost::Message as _;
@@ -55,9 +55,10 @@ struct Harness {
     pending: Pending,
     /// The latest change per key (`person:<nis>`, `family:<id>`).
     views: BTreeMap<String, api::ComplianceChange>,
-    /// Parked records per partition, kept from each commit's writes as the service keeps its
-    /// gauge; [`Harness::parked`] checks it against a scan.
-    parked_count: BTreeMap<i32, i64>,
+    /// The parked records, counted and indexed by identifier from each commit's writes as the
+    /// service's consumer loop keeps them; the epochs read the state through it, as the
+    /// service's do, and [`Harness::parked`] checks its counts against a scan.
+    parked: ParkedIndex,
     /// Every state key written or deleted, commit after commit.
     written: Vec<Vec<u8>>,
 }
@@ -84,6 +85,10 @@ fn pending_of(pending: &mut Pending, n: usize) -> Option<(Input, i32, String, Ve
 impl Harness {
     fn new() -> Self {
         let rules = RuleSet::from_toml_str("bolsa-familia-2023.toml", RULES).unwrap();
+        let parked = ParkedIndex::default();
+        parked
+            .reassign(&MapKv::default(), &(0..PARTITIONS).collect())
+            .unwrap();
         Harness {
             kv: MapKv::default(),
             topology: Topology::new(
@@ -94,7 +99,7 @@ impl Harness {
             outputs: Vec::new(),
             pending: BTreeMap::new(),
             views: BTreeMap::new(),
-            parked_count: BTreeMap::new(),
+            parked,
             written: Vec::new(),
         }
     }
@@ -103,9 +108,7 @@ impl Harness {
     fn commit(&mut self, (writes, outputs): (Writes, Vec<Output>)) {
         // The point reads of the commit's own bookkeeping are not the topology's: not kept.
         let reads = self.kv.1.lock().unwrap().len();
-        for (p, d) in parked_delta(&self.kv, &writes).unwrap() {
-            *self.parked_count.entry(p).or_insert(0) += d;
-        }
+        let parked = parked_delta(&self.kv, &writes).unwrap();
         self.kv.1.lock().unwrap().truncate(reads);
         let mut map = self.kv.0.lock().unwrap();
         for (k, v) in writes {
@@ -116,6 +119,7 @@ impl Harness {
             };
         }
         drop(map);
+        self.parked.add(&parked);
         for o in outputs {
             let internal = match o.kind {
                 OutputKind::Crosswalk => Some(Input::Crosswalk),
@@ -148,7 +152,8 @@ impl Harness {
 
     /// Applies one input event on its partition, without delivering what it sends onwards.
     fn apply_only(&mut self, (input, event): &(Input, Event)) -> Applied {
-        let mut tx = Tx::new(&self.kv);
+        let state = Indexed::new(&self.kv, &self.parked);
+        let mut tx = Tx::new(&state);
         tx.set_partition(partition_of(&key_of(*input, event)));
         let applied = self.topology.apply(&mut tx, *input, event).unwrap();
         let taken = tx.take();
@@ -182,7 +187,7 @@ impl Harness {
         let parked = read_parked(&self.kv, &(0..PARTITIONS).collect::<Vec<_>>()).unwrap();
         for p in 0..PARTITIONS {
             let scanned = read_parked(&self.kv, &[p]).unwrap().len();
-            let kept = self.parked_count.get(&p).copied().unwrap_or(0);
+            let kept = self.parked.records(p).unwrap();
             assert_eq!(kept, scanned as i64, "parked records of partition {p}");
         }
         parked
@@ -1220,7 +1225,8 @@ impl Harness {
                 }
             })
             .collect();
-        let mut tx = Tx::new(&self.kv);
+        let state = Indexed::new(&self.kv, &self.parked);
+        let mut tx = Tx::new(&state);
         for chunk in messages.chunks(run.max(1)) {
             tx.read_ahead(chunk.iter().flat_map(|(partition, key, message)| {
                 let keys = match message {
@@ -1353,13 +1359,16 @@ proptest! {
     /// The same holds when events are applied in epochs of any size — several events, of any
     /// partitions, in one transaction over the uncommitted state of the earlier ones, and
     /// repartition messages delivered only after their epoch's commit — as the reconciler's
-    /// epochs do, each applied in runs of any length whose state keys are read ahead.
+    /// epochs do, each applied in runs of any length whose state keys are read ahead, and
+    /// the index of parked records built again from the store every few epochs, as a new
+    /// assignment generation has it.
     #[test]
     fn epochs_of_any_size_end_in_the_views_of_one_event_at_a_time(
         order in Just((0..history().len()).collect::<Vec<_>>()).prop_shuffle(),
         sizes in proptest::collection::vec(1usize..12, 1..24),
         picks in proptest::collection::vec(0usize..8, 64),
         run in 1usize..8,
+        reindex_every in 0usize..4,
     ) {
         let events = history();
         let mut one_at_a_time = Harness::new();
@@ -1367,6 +1376,7 @@ proptest! {
         let mut epochs = Harness::new();
         let mut next = order.iter().copied();
         let mut pick = picks.iter().copied().cycle();
+        let mut reindexed = 0;
         for size in sizes.iter().copied().cycle() {
             let mut steps: Vec<Step> = (0..size)
                 .filter_map(|_| {
@@ -1382,6 +1392,11 @@ proptest! {
             }
             epochs.epoch_in_runs(&events, &steps, run);
             epochs.parked();
+            reindexed += 1;
+            if reindex_every > 0 && reindexed % reindex_every == 0 {
+                epochs.parked.clear();
+                epochs.parked.reassign(&epochs.kv, &(0..PARTITIONS).collect()).unwrap();
+            }
         }
         prop_assert_eq!(one_at_a_time.normalised(), epochs.normalised());
     }

@@ -47,7 +47,8 @@
 //!
 //! Files: this one routes an event to its stage; `identity.rs`, `person.rs` and `family.rs`
 //! are the stages; `state.rs` the epoch's view of the state ([`Tx`]) and its partitions;
-//! `tables.rs` the typed tables the stages keep in it; `person_format.rs` a person's records
+//! `tables.rs` the typed tables the stages keep in it; `parked.rs` the parked records of the
+//! owned partitions, counted and indexed by identifier; `person_format.rs` a person's records
 //! in the binary form `p/` values hold; `convert.rs` the mapping of wire records to domain
 //! records; `views.rs` the published views and the digests kept of them. The repartition
 //! messages, digests and state entries are defined in `proto/ponte/reconciler/v1`.
@@ -76,6 +77,7 @@ mod convert;
 mod family;
 mod household;
 mod identity;
+mod parked;
 mod person;
 mod person_format;
 mod state;
@@ -83,6 +85,7 @@ mod tables;
 mod views;
 
 use convert::*;
+pub use parked::*;
 pub use state::*;
 use tables::*;
 use views::*;

@@ -1,6 +1,5 @@
 //! The state a topology reads and writes: the store behind it ([`Kv`]), an epoch's
-//! uncommitted writes and outputs ([`Tx`]), the partition prefix of every key, and reads of
-//! the parked records of a partition.
+//! uncommitted writes and outputs ([`Tx`]) and the partition prefix of every key.
 use super::*;
 use std::collections::HashMap;
 
@@ -326,68 +325,6 @@ pub(super) fn corrupt(key: &[u8], e: impl std::fmt::Display) -> ReconcilerError 
         key: String::from_utf8_lossy(key).into_owned(),
         reason: e.to_string(),
     }
-}
-
-// ---- reads of the local (partitioned) state ------------------------------------------------
-
-/// How many health records are parked in the partitions `partitions`.
-pub fn count_parked(kv: &dyn Kv, partitions: &[i32]) -> Result<usize, ReconcilerError> {
-    let mut n = 0;
-    for &p in partitions {
-        n += kv
-            .scan(&[partition_prefix(p), PARKED.key_prefix()].concat())?
-            .len();
-    }
-    Ok(n)
-}
-
-/// How a batch's `writes` change the number of parked health records per partition, against
-/// the committed state `base` they are about to be written over. Lets the service keep the
-/// count from each commit instead of scanning the parked records ([`count_parked`] is for a
-/// partition just taken): with 10 M people loaded at once, 3 M records were parked and the
-/// scan took most of the reconciler's time.
-pub fn parked_delta(base: &dyn Kv, writes: &Writes) -> Result<BTreeMap<i32, i64>, ReconcilerError> {
-    let mut delta = BTreeMap::new();
-    for (k, v) in writes {
-        let Some(p) = parked_partition(k) else {
-            continue;
-        };
-        let before = i64::from(base.get(k)?.is_some());
-        let after = i64::from(v.is_some());
-        if after != before {
-            *delta.entry(p).or_insert(0) += after - before;
-        }
-    }
-    Ok(delta)
-}
-
-/// The partition of a parked health record's key (the full key, partition prefix included);
-/// `None` for every other key.
-pub(super) fn parked_partition(full_key: &[u8]) -> Option<i32> {
-    let p = key_partition(full_key)?;
-    full_key[partition_prefix(p).len()..]
-        .starts_with(&PARKED.key_prefix())
-        .then_some(p)
-}
-
-/// Parked health records of the partitions `partitions`: (identifier, event).
-pub fn read_parked(
-    kv: &dyn Kv,
-    partitions: &[i32],
-) -> Result<Vec<(String, Event)>, ReconcilerError> {
-    let mut out = Vec::new();
-    for &p in partitions {
-        let prefix = [partition_prefix(p), PARKED.key_prefix()].concat();
-        for (k, v) in kv.scan(&prefix)? {
-            let rest = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
-            let alt = rest.split('/').next().unwrap_or_default().to_owned();
-            out.push((
-                alt,
-                <Event as prost::Message>::decode(v.as_slice()).map_err(|e| corrupt(&k, e))?,
-            ));
-        }
-    }
-    Ok(out)
 }
 
 #[cfg(test)]
