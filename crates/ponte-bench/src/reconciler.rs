@@ -13,7 +13,7 @@ use ponte_proto::events::v1::Event;
 use ponte_reconciler::readmodel::{self, ChangeRecord};
 use ponte_reconciler::topology::{
     Applied, Indexed, Input, Kv, OutputKind, ParkedIndex, READ_AHEAD_RUN, Topology, Tx,
-    key_partition, parked_delta,
+    batch_bytes, key_partition, parked_delta,
 };
 use ponte_store::{Durability, Memory, Store};
 
@@ -179,7 +179,7 @@ pub(crate) fn run(
         // The commit's effect on the parked records, read before it is written (as the
         // service's commit does, with or without the index).
         let parked_delta = parked_delta(&store, &writes)?;
-        let mut w = store.batch();
+        let mut w = store.batch_with_capacity(batch_bytes(&writes));
         for (k, v) in &writes {
             match v {
                 Some(v) => w.put(k, v),

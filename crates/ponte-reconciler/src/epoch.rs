@@ -27,11 +27,12 @@ use ponte_bus::transact::{Transactional, TxError};
 use ponte_bus::{KafkaConfig, Topic, TopicsConfig};
 use ponte_store::Store;
 use rdkafka::consumer::Consumer;
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use crate::ReconcilerError;
 use crate::restore::Marker;
-use crate::topology::{Output, OutputKind, ParkedDelta, Tx, Writes, key_partition};
+use crate::topology::{Output, OutputKind, ParkedDelta, Tx, Writes, batch_bytes, key_partition};
 
 /// Where each kind of output goes: topic, Kafka `ponte-event-type` header and metric label.
 #[derive(Debug, Clone)]
@@ -336,7 +337,7 @@ impl Committer {
             Ok(changelog_ends) => {
                 self.faults.reach(FaultPoint::Committed);
                 let applying = Instant::now();
-                let mut w = self.store.batch();
+                let mut w = self.store.batch_with_capacity(batch_bytes(&writes));
                 for (k, v) in &writes {
                     match v {
                         Some(v) => w.put(k, v),
@@ -466,13 +467,7 @@ impl Epoch<'_> {
         let mut started = Instant::now();
         let mut deliveries = Vec::with_capacity(self.outputs.len() + self.writes.len());
         for o in self.outputs {
-            let headers = EventHeaders {
-                event_type: o.kind.event_type().to_owned(),
-                schema: o.kind.schema().to_owned(),
-                source: "reconciler".to_owned(),
-                trace_id: String::new(),
-            }
-            .to_kafka();
+            let headers = headers_of(o.kind);
             let d = producer.send(
                 self.routes.topic(o.kind),
                 None,
@@ -516,6 +511,26 @@ impl Epoch<'_> {
     }
 }
 
+/// The headers of an output. The repartition topics' messages carry only `ponte-schema`, the
+/// one header the reconciler reads back: each header is an allocation where the message is sent
+/// and another where it is read, and these messages are most of what the reconciler consumes.
+/// The outputs other services read carry the event type and source as well.
+fn headers_of(kind: OutputKind) -> OwnedHeaders {
+    if kind.is_internal() {
+        return OwnedHeaders::new_with_capacity(1).insert(Header {
+            key: ponte_bus::headers::SCHEMA,
+            value: Some(kind.schema().as_bytes()),
+        });
+    }
+    EventHeaders {
+        event_type: kind.event_type().to_owned(),
+        schema: kind.schema().to_owned(),
+        source: "reconciler".to_owned(),
+        trace_id: String::new(),
+    }
+    .to_kafka()
+}
+
 /// Records how long a step of a committed epoch took
 /// (`ponte_reconciler_commit_phase_seconds{phase}`), and returns when the next step starts.
 /// The steps: `send` (outputs and changelog entries handed to the producer), `acknowledged`
@@ -553,6 +568,49 @@ mod tests {
             key: key.to_owned(),
             payload: Some(payload.as_bytes().to_vec()),
             partition: 0,
+        }
+    }
+
+    #[test]
+    fn repartition_messages_carry_only_the_schema_and_the_outputs_others_read_all_four() {
+        use crate::topology::INTERNAL_SCHEMA;
+        use rdkafka::message::Headers as _;
+        let names = |kind| -> Vec<(String, String)> {
+            headers_of(kind)
+                .iter()
+                .map(|h| {
+                    let value = String::from_utf8_lossy(h.value.unwrap_or_default());
+                    (h.key.to_owned(), value.into_owned())
+                })
+                .collect()
+        };
+        for kind in [
+            OutputKind::Crosswalk,
+            OutputKind::HealthByNis,
+            OutputKind::Member,
+        ] {
+            assert_eq!(
+                names(kind),
+                [("ponte-schema".to_owned(), INTERNAL_SCHEMA.to_owned())],
+                "{kind:?}"
+            );
+        }
+        for kind in [
+            OutputKind::Change,
+            OutputKind::Alert,
+            OutputKind::DeadLetter,
+        ] {
+            let keys: Vec<String> = names(kind).into_iter().map(|(k, _)| k).collect();
+            assert_eq!(
+                keys,
+                [
+                    "ponte-event-type",
+                    "ponte-schema",
+                    "ponte-source",
+                    "ponte-trace-id"
+                ],
+                "{kind:?}"
+            );
         }
     }
 

@@ -560,7 +560,7 @@ pub fn apply(
     records: &[ChangeRecord],
 ) -> Result<ApplyStats, ReconcilerError> {
     let (writes, next, stats) = stage(store, topic, records)?;
-    let mut w = store.batch();
+    let mut w = store.batch_with_capacity(crate::topology::batch_bytes(&writes));
     for (k, v) in &writes {
         match v {
             Some(v) => w.put(k, v),

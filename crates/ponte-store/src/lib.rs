@@ -576,6 +576,20 @@ impl Store {
             batch: Batch::default(),
         }
     }
+
+    /// Starts an empty batch with room for about `bytes` of keys and values: a batch grows by
+    /// copying itself whole into an allocation twice the size, which for an epoch's megabytes
+    /// of state is a dozen copies and as many large allocations.
+    pub fn batch_with_capacity(&self, bytes: usize) -> BatchWriter<'_> {
+        BatchWriter {
+            store: self,
+            batch: Batch {
+                // And the batch's 12-byte header.
+                inner: WriteBatch::with_capacity_bytes(bytes.saturating_add(12)),
+                ops: 0,
+            },
+        }
+    }
 }
 
 /// Builds a [`Batch`] against a store (it needs the store's column family handles).

@@ -6,6 +6,18 @@ use std::collections::HashMap;
 /// State changes of a transaction: `Some` puts, `None` deletes.
 pub type Writes = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
 
+/// About how many bytes a store write batch of `writes` takes, with room for a few more small
+/// entries (positions, offsets): what [`ponte_store::Store::batch_with_capacity`] is given.
+pub fn batch_bytes(writes: &Writes) -> usize {
+    // An entry's kind, column family and two lengths: at most 16 bytes for these sizes.
+    const ENTRY: usize = 16;
+    writes
+        .iter()
+        .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len) + ENTRY)
+        .sum::<usize>()
+        + 64 * 2 * ENTRY
+}
+
 /// Reads committed state.
 pub trait Kv {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ReconcilerError>;
@@ -90,6 +102,14 @@ impl OutputKind {
             OutputKind::Member => "member",
             OutputKind::DeadLetter => "dead_letter",
         }
+    }
+
+    /// True for the reconciler's own repartition topics, which only it reads.
+    pub fn is_internal(self) -> bool {
+        matches!(
+            self,
+            OutputKind::Crosswalk | OutputKind::HealthByNis | OutputKind::Member
+        )
     }
 
     /// The `ponte-event-type` header of the published message.
