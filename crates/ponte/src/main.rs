@@ -4,9 +4,11 @@
 
 /// mimalloc instead of glibc's allocator: the reconciler allocates and frees many small
 /// buffers per event (decoded records, views, keys), and with glibc's allocator that was about
-/// a third of its time (docs/benchmarks.md, "Where the time goes"). Built without asking the
-/// kernel for transparent huge pages (the `no_thp` feature, workspace `Cargo.toml`): zeroing a
-/// fresh 2 MiB page on first touch was a fifth of an adapter's CPU.
+/// a third of its time (docs/benchmarks.md, "Where the time goes"). The C and C++ libraries
+/// (RocksDB, librdkafka) allocate through it too: the `override` feature (workspace
+/// `Cargo.toml`) makes the binary define `malloc` and `free`. Built without asking the kernel
+/// for transparent huge pages (the `no_thp` feature): zeroing a fresh 2 MiB page on first
+/// touch was a fifth of an adapter's CPU.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
