@@ -273,17 +273,6 @@ impl Kv for Indexed<'_> {
     }
 }
 
-/// How many health records are parked in the partitions `partitions` (one scan each).
-pub fn count_parked(kv: &dyn Kv, partitions: &[i32]) -> Result<usize, ReconcilerError> {
-    let mut n = 0;
-    for &p in partitions {
-        n += kv
-            .scan(&[partition_prefix(p), PARKED.key_prefix()].concat())?
-            .len();
-    }
-    Ok(n)
-}
-
 /// Parked health records of the partitions `partitions`: (identifier, event).
 pub fn read_parked(
     kv: &dyn Kv,
