@@ -203,22 +203,23 @@ impl ParkedDelta {
 /// What `writes` do to the parked records, against the committed state `base` they are about
 /// to be written over (the parked keys among them read in one batched lookup).
 pub fn parked_delta(base: &dyn Kv, writes: &Writes) -> Result<ParkedDelta, ReconcilerError> {
-    let parked: Vec<(&Vec<u8>, bool)> = writes
+    // (key, where it is parked, whether the epoch parks it), each key parsed once.
+    let parked: Vec<(&Vec<u8>, (i32, u32), bool)> = writes
         .iter()
-        .filter(|(k, _)| parked_key(k).is_some())
-        .map(|(k, v)| (k, v.is_some()))
+        .filter_map(|(k, v)| {
+            let (p, alt) = parked_key(k)?;
+            Some((k, (p, alt_hash(alt)), v.is_some()))
+        })
         .collect();
     let mut delta = ParkedDelta::default();
     if parked.is_empty() {
         return Ok(delta);
     }
-    let keys: Vec<Vec<u8>> = parked.iter().map(|(k, _)| (*k).clone()).collect();
-    for ((k, after), before) in parked.into_iter().zip(base.get_many(&keys)?) {
+    let keys: Vec<Vec<u8>> = parked.iter().map(|(k, _, _)| (*k).clone()).collect();
+    for ((_, group, after), before) in parked.into_iter().zip(base.get_many(&keys)?) {
         let d = i64::from(after) - i64::from(before.is_some());
-        if d != 0
-            && let Some((p, alt)) = parked_key(k)
-        {
-            *delta.0.entry((p, alt_hash(alt))).or_insert(0) += d;
+        if d != 0 {
+            *delta.0.entry(group).or_insert(0) += d;
         }
     }
     delta.0.retain(|_, d| *d != 0);
