@@ -108,8 +108,9 @@ pub(crate) fn run(
             )?,
         );
     }
-    // The reconciler's default `state_memory_mb`.
-    let store = Store::open_with(state, Durability::Process, Memory::mib(256))?;
+    // The reconciler's default `state_memory_mb`, and its durability: no write-ahead log (the
+    // service's state is the changelog's; a log here would be work the service does not do).
+    let store = Store::open_with(state, Durability::Rebuildable, Memory::mib(256))?;
     // The reconciler's default `read_model_memory_mb`.
     let read = Store::open_with_layout(
         state.join("read"),
