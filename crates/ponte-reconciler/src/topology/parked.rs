@@ -184,10 +184,13 @@ impl ParkedIndex {
     }
 }
 
-/// What an epoch's writes do to the parked records: per (partition, identifier hash), records
-/// parked minus records taken out of parking.
+/// Where records are parked, as the index counts them: (partition, identifier hash).
+type ParkedGroup = (i32, u32);
+
+/// What an epoch's writes do to the parked records: per [`ParkedGroup`], records parked minus
+/// records taken out of parking.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct ParkedDelta(BTreeMap<(i32, u32), i64>);
+pub struct ParkedDelta(BTreeMap<ParkedGroup, i64>);
 
 impl ParkedDelta {
     /// Records parked minus records taken out of parking, per partition.
@@ -203,20 +206,20 @@ impl ParkedDelta {
 /// What `writes` do to the parked records, against the committed state `base` they are about
 /// to be written over (the parked keys among them read in one batched lookup).
 pub fn parked_delta(base: &dyn Kv, writes: &Writes) -> Result<ParkedDelta, ReconcilerError> {
-    // (key, where it is parked, whether the epoch parks it), each key parsed once.
-    let parked: Vec<(&Vec<u8>, (i32, u32), bool)> = writes
+    // The parked keys written, and for each where it is parked and whether the epoch parks it;
+    // each key parsed once.
+    let (keys, parked): (Vec<Vec<u8>>, Vec<(ParkedGroup, bool)>) = writes
         .iter()
         .filter_map(|(k, v)| {
             let (p, alt) = parked_key(k)?;
-            Some((k, (p, alt_hash(alt)), v.is_some()))
+            Some((k.clone(), ((p, alt_hash(alt)), v.is_some())))
         })
-        .collect();
+        .unzip();
     let mut delta = ParkedDelta::default();
-    if parked.is_empty() {
+    if keys.is_empty() {
         return Ok(delta);
     }
-    let keys: Vec<Vec<u8>> = parked.iter().map(|(k, _, _)| (*k).clone()).collect();
-    for ((_, group, after), before) in parked.into_iter().zip(base.get_many(&keys)?) {
+    for ((group, after), before) in parked.into_iter().zip(base.get_many(&keys)?) {
         let d = i64::from(after) - i64::from(before.is_some());
         if d != 0 {
             *delta.0.entry(group).or_insert(0) += d;
