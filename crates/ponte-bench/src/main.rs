@@ -90,6 +90,10 @@ enum Cmd {
         /// as the service did before it kept an index of them (for comparisons in one build).
         #[arg(long)]
         no_parked_index: bool,
+        /// Compacts the state store level by level, as the service did before it compacted
+        /// it by size tiers (`ponte_store::Layout::Leveled`; for comparisons in one build).
+        #[arg(long)]
+        state_leveled: bool,
     },
     /// The read model's store alone at a population's scale: the views of the `--people`
     /// population (through the topology in-process) written again under new keys, `--changes`
@@ -262,6 +266,7 @@ async fn main() -> anyhow::Result<()> {
             batch,
             no_read_ahead,
             no_parked_index,
+            state_leveled,
         } => {
             let state = e2e::work_dir(&work, &format!("reconciler-state-{}", &id[..8]))?;
             let load = machine_load_start();
@@ -269,9 +274,18 @@ async fn main() -> anyhow::Result<()> {
             let how = reconciler::How {
                 read_ahead: !no_read_ahead,
                 parked_index: !no_parked_index,
+                state_layout: if state_leveled {
+                    ponte_store::Layout::Leveled
+                } else {
+                    ponte_reconciler::topology::STATE_LAYOUT
+                },
             };
+            let cpu_before = e2e::cpu_seconds(std::process::id());
             let f = reconciler::run(&data, &state, batch, now, 0, how)?;
             let wall = started.elapsed().as_secs_f64();
+            let cpu = e2e::cpu_seconds(std::process::id())
+                .zip(cpu_before)
+                .map(|(after, before)| after - before);
             let busy = f.apply + f.commit;
             println!("== reconciler alone (in-process, 1 thread, RocksDB, batches of {batch})");
             println!("events             {}", f.events);
@@ -304,6 +318,30 @@ async fn main() -> anyhow::Result<()> {
                     .join(", ")
             );
             println!(
+                "state write bytes  {} per write by table",
+                f.bytes_by_table
+                    .iter()
+                    .map(|(t, b)| format!(
+                        "{t}/ {:.0}",
+                        *b as f64 / f.writes_by_table.get(t).copied().unwrap_or(1).max(1) as f64
+                    ))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            for (name, stats) in [("state", f.state_writes), ("read model", f.read_writes)] {
+                match stats {
+                    Some(w) => println!(
+                        "{name:<10} store   flushes wrote {:.1} MiB; flushes and compactions {:.1} MiB ({:.1}× what was flushed) in {:.1} s; writes stalled {:.1} s",
+                        w.flushed_bytes as f64 / 1048576.0,
+                        w.written_bytes as f64 / 1048576.0,
+                        w.amplification(),
+                        w.seconds,
+                        w.stall_seconds
+                    ),
+                    None => println!("{name:<10} store   no compaction report"),
+                }
+            }
+            println!(
                 "read model         {:.2} s  ({:.1} µs/change, {} changes applied as the service's read model applies them; not in the throughput below)",
                 f.read_model.as_secs_f64(),
                 f.read_model.as_secs_f64() * 1e6 / f.changes.max(1) as f64,
@@ -318,6 +356,12 @@ async fn main() -> anyhow::Result<()> {
                 "state on disk      {:.1} MiB",
                 f.state_bytes as f64 / 1048576.0
             );
+            if let Some(cpu) = cpu {
+                println!(
+                    "process CPU        {cpu:.1} s over {wall:.1} s: the loop's thread (at most {wall:.1} s) and RocksDB's (at least {:.1} s)",
+                    (cpu - wall).max(0.0)
+                );
+            }
             machine_load_end(load, wall);
             let _ = std::fs::remove_dir_all(&state);
         }

@@ -15,7 +15,7 @@ use ponte_reconciler::topology::{
     Applied, Indexed, Input, Kv, OutputKind, ParkedIndex, READ_AHEAD_RUN, Topology, Tx,
     batch_bytes, key_partition, parked_delta,
 };
-use ponte_store::{Durability, Memory, Store};
+use ponte_store::{Durability, Layout, Memory, Store, WriteStats};
 
 const RULES: &str = include_str!("../../../rules/bolsa-familia-2023.toml");
 
@@ -41,6 +41,11 @@ pub(crate) struct Figures {
     /// State writes (each one changelog entry in the service) by table: the key's part between
     /// the partition prefix and the next `/` (`p`, `fm`, `x`, `e`, `k`, `f`, `h`).
     pub(crate) writes_by_table: std::collections::BTreeMap<String, u64>,
+    /// Bytes of those writes (key and value; a delete its key), by table.
+    pub(crate) bytes_by_table: std::collections::BTreeMap<String, u64>,
+    /// What the state store's and the read model's flushes and compactions wrote.
+    pub(crate) state_writes: Option<WriteStats>,
+    pub(crate) read_writes: Option<WriteStats>,
     /// The latest change payload of the first `keep_views` keys whose view changed (key as on
     /// the changes topic: `person:<nis>`, `family:<id>`), for benchmarks that need real views.
     pub(crate) views: std::collections::HashMap<String, Vec<u8>>,
@@ -76,6 +81,8 @@ pub(crate) struct How {
     pub(crate) read_ahead: bool,
     /// Scans of an identifier's parked records answered from the index when it rules them out.
     pub(crate) parked_index: bool,
+    /// How the state store is laid out.
+    pub(crate) state_layout: Layout,
 }
 
 impl How {
@@ -83,6 +90,7 @@ impl How {
     pub(crate) const SERVICE: How = How {
         read_ahead: true,
         parked_index: true,
+        state_layout: ponte_reconciler::topology::STATE_LAYOUT,
     };
 }
 
@@ -97,6 +105,7 @@ pub(crate) fn run(
     let How {
         read_ahead,
         parked_index,
+        state_layout,
     } = how;
     let rules = RuleSet::from_toml_str("bolsa-familia-2023.toml", RULES)?;
     let mut topology = Topology::new(rules, Month::parse("2025-01")?, Month::parse("2025-12")?);
@@ -110,7 +119,12 @@ pub(crate) fn run(
     }
     // The reconciler's default `state_memory_mb`, and its durability: no write-ahead log (the
     // service's state is the changelog's; a log here would be work the service does not do).
-    let store = Store::open_with(state, Durability::Rebuildable, Memory::mib(256))?;
+    let store = Store::open_with_layout(
+        state,
+        Durability::Rebuildable,
+        Memory::mib(256),
+        state_layout,
+    )?;
     // The reconciler's default `read_model_memory_mb`.
     let read = Store::open_with_layout(
         state.join("read"),
@@ -174,8 +188,11 @@ pub(crate) fn run(
         topology.finish(&mut tx)?;
         let (writes, outputs) = tx.take();
         let applied = Instant::now();
-        for k in writes.keys() {
-            *figures.writes_by_table.entry(table_of(k)).or_default() += 1;
+        for (k, v) in &writes {
+            let table = table_of(k);
+            *figures.bytes_by_table.entry(table.clone()).or_default() +=
+                (k.len() + v.as_ref().map_or(0, Vec::len)) as u64;
+            *figures.writes_by_table.entry(table).or_default() += 1;
         }
         // The commit's effect on the parked records, read before it is written (as the
         // service's commit does, with or without the index).
@@ -248,5 +265,7 @@ pub(crate) fn run(
         }
     }
     figures.state_bytes = store.approximate_size_bytes();
+    figures.state_writes = store.write_stats();
+    figures.read_writes = read.write_stats();
     Ok(figures)
 }

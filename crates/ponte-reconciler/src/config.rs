@@ -57,6 +57,29 @@ pub struct ReconcilerConfig {
     pub state_memory_mb: usize,
     /// Memory of the read model's store, MiB.
     pub read_model_memory_mb: usize,
+    /// How the state store is compacted (`state_compaction`).
+    pub state_compaction: StateCompaction,
+}
+
+/// How the state store is compacted: the trade between the CPU its compactions take and the
+/// disk it holds (docs/operations.md, "Epochs").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateCompaction {
+    /// By size tiers (`"tiers"`, the default): each value rewritten fewer times, the store up
+    /// to about three times its live size on disk before a whole merge.
+    Tiers,
+    /// Level by level (`"levels"`): more CPU and disk writes, the store about its live size.
+    Levels,
+}
+
+impl StateCompaction {
+    /// The store layout it stands for.
+    pub fn layout(self) -> ponte_store::Layout {
+        match self {
+            StateCompaction::Tiers => crate::topology::STATE_LAYOUT,
+            StateCompaction::Levels => ponte_store::Layout::Leveled,
+        }
+    }
 }
 
 /// The section as written; [`ReconcilerConfig`] is what it means.
@@ -79,6 +102,12 @@ struct RawConfig {
     monitor_to: Month,
     state_memory_mb: usize,
     read_model_memory_mb: usize,
+    #[serde(default = "default_state_compaction")]
+    state_compaction: String,
+}
+
+fn default_state_compaction() -> String {
+    "tiers".to_owned()
 }
 
 /// `value` in milliseconds when it lies in `min..=max`, else what the key must be.
@@ -121,7 +150,17 @@ impl TryFrom<RawConfig> for ReconcilerConfig {
                 ));
             }
         }
+        let state_compaction = match raw.state_compaction.as_str() {
+            "tiers" => StateCompaction::Tiers,
+            "levels" => StateCompaction::Levels,
+            other => {
+                return Err(format!(
+                    "reconciler.state_compaction: {other:?} is not \"tiers\" or \"levels\""
+                ));
+            }
+        };
         Ok(Self {
+            state_compaction,
             batch_linger: millis("batch_linger_ms", raw.batch_linger_ms, 0, 60_000)?,
             transaction_timeout: millis(
                 "transaction_timeout_ms",
@@ -225,7 +264,27 @@ mod tests {
         assert_eq!(cfg.transaction_timeout, Duration::from_secs(10));
         assert_eq!(cfg.session_timeout, Duration::from_secs(45));
         assert_eq!(cfg.monitor_from, Month::parse("2025-01").unwrap());
+        assert_eq!(cfg.state_compaction, StateCompaction::Tiers);
         assert!(topology_from(&cfg).is_ok());
+    }
+
+    #[test]
+    fn the_state_store_is_compacted_by_size_tiers_unless_levels_are_asked_for() {
+        let levels = parse(&[("state_compaction", "\"levels\"")]).unwrap();
+        assert_eq!(levels.state_compaction, StateCompaction::Levels);
+        assert_eq!(
+            levels.state_compaction.layout(),
+            ponte_store::Layout::Leveled
+        );
+        let tiers = parse(&[("state_compaction", "\"tiers\"")]).unwrap();
+        assert_eq!(
+            tiers.state_compaction.layout(),
+            crate::topology::STATE_LAYOUT
+        );
+        assert!(matches!(
+            crate::topology::STATE_LAYOUT,
+            ponte_store::Layout::Tiered { .. }
+        ));
     }
 
     #[test]
@@ -269,6 +328,11 @@ mod tests {
                 "reconciler.session_timeout_ms",
             ),
             ("state_memory_mb", "1", "reconciler.state_memory_mb"),
+            (
+                "state_compaction",
+                "\"sideways\"",
+                "reconciler.state_compaction",
+            ),
             ("group_id", "\" \"", "reconciler.group_id"),
             ("batch_lingr_ms", "5", "batch_lingr_ms"),
         ] {

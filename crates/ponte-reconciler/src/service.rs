@@ -144,10 +144,11 @@ pub async fn run(
             .map_err(|e| startup(format!("creating {}: {e}", dir.display())))?;
     }
     // No write-ahead log: the changelog is the state's durability, the store a cache of it.
-    let store = Store::open_with(
+    let store = Store::open_with_layout(
         &state_dir,
         Durability::Rebuildable,
         Memory::mib(cfg.state_memory_mb),
+        cfg.state_compaction.layout(),
     )?;
     // No write-ahead log either: the read model is the changes topic's, and its offsets are
     // written with the views they led to. A crash loses what was not flushed yet, views and

@@ -105,6 +105,17 @@ pub enum Layout {
     /// an index or data block, every sorted run that holds none of it ([`Store::scan_prefix`]).
     #[default]
     Leveled,
+    /// As [`Layout::Leveled`] (values beside their keys, scan groups in the filters), but
+    /// compacted by size tiers (universal compaction): each key is rewritten about
+    /// log_width(keys / keys per flush) times instead of about ten times per level, for more
+    /// sorted runs to probe on each read (their filters rule most out).
+    Tiered {
+        /// As [`Layout::LargeValues`]'s `merge_width`.
+        merge_width: u32,
+        /// As [`Layout::LargeValues`]'s `space_amp_percent`; here the tables hold the values,
+        /// so the store may take up to this much more disk before a whole merge.
+        space_amp_percent: u32,
+    },
     /// Large values overwritten often (the read model's views): values of at least
     /// `min_blob_bytes` go to LZ4-compressed blob files of their own, the tables holding only
     /// a reference (RocksDB's integrated BlobDB), and the keys are compacted by size tiers
@@ -214,7 +225,7 @@ fn options(memory: Memory, durability: Durability, layout: Layout) -> (Options, 
     cf.set_level_compaction_dynamic_level_bytes(true);
     let offsets = cf.clone();
     let mut state = cf;
-    if layout == Layout::Leveled {
+    if matches!(layout, Layout::Leveled | Layout::Tiered { .. }) {
         // Scan groups in the filters (the whole keys stay there too, for point reads): the
         // identity stage scans the records parked under each identifier a profile claims and
         // nearly always finds none; without them every such scan seeked an index and a data
@@ -227,13 +238,19 @@ fn options(memory: Memory, durability: Durability, layout: Layout) -> (Options, 
         ));
         state.set_memtable_prefix_bloom_ratio(0.02);
     }
-    if let Layout::LargeValues {
-        min_blob_bytes,
-        merge_width,
-        space_amp_percent,
-        blob_gc,
-    } = layout
-    {
+    let tiers = match layout {
+        Layout::Leveled => None,
+        Layout::Tiered {
+            merge_width,
+            space_amp_percent,
+        }
+        | Layout::LargeValues {
+            merge_width,
+            space_amp_percent,
+            ..
+        } => Some((merge_width, space_amp_percent)),
+    };
+    if let Some((merge_width, space_amp_percent)) = tiers {
         let width = merge_width.max(2);
         let mut universal = rocksdb::UniversalCompactOptions::default();
         universal.set_min_merge_width(width as i32);
@@ -246,6 +263,13 @@ fn options(memory: Memory, durability: Durability, layout: Layout) -> (Options, 
         state.set_level_zero_file_num_compaction_trigger(trigger);
         state.set_level_zero_slowdown_writes_trigger((5 * trigger).max(20));
         state.set_level_zero_stop_writes_trigger((8 * trigger).max(36));
+    }
+    if let Layout::LargeValues {
+        min_blob_bytes,
+        blob_gc,
+        ..
+    } = layout
+    {
         state.set_enable_blob_files(true);
         state.set_min_blob_size(min_blob_bytes);
         state.set_blob_compression_type(rocksdb::DBCompressionType::Lz4);
@@ -254,6 +278,61 @@ fn options(memory: Memory, durability: Durability, layout: Layout) -> (Options, 
         state.set_blob_cache(&cache);
     }
     (db, state, offsets)
+}
+
+/// What a store's flushes and compactions wrote ([`Store::write_stats`]).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct WriteStats {
+    /// Bytes the flushes wrote: the memtables' contents as tables (and blob files).
+    pub flushed_bytes: u64,
+    /// Bytes flushes and compactions wrote together (RocksDB counts a flush as a compaction
+    /// into level 0).
+    pub written_bytes: u64,
+    /// Seconds flushes and compactions took together (their threads' wall time).
+    pub seconds: f64,
+    /// Seconds the store's writers were slowed down or stopped while flushes or compactions
+    /// caught up (the whole database's, both families).
+    pub stall_seconds: f64,
+}
+
+impl WriteStats {
+    /// Written bytes per flushed byte: how many times compactions rewrote what was flushed,
+    /// plus the flush itself.
+    pub fn amplification(&self) -> f64 {
+        self.written_bytes as f64 / self.flushed_bytes.max(1) as f64
+    }
+
+    /// Reads the cumulative figures of a `rocksdb.cfstats` report (the lines `Flush(GB):
+    /// cumulative <GB>, …` and `Cumulative compaction: <GB> GB write, …, <s> seconds`) and of a
+    /// `rocksdb.dbstats` report (`Cumulative stall: <HH:MM:SS.mmm> H:M:S, …`).
+    fn parse(report: &str, db_report: &str) -> Option<Self> {
+        const GB: f64 = (1u64 << 30) as f64;
+        let number = |s: &str| s.trim().parse::<f64>().ok();
+        let mut flushed = None;
+        let mut written = None;
+        let mut seconds = None;
+        for line in report.lines() {
+            if let Some(rest) = line.strip_prefix("Flush(GB): cumulative ") {
+                flushed = number(rest.split(',').next()?);
+            } else if let Some(rest) = line.strip_prefix("Cumulative compaction: ") {
+                let mut fields = rest.split(',');
+                written = number(fields.next()?.strip_suffix("GB write")?);
+                seconds = number(fields.next_back()?.strip_suffix("seconds")?);
+            }
+        }
+        let stall = db_report.lines().find_map(|line| {
+            let hms = line.strip_prefix("Cumulative stall: ")?.split(' ').next()?;
+            let mut parts = hms.split(':');
+            let (h, m, s) = (parts.next()?, parts.next()?, parts.next()?);
+            Some(number(h)? * 3600.0 + number(m)? * 60.0 + number(s)?)
+        });
+        Some(Self {
+            flushed_bytes: (flushed? * GB) as u64,
+            written_bytes: (written? * GB) as u64,
+            seconds: seconds?,
+            stall_seconds: stall?,
+        })
+    }
 }
 
 /// A RocksDB-backed state store. Cheap to clone; all clones share one database.
@@ -529,6 +608,19 @@ impl Store {
         .sum()
     }
 
+    /// What the state family's flushes and compactions wrote since the store was opened, from
+    /// RocksDB's `rocksdb.cfstats` report (benchmarks: a store's write amplification and the
+    /// background CPU it costs); `None` if the report does not hold the figures.
+    pub fn write_stats(&self) -> Option<WriteStats> {
+        let report = self
+            .db
+            .property_value_cf(self.cf(CF_STATE), "rocksdb.cfstats")
+            .ok()
+            .flatten()?;
+        let db_report = self.db.property_value("rocksdb.dbstats").ok().flatten()?;
+        WriteStats::parse(&report, &db_report)
+    }
+
     /// An integer property of the state family (`rocksdb.compaction-pending`,
     /// `rocksdb.total-blob-file-size`, …; RocksDB's `include/rocksdb/db.h` lists them), for
     /// benchmarks and metrics; `None` if RocksDB does not know it.
@@ -726,12 +818,93 @@ mod tests {
     }
 
     #[test]
+    fn write_stats_count_what_flushes_and_compactions_wrote() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let before = store.write_stats().unwrap();
+        assert_eq!(before.flushed_bytes, 0);
+        assert_eq!(before.written_bytes, 0);
+        // Three flushed tables (fewer than trigger a compaction), then one compaction of them
+        // all: what the compaction wrote comes on top of what the flushes did. RocksDB reports
+        // gigabytes to two decimals, so the tables are large; the values do not compress (the
+        // compaction's output, on the last level, is compressed).
+        let mut seed = 0x9e37_79b9_u32;
+        for round in 0..3u32 {
+            let mut b = store.batch();
+            for k in 0..2000u32 {
+                let value: Vec<u8> = (0..4096)
+                    .map(|_| {
+                        seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                        (seed >> 24) as u8
+                    })
+                    .collect();
+                // Interleaved keys: the tables overlap, so the compaction rewrites them all.
+                b.put(format!("0001/p/{:06}", k * 3 + round).as_bytes(), &value);
+            }
+            b.commit().unwrap();
+            store.flush().unwrap();
+        }
+        let flushed = store.write_stats().unwrap();
+        assert!(
+            flushed.flushed_bytes > 3 * 2000 * 4096 / 2,
+            "{flushed:?}: three flushes of 8 MB"
+        );
+        store
+            .db
+            .compact_range_cf(store.cf(CF_STATE), None::<&[u8]>, None::<&[u8]>);
+        let compacted = store.write_stats().unwrap();
+        assert_eq!(compacted.flushed_bytes, flushed.flushed_bytes);
+        assert!(
+            compacted.written_bytes > flushed.written_bytes,
+            "{flushed:?} then {compacted:?}"
+        );
+        assert!(compacted.amplification() > 1.0, "{compacted:?}");
+    }
+
+    #[test]
+    fn write_stats_are_read_from_rocksdbs_report() {
+        let report = "Uptime(secs): 10.0 total, 10.0 interval\n\
+                      Flush(GB): cumulative 2.500, interval 0.100\n\
+                      AddFile(GB): cumulative 0.000, interval 0.000\n\
+                      Cumulative compaction: 7.50 GB write, 1.00 MB/s write, 5.00 GB read, 0.50 MB/s read, 42.5 seconds\n\
+                      Interval compaction: 0.10 GB write, 1.00 MB/s write, 0.10 GB read, 0.50 MB/s read, 1.0 seconds\n";
+        let db_report = "Cumulative WAL: 0 writes, 0 syncs, 0.00 writes per sync, written: 0.00 GB, 0.00 MB/s\n\
+                         Cumulative stall: 01:02:03.500 H:M:S, 4.2 percent\n\
+                         Interval stall: 00:00:1.000 H:M:S, 0.1 percent\n";
+        let stats = WriteStats::parse(report, db_report).unwrap();
+        assert_eq!(stats.flushed_bytes, 5 << 29);
+        assert_eq!(stats.written_bytes, 15 << 29);
+        assert_eq!(stats.seconds, 42.5);
+        assert_eq!(stats.stall_seconds, 3723.5);
+        assert_eq!(stats.amplification(), 3.0);
+        assert_eq!(
+            WriteStats::parse("Uptime(secs): 1.0 total\n", db_report),
+            None
+        );
+        assert_eq!(WriteStats::parse(report, "Uptime(secs): 1.0 total\n"), None);
+    }
+
+    #[test]
     fn a_scan_of_a_group_finds_what_a_scan_in_key_order_finds() {
+        a_scan_of_a_group_finds_what_a_scan_in_key_order_finds_in(Layout::Leveled);
+    }
+
+    #[test]
+    fn a_scan_of_a_group_finds_what_a_scan_in_key_order_finds_when_tiered() {
+        a_scan_of_a_group_finds_what_a_scan_in_key_order_finds_in(Layout::Tiered {
+            merge_width: 2,
+            space_amp_percent: 200,
+        });
+    }
+
+    fn a_scan_of_a_group_finds_what_a_scan_in_key_order_finds_in(layout: Layout) {
         // Keys of several groups over several sorted runs (the memtable, then flushed tables),
         // with deletes, groups that share the start of their last segment, keys too short to
         // have a group, and groups ending in 0xff.
         let dir = tempfile::tempdir().unwrap();
-        let store = open(dir.path());
+        let store =
+            Store::open_with_layout(dir.path(), Durability::Process, Memory::default(), layout)
+                .unwrap();
         let groups: [&[u8]; 6] = [
             b"0001/k/cns:1/",
             b"0001/k/cns:12/",
@@ -984,6 +1157,20 @@ mod tests {
                 "enable_blob_garbage_collection=false",
             ],
         );
+        opened_with(
+            Layout::Tiered {
+                merge_width: 4,
+                space_amp_percent: 200,
+            },
+            &[
+                "compaction_style=kCompactionStyleUniversal",
+                "min_merge_width=4",
+                "max_size_amplification_percent=200",
+                "level0_file_num_compaction_trigger=8",
+                "prefix_extractor=ponte.scan-group.3",
+                "enable_blob_files=false",
+            ],
+        );
         // Width 2 keeps RocksDB's own triggers.
         opened_with(
             Layout::LargeValues {
@@ -1098,6 +1285,99 @@ mod tests {
         });
         assert_eq!(store.get(b"v/000998").unwrap(), Some(large(998)));
         assert_eq!(store.scan_prefix(b"v/").unwrap().len(), 1000);
+    }
+
+    #[test]
+    fn a_leveled_store_reopened_tiered_and_back_reads_and_scans_every_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = |layout| {
+            Store::open_with_layout(dir.path(), Durability::Rebuildable, Memory::mib(16), layout)
+                .unwrap()
+        };
+        let tiered = Layout::Tiered {
+            merge_width: 2,
+            space_amp_percent: 200,
+        };
+        {
+            let store = open(Layout::Leveled);
+            let mut b = store.batch();
+            for i in 0..500u32 {
+                b.put(
+                    format!("0001/k/cns:{}/r{i:04}", i % 7).as_bytes(),
+                    &i.to_le_bytes(),
+                );
+            }
+            b.set_offset("in", 1, 500);
+            b.commit().unwrap();
+            store.flush().unwrap();
+            // On the bottommost level, as a long-running leveled store's data is.
+            store
+                .db
+                .compact_range_cf(store.cf(CF_STATE), None::<&[u8]>, None::<&[u8]>);
+        }
+        {
+            let store = open(tiered);
+            // Overwrites and deletes in new sorted runs over the leveled ones.
+            for round in 0..3u32 {
+                let mut b = store.batch();
+                for i in (round..500).step_by(50) {
+                    b.put(
+                        format!("0001/k/cns:{}/r{i:04}", i % 7).as_bytes(),
+                        &(i + 1000 * (round + 1)).to_le_bytes(),
+                    );
+                }
+                b.delete(format!("0001/k/cns:3/r{:04}", 3 + 7 * round).as_bytes());
+                b.commit().unwrap();
+                store.flush().unwrap();
+            }
+        }
+        let store = open(tiered);
+        let value = |i: u32| {
+            let rounds = (0..3u32)
+                .filter(|r| i >= *r && (i - r).is_multiple_of(50))
+                .max();
+            rounds
+                .map_or(i, |r| i + 1000 * (r + 1))
+                .to_le_bytes()
+                .to_vec()
+        };
+        let deleted = [3u32, 10, 17];
+        for group in 0..7u32 {
+            let found = store
+                .scan_prefix(format!("0001/k/cns:{group}/").as_bytes())
+                .unwrap();
+            let expected: Vec<Entry> = (0..500u32)
+                .filter(|i| i % 7 == group && !deleted.contains(i))
+                .map(|i| (format!("0001/k/cns:{group}/r{i:04}").into_bytes(), value(i)))
+                .collect();
+            assert_eq!(found, expected, "group {group}");
+        }
+        assert_eq!(
+            store.get(b"0001/k/cns:2/r0100").unwrap(),
+            Some(value(100)),
+            "overwritten in round 0"
+        );
+        assert_eq!(store.get(b"0001/k/cns:3/r0010").unwrap(), None);
+        assert_eq!(store.offset("in", 1).unwrap(), Some(500));
+        drop(store);
+        // And back: level by level over the tiers' sorted runs.
+        let store = open(Layout::Leveled);
+        assert_eq!(store.get(b"0001/k/cns:2/r0100").unwrap(), Some(value(100)));
+        let mut b = store.batch();
+        b.put(b"0001/k/cns:2/r0100", b"leveled");
+        b.commit().unwrap();
+        store.flush().unwrap();
+        store
+            .db
+            .compact_range_cf(store.cf(CF_STATE), None::<&[u8]>, None::<&[u8]>);
+        assert_eq!(
+            store.get(b"0001/k/cns:2/r0100").unwrap().as_deref(),
+            Some(&b"leveled"[..])
+        );
+        assert_eq!(
+            store.scan_prefix(b"0001/k/cns:4/").unwrap().len(),
+            (0..500u32).filter(|i| i % 7 == 4).count()
+        );
     }
 
     #[test]

@@ -90,6 +90,20 @@ pub use state::*;
 use tables::*;
 use views::*;
 
+/// How the state store is laid out: values beside their keys with the scan groups in the
+/// filters, compacted by size tiers, four runs of a size merged at once. At 10 M people,
+/// in-process (`ponte-bench … reconciler --state-leveled` against the default), level-by-level
+/// compaction wrote 4.0 times what the flushes did and took 184 s; by size tiers 2.5 times and
+/// 104 s, for 7 % more time in the topology (more sorted runs to probe) and a store up to
+/// three times its live size on disk before a whole merge. End to end at 10 M people the
+/// compactions took a third less CPU and the rate did not change (the consumer loop sets it on
+/// a host with cores to spare). `reconciler.state_compaction = "levels"` opens the store
+/// [`ponte_store::Layout::Leveled`] instead (docs/benchmarks.md, issue 15).
+pub const STATE_LAYOUT: ponte_store::Layout = ponte_store::Layout::Tiered {
+    merge_width: 4,
+    space_amp_percent: 200,
+};
+
 /// At most this many messages already fetched are applied as one run, their state keys read
 /// at once first ([`Topology::keys_read`], [`Tx::read_ahead`]).
 pub const READ_AHEAD_RUN: usize = 256;
