@@ -510,6 +510,17 @@ fn reconciler_state_dir(work: &Path) -> PathBuf {
     work.join("reconciler")
 }
 
+/// Deletes the reconciler's state of the run whose work directory is `work` (its stores: GBs
+/// at millions of people, useless once the run's topics are gone); the logs stay.
+pub(crate) fn delete_reconciler_state(work: &Path) {
+    let dir = reconciler_state_dir(work);
+    if let Err(e) = std::fs::remove_dir_all(&dir)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        eprintln!("deleting {}: {e}", dir.display());
+    }
+}
+
 /// Polls the reconciler's metrics every 100 ms until it has consumed `inputs` records from the
 /// input topics, committed everything it consumed, published every output and then consumed
 /// nothing for 300 ms (the repartition topics are empty too): the metrics then, and when it
@@ -1420,6 +1431,21 @@ mod tests {
         std::fs::write(dir.path().join("LOG"), [0u8; 3])?;
         std::fs::write(dir.path().join("sub").join("000001.log"), [0u8; 5])?;
         assert_eq!(Disk::of(dir.path())?, Disk { bytes: 18, wal: 5 });
+        Ok(())
+    }
+
+    #[test]
+    fn a_finished_run_loses_its_reconciler_state_and_keeps_its_logs() -> anyhow::Result<()> {
+        let work = tempfile::tempdir()?;
+        let state = reconciler_state_dir(work.path()).join("state");
+        std::fs::create_dir_all(&state)?;
+        std::fs::write(state.join("000001.sst"), [0u8; 10])?;
+        std::fs::write(work.path().join("reconciler.log"), b"log")?;
+        delete_reconciler_state(work.path());
+        assert!(!reconciler_state_dir(work.path()).exists());
+        assert!(work.path().join("reconciler.log").exists());
+        // A run that never got as far as a state (or a second call) is no error.
+        delete_reconciler_state(work.path());
         Ok(())
     }
 }

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use ponte_domain::period::{Bimester, Semester};
+use ponte_reconciler::config::StateCompaction;
 use prost::Message as _;
 
 mod broker;
@@ -91,9 +92,14 @@ enum Cmd {
         #[arg(long)]
         no_parked_index: bool,
         /// Compacts the state store level by level, as the service did before it compacted
-        /// it by size tiers (`ponte_store::Layout::Leveled`; for comparisons in one build).
+        /// it by size tiers (`reconciler.state_compaction = "levels"`; for comparisons in one
+        /// build).
         #[arg(long)]
         state_leveled: bool,
+        /// The read model's blob garbage collection: the percent of the oldest blob files
+        /// whose live views compactions relocate, 0 for none (the service's when absent).
+        #[arg(long)]
+        read_model_gc_age_percent: Option<u32>,
     },
     /// The read model's store alone at a population's scale: the views of the `--people`
     /// population (through the topology in-process) written again under new keys, `--changes`
@@ -115,9 +121,10 @@ enum Cmd {
         /// Space amplification allowed before a whole merge, percent (the service's when absent).
         #[arg(long)]
         space_amp_percent: Option<u32>,
-        /// Blob garbage collection on or off (the service's when absent).
+        /// Blob garbage collection: the percent of the oldest blob files whose live values
+        /// compactions relocate, 0 for none (the service's when absent).
         #[arg(long)]
-        blob_gc: Option<bool>,
+        blob_gc_age_percent: Option<u32>,
         /// Persons read at random once the compactions have settled.
         #[arg(long, default_value_t = 200_000)]
         reads: usize,
@@ -241,7 +248,8 @@ struct KafkaArgs {
     /// Partitions of every topic (Ponte's `topics.partitions`).
     #[arg(long, default_value_t = 6)]
     partitions: i32,
-    /// Keep the benchmark's topics on the broker afterwards.
+    /// Keep the benchmark's topics on the broker afterwards, and the end-to-end run's
+    /// reconciler state beside its logs (deleted otherwise: ~15 GB at 10 M people).
     #[arg(long)]
     keep_topics: bool,
 }
@@ -267,6 +275,7 @@ async fn main() -> anyhow::Result<()> {
             no_read_ahead,
             no_parked_index,
             state_leveled,
+            read_model_gc_age_percent,
         } => {
             let state = e2e::work_dir(&work, &format!("reconciler-state-{}", &id[..8]))?;
             let load = machine_load_start();
@@ -275,10 +284,12 @@ async fn main() -> anyhow::Result<()> {
                 read_ahead: !no_read_ahead,
                 parked_index: !no_parked_index,
                 state_layout: if state_leveled {
-                    ponte_store::Layout::Leveled
+                    StateCompaction::Levels
                 } else {
-                    ponte_reconciler::topology::STATE_LAYOUT
-                },
+                    StateCompaction::Tiers
+                }
+                .layout(),
+                read_model_layout: read_model_layout(None, None, read_model_gc_age_percent)?,
             };
             let cpu_before = e2e::cpu_seconds(std::process::id());
             let f = reconciler::run(&data, &state, batch, now, 0, how)?;
@@ -353,8 +364,9 @@ async fn main() -> anyhow::Result<()> {
                 wall
             );
             println!(
-                "state on disk      {:.1} MiB",
-                f.state_bytes as f64 / 1048576.0
+                "state on disk      {:.1} MiB; the read model {:.1} MiB",
+                f.state_bytes as f64 / 1048576.0,
+                f.read_bytes as f64 / 1048576.0
             );
             if let Some(cpu) = cpu {
                 println!(
@@ -371,24 +383,10 @@ async fn main() -> anyhow::Result<()> {
             changes,
             merge_width,
             space_amp_percent,
-            blob_gc,
+            blob_gc_age_percent,
             reads,
         } => {
-            let ponte_store::Layout::LargeValues {
-                min_blob_bytes,
-                merge_width: width,
-                space_amp_percent: amp,
-                blob_gc: gc,
-            } = ponte_reconciler::readmodel::LAYOUT
-            else {
-                anyhow::bail!("the service's read model is not laid out for large values");
-            };
-            let layout = ponte_store::Layout::LargeValues {
-                min_blob_bytes,
-                merge_width: merge_width.unwrap_or(width),
-                space_amp_percent: space_amp_percent.unwrap_or(amp),
-                blob_gc: blob_gc.unwrap_or(gc),
-            };
+            let layout = read_model_layout(merge_width, space_amp_percent, blob_gc_age_percent)?;
             let state = e2e::work_dir(&work, &format!("read-model-templates-{}", &id[..8]))?;
             let t = reconciler::run(&data, &state, 2000, now, 50_000, reconciler::How::SERVICE)?;
             let _ = std::fs::remove_dir_all(&state);
@@ -482,6 +480,7 @@ async fn main() -> anyhow::Result<()> {
                     eprintln!("logs in {}", run_dir.display());
                     if !kafka.keep_topics {
                         cleanup(&kafka.bootstrap, &prefix).await;
+                        e2e::delete_reconciler_state(&run_dir);
                     }
                     return Err(e);
                 }
@@ -605,6 +604,7 @@ async fn main() -> anyhow::Result<()> {
             );
             if !kafka.keep_topics {
                 cleanup(&kafka.bootstrap, &prefix).await;
+                e2e::delete_reconciler_state(&run_dir);
             }
         }
         Cmd::Queries {
@@ -733,6 +733,29 @@ fn print_paced(p: &e2e::PacedFigures) {
         p.reconciler_cpu,
         p.reconciler_cpu * 1e6 / p.records.max(1) as f64
     );
+}
+
+/// The service's read model layout, with what the command line changes of it.
+fn read_model_layout(
+    merge_width: Option<u32>,
+    space_amp_percent: Option<u32>,
+    blob_gc_age_percent: Option<u32>,
+) -> anyhow::Result<ponte_store::Layout> {
+    let ponte_store::Layout::LargeValues {
+        min_blob_bytes,
+        merge_width: width,
+        space_amp_percent: amp,
+        blob_gc_age_percent: gc,
+    } = ponte_reconciler::readmodel::LAYOUT
+    else {
+        anyhow::bail!("the service's read model is not laid out for large values");
+    };
+    Ok(ponte_store::Layout::LargeValues {
+        min_blob_bytes,
+        merge_width: merge_width.unwrap_or(width),
+        space_amp_percent: space_amp_percent.unwrap_or(amp),
+        blob_gc_age_percent: blob_gc_age_percent.unwrap_or(gc),
+    })
 }
 
 fn print_read_model(f: &read_model::Figures, layout: &ponte_store::Layout) {

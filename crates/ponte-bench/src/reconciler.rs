@@ -34,6 +34,8 @@ pub(crate) struct Figures {
     pub(crate) commit: Duration,
     pub(crate) rejected_by_adapters: u64,
     pub(crate) state_bytes: u64,
+    /// The read model's store at the end: tables, blob files and memtables.
+    pub(crate) read_bytes: u64,
     /// View changes applied to a read model of their own (as the service's read model does,
     /// in one store write per epoch's changes).
     pub(crate) changes: u64,
@@ -83,6 +85,8 @@ pub(crate) struct How {
     pub(crate) parked_index: bool,
     /// How the state store is laid out.
     pub(crate) state_layout: Layout,
+    /// How the read model's store is laid out.
+    pub(crate) read_model_layout: Layout,
 }
 
 impl How {
@@ -91,6 +95,7 @@ impl How {
         read_ahead: true,
         parked_index: true,
         state_layout: ponte_reconciler::topology::STATE_LAYOUT,
+        read_model_layout: ponte_reconciler::readmodel::LAYOUT,
     };
 }
 
@@ -106,6 +111,7 @@ pub(crate) fn run(
         read_ahead,
         parked_index,
         state_layout,
+        read_model_layout,
     } = how;
     let rules = RuleSet::from_toml_str("bolsa-familia-2023.toml", RULES)?;
     let mut topology = Topology::new(rules, Month::parse("2025-01")?, Month::parse("2025-12")?);
@@ -130,7 +136,7 @@ pub(crate) fn run(
         state.join("read"),
         Durability::Rebuildable,
         Memory::mib(128),
-        ponte_reconciler::readmodel::LAYOUT,
+        read_model_layout,
     )?;
     // The index of parked records the consumer loop keeps (every partition is this process').
     let parked = ParkedIndex::default();
@@ -265,6 +271,7 @@ pub(crate) fn run(
         }
     }
     figures.state_bytes = store.approximate_size_bytes();
+    figures.read_bytes = read.approximate_size_bytes();
     figures.state_writes = store.write_stats();
     figures.read_writes = read.write_stats();
     Ok(figures)

@@ -64,7 +64,7 @@ pub const LAYOUT: ponte_store::Layout = ponte_store::Layout::LargeValues {
     min_blob_bytes: 256,
     merge_width: 4,
     space_amp_percent: 200,
-    blob_gc: true,
+    blob_gc_age_percent: 25,
 };
 
 /// Whether the read path can be trusted: once failed, it stays failed until the process

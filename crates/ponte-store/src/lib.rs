@@ -139,10 +139,11 @@ pub enum Layout {
         /// and blob references, so a larger percent costs little disk there, but a value's blob
         /// file is freed later.
         space_amp_percent: u32,
-        /// Whether compactions relocate still-live values out of the oldest quarter of blob
-        /// files (RocksDB's blob garbage collection), so the space of overwritten values is
-        /// reclaimed even where their files hold live ones too.
-        blob_gc: bool,
+        /// Blob garbage collection: compactions relocate the still-live values of the oldest
+        /// `blob_gc_age_percent` percent of blob files, so the space of overwritten values is
+        /// reclaimed even where their files hold live ones too (RocksDB's
+        /// `blob_garbage_collection_age_cutoff`; 0 turns it off, 25 is RocksDB's default).
+        blob_gc_age_percent: u32,
     },
 }
 
@@ -266,15 +267,15 @@ fn options(memory: Memory, durability: Durability, layout: Layout) -> (Options, 
     }
     if let Layout::LargeValues {
         min_blob_bytes,
-        blob_gc,
+        blob_gc_age_percent,
         ..
     } = layout
     {
         state.set_enable_blob_files(true);
         state.set_min_blob_size(min_blob_bytes);
         state.set_blob_compression_type(rocksdb::DBCompressionType::Lz4);
-        state.set_enable_blob_gc(blob_gc);
-        state.set_blob_gc_age_cutoff(0.25);
+        state.set_enable_blob_gc(blob_gc_age_percent > 0);
+        state.set_blob_gc_age_cutoff(f64::from(blob_gc_age_percent.clamp(1, 100)) / 100.0);
         state.set_blob_cache(&cache);
     }
     (db, state, offsets)
@@ -1032,7 +1033,7 @@ mod tests {
                 min_blob_bytes: 256,
                 merge_width: 4,
                 space_amp_percent: 200,
-                blob_gc: true,
+                blob_gc_age_percent: 25,
             },
         )
         .unwrap();
@@ -1143,7 +1144,7 @@ mod tests {
                 min_blob_bytes: 512,
                 merge_width: 4,
                 space_amp_percent: 800,
-                blob_gc: false,
+                blob_gc_age_percent: 0,
             },
             &[
                 "compaction_style=kCompactionStyleUniversal",
@@ -1171,13 +1172,13 @@ mod tests {
                 "enable_blob_files=false",
             ],
         );
-        // Width 2 keeps RocksDB's own triggers.
+        // Width 2 keeps RocksDB's own triggers; the garbage collection's age is a share.
         opened_with(
             Layout::LargeValues {
                 min_blob_bytes: 256,
                 merge_width: 2,
                 space_amp_percent: 200,
-                blob_gc: true,
+                blob_gc_age_percent: 10,
             },
             &[
                 "min_merge_width=2",
@@ -1186,6 +1187,7 @@ mod tests {
                 "level0_slowdown_writes_trigger=20",
                 "level0_stop_writes_trigger=36",
                 "enable_blob_garbage_collection=true",
+                "blob_garbage_collection_age_cutoff=0.100000",
             ],
         );
     }
@@ -1235,7 +1237,7 @@ mod tests {
             min_blob_bytes: 256,
             merge_width: 2,
             space_amp_percent: 200,
-            blob_gc: true,
+            blob_gc_age_percent: 25,
         });
         let mut b = store.batch();
         for i in 500..1000u32 {
@@ -1281,7 +1283,7 @@ mod tests {
             min_blob_bytes: 256,
             merge_width: 2,
             space_amp_percent: 200,
-            blob_gc: true,
+            blob_gc_age_percent: 25,
         });
         assert_eq!(store.get(b"v/000998").unwrap(), Some(large(998)));
         assert_eq!(store.scan_prefix(b"v/").unwrap().len(), 1000);
