@@ -12,7 +12,8 @@ checks, against the sources of truth in the repository rather than a copy of the
 - the reconciler is a StatefulSet with a volumeClaimTemplate mounted where its state_dir is,
   its instance_id from metadata.name through the downward API (PONTE__RECONCILER__INSTANCE_ID,
   the env convention of crates/ponte-runtime/src/config.rs), and a PodDisruptionBudget that
-  selects its pods and no other;
+  selects its pods and no other, and its state_compaction is the values' stateCompaction
+  (a value of neither kind is refused at render);
 - every ponte.toml parses and names only keys of crates/ponte/config/default.toml (the services
   reject unknown keys), and every file it names (TLS, access policy, JWKS, Kafka client
   certificates, audit keys, rule set) is in a mounted volume, from the right secret;
@@ -434,6 +435,8 @@ def check_workloads(docs: list[dict], exp: dict, known: set[str], f: Failures) -
         f.check(vol is not None and vol.get("volumeClaimTemplate") in {v["metadata"]["name"] for v in vcts},
                 f"{name}: state_dir {state_dir} is not on a volumeClaimTemplate")
         f.check(cfg["reconciler"].get("group_id") == exp["group"], f"{name}: group_id {cfg['reconciler'].get('group_id')}")
+        f.check(cfg["reconciler"].get("state_compaction") == exp["stateCompaction"],
+                f"{name}: state_compaction {cfg['reconciler'].get('state_compaction')}")
         env = {e["name"]: e for e in pod["spec"]["containers"][0].get("env", [])}
         iid = env.get("PONTE__RECONCILER__INSTANCE_ID", {})
         f.check(iid.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.name",
@@ -614,6 +617,7 @@ def main() -> int:
     known = known_config_keys()
     base = {
         "prefix": "ponte.", "group": "ponte-reconciler", "partitions": 6, "replicas": 3,
+        "stateCompaction": "tiers",
         "overrides": {}, "topicConfig": {"min.insync.replicas": "2"},
         "kafkaCluster": "ponte", "kafkaPort": 9093, "kafkaNs": "ponte",
         "clusterCaSecret": "ponte-cluster-ca-cert", "serverSecret": "ponte-server-tls",
@@ -628,11 +632,11 @@ def main() -> int:
          ["-f", str(REPO / "deploy/helm/test-values-all.yaml")],
          {**base, "kafkaNs": "kafka", "overrides": all_values["topics"]["overrides"],
           "autoscaled": {"education-adapter", "assistance-adapter"}, "extraEgress": {"health-adapter"}}),
-        ("another prefix and group, TLS client certificates optional, no audit log",
+        ("another prefix and group, TLS client certificates optional, no audit log, state compacted level by level",
          ["--set", "topics.prefix=staging.ponte_b.", "--set", "reconciler.groupId=blue",
           "--set", "topics.partitions=3", "--set", "reconciler.replicas=3", "--set", "tls.clientAuth=optional",
-          "--set", "audit.enabled=false"],
-         {**base, "prefix": "staging.ponte_b.", "group": "blue", "partitions": 3}),
+          "--set", "audit.enabled=false", "--set", "reconciler.stateCompaction=levels"],
+         {**base, "prefix": "staging.ponte_b.", "group": "blue", "partitions": 3, "stateCompaction": "levels"}),
     ]
     print(f"manifest invariants of {CHART.relative_to(REPO)} (topics from {TOPICS_RS.relative_to(REPO)}, "
           f"ACLs from {KAFKA_SH.relative_to(REPO)} acl_rules)")
@@ -644,6 +648,7 @@ def main() -> int:
         ("more reconciler replicas than partitions", ["--set", "reconciler.replicas=7"], "reconciler.replicas (7) > topics.partitions"),
         ("an override of an unknown topic", ["--set", "topics.overrides.nosuch\\.v1.partitions=2"], "no such shared topic"),
         ("audit verification without the public keys", ["--set", "auditVerify.enabled=true"], "audit.publicKeys must list"),
+        ("a state compaction of neither kind", ["--set", "reconciler.stateCompaction=leveled"], "neither tiers nor levels"),
     ):
         res = subprocess.run([args.helm, "template", "ponte", str(CHART), "--kube-version", KUBE_VERSION, *extra],
                              capture_output=True, text=True)
