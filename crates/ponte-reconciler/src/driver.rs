@@ -21,11 +21,12 @@ use rdkafka::message::BorrowedMessage;
 use tokio_util::sync::CancellationToken;
 
 use crate::ReconcilerError;
-use crate::epoch::{Committer, Consumed, Outcome};
+use crate::epoch::{Committer, Consumed, InFlight, Outcome, Sent};
 use crate::gauges::{read_state, refresh_gauges};
 use crate::readmodel::ReadPath;
 use crate::topology::{
-    Applied, Indexed, Input, OutputKind, ParkedIndex, READ_AHEAD_RUN, Topology, Tx, Unapplicable,
+    Applied, Indexed, Input, OutputKind, ParkedIndex, Pending, READ_AHEAD_RUN, Topology, Tx,
+    Unapplicable,
 };
 
 /// What the consumer loop works with; borrowed from the process wiring ([`crate::service`]).
@@ -67,12 +68,20 @@ impl Driver<'_> {
         // is dropped uncommitted (its partitions may belong to another instance now); it is
         // consumed again from the group's committed offsets, which is harmless.
         //
+        // Epochs are pipelined: once an epoch's messages are handed to the producer, the loop
+        // applies the next epoch (reading the state through the sent epoch's writes, `pending`)
+        // while the broker acknowledges them, and completes the commit when that epoch is full
+        // or no input is at hand — never waiting for input with an epoch in flight. If the
+        // epoch in flight is aborted, what was applied over it is dropped with it.
+        //
         // The epochs read the store through the index of the owned partitions' parked
         // records ([`crate::topology::ParkedIndex`]), kept here from each commit.
         let parked = ParkedIndex::default();
         let indexed = Indexed::new(store, &parked);
-        let mut tx = Tx::new(&indexed);
+        let pending = Pending::new(&indexed);
+        let mut tx = Tx::new(&pending);
         let mut consumed = Consumed::default();
+        let mut in_flight: Option<InFlight> = None;
         let mut last_gauges = Instant::now() - Duration::from_secs(60);
         let mut generation = assignment.generation();
         // The partitions whose records flow: owned and restored.
@@ -84,7 +93,33 @@ impl Driver<'_> {
         // Set on every event: the handles are looked up once, not per event.
         let uncommitted = metrics::gauge!("ponte_reconciler_uncommitted_events");
         let counters = TopicCounters::of(inputs);
+        // Completes the commit of the epoch in flight, if any. True when it was aborted: the
+        // open epoch, applied over it, was dropped with it and is consumed again.
+        macro_rules! complete_in_flight {
+            () => {
+                match in_flight.take() {
+                    None => false,
+                    Some(epoch) => {
+                        let (outcome, delta) =
+                            committer.complete(epoch, consumer, &mut consumed).await?;
+                        pending.clear();
+                        if outcome == Outcome::Committed {
+                            parked.add(&delta);
+                            false
+                        } else {
+                            tx.discard();
+                            true
+                        }
+                    }
+                }
+            };
+        }
         let result: Result<(), ReconcilerError> = loop {
+            // Checked here too: while epochs are in flight, input at hand is applied without
+            // going through the waits below, which also watch for the shutdown.
+            if shutdown.is_cancelled() {
+                break Ok(());
+            }
             if let Some(why) = assignment.failure() {
                 break Err(ReconcilerError::Startup(format!(
                     "partitions could not be prepared: {why}"
@@ -110,7 +145,22 @@ impl Driver<'_> {
                 );
                 last_gauges = Instant::now();
             }
-            let next = if consumed.is_empty() {
+            // With an epoch in flight, a message at hand is applied over it (while the open
+            // epoch is within its linger); with none at hand the epoch in flight is committed
+            // before waiting.
+            let at_hand = match in_flight {
+                Some(_) if consumed.is_empty() || batch_started.elapsed() < self.batch_linger => {
+                    consumer.recv().now_or_never()
+                }
+                _ => None,
+            };
+            if at_hand.is_none() && complete_in_flight!() {
+                applying = Duration::ZERO;
+                uncommitted.set(0.0);
+            }
+            let mut next = if at_hand.is_some() {
+                at_hand
+            } else if consumed.is_empty() {
                 tokio::select! {
                     _ = shutdown.cancelled() => break Ok(()),
                     m = consumer.recv() => Some(m),
@@ -127,14 +177,25 @@ impl Driver<'_> {
                 }
             };
             if assignment.generation() != generation {
+                // The epoch in flight was sent under the old generation: its commit is refused
+                // unless the group's generation is unchanged (then it commits). If it is
+                // aborted, the message fetched with the change (if any) is sent back with the
+                // open epoch, to be consumed again in its partition's order.
+                if in_flight.is_some()
+                    && let Some(Ok(msg)) = &next
+                {
+                    consumed.record(msg.topic(), msg.partition(), msg.offset());
+                }
+                if complete_in_flight!() {
+                    next = None;
+                }
                 if !consumed.is_empty() {
                     tracing::info!(
                         events = consumed.events,
                         "assignment changed: the open epoch is dropped and consumed again from the committed offsets"
                     );
                 }
-                drop(tx);
-                tx = Tx::new(&indexed);
+                tx.discard();
                 consumed = Consumed::default();
                 applying = Duration::ZERO;
                 uncommitted.set(0.0);
@@ -204,17 +265,28 @@ impl Driver<'_> {
                 let t = Instant::now();
                 topology.finish(&mut tx)?;
                 applying += t.elapsed();
+                // One transaction at a time: the epoch before is committed first (if it is
+                // aborted, this one is dropped with it).
+                if complete_in_flight!() {
+                    applying = Duration::ZERO;
+                }
                 if !consumed.is_empty() {
                     metrics::histogram!("ponte_reconciler_epoch_apply_seconds")
                         .record(std::mem::take(&mut applying).as_secs_f64());
                 }
-                let (outcome, delta) = committer.commit(&mut tx, &mut consumed, consumer).await?;
-                if outcome == Outcome::Committed {
-                    parked.add(&delta);
+                if let Sent::InFlight(epoch) =
+                    committer.send(&mut tx, &mut consumed, consumer, &pending)?
+                {
+                    pending.set(epoch.writes());
+                    in_flight = Some(epoch);
                 }
                 uncommitted.set(0.0);
             }
         };
+        // The epoch in flight is committed (or aborted) whatever ended the loop: no
+        // transaction is left open.
+        let completed: Result<bool, ReconcilerError> = async { Ok(complete_in_flight!()) }.await;
+        let result = result.and(completed.map(drop));
         if result.is_ok() && assignment.generation() == generation {
             // Whatever was applied in memory is committed with its offsets; nothing is half-written.
             topology.finish(&mut tx)?;

@@ -16,23 +16,33 @@
 //!    store, without a write-ahead log: a crash before the store flushes loses them locally, and
 //!    the next assignment reads them back from the changelog ([`crate::restore`]).
 //!
+//! The consumer loop pipelines epochs ([`crate::driver`]): [`Committer::send`] begins the
+//! transaction and hands every message to the producer, the loop applies the next epoch over
+//! the sent one's writes while the broker acknowledges them, and [`Committer::complete`] does
+//! the rest before the next epoch is sent. One transaction is open at a time, and the steps of
+//! each keep their order; if one is aborted, the epoch applied over it is dropped with it.
+//!
 //! A crash before step 4 leaves nothing visible and the inputs are consumed again from the
 //! committed offsets; a crash after it leaves everything visible and the inputs are not
 //! consumed again. Either way the restarted instance ends where an uninterrupted one would.
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use ponte_bus::headers::EventHeaders;
 use ponte_bus::transact::{Transactional, TxError};
 use ponte_bus::{KafkaConfig, Topic, TopicsConfig};
 use ponte_store::Store;
-use rdkafka::consumer::Consumer;
+use rdkafka::consumer::{Consumer, ConsumerGroupMetadata};
 use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::DeliveryFuture;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use crate::ReconcilerError;
 use crate::restore::Marker;
-use crate::topology::{Output, OutputKind, ParkedDelta, Tx, Writes, batch_bytes, key_partition};
+use crate::topology::{
+    Kv, Output, OutputKind, ParkedDelta, Tx, Writes, batch_bytes, key_partition,
+};
 
 /// Where each kind of output goes: topic, Kafka `ponte-event-type` header and metric label.
 #[derive(Debug, Clone)]
@@ -258,6 +268,8 @@ pub struct Committer {
     transaction_timeout: Duration,
     producer: Option<Transactional>,
     faults: Faults,
+    /// A transaction is open: an epoch was sent and not completed.
+    open: bool,
 }
 
 impl std::fmt::Debug for Committer {
@@ -288,6 +300,7 @@ impl Committer {
             transaction_timeout,
             producer: None,
             faults,
+            open: false,
         }
     }
 
@@ -318,27 +331,99 @@ impl Committer {
             .map_err(|e| ReconcilerError::Startup(format!("transactional producer: {e}")))
     }
 
-    /// Commits the epoch held in `tx` and `consumed`; see the module docs. Returns the state
-    /// writes' effect on the parked records when it committed.
+    /// Commits the epoch held in `tx` and `consumed` at once: [`Committer::send`], then
+    /// [`Committer::complete`]. Returns the state writes' effect on the parked records when it
+    /// committed.
     pub async fn commit<C: Consumer<ponte_bus::consume::SeekingContext>>(
         &mut self,
         tx: &mut Tx<'_>,
         consumed: &mut Consumed,
         consumer: &C,
     ) -> Result<(Outcome, ParkedDelta), ReconcilerError> {
+        let store = self.store.clone();
+        match self.send(tx, consumed, consumer, &store)? {
+            Sent::Empty => Ok((Outcome::Empty, ParkedDelta::default())),
+            Sent::Aborted => Ok((Outcome::Aborted, ParkedDelta::default())),
+            Sent::InFlight(epoch) => {
+                self.complete(epoch, consumer, &mut Consumed::default())
+                    .await
+            }
+        }
+    }
+
+    /// Steps 1–2 of the commit of the epoch held in `tx` and `consumed` (both left empty): a
+    /// transaction is begun and every output and changelog entry handed to the producer. The
+    /// broker acknowledges them meanwhile; [`Committer::complete`] finishes the commit. `state`
+    /// is the state the epoch was applied over (the store, with the writes of an epoch still
+    /// in flight when it was applied): what its effect on the parked records is taken against.
+    /// An epoch that cannot be sent is aborted here, and the consumer sent back to its first
+    /// offsets.
+    pub fn send<C: Consumer<ponte_bus::consume::SeekingContext>>(
+        &mut self,
+        tx: &mut Tx<'_>,
+        consumed: &mut Consumed,
+        consumer: &C,
+        state: &dyn Kv,
+    ) -> Result<Sent, ReconcilerError> {
         if consumed.is_empty() {
-            return Ok((Outcome::Empty, ParkedDelta::default()));
+            return Ok(Sent::Empty);
         }
         let started = Instant::now();
         let (writes, outputs) = tx.take();
-        let parked = crate::topology::parked_delta(&self.store, &writes)?;
+        let parked = crate::topology::parked_delta(state, &writes)?;
         let outputs = latest_views(outputs);
-        match self.transact(&writes, &outputs, consumed, consumer).await {
+        let consumed = std::mem::take(consumed);
+        match self.begin_and_send(&writes, &outputs, &consumed, consumer) {
+            Ok((deliveries, offsets, group)) => Ok(Sent::InFlight(InFlight {
+                writes: Arc::new(writes),
+                outputs,
+                parked,
+                consumed,
+                deliveries,
+                offsets,
+                group,
+                spent: started.elapsed(),
+            })),
+            Err(e) => {
+                self.abandon(&e, consumed, &mut Consumed::default(), consumer);
+                Ok(Sent::Aborted)
+            }
+        }
+    }
+
+    /// Steps 3–5 of the commit of an epoch [`Committer::send`] sent: waits until the broker
+    /// acknowledged its messages, commits its transaction and writes its state to the local
+    /// store. Returns the state writes' effect on the parked records when it committed.
+    ///
+    /// `after` is what was consumed since, applied over this epoch's writes: if this epoch is
+    /// aborted, that work is dropped with it and the consumer sent back to the first offsets
+    /// of both (`after` is left empty).
+    pub async fn complete<C: Consumer<ponte_bus::consume::SeekingContext>>(
+        &mut self,
+        epoch: InFlight,
+        consumer: &C,
+        after: &mut Consumed,
+    ) -> Result<(Outcome, ParkedDelta), ReconcilerError> {
+        let started = Instant::now();
+        let InFlight {
+            writes,
+            outputs,
+            parked,
+            mut consumed,
+            deliveries,
+            offsets,
+            group,
+            spent,
+        } = epoch;
+        match self
+            .acknowledge_and_commit(deliveries, &offsets, &group)
+            .await
+        {
             Ok(changelog_ends) => {
                 self.faults.reach(FaultPoint::Committed);
                 let applying = Instant::now();
                 let mut w = self.store.batch_with_capacity(batch_bytes(&writes));
-                for (k, v) in &writes {
+                for (k, v) in writes.iter() {
                     match v {
                         Some(v) => w.put(k, v),
                         None => w.delete(k),
@@ -362,8 +447,10 @@ impl Committer {
                     .increment(writes.len() as u64);
                 metrics::counter!("ponte_reconciler_epochs_total", "result" => "committed")
                     .increment(1);
+                // The time the consumer loop spent on the commit, not the time the broker took
+                // to acknowledge while the loop applied the next epoch.
                 metrics::histogram!("ponte_reconciler_batch_commit_seconds")
-                    .record(started.elapsed().as_secs_f64());
+                    .record((spent + started.elapsed()).as_secs_f64());
                 metrics::histogram!("ponte_reconciler_batch_events").record(consumed.events as f64);
                 let now = SystemTime::now();
                 for t in consumed.ingest_times.drain(..) {
@@ -372,48 +459,64 @@ impl Committer {
                             .record(lat.as_secs_f64());
                     }
                 }
-                consumed.clear();
                 Ok((Outcome::Committed, parked))
             }
             Err(e) => {
-                let fenced = e.is_fenced();
-                let result = if fenced { "fenced" } else { "aborted" };
-                metrics::counter!("ponte_reconciler_epochs_total", "result" => result).increment(1);
-                tracing::warn!(
-                    error = %e,
-                    fenced,
-                    events = consumed.events,
-                    "epoch not committed; nothing of it is visible, its inputs are consumed again"
-                );
-                if e.is_fatal() {
-                    self.producer = None;
-                }
-                // Back to the epoch's first offsets (a partition revoked meanwhile is
-                // positioned by its next assignment instead).
-                for (topic, partition, first, _) in consumed.partitions() {
-                    if let Err(err) = consumer.seek(
-                        topic,
-                        partition,
-                        Offset::Offset(first),
-                        Duration::from_secs(5),
-                    ) {
-                        tracing::debug!(%topic, partition, error = %err, "seek back after an aborted epoch");
-                    }
-                }
-                consumed.clear();
+                self.abandon(&e, std::mem::take(&mut consumed), after, consumer);
                 Ok((Outcome::Aborted, ParkedDelta::default()))
             }
         }
     }
 
-    /// Steps 1–4: returns each changelog partition's offset after the epoch's last entry.
-    async fn transact<C: Consumer<ponte_bus::consume::SeekingContext>>(
+    /// After a failed epoch: counts and logs it, drops a producer that cannot go on, and sends
+    /// the consumer back to the first offsets of `consumed` and of `after` (consumed since,
+    /// over it; left empty). A partition revoked meanwhile is positioned by its next
+    /// assignment instead.
+    fn abandon<C: Consumer<ponte_bus::consume::SeekingContext>>(
+        &mut self,
+        e: &TxError,
+        consumed: Consumed,
+        after: &mut Consumed,
+        consumer: &C,
+    ) {
+        let fenced = e.is_fenced();
+        let result = if fenced { "fenced" } else { "aborted" };
+        metrics::counter!("ponte_reconciler_epochs_total", "result" => result).increment(1);
+        tracing::warn!(
+            error = %e,
+            fenced,
+            events = consumed.events,
+            after = after.events,
+            "epoch not committed; nothing of it is visible, its inputs are consumed again"
+        );
+        if e.is_fatal() {
+            self.producer = None;
+        }
+        for ((topic, partition), first) in rewind_to(&consumed, after) {
+            if let Err(err) = consumer.seek(
+                topic,
+                partition,
+                Offset::Offset(first),
+                Duration::from_secs(5),
+            ) {
+                tracing::debug!(%topic, partition, error = %err, "seek back after an aborted epoch");
+            }
+        }
+        after.clear();
+    }
+
+    /// Steps 1–2: a transaction begun and every message handed to the producer. Returns the
+    /// deliveries to wait for (changelog entries marked) and what step 3 commits.
+    fn begin_and_send<C: Consumer<ponte_bus::consume::SeekingContext>>(
         &mut self,
         writes: &Writes,
         outputs: &[Output],
         consumed: &Consumed,
         consumer: &C,
-    ) -> Result<BTreeMap<i32, i64>, TxError> {
+    ) -> Result<(Deliveries, TopicPartitionList, ConsumerGroupMetadata), TxError> {
+        // The group generation the offsets are committed for is the one of the epoch's
+        // assignment: a rebalance before its commit makes the commit fail, and the epoch is
+        // consumed again by whoever owns its partitions then.
         let group = consumer
             .group_metadata()
             .ok_or_else(|| TxError::aborted("the consumer has no group metadata"))?;
@@ -434,81 +537,174 @@ impl Committer {
             .as_ref()
             .ok_or_else(|| TxError::fatal("no producer"))?;
         producer.begin()?;
-        let epoch = Epoch {
-            producer,
-            routes,
-            writes,
-            outputs,
-            offsets: &offsets,
-            group: &group,
-        };
-        let result = epoch.run(faults).await;
+        let sent = send_all(producer, routes, writes, outputs, faults);
+        if sent.as_ref().is_err_and(|e| !e.is_fatal()) {
+            tokio::task::block_in_place(|| producer.abort());
+        }
+        self.open = sent.is_ok();
+        Ok((sent?, offsets, group))
+    }
+
+    /// Steps 2–4 once the messages are handed over: returns each changelog partition's offset
+    /// after the epoch's last entry.
+    async fn acknowledge_and_commit(
+        &mut self,
+        deliveries: Deliveries,
+        offsets: &TopicPartitionList,
+        group: &ConsumerGroupMetadata,
+    ) -> Result<BTreeMap<i32, i64>, TxError> {
+        let Self {
+            producer, faults, ..
+        } = self;
+        let producer = producer
+            .as_ref()
+            .ok_or_else(|| TxError::fatal("no producer"))?;
+        let result = acknowledge_and_commit(producer, deliveries, offsets, group, faults).await;
         if result.as_ref().is_err_and(|e| !e.is_fatal()) {
             tokio::task::block_in_place(|| producer.abort());
         }
+        self.open = false;
         result
     }
-}
 
-/// One open transaction's work.
-struct Epoch<'a> {
-    producer: &'a Transactional,
-    routes: &'a Routes,
-    writes: &'a Writes,
-    outputs: &'a [Output],
-    offsets: &'a TopicPartitionList,
-    group: &'a rdkafka::consumer::ConsumerGroupMetadata,
-}
-
-impl Epoch<'_> {
-    async fn run(&self, faults: &mut Faults) -> Result<BTreeMap<i32, i64>, TxError> {
-        faults.reach(FaultPoint::Begun);
-        let producer = self.producer;
-        let mut started = Instant::now();
-        let mut deliveries = Vec::with_capacity(self.outputs.len() + self.writes.len());
-        for o in self.outputs {
-            let headers = headers_of(o.kind);
-            let d = producer.send(
-                self.routes.topic(o.kind),
-                None,
-                o.key.as_bytes(),
-                o.payload.as_deref(),
-                Some(headers),
-            )?;
-            deliveries.push((false, d));
+    /// Aborts the transaction of an epoch sent and never completed (the consumer loop stopped
+    /// on an error with one in flight), so readers of its partitions are not held up until the
+    /// broker's transaction timeout. Nothing of it becomes visible either way.
+    pub fn abort_open(&mut self) {
+        if !std::mem::take(&mut self.open) {
+            return;
         }
-        for (k, v) in self.writes {
-            let p = key_partition(k).ok_or_else(|| {
-                TxError::aborted(format!(
-                    "state key without a partition prefix: {}",
-                    String::from_utf8_lossy(k)
-                ))
-            })?;
-            let d = producer.send(self.routes.changelog(), Some(p), k, v.as_deref(), None)?;
-            deliveries.push((true, d));
+        if let Some(p) = &self.producer {
+            tracing::warn!(
+                "the consumer loop stopped with an epoch in flight; its transaction is aborted"
+            );
+            tokio::task::block_in_place(|| p.abort());
         }
-        started = phase_took("send", started);
-        let mut ends: BTreeMap<i32, i64> = BTreeMap::new();
-        for (is_changelog, d) in deliveries {
-            let (partition, offset) = match d.await {
-                Ok(Ok(d)) => (d.partition, d.offset),
-                Ok(Err((e, _))) => return Err(TxError::of("send", &e)),
-                Err(_) => return Err(TxError::aborted("send cancelled")),
-            };
-            if is_changelog {
-                let end = ends.entry(partition).or_insert(0);
-                *end = (*end).max(offset + 1);
-            }
-        }
-        started = phase_took("acknowledged", started);
-        faults.reach(FaultPoint::Sent);
-        tokio::task::block_in_place(|| producer.send_offsets(self.offsets, self.group))?;
-        started = phase_took("offsets", started);
-        faults.reach(FaultPoint::Offsets);
-        tokio::task::block_in_place(|| producer.commit())?;
-        phase_took("commit", started);
-        Ok(ends)
     }
+}
+
+/// Where each partition read by an aborted epoch (`consumed`) and the epoch applied over it
+/// (`after`) is consumed again from: its first offset in the earlier of the two that read it.
+fn rewind_to<'c>(consumed: &'c Consumed, after: &'c Consumed) -> BTreeMap<(&'c str, i32), i64> {
+    let mut firsts: BTreeMap<(&str, i32), i64> = BTreeMap::new();
+    for (topic, partition, first, _) in consumed.partitions().chain(after.partitions()) {
+        let at = firsts.entry((topic, partition)).or_insert(first);
+        *at = (*at).min(first);
+    }
+    firsts
+}
+
+/// The deliveries of an epoch's messages; `true` marks a changelog entry.
+type Deliveries = Vec<(bool, DeliveryFuture)>;
+
+/// What [`Committer::send`] did with an epoch.
+#[derive(Debug)]
+pub enum Sent {
+    /// Nothing was consumed.
+    Empty,
+    /// Its messages are with the producer; [`Committer::complete`] commits it.
+    InFlight(InFlight),
+    /// It could not be sent: nothing of it is visible; the consumer was sent back to its
+    /// first offsets.
+    Aborted,
+}
+
+/// An epoch whose transaction is open and whose messages are with the producer.
+pub struct InFlight {
+    writes: Arc<Writes>,
+    outputs: Vec<Output>,
+    parked: ParkedDelta,
+    consumed: Consumed,
+    deliveries: Deliveries,
+    offsets: TopicPartitionList,
+    group: ConsumerGroupMetadata,
+    /// The time [`Committer::send`] took.
+    spent: Duration,
+}
+
+impl std::fmt::Debug for InFlight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InFlight")
+            .field("writes", &self.writes.len())
+            .field("outputs", &self.outputs.len())
+            .field("events", &self.consumed.events)
+            .finish_non_exhaustive()
+    }
+}
+
+impl InFlight {
+    /// The epoch's state writes, for the next epoch to read over ([`crate::topology::Pending`]).
+    pub fn writes(&self) -> Arc<Writes> {
+        Arc::clone(&self.writes)
+    }
+}
+
+/// Step 2's first half: every output and changelog entry of the epoch handed to the producer.
+fn send_all(
+    producer: &Transactional,
+    routes: &Routes,
+    writes: &Writes,
+    outputs: &[Output],
+    faults: &mut Faults,
+) -> Result<Deliveries, TxError> {
+    faults.reach(FaultPoint::Begun);
+    let started = Instant::now();
+    let mut deliveries = Vec::with_capacity(outputs.len() + writes.len());
+    for o in outputs {
+        let headers = headers_of(o.kind);
+        let d = producer.send(
+            routes.topic(o.kind),
+            None,
+            o.key.as_bytes(),
+            o.payload.as_deref(),
+            Some(headers),
+        )?;
+        deliveries.push((false, d));
+    }
+    for (k, v) in writes {
+        let p = key_partition(k).ok_or_else(|| {
+            TxError::aborted(format!(
+                "state key without a partition prefix: {}",
+                String::from_utf8_lossy(k)
+            ))
+        })?;
+        let d = producer.send(routes.changelog(), Some(p), k, v.as_deref(), None)?;
+        deliveries.push((true, d));
+    }
+    phase_took("send", started);
+    Ok(deliveries)
+}
+
+/// Step 2's second half and steps 3–4: waits for the broker's acknowledgements, adds the
+/// offsets and commits. Returns each changelog partition's offset after the epoch's last entry.
+async fn acknowledge_and_commit(
+    producer: &Transactional,
+    deliveries: Deliveries,
+    offsets: &TopicPartitionList,
+    group: &ConsumerGroupMetadata,
+    faults: &mut Faults,
+) -> Result<BTreeMap<i32, i64>, TxError> {
+    let mut started = Instant::now();
+    let mut ends: BTreeMap<i32, i64> = BTreeMap::new();
+    for (is_changelog, d) in deliveries {
+        let (partition, offset) = match d.await {
+            Ok(Ok(d)) => (d.partition, d.offset),
+            Ok(Err((e, _))) => return Err(TxError::of("send", &e)),
+            Err(_) => return Err(TxError::aborted("send cancelled")),
+        };
+        if is_changelog {
+            let end = ends.entry(partition).or_insert(0);
+            *end = (*end).max(offset + 1);
+        }
+    }
+    started = phase_took("acknowledged", started);
+    faults.reach(FaultPoint::Sent);
+    tokio::task::block_in_place(|| producer.send_offsets(offsets, group))?;
+    started = phase_took("offsets", started);
+    faults.reach(FaultPoint::Offsets);
+    tokio::task::block_in_place(|| producer.commit())?;
+    phase_took("commit", started);
+    Ok(ends)
 }
 
 /// The headers of an output. The repartition topics' messages carry only `ponte-schema`, the
@@ -569,6 +765,30 @@ mod tests {
             payload: Some(payload.as_bytes().to_vec()),
             partition: 0,
         }
+    }
+
+    #[test]
+    fn an_aborted_epoch_and_the_one_applied_over_it_are_consumed_again_from_their_first_offsets() {
+        let mut aborted = Consumed::default();
+        for (topic, p, o) in [("a", 0, 10), ("a", 0, 11), ("a", 1, 5), ("b", 0, 7)] {
+            aborted.record(topic, p, o);
+        }
+        let mut after = Consumed::default();
+        for (topic, p, o) in [("a", 0, 12), ("a", 2, 40), ("b", 0, 8), ("a", 0, 13)] {
+            after.record(topic, p, o);
+        }
+        let want: BTreeMap<(&str, i32), i64> =
+            [(("a", 0), 10), (("a", 1), 5), (("a", 2), 40), (("b", 0), 7)]
+                .into_iter()
+                .collect();
+        assert_eq!(rewind_to(&aborted, &after), want);
+        assert_eq!(rewind_to(&after, &aborted), want, "whichever came first");
+        assert_eq!(
+            rewind_to(&aborted, &Consumed::default()),
+            [(("a", 0), 10), (("a", 1), 5), (("b", 0), 7)]
+                .into_iter()
+                .collect()
+        );
     }
 
     #[test]

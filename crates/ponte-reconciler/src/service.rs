@@ -356,6 +356,7 @@ pub async fn run(
     }
     .run()
     .await;
+    committer.abort_open();
     readiness.set_not_ready("shutting down");
     // A restore under way stops at its next step.
     {

@@ -14,8 +14,9 @@ use ponte_domain::rules::RuleSet;
 use ponte_proto::compliance::v1::{self as api, OutcomeStatus};
 use ponte_proto::events::v1::{self as ev, Event, event::Record, health_follow_up::Subject};
 use ponte_reconciler::topology::{
-    Applied, FamilyMembersEntry, Indexed, Input, Output, OutputKind, ParkedIndex, PersonEntry,
-    READ_AHEAD_RUN, Topology, Tx, Writes, parked_delta, person_value_in_format_2, read_parked,
+    Applied, FamilyMembersEntry, Indexed, Input, Output, OutputKind, ParkedIndex, Pending,
+    PersonEntry, READ_AHEAD_RUN, Topology, Tx, Writes, parked_delta, person_value_in_format_2,
+    read_parked,
 };
 use proptest::prelude::*;
 use prost::Message as _;
@@ -52,7 +53,7 @@ struct Harness {
     topology: Topology,
     outputs: Vec<(OutputKind, String, Vec<u8>)>,
     /// (internal input, partition) → messages not yet delivered, in order.
-    pending: Pending,
+    pending: Queued,
     /// The latest change per key (`person:<nis>`, `family:<id>`).
     views: BTreeMap<String, api::ComplianceChange>,
     /// The parked records, counted and indexed by identifier from each commit's writes as the
@@ -61,14 +62,19 @@ struct Harness {
     parked: ParkedIndex,
     /// Every state key written or deleted, commit after commit.
     written: Vec<Vec<u8>>,
+    /// With epochs pipelined as the consumer loop does: the epoch sent and not yet committed,
+    /// which the next epoch is applied over ([`Pending`]); it is committed (its writes stored,
+    /// its outputs delivered) only once the next one has been applied.
+    in_flight: Option<(Writes, Vec<Output>)>,
+    pipelined: bool,
 }
 
 /// Repartition messages not delivered yet, per (topic, partition), oldest first: (Kafka key,
 /// payload).
-type Pending = BTreeMap<(Input, i32), VecDeque<(String, Vec<u8>)>>;
+type Queued = BTreeMap<(Input, i32), VecDeque<(String, Vec<u8>)>>;
 
 /// Takes the oldest pending message of the `n`-th non-empty queue.
-fn pending_of(pending: &mut Pending, n: usize) -> Option<(Input, i32, String, Vec<u8>)> {
+fn pending_of(pending: &mut Queued, n: usize) -> Option<(Input, i32, String, Vec<u8>)> {
     let queues: Vec<(Input, i32)> = pending
         .iter()
         .filter(|(_, q)| !q.is_empty())
@@ -101,6 +107,8 @@ impl Harness {
             views: BTreeMap::new(),
             parked,
             written: Vec::new(),
+            in_flight: None,
+            pipelined: false,
         }
     }
 
@@ -1226,7 +1234,11 @@ impl Harness {
             })
             .collect();
         let state = Indexed::new(&self.kv, &self.parked);
-        let mut tx = Tx::new(&state);
+        let pending = Pending::new(&state);
+        if let Some((writes, _)) = &self.in_flight {
+            pending.set(std::sync::Arc::new(writes.clone()));
+        }
+        let mut tx = Tx::new(&pending);
         for chunk in messages.chunks(run.max(1)) {
             tx.read_ahead(chunk.iter().flat_map(|(partition, key, message)| {
                 let keys = match message {
@@ -1260,7 +1272,27 @@ impl Harness {
             }
         }
         let taken = tx.take();
-        self.commit(taken);
+        drop(tx);
+        drop(pending);
+        if !self.pipelined {
+            self.commit(taken);
+            return;
+        }
+        // The epoch before commits now, after this one was applied over it.
+        if let Some(before) = self.in_flight.replace(taken) {
+            self.commit(before);
+        }
+    }
+
+    /// Commits the epoch in flight, if any; false when there was none.
+    fn complete_in_flight(&mut self) -> bool {
+        match self.in_flight.take() {
+            Some(epoch) => {
+                self.commit(epoch);
+                true
+            }
+            None => false,
+        }
     }
 }
 
@@ -1361,7 +1393,8 @@ proptest! {
     /// repartition messages delivered only after their epoch's commit — as the reconciler's
     /// epochs do, each applied in runs of any length whose state keys are read ahead, and
     /// the index of parked records built again from the store every few epochs, as a new
-    /// assignment generation has it.
+    /// assignment generation has it, and (`pipelined`) each epoch applied over the writes of
+    /// the one before while that one is still uncommitted, as the consumer loop pipelines them.
     #[test]
     fn epochs_of_any_size_end_in_the_views_of_one_event_at_a_time(
         order in Just((0..history().len()).collect::<Vec<_>>()).prop_shuffle(),
@@ -1369,11 +1402,13 @@ proptest! {
         picks in proptest::collection::vec(0usize..8, 64),
         run in 1usize..8,
         reindex_every in 0usize..4,
+        pipelined in any::<bool>(),
     ) {
         let events = history();
         let mut one_at_a_time = Harness::new();
         for e in &events { one_at_a_time.apply(e); }
         let mut epochs = Harness::new();
+        epochs.pipelined = pipelined;
         let mut next = order.iter().copied();
         let mut pick = picks.iter().copied().cycle();
         let mut reindexed = 0;
@@ -1386,6 +1421,10 @@ proptest! {
                 .collect();
             if next.len() == 0 && steps.iter().all(|s| matches!(s, Step::Deliver(_))) {
                 if epochs.pending.values().all(VecDeque::is_empty) {
+                    // What the epoch in flight sends onwards is delivered once it commits.
+                    if epochs.complete_in_flight() {
+                        continue;
+                    }
                     break;
                 }
                 steps.push(Step::Deliver(0));
@@ -1398,6 +1437,7 @@ proptest! {
                 epochs.parked.reassign(&epochs.kv, &(0..PARTITIONS).collect()).unwrap();
             }
         }
+        epochs.complete_in_flight();
         prop_assert_eq!(one_at_a_time.normalised(), epochs.normalised());
     }
 

@@ -2,6 +2,7 @@
 //! uncommitted writes and outputs ([`Tx`]) and the partition prefix of every key.
 use super::*;
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 /// State changes of a transaction: `Some` puts, `None` deletes.
 pub type Writes = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
@@ -60,6 +61,146 @@ impl Kv for ponte_store::Store {
         limit: usize,
     ) -> Result<Vec<Entry>, ReconcilerError> {
         Ok(self.scan_prefix_after(prefix, after, limit)?)
+    }
+}
+
+/// The state as the next epoch reads it while the epoch before is still being committed: that
+/// epoch's writes — sent in its transaction, not yet acknowledged, committed or in the store —
+/// over the committed state in `kv`. The consumer loop applies an epoch while the broker
+/// acknowledges the one before ([`crate::driver`]): the writes are set when an epoch is sent
+/// and cleared once they are in the store, or the epoch was aborted (and with it everything
+/// applied over them).
+pub struct Pending<'a> {
+    kv: &'a dyn Kv,
+    writes: Mutex<Arc<Writes>>,
+}
+
+impl std::fmt::Debug for Pending<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending")
+            .field("writes", &self.writes().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> Pending<'a> {
+    pub fn new(kv: &'a dyn Kv) -> Self {
+        Self {
+            kv,
+            writes: Mutex::new(Arc::new(Writes::new())),
+        }
+    }
+
+    /// Reads `writes` over the committed state from now on.
+    pub fn set(&self, writes: Arc<Writes>) {
+        *self.lock() = writes;
+    }
+
+    /// Reads the committed state alone again.
+    pub fn clear(&self) {
+        self.set(Arc::new(Writes::new()));
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Arc<Writes>> {
+        // The lock guards a pointer swap: a panic while holding it leaves nothing half-done.
+        self.writes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn writes(&self) -> Arc<Writes> {
+        Arc::clone(&self.lock())
+    }
+}
+
+/// The writes of `pending` to keys under `prefix` and greater than `after`, in key order.
+fn pending_under<'w>(
+    pending: &'w Writes,
+    prefix: &[u8],
+    after: Option<&[u8]>,
+) -> Vec<(&'w Vec<u8>, &'w Option<Vec<u8>>)> {
+    pending
+        .range::<[u8], _>((
+            std::ops::Bound::Included(prefix),
+            std::ops::Bound::Unbounded,
+        ))
+        .take_while(|(k, _)| k.starts_with(prefix))
+        .filter(|(k, _)| after.is_none_or(|a| k.as_slice() > a))
+        .collect()
+}
+
+impl Kv for Pending<'_> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ReconcilerError> {
+        match self.writes().get(key) {
+            Some(v) => Ok(v.clone()),
+            None => self.kv.get(key),
+        }
+    }
+    fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, ReconcilerError> {
+        let writes = self.writes();
+        if writes.is_empty() {
+            return self.kv.get_many(keys);
+        }
+        let missing: Vec<Vec<u8>> = keys
+            .iter()
+            .filter(|k| !writes.contains_key(*k))
+            .cloned()
+            .collect();
+        let mut read = self.kv.get_many(&missing)?.into_iter();
+        keys.iter()
+            .map(|k| match writes.get(k) {
+                Some(v) => Ok(v.clone()),
+                None => Ok(read.next().flatten()),
+            })
+            .collect()
+    }
+    fn scan(&self, prefix: &[u8]) -> Result<Vec<Entry>, ReconcilerError> {
+        let writes = self.writes();
+        let mine = pending_under(&writes, prefix, None);
+        let base = self.kv.scan(prefix)?;
+        if mine.is_empty() {
+            return Ok(base);
+        }
+        let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = base.into_iter().collect();
+        for (k, v) in mine {
+            match v {
+                Some(v) => merged.insert(k.clone(), v.clone()),
+                None => merged.remove(k),
+            };
+        }
+        Ok(merged.into_iter().collect())
+    }
+    fn scan_after(
+        &self,
+        prefix: &[u8],
+        after: &[u8],
+        limit: usize,
+    ) -> Result<Vec<Entry>, ReconcilerError> {
+        let writes = self.writes();
+        let mine = pending_under(&writes, prefix, Some(after));
+        if mine.is_empty() {
+            return self.kv.scan_after(prefix, after, limit);
+        }
+        // Each pending delete may hide one committed entry: read that many more, and merge
+        // only up to the last committed key read unless the committed entries ran out (a
+        // pending put beyond it may come after committed entries not read).
+        let deletes = mine.iter().filter(|(_, v)| v.is_none()).count();
+        let base = self.kv.scan_after(prefix, after, limit + deletes)?;
+        let horizon = match base.last() {
+            Some((last, _)) if base.len() == limit + deletes => Some(last.clone()),
+            _ => None,
+        };
+        let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = base.into_iter().collect();
+        for (k, v) in mine {
+            if horizon.as_ref().is_some_and(|last| k > last) {
+                break;
+            }
+            match v {
+                Some(v) => merged.insert(k.clone(), v.clone()),
+                None => merged.remove(k),
+            };
+        }
+        Ok(merged.into_iter().take(limit).collect())
     }
 }
 
@@ -324,6 +465,14 @@ impl<'a> Tx<'a> {
         &self.outputs
     }
 
+    /// Drops everything applied since the last [`Tx::take`]: the epoch is not committed.
+    pub fn discard(&mut self) {
+        self.writes.clear();
+        self.outputs.clear();
+        self.deferred.clear();
+        self.read.clear();
+    }
+
     /// Takes the changes and outputs, leaving the transaction empty. [`Topology::finish`] must
     /// have run first: what it would publish is not in the outputs yet.
     pub fn take(&mut self) -> (Writes, Vec<Output>) {
@@ -416,5 +565,140 @@ mod tests {
         let asked = base.0.lock().unwrap().1;
         tx.read_ahead([(1, b"p/3".to_vec())]).unwrap();
         assert_eq!(base.0.lock().unwrap().1, asked);
+    }
+
+    /// Committed state in a map, scanned in key order.
+    #[derive(Default)]
+    struct Sorted(BTreeMap<Vec<u8>, Vec<u8>>);
+
+    impl Kv for Sorted {
+        fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ReconcilerError> {
+            Ok(self.0.get(key).cloned())
+        }
+        fn scan(&self, prefix: &[u8]) -> Result<Vec<Entry>, ReconcilerError> {
+            Ok(self
+                .0
+                .range(prefix.to_vec()..)
+                .take_while(|(k, _)| k.starts_with(prefix))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect())
+        }
+        fn scan_after(
+            &self,
+            prefix: &[u8],
+            after: &[u8],
+            limit: usize,
+        ) -> Result<Vec<Entry>, ReconcilerError> {
+            Ok(self
+                .scan(prefix)?
+                .into_iter()
+                .filter(|(k, _)| k.as_slice() > after)
+                .take(limit)
+                .collect())
+        }
+    }
+
+    fn b(s: &str) -> Vec<u8> {
+        s.as_bytes().to_vec()
+    }
+
+    #[test]
+    fn pending_writes_are_read_over_the_committed_state_until_cleared() {
+        let mut committed = Sorted::default();
+        for k in [
+            "0001/k/a/1",
+            "0001/k/a/2",
+            "0001/k/a/3",
+            "0001/k/b/1",
+            "0001/p/1",
+        ] {
+            committed.0.insert(b(k), b("old"));
+        }
+        let pending = Pending::new(&committed);
+        let writes: Writes = [
+            (b("0001/k/a/2"), None),
+            (b("0001/k/a/25"), Some(b("new"))),
+            (b("0001/k/a/4"), Some(b("new"))),
+            (b("0001/p/1"), Some(b("new"))),
+            (b("0001/p/2"), Some(b("two"))),
+        ]
+        .into_iter()
+        .collect();
+        pending.set(Arc::new(writes));
+        assert_eq!(pending.get(b"0001/p/1").unwrap(), Some(b("new")));
+        assert_eq!(pending.get(b"0001/k/a/2").unwrap(), None, "deleted");
+        assert_eq!(pending.get(b"0001/k/b/1").unwrap(), Some(b("old")));
+        assert_eq!(
+            pending
+                .get_many(&[
+                    b("0001/p/2"),
+                    b("0001/k/b/1"),
+                    b("0001/k/a/2"),
+                    b("0001/p/1")
+                ])
+                .unwrap(),
+            vec![Some(b("two")), Some(b("old")), None, Some(b("new"))]
+        );
+        let keys = |entries: Vec<Entry>| -> Vec<String> {
+            entries
+                .into_iter()
+                .map(|(k, _)| String::from_utf8(k).unwrap())
+                .collect()
+        };
+        assert_eq!(
+            keys(pending.scan(b"0001/k/a/").unwrap()),
+            ["0001/k/a/1", "0001/k/a/25", "0001/k/a/3", "0001/k/a/4"]
+        );
+        // Paged: every page as the merged state has it, whatever the page size.
+        for limit in 1..6 {
+            let mut seen = Vec::new();
+            let mut after = b("0001/k/a/");
+            loop {
+                let page = pending.scan_after(b"0001/k/a/", &after, limit).unwrap();
+                assert!(page.len() <= limit);
+                let full = page.len() == limit;
+                if let Some((k, _)) = page.last() {
+                    after.clone_from(k);
+                }
+                seen.extend(keys(page));
+                if !full {
+                    break;
+                }
+            }
+            assert_eq!(
+                seen,
+                ["0001/k/a/1", "0001/k/a/25", "0001/k/a/3", "0001/k/a/4"],
+                "pages of {limit}"
+            );
+        }
+        pending.clear();
+        assert_eq!(pending.get(b"0001/p/1").unwrap(), Some(b("old")));
+        assert_eq!(
+            keys(pending.scan(b"0001/k/a/").unwrap()),
+            ["0001/k/a/1", "0001/k/a/2", "0001/k/a/3"]
+        );
+    }
+
+    #[test]
+    fn a_discarded_epoch_leaves_nothing_behind() {
+        let base = Committed::default();
+        let mut tx = Tx::new(&base);
+        tx.set_partition(1);
+        tx.put(b"p/1".to_vec(), b"new".to_vec());
+        tx.emit(OutputKind::Change, "person:1".into(), b"view".to_vec());
+        tx.defer("1", None);
+        tx.read_ahead([(1, b"p/2".to_vec())]).unwrap();
+        tx.discard();
+        assert_eq!(tx.writes().count(), 0);
+        assert!(tx.outputs().is_empty());
+        assert!(tx.take_deferred().is_empty());
+        assert_eq!(tx.get(b"p/1").unwrap(), None);
+        let asked = base.0.lock().unwrap().1;
+        tx.get(b"p/2").unwrap();
+        assert_eq!(
+            base.0.lock().unwrap().1,
+            asked + 1,
+            "nothing read ahead is kept"
+        );
     }
 }
