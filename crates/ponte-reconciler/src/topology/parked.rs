@@ -313,12 +313,7 @@ mod tests {
         }
         fn scan(&self, prefix: &[u8]) -> Result<Vec<Entry>, ReconcilerError> {
             *self.1.lock().unwrap() += 1;
-            Ok(self
-                .0
-                .range(prefix.to_vec()..)
-                .take_while(|(k, _)| k.starts_with(prefix))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect())
+            Ok(super::super::state::scan_map(&self.0, prefix))
         }
     }
 

@@ -496,6 +496,16 @@ pub(super) fn corrupt(key: &[u8], e: impl std::fmt::Display) -> ReconcilerError 
     }
 }
 
+/// The entries of `map` whose key starts with `prefix`, in key order: the scan of the maps
+/// the tests keep committed state in.
+#[cfg(test)]
+pub(super) fn scan_map(map: &BTreeMap<Vec<u8>, Vec<u8>>, prefix: &[u8]) -> Vec<Entry> {
+    map.range(prefix.to_vec()..)
+        .take_while(|(k, _)| k.starts_with(prefix))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -576,25 +586,7 @@ mod tests {
             Ok(self.0.get(key).cloned())
         }
         fn scan(&self, prefix: &[u8]) -> Result<Vec<Entry>, ReconcilerError> {
-            Ok(self
-                .0
-                .range(prefix.to_vec()..)
-                .take_while(|(k, _)| k.starts_with(prefix))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect())
-        }
-        fn scan_after(
-            &self,
-            prefix: &[u8],
-            after: &[u8],
-            limit: usize,
-        ) -> Result<Vec<Entry>, ReconcilerError> {
-            Ok(self
-                .scan(prefix)?
-                .into_iter()
-                .filter(|(k, _)| k.as_slice() > after)
-                .take(limit)
-                .collect())
+            Ok(scan_map(&self.0, prefix))
         }
     }
 
