@@ -185,7 +185,8 @@ impl Auditor {
         subjects: SubjectKey,
         stop: tokio_util::sync::CancellationToken,
     ) -> Result<std::sync::Arc<Self>, BusError> {
-        let publisher = Publisher::new(kafka, &format!("{service}-audit"))?;
+        // Every audited read waits for its entry's acknowledgement: no linger on top of it.
+        let publisher = Publisher::with_linger(kafka, &format!("{service}-audit"), Duration::ZERO)?;
         let log = AuditLog::start(publisher, topic, service, signer).await?;
         let auditor = std::sync::Arc::new(Self { log, subjects });
         let sealer = std::sync::Arc::clone(&auditor);

@@ -87,14 +87,26 @@ pub fn classify(err: &KafkaError) -> BusError {
 }
 
 impl Publisher {
-    /// Creates a producer for service `source` (also its Kafka client id).
+    /// Creates a producer for service `source` (also its Kafka client id) that waits up to
+    /// 5 ms to fill a batch: records arrive in bursts (a request's records, a CSV chunk).
     pub fn new(kafka: &KafkaConfig, source: &str) -> Result<Self, BusError> {
+        Self::with_linger(kafka, source, Duration::from_millis(5))
+    }
+
+    /// A producer that waits up to `linger` to fill a batch. One message at a time that a
+    /// caller waits for (an audit entry before a read is answered) wants none: what queues
+    /// while a request is in flight is still sent together.
+    pub fn with_linger(
+        kafka: &KafkaConfig,
+        source: &str,
+        linger: Duration,
+    ) -> Result<Self, BusError> {
         let producer: FutureProducer = kafka
             .client_config(&format!("ponte-{source}"))
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("compression.type", "lz4")
-            .set("linger.ms", "5")
+            .set("linger.ms", linger.as_millis().to_string())
             .set("message.timeout.ms", kafka.message_timeout_ms.to_string())
             .create()
             .map_err(|e| BusError::Config(e.to_string()))?;
