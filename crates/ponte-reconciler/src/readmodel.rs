@@ -953,7 +953,12 @@ async fn follow(
             _ = tokio::time::sleep(if reported { Duration::from_secs(1) } else { Duration::from_millis(50) }) => None,
         };
         let mut records: Vec<ChangeRecord> = Vec::new();
-        let owned = |m: &rdkafka::message::BorrowedMessage<'_>| -> ChangeRecord {
+        // When each change was sent (its Kafka timestamp, set by the reconciler's producer).
+        let mut sent: Vec<i64> = Vec::new();
+        let mut owned = |m: &rdkafka::message::BorrowedMessage<'_>| -> ChangeRecord {
+            if let Some(ms) = m.timestamp().to_millis() {
+                sent.push(ms);
+            }
             (
                 m.partition(),
                 m.offset(),
@@ -1004,6 +1009,13 @@ async fn follow(
             for (p, n) in positions {
                 progress.advance(p, n);
             }
+            // How stale `GetPerson` is: from a change's sending in its epoch (before the
+            // epoch's commit) to its view being readable here.
+            let now = unix_millis();
+            let delay = metrics::histogram!("ponte_reconciler_read_model_delay_seconds");
+            for ms in sent {
+                delay.record((now - ms).max(0) as f64 / 1000.0);
+            }
             metrics::counter!("ponte_reconciler_read_model_applied_total")
                 .increment(stats.applied + stats.deleted);
             metrics::counter!("ponte_reconciler_read_model_duplicates_total")
@@ -1022,6 +1034,13 @@ async fn follow(
     }
     tracing::info!(topic, "read model stopped");
     Ok(())
+}
+
+/// Milliseconds since the Unix epoch (a Kafka timestamp's unit).
+fn unix_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 #[cfg(test)]
