@@ -61,6 +61,10 @@ pub(crate) struct Figures {
     pub(crate) records: u64,
     pub(crate) ingest: Duration,
     pub(crate) to_view: Duration,
+    /// When the reconciler's read model (what `GetPerson` answers from) had applied every
+    /// change of the complete view, if it did by the view's deadline: what it had still to
+    /// apply then, and the reconciler's CPU seconds at that time.
+    pub(crate) queryable: Option<Queryable>,
     /// Ingest-to-view of the whole load.
     pub(crate) latency: Latency,
     /// CPU seconds (user + system) per process.
@@ -79,12 +83,25 @@ pub(crate) struct Figures {
     pub(crate) state_bytes: f64,
     /// `ghz` summaries: (call, text).
     pub(crate) ghz: Vec<(String, String)>,
+    /// `GetPerson` at ghz's rate from this process's own client, after ghz.
+    pub(crate) paced_reads: Option<crate::paced_reads::Outcome>,
     /// Restarts of the reconciler on its state (with `Setup::restart`), in the order run.
     pub(crate) restarts: Vec<Restart>,
     /// The paced follow-up (with `Setup::paced`).
     pub(crate) paced: Option<PacedFigures>,
     /// The audit log's entries and bytes once the view was complete (with `Setup::audit`).
     pub(crate) audit: Option<(u64, u64)>,
+}
+
+/// The read model caught up with the complete view.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Queryable {
+    /// From the first ingest to the read model's catching up.
+    pub(crate) after: Duration,
+    /// Changes the read model had still to apply when the view was complete.
+    pub(crate) behind: f64,
+    /// The reconciler's CPU seconds when it caught up.
+    pub(crate) reconciler_cpu: f64,
 }
 
 /// A paced follow-up once the bulk load is in the view: a later bimester's attendance of the
@@ -118,6 +135,12 @@ pub(crate) struct PacedFigures {
     pub(crate) to_view: Duration,
     /// Ingest-to-view of these records only (the histogram's buckets after minus before).
     pub(crate) latency: Latency,
+    /// From the first request until the read model had every change of the view, if by the
+    /// deadline.
+    pub(crate) queryable: Option<Duration>,
+    /// From a change's sending to its being readable in the read model, for the changes of
+    /// these records (`ponte_reconciler_read_model_delay_seconds`, after minus before).
+    pub(crate) read_delay: Latency,
     /// Reconciler CPU seconds spent meanwhile.
     pub(crate) reconciler_cpu: f64,
 }
@@ -209,7 +232,8 @@ impl Pipeline {
     }
 }
 
-/// End to end, then (with `s.ghz`) ghz against the reconciler's complete view.
+/// End to end, then (with `s.ghz`) ghz against the reconciler's complete view, and at a rate
+/// the same `GetPerson` calls from this process's own client ([`crate::paced_reads`]).
 pub(crate) async fn run(s: &Setup<'_>) -> anyhow::Result<Figures> {
     let mut pipeline = start(s).await?;
     if let Some(p) = &s.paced {
@@ -217,6 +241,17 @@ pub(crate) async fn run(s: &Setup<'_>) -> anyhow::Result<Figures> {
     }
     if let Some(g) = &s.ghz {
         pipeline.figures.ghz = load(s, g, &pipeline.grpc)?;
+        if g.rps > 0 {
+            let pace = crate::paced_reads::Pace {
+                rate: g.rps,
+                seconds: g.seconds,
+                connections: 2,
+            };
+            let nis = nis_sample(s.data, 10_000)?;
+            let server = pipeline.pid("reconciler");
+            pipeline.figures.paced_reads =
+                Some(crate::paced_reads::get_person(&pipeline.grpc, &nis, pace, server).await?);
+        }
     }
     if s.restart {
         let nis = known_nis(s.data, &pipeline.grpc).await?;
@@ -460,10 +495,22 @@ pub(crate) async fn start(s: &Setup<'_>) -> anyhow::Result<Pipeline> {
             )
         })
         .collect();
+    let reconciler_pid = services
+        .iter()
+        .find(|svc| svc.name == "reconciler")
+        .map(|svc| svc.child.id());
+    let queryable = wait_read_model(rec_admin, &metrics, started + s.view_timeout)
+        .await?
+        .map(|(at, behind)| Queryable {
+            after: at - started,
+            behind,
+            reconciler_cpu: reconciler_pid.and_then(cpu_seconds).unwrap_or(f64::NAN),
+        });
     let figures = Figures {
         records: expected,
         ingest: ingest_time,
         to_view,
+        queryable,
         latency: Latency::of(&buckets),
         cpu,
         batches: metric(&metrics, "ponte_reconciler_batch_events_count"),
@@ -474,6 +521,7 @@ pub(crate) async fn start(s: &Setup<'_>) -> anyhow::Result<Pipeline> {
         commit_phases: commit_phases(&metrics),
         state_bytes: metric(&metrics, "ponte_reconciler_state_bytes"),
         ghz: Vec::new(),
+        paced_reads: None,
         restarts: Vec::new(),
         paced: None,
         audit: if s.audit {
@@ -566,6 +614,50 @@ async fn wait_settled(
     }
 }
 
+/// Changes the read model consumed (applied, duplicate or refused as invalid).
+fn read_model_consumed(metrics: &str) -> f64 {
+    READ_MODEL_CONSUMED.iter().map(|m| metric(metrics, m)).sum()
+}
+
+/// Changes to the compliance view the reconciler published (in committed epochs).
+fn changes_published(metrics: &str) -> f64 {
+    metric_where(
+        metrics,
+        "ponte_reconciler_outputs_published_total",
+        |labels| labels.contains("kind=\"change\""),
+    )
+}
+
+const READ_MODEL_CONSUMED: [&str; 3] = [
+    "ponte_reconciler_read_model_applied_total",
+    "ponte_reconciler_read_model_duplicates_total",
+    "ponte_reconciler_read_model_invalid_total",
+];
+
+/// Once the view is complete (`settled`, the metrics then), polls every 100 ms until the
+/// read model has consumed every change the reconciler published (both counted since the
+/// reconciler started; a change counts once its epoch committed, and the read model reads
+/// committed changes only): when that was, and how many changes it had still to consume at
+/// `settled`. `None` at `deadline`.
+async fn wait_read_model(
+    admin: u16,
+    settled: &str,
+    deadline: Instant,
+) -> anyhow::Result<Option<(Instant, f64)>> {
+    let changes = changes_published(settled);
+    let behind = changes - read_model_consumed(settled);
+    loop {
+        let text = scrape(admin).await?;
+        if read_model_consumed(&text) >= changes {
+            return Ok(Some((Instant::now(), behind)));
+        }
+        if Instant::now() >= deadline {
+            return Ok(None);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Records the reconciler consumed from the input topics (not its own repartition topics,
 /// `<prefix>reconciler.<group>.…`).
 fn inputs_consumed(metrics: &str) -> f64 {
@@ -612,15 +704,10 @@ fn consumed_by_kind(metrics: &str) -> Vec<(String, f64)> {
         );
         out.push((internal.to_owned(), n));
     }
-    let read: f64 = [
-        "ponte_reconciler_read_model_applied_total",
-        "ponte_reconciler_read_model_duplicates_total",
-        "ponte_reconciler_read_model_invalid_total",
-    ]
-    .iter()
-    .map(|m| metric(metrics, m))
-    .sum();
-    out.push(("read model (changes)".to_owned(), read));
+    out.push((
+        "read model (changes)".to_owned(),
+        read_model_consumed(metrics),
+    ));
     out.push((
         "changelog restore".to_owned(),
         metric(metrics, "ponte_reconciler_restored_entries_total"),
@@ -666,6 +753,7 @@ fn buckets_between(before: &[(f64, f64)], after: &[(f64, f64)]) -> Vec<(f64, f64
 }
 
 const LATENCY: &str = "ponte_reconciler_ingest_to_view_seconds";
+const READ_DELAY: &str = "ponte_reconciler_read_model_delay_seconds";
 
 impl Pipeline {
     /// Sends `p`'s records to the education adapter, `p.batch` per request at `p.rate` records
@@ -749,6 +837,14 @@ impl Pipeline {
         )
         .await?;
         let between = buckets_between(&histogram(&before, LATENCY), &histogram(&after, LATENCY));
+        let queryable = wait_read_model(admin, &after, started + s.view_timeout)
+            .await?
+            .map(|(at, _)| at - started);
+        let readable = scrape(admin).await?;
+        let read_delay = buckets_between(
+            &histogram(&before, READ_DELAY),
+            &histogram(&readable, READ_DELAY),
+        );
         Ok(PacedFigures {
             records,
             rate: p.rate,
@@ -761,6 +857,8 @@ impl Pipeline {
             ),
             to_view: done - started,
             latency: Latency::of(&between),
+            queryable,
+            read_delay: Latency::of(&read_delay),
             reconciler_cpu: cpu_seconds(pid).unwrap_or(f64::NAN) - cpu_before,
         })
     }
@@ -1345,6 +1443,20 @@ pub(crate) fn work_dir(base: &Path, name: &str) -> anyhow::Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_read_model_is_behind_by_the_changes_it_has_not_consumed() {
+        let text = "# TYPE ponte_reconciler_outputs_published_total counter\n\
+            ponte_reconciler_outputs_published_total{kind=\"change\"} 120\n\
+            ponte_reconciler_outputs_published_total{kind=\"changelog\"} 500\n\
+            ponte_reconciler_outputs_published_total{kind=\"alert\"} 3\n\
+            ponte_reconciler_read_model_applied_total 90\n\
+            ponte_reconciler_read_model_duplicates_total 7\n\
+            ponte_reconciler_read_model_invalid_total 1\n\
+            ponte_reconciler_read_model_lag 4\n";
+        assert_eq!(changes_published(text), 120.0);
+        assert_eq!(read_model_consumed(text), 98.0);
+    }
 
     #[test]
     fn quantiles_interpolate_inside_the_bucket() {

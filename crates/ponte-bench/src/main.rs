@@ -31,6 +31,7 @@ mod broker;
 mod e2e;
 mod events;
 mod floor;
+mod paced_reads;
 mod queries;
 mod read_model;
 mod reconciler;
@@ -142,7 +143,8 @@ enum Cmd {
         #[arg(long, default_value = "target/release/ponte")]
         ponte: PathBuf,
         /// Also load the reconciler's gRPC server with this `ghz` binary once the view is
-        /// complete: gRPC health Check (the bare tonic stack) and GetPerson.
+        /// complete: gRPC health Check (the bare tonic stack) and GetPerson; then (at a
+        /// rate) GetPerson at the same rate from the bench's own client.
         #[arg(long)]
         ghz: Option<PathBuf>,
         /// ghz: requests per second (0 = as fast as it can).
@@ -500,6 +502,22 @@ async fn main() -> anyhow::Result<()> {
             );
             println!("in the view        {:.1} s", f.to_view.as_secs_f64());
             println!("throughput         {e2e_rate:.0} records/s end to end");
+            // Records are in GetPerson's answers once the read model has applied their changes.
+            let queryable_rate = f
+                .queryable
+                .map(|q| f.records as f64 / q.after.as_secs_f64().max(1e-9));
+            match (&f.queryable, queryable_rate) {
+                (Some(q), Some(rate)) => println!(
+                    "queryable          {:.1} s ({rate:.0} records/s end to end): the read model had {:.0} changes ({:.2} per input) still to apply when the view was complete; {:.1} µs of reconciler CPU per input record until then",
+                    q.after.as_secs_f64(),
+                    q.behind,
+                    q.behind / f.records.max(1) as f64,
+                    q.reconciler_cpu * 1e6 / f.records.max(1) as f64
+                ),
+                _ => println!(
+                    "queryable          the read model had not applied every change by the view's deadline"
+                ),
+            }
             print_latency(&f.latency);
             println!(
                 "reconciler         {} batches, {:.0} events/batch, commit {:.2} s in all, state {:.1} MiB",
@@ -557,6 +575,10 @@ async fn main() -> anyhow::Result<()> {
                 println!("== ghz {call}");
                 print!("{text}");
             }
+            if let Some(o) = &f.paced_reads {
+                println!("== GetPerson from ponte-bench's own paced client (tonic; open loop)");
+                print!("{}", o.report());
+            }
             for r in &f.restarts {
                 print_restart(r);
             }
@@ -602,6 +624,13 @@ async fn main() -> anyhow::Result<()> {
                 e2e_rate / fl.rate(),
                 fl.rate()
             );
+            if let Some(rate) = queryable_rate {
+                println!(
+                    "ratio              Ponte to queryable = {:.2} × the floor ({rate:.0} / {:.0} records/s)",
+                    rate / fl.rate(),
+                    fl.rate()
+                );
+            }
             if !kafka.keep_topics {
                 cleanup(&kafka.bootstrap, &prefix).await;
                 e2e::delete_reconciler_state(&run_dir);
@@ -693,15 +722,20 @@ fn seconds(s: f64) -> String {
 }
 
 fn print_latency(l: &e2e::Latency) {
+    print_quantiles("ingest → view     ", "events", l);
+}
+
+/// A histogram's quantiles on one line headed `what` (18 columns).
+fn print_quantiles(what: &str, of: &str, l: &e2e::Latency) {
     match (l.p50, l.p90, l.p99) {
         (Some(p50), Some(p90), Some(p99)) => println!(
-            "ingest → view      p50 {}, p90 {}, p99 {} ({} events, histogram interpolation)",
+            "{what} p50 {}, p90 {}, p99 {} ({} {of}, histogram interpolation)",
             seconds(p50),
             seconds(p90),
             seconds(p99),
             l.count
         ),
-        _ => println!("ingest → view      no latency samples"),
+        _ => println!("{what} no latency samples"),
     }
 }
 
@@ -728,6 +762,18 @@ fn print_paced(p: &e2e::PacedFigures) {
         p.to_view.saturating_sub(p.ingest).as_secs_f64()
     );
     print_latency(&p.latency);
+    match p.queryable {
+        Some(q) => println!(
+            "queryable          {:.1} s after the first was sent: the read model (GetPerson's store) had every change",
+            q.as_secs_f64()
+        ),
+        None => println!("queryable          the read model had not caught up by the deadline"),
+    }
+    print_quantiles(
+        "change → readable ",
+        "changes sent by the reconciler meanwhile, to their being in GetPerson's answers",
+        &p.read_delay,
+    );
     println!(
         "reconciler cpu     {:.1} s meanwhile ({:.0} µs per record, repartition and read model included)",
         p.reconciler_cpu,

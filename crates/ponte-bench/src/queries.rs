@@ -196,6 +196,7 @@ pub(crate) async fn run(setup: &e2e::Setup<'_>, a: &Args) -> anyhow::Result<()> 
         compliance: &compliance,
     };
     let mut rows = measure(setup, a, &calls, &targets).await?;
+    paced_client(a, &targets, &nis).await?;
     // The reconciler as last measured: the audit run changes only the audit log.
     let mut reconciler = Target {
         name: "reconciler".to_owned(),
@@ -258,6 +259,7 @@ pub(crate) async fn run(setup: &e2e::Setup<'_>, a: &Args) -> anyhow::Result<()> 
             ..reconciler
         };
         rows.extend(measure(setup, a, &calls, std::slice::from_ref(&reconciler)).await?);
+        paced_client(a, std::slice::from_ref(&reconciler), &nis).await?;
         let after = audit_bytes(setup).await?;
         let reads = after.reads - before.reads;
         println!(
@@ -271,6 +273,32 @@ pub(crate) async fn run(setup: &e2e::Setup<'_>, a: &Args) -> anyhow::Result<()> 
     print_table(&rows);
     drop(trivial);
     drop(pipeline);
+    Ok(())
+}
+
+/// `GetPerson` at `a.rps` from the bench's own client ([`crate::paced_reads`]), for as long
+/// as a ghz run, against each plaintext target in turn.
+async fn paced_client(a: &Args, targets: &[Target], nis: &[String]) -> anyhow::Result<()> {
+    let seconds = a
+        .duration
+        .strip_suffix('s')
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
+    for t in targets.iter().filter(|t| t.tls == ["--insecure"]) {
+        let pace = crate::paced_reads::Pace {
+            rate: a.rps,
+            seconds,
+            connections: a.connections,
+        };
+        // The trivial services run in this process: their CPU is in the client's.
+        let server = (t.pid != std::process::id()).then_some(t.pid);
+        let o = crate::paced_reads::get_person(&t.addr, nis, pace, server).await?;
+        println!(
+            "== GetPerson at {}/s from ponte-bench's own client (tonic; open loop), {}",
+            a.rps, t.name
+        );
+        print!("{}", o.report());
+    }
     Ok(())
 }
 
