@@ -436,6 +436,15 @@ mod tests {
         }
     }
 
+    #[test]
+    fn the_log_producer_lingers_only_when_configured_to() {
+        let c: AuditConfig = ponte_runtime::config::load("", None, Vec::new()).unwrap();
+        assert_eq!(c.linger(), std::time::Duration::ZERO);
+        let env = vec![("PONTE__LINGER_MS".to_owned(), "2".to_owned())];
+        let c: AuditConfig = ponte_runtime::config::load("", None, env).unwrap();
+        assert_eq!(c.linger(), std::time::Duration::from_millis(2));
+    }
+
     fn signer() -> Signer {
         Signer::from_pkcs8("reconciler-1", &Signer::generate().unwrap()).unwrap()
     }
@@ -635,9 +644,21 @@ pub struct AuditConfig {
     /// `ponte_audit_disabled{service} 1`.
     #[serde(default)]
     pub disabled: bool,
+    /// How long the log's producer waits to put several entries in one produce request
+    /// (librdkafka's `linger.ms`). Every read and write waits for its entry's acknowledgement,
+    /// so this is added to each: 0 by default (entries that queue while a request is in flight
+    /// still go together). A few milliseconds spend less CPU per entry under a high read rate
+    /// (docs/benchmarks.md, "Point reads on the worker").
+    #[serde(default)]
+    pub linger_ms: u32,
 }
 
 impl AuditConfig {
+    /// The log producer's linger ([`Self::linger_ms`]).
+    pub fn linger(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(u64::from(self.linger_ms))
+    }
+
     /// `service`'s signing key and the subject key; `None` only when the log is `disabled`
     /// (said in a warning and the `ponte_audit_disabled{service}` gauge). Without keys and
     /// not disabled, an error naming the keys to set: the log is on by default.

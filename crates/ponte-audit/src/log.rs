@@ -176,17 +176,17 @@ pub struct Auditor {
 }
 
 impl Auditor {
-    /// Starts `service`'s chain; a task seals what is unsealed every second until `stop`.
+    /// Starts `service`'s chain, its producer lingering `linger` ([`crate::AuditConfig`]'s
+    /// `linger_ms`); a task seals what is unsealed every second until `stop`.
     pub async fn start(
         kafka: &KafkaConfig,
         topic: &str,
         service: &str,
-        signer: Signer,
-        subjects: SubjectKey,
+        (signer, subjects): (Signer, SubjectKey),
+        linger: Duration,
         stop: tokio_util::sync::CancellationToken,
     ) -> Result<std::sync::Arc<Self>, BusError> {
-        // Every audited read waits for its entry's acknowledgement: no linger on top of it.
-        let publisher = Publisher::with_linger(kafka, &format!("{service}-audit"), Duration::ZERO)?;
+        let publisher = Publisher::with_linger(kafka, &format!("{service}-audit"), linger)?;
         let log = AuditLog::start(publisher, topic, service, signer).await?;
         let auditor = std::sync::Arc::new(Self { log, subjects });
         let sealer = std::sync::Arc::clone(&auditor);
@@ -444,8 +444,8 @@ pub async fn adapter_ingestor(
     let topic = topics.name(Topic::Audit);
     let service = adapter;
     match cfg.service_keys(service).map_err(|e| e.to_string())? {
-        Some((signer, subjects)) => {
-            let auditor = Auditor::start(kafka, &topic, service, signer, subjects, stop)
+        Some(keys) => {
+            let auditor = Auditor::start(kafka, &topic, service, keys, cfg.linger(), stop)
                 .await
                 .map_err(|e| format!("audit log: {e}"))?;
             gate.record_refusals(std::sync::Arc::new(Refusals(std::sync::Arc::clone(

@@ -281,13 +281,13 @@ pub async fn run(
     );
     // The audit log: every read is recorded in it before it is answered.
     let auditor = match audit.service_keys("reconciler").map_err(startup)? {
-        Some((signer, subjects)) => Some(
+        Some(keys) => Some(
             ponte_audit::log::Auditor::start(
                 kafka,
                 &topics.name(ponte_bus::Topic::Audit),
                 "reconciler",
-                signer,
-                subjects,
+                keys,
+                audit.linger(),
                 shutdown.clone(),
             )
             .await
