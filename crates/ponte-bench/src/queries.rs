@@ -82,6 +82,8 @@ struct Target {
 /// Starts the real processes with the population in the view (as `e2e` does), then loads the
 /// reconciler and the trivial service with ghz and prints the figures.
 pub(crate) async fn run(setup: &e2e::Setup<'_>, a: &Args) -> anyhow::Result<()> {
+    // The bench's own client runs as long as a ghz run: refused before the load, not after.
+    duration_seconds(&a.duration)?;
     let mut pipeline = e2e::start(setup).await?;
     if a.tls || a.audit {
         // Off and on each measured on a reconciler freshly restarted on the same state, so that
@@ -276,14 +278,20 @@ pub(crate) async fn run(setup: &e2e::Setup<'_>, a: &Args) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// Seconds of a ghz `-z` duration: `20s`, `1m`.
+fn duration_seconds(z: &str) -> anyhow::Result<u32> {
+    match z.split_at(z.len().saturating_sub(1)) {
+        (n, "s") => n.parse().ok(),
+        (n, "m") => n.parse::<u32>().ok().map(|m| m * 60),
+        _ => None,
+    }
+    .with_context(|| format!("--duration {z:?}: seconds or minutes (20s, 1m)"))
+}
+
 /// `GetPerson` at `a.rps` from the bench's own client ([`crate::paced_reads`]), for as long
 /// as a ghz run, against each plaintext target in turn.
 async fn paced_client(a: &Args, targets: &[Target], nis: &[String]) -> anyhow::Result<()> {
-    let seconds = a
-        .duration
-        .strip_suffix('s')
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(20);
+    let seconds = duration_seconds(&a.duration)?;
     for t in targets.iter().filter(|t| t.tls == ["--insecure"]) {
         let pace = crate::paced_reads::Pace {
             rate: a.rps,
@@ -888,6 +896,15 @@ impl TrivialServer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_ghz_duration_is_seconds_or_minutes() {
+        assert_eq!(duration_seconds("20s").ok(), Some(20));
+        assert_eq!(duration_seconds("2m").ok(), Some(120));
+        for bad in ["", "20", "1h", "xs", "-1s"] {
+            assert!(duration_seconds(bad).is_err(), "{bad}");
+        }
+    }
 
     /// A real `ghz --format json` report of a GetPerson run, trimmed (`options`, `histogram`
     /// and `details` shortened) and with one error added.
