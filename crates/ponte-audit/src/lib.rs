@@ -440,6 +440,7 @@ mod tests {
     fn the_log_producer_lingers_2_ms_unless_configured_otherwise() {
         let c: AuditConfig = ponte_runtime::config::load("", None, Vec::new()).unwrap();
         assert_eq!(c.linger(), std::time::Duration::from_millis(2));
+        assert_eq!(AuditConfig::default().linger(), c.linger());
         let env = vec![("PONTE__LINGER_MS".to_owned(), "0".to_owned())];
         let c: AuditConfig = ponte_runtime::config::load("", None, env).unwrap();
         assert_eq!(c.linger(), std::time::Duration::ZERO);
@@ -623,7 +624,7 @@ mod tests {
 }
 
 /// The `[audit]` section of the configuration.
-#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditConfig {
     /// Directory of the services' signing keys, `<service>.pk8` each (`ponte audit keygen`,
@@ -657,6 +658,19 @@ pub struct AuditConfig {
 
 fn default_linger_ms() -> u32 {
     2
+}
+
+impl Default for AuditConfig {
+    /// As an empty `[audit]` section reads.
+    fn default() -> Self {
+        Self {
+            key_dir: String::new(),
+            subject_key_file: String::new(),
+            keys: BTreeMap::new(),
+            disabled: false,
+            linger_ms: default_linger_ms(),
+        }
+    }
 }
 
 impl AuditConfig {
