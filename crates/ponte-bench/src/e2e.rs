@@ -728,7 +728,7 @@ fn csv_records(src: &Path, n: u64) -> anyhow::Result<(String, Vec<String>)> {
 }
 
 /// The `q` quantile of `sorted` (nearest rank), zero when empty.
-fn nearest_rank(sorted: &[Duration], q: f64) -> Duration {
+pub(crate) fn nearest_rank(sorted: &[Duration], q: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
     }

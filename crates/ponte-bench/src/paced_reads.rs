@@ -52,11 +52,6 @@ pub(crate) struct Outcome {
 }
 
 impl Outcome {
-    /// The `q` quantile (0..=1) of the OK calls' latencies (nearest rank).
-    pub(crate) fn quantile(&self, q: f64) -> Option<Duration> {
-        quantile(&self.ok, q)
-    }
-
     fn calls(&self) -> u64 {
         self.ok.len() as u64 + self.errors.values().sum::<u64>()
     }
@@ -80,10 +75,10 @@ impl Outcome {
             self.ok.len(),
             self.errors,
             self.ok.len() as f64 / self.wall.as_secs_f64().max(1e-9),
-            show(self.quantile(0.50)),
-            show(self.quantile(0.90)),
-            show(self.quantile(0.99)),
-            show(self.quantile(0.999)),
+            show(quantile(&self.ok, 0.50)),
+            show(quantile(&self.ok, 0.90)),
+            show(quantile(&self.ok, 0.99)),
+            show(quantile(&self.ok, 0.999)),
             show(self.ok.last().copied()),
             show(quantile(&self.ok_from_due, 0.50)),
             show(quantile(&self.ok_from_due, 0.99)),
@@ -100,13 +95,10 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-/// The `q` quantile of `sorted` (nearest rank), `None` when empty.
+/// The `q` quantile of `sorted` (nearest rank, as [`crate::e2e::nearest_rank`]), `None` when
+/// empty.
 fn quantile(sorted: &[Duration], q: f64) -> Option<Duration> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let rank = (q * sorted.len() as f64).ceil() as usize;
-    Some(sorted[rank.clamp(1, sorted.len()) - 1])
+    (!sorted.is_empty()).then(|| crate::e2e::nearest_rank(sorted, q))
 }
 
 /// The time call `i` of a run started at `start` is due at `rate` calls per second.
