@@ -209,6 +209,27 @@ async fn two_instances_split_the_partitions_and_the_survivor_takes_over() {
         restores > 0.0,
         "a took b's partitions without restoring them"
     );
+    // a's read model took the changes of the partitions it owns from its own epochs; phase 3
+    // gives some of them to b, whose changes a must then read from the topic again.
+    let from_epochs = metric(
+        a.admin_port(),
+        "ponte_reconciler_read_model_changes_total",
+        &[("from", "epochs")],
+    )
+    .await;
+    assert!(
+        from_epochs > 0.0,
+        "a's read model read back every change it published"
+    );
+    let from_topic = || async {
+        metric(
+            a.admin_port(),
+            "ponte_reconciler_read_model_changes_total",
+            &[("from", "topic")],
+        )
+        .await
+    };
+    let topic_before = from_topic().await;
 
     // 3. b returns with the state it had before: stale for the partitions a wrote since. It
     //    must rebuild them, and both must agree with the reference after more changes
@@ -247,6 +268,11 @@ async fn two_instances_split_the_partitions_and_the_survivor_takes_over() {
     assert!(
         restores > 0.0,
         "b came back to partitions a had written and kept its stale state"
+    );
+    let topic_after = from_topic().await;
+    assert!(
+        topic_after > topic_before,
+        "a served b's corrections without reading them from the topic ({topic_before} → {topic_after})"
     );
 
     assert!(a.terminate().success());

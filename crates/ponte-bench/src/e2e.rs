@@ -73,8 +73,11 @@ pub(crate) struct Figures {
     /// Messages the reconciler produced, by kind (`ponte_reconciler_outputs_published_total`).
     pub(crate) produced: Vec<(String, f64)>,
     /// Messages the reconciler consumed, by what they are: the input records, each repartition
-    /// topic, and the read model's copy of the changes topic.
+    /// topic, and what the read model consumed of the changes topic.
     pub(crate) consumed: Vec<(String, f64)>,
+    /// Changes the read model applied, by where it took them from: the reconciler's own
+    /// epochs (in memory, not consumed) or the changes topic.
+    pub(crate) read_model_from: Vec<(String, f64)>,
     pub(crate) commit_seconds: f64,
     /// Seconds the consumer loop spent applying events (`ponte_reconciler_epoch_apply_seconds`).
     pub(crate) apply_seconds: f64,
@@ -516,6 +519,11 @@ pub(crate) async fn start(s: &Setup<'_>) -> anyhow::Result<Pipeline> {
         batches: metric(&metrics, "ponte_reconciler_batch_events_count"),
         produced: by_label(&metrics, "ponte_reconciler_outputs_published_total", "kind"),
         consumed: consumed_by_kind(&metrics),
+        read_model_from: by_label(
+            &metrics,
+            "ponte_reconciler_read_model_changes_total",
+            "from",
+        ),
         commit_seconds: metric(&metrics, "ponte_reconciler_batch_commit_seconds_sum"),
         apply_seconds: metric(&metrics, "ponte_reconciler_epoch_apply_seconds_sum"),
         commit_phases: commit_phases(&metrics),
@@ -705,8 +713,8 @@ fn consumed_by_kind(metrics: &str) -> Vec<(String, f64)> {
         out.push((internal.to_owned(), n));
     }
     out.push((
-        "read model (changes)".to_owned(),
-        read_model_consumed(metrics),
+        "read model (changes topic)".to_owned(),
+        metric(metrics, "ponte_reconciler_read_model_consumed_total"),
     ));
     out.push((
         "changelog restore".to_owned(),

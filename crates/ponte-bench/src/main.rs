@@ -561,6 +561,12 @@ async fn main() -> anyhow::Result<()> {
             };
             println!("produced           {}", per_input(&f.produced));
             println!("consumed           {}", per_input(&f.consumed));
+            if !f.read_model_from.is_empty() {
+                println!(
+                    "read model applied {} (epochs: the reconciler's own, from memory)",
+                    per_input(&f.read_model_from)
+                );
+            }
             if let Some((entries, bytes)) = f.audit {
                 println!(
                     "audit log          {entries} entries, {bytes} bytes: {:.1} bytes per input record",

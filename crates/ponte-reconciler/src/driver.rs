@@ -87,6 +87,7 @@ impl Driver<'_> {
         // The partitions whose records flow: owned and restored.
         let mut owned = assignment.prepared_partition_numbers();
         parked.reassign(store, &owned)?;
+        committer.owned(&owned);
         let mut batch_started = Instant::now();
         // Time spent applying the open epoch's events (not waiting for them, not committing).
         let mut applying = Duration::ZERO;
@@ -130,6 +131,7 @@ impl Driver<'_> {
             if assignment.resume_prepared(consumer)? {
                 owned = assignment.prepared_partition_numbers();
                 parked.reassign(store, &owned)?;
+                committer.owned(&owned);
                 // Readiness follows at once.
                 last_gauges = Instant::now() - Duration::from_secs(60);
             }
@@ -205,6 +207,7 @@ impl Driver<'_> {
                 // indexed again from the store.
                 parked.clear();
                 parked.reassign(store, &owned)?;
+                committer.owned(&owned);
                 // The message (if any) was fetched under the new assignment: it is applied below.
             }
             let commit_now = match next {

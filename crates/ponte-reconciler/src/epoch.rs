@@ -39,6 +39,8 @@ use rdkafka::producer::DeliveryFuture;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use crate::ReconcilerError;
+use crate::feed::FeedSender;
+use crate::readmodel::{ChangeRecord, unix_millis};
 use crate::restore::Marker;
 use crate::topology::{
     Kv, Output, OutputKind, ParkedDelta, Tx, Writes, batch_bytes, key_partition,
@@ -54,6 +56,10 @@ pub struct Routes {
     members: String,
     deadletter: String,
     changelog: String,
+    /// Changes are published in the partition of the input that produced them (the changes
+    /// topic has the inputs' partition count), not by their key's hash: the owner of an input
+    /// partition is then the only writer of that changes partition ([`crate::feed`]).
+    changes_by_input: bool,
 }
 
 impl Routes {
@@ -66,7 +72,22 @@ impl Routes {
             members: topics.reconciler_name(Topic::ReconcilerMembers, group),
             deadletter: topics.name(Topic::DeadLetter),
             changelog: topics.reconciler_name(Topic::ReconcilerChangelog, group),
+            changes_by_input: false,
         }
+    }
+
+    /// Changes go to the partition of the input that produced them: for a changes topic with
+    /// the inputs' partition count.
+    pub fn changes_in_input_partitions(self) -> Self {
+        Self {
+            changes_by_input: true,
+            ..self
+        }
+    }
+
+    /// The partition an output is sent to (`None`: its key's hash decides).
+    fn partition(&self, o: &Output) -> Option<i32> {
+        (o.kind == OutputKind::Change && self.changes_by_input).then_some(o.partition)
     }
 
     /// The topic of an output kind.
@@ -270,6 +291,9 @@ pub struct Committer {
     faults: Faults,
     /// A transaction is open: an epoch was sent and not completed.
     open: bool,
+    /// Where committed changes go to the read model ([`crate::feed`]); `None`: it reads them
+    /// from the changes topic.
+    feed: Option<FeedSender>,
 }
 
 impl std::fmt::Debug for Committer {
@@ -301,6 +325,19 @@ impl Committer {
             producer: None,
             faults,
             open: false,
+            feed: None,
+        }
+    }
+
+    /// Hands every committed epoch's changes to the read model through `feed`.
+    pub fn feed_read_model(&mut self, feed: FeedSender) {
+        self.feed = Some(feed);
+    }
+
+    /// The input partitions the write path owns now (for the read model's feed).
+    pub fn owned(&self, partitions: &std::collections::BTreeSet<i32>) {
+        if let Some(feed) = &self.feed {
+            feed.owned(partitions);
         }
     }
 
@@ -383,6 +420,7 @@ impl Committer {
                 offsets,
                 group,
                 spent: started.elapsed(),
+                sent_ms: unix_millis(),
             })),
             Err(e) => {
                 self.abandon(&e, consumed, &mut Consumed::default(), consumer);
@@ -414,12 +452,16 @@ impl Committer {
             offsets,
             group,
             spent,
+            sent_ms,
         } = epoch;
         match self
             .acknowledge_and_commit(deliveries, &offsets, &group)
             .await
         {
-            Ok(changelog_ends) => {
+            Ok(Acknowledged {
+                changelog_ends,
+                changes,
+            }) => {
                 self.faults.reach(FaultPoint::Committed);
                 let applying = Instant::now();
                 let mut w = self.store.batch_with_capacity(batch_bytes(&writes));
@@ -445,6 +487,9 @@ impl Committer {
                 }
                 metrics::counter!("ponte_reconciler_outputs_published_total", "kind" => "changelog")
                     .increment(writes.len() as u64);
+                if let Some(feed) = &mut self.feed {
+                    feed.send(sent_ms, changes_of(outputs, &changes)).await;
+                }
                 metrics::counter!("ponte_reconciler_epochs_total", "result" => "committed")
                     .increment(1);
                 // The time the consumer loop spent on the commit, not the time the broker took
@@ -545,14 +590,13 @@ impl Committer {
         Ok((sent?, offsets, group))
     }
 
-    /// Steps 2–4 once the messages are handed over: returns each changelog partition's offset
-    /// after the epoch's last entry.
+    /// Steps 2–4 once the messages are handed over.
     async fn acknowledge_and_commit(
         &mut self,
         deliveries: Deliveries,
         offsets: &TopicPartitionList,
         group: &ConsumerGroupMetadata,
-    ) -> Result<BTreeMap<i32, i64>, TxError> {
+    ) -> Result<Acknowledged, TxError> {
         let Self {
             producer, faults, ..
         } = self;
@@ -594,8 +638,17 @@ fn rewind_to<'c>(consumed: &'c Consumed, after: &'c Consumed) -> BTreeMap<(&'c s
     firsts
 }
 
-/// The deliveries of an epoch's messages; `true` marks a changelog entry.
-type Deliveries = Vec<(bool, DeliveryFuture)>;
+/// What a delivery is of.
+#[derive(Debug, Clone, Copy)]
+enum Delivery {
+    Change,
+    Changelog,
+    /// Any other output (alerts, repartition messages, dead letters).
+    Output,
+}
+
+/// The deliveries of an epoch's messages, each marked with what it is of.
+type Deliveries = Vec<(Delivery, DeliveryFuture)>;
 
 /// What [`Committer::send`] did with an epoch.
 #[derive(Debug)]
@@ -620,6 +673,8 @@ pub struct InFlight {
     group: ConsumerGroupMetadata,
     /// The time [`Committer::send`] took.
     spent: Duration,
+    /// When its messages were sent, milliseconds since the Unix epoch.
+    sent_ms: i64,
 }
 
 impl std::fmt::Debug for InFlight {
@@ -654,12 +709,16 @@ fn send_all(
         let headers = headers_of(o.kind);
         let d = producer.send(
             routes.topic(o.kind),
-            None,
+            routes.partition(o),
             o.key.as_bytes(),
             o.payload.as_deref(),
             Some(headers),
         )?;
-        deliveries.push((false, d));
+        let of = match o.kind {
+            OutputKind::Change => Delivery::Change,
+            _ => Delivery::Output,
+        };
+        deliveries.push((of, d));
     }
     for (k, v) in writes {
         let p = key_partition(k).ok_or_else(|| {
@@ -669,32 +728,45 @@ fn send_all(
             ))
         })?;
         let d = producer.send(routes.changelog(), Some(p), k, v.as_deref(), None)?;
-        deliveries.push((true, d));
+        deliveries.push((Delivery::Changelog, d));
     }
     phase_took("send", started);
     Ok(deliveries)
 }
 
+/// What the broker acknowledged of a committed epoch.
+struct Acknowledged {
+    /// Each changelog partition's offset after the epoch's last entry.
+    changelog_ends: BTreeMap<i32, i64>,
+    /// Each change's partition and offset, in the order the changes were sent.
+    changes: Vec<(i32, i64)>,
+}
+
 /// Step 2's second half and steps 3–4: waits for the broker's acknowledgements, adds the
-/// offsets and commits. Returns each changelog partition's offset after the epoch's last entry.
+/// offsets and commits.
 async fn acknowledge_and_commit(
     producer: &Transactional,
     deliveries: Deliveries,
     offsets: &TopicPartitionList,
     group: &ConsumerGroupMetadata,
     faults: &mut Faults,
-) -> Result<BTreeMap<i32, i64>, TxError> {
+) -> Result<Acknowledged, TxError> {
     let mut started = Instant::now();
     let mut ends: BTreeMap<i32, i64> = BTreeMap::new();
-    for (is_changelog, d) in deliveries {
+    let mut changes = Vec::new();
+    for (of, d) in deliveries {
         let (partition, offset) = match d.await {
             Ok(Ok(d)) => (d.partition, d.offset),
             Ok(Err((e, _))) => return Err(TxError::of("send", &e)),
             Err(_) => return Err(TxError::aborted("send cancelled")),
         };
-        if is_changelog {
-            let end = ends.entry(partition).or_insert(0);
-            *end = (*end).max(offset + 1);
+        match of {
+            Delivery::Changelog => {
+                let end = ends.entry(partition).or_insert(0);
+                *end = (*end).max(offset + 1);
+            }
+            Delivery::Change => changes.push((partition, offset)),
+            Delivery::Output => {}
         }
     }
     started = phase_took("acknowledged", started);
@@ -704,7 +776,21 @@ async fn acknowledge_and_commit(
     faults.reach(FaultPoint::Offsets);
     tokio::task::block_in_place(|| producer.commit())?;
     phase_took("commit", started);
-    Ok(ends)
+    Ok(Acknowledged {
+        changelog_ends: ends,
+        changes,
+    })
+}
+
+/// The committed changes among `outputs` (in the order sent) with the partitions and offsets
+/// the broker gave them (`acknowledged`, in the same order), for the read model.
+fn changes_of(outputs: Vec<Output>, acknowledged: &[(i32, i64)]) -> Vec<ChangeRecord> {
+    outputs
+        .into_iter()
+        .filter(|o| o.kind == OutputKind::Change)
+        .zip(acknowledged)
+        .map(|(o, (partition, offset))| (*partition, *offset, o.key, o.payload))
+        .collect()
 }
 
 /// The headers of an output. The repartition topics' messages carry only `ponte-schema`, the
@@ -765,6 +851,47 @@ mod tests {
             payload: Some(payload.as_bytes().to_vec()),
             partition: 0,
         }
+    }
+
+    #[test]
+    fn changes_go_to_their_input_partition_when_the_topic_is_co_partitioned() {
+        let on = |kind| Output {
+            partition: 2,
+            ..out(kind, "person:1", "v")
+        };
+        let topics = TopicsConfig {
+            prefix: "ponte.".into(),
+            partitions: 3,
+            replication_factor: 1,
+            overrides: Default::default(),
+        };
+        let keyed = Routes::new(&topics, "g");
+        assert_eq!(keyed.partition(&on(OutputKind::Change)), None);
+        let by_input = keyed.changes_in_input_partitions();
+        assert_eq!(by_input.partition(&on(OutputKind::Change)), Some(2));
+        // Only changes: alerts and repartition messages keep their key's partition.
+        assert_eq!(by_input.partition(&on(OutputKind::Alert)), None);
+        assert_eq!(by_input.partition(&on(OutputKind::Member)), None);
+    }
+
+    #[test]
+    fn the_changes_handed_to_the_read_model_carry_the_offsets_the_broker_gave_them() {
+        let outputs = vec![
+            out(OutputKind::Change, "person:1", "a"),
+            out(OutputKind::Alert, "f1", "x"),
+            Output {
+                payload: None,
+                ..out(OutputKind::Change, "person:2", "")
+            },
+        ];
+        let records = changes_of(outputs, &[(1, 40), (2, 7)]);
+        assert_eq!(
+            records,
+            vec![
+                (1, 40, "person:1".to_owned(), Some(b"a".to_vec())),
+                (2, 7, "person:2".to_owned(), None),
+            ]
+        );
     }
 
     #[test]

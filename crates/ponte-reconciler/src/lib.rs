@@ -17,6 +17,7 @@
 pub mod config;
 mod driver;
 pub mod epoch;
+pub mod feed;
 mod gauges;
 pub mod grpc;
 pub mod readmodel;

@@ -33,7 +33,7 @@
 //! marked failed ([`ReadPath`]): readiness turns to 503 and every read is answered
 //! `UNAVAILABLE`, rather than answering from a store that no longer follows the changes topic.
 //! The write path goes on; a restart of the process opens the store again and resumes.
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -52,6 +52,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use crate::ReconcilerError;
+use crate::feed::{Batch, FeedReceiver, Routing};
 use crate::topology::Kv;
 
 /// How the read model's store is laid out: its views (about 2.5 KiB each with the evidence)
@@ -862,17 +863,19 @@ fn lag(consumer: &StreamConsumer, topic: &str, next: &BTreeMap<i32, i64>) -> Opt
 /// Partitions are assigned, not subscribed to: no consumer group is joined and no offsets are
 /// committed to Kafka (they live in the store, written with the views). `caught_up` is set to
 /// `true` once every partition reached the high watermark it had at start (at once when the
-/// topic is empty).
+/// topic is empty). With a `feed`, the partitions this instance's write path owns are taken
+/// from its committed epochs instead of the topic ([`crate::feed`]).
 pub async fn run(
     kafka: KafkaConfig,
     topic: String,
     store: Store,
     caught_up: tokio::sync::watch::Sender<bool>,
     path: ReadPath,
+    feed: Option<FeedReceiver>,
     shutdown: CancellationToken,
 ) -> Result<(), ReconcilerError> {
     metrics::gauge!("ponte_reconciler_read_model_failed").set(0.0);
-    let result = follow(kafka, topic, store, caught_up, shutdown).await;
+    let result = follow(kafka, topic, store, caught_up, feed, shutdown).await;
     if let Err(e) = &result {
         path.fail(format!(
             "the read model stopped following the changes topic: {e}"
@@ -881,11 +884,40 @@ pub async fn run(
     result
 }
 
+/// What the read model's loop waited for.
+enum Next {
+    Stop,
+    Consumed(
+        Result<ChangeRecord, rdkafka::error::KafkaError>,
+        Option<i64>,
+    ),
+    Batch(Batch),
+    Owned(BTreeSet<i32>),
+    /// The write path's feed ended: it owns nothing.
+    FeedClosed,
+    Tick,
+}
+
+/// A consumed message as a change record, with its Kafka timestamp (when the reconciler sent
+/// it).
+fn consumed(m: &rdkafka::message::BorrowedMessage<'_>) -> (ChangeRecord, Option<i64>) {
+    (
+        (
+            m.partition(),
+            m.offset(),
+            String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+            m.payload().map(<[u8]>::to_vec),
+        ),
+        m.timestamp().to_millis(),
+    )
+}
+
 async fn follow(
     kafka: KafkaConfig,
     topic: String,
     store: Store,
     caught_up: tokio::sync::watch::Sender<bool>,
+    mut feed: Option<FeedReceiver>,
     shutdown: CancellationToken,
 ) -> Result<(), ReconcilerError> {
     let mut fault = injected_fault()?;
@@ -927,11 +959,16 @@ async fn follow(
     tracing::info!(
         topic,
         partitions = progress.target.len(),
+        fed = feed.is_some(),
         "read model consuming every partition of the changes topic"
     );
     metrics::gauge!("ponte_reconciler_read_model_caught_up").set(0.0);
+    let epoch_partitions = metrics::gauge!("ponte_reconciler_read_model_epoch_partitions");
+    epoch_partitions.set(0.0);
     let mut reported = false;
     let mut last_lag = Instant::now() - LAG_EVERY;
+    let mut routing = Routing::default();
+    let mut owned: BTreeSet<i32> = BTreeSet::new();
 
     loop {
         if !reported && progress.caught_up() {
@@ -942,37 +979,59 @@ async fn follow(
         }
         if last_lag.elapsed() >= LAG_EVERY {
             last_lag = Instant::now();
-            let (c, t, n) = (Arc::clone(&consumer), topic.clone(), progress.next.clone());
+            // Partitions taken from the epochs have nothing to read.
+            let n: BTreeMap<i32, i64> = progress
+                .next
+                .iter()
+                .filter(|(p, _)| !routing.takes_from_epochs(**p))
+                .map(|(p, n)| (*p, *n))
+                .collect();
+            let (c, t) = (Arc::clone(&consumer), topic.clone());
             if let Ok(Some(lag)) = tokio::task::spawn_blocking(move || lag(&c, &t, &n)).await {
                 metrics::gauge!("ponte_reconciler_read_model_lag").set(lag as f64);
             }
         }
 
-        let first = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            m = consumer.recv() => Some(m),
-            // Until caught up, look at the position often: the last record of a partition is
-            // usually an epoch's transaction marker, never delivered, so only the position shows
-            // the read model has passed it.
-            _ = tokio::time::sleep(if reported { Duration::from_secs(1) } else { Duration::from_millis(50) }) => None,
-        };
-        let mut records: Vec<ChangeRecord> = Vec::new();
-        // When each change was sent (its Kafka timestamp, set by the reconciler's producer).
-        let mut sent: Vec<i64> = Vec::new();
-        let mut owned = |m: &rdkafka::message::BorrowedMessage<'_>| -> ChangeRecord {
-            if let Some(ms) = m.timestamp().to_millis() {
-                sent.push(ms);
+        let next = {
+            let (batches, assignment) = match feed.as_mut() {
+                Some(f) => (Some(&mut f.batches), Some(&mut f.owned)),
+                None => (None, None),
+            };
+            let batches = async {
+                match batches {
+                    Some(b) => b.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let assignment = async {
+                match assignment {
+                    Some(o) => o.changed().await.map(|()| o.borrow_and_update().clone()),
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => Next::Stop,
+                m = consumer.recv() => {
+                    let m = m.map(|m| consumed(&m));
+                    match m {
+                        Ok((r, sent)) => Next::Consumed(Ok(r), sent),
+                        Err(e) => Next::Consumed(Err(e), None),
+                    }
+                }
+                b = batches => b.map_or(Next::FeedClosed, Next::Batch),
+                o = assignment => o.map_or(Next::FeedClosed, Next::Owned),
+                // Until caught up, look at the position often: the last record of a partition is
+                // usually an epoch's transaction marker, never delivered, so only the position
+                // shows the read model has passed it.
+                _ = tokio::time::sleep(if reported { Duration::from_secs(1) } else { Duration::from_millis(50) }) => Next::Tick,
             }
-            (
-                m.partition(),
-                m.offset(),
-                String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
-                m.payload().map(<[u8]>::to_vec),
-            )
         };
-        match first {
-            Some(Ok(m)) => records.push(owned(&m)),
-            Some(Err(e)) => {
+        // Partitions that change hands between the epochs and the topic.
+        let mut moved = false;
+        match next {
+            Next::Stop => break,
+            Next::Tick => {}
+            Next::Consumed(Err(e), _) => {
                 tracing::warn!(topic, error = %e, "read model consumer error");
                 metrics::counter!("ponte_reconciler_read_model_consumer_errors_total").increment(1);
                 tokio::select! {
@@ -980,59 +1039,100 @@ async fn follow(
                     _ = tokio::time::sleep(Duration::from_millis(200)) => {}
                 }
             }
-            None => {}
-        }
-        if !records.is_empty() {
-            let deadline = tokio::time::Instant::now() + BATCH_LINGER;
-            while records.len() < BATCH_MAX {
-                match tokio::time::timeout_at(deadline, consumer.recv()).await {
-                    Ok(Ok(m)) => records.push(owned(&m)),
-                    Ok(Err(e)) => {
-                        tracing::warn!(topic, error = %e, "read model consumer error");
-                        metrics::counter!("ponte_reconciler_read_model_consumer_errors_total")
-                            .increment(1);
-                        break;
+            Next::Consumed(Ok(first), sent) => {
+                // Each with when it was sent (its Kafka timestamp, set by the reconciler).
+                let mut records = vec![(first, sent)];
+                let deadline = tokio::time::Instant::now() + BATCH_LINGER;
+                while records.len() < BATCH_MAX {
+                    match tokio::time::timeout_at(deadline, consumer.recv()).await {
+                        Ok(Ok(m)) => records.push(consumed(&m)),
+                        Ok(Err(e)) => {
+                            tracing::warn!(topic, error = %e, "read model consumer error");
+                            metrics::counter!("ponte_reconciler_read_model_consumer_errors_total")
+                                .increment(1);
+                            break;
+                        }
+                        Err(_) => break,
                     }
-                    Err(_) => break,
+                }
+                metrics::counter!("ponte_reconciler_read_model_consumed_total")
+                    .increment(records.len() as u64);
+                // Fetched before their partition was taken from the epochs, or before it was
+                // assigned again at an earlier offset: applied already, or to be.
+                records.retain(|((p, offset, _, _), _)| {
+                    !routing.takes_from_epochs(*p)
+                        && progress.next.get(p).is_none_or(|next| offset >= next)
+                });
+                let (records, sent): (Vec<ChangeRecord>, Vec<Option<i64>>) =
+                    records.into_iter().unzip();
+                let sent: Vec<i64> = sent.into_iter().flatten().collect();
+                apply_changes(
+                    &store,
+                    &topic,
+                    records,
+                    &sent,
+                    "topic",
+                    &mut progress,
+                    &mut fault,
+                )
+                .await?;
+            }
+            Next::Batch(batch) => {
+                let sent_ms = batch.sent_ms;
+                let positions = positions(&consumer, &topic, &progress);
+                let routed = routing.batch(batch, &owned, |p| positions.get(&p).copied());
+                for (p, at) in &routed.passed {
+                    progress.advance(*p, *at);
+                }
+                moved = !routed.to_epochs.is_empty() || !routed.to_topic.is_empty();
+                if moved {
+                    tracing::info!(
+                        topic,
+                        from_epochs = ?routed.to_epochs,
+                        from_topic = ?routed.to_topic,
+                        "read model: partitions change hands"
+                    );
+                }
+                let sent = vec![sent_ms; routed.apply.len()];
+                apply_changes(
+                    &store,
+                    &topic,
+                    routed.apply,
+                    &sent,
+                    "epochs",
+                    &mut progress,
+                    &mut fault,
+                )
+                .await?;
+            }
+            Next::Owned(now) => {
+                owned = now;
+                let gone = routing.owned(&owned);
+                if !gone.is_empty() {
+                    tracing::info!(topic, partitions = ?gone, "read model: partitions no longer owned are read from the topic");
+                    moved = true;
                 }
             }
-            if let Some(n) = fault.as_mut() {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    return Err(ReconcilerError::Startup(
-                        "injected fault (PONTE_TEST_READ_MODEL_FAULT): the store refused the batch"
-                            .to_owned(),
-                    ));
-                }
+            Next::FeedClosed => {
+                feed = None;
+                owned.clear();
+                let gone = routing.owned(&owned);
+                moved = !gone.is_empty();
+                tracing::info!(
+                    topic,
+                    "read model: the write path stopped; every partition is read from the topic"
+                );
             }
-            let positions: Vec<(i32, i64)> = records.iter().map(|r| (r.0, r.1 + 1)).collect();
-            let (s, t) = (store.clone(), topic.clone());
-            let stats = tokio::task::spawn_blocking(move || apply(&s, &t, &records))
-                .await
-                .map_err(|e| ReconcilerError::Startup(format!("read model apply task: {e}")))??;
-            for (p, n) in positions {
-                progress.advance(p, n);
-            }
-            // How stale `GetPerson` is: from a change's sending in its epoch (before the
-            // epoch's commit) to its view being readable here.
-            let now = unix_millis();
-            let delay = metrics::histogram!("ponte_reconciler_read_model_delay_seconds");
-            for ms in sent {
-                delay.record((now - ms).max(0) as f64 / 1000.0);
-            }
-            metrics::counter!("ponte_reconciler_read_model_applied_total")
-                .increment(stats.applied + stats.deleted);
-            metrics::counter!("ponte_reconciler_read_model_duplicates_total")
-                .increment(stats.duplicates);
-            metrics::counter!("ponte_reconciler_read_model_invalid_total").increment(stats.invalid);
+        }
+        if moved {
+            assign_topic_partitions(&consumer, &topic, &routing, &progress)?;
+            epoch_partitions.set(routing.epoch_partitions() as f64);
         }
         // The consumer's position also moves past records never delivered (transaction
         // markers), which matters for reaching the high watermark.
-        if !reported && let Ok(tpl) = consumer.position() {
-            for e in tpl.elements_for_topic(&topic) {
-                if let Offset::Offset(o) = e.offset() {
-                    progress.advance(e.partition(), o);
-                }
+        if !reported {
+            for (p, at) in positions(&consumer, &topic, &progress) {
+                progress.advance(p, at);
             }
         }
     }
@@ -1040,8 +1140,97 @@ async fn follow(
     Ok(())
 }
 
+/// Applies `records` (taken from the topic or the epochs, `from`) in one store write, and
+/// advances the progress past them. `sent`: when each was sent, for the delay histogram;
+/// `fault`: the batches left until the test fault ([`injected_fault`]).
+async fn apply_changes(
+    store: &Store,
+    topic: &str,
+    records: Vec<ChangeRecord>,
+    sent: &[i64],
+    from: &'static str,
+    progress: &mut Progress,
+    fault: &mut Option<u64>,
+) -> Result<(), ReconcilerError> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    if let Some(n) = fault.as_mut() {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            return Err(ReconcilerError::Startup(
+                "injected fault (PONTE_TEST_READ_MODEL_FAULT): the store refused the batch"
+                    .to_owned(),
+            ));
+        }
+    }
+    metrics::counter!("ponte_reconciler_read_model_changes_total", "from" => from)
+        .increment(records.len() as u64);
+    let positions: Vec<(i32, i64)> = records.iter().map(|r| (r.0, r.1 + 1)).collect();
+    let (s, t) = (store.clone(), topic.to_owned());
+    let stats = tokio::task::spawn_blocking(move || apply(&s, &t, &records))
+        .await
+        .map_err(|e| ReconcilerError::Startup(format!("read model apply task: {e}")))??;
+    for (p, n) in positions {
+        progress.advance(p, n);
+    }
+    // How stale `GetPerson` is: from a change's sending in its epoch (before the epoch's
+    // commit) to its view being readable here.
+    let now = unix_millis();
+    let delay = metrics::histogram!("ponte_reconciler_read_model_delay_seconds");
+    for ms in sent {
+        delay.record((now - ms).max(0) as f64 / 1000.0);
+    }
+    metrics::counter!("ponte_reconciler_read_model_applied_total")
+        .increment(stats.applied + stats.deleted);
+    metrics::counter!("ponte_reconciler_read_model_duplicates_total").increment(stats.duplicates);
+    metrics::counter!("ponte_reconciler_read_model_invalid_total").increment(stats.invalid);
+    Ok(())
+}
+
+/// Per partition read from the topic: the next offset the read model will see from it — the
+/// consumer's position (past transaction markers) or, when that is not known yet, the next
+/// offset held.
+fn positions(consumer: &StreamConsumer, topic: &str, progress: &Progress) -> BTreeMap<i32, i64> {
+    let mut at = progress.next.clone();
+    if let Ok(tpl) = consumer.position() {
+        for e in tpl.elements_for_topic(topic) {
+            if let Offset::Offset(o) = e.offset() {
+                let held = at.entry(e.partition()).or_insert(o);
+                *held = (*held).max(o);
+            }
+        }
+    }
+    at
+}
+
+/// Assigns the consumer the partitions read from the topic, each at the next offset held.
+fn assign_topic_partitions(
+    consumer: &StreamConsumer,
+    topic: &str,
+    routing: &Routing,
+    progress: &Progress,
+) -> Result<(), ReconcilerError> {
+    let mut tpl = TopicPartitionList::new();
+    for p in progress
+        .target
+        .keys()
+        .filter(|p| !routing.takes_from_epochs(**p))
+    {
+        let at = progress
+            .next
+            .get(p)
+            .map_or(Offset::Beginning, |n| Offset::Offset(*n));
+        tpl.add_partition_offset(topic, *p, at)
+            .map_err(|e| ReconcilerError::Startup(format!("read model assign: {e}")))?;
+    }
+    consumer
+        .assign(&tpl)
+        .map_err(|e| ReconcilerError::Startup(format!("read model assign: {e}")))
+}
+
 /// Milliseconds since the Unix epoch (a Kafka timestamp's unit).
-fn unix_millis() -> i64 {
+pub(crate) fn unix_millis() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))

@@ -70,17 +70,20 @@ fn transactional_id(cfg: &ReconcilerConfig) -> Result<String, ReconcilerError> {
     Ok(id)
 }
 
-/// The partition count shared by the input topics (they must be co-partitioned).
-fn input_partitions(kafka: &KafkaConfig, inputs: &[String]) -> Result<i32, ReconcilerError> {
+/// The partition count of each of `topics`, waiting while one does not exist yet.
+fn partition_counts(
+    kafka: &KafkaConfig,
+    topics: &[String],
+) -> Result<BTreeMap<String, usize>, ReconcilerError> {
     use rdkafka::consumer::{BaseConsumer, Consumer as _};
     let consumer: BaseConsumer = kafka
         .client_config("ponte-reconciler-metadata")
         .create()
         .map_err(startup)?;
     let mut counts = BTreeMap::new();
-    for t in inputs {
+    for t in topics {
         let n = crate::while_topic_settles(
-            &format!("input topic {t} (created by `ponte topics ensure`)"),
+            &format!("topic {t} (created by `ponte topics ensure`)"),
             || false,
             || {
                 let md = consumer
@@ -93,9 +96,15 @@ fn input_partitions(kafka: &KafkaConfig, inputs: &[String]) -> Result<i32, Recon
                     .ok_or_else(|| "does not exist".to_owned())
             },
         )?
-        .ok_or_else(|| startup(format!("input topic {t}: gave up")))?;
+        .ok_or_else(|| startup(format!("topic {t}: gave up")))?;
         counts.insert(t.clone(), n);
     }
+    Ok(counts)
+}
+
+/// The partition count shared by the input topics (they must be co-partitioned).
+fn input_partitions(kafka: &KafkaConfig, inputs: &[String]) -> Result<i32, ReconcilerError> {
+    let counts = partition_counts(kafka, inputs)?;
     let distinct: BTreeSet<usize> = counts.values().copied().collect();
     if distinct.len() != 1 {
         return Err(startup(format!(
@@ -195,7 +204,33 @@ pub async fn run(
             tracing::warn!(topic = %r.spec.name, "{w}");
         }
     }
+    // The changes topic co-partitioned with the inputs: each change goes to its input's
+    // partition, and the read model takes the partitions this instance owns from its own
+    // epochs instead of reading them back ([`crate::feed`]).
+    let changes = topics.name(ponte_bus::Topic::ComplianceChanges);
+    let changes_partitions = {
+        let (k, t) = (kafka.clone(), changes.clone());
+        tokio::task::spawn_blocking(move || partition_counts(&k, std::slice::from_ref(&t)))
+            .await
+            .map_err(startup)??
+            .remove(&changes)
+            .unwrap_or_default()
+    };
+    let fed = usize::try_from(partitions).is_ok_and(|n| n == changes_partitions);
+    if !fed {
+        tracing::warn!(
+            topic = %changes,
+            partitions = changes_partitions,
+            inputs = partitions,
+            "the changes topic's partition count is not the inputs': changes are partitioned by key, and the read model reads every change back from the topic"
+        );
+    }
     let routes = Routes::new(topics, group);
+    let routes = if fed {
+        routes.changes_in_input_partitions()
+    } else {
+        routes
+    };
     let mut committer = Committer::new(
         store.clone(),
         kafka.clone(),
@@ -205,9 +240,15 @@ pub async fn run(
         Faults::from_env()?,
     );
     committer.init()?;
+    let feed = fed.then(|| {
+        let (sender, receiver) = crate::feed::channel();
+        committer.feed_read_model(sender);
+        receiver
+    });
 
     // The read model: every instance follows the whole changes topic, so it can answer for
-    // every person and family, whichever instance owns their partition.
+    // every person and family, whichever instance owns their partition (those it owns itself
+    // from its own epochs, when fed).
     let (caught_up_tx, caught_up) = tokio::sync::watch::channel(false);
     let read_path = crate::readmodel::ReadPath::default();
     let read_task = tokio::spawn(crate::readmodel::run(
@@ -216,6 +257,7 @@ pub async fn run(
         read.clone(),
         caught_up_tx,
         read_path.clone(),
+        feed,
         shutdown.clone(),
     ));
 
