@@ -33,7 +33,7 @@ use tokio::sync::{mpsc, watch};
 use crate::readmodel::ChangeRecord;
 
 /// Committed epochs handed over at most this many ahead of the read model: a batch is an
-/// epoch's changes (about 6,000 views, 15 MiB, at 10 M people), and the write path waits for
+/// epoch's changes (about 2,500 views, 6.4 MiB, at 10 M people), and the write path waits for
 /// room rather than buffer the read model's lag in memory.
 const BATCHES_AHEAD: usize = 2;
 
