@@ -136,12 +136,18 @@ impl Drop for FeedSender {
 pub(crate) struct Routed {
     /// The changes to apply, in order.
     pub(crate) apply: Vec<ChangeRecord>,
-    /// Partitions now taken from the epochs (to unassign).
-    pub(crate) to_epochs: Vec<i32>,
     /// Partitions now consumed from the topic again (to assign at the offset held).
     pub(crate) to_topic: Vec<i32>,
-    /// Per partition taken to the epochs: the position the consumer had passed.
+    /// Per partition now taken from the epochs (to unassign): the position the consumer had
+    /// passed.
     pub(crate) passed: BTreeMap<i32, i64>,
+}
+
+impl Routed {
+    /// The partitions now taken from the epochs.
+    pub(crate) fn to_epochs(&self) -> Vec<i32> {
+        self.passed.keys().copied().collect()
+    }
 }
 
 /// Which partitions the read model takes from the epochs (the others from the topic).
@@ -189,7 +195,6 @@ impl Routing {
             }
             if let Some(at) = position(p).filter(|at| *at >= first) {
                 self.epochs.insert(p);
-                routed.to_epochs.push(p);
                 routed.passed.insert(p, at);
             }
         }
@@ -249,12 +254,12 @@ mod tests {
         // Caught up to the next batch's start (past the marker at 12): taken whole.
         let routed = r.batch(batch(1, &[(0, 13), (0, 14)]), &owned(&[0]), |_| Some(13));
         assert_eq!(offsets(&routed), vec![(0, 13), (0, 14)]);
-        assert_eq!(routed.to_epochs, vec![0]);
+        assert_eq!(routed.to_epochs(), vec![0]);
         assert!(r.takes_from_epochs(0));
         // From then on every batch is applied, whatever the consumer's position.
         let routed = r.batch(batch(2, &[(0, 16)]), &owned(&[0]), |_| None);
         assert_eq!(offsets(&routed), vec![(0, 16)]);
-        assert!(routed.to_epochs.is_empty() && routed.to_topic.is_empty());
+        assert!(routed.to_epochs().is_empty() && routed.to_topic.is_empty());
     }
 
     #[test]
@@ -269,7 +274,7 @@ mod tests {
         let mut r = Routing::default();
         let routed = r.batch(batch(0, &[(0, 5), (0, 6)]), &owned(&[0]), |_| Some(8));
         assert!(routed.apply.is_empty());
-        assert_eq!(routed.to_epochs, vec![0]);
+        assert_eq!(routed.to_epochs(), vec![0]);
     }
 
     #[test]
@@ -304,7 +309,7 @@ mod tests {
         // Caught up again: taken from the epochs once more.
         let routed = r.batch(batch(3, &[(0, 11)]), &owned(&[0, 1]), |_| Some(11));
         assert_eq!(offsets(&routed), vec![(0, 11)]);
-        assert_eq!(routed.to_epochs, vec![0]);
+        assert_eq!(routed.to_epochs(), vec![0]);
     }
 
     #[tokio::test]

@@ -1084,11 +1084,11 @@ async fn follow(
                 for (p, at) in &routed.passed {
                     progress.advance(*p, *at);
                 }
-                moved = !routed.to_epochs.is_empty() || !routed.to_topic.is_empty();
+                moved = !routed.passed.is_empty() || !routed.to_topic.is_empty();
                 if moved {
                     tracing::info!(
                         topic,
-                        from_epochs = ?routed.to_epochs,
+                        from_epochs = ?routed.to_epochs(),
                         from_topic = ?routed.to_topic,
                         "read model: partitions change hands"
                     );
