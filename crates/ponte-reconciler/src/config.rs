@@ -30,6 +30,9 @@ pub struct ReconcilerConfig {
     /// How long after its first event a partly filled epoch is committed at the latest
     /// (`batch_linger_ms`).
     pub batch_linger: Duration,
+    /// Threads applying an epoch's partitions at once (`apply_threads`, 1 to 64): one per
+    /// core the reconciler may use.
+    pub apply_threads: usize,
     /// How long an epoch's Kafka transaction may stay open before the broker aborts it: also
     /// how long a stalled or crashed instance's unfinished epoch can hold up the partitions'
     /// next owner and `read_committed` readers (`transaction_timeout_ms`, 1 s to 15 min — the
@@ -92,6 +95,8 @@ struct RawConfig {
     group_id: String,
     batch_max: usize,
     batch_linger_ms: u64,
+    #[serde(default = "default_apply_threads")]
+    apply_threads: usize,
     transaction_timeout_ms: u64,
     session_timeout_ms: u64,
     instance_id: String,
@@ -104,6 +109,10 @@ struct RawConfig {
     read_model_memory_mb: usize,
     #[serde(default = "default_state_compaction")]
     state_compaction: String,
+}
+
+fn default_apply_threads() -> usize {
+    2
 }
 
 fn default_state_compaction() -> String {
@@ -130,6 +139,12 @@ impl TryFrom<RawConfig> for ReconcilerConfig {
     fn try_from(raw: RawConfig) -> Result<Self, String> {
         if raw.batch_max == 0 {
             return Err("reconciler.batch_max: must be at least 1".to_owned());
+        }
+        if !(1..=64).contains(&raw.apply_threads) {
+            return Err(format!(
+                "reconciler.apply_threads: {} is outside 1..=64",
+                raw.apply_threads
+            ));
         }
         if raw.monitor_from > raw.monitor_to {
             return Err(format!(
@@ -179,6 +194,7 @@ impl TryFrom<RawConfig> for ReconcilerConfig {
             state_dir: raw.state_dir,
             group_id: raw.group_id,
             batch_max: raw.batch_max,
+            apply_threads: raw.apply_threads,
             instance_id: raw.instance_id,
             rules_file: raw.rules_file,
             achievement_rules_file: raw.achievement_rules_file,
@@ -265,6 +281,7 @@ mod tests {
         assert_eq!(cfg.session_timeout, Duration::from_secs(45));
         assert_eq!(cfg.monitor_from, Month::parse("2025-01").unwrap());
         assert_eq!(cfg.state_compaction, StateCompaction::Tiers);
+        assert_eq!(cfg.apply_threads, 2);
         assert!(topology_from(&cfg).is_ok());
     }
 
@@ -310,6 +327,8 @@ mod tests {
     fn a_value_kafka_or_the_window_would_refuse_stops_the_load_naming_its_key() {
         for (key, value, says) in [
             ("batch_max", "0", "reconciler.batch_max"),
+            ("apply_threads", "0", "reconciler.apply_threads"),
+            ("apply_threads", "65", "reconciler.apply_threads"),
             ("monitor_from", "\"2025-13\"", "monitor_from"),
             ("monitor_to", "\"2024-12\"", "reconciler.monitor_from"),
             (

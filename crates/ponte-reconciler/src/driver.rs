@@ -1,9 +1,9 @@
 //! The consumer driver: polls the inputs, applies each event to the open epoch
 //! ([`crate::topology`]), dead-letters what cannot be applied, and commits the epoch
-//! ([`crate::epoch`]) when it is full or has lingered long enough. Messages already fetched
-//! are applied in runs of up to [`READ_AHEAD_RUN`], the state keys a run's messages name read
-//! in one batched lookup first ([`Tx::read_ahead`]); each message is applied in order as
-//! before.
+//! ([`crate::epoch`]) when it is full or has lingered long enough. An epoch's messages are
+//! taken as they are fetched and applied when it is committed, on several threads at once
+//! ([`crate::lanes`]): each partition's in order, in runs of up to [`READ_AHEAD_RUN`] whose
+//! state keys are read in one batched lookup first ([`Tx::read_ahead`]).
 use std::time::{Duration, Instant, SystemTime};
 
 use futures::FutureExt as _;
@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::ReconcilerError;
 use crate::epoch::{Committer, Consumed, InFlight, Outcome, Sent};
 use crate::gauges::{read_state, refresh_gauges};
+use crate::lanes::Lanes;
 use crate::readmodel::ReadPath;
 use crate::topology::{
     Applied, Indexed, Input, OutputKind, ParkedIndex, Pending, READ_AHEAD_RUN, Topology, Tx,
@@ -43,6 +44,8 @@ pub(crate) struct Driver<'a> {
     pub caught_up: &'a tokio::sync::watch::Receiver<bool>,
     pub batch_max: usize,
     pub batch_linger: Duration,
+    /// Threads applying an epoch's partitions at once ([`crate::lanes`]).
+    pub apply_threads: usize,
     pub shutdown: &'a CancellationToken,
 }
 
@@ -79,7 +82,12 @@ impl Driver<'_> {
         let parked = ParkedIndex::default();
         let indexed = Indexed::new(store, &parked);
         let pending = Pending::new(&indexed);
-        let mut tx = Tx::new(&pending);
+        // The open epoch: the messages fetched for it, applied when it is committed on
+        // `apply_threads` lanes at once ([`crate::lanes`]). A fetch returns a run of one
+        // partition's messages, so lanes applying each run as it came would rarely have more
+        // than one partition to share out.
+        let mut fetched: Vec<BorrowedMessage<'_>> = Vec::new();
+        let mut lanes = Lanes::new(&pending, self.apply_threads);
         let mut consumed = Consumed::default();
         let mut in_flight: Option<InFlight> = None;
         let mut last_gauges = Instant::now() - Duration::from_secs(60);
@@ -108,7 +116,8 @@ impl Driver<'_> {
                             parked.add(&delta);
                             false
                         } else {
-                            tx.discard();
+                            lanes.discard();
+                            fetched.clear();
                             true
                         }
                     }
@@ -197,7 +206,8 @@ impl Driver<'_> {
                         "assignment changed: the open epoch is dropped and consumed again from the committed offsets"
                     );
                 }
-                tx.discard();
+                lanes.discard();
+                fetched.clear();
                 consumed = Consumed::default();
                 applying = Duration::ZERO;
                 uncommitted.set(0.0);
@@ -215,19 +225,19 @@ impl Driver<'_> {
                     if consumed.is_empty() {
                         batch_started = Instant::now();
                     }
-                    let t = Instant::now();
                     // With it, the messages already fetched (never waiting for more), up to
-                    // the epoch's limit, as one run. A rebalance is served inside a poll and
-                    // returns no message: the run ends there, and the next message goes
-                    // through the generation check above.
-                    let room = self
-                        .batch_max
-                        .saturating_sub(consumed.events)
-                        .clamp(1, READ_AHEAD_RUN);
-                    let mut run = vec![msg];
-                    while run.len() < room && assignment.generation() == generation {
+                    // the epoch's limit; they are applied when the epoch is committed. A
+                    // rebalance is served inside a poll and returns no message: taking them
+                    // ends there, and the next message goes through the generation check above.
+                    consumed.record(msg.topic(), msg.partition(), msg.offset());
+                    fetched.push(msg);
+                    while consumed.events < self.batch_max && assignment.generation() == generation
+                    {
                         match consumer.recv().now_or_never() {
-                            Some(Ok(m)) => run.push(m),
+                            Some(Ok(m)) => {
+                                consumed.record(m.topic(), m.partition(), m.offset());
+                                fetched.push(m);
+                            }
                             Some(Err(e)) => {
                                 tracing::warn!(error = %e, "consumer error");
                                 metrics::counter!("ponte_reconciler_consumer_errors_total")
@@ -237,23 +247,6 @@ impl Driver<'_> {
                             None => break,
                         }
                     }
-                    tx.read_ahead(
-                        run.iter()
-                            .filter_map(|m| {
-                                let (_, input) = inputs.position(m.topic())?;
-                                let keys = topology.keys_read(
-                                    input,
-                                    m.key().unwrap_or_default(),
-                                    m.payload().unwrap_or_default(),
-                                );
-                                Some(keys.into_iter().map(move |k| (m.partition(), k)))
-                            })
-                            .flatten(),
-                    )?;
-                    for msg in &run {
-                        apply_message(topology, inputs, &counters, &mut tx, &mut consumed, msg)?;
-                    }
-                    applying += t.elapsed();
                     uncommitted.set(consumed.events as f64);
                     consumed.events >= self.batch_max
                 }
@@ -266,7 +259,10 @@ impl Driver<'_> {
             };
             if commit_now {
                 let t = Instant::now();
-                topology.finish(&mut tx)?;
+                apply_fetched(&mut lanes, &fetched, topology, inputs, &counters)?;
+                fetched.clear();
+                consumed.ingest_times.extend(lanes.take_ingest_times());
+                lanes.finish(topology)?;
                 applying += t.elapsed();
                 // One transaction at a time: the epoch before is committed first (if it is
                 // aborted, this one is dropped with it).
@@ -278,7 +274,7 @@ impl Driver<'_> {
                         .record(std::mem::take(&mut applying).as_secs_f64());
                 }
                 if let Sent::InFlight(epoch) =
-                    committer.send(&mut tx, &mut consumed, consumer, &pending)?
+                    committer.send(lanes.merged(), &mut consumed, consumer, &pending)?
                 {
                     pending.set(epoch.writes());
                     in_flight = Some(epoch);
@@ -292,11 +288,52 @@ impl Driver<'_> {
         let result = result.and(completed.map(drop));
         if result.is_ok() && assignment.generation() == generation {
             // Whatever was applied in memory is committed with its offsets; nothing is half-written.
-            topology.finish(&mut tx)?;
-            committer.commit(&mut tx, &mut consumed, consumer).await?;
+            apply_fetched(&mut lanes, &fetched, topology, inputs, &counters)?;
+            consumed.ingest_times.extend(lanes.take_ingest_times());
+            lanes.finish(topology)?;
+            committer
+                .commit(lanes.merged(), &mut consumed, consumer)
+                .await?;
         }
         result
     }
+}
+
+/// Applies the open epoch's `fetched` messages on the lanes: each lane its partitions'
+/// messages in their order, in runs of up to [`READ_AHEAD_RUN`] whose state keys are read in
+/// one lookup first ([`Tx::read_ahead`]).
+fn apply_fetched(
+    lanes: &mut Lanes<'_>,
+    fetched: &[BorrowedMessage<'_>],
+    topology: &Topology,
+    inputs: &Inputs,
+    counters: &[TopicCounters],
+) -> Result<(), ReconcilerError> {
+    lanes.apply(
+        fetched,
+        BorrowedMessage::partition,
+        |tx, ingest_times, msgs| {
+            for run in msgs.chunks(READ_AHEAD_RUN) {
+                tx.read_ahead(
+                    run.iter()
+                        .filter_map(|m| {
+                            let (_, input) = inputs.position(m.topic())?;
+                            let keys = topology.keys_read(
+                                input,
+                                m.key().unwrap_or_default(),
+                                m.payload().unwrap_or_default(),
+                            );
+                            Some(keys.into_iter().map(move |k| (m.partition(), k)))
+                        })
+                        .flatten(),
+                )?;
+                for msg in run {
+                    apply_message(topology, inputs, counters, tx, ingest_times, msg)?;
+                }
+            }
+            Ok(())
+        },
+    )
 }
 
 pub(crate) struct Inputs {
@@ -383,11 +420,10 @@ fn apply_message(
     inputs: &Inputs,
     counters: &[TopicCounters],
     tx: &mut Tx<'_>,
-    stats: &mut Consumed,
+    ingest_times: &mut Vec<SystemTime>,
     msg: &BorrowedMessage<'_>,
 ) -> Result<(), ReconcilerError> {
     let topic = msg.topic();
-    stats.record(topic, msg.partition(), msg.offset());
     let Some((input, counters)) = inputs
         .position(topic)
         .and_then(|(i, input)| Some((input, counters.get(i)?)))
@@ -425,7 +461,7 @@ fn apply_message(
     } else if input.is_internal() {
         let (applied, at) = topology.apply_internal(tx, input, payload)?;
         if let (Applied::Changed, Some(t)) = (&applied, &at) {
-            stats.ingest_times.push(to_system_time(t));
+            ingest_times.push(to_system_time(t));
         }
         (applied, None)
     } else {
@@ -448,7 +484,7 @@ fn apply_message(
             if input != Input::Health
                 && let Some(t) = event.as_ref().and_then(|e| e.ingest_time.as_ref())
             {
-                stats.ingest_times.push(to_system_time(t));
+                ingest_times.push(to_system_time(t));
             }
         }
         Applied::Unchanged => counters.stale.increment(1),

@@ -20,6 +20,7 @@ pub mod epoch;
 pub mod feed;
 mod gauges;
 pub mod grpc;
+mod lanes;
 pub mod readmodel;
 pub mod restore;
 pub mod service;

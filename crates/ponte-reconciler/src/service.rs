@@ -394,6 +394,7 @@ pub async fn run(
         caught_up: &caught_up,
         batch_max: cfg.batch_max,
         batch_linger: cfg.batch_linger,
+        apply_threads: cfg.apply_threads,
         shutdown: &shutdown,
     }
     .run()

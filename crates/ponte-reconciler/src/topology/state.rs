@@ -19,8 +19,9 @@ pub fn batch_bytes(writes: &Writes) -> usize {
         + 64 * 2 * ENTRY
 }
 
-/// Reads committed state.
-pub trait Kv {
+/// Reads committed state. Shared by the threads that apply an epoch's partitions
+/// ([`crate::lanes`]), hence `Sync`.
+pub trait Kv: Sync {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ReconcilerError>;
     /// The values of `keys`, in their order; a store may read them at once.
     fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, ReconcilerError> {
@@ -463,6 +464,17 @@ impl<'a> Tx<'a> {
 
     pub fn outputs(&self) -> &[Output] {
         &self.outputs
+    }
+
+    /// Moves what `other` applied — writes, outputs, keys still to evaluate — into this
+    /// transaction, and forgets what `other` read ahead (the epoch's commit changes it).
+    /// `other` must have applied other partitions than this one: a key of both would keep
+    /// `other`'s write.
+    pub fn absorb(&mut self, other: &mut Tx<'_>) {
+        self.writes.append(&mut other.writes);
+        self.outputs.append(&mut other.outputs);
+        self.deferred.append(&mut other.deferred);
+        other.read.clear();
     }
 
     /// Drops everything applied since the last [`Tx::take`]: the epoch is not committed.

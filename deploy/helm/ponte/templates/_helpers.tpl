@@ -305,6 +305,7 @@ state_dir = {{ printf "%s/reconciler" $p.data | toJson }}
 group_id = {{ toJson $v.groupId }}
 batch_max = {{ int64 $v.batchMax }}
 batch_linger_ms = {{ int64 $v.batchLingerMs }}
+apply_threads = {{ int64 $v.applyThreads }}
 transaction_timeout_ms = {{ int64 $v.transactionTimeoutMs }}
 session_timeout_ms = {{ int64 $v.sessionTimeoutMs }}
 monitor_from = {{ toJson $v.monitorFrom }}
