@@ -61,6 +61,11 @@ pub(crate) struct Figures {
     pub(crate) records: u64,
     pub(crate) ingest: Duration,
     pub(crate) to_view: Duration,
+    /// Share of the whole machine's cores busy from the first record sent until the view was
+    /// complete (every process, not only ours).
+    pub(crate) busy_to_view: Option<f64>,
+    /// CPU seconds of the broker's processes over the same time.
+    pub(crate) broker_cpu_to_view: Option<f64>,
     /// When the reconciler's read model (what `GetPerson` answers from) had applied every
     /// change of the complete view, if it did by the view's deadline: what it had still to
     /// apply then, and the reconciler's CPU seconds at that time.
@@ -444,6 +449,8 @@ pub(crate) async fn start(s: &Setup<'_>) -> anyhow::Result<Pipeline> {
             .spawn()?)
     };
     let started = Instant::now();
+    let jiffies_at_start = machine_jiffies();
+    let broker_at_start = broker_cpu_seconds();
     // The registry first (as a programme's public precedes its follow-up), then every sector
     // at once, each sector's files one after the other.
     let (registry, rest): (Vec<_>, Vec<_>) =
@@ -488,6 +495,13 @@ pub(crate) async fn start(s: &Setup<'_>) -> anyhow::Result<Pipeline> {
     )
     .await?;
     let to_view = done - started;
+    let busy_to_view = match (jiffies_at_start, machine_jiffies()) {
+        (Some((b0, t0)), Some((b1, t1))) => Some((b1 - b0) as f64 / (t1 - t0).max(1) as f64),
+        _ => None,
+    };
+    let broker_cpu_to_view = broker_at_start
+        .zip(broker_cpu_seconds())
+        .map(|(before, after)| after - before);
     let buckets = histogram(&metrics, LATENCY);
     let cpu = services
         .iter()
@@ -513,6 +527,8 @@ pub(crate) async fn start(s: &Setup<'_>) -> anyhow::Result<Pipeline> {
         records: expected,
         ingest: ingest_time,
         to_view,
+        busy_to_view,
+        broker_cpu_to_view,
         queryable,
         latency: Latency::of(&buckets),
         cpu,
@@ -1408,6 +1424,22 @@ pub(crate) fn cpu_seconds(pid: u32) -> Option<f64> {
     let utime: f64 = fields.get(11)?.parse().ok()?;
     let stime: f64 = fields.get(12)?.parse().ok()?;
     Some((utime + stime) / 100.0)
+}
+
+/// CPU seconds of every Kafka broker process on this machine (`kafka.Kafka`), if there is one.
+fn broker_cpu_seconds() -> Option<f64> {
+    let mut total = None;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let is_broker = std::fs::read(entry.path().join("cmdline"))
+            .is_ok_and(|c| c.split(|&b| b == 0).any(|arg| arg == b"kafka.Kafka"));
+        if is_broker && let Some(cpu) = cpu_seconds(pid) {
+            *total.get_or_insert(0.0) += cpu;
+        }
+    }
+    total
 }
 
 /// Busy and total jiffies of the whole machine, from `/proc/stat`.

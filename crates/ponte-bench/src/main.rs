@@ -501,6 +501,12 @@ async fn main() -> anyhow::Result<()> {
                 f.records as f64 / f.ingest.as_secs_f64().max(1e-9)
             );
             println!("in the view        {:.1} s", f.to_view.as_secs_f64());
+            if let Some(busy) = f.busy_to_view {
+                println!(
+                    "machine busy       {:.0} % of its cores until then (every process, not only ours)",
+                    busy * 100.0
+                );
+            }
             println!("throughput         {e2e_rate:.0} records/s end to end");
             // Records are in GetPerson's answers once the read model has applied their changes.
             let queryable_rate = f
@@ -545,6 +551,12 @@ async fn main() -> anyhow::Result<()> {
                         cpu * 1e6 / f.records.max(1) as f64
                     );
                 }
+            }
+            if let Some(cpu) = f.broker_cpu_to_view {
+                println!(
+                    "cpu                {:<20} {cpu:.1} s (kafka.Kafka processes, from the first record sent until the view)",
+                    "broker"
+                );
             }
             let per_input = |v: &[(String, f64)]| {
                 let total: f64 = v.iter().map(|(_, n)| n).sum();
