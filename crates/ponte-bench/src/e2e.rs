@@ -1430,7 +1430,11 @@ pub(crate) fn cpu_seconds(pid: u32) -> Option<f64> {
 fn broker_cpu_seconds() -> Option<f64> {
     let mut total = None;
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
             continue;
         };
         let is_broker = std::fs::read(entry.path().join("cmdline"))

@@ -580,11 +580,12 @@ pub fn group_consumer(
         // Prefetched messages are resident memory: 16 MiB is seconds of work for a consumer
         // that applies what it reads (librdkafka's default is 64 MiB).
         .set("queued.max.messages.kbytes", "16384")
-        // A fetch hands over each partition's messages as one run: at most 64 KiB of each per
-        // fetch (librdkafka's default is 1 MiB, thousands of records) so that what a consumer
-        // takes at a time mixes partitions, which the reconciler applies on several threads
-        // at once (`crate::lanes` of ponte-reconciler).
-        .set("max.partition.fetch.bytes", "65536")
+        // A fetch hands over each partition's messages as one run: at most 256 KiB of each
+        // per fetch (librdkafka's default is 1 MiB, thousands of records) so that what a
+        // consumer takes at a time mixes partitions, which the reconciler applies on several
+        // threads at once (`lanes` of ponte-reconciler). 64 KiB mixed them as well but cost
+        // the broker a fifth more CPU in fetches (docs/benchmarks.md).
+        .set("max.partition.fetch.bytes", "262144")
         // A subscribed topic the group leader cannot see yet is left out of the assignment
         // until the leader's next metadata refresh notices it (librdkafka's default: every
         // 5 minutes). Callers wait for their topics first ([`wait_for_topics`]); this bounds

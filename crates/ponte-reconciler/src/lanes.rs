@@ -12,7 +12,7 @@
 //! shares its partitions out afresh.
 //!
 //! Only partitions fetched together can be applied together: the reconciler's consumer takes
-//! at most 64 KiB of a partition per fetch (`max.partition.fetch.bytes`), so that an epoch
+//! at most 256 KiB of a partition per fetch (`max.partition.fetch.bytes`), so that an epoch
 //! holds several (ponte_bus::consume).
 use std::collections::BTreeMap;
 use std::time::SystemTime;
