@@ -252,7 +252,7 @@ pub(crate) fn run(
             figures.changes += 1;
             c.1 = figures.changes as i64;
         }
-        readmodel::apply(&read, "changes", &changes)?;
+        readmodel::apply_from(&read, "changes", &changes, readmodel::Origin::Epochs)?;
         figures.read_model += reading.elapsed();
         Ok(())
     };

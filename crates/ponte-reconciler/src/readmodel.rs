@@ -267,6 +267,28 @@ struct PersonBytes {
     counted: PersonCounted,
 }
 
+/// Where change records come from, which says what is checked of their views.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// The changes topic, which any producer with access could have written: each view is
+    /// decoded whole before it is stored (every `GetPerson` of a view that cannot be decoded
+    /// would fail).
+    Topic,
+    /// This process' own committed epochs ([`crate::feed`]): views its topology has just
+    /// encoded. Only what the index and counts need is decoded, as of the views replaced.
+    Epochs,
+}
+
+impl Origin {
+    /// The `from` label of `ponte_reconciler_read_model_changes_total`.
+    fn label(self) -> &'static str {
+        match self {
+            Origin::Topic => "topic",
+            Origin::Epochs => "epochs",
+        }
+    }
+}
+
 /// A change whose payload or view cannot be decoded: skipped, with why.
 fn undecodable(e: prost::DecodeError) -> RecordResult {
     Ok(Err(format!("payload: {e}")))
@@ -278,6 +300,7 @@ fn apply_record(
     target: Target,
     vkey: Vec<u8>,
     payload: Option<&[u8]>,
+    origin: Origin,
 ) -> RecordResult {
     let change = match payload.map(ChangeAsStored::decode).transpose() {
         Ok(c) => c,
@@ -285,6 +308,16 @@ fn apply_record(
     };
     match (target, change.map(|c| c.view)) {
         (Target::Person(nis), None) => apply_person(ov, vkey, nis, None).map(Ok),
+        (Target::Person(nis), Some(Some(View::Person(encoded)))) if origin == Origin::Epochs => {
+            let counted = match PersonCounted::decode(encoded.as_slice()) {
+                Ok(c) => c,
+                Err(e) => return undecodable(e),
+            };
+            if Nis::parse(&counted.nis).ok() != Some(nis) {
+                return Ok(Err("payload: the person's NIS is not the key's".into()));
+            }
+            apply_person(ov, vkey, nis, Some(PersonBytes { encoded, counted })).map(Ok)
+        }
         (Target::Person(nis), Some(Some(View::Person(encoded)))) => {
             // The whole view is decoded once, to check it (a view stored here is read back by
             // every GetPerson, and one that cannot be decoded would fail the read path); what
@@ -314,14 +347,20 @@ fn apply_record(
         }
         (Target::Family(_), None) => apply_family(ov, vkey, None).map(Ok),
         (Target::Family(id), Some(Some(View::Family(encoded)))) => {
-            let f = match api::Family::decode(encoded.as_slice()) {
-                Ok(f) => f,
-                Err(e) => return undecodable(e),
+            let (family_id, view_version) = match origin {
+                Origin::Epochs => match FamilyCounted::decode(encoded.as_slice()) {
+                    Ok(f) => (f.family_id, f.view_version),
+                    Err(e) => return undecodable(e),
+                },
+                Origin::Topic => match api::Family::decode(encoded.as_slice()) {
+                    Ok(f) => (f.family_id, f.view_version),
+                    Err(e) => return undecodable(e),
+                },
             };
-            if f.family_id != id {
+            if family_id != id {
                 return Ok(Err("payload: the family id is not the key's".into()));
             }
-            apply_family(ov, vkey, Some((encoded, f.view_version))).map(Ok)
+            apply_family(ov, vkey, Some((encoded, view_version))).map(Ok)
         }
         (Target::Household(id), None) => apply_household(ov, vkey, &id, None).map(Ok),
         (Target::Household(id), Some(Some(View::Household(encoded)))) => {
@@ -548,8 +587,9 @@ fn apply_household(
     })
 }
 
-/// Applies change records of `topic` to the read model in one atomic write, together with the
-/// next offset of every partition in `records`.
+/// Applies change records of `topic` (read from the changes topic: [`Origin::Topic`]) to the
+/// read model in one atomic write, together with the next offset of every partition in
+/// `records`.
 ///
 /// Records are applied in order, each seeing the ones before it. A view not newer than the one
 /// held is ignored; a tombstone deletes the view with its index entry and counts. A record that
@@ -560,7 +600,17 @@ pub fn apply(
     topic: &str,
     records: &[ChangeRecord],
 ) -> Result<ApplyStats, ReconcilerError> {
-    let (writes, next, stats) = stage(store, topic, records)?;
+    apply_from(store, topic, records, Origin::Topic)
+}
+
+/// [`apply`] for records of `origin`.
+pub fn apply_from(
+    store: &Store,
+    topic: &str,
+    records: &[ChangeRecord],
+    origin: Origin,
+) -> Result<ApplyStats, ReconcilerError> {
+    let (writes, next, stats) = stage(store, topic, records, origin)?;
     let mut w = store.batch_with_capacity(crate::topology::batch_bytes(&writes));
     for (k, v) in &writes {
         match v {
@@ -585,7 +635,12 @@ type Staged = (
     ApplyStats,
 );
 
-fn stage(store: &Store, topic: &str, records: &[ChangeRecord]) -> Result<Staged, ReconcilerError> {
+fn stage(
+    store: &Store,
+    topic: &str,
+    records: &[ChangeRecord],
+    origin: Origin,
+) -> Result<Staged, ReconcilerError> {
     let mut ov = Overlay::new(store);
     // Every record replaces a view held, or finds none: its key is parsed once, and all the
     // views are read at once (docs/benchmarks.md: one point read each was two thirds of the
@@ -612,7 +667,7 @@ fn stage(store: &Store, topic: &str, records: &[ChangeRecord]) -> Result<Staged,
         let n = next.entry(*partition).or_insert(offset + 1);
         *n = (*n).max(offset + 1);
         let applied = match target {
-            Ok((target, vkey)) => apply_record(&mut ov, target, vkey, payload.as_deref())?,
+            Ok((target, vkey)) => apply_record(&mut ov, target, vkey, payload.as_deref(), origin)?,
             Err(reason) => Err(reason),
         };
         match applied {
@@ -1071,7 +1126,7 @@ async fn follow(
                     &topic,
                     records,
                     &sent,
-                    "topic",
+                    Origin::Topic,
                     &mut progress,
                     &mut fault,
                 )
@@ -1099,7 +1154,7 @@ async fn follow(
                     &topic,
                     routed.apply,
                     &sent,
-                    "epochs",
+                    Origin::Epochs,
                     &mut progress,
                     &mut fault,
                 )
@@ -1148,7 +1203,7 @@ async fn apply_changes(
     topic: &str,
     records: Vec<ChangeRecord>,
     sent: &[i64],
-    from: &'static str,
+    origin: Origin,
     progress: &mut Progress,
     fault: &mut Option<u64>,
 ) -> Result<(), ReconcilerError> {
@@ -1164,11 +1219,11 @@ async fn apply_changes(
             ));
         }
     }
-    metrics::counter!("ponte_reconciler_read_model_changes_total", "from" => from)
+    metrics::counter!("ponte_reconciler_read_model_changes_total", "from" => origin.label())
         .increment(records.len() as u64);
     let positions: Vec<(i32, i64)> = records.iter().map(|r| (r.0, r.1 + 1)).collect();
     let (s, t) = (store.clone(), topic.to_owned());
-    let stats = tokio::task::spawn_blocking(move || apply(&s, &t, &records))
+    let stats = tokio::task::spawn_blocking(move || apply_from(&s, &t, &records, origin))
         .await
         .map_err(|e| ReconcilerError::Startup(format!("read model apply task: {e}")))??;
     for (p, n) in positions {
@@ -1405,7 +1460,7 @@ mod tests {
         let (_d, s) = store();
         let a = nis("1234567890");
         let written = |records: &[ChangeRecord]| -> Vec<String> {
-            let (writes, _, _) = stage(&s, TOPIC, records).unwrap();
+            let (writes, _, _) = stage(&s, TOPIC, records, Origin::Topic).unwrap();
             writes
                 .iter()
                 .map(|(k, v)| {
@@ -1702,6 +1757,54 @@ mod tests {
             "the bytes that arrived are the bytes stored"
         );
         assert_eq!(counts(&s, SP).len(), 1);
+    }
+
+    #[test]
+    fn changes_from_the_epochs_end_where_the_same_changes_from_the_topic_end() {
+        let (a, b) = (nis("1234567890"), nis("2345678901"));
+        let nc = |p: &str| outcome("education", p, api::OutcomeStatus::NonCompliant);
+        let f = api::Family {
+            family_id: "F1".into(),
+            view_version: 1,
+            ..Default::default()
+        };
+        let records = vec![
+            rec(0, &person(a, 1, SP, vec![nc("2025-B1")])),
+            rec(1, &person(b, 1, SP, vec![nc("2025-B1"), nc("2025-B2")])),
+            (0, 2, "family:F1".into(), family_change(&f)),
+            // Moves to another municipality; an older version is ignored.
+            rec(3, &person(a, 3, RJ, vec![nc("2025-B2")])),
+            rec(4, &person(a, 2, SP, vec![])),
+            (0, 5, format!("person:{b}"), None),
+            // A view under another person's key is refused either way.
+            (
+                0,
+                6,
+                format!("person:{b}"),
+                person_change(&person(a, 9, SP, vec![])),
+            ),
+        ];
+        let everything = |s: &Store| s.scan_prefix(b"").unwrap();
+        let (_d1, topic) = store();
+        let from_topic = apply(&topic, TOPIC, &records).unwrap();
+        let (_d2, epochs) = store();
+        let from_epochs = apply_from(&epochs, TOPIC, &records, Origin::Epochs).unwrap();
+        assert_eq!(
+            (
+                from_epochs.applied,
+                from_epochs.duplicates,
+                from_epochs.invalid
+            ),
+            (
+                from_topic.applied,
+                from_topic.duplicates,
+                from_topic.invalid
+            )
+        );
+        assert_eq!(from_epochs.invalid, 1);
+        assert_eq!(everything(&epochs), everything(&topic));
+        assert_eq!(listed(&epochs, RJ), [a.to_string()]);
+        assert_eq!(stored_counts(&epochs), recount(&epochs));
     }
 
     #[test]
