@@ -18,8 +18,9 @@
 //! | `v/h/<household id>` | a followed household's view (`ponte.compliance.v1.Household`; deployments with household achievements) |
 //! | `hm/<DIVIPOLA municipality>/<household id>` | index of the households of a municipality (empty value) |
 //!
-//! A view is stored as the bytes that arrived in the change (decoded once, whole, to check
-//! it), and the view held is read back only for what the index and counts need
+//! A view is stored as the bytes that arrived in the change — decoded once, whole, to check it
+//! when it was read from the topic ([`Origin`]); one from the instance's own epochs is decoded
+//! only for what the index and counts need — and the view held is read back only for that
 //! (`ponte.reconciler.v1.PersonCounted`, which skips the evidence unread) instead of being
 //! decoded whole, and the new one is not encoded again (docs/benchmarks.md, issue 15). The
 //! views a batch replaces are read in one batched lookup before its records are applied.
