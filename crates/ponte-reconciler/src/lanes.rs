@@ -101,9 +101,16 @@ impl<'a> Lanes<'a> {
         in_parallel(work, |(tx, times, msgs)| apply(tx, times, msgs))
     }
 
-    /// Evaluates each lane's deferred views ([`Topology::finish`]), the lanes at once.
+    /// Evaluates the deferred views ([`Topology::finish`]) of each lane that applied messages
+    /// in the open epoch, the lanes at once.
     pub(crate) fn finish(&mut self, topology: &Topology) -> Result<(), ReconcilerError> {
-        in_parallel(self.txs.iter_mut(), |tx| topology.finish(tx))
+        let used = self
+            .txs
+            .iter_mut()
+            .zip(&self.load)
+            .filter(|(_, messages)| **messages > 0)
+            .map(|(tx, _)| tx);
+        in_parallel(used, |tx| topology.finish(tx))
     }
 
     /// The ingest times of what was applied since the last call, every lane's.
