@@ -495,10 +495,7 @@ pub(crate) async fn start(s: &Setup<'_>) -> anyhow::Result<Pipeline> {
     )
     .await?;
     let to_view = done - started;
-    let busy_to_view = match (jiffies_at_start, machine_jiffies()) {
-        (Some((b0, t0)), Some((b1, t1))) => Some((b1 - b0) as f64 / (t1 - t0).max(1) as f64),
-        _ => None,
-    };
+    let busy_to_view = busy_since(jiffies_at_start);
     let broker_cpu_to_view = broker_at_start
         .zip(broker_cpu_seconds())
         .map(|(before, after)| after - before);
@@ -1444,6 +1441,12 @@ fn broker_cpu_seconds() -> Option<f64> {
         }
     }
     total
+}
+
+/// Share of the whole machine's cores busy since `start` ([`machine_jiffies`] then).
+pub(crate) fn busy_since(start: Option<(u64, u64)>) -> Option<f64> {
+    let ((b0, t0), (b1, t1)) = start.zip(machine_jiffies())?;
+    Some((b1 - b0) as f64 / (t1 - t0).max(1) as f64)
 }
 
 /// Busy and total jiffies of the whole machine, from `/proc/stat`.

@@ -1170,11 +1170,10 @@ fn machine_load_start() -> Option<(u64, u64)> {
 
 /// Prints how busy the whole machine was during the run (ours and anyone else's processes).
 fn machine_load_end(start: Option<(u64, u64)>, wall: f64) {
-    if let (Some((b0, t0)), Some((b1, t1))) = (start, e2e::machine_jiffies()) {
+    if let Some(busy) = e2e::busy_since(start) {
         let cpus = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1) as f64;
-        let busy = (b1 - b0) as f64 / (t1 - t0).max(1) as f64;
         println!(
             "machine busy       {:.0} % of {cpus} cores over {wall:.1} s (every process, not only ours)",
             busy * 100.0

@@ -259,10 +259,14 @@ impl Driver<'_> {
             };
             if commit_now {
                 let t = Instant::now();
-                apply_fetched(&mut lanes, &fetched, topology, inputs, &counters)?;
-                fetched.clear();
-                consumed.ingest_times.extend(lanes.take_ingest_times());
-                lanes.finish(topology)?;
+                apply_fetched(
+                    &mut lanes,
+                    &mut fetched,
+                    &mut consumed,
+                    topology,
+                    inputs,
+                    &counters,
+                )?;
                 applying += t.elapsed();
                 // One transaction at a time: the epoch before is committed first (if it is
                 // aborted, this one is dropped with it).
@@ -288,9 +292,14 @@ impl Driver<'_> {
         let result = result.and(completed.map(drop));
         if result.is_ok() && assignment.generation() == generation {
             // Whatever was applied in memory is committed with its offsets; nothing is half-written.
-            apply_fetched(&mut lanes, &fetched, topology, inputs, &counters)?;
-            consumed.ingest_times.extend(lanes.take_ingest_times());
-            lanes.finish(topology)?;
+            apply_fetched(
+                &mut lanes,
+                &mut fetched,
+                &mut consumed,
+                topology,
+                inputs,
+                &counters,
+            )?;
             committer
                 .commit(lanes.merged(), &mut consumed, consumer)
                 .await?;
@@ -299,12 +308,14 @@ impl Driver<'_> {
     }
 }
 
-/// Applies the open epoch's `fetched` messages on the lanes: each lane its partitions'
-/// messages in their order, in runs of up to [`READ_AHEAD_RUN`] whose state keys are read in
-/// one lookup first ([`Tx::read_ahead`]).
+/// Applies the open epoch's `fetched` messages (taken) on the lanes — each lane its
+/// partitions' messages in their order, in runs of up to [`READ_AHEAD_RUN`] whose state keys
+/// are read in one lookup first ([`Tx::read_ahead`]) — then evaluates the views they deferred
+/// ([`Topology::finish`]); their ingest times go to `consumed`.
 fn apply_fetched(
     lanes: &mut Lanes<'_>,
-    fetched: &[BorrowedMessage<'_>],
+    fetched: &mut Vec<BorrowedMessage<'_>>,
+    consumed: &mut Consumed,
     topology: &Topology,
     inputs: &Inputs,
     counters: &[TopicCounters],
@@ -333,7 +344,10 @@ fn apply_fetched(
             }
             Ok(())
         },
-    )
+    )?;
+    fetched.clear();
+    consumed.ingest_times.extend(lanes.take_ingest_times());
+    lanes.finish(topology)
 }
 
 pub(crate) struct Inputs {

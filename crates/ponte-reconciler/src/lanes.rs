@@ -180,22 +180,9 @@ where
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::topology::{Entry, OutputKind};
+    use crate::topology::{OutputKind, Sorted};
     use std::collections::BTreeMap;
     use std::sync::Mutex;
-
-    /// Committed state in a map.
-    #[derive(Default)]
-    struct Map(BTreeMap<Vec<u8>, Vec<u8>>);
-
-    impl Kv for Map {
-        fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ReconcilerError> {
-            Ok(self.0.get(key).cloned())
-        }
-        fn scan(&self, _: &[u8]) -> Result<Vec<Entry>, ReconcilerError> {
-            Ok(Vec::new())
-        }
-    }
 
     /// A message: partition and value. Applying it appends the value to its partition's
     /// `log` key and emits the log so far (so the result depends on every partition's order).
@@ -232,7 +219,7 @@ mod tests {
 
     #[test]
     fn lanes_end_where_one_thread_applying_every_event_ends() {
-        let base = Map::default();
+        let base = Sorted::default();
         let mut serial = Tx::new(&base);
         for m in &messages() {
             apply_one(&mut serial, m).unwrap();
@@ -283,7 +270,7 @@ mod tests {
 
     #[test]
     fn partitions_are_shared_out_by_their_messages_one_thread_per_busy_lane() {
-        let base = Map::default();
+        let base = Sorted::default();
         // Partition 0 has as many messages as 1, 2 and 3 together.
         let run: Vec<Msg> = [(0, 30), (1, 10), (2, 10), (3, 10)]
             .iter()
@@ -314,7 +301,7 @@ mod tests {
 
     #[test]
     fn an_error_in_one_lane_is_returned_after_every_lane_stopped_and_discard_empties_them() {
-        let base = Map::default();
+        let base = Sorted::default();
         let mut l = Lanes::new(&base, 2);
         let applied = Mutex::new(0);
         let err = l

@@ -518,6 +518,21 @@ pub(super) fn scan_map(map: &BTreeMap<Vec<u8>, Vec<u8>>, prefix: &[u8]) -> Vec<E
         .collect()
 }
 
+/// Committed state in a map, scanned in key order: the store of the tests.
+#[cfg(test)]
+#[derive(Debug, Default)]
+pub(crate) struct Sorted(pub(crate) BTreeMap<Vec<u8>, Vec<u8>>);
+
+#[cfg(test)]
+impl Kv for Sorted {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ReconcilerError> {
+        Ok(self.0.get(key).cloned())
+    }
+    fn scan(&self, prefix: &[u8]) -> Result<Vec<Entry>, ReconcilerError> {
+        Ok(scan_map(&self.0, prefix))
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -587,19 +602,6 @@ mod tests {
         let asked = base.0.lock().unwrap().1;
         tx.read_ahead([(1, b"p/3".to_vec())]).unwrap();
         assert_eq!(base.0.lock().unwrap().1, asked);
-    }
-
-    /// Committed state in a map, scanned in key order.
-    #[derive(Default)]
-    struct Sorted(BTreeMap<Vec<u8>, Vec<u8>>);
-
-    impl Kv for Sorted {
-        fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ReconcilerError> {
-            Ok(self.0.get(key).cloned())
-        }
-        fn scan(&self, prefix: &[u8]) -> Result<Vec<Entry>, ReconcilerError> {
-            Ok(scan_map(&self.0, prefix))
-        }
     }
 
     fn b(s: &str) -> Vec<u8> {
