@@ -30,6 +30,8 @@ pub struct ReconcilerConfig {
     /// How long after its first event a partly filled epoch is committed at the latest
     /// (`batch_linger_ms`).
     pub batch_linger: Duration,
+    /// Larger, longer epochs while the consumer is behind.
+    pub behind: Behind,
     /// Threads applying an epoch's partitions at once (`apply_threads`, 1 to 64): one per
     /// core the reconciler may use.
     pub apply_threads: usize,
@@ -64,6 +66,23 @@ pub struct ReconcilerConfig {
     pub state_compaction: StateCompaction,
 }
 
+/// The epochs of a consumer that is behind: an epoch is *behind* once a message fetched for it
+/// was created more than `after` before it was fetched (a backlog: a bulk upload, a restart, an
+/// instance taking over partitions). It is then committed at `batch_max` events or `linger`
+/// after its first event, in place of `batch_max`/`batch_linger`: a backlog is worked off in
+/// fewer, larger transactions, each key written and sent once per epoch, while records that
+/// arrive at the pace they are made still wait at most `batch_linger` (docs/operations.md,
+/// "Epochs").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Behind {
+    /// `behind_after_ms`, 100 ms to 1 h.
+    pub after: Duration,
+    /// `behind_batch_max`, at least 1.
+    pub batch_max: usize,
+    /// `behind_linger_ms`, 0 to 60 s.
+    pub linger: Duration,
+}
+
 /// How the state store is compacted: the trade between the CPU its compactions take and the
 /// disk it holds (docs/operations.md, "Epochs").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,6 +114,12 @@ struct RawConfig {
     group_id: String,
     batch_max: usize,
     batch_linger_ms: u64,
+    #[serde(default = "default_behind_after_ms")]
+    behind_after_ms: u64,
+    #[serde(default = "default_behind_batch_max")]
+    behind_batch_max: usize,
+    #[serde(default = "default_behind_linger_ms")]
+    behind_linger_ms: u64,
     #[serde(default = "default_apply_threads")]
     apply_threads: usize,
     transaction_timeout_ms: u64,
@@ -109,6 +134,18 @@ struct RawConfig {
     read_model_memory_mb: usize,
     #[serde(default = "default_state_compaction")]
     state_compaction: String,
+}
+
+fn default_behind_after_ms() -> u64 {
+    1_000
+}
+
+fn default_behind_batch_max() -> usize {
+    20_000
+}
+
+fn default_behind_linger_ms() -> u64 {
+    150
 }
 
 fn default_apply_threads() -> usize {
@@ -139,6 +176,9 @@ impl TryFrom<RawConfig> for ReconcilerConfig {
     fn try_from(raw: RawConfig) -> Result<Self, String> {
         if raw.batch_max == 0 {
             return Err("reconciler.batch_max: must be at least 1".to_owned());
+        }
+        if raw.behind_batch_max == 0 {
+            return Err("reconciler.behind_batch_max: must be at least 1".to_owned());
         }
         if !(1..=64).contains(&raw.apply_threads) {
             return Err(format!(
@@ -177,6 +217,11 @@ impl TryFrom<RawConfig> for ReconcilerConfig {
         Ok(Self {
             state_compaction,
             batch_linger: millis("batch_linger_ms", raw.batch_linger_ms, 0, 60_000)?,
+            behind: Behind {
+                after: millis("behind_after_ms", raw.behind_after_ms, 100, 3_600_000)?,
+                batch_max: raw.behind_batch_max,
+                linger: millis("behind_linger_ms", raw.behind_linger_ms, 0, 60_000)?,
+            },
             transaction_timeout: millis(
                 "transaction_timeout_ms",
                 raw.transaction_timeout_ms,
@@ -282,6 +327,14 @@ mod tests {
         assert_eq!(cfg.monitor_from, Month::parse("2025-01").unwrap());
         assert_eq!(cfg.state_compaction, StateCompaction::Tiers);
         assert_eq!(cfg.apply_threads, 2);
+        assert_eq!(
+            cfg.behind,
+            Behind {
+                after: Duration::from_secs(1),
+                batch_max: 20_000,
+                linger: Duration::from_millis(150),
+            }
+        );
         assert!(topology_from(&cfg).is_ok());
     }
 
@@ -328,6 +381,9 @@ mod tests {
         for (key, value, says) in [
             ("batch_max", "0", "reconciler.batch_max"),
             ("apply_threads", "0", "reconciler.apply_threads"),
+            ("behind_batch_max", "0", "reconciler.behind_batch_max"),
+            ("behind_after_ms", "10", "reconciler.behind_after_ms"),
+            ("behind_linger_ms", "60001", "reconciler.behind_linger_ms"),
             ("apply_threads", "65", "reconciler.apply_threads"),
             ("monitor_from", "\"2025-13\"", "monitor_from"),
             ("monitor_to", "\"2024-12\"", "reconciler.monitor_from"),

@@ -1,6 +1,7 @@
 //! The consumer driver: polls the inputs, applies each event to the open epoch
 //! ([`crate::topology`]), dead-letters what cannot be applied, and commits the epoch
-//! ([`crate::epoch`]) when it is full or has lingered long enough. An epoch's messages are
+//! ([`crate::epoch`]) when it is full or has lingered long enough ([`OpenEpoch`]: larger and
+//! longer while the consumer is behind). An epoch's messages are
 //! taken as they are fetched and applied when it is committed, on several threads at once
 //! ([`crate::lanes`]): each partition's in order, in runs of up to [`READ_AHEAD_RUN`] whose
 //! state keys are read in one batched lookup first ([`Tx::read_ahead`]).
@@ -21,6 +22,7 @@ use rdkafka::message::BorrowedMessage;
 use tokio_util::sync::CancellationToken;
 
 use crate::ReconcilerError;
+use crate::config::Behind;
 use crate::epoch::{Committer, Consumed, InFlight, Outcome, Sent};
 use crate::gauges::{read_state, refresh_gauges};
 use crate::lanes::Lanes;
@@ -42,11 +44,84 @@ pub(crate) struct Driver<'a> {
     pub readiness: &'a Readiness,
     pub read_path: &'a ReadPath,
     pub caught_up: &'a tokio::sync::watch::Receiver<bool>,
-    pub batch_max: usize,
-    pub batch_linger: Duration,
+    /// When an epoch is committed.
+    pub limits: EpochLimits,
     /// Threads applying an epoch's partitions at once ([`crate::lanes`]).
     pub apply_threads: usize,
     pub shutdown: &'a CancellationToken,
+}
+
+/// When an epoch is committed: at `batch_max` events or `batch_linger` after its first event,
+/// or by `behind`'s limits once the epoch is behind ([`Behind`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct EpochLimits {
+    pub batch_max: usize,
+    pub batch_linger: Duration,
+    pub behind: Behind,
+}
+
+/// The open epoch's clock: when its first event came and whether it is behind.
+#[derive(Debug)]
+struct OpenEpoch {
+    limits: EpochLimits,
+    started: Instant,
+    behind: bool,
+}
+
+impl OpenEpoch {
+    fn new(limits: EpochLimits) -> Self {
+        Self {
+            limits,
+            started: Instant::now(),
+            behind: false,
+        }
+    }
+
+    /// A new epoch starts with its first event, at `now`.
+    fn begin(&mut self, now: Instant) {
+        self.started = now;
+        self.behind = false;
+    }
+
+    /// Notes a message fetched for the epoch, created at `created_ms` (Unix milliseconds, when
+    /// the message has a timestamp), fetched at `now_ms`. True when it made the epoch behind.
+    fn fetched(&mut self, created_ms: Option<i64>, now_ms: i64) -> bool {
+        if self.behind {
+            return false;
+        }
+        let after = i64::try_from(self.limits.behind.after.as_millis()).unwrap_or(i64::MAX);
+        self.behind = created_ms.is_some_and(|c| now_ms.saturating_sub(c) > after);
+        self.behind
+    }
+
+    /// Most events of the epoch.
+    fn batch_max(&self) -> usize {
+        if self.behind {
+            self.limits.behind.batch_max
+        } else {
+            self.limits.batch_max
+        }
+    }
+
+    /// How long after its first event the epoch is committed at the latest.
+    fn linger(&self) -> Duration {
+        if self.behind {
+            self.limits.behind.linger
+        } else {
+            self.limits.batch_linger
+        }
+    }
+
+    /// How long the epoch may still linger at `now`.
+    fn left(&self, now: Instant) -> Duration {
+        self.linger()
+            .saturating_sub(now.saturating_duration_since(self.started))
+    }
+}
+
+/// The message's creation time (Unix milliseconds), if it has one.
+fn created_ms(msg: &BorrowedMessage<'_>) -> Option<i64> {
+    msg.timestamp().to_millis()
 }
 
 impl Driver<'_> {
@@ -96,7 +171,8 @@ impl Driver<'_> {
         let mut owned = assignment.prepared_partition_numbers();
         parked.reassign(store, &owned)?;
         committer.owned(&owned);
-        let mut batch_started = Instant::now();
+        let mut epoch = OpenEpoch::new(self.limits);
+        let behind_epochs = metrics::counter!("ponte_reconciler_epochs_behind_total");
         // Time spent applying the open epoch's events (not waiting for them, not committing).
         let mut applying = Duration::ZERO;
         // Set on every event: the handles are looked up once, not per event.
@@ -160,7 +236,7 @@ impl Driver<'_> {
             // epoch is within its linger); with none at hand the epoch in flight is committed
             // before waiting.
             let at_hand = match in_flight {
-                Some(_) if consumed.is_empty() || batch_started.elapsed() < self.batch_linger => {
+                Some(_) if consumed.is_empty() || !epoch.left(Instant::now()).is_zero() => {
                     consumer.recv().now_or_never()
                 }
                 _ => None,
@@ -179,9 +255,9 @@ impl Driver<'_> {
                     _ = tokio::time::sleep(Duration::from_secs(1)) => None,
                 }
             } else {
-                // The epoch is committed `batch_linger_ms` after its first event at the latest,
-                // however steadily events keep arriving.
-                let left = self.batch_linger.saturating_sub(batch_started.elapsed());
+                // The epoch is committed `batch_linger_ms` (`behind_linger_ms`) after its first
+                // event at the latest, however steadily events keep arriving.
+                let left = epoch.left(Instant::now());
                 tokio::select! {
                     _ = shutdown.cancelled() => break Ok(()),
                     m = tokio::time::timeout(left, consumer.recv()) => m.ok(),
@@ -223,18 +299,26 @@ impl Driver<'_> {
             let commit_now = match next {
                 Some(Ok(msg)) => {
                     if consumed.is_empty() {
-                        batch_started = Instant::now();
+                        epoch.begin(Instant::now());
                     }
                     // With it, the messages already fetched (never waiting for more), up to
                     // the epoch's limit; they are applied when the epoch is committed. A
                     // rebalance is served inside a poll and returns no message: taking them
                     // ends there, and the next message goes through the generation check above.
+                    let now_ms = crate::readmodel::unix_millis();
+                    if epoch.fetched(created_ms(&msg), now_ms) {
+                        behind_epochs.increment(1);
+                    }
                     consumed.record(msg.topic(), msg.partition(), msg.offset());
                     fetched.push(msg);
-                    while consumed.events < self.batch_max && assignment.generation() == generation
+                    while consumed.events < epoch.batch_max()
+                        && assignment.generation() == generation
                     {
                         match consumer.recv().now_or_never() {
                             Some(Ok(m)) => {
+                                if epoch.fetched(created_ms(&m), now_ms) {
+                                    behind_epochs.increment(1);
+                                }
                                 consumed.record(m.topic(), m.partition(), m.offset());
                                 fetched.push(m);
                             }
@@ -248,7 +332,7 @@ impl Driver<'_> {
                         }
                     }
                     uncommitted.set(consumed.events as f64);
-                    consumed.events >= self.batch_max
+                    consumed.events >= epoch.batch_max()
                 }
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "consumer error");
@@ -571,4 +655,64 @@ fn dead_letter(
         source_system,
         letter.encode_to_vec(),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: EpochLimits = EpochLimits {
+        batch_max: 5_000,
+        batch_linger: Duration::from_millis(50),
+        behind: Behind {
+            after: Duration::from_secs(1),
+            batch_max: 20_000,
+            linger: Duration::from_millis(150),
+        },
+    };
+
+    #[test]
+    fn an_epoch_of_fresh_messages_keeps_the_normal_limits() {
+        let mut epoch = OpenEpoch::new(LIMITS);
+        let t0 = Instant::now();
+        epoch.begin(t0);
+        let now_ms = 1_000_000;
+        // Created up to the threshold before their fetch, or without a timestamp.
+        for created in [Some(now_ms), Some(now_ms - 1_000), None] {
+            assert!(!epoch.fetched(created, now_ms));
+        }
+        assert_eq!(epoch.batch_max(), 5_000);
+        assert_eq!(epoch.left(t0), Duration::from_millis(50));
+        assert_eq!(
+            epoch.left(t0 + Duration::from_millis(20)),
+            Duration::from_millis(30)
+        );
+        assert!(epoch.left(t0 + Duration::from_millis(50)).is_zero());
+    }
+
+    #[test]
+    fn one_old_message_makes_the_epoch_behind_until_the_next_epoch_begins() {
+        let mut epoch = OpenEpoch::new(LIMITS);
+        let t0 = Instant::now();
+        epoch.begin(t0);
+        let now_ms = 1_000_000;
+        assert!(!epoch.fetched(Some(now_ms - 10), now_ms));
+        // Becoming behind is reported once.
+        assert!(epoch.fetched(Some(now_ms - 1_001), now_ms));
+        assert!(!epoch.fetched(Some(now_ms - 5_000), now_ms));
+        // Fresh messages after it do not undo it.
+        assert!(!epoch.fetched(Some(now_ms), now_ms));
+        assert_eq!(epoch.batch_max(), 20_000);
+        assert_eq!(
+            epoch.left(t0 + Duration::from_millis(100)),
+            Duration::from_millis(50)
+        );
+        assert!(epoch.left(t0 + Duration::from_millis(150)).is_zero());
+        epoch.begin(t0 + Duration::from_millis(200));
+        assert_eq!(epoch.batch_max(), 5_000);
+        assert_eq!(
+            epoch.left(t0 + Duration::from_millis(200)),
+            Duration::from_millis(50)
+        );
+    }
 }

@@ -392,8 +392,11 @@ pub async fn run(
         readiness: &readiness,
         read_path: &read_path,
         caught_up: &caught_up,
-        batch_max: cfg.batch_max,
-        batch_linger: cfg.batch_linger,
+        limits: crate::driver::EpochLimits {
+            batch_max: cfg.batch_max,
+            batch_linger: cfg.batch_linger,
+            behind: cfg.behind,
+        },
         apply_threads: cfg.apply_threads,
         shutdown: &shutdown,
     }
