@@ -8,12 +8,22 @@
 //! aborted, so it cannot write over what the new owner restored. A transaction left open by a
 //! crashed or stalled process is aborted by the broker after `transaction.timeout.ms`, or at
 //! once when a process starts with the same transactional id.
+//!
+//! The broker's acknowledgements of a transaction's messages are counted by the producer's
+//! context ([`Reports`]) rather than each delivered through a future of its own: a future is a
+//! channel, a boxed sender and a wake-up per message, and an epoch sends tens of thousands.
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
+use rdkafka::ClientContext;
+use rdkafka::Message as _;
 use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::KafkaError;
 use rdkafka::message::OwnedHeaders;
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
+use rdkafka::producer::{
+    BaseRecord, DeliveryResult, Producer as _, ProducerContext, ThreadedProducer,
+};
 use rdkafka::topic_partition_list::TopicPartitionList;
 
 use crate::KafkaConfig;
@@ -89,9 +99,147 @@ impl TxError {
     }
 }
 
+/// Where the broker put a message: its partition and offset.
+pub type Position = (i32, i64);
+
+/// The delivery reports of the open transaction's messages, as the producer's polling thread
+/// receives them. A message's delivery opaque carries the transaction's number and the
+/// message's (half a word each), so a late report of an aborted transaction's message is told
+/// apart from the next transaction's.
+#[derive(Debug, Default)]
+struct Reports {
+    /// The open transaction's number (wrapping at half a word).
+    transaction: AtomicUsize,
+    /// Messages handed to the producer in the open transaction (they are sent from one
+    /// thread at a time).
+    sent: AtomicUsize,
+    state: Mutex<ReportState>,
+    /// Woken when every message sent so far is reported.
+    all_reported: tokio::sync::Notify,
+}
+
+#[derive(Debug, Default)]
+struct ReportState {
+    /// Each reported message's number and position, in the order reported.
+    positions: Vec<(usize, Position)>,
+    /// How many were reported, failures included.
+    reported: usize,
+    /// The first failed delivery.
+    failure: Option<KafkaError>,
+}
+
+/// Half the bits of a delivery opaque: the message's number, below the transaction's.
+const HALF: u32 = usize::BITS / 2;
+const LOW: usize = (1 << HALF) - 1;
+
+impl Reports {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ReportState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A new transaction: its messages are numbered from 0, and reports of the last one's
+    /// are ignored from now on.
+    fn begin(&self) {
+        let mut state = self.lock();
+        let next = (self.transaction.load(Ordering::Acquire) + 1) & LOW;
+        self.transaction.store(next, Ordering::Release);
+        state.positions.clear();
+        state.reported = 0;
+        state.failure = None;
+        self.sent.store(0, Ordering::Release);
+    }
+
+    /// The next message's number, counted as sent, and its delivery opaque.
+    fn next(&self) -> Result<(usize, usize), TxError> {
+        let number = self.sent.load(Ordering::Acquire);
+        if number >= LOW {
+            return Err(TxError::aborted(format!(
+                "more than {LOW} messages in one transaction"
+            )));
+        }
+        // Counted before the producer has it: its report may come at once.
+        self.sent.store(number + 1, Ordering::Release);
+        Ok((
+            number,
+            (self.transaction.load(Ordering::Acquire) << HALF) | number,
+        ))
+    }
+
+    /// The message `number` was not queued after all: it will not be reported.
+    fn not_sent(&self, number: usize) {
+        self.sent.store(number, Ordering::Release);
+    }
+
+    /// The broker's report of the message sent with `opaque`.
+    fn report(&self, opaque: usize, result: Result<Position, &KafkaError>) {
+        let mut state = self.lock();
+        if opaque >> HALF != self.transaction.load(Ordering::Acquire) {
+            return;
+        }
+        match result {
+            Ok(position) => state.positions.push((opaque & LOW, position)),
+            Err(e) => {
+                if state.failure.is_none() {
+                    state.failure = Some(e.clone());
+                }
+            }
+        }
+        state.reported += 1;
+        if state.reported == self.sent.load(Ordering::Acquire) {
+            self.all_reported.notify_one();
+        }
+    }
+
+    /// Waits until every message sent is reported; each one's position by its number.
+    async fn acknowledged(&self) -> Result<Vec<Position>, TxError> {
+        loop {
+            let woken = self.all_reported.notified();
+            {
+                let mut state = self.lock();
+                if let Some(e) = &state.failure {
+                    return Err(TxError::of("send", e));
+                }
+                let sent = self.sent.load(Ordering::Acquire);
+                if state.reported >= sent {
+                    let mut positions = vec![(-1, -1); sent];
+                    for (number, position) in state.positions.drain(..) {
+                        if let Some(p) = positions.get_mut(number) {
+                            *p = position;
+                        }
+                    }
+                    return Ok(positions);
+                }
+            }
+            woken.await;
+        }
+    }
+}
+
+/// The producer's context: counts the delivery reports ([`Reports`]).
+#[derive(Debug, Default)]
+struct Context {
+    reports: Reports,
+}
+
+impl ClientContext for Context {}
+
+impl ProducerContext for Context {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
+        self.reports.report(
+            opaque,
+            match result {
+                Ok(m) => Ok((m.partition(), m.offset())),
+                Err((e, _)) => Err(e),
+            },
+        );
+    }
+}
+
 /// One transactional producer (one transactional id).
 pub struct Transactional {
-    producer: FutureProducer,
+    producer: ThreadedProducer<Context>,
     id: String,
     timeout: Duration,
 }
@@ -131,8 +279,8 @@ impl Transactional {
         for (k, v) in &kafka.properties {
             cfg.set(k, v);
         }
-        let producer: FutureProducer = cfg
-            .create()
+        let producer: ThreadedProducer<Context> = cfg
+            .create_with_context(Context::default())
             .map_err(|e| TxError::fatal(format!("creating the producer: {e}")))?;
         producer
             .init_transactions(op_timeout)
@@ -149,15 +297,17 @@ impl Transactional {
         &self.id
     }
 
-    /// Starts a transaction.
+    /// Starts a transaction; its messages are numbered from 0 ([`Transactional::send`]).
     pub fn begin(&self) -> Result<(), TxError> {
+        self.producer.context().reports.begin();
         self.producer
             .begin_transaction()
             .map_err(|e| TxError::of("begin_transaction", &e))
     }
 
     /// Queues one message of the open transaction (to `partition`, or by key when `None`; a
-    /// tombstone when `payload` is `None`). Its future resolves when the broker has it — not
+    /// tombstone when `payload` is `None`) and returns its number in the transaction: 0, 1, …
+    /// in the order sent. [`Transactional::acknowledged`] gives where the broker put it — not
     /// yet visible: that takes the commit.
     pub fn send(
         &self,
@@ -166,8 +316,11 @@ impl Transactional {
         key: &[u8],
         payload: Option<&[u8]>,
         headers: Option<OwnedHeaders>,
-    ) -> Result<DeliveryFuture, TxError> {
-        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).key(key);
+    ) -> Result<usize, TxError> {
+        let reports = &self.producer.context().reports;
+        let (number, opaque) = reports.next()?;
+        let mut record: BaseRecord<'_, [u8], [u8], usize> =
+            BaseRecord::with_opaque_to(topic, opaque).key(key);
         if let Some(p) = partition {
             record = record.partition(p);
         }
@@ -178,21 +331,34 @@ impl Transactional {
             record = record.headers(h);
         }
         // A full local queue is waited out (it drains as the broker acknowledges), bounded by
-        // the operation timeout.
-        let deadline = std::time::Instant::now() + self.timeout;
+        // the operation timeout from the first refusal.
+        let mut deadline = None;
         loop {
-            match self.producer.send_result(record) {
-                Ok(f) => return Ok(f),
+            match self.producer.send(record) {
+                Ok(()) => return Ok(number),
                 Err((KafkaError::MessageProduction(code), r))
                     if code == rdkafka::types::RDKafkaErrorCode::QueueFull
-                        && std::time::Instant::now() < deadline =>
+                        && std::time::Instant::now()
+                            < *deadline.get_or_insert_with(|| {
+                                std::time::Instant::now() + self.timeout
+                            }) =>
                 {
                     std::thread::sleep(Duration::from_millis(5));
                     record = r;
                 }
-                Err((e, _)) => return Err(TxError::of("send", &e)),
+                Err((e, _)) => {
+                    reports.not_sent(number);
+                    return Err(TxError::of("send", &e));
+                }
             }
         }
+    }
+
+    /// Waits until the broker has acknowledged every message of the open transaction, and
+    /// returns each one's partition and offset by its number. A failed delivery (the broker
+    /// refused it, or the message timed out) fails the transaction.
+    pub async fn acknowledged(&self) -> Result<Vec<Position>, TxError> {
+        self.producer.context().reports.acknowledged().await
     }
 
     /// Adds the consumed `offsets` (next offsets to read) to the transaction, for the group
@@ -238,6 +404,7 @@ impl Transactional {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use rdkafka::types::RDKafkaErrorCode as C;
 
@@ -266,5 +433,84 @@ mod tests {
         }
         assert!(TxError::fatal("gone").is_fatal());
         assert!(!TxError::aborted("timed out").is_fenced());
+    }
+
+    /// Runs `f` to completion on a current-thread runtime.
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("a runtime")
+            .block_on(f)
+    }
+
+    #[test]
+    fn positions_come_back_by_message_number_whatever_order_they_are_reported_in() {
+        let reports = Reports::default();
+        reports.begin();
+        let sent: Vec<(usize, usize)> = (0..4).map(|_| reports.next().unwrap()).collect();
+        assert_eq!(
+            sent.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+            [0, 1, 2, 3]
+        );
+        for (n, opaque) in [sent[2], sent[0], sent[3], sent[1]] {
+            reports.report(opaque, Ok((n as i32 % 2, 100 + n as i64)));
+        }
+        let positions = block_on(reports.acknowledged()).unwrap();
+        assert_eq!(positions, [(0, 100), (1, 101), (0, 102), (1, 103)]);
+    }
+
+    #[test]
+    fn acknowledged_waits_for_the_last_report() {
+        let reports = std::sync::Arc::new(Reports::default());
+        reports.begin();
+        let (_, first) = reports.next().unwrap();
+        let (_, second) = reports.next().unwrap();
+        reports.report(first, Ok((0, 7)));
+        let late = std::sync::Arc::clone(&reports);
+        let reporter = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            late.report(second, Ok((0, 8)));
+        });
+        let positions = block_on(reports.acknowledged()).unwrap();
+        assert_eq!(positions, [(0, 7), (0, 8)]);
+        reporter.join().unwrap();
+    }
+
+    #[test]
+    fn a_late_report_of_an_earlier_transaction_counts_for_nothing() {
+        let reports = Reports::default();
+        reports.begin();
+        let (_, aborted) = reports.next().unwrap();
+        // The transaction is aborted before its message is reported; the next one begins.
+        reports.begin();
+        let (n, opaque) = reports.next().unwrap();
+        assert_eq!(n, 0);
+        reports.report(aborted, Err(&KafkaError::MessageProduction(C::PurgeQueue)));
+        reports.report(aborted, Ok((3, 999)));
+        reports.report(opaque, Ok((1, 5)));
+        assert_eq!(block_on(reports.acknowledged()).unwrap(), [(1, 5)]);
+    }
+
+    #[test]
+    fn a_failed_delivery_fails_the_transaction_and_a_message_not_queued_is_not_waited_for() {
+        let reports = Reports::default();
+        reports.begin();
+        let (_, ok) = reports.next().unwrap();
+        let (n, _) = reports.next().unwrap();
+        reports.not_sent(n);
+        reports.report(ok, Ok((0, 1)));
+        assert_eq!(block_on(reports.acknowledged()).unwrap(), [(0, 1)]);
+
+        reports.begin();
+        let (_, refused) = reports.next().unwrap();
+        let (_, delivered) = reports.next().unwrap();
+        reports.report(
+            refused,
+            Err(&KafkaError::MessageProduction(C::MessageTimedOut)),
+        );
+        reports.report(delivered, Ok((0, 2)));
+        let err = block_on(reports.acknowledged()).unwrap_err();
+        assert!(!err.is_fatal() && err.to_string().contains("send"), "{err}");
     }
 }

@@ -35,7 +35,6 @@ use ponte_bus::{KafkaConfig, Topic, TopicsConfig};
 use ponte_store::Store;
 use rdkafka::consumer::{Consumer, ConsumerGroupMetadata};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::DeliveryFuture;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use crate::ReconcilerError;
@@ -647,8 +646,8 @@ enum Delivery {
     Output,
 }
 
-/// The deliveries of an epoch's messages, each marked with what it is of.
-type Deliveries = Vec<(Delivery, DeliveryFuture)>;
+/// What each of an epoch's messages is of, by its number in the transaction.
+type Deliveries = Vec<Delivery>;
 
 /// What [`Committer::send`] did with an epoch.
 #[derive(Debug)]
@@ -714,11 +713,15 @@ fn send_all(
             o.payload.as_deref(),
             Some(headers),
         )?;
-        let of = match o.kind {
+        debug_assert_eq!(
+            d,
+            deliveries.len(),
+            "messages are numbered in the order sent"
+        );
+        deliveries.push(match o.kind {
             OutputKind::Change => Delivery::Change,
             _ => Delivery::Output,
-        };
-        deliveries.push((of, d));
+        });
     }
     for (k, v) in writes {
         let p = key_partition(k).ok_or_else(|| {
@@ -728,7 +731,12 @@ fn send_all(
             ))
         })?;
         let d = producer.send(routes.changelog(), Some(p), k, v.as_deref(), None)?;
-        deliveries.push((Delivery::Changelog, d));
+        debug_assert_eq!(
+            d,
+            deliveries.len(),
+            "messages are numbered in the order sent"
+        );
+        deliveries.push(Delivery::Changelog);
     }
     phase_took("send", started);
     Ok(deliveries)
@@ -754,12 +762,15 @@ async fn acknowledge_and_commit(
     let mut started = Instant::now();
     let mut ends: BTreeMap<i32, i64> = BTreeMap::new();
     let mut changes = Vec::new();
-    for (of, d) in deliveries {
-        let (partition, offset) = match d.await {
-            Ok(Ok(d)) => (d.partition, d.offset),
-            Ok(Err((e, _))) => return Err(TxError::of("send", &e)),
-            Err(_) => return Err(TxError::aborted("send cancelled")),
-        };
+    let positions = producer.acknowledged().await?;
+    if positions.len() != deliveries.len() {
+        return Err(TxError::aborted(format!(
+            "{} messages acknowledged of {} sent",
+            positions.len(),
+            deliveries.len()
+        )));
+    }
+    for (of, (partition, offset)) in deliveries.into_iter().zip(positions) {
         match of {
             Delivery::Changelog => {
                 let end = ends.entry(partition).or_insert(0);
