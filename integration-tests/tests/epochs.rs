@@ -35,7 +35,8 @@ use ponte_proto::events::v1::Event;
 use prost::Message as _;
 
 const PERSONS: u64 = 900;
-/// Small epochs, so that a run has dozens of them and every fault point is reached early.
+/// Small epochs, so that a run has dozens of them and every fault point is reached early — also
+/// while the reconciler is behind, as it is here: the records are produced before it starts.
 const BATCH_MAX: &str = "150";
 
 /// What a deployment published and serves, normalised: view counters cleared (they tell how a
@@ -216,7 +217,10 @@ fn assert_same(got: &Outcome, expected: &Outcome) {
 
 /// Starts the stack's reconciler with `env` on top of the small-epoch settings.
 fn reconciler(stack: &Stack, instance: &str, env: &[(&str, String)]) -> Service {
-    let mut all = vec![("PONTE__RECONCILER__BATCH_MAX", BATCH_MAX.to_owned())];
+    let mut all = vec![
+        ("PONTE__RECONCILER__BATCH_MAX", BATCH_MAX.to_owned()),
+        ("PONTE__RECONCILER__BEHIND_BATCH_MAX", BATCH_MAX.to_owned()),
+    ];
     all.extend(env.iter().cloned());
     stack.spawn_instance("reconciler", instance, &all)
 }
