@@ -141,7 +141,7 @@ fn default_behind_after_ms() -> u64 {
 }
 
 fn default_behind_batch_max() -> usize {
-    20_000
+    10_000
 }
 
 fn default_behind_linger_ms() -> u64 {
@@ -331,7 +331,7 @@ mod tests {
             cfg.behind,
             Behind {
                 after: Duration::from_secs(1),
-                batch_max: 20_000,
+                batch_max: 10_000,
                 linger: Duration::from_millis(150),
             }
         );

@@ -1,10 +1,10 @@
 //! The consumer driver: polls the inputs, applies each event to the open epoch
 //! ([`crate::topology`]), dead-letters what cannot be applied, and commits the epoch
 //! ([`crate::epoch`]) when it is full or has lingered long enough ([`OpenEpoch`]: larger and
-//! longer while the consumer is behind). An epoch's messages are
-//! taken as they are fetched and applied when it is committed, on several threads at once
-//! ([`crate::lanes`]): each partition's in order, in runs of up to [`READ_AHEAD_RUN`] whose
-//! state keys are read in one batched lookup first ([`Tx::read_ahead`]).
+//! longer while the consumer is behind). An epoch's messages are taken as they are fetched and
+//! applied when it is committed, on several threads at once ([`crate::lanes`]): each
+//! partition's in order, in runs of up to [`READ_AHEAD_RUN`] whose state keys are read in one
+//! batched lookup first ([`Tx::read_ahead`]).
 use std::time::{Duration, Instant, SystemTime};
 
 use futures::FutureExt as _;
