@@ -64,6 +64,8 @@ pub(crate) struct EpochLimits {
 #[derive(Debug)]
 struct OpenEpoch {
     limits: EpochLimits,
+    /// `limits.behind.after` in milliseconds, as message timestamps are.
+    behind_after_ms: i64,
     started: Instant,
     behind: bool,
 }
@@ -72,6 +74,7 @@ impl OpenEpoch {
     fn new(limits: EpochLimits) -> Self {
         Self {
             limits,
+            behind_after_ms: i64::try_from(limits.behind.after.as_millis()).unwrap_or(i64::MAX),
             started: Instant::now(),
             behind: false,
         }
@@ -89,8 +92,7 @@ impl OpenEpoch {
         if self.behind {
             return false;
         }
-        let after = i64::try_from(self.limits.behind.after.as_millis()).unwrap_or(i64::MAX);
-        self.behind = created_ms.is_some_and(|c| now_ms.saturating_sub(c) > after);
+        self.behind = created_ms.is_some_and(|c| now_ms.saturating_sub(c) > self.behind_after_ms);
         self.behind
     }
 
