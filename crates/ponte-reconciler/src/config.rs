@@ -25,7 +25,8 @@ pub struct ReconcilerConfig {
     pub state_dir: PathBuf,
     /// Kafka consumer group of the reconciler instances.
     pub group_id: String,
-    /// Most events in one epoch (`batch_max`, at least 1).
+    /// Most events in one epoch (`batch_max`, at least 1): messages the consumer loop takes,
+    /// input records and repartition messages alike.
     pub batch_max: usize,
     /// How long after its first event a partly filled epoch is committed at the latest
     /// (`batch_linger_ms`).
