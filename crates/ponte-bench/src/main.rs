@@ -525,14 +525,11 @@ async fn main() -> anyhow::Result<()> {
                 ),
             }
             print_latency(&f.latency);
-            // An epoch's limits count every message the consumer loop takes: the input records
-            // and the reconciler's own repartition messages.
-            let loop_messages = e2e::loop_consumed(&f.consumed);
             println!(
                 "reconciler         {} epochs, {:.0} input records and {:.0} messages consumed per epoch, commit {:.2} s in all, state {:.1} MiB",
                 f.batches,
                 f.records as f64 / f.batches.max(1.0),
-                loop_messages / f.batches.max(1.0),
+                f.epoch_events / f.batches.max(1.0),
                 f.commit_seconds,
                 f.state_bytes / 1048576.0
             );

@@ -64,8 +64,6 @@ pub(crate) struct EpochLimits {
 #[derive(Debug)]
 struct OpenEpoch {
     limits: EpochLimits,
-    /// `limits.behind.after` in milliseconds, as message timestamps are.
-    behind_after_ms: i64,
     started: Instant,
     behind: bool,
 }
@@ -74,7 +72,6 @@ impl OpenEpoch {
     fn new(limits: EpochLimits) -> Self {
         Self {
             limits,
-            behind_after_ms: i64::try_from(limits.behind.after.as_millis()).unwrap_or(i64::MAX),
             started: Instant::now(),
             behind: false,
         }
@@ -92,7 +89,10 @@ impl OpenEpoch {
         if self.behind {
             return false;
         }
-        self.behind = created_ms.is_some_and(|c| now_ms.saturating_sub(c) > self.behind_after_ms);
+        // A message created after it was fetched (clocks apart) is not old.
+        self.behind = created_ms
+            .and_then(|c| u64::try_from(now_ms.saturating_sub(c)).ok())
+            .is_some_and(|age| Duration::from_millis(age) > self.limits.behind.after);
         self.behind
     }
 
