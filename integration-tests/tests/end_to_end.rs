@@ -465,3 +465,46 @@ async fn topics_ensure_creates_the_catalogue_once_and_compacts_the_view() {
     );
     assert!(third.contains("13 topics, 1 changed"), "{third}");
 }
+
+/// The reconciler sends repartition messages in batches to the partition each key would have
+/// gone to alone (`ponte_bus::partition::of_key`), so they stay co-partitioned with the inputs
+/// the adapters' producers place by key: librdkafka's default partitioner, asked here for
+/// keys of every shape the topics carry, agrees with it on each.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_default_partitioner_places_every_key_where_ponte_computes_it() {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let stack = Stack::new("partitioner");
+    let topic = stack.topic("keys.v1");
+    ponte_integration_tests::create_topic(ponte_integration_tests::broker(), &topic, 6).await;
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", ponte_integration_tests::broker())
+        .create()
+        .unwrap();
+    let keys: Vec<String> = (0..200u64)
+        .map(|i| match i % 4 {
+            0 => format!("{:011}", 12_000_000_000 + i * 7_919),
+            1 => format!("{:015}", 700_000_000_000_000 + i * 104_729),
+            2 => format!("fam-{i}"),
+            _ => format!("household:{}", i * 31),
+        })
+        .collect();
+    let mut spread = std::collections::BTreeSet::new();
+    for key in &keys {
+        let partition = producer
+            .send(
+                FutureRecord::to(&topic).key(key).payload("x"),
+                Duration::from_secs(30),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap()
+            .partition;
+        assert_eq!(
+            partition,
+            ponte_bus::partition::of_key(key.as_bytes(), 6),
+            "key {key}"
+        );
+        spread.insert(partition);
+    }
+    assert_eq!(spread.len(), 6, "{spread:?}");
+}

@@ -16,6 +16,7 @@ use ponte_proto::compliance::v1::{
     ListParkedRequest, OutcomeStatus, Person,
 };
 use ponte_proto::events::v1::{DeadLetter, Event, PersonProfile, event::Record};
+use ponte_proto::reconciler::v1::{MemberOutcomes, RepartitionBatch};
 use prost::Message as _;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -371,8 +372,54 @@ async fn three_sectors_meet_in_one_view() {
         .await
         .map_err(|(e, _)| e)
         .unwrap();
+    // Repartition messages travel in batches, one Kafka message per partition and epoch: an
+    // entry that cannot be applied is dead-lettered alone with its place in the batch, the
+    // entries around it are applied, and a batch whose framing is broken goes whole.
+    let harmless = MemberOutcomes {
+        family_id: "batch-test-family".to_owned(),
+        nis: MOTHER.to_owned(),
+        member: false,
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let bad_entry = MemberOutcomes {
+        family_id: FAMILY.to_owned(),
+        nis: CHILD.to_owned(),
+        member: true,
+        outcomes_json: b"not json".to_vec(),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let batch = RepartitionBatch {
+        entries: vec![harmless, bad_entry.clone()],
+        keys: vec![b"batch-test-family".to_vec(), FAMILY.as_bytes().to_vec()],
+    }
+    .encode_to_vec();
+    let broken = b"\x0a\x40 cut short".to_vec();
+    for payload in [&batch, &broken] {
+        producer
+            .send(
+                FutureRecord::<[u8], _>::to(&members)
+                    .payload(payload)
+                    .headers(
+                        OwnedHeaders::new()
+                            .insert(Header {
+                                key: "ponte-schema",
+                                value: Some("ponte.reconciler.v1"),
+                            })
+                            .insert(Header {
+                                key: "ponte-event-type",
+                                value: Some("member_batch"),
+                            }),
+                    ),
+                Duration::from_secs(30),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
     let letters: Vec<DeadLetter> =
-        read_topic(&stack.topic("deadletter.v1"), 4, Duration::from_secs(60))
+        read_topic(&stack.topic("deadletter.v1"), 6, Duration::from_secs(60))
             .iter()
             .map(|(_, v)| DeadLetter::decode(v.as_slice()).unwrap())
             .collect();
@@ -404,6 +451,25 @@ async fn three_sectors_meet_in_one_view() {
         ("malformed", "reconciler"),
         "{internal:?}"
     );
+    let entry = letters
+        .iter()
+        .find(|l| l.position.ends_with(" entry 1"))
+        .unwrap_or_else(|| panic!("no dead letter for the batch's entry: {letters:?}"));
+    assert!(entry.position.starts_with(&members), "{}", entry.position);
+    assert_eq!(
+        (entry.error_type.as_str(), entry.field.as_str()),
+        ("invalid_value", "outcomes_json")
+    );
+    assert_eq!(entry.original, bad_entry);
+    let whole = letters
+        .iter()
+        .find(|l| l.reason.contains("RepartitionBatch"))
+        .unwrap_or_else(|| panic!("no dead letter for the broken batch: {letters:?}"));
+    assert_eq!(
+        (whole.error_type.as_str(), whole.original.as_slice()),
+        ("malformed", broken.as_slice())
+    );
+    assert!(!whole.position.contains("entry"), "{}", whole.position);
     let invalid = letters
         .iter()
         .find(|l| l.record_id == "registry:bad-municipality")

@@ -75,11 +75,15 @@ pub(crate) struct Figures {
     /// CPU seconds (user + system) per process.
     pub(crate) cpu: Vec<(String, f64)>,
     pub(crate) batches: f64,
-    /// Events the epochs held in all (`ponte_reconciler_batch_events`): every message the
-    /// consumer loop took, input records and repartition messages alike.
+    /// Events the epochs held in all (`ponte_reconciler_batch_events`): input records and
+    /// repartition messages (a batch's entries) alike.
     pub(crate) epoch_events: f64,
     /// Messages the reconciler produced, by kind (`ponte_reconciler_outputs_published_total`).
     pub(crate) produced: Vec<(String, f64)>,
+    /// Repartition messages the reconciler produced, by kind, batched or not
+    /// (`ponte_reconciler_repartition_entries_published_total`): what its batches of each kind
+    /// (counted in `produced` as one message each) held.
+    pub(crate) repartitioned: Vec<(String, f64)>,
     /// Messages the reconciler consumed, by what they are: the input records, each repartition
     /// topic, and what the read model consumed of the changes topic.
     pub(crate) consumed: Vec<(String, f64)>,
@@ -535,6 +539,11 @@ pub(crate) async fn start(s: &Setup<'_>) -> anyhow::Result<Pipeline> {
         batches: metric(&metrics, "ponte_reconciler_batch_events_count"),
         epoch_events: metric(&metrics, "ponte_reconciler_batch_events_sum"),
         produced: by_label(&metrics, "ponte_reconciler_outputs_published_total", "kind"),
+        repartitioned: by_label(
+            &metrics,
+            "ponte_reconciler_repartition_entries_published_total",
+            "kind",
+        ),
         consumed: consumed_by_kind(&metrics),
         read_model_from: by_label(
             &metrics,

@@ -526,7 +526,7 @@ async fn main() -> anyhow::Result<()> {
             }
             print_latency(&f.latency);
             println!(
-                "reconciler         {} epochs, {:.0} input records and {:.0} messages consumed per epoch, commit {:.2} s in all, state {:.1} MiB",
+                "reconciler         {} epochs, {:.0} input records and {:.0} events (input records and repartition messages) per epoch, commit {:.2} s in all, state {:.1} MiB",
                 f.batches,
                 f.records as f64 / f.batches.max(1.0),
                 f.epoch_events / f.batches.max(1.0),
@@ -573,6 +573,12 @@ async fn main() -> anyhow::Result<()> {
                 )
             };
             println!("produced           {}", per_input(&f.produced));
+            if !f.repartitioned.is_empty() {
+                println!(
+                    "repartition        {} (in the batches counted above)",
+                    per_input(&f.repartitioned)
+                );
+            }
             println!("consumed           {}", per_input(&f.consumed));
             if !f.read_model_from.is_empty() {
                 println!(

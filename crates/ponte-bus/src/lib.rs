@@ -6,6 +6,7 @@
 //! - [`publish`]: an idempotent, `acks=all` producer that returns only once the broker has
 //!   acknowledged, with errors classified so adapters know whether to answer 4xx or 503.
 //! - [`headers`]: the Kafka headers every Ponte event carries.
+//! - [`partition`]: the partition librdkafka's default partitioner gives a key.
 //! - [`transact`]: a transactional producer, for outputs committed with the offsets they came
 //!   from (the reconciler's epochs).
 //!
@@ -14,6 +15,7 @@ pub mod config;
 pub mod consume;
 pub mod headers;
 pub mod ingest;
+pub mod partition;
 pub mod publish;
 pub mod topics;
 pub mod transact;

@@ -28,8 +28,8 @@ use crate::gauges::{read_state, refresh_gauges};
 use crate::lanes::Lanes;
 use crate::readmodel::ReadPath;
 use crate::topology::{
-    Applied, Indexed, Input, OutputKind, ParkedIndex, Pending, READ_AHEAD_RUN, Topology, Tx,
-    Unapplicable,
+    Applied, Entries, Indexed, Input, OutputKind, ParkedIndex, Pending, READ_AHEAD_RUN, Topology,
+    Tx, Unapplicable, entries_of, is_batch,
 };
 
 /// What the consumer loop works with; borrowed from the process wiring ([`crate::service`]).
@@ -273,7 +273,7 @@ impl Driver<'_> {
                 if in_flight.is_some()
                     && let Some(Ok(msg)) = &next
                 {
-                    consumed.record(msg.topic(), msg.partition(), msg.offset());
+                    consumed.record(msg.topic(), msg.partition(), msg.offset(), events_in(msg));
                 }
                 if complete_in_flight!() {
                     next = None;
@@ -311,7 +311,7 @@ impl Driver<'_> {
                     if epoch.fetched(created_ms(&msg), now_ms) {
                         behind_epochs.increment(1);
                     }
-                    consumed.record(msg.topic(), msg.partition(), msg.offset());
+                    consumed.record(msg.topic(), msg.partition(), msg.offset(), events_in(&msg));
                     fetched.push(msg);
                     while consumed.events < epoch.batch_max()
                         && assignment.generation() == generation
@@ -321,7 +321,12 @@ impl Driver<'_> {
                                 if epoch.fetched(created_ms(&m), now_ms) {
                                     behind_epochs.increment(1);
                                 }
-                                consumed.record(m.topic(), m.partition(), m.offset());
+                                consumed.record(
+                                    m.topic(),
+                                    m.partition(),
+                                    m.offset(),
+                                    events_in(&m),
+                                );
                                 fetched.push(m);
                             }
                             Some(Err(e)) => {
@@ -411,21 +416,26 @@ fn apply_fetched(
         BorrowedMessage::partition,
         |tx, ingest_times, msgs| {
             for run in msgs.chunks(READ_AHEAD_RUN) {
-                tx.read_ahead(
-                    run.iter()
-                        .filter_map(|m| {
-                            let (_, input) = inputs.position(m.topic())?;
-                            let keys = topology.keys_read(
-                                input,
-                                m.key().unwrap_or_default(),
-                                m.payload().unwrap_or_default(),
-                            );
-                            Some(keys.into_iter().map(move |k| (m.partition(), k)))
-                        })
-                        .flatten(),
-                )?;
-                for msg in run {
-                    apply_message(topology, inputs, counters, tx, ingest_times, msg)?;
+                let unpacked: Vec<Unpacked<'_>> = run.iter().map(|m| unpack(inputs, m)).collect();
+                tx.read_ahead(run.iter().zip(&unpacked).flat_map(|(m, u)| {
+                    let keys: Vec<Vec<u8>> = match u {
+                        Unpacked::One(_, input) => topology.keys_read(
+                            *input,
+                            m.key().unwrap_or_default(),
+                            m.payload().unwrap_or_default(),
+                        ),
+                        Unpacked::Batch(_, input, Ok(batch)) => batch
+                            .keys
+                            .iter()
+                            .zip(&batch.entries)
+                            .flat_map(|(k, e)| topology.keys_read(*input, k, e))
+                            .collect(),
+                        Unpacked::Batch(_, _, Err(_)) | Unpacked::Unknown => Vec::new(),
+                    };
+                    keys.into_iter().map(move |k| (m.partition(), k))
+                }))?;
+                for (msg, u) in run.iter().zip(unpacked) {
+                    apply_message(topology, counters, tx, ingest_times, msg, u)?;
                 }
             }
             Ok(())
@@ -492,6 +502,8 @@ fn to_system_time(t: &ponte_proto::Timestamp) -> SystemTime {
 /// labelled `counter!` finds its series in the registry each time it runs).
 struct TopicCounters {
     consumed: metrics::Counter,
+    /// Repartition messages read, alone or in batches (`consumed` counts Kafka messages).
+    entries: metrics::Counter,
     applied: metrics::Counter,
     stale: metrics::Counter,
     parked: metrics::Counter,
@@ -506,6 +518,7 @@ impl TopicCounters {
             .iter()
             .map(|(topic, _)| TopicCounters {
                 consumed: metrics::counter!("ponte_reconciler_events_consumed_total", "topic" => topic.clone()),
+                entries: metrics::counter!("ponte_reconciler_repartition_entries_consumed_total", "topic" => topic.clone()),
                 applied: metrics::counter!("ponte_reconciler_events_applied_total", "topic" => topic.clone()),
                 stale: metrics::counter!("ponte_reconciler_events_ignored_total", "topic" => topic.clone(), "reason" => "stale_version"),
                 parked: metrics::counter!("ponte_reconciler_events_parked_total", "topic" => topic.clone()),
@@ -515,105 +528,256 @@ impl TopicCounters {
     }
 }
 
+/// What a fetched message holds, read before its run is applied.
+enum Unpacked<'m> {
+    /// Not from a subscribed topic.
+    Unknown,
+    /// One event, or one repartition message sent alone; with the input's place in
+    /// [`Inputs::by_topic`].
+    One(usize, Input),
+    /// A batch of repartition messages ([`crate::topology::Batcher`]), or why it cannot be read.
+    Batch(usize, Input, Result<Entries<'m>, String>),
+}
+
+/// True when the message is a batch of repartition messages: sent without a key, tagged as a
+/// batch ([`is_batch`]). Events and single repartition messages always have a key.
+fn is_batch_message(msg: &BorrowedMessage<'_>) -> bool {
+    msg.key().is_none_or(<[u8]>::is_empty)
+        && is_batch(EventHeaders::value(
+            msg.headers(),
+            ponte_bus::headers::EVENT_TYPE,
+        ))
+}
+
+fn unpack<'m>(inputs: &Inputs, msg: &'m BorrowedMessage<'_>) -> Unpacked<'m> {
+    match inputs.position(msg.topic()) {
+        None => Unpacked::Unknown,
+        Some((i, input)) if input.is_internal() && is_batch_message(msg) => {
+            Unpacked::Batch(i, input, entries_of(msg.payload().unwrap_or_default()))
+        }
+        Some((i, input)) => Unpacked::One(i, input),
+    }
+}
+
+/// How many events a fetched message brings to its epoch: a batch's entries, 1 for any other
+/// message (an epoch's bounds count events, [`OpenEpoch::batch_max`]).
+fn events_in(msg: &BorrowedMessage<'_>) -> usize {
+    if is_batch_message(msg) {
+        entries_of(msg.payload().unwrap_or_default()).map_or(1, |b| b.entries.len().max(1))
+    } else {
+        1
+    }
+}
+
 fn apply_message(
     topology: &Topology,
-    inputs: &Inputs,
     counters: &[TopicCounters],
     tx: &mut Tx<'_>,
     ingest_times: &mut Vec<SystemTime>,
     msg: &BorrowedMessage<'_>,
+    unpacked: Unpacked<'_>,
 ) -> Result<(), ReconcilerError> {
     let topic = msg.topic();
-    let Some((input, counters)) = inputs
-        .position(topic)
-        .and_then(|(i, input)| Some((input, counters.get(i)?)))
-    else {
+    let (Unpacked::One(i, input) | Unpacked::Batch(i, input, _)) = unpacked else {
         // Only the subscribed topics are ever delivered.
         metrics::counter!("ponte_reconciler_events_consumed_total", "topic" => topic.to_owned())
             .increment(1);
         metrics::counter!("ponte_reconciler_events_ignored_total", "topic" => topic.to_owned(), "reason" => "unknown_topic").increment(1);
         return Ok(());
     };
+    let Some(counters) = counters.get(i) else {
+        return Ok(());
+    };
     counters.consumed.increment(1);
     tx.set_partition(msg.partition());
     let payload = msg.payload().unwrap_or_default();
+    let whole = Place { msg, entry: None };
     // A message without the header is read as its topic's schema (tools that produce by hand
     // rarely set headers); one that names another schema is not guessed at.
-    let schema = EventHeaders::value(msg.headers(), ponte_bus::headers::SCHEMA)
-        .filter(|s| !input.reads_schema(s));
-    let (applied, event) = if let Some(schema) = schema {
-        (
-            Applied::Invalid(Unapplicable::of_event(
-                "unknown_schema",
-                format!(
-                    "schema {:?} on a topic of {}",
-                    String::from_utf8_lossy(schema),
-                    input.schema()
-                ),
-            )),
-            None,
-        )
-    } else if payload.is_empty() {
-        (
-            Applied::Invalid(Unapplicable::of_event("malformed", "empty payload")),
-            None,
-        )
-    } else if input.is_internal() {
-        let (applied, at) = topology.apply_internal(tx, input, payload)?;
-        if let (Applied::Changed, Some(t)) = (&applied, &at) {
-            ingest_times.push(to_system_time(t));
-        }
-        (applied, None)
-    } else {
-        match Event::decode(payload) {
-            Ok(e) => (topology.apply(tx, input, &e)?, Some(e)),
-            Err(e) => (
-                Applied::Invalid(Unapplicable::of_event(
-                    "malformed",
-                    format!("undecodable ponte.events.v1.Event: {e}"),
-                )),
-                None,
+    if let Some(schema) = EventHeaders::value(msg.headers(), ponte_bus::headers::SCHEMA)
+        .filter(|s| !input.reads_schema(s))
+    {
+        let why = Unapplicable::of_event(
+            "unknown_schema",
+            format!(
+                "schema {:?} on a topic of {}",
+                String::from_utf8_lossy(schema),
+                input.schema()
             ),
-        }
+        );
+        dead_letter(tx, &whole, input, None, payload, &why);
+        return Ok(());
+    }
+    let mut applying = Applying {
+        topology,
+        counters,
+        tx,
+        ingest_times,
     };
-    match applied {
-        Applied::Changed => {
-            counters.applied.increment(1);
-            // Ingest-to-view: measured where a record reaches a view, not where it is
-            // forwarded (health records by CNS/CPF are measured on their second hop).
-            if input != Input::Health
-                && let Some(t) = event.as_ref().and_then(|e| e.ingest_time.as_ref())
-            {
-                ingest_times.push(to_system_time(t));
+    match unpacked {
+        Unpacked::Batch(_, _, Ok(batch)) => {
+            counters.entries.increment(batch.entries.len() as u64);
+            for (n, entry) in batch.entries.into_iter().enumerate() {
+                let place = Place {
+                    msg,
+                    entry: Some(n),
+                };
+                applying.repartitioned(&place, input, entry)?;
             }
         }
-        Applied::Unchanged => counters.stale.increment(1),
-        Applied::Parked => counters.parked.increment(1),
-        Applied::Erased => {
-            counters.erased.increment(1);
-            tracing::info!(
-                topic = %topic,
-                record_id = %event.as_ref().map(|e| ponte_runtime::telemetry::mask_ids_in(&e.record_id)).unwrap_or_default(),
-                "erasure applied"
+        Unpacked::Batch(_, _, Err(why)) => {
+            let why = Unapplicable::of_event(
+                "malformed",
+                format!("undecodable ponte.reconciler.v1.RepartitionBatch: {why}"),
             );
+            dead_letter(applying.tx, &whole, input, None, payload, &why);
         }
-        Applied::Invalid(why) => dead_letter(tx, msg, input, event.as_ref(), payload, &why),
+        _ if input.is_internal() => {
+            counters.entries.increment(1);
+            applying.repartitioned(&whole, input, payload)?;
+        }
+        _ => applying.event(&whole, input, payload)?,
     }
     Ok(())
 }
 
-/// Sends an event that cannot be applied to the dead-letter topic, in the epoch's transaction
-/// (so it is out exactly when the epoch's offsets are committed), counted by class and logged
-/// with its identifiers masked.
+/// What applying one message's events works with.
+struct Applying<'a, 't> {
+    topology: &'a Topology,
+    counters: &'a TopicCounters,
+    tx: &'a mut Tx<'t>,
+    ingest_times: &'a mut Vec<SystemTime>,
+}
+
+impl Applying<'_, '_> {
+    /// Applies one event of a shared input topic.
+    fn event(
+        &mut self,
+        place: &Place<'_, '_>,
+        input: Input,
+        payload: &[u8],
+    ) -> Result<(), ReconcilerError> {
+        let (applied, event) = if payload.is_empty() {
+            (
+                Applied::Invalid(Unapplicable::of_event("malformed", "empty payload")),
+                None,
+            )
+        } else {
+            match Event::decode(payload) {
+                Ok(e) => (self.topology.apply(self.tx, input, &e)?, Some(e)),
+                Err(e) => (
+                    Applied::Invalid(Unapplicable::of_event(
+                        "malformed",
+                        format!("undecodable ponte.events.v1.Event: {e}"),
+                    )),
+                    None,
+                ),
+            }
+        };
+        // Ingest-to-view: measured where a record reaches a view, not where it is forwarded
+        // (health records by CNS/CPF are measured on their second hop).
+        if matches!(applied, Applied::Changed)
+            && input != Input::Health
+            && let Some(t) = event.as_ref().and_then(|e| e.ingest_time.as_ref())
+        {
+            self.ingest_times.push(to_system_time(t));
+        }
+        if matches!(applied, Applied::Erased) {
+            tracing::info!(
+                topic = %place.msg.topic(),
+                record_id = %event.as_ref().map(|e| ponte_runtime::telemetry::mask_ids_in(&e.record_id)).unwrap_or_default(),
+                "erasure applied"
+            );
+        }
+        self.outcome(place, input, event.as_ref(), payload, &applied);
+        Ok(())
+    }
+
+    /// Applies one repartition message, sent alone or in a batch (`place` says which).
+    fn repartitioned(
+        &mut self,
+        place: &Place<'_, '_>,
+        input: Input,
+        entry: &[u8],
+    ) -> Result<(), ReconcilerError> {
+        let applied = if entry.is_empty() {
+            Applied::Invalid(Unapplicable::of_event("malformed", "empty payload"))
+        } else {
+            let (applied, ingest) = self.topology.apply_internal(self.tx, input, entry)?;
+            if let (Applied::Changed, Some(t)) = (&applied, &ingest) {
+                self.ingest_times.push(to_system_time(t));
+            }
+            applied
+        };
+        self.outcome(place, input, None, entry, &applied);
+        Ok(())
+    }
+
+    /// Counts what applying one event or repartition message did, and dead-letters it if it
+    /// could not be applied.
+    fn outcome(
+        &mut self,
+        place: &Place<'_, '_>,
+        input: Input,
+        event: Option<&Event>,
+        payload: &[u8],
+        applied: &Applied,
+    ) {
+        counted(self.counters, applied);
+        if let Applied::Invalid(why) = applied {
+            dead_letter(self.tx, place, input, event, payload, why);
+        }
+    }
+}
+
+/// Counts what applying one event or repartition message did.
+fn counted(counters: &TopicCounters, applied: &Applied) {
+    match applied {
+        Applied::Changed => counters.applied.increment(1),
+        Applied::Unchanged => counters.stale.increment(1),
+        Applied::Parked => counters.parked.increment(1),
+        Applied::Erased => counters.erased.increment(1),
+        // Counted where it is dead-lettered.
+        Applied::Invalid(_) => {}
+    }
+}
+
+/// Where an event or repartition message was read: its message, and its place in the
+/// message's batch if it came in one.
+struct Place<'a, 'm> {
+    msg: &'a BorrowedMessage<'m>,
+    entry: Option<usize>,
+}
+
+impl std::fmt::Display for Place<'_, '_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} partition {} offset {}",
+            self.msg.topic(),
+            self.msg.partition(),
+            self.msg.offset()
+        )?;
+        if let Some(n) = self.entry {
+            write!(f, " entry {n}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Sends an event (or one repartition message of a batch) that cannot be applied to the
+/// dead-letter topic, in the epoch's transaction (so it is out exactly when the epoch's offsets
+/// are committed), counted by class and logged with its identifiers masked. `payload` is what
+/// could not be applied: the message, or the batch's entry.
 fn dead_letter(
     tx: &mut Tx<'_>,
-    msg: &BorrowedMessage<'_>,
+    place: &Place<'_, '_>,
     input: Input,
     event: Option<&Event>,
     payload: &[u8],
     why: &Unapplicable,
 ) {
-    let topic = msg.topic();
+    let topic = place.msg.topic();
     let record_id = event.map(|e| e.record_id.clone()).unwrap_or_default();
     let source_system = event
         .map(|e| e.source_system.as_str())
@@ -622,8 +786,7 @@ fn dead_letter(
         .to_owned();
     tracing::warn!(
         %topic,
-        partition = msg.partition(),
-        offset = msg.offset(),
+        position = %place,
         record_id = %ponte_runtime::telemetry::mask_ids_in(&record_id),
         source = %source_system,
         error_type = why.error_type,
@@ -636,11 +799,7 @@ fn dead_letter(
         reason: why.to_string(),
         error_type: why.error_type.to_owned(),
         field: why.field.clone(),
-        position: format!(
-            "{topic} partition {} offset {}",
-            msg.partition(),
-            msg.offset()
-        ),
+        position: place.to_string(),
         original: payload.to_vec(),
         content_type: format!(
             "application/x-protobuf; messageType={}",

@@ -42,7 +42,8 @@ use crate::feed::FeedSender;
 use crate::readmodel::{ChangeRecord, unix_millis};
 use crate::restore::Marker;
 use crate::topology::{
-    Kv, Output, OutputKind, ParkedDelta, Tx, Writes, batch_bytes, key_partition,
+    Batcher, Kv, Output, OutputKind, ParkedDelta, Tx, Writes, batch_bytes, batch_event_type,
+    key_partition,
 };
 
 /// Where each kind of output goes: topic, Kafka `ponte-event-type` header and metric label.
@@ -55,6 +56,9 @@ pub struct Routes {
     members: String,
     deadletter: String,
     changelog: String,
+    /// The repartition topics' partition count (the inputs'): where each repartition
+    /// message's batch goes ([`Batcher`]).
+    partitions: i32,
     /// Changes are published in the partition of the input that produced them (the changes
     /// topic has the inputs' partition count), not by their key's hash: the owner of an input
     /// partition is then the only writer of that changes partition ([`crate::feed`]).
@@ -62,7 +66,9 @@ pub struct Routes {
 }
 
 impl Routes {
-    pub fn new(topics: &TopicsConfig, group: &str) -> Self {
+    /// The routes of group `group`'s outputs, its repartition topics having `partitions`
+    /// partitions (the inputs' count).
+    pub fn new(topics: &TopicsConfig, group: &str, partitions: i32) -> Self {
         Self {
             changes: topics.name(Topic::ComplianceChanges),
             alerts: topics.name(Topic::ComplianceAlerts),
@@ -71,6 +77,7 @@ impl Routes {
             members: topics.reconciler_name(Topic::ReconcilerMembers, group),
             deadletter: topics.name(Topic::DeadLetter),
             changelog: topics.reconciler_name(Topic::ReconcilerChangelog, group),
+            partitions,
             changes_by_input: false,
         }
     }
@@ -233,12 +240,15 @@ pub struct Consumed {
     /// next offset to consume: committed with the epoch). By topic name first, so recording a
     /// message allocates nothing once its topic is in the epoch.
     offsets: BTreeMap<String, BTreeMap<i32, (i64, i64)>>,
+    /// Events consumed: input records and repartition messages (a batch counts its entries).
     pub events: usize,
     pub ingest_times: Vec<SystemTime>,
 }
 
 impl Consumed {
-    pub fn record(&mut self, topic: &str, partition: i32, offset: i64) {
+    /// Records a message consumed at `offset`, bringing `events` events (a batch of
+    /// repartition messages brings its entries).
+    pub fn record(&mut self, topic: &str, partition: i32, offset: i64, events: usize) {
         let partitions = match self.offsets.get_mut(topic) {
             Some(p) => p,
             None => self.offsets.entry(topic.to_owned()).or_default(),
@@ -247,7 +257,7 @@ impl Consumed {
             .entry(partition)
             .and_modify(|(_, next)| *next = offset + 1)
             .or_insert((offset, offset + 1));
-        self.events += 1;
+        self.events += events;
     }
 
     pub fn is_empty(&self) -> bool {
@@ -410,12 +420,13 @@ impl Committer {
         let outputs = latest_views(outputs);
         let consumed = std::mem::take(consumed);
         match self.begin_and_send(&writes, &outputs, &consumed, consumer) {
-            Ok((deliveries, offsets, group)) => Ok(Sent::InFlight(InFlight {
+            Ok(((deliveries, published), offsets, group)) => Ok(Sent::InFlight(InFlight {
                 writes: Arc::new(writes),
                 outputs,
                 parked,
                 consumed,
                 deliveries,
+                published: Box::new(published),
                 offsets,
                 group,
                 spent: started.elapsed(),
@@ -448,6 +459,7 @@ impl Committer {
             parked,
             mut consumed,
             deliveries,
+            published,
             offsets,
             group,
             spent,
@@ -476,16 +488,7 @@ impl Committer {
                 w.commit()?;
                 phase_took("store", applying);
                 self.faults.reach(FaultPoint::Applied);
-                let mut by_kind: BTreeMap<&'static str, u64> = BTreeMap::new();
-                for o in &outputs {
-                    *by_kind.entry(o.kind.label()).or_default() += 1;
-                }
-                for (kind, n) in by_kind {
-                    metrics::counter!("ponte_reconciler_outputs_published_total", "kind" => kind)
-                        .increment(n);
-                }
-                metrics::counter!("ponte_reconciler_outputs_published_total", "kind" => "changelog")
-                    .increment(writes.len() as u64);
+                (*published).count(writes.len());
                 if let Some(feed) = &mut self.feed {
                     feed.send(sent_ms, changes_of(outputs, &changes)).await;
                 }
@@ -557,7 +560,14 @@ impl Committer {
         outputs: &[Output],
         consumed: &Consumed,
         consumer: &C,
-    ) -> Result<(Deliveries, TopicPartitionList, ConsumerGroupMetadata), TxError> {
+    ) -> Result<
+        (
+            (Deliveries, Published),
+            TopicPartitionList,
+            ConsumerGroupMetadata,
+        ),
+        TxError,
+    > {
         // The group generation the offsets are committed for is the one of the epoch's
         // assignment: a rebalance before its commit makes the commit fail, and the epoch is
         // consumed again by whoever owns its partitions then.
@@ -668,6 +678,9 @@ pub struct InFlight {
     parked: ParkedDelta,
     consumed: Consumed,
     deliveries: Deliveries,
+    /// The messages and entries sent, by kind (counted once the epoch is committed; boxed, as
+    /// an epoch is moved around whole).
+    published: Box<Published>,
     offsets: TopicPartitionList,
     group: ConsumerGroupMetadata,
     /// The time [`Committer::send`] took.
@@ -693,18 +706,67 @@ impl InFlight {
     }
 }
 
-/// Step 2's first half: every output and changelog entry of the epoch handed to the producer.
+/// The messages an epoch sent, and the repartition entries they held, by kind.
+#[derive(Debug, Default)]
+struct Published {
+    /// Kafka messages by `kind` label (a batch of repartition messages is one).
+    messages: BTreeMap<&'static str, u64>,
+    /// Repartition messages by `kind` label, batched or not.
+    entries: BTreeMap<&'static str, u64>,
+}
+
+impl Published {
+    /// Counts a committed epoch's messages and its `changelog` entries
+    /// (`ponte_reconciler_outputs_published_total{kind}`, and
+    /// `ponte_reconciler_repartition_entries_published_total{kind}` for what the repartition
+    /// batches held).
+    fn count(self, changelog: usize) {
+        for (kind, n) in self.messages {
+            metrics::counter!("ponte_reconciler_outputs_published_total", "kind" => kind)
+                .increment(n);
+        }
+        metrics::counter!("ponte_reconciler_outputs_published_total", "kind" => "changelog")
+            .increment(changelog as u64);
+        for (kind, n) in self.entries {
+            metrics::counter!("ponte_reconciler_repartition_entries_published_total", "kind" => kind)
+                .increment(n);
+        }
+    }
+}
+
+/// Step 2's first half: every output and changelog entry of the epoch handed to the producer,
+/// the repartition messages in batches, one per topic and partition ([`Batcher`]).
 fn send_all(
     producer: &Transactional,
     routes: &Routes,
     writes: &Writes,
     outputs: &[Output],
     faults: &mut Faults,
-) -> Result<Deliveries, TxError> {
+) -> Result<(Deliveries, Published), TxError> {
     faults.reach(FaultPoint::Begun);
     let started = Instant::now();
     let mut deliveries = Vec::with_capacity(outputs.len() + writes.len());
+    let mut published = Published::default();
+    let mut batcher = Batcher::new(routes.partitions);
+    let mut numbered = |d: usize, delivery: Delivery| {
+        debug_assert_eq!(
+            d,
+            deliveries.len(),
+            "messages are numbered in the order sent"
+        );
+        deliveries.push(delivery);
+    };
     for o in outputs {
+        if o.kind.is_internal() {
+            // Never a tombstone; if one were, its empty entry is dead-lettered where it lands.
+            batcher.push(
+                o.kind,
+                o.key.as_bytes(),
+                o.payload.as_deref().unwrap_or_default(),
+            );
+            *published.entries.entry(o.kind.label()).or_default() += 1;
+            continue;
+        }
         let headers = headers_of(o.kind);
         let d = producer.send(
             routes.topic(o.kind),
@@ -713,15 +775,25 @@ fn send_all(
             o.payload.as_deref(),
             Some(headers),
         )?;
-        debug_assert_eq!(
+        numbered(
             d,
-            deliveries.len(),
-            "messages are numbered in the order sent"
+            match o.kind {
+                OutputKind::Change => Delivery::Change,
+                _ => Delivery::Output,
+            },
         );
-        deliveries.push(match o.kind {
-            OutputKind::Change => Delivery::Change,
-            _ => Delivery::Output,
-        });
+        *published.messages.entry(o.kind.label()).or_default() += 1;
+    }
+    for batch in batcher.finish() {
+        let d = producer.send(
+            routes.topic(batch.kind),
+            Some(batch.partition),
+            b"",
+            Some(&batch.payload),
+            Some(headers_of(batch.kind)),
+        )?;
+        numbered(d, Delivery::Output);
+        *published.messages.entry(batch.kind.label()).or_default() += 1;
     }
     for (k, v) in writes {
         let p = key_partition(k).ok_or_else(|| {
@@ -731,15 +803,10 @@ fn send_all(
             ))
         })?;
         let d = producer.send(routes.changelog(), Some(p), k, v.as_deref(), None)?;
-        debug_assert_eq!(
-            d,
-            deliveries.len(),
-            "messages are numbered in the order sent"
-        );
-        deliveries.push(Delivery::Changelog);
+        numbered(d, Delivery::Changelog);
     }
     phase_took("send", started);
-    Ok(deliveries)
+    Ok((deliveries, published))
 }
 
 /// What the broker acknowledged of a committed epoch.
@@ -804,16 +871,21 @@ fn changes_of(outputs: Vec<Output>, acknowledged: &[(i32, i64)]) -> Vec<ChangeRe
         .collect()
 }
 
-/// The headers of an output. The repartition topics' messages carry only `ponte-schema`, the
-/// one header the reconciler reads back: each header is an allocation where the message is sent
-/// and another where it is read, and these messages are most of what the reconciler consumes.
-/// The outputs other services read carry the event type and source as well.
+/// The headers of an output. A batch of repartition messages carries `ponte-schema` and the
+/// event type that tells it from a message sent alone ([`crate::topology::is_batch`]), the two
+/// headers the reconciler reads back. The outputs other services read carry the source and
+/// trace id as well.
 fn headers_of(kind: OutputKind) -> OwnedHeaders {
     if kind.is_internal() {
-        return OwnedHeaders::new_with_capacity(1).insert(Header {
-            key: ponte_bus::headers::SCHEMA,
-            value: Some(kind.schema().as_bytes()),
-        });
+        return OwnedHeaders::new_with_capacity(2)
+            .insert(Header {
+                key: ponte_bus::headers::SCHEMA,
+                value: Some(kind.schema().as_bytes()),
+            })
+            .insert(Header {
+                key: ponte_bus::headers::EVENT_TYPE,
+                value: Some(batch_event_type(kind).as_bytes()),
+            });
     }
     EventHeaders {
         event_type: kind.event_type().to_owned(),
@@ -876,7 +948,7 @@ mod tests {
             replication_factor: 1,
             overrides: Default::default(),
         };
-        let keyed = Routes::new(&topics, "g");
+        let keyed = Routes::new(&topics, "g", 6);
         assert_eq!(keyed.partition(&on(OutputKind::Change)), None);
         let by_input = keyed.changes_in_input_partitions();
         assert_eq!(by_input.partition(&on(OutputKind::Change)), Some(2));
@@ -909,11 +981,11 @@ mod tests {
     fn an_aborted_epoch_and_the_one_applied_over_it_are_consumed_again_from_their_first_offsets() {
         let mut aborted = Consumed::default();
         for (topic, p, o) in [("a", 0, 10), ("a", 0, 11), ("a", 1, 5), ("b", 0, 7)] {
-            aborted.record(topic, p, o);
+            aborted.record(topic, p, o, 1);
         }
         let mut after = Consumed::default();
         for (topic, p, o) in [("a", 0, 12), ("a", 2, 40), ("b", 0, 8), ("a", 0, 13)] {
-            after.record(topic, p, o);
+            after.record(topic, p, o, 1);
         }
         let want: BTreeMap<(&str, i32), i64> =
             [(("a", 0), 10), (("a", 1), 5), (("a", 2), 40), (("b", 0), 7)]
@@ -930,7 +1002,8 @@ mod tests {
     }
 
     #[test]
-    fn repartition_messages_carry_only_the_schema_and_the_outputs_others_read_all_four() {
+    fn repartition_batches_carry_the_schema_and_their_event_type_and_the_outputs_others_read_all_four()
+     {
         use crate::topology::INTERNAL_SCHEMA;
         use rdkafka::message::Headers as _;
         let names = |kind| -> Vec<(String, String)> {
@@ -949,9 +1022,18 @@ mod tests {
         ] {
             assert_eq!(
                 names(kind),
-                [("ponte-schema".to_owned(), INTERNAL_SCHEMA.to_owned())],
+                [
+                    ("ponte-schema".to_owned(), INTERNAL_SCHEMA.to_owned()),
+                    (
+                        "ponte-event-type".to_owned(),
+                        batch_event_type(kind).to_owned()
+                    )
+                ],
                 "{kind:?}"
             );
+            assert!(crate::topology::is_batch(Some(
+                batch_event_type(kind).as_bytes()
+            )));
         }
         for kind in [
             OutputKind::Change,
@@ -1004,14 +1086,15 @@ mod tests {
     fn an_epoch_keeps_the_first_and_next_offset_of_each_partition_it_consumed() {
         let mut c = Consumed::default();
         assert!(c.is_empty());
-        c.record("b", 1, 40);
-        c.record("a", 0, 7);
-        c.record("b", 1, 41);
-        c.record("b", 0, 3);
-        c.record("b", 1, 45);
+        c.record("b", 1, 40, 1);
+        c.record("a", 0, 7, 1);
+        c.record("b", 1, 41, 1);
+        c.record("b", 0, 3, 1);
+        c.record("b", 1, 45, 300);
         let seen: Vec<(&str, i32, i64, i64)> = c.partitions().collect();
         assert_eq!(seen, vec![("a", 0, 7, 8), ("b", 0, 3, 4), ("b", 1, 40, 46)]);
-        assert_eq!(c.events, 5);
+        // A batch of repartition messages brings its entries.
+        assert_eq!(c.events, 304);
         c.clear();
         assert!(c.is_empty() && c.partitions().next().is_none());
     }

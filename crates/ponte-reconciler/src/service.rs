@@ -225,7 +225,9 @@ pub async fn run(
             "the changes topic's partition count is not the inputs': changes are partitioned by key, and the read model reads every change back from the topic"
         );
     }
-    let routes = Routes::new(topics, group);
+    // Repartition messages go out in batches placed as the producers of the inputs place keys.
+    ponte_bus::partition::check_partitioner(&kafka.properties).map_err(startup)?;
+    let routes = Routes::new(topics, group, partitions);
     let routes = if fed {
         routes.changes_in_input_partitions()
     } else {

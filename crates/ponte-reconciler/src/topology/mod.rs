@@ -73,6 +73,7 @@ use crate::ReconcilerError;
 
 pub use ponte_store::Entry;
 
+mod batch;
 mod convert;
 mod family;
 mod household;
@@ -84,6 +85,7 @@ mod state;
 mod tables;
 mod views;
 
+pub use batch::{Batch, Batcher, Entries, batch_event_type, entries_of, is_batch};
 use convert::*;
 pub use parked::*;
 pub use state::*;
