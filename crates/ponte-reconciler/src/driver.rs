@@ -29,7 +29,7 @@ use crate::lanes::Lanes;
 use crate::readmodel::ReadPath;
 use crate::topology::{
     Applied, Entries, Indexed, Input, OutputKind, ParkedIndex, Pending, READ_AHEAD_RUN, Topology,
-    Tx, Unapplicable, entries_of, is_batch,
+    Tx, Unapplicable, entries_in, entries_of, is_batch,
 };
 
 /// What the consumer loop works with; borrowed from the process wiring ([`crate::service`]).
@@ -563,7 +563,7 @@ fn unpack<'m>(inputs: &Inputs, msg: &'m BorrowedMessage<'_>) -> Unpacked<'m> {
 /// message (an epoch's bounds count events, [`OpenEpoch::batch_max`]).
 fn events_in(msg: &BorrowedMessage<'_>) -> usize {
     if is_batch_message(msg) {
-        entries_of(msg.payload().unwrap_or_default()).map_or(1, |b| b.entries.len().max(1))
+        entries_in(msg.payload().unwrap_or_default())
     } else {
         1
     }

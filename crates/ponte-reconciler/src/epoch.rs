@@ -42,8 +42,7 @@ use crate::feed::FeedSender;
 use crate::readmodel::{ChangeRecord, unix_millis};
 use crate::restore::Marker;
 use crate::topology::{
-    Batcher, Kv, Output, OutputKind, ParkedDelta, Tx, Writes, batch_bytes, batch_event_type,
-    key_partition,
+    Batcher, Kv, Output, OutputKind, ParkedDelta, Tx, Writes, batch_bytes, key_partition,
 };
 
 /// Where each kind of output goes: topic, Kafka `ponte-event-type` header and metric label.
@@ -711,7 +710,7 @@ impl InFlight {
 struct Published {
     /// Kafka messages by `kind` label (a batch of repartition messages is one).
     messages: BTreeMap<&'static str, u64>,
-    /// Repartition messages by `kind` label, batched or not.
+    /// Repartition messages by `kind` label: what the batches held.
     entries: BTreeMap<&'static str, u64>,
 }
 
@@ -764,7 +763,6 @@ fn send_all(
                 o.key.as_bytes(),
                 o.payload.as_deref().unwrap_or_default(),
             );
-            *published.entries.entry(o.kind.label()).or_default() += 1;
             continue;
         }
         let headers = headers_of(o.kind);
@@ -794,6 +792,7 @@ fn send_all(
         )?;
         numbered(d, Delivery::Output);
         *published.messages.entry(batch.kind.label()).or_default() += 1;
+        *published.entries.entry(batch.kind.label()).or_default() += batch.entries as u64;
     }
     for (k, v) in writes {
         let p = key_partition(k).ok_or_else(|| {
@@ -884,7 +883,7 @@ fn headers_of(kind: OutputKind) -> OwnedHeaders {
             })
             .insert(Header {
                 key: ponte_bus::headers::EVENT_TYPE,
-                value: Some(batch_event_type(kind).as_bytes()),
+                value: Some(kind.event_type().as_bytes()),
             });
     }
     EventHeaders {
@@ -1024,15 +1023,12 @@ mod tests {
                 names(kind),
                 [
                     ("ponte-schema".to_owned(), INTERNAL_SCHEMA.to_owned()),
-                    (
-                        "ponte-event-type".to_owned(),
-                        batch_event_type(kind).to_owned()
-                    )
+                    ("ponte-event-type".to_owned(), kind.event_type().to_owned())
                 ],
                 "{kind:?}"
             );
             assert!(crate::topology::is_batch(Some(
-                batch_event_type(kind).as_bytes()
+                kind.event_type().as_bytes()
             )));
         }
         for kind in [

@@ -20,18 +20,8 @@ use prost::encoding::{
 
 use super::OutputKind;
 
-/// The `ponte-event-type` header value of a batch of `kind`'s messages.
-pub fn batch_event_type(kind: OutputKind) -> &'static str {
-    match kind {
-        OutputKind::Crosswalk => "crosswalk_batch",
-        OutputKind::HealthByNis => "health_by_nis_batch",
-        OutputKind::Member => "member_batch",
-        // Only repartition messages are batched.
-        _ => "",
-    }
-}
-
-/// True when a repartition topic's message with this `ponte-event-type` header is a batch.
+/// True when a repartition topic's message with this `ponte-event-type` header is a batch
+/// (as [`OutputKind::event_type`] names them).
 /// Messages without the header are single entries, as instances before batches sent them.
 pub fn is_batch(event_type: Option<&[u8]>) -> bool {
     event_type.is_some_and(|t| t.ends_with(b"_batch"))
@@ -145,11 +135,38 @@ pub struct Entries<'m> {
 /// skipped (a newer writer's); a batch whose framing is broken or whose keys do not match its
 /// entries one for one is refused whole.
 pub fn entries_of(payload: &[u8]) -> Result<Entries<'_>, String> {
-    let mut buf = payload;
     let mut out = Entries {
         keys: Vec::new(),
         entries: Vec::new(),
     };
+    fields_of(payload, |tag, field| {
+        if tag == 1 {
+            out.entries.push(field);
+        } else {
+            out.keys.push(field);
+        }
+    })?;
+    if out.keys.len() != out.entries.len() {
+        return Err(format!(
+            "{} entries and {} keys",
+            out.entries.len(),
+            out.keys.len()
+        ));
+    }
+    Ok(out)
+}
+
+/// How many entries a batch holds, read without keeping them (1 for a batch that cannot be
+/// read: it is one dead letter).
+pub fn entries_in(payload: &[u8]) -> usize {
+    let mut n = 0;
+    fields_of(payload, |tag, _| n += usize::from(tag == 1)).map_or(1, |()| n.max(1))
+}
+
+/// Hands each entry (tag 1) and key (tag 2) of a `RepartitionBatch` to `f`, in order,
+/// skipping fields it does not know.
+fn fields_of<'m>(payload: &'m [u8], mut f: impl FnMut(u32, &'m [u8])) -> Result<(), String> {
+    let mut buf = payload;
     while !buf.is_empty() {
         let (tag, wire_type) = decode_key(&mut buf).map_err(|e| e.to_string())?;
         if matches!(tag, 1 | 2) && wire_type == WireType::LengthDelimited {
@@ -160,24 +177,13 @@ pub fn entries_of(payload: &[u8]) -> Result<Entries<'_>, String> {
                 .ok_or_else(|| format!("field {tag} runs past the end of the batch"))?;
             let (field, rest) = buf.split_at(len);
             buf = rest;
-            if tag == 1 {
-                out.entries.push(field);
-            } else {
-                out.keys.push(field);
-            }
+            f(tag, field);
         } else {
             prost::encoding::skip_field(wire_type, tag, &mut buf, DecodeContext::default())
                 .map_err(|e| e.to_string())?;
         }
     }
-    if out.keys.len() != out.entries.len() {
-        return Err(format!(
-            "{} entries and {} keys",
-            out.entries.len(),
-            out.keys.len()
-        ));
-    }
-    Ok(out)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -201,6 +207,7 @@ mod tests {
         );
         let read = entries_of(&batch.payload).unwrap();
         assert_eq!(read.entries, vec![&b"first"[..], b"", b"third"]);
+        assert_eq!(entries_in(&batch.payload), 3);
         assert_eq!(read.keys, vec![&b"fam-1"[..], b"fam-2", b"fam-1"]);
         let msg = ponte_proto::reconciler::v1::RepartitionBatch::decode(batch.payload.as_slice())
             .unwrap();
@@ -270,6 +277,8 @@ mod tests {
         // Cut in the middle of an entry.
         assert!(entries_of(&good[..4]).is_err());
         assert!(entries_of(b"\xff\xff\xff").is_err());
+        // Counted as one event, the dead letter it becomes.
+        assert_eq!(entries_in(b"\xff\xff\xff"), 1);
         // A key without its entry.
         let mut unmatched = good.clone();
         unmatched.extend_from_slice(&[0x12, 0x01, b'2']);

@@ -85,7 +85,7 @@ mod state;
 mod tables;
 mod views;
 
-pub use batch::{Batch, Batcher, Entries, batch_event_type, entries_of, is_batch};
+pub use batch::{Batch, Batcher, Entries, entries_in, entries_of, is_batch};
 use convert::*;
 pub use parked::*;
 pub use state::*;

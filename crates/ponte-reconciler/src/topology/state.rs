@@ -254,12 +254,16 @@ impl OutputKind {
         )
     }
 
-    /// The `ponte-event-type` header of the published message.
+    /// The `ponte-event-type` header of the published message. Repartition messages go out in
+    /// batches (`topology::batch`), whose type says so.
     pub fn event_type(self) -> &'static str {
         match self {
             OutputKind::Change => "compliance_change",
             OutputKind::Alert => "compliance_alert",
-            other => other.label(),
+            OutputKind::Crosswalk => "crosswalk_batch",
+            OutputKind::HealthByNis => "health_by_nis_batch",
+            OutputKind::Member => "member_batch",
+            OutputKind::DeadLetter => "dead_letter",
         }
     }
 
