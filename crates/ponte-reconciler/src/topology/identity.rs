@@ -2,6 +2,44 @@
 //! until a profile claims their identifier; claims and releases moving them.
 use super::*;
 
+/// Who a health record names: a NIS, or the alternate identifier (`cns:…`, `cpf:…`) it is
+/// held under until the crosswalk maps it.
+enum Arrived {
+    Nis(Nis),
+    Alt(String),
+}
+
+fn arrived_as(h: &ev::HealthFollowUp) -> Result<Arrived, Applied> {
+    match &h.subject {
+        Some(Subject::Nis(n)) => Nis::parse(n)
+            .map(Arrived::Nis)
+            .map_err(|e| invalid("nis", e)),
+        Some(Subject::Cns(c)) => Cns::parse(c)
+            .map(|c| Arrived::Alt(format!("cns:{c}")))
+            .map_err(|e| invalid("cns", e)),
+        Some(Subject::Cpf(c)) => Cpf::parse(c)
+            .map(|c| Arrived::Alt(format!("cpf:{c}")))
+            .map_err(|e| invalid("cpf", e)),
+        None => Err(invalid("subject", "health record names no person")),
+    }
+}
+
+/// The state keys [`Topology::apply_health`] reads for `event`: the record as forwarded and as
+/// parked under the identifier it arrived as, and the identifier's crosswalk entry. None for a
+/// record named by NIS (it reads nothing) or one that cannot be applied.
+pub(super) fn health_keys_read(event: &Event) -> Vec<Vec<u8>> {
+    match &event.record {
+        Some(Record::HealthFollowUp(h)) => match arrived_as(h) {
+            Ok(Arrived::Alt(alt)) => {
+                let id = [alt.as_str(), event.record_id.as_str()];
+                vec![FORWARDED.key(&id), PARKED.key(&id), CROSSWALK.key(&[&alt])]
+            }
+            Ok(Arrived::Nis(_)) | Err(_) => Vec::new(),
+        },
+        _ => Vec::new(),
+    }
+}
+
 impl Topology {
     // ---- identity resolution (keyed by CNS/CPF) ---------------------------------------------
 
@@ -11,25 +49,14 @@ impl Topology {
         event: &Event,
         h: &ev::HealthFollowUp,
     ) -> Result<Applied, ReconcilerError> {
-        let alt = match &h.subject {
-            Some(Subject::Nis(n)) => {
+        let alt = match arrived_as(h) {
+            Ok(Arrived::Nis(nis)) => {
                 // Already a NIS: straight on to the person (the person stage checks versions).
-                let nis = match Nis::parse(n) {
-                    Ok(n) => n,
-                    Err(e) => return Ok(invalid("nis", e)),
-                };
                 self.forward_health(tx, nis.as_str(), &format!("nis:{nis}"), event);
                 return Ok(Applied::Changed);
             }
-            Some(Subject::Cns(c)) => match Cns::parse(c) {
-                Ok(c) => format!("cns:{c}"),
-                Err(e) => return Ok(invalid("cns", e)),
-            },
-            Some(Subject::Cpf(c)) => match Cpf::parse(c) {
-                Ok(c) => format!("cpf:{c}"),
-                Err(e) => return Ok(invalid("cpf", e)),
-            },
-            None => return Ok(invalid("subject", "health record names no person")),
+            Ok(Arrived::Alt(alt)) => alt,
+            Err(invalid) => return Ok(invalid),
         };
         let id = [alt.as_str(), event.record_id.as_str()];
         let held: Option<Event> = match FORWARDED.get(tx, &id)? {

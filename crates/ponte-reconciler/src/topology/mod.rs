@@ -368,8 +368,9 @@ impl Topology {
     /// messages' keys at once ([`Tx::read_ahead`]). Taken from the Kafka key (and, for a
     /// crosswalk change, whose key holds only the identifier's digits, from the payload),
     /// never trusted: a key read ahead and not asked for, or one asked for and not read
-    /// ahead, costs a read and changes nothing else. Health records by CNS/CPF are not read
-    /// ahead (their keys name the record, which only the whole event gives).
+    /// ahead, costs a read and changes nothing else. A health record's keys name the record and
+    /// the kind of identifier it arrived as, which only the event gives: it is decoded for them
+    /// (once more when applied; a lookup of its own costs more than a decode).
     pub fn keys_read(&self, input: Input, key: &[u8], payload: &[u8]) -> Vec<Vec<u8>> {
         let Ok(id) = std::str::from_utf8(key) else {
             return Vec::new();
@@ -390,7 +391,9 @@ impl Topology {
             Input::Crosswalk => CrosswalkChange::decode(payload)
                 .map(|c| vec![CROSSWALK.key(&[&c.alt])])
                 .unwrap_or_default(),
-            Input::Health => Vec::new(),
+            Input::Health => Event::decode(payload)
+                .map(|e| identity::health_keys_read(&e))
+                .unwrap_or_default(),
         }
     }
 
