@@ -53,9 +53,11 @@ fn events(records: &[(Vec<u8>, Vec<u8>)]) -> Vec<(String, String, u64)> {
 async fn a_csv_upload_keeps_good_lines_lists_bad_ones_by_line_and_resends_as_a_no_op() {
     let mut stack = Stack::new("edu-csv");
     // Small chunks and limits, so one small file crosses several chunks and the limits are
-    // reachable.
+    // reachable; a chunk is published one record at a time (`max_in_flight`), so good and bad
+    // lines go out in windows of their own and still land in order.
     for (k, v) in [
         ("PONTE__EDUCATION_ADAPTER__CSV_CHUNK_RECORDS", "2"),
+        ("PONTE__EDUCATION_ADAPTER__MAX_IN_FLIGHT", "1"),
         ("PONTE__EDUCATION_ADAPTER__MAX_CSV_BYTES", "4000"),
         ("PONTE__EDUCATION_ADAPTER__MAX_CSV_LINE_BYTES", "200"),
     ] {

@@ -508,3 +508,90 @@ async fn the_default_partitioner_places_every_key_where_ponte_computes_it() {
     }
     assert_eq!(spread.len(), 6, "{spread:?}");
 }
+
+/// The adapters publish a request's records with `Publisher::publish_all`: all enqueued, then
+/// one delivery report each, in the order given. Each report says where the broker put that
+/// record (the partition of its key, offsets in the order sent), and a record the producer
+/// refuses at once (larger than its limit) is reported refused without holding up the rest.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_is_reported_record_by_record_where_the_broker_put_each() {
+    use ponte_bus::headers::EventHeaders;
+    use ponte_bus::publish::Outgoing;
+    use ponte_bus::{BusError, KafkaConfig, Publisher};
+    use std::collections::BTreeMap;
+
+    let stack = Stack::new("publish-all");
+    let topic = stack.topic("batch.v1");
+    ponte_integration_tests::create_topic(ponte_integration_tests::broker(), &topic, 3).await;
+    let kafka = KafkaConfig {
+        bootstrap_servers: ponte_integration_tests::broker().to_owned(),
+        message_timeout_ms: 30_000,
+        properties: Default::default(),
+    };
+    let publisher = Publisher::new(&kafka, "publish-all-test").unwrap();
+    const TOO_LARGE: usize = 1_234;
+    let sent: Vec<(String, Vec<u8>)> = (0..3_000)
+        .map(|i| {
+            let payload = if i == TOO_LARGE {
+                vec![b'x'; 2 << 20] // above the producer's message.max.bytes (1,000,000)
+            } else {
+                format!("record {i}").into_bytes()
+            };
+            (format!("key-{}", i % 97), payload)
+        })
+        .collect();
+    let reports = publisher
+        .publish_all(
+            sent.iter()
+                .map(|(key, payload)| Outgoing {
+                    topic: topic.clone(),
+                    key: key.clone(),
+                    payload: payload.clone(),
+                    headers: EventHeaders::kafka("test", "test.v1", "it", ""),
+                })
+                .collect(),
+        )
+        .await;
+    assert_eq!(reports.len(), sent.len());
+    assert!(
+        matches!(reports[TOO_LARGE], Err(BusError::Rejected(_))),
+        "{:?}",
+        reports[TOO_LARGE]
+    );
+    /// A record as read back: its key and payload.
+    type Record = (Vec<u8>, Vec<u8>);
+    let mut by_partition: BTreeMap<i32, Vec<(i64, Record)>> = BTreeMap::new();
+    for (i, (report, (key, payload))) in reports.iter().zip(&sent).enumerate() {
+        if i == TOO_LARGE {
+            continue;
+        }
+        let at = report
+            .as_ref()
+            .unwrap_or_else(|e| panic!("record {i}: {e}"));
+        assert_eq!(
+            at.partition,
+            ponte_bus::partition::of_key(key.as_bytes(), 3),
+            "record {i}"
+        );
+        by_partition
+            .entry(at.partition)
+            .or_default()
+            .push((at.offset, (key.clone().into_bytes(), payload.clone())));
+    }
+    // A new topic: each partition holds exactly these records, at offsets 0, 1, 2… in the
+    // order they were given.
+    for (partition, records) in &by_partition {
+        let offsets: Vec<i64> = records.iter().map(|(o, _)| *o).collect();
+        let expected: Vec<i64> = (0..records.len() as i64).collect();
+        assert_eq!(offsets, expected, "partition {partition}");
+    }
+    let expected: Vec<Record> = by_partition
+        .into_values()
+        .flatten()
+        .map(|(_, record)| record)
+        .collect();
+    assert_eq!(
+        ponte_integration_tests::read_topic_to_end(&topic, Duration::from_secs(60)),
+        expected
+    );
+}

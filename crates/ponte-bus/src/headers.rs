@@ -21,22 +21,28 @@ pub struct EventHeaders {
 
 impl EventHeaders {
     pub fn to_kafka(&self) -> OwnedHeaders {
+        Self::kafka(&self.event_type, &self.schema, &self.source, &self.trace_id)
+    }
+
+    /// The four headers as Kafka headers, from borrowed values (nothing copied but into the
+    /// headers themselves).
+    pub fn kafka(event_type: &str, schema: &str, source: &str, trace_id: &str) -> OwnedHeaders {
         OwnedHeaders::new_with_capacity(4)
             .insert(Header {
                 key: EVENT_TYPE,
-                value: Some(self.event_type.as_bytes()),
+                value: Some(event_type.as_bytes()),
             })
             .insert(Header {
                 key: SCHEMA,
-                value: Some(self.schema.as_bytes()),
+                value: Some(schema.as_bytes()),
             })
             .insert(Header {
                 key: SOURCE,
-                value: Some(self.source.as_bytes()),
+                value: Some(source.as_bytes()),
             })
             .insert(Header {
                 key: TRACE_ID,
-                value: Some(self.trace_id.as_bytes()),
+                value: Some(trace_id.as_bytes()),
             })
     }
 

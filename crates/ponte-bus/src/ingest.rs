@@ -17,10 +17,9 @@
 //! `ponte_adapter_publish_latency_seconds`.
 use std::time::{Instant, SystemTime};
 
-use futures::StreamExt as _;
 use ponte_proto::events::v1::{DeadLetter, Event};
 
-use crate::publish::timestamp;
+use crate::publish::{dead_letter_message, event_message, timestamp};
 use crate::{BusError, Delivered, Publisher};
 
 /// A valid record, mapped to its event, with where it goes.
@@ -234,49 +233,41 @@ impl Ingestor {
                 .collect(),
             None => Vec::new(),
         };
+        // Published in windows of `max_in_flight` records, each enqueued whole and then awaited
+        // ([`Publisher::publish_all`]): at most that many unacknowledged at once.
         let mut rejected = Vec::new();
-        let results: Vec<(bool, Result<Delivered, BusError>)> = futures::stream::iter(items)
-            .map(|item| {
-                let rejection = match &item {
-                    Item::Accepted(_) => None,
-                    Item::Rejected(r) => Some(Rejection {
-                        position: r.position.clone(),
-                        field: r.field.clone(),
-                        error_type: r.error_type.clone(),
-                        reason: r.reason.clone(),
-                    }),
-                };
-                if let Some(r) = rejection {
-                    rejected.push(r);
-                }
-                async move {
-                    match item {
-                        Item::Accepted(mut a) => {
-                            a.event.sender = origin.sender.to_owned();
-                            a.event.request_id = origin.request_id.to_owned();
-                            (
-                                true,
-                                self.publisher
-                                    .publish_event(&a.topic, &a.key, &a.event, trace_id)
-                                    .await,
-                            )
-                        }
-                        Item::Rejected(r) => (
-                            false,
-                            self.publisher
-                                .publish_dead_letter(
-                                    &self.deadletter_topic,
-                                    &self.dead_letter(origin, &r, received),
-                                    trace_id,
-                                )
-                                .await,
-                        ),
+        let mut results: Vec<(bool, Result<Delivered, BusError>)> = Vec::with_capacity(total);
+        let mut items = items.into_iter().peekable();
+        while items.peek().is_some() {
+            let mut window = Vec::with_capacity(self.max_in_flight.min(total));
+            let mut valid = Vec::with_capacity(window.capacity());
+            for item in items.by_ref().take(self.max_in_flight) {
+                match item {
+                    Item::Accepted(mut a) => {
+                        a.event.sender = origin.sender.to_owned();
+                        a.event.request_id = origin.request_id.to_owned();
+                        window.push(event_message(&a.topic, &a.key, &a.event, trace_id));
+                        valid.push(true);
+                    }
+                    Item::Rejected(r) => {
+                        window.push(dead_letter_message(
+                            &self.deadletter_topic,
+                            &self.dead_letter(origin, &r, received),
+                            trace_id,
+                        ));
+                        rejected.push(Rejection {
+                            position: r.position,
+                            field: r.field,
+                            error_type: r.error_type,
+                            reason: r.reason,
+                        });
+                        valid.push(false);
                     }
                 }
-            })
-            .buffer_unordered(self.max_in_flight)
-            .collect()
-            .await;
+            }
+            let reports = self.publisher.publish_all(window).await;
+            results.extend(valid.into_iter().zip(reports));
+        }
 
         metrics::gauge!("ponte_adapter_in_flight_records", "adapter" => adapter)
             .decrement(total as f64);

@@ -1,12 +1,24 @@
 //! The one way Ponte writes to Kafka: an idempotent producer with `acks=all` whose `publish`
 //! returns only after the broker acknowledged the record (or failed for good).
+//!
+//! A delivery report goes to whoever waits for it: one message's sender ([`Ack::One`]), or a
+//! batch's slot ([`Ack::Batch`], [`Publisher::publish_all`]) — a batch is enqueued in one go and
+//! awaited once, instead of a future, a channel and a wake-up per record (an adapter's ingest
+//! spent a fifth of its CPU on those, docs/benchmarks.md).
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use futures::channel::oneshot;
 use ponte_proto::events::v1::{DeadLetter, Event, event::Record};
 use prost::Message as _;
+use rdkafka::client::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
-use rdkafka::util::Timeout;
+use rdkafka::message::{Message as _, OwnedHeaders};
+use rdkafka::producer::{
+    BaseRecord, DeliveryResult, Producer as _, ProducerContext, ThreadedProducer,
+};
+use tokio::sync::Notify;
 
 use crate::headers::EventHeaders;
 use crate::{BusError, KafkaConfig};
@@ -18,10 +30,111 @@ pub struct Delivered {
     pub offset: i64,
 }
 
+/// How long a send waits before it tries again when the producer's local queue is full (it
+/// drains as the broker acknowledges).
+const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(5);
+
+/// Who waits for a message's delivery report.
+enum Ack {
+    /// The sender of this one message.
+    One(oneshot::Sender<Result<Delivered, BusError>>),
+    /// Slot `.1` of a batch.
+    Batch(Arc<Batch>, usize),
+}
+
+/// The delivery reports of one [`Publisher::publish_all`] call, by slot.
+struct Batch {
+    reports: Mutex<Vec<Option<Result<Delivered, BusError>>>>,
+    pending: AtomicUsize,
+    all_reported: Notify,
+}
+
+impl Batch {
+    fn new(n: usize) -> Self {
+        Self {
+            reports: Mutex::new((0..n).map(|_| None).collect()),
+            pending: AtomicUsize::new(n),
+            all_reported: Notify::new(),
+        }
+    }
+
+    fn report(&self, slot: usize, outcome: Result<Delivered, BusError>) {
+        {
+            // A panic while holding the lock leaves a slot unset at worst: still readable.
+            let mut reports = self
+                .reports
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(r) = reports.get_mut(slot) {
+                *r = Some(outcome);
+            }
+        }
+        if self.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // Stores a permit when the waiter is not waiting yet: no report is missed.
+            self.all_reported.notify_one();
+        }
+    }
+
+    async fn reported(&self) -> Vec<Result<Delivered, BusError>> {
+        while self.pending.load(Ordering::Acquire) > 0 {
+            self.all_reported.notified().await;
+        }
+        let mut reports = self
+            .reports
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        std::mem::take(&mut *reports)
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    Err(BusError::Unavailable(
+                        "no delivery report for the message".to_owned(),
+                    ))
+                })
+            })
+            .collect()
+    }
+}
+
+/// The producer's context: hands each delivery report to its [`Ack`].
+struct Acks;
+
+impl ClientContext for Acks {}
+
+impl ProducerContext for Acks {
+    type DeliveryOpaque = Box<Ack>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, ack: Box<Ack>) {
+        let outcome = match result {
+            Ok(m) => Ok(Delivered {
+                partition: m.partition(),
+                offset: m.offset(),
+            }),
+            Err((e, _)) => Err(classify(e)),
+        };
+        match *ack {
+            Ack::One(tx) => {
+                // The sender may have stopped waiting (its request was dropped): nothing to do.
+                let _ = tx.send(outcome);
+            }
+            Ack::Batch(batch, slot) => batch.report(slot, outcome),
+        }
+    }
+}
+
+/// One encoded message for [`Publisher::publish_all`].
+#[derive(Debug)]
+pub struct Outgoing {
+    pub topic: String,
+    pub key: String,
+    pub payload: Vec<u8>,
+    pub headers: OwnedHeaders,
+}
+
 /// An idempotent, `acks=all` producer. Cheap to clone.
 #[derive(Clone)]
 pub struct Publisher {
-    producer: FutureProducer,
+    producer: Arc<ThreadedProducer<Acks>>,
     source: String,
 }
 
@@ -46,6 +159,37 @@ pub fn event_type(event: &Event) -> &'static str {
         Some(Record::HouseholdProfile(_)) => "household_profile",
         Some(Record::HouseholdEvidence(_)) => "household_evidence",
         None => "none",
+    }
+}
+
+/// An event as [`Publisher::publish_event`] sends it, for [`Publisher::publish_all`].
+pub fn event_message(topic: &str, key: &str, event: &Event, trace_id: &str) -> Outgoing {
+    Outgoing {
+        topic: topic.to_owned(),
+        key: key.to_owned(),
+        payload: event.encode_to_vec(),
+        headers: EventHeaders::kafka(
+            event_type(event),
+            ponte_proto::EVENTS_SCHEMA,
+            &event.source_system,
+            trace_id,
+        ),
+    }
+}
+
+/// A dead letter (keyed by its source system) as [`Publisher::publish_dead_letter`] sends it,
+/// for [`Publisher::publish_all`].
+pub fn dead_letter_message(topic: &str, letter: &DeadLetter, trace_id: &str) -> Outgoing {
+    Outgoing {
+        topic: topic.to_owned(),
+        key: letter.source_system.clone(),
+        payload: letter.encode_to_vec(),
+        headers: EventHeaders::kafka(
+            "dead_letter",
+            ponte_proto::EVENTS_SCHEMA,
+            &letter.source_system,
+            trace_id,
+        ),
     }
 }
 
@@ -101,17 +245,17 @@ impl Publisher {
         source: &str,
         linger: Duration,
     ) -> Result<Self, BusError> {
-        let producer: FutureProducer = kafka
+        let producer: ThreadedProducer<Acks> = kafka
             .client_config(&format!("ponte-{source}"))
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("compression.type", "lz4")
             .set("linger.ms", linger.as_millis().to_string())
             .set("message.timeout.ms", kafka.message_timeout_ms.to_string())
-            .create()
+            .create_with_context(Acks)
             .map_err(|e| BusError::Config(e.to_string()))?;
         Ok(Self {
-            producer,
+            producer: Arc::new(producer),
             source: source.to_owned(),
         })
     }
@@ -133,13 +277,7 @@ impl Publisher {
         event: &Event,
         trace_id: &str,
     ) -> Result<Delivered, BusError> {
-        let headers = EventHeaders {
-            event_type: event_type(event).to_owned(),
-            schema: ponte_proto::EVENTS_SCHEMA.to_owned(),
-            source: event.source_system.clone(),
-            trace_id: trace_id.to_owned(),
-        };
-        self.send(topic, key, &event.encode_to_vec(), headers).await
+        self.send(event_message(topic, key, event, trace_id)).await
     }
 
     /// Publishes a dead letter (keyed by its source system) and waits for the acknowledgement.
@@ -149,19 +287,8 @@ impl Publisher {
         letter: &DeadLetter,
         trace_id: &str,
     ) -> Result<Delivered, BusError> {
-        let headers = EventHeaders {
-            event_type: "dead_letter".to_owned(),
-            schema: ponte_proto::EVENTS_SCHEMA.to_owned(),
-            source: letter.source_system.clone(),
-            trace_id: trace_id.to_owned(),
-        };
-        self.send(
-            topic,
-            &letter.source_system,
-            &letter.encode_to_vec(),
-            headers,
-        )
-        .await
+        self.send(dead_letter_message(topic, letter, trace_id))
+            .await
     }
 
     /// Publishes an already encoded payload (for example a view change) and waits for the
@@ -174,25 +301,15 @@ impl Publisher {
         event_type: &str,
         trace_id: &str,
     ) -> Result<Delivered, BusError> {
-        let headers = EventHeaders {
-            event_type: event_type.to_owned(),
-            schema: "ponte.compliance.v1".to_owned(),
-            source: self.source.clone(),
-            trace_id: trace_id.to_owned(),
-        };
-        self.send(topic, key, payload, headers).await
+        let headers =
+            EventHeaders::kafka(event_type, "ponte.compliance.v1", &self.source, trace_id);
+        self.send_one(topic, key, Some(payload), Some(headers), None)
+            .await
     }
 
     /// Publishes a tombstone (a null payload) for `key`: on a compacted topic it deletes the key.
     pub async fn publish_tombstone(&self, topic: &str, key: &str) -> Result<Delivered, BusError> {
-        let record: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic).key(key);
-        match self.producer.send(record, Timeout::Never).await {
-            Ok(d) => Ok(Delivered {
-                partition: d.partition,
-                offset: d.offset,
-            }),
-            Err((err, _)) => Err(classify(&err)),
-        }
+        self.send_one(topic, key, None, None, None).await
     }
 
     /// Publishes `payload` (a tombstone when `None`) under `key` to an explicit `partition`
@@ -204,39 +321,69 @@ impl Publisher {
         key: &str,
         payload: Option<&[u8]>,
     ) -> Result<Delivered, BusError> {
-        let mut record: FutureRecord<'_, str, [u8]> =
-            FutureRecord::to(topic).key(key).partition(partition);
-        if let Some(p) = payload {
-            record = record.payload(p);
-        }
-        match self.producer.send(record, Timeout::Never).await {
-            Ok(d) => Ok(Delivered {
-                partition: d.partition,
-                offset: d.offset,
-            }),
-            Err((err, _)) => Err(classify(&err)),
-        }
+        self.send_one(topic, key, payload, None, Some(partition))
+            .await
     }
 
-    async fn send(
+    async fn send(&self, m: Outgoing) -> Result<Delivered, BusError> {
+        self.send_one(&m.topic, &m.key, Some(&m.payload), Some(m.headers), None)
+            .await
+    }
+
+    /// Sends one message and waits for its acknowledgement. Waiting for queue space is bounded
+    /// by the message timeout too (what fills the queue times out by then).
+    async fn send_one(
         &self,
         topic: &str,
         key: &str,
-        payload: &[u8],
-        headers: EventHeaders,
+        payload: Option<&[u8]>,
+        headers: Option<OwnedHeaders>,
+        partition: Option<i32>,
     ) -> Result<Delivered, BusError> {
-        let record = FutureRecord::to(topic)
-            .key(key)
-            .payload(payload)
-            .headers(headers.to_kafka());
-        // Waiting for queue space is bounded by the message timeout too.
-        match self.producer.send(record, Timeout::Never).await {
-            Ok(d) => Ok(Delivered {
-                partition: d.partition,
-                offset: d.offset,
-            }),
-            Err((err, _)) => Err(classify(&err)),
+        let (tx, rx) = oneshot::channel();
+        let record = record(topic, key, payload, headers, partition, Ack::One(tx));
+        self.enqueue_waiting(record).await?;
+        rx.await
+            .unwrap_or_else(|_| Err(BusError::Unavailable("the producer was dropped".to_owned())))
+    }
+
+    /// Hands `record` to the producer, waiting while its local queue is full.
+    async fn enqueue_waiting(
+        &self,
+        mut record: BaseRecord<'_, str, [u8], Box<Ack>>,
+    ) -> Result<(), BusError> {
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    tokio::time::sleep(QUEUE_FULL_BACKOFF).await;
+                }
+                Err((e, _)) => return Err(classify(&e)),
+            }
         }
+    }
+
+    /// Publishes `messages` in their order and waits until the broker acknowledged (or refused)
+    /// every one: one delivery report each, in the same order. All are enqueued before the
+    /// first is awaited, so they travel in as few produce requests as the producer makes; a
+    /// message the producer refuses at once is reported so without holding up the others.
+    pub async fn publish_all(&self, messages: Vec<Outgoing>) -> Vec<Result<Delivered, BusError>> {
+        let batch = Arc::new(Batch::new(messages.len()));
+        for (slot, m) in messages.into_iter().enumerate() {
+            let Outgoing {
+                topic,
+                key,
+                payload,
+                headers,
+            } = m;
+            let ack = Ack::Batch(Arc::clone(&batch), slot);
+            let record = record(&topic, &key, Some(&payload), Some(headers), None, ack);
+            if let Err(e) = self.enqueue_waiting(record).await {
+                batch.report(slot, Err(e));
+            }
+        }
+        batch.reported().await
     }
 
     /// Enqueues an encoded message now and returns a future of its acknowledgement. Messages
@@ -254,29 +401,14 @@ impl Publisher {
         impl std::future::Future<Output = Result<Delivered, BusError>> + Send + 'static,
         BusError,
     > {
-        let headers = EventHeaders {
-            event_type: event_type.to_owned(),
-            schema: schema.to_owned(),
-            source: self.source.clone(),
-            trace_id: String::new(),
-        };
-        let record = FutureRecord::to(topic)
-            .key(key)
-            .payload(payload)
-            .headers(headers.to_kafka());
-        let delivery = self
-            .producer
-            .send_result(record)
-            .map_err(|(err, _)| classify(&err))?;
+        let headers = EventHeaders::kafka(event_type, schema, &self.source, "");
+        let (tx, rx) = oneshot::channel();
+        let record = record(topic, key, Some(payload), Some(headers), None, Ack::One(tx));
+        self.producer.send(record).map_err(|(e, _)| classify(&e))?;
         Ok(async move {
-            match delivery.await {
-                Ok(Ok(d)) => Ok(Delivered {
-                    partition: d.partition,
-                    offset: d.offset,
-                }),
-                Ok(Err((err, _))) => Err(classify(&err)),
-                Err(_) => Err(BusError::Unavailable("the producer was dropped".to_owned())),
-            }
+            rx.await.unwrap_or_else(|_| {
+                Err(BusError::Unavailable("the producer was dropped".to_owned()))
+            })
         })
     }
 
@@ -284,4 +416,26 @@ impl Publisher {
     pub fn flush(&self, timeout: Duration) -> Result<(), BusError> {
         self.producer.flush(timeout).map_err(|e| classify(&e))
     }
+}
+
+/// A message to hand to the producer, with who waits for its report.
+fn record<'a>(
+    topic: &'a str,
+    key: &'a str,
+    payload: Option<&'a [u8]>,
+    headers: Option<OwnedHeaders>,
+    partition: Option<i32>,
+    ack: Ack,
+) -> BaseRecord<'a, str, [u8], Box<Ack>> {
+    let mut record = BaseRecord::with_opaque_to(topic, Box::new(ack)).key(key);
+    if let Some(p) = payload {
+        record = record.payload(p);
+    }
+    if let Some(h) = headers {
+        record = record.headers(h);
+    }
+    if let Some(p) = partition {
+        record = record.partition(p);
+    }
+    record
 }
