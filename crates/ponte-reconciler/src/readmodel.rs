@@ -194,10 +194,16 @@ impl<'a> Overlay<'a> {
         Ok(())
     }
 
-    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ReconcilerError> {
+    /// `f` applied to the value of `key` where it is held, without copying it (a view is
+    /// about 2.5 KiB, and only what the index and counts need is decoded of it).
+    fn with_value<R>(
+        &self,
+        key: &[u8],
+        f: impl FnOnce(Option<&[u8]>) -> R,
+    ) -> Result<R, ReconcilerError> {
         match self.writes.get(key).or_else(|| self.read.get(key)) {
-            Some(v) => Ok(v.clone()),
-            None => Ok(self.base.get(key)?),
+            Some(v) => Ok(f(v.as_deref())),
+            None => Ok(f(self.base.get(key)?.as_deref())),
         }
     }
 
@@ -205,9 +211,10 @@ impl<'a> Overlay<'a> {
         &self,
         key: &[u8],
     ) -> Result<Option<M>, ReconcilerError> {
-        self.get(key)?
-            .map(|b| M::decode(b.as_slice()).map_err(|e| corrupt(key, e)))
-            .transpose()
+        self.with_value(key, |b| {
+            b.map(|b| M::decode(b).map_err(|e| corrupt(key, e)))
+                .transpose()
+        })?
     }
 
     fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
@@ -485,10 +492,10 @@ fn update_counts(
         if changes.is_empty() {
             continue;
         }
-        let mut counts: Counts = match ov.get(&k)? {
-            Some(b) => serde_json::from_slice(&b).map_err(|e| corrupt(&k, e))?,
-            None => Counts::default(),
-        };
+        let mut counts: Counts = ov.with_value(&k, |b| match b {
+            Some(b) => serde_json::from_slice(b).map_err(|e| corrupt(&k, e)),
+            None => Ok(Counts::default()),
+        })??;
         for (status, add) in changes {
             if add {
                 counts.add(status);
