@@ -4,7 +4,7 @@
 //! A delivery report goes to whoever waits for it: one message's sender ([`Ack::One`]), or a
 //! batch's slot ([`Ack::Batch`], [`Publisher::publish_all`]) — a batch is enqueued in one go and
 //! awaited once, instead of a future, a channel and a wake-up per record (an adapter's ingest
-//! spent a fifth of its CPU on those, docs/benchmarks.md).
+//! spent about a quarter of its CPU on those, docs/benchmarks.md).
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
