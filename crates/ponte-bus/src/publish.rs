@@ -439,3 +439,61 @@ fn record<'a>(
     }
     record
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn at(offset: i64) -> Result<Delivered, BusError> {
+        Ok(Delivered {
+            partition: 0,
+            offset,
+        })
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_answers_once_every_slot_is_reported_each_in_its_place() {
+        let batch = Arc::new(Batch::new(3));
+        let waiter = tokio::spawn({
+            let batch = Arc::clone(&batch);
+            async move { batch.reported().await }
+        });
+        // Reports arrive out of order; the waiter does not answer before the last.
+        batch.report(2, at(7));
+        batch.report(0, Err(BusError::Rejected("too large".into())));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            !waiter.is_finished(),
+            "answered with a slot still unreported"
+        );
+        // The last comes from another thread, as the producer's poll thread delivers it.
+        std::thread::spawn({
+            let batch = Arc::clone(&batch);
+            move || batch.report(1, at(5))
+        })
+        .join()
+        .unwrap();
+        let reports = waiter.await.unwrap();
+        assert!(matches!(reports[0], Err(BusError::Rejected(_))));
+        assert_eq!(reports[1].as_ref().unwrap().offset, 5);
+        assert_eq!(reports[2].as_ref().unwrap().offset, 7);
+    }
+
+    #[tokio::test]
+    async fn an_empty_batch_answers_at_once_and_reports_in_before_the_wait_are_kept() {
+        assert!(Batch::new(0).reported().await.is_empty());
+        // Every report in before the wait starts: it answers at once, in slot order.
+        let batch = Batch::new(2);
+        batch.report(1, at(1));
+        batch.report(0, at(0));
+        let reports = batch.reported().await;
+        assert_eq!(
+            reports
+                .iter()
+                .map(|r| r.as_ref().unwrap().offset)
+                .collect::<Vec<_>>(),
+            vec![0, 1]
+        );
+    }
+}
