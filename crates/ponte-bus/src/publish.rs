@@ -14,10 +14,11 @@ use ponte_proto::events::v1::{DeadLetter, Event, event::Record};
 use prost::Message as _;
 use rdkafka::client::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Message as _, OwnedHeaders};
+use rdkafka::message::{Message as _, OwnedHeaders, ToBytes};
 use rdkafka::producer::{
     BaseRecord, DeliveryResult, Producer as _, ProducerContext, ThreadedProducer,
 };
+use rdkafka::util::IntoOpaque;
 use tokio::sync::Notify;
 
 use crate::headers::EventHeaders;
@@ -341,10 +342,16 @@ impl Publisher {
         partition: Option<i32>,
     ) -> Result<Delivered, BusError> {
         let (tx, rx) = oneshot::channel();
-        let record = record(topic, key, payload, headers, partition, Ack::One(tx));
+        let record = record(
+            topic,
+            key,
+            payload,
+            headers,
+            partition,
+            Box::new(Ack::One(tx)),
+        );
         self.enqueue_waiting(record).await?;
-        rx.await
-            .unwrap_or_else(|_| Err(BusError::Unavailable("the producer was dropped".to_owned())))
+        acknowledgement(rx).await
     }
 
     /// Hands `record` to the producer, waiting while its local queue is full.
@@ -377,8 +384,15 @@ impl Publisher {
                 payload,
                 headers,
             } = m;
-            let ack = Ack::Batch(Arc::clone(&batch), slot);
-            let record = record(&topic, &key, Some(&payload), Some(headers), None, ack);
+            let ack = Box::new(Ack::Batch(Arc::clone(&batch), slot));
+            let record = record(
+                &topic,
+                key.as_str(),
+                Some(&payload),
+                Some(headers),
+                None,
+                ack,
+            );
             if let Err(e) = self.enqueue_waiting(record).await {
                 batch.report(slot, Err(e));
             }
@@ -403,7 +417,14 @@ impl Publisher {
     > {
         let headers = EventHeaders::kafka(event_type, schema, &self.source, "");
         let (tx, rx) = oneshot::channel();
-        let record = record(topic, key, Some(payload), Some(headers), None, Ack::One(tx));
+        let record = record(
+            topic,
+            key,
+            Some(payload),
+            Some(headers),
+            None,
+            Box::new(Ack::One(tx)),
+        );
         self.producer.send(record).map_err(|(e, _)| classify(&e))?;
         Ok(async move {
             rx.await.unwrap_or_else(|_| {
@@ -418,16 +439,25 @@ impl Publisher {
     }
 }
 
-/// A message to hand to the producer, with who waits for its report.
-fn record<'a>(
+/// The report one message's sender waits for ([`Ack::One`]).
+async fn acknowledgement(
+    rx: oneshot::Receiver<Result<Delivered, BusError>>,
+) -> Result<Delivered, BusError> {
+    rx.await
+        .unwrap_or_else(|_| Err(BusError::Unavailable("the producer was dropped".to_owned())))
+}
+
+/// A message for a producer (this one's or a transaction's): a tombstone when `payload` is
+/// `None`, placed by key when `partition` is `None`; `opaque` comes back with its report.
+pub(crate) fn record<'a, K: ToBytes + ?Sized, D: IntoOpaque>(
     topic: &'a str,
-    key: &'a str,
+    key: &'a K,
     payload: Option<&'a [u8]>,
     headers: Option<OwnedHeaders>,
     partition: Option<i32>,
-    ack: Ack,
-) -> BaseRecord<'a, str, [u8], Box<Ack>> {
-    let mut record = BaseRecord::with_opaque_to(topic, Box::new(ack)).key(key);
+    opaque: D,
+) -> BaseRecord<'a, K, [u8], D> {
+    let mut record = BaseRecord::with_opaque_to(topic, opaque).key(key);
     if let Some(p) = payload {
         record = record.payload(p);
     }

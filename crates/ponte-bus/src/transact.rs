@@ -21,9 +21,7 @@ use rdkafka::Message as _;
 use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::KafkaError;
 use rdkafka::message::OwnedHeaders;
-use rdkafka::producer::{
-    BaseRecord, DeliveryResult, Producer as _, ProducerContext, ThreadedProducer,
-};
+use rdkafka::producer::{DeliveryResult, Producer as _, ProducerContext, ThreadedProducer};
 use rdkafka::topic_partition_list::TopicPartitionList;
 
 use crate::KafkaConfig;
@@ -319,17 +317,7 @@ impl Transactional {
     ) -> Result<usize, TxError> {
         let reports = &self.producer.context().reports;
         let (number, opaque) = reports.next()?;
-        let mut record: BaseRecord<'_, [u8], [u8], usize> =
-            BaseRecord::with_opaque_to(topic, opaque).key(key);
-        if let Some(p) = partition {
-            record = record.partition(p);
-        }
-        if let Some(p) = payload {
-            record = record.payload(p);
-        }
-        if let Some(h) = headers {
-            record = record.headers(h);
-        }
+        let mut record = crate::publish::record(topic, key, payload, headers, partition, opaque);
         // A full local queue is waited out (it drains as the broker acknowledges), bounded by
         // the operation timeout from the first refusal.
         let mut deadline = None;
