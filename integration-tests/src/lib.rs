@@ -1213,7 +1213,18 @@ pub async fn ingest_through_broker_restart(
         if let Some(s) = ingest.try_wait().unwrap() {
             break s;
         }
-        assert!(Instant::now() < deadline, "ponte ingest did not finish");
+        if Instant::now() >= deadline {
+            // What the client and the adapter were doing, for whoever reads the failure.
+            let _ = ingest.kill();
+            let _ = ingest.wait();
+            let out = std::fs::read_to_string(&out_path).unwrap_or_default();
+            let mut err = String::new();
+            let _ = std::io::Read::read_to_string(&mut ingest.stderr.take().unwrap(), &mut err);
+            panic!(
+                "ponte ingest did not finish within 300 s of the broker's restart\n{out}\n{err}\nadapter:\n{}",
+                adapter.log_text()
+            );
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let out = std::fs::read_to_string(&out_path).unwrap();
