@@ -1208,28 +1208,30 @@ pub async fn ingest_through_broker_restart(
     // ...and the broker comes back.
     broker.restart();
 
+    // `None`: still running at the deadline, then killed.
     let deadline = Instant::now() + Duration::from_secs(300);
     let status = loop {
         if let Some(s) = ingest.try_wait().unwrap() {
-            break s;
+            break Some(s);
         }
         if Instant::now() >= deadline {
-            // What the client and the adapter were doing, for whoever reads the failure.
             let _ = ingest.kill();
             let _ = ingest.wait();
-            let out = std::fs::read_to_string(&out_path).unwrap_or_default();
-            let mut err = String::new();
-            let _ = std::io::Read::read_to_string(&mut ingest.stderr.take().unwrap(), &mut err);
-            panic!(
-                "ponte ingest did not finish within 300 s of the broker's restart\n{out}\n{err}\nadapter:\n{}",
-                adapter.log_text()
-            );
+            break None;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
+    // What the client said (each attempt and why it was retried) and the adapter's log, for
+    // whoever reads a failure.
     let out = std::fs::read_to_string(&out_path).unwrap();
     let mut err = String::new();
     std::io::Read::read_to_string(&mut ingest.stderr.take().unwrap(), &mut err).unwrap();
+    let Some(status) = status else {
+        panic!(
+            "ponte ingest did not finish within 300 s of the broker's restart\n{out}\n{err}\nadapter:\n{}",
+            adapter.log_text()
+        );
+    };
     assert!(
         status.success(),
         "{out}\n{err}\nadapter:\n{}",

@@ -426,11 +426,7 @@ impl Publisher {
             Box::new(Ack::One(tx)),
         );
         self.producer.send(record).map_err(|(e, _)| classify(&e))?;
-        Ok(async move {
-            rx.await.unwrap_or_else(|_| {
-                Err(BusError::Unavailable("the producer was dropped".to_owned()))
-            })
-        })
+        Ok(acknowledgement(rx))
     }
 
     /// Waits up to `timeout` for every in-flight record to be acknowledged (on shutdown).
