@@ -127,17 +127,46 @@ async fn registry_and_health_batches_survive_a_broker_restart() {
     let retried = sender.await.unwrap();
     assert!(retried > 0, "the broker stop hit the health batch");
 
-    // Every child is in the view once, with their profile and their health record.
-    let persons = eventually(
-        "every child in the view",
+    // Every child is in the view once, with their profile and their health record. Should
+    // one be missing, the failure says who and shows the reconciler's log.
+    let seen = std::sync::Mutex::new(String::from("no answer from the reconciler"));
+    let complete = tokio::time::timeout(
         Duration::from_secs(180),
-        || async {
-            let all = list_municipality(stack.port("reconciler"), MUNICIPALITY).await?;
-            (all.len() as u64 == N && all.iter().all(|p| p.health_records.len() == 1))
-                .then_some(all)
-        },
+        eventually(
+            "every child in the view",
+            Duration::from_secs(3600),
+            || async {
+                let all = list_municipality(stack.port("reconciler"), MUNICIPALITY).await?;
+                let done = all.len() as u64 == N && all.iter().all(|p| p.health_records.len() == 1);
+                if !done {
+                    *seen.lock().unwrap() = missing(&all);
+                }
+                done.then_some(all)
+            },
+        ),
     )
     .await;
+    let Ok(persons) = complete else {
+        let counters = reqwest::get(format!(
+            "http://127.0.0.1:{}/metrics",
+            reconciler.admin_port()
+        ))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+        let counters: Vec<&str> = counters
+            .lines()
+            .filter(|l| l.starts_with("ponte_reconciler_") && !l.contains("_bucket"))
+            .collect();
+        panic!(
+            "after 180 s the view still lacks children: {}\nreconciler metrics:\n{}\nreconciler log:\n{}",
+            seen.lock().unwrap(),
+            counters.join("\n"),
+            reconciler.log_text()
+        )
+    };
     for p in &persons {
         assert!(p.registered, "{}", p.nis);
         assert_eq!(p.health_records.len(), 1, "{}", p.nis);
@@ -148,4 +177,29 @@ async fn registry_and_health_batches_survive_a_broker_restart() {
         let mut s = s;
         assert!(s.terminate().success(), "{}", s.log_text());
     }
+}
+
+/// Which of the N children `view` lacks, or lacks the health record of.
+fn missing(view: &[ponte_proto::compliance::v1::Person]) -> String {
+    let by_nis: std::collections::BTreeMap<&str, usize> = view
+        .iter()
+        .map(|p| (p.nis.as_str(), p.health_records.len()))
+        .collect();
+    let absent: Vec<String> = (0..N)
+        .map(|i| valid_nis(7000 + i))
+        .filter(|nis| !by_nis.contains_key(nis.as_str()))
+        .collect();
+    let without: Vec<&str> = by_nis
+        .iter()
+        .filter(|(_, h)| **h != 1)
+        .map(|(nis, _)| *nis)
+        .collect();
+    format!(
+        "{} of {N} in the view; absent {} (first: {:?}); without exactly one health record {} (first: {:?})",
+        view.len(),
+        absent.len(),
+        absent.iter().take(5).collect::<Vec<_>>(),
+        without.len(),
+        without.iter().take(5).collect::<Vec<_>>()
+    )
 }
