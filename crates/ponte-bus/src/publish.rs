@@ -5,6 +5,13 @@
 //! batch's slot ([`Ack::Batch`], [`Publisher::publish_all`]) — a batch is enqueued in one go and
 //! awaited once, instead of a future, a channel and a wake-up per record (an adapter's ingest
 //! spent about a quarter of its CPU on those, docs/benchmarks.md).
+//!
+//! No sender waits for a report for ever: librdkafka reports every message within its
+//! `message.timeout.ms`, yet after a broker restart reports were seen still missing 5 s past
+//! it — a whole epoch's of the reconciler, an adapter's audit entry — and a sender waiting for
+//! them waits with them (the likely end of one run of the system test `broker_restart`, whose
+//! reconciler applied nothing more for three minutes). A report that late is given up
+//! ([`overdue`]): the message counts as not acknowledged.
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -34,6 +41,49 @@ pub struct Delivered {
 /// How long a send waits before it tries again when the producer's local queue is full (it
 /// drains as the broker acknowledges).
 const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(5);
+
+/// How long after a message's delivery report was due (its `message.timeout.ms`) it is
+/// given up for ([`overdue`]).
+const REPORT_GRACE: Duration = Duration::from_secs(5);
+
+/// How long a sender waits for a delivery report with the client configuration `cfg`:
+/// librdkafka reports every message within its `message.timeout.ms` (as failed, if nothing
+/// else), so past that and [`REPORT_GRACE`] the report is overdue. Without a message timeout
+/// (`0`, for ever) there is no bound either.
+pub(crate) fn reports_within(cfg: &rdkafka::ClientConfig) -> Duration {
+    match cfg
+        .get("message.timeout.ms")
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        // A century stands for "for ever" (a deadline must still be a point in time).
+        Some(0) => Duration::from_secs(100 * 365 * 86_400),
+        // librdkafka's default.
+        None => Duration::from_millis(300_000) + REPORT_GRACE,
+        Some(ms) => Duration::from_millis(ms) + REPORT_GRACE,
+    }
+}
+
+/// A wait for delivery reports that ran out: `missing` of `sent` messages were never reported
+/// `within` (a fault of the client library, which reports every message). Counted
+/// (`ponte_bus_delivery_reports_overdue_total`) and logged; returns the error's text. The
+/// sender fails what it waited for — an adapter answers 503, an epoch is aborted — instead of
+/// waiting for ever: the messages may still be on the bus, and a retry is harmless.
+pub(crate) fn overdue(
+    producer: &'static str,
+    missing: usize,
+    sent: usize,
+    within: Duration,
+) -> String {
+    metrics::counter!("ponte_bus_delivery_reports_overdue_total", "producer" => producer)
+        .increment(missing as u64);
+    let text = format!(
+        "{missing} of {sent} messages had no delivery report after {:.1} s (their message \
+         timeout passed): given up as not acknowledged",
+        within.as_secs_f64()
+    );
+    tracing::warn!(producer, missing, sent, "{text}");
+    text
+}
 
 /// Who waits for a message's delivery report.
 enum Ack {
@@ -76,23 +126,36 @@ impl Batch {
         }
     }
 
-    async fn reported(&self) -> Vec<Result<Delivered, BusError>> {
+    /// Every slot's report, once all came or `within` from now: a slot still without one is
+    /// `Unavailable` ([`overdue`]).
+    async fn reported(&self, within: Duration) -> Vec<Result<Delivered, BusError>> {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut ran_out = false;
         while self.pending.load(Ordering::Acquire) > 0 {
-            self.all_reported.notified().await;
+            if tokio::time::timeout_at(deadline, self.all_reported.notified())
+                .await
+                .is_err()
+            {
+                ran_out = true;
+                break;
+            }
         }
-        let mut reports = self
-            .reports
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        std::mem::take(&mut *reports)
+        // Taken whole: a report that comes after this finds no slot.
+        let reports = std::mem::take(
+            &mut *self
+                .reports
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        let missing = reports.iter().filter(|r| r.is_none()).count();
+        let why = if ran_out && missing > 0 {
+            overdue("idempotent", missing, reports.len(), within)
+        } else {
+            "no delivery report for the message".to_owned()
+        };
+        reports
             .into_iter()
-            .map(|r| {
-                r.unwrap_or_else(|| {
-                    Err(BusError::Unavailable(
-                        "no delivery report for the message".to_owned(),
-                    ))
-                })
-            })
+            .map(|r| r.unwrap_or_else(|| Err(BusError::Unavailable(why.clone()))))
             .collect()
     }
 }
@@ -137,6 +200,8 @@ pub struct Outgoing {
 pub struct Publisher {
     producer: Arc<ThreadedProducer<Acks>>,
     source: String,
+    /// How long a sender waits for a delivery report ([`overdue`]).
+    reports_within: Duration,
 }
 
 impl std::fmt::Debug for Publisher {
@@ -246,18 +311,19 @@ impl Publisher {
         source: &str,
         linger: Duration,
     ) -> Result<Self, BusError> {
-        let producer: ThreadedProducer<Acks> = kafka
-            .client_config(&format!("ponte-{source}"))
-            .set("enable.idempotence", "true")
+        let mut cfg = kafka.client_config(&format!("ponte-{source}"));
+        cfg.set("enable.idempotence", "true")
             .set("acks", "all")
             .set("compression.type", "lz4")
             .set("linger.ms", linger.as_millis().to_string())
-            .set("message.timeout.ms", kafka.message_timeout_ms.to_string())
+            .set("message.timeout.ms", kafka.message_timeout_ms.to_string());
+        let producer: ThreadedProducer<Acks> = cfg
             .create_with_context(Acks)
             .map_err(|e| BusError::Config(e.to_string()))?;
         Ok(Self {
             producer: Arc::new(producer),
             source: source.to_owned(),
+            reports_within: reports_within(&cfg),
         })
     }
 
@@ -351,7 +417,7 @@ impl Publisher {
             Box::new(Ack::One(tx)),
         );
         self.enqueue_waiting(record).await?;
-        acknowledgement(rx).await
+        acknowledgement(rx, self.reports_within).await
     }
 
     /// Hands `record` to the producer, waiting while its local queue is full.
@@ -397,7 +463,7 @@ impl Publisher {
                 batch.report(slot, Err(e));
             }
         }
-        batch.reported().await
+        batch.reported(self.reports_within).await
     }
 
     /// Enqueues an encoded message now and returns a future of its acknowledgement. Messages
@@ -426,7 +492,7 @@ impl Publisher {
             Box::new(Ack::One(tx)),
         );
         self.producer.send(record).map_err(|(e, _)| classify(&e))?;
-        Ok(acknowledgement(rx))
+        Ok(acknowledgement(rx, self.reports_within))
     }
 
     /// Waits up to `timeout` for every in-flight record to be acknowledged (on shutdown).
@@ -435,12 +501,17 @@ impl Publisher {
     }
 }
 
-/// The report one message's sender waits for ([`Ack::One`]).
+/// The report one message's sender waits for ([`Ack::One`]), `Unavailable` when it has not
+/// come `within` ([`overdue`]).
 async fn acknowledgement(
     rx: oneshot::Receiver<Result<Delivered, BusError>>,
+    within: Duration,
 ) -> Result<Delivered, BusError> {
-    rx.await
-        .unwrap_or_else(|_| Err(BusError::Unavailable("the producer was dropped".to_owned())))
+    match tokio::time::timeout(within, rx).await {
+        Ok(report) => report
+            .unwrap_or_else(|_| Err(BusError::Unavailable("the producer was dropped".to_owned()))),
+        Err(_) => Err(BusError::Unavailable(overdue("idempotent", 1, 1, within))),
+    }
 }
 
 /// A message for a producer (this one's or a transaction's): a tombstone when `payload` is
@@ -471,6 +542,9 @@ pub(crate) fn record<'a, K: ToBytes + ?Sized, D: IntoOpaque>(
 mod tests {
     use super::*;
 
+    /// Long enough for any report these tests send.
+    const WITHIN: Duration = Duration::from_secs(60);
+
     fn at(offset: i64) -> Result<Delivered, BusError> {
         Ok(Delivered {
             partition: 0,
@@ -483,7 +557,7 @@ mod tests {
         let batch = Arc::new(Batch::new(3));
         let waiter = tokio::spawn({
             let batch = Arc::clone(&batch);
-            async move { batch.reported().await }
+            async move { batch.reported(WITHIN).await }
         });
         // Reports arrive out of order; the waiter does not answer before the last.
         batch.report(2, at(7));
@@ -508,12 +582,12 @@ mod tests {
 
     #[tokio::test]
     async fn an_empty_batch_answers_at_once_and_reports_in_before_the_wait_are_kept() {
-        assert!(Batch::new(0).reported().await.is_empty());
+        assert!(Batch::new(0).reported(WITHIN).await.is_empty());
         // Every report in before the wait starts: it answers at once, in slot order.
         let batch = Batch::new(2);
         batch.report(1, at(1));
         batch.report(0, at(0));
-        let reports = batch.reported().await;
+        let reports = batch.reported(WITHIN).await;
         assert_eq!(
             reports
                 .iter()
@@ -521,5 +595,49 @@ mod tests {
                 .collect::<Vec<_>>(),
             vec![0, 1]
         );
+    }
+
+    #[tokio::test]
+    async fn a_report_that_never_comes_is_given_up_and_one_that_comes_later_goes_nowhere() {
+        let batch = Batch::new(3);
+        batch.report(0, at(0));
+        batch.report(2, Err(BusError::Rejected("too large".into())));
+        let reports = batch.reported(Duration::from_millis(50)).await;
+        assert_eq!(reports[0].as_ref().unwrap().offset, 0);
+        assert!(matches!(reports[2], Err(BusError::Rejected(_))));
+        match &reports[1] {
+            Err(BusError::Unavailable(why)) => {
+                assert!(
+                    why.contains("1 of 3 messages had no delivery report"),
+                    "{why}"
+                );
+            }
+            other => panic!("slot 1: {other:?}"),
+        }
+        // The producer reports it after all: nothing to answer any more, nothing breaks.
+        batch.report(1, at(1));
+    }
+
+    #[tokio::test]
+    async fn one_message_whose_report_never_comes_is_not_acknowledged() {
+        let (tx, rx) = oneshot::channel::<Result<Delivered, BusError>>();
+        let err = acknowledgement(rx, Duration::from_millis(50))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, BusError::Unavailable(why) if why.contains("no delivery report")),
+            "{err:?}"
+        );
+        assert!(err.is_retryable());
+        drop(tx);
+    }
+
+    #[test]
+    fn the_wait_for_a_report_follows_the_message_timeout() {
+        let mut cfg = rdkafka::ClientConfig::new();
+        cfg.set("message.timeout.ms", "3000");
+        assert_eq!(reports_within(&cfg), Duration::from_secs(8));
+        cfg.set("message.timeout.ms", "0");
+        assert!(reports_within(&cfg) > Duration::from_secs(365 * 86_400));
     }
 }

@@ -188,11 +188,13 @@ impl Reports {
         }
     }
 
-    /// Waits until every message sent is reported; each one's position by its number.
-    async fn acknowledged(&self) -> Result<Vec<Position>, TxError> {
+    /// Waits until every message sent is reported; each one's position by its number. A
+    /// report still missing `within` from now fails the transaction (`publish::overdue`).
+    async fn acknowledged(&self, within: Duration) -> Result<Vec<Position>, TxError> {
+        let deadline = tokio::time::Instant::now() + within;
         loop {
             let woken = self.all_reported.notified();
-            {
+            let missing = {
                 let mut state = self.lock();
                 if let Some(e) = &state.failure {
                     return Err(TxError::of("send", e));
@@ -207,8 +209,17 @@ impl Reports {
                     }
                     return Ok(positions);
                 }
+                (sent - state.reported, sent)
+            };
+            if tokio::time::timeout_at(deadline, woken).await.is_err() {
+                let (missing, sent) = missing;
+                return Err(TxError::aborted(crate::publish::overdue(
+                    "transactional",
+                    missing,
+                    sent,
+                    within,
+                )));
             }
-            woken.await;
         }
     }
 }
@@ -240,6 +251,8 @@ pub struct Transactional {
     producer: ThreadedProducer<Context>,
     id: String,
     timeout: Duration,
+    /// How long [`Transactional::acknowledged`] waits for a report (`publish::overdue`).
+    reports_within: Duration,
 }
 
 impl std::fmt::Debug for Transactional {
@@ -277,6 +290,7 @@ impl Transactional {
         for (k, v) in &kafka.properties {
             cfg.set(k, v);
         }
+        let reports_within = crate::publish::reports_within(&cfg);
         let producer: ThreadedProducer<Context> = cfg
             .create_with_context(Context::default())
             .map_err(|e| TxError::fatal(format!("creating the producer: {e}")))?;
@@ -287,6 +301,7 @@ impl Transactional {
             producer,
             id: transactional_id.to_owned(),
             timeout: op_timeout,
+            reports_within,
         })
     }
 
@@ -344,9 +359,14 @@ impl Transactional {
 
     /// Waits until the broker has acknowledged every message of the open transaction, and
     /// returns each one's partition and offset by its number. A failed delivery (the broker
-    /// refused it, or the message timed out) fails the transaction.
+    /// refused it, or the message timed out) fails the transaction, and so does a report
+    /// overdue (`publish::overdue`).
     pub async fn acknowledged(&self) -> Result<Vec<Position>, TxError> {
-        self.producer.context().reports.acknowledged().await
+        self.producer
+            .context()
+            .reports
+            .acknowledged(self.reports_within)
+            .await
     }
 
     /// Adds the consumed `offsets` (next offsets to read) to the transaction, for the group
@@ -444,7 +464,7 @@ mod tests {
         for (n, opaque) in [sent[2], sent[0], sent[3], sent[1]] {
             reports.report(opaque, Ok((n as i32 % 2, 100 + n as i64)));
         }
-        let positions = block_on(reports.acknowledged()).unwrap();
+        let positions = block_on(reports.acknowledged(WITHIN)).unwrap();
         assert_eq!(positions, [(0, 100), (1, 101), (0, 102), (1, 103)]);
     }
 
@@ -460,7 +480,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(50));
             late.report(second, Ok((0, 8)));
         });
-        let positions = block_on(reports.acknowledged()).unwrap();
+        let positions = block_on(reports.acknowledged(WITHIN)).unwrap();
         assert_eq!(positions, [(0, 7), (0, 8)]);
         reporter.join().unwrap();
     }
@@ -477,7 +497,25 @@ mod tests {
         reports.report(aborted, Err(&KafkaError::MessageProduction(C::PurgeQueue)));
         reports.report(aborted, Ok((3, 999)));
         reports.report(opaque, Ok((1, 5)));
-        assert_eq!(block_on(reports.acknowledged()).unwrap(), [(1, 5)]);
+        assert_eq!(block_on(reports.acknowledged(WITHIN)).unwrap(), [(1, 5)]);
+    }
+
+    /// Long enough for any report these tests send.
+    const WITHIN: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn a_report_that_never_comes_fails_the_transaction_instead_of_holding_it_for_ever() {
+        let reports = Reports::default();
+        reports.begin();
+        let (_, reported) = reports.next().unwrap();
+        let _never = reports.next().unwrap();
+        reports.report(reported, Ok((0, 1)));
+        let err = block_on(reports.acknowledged(Duration::from_millis(50))).unwrap_err();
+        assert!(!err.is_fatal() && !err.is_fenced(), "{err}");
+        assert!(
+            err.to_string().contains("1 of 2 messages"),
+            "names what is missing: {err}"
+        );
     }
 
     #[test]
@@ -488,7 +526,7 @@ mod tests {
         let (n, _) = reports.next().unwrap();
         reports.not_sent(n);
         reports.report(ok, Ok((0, 1)));
-        assert_eq!(block_on(reports.acknowledged()).unwrap(), [(0, 1)]);
+        assert_eq!(block_on(reports.acknowledged(WITHIN)).unwrap(), [(0, 1)]);
 
         reports.begin();
         let (_, refused) = reports.next().unwrap();
@@ -498,7 +536,7 @@ mod tests {
             Err(&KafkaError::MessageProduction(C::MessageTimedOut)),
         );
         reports.report(delivered, Ok((0, 2)));
-        let err = block_on(reports.acknowledged()).unwrap_err();
+        let err = block_on(reports.acknowledged(WITHIN)).unwrap_err();
         assert!(!err.is_fatal() && err.to_string().contains("send"), "{err}");
     }
 }
