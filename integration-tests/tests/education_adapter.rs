@@ -344,18 +344,28 @@ async fn a_broker_restart_during_a_csv_batch_loses_and_duplicates_nothing() {
     .await;
     for i in 0..N {
         let nis = valid_nis(1000 + i);
-        let person = eventually("the pupil in the view", Duration::from_secs(120), || {
-            let mut c = client.clone();
-            let nis = nis.clone();
-            async move {
-                c.get_person(GetPersonRequest { nis })
-                    .await
-                    .ok()
-                    .and_then(|r| r.into_inner().person)
-                    .filter(|p| !p.school_attendance.is_empty())
-            }
-        })
+        let waited = tokio::time::timeout(
+            Duration::from_secs(120),
+            eventually("the pupil in the view", Duration::from_secs(3600), || {
+                let mut c = client.clone();
+                let nis = nis.clone();
+                async move {
+                    c.get_person(GetPersonRequest { nis })
+                        .await
+                        .ok()
+                        .and_then(|r| r.into_inner().person)
+                        .filter(|p| !p.school_attendance.is_empty())
+                }
+            }),
+        )
         .await;
+        // Should it never come, the failure shows what the reconciler did meanwhile.
+        let Ok(person) = waited else {
+            panic!(
+                "pupil {nis} not in the view 120 s after the broker's restart; reconciler log:\n{}",
+                reconciler.log_text()
+            )
+        };
         assert_eq!(person.school_attendance.len(), 1, "{nis}");
         let a = &person.school_attendance[0];
         assert_eq!(a.version, 1, "{nis}");
