@@ -824,7 +824,19 @@ pub fn achievement_state(
 }
 
 /// Polls `check` every 100 ms until it returns `Some` or `timeout` passes.
-pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    within(timeout, check)
+        .await
+        .unwrap_or_else(|| panic!("timed out after {timeout:?} waiting for {what}"))
+}
+
+/// [`eventually`] that returns `None` when `timeout` passes, for a caller that then says more
+/// about what was missing than [`eventually`]'s panic does.
+pub async fn within<T, F, Fut>(timeout: Duration, mut check: F) -> Option<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -832,12 +844,11 @@ where
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(v) = check().await {
-            return v;
+            return Some(v);
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        if Instant::now() >= deadline {
+            return None;
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -867,13 +878,17 @@ pub async fn wait_ready(service: &mut Service) {
 /// The value of a Prometheus sample `name{labels}` from `GET /metrics`, summed over series
 /// whose labels include every `label="value"` given; 0 when absent.
 pub async fn metric(admin_port: u16, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let text = reqwest::get(format!("http://127.0.0.1:{admin_port}/metrics"))
+    parse_metric(&metrics_text(admin_port).await, name, labels)
+}
+
+/// The whole `GET /metrics` answer of the service whose admin port is `admin_port`.
+pub async fn metrics_text(admin_port: u16) -> String {
+    reqwest::get(format!("http://127.0.0.1:{admin_port}/metrics"))
         .await
         .unwrap()
         .text()
         .await
-        .unwrap();
-    parse_metric(&text, name, labels)
+        .unwrap()
 }
 
 /// Sums the samples of `name` matching `labels` in Prometheus text format.

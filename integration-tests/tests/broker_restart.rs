@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use ponte_integration_tests::workload::list_municipality;
 use ponte_integration_tests::{
-    PrivateBroker, Stack, eventually, ingest_through_broker_restart, metric, valid_cns, valid_nis,
-    wait_for_leaders, wait_ready,
+    PrivateBroker, Stack, eventually, ingest_through_broker_restart, metric, metrics_text,
+    valid_cns, valid_nis, wait_for_leaders, wait_ready, within,
 };
 use serde_json::json;
 
@@ -130,32 +130,17 @@ async fn registry_and_health_batches_survive_a_broker_restart() {
     // Every child is in the view once, with their profile and their health record. Should
     // one be missing, the failure says who and shows the reconciler's log.
     let seen = std::sync::Mutex::new(String::from("no answer from the reconciler"));
-    let complete = tokio::time::timeout(
-        Duration::from_secs(180),
-        eventually(
-            "every child in the view",
-            Duration::from_secs(3600),
-            || async {
-                let all = list_municipality(stack.port("reconciler"), MUNICIPALITY).await?;
-                let done = all.len() as u64 == N && all.iter().all(|p| p.health_records.len() == 1);
-                if !done {
-                    *seen.lock().unwrap() = missing(&all);
-                }
-                done.then_some(all)
-            },
-        ),
-    )
+    let complete = within(Duration::from_secs(180), || async {
+        let all = list_municipality(stack.port("reconciler"), MUNICIPALITY).await?;
+        let done = all.len() as u64 == N && all.iter().all(|p| p.health_records.len() == 1);
+        if !done {
+            *seen.lock().unwrap() = missing(&all);
+        }
+        done.then_some(all)
+    })
     .await;
-    let Ok(persons) = complete else {
-        let counters = reqwest::get(format!(
-            "http://127.0.0.1:{}/metrics",
-            reconciler.admin_port()
-        ))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let Some(persons) = complete else {
+        let counters = metrics_text(reconciler.admin_port()).await;
         let counters: Vec<&str> = counters
             .lines()
             .filter(|l| l.starts_with("ponte_reconciler_") && !l.contains("_bucket"))

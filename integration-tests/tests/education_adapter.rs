@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use ponte_integration_tests::{
     PrivateBroker, Stack, eventually, http_client, ingest_through_broker_restart, metric,
-    read_topic, read_topic_at, valid_nis, wait_for_leaders, wait_ready,
+    read_topic, read_topic_at, valid_nis, wait_for_leaders, wait_ready, within,
 };
 use ponte_proto::compliance::v1::GetPersonRequest;
 use ponte_proto::events::v1::event::Record;
@@ -344,23 +344,20 @@ async fn a_broker_restart_during_a_csv_batch_loses_and_duplicates_nothing() {
     .await;
     for i in 0..N {
         let nis = valid_nis(1000 + i);
-        let waited = tokio::time::timeout(
-            Duration::from_secs(120),
-            eventually("the pupil in the view", Duration::from_secs(3600), || {
-                let mut c = client.clone();
-                let nis = nis.clone();
-                async move {
-                    c.get_person(GetPersonRequest { nis })
-                        .await
-                        .ok()
-                        .and_then(|r| r.into_inner().person)
-                        .filter(|p| !p.school_attendance.is_empty())
-                }
-            }),
-        )
+        let waited = within(Duration::from_secs(120), || {
+            let mut c = client.clone();
+            let nis = nis.clone();
+            async move {
+                c.get_person(GetPersonRequest { nis })
+                    .await
+                    .ok()
+                    .and_then(|r| r.into_inner().person)
+                    .filter(|p| !p.school_attendance.is_empty())
+            }
+        })
         .await;
         // Should it never come, the failure shows what the reconciler did meanwhile.
-        let Ok(person) = waited else {
+        let Some(person) = waited else {
             panic!(
                 "pupil {nis} not in the view 120 s after the broker's restart; reconciler log:\n{}",
                 reconciler.log_text()

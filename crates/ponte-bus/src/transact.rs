@@ -194,7 +194,7 @@ impl Reports {
         let deadline = tokio::time::Instant::now() + within;
         loop {
             let woken = self.all_reported.notified();
-            let missing = {
+            let unreported = {
                 let mut state = self.lock();
                 if let Some(e) = &state.failure {
                     return Err(TxError::of("send", e));
@@ -212,7 +212,7 @@ impl Reports {
                 (sent - state.reported, sent)
             };
             if tokio::time::timeout_at(deadline, woken).await.is_err() {
-                let (missing, sent) = missing;
+                let (missing, sent) = unreported;
                 return Err(TxError::aborted(crate::publish::overdue(
                     "transactional",
                     missing,
