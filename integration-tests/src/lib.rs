@@ -1073,10 +1073,32 @@ pub fn read_topic_at(
     min: usize,
     timeout: Duration,
 ) -> Vec<(Vec<u8>, Vec<u8>)> {
+    read_topic_as(bootstrap, topic, min, timeout, "read_uncommitted")
+}
+
+/// [`read_topic_at`] as a `read_committed` reader: only messages of committed transactions (and
+/// those written outside one), as the read model and downstream consumers see the topic.
+pub fn read_committed_at(
+    bootstrap: &str,
+    topic: &str,
+    min: usize,
+    timeout: Duration,
+) -> Vec<(Vec<u8>, Vec<u8>)> {
+    read_topic_as(bootstrap, topic, min, timeout, "read_committed")
+}
+
+fn read_topic_as(
+    bootstrap: &str,
+    topic: &str,
+    min: usize,
+    timeout: Duration,
+    isolation: &str,
+) -> Vec<(Vec<u8>, Vec<u8>)> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", format!("it-reader-{}", uuid::Uuid::new_v4()))
         .set("enable.auto.commit", "false")
+        .set("isolation.level", isolation)
         .create()
         .unwrap();
     let md = consumer

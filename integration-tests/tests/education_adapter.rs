@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use ponte_integration_tests::{
     PrivateBroker, Stack, eventually, http_client, ingest_through_broker_restart, metric,
-    read_topic, read_topic_at, valid_nis, wait_for_leaders, wait_ready, within,
+    read_committed_at, read_topic, read_topic_at, valid_nis, wait_for_leaders, wait_ready, within,
 };
 use ponte_proto::compliance::v1::GetPersonRequest;
 use ponte_proto::events::v1::event::Record;
@@ -356,10 +356,23 @@ async fn a_broker_restart_during_a_csv_batch_loses_and_duplicates_nothing() {
             }
         })
         .await;
-        // Should it never come, the failure shows what the reconciler did meanwhile.
+        // Should it never come, the failure shows whether the reconciler committed a change of
+        // the pupil (then the read model lost it) or not (then the write path did), and what the
+        // reconciler did meanwhile.
         let Some(person) = waited else {
+            let key = format!("person:{nis}");
+            let committed = read_committed_at(
+                &broker.bootstrap(),
+                &stack.topic("compliance.changes.v1"),
+                // All of it: read for the whole 10 s.
+                usize::MAX,
+                Duration::from_secs(10),
+            )
+            .iter()
+            .filter(|(k, _)| k == key.as_bytes())
+            .count();
             panic!(
-                "pupil {nis} not in the view 120 s after the broker's restart; reconciler log:\n{}",
+                "pupil {nis} not in the view 120 s after the broker's restart; committed changes of the pupil on the changes topic: {committed}; reconciler log:\n{}",
                 reconciler.log_text()
             )
         };

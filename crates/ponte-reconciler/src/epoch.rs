@@ -432,7 +432,7 @@ impl Committer {
                 sent_ms: unix_millis(),
             })),
             Err(e) => {
-                self.abandon(&e, consumed, &mut Consumed::default(), consumer);
+                self.abandon(&e, consumed, &mut Consumed::default(), consumer)?;
                 Ok(Sent::Aborted)
             }
         }
@@ -508,7 +508,7 @@ impl Committer {
                 Ok((Outcome::Committed, parked))
             }
             Err(e) => {
-                self.abandon(&e, std::mem::take(&mut consumed), after, consumer);
+                self.abandon(&e, std::mem::take(&mut consumed), after, consumer)?;
                 Ok((Outcome::Aborted, ParkedDelta::default()))
             }
         }
@@ -517,14 +517,15 @@ impl Committer {
     /// After a failed epoch: counts and logs it, drops a producer that cannot go on, and sends
     /// the consumer back to the first offsets of `consumed` and of `after` (consumed since,
     /// over it; left empty). A partition revoked meanwhile is positioned by its next
-    /// assignment instead.
+    /// assignment instead. A partition still assigned that cannot be sent back is an error:
+    /// the loop must stop rather than go on past inputs nothing applied ([`rewind`]).
     fn abandon<C: Consumer<ponte_bus::consume::SeekingContext>>(
         &mut self,
         e: &TxError,
         consumed: Consumed,
         after: &mut Consumed,
         consumer: &C,
-    ) {
+    ) -> Result<(), ReconcilerError> {
         let fenced = e.is_fenced();
         let result = if fenced { "fenced" } else { "aborted" };
         metrics::counter!("ponte_reconciler_epochs_total", "result" => result).increment(1);
@@ -538,17 +539,10 @@ impl Committer {
         if e.is_fatal() {
             self.producer = None;
         }
-        for ((topic, partition), first) in rewind_to(&consumed, after) {
-            if let Err(err) = consumer.seek(
-                topic,
-                partition,
-                Offset::Offset(first),
-                Duration::from_secs(5),
-            ) {
-                tracing::debug!(%topic, partition, error = %err, "seek back after an aborted epoch");
-            }
-        }
+        let rewound =
+            tokio::task::block_in_place(|| rewind(&Seeker(consumer), &rewind_to(&consumed, after)));
         after.clear();
+        rewound
     }
 
     /// Steps 1–2: a transaction begun and every message handed to the producer. Returns the
@@ -644,6 +638,71 @@ fn rewind_to<'c>(consumed: &'c Consumed, after: &'c Consumed) -> BTreeMap<(&'c s
         *at = (*at).min(first);
     }
     firsts
+}
+
+/// How often a partition is sent back before [`rewind`] gives up, and how long each try waits
+/// for the consumer's fetcher to take the new position.
+const SEEK_TRIES: u32 = 3;
+const SEEK_WAIT: Duration = Duration::from_secs(5);
+
+/// What [`rewind`] needs of the consumer.
+trait Seek {
+    fn seek(&self, topic: &str, partition: i32, offset: i64) -> Result<(), String>;
+    /// Whether the partition is in the consumer's assignment now.
+    fn assigned(&self, topic: &str, partition: i32) -> bool;
+}
+
+struct Seeker<'c, C>(&'c C);
+
+impl<C: Consumer<ponte_bus::consume::SeekingContext>> Seek for Seeker<'_, C> {
+    fn seek(&self, topic: &str, partition: i32, offset: i64) -> Result<(), String> {
+        self.0
+            .seek(topic, partition, Offset::Offset(offset), SEEK_WAIT)
+            .map_err(|e| e.to_string())
+    }
+
+    fn assigned(&self, topic: &str, partition: i32) -> bool {
+        self.0.assignment().is_ok_and(|a| {
+            a.elements()
+                .iter()
+                .any(|e| e.topic() == topic && e.partition() == partition)
+        })
+    }
+}
+
+/// Sends each partition of an aborted epoch back to its first offset (`firsts`, from
+/// [`rewind_to`]). A seek librdkafka refuses or does not confirm in time (a partition whose
+/// fetcher is not started, or busy, as around a broker restart) is tried again; a partition
+/// no longer assigned is left to its next assignment, which starts at the committed offset.
+/// A partition still assigned that cannot be sent back fails: the consumer would go on from
+/// past the aborted inputs and the next epoch would commit offsets beyond them — records
+/// acknowledged to their senders and never applied. Stopping instead restarts the loop at the
+/// committed offsets.
+fn rewind(
+    consumer: &impl Seek,
+    firsts: &BTreeMap<(&str, i32), i64>,
+) -> Result<(), ReconcilerError> {
+    for (&(topic, partition), &first) in firsts {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let Err(e) = consumer.seek(topic, partition, first) else {
+                break;
+            };
+            if !consumer.assigned(topic, partition) {
+                tracing::info!(%topic, partition, error = %e, "partition of an aborted epoch revoked meanwhile: its next assignment positions it");
+                break;
+            }
+            tracing::warn!(%topic, partition, offset = first, tries, error = %e, "sending a partition of an aborted epoch back failed");
+            if tries >= SEEK_TRIES {
+                return Err(ReconcilerError::Consumer(format!(
+                    "the inputs of an aborted epoch cannot be consumed again: {topic} [{partition}] not sent back to offset {first} after {tries} tries ({e}); stopping, so that a restart resumes at the committed offsets"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    Ok(())
 }
 
 /// What a delivery is of.
@@ -998,6 +1057,74 @@ mod tests {
                 .into_iter()
                 .collect()
         );
+    }
+
+    /// A consumer whose seeks fail a given number of times per partition.
+    #[derive(Default)]
+    struct FlakySeeks {
+        /// Failures left before a partition's seek succeeds.
+        fail: std::cell::RefCell<BTreeMap<(String, i32), u32>>,
+        revoked: Vec<(String, i32)>,
+        sought: std::cell::RefCell<Vec<(String, i32, i64)>>,
+    }
+
+    impl Seek for FlakySeeks {
+        fn seek(&self, topic: &str, partition: i32, offset: i64) -> Result<(), String> {
+            let mut fail = self.fail.borrow_mut();
+            if let Some(left) = fail.get_mut(&(topic.to_owned(), partition))
+                && *left > 0
+            {
+                *left -= 1;
+                return Err("Local: Erroneous state".into());
+            }
+            self.sought
+                .borrow_mut()
+                .push((topic.to_owned(), partition, offset));
+            Ok(())
+        }
+
+        fn assigned(&self, topic: &str, partition: i32) -> bool {
+            !self.revoked.contains(&(topic.to_owned(), partition))
+        }
+    }
+
+    #[test]
+    fn a_partition_of_an_aborted_epoch_that_cannot_be_sent_back_stops_the_loop() {
+        let firsts: BTreeMap<(&str, i32), i64> = [(("a", 0), 10), (("a", 1), 5), (("b", 0), 7)]
+            .into_iter()
+            .collect();
+
+        // A refusal that passes is tried again: every partition ends where it must.
+        let flaky = FlakySeeks::default();
+        flaky
+            .fail
+            .borrow_mut()
+            .insert(("a".into(), 1), SEEK_TRIES - 1);
+        rewind(&flaky, &firsts).unwrap();
+        assert_eq!(
+            *flaky.sought.borrow(),
+            [("a".into(), 0, 10), ("a".into(), 1, 5), ("b".into(), 0, 7)]
+        );
+
+        // A partition revoked meanwhile is left to its next assignment.
+        let revoked = FlakySeeks {
+            revoked: vec![("a".into(), 1)],
+            ..Default::default()
+        };
+        revoked.fail.borrow_mut().insert(("a".into(), 1), u32::MAX);
+        rewind(&revoked, &firsts).unwrap();
+        assert_eq!(
+            *revoked.sought.borrow(),
+            [("a".into(), 0, 10), ("b".into(), 0, 7)]
+        );
+
+        // One still assigned that never goes back is an error naming it: going on would
+        // commit offsets past inputs nothing applied.
+        let stuck = FlakySeeks::default();
+        stuck.fail.borrow_mut().insert(("a".into(), 1), u32::MAX);
+        let err = rewind(&stuck, &firsts).unwrap_err().to_string();
+        assert!(err.contains("a [1]") && err.contains("offset 5"), "{err}");
+        assert!(err.contains("Erroneous state"), "{err}");
     }
 
     #[test]

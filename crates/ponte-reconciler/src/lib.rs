@@ -70,6 +70,10 @@ pub enum ReconcilerError {
     Corrupt { key: String, reason: String },
     #[error("{0}")]
     Startup(String),
+    /// The consumer cannot go on without skipping inputs: the loop stops, and a restart
+    /// resumes at the committed offsets.
+    #[error("{0}")]
+    Consumer(String),
     /// A record reached the state of another person or family: a bug in the topology.
     #[error("record applied to the wrong key: {0}")]
     Misrouted(String),
