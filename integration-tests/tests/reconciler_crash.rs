@@ -2,14 +2,47 @@
 //! an uninterrupted run over the same input gives. Real broker, real processes.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use ponte_integration_tests::workload::{
     persons, produce, produce_to, stack_with_reference, workload,
 };
-use ponte_integration_tests::{Service, eventually, wait_ready};
+use ponte_integration_tests::{Service, Stack, eventually, wait_ready};
 
 const PERSONS: u64 = 1500;
+
+/// Waits until the reference deployment (instance `reference`) has applied the whole workload
+/// of `n` persons, then until the instance under test (`reconciler`, `what`) shows exactly its
+/// view — versions included, so a record applied twice shows — and returns that view.
+async fn the_reference_view(
+    stack: &Stack,
+    n: u64,
+    what: &str,
+) -> BTreeMap<String, ponte_proto::compliance::v1::Person> {
+    let expected = eventually(
+        "the uninterrupted run to apply everything",
+        Duration::from_secs(300),
+        || async {
+            persons(stack.port("reference")).await.filter(|m| {
+                m.len() as u64 == n
+                    && m.values()
+                        .all(|p| p.school_attendance.len() == 4 && p.health_records.len() == 1)
+            })
+        },
+    )
+    .await;
+    eventually(
+        &format!("{what} to reach the same view"),
+        Duration::from_secs(300),
+        || async {
+            persons(stack.port("reconciler"))
+                .await
+                .filter(|m| *m == expected)
+        },
+    )
+    .await
+}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_at_random_points_ends_in_the_view_of_an_uninterrupted_run() {
@@ -60,28 +93,7 @@ async fn kill_9_at_random_points_ends_in_the_view_of_an_uninterrupted_run() {
     println!("{kills} kills");
 
     wait_ready(&mut reference).await;
-    let expected = eventually(
-        "the uninterrupted run to apply everything",
-        Duration::from_secs(300),
-        || async {
-            persons(stack.port("reference")).await.filter(|m| {
-                m.len() as u64 == PERSONS
-                    && m.values()
-                        .all(|p| p.school_attendance.len() == 4 && p.health_records.len() == 1)
-            })
-        },
-    )
-    .await;
-    let got = eventually(
-        "the crashed run to reach the same view",
-        Duration::from_secs(300),
-        || async {
-            persons(stack.port("reconciler"))
-                .await
-                .filter(|m| *m == expected)
-        },
-    )
-    .await;
+    let got = the_reference_view(&stack, PERSONS, "the crashed run").await;
     assert_eq!(got.len() as u64, PERSONS);
     assert!(crashing.terminate().success());
     assert!(reference.terminate().success());
@@ -145,4 +157,68 @@ async fn a_failed_read_model_turns_readiness_to_503_and_refuses_reads() {
         |k, _| k == format!("person:{}", nis(0)).as_bytes(),
     );
     reconciler.assert_running();
+}
+
+/// A consumer that librdkafka left without any broker (it drops them all on a metadata answer
+/// listing none, as a restarting broker can give, and never reconnects: issue 15) is replaced,
+/// with the transactional producer, and the run ends in the view of an uninterrupted one —
+/// nothing lost, nothing applied twice. The loss is stood in for by
+/// `PONTE_TEST_FORGET_BROKERS` (the consumer's statistics show no broker from its second
+/// report on), as a single broker's restart gives it only now and then.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_consumer_that_lost_every_broker_is_replaced_and_the_view_is_an_uninterrupted_runs() {
+    const N: u64 = 300;
+    let (stack, reference_env) = stack_with_reference("lostbrokers");
+    let (before, after) = (workload(0..N / 2), workload(N / 2..N));
+    produce(&stack, &before).await;
+    produce_to(&reference_env[0].1, &workload(0..N)).await;
+
+    let mut reference = stack.spawn_instance("reconciler", "reference", &reference_env);
+    let mut reconciler = stack.spawn_instance(
+        "reconciler",
+        "reconciler",
+        &[("PONTE_TEST_FORGET_BROKERS", "2".to_owned())],
+    );
+    wait_ready(&mut reconciler).await;
+    let replaced = |client: &'static str| {
+        let port = reconciler.admin_port();
+        move || async move {
+            let n = ponte_integration_tests::metric(
+                port,
+                "ponte_reconciler_clients_replaced_total",
+                &[("client", client)],
+            )
+            .await;
+            (n >= 1.0).then_some(n)
+        }
+    };
+    // Statistics every 5 s, the second without brokers, then 30 s without.
+    let consumers = eventually(
+        "the consumer without brokers replaced",
+        Duration::from_secs(120),
+        replaced("consumer"),
+    )
+    .await;
+    assert_eq!(
+        consumers, 1.0,
+        "only the first consumer is made to lose its brokers"
+    );
+    assert_eq!(
+        replaced("producer")().await,
+        Some(1.0),
+        "the producer is replaced with it"
+    );
+    produce(&stack, &after).await;
+
+    wait_ready(&mut reference).await;
+    let got = the_reference_view(&stack, N, "the run with a replaced consumer").await;
+    assert_eq!(got.len() as u64, N);
+    let log = reconciler.log_text();
+    assert!(
+        log.contains("replacing the Kafka consumer and producer"),
+        "{log}"
+    );
+    reconciler.assert_running();
+    assert!(reconciler.terminate().success());
+    assert!(reference.terminate().success());
 }

@@ -274,6 +274,12 @@ pub struct SeekingContext {
     /// asking librdkafka from inside the callback is a request to its main thread, and the
     /// callback also runs from the consumer's close.
     cooperative: bool,
+    /// Whether the client still knows a broker ([`crate::brokers`]).
+    brokers: crate::brokers::BrokerWatch,
+    client_id: String,
+    /// The system tests' stand-in for librdkafka losing every broker
+    /// ([`crate::brokers::ForgetBrokers`]).
+    forgets_brokers: Option<crate::brokers::ForgetBrokers>,
 }
 
 impl std::fmt::Debug for SeekingContext {
@@ -285,9 +291,15 @@ impl std::fmt::Debug for SeekingContext {
 }
 
 impl ClientContext for SeekingContext {
-    /// librdkafka's statistics (every `statistics.interval.ms`): the consumer lag of every
-    /// owned partition, from the broker's high watermark and this consumer's position.
-    fn stats(&self, statistics: rdkafka::Statistics) {
+    /// librdkafka's statistics (every `statistics.interval.ms`): the brokers the client knows
+    /// ([`crate::brokers`]), and the consumer lag of every owned partition, from the broker's
+    /// high watermark and this consumer's position.
+    fn stats(&self, mut statistics: rdkafka::Statistics) {
+        if self.forgets_brokers.as_ref().is_some_and(|f| f.forgets()) {
+            statistics.brokers.clear();
+        }
+        self.brokers
+            .observe(&self.client_id, &statistics, std::time::Instant::now());
         for (topic, t) in statistics.topics {
             for (partition, p) in t.partitions {
                 // -1 for partitions this consumer does not fetch; the internal partition is -1.
@@ -314,6 +326,13 @@ fn list(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
 }
 
 impl SeekingContext {
+    /// How long the client has known no broker at all, from its statistics (every 5 s), as of
+    /// `now`; `None` while it knows one, even one that is down ([`crate::brokers`]). Such a
+    /// client never reconnects: its owner must replace it.
+    pub fn brokers_lost_for(&self, now: std::time::Instant) -> Option<std::time::Duration> {
+        self.brokers.lost_for(now)
+    }
+
     /// Answers an assignment by taking no partition. librdkafka waits for every assignment to
     /// be answered with an assign call — until then the member neither goes on nor can close —
     /// and an unassign is no answer: an empty assignment is.
@@ -573,6 +592,8 @@ pub fn group_consumer(
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
         .set("isolation.level", "read_committed")
+        // Statistics: the consumer lag of each partition, and whether the client still knows a
+        // broker ([`SeekingContext::brokers_lost_for`]).
         .set("statistics.interval.ms", "5000")
         // The range assignor gives a member the same partition numbers of every topic of equal
         // partition count: co-partitioned topics stay together, and so does their state.
@@ -605,6 +626,9 @@ pub fn group_consumer(
         cooperative: cfg
             .get("partition.assignment.strategy")
             .is_some_and(is_cooperative),
+        brokers: crate::brokers::BrokerWatch::default(),
+        client_id: client_id.to_owned(),
+        forgets_brokers: crate::brokers::ForgetBrokers::from_env()?,
     };
     let consumer: StreamConsumer<SeekingContext> = cfg
         .create_with_context(ctx)

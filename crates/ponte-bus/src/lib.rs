@@ -1,5 +1,6 @@
 //! Kafka plumbing shared by every Ponte service.
 //!
+//! - [`brokers`]: whether a client still knows a broker (librdkafka can lose them all).
 //! - [`config`]: how to reach the cluster (bootstrap servers, client properties).
 //! - [`topics`]: the topic catalogue — every topic Ponte uses, its key, partitions and cleanup
 //!   policy — and [`topics::ensure`], which makes a cluster match it.
@@ -11,6 +12,7 @@
 //!   from (the reconciler's epochs).
 //!
 //! This crate knows the envelope (`ponte.events.v1.Event`) but never the meaning of a record.
+pub mod brokers;
 pub mod config;
 pub mod consume;
 pub mod headers;

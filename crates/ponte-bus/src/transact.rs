@@ -224,13 +224,21 @@ impl Reports {
     }
 }
 
-/// The producer's context: counts the delivery reports ([`Reports`]).
+/// The producer's context: counts the delivery reports ([`Reports`]) and watches whether the
+/// client still knows a broker ([`crate::brokers`]).
 #[derive(Debug, Default)]
 struct Context {
     reports: Reports,
+    brokers: crate::brokers::BrokerWatch,
+    client_id: String,
 }
 
-impl ClientContext for Context {}
+impl ClientContext for Context {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        self.brokers
+            .observe(&self.client_id, &statistics, std::time::Instant::now());
+    }
+}
 
 impl ProducerContext for Context {
     type DeliveryOpaque = usize;
@@ -286,13 +294,19 @@ impl Transactional {
             .set("acks", "all")
             .set("compression.type", "lz4")
             .set("linger.ms", "5")
-            .set("batch.size", (1 << 20).to_string());
+            .set("batch.size", (1 << 20).to_string())
+            // Statistics only for whether the client still knows a broker
+            // ([`Transactional::brokers_lost_for`]).
+            .set("statistics.interval.ms", "5000");
         for (k, v) in &kafka.properties {
             cfg.set(k, v);
         }
         let reports_within = crate::publish::reports_within(&cfg);
         let producer: ThreadedProducer<Context> = cfg
-            .create_with_context(Context::default())
+            .create_with_context(Context {
+                client_id: client_id.to_owned(),
+                ..Context::default()
+            })
             .map_err(|e| TxError::fatal(format!("creating the producer: {e}")))?;
         producer
             .init_transactions(op_timeout)
@@ -303,6 +317,13 @@ impl Transactional {
             timeout: op_timeout,
             reports_within,
         })
+    }
+
+    /// How long the client has known no broker at all, as of `now` (statistics every 5 s);
+    /// `None` while it knows one, even one that is down. Such a producer never reconnects: it
+    /// must be replaced ([`crate::brokers`]).
+    pub fn brokers_lost_for(&self, now: std::time::Instant) -> Option<Duration> {
+        self.producer.context().brokers.lost_for(now)
     }
 
     /// The transactional id.

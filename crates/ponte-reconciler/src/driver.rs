@@ -17,7 +17,7 @@ use ponte_runtime::Readiness;
 use ponte_store::Store;
 use prost::Message as _;
 use rdkafka::Message as _;
-use rdkafka::consumer::StreamConsumer;
+use rdkafka::consumer::{Consumer as _, StreamConsumer};
 use rdkafka::message::BorrowedMessage;
 use tokio_util::sync::CancellationToken;
 
@@ -31,6 +31,11 @@ use crate::topology::{
     Applied, Entries, Indexed, Input, OutputKind, ParkedIndex, Pending, READ_AHEAD_RUN, Topology,
     Tx, Unapplicable, entries_in, entries_of, is_batch,
 };
+
+/// How long a Kafka client of the consumer loop may know no broker before it is taken for lost
+/// for good ([`ponte_bus::brokers`]): statistics come every 5 s, and a broker list can be empty
+/// for a moment while librdkafka re-bootstraps; a lost client stays so.
+pub(crate) const CLIENT_LOST_AFTER: Duration = Duration::from_secs(30);
 
 /// What the consumer loop works with; borrowed from the process wiring ([`crate::service`]).
 pub(crate) struct Driver<'a> {
@@ -223,6 +228,14 @@ impl Driver<'_> {
                 last_gauges = Instant::now() - Duration::from_secs(60);
             }
             if last_gauges.elapsed() >= Duration::from_secs(1) {
+                if let Some(lost) = consumer.context().brokers_lost_for(Instant::now())
+                    && lost >= CLIENT_LOST_AFTER
+                {
+                    break Err(ReconcilerError::ClientLost(format!(
+                        "the consumer has known no Kafka broker for {} s (librdkafka dropped them all on a metadata answer that listed none, as a broker restarting gives) and would never rejoin its group",
+                        lost.as_secs()
+                    )));
+                }
                 refresh_gauges(
                     store,
                     read,

@@ -352,6 +352,18 @@ impl Committer {
     /// The producer, created (and its transactional id registered, which aborts a transaction a
     /// previous process with the id left open) when there is none.
     fn producer(&mut self) -> Result<&Transactional, TxError> {
+        if let Some(lost) = self
+            .producer
+            .as_ref()
+            .and_then(|p| p.brokers_lost_for(Instant::now()))
+            && lost >= crate::driver::CLIENT_LOST_AFTER
+        {
+            tracing::error!(
+                seconds = lost.as_secs(),
+                "the transactional producer has known no Kafka broker for a while and never will again: replaced"
+            );
+            self.replace_producer();
+        }
         if self.producer.is_none() {
             let p = tokio::task::block_in_place(|| {
                 Transactional::new(
@@ -367,6 +379,17 @@ impl Committer {
         self.producer
             .as_ref()
             .ok_or_else(|| TxError::fatal("no producer"))
+    }
+
+    /// Drops the producer; the next epoch creates a new one, whose registration of the
+    /// transactional id aborts whatever this one left open. For a producer whose client lost
+    /// every broker ([`ponte_bus::brokers`]).
+    pub fn replace_producer(&mut self) {
+        if self.producer.take().is_some() {
+            self.open = false;
+            metrics::counter!("ponte_reconciler_clients_replaced_total", "client" => "producer")
+                .increment(1);
+        }
     }
 
     /// Registers the transactional id now, so a start fails early when Kafka refuses it.

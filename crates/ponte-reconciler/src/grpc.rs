@@ -42,8 +42,9 @@ pub struct ComplianceApi {
     pub read: Store,
     /// The local partitioned state (only for ListParked).
     pub state: Store,
-    /// The input partitions this instance owns (whose parked records ListParked reports).
-    pub assignment: Assignment,
+    /// The input partitions this instance owns (whose parked records ListParked reports): the
+    /// current consumer's, replaced with the consumer ([`crate::service`]).
+    pub assignment: tokio::sync::watch::Receiver<Assignment>,
     pub rules: RuleSet,
     pub kafka: KafkaConfig,
     pub changes_topic: String,
@@ -642,6 +643,7 @@ impl ComplianceService for ComplianceApi {
         };
         let owned: Vec<i32> = self
             .assignment
+            .borrow()
             .prepared_partition_numbers()
             .into_iter()
             .collect();

@@ -74,6 +74,10 @@ pub enum ReconcilerError {
     /// resumes at the committed offsets.
     #[error("{0}")]
     Consumer(String),
+    /// A Kafka client of the consumer loop knows no broker any more and never will
+    /// ([`ponte_bus::brokers`]): the loop stops and the service replaces its clients.
+    #[error("{0}")]
+    ClientLost(String),
     /// A record reached the state of another person or family: a bug in the topology.
     #[error("record applied to the wrong key: {0}")]
     Misrouted(String),

@@ -120,6 +120,14 @@ const MAX_GRPC_REQUEST_BYTES: usize = 64 * 1024;
 /// Most HTTP/2 streams (calls) open at once on one gRPC connection.
 const GRPC_MAX_CONCURRENT_STREAMS: u32 = 256;
 
+/// Stops the partition preparation of `assignment` (a restore under way stops at its next step).
+async fn close_assignment(assignment: &ponte_bus::consume::Assignment) {
+    let assignment = assignment.clone();
+    if let Err(e) = tokio::task::spawn_blocking(move || assignment.close()).await {
+        tracing::error!(error = %e, "stopping the partition preparation");
+    }
+}
+
 /// Runs the reconciler until `shutdown` is cancelled.
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
@@ -285,21 +293,26 @@ pub async fn run(
         .map_err(startup)??;
     }
     let input_refs: Vec<&str> = inputs.by_topic.iter().map(|(t, _)| t.as_str()).collect();
-    let (consumer, assignment) = group_consumer(
-        kafka,
-        group,
-        "ponte-reconciler",
-        &input_refs,
-        Arc::new(PartitionRestore {
-            store: store.clone(),
-            kafka: kafka.clone(),
-            changelog: routes.changelog().to_owned(),
-        }),
-        ponte_bus::consume::Membership {
-            session_timeout_ms: u32::try_from(cfg.session_timeout.as_millis()).unwrap_or(u32::MAX),
-            instance_id: Some(cfg.instance_id.as_str()).filter(|id| !id.is_empty()),
-        },
-    )?;
+    let new_consumer = || {
+        group_consumer(
+            kafka,
+            group,
+            "ponte-reconciler",
+            &input_refs,
+            Arc::new(PartitionRestore {
+                store: store.clone(),
+                kafka: kafka.clone(),
+                changelog: routes.changelog().to_owned(),
+            }),
+            ponte_bus::consume::Membership {
+                session_timeout_ms: u32::try_from(cfg.session_timeout.as_millis())
+                    .unwrap_or(u32::MAX),
+                instance_id: Some(cfg.instance_id.as_str()).filter(|id| !id.is_empty()),
+            },
+        )
+    };
+    let (mut consumer, mut assignment) = new_consumer()?;
+    let (assignment_tx, assignment_rx) = tokio::sync::watch::channel(assignment.clone());
 
     // gRPC: the compliance API, health and reflection.
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -346,7 +359,7 @@ pub async fn run(
     let api = ComplianceServiceServer::new(ComplianceApi {
         read: read.clone(),
         state: store.clone(),
-        assignment: assignment.clone(),
+        assignment: assignment_rx,
         rules: topology.rules().clone(),
         kafka: kafka.clone(),
         changes_topic: routes.changes().to_owned(),
@@ -382,37 +395,58 @@ pub async fn run(
     });
     tracing::info!(%local, tls = tls_on, "gRPC ComplianceService listening (health and reflection on)");
 
-    // The consumer loop: see [`crate::driver`].
-    let result = Driver {
-        topology: &topology,
-        inputs: &inputs,
-        store: &store,
-        read: &read,
-        consumer: &consumer,
-        assignment: &assignment,
-        committer: &mut committer,
-        readiness: &readiness,
-        read_path: &read_path,
-        caught_up: &caught_up,
-        limits: crate::driver::EpochLimits {
-            batch_max: cfg.batch_max,
-            batch_linger: cfg.batch_linger,
-            behind: cfg.behind,
-        },
-        apply_threads: cfg.apply_threads,
-        shutdown: &shutdown,
-    }
-    .run()
-    .await;
-    committer.abort_open();
-    readiness.set_not_ready("shutting down");
-    // A restore under way stops at its next step.
-    {
-        let assignment = assignment.clone();
-        if let Err(e) = tokio::task::spawn_blocking(move || assignment.close()).await {
-            tracing::error!(error = %e, "stopping the partition preparation");
+    // The consumer loop: see [`crate::driver`]. A consumer that lost every broker for good
+    // ([`ponte_bus::brokers`]) is replaced, and the transactional producer with it: the loop
+    // starts again from the group's committed offsets, as after a rebalance.
+    let result = loop {
+        let result = Driver {
+            topology: &topology,
+            inputs: &inputs,
+            store: &store,
+            read: &read,
+            consumer: &consumer,
+            assignment: &assignment,
+            committer: &mut committer,
+            readiness: &readiness,
+            read_path: &read_path,
+            caught_up: &caught_up,
+            limits: crate::driver::EpochLimits {
+                batch_max: cfg.batch_max,
+                batch_linger: cfg.batch_linger,
+                behind: cfg.behind,
+            },
+            apply_threads: cfg.apply_threads,
+            shutdown: &shutdown,
         }
-    }
+        .run()
+        .await;
+        let lost = match &result {
+            Err(ReconcilerError::ClientLost(why)) if !shutdown.is_cancelled() => why,
+            _ => {
+                committer.abort_open();
+                break result;
+            }
+        };
+        tracing::error!(reason = %lost, "replacing the Kafka consumer and producer");
+        readiness.set_not_ready("replacing a Kafka client that lost every broker");
+        // A transaction left open is aborted by the new producer's registration of the id.
+        committer.replace_producer();
+        close_assignment(&assignment).await;
+        // Closing a consumer that cannot reach its group coordinator may wait for it: the old
+        // one is closed aside, and the new one joins meanwhile.
+        let (fresh, fresh_assignment) = match new_consumer() {
+            Ok(c) => c,
+            Err(e) => break Err(e.into()),
+        };
+        let lost = std::mem::replace(&mut consumer, fresh);
+        tokio::task::spawn_blocking(move || drop(lost));
+        assignment = fresh_assignment;
+        assignment_tx.send_replace(assignment.clone());
+        metrics::counter!("ponte_reconciler_clients_replaced_total", "client" => "consumer")
+            .increment(1);
+    };
+    readiness.set_not_ready("shutting down");
+    close_assignment(&assignment).await;
     health
         .set_not_serving::<ComplianceServiceServer<ComplianceApi>>()
         .await;

@@ -1,0 +1,170 @@
+//! Whether a Kafka client still knows a broker to talk to.
+//!
+//! librdkafka (2.10 and later, up to the 2.12.1 this crate builds) drops every broker a metadata
+//! response does not list, the bootstrap servers included. A broker that is shutting down or
+//! starting, and so fenced, answers metadata with no broker at all; a client that receives such
+//! an answer when every broker is down has nothing left to connect to, and its re-bootstrap
+//! only runs when brokers it knows go down — none left to. The client then never reconnects,
+//! and says nothing: a group consumer stays out of its group (issue 15: the reconciler silent
+//! for minutes after a single broker's restart, `no broker available for coordinator query`
+//! in librdkafka's `cgrp` debug log; librdkafka issue #5301). Only a new client gets the
+//! bootstrap servers back.
+//!
+//! [`BrokerWatch`] reads each statistics report (`statistics.interval.ms`) and remembers since
+//! when the client has known no broker but its logical ones (group and transaction
+//! coordinators, which are handles, not connections): the owner replaces the client once that
+//! has lasted long enough to be no passing state.
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+/// Since when a client has known no broker, from its statistics.
+#[derive(Debug, Default)]
+pub struct BrokerWatch {
+    /// When a report first showed no broker (reset by one that shows any).
+    lost_since: Mutex<Option<Instant>>,
+}
+
+/// Brokers of a statistics report the client can connect to: those of its bootstrap servers
+/// and those it learned from metadata. Logical brokers (coordinators) and the internal one are
+/// not connections of their own.
+pub fn usable_brokers(statistics: &rdkafka::Statistics) -> usize {
+    statistics
+        .brokers
+        .values()
+        .filter(|b| matches!(b.source.as_str(), "learned" | "configured"))
+        .count()
+}
+
+impl BrokerWatch {
+    /// Records a statistics report, as of `now`.
+    pub fn observe(&self, client: &str, statistics: &rdkafka::Statistics, now: Instant) {
+        let usable = usable_brokers(statistics);
+        metrics::gauge!("ponte_bus_client_brokers", "client" => client.to_owned())
+            .set(usable as f64);
+        let mut since = self
+            .lost_since
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match (usable, *since) {
+            (0, None) => {
+                tracing::warn!(
+                    client,
+                    "the Kafka client knows no broker any more (dropped by a metadata answer that listed none): replaced if it lasts"
+                );
+                *since = Some(now);
+            }
+            (0, Some(_)) => {}
+            (_, _) => *since = None,
+        }
+    }
+
+    /// How long the client has known no broker, as of `now`; `None` while it knows one.
+    pub fn lost_for(&self, now: Instant) -> Option<Duration> {
+        self.lost_since
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .map(|t| now.saturating_duration_since(t))
+    }
+}
+
+/// The system tests' stand-in for a client librdkafka left without brokers, which a single
+/// broker's restart gives only now and then: with `PONTE_TEST_FORGET_BROKERS=<n>`, the first
+/// group consumer of the process has the brokers of its statistics reports from the `n`-th on
+/// taken out, so its owner sees a client that knows none ([`BrokerWatch`]) and replaces it. The
+/// consumer itself goes on working: what is tested is the replacement. Consumers created after
+/// the first are left alone.
+#[derive(Debug)]
+pub struct ForgetBrokers {
+    from_report: u64,
+    reports: std::sync::atomic::AtomicU64,
+}
+
+/// Whether a consumer of this process has been given the stand-in already.
+static FORGETTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+impl ForgetBrokers {
+    /// The stand-in for the first consumer created when `PONTE_TEST_FORGET_BROKERS` is set.
+    pub fn from_env() -> Result<Option<Self>, crate::BusError> {
+        let Ok(n) = std::env::var("PONTE_TEST_FORGET_BROKERS") else {
+            return Ok(None);
+        };
+        let from_report = n.parse().map_err(|_| {
+            crate::BusError::Config(format!("PONTE_TEST_FORGET_BROKERS: {n:?} is not a count"))
+        })?;
+        if FORGETTING.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return Ok(None);
+        }
+        Ok(Some(Self {
+            from_report,
+            reports: std::sync::atomic::AtomicU64::new(0),
+        }))
+    }
+
+    /// Counts a statistics report; true when its brokers are to be taken out.
+    pub fn forgets(&self) -> bool {
+        self.reports
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            + 1
+            >= self.from_report
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    /// A statistics report holding brokers of the given sources.
+    fn report(sources: &[&str]) -> rdkafka::Statistics {
+        let mut s = rdkafka::Statistics::default();
+        for (i, source) in sources.iter().enumerate() {
+            s.brokers.insert(
+                format!("b{i}"),
+                rdkafka::statistics::Broker {
+                    source: (*source).to_owned(),
+                    state: "DOWN".to_owned(),
+                    ..Default::default()
+                },
+            );
+        }
+        s
+    }
+
+    #[test]
+    fn only_bootstrap_and_learned_brokers_are_connections() {
+        assert_eq!(
+            usable_brokers(&report(&["learned", "logical", "logical"])),
+            1
+        );
+        assert_eq!(usable_brokers(&report(&["configured", "learned"])), 2);
+        assert_eq!(usable_brokers(&report(&["logical", "internal"])), 0);
+        assert_eq!(usable_brokers(&report(&[])), 0);
+    }
+
+    #[test]
+    fn a_client_without_brokers_is_timed_from_the_first_report_that_shows_it() {
+        let watch = BrokerWatch::default();
+        let t0 = Instant::now();
+        watch.observe("c", &report(&["learned", "logical"]), t0);
+        assert_eq!(watch.lost_for(t0), None);
+        // All of them down still counts as knowing them: they come back by themselves.
+        watch.observe("c", &report(&["learned"]), t0);
+        assert_eq!(watch.lost_for(t0), None);
+
+        let lost = t0 + Duration::from_secs(5);
+        watch.observe("c", &report(&["logical"]), lost);
+        watch.observe("c", &report(&["logical"]), lost + Duration::from_secs(5));
+        assert_eq!(
+            watch.lost_for(lost + Duration::from_secs(30)),
+            Some(Duration::from_secs(30)),
+            "timed from the first report without brokers"
+        );
+
+        watch.observe(
+            "c",
+            &report(&["configured", "logical"]),
+            lost + Duration::from_secs(31),
+        );
+        assert_eq!(watch.lost_for(lost + Duration::from_secs(40)), None);
+    }
+}
