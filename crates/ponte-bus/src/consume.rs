@@ -627,7 +627,7 @@ pub fn group_consumer(
             .get("partition.assignment.strategy")
             .is_some_and(is_cooperative),
         brokers: crate::brokers::BrokerWatch::default(),
-        client_id: client_id.to_owned(),
+        client_id: format!("{client_id}/consumer"),
         forgets_brokers: crate::brokers::ForgetBrokers::from_env()?,
     };
     let consumer: StreamConsumer<SeekingContext> = cfg

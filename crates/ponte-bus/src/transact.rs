@@ -304,7 +304,7 @@ impl Transactional {
         let reports_within = crate::publish::reports_within(&cfg);
         let producer: ThreadedProducer<Context> = cfg
             .create_with_context(Context {
-                client_id: client_id.to_owned(),
+                client_id: format!("{client_id}/transactional"),
                 ..Context::default()
             })
             .map_err(|e| TxError::fatal(format!("creating the producer: {e}")))?;

@@ -385,7 +385,12 @@ impl Committer {
     /// transactional id aborts whatever this one left open. For a producer whose client lost
     /// every broker ([`ponte_bus::brokers`]).
     pub fn replace_producer(&mut self) {
-        if self.producer.take().is_some() {
+        if let Some(lost) = self.producer.take() {
+            // Destroying a client may wait for its threads and requests: not on the runtime.
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => drop(rt.spawn_blocking(move || drop(lost))),
+                Err(_) => drop(lost),
+            }
             self.open = false;
             metrics::counter!("ponte_reconciler_clients_replaced_total", "client" => "producer")
                 .increment(1);
