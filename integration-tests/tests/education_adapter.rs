@@ -391,3 +391,63 @@ async fn a_broker_restart_during_a_csv_batch_loses_and_duplicates_nothing() {
         reconciler.log_text()
     );
 }
+
+/// An adapter's producer that librdkafka left without any broker (it drops them all on a
+/// metadata answer listing none, as a restarting broker can give, and never reconnects: issue
+/// 15) is replaced at its next use — the readiness probe's, every 5 s, with no upload under
+/// way — and the adapter goes on accepting, its records durable on the topic. The loss is stood
+/// in for by `PONTE_TEST_FORGET_BROKERS` (the producer's statistics show no broker from its
+/// second report on).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_producer_that_lost_every_broker_is_replaced_and_the_adapter_goes_on_accepting() {
+    let stack = Stack::new("edu-lost");
+    assert!(stack.ponte(&["topics", "ensure"]).0.success());
+    let mut adapter = stack.spawn_instance(
+        "education-adapter",
+        "education-adapter",
+        &[(
+            "PONTE_TEST_FORGET_BROKERS",
+            "ponte-education/idempotent:2".to_owned(),
+        )],
+    );
+    wait_ready(&mut adapter).await;
+    let port = adapter.admin_port();
+    // Statistics every 5 s, the second without brokers, then 30 s without.
+    let replaced = eventually(
+        "the producer without brokers replaced",
+        Duration::from_secs(120),
+        || async {
+            let n = metric(
+                port,
+                "ponte_bus_clients_replaced_total",
+                &[("client", "ponte-education/idempotent")],
+            )
+            .await;
+            (n >= 1.0).then_some(n)
+        },
+    )
+    .await;
+    assert_eq!(
+        replaced, 1.0,
+        "only the first producer is made to lose its brokers"
+    );
+
+    let rows: Vec<String> = (0..5)
+        .map(|i| format!("{},35012345,2025-04,days,20,{i},", valid_nis(700 + i)))
+        .collect();
+    let file = format!("{HEADER}\n{}\n", rows.join("\n")).into_bytes();
+    let url = stack.url("education-adapter", "/v1/attendance");
+    let (code, answer) = post_csv(&url, file).await;
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(answer["accepted"], 5, "{answer}");
+    let on_topic = read_topic(
+        &stack.topic("education.attendance.v1"),
+        5,
+        Duration::from_secs(30),
+    );
+    assert_eq!(on_topic.len(), 5);
+    let log = adapter.log_text();
+    assert!(log.contains("replaced"), "{log}");
+    adapter.assert_running();
+    assert!(adapter.terminate().success());
+}

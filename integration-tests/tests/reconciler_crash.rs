@@ -177,7 +177,10 @@ async fn a_consumer_that_lost_every_broker_is_replaced_and_the_view_is_an_uninte
     let mut reconciler = stack.spawn_instance(
         "reconciler",
         "reconciler",
-        &[("PONTE_TEST_FORGET_BROKERS", "2".to_owned())],
+        &[(
+            "PONTE_TEST_FORGET_BROKERS",
+            "ponte-reconciler/consumer:2".to_owned(),
+        )],
     );
     wait_ready(&mut reconciler).await;
     let replaced = |client: &'static str| {
@@ -185,7 +188,7 @@ async fn a_consumer_that_lost_every_broker_is_replaced_and_the_view_is_an_uninte
         move || async move {
             let n = ponte_integration_tests::metric(
                 port,
-                "ponte_reconciler_clients_replaced_total",
+                "ponte_bus_clients_replaced_total",
                 &[("client", client)],
             )
             .await;
@@ -196,7 +199,7 @@ async fn a_consumer_that_lost_every_broker_is_replaced_and_the_view_is_an_uninte
     let consumers = eventually(
         "the consumer without brokers replaced",
         Duration::from_secs(120),
-        replaced("consumer"),
+        replaced("ponte-reconciler/consumer"),
     )
     .await;
     assert_eq!(
@@ -204,7 +207,7 @@ async fn a_consumer_that_lost_every_broker_is_replaced_and_the_view_is_an_uninte
         "only the first consumer is made to lose its brokers"
     );
     assert_eq!(
-        replaced("producer")().await,
+        replaced("ponte-reconciler/transactional")().await,
         Some(1.0),
         "the producer is replaced with it"
     );

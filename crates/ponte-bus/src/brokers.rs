@@ -17,6 +17,17 @@
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+/// How long a client may know no broker before its owner takes it for lost for good and
+/// replaces it: statistics come every 5 s, and the broker list can be empty for a moment while
+/// librdkafka re-bootstraps; a lost client stays so.
+pub const LOST_AFTER: Duration = Duration::from_secs(30);
+
+/// Counts the replacement of the client labelled `client` (`ponte_bus_clients_replaced_total`).
+pub fn replaced(client: &str) {
+    metrics::counter!("ponte_bus_clients_replaced_total", "client" => client.to_owned())
+        .increment(1);
+}
+
 /// Since when a client has known no broker, from its statistics.
 #[derive(Debug, Default)]
 pub struct BrokerWatch {
@@ -58,6 +69,20 @@ impl BrokerWatch {
         }
     }
 
+    /// What a client's context does with each statistics report: the brokers taken out when
+    /// the tests' stand-in says so ([`ForgetBrokers`]), then the report observed as of now.
+    pub fn report(
+        &self,
+        client: &str,
+        forget: Option<&ForgetBrokers>,
+        statistics: &mut rdkafka::Statistics,
+    ) {
+        if forget.is_some_and(ForgetBrokers::forgets) {
+            statistics.brokers.clear();
+        }
+        self.observe(client, statistics, Instant::now());
+    }
+
     /// How long the client has known no broker, as of `now`; `None` while it knows one.
     pub fn lost_for(&self, now: Instant) -> Option<Duration> {
         self.lost_since
@@ -68,32 +93,44 @@ impl BrokerWatch {
 }
 
 /// The system tests' stand-in for a client librdkafka left without brokers, which a single
-/// broker's restart gives only now and then: with `PONTE_TEST_FORGET_BROKERS=<n>`, the first
-/// group consumer of the process has the brokers of its statistics reports from the `n`-th on
-/// taken out, so its owner sees a client that knows none ([`BrokerWatch`]) and replaces it. The
-/// consumer itself goes on working: what is tested is the replacement. Consumers created after
-/// the first are left alone.
+/// broker's restart gives only now and then: with `PONTE_TEST_FORGET_BROKERS=<client>:<n>`,
+/// the first client of the process labelled `<client>` (its client id and kind, e.g.
+/// `ponte-reconciler/consumer`, `ponte-education/idempotent`) has the brokers of its
+/// statistics reports from the `n`-th on taken out, so its owner sees a client that knows none
+/// ([`BrokerWatch`]) and replaces it. The client itself goes on working: what is tested is the
+/// replacement. Clients created after the first are left alone.
 #[derive(Debug)]
 pub struct ForgetBrokers {
     from_report: u64,
     reports: std::sync::atomic::AtomicU64,
 }
 
-/// Whether a consumer of this process has been given the stand-in already.
-static FORGETTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// The clients given the stand-in so far.
+static FORGETTING: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
 impl ForgetBrokers {
-    /// The stand-in for the first consumer created when `PONTE_TEST_FORGET_BROKERS` is set.
-    pub fn from_env() -> Result<Option<Self>, crate::BusError> {
-        let Ok(n) = std::env::var("PONTE_TEST_FORGET_BROKERS") else {
+    /// The stand-in for the client labelled `client`, when `PONTE_TEST_FORGET_BROKERS` names it
+    /// and no client of that label has had it yet.
+    pub fn from_env(client: &str) -> Result<Option<Self>, crate::BusError> {
+        let Ok(spec) = std::env::var("PONTE_TEST_FORGET_BROKERS") else {
             return Ok(None);
         };
-        let from_report = n.parse().map_err(|_| {
-            crate::BusError::Config(format!("PONTE_TEST_FORGET_BROKERS: {n:?} is not a count"))
-        })?;
-        if FORGETTING.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        let parsed = spec
+            .rsplit_once(':')
+            .and_then(|(c, n)| Some((c, n.parse::<u64>().ok()?)));
+        let Some((named, from_report)) = parsed else {
+            return Err(crate::BusError::Config(format!(
+                "PONTE_TEST_FORGET_BROKERS: {spec:?} is not <client>:<count>"
+            )));
+        };
+        if named != client {
             return Ok(None);
         }
+        let mut given = FORGETTING.lock().unwrap_or_else(PoisonError::into_inner);
+        if given.iter().any(|c| c == client) {
+            return Ok(None);
+        }
+        given.push(client.to_owned());
         Ok(Some(Self {
             from_report,
             reports: std::sync::atomic::AtomicU64::new(0),

@@ -295,11 +295,11 @@ impl ClientContext for SeekingContext {
     /// ([`crate::brokers`]), and the consumer lag of every owned partition, from the broker's
     /// high watermark and this consumer's position.
     fn stats(&self, mut statistics: rdkafka::Statistics) {
-        if self.forgets_brokers.as_ref().is_some_and(|f| f.forgets()) {
-            statistics.brokers.clear();
-        }
-        self.brokers
-            .observe(&self.client_id, &statistics, std::time::Instant::now());
+        self.brokers.report(
+            &self.client_id,
+            self.forgets_brokers.as_ref(),
+            &mut statistics,
+        );
         for (topic, t) in statistics.topics {
             for (partition, p) in t.partitions {
                 // -1 for partitions this consumer does not fetch; the internal partition is -1.
@@ -331,6 +331,11 @@ impl SeekingContext {
     /// client never reconnects: its owner must replace it.
     pub fn brokers_lost_for(&self, now: std::time::Instant) -> Option<std::time::Duration> {
         self.brokers.lost_for(now)
+    }
+
+    /// The client's label in metrics: its client id and `/consumer`.
+    pub fn client(&self) -> &str {
+        &self.client_id
     }
 
     /// Answers an assignment by taking no partition. librdkafka waits for every assignment to
@@ -628,7 +633,7 @@ pub fn group_consumer(
             .is_some_and(is_cooperative),
         brokers: crate::brokers::BrokerWatch::default(),
         client_id: format!("{client_id}/consumer"),
-        forgets_brokers: crate::brokers::ForgetBrokers::from_env()?,
+        forgets_brokers: crate::brokers::ForgetBrokers::from_env(&format!("{client_id}/consumer"))?,
     };
     let consumer: StreamConsumer<SeekingContext> = cfg
         .create_with_context(ctx)

@@ -13,7 +13,7 @@
 //! reconciler applied nothing more for three minutes). A report that late is given up
 //! ([`overdue`]): the message counts as not acknowledged.
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use futures::channel::oneshot;
@@ -160,10 +160,22 @@ impl Batch {
     }
 }
 
-/// The producer's context: hands each delivery report to its [`Ack`].
-struct Acks;
+/// The producer's context: hands each delivery report to its [`Ack`], and watches whether the
+/// client still knows a broker ([`crate::brokers`]).
+struct Acks {
+    brokers: crate::brokers::BrokerWatch,
+    /// The client's label in metrics: its client id and `/idempotent`.
+    client: String,
+    /// The system tests' stand-in for a client that lost every broker.
+    forgets_brokers: Option<crate::brokers::ForgetBrokers>,
+}
 
-impl ClientContext for Acks {}
+impl ClientContext for Acks {
+    fn stats(&self, mut statistics: rdkafka::Statistics) {
+        self.brokers
+            .report(&self.client, self.forgets_brokers.as_ref(), &mut statistics);
+    }
+}
 
 impl ProducerContext for Acks {
     type DeliveryOpaque = Box<Ack>;
@@ -198,7 +210,10 @@ pub struct Outgoing {
 /// An idempotent, `acks=all` producer. Cheap to clone.
 #[derive(Clone)]
 pub struct Publisher {
-    producer: Arc<ThreadedProducer<Acks>>,
+    /// The producer; replaced by a new one from `config` once it has known no broker for
+    /// [`crate::brokers::LOST_AFTER`] (librdkafka never reconnects such a client).
+    producer: Arc<Mutex<Arc<ThreadedProducer<Acks>>>>,
+    config: Arc<rdkafka::ClientConfig>,
     source: String,
     /// How long a sender waits for a delivery report ([`overdue`]).
     reports_within: Duration,
@@ -210,6 +225,21 @@ impl std::fmt::Debug for Publisher {
             .field("source", &self.source)
             .finish()
     }
+}
+
+/// A producer of `config` for service `source`.
+fn create(
+    config: &rdkafka::ClientConfig,
+    source: &str,
+) -> Result<ThreadedProducer<Acks>, BusError> {
+    let client = format!("ponte-{source}/idempotent");
+    config
+        .create_with_context(Acks {
+            brokers: crate::brokers::BrokerWatch::default(),
+            forgets_brokers: crate::brokers::ForgetBrokers::from_env(&client)?,
+            client,
+        })
+        .map_err(|e| BusError::Config(e.to_string()))
 }
 
 /// Name of the `record` case, used as the `ponte-event-type` header.
@@ -316,20 +346,49 @@ impl Publisher {
             .set("acks", "all")
             .set("compression.type", "lz4")
             .set("linger.ms", linger.as_millis().to_string())
-            .set("message.timeout.ms", kafka.message_timeout_ms.to_string());
-        let producer: ThreadedProducer<Acks> = cfg
-            .create_with_context(Acks)
-            .map_err(|e| BusError::Config(e.to_string()))?;
+            .set("message.timeout.ms", kafka.message_timeout_ms.to_string())
+            // Statistics only for whether the client still knows a broker.
+            .set("statistics.interval.ms", "5000");
+        let producer = create(&cfg, source)?;
         Ok(Self {
-            producer: Arc::new(producer),
-            source: source.to_owned(),
+            producer: Arc::new(Mutex::new(Arc::new(producer))),
             reports_within: reports_within(&cfg),
+            config: Arc::new(cfg),
+            source: source.to_owned(),
         })
+    }
+
+    /// The producer, replaced first when it has known no broker for
+    /// [`crate::brokers::LOST_AFTER`]: messages still with the old one are reported failed or
+    /// overdue ([`overdue`]), and their senders answered `Unavailable`.
+    fn current(&self) -> Arc<ThreadedProducer<Acks>> {
+        let mut producer = self.producer.lock().unwrap_or_else(PoisonError::into_inner);
+        let lost = producer
+            .context()
+            .brokers
+            .lost_for(std::time::Instant::now());
+        if lost.is_some_and(|l| l >= crate::brokers::LOST_AFTER) {
+            match create(&self.config, &self.source) {
+                Ok(fresh) => {
+                    let client = producer.context().client.clone();
+                    tracing::error!(
+                        client,
+                        "the producer has known no Kafka broker for a while and never will again: replaced"
+                    );
+                    let old = std::mem::replace(&mut *producer, Arc::new(fresh));
+                    // Destroying a client may wait for its threads and requests.
+                    std::thread::spawn(move || drop(old));
+                    crate::brokers::replaced(&client);
+                }
+                Err(e) => tracing::error!(error = %e, "replacing a producer without brokers"),
+            }
+        }
+        Arc::clone(&producer)
     }
 
     /// Asks the cluster for its metadata: `Ok` when a broker answers within `timeout`.
     pub fn check_connected(&self, timeout: Duration) -> Result<(), BusError> {
-        self.producer
+        self.current()
             .client()
             .fetch_metadata(None, timeout)
             .map(|_| ())
@@ -425,8 +484,9 @@ impl Publisher {
         &self,
         mut record: BaseRecord<'_, str, [u8], Box<Ack>>,
     ) -> Result<(), BusError> {
+        let producer = self.current();
         loop {
-            match self.producer.send(record) {
+            match producer.send(record) {
                 Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                     record = r;
@@ -491,13 +551,13 @@ impl Publisher {
             None,
             Box::new(Ack::One(tx)),
         );
-        self.producer.send(record).map_err(|(e, _)| classify(&e))?;
+        self.current().send(record).map_err(|(e, _)| classify(&e))?;
         Ok(acknowledgement(rx, self.reports_within))
     }
 
     /// Waits up to `timeout` for every in-flight record to be acknowledged (on shutdown).
     pub fn flush(&self, timeout: Duration) -> Result<(), BusError> {
-        self.producer.flush(timeout).map_err(|e| classify(&e))
+        self.current().flush(timeout).map_err(|e| classify(&e))
     }
 }
 

@@ -234,9 +234,8 @@ struct Context {
 }
 
 impl ClientContext for Context {
-    fn stats(&self, statistics: rdkafka::Statistics) {
-        self.brokers
-            .observe(&self.client_id, &statistics, std::time::Instant::now());
+    fn stats(&self, mut statistics: rdkafka::Statistics) {
+        self.brokers.report(&self.client_id, None, &mut statistics);
     }
 }
 
@@ -324,6 +323,11 @@ impl Transactional {
     /// must be replaced ([`crate::brokers`]).
     pub fn brokers_lost_for(&self, now: std::time::Instant) -> Option<Duration> {
         self.producer.context().brokers.lost_for(now)
+    }
+
+    /// The client's label in metrics: its client id and `/transactional`.
+    pub fn client(&self) -> &str {
+        &self.producer.context().client_id
     }
 
     /// The transactional id.

@@ -32,11 +32,6 @@ use crate::topology::{
     Tx, Unapplicable, entries_in, entries_of, is_batch,
 };
 
-/// How long a Kafka client of the consumer loop may know no broker before it is taken for lost
-/// for good ([`ponte_bus::brokers`]): statistics come every 5 s, and a broker list can be empty
-/// for a moment while librdkafka re-bootstraps; a lost client stays so.
-pub(crate) const CLIENT_LOST_AFTER: Duration = Duration::from_secs(30);
-
 /// What the consumer loop works with; borrowed from the process wiring ([`crate::service`]).
 pub(crate) struct Driver<'a> {
     pub topology: &'a Topology,
@@ -229,7 +224,7 @@ impl Driver<'_> {
             }
             if last_gauges.elapsed() >= Duration::from_secs(1) {
                 if let Some(lost) = consumer.context().brokers_lost_for(Instant::now())
-                    && lost >= CLIENT_LOST_AFTER
+                    && lost >= ponte_bus::brokers::LOST_AFTER
                 {
                     break Err(ReconcilerError::ClientLost(format!(
                         "the consumer has known no Kafka broker for {} s (librdkafka dropped them all on a metadata answer that listed none, as a broker restarting gives) and would never rejoin its group",

@@ -356,7 +356,7 @@ impl Committer {
             .producer
             .as_ref()
             .and_then(|p| p.brokers_lost_for(Instant::now()))
-            && lost >= crate::driver::CLIENT_LOST_AFTER
+            && lost >= ponte_bus::brokers::LOST_AFTER
         {
             tracing::error!(
                 seconds = lost.as_secs(),
@@ -386,14 +386,13 @@ impl Committer {
     /// every broker ([`ponte_bus::brokers`]).
     pub fn replace_producer(&mut self) {
         if let Some(lost) = self.producer.take() {
+            ponte_bus::brokers::replaced(lost.client());
             // Destroying a client may wait for its threads and requests: not on the runtime.
             match tokio::runtime::Handle::try_current() {
                 Ok(rt) => drop(rt.spawn_blocking(move || drop(lost))),
                 Err(_) => drop(lost),
             }
             self.open = false;
-            metrics::counter!("ponte_reconciler_clients_replaced_total", "client" => "producer")
-                .increment(1);
         }
     }
 

@@ -439,11 +439,13 @@ pub async fn run(
             Err(e) => break Err(e.into()),
         };
         let lost = std::mem::replace(&mut consumer, fresh);
+        let client = rdkafka::consumer::Consumer::context(&lost)
+            .client()
+            .to_owned();
         tokio::task::spawn_blocking(move || drop(lost));
         assignment = fresh_assignment;
         assignment_tx.send_replace(assignment.clone());
-        metrics::counter!("ponte_reconciler_clients_replaced_total", "client" => "consumer")
-            .increment(1);
+        ponte_bus::brokers::replaced(&client);
     };
     readiness.set_not_ready("shutting down");
     close_assignment(&assignment).await;
