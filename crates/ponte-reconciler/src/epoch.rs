@@ -295,7 +295,7 @@ pub struct Committer {
     routes: Routes,
     transactional_id: String,
     transaction_timeout: Duration,
-    producer: Option<Transactional>,
+    producer: Option<Arc<Transactional>>,
     faults: Faults,
     /// A transaction is open: an epoch was sent and not completed.
     open: bool,
@@ -374,10 +374,10 @@ impl Committer {
                     OP_TIMEOUT,
                 )
             })?;
-            self.producer = Some(p);
+            self.producer = Some(Arc::new(p));
         }
         self.producer
-            .as_ref()
+            .as_deref()
             .ok_or_else(|| TxError::fatal("no producer"))
     }
 
@@ -492,7 +492,7 @@ impl Committer {
             sent_ms,
         } = epoch;
         match self
-            .acknowledge_and_commit(deliveries, &offsets, &group)
+            .acknowledge_and_commit(deliveries, offsets, group)
             .await
         {
             Ok(Acknowledged {
@@ -623,8 +623,8 @@ impl Committer {
     async fn acknowledge_and_commit(
         &mut self,
         deliveries: Deliveries,
-        offsets: &TopicPartitionList,
-        group: &ConsumerGroupMetadata,
+        offsets: TopicPartitionList,
+        group: ConsumerGroupMetadata,
     ) -> Result<Acknowledged, TxError> {
         let Self {
             producer, faults, ..
@@ -632,9 +632,18 @@ impl Committer {
         let producer = producer
             .as_ref()
             .ok_or_else(|| TxError::fatal("no producer"))?;
-        let result = acknowledge_and_commit(producer, deliveries, offsets, group, faults).await;
-        if result.as_ref().is_err_and(|e| !e.is_fatal()) {
-            tokio::task::block_in_place(|| producer.abort());
+        let mut result = acknowledge_and_commit(producer, deliveries, offsets, group, faults).await;
+        if let Err(e) = &result
+            && !e.is_fatal()
+            && let Err(stuck) = bounded(producer, "abort_transaction", OP_TIMEOUT, |p| {
+                p.abort();
+                Ok(())
+            })
+            .await
+        {
+            // The abort did not return: the producer goes, the epoch's inputs are consumed
+            // again, and the next producer's registration aborts the transaction.
+            result = Err(stuck);
         }
         self.open = false;
         result
@@ -904,11 +913,48 @@ struct Acknowledged {
 
 /// Step 2's second half and steps 3–4: waits for the broker's acknowledgements, adds the
 /// offsets and commits.
+/// How much longer than its own timeout a transactional call may take before it is taken for
+/// stuck ([`bounded`]).
+const OP_GRACE: Duration = Duration::from_secs(10);
+
+/// Runs the transactional call `f` (`what`) on a blocking thread and waits for it at most
+/// `within` plus [`OP_GRACE`]. librdkafka bounds these calls by their timeout only as long as
+/// its state machine moves: `send_offsets_to_transaction` waits for its answer without bound,
+/// and a producer that lost every broker ([`ponte_bus::brokers`]) never gets one (issue 15: a
+/// reconciler blocked in it for over three minutes after a broker restart, applying nothing).
+/// A call that does not return in time fails the epoch with a fatal error: the producer is
+/// replaced ([`Committer::abandon`]), and the thread left waiting holds the old one until
+/// librdkafka lets go of it.
+async fn bounded<P: Send + Sync + 'static, T: Send + 'static>(
+    producer: &Arc<P>,
+    what: &'static str,
+    within: Duration,
+    f: impl FnOnce(&P) -> Result<T, TxError> + Send + 'static,
+) -> Result<T, TxError> {
+    let p = Arc::clone(producer);
+    let limit = within + OP_GRACE;
+    match tokio::time::timeout(limit, tokio::task::spawn_blocking(move || f(&p))).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(e)) => Err(TxError::fatal(format!("{what}: the task failed: {e}"))),
+        Err(_) => {
+            tracing::error!(
+                call = what,
+                seconds = limit.as_secs_f64(),
+                "a transactional call did not return in time: the producer is replaced"
+            );
+            Err(TxError::fatal(format!(
+                "{what} did not return within {:.1} s",
+                limit.as_secs_f64()
+            )))
+        }
+    }
+}
+
 async fn acknowledge_and_commit(
-    producer: &Transactional,
+    producer: &Arc<Transactional>,
     deliveries: Deliveries,
-    offsets: &TopicPartitionList,
-    group: &ConsumerGroupMetadata,
+    offsets: TopicPartitionList,
+    group: ConsumerGroupMetadata,
     faults: &mut Faults,
 ) -> Result<Acknowledged, TxError> {
     let mut started = Instant::now();
@@ -934,10 +980,20 @@ async fn acknowledge_and_commit(
     }
     started = phase_took("acknowledged", started);
     faults.reach(FaultPoint::Sent);
-    tokio::task::block_in_place(|| producer.send_offsets(offsets, group))?;
+    bounded(
+        producer,
+        "send_offsets_to_transaction",
+        OP_TIMEOUT,
+        move |p| p.send_offsets(&offsets, &group),
+    )
+    .await?;
     started = phase_took("offsets", started);
     faults.reach(FaultPoint::Offsets);
-    tokio::task::block_in_place(|| producer.commit())?;
+    // Up to four attempts of its timeout each ([`Transactional::commit`]).
+    bounded(producer, "commit_transaction", OP_TIMEOUT * 4, |p| {
+        p.commit()
+    })
+    .await?;
     phase_took("commit", started);
     Ok(Acknowledged {
         changelog_ends: ends,
@@ -1113,6 +1169,46 @@ mod tests {
         fn assigned(&self, topic: &str, partition: i32) -> bool {
             !self.revoked.contains(&(topic.to_owned(), partition))
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_transactional_call_that_never_returns_fails_the_epoch_for_good() {
+        let handle = Arc::new(());
+        let (release, stuck) = std::sync::mpsc::channel::<()>();
+        let started = Instant::now();
+        // Stands in for send_offsets_to_transaction waiting for a coordinator it cannot reach.
+        let err = bounded(
+            &handle,
+            "send_offsets_to_transaction",
+            Duration::ZERO,
+            move |_| {
+                let _ = stuck.recv();
+                Ok(())
+            },
+        )
+        .await
+        .unwrap_err();
+        assert!(err.is_fatal(), "the producer must be replaced: {err}");
+        assert!(
+            err.to_string()
+                .contains("send_offsets_to_transaction did not return")
+        );
+        assert!(started.elapsed() < OP_GRACE + Duration::from_secs(5));
+        release.send(()).unwrap();
+
+        // A call that returns in time gives its own result, errors included.
+        assert_eq!(
+            bounded(&handle, "commit_transaction", Duration::ZERO, |_| Ok(7))
+                .await
+                .unwrap(),
+            7
+        );
+        let refused = bounded(&handle, "commit_transaction", Duration::ZERO, |_| {
+            Err::<(), _>(TxError::aborted("refused"))
+        })
+        .await
+        .unwrap_err();
+        assert!(!refused.is_fatal());
     }
 
     #[test]
