@@ -387,11 +387,9 @@ impl Committer {
     pub fn replace_producer(&mut self) {
         if let Some(lost) = self.producer.take() {
             ponte_bus::brokers::replaced(lost.client());
-            // Destroying a client may wait for its threads and requests: not on the runtime.
-            match tokio::runtime::Handle::try_current() {
-                Ok(rt) => drop(rt.spawn_blocking(move || drop(lost))),
-                Err(_) => drop(lost),
-            }
+            // Destroying a client may wait for its threads and requests: on a thread of its
+            // own (not the runtime's blocking pool, which the runtime waits for at shutdown).
+            std::thread::spawn(move || drop(lost));
             self.open = false;
         }
     }
@@ -924,7 +922,7 @@ const OP_GRACE: Duration = Duration::from_secs(10);
 /// reconciler blocked in it for over three minutes after a broker restart, applying nothing).
 /// A call that does not return in time fails the epoch with a fatal error: the producer is
 /// replaced ([`Committer::abandon`]), and the thread left waiting holds the old one until
-/// librdkafka lets go of it.
+/// librdkafka lets go of it (or the process exits).
 async fn bounded<P: Send + Sync + 'static, T: Send + 'static>(
     producer: &Arc<P>,
     what: &'static str,
@@ -933,9 +931,15 @@ async fn bounded<P: Send + Sync + 'static, T: Send + 'static>(
 ) -> Result<T, TxError> {
     let p = Arc::clone(producer);
     let limit = within + OP_GRACE;
-    match tokio::time::timeout(limit, tokio::task::spawn_blocking(move || f(&p))).await {
+    // A thread of its own, not the runtime's blocking pool: the runtime waits for its blocking
+    // tasks when it shuts down, and a call that never returns would hold the process up.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f(&p));
+    });
+    match tokio::time::timeout(limit, rx).await {
         Ok(Ok(result)) => result,
-        Ok(Err(e)) => Err(TxError::fatal(format!("{what}: the task failed: {e}"))),
+        Ok(Err(_)) => Err(TxError::fatal(format!("{what}: the call's thread died"))),
         Err(_) => {
             tracing::error!(
                 call = what,
@@ -1171,44 +1175,58 @@ mod tests {
         }
     }
 
-    #[tokio::test(flavor = "multi_thread")]
-    async fn a_transactional_call_that_never_returns_fails_the_epoch_for_good() {
+    #[test]
+    fn a_transactional_call_that_never_returns_fails_the_epoch_for_good_and_holds_nothing_up() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         let handle = Arc::new(());
         let (release, stuck) = std::sync::mpsc::channel::<()>();
         let started = Instant::now();
         // Stands in for send_offsets_to_transaction waiting for a coordinator it cannot reach.
-        let err = bounded(
-            &handle,
-            "send_offsets_to_transaction",
-            Duration::ZERO,
-            move |_| {
-                let _ = stuck.recv();
-                Ok(())
-            },
-        )
-        .await
-        .unwrap_err();
+        let err = rt
+            .block_on(bounded(
+                &handle,
+                "send_offsets_to_transaction",
+                Duration::ZERO,
+                move |_| {
+                    let _ = stuck.recv();
+                    Ok(())
+                },
+            ))
+            .unwrap_err();
         assert!(err.is_fatal(), "the producer must be replaced: {err}");
         assert!(
             err.to_string()
                 .contains("send_offsets_to_transaction did not return")
         );
         assert!(started.elapsed() < OP_GRACE + Duration::from_secs(5));
-        release.send(()).unwrap();
 
         // A call that returns in time gives its own result, errors included.
-        assert_eq!(
-            bounded(&handle, "commit_transaction", Duration::ZERO, |_| Ok(7))
-                .await
-                .unwrap(),
-            7
-        );
-        let refused = bounded(&handle, "commit_transaction", Duration::ZERO, |_| {
-            Err::<(), _>(TxError::aborted("refused"))
-        })
-        .await
-        .unwrap_err();
+        let ok = rt.block_on(bounded(
+            &handle,
+            "commit_transaction",
+            Duration::ZERO,
+            |_| Ok(7),
+        ));
+        assert_eq!(ok.unwrap(), 7);
+        let refused = rt
+            .block_on(bounded(
+                &handle,
+                "commit_transaction",
+                Duration::ZERO,
+                |_| Err::<(), _>(TxError::aborted("refused")),
+            ))
+            .unwrap_err();
         assert!(!refused.is_fatal());
+
+        // The call still waits; the runtime's shutdown must not wait for it (the process
+        // would not exit on SIGTERM).
+        let shutting = Instant::now();
+        drop(rt);
+        assert!(shutting.elapsed() < Duration::from_secs(5));
+        drop(release);
     }
 
     #[test]
