@@ -19,22 +19,44 @@ const PERSONS: u64 = 600;
 /// each (the stack's `topics.partitions`).
 const TOPIC_PARTITIONS: f64 = 24.0;
 
-/// An instance of the scaled deployment (group `scaled`) with its own state directory.
-fn instance(stack: &Stack, name: &str) -> Service {
-    stack.spawn_instance(
-        "reconciler",
-        name,
-        &[
-            (
-                "PONTE__RECONCILER__GROUP_ID",
-                format!("{}scaled", stack.prefix),
-            ),
-            (
-                "PONTE__RECONCILER__STATE_DIR",
-                stack.dir.path().join(name).display().to_string(),
-            ),
-        ],
+/// An instance of the scaled deployment (group `scaled`) with its own state directory, and
+/// `extra` environment.
+fn instance(stack: &Stack, name: &str, extra: &[(&str, String)]) -> Service {
+    let mut env = vec![
+        (
+            "PONTE__RECONCILER__GROUP_ID",
+            format!("{}scaled", stack.prefix),
+        ),
+        (
+            "PONTE__RECONCILER__STATE_DIR",
+            stack.dir.path().join(name).display().to_string(),
+        ),
+    ];
+    env.extend(extra.iter().cloned());
+    stack.spawn_instance("reconciler", name, &env)
+}
+
+/// Changes the instance's read model took from the changes topic (not from its own epochs).
+async fn read_from_topic(s: &Service) -> f64 {
+    metric(
+        s.admin_port(),
+        "ponte_reconciler_read_model_changes_total",
+        &[("from", "topic")],
     )
+    .await
+}
+
+/// Waits until `a` and `b` share every topic-partition; returns how many each owns.
+async fn split(a: &Service, b: &Service) -> (f64, f64) {
+    eventually(
+        "the group to split the partitions between a and b",
+        Duration::from_secs(60),
+        || async {
+            let (x, y) = (assigned(a).await, assigned(b).await);
+            (x > 0.0 && y > 0.0 && x + y == TOPIC_PARTITIONS).then_some((x, y))
+        },
+    )
+    .await
 }
 
 async fn assigned(s: &Service) -> f64 {
@@ -163,21 +185,13 @@ async fn two_instances_split_the_partitions_and_the_survivor_takes_over() {
     // compare with.
     let mut reference = stack.spawn_instance("reconciler", "reference", &reference_env);
     // Two instances in one group.
-    let mut a = instance(&stack, "a");
-    let mut b = instance(&stack, "b");
+    let mut a = instance(&stack, "a", &[]);
+    let mut b = instance(&stack, "b", &[]);
     wait_ready(&mut a).await;
     wait_ready(&mut b).await;
     wait_ready(&mut reference).await;
-    let split = eventually(
-        "the group to split the partitions between a and b",
-        Duration::from_secs(60),
-        || async {
-            let (x, y) = (assigned(&a).await, assigned(&b).await);
-            (x > 0.0 && y > 0.0 && x + y == TOPIC_PARTITIONS).then_some((x, y))
-        },
-    )
-    .await;
-    println!("a owns {} topic-partitions, b owns {}", split.0, split.1);
+    let shares = split(&a, &b).await;
+    println!("a owns {} topic-partitions, b owns {}", shares.0, shares.1);
 
     // 1. Half the population while both run: each applies its share; both answer for all.
     send(workload(0..half)).await;
@@ -221,14 +235,7 @@ async fn two_instances_split_the_partitions_and_the_survivor_takes_over() {
         from_epochs > 0.0,
         "a's read model read back every change it published"
     );
-    let from_topic = || async {
-        metric(
-            a.admin_port(),
-            "ponte_reconciler_read_model_changes_total",
-            &[("from", "topic")],
-        )
-        .await
-    };
+    let from_topic = || read_from_topic(&a);
     let topic_before = from_topic().await;
 
     // 3. b returns with the state it had before: stale for the partitions a wrote since. It
@@ -236,15 +243,7 @@ async fn two_instances_split_the_partitions_and_the_survivor_takes_over() {
     //    (corrections that raise April's attendance of everyone).
     b.restart();
     wait_ready(&mut b).await;
-    eventually(
-        "the group to split the partitions again",
-        Duration::from_secs(60),
-        || async {
-            let (x, y) = (assigned(&a).await, assigned(&b).await);
-            (x > 0.0 && y > 0.0 && x + y == TOPIC_PARTITIONS).then_some(())
-        },
-    )
-    .await;
+    split(&a, &b).await;
     let corrections: Vec<_> = (0..PERSONS)
         .map(|i| attendance(i, "2025-04", 20, 2))
         .collect();
@@ -278,4 +277,88 @@ async fn two_instances_split_the_partitions_and_the_survivor_takes_over() {
     assert!(a.terminate().success());
     assert!(b.terminate().success());
     assert!(reference.terminate().success());
+}
+
+/// The read model's consumer (assigned, outside the group, the partitions the other instance
+/// owns) that librdkafka left without any broker is replaced and assigned again at the offsets
+/// the read model holds: the instance goes on serving what the other applies, exactly as that
+/// one does. The loss is stood in for by `PONTE_TEST_FORGET_BROKERS` (the consumer's
+/// statistics show no broker from its second report on), as a single broker's restart gives
+/// it only now and then (issue 15).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_read_model_consumer_that_lost_every_broker_is_replaced_and_reads_on() {
+    const N: u64 = 300;
+    let stack = Stack::new("readlost");
+    assert!(stack.ponte(&["topics", "ensure"]).0.success());
+    let mut a = instance(
+        &stack,
+        "a",
+        &[(
+            "PONTE_TEST_FORGET_BROKERS",
+            "ponte-reconciler-read/consumer:2".to_owned(),
+        )],
+    );
+    let mut b = instance(&stack, "b", &[]);
+    wait_ready(&mut a).await;
+    wait_ready(&mut b).await;
+    split(&a, &b).await;
+    let replaced = || async {
+        metric(
+            a.admin_port(),
+            "ponte_bus_clients_replaced_total",
+            &[("client", "ponte-reconciler-read/consumer")],
+        )
+        .await
+    };
+    // Statistics every 5 s, the second without brokers, then 30 s without.
+    eventually(
+        "a's read model consumer without brokers replaced",
+        Duration::from_secs(120),
+        || async { (replaced().await >= 1.0).then_some(()) },
+    )
+    .await;
+    let from_topic = || read_from_topic(&a);
+    let topic_before = from_topic().await;
+
+    produce(&stack, &workload(0..N)).await;
+    let complete = |p: &Person| p.school_attendance.len() == 4 && p.health_records.len() == 1;
+    let in_b = eventually(
+        "b to apply everything",
+        Duration::from_secs(300),
+        || async {
+            persons(stack.port("b"))
+                .await
+                .filter(|m| m.len() as u64 == N && m.values().all(complete))
+        },
+    )
+    .await;
+    let mut last = BTreeMap::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while last != in_b {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a serves {} persons, b {}: a's replaced read model consumer stopped reading b's partitions",
+            last.len(),
+            in_b.len()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        last = persons(stack.port("a")).await.unwrap_or_default();
+    }
+    let topic_after = from_topic().await;
+    assert!(
+        topic_after > topic_before,
+        "a served b's persons without reading them from the topic ({topic_before} → {topic_after})"
+    );
+    assert_eq!(
+        replaced().await,
+        1.0,
+        "only the first read model consumer is made to lose its brokers"
+    );
+    assert!(
+        a.log_text()
+            .contains("the read model's consumer has known no Kafka broker"),
+        "the replacement is logged"
+    );
+    assert!(a.terminate().success());
+    assert!(b.terminate().success());
 }

@@ -90,7 +90,55 @@ impl BrokerWatch {
             .unwrap_or_else(PoisonError::into_inner)
             .map(|t| now.saturating_duration_since(t))
     }
+
+    /// How long the client has known no broker, as of `now`, once that has lasted
+    /// [`LOST_AFTER`] and the client is taken for lost for good; `None` before. What an owner
+    /// asks before replacing its client.
+    pub fn lost(&self, now: Instant) -> Option<Duration> {
+        self.lost_for(now).filter(|l| *l >= LOST_AFTER)
+    }
 }
+
+/// The context of a client watched for lost brokers and nothing else (librdkafka's default
+/// behaviour otherwise); its configuration must set `statistics.interval.ms`.
+#[derive(Debug)]
+pub struct Watched {
+    client: String,
+    brokers: BrokerWatch,
+    forgets_brokers: Option<ForgetBrokers>,
+}
+
+impl Watched {
+    /// The context of the client labelled `client` in metrics (its client id and kind, e.g.
+    /// `ponte-reconciler-read/consumer`).
+    pub fn new(client: &str) -> Result<Self, crate::BusError> {
+        Ok(Self {
+            client: client.to_owned(),
+            brokers: BrokerWatch::default(),
+            forgets_brokers: ForgetBrokers::from_env(client)?,
+        })
+    }
+
+    /// The client's label in metrics.
+    pub fn client(&self) -> &str {
+        &self.client
+    }
+
+    /// How long the client has known no broker once it is taken for lost
+    /// ([`BrokerWatch::lost`]).
+    pub fn lost(&self, now: Instant) -> Option<Duration> {
+        self.brokers.lost(now)
+    }
+}
+
+impl rdkafka::ClientContext for Watched {
+    fn stats(&self, mut statistics: rdkafka::Statistics) {
+        self.brokers
+            .report(&self.client, self.forgets_brokers.as_ref(), &mut statistics);
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for Watched {}
 
 /// The system tests' stand-in for a client librdkafka left without brokers, which a single
 /// broker's restart gives only now and then: with `PONTE_TEST_FORGET_BROKERS=<client>:<n>`,
@@ -197,11 +245,19 @@ mod tests {
             "timed from the first report without brokers"
         );
 
+        assert_eq!(watch.lost(lost + Duration::from_secs(29)), None, "not yet");
+        assert_eq!(
+            watch.lost(lost + Duration::from_secs(30)),
+            Some(LOST_AFTER),
+            "lost for good"
+        );
+
         watch.observe(
             "c",
             &report(&["configured", "logical"]),
             lost + Duration::from_secs(31),
         );
+        assert_eq!(watch.lost(lost + Duration::from_secs(60)), None);
         assert_eq!(watch.lost_for(lost + Duration::from_secs(40)), None);
     }
 }

@@ -327,10 +327,11 @@ fn list(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
 
 impl SeekingContext {
     /// How long the client has known no broker at all, from its statistics (every 5 s), as of
-    /// `now`; `None` while it knows one, even one that is down ([`crate::brokers`]). Such a
-    /// client never reconnects: its owner must replace it.
-    pub fn brokers_lost_for(&self, now: std::time::Instant) -> Option<std::time::Duration> {
-        self.brokers.lost_for(now)
+    /// `now`, once that has lasted [`crate::brokers::LOST_AFTER`]; `None` before, and while it
+    /// knows one, even one that is down. Such a client never reconnects: its owner must
+    /// replace it.
+    pub fn brokers_lost(&self, now: std::time::Instant) -> Option<std::time::Duration> {
+        self.brokers.lost(now)
     }
 
     /// The client's label in metrics: its client id and `/consumer`.
@@ -598,7 +599,7 @@ pub fn group_consumer(
         .set("enable.partition.eof", "false")
         .set("isolation.level", "read_committed")
         // Statistics: the consumer lag of each partition, and whether the client still knows a
-        // broker ([`SeekingContext::brokers_lost_for`]).
+        // broker ([`SeekingContext::brokers_lost`]).
         .set("statistics.interval.ms", "5000")
         // The range assignor gives a member the same partition numbers of every topic of equal
         // partition count: co-partitioned topics stay together, and so does their state.

@@ -363,11 +363,12 @@ impl Publisher {
     /// overdue ([`overdue`]), and their senders answered `Unavailable`.
     fn current(&self) -> Arc<ThreadedProducer<Acks>> {
         let mut producer = self.producer.lock().unwrap_or_else(PoisonError::into_inner);
-        let lost = producer
+        if producer
             .context()
             .brokers
-            .lost_for(std::time::Instant::now());
-        if lost.is_some_and(|l| l >= crate::brokers::LOST_AFTER) {
+            .lost(std::time::Instant::now())
+            .is_some()
+        {
             match create(&self.config, &self.source) {
                 Ok(fresh) => {
                     let client = producer.context().client.clone();

@@ -295,7 +295,7 @@ impl Transactional {
             .set("linger.ms", "5")
             .set("batch.size", (1 << 20).to_string())
             // Statistics only for whether the client still knows a broker
-            // ([`Transactional::brokers_lost_for`]).
+            // ([`Transactional::brokers_lost`]).
             .set("statistics.interval.ms", "5000");
         for (k, v) in &kafka.properties {
             cfg.set(k, v);
@@ -318,11 +318,12 @@ impl Transactional {
         })
     }
 
-    /// How long the client has known no broker at all, as of `now` (statistics every 5 s);
-    /// `None` while it knows one, even one that is down. Such a producer never reconnects: it
-    /// must be replaced ([`crate::brokers`]).
-    pub fn brokers_lost_for(&self, now: std::time::Instant) -> Option<Duration> {
-        self.producer.context().brokers.lost_for(now)
+    /// How long the client has known no broker at all, as of `now` (statistics every 5 s),
+    /// once that has lasted [`crate::brokers::LOST_AFTER`]; `None` before, and while it knows
+    /// one, even one that is down. Such a producer never reconnects: it must be replaced
+    /// ([`crate::brokers`]).
+    pub fn brokers_lost(&self, now: std::time::Instant) -> Option<Duration> {
+        self.producer.context().brokers.lost(now)
     }
 
     /// The client's label in metrics: its client id and `/transactional`.

@@ -223,9 +223,7 @@ impl Driver<'_> {
                 last_gauges = Instant::now() - Duration::from_secs(60);
             }
             if last_gauges.elapsed() >= Duration::from_secs(1) {
-                if let Some(lost) = consumer.context().brokers_lost_for(Instant::now())
-                    && lost >= ponte_bus::brokers::LOST_AFTER
-                {
+                if let Some(lost) = consumer.context().brokers_lost(Instant::now()) {
                     break Err(ReconcilerError::ClientLost(format!(
                         "the consumer has known no Kafka broker for {} s (librdkafka dropped them all on a metadata answer that listed none, as a broker restarting gives) and would never rejoin its group",
                         lost.as_secs()

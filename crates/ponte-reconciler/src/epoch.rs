@@ -355,8 +355,7 @@ impl Committer {
         if let Some(lost) = self
             .producer
             .as_ref()
-            .and_then(|p| p.brokers_lost_for(Instant::now()))
-            && lost >= ponte_bus::brokers::LOST_AFTER
+            .and_then(|p| p.brokers_lost(Instant::now()))
         {
             tracing::error!(
                 seconds = lost.as_secs(),

@@ -39,6 +39,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ponte_bus::KafkaConfig;
+use ponte_bus::brokers::Watched;
 use ponte_domain::ids::Nis;
 use ponte_domain::indicators::Counts;
 use ponte_domain::outcome::Status;
@@ -827,6 +828,9 @@ pub const BATCH_MAX: usize = 2000;
 const BATCH_LINGER: Duration = Duration::from_millis(20);
 /// How often the lag gauge is refreshed (it asks the brokers for the high watermarks).
 const LAG_EVERY: Duration = Duration::from_secs(10);
+/// How often the loop asks whether its consumer still knows a broker (its statistics come
+/// every 5 s).
+const WATCH_EVERY: Duration = Duration::from_secs(1);
 
 /// Per partition: the next offset the read model holds, and the high watermark at start.
 #[derive(Debug, Default)]
@@ -852,7 +856,7 @@ impl Progress {
 /// returns the starting progress. Retries while the topic or its partition leaders are not
 /// there yet (right after the topic is created).
 fn assign_all(
-    consumer: &StreamConsumer,
+    consumer: &ReadConsumer,
     topic: &str,
     store: &Store,
     shutdown: &CancellationToken,
@@ -909,7 +913,7 @@ fn assign_all(
 
 /// Sum over partitions of the high watermark minus the next offset held (`None` if a broker
 /// did not answer).
-fn lag(consumer: &StreamConsumer, topic: &str, next: &BTreeMap<i32, i64>) -> Option<i64> {
+fn lag(consumer: &ReadConsumer, topic: &str, next: &BTreeMap<i32, i64>) -> Option<i64> {
     let mut total = 0;
     for (p, n) in next {
         let (_, high) = consumer
@@ -975,16 +979,16 @@ fn consumed(m: &rdkafka::message::BorrowedMessage<'_>) -> (ChangeRecord, Option<
     )
 }
 
-async fn follow(
-    kafka: KafkaConfig,
-    topic: String,
-    store: Store,
-    caught_up: tokio::sync::watch::Sender<bool>,
-    mut feed: Option<FeedReceiver>,
-    shutdown: CancellationToken,
-) -> Result<(), ReconcilerError> {
-    let mut fault = injected_fault()?;
-    let consumer: StreamConsumer = kafka
+/// The read model's consumer, its statistics watched for a client librdkafka left without any
+/// broker ([`ponte_bus::brokers`]).
+type ReadConsumer = StreamConsumer<Watched>;
+
+/// The client label of the read model's consumer in metrics.
+const READ_CLIENT: &str = "ponte-reconciler-read/consumer";
+
+fn read_consumer(kafka: &KafkaConfig) -> Result<ReadConsumer, ReconcilerError> {
+    let context = Watched::new(READ_CLIENT).map_err(|e| ReconcilerError::Startup(e.to_string()))?;
+    kafka
         .client_config("ponte-reconciler-read")
         // Required by librdkafka for a consumer; never joined (partitions are assigned).
         .set("group.id", "ponte-reconciler-read-model")
@@ -1000,9 +1004,22 @@ async fn follow(
         // default, 500 ms, left a change readable up to 348 ms after its view at p99; 91 ms
         // with this, for 5 % more CPU at 1,000 records/s: docs/benchmarks.md).
         .set("fetch.wait.max.ms", "20")
-        .create()
-        .map_err(|e| ReconcilerError::Startup(format!("read model consumer: {e}")))?;
-    let consumer = Arc::new(consumer);
+        // Statistics only for whether the client still knows a broker.
+        .set("statistics.interval.ms", "5000")
+        .create_with_context(context)
+        .map_err(|e| ReconcilerError::Startup(format!("read model consumer: {e}")))
+}
+
+async fn follow(
+    kafka: KafkaConfig,
+    topic: String,
+    store: Store,
+    caught_up: tokio::sync::watch::Sender<bool>,
+    mut feed: Option<FeedReceiver>,
+    shutdown: CancellationToken,
+) -> Result<(), ReconcilerError> {
+    let mut fault = injected_fault()?;
+    let mut consumer = Arc::new(read_consumer(&kafka)?);
 
     let mut progress = {
         let (c, t, s, stop) = (
@@ -1030,6 +1047,7 @@ async fn follow(
     epoch_partitions.set(0.0);
     let mut reported = false;
     let mut last_lag = Instant::now() - LAG_EVERY;
+    let mut last_watch = Instant::now();
     let mut routing = Routing::default();
     let mut owned: BTreeSet<i32> = BTreeSet::new();
 
@@ -1039,6 +1057,25 @@ async fn follow(
             caught_up.send_replace(true);
             metrics::gauge!("ponte_reconciler_read_model_caught_up").set(1.0);
             tracing::info!(topic, "read model caught up with the changes topic");
+        }
+        if last_watch.elapsed() >= WATCH_EVERY {
+            last_watch = Instant::now();
+            if let Some(lost) = consumer.context().lost(last_watch) {
+                // librdkafka never reconnects such a client: a new one, assigned the partitions
+                // read from the topic at the offsets held. What the old one fetched and was not
+                // applied is fetched again.
+                tracing::error!(
+                    topic,
+                    seconds = lost.as_secs(),
+                    "the read model's consumer has known no Kafka broker for a while and never will again: replaced"
+                );
+                let fresh = Arc::new(read_consumer(&kafka)?);
+                assign_topic_partitions(&fresh, &topic, &routing, &progress)?;
+                let old = std::mem::replace(&mut consumer, fresh);
+                ponte_bus::brokers::replaced(READ_CLIENT);
+                // Destroying a client may wait for its threads and requests.
+                std::thread::spawn(move || drop(old));
+            }
         }
         if last_lag.elapsed() >= LAG_EVERY {
             last_lag = Instant::now();
@@ -1254,7 +1291,7 @@ async fn apply_changes(
 /// Per partition read from the topic: the next offset the read model will see from it — the
 /// consumer's position (past transaction markers) or, when that is not known yet, the next
 /// offset held.
-fn positions(consumer: &StreamConsumer, topic: &str, progress: &Progress) -> BTreeMap<i32, i64> {
+fn positions(consumer: &ReadConsumer, topic: &str, progress: &Progress) -> BTreeMap<i32, i64> {
     let mut at = progress.next.clone();
     if let Ok(tpl) = consumer.position() {
         for e in tpl.elements_for_topic(topic) {
@@ -1269,7 +1306,7 @@ fn positions(consumer: &StreamConsumer, topic: &str, progress: &Progress) -> BTr
 
 /// Assigns the consumer the partitions read from the topic, each at the next offset held.
 fn assign_topic_partitions(
-    consumer: &StreamConsumer,
+    consumer: &ReadConsumer,
     topic: &str,
     routing: &Routing,
     progress: &Progress,
