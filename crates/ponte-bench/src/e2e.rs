@@ -84,6 +84,9 @@ pub(crate) struct Figures {
     /// (`ponte_reconciler_repartition_entries_published_total`): what its batches of each kind
     /// (counted in `produced` as one message each) held.
     pub(crate) repartitioned: Vec<(String, f64)>,
+    /// Changelog entries the reconciler produced, by state table
+    /// (`ponte_reconciler_changelog_entries_total`).
+    pub(crate) changelog: Vec<(String, f64)>,
     /// Messages the reconciler consumed, by what they are: the input records, each repartition
     /// topic, and what the read model consumed of the changes topic.
     pub(crate) consumed: Vec<(String, f64)>,
@@ -543,6 +546,11 @@ pub(crate) async fn start(s: &Setup<'_>) -> anyhow::Result<Pipeline> {
             &metrics,
             "ponte_reconciler_repartition_entries_published_total",
             "kind",
+        ),
+        changelog: by_label(
+            &metrics,
+            "ponte_reconciler_changelog_entries_total",
+            "table",
         ),
         consumed: consumed_by_kind(&metrics),
         read_model_from: by_label(

@@ -579,6 +579,12 @@ async fn main() -> anyhow::Result<()> {
                     per_input(&f.repartitioned)
                 );
             }
+            if !f.changelog.is_empty() {
+                println!(
+                    "changelog          {} (by state table, counted above)",
+                    per_input(&f.changelog)
+                );
+            }
             println!("consumed           {}", per_input(&f.consumed));
             if !f.read_model_from.is_empty() {
                 println!(

@@ -42,7 +42,7 @@ use crate::feed::FeedSender;
 use crate::readmodel::{ChangeRecord, unix_millis};
 use crate::restore::Marker;
 use crate::topology::{
-    Batcher, Kv, Output, OutputKind, ParkedDelta, Tx, Writes, batch_bytes, key_partition,
+    Batcher, Kv, Output, OutputKind, ParkedDelta, Tx, Writes, batch_bytes, key_partition, table_of,
 };
 
 /// Where each kind of output goes: topic, Kafka `ponte-event-type` header and metric label.
@@ -511,7 +511,7 @@ impl Committer {
                 w.commit()?;
                 phase_took("store", applying);
                 self.faults.reach(FaultPoint::Applied);
-                (*published).count(writes.len());
+                (*published).count();
                 if let Some(feed) = &mut self.feed {
                     feed.send(sent_ms, changes_of(outputs, &changes)).await;
                 }
@@ -804,20 +804,27 @@ struct Published {
     messages: BTreeMap<&'static str, u64>,
     /// Repartition messages by `kind` label: what the batches held.
     entries: BTreeMap<&'static str, u64>,
+    /// Changelog entries by state table (its key prefix).
+    changelog: BTreeMap<&'static str, u64>,
 }
 
 impl Published {
-    /// Counts a committed epoch's messages and its `changelog` entries
-    /// (`ponte_reconciler_outputs_published_total{kind}`, and
-    /// `ponte_reconciler_repartition_entries_published_total{kind}` for what the repartition
-    /// batches held).
-    fn count(self, changelog: usize) {
+    /// Counts a committed epoch's messages and its changelog entries
+    /// (`ponte_reconciler_outputs_published_total{kind}`,
+    /// `ponte_reconciler_changelog_entries_total{table}` for the changelog's by state table,
+    /// and `ponte_reconciler_repartition_entries_published_total{kind}` for what the
+    /// repartition batches held).
+    fn count(self) {
         for (kind, n) in self.messages {
             metrics::counter!("ponte_reconciler_outputs_published_total", "kind" => kind)
                 .increment(n);
         }
         metrics::counter!("ponte_reconciler_outputs_published_total", "kind" => "changelog")
-            .increment(changelog as u64);
+            .increment(self.changelog.values().sum());
+        for (table, n) in self.changelog {
+            metrics::counter!("ponte_reconciler_changelog_entries_total", "table" => table)
+                .increment(n);
+        }
         for (kind, n) in self.entries {
             metrics::counter!("ponte_reconciler_repartition_entries_published_total", "kind" => kind)
                 .increment(n);
@@ -895,6 +902,7 @@ fn send_all(
         })?;
         let d = producer.send(routes.changelog(), Some(p), k, v.as_deref(), None)?;
         numbered(d, Delivery::Changelog);
+        *published.changelog.entry(table_of(k)).or_default() += 1;
     }
     phase_took("send", started);
     Ok((deliveries, published))

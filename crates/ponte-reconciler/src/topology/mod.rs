@@ -89,6 +89,7 @@ pub use batch::{Batch, Batcher, Entries, entries_in, entries_of, is_batch};
 use convert::*;
 pub use parked::*;
 pub use state::*;
+pub use tables::table_of;
 use tables::*;
 use views::*;
 

@@ -347,6 +347,35 @@ pub(super) const FAMILY_VIEWS_BEFORE_DIGESTS: Table<api::Family> = Table::new("v
 /// and the digest of its last view.
 pub(super) const HOUSEHOLDS: Table<household::HouseholdDoc> = Table::new("h");
 
+/// Every table's prefix, the longer first where one begins another.
+const PREFIXES: [&str; 12] = [
+    PERSON_DIGESTS.prefix,
+    PERSON_VIEWS_BEFORE_DIGESTS.prefix,
+    FAMILY_DIGESTS.prefix,
+    FAMILY_VIEWS_BEFORE_DIGESTS.prefix,
+    CARRIED_IDS.prefix,
+    CROSSWALK.prefix,
+    FORWARDED.prefix,
+    PARKED.prefix,
+    PERSONS.prefix,
+    FAMILIES.prefix,
+    MEMBERS.prefix,
+    HOUSEHOLDS.prefix,
+];
+
+/// The table a full state key (partition prefix included) belongs to, by its prefix (`p`,
+/// `fm`, …), as the metrics label it; `other` for a key of none.
+pub fn table_of(key: &[u8]) -> &'static str {
+    let within = key
+        .iter()
+        .position(|&b| b == b'/')
+        .map_or(key, |slash| &key[slash + 1..]);
+    PREFIXES
+        .into_iter()
+        .find(|p| within.starts_with(p.as_bytes()) && within.get(p.len()) == Some(&b'/'))
+        .unwrap_or("other")
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -358,6 +387,25 @@ mod tests {
         assert_eq!(PERSON_DIGESTS.key(&["1"]), b"d/p/1");
         assert_eq!(FORWARDED.key(&["cns:7", "r1"]), b"e/cns:7/r1");
         assert_eq!(PARKED.key_prefix(), b"k/");
+    }
+
+    #[test]
+    fn a_full_key_is_labelled_with_its_table() {
+        let full = |key: Vec<u8>| -> Vec<u8> {
+            let mut k = partition_prefix(7);
+            k.extend(key);
+            k
+        };
+        assert_eq!(table_of(&full(PERSONS.key(&["1"]))), "p");
+        assert_eq!(table_of(&full(MEMBERS.key(&["f1"]))), "fm");
+        assert_eq!(table_of(&full(FAMILIES.key(&["f1"]))), "f");
+        assert_eq!(table_of(&full(CROSSWALK.key(&["cns:1"]))), "x");
+        assert_eq!(table_of(b"0007/xo/1"), "xo");
+        assert_eq!(table_of(b"0007/d/p/1"), "d/p");
+        assert_eq!(table_of(b"0007/d/f/1"), "d/f");
+        assert_eq!(table_of(&full(FORWARDED.key(&["cns:1", "r"]))), "e");
+        assert_eq!(table_of(b"0007/pp/1"), "other");
+        assert_eq!(table_of(b"meta/x"), "other");
     }
 
     #[test]
