@@ -986,6 +986,7 @@ type ReadConsumer = StreamConsumer<Watched>;
 /// The client label of the read model's consumer in metrics.
 const READ_CLIENT: &str = "ponte-reconciler-read/consumer";
 
+/// A new consumer of the changes topic, assigned nothing yet.
 fn read_consumer(kafka: &KafkaConfig) -> Result<ReadConsumer, ReconcilerError> {
     let context = Watched::new(READ_CLIENT).map_err(|e| ReconcilerError::Startup(e.to_string()))?;
     kafka

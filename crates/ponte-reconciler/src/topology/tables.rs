@@ -347,7 +347,7 @@ pub(super) const FAMILY_VIEWS_BEFORE_DIGESTS: Table<api::Family> = Table::new("v
 /// and the digest of its last view.
 pub(super) const HOUSEHOLDS: Table<household::HouseholdDoc> = Table::new("h");
 
-/// Every table's prefix, the longer first where one begins another.
+/// Every table's prefix (a key matches one only with the `/` that follows it).
 const PREFIXES: [&str; 12] = [
     PERSON_DIGESTS.prefix,
     PERSON_VIEWS_BEFORE_DIGESTS.prefix,
