@@ -69,20 +69,6 @@ impl BrokerWatch {
         }
     }
 
-    /// What a client's context does with each statistics report: the brokers taken out when
-    /// the tests' stand-in says so ([`ForgetBrokers`]), then the report observed as of now.
-    pub fn report(
-        &self,
-        client: &str,
-        forget: Option<&ForgetBrokers>,
-        statistics: &mut rdkafka::Statistics,
-    ) {
-        if forget.is_some_and(ForgetBrokers::forgets) {
-            statistics.brokers.clear();
-        }
-        self.observe(client, statistics, Instant::now());
-    }
-
     /// How long the client has known no broker, as of `now`; `None` while it knows one.
     pub fn lost_for(&self, now: Instant) -> Option<Duration> {
         self.lost_since
@@ -99,8 +85,10 @@ impl BrokerWatch {
     }
 }
 
-/// The context of a client watched for lost brokers and nothing else (librdkafka's default
-/// behaviour otherwise); its configuration must set `statistics.interval.ms`.
+/// What every Ponte client's context keeps to know whether the client still knows a broker:
+/// its [`BrokerWatch`], its label in metrics and the tests' stand-in ([`ForgetBrokers`]). On
+/// its own, the context of a client watched for that and nothing else (librdkafka's default
+/// behaviour otherwise). The client's configuration must set `statistics.interval.ms`.
 #[derive(Debug)]
 pub struct Watched {
     client: String,
@@ -129,12 +117,25 @@ impl Watched {
     pub fn lost(&self, now: Instant) -> Option<Duration> {
         self.brokers.lost(now)
     }
+
+    /// What a client's context does with each statistics report: the brokers taken out when
+    /// the tests' stand-in says so, then the report observed as of now.
+    pub fn report(&self, statistics: &mut rdkafka::Statistics) {
+        if self
+            .forgets_brokers
+            .as_ref()
+            .is_some_and(ForgetBrokers::forgets)
+        {
+            statistics.brokers.clear();
+        }
+        self.brokers
+            .observe(&self.client, statistics, Instant::now());
+    }
 }
 
 impl rdkafka::ClientContext for Watched {
     fn stats(&self, mut statistics: rdkafka::Statistics) {
-        self.brokers
-            .report(&self.client, self.forgets_brokers.as_ref(), &mut statistics);
+        self.report(&mut statistics);
     }
 }
 

@@ -275,11 +275,7 @@ pub struct SeekingContext {
     /// callback also runs from the consumer's close.
     cooperative: bool,
     /// Whether the client still knows a broker ([`crate::brokers`]).
-    brokers: crate::brokers::BrokerWatch,
-    client_id: String,
-    /// The system tests' stand-in for librdkafka losing every broker
-    /// ([`crate::brokers::ForgetBrokers`]).
-    forgets_brokers: Option<crate::brokers::ForgetBrokers>,
+    brokers: crate::brokers::Watched,
 }
 
 impl std::fmt::Debug for SeekingContext {
@@ -295,11 +291,7 @@ impl ClientContext for SeekingContext {
     /// ([`crate::brokers`]), and the consumer lag of every owned partition, from the broker's
     /// high watermark and this consumer's position.
     fn stats(&self, mut statistics: rdkafka::Statistics) {
-        self.brokers.report(
-            &self.client_id,
-            self.forgets_brokers.as_ref(),
-            &mut statistics,
-        );
+        self.brokers.report(&mut statistics);
         for (topic, t) in statistics.topics {
             for (partition, p) in t.partitions {
                 // -1 for partitions this consumer does not fetch; the internal partition is -1.
@@ -336,7 +328,7 @@ impl SeekingContext {
 
     /// The client's label in metrics: its client id and `/consumer`.
     pub fn client(&self) -> &str {
-        &self.client_id
+        self.brokers.client()
     }
 
     /// Answers an assignment by taking no partition. librdkafka waits for every assignment to
@@ -632,9 +624,7 @@ pub fn group_consumer(
         cooperative: cfg
             .get("partition.assignment.strategy")
             .is_some_and(is_cooperative),
-        brokers: crate::brokers::BrokerWatch::default(),
-        client_id: format!("{client_id}/consumer"),
-        forgets_brokers: crate::brokers::ForgetBrokers::from_env(&format!("{client_id}/consumer"))?,
+        brokers: crate::brokers::Watched::new(&format!("{client_id}/consumer"))?,
     };
     let consumer: StreamConsumer<SeekingContext> = cfg
         .create_with_context(ctx)

@@ -13,7 +13,7 @@
 //! reconciler applied nothing more for three minutes). A report that late is given up
 //! ([`overdue`]): the message counts as not acknowledged.
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
 
 use futures::channel::oneshot;
@@ -163,17 +163,13 @@ impl Batch {
 /// The producer's context: hands each delivery report to its [`Ack`], and watches whether the
 /// client still knows a broker ([`crate::brokers`]).
 struct Acks {
-    brokers: crate::brokers::BrokerWatch,
-    /// The client's label in metrics: its client id and `/idempotent`.
-    client: String,
-    /// The system tests' stand-in for a client that lost every broker.
-    forgets_brokers: Option<crate::brokers::ForgetBrokers>,
+    /// Labelled with the client id and `/idempotent`.
+    brokers: crate::brokers::Watched,
 }
 
 impl ClientContext for Acks {
     fn stats(&self, mut statistics: rdkafka::Statistics) {
-        self.brokers
-            .report(&self.client, self.forgets_brokers.as_ref(), &mut statistics);
+        self.brokers.report(&mut statistics);
     }
 }
 
@@ -212,7 +208,7 @@ pub struct Outgoing {
 pub struct Publisher {
     /// The producer; replaced by a new one from `config` once it has known no broker for
     /// [`crate::brokers::LOST_AFTER`] (librdkafka never reconnects such a client).
-    producer: Arc<Mutex<Arc<ThreadedProducer<Acks>>>>,
+    producer: Arc<RwLock<Arc<ThreadedProducer<Acks>>>>,
     config: Arc<rdkafka::ClientConfig>,
     source: String,
     /// How long a sender waits for a delivery report ([`overdue`]).
@@ -232,12 +228,9 @@ fn create(
     config: &rdkafka::ClientConfig,
     source: &str,
 ) -> Result<ThreadedProducer<Acks>, BusError> {
-    let client = format!("ponte-{source}/idempotent");
     config
         .create_with_context(Acks {
-            brokers: crate::brokers::BrokerWatch::default(),
-            forgets_brokers: crate::brokers::ForgetBrokers::from_env(&client)?,
-            client,
+            brokers: crate::brokers::Watched::new(&format!("ponte-{source}/idempotent"))?,
         })
         .map_err(|e| BusError::Config(e.to_string()))
 }
@@ -351,7 +344,7 @@ impl Publisher {
             .set("statistics.interval.ms", "5000");
         let producer = create(&cfg, source)?;
         Ok(Self {
-            producer: Arc::new(Mutex::new(Arc::new(producer))),
+            producer: Arc::new(RwLock::new(Arc::new(producer))),
             reports_within: reports_within(&cfg),
             config: Arc::new(cfg),
             source: source.to_owned(),
@@ -362,16 +355,28 @@ impl Publisher {
     /// [`crate::brokers::LOST_AFTER`]: messages still with the old one are reported failed or
     /// overdue ([`overdue`]), and their senders answered `Unavailable`.
     fn current(&self) -> Arc<ThreadedProducer<Acks>> {
-        let mut producer = self.producer.lock().unwrap_or_else(PoisonError::into_inner);
-        if producer
-            .context()
-            .brokers
-            .lost(std::time::Instant::now())
-            .is_some()
+        let lost = |p: &ThreadedProducer<Acks>| {
+            p.context()
+                .brokers
+                .lost(std::time::Instant::now())
+                .is_some()
+        };
+        // Every send asks: a shared lock, taken exclusively only to replace.
         {
+            let producer = self.producer.read().unwrap_or_else(PoisonError::into_inner);
+            if !lost(&producer) {
+                return Arc::clone(&producer);
+            }
+        }
+        let mut producer = self
+            .producer
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        // Another sender may have replaced it meanwhile.
+        if lost(&producer) {
             match create(&self.config, &self.source) {
                 Ok(fresh) => {
-                    let client = producer.context().client.clone();
+                    let client = producer.context().brokers.client().to_owned();
                     tracing::error!(
                         client,
                         "the producer has known no Kafka broker for a while and never will again: replaced"

@@ -226,16 +226,16 @@ impl Reports {
 
 /// The producer's context: counts the delivery reports ([`Reports`]) and watches whether the
 /// client still knows a broker ([`crate::brokers`]).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Context {
     reports: Reports,
-    brokers: crate::brokers::BrokerWatch,
-    client_id: String,
+    /// Labelled with the client id and `/transactional`.
+    brokers: crate::brokers::Watched,
 }
 
 impl ClientContext for Context {
     fn stats(&self, mut statistics: rdkafka::Statistics) {
-        self.brokers.report(&self.client_id, None, &mut statistics);
+        self.brokers.report(&mut statistics);
     }
 }
 
@@ -303,8 +303,9 @@ impl Transactional {
         let reports_within = crate::publish::reports_within(&cfg);
         let producer: ThreadedProducer<Context> = cfg
             .create_with_context(Context {
-                client_id: format!("{client_id}/transactional"),
-                ..Context::default()
+                reports: Reports::default(),
+                brokers: crate::brokers::Watched::new(&format!("{client_id}/transactional"))
+                    .map_err(|e| TxError::fatal(e.to_string()))?,
             })
             .map_err(|e| TxError::fatal(format!("creating the producer: {e}")))?;
         producer
@@ -328,7 +329,7 @@ impl Transactional {
 
     /// The client's label in metrics: its client id and `/transactional`.
     pub fn client(&self) -> &str {
-        &self.producer.context().client_id
+        self.producer.context().brokers.client()
     }
 
     /// The transactional id.
