@@ -381,15 +381,22 @@ impl Committer {
     }
 
     /// Drops the producer; the next epoch creates a new one, whose registration of the
-    /// transactional id aborts whatever this one left open. For a producer whose client lost
-    /// every broker ([`ponte_bus::brokers`]).
+    /// transactional id aborts whatever this one left open. Returns its label in metrics.
+    fn drop_producer(&mut self) -> Option<String> {
+        let old = self.producer.take()?;
+        let client = old.client().to_owned();
+        // Destroying a client may wait for its threads and requests: on a thread of its own
+        // (not the runtime's blocking pool, which the runtime waits for at shutdown).
+        std::thread::spawn(move || drop(old));
+        self.open = false;
+        Some(client)
+    }
+
+    /// Drops a producer whose client lost every broker ([`ponte_bus::brokers`]), counted as
+    /// replaced: the next epoch creates a new one.
     pub fn replace_producer(&mut self) {
-        if let Some(lost) = self.producer.take() {
-            ponte_bus::brokers::replaced(lost.client());
-            // Destroying a client may wait for its threads and requests: on a thread of its
-            // own (not the runtime's blocking pool, which the runtime waits for at shutdown).
-            std::thread::spawn(move || drop(lost));
-            self.open = false;
+        if let Some(client) = self.drop_producer() {
+            ponte_bus::brokers::replaced(&client);
         }
     }
 
@@ -561,7 +568,7 @@ impl Committer {
             "epoch not committed; nothing of it is visible, its inputs are consumed again"
         );
         if e.is_fatal() {
-            self.producer = None;
+            self.drop_producer();
         }
         let rewound =
             tokio::task::block_in_place(|| rewind(&Seeker(consumer), &rewind_to(&consumed, after)));
@@ -916,8 +923,6 @@ struct Acknowledged {
     changes: Vec<(i32, i64)>,
 }
 
-/// Step 2's second half and steps 3–4: waits for the broker's acknowledgements, adds the
-/// offsets and commits.
 /// How much longer than its own timeout a transactional call may take before it is taken for
 /// stuck ([`bounded`]).
 const OP_GRACE: Duration = Duration::from_secs(10);
@@ -961,6 +966,8 @@ async fn bounded<P: Send + Sync + 'static, T: Send + 'static>(
     }
 }
 
+/// Step 2's second half and steps 3–4: waits for the broker's acknowledgements, adds the
+/// offsets and commits.
 async fn acknowledge_and_commit(
     producer: &Arc<Transactional>,
     deliveries: Deliveries,
