@@ -881,6 +881,32 @@ pub async fn metric(admin_port: u16, name: &str, labels: &[(&str, &str)]) -> f64
     parse_metric(&metrics_text(admin_port).await, name, labels)
 }
 
+/// Kafka clients labelled `client` the service replaced because they knew no broker any more
+/// (`ponte_bus_clients_replaced_total`).
+pub async fn clients_replaced(admin_port: u16, client: &str) -> f64 {
+    metric(
+        admin_port,
+        "ponte_bus_clients_replaced_total",
+        &[("client", client)],
+    )
+    .await
+}
+
+/// Waits until the service replaced its client labelled `client` (the system tests' stand-in
+/// `PONTE_TEST_FORGET_BROKERS` shows statistics every 5 s, the second without brokers, then
+/// 30 s without); returns how many it replaced.
+pub async fn client_replaced(admin_port: u16, client: &str) -> f64 {
+    eventually(
+        &format!("the {client} client without brokers replaced"),
+        Duration::from_secs(120),
+        || async {
+            let n = clients_replaced(admin_port, client).await;
+            (n >= 1.0).then_some(n)
+        },
+    )
+    .await
+}
+
 /// The whole `GET /metrics` answer of the service whose admin port is `admin_port`.
 pub async fn metrics_text(admin_port: u16) -> String {
     reqwest::get(format!("http://127.0.0.1:{admin_port}/metrics"))

@@ -9,8 +9,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use ponte_integration_tests::{
-    PrivateBroker, Stack, eventually, http_client, ingest_through_broker_restart, metric,
-    read_committed_at, read_topic, read_topic_at, valid_nis, wait_for_leaders, wait_ready, within,
+    PrivateBroker, Stack, client_replaced, eventually, http_client, ingest_through_broker_restart,
+    metric, read_committed_at, read_topic, read_topic_at, valid_nis, wait_for_leaders, wait_ready,
+    within,
 };
 use ponte_proto::compliance::v1::GetPersonRequest;
 use ponte_proto::events::v1::event::Record;
@@ -411,22 +412,7 @@ async fn a_producer_that_lost_every_broker_is_replaced_and_the_adapter_goes_on_a
         )],
     );
     wait_ready(&mut adapter).await;
-    let port = adapter.admin_port();
-    // Statistics every 5 s, the second without brokers, then 30 s without.
-    let replaced = eventually(
-        "the producer without brokers replaced",
-        Duration::from_secs(120),
-        || async {
-            let n = metric(
-                port,
-                "ponte_bus_clients_replaced_total",
-                &[("client", "ponte-education/idempotent")],
-            )
-            .await;
-            (n >= 1.0).then_some(n)
-        },
-    )
-    .await;
+    let replaced = client_replaced(adapter.admin_port(), "ponte-education/idempotent").await;
     assert_eq!(
         replaced, 1.0,
         "only the first producer is made to lose its brokers"

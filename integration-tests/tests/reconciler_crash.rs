@@ -8,7 +8,9 @@ use std::time::Duration;
 use ponte_integration_tests::workload::{
     persons, produce, produce_to, stack_with_reference, workload,
 };
-use ponte_integration_tests::{Service, Stack, eventually, wait_ready};
+use ponte_integration_tests::{
+    Service, Stack, client_replaced, clients_replaced, eventually, wait_ready,
+};
 
 const PERSONS: u64 = 1500;
 
@@ -183,32 +185,15 @@ async fn a_consumer_that_lost_every_broker_is_replaced_and_the_view_is_an_uninte
         )],
     );
     wait_ready(&mut reconciler).await;
-    let replaced = |client: &'static str| {
-        let port = reconciler.admin_port();
-        move || async move {
-            let n = ponte_integration_tests::metric(
-                port,
-                "ponte_bus_clients_replaced_total",
-                &[("client", client)],
-            )
-            .await;
-            (n >= 1.0).then_some(n)
-        }
-    };
-    // Statistics every 5 s, the second without brokers, then 30 s without.
-    let consumers = eventually(
-        "the consumer without brokers replaced",
-        Duration::from_secs(120),
-        replaced("ponte-reconciler/consumer"),
-    )
-    .await;
+    let port = reconciler.admin_port();
+    let consumers = client_replaced(port, "ponte-reconciler/consumer").await;
     assert_eq!(
         consumers, 1.0,
         "only the first consumer is made to lose its brokers"
     );
     assert_eq!(
-        replaced("ponte-reconciler/transactional")().await,
-        Some(1.0),
+        clients_replaced(port, "ponte-reconciler/transactional").await,
+        1.0,
         "the producer is replaced with it"
     );
     produce(&stack, &after).await;

@@ -11,7 +11,9 @@ use std::time::Duration;
 use ponte_integration_tests::workload::{
     attendance, families, family, persons, produce, produce_to, stack_with_reference, workload,
 };
-use ponte_integration_tests::{Service, Stack, eventually, metric, wait_ready};
+use ponte_integration_tests::{
+    Service, Stack, client_replaced, clients_replaced, eventually, metric, wait_ready,
+};
 use ponte_proto::compliance::v1::{Family, Person};
 
 const PERSONS: u64 = 600;
@@ -302,21 +304,8 @@ async fn a_read_model_consumer_that_lost_every_broker_is_replaced_and_reads_on()
     wait_ready(&mut a).await;
     wait_ready(&mut b).await;
     split(&a, &b).await;
-    let replaced = || async {
-        metric(
-            a.admin_port(),
-            "ponte_bus_clients_replaced_total",
-            &[("client", "ponte-reconciler-read/consumer")],
-        )
-        .await
-    };
-    // Statistics every 5 s, the second without brokers, then 30 s without.
-    eventually(
-        "a's read model consumer without brokers replaced",
-        Duration::from_secs(120),
-        || async { (replaced().await >= 1.0).then_some(()) },
-    )
-    .await;
+    const READ: &str = "ponte-reconciler-read/consumer";
+    client_replaced(a.admin_port(), READ).await;
     let from_topic = || read_from_topic(&a);
     let topic_before = from_topic().await;
 
@@ -350,7 +339,7 @@ async fn a_read_model_consumer_that_lost_every_broker_is_replaced_and_reads_on()
         "a served b's persons without reading them from the topic ({topic_before} → {topic_after})"
     );
     assert_eq!(
-        replaced().await,
+        clients_replaced(a.admin_port(), READ).await,
         1.0,
         "only the first read model consumer is made to lose its brokers"
     );
