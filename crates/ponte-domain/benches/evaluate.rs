@@ -1,4 +1,5 @@
-//! Benchmarks of evaluating one person and one family under the 2023 Bolsa Família rule set.
+//! Benchmarks of evaluating one person and one family under the 2023 Bolsa Família rule set,
+//! and of writing an outcome's evidence as JSON.
 //! Prints figures; asserts nothing about time.
 #![allow(clippy::unwrap_used, missing_docs)]
 
@@ -116,6 +117,23 @@ fn benches(c: &mut Criterion) {
                 .flat_map(|m| rs.evaluate_person_between(m, jan, dec))
                 .collect();
             black_box(rs.evaluate_family(&family, &outs))
+        })
+    });
+    // The evidence of a year of the child's outcomes as JSON (each person's view carries it
+    // once per outcome): through serde_json, and as the reconciler writes it.
+    let year = rs.evaluate_person_between(&child, jan, dec);
+    c.bench_function("evidence JSON of a year: serde_json", |b| {
+        b.iter(|| {
+            for o in black_box(&year) {
+                black_box(serde_json::to_string(&o.evidence).unwrap());
+            }
+        })
+    });
+    c.bench_function("evidence JSON of a year: Evidence::to_json", |b| {
+        b.iter(|| {
+            for o in black_box(&year) {
+                black_box(o.evidence.to_json());
+            }
         })
     });
     c.bench_function("ids: parse NIS", |b| {

@@ -9,6 +9,7 @@
 pub mod achievements;
 pub mod colombia;
 pub mod effects;
+mod evidence_json;
 pub mod ids;
 pub mod indicators;
 pub mod outcome;

@@ -271,6 +271,18 @@ impl fmt::Display for Date {
 
 string_form!(Date);
 
+impl Date {
+    /// Appends the date as [`fmt::Display`] writes it (`2025-04-07`), without the formatter.
+    pub(crate) fn push_text(&self, out: &mut String) {
+        match Digits::year(self.year) {
+            Some(mut d) => {
+                out.push_str(d.push(b'-').two(self.month).push(b'-').two(self.day).text())
+            }
+            None => out.push_str(&self.to_string()),
+        }
+    }
+}
+
 /// The text of a date or period, written digit by digit into a buffer on the stack: views and
 /// evidence print thousands of months and dates per second, and `write!` with padded fields
 /// costs several times more. Only years 0–9999 (four digits, as written); the others go
@@ -391,6 +403,16 @@ impl Month {
     /// Number of months from `self` to `other` (positive when `other` is later).
     pub fn months_until(&self, other: Month) -> i64 {
         other.index() - self.index()
+    }
+}
+
+impl Month {
+    /// Appends the month as [`fmt::Display`] writes it (`2025-04`), without the formatter.
+    pub(crate) fn push_text(&self, out: &mut String) {
+        match Digits::year(self.year) {
+            Some(mut d) => out.push_str(d.push(b'-').two(self.month).text()),
+            None => out.push_str(&self.to_string()),
+        }
     }
 }
 

@@ -216,7 +216,7 @@ pub(super) fn outcome_view(o: &Outcome) -> api::ConditionalityOutcome {
             .collect(),
         record_ids,
         note: o.evidence.note.clone(),
-        evidence_json: serde_json::to_string(&o.evidence).unwrap_or_default(),
+        evidence_json: o.evidence.to_json(),
     }
 }
 
