@@ -852,63 +852,135 @@ impl Progress {
     }
 }
 
-/// Assigns every partition of `topic` at the offset the store holds (or the beginning), and
-/// returns the starting progress. Retries while the topic or its partition leaders are not
-/// there yet (right after the topic is created).
-fn assign_all(
+/// The partitions of `topic`, each at the offset the store holds (or the beginning), and the
+/// starting progress; an error while the topic or its partition leaders are not there yet
+/// (right after the topic is created) or no broker answers. Blocking.
+fn assignment(
     consumer: &ReadConsumer,
     topic: &str,
     store: &Store,
-    shutdown: &CancellationToken,
-) -> Result<Option<Progress>, ReconcilerError> {
+) -> Result<(TopicPartitionList, Progress), String> {
     let timeout = Duration::from_secs(10);
-    let attempt_assign = || -> Result<(TopicPartitionList, Progress), String> {
-        let md = consumer
-            .fetch_metadata(Some(topic), timeout)
-            .map_err(|e| format!("metadata: {e}"))?;
-        let t = md
-            .topics()
-            .iter()
-            .find(|t| t.name() == topic)
-            .ok_or("topic not in the metadata")?;
-        if let Some(e) = t.error() {
-            return Err(format!("topic metadata: {e:?}"));
+    let md = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(|e| format!("metadata: {e}"))?;
+    let t = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .ok_or("topic not in the metadata")?;
+    if let Some(e) = t.error() {
+        return Err(format!("topic metadata: {e:?}"));
+    }
+    if t.partitions().is_empty() {
+        return Err("topic has no partitions".into());
+    }
+    let mut tpl = TopicPartitionList::new();
+    let mut progress = Progress::default();
+    for p in t.partitions() {
+        if p.leader() < 0 {
+            return Err(format!("partition {} has no leader", p.id()));
         }
-        if t.partitions().is_empty() {
-            return Err("topic has no partitions".into());
+        let (low, high) = consumer
+            .fetch_watermarks(topic, p.id(), timeout)
+            .map_err(|e| format!("partition {} watermarks: {e}", p.id()))?;
+        let stored = store
+            .offset(topic, p.id())
+            .map_err(|e| format!("stored offset: {e}"))?;
+        let offset = stored.map_or(Offset::Beginning, Offset::Offset);
+        tpl.add_partition_offset(topic, p.id(), offset)
+            .map_err(|e| e.to_string())?;
+        progress.next.insert(p.id(), stored.unwrap_or(low).max(low));
+        progress.target.insert(p.id(), high);
+    }
+    Ok((tpl, progress))
+}
+
+/// What came of assigning the read model's consumer ([`assign_or_replace`]).
+enum Assigning {
+    Assigned(Progress),
+    Stopped,
+    /// The consumer knew no broker for [`ponte_bus::brokers::LOST_AFTER`] while it was being
+    /// assigned: a new one took its place, to be assigned in turn.
+    Replaced,
+}
+
+/// How many times the assignment is tried, 500 ms apart, before the read model gives up (as
+/// [`crate::while_topic_settles`] does); each try may wait 10 s for a broker.
+const ASSIGN_TRIES: u32 = 60;
+
+/// Assigns `consumer` every partition of `topic` ([`assignment`]), trying again while the topic
+/// settles, unless the consumer loses every broker meanwhile: librdkafka never reconnects such
+/// a client, whose metadata requests fail until the tries run out, so it is replaced by a new
+/// one (logged and counted as the loop replaces one lost later). Between tries the consumer is
+/// polled, which is what delivers its statistics (nothing is fetched before it is assigned).
+async fn assign_or_replace(
+    consumer: &mut Arc<ReadConsumer>,
+    kafka: &KafkaConfig,
+    topic: &str,
+    store: &Store,
+    shutdown: &CancellationToken,
+) -> Result<Assigning, ReconcilerError> {
+    for tries in 1.. {
+        if shutdown.is_cancelled() {
+            return Ok(Assigning::Stopped);
         }
-        let mut tpl = TopicPartitionList::new();
-        let mut progress = Progress::default();
-        for p in t.partitions() {
-            if p.leader() < 0 {
-                return Err(format!("partition {} has no leader", p.id()));
+        if let Some(lost) = consumer.context().lost(Instant::now()) {
+            let old = std::mem::replace(consumer, Arc::new(replacement(kafka, topic, lost)?));
+            // Destroying a client may wait for its threads and requests.
+            std::thread::spawn(move || drop(old));
+            return Ok(Assigning::Replaced);
+        }
+        let (c, t, s) = (Arc::clone(consumer), topic.to_owned(), store.clone());
+        let tried = tokio::task::spawn_blocking(move || assignment(&c, &t, &s))
+            .await
+            .map_err(|e| ReconcilerError::Startup(format!("read model assign task: {e}")))?;
+        let error = match tried {
+            Ok((tpl, progress)) => {
+                consumer
+                    .assign(&tpl)
+                    .map_err(|e| ReconcilerError::Startup(format!("read model assign: {e}")))?;
+                return Ok(Assigning::Assigned(progress));
             }
-            let (low, high) = consumer
-                .fetch_watermarks(topic, p.id(), timeout)
-                .map_err(|e| format!("partition {} watermarks: {e}", p.id()))?;
-            let stored = store
-                .offset(topic, p.id())
-                .map_err(|e| format!("stored offset: {e}"))?;
-            let offset = stored.map_or(Offset::Beginning, Offset::Offset);
-            tpl.add_partition_offset(topic, p.id(), offset)
-                .map_err(|e| e.to_string())?;
-            progress.next.insert(p.id(), stored.unwrap_or(low).max(low));
-            progress.target.insert(p.id(), high);
+            Err(e) => e,
+        };
+        if tries >= ASSIGN_TRIES {
+            return Err(ReconcilerError::Startup(format!(
+                "read model: changes topic {topic}: {error}"
+            )));
         }
-        Ok((tpl, progress))
-    };
-    let Some((tpl, progress)) = crate::while_topic_settles(
-        &format!("read model: changes topic {topic}"),
-        || shutdown.is_cancelled(),
-        attempt_assign,
-    )?
-    else {
-        return Ok(None);
-    };
-    consumer
-        .assign(&tpl)
-        .map_err(|e| ReconcilerError::Startup(format!("read model assign: {e}")))?;
-    Ok(Some(progress))
+        tracing::info!(
+            error,
+            "read model: changes topic {topic}: not ready yet; retrying"
+        );
+        // Unassigned, the consumer fetches nothing: polling it only serves its events (an
+        // error event ends a poll early, hence the loop).
+        let until = tokio::time::Instant::now() + Duration::from_millis(500);
+        while tokio::time::Instant::now() < until && !shutdown.is_cancelled() {
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = tokio::time::timeout_at(until, consumer.recv()) => {}
+            }
+        }
+    }
+    unreachable!("the loop returns")
+}
+
+/// A new consumer, assigned nothing yet, for one that has known no broker for `lost` and never
+/// will again (librdkafka never reconnects such a client): logged and counted.
+fn replacement(
+    kafka: &KafkaConfig,
+    topic: &str,
+    lost: Duration,
+) -> Result<ReadConsumer, ReconcilerError> {
+    tracing::error!(
+        topic,
+        seconds = lost.as_secs(),
+        "the read model's consumer has known no Kafka broker for a while and never will again: replaced"
+    );
+    let fresh = read_consumer(kafka)?;
+    ponte_bus::brokers::replaced(READ_CLIENT);
+    Ok(fresh)
 }
 
 /// Sum over partitions of the high watermark minus the next offset held (`None` if a broker
@@ -1021,20 +1093,11 @@ async fn follow(
 ) -> Result<(), ReconcilerError> {
     let mut fault = injected_fault()?;
     let mut consumer = Arc::new(read_consumer(&kafka)?);
-
-    let mut progress = {
-        let (c, t, s, stop) = (
-            Arc::clone(&consumer),
-            topic.clone(),
-            store.clone(),
-            shutdown.clone(),
-        );
-        let assigned = tokio::task::spawn_blocking(move || assign_all(&c, &t, &s, &stop))
-            .await
-            .map_err(|e| ReconcilerError::Startup(format!("read model assign task: {e}")))??;
-        match assigned {
-            Some(p) => p,
-            None => return Ok(()),
+    let mut progress = loop {
+        match assign_or_replace(&mut consumer, &kafka, &topic, &store, &shutdown).await? {
+            Assigning::Assigned(progress) => break progress,
+            Assigning::Stopped => return Ok(()),
+            Assigning::Replaced => {}
         }
     };
     tracing::info!(
@@ -1062,18 +1125,11 @@ async fn follow(
         if last_watch.elapsed() >= WATCH_EVERY {
             last_watch = Instant::now();
             if let Some(lost) = consumer.context().lost(last_watch) {
-                // librdkafka never reconnects such a client: a new one, assigned the partitions
-                // read from the topic at the offsets held. What the old one fetched and was not
-                // applied is fetched again.
-                tracing::error!(
-                    topic,
-                    seconds = lost.as_secs(),
-                    "the read model's consumer has known no Kafka broker for a while and never will again: replaced"
-                );
-                let fresh = Arc::new(read_consumer(&kafka)?);
+                // A new consumer, assigned the partitions read from the topic at the offsets
+                // held. What the old one fetched and was not applied is fetched again.
+                let fresh = Arc::new(replacement(&kafka, &topic, lost)?);
                 assign_topic_partitions(&fresh, &topic, &routing, &progress)?;
                 let old = std::mem::replace(&mut consumer, fresh);
-                ponte_bus::brokers::replaced(READ_CLIENT);
                 // Destroying a client may wait for its threads and requests.
                 std::thread::spawn(move || drop(old));
             }
@@ -1851,6 +1907,67 @@ mod tests {
         assert_eq!(everything(&epochs), everything(&topic));
         assert_eq!(listed(&epochs, RJ), [a.to_string()]);
         assert_eq!(stored_counts(&epochs), recount(&epochs));
+    }
+
+    /// A consumer that loses every broker while it is being assigned is replaced, from the
+    /// statistics polled between tries. The loss is stood in for by
+    /// `PONTE_TEST_FORGET_BROKERS`, which a process reads when it creates the client and a test
+    /// cannot set in its own process (no `unsafe`): the test runs itself again with it. No
+    /// broker listens at the bootstrap address, so every try fails as a lost client's do.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_consumer_lost_while_it_is_being_assigned_is_replaced() {
+        const CHILD: &str = "PONTE_TEST_READ_MODEL_ASSIGN_CHILD";
+        const NAME: &str =
+            "readmodel::tests::a_consumer_lost_while_it_is_being_assigned_is_replaced";
+        if std::env::var_os(CHILD).is_none() {
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args([NAME, "--exact", "--nocapture"])
+                .env(CHILD, "1")
+                .env("PONTE_TEST_FORGET_BROKERS", format!("{READ_CLIENT}:1"))
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success(),
+                "{text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(
+                text.contains("1 passed"),
+                "the test ran in the child: {text}"
+            );
+            return;
+        }
+        let kafka = KafkaConfig {
+            // The discard port: nothing listens there.
+            bootstrap_servers: "127.0.0.1:9".into(),
+            message_timeout_ms: 5_000,
+            properties: BTreeMap::new(),
+        };
+        let (_dir, store) = store();
+        let mut consumer = Arc::new(read_consumer(&kafka).unwrap());
+        let first = Arc::clone(&consumer);
+        let started = Instant::now();
+        let shutdown = CancellationToken::new();
+        let got = assign_or_replace(&mut consumer, &kafka, "changes", &store, &shutdown)
+            .await
+            .unwrap();
+        assert!(matches!(got, Assigning::Replaced), "replaced, not given up");
+        assert!(started.elapsed() >= ponte_bus::brokers::LOST_AFTER);
+        assert!(
+            !Arc::ptr_eq(&first, &consumer),
+            "a new consumer took its place"
+        );
+        assert!(
+            first.context().lost(Instant::now()).is_some(),
+            "the old one had lost its brokers"
+        );
+        // The new one is tried in turn, and the shutdown ends the tries.
+        shutdown.cancel();
+        let got = assign_or_replace(&mut consumer, &kafka, "changes", &store, &shutdown)
+            .await
+            .unwrap();
+        assert!(matches!(got, Assigning::Stopped));
     }
 
     #[test]
