@@ -404,9 +404,7 @@ impl Month {
     pub fn months_until(&self, other: Month) -> i64 {
         other.index() - self.index()
     }
-}
 
-impl Month {
     /// Appends the month as [`fmt::Display`] writes it (`2025-04`), without the formatter.
     pub(crate) fn push_text(&self, out: &mut String) {
         match Digits::year(self.year) {
