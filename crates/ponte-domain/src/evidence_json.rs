@@ -8,6 +8,7 @@
 //! until it is written here too.
 
 use crate::outcome::{Evidence, HealthEvidence, MonthEvidence};
+use crate::period::{Date, Month};
 use crate::records::Attendance;
 use crate::rules::HealthItem;
 
@@ -32,9 +33,9 @@ fn write_evidence(out: &mut String, e: &Evidence) {
         health,
         note,
     } = e;
-    out.push_str("{\"reference_date\":\"");
-    reference_date.push_text(out);
-    out.push_str("\",\"age\":");
+    out.push_str("{\"reference_date\":");
+    date_text(out, reference_date);
+    out.push_str(",\"age\":");
     option(out, age.as_ref(), |out, a| number(out, u64::from(*a)));
     out.push_str(",\"bands\":");
     array(out, bands, |out, b| string(out, b));
@@ -45,17 +46,9 @@ fn write_evidence(out: &mut String, e: &Evidence) {
     out.push_str(",\"months\":");
     array(out, months, write_month);
     out.push_str(",\"months_below\":");
-    array(out, months_below, |out, m| {
-        out.push('"');
-        m.push_text(out);
-        out.push('"');
-    });
+    array(out, months_below, month_text);
     out.push_str(",\"months_missing\":");
-    array(out, months_missing, |out, m| {
-        out.push('"');
-        m.push_text(out);
-        out.push('"');
-    });
+    array(out, months_missing, month_text);
     out.push_str(",\"health\":");
     option(out, health.as_ref(), write_health);
     out.push_str(",\"note\":");
@@ -74,9 +67,9 @@ fn write_month(out: &mut String, m: &MonthEvidence) {
         exempted,
         signals_assistance,
     } = m;
-    out.push_str("{\"month\":\"");
-    month.push_text(out);
-    out.push_str("\",\"record_id\":");
+    out.push_str("{\"month\":");
+    month_text(out, month);
+    out.push_str(",\"record_id\":");
     string(out, record_id);
     out.push_str(",\"version\":");
     number(out, *version);
@@ -124,11 +117,7 @@ fn write_health(out: &mut String, h: &HealthEvidence) {
         out.push(',');
         number(out, *version);
         out.push(',');
-        option(out, date.as_ref(), |out, d| {
-            out.push('"');
-            d.push_text(out);
-            out.push('"');
-        });
+        option(out, date.as_ref(), date_text);
         out.push(']');
     });
     out.push_str(",\"required\":");
@@ -148,6 +137,20 @@ fn write_health(out: &mut String, h: &HealthEvidence) {
     out.push_str(",\"immunization_refs\":");
     array(out, immunization_refs, |out, r| string(out, r));
     out.push('}');
+}
+
+/// A month as a JSON string (its text needs no escaping).
+fn month_text(out: &mut String, m: &Month) {
+    out.push('"');
+    m.push_text(out);
+    out.push('"');
+}
+
+/// A date as a JSON string (its text needs no escaping).
+fn date_text(out: &mut String, d: &Date) {
+    out.push('"');
+    d.push_text(out);
+    out.push('"');
 }
 
 /// `HealthItem`'s serde name (`rename_all = "snake_case"`).
@@ -235,7 +238,6 @@ fn string(out: &mut String, s: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::period::{Date, Month};
     use proptest::prelude::*;
 
     fn text() -> impl Strategy<Value = String> {
