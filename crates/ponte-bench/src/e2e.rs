@@ -46,10 +46,12 @@ impl Drop for Service {
     }
 }
 
+/// A port for one of the processes to listen at: the system tests' choice, below the kernel's
+/// ephemeral range and never the same twice. A port the kernel picked for port 0 is in that
+/// range, and an outgoing connection (a Kafka client's) took one before the adapter given it
+/// bound it ("Address already in use", a 10 M people run lost on 2026-12-06).
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    Ok(ponte_integration_tests::free_port())
 }
 
 /// The steps of a commit, in order (`phase` of `ponte_reconciler_commit_phase_seconds`).
