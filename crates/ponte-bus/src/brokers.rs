@@ -22,6 +22,13 @@ use std::time::{Duration, Instant};
 /// librdkafka re-bootstraps; a lost client stays so.
 pub const LOST_AFTER: Duration = Duration::from_secs(30);
 
+/// Destroys a replaced (or abandoned) client on a thread of its own: destroying a librdkafka
+/// client may wait for its threads and outstanding requests, which must not hold up a runtime
+/// worker, and the runtime's blocking pool is waited for at shutdown.
+pub fn destroy_aside<C: Send + 'static>(client: C) {
+    std::thread::spawn(move || drop(client));
+}
+
 /// Counts the replacement of the client labelled `client` (`ponte_bus_clients_replaced_total`).
 pub fn replaced(client: &str) {
     metrics::counter!("ponte_bus_clients_replaced_total", "client" => client.to_owned())

@@ -381,9 +381,10 @@ impl Publisher {
                         client,
                         "the producer has known no Kafka broker for a while and never will again: replaced"
                     );
-                    let old = std::mem::replace(&mut *producer, Arc::new(fresh));
-                    // Destroying a client may wait for its threads and requests.
-                    std::thread::spawn(move || drop(old));
+                    crate::brokers::destroy_aside(std::mem::replace(
+                        &mut *producer,
+                        Arc::new(fresh),
+                    ));
                     crate::brokers::replaced(&client);
                 }
                 Err(e) => tracing::error!(error = %e, "replacing a producer without brokers"),

@@ -385,9 +385,7 @@ impl Committer {
     fn drop_producer(&mut self) -> Option<String> {
         let old = self.producer.take()?;
         let client = old.client().to_owned();
-        // Destroying a client may wait for its threads and requests: on a thread of its own
-        // (not the runtime's blocking pool, which the runtime waits for at shutdown).
-        std::thread::spawn(move || drop(old));
+        ponte_bus::brokers::destroy_aside(old);
         self.open = false;
         Some(client)
     }

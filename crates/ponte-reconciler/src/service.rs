@@ -442,8 +442,7 @@ pub async fn run(
         let client = rdkafka::consumer::Consumer::context(&lost)
             .client()
             .to_owned();
-        // On a thread of its own: the runtime would wait for a blocking task at shutdown.
-        std::thread::spawn(move || drop(lost));
+        ponte_bus::brokers::destroy_aside(lost);
         assignment = fresh_assignment;
         assignment_tx.send_replace(assignment.clone());
         ponte_bus::brokers::replaced(&client);
