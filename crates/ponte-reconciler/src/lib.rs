@@ -29,6 +29,12 @@ pub mod topology;
 pub use config::ReconcilerConfig;
 pub use service::run;
 
+/// How many times [`while_topic_settles`] (and the read model's assignment, which polls its
+/// consumer between tries) tries before giving up, [`SETTLE_PAUSE`] apart.
+pub(crate) const SETTLE_TRIES: u32 = 60;
+/// The pause between two tries while a topic settles.
+pub(crate) const SETTLE_PAUSE: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Runs `attempt` until it succeeds, every 500 ms for up to 30 s: right after a topic is
 /// created its metadata, leaders and watermarks may not be there yet. `Ok(None)` when `stop`
 /// says to give up early (shutdown); the last error, prefixed with `what`, after 30 s.
@@ -44,9 +50,9 @@ pub(crate) fn while_topic_settles<T>(
         }
         match attempt() {
             Ok(v) => return Ok(Some(v)),
-            Err(e) if tries < 60 => {
+            Err(e) if tries < SETTLE_TRIES => {
                 tracing::info!(error = %e, "{what}: not ready yet; retrying");
-                std::thread::sleep(std::time::Duration::from_millis(500));
+                std::thread::sleep(SETTLE_PAUSE);
             }
             Err(e) => return Err(ReconcilerError::Startup(format!("{what}: {e}"))),
         }

@@ -905,12 +905,8 @@ enum Assigning {
     Replaced,
 }
 
-/// How many times the assignment is tried, 500 ms apart, before the read model gives up (as
-/// [`crate::while_topic_settles`] does); each try may wait 10 s for a broker.
-const ASSIGN_TRIES: u32 = 60;
-
 /// Assigns `consumer` every partition of `topic` ([`assignment`]), trying again while the topic
-/// settles, unless the consumer loses every broker meanwhile: librdkafka never reconnects such
+/// settles (as [`crate::while_topic_settles`] does; each try may wait 10 s for a broker), unless the consumer loses every broker meanwhile: librdkafka never reconnects such
 /// a client, whose metadata requests fail until the tries run out, so it is replaced by a new
 /// one (logged and counted as the loop replaces one lost later). Between tries the consumer is
 /// polled, which is what delivers its statistics (nothing is fetched before it is assigned).
@@ -926,9 +922,7 @@ async fn assign_or_replace(
             return Ok(Assigning::Stopped);
         }
         if let Some(lost) = consumer.context().lost(Instant::now()) {
-            let old = std::mem::replace(consumer, Arc::new(replacement(kafka, topic, lost)?));
-            // Destroying a client may wait for its threads and requests.
-            std::thread::spawn(move || drop(old));
+            replace(consumer, kafka, topic, lost)?;
             return Ok(Assigning::Replaced);
         }
         let (c, t, s) = (Arc::clone(consumer), topic.to_owned(), store.clone());
@@ -944,7 +938,7 @@ async fn assign_or_replace(
             }
             Err(e) => e,
         };
-        if tries >= ASSIGN_TRIES {
+        if tries > crate::SETTLE_TRIES {
             return Err(ReconcilerError::Startup(format!(
                 "read model: changes topic {topic}: {error}"
             )));
@@ -955,7 +949,7 @@ async fn assign_or_replace(
         );
         // Unassigned, the consumer fetches nothing: polling it only serves its events (an
         // error event ends a poll early, hence the loop).
-        let until = tokio::time::Instant::now() + Duration::from_millis(500);
+        let until = tokio::time::Instant::now() + crate::SETTLE_PAUSE;
         while tokio::time::Instant::now() < until && !shutdown.is_cancelled() {
             tokio::select! {
                 _ = shutdown.cancelled() => {}
@@ -966,21 +960,24 @@ async fn assign_or_replace(
     unreachable!("the loop returns")
 }
 
-/// A new consumer, assigned nothing yet, for one that has known no broker for `lost` and never
-/// will again (librdkafka never reconnects such a client): logged and counted.
-fn replacement(
+/// Puts a new consumer, assigned nothing yet, in the place of `consumer`, which has known no
+/// broker for `lost` and never will again (librdkafka never reconnects such a client): logged
+/// and counted, the old one destroyed aside.
+fn replace(
+    consumer: &mut Arc<ReadConsumer>,
     kafka: &KafkaConfig,
     topic: &str,
     lost: Duration,
-) -> Result<ReadConsumer, ReconcilerError> {
+) -> Result<(), ReconcilerError> {
     tracing::error!(
         topic,
         seconds = lost.as_secs(),
         "the read model's consumer has known no Kafka broker for a while and never will again: replaced"
     );
-    let fresh = read_consumer(kafka)?;
+    let old = std::mem::replace(consumer, Arc::new(read_consumer(kafka)?));
+    ponte_bus::brokers::destroy_aside(old);
     ponte_bus::brokers::replaced(READ_CLIENT);
-    Ok(fresh)
+    Ok(())
 }
 
 /// Sum over partitions of the high watermark minus the next offset held (`None` if a broker
@@ -1127,11 +1124,8 @@ async fn follow(
             if let Some(lost) = consumer.context().lost(last_watch) {
                 // A new consumer, assigned the partitions read from the topic at the offsets
                 // held. What the old one fetched and was not applied is fetched again.
-                let fresh = Arc::new(replacement(&kafka, &topic, lost)?);
-                assign_topic_partitions(&fresh, &topic, &routing, &progress)?;
-                let old = std::mem::replace(&mut consumer, fresh);
-                // Destroying a client may wait for its threads and requests.
-                std::thread::spawn(move || drop(old));
+                replace(&mut consumer, &kafka, &topic, lost)?;
+                assign_topic_partitions(&consumer, &topic, &routing, &progress)?;
             }
         }
         if last_lag.elapsed() >= LAG_EVERY {
