@@ -262,8 +262,8 @@ impl Date {
 
 impl fmt::Display for Date {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match Digits::year(self.year) {
-            Some(mut d) => f.pad(d.push(b'-').two(self.month).push(b'-').two(self.day).text()),
+        match self.digits() {
+            Some(d) => f.pad(d.text()),
             None => write!(f, "{:04}-{:02}-{:02}", self.year, self.month, self.day),
         }
     }
@@ -272,12 +272,17 @@ impl fmt::Display for Date {
 string_form!(Date);
 
 impl Date {
-    /// Appends the date as [`fmt::Display`] writes it (`2025-04-07`), without the formatter.
+    /// The date's text (`2025-04-07`) on the stack; `None` for a year [`Digits`] does not take.
+    fn digits(&self) -> Option<Digits> {
+        let mut d = Digits::year(self.year)?;
+        d.push(b'-').two(self.month).push(b'-').two(self.day);
+        Some(d)
+    }
+
+    /// Appends the date as [`fmt::Display`] writes it, without the formatter.
     pub(crate) fn push_text(&self, out: &mut String) {
-        match Digits::year(self.year) {
-            Some(mut d) => {
-                out.push_str(d.push(b'-').two(self.month).push(b'-').two(self.day).text())
-            }
+        match self.digits() {
+            Some(d) => out.push_str(d.text()),
             None => out.push_str(&self.to_string()),
         }
     }
@@ -405,10 +410,17 @@ impl Month {
         other.index() - self.index()
     }
 
-    /// Appends the month as [`fmt::Display`] writes it (`2025-04`), without the formatter.
+    /// The month's text (`2025-04`) on the stack; `None` for a year [`Digits`] does not take.
+    fn digits(&self) -> Option<Digits> {
+        let mut d = Digits::year(self.year)?;
+        d.push(b'-').two(self.month);
+        Some(d)
+    }
+
+    /// Appends the month as [`fmt::Display`] writes it, without the formatter.
     pub(crate) fn push_text(&self, out: &mut String) {
-        match Digits::year(self.year) {
-            Some(mut d) => out.push_str(d.push(b'-').two(self.month).text()),
+        match self.digits() {
+            Some(d) => out.push_str(d.text()),
             None => out.push_str(&self.to_string()),
         }
     }
@@ -416,8 +428,8 @@ impl Month {
 
 impl fmt::Display for Month {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match Digits::year(self.year) {
-            Some(mut d) => f.pad(d.push(b'-').two(self.month).text()),
+        match self.digits() {
+            Some(d) => f.pad(d.text()),
             None => write!(f, "{:04}-{:02}", self.year, self.month),
         }
     }
