@@ -12,6 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use ponte_integration_tests::free_port;
 use ponte_proto::compliance::v1::GetPersonRequest;
 use ponte_proto::compliance::v1::compliance_service_client::ComplianceServiceClient;
 
@@ -44,14 +45,6 @@ impl Drop for Service {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// A port for one of the processes to listen at: the system tests' choice, below the kernel's
-/// ephemeral range and never the same twice. A port the kernel picked for port 0 is in that
-/// range, and an outgoing connection (a Kafka client's) took one before the adapter given it
-/// bound it ("Address already in use", a 10 M people run lost on 2026-12-06).
-fn free_port() -> anyhow::Result<u16> {
-    Ok(ponte_integration_tests::free_port())
 }
 
 /// The steps of a commit, in order (`phase` of `ponte_reconciler_commit_phase_seconds`).
@@ -355,7 +348,10 @@ pub(crate) async fn start(s: &Setup<'_>) -> anyhow::Result<Pipeline> {
         );
         None
     };
-    let grpc = format!("127.0.0.1:{}", free_port()?);
+    // Ports below the kernel's ephemeral range, never the same twice (the system tests'
+    // choice): a port the kernel picks for port 0 can be taken by an outgoing connection (a
+    // Kafka client's) before the process given it binds it — a 10 M people run was lost so.
+    let grpc = format!("127.0.0.1:{}", free_port());
     set("PONTE__RECONCILER__GRPC_LISTEN", grpc.clone());
     let mut listen = BTreeMap::new();
     let mut admin = BTreeMap::new();
@@ -365,14 +361,14 @@ pub(crate) async fn start(s: &Setup<'_>) -> anyhow::Result<Pipeline> {
         "assistance_adapter",
         "reconciler",
     ] {
-        let a = free_port()?;
+        let a = free_port();
         admin.insert(svc, a);
         set(
             &format!("PONTE__{}__ADMIN_LISTEN", svc.to_uppercase()),
             format!("127.0.0.1:{a}"),
         );
         if svc != "reconciler" {
-            let l = free_port()?;
+            let l = free_port();
             listen.insert(svc, l);
             set(
                 &format!("PONTE__{}__LISTEN", svc.to_uppercase()),
