@@ -88,10 +88,11 @@ enum Cmd {
         /// read the keys of a run of events at once (for comparisons in one build).
         #[arg(long)]
         no_read_ahead: bool,
-        /// Looks for the records parked under every identifier a profile claims in the store,
-        /// as the service did before it kept an index of them (for comparisons in one build).
+        /// Looks for health records in the layout before `a/` (`e/`, `k/`) under every
+        /// identifier touched, as the service does in a partition that still holds some, instead
+        /// of screening those scans out (for comparisons in one build).
         #[arg(long)]
-        no_parked_index: bool,
+        no_screen: bool,
         /// Compacts the state store level by level, as the service did before it compacted
         /// it by size tiers (`reconciler.state_compaction = "levels"`; for comparisons in one
         /// build).
@@ -275,7 +276,7 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Reconciler {
             batch,
             no_read_ahead,
-            no_parked_index,
+            no_screen,
             state_leveled,
             read_model_gc_age_percent,
         } => {
@@ -284,7 +285,7 @@ async fn main() -> anyhow::Result<()> {
             let started = Instant::now();
             let how = reconciler::How {
                 read_ahead: !no_read_ahead,
-                parked_index: !no_parked_index,
+                screened: !no_screen,
                 state_layout: if state_leveled {
                     StateCompaction::Levels
                 } else {

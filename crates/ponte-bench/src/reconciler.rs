@@ -12,8 +12,8 @@ use ponte_domain::rules::RuleSet;
 use ponte_proto::events::v1::Event;
 use ponte_reconciler::readmodel::{self, ChangeRecord};
 use ponte_reconciler::topology::{
-    Applied, Indexed, Input, Kv, OutputKind, ParkedIndex, READ_AHEAD_RUN, Topology, Tx,
-    batch_bytes, key_partition, parked_delta,
+    Applied, Input, Kv, OutputKind, ParkedCounts, READ_AHEAD_RUN, Screened, Topology, Tx,
+    batch_bytes, key_partition, parked_after,
 };
 use ponte_store::{Durability, Layout, Memory, Store, WriteStats};
 
@@ -81,8 +81,8 @@ fn table_of(key: &[u8]) -> String {
 pub(crate) struct How {
     /// The state keys of each run of messages read at once before they are applied.
     pub(crate) read_ahead: bool,
-    /// Scans of an identifier's parked records answered from the index when it rules them out.
-    pub(crate) parked_index: bool,
+    /// Scans of the layout before `a/` answered at once in partitions that hold none of it.
+    pub(crate) screened: bool,
     /// How the state store is laid out.
     pub(crate) state_layout: Layout,
     /// How the read model's store is laid out.
@@ -93,7 +93,7 @@ impl How {
     /// As the service reads.
     pub(crate) const SERVICE: How = How {
         read_ahead: true,
-        parked_index: true,
+        screened: true,
         state_layout: ponte_reconciler::topology::STATE_LAYOUT,
         read_model_layout: ponte_reconciler::readmodel::LAYOUT,
     };
@@ -109,7 +109,7 @@ pub(crate) fn run(
 ) -> anyhow::Result<Figures> {
     let How {
         read_ahead,
-        parked_index,
+        screened,
         state_layout,
         read_model_layout,
     } = how;
@@ -138,11 +138,12 @@ pub(crate) fn run(
         Memory::mib(128),
         read_model_layout,
     )?;
-    // The index of parked records the consumer loop keeps (every partition is this process').
-    let parked = ParkedIndex::default();
+    // The parked counts the consumer loop keeps (every partition is this process'), and the
+    // store read through them.
+    let parked = ParkedCounts::default();
     parked.reassign(&store, &(0..PARTITIONS as i32).collect())?;
-    let indexed = Indexed::new(&store, &parked);
-    let state_read: &dyn Kv = if parked_index { &indexed } else { &store };
+    let screened_store = Screened::new(&store, &parked);
+    let state_read: &dyn Kv = if screened { &screened_store } else { &store };
     let mut figures = Figures::default();
     // Events waiting for the next batch: (topic, partition, Kafka key, event).
     let mut pending: Vec<(Input, i32, String, Event)> = Vec::with_capacity(batch);
@@ -200,9 +201,8 @@ pub(crate) fn run(
                 (k.len() + v.as_ref().map_or(0, Vec::len)) as u64;
             *figures.writes_by_table.entry(table).or_default() += 1;
         }
-        // The commit's effect on the parked records, read before it is written (as the
-        // service's commit does, with or without the index).
-        let parked_delta = parked_delta(&store, &writes)?;
+        // The parked counts the commit leaves, as the service's commit takes them.
+        let parked_after = parked_after(&writes)?;
         let mut w = store.batch_with_capacity(batch_bytes(&writes));
         for (k, v) in &writes {
             match v {
@@ -211,7 +211,7 @@ pub(crate) fn run(
             }
         }
         w.commit()?;
-        parked.add(&parked_delta);
+        parked.follow(&parked_after);
         let committed = Instant::now();
         let mut changes: Vec<ChangeRecord> = Vec::new();
         for o in outputs {

@@ -28,7 +28,7 @@ use crate::gauges::{read_state, refresh_gauges};
 use crate::lanes::Lanes;
 use crate::readmodel::ReadPath;
 use crate::topology::{
-    Applied, Entries, Indexed, Input, OutputKind, ParkedIndex, Pending, READ_AHEAD_RUN, Topology,
+    Applied, Entries, Input, OutputKind, ParkedCounts, Pending, READ_AHEAD_RUN, Screened, Topology,
     Tx, Unapplicable, entries_in, entries_of, is_batch,
 };
 
@@ -154,11 +154,12 @@ impl Driver<'_> {
         // or no input is at hand — never waiting for input with an epoch in flight. If the
         // epoch in flight is aborted, what was applied over it is dropped with it.
         //
-        // The epochs read the store through the index of the owned partitions' parked
-        // records ([`crate::topology::ParkedIndex`]), kept here from each commit.
-        let parked = ParkedIndex::default();
-        let indexed = Indexed::new(store, &parked);
-        let pending = Pending::new(&indexed);
+        // The owned partitions' parked records are counted from each commit
+        // ([`crate::topology::ParkedCounts`]); the epochs read the store through them, which
+        // screens out the scans of a layout a partition does not hold ([`Screened`]).
+        let parked = ParkedCounts::default();
+        let screened = Screened::new(store, &parked);
+        let pending = Pending::new(&screened);
         // The open epoch: the messages fetched for it, applied when it is committed on
         // `apply_threads` lanes at once ([`crate::lanes`]). A fetch returns a run of one
         // partition's messages, so lanes applying each run as it came would rarely have more
@@ -187,11 +188,11 @@ impl Driver<'_> {
                 match in_flight.take() {
                     None => false,
                     Some(epoch) => {
-                        let (outcome, delta) =
+                        let (outcome, counts) =
                             committer.complete(epoch, consumer, &mut consumed).await?;
                         pending.clear();
                         if outcome == Outcome::Committed {
-                            parked.add(&delta);
+                            parked.follow(&counts);
                             false
                         } else {
                             lanes.discard();
@@ -298,7 +299,7 @@ impl Driver<'_> {
                 generation = assignment.generation();
                 owned = assignment.prepared_partition_numbers();
                 // A partition kept may have been revoked and restored meanwhile: every one is
-                // indexed again from the store.
+                // read again from the store.
                 parked.clear();
                 parked.reassign(store, &owned)?;
                 committer.owned(&owned);
@@ -375,7 +376,7 @@ impl Driver<'_> {
                         .record(std::mem::take(&mut applying).as_secs_f64());
                 }
                 if let Sent::InFlight(epoch) =
-                    committer.send(lanes.merged(), &mut consumed, consumer, &pending)?
+                    committer.send(lanes.merged(), &mut consumed, consumer)?
                 {
                     pending.set(epoch.writes());
                     in_flight = Some(epoch);

@@ -42,7 +42,7 @@ use crate::feed::FeedSender;
 use crate::readmodel::{ChangeRecord, unix_millis};
 use crate::restore::Marker;
 use crate::topology::{
-    Batcher, Kv, Output, OutputKind, ParkedDelta, Tx, Writes, batch_bytes, key_partition, table_of,
+    Batcher, Output, OutputKind, ParkedAfter, Tx, Writes, batch_bytes, key_partition, table_of,
 };
 
 /// Where each kind of output goes: topic, Kafka `ponte-event-type` header and metric label.
@@ -406,18 +406,17 @@ impl Committer {
     }
 
     /// Commits the epoch held in `tx` and `consumed` at once: [`Committer::send`], then
-    /// [`Committer::complete`]. Returns the state writes' effect on the parked records when it
+    /// [`Committer::complete`]. Returns the parked counts the state writes leave when it
     /// committed.
     pub async fn commit<C: Consumer<ponte_bus::consume::SeekingContext>>(
         &mut self,
         tx: &mut Tx<'_>,
         consumed: &mut Consumed,
         consumer: &C,
-    ) -> Result<(Outcome, ParkedDelta), ReconcilerError> {
-        let store = self.store.clone();
-        match self.send(tx, consumed, consumer, &store)? {
-            Sent::Empty => Ok((Outcome::Empty, ParkedDelta::default())),
-            Sent::Aborted => Ok((Outcome::Aborted, ParkedDelta::default())),
+    ) -> Result<(Outcome, ParkedAfter), ReconcilerError> {
+        match self.send(tx, consumed, consumer)? {
+            Sent::Empty => Ok((Outcome::Empty, ParkedAfter::default())),
+            Sent::Aborted => Ok((Outcome::Aborted, ParkedAfter::default())),
             Sent::InFlight(epoch) => {
                 self.complete(epoch, consumer, &mut Consumed::default())
                     .await
@@ -427,24 +426,21 @@ impl Committer {
 
     /// Steps 1–2 of the commit of the epoch held in `tx` and `consumed` (both left empty): a
     /// transaction is begun and every output and changelog entry handed to the producer. The
-    /// broker acknowledges them meanwhile; [`Committer::complete`] finishes the commit. `state`
-    /// is the state the epoch was applied over (the store, with the writes of an epoch still
-    /// in flight when it was applied): what its effect on the parked records is taken against.
-    /// An epoch that cannot be sent is aborted here, and the consumer sent back to its first
+    /// broker acknowledges them meanwhile; [`Committer::complete`] finishes the commit. An
+    /// epoch that cannot be sent is aborted here, and the consumer sent back to its first
     /// offsets.
     pub fn send<C: Consumer<ponte_bus::consume::SeekingContext>>(
         &mut self,
         tx: &mut Tx<'_>,
         consumed: &mut Consumed,
         consumer: &C,
-        state: &dyn Kv,
     ) -> Result<Sent, ReconcilerError> {
         if consumed.is_empty() {
             return Ok(Sent::Empty);
         }
         let started = Instant::now();
         let (writes, outputs) = tx.take();
-        let parked = crate::topology::parked_delta(state, &writes)?;
+        let parked = crate::topology::parked_after(&writes)?;
         let outputs = latest_views(outputs);
         let consumed = std::mem::take(consumed);
         match self.begin_and_send(&writes, &outputs, &consumed, consumer) {
@@ -469,7 +465,7 @@ impl Committer {
 
     /// Steps 3–5 of the commit of an epoch [`Committer::send`] sent: waits until the broker
     /// acknowledged its messages, commits its transaction and writes its state to the local
-    /// store. Returns the state writes' effect on the parked records when it committed.
+    /// store. Returns the parked counts the state writes leave when it committed.
     ///
     /// `after` is what was consumed since, applied over this epoch's writes: if this epoch is
     /// aborted, that work is dropped with it and the consumer sent back to the first offsets
@@ -479,7 +475,7 @@ impl Committer {
         epoch: InFlight,
         consumer: &C,
         after: &mut Consumed,
-    ) -> Result<(Outcome, ParkedDelta), ReconcilerError> {
+    ) -> Result<(Outcome, ParkedAfter), ReconcilerError> {
         let started = Instant::now();
         let InFlight {
             writes,
@@ -538,7 +534,7 @@ impl Committer {
             }
             Err(e) => {
                 self.abandon(&e, std::mem::take(&mut consumed), after, consumer)?;
-                Ok((Outcome::Aborted, ParkedDelta::default()))
+                Ok((Outcome::Aborted, ParkedAfter::default()))
             }
         }
     }
@@ -771,7 +767,7 @@ pub enum Sent {
 pub struct InFlight {
     writes: Arc<Writes>,
     outputs: Vec<Output>,
-    parked: ParkedDelta,
+    parked: ParkedAfter,
     consumed: Consumed,
     deliveries: Deliveries,
     /// The messages and entries sent, by kind (counted once the epoch is committed; boxed, as

@@ -20,7 +20,7 @@ pub(crate) fn refresh_gauges(
     assignment: &ponte_bus::consume::Assignment,
     readiness: &Readiness,
     read_model: Result<(), String>,
-    parked: &crate::topology::ParkedIndex,
+    parked: &crate::topology::ParkedCounts,
     topic_count: usize,
 ) {
     let owned = assignment.partitions().len();

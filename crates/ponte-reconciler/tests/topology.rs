@@ -14,9 +14,9 @@ use ponte_domain::rules::RuleSet;
 use ponte_proto::compliance::v1::{self as api, OutcomeStatus};
 use ponte_proto::events::v1::{self as ev, Event, event::Record, health_follow_up::Subject};
 use ponte_reconciler::topology::{
-    Applied, FamilyMembersEntry, Indexed, Input, Output, OutputKind, ParkedIndex, Pending,
-    PersonEntry, READ_AHEAD_RUN, Topology, Tx, Writes, parked_delta, person_value_in_format_2,
-    read_parked,
+    Applied, FamilyMembersEntry, HeldHealthRecords, Input, Output, OutputKind, ParkedCounts,
+    Pending, PersonEntry, READ_AHEAD_RUN, Screened, Topology, Tx, Writes, parked_after,
+    person_value_in_format_2, read_parked,
 };
 use proptest::prelude::*;
 use prost::Message as _;
@@ -56,10 +56,10 @@ struct Harness {
     pending: Queued,
     /// The latest change per key (`person:<nis>`, `family:<id>`).
     views: BTreeMap<String, api::ComplianceChange>,
-    /// The parked records, counted and indexed by identifier from each commit's writes as the
-    /// service's consumer loop keeps them; the epochs read the state through it, as the
-    /// service's do, and [`Harness::parked`] checks its counts against a scan.
-    parked: ParkedIndex,
+    /// The parked records, counted from each commit's writes as the service's consumer loop
+    /// keeps them; the epochs read the state through them ([`Screened`]), as the service's
+    /// do, and [`Harness::parked`] checks the counts against a scan.
+    parked: ParkedCounts,
     /// Every state key written or deleted, commit after commit.
     written: Vec<Vec<u8>>,
     /// With epochs pipelined as the consumer loop does: the epoch sent and not yet committed,
@@ -91,7 +91,7 @@ fn pending_of(pending: &mut Queued, n: usize) -> Option<(Input, i32, String, Vec
 impl Harness {
     fn new() -> Self {
         let rules = RuleSet::from_toml_str("bolsa-familia-2023.toml", RULES).unwrap();
-        let parked = ParkedIndex::default();
+        let parked = ParkedCounts::default();
         parked
             .reassign(&MapKv::default(), &(0..PARTITIONS).collect())
             .unwrap();
@@ -114,10 +114,7 @@ impl Harness {
 
     /// Commits a transaction and routes its outputs, as the service does for a batch of one.
     fn commit(&mut self, (writes, outputs): (Writes, Vec<Output>)) {
-        // The point reads of the commit's own bookkeeping are not the topology's: not kept.
-        let reads = self.kv.1.lock().unwrap().len();
-        let parked = parked_delta(&self.kv, &writes).unwrap();
-        self.kv.1.lock().unwrap().truncate(reads);
+        let parked = parked_after(&writes).unwrap();
         let mut map = self.kv.0.lock().unwrap();
         for (k, v) in writes {
             self.written.push(k.clone());
@@ -127,7 +124,7 @@ impl Harness {
             };
         }
         drop(map);
-        self.parked.add(&parked);
+        self.parked.follow(&parked);
         for o in outputs {
             let internal = match o.kind {
                 OutputKind::Crosswalk => Some(Input::Crosswalk),
@@ -160,7 +157,7 @@ impl Harness {
 
     /// Applies one input event on its partition, without delivering what it sends onwards.
     fn apply_only(&mut self, (input, event): &(Input, Event)) -> Applied {
-        let state = Indexed::new(&self.kv, &self.parked);
+        let state = Screened::new(&self.kv, &self.parked);
         let mut tx = Tx::new(&state);
         tx.set_partition(partition_of(&key_of(*input, event)));
         let applied = self.topology.apply(&mut tx, *input, event).unwrap();
@@ -821,6 +818,98 @@ fn a_changed_mapping_moves_the_records_that_arrived_under_it() {
     assert_eq!(h.person(MOTHER).health_records.len(), 2);
 }
 
+/// Rewrites the health records held under identifiers as stores kept them before `a/<alt>`:
+/// one key per record, `e/<alt>/<record id>` when the crosswalk maps the identifier and
+/// `k/<alt>/<record id>` when it does not, and no parked count. Returns how many it rewrote.
+fn to_per_record_keys(h: &mut Harness) -> usize {
+    let mut map = h.kv.0.lock().unwrap();
+    let held: Vec<(Vec<u8>, Vec<u8>)> = map
+        .iter()
+        .filter(|(k, _)| k[5..].starts_with(b"a/"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let mut rewritten = 0;
+    for (key, value) in held {
+        let (prefix, alt) = (&key[..5], &key[7..]);
+        let mapped = map.contains_key(&[prefix, b"x/", alt].concat());
+        let table: &[u8] = if mapped { b"e/" } else { b"k/" };
+        for record in HeldHealthRecords::decode(value.as_slice()).unwrap().records {
+            let k = [prefix, table, alt, b"/", record.record_id.as_bytes()].concat();
+            map.insert(k, record.encode_to_vec());
+            rewritten += 1;
+        }
+        map.remove(&key);
+    }
+    map.retain(|k, _| &k[5..] != b"n/parked");
+    rewritten
+}
+
+#[test]
+fn health_records_kept_one_key_each_are_moved_into_their_identifiers_value() {
+    // One record parked under the child's CNS, one forwarded through the mother's CPF.
+    let steps = [
+        health(
+            "health:enc-1",
+            Subject::Cns(CHILD_CNS.into()),
+            "2025-03-15",
+            1,
+        ),
+        health(
+            "health:enc-2",
+            Subject::Cpf(MOTHER_CPF.into()),
+            "2025-03-20",
+            1,
+        ),
+        profile(MOTHER, "1990-06-01", "F", &[], MOTHER_CPF, 1),
+    ];
+    let mut h = Harness::new();
+    let mut reference = Harness::new();
+    for step in &steps {
+        h.apply(step);
+        reference.apply(step);
+    }
+    assert_eq!(to_per_record_keys(&mut h), 2);
+    // A new assignment reads the store: the parked count is taken from the `k/` keys.
+    h.parked.clear();
+    h.parked
+        .reassign(&h.kv, &(0..PARTITIONS).collect())
+        .unwrap();
+    assert_eq!(h.parked().len(), 1);
+    assert_eq!(h.parked.total(), 1);
+
+    // The child's profile claims the CNS: the record parked one key each reaches the child,
+    // and a newer version of the mother's record replaces the one forwarded one key each.
+    let more = [
+        profile(CHILD, "2020-01-01", "F", &[CHILD_CNS], "", 1),
+        health(
+            "health:enc-2",
+            Subject::Cpf(MOTHER_CPF.into()),
+            "2025-04-02",
+            2,
+        ),
+    ];
+    for step in &more {
+        h.apply(step);
+        reference.apply(step);
+    }
+    assert!(h.parked().is_empty());
+    assert_eq!(h.person(CHILD).health_records.len(), 1);
+    let mother = h.person(MOTHER);
+    assert_eq!(mother.health_records.len(), 1);
+    assert_eq!(mother.health_records[0].version, 2);
+    let per_record: Vec<String> =
+        h.kv.0
+            .lock()
+            .unwrap()
+            .keys()
+            .filter(|k| k[5..].starts_with(b"e/") || k[5..].starts_with(b"k/"))
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .collect();
+    assert!(per_record.is_empty(), "{per_record:?}");
+    // The same state as a store that never kept them one key each.
+    assert_eq!(h.normalised(), reference.normalised());
+}
+
 #[test]
 fn unknown_record_types_and_bad_identifiers_are_reported_not_dropped_silently() {
     let mut h = Harness::new();
@@ -1233,7 +1322,7 @@ impl Harness {
                 }
             })
             .collect();
-        let state = Indexed::new(&self.kv, &self.parked);
+        let state = Screened::new(&self.kv, &self.parked);
         let pending = Pending::new(&state);
         if let Some((writes, _)) = &self.in_flight {
             pending.set(std::sync::Arc::new(writes.clone()));
@@ -1390,7 +1479,7 @@ proptest! {
     /// partitions, in one transaction over the uncommitted state of the earlier ones, and
     /// repartition messages delivered only after their epoch's commit — as the reconciler's
     /// epochs do, each applied in runs of any length whose state keys are read ahead, and
-    /// the index of parked records built again from the store every few epochs, as a new
+    /// the parked counts read again from the store every few epochs, as a new
     /// assignment generation has it, and (`pipelined`) each epoch applied over the writes of
     /// the one before while that one is still uncommitted, as the consumer loop pipelines them.
     #[test]

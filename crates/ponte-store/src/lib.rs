@@ -228,10 +228,11 @@ fn options(memory: Memory, durability: Durability, layout: Layout) -> (Options, 
     let mut state = cf;
     if matches!(layout, Layout::Leveled | Layout::Tiered { .. }) {
         // Scan groups in the filters (the whole keys stay there too, for point reads): the
-        // identity stage scans the records parked under each identifier a profile claims and
-        // nearly always finds none; without them every such scan seeked an index and a data
-        // block in each sorted run (docs/benchmarks.md, issue 15). Tables written before hold
-        // no groups and are scanned as before.
+        // reconciler's identity stage scans for health records kept one key each under an
+        // identifier, as stores before its `a/` values kept them, and nearly always finds none;
+        // without them every such scan seeked an index and a data block in each sorted run
+        // (docs/benchmarks.md, issue 15). Tables written before hold no groups and are scanned
+        // as before.
         state.set_prefix_extractor(rocksdb::SliceTransform::create(
             "ponte.scan-group.3",
             scan_group_of,

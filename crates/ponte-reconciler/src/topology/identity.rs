@@ -1,5 +1,7 @@
 //! Stage 1, identity (keyed by CNS/CPF): health records forwarded to their NIS, or parked
-//! until a profile claims their identifier; claims and releases moving them.
+//! until a profile claims their identifier; claims and releases sending them on or taking
+//! them back. The records held under an identifier are one value (`a/<alt>`) whether parked or
+//! forwarded, so a claim or a release rewrites none of them.
 use super::*;
 
 /// Who a health record names: a NIS, or the alternate identifier (`cns:…`, `cpf:…`) it is
@@ -24,19 +26,48 @@ fn arrived_as(h: &ev::HealthFollowUp) -> Result<Arrived, Applied> {
     }
 }
 
-/// The state keys [`Topology::apply_health`] reads for `event`: the record as forwarded and as
-/// parked under the identifier it arrived as, and the identifier's crosswalk entry. None for a
-/// record named by NIS (it reads nothing) or one that cannot be applied.
+/// The state keys [`Topology::apply_health`] reads for `event`: the records held under the
+/// identifier it arrived as, the identifier's crosswalk entry and the partition's parked count.
+/// None for a record named by NIS (it reads nothing) or one that cannot be applied.
 pub(super) fn health_keys_read(event: &Event) -> Vec<Vec<u8>> {
     match &event.record {
         Some(Record::HealthFollowUp(h)) => match arrived_as(h) {
-            Ok(Arrived::Alt(alt)) => {
-                let id = [alt.as_str(), event.record_id.as_str()];
-                vec![FORWARDED.key(&id), PARKED.key(&id), CROSSWALK.key(&[&alt])]
-            }
+            Ok(Arrived::Alt(alt)) => identifier_keys_read(&alt),
             Ok(Arrived::Nis(_)) | Err(_) => Vec::new(),
         },
         _ => Vec::new(),
+    }
+}
+
+/// The state keys a health record or a claim of `alt` reads: what is held under it, its
+/// crosswalk entry, and the parked count either may change.
+pub(super) fn identifier_keys_read(alt: &str) -> Vec<Vec<u8>> {
+    vec![
+        HELD.key(&[alt]),
+        CROSSWALK.key(&[alt]),
+        PARKED_COUNT.key(&[PARKED_COUNT_ID]),
+    ]
+}
+
+/// Where `record_id` is among `held` (kept in record id order): `Ok` at its index, `Err` where
+/// it would go.
+fn find(held: &HeldHealthRecords, record_id: &str) -> Result<usize, usize> {
+    held.records
+        .binary_search_by(|r| r.record_id.as_str().cmp(record_id))
+}
+
+/// Keeps `event` among `held` unless a version as new is held already; true when it was kept.
+fn hold(held: &mut HeldHealthRecords, event: Event) -> bool {
+    match find(held, &event.record_id) {
+        Ok(i) if held.records[i].version >= event.version => false,
+        Ok(i) => {
+            held.records[i] = event;
+            true
+        }
+        Err(i) => {
+            held.records.insert(i, event);
+            true
+        }
     }
 }
 
@@ -58,24 +89,91 @@ impl Topology {
             Ok(Arrived::Alt(alt)) => alt,
             Err(invalid) => return Ok(invalid),
         };
-        let id = [alt.as_str(), event.record_id.as_str()];
-        let held: Option<Event> = match FORWARDED.get(tx, &id)? {
-            Some(e) => Some(e),
-            None => PARKED.get(tx, &id)?,
-        };
-        if held.is_some_and(|held| held.version >= event.version) {
+        let (mut held, moved) = self.held(tx, &alt)?;
+        let new = find(&held, &event.record_id).is_err();
+        if !hold(&mut held, event.clone()) {
+            if moved {
+                HELD.put(tx, &[&alt], &held)?;
+            }
             return Ok(Applied::Unchanged);
         }
+        HELD.put(tx, &[&alt], &held)?;
         match CROSSWALK.get(tx, &[&alt])? {
             Some(nis) => {
-                FORWARDED.put(tx, &id, event)?;
                 self.forward_health(tx, nis.as_str(), &alt, event);
                 Ok(Applied::Changed)
             }
             None => {
-                PARKED.put(tx, &id, event)?;
+                if new {
+                    self.count_parked(tx, 1)?;
+                }
                 Ok(Applied::Parked)
             }
+        }
+    }
+
+    /// The health records held under `alt`, with those a store of the layout before `a/`
+    /// keeps under `e/<alt>/` and `k/<alt>/` moved in (their keys deleted): true when any were,
+    /// and then the caller writes what it returns. Where a partition holds no such keys the
+    /// scans are answered without reading the store ([`Screened`]).
+    fn held(
+        &self,
+        tx: &mut Tx<'_>,
+        alt: &str,
+    ) -> Result<(HeldHealthRecords, bool), ReconcilerError> {
+        let mut held = HELD.get(tx, &[alt])?.unwrap_or_default();
+        let mut moved = false;
+        for table in [&FORWARDED_BEFORE_HELD, &PARKED_BEFORE_HELD] {
+            let before = table.scan_under(tx, alt)?;
+            if before.is_empty() {
+                continue;
+            }
+            if !moved {
+                // Counted from the `k/` keys before the first of them goes.
+                self.parked_count(tx)?;
+                moved = true;
+            }
+            for (rid, v) in before {
+                let event = table.decode(&[alt, &rid], &v)?;
+                table.delete(tx, &[alt, &rid]);
+                hold(&mut held, event);
+            }
+        }
+        Ok((held, moved))
+    }
+
+    /// The health records of the current partition that are parked. A store of the layout
+    /// before `a/` has no count yet: it is taken from its `k/` keys, and written.
+    fn parked_count(&self, tx: &mut Tx<'_>) -> Result<u64, ReconcilerError> {
+        if let Some(count) = PARKED_COUNT.get(tx, &[PARKED_COUNT_ID])? {
+            return Ok(count.records);
+        }
+        let records = tx.scan(&PARKED_BEFORE_HELD.key_prefix())?.len() as u64;
+        if records > 0 {
+            PARKED_COUNT.put(tx, &[PARKED_COUNT_ID], &ParkedCount { records })?;
+        }
+        Ok(records)
+    }
+
+    /// `d` more health records of the current partition are parked (fewer when negative).
+    fn count_parked(&self, tx: &mut Tx<'_>, d: i64) -> Result<(), ReconcilerError> {
+        if d == 0 {
+            return Ok(());
+        }
+        let before = self.parked_count(tx)?;
+        let records = before.checked_add_signed(d).ok_or_else(|| {
+            corrupt(
+                &PARKED_COUNT.key(&[PARKED_COUNT_ID]),
+                format!("{before} parked records, {d} more"),
+            )
+        })?;
+        // None parked is no entry, whichever order the records came and went in (and a
+        // store of the layout before `a/` then has no `k/` keys to count either).
+        if records == 0 {
+            PARKED_COUNT.delete(tx, &[PARKED_COUNT_ID]);
+            Ok(())
+        } else {
+            PARKED_COUNT.put(tx, &[PARKED_COUNT_ID], &ParkedCount { records })
         }
     }
 
@@ -127,62 +225,65 @@ impl Topology {
         };
         let alt = c.alt.as_str();
         let current = CROSSWALK.get(tx, &[alt])?.map(|n| n.as_str().to_owned());
+        let (held, moved) = self.held(tx, alt)?;
+        let records = i64::try_from(held.records.len()).unwrap_or(i64::MAX);
+        // A change that changes nothing still writes what [`Topology::held`] moved.
+        let unchanged = |tx: &mut Tx<'_>| -> Result<Applied, ReconcilerError> {
+            if moved {
+                HELD.put(tx, &[alt], &held)?;
+            }
+            Ok(Applied::Unchanged)
+        };
         if c.erased {
             // The person was erased: what is held under their identifier goes, unless the
             // identifier already belongs to someone else (then what is held is theirs).
             if current.as_deref().is_some_and(|held| held != nis.as_str()) {
+                return unchanged(tx);
+            }
+            if current.is_none() && held.records.is_empty() {
                 return Ok(Applied::Unchanged);
             }
-            let forwarded = FORWARDED.scan_under(tx, alt)?;
-            let parked = PARKED.scan_under(tx, alt)?;
-            if current.is_none() && forwarded.is_empty() && parked.is_empty() {
-                return Ok(Applied::Unchanged);
+            if current.is_some() {
+                CROSSWALK.delete(tx, &[alt]);
+            } else {
+                self.count_parked(tx, -records)?;
             }
-            CROSSWALK.delete(tx, &[alt]);
-            for (rid, _) in forwarded {
-                FORWARDED.delete(tx, &[alt, &rid]);
-            }
-            for (rid, _) in parked {
-                PARKED.delete(tx, &[alt, &rid]);
-            }
+            HELD.delete(tx, &[alt]);
             return Ok(Applied::Erased);
         }
         if c.carried {
             if current.as_deref() == Some(nis.as_str()) {
-                return Ok(Applied::Unchanged);
+                return unchanged(tx);
             }
-            // Records are held as resolved (`e/`) only while the identifier maps to someone:
-            // a first claim has nothing resolved to move, only what is parked.
-            let resolved = match &current {
-                Some(_) => FORWARDED.scan_under(tx, alt)?,
-                None => Vec::new(),
-            };
-            if let Some(prev) = &current {
-                for (rid, _) in &resolved {
-                    self.withdraw_health(tx, prev, alt, rid, c.at);
+            match &current {
+                // What was forwarded to the previous holder is withdrawn from them.
+                Some(prev) => {
+                    for r in &held.records {
+                        self.withdraw_health(tx, prev, alt, &r.record_id, c.at);
+                    }
                 }
+                // What was parked is parked no more.
+                None => self.count_parked(tx, -records)?,
             }
             CROSSWALK.put(tx, &[alt], &nis)?;
-            let mut all = resolved;
-            for (rid, v) in PARKED.scan_under(tx, alt)? {
-                PARKED.delete(tx, &[alt, &rid]);
-                FORWARDED.put_encoded(tx, &[alt, &rid], v.clone());
-                all.push((rid, v));
+            for r in &held.records {
+                self.forward_health(tx, nis.as_str(), alt, r);
             }
-            for (rid, v) in all {
-                let event = FORWARDED.decode(&[alt, &rid], &v)?;
-                self.forward_health(tx, nis.as_str(), alt, &event);
+            if moved {
+                HELD.put(tx, &[alt], &held)?;
             }
             Ok(Applied::Changed)
         } else {
             if current.as_deref() != Some(nis.as_str()) {
-                return Ok(Applied::Unchanged);
+                return unchanged(tx);
             }
             CROSSWALK.delete(tx, &[alt]);
-            for (rid, v) in FORWARDED.scan_under(tx, alt)? {
-                FORWARDED.delete(tx, &[alt, &rid]);
-                PARKED.put_encoded(tx, &[alt, &rid], v);
-                self.withdraw_health(tx, nis.as_str(), alt, &rid, c.at);
+            for r in &held.records {
+                self.withdraw_health(tx, nis.as_str(), alt, &r.record_id, c.at);
+            }
+            self.count_parked(tx, records)?;
+            if moved {
+                HELD.put(tx, &[alt], &held)?;
             }
             Ok(Applied::Changed)
         }

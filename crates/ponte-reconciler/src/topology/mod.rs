@@ -29,8 +29,8 @@
 //! | key | value |
 //! |---|---|
 //! | `x/<cns:…\|cpf:…>` | crosswalk: the NIS an alternate identifier belongs to |
-//! | `e/<alt>/<record id>` | a health record that arrived as `<alt>` and was forwarded (`Event`) |
-//! | `k/<alt>/<record id>` | a parked health record (`Event`) |
+//! | `a/<alt>` | every health record that arrived as `<alt>` ([`HeldHealthRecords`]): forwarded while `x/<alt>` maps the identifier, parked while it maps to no one |
+//! | `n/parked` | how many health records of the partition are parked ([`ParkedCount`]) |
 //! | `p/<nis>` | the person ([`PersonEntry`], format 3: protobuf throughout): records (every entry, tombstones included), their sources, the digest of the last published view, the identifiers the profile carries |
 //! | `f/<family id>` | the family's assistance records (JSON) |
 //! | `fm/<family id>` | the family's members and their non-compliant outcomes, the digest of the last family view ([`FamilyMembersEntry`]) |
@@ -40,7 +40,10 @@
 //! entry per person or family it touched. Stores written before this layout kept the digests
 //! under `d/p/`, `d/f/` (or whole views under `v/p/`, `v/f/`) and the identifiers under `xo/`;
 //! they are read when the `p/` or `fm/` value is in that format (JSON), and deleted with its
-//! next write.
+//! next write. Stores written before `a/` kept one key per health record, `e/<alt>/<record id>`
+//! when forwarded and `k/<alt>/<record id>` when parked (so a claim or a release moved each
+//! record between them, two changelog entries a record); those are moved into `a/<alt>` the
+//! next time the identifier is touched, and `n/parked` is first counted from the `k/` keys.
 //!
 //! Views go out on `compliance.changes.v1`; what answers queries is the read model built from
 //! that topic ([`crate::readmodel`]), so every instance can answer for every person.
@@ -48,7 +51,8 @@
 //! Files: this one routes an event to its stage; `identity.rs`, `person.rs` and `family.rs`
 //! are the stages; `state.rs` the epoch's view of the state ([`Tx`]) and its partitions;
 //! `tables.rs` the typed tables the stages keep in it; `parked.rs` the parked records of the
-//! owned partitions, counted and indexed by identifier; `person_format.rs` a person's records
+//! owned partitions, counted, and the scans of the layout before `a/` skipped where a partition
+//! holds none; `person_format.rs` a person's records
 //! in the binary form `p/` values hold; `convert.rs` the mapping of wire records to domain
 //! records; `views.rs` the published views and the digests kept of them. The repartition
 //! messages, digests and state entries are defined in `proto/ponte/reconciler/v1`.
@@ -227,8 +231,8 @@ impl Applied {
 }
 
 pub use ponte_proto::reconciler::v1::{
-    CrosswalkChange, FamilyDigest, FamilyMembersEntry, HealthByNis, MemberOutcomes, NonCompliant,
-    PersonDigest, PersonEntry,
+    CrosswalkChange, FamilyDigest, FamilyMembersEntry, HealthByNis, HeldHealthRecords,
+    MemberOutcomes, NonCompliant, ParkedCount, PersonDigest, PersonEntry,
 };
 
 /// The topology with its configuration: one rule set and the monitoring window, and the
@@ -390,7 +394,7 @@ impl Topology {
             ],
             Input::Members => vec![FAMILIES.key(&[id]), MEMBERS.key(&[id])],
             Input::Crosswalk => CrosswalkChange::decode(payload)
-                .map(|c| vec![CROSSWALK.key(&[&c.alt])])
+                .map(|c| identity::identifier_keys_read(&c.alt))
                 .unwrap_or_default(),
             Input::Health => Event::decode(payload)
                 .map(|e| identity::health_keys_read(&e))

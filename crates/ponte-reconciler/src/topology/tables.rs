@@ -218,7 +218,15 @@ stored_as_json!(
     BTreeSet<String>,
     household::HouseholdDoc
 );
-stored_as_proto!(Event, PersonDigest, FamilyDigest, api::Person, api::Family);
+stored_as_proto!(
+    Event,
+    PersonDigest,
+    FamilyDigest,
+    api::Person,
+    api::Family,
+    HeldHealthRecords,
+    ParkedCount
+);
 
 /// A NIS, kept as its digits.
 impl Stored for Nis {
@@ -288,8 +296,7 @@ impl<V: Stored> Table<V> {
     }
 
     /// The entries whose id starts with `first` (a two-part id's first part), in key order, as
-    /// (the rest of the id, the encoded value): for moving entries between tables of one
-    /// value type without decoding them.
+    /// (the rest of the id, the encoded value).
     pub(super) fn scan_under(
         &self,
         tx: &Tx<'_>,
@@ -303,11 +310,6 @@ impl<V: Stored> Table<V> {
             .collect())
     }
 
-    /// Puts a value already encoded by a table of the same type ([`Table::scan_under`]).
-    pub(super) fn put_encoded(&self, tx: &mut Tx<'_>, id: &[&str], bytes: Vec<u8>) {
-        tx.put(self.key(id), bytes);
-    }
-
     /// Decodes a value of this table's type, `id` naming it in the error.
     pub(super) fn decode(&self, id: &[&str], bytes: &[u8]) -> Result<V, ReconcilerError> {
         V::from_stored(bytes).map_err(|e| corrupt(&self.key(id), e))
@@ -316,10 +318,19 @@ impl<V: Stored> Table<V> {
 
 /// `x/<cns:…|cpf:…>`: the NIS an alternate identifier belongs to.
 pub(super) const CROSSWALK: Table<Nis> = Table::new("x");
-/// `e/<alt>/<record id>`: a health record that arrived as `<alt>` and was forwarded.
-pub(super) const FORWARDED: Table<Event> = Table::new("e");
-/// `k/<alt>/<record id>`: a parked health record.
-pub(super) const PARKED: Table<Event> = Table::new("k");
+/// `a/<alt>`: every health record that arrived as `<alt>`, forwarded while `x/<alt>` maps it,
+/// parked while it maps to no one.
+pub(super) const HELD: Table<HeldHealthRecords> = Table::new("a");
+/// `n/parked`: how many health records of the partition are parked.
+pub(super) const PARKED_COUNT: Table<ParkedCount> = Table::new("n");
+/// The id of the one entry of [`PARKED_COUNT`].
+pub(super) const PARKED_COUNT_ID: &str = "parked";
+/// `e/<alt>/<record id>`: a health record that arrived as `<alt>` and was forwarded, as stores
+/// kept it before [`HELD`] (moved there when its identifier is next touched).
+pub(super) const FORWARDED_BEFORE_HELD: Table<Event> = Table::new("e");
+/// `k/<alt>/<record id>`: a parked health record, as stores kept it before [`HELD`] (moved
+/// there when its identifier is next touched).
+pub(super) const PARKED_BEFORE_HELD: Table<Event> = Table::new("k");
 /// `p/<nis>`: the person's records, every entry, tombstones included; the digest of the last
 /// view and the identifiers the profile carries.
 pub(super) const PERSONS: Table<PersonDoc> = Table::new("p");
@@ -348,15 +359,17 @@ pub(super) const FAMILY_VIEWS_BEFORE_DIGESTS: Table<api::Family> = Table::new("v
 pub(super) const HOUSEHOLDS: Table<household::HouseholdDoc> = Table::new("h");
 
 /// Every table's prefix (a key matches one only with the `/` that follows it).
-const PREFIXES: [&str; 12] = [
+const PREFIXES: [&str; 14] = [
     PERSON_DIGESTS.prefix,
     PERSON_VIEWS_BEFORE_DIGESTS.prefix,
     FAMILY_DIGESTS.prefix,
     FAMILY_VIEWS_BEFORE_DIGESTS.prefix,
     CARRIED_IDS.prefix,
     CROSSWALK.prefix,
-    FORWARDED.prefix,
-    PARKED.prefix,
+    HELD.prefix,
+    PARKED_COUNT.prefix,
+    FORWARDED_BEFORE_HELD.prefix,
+    PARKED_BEFORE_HELD.prefix,
     PERSONS.prefix,
     FAMILIES.prefix,
     MEMBERS.prefix,
@@ -385,8 +398,10 @@ mod tests {
     fn keys_join_the_prefix_and_the_id_parts() {
         assert_eq!(PERSONS.key(&["12345678901"]), b"p/12345678901");
         assert_eq!(PERSON_DIGESTS.key(&["1"]), b"d/p/1");
-        assert_eq!(FORWARDED.key(&["cns:7", "r1"]), b"e/cns:7/r1");
-        assert_eq!(PARKED.key_prefix(), b"k/");
+        assert_eq!(FORWARDED_BEFORE_HELD.key(&["cns:7", "r1"]), b"e/cns:7/r1");
+        assert_eq!(PARKED_BEFORE_HELD.key_prefix(), b"k/");
+        assert_eq!(HELD.key(&["cns:7"]), b"a/cns:7");
+        assert_eq!(PARKED_COUNT.key(&[PARKED_COUNT_ID]), b"n/parked");
     }
 
     #[test]
@@ -403,7 +418,12 @@ mod tests {
         assert_eq!(table_of(b"0007/xo/1"), "xo");
         assert_eq!(table_of(b"0007/d/p/1"), "d/p");
         assert_eq!(table_of(b"0007/d/f/1"), "d/f");
-        assert_eq!(table_of(&full(FORWARDED.key(&["cns:1", "r"]))), "e");
+        assert_eq!(
+            table_of(&full(FORWARDED_BEFORE_HELD.key(&["cns:1", "r"]))),
+            "e"
+        );
+        assert_eq!(table_of(&full(HELD.key(&["cns:1"]))), "a");
+        assert_eq!(table_of(&full(PARKED_COUNT.key(&[PARKED_COUNT_ID]))), "n");
         assert_eq!(table_of(b"0007/pp/1"), "other");
         assert_eq!(table_of(b"meta/x"), "other");
     }
