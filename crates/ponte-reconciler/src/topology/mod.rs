@@ -52,9 +52,9 @@
 //! are the stages; `state.rs` the epoch's view of the state ([`Tx`]) and its partitions;
 //! `tables.rs` the typed tables the stages keep in it; `parked.rs` the parked records of the
 //! owned partitions, counted, and the scans of the layout before `a/` skipped where a partition
-//! holds none; `person_format.rs` a person's records
-//! in the binary form `p/` values hold; `convert.rs` the mapping of wire records to domain
-//! records; `views.rs` the published views and the digests kept of them. The repartition
+//! holds none; `person_format.rs` a person's records in the binary form `p/` values hold;
+//! `convert.rs` the mapping of wire records to domain records; `views.rs` the published views
+//! and the digests kept of them. The repartition
 //! messages, digests and state entries are defined in `proto/ponte/reconciler/v1`.
 use std::collections::{BTreeMap, BTreeSet};
 
