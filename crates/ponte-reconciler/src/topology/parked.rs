@@ -30,18 +30,15 @@ fn split_partition(full_key: &[u8]) -> Option<(i32, &[u8])> {
     Some((p, &full_key[slash + 1..]))
 }
 
-/// The prefixes of the tables of the layout before `a/` (`e/`, `k/`).
-fn before_held_prefixes() -> [Vec<u8>; 2] {
-    [
-        FORWARDED_BEFORE_HELD.key_prefix(),
-        PARKED_BEFORE_HELD.key_prefix(),
-    ]
-}
+/// The prefixes of the tables of the layout before `a/` ([`FORWARDED_BEFORE_HELD`],
+/// [`PARKED_BEFORE_HELD`]), without building them: every scan an epoch makes is checked
+/// against them.
+const BEFORE_HELD_PREFIXES: [&[u8]; 2] = [b"e/", b"k/"];
 
 /// The partition of a scan of a table of the layout before `a/`; `None` for any other scan.
 fn before_held_scan(full_prefix: &[u8]) -> Option<i32> {
     let (p, local) = split_partition(full_prefix)?;
-    before_held_prefixes()
+    BEFORE_HELD_PREFIXES
         .iter()
         .any(|table| local.starts_with(table))
         .then_some(p)
@@ -85,8 +82,8 @@ impl ParkedCounts {
             }
             let scope = partition_prefix(p);
             let mut before_held = false;
-            for table in before_held_prefixes() {
-                let prefix = [scope.as_slice(), &table].concat();
+            for table in BEFORE_HELD_PREFIXES {
+                let prefix = [scope.as_slice(), table].concat();
                 before_held |= !kv.scan_after(&prefix, &prefix, 1)?.is_empty();
             }
             let count_key = [scope.as_slice(), &PARKED_COUNT.key(&[PARKED_COUNT_ID])].concat();
@@ -319,6 +316,13 @@ mod tests {
 
     #[test]
     fn only_scans_of_the_layout_before_held_records_are_screened() {
+        assert_eq!(
+            BEFORE_HELD_PREFIXES.map(<[u8]>::to_vec),
+            [
+                FORWARDED_BEFORE_HELD.key_prefix(),
+                PARKED_BEFORE_HELD.key_prefix()
+            ]
+        );
         assert_eq!(before_held_scan(b"0001/e/cns:7/"), Some(1));
         assert_eq!(before_held_scan(b"0012/k/"), Some(12));
         assert_eq!(before_held_scan(b"0001/a/cns:7"), None);
