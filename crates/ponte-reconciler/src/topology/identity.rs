@@ -49,24 +49,21 @@ pub(super) fn identifier_keys_read(alt: &str) -> Vec<Vec<u8>> {
     ]
 }
 
-/// Where `record_id` is among `held` (kept in record id order): `Ok` at its index, `Err` where
-/// it would go.
-fn find(held: &HeldHealthRecords, record_id: &str) -> Result<usize, usize> {
-    held.records
-        .binary_search_by(|r| r.record_id.as_str().cmp(record_id))
-}
-
-/// Keeps `event` among `held` unless a version as new is held already; true when it was kept.
-fn hold(held: &mut HeldHealthRecords, event: Event) -> bool {
-    match find(held, &event.record_id) {
-        Ok(i) if held.records[i].version >= event.version => false,
+/// Keeps `event` among `held` (in record id order) unless a version as new is held already:
+/// `None` when it was not kept, `Some(true)` when it is a record not held before.
+fn hold(held: &mut HeldHealthRecords, event: Event) -> Option<bool> {
+    match held
+        .records
+        .binary_search_by(|r| r.record_id.as_str().cmp(&event.record_id))
+    {
+        Ok(i) if held.records[i].version >= event.version => None,
         Ok(i) => {
             held.records[i] = event;
-            true
+            Some(false)
         }
         Err(i) => {
             held.records.insert(i, event);
-            true
+            Some(true)
         }
     }
 }
@@ -90,13 +87,12 @@ impl Topology {
             Err(invalid) => return Ok(invalid),
         };
         let (mut held, moved) = self.held(tx, &alt)?;
-        let new = find(&held, &event.record_id).is_err();
-        if !hold(&mut held, event.clone()) {
+        let Some(new) = hold(&mut held, event.clone()) else {
             if moved {
                 HELD.put(tx, &[&alt], &held)?;
             }
             return Ok(Applied::Unchanged);
-        }
+        };
         HELD.put(tx, &[&alt], &held)?;
         match CROSSWALK.get(tx, &[&alt])? {
             Some(nis) => {
@@ -248,7 +244,9 @@ impl Topology {
             } else {
                 self.count_parked(tx, -records)?;
             }
-            HELD.delete(tx, &[alt]);
+            if !held.records.is_empty() {
+                HELD.delete(tx, &[alt]);
+            }
             return Ok(Applied::Erased);
         }
         if c.carried {

@@ -169,13 +169,6 @@ fn count_before_held(kv: &dyn Kv, scope: &[u8]) -> Result<i64, ReconcilerError> 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ParkedAfter(BTreeMap<i32, i64>);
 
-impl ParkedAfter {
-    /// The parked records of each partition whose count the writes changed.
-    pub fn by_partition(&self) -> &BTreeMap<i32, i64> {
-        &self.0
-    }
-}
-
 /// The parked counts `writes` leave: the `n/parked` entries among them.
 pub fn parked_after(writes: &Writes) -> Result<ParkedAfter, ReconcilerError> {
     let count_key = PARKED_COUNT.key(&[PARKED_COUNT_ID]);
@@ -398,7 +391,7 @@ mod tests {
         .into_iter()
         .collect();
         let after = parked_after(&writes).unwrap();
-        assert_eq!(after.by_partition(), &BTreeMap::from([(1, 3), (5, 7)]));
+        assert_eq!(after.0, BTreeMap::from([(1, 3), (5, 7)]));
         counts.follow(&after);
         assert_eq!(counts.records(1), Some(3));
         assert_eq!(counts.records(2), Some(0), "its count not written");
