@@ -14,7 +14,7 @@
 //! | `v/p/<nis>` | the person's view (`ponte.compliance.v1.Person`) |
 //! | `v/f/<family id>` | the family's view (`ponte.compliance.v1.Family`) |
 //! | `m/<municipality>/<nis>` | index of the persons of a municipality (empty value) |
-//! | `i/<municipality>/<conditionality>/<period>` | outcome counts (JSON [`Counts`]); a row whose counts are all zero is not kept |
+//! | `i/<municipality>/<conditionality>/<period>` | outcome counts (format byte 2, then `ponte.reconciler.v1.IndicatorCounts`; format 1, still read and rewritten in format 2 when the row changes, was JSON [`Counts`]); a row whose counts are all zero is not kept |
 //! | `v/h/<household id>` | a followed household's view (`ponte.compliance.v1.Household`; deployments with household achievements) |
 //! | `hm/<DIVIPOLA municipality>/<household id>` | index of the households of a municipality (empty value) |
 //!
@@ -45,7 +45,9 @@ use ponte_domain::indicators::Counts;
 use ponte_domain::outcome::Status;
 use ponte_proto::compliance::v1 as api;
 use ponte_proto::reconciler::v1::change_as_stored::View;
-use ponte_proto::reconciler::v1::{ChangeAsStored, FamilyCounted, OutcomeCounted, PersonCounted};
+use ponte_proto::reconciler::v1::{
+    ChangeAsStored, FamilyCounted, IndicatorCounts, OutcomeCounted, PersonCounted,
+};
 use ponte_store::Store;
 use prost::Message as _;
 use rdkafka::Message as _;
@@ -69,6 +71,10 @@ pub const LAYOUT: ponte_store::Layout = ponte_store::Layout::LargeValues {
     space_amp_percent: 200,
     blob_gc_age_percent: 25,
 };
+
+/// The format byte before an outcome counts row's `IndicatorCounts` (format 1 was JSON, and
+/// always began with `{`).
+const COUNTS_FORMAT: u8 = 2;
 
 /// Whether the read path can be trusted: once failed, it stays failed until the process
 /// restarts (a store that refused a write or a read is not trusted again in place).
@@ -494,7 +500,7 @@ fn update_counts(
             continue;
         }
         let mut counts: Counts = ov.with_value(&k, |b| match b {
-            Some(b) => serde_json::from_slice(b).map_err(|e| corrupt(&k, e)),
+            Some(b) => decode_counts(&k, b),
             None => Ok(Counts::default()),
         })??;
         for (status, add) in changes {
@@ -507,11 +513,39 @@ fn update_counts(
         if counts == Counts::default() {
             ov.delete(k);
         } else {
-            let bytes = serde_json::to_vec(&counts).map_err(|e| corrupt(&k, e))?;
-            ov.put(k, bytes);
+            ov.put(k, encode_counts(&counts));
         }
     }
     Ok(())
+}
+
+/// An outcome counts row as stored: [`COUNTS_FORMAT`], then `IndicatorCounts` (serde_json's
+/// reading and writing of the rows was a sixth of the read model's applying, in-process).
+fn encode_counts(c: &Counts) -> Vec<u8> {
+    let row = IndicatorCounts {
+        public: c.public,
+        followed: c.followed,
+        compliant: c.compliant,
+        non_compliant: c.non_compliant,
+    };
+    crate::topology::with_format(COUNTS_FORMAT, &row)
+}
+
+/// An outcome counts row read back: format 2 ([`encode_counts`]) or format 1 (JSON).
+fn decode_counts(key: &[u8], bytes: &[u8]) -> Result<Counts, ReconcilerError> {
+    match bytes.split_first() {
+        Some((&COUNTS_FORMAT, row)) => {
+            let row = IndicatorCounts::decode(row).map_err(|e| corrupt(key, e))?;
+            Ok(Counts {
+                public: row.public,
+                followed: row.followed,
+                compliant: row.compliant,
+                non_compliant: row.non_compliant,
+            })
+        }
+        Some((b'{', _)) => serde_json::from_slice(bytes).map_err(|e| corrupt(key, e)),
+        _ => Err(corrupt(key, "not an outcome counts row of a known format")),
+    }
 }
 
 /// Replaces (`Some`: its encoding and version) or deletes (`None`) a family's view.
@@ -814,8 +848,7 @@ pub fn read_indicators(
         let Some((cond, period)) = rest.split_once('/') else {
             continue;
         };
-        let counts: Counts = serde_json::from_slice(&v).map_err(|e| corrupt(&k, e))?;
-        out.push((cond.to_owned(), period.to_owned(), counts));
+        out.push((cond.to_owned(), period.to_owned(), decode_counts(&k, &v)?));
     }
     Ok(out)
 }
@@ -1493,7 +1526,10 @@ mod tests {
             .scan_prefix(b"i/")
             .unwrap()
             .into_iter()
-            .map(|(k, v)| (k, serde_json::from_slice(&v).unwrap()))
+            .map(|(k, v)| {
+                let c = decode_counts(&k, &v).unwrap();
+                (k, c)
+            })
             .collect()
     }
 
@@ -1609,15 +1645,15 @@ mod tests {
         assert_eq!(listed(&s, RJ), [a.to_string()]);
     }
 
-    #[test]
-    fn counts_equal_a_recount_after_a_sequence_of_updates() {
-        let (_d, s) = store();
+    /// A deterministic mix of updates, redeliveries, moves and tombstones of five people, in
+    /// 60 batches of three.
+    fn mixed_batches() -> Vec<Vec<ChangeRecord>> {
         let people: Vec<Nis> = (1..=5).map(|i| nis(&format!("{i}234567890"))).collect();
         let statuses = [Compliant, NonCompliant, NotFollowed, NotRequired];
         let muns = [SP, RJ];
         let mut version: BTreeMap<Nis, u64> = BTreeMap::new();
         let mut offset = 0;
-        // A deterministic mix of updates, redeliveries, moves and tombstones, in small batches.
+        let mut batches = Vec::new();
         for step in 0..60usize {
             let mut batch = Vec::new();
             for j in 0..3usize {
@@ -1647,10 +1683,62 @@ mod tests {
                 batch.push((0, offset, format!("person:{who}"), payload));
                 offset += 1;
             }
-            apply(&s, TOPIC, &batch).unwrap();
+            batches.push(batch);
+        }
+        batches
+    }
+
+    #[test]
+    fn counts_equal_a_recount_after_a_sequence_of_updates() {
+        let (_d, s) = store();
+        for (step, batch) in mixed_batches().iter().enumerate() {
+            apply(&s, TOPIC, batch).unwrap();
             assert_eq!(stored_counts(&s), recount(&s), "after step {step}");
         }
         assert!(!stored_counts(&s).is_empty());
+    }
+
+    #[test]
+    fn counts_rows_in_json_are_read_and_rewritten_in_format_2_when_they_change() {
+        // The same changes into two stores; one has its rows rewritten halfway in JSON, as the
+        // read model wrote them before format 2.
+        let (_d1, earlier) = store();
+        let (_d2, fresh) = store();
+        let rows = |s: &Store| s.scan_prefix(b"i/").unwrap();
+        let batches = mixed_batches();
+        for (step, batch) in batches.iter().enumerate() {
+            if step == batches.len() / 2 {
+                let mut w = earlier.batch_with_capacity(0);
+                for (k, v) in rows(&earlier) {
+                    let c = decode_counts(&k, &v).unwrap();
+                    w.put(&k, &serde_json::to_vec(&c).unwrap());
+                }
+                w.commit().unwrap();
+                assert!(!rows(&earlier).is_empty());
+                assert!(rows(&earlier).iter().all(|(_, v)| v[0] == b'{'));
+                assert_eq!(counts(&earlier, SP), counts(&fresh, SP), "JSON rows read");
+            }
+            apply(&earlier, TOPIC, batch).unwrap();
+            apply(&fresh, TOPIC, batch).unwrap();
+            assert_eq!(
+                stored_counts(&earlier),
+                recount(&earlier),
+                "after step {step}"
+            );
+        }
+        assert_eq!(stored_counts(&earlier), stored_counts(&fresh));
+        assert!(rows(&earlier).iter().any(|(_, v)| v[0] == COUNTS_FORMAT));
+        assert!(rows(&fresh).iter().all(|(_, v)| v[0] == COUNTS_FORMAT));
+        // A row in neither format is an error naming it.
+        let mut w = fresh.batch_with_capacity(0);
+        w.put(format!("i/{SP}/education/2025-B1").as_bytes(), b"\x07");
+        w.commit().unwrap();
+        match read_indicators(&fresh, SP) {
+            Err(ReconcilerError::Corrupt { key, .. }) => {
+                assert_eq!(key, format!("i/{SP}/education/2025-B1"));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -94,6 +94,7 @@ use convert::*;
 pub use parked::*;
 pub use state::*;
 pub use tables::table_of;
+pub(crate) use tables::with_format;
 use tables::*;
 use views::*;
 
