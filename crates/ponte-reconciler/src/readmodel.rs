@@ -520,7 +520,7 @@ fn update_counts(
 }
 
 /// An outcome counts row as stored: [`COUNTS_FORMAT`], then `IndicatorCounts` (serde_json's
-/// reading and writing of the rows was a sixth of the read model's applying, in-process).
+/// reading and writing of the rows was an eighth of the read model's applying, in-process).
 fn encode_counts(c: &Counts) -> Vec<u8> {
     let row = IndicatorCounts {
         public: c.public,
@@ -1716,7 +1716,9 @@ mod tests {
                 w.commit().unwrap();
                 assert!(!rows(&earlier).is_empty());
                 assert!(rows(&earlier).iter().all(|(_, v)| v[0] == b'{'));
-                assert_eq!(counts(&earlier, SP), counts(&fresh, SP), "JSON rows read");
+                for mun in [SP, RJ] {
+                    assert_eq!(counts(&earlier, mun), counts(&fresh, mun), "JSON rows read");
+                }
             }
             apply(&earlier, TOPIC, batch).unwrap();
             apply(&fresh, TOPIC, batch).unwrap();
