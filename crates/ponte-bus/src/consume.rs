@@ -100,6 +100,15 @@ impl Assignment {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// An assignment of `partitions` (topic, partition), each prepared: what a service reading
+    /// the assignment sees once its consumer owns them and has prepared them — for tests of
+    /// those reads without a broker.
+    pub fn prepared(partitions: impl IntoIterator<Item = (String, i32)>) -> Self {
+        let a = Self::default();
+        a.state().owned = partitions.into_iter().collect();
+        a
+    }
+
     /// Changes on every assignment and revocation: work derived from records consumed under an
     /// older generation may belong to partitions this consumer no longer owns.
     pub fn generation(&self) -> u64 {
@@ -134,6 +143,15 @@ impl Assignment {
             .filter(|p| !s.preparing.contains_key(*p))
             .map(|(_, p)| *p)
             .collect()
+    }
+
+    /// Whether partition number `partition` is owned (of some topic) and prepared, none of its
+    /// topics' partitions still being prepared: [`Assignment::prepared_partition_numbers`]
+    /// for one partition, without collecting them.
+    pub fn is_prepared(&self, partition: i32) -> bool {
+        let s = self.state();
+        s.owned.iter().any(|(_, p)| *p == partition)
+            && !s.preparing.keys().any(|(_, p)| *p == partition)
     }
 
     /// The distinct partition numbers owned and still being prepared (paused).
@@ -671,6 +689,20 @@ mod tests {
     use rdkafka::config::ClientConfig;
 
     use super::*;
+
+    #[test]
+    fn a_partition_is_prepared_when_owned_and_none_of_its_topics_is_being_prepared() {
+        let a = Assignment::prepared([
+            ("a".to_owned(), 1),
+            ("b".to_owned(), 1),
+            ("a".to_owned(), 2),
+        ]);
+        assert!(a.is_prepared(1) && a.is_prepared(2));
+        assert!(!a.is_prepared(3), "not owned");
+        a.state().preparing.insert(("b".to_owned(), 1), None);
+        assert!(!a.is_prepared(1), "one of its topics is being prepared");
+        assert!(a.is_prepared(2));
+    }
 
     /// A setup that reports each call and finishes when told to, or as soon as it is no longer
     /// wanted (with an error, as a restore does).

@@ -1,5 +1,8 @@
-//! The gRPC `ComplianceService`: views, lists and indicators from the read model (every
-//! person and family, whichever instance owns them); parked records from the local state.
+//! The gRPC `ComplianceService`. A person's or a family's view is computed from the local
+//! state when this instance owns (and has restored) the input partition the key is keyed to —
+//! as current as the last epoch stored — and read from the read model (every person and
+//! family, whichever instance owns them) otherwise; lists, indicators and households come from
+//! the read model; parked records from the local state.
 use ponte_domain::ids::Nis;
 use ponte_proto::compliance::v1::compliance_service_server::ComplianceService;
 use std::collections::BTreeMap;
@@ -11,7 +14,6 @@ use ponte_bus::KafkaConfig;
 use ponte_bus::consume::Assignment;
 use ponte_domain::ids::IbgeMunicipality;
 use ponte_domain::period::Period;
-use ponte_domain::rules::RuleSet;
 use ponte_edge::grpc::{Admitted, admit, out_of_scope};
 use ponte_edge::{Gate, Grant, Rpc};
 use ponte_proto::compliance::v1::compliance_change::View;
@@ -33,19 +35,25 @@ use tonic::{Request, Response, Status};
 use crate::ReconcilerError;
 use crate::{readmodel, topology};
 
-/// Serves the compliance view: persons, families, lists and indicators from the read model,
-/// parked records from the local partitioned state (`state`, of which `assignment` tells the
-/// partitions currently owned).
+/// Serves the compliance view: persons and families of the partitions this instance owns, and
+/// parked records, from the local partitioned state (`state`, of which `assignment` tells the
+/// partitions currently owned); the other persons and families, lists and indicators from the
+/// read model.
 #[derive(Debug, Clone)]
 pub struct ComplianceApi {
     /// The read model (see [`crate::readmodel`]).
     pub read: Store,
-    /// The local partitioned state (only for ListParked).
+    /// The local partitioned state.
     pub state: Store,
-    /// The input partitions this instance owns (whose parked records ListParked reports): the
-    /// current consumer's, replaced with the consumer ([`crate::service`]).
+    /// The input partitions this instance owns (whose persons and families it answers from
+    /// `state`, and whose parked records ListParked reports): the current consumer's, replaced
+    /// with the consumer ([`crate::service`]).
     pub assignment: tokio::sync::watch::Receiver<Assignment>,
-    pub rules: RuleSet,
+    /// What computes a view from the state (the rules, the monitoring window).
+    pub topology: topology::Topology,
+    /// The input topics' partition count: a NIS or a family id is keyed to partition
+    /// `crc32(key) % partitions` ([`ponte_bus::partition::of_key`]).
+    pub partitions: i32,
     pub kafka: KafkaConfig,
     pub changes_topic: String,
     /// Who may call what, and see where (docs/security.md).
@@ -139,14 +147,14 @@ fn effect_visible(grant: &Grant, causes: &[String]) -> bool {
 /// scope), and only effects caused by its conditionalities.
 fn visible_family(
     grant: &Grant,
-    read: &Store,
+    person: impl Fn(&Nis) -> Result<Option<ponte_proto::compliance::v1::Person>, ReconcilerError>,
     mut family: ponte_proto::compliance::v1::Family,
 ) -> Result<Option<ponte_proto::compliance::v1::Family>, ReconcilerError> {
     if !grant.is_federal() {
         let mut place = None;
         for member in &family.members {
             if let Ok(nis) = Nis::parse(member)
-                && let Some(p) = readmodel::read_person(read, &nis)?
+                && let Some(p) = person(&nis)?
             {
                 place = Some(p.municipality);
                 break;
@@ -246,6 +254,55 @@ impl ComplianceApi {
     ) -> Result<T, Status> {
         self.check_read_path()?;
         f(&self.read).map_err(|e| self.store_failed(&e))
+    }
+
+    /// The input partition `key` (a NIS, a family id) is keyed to, if this instance owns it
+    /// and has restored it: its views are then computed from the state.
+    fn owned_partition(&self, key: &str) -> Option<i32> {
+        let p = ponte_bus::partition::of_key(key.as_bytes(), self.partitions);
+        self.assignment.borrow().is_prepared(p).then_some(p)
+    }
+
+    /// Person `nis`'s view: from the state if this instance owns the person's partition, from
+    /// the read model otherwise.
+    fn person_view(
+        &self,
+        nis: &Nis,
+    ) -> Result<Option<ponte_proto::compliance::v1::Person>, ReconcilerError> {
+        let Some(p) = self.owned_partition(nis.as_str()) else {
+            return readmodel::read_person(&self.read, nis);
+        };
+        let mut view = self.topology.read_person(&self.state, p, *nis)?;
+        if let Some(v) = view.as_mut().filter(|v| v.updated_time.is_none()) {
+            // A digest written before digests kept the time: the read model's view of the same
+            // version has it.
+            if let Some(r) = readmodel::read_person(&self.read, nis)?
+                && r.view_version == v.view_version
+            {
+                v.updated_time = r.updated_time;
+            }
+        }
+        Ok(view)
+    }
+
+    /// Family `id`'s view, as [`Self::person_view`].
+    fn family_view(
+        &self,
+        id: &str,
+    ) -> Result<Option<ponte_proto::compliance::v1::Family>, ReconcilerError> {
+        let Some(p) = self.owned_partition(id) else {
+            return readmodel::read_family(&self.read, id);
+        };
+        let mut view = self.topology.read_family(&self.state, p, id)?;
+        if let Some(v) = view.as_mut().filter(|v| v.updated_time.is_none()) {
+            // As for a person.
+            if let Some(r) = readmodel::read_family(&self.read, id)?
+                && r.view_version == v.view_version
+            {
+                v.updated_time = r.updated_time;
+            }
+        }
+        Ok(view)
     }
 
     /// Runs a read of the local state off the async runtime.
@@ -395,7 +452,7 @@ impl ComplianceService for ComplianceApi {
             out.rows.len(),
         )
         .await?;
-        for r in &self.rules.indicators.follow_up_rates {
+        for r in &self.topology.rules().indicators.follow_up_rates {
             if let Some((p, rate)) = latest.get(&r.conditionality) {
                 out.follow_up_rates.push(NamedRate {
                     name: r.name.clone(),
@@ -425,7 +482,7 @@ impl ComplianceService for ComplianceApi {
         self.audited(&admitted, "WatchChanges", ReadSubject::None, 0)
             .await?;
         let grant = admitted.grant;
-        let read = self.read.clone();
+        let api = self.clone();
         let from = request.into_inner().from;
         let explicit = match from.as_str() {
             "" | "end" => None,
@@ -484,9 +541,11 @@ impl ComplianceService for ComplianceApi {
                         let visible = match change.view {
                             Some(View::Person(p)) => visible_person(&grant, p).map(View::Person),
                             Some(View::Family(f)) => {
-                                let (g, r) = (grant.clone(), read.clone());
-                                match tokio::task::spawn_blocking(move || visible_family(&g, &r, f))
-                                    .await
+                                let (g, api) = (grant.clone(), api.clone());
+                                match tokio::task::spawn_blocking(move || {
+                                    visible_family(&g, |n| api.person_view(n), f)
+                                })
+                                .await
                                 {
                                     Ok(Ok(f)) => f.map(View::Family),
                                     _ => None,
@@ -523,7 +582,7 @@ impl ComplianceService for ComplianceApi {
         let nis = Nis::parse(&request.get_ref().nis)
             .map_err(|e| Status::invalid_argument(format!("nis: {e}")))?;
         let masked = nis.masked();
-        let person = self.read_point(|s| readmodel::read_person(s, &nis))?;
+        let person = self.read_point(|_| self.person_view(&nis))?;
         let federal = admitted.grant.is_federal();
         let visible = person.map(|p| visible_person(&admitted.grant, p));
         let shown = usize::from(matches!(visible, Some(Some(_))));
@@ -559,8 +618,9 @@ impl ComplianceService for ComplianceApi {
             ));
         }
         // The family's view, and for a caller of some municipalities one member's: point reads.
-        let family = self.read_point(|s| match readmodel::read_family(s, &id)? {
-            Some(f) => visible_family(&admitted.grant, s, f).map(|v| Some(v.ok_or(()))),
+        let family = self.read_point(|_| match self.family_view(&id)? {
+            Some(f) => visible_family(&admitted.grant, |n| self.person_view(n), f)
+                .map(|v| Some(v.ok_or(()))),
             None => Ok(None),
         })?;
         let shown = usize::from(matches!(family, Some(Ok(_))));
@@ -691,6 +751,150 @@ read = { scopes = ["federal"], rpcs = ["GetPerson", "GetFamily"], conditionaliti
             .unwrap()
     }
 
+    /// The service over `state` and `read`, its consumer owning (prepared) `owned` of four
+    /// input partitions; callers without credentials act as `federal`.
+    fn api(dir: &std::path::Path, state: &Store, read: &Store, owned: &[i32]) -> ComplianceApi {
+        let policy_file = dir.join("policy.toml");
+        std::fs::write(&policy_file, POLICY).unwrap();
+        let access = ponte_edge::AccessConfig {
+            policy_file,
+            tokens: None,
+            anonymous_principal: "federal".into(),
+            handshake_timeout_ms: 1_000,
+            header_read_timeout_ms: 1_000,
+            body_idle_timeout_ms: 1_000,
+            max_concurrent_requests: 10,
+            retry_after_secs: 1,
+            reload_check_secs: 60,
+        };
+        let assignment = Assignment::prepared(owned.iter().map(|&p| ("inputs".to_owned(), p)));
+        ComplianceApi {
+            read: read.clone(),
+            state: state.clone(),
+            assignment: tokio::sync::watch::channel(assignment).1,
+            topology: topology::Topology::new(
+                ponte_domain::rules::RuleSet::from_toml_str(
+                    "bolsa-familia-2023.toml",
+                    include_str!("../../../rules/bolsa-familia-2023.toml"),
+                )
+                .unwrap(),
+                ponte_domain::period::Month::parse("2025-01").unwrap(),
+                ponte_domain::period::Month::parse("2025-12").unwrap(),
+            ),
+            partitions: 4,
+            kafka: KafkaConfig {
+                bootstrap_servers: "127.0.0.1:9".into(),
+                message_timeout_ms: 1_000,
+                properties: BTreeMap::new(),
+            },
+            changes_topic: "changes".into(),
+            gate: Arc::new(Gate::new("grpc", &access, true, &[]).unwrap()),
+            path: readmodel::ReadPath::default(),
+            audit: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_persons_of_an_owned_partition_are_read_from_the_state_the_others_from_the_read_model()
+     {
+        let dir = tempfile::tempdir().unwrap();
+        let state =
+            Store::open(dir.path().join("state"), ponte_store::Durability::Process).unwrap();
+        let read = Store::open(dir.path().join("read"), ponte_store::Durability::Process).unwrap();
+        // A profile applied to the state of its partition, as an epoch stores it; the read
+        // model has not applied its change.
+        let nis = "26827649960";
+        let partition = ponte_bus::partition::of_key(nis.as_bytes(), 4);
+        let profile = ponte_proto::events::v1::Event {
+            record_id: format!("registry:{nis}"),
+            version: 1,
+            source_system: "test".into(),
+            ingest_time: Some(ponte_proto::Timestamp {
+                seconds: 1_750_000_000,
+                nanos: 0,
+            }),
+            record: Some(ponte_proto::events::v1::event::Record::PersonProfile(
+                ponte_proto::events::v1::PersonProfile {
+                    nis: nis.into(),
+                    family_id: "F-0001".into(),
+                    birth_date: "2017-03-10".into(),
+                    sex: "M".into(),
+                    municipality: "3550308".into(),
+                    memberships: vec!["PBF".into()],
+                    ..Default::default()
+                },
+            )),
+            ..Default::default()
+        };
+        let api_owning_it = api(dir.path(), &state, &read, &[partition]);
+        let mut tx = topology::Tx::new(&state);
+        tx.set_partition(partition);
+        api_owning_it
+            .topology
+            .apply(&mut tx, topology::Input::Registry, &profile)
+            .unwrap();
+        let (writes, mut outputs) = tx.take();
+        let mut batch = state.batch();
+        for (k, v) in writes {
+            match v {
+                Some(v) => batch.put(&k, &v),
+                None => batch.delete(&k),
+            }
+        }
+        batch.commit().unwrap();
+        outputs.retain(|o| o.kind == topology::OutputKind::Change);
+        let change = outputs.pop().and_then(|o| o.payload).unwrap();
+        let published = ComplianceChange::decode(change.as_slice())
+            .ok()
+            .and_then(|c| match c.view {
+                Some(View::Person(p)) => Some(p),
+                _ => None,
+            })
+            .unwrap();
+        assert!(published.updated_time.is_some());
+        let ask = || {
+            Request::new(GetPersonRequest {
+                nis: nis.to_owned(),
+            })
+        };
+        // The owner answers from its state: the view as published, counters included.
+        let got = api_owning_it.get_person(ask()).await.unwrap().into_inner();
+        assert_eq!(got.person, Some(published.clone()));
+        // An instance owning another partition (or still restoring this one) asks its read
+        // model, which has not got the change yet.
+        let others = api(dir.path(), &state, &read, &[(partition + 1) % 4]);
+        let status = others.get_person(ask()).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::NotFound, "{status}");
+
+        // A digest written before digests kept the view's time: the owner takes the time from
+        // the read model's view of the same version, once the read model has it.
+        let key = [
+            topology::partition_prefix(partition),
+            format!("p/{nis}").into_bytes(),
+        ]
+        .concat();
+        let value = state.get(&key).unwrap().unwrap();
+        let mut entry = topology::PersonEntry::decode(&value[1..]).unwrap();
+        entry.digest.as_mut().unwrap().updated_time = None;
+        let mut batch = state.batch();
+        batch.put(&key, &[&value[..1], &entry.encode_to_vec()].concat());
+        batch.commit().unwrap();
+        let got = api_owning_it.get_person(ask()).await.unwrap().into_inner();
+        assert_eq!(got.person.unwrap().updated_time, None);
+        readmodel::apply(
+            &read,
+            "changes",
+            &[(partition, 0, format!("person:{nis}"), Some(change))],
+        )
+        .unwrap();
+        let got = api_owning_it.get_person(ask()).await.unwrap().into_inner();
+        assert_eq!(got.person, Some(published.clone()));
+        assert_eq!(
+            others.get_person(ask()).await.unwrap().into_inner().person,
+            Some(published)
+        );
+    }
+
     #[test]
     fn a_household_shows_to_a_federal_scope_only() {
         let h = ponte_proto::compliance::v1::Household {
@@ -803,11 +1007,19 @@ read = { scopes = ["federal"], rpcs = ["GetPerson", "GetFamily"], conditionaliti
         };
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), ponte_store::Durability::Process).unwrap();
-        let seen = visible_family(&grant("federal"), &store, family.clone())
-            .unwrap()
-            .unwrap();
+        let seen = visible_family(
+            &grant("federal"),
+            |n| readmodel::read_person(&store, n),
+            family.clone(),
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(seen, family);
         // A state reader: the family's members are not in the view, so it is not in scope.
-        assert!(visible_family(&state, &store, family).unwrap().is_none());
+        assert!(
+            visible_family(&state, |n| readmodel::read_person(&store, n), family)
+                .unwrap()
+                .is_none()
+        );
     }
 }

@@ -173,18 +173,7 @@ impl Topology {
             members.digest = family_digest(tx, fid.as_str())?;
             members.format1 = true;
         }
-        let names: BTreeSet<String> = members.members.keys().cloned().collect();
-        let outcomes: Vec<Outcome> = members.members.values().flatten().cloned().collect();
-        let effects = self.rules.evaluate_family(&state, &outcomes);
-        let mut view = family_view(fid, &names, &effects, &outcomes);
-        view.sources = sources_view(
-            &doc.sources,
-            state
-                .follow_ups
-                .live()
-                .map(|r| r.record_id.as_str())
-                .chain(state.appeals.live().map(|r| r.record_id.as_str())),
-        );
+        let mut view = self.family_view_of(fid, &state, &doc, members);
         let encoded = EncodedView::new(&view); // a fresh view: its counters are clear
         let hash = encoded.hash;
         let old = &members.digest;
@@ -200,6 +189,7 @@ impl Topology {
             view_version: view.view_version,
             hash,
             hash_kind: HASH_XXH3,
+            updated_time: at,
         };
         let counters = api::Family {
             view_version: view.view_version,
@@ -213,5 +203,54 @@ impl Topology {
         );
         members.digest = Some(digest);
         Ok(true)
+    }
+
+    /// The family's view, its counters clear: the members' outcomes and the family's records
+    /// evaluated.
+    fn family_view_of(
+        &self,
+        fid: &FamilyId,
+        state: &FamilyState,
+        doc: &FamilyDoc,
+        members: &MembersDoc,
+    ) -> api::Family {
+        let names: BTreeSet<String> = members.members.keys().cloned().collect();
+        let outcomes: Vec<Outcome> = members.members.values().flatten().cloned().collect();
+        let effects = self.rules.evaluate_family(state, &outcomes);
+        let mut view = family_view(fid, &names, &effects, &outcomes);
+        view.sources = sources_view(
+            &doc.sources,
+            state
+                .follow_ups
+                .live()
+                .map(|r| r.record_id.as_str())
+                .chain(state.appeals.live().map(|r| r.record_id.as_str())),
+        );
+        view
+    }
+
+    /// The family's view as last published, computed from the state `tx` reads: what the
+    /// family stage's digest says was published (version, time), evaluated again from the
+    /// members and records it was evaluated from. `None` when no view of the family is
+    /// published (none yet, or withdrawn by a tombstone).
+    pub(super) fn published_family(
+        &self,
+        tx: &Tx<'_>,
+        fid: &FamilyId,
+    ) -> Result<Option<api::Family>, ReconcilerError> {
+        let members = self.load_members(tx, fid)?;
+        let (state, doc) = self.load_family(tx, fid)?;
+        let digest = if members.absent && !doc.records.is_empty() {
+            family_digest(tx, fid.as_str())?
+        } else {
+            members.digest
+        };
+        let Some(digest) = digest else {
+            return Ok(None);
+        };
+        let mut view = self.family_view_of(fid, &state, &doc, &members);
+        view.view_version = digest.view_version;
+        view.updated_time = digest.updated_time;
+        Ok(Some(view))
     }
 }

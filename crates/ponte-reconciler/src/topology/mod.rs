@@ -307,6 +307,33 @@ impl Topology {
         &self.rules
     }
 
+    /// The view last published of person `nis`, computed from the committed state of input
+    /// partition `partition` in `kv` (the one the person's records are keyed to): what a read
+    /// of a person this instance owns answers, as current as the last epoch stored. `None`
+    /// when no view of the person is published.
+    pub fn read_person(
+        &self,
+        kv: &dyn Kv,
+        partition: i32,
+        nis: Nis,
+    ) -> Result<Option<api::Person>, ReconcilerError> {
+        let mut tx = Tx::new(kv);
+        tx.set_partition(partition);
+        self.published_person(&tx, nis)
+    }
+
+    /// As [`Topology::read_person`], for family `family_id` (keyed to `partition`).
+    pub fn read_family(
+        &self,
+        kv: &dyn Kv,
+        partition: i32,
+        family_id: &str,
+    ) -> Result<Option<api::Family>, ReconcilerError> {
+        let mut tx = Tx::new(kv);
+        tx.set_partition(partition);
+        self.published_family(&tx, &FamilyId(family_id.to_owned()))
+    }
+
     /// Applies one event from a shared input topic to the state in `tx`, recording outputs.
     pub fn apply(
         &self,

@@ -28,12 +28,7 @@ impl Topology {
         nis: Nis,
     ) -> Result<(PersonState, PersonDoc), ReconcilerError> {
         let mut doc = self.load_person_doc(tx, nis)?.unwrap_or_default();
-        let mut state = PersonState::new(nis);
-        // The records move into the state; `save_person` puts them back.
-        for r in std::mem::take(&mut doc.records) {
-            // Records were checked against this NIS when first applied.
-            let _ = state.apply(r);
-        }
+        let state = person_state(nis, &mut doc);
         Ok((state, doc))
     }
 
@@ -370,6 +365,7 @@ impl Topology {
             hash_kind: HASH_XXH3,
             family_id: view.family_id.clone(),
             non_compliant: nc,
+            updated_time: at,
         };
         let counters = api::Person {
             view_version: view.view_version,
@@ -383,6 +379,30 @@ impl Topology {
         );
         doc.digest = Some(digest);
         Ok(())
+    }
+
+    /// The person's view as last published, computed from the state `tx` reads: the records
+    /// evaluated again, with the version and time the digest of the view published keeps.
+    /// `None` when no view of the person is published (never seen, or erased).
+    pub(super) fn published_person(
+        &self,
+        tx: &Tx<'_>,
+        nis: Nis,
+    ) -> Result<Option<api::Person>, ReconcilerError> {
+        let Some(mut doc) = self.load_person_doc(tx, nis)? else {
+            return Ok(None);
+        };
+        let Some(digest) = doc.digest.take() else {
+            return Ok(None);
+        };
+        let state = person_state(nis, &mut doc);
+        let outcomes = self
+            .rules
+            .evaluate_person_between(&state, self.from, self.to);
+        let mut view = self.person_view(&state, &doc, &outcomes);
+        view.view_version = digest.view_version;
+        view.updated_time = digest.updated_time;
+        Ok(Some(view))
     }
 
     pub(super) fn person_view(
@@ -463,4 +483,14 @@ impl Topology {
             ),
         }
     }
+}
+
+/// The person's state: the records of `doc` moved into it (`save_person` puts them back).
+fn person_state(nis: Nis, doc: &mut PersonDoc) -> PersonState {
+    let mut state = PersonState::new(nis);
+    for r in std::mem::take(&mut doc.records) {
+        // Records were checked against this NIS when first applied.
+        let _ = state.apply(r);
+    }
+    state
 }

@@ -132,13 +132,14 @@ pub(super) fn person_digest(
         nis,
         |mut v: api::Person| {
             let view_version = std::mem::take(&mut v.view_version);
-            v.updated_time = None;
+            let updated_time = v.updated_time.take();
             PersonDigest {
                 view_version,
                 hash: view_hash(&v),
                 hash_kind: HASH_XXH3,
                 non_compliant: non_compliant(&v.outcomes),
                 family_id: v.family_id,
+                updated_time,
             }
         },
     )
@@ -156,11 +157,12 @@ pub(super) fn family_digest(
         fid,
         |mut v: api::Family| {
             let view_version = std::mem::take(&mut v.view_version);
-            v.updated_time = None;
+            let updated_time = v.updated_time.take();
             FamilyDigest {
                 view_version,
                 hash: view_hash(&v),
                 hash_kind: HASH_XXH3,
+                updated_time,
             }
         },
     )
