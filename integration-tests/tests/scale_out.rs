@@ -1,8 +1,9 @@
 //! Scale-out: two reconciler instances in one consumer group split the partitions; killing one
 //! moves its partitions and their state to the other; a returning instance finds its local
 //! state stale and rebuilds it from the changelog. Every person and family stays answerable
-//! from every instance (each serves the read model of the whole changes topic), and the views
-//! are exactly those of a single uninterrupted instance. Real broker, real processes.
+//! from every instance (each computes the views of the partitions it owns from its state, and
+//! serves the others' from the read model of the whole changes topic), and the views are
+//! exactly those of a single uninterrupted instance. Real broker, real processes.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
@@ -12,9 +13,9 @@ use ponte_integration_tests::workload::{
     attendance, families, family, persons, produce, produce_to, stack_with_reference, workload,
 };
 use ponte_integration_tests::{
-    Service, Stack, client_replaced, clients_replaced, eventually, metric, wait_ready,
+    Service, Stack, client_replaced, clients_replaced, eventually, grpc_client, metric, wait_ready,
 };
-use ponte_proto::compliance::v1::{Family, Person};
+use ponte_proto::compliance::v1::{Family, GetPersonRequest, Person};
 
 const PERSONS: u64 = 600;
 /// Topic-partitions the group consumes: 5 input topics and 3 repartition topics, 3 partitions
@@ -96,6 +97,29 @@ async fn reference_views(
     )
     .await;
     (p, f)
+}
+
+/// The persons `nis` as `GetPerson` answers them on the instance at `port` (normalised like
+/// [`persons`]).
+async fn get_persons<'a>(
+    port: u16,
+    nis: impl Iterator<Item = &'a String>,
+) -> BTreeMap<String, Person> {
+    let mut client = grpc_client(port, "federal").await.unwrap();
+    let mut out = BTreeMap::new();
+    for n in nis {
+        let mut p = client
+            .get_person(GetPersonRequest { nis: n.clone() })
+            .await
+            .unwrap()
+            .into_inner()
+            .person
+            .unwrap();
+        p.view_version = 0;
+        p.updated_time = None;
+        out.insert(n.clone(), p);
+    }
+    out
 }
 
 /// Waits until the instance `name` serves exactly `expected`; on timeout, fails naming the
@@ -270,6 +294,24 @@ async fn two_instances_split_the_partitions_and_the_survivor_takes_over() {
         restores > 0.0,
         "b came back to partitions a had written and kept its stale state"
     );
+    // GetPerson agrees on both instances: each computes the persons of the partitions it owns
+    // from its state, and reads the others' from its read model.
+    for (name, s) in [("a", &a), ("b", &b)] {
+        assert_eq!(
+            get_persons(stack.port(name), third.0.keys()).await,
+            third.0,
+            "{name}: GetPerson"
+        );
+        for from in ["state", "read_model"] {
+            let n = metric(
+                s.admin_port(),
+                "ponte_reconciler_view_reads_total",
+                &[("view", "person"), ("from", from)],
+            )
+            .await;
+            assert!(n > 0.0, "{name} read no person's view from its {from}");
+        }
+    }
     let topic_after = from_topic().await;
     assert!(
         topic_after > topic_before,

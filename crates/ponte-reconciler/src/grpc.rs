@@ -65,6 +65,13 @@ pub struct ComplianceApi {
     pub audit: Option<Arc<Auditor>>,
 }
 
+/// Counts a view read for `GetPerson`, `GetFamily` or a family's scope check, by where it was
+/// read: `ponte_reconciler_view_reads_total{view, from}`.
+fn view_read(view: &'static str, from: &'static str) {
+    metrics::counter!("ponte_reconciler_view_reads_total", "view" => view, "from" => from)
+        .increment(1);
+}
+
 type ItemStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 fn municipality(s: &str) -> Result<IbgeMunicipality, Status> {
@@ -270,8 +277,10 @@ impl ComplianceApi {
         nis: &Nis,
     ) -> Result<Option<ponte_proto::compliance::v1::Person>, ReconcilerError> {
         let Some(p) = self.owned_partition(nis.as_str()) else {
+            view_read("person", "read_model");
             return readmodel::read_person(&self.read, nis);
         };
+        view_read("person", "state");
         let mut view = self.topology.read_person(&self.state, p, *nis)?;
         if let Some(v) = view.as_mut().filter(|v| v.updated_time.is_none()) {
             // A digest written before digests kept the time: the read model's view of the same
@@ -291,8 +300,10 @@ impl ComplianceApi {
         id: &str,
     ) -> Result<Option<ponte_proto::compliance::v1::Family>, ReconcilerError> {
         let Some(p) = self.owned_partition(id) else {
+            view_read("family", "read_model");
             return readmodel::read_family(&self.read, id);
         };
+        view_read("family", "state");
         let mut view = self.topology.read_family(&self.state, p, id)?;
         if let Some(v) = view.as_mut().filter(|v| v.updated_time.is_none()) {
             // As for a person.
