@@ -50,7 +50,7 @@ pub struct ComplianceApi {
     /// with the consumer ([`crate::service`]).
     pub assignment: tokio::sync::watch::Receiver<Assignment>,
     /// What computes a view from the state (the rules, the monitoring window).
-    pub topology: topology::Topology,
+    pub topology: Arc<topology::Topology>,
     /// The input topics' partition count: a NIS or a family id is keyed to partition
     /// `crc32(key) % partitions` ([`ponte_bus::partition::of_key`]).
     pub partitions: i32,
@@ -249,8 +249,10 @@ impl ComplianceApi {
         self.blocking(self.read.clone(), f).await
     }
 
-    /// Runs a point read of the read model (a view by its key: a few lookups in the store's
-    /// cached index and filters, then one value) on the calling worker. Handing it to the
+    /// Runs a point read (a view by its key: a few lookups in a store's cached index and
+    /// filters, then one value — of the read model, or of the state, whose records are then
+    /// evaluated again, no costlier in `ponte-bench queries`) on the calling worker; `f` is
+    /// given the read model. Handing it to the
     /// blocking pool cost more than the read itself — two thread wake-ups per call, 21–27 µs
     /// of CPU of the 61–111 a `GetPerson` took (docs/benchmarks.md, "Point reads on the
     /// worker"); a read that goes to the disk holds this worker for that read, while the
@@ -783,7 +785,7 @@ read = { scopes = ["federal"], rpcs = ["GetPerson", "GetFamily"], conditionaliti
             read: read.clone(),
             state: state.clone(),
             assignment: tokio::sync::watch::channel(assignment).1,
-            topology: topology::Topology::new(
+            topology: Arc::new(topology::Topology::new(
                 ponte_domain::rules::RuleSet::from_toml_str(
                     "bolsa-familia-2023.toml",
                     include_str!("../../../rules/bolsa-familia-2023.toml"),
@@ -791,7 +793,7 @@ read = { scopes = ["federal"], rpcs = ["GetPerson", "GetFamily"], conditionaliti
                 .unwrap(),
                 ponte_domain::period::Month::parse("2025-01").unwrap(),
                 ponte_domain::period::Month::parse("2025-12").unwrap(),
-            ),
+            )),
             partitions: 4,
             kafka: KafkaConfig {
                 bootstrap_servers: "127.0.0.1:9".into(),

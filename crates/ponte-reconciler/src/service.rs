@@ -360,7 +360,7 @@ pub async fn run(
         read: read.clone(),
         state: store.clone(),
         assignment: assignment_rx,
-        topology: topology.clone(),
+        topology: Arc::new(topology.clone()),
         partitions,
         kafka: kafka.clone(),
         changes_topic: routes.changes().to_owned(),
