@@ -145,9 +145,10 @@ impl Assignment {
             .collect()
     }
 
-    /// Whether partition number `partition` is owned (of some topic) and prepared, none of its
-    /// topics' partitions still being prepared: [`Assignment::prepared_partition_numbers`]
-    /// for one partition, without collecting them.
+    /// Whether partition number `partition` is owned (of some topic) and none of its topics'
+    /// partitions is still being prepared: stricter than [`Assignment::prepared_partition_numbers`],
+    /// which counts a number once any of its topics is prepared — for reads of the state the
+    /// partition's restore writes, which must wait for all of it.
     pub fn is_prepared(&self, partition: i32) -> bool {
         let s = self.state();
         s.owned.iter().any(|(_, p)| *p == partition)

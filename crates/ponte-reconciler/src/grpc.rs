@@ -251,18 +251,14 @@ impl ComplianceApi {
 
     /// Runs a point read (a view by its key: a few lookups in a store's cached index and
     /// filters, then one value — of the read model, or of the state, whose records are then
-    /// evaluated again, no costlier in `ponte-bench queries`) on the calling worker; `f` is
-    /// given the read model. Handing it to the
-    /// blocking pool cost more than the read itself — two thread wake-ups per call, 21–27 µs
+    /// evaluated again, no costlier in `ponte-bench queries`) on the calling worker. Handing it
+    /// to the blocking pool cost more than the read itself — two thread wake-ups per call, 21–27 µs
     /// of CPU of the 61–111 a `GetPerson` took (docs/benchmarks.md, "Point reads on the
     /// worker"); a read that goes to the disk holds this worker for that read, while the
     /// other workers go on. Scans ([`Self::read`]) stay on the blocking pool.
-    fn read_point<T>(
-        &self,
-        f: impl FnOnce(&Store) -> Result<T, ReconcilerError>,
-    ) -> Result<T, Status> {
+    fn read_point<T>(&self, f: impl FnOnce() -> Result<T, ReconcilerError>) -> Result<T, Status> {
         self.check_read_path()?;
-        f(&self.read).map_err(|e| self.store_failed(&e))
+        f().map_err(|e| self.store_failed(&e))
     }
 
     /// The input partition `key` (a NIS, a family id) is keyed to, if this instance owns it
@@ -595,7 +591,7 @@ impl ComplianceService for ComplianceApi {
         let nis = Nis::parse(&request.get_ref().nis)
             .map_err(|e| Status::invalid_argument(format!("nis: {e}")))?;
         let masked = nis.masked();
-        let person = self.read_point(|_| self.person_view(&nis))?;
+        let person = self.read_point(|| self.person_view(&nis))?;
         let federal = admitted.grant.is_federal();
         let visible = person.map(|p| visible_person(&admitted.grant, p));
         let shown = usize::from(matches!(visible, Some(Some(_))));
@@ -631,7 +627,7 @@ impl ComplianceService for ComplianceApi {
             ));
         }
         // The family's view, and for a caller of some municipalities one member's: point reads.
-        let family = self.read_point(|_| match self.family_view(&id)? {
+        let family = self.read_point(|| match self.family_view(&id)? {
             Some(f) => visible_family(&admitted.grant, |n| self.person_view(n), f)
                 .map(|v| Some(v.ok_or(()))),
             None => Ok(None),
@@ -656,7 +652,7 @@ impl ComplianceService for ComplianceApi {
     ) -> Result<Response<GetHouseholdResponse>, Status> {
         let admitted = admit(&self.gate, &request, Rpc::GetHousehold)?;
         let id = household_id(&request.get_ref().household_id)?.to_owned();
-        let household = self.read_point(|s| readmodel::read_household(s, &id))?;
+        let household = self.read_point(|| readmodel::read_household(&self.read, &id))?;
         let shown = household.and_then(|h| visible_household(&admitted.grant, h));
         self.audited(
             &admitted,
