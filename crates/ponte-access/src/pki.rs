@@ -77,6 +77,8 @@ pub enum ClientKind {
     QueryClient,
     /// An operator of the deployment.
     Operator,
+    /// An instance of a service calling another instance of it (the reconciler's peer reads).
+    Peer,
 }
 
 /// One client certificate [`generate_dev`] issues.
@@ -91,7 +93,7 @@ pub struct DevClientSpec {
 }
 
 /// Every client certificate [`generate_dev`] issues, in order.
-pub const DEV_CLIENTS: [DevClientSpec; 7] = [
+pub const DEV_CLIENTS: [DevClientSpec; 8] = [
     DevClientSpec {
         name: "education",
         kind: ClientKind::SectorSystem,
@@ -126,6 +128,11 @@ pub const DEV_CLIENTS: [DevClientSpec; 7] = [
         name: "operator",
         kind: ClientKind::Operator,
         purpose: "an operator of the deployment",
+    },
+    DevClientSpec {
+        name: "reconciler",
+        kind: ClientKind::Peer,
+        purpose: "the reconciler's instances, reading each other's partitions (peer reads)",
     },
 ];
 

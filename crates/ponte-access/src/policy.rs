@@ -51,7 +51,7 @@ pub const DEFAULT_MAX_WATCH_STREAMS: u32 = 2;
 pub const PRINCIPAL_URN_PREFIX: &str = "urn:ponte:principal:";
 
 /// The short names of the development PKI's principals, in the order of [`dev_policy_toml`].
-pub const DEV_PRINCIPALS: [&str; 7] = [
+pub const DEV_PRINCIPALS: [&str; 8] = [
     "education",
     "health",
     "assistance",
@@ -59,6 +59,7 @@ pub const DEV_PRINCIPALS: [&str; 7] = [
     "state-sp",
     "municipality-3550308",
     "operator",
+    "reconciler",
 ];
 
 /// The full principal name of a development principal: `urn:ponte:principal:<short>`.
@@ -473,6 +474,10 @@ pub struct PrincipalRights {
     pub name: Arc<str>,
     /// Whether it has the operator role (may call `ListParked` when it lists it).
     pub operator: bool,
+    /// Whether it is an instance of the reconciler: it may read, unfiltered, the views of the
+    /// partitions another instance owns (`ponte.reconciler.v1.PeerService`), to answer its own
+    /// callers with their grants applied.
+    pub peer: bool,
     /// What it may send, if anything.
     pub send: Option<SendRights>,
     /// What it may read (nothing when the file has no `read` for it).
@@ -520,6 +525,12 @@ pub enum Denied {
         principal: String,
         /// The method.
         rpc: Rpc,
+    },
+    /// The principal is not an instance of the reconciler (`peer = true`).
+    #[error("principal {principal:?} is not a reconciler instance (peer)")]
+    NotPeer {
+        /// The principal.
+        principal: String,
     },
 }
 
@@ -694,6 +705,18 @@ impl Policy {
             principal: Arc::clone(p),
             rpc,
         })
+    }
+
+    /// Whether `principal` is a reconciler instance, which may read another instance's
+    /// views unfiltered to answer its own callers (`peer = true`).
+    pub fn may_peer(&self, principal: &str) -> Result<(), Denied> {
+        if self.known(principal)?.peer {
+            Ok(())
+        } else {
+            Err(Denied::NotPeer {
+                principal: echo(principal),
+            })
+        }
     }
 
     /// Checks every conditionality id the policy names against those of the rule set in force
@@ -920,9 +943,13 @@ fn principal(
 ) -> Result<PrincipalRights, AccessError> {
     let base = principal_key(name);
     let toml::Value::Table(fields) = entry else {
-        return Err(ctx.err(&base, "must be a table (operator, send, read, limits)"));
+        return Err(ctx.err(
+            &base,
+            "must be a table (operator, peer, send, read, limits)",
+        ));
     };
     let mut operator = false;
+    let mut peer = false;
     let mut send = None;
     let mut read = None;
     let mut lim = defaults;
@@ -931,6 +958,11 @@ fn principal(
         match key.as_str() {
             "operator" => {
                 operator = value
+                    .as_bool()
+                    .ok_or_else(|| ctx.err(&here, "must be true or false"))?;
+            }
+            "peer" => {
+                peer = value
                     .as_bool()
                     .ok_or_else(|| ctx.err(&here, "must be true or false"))?;
             }
@@ -943,7 +975,7 @@ fn principal(
             _ => {
                 return Err(ctx.err(
                     &here,
-                    "unknown key (expected `operator`, `send`, `read` or `limits`)",
+                    "unknown key (expected `operator`, `peer`, `send`, `read` or `limits`)",
                 ));
             }
         }
@@ -958,6 +990,7 @@ fn principal(
     Ok(PrincipalRights {
         name: Arc::from(name),
         operator,
+        peer,
         send,
         read,
         limits: lim,
@@ -1128,7 +1161,8 @@ fn conditionalities(
 
 /// The access policy for the development PKI's principals ([`DEV_PRINCIPALS`]): the three
 /// sector systems each sending their own records, a federal, a state (São Paulo) and a
-/// municipal (São Paulo city, 3550308) reader, and an operator. For local runs and tests only.
+/// municipal (São Paulo city, 3550308) reader, an operator, and the reconciler's instances
+/// (peers). For local runs and tests only.
 pub fn dev_policy_toml() -> &'static str {
     DEV_POLICY
 }
@@ -1170,6 +1204,13 @@ read = { scopes = ["municipality:3550308"], rpcs = ["GetPerson", "GetFamily", "L
 operator = true
 read = { rpcs = ["ListParked"] }
 send = { adapter = "assistance", records = ["erasure"], source_system = "operator" }
+
+# The reconciler's instances: each reads from the others the views of the partitions they own,
+# unfiltered, to answer its own callers with their grants applied (and audited there).
+
+[principals."urn:ponte:principal:reconciler"]
+peer = true
+limits = { max_concurrent_requests = 256 }
 "#;
 
 #[cfg(test)]
@@ -1353,6 +1394,25 @@ mod tests {
                 max_watch_streams: 4
             })
         );
+
+        // Only the reconciler's instances read each other's partitions, and they call no
+        // method of the public API.
+        let reconciler = dev_principal("reconciler");
+        assert_eq!(p.may_peer(&reconciler), Ok(()));
+        assert!(p.may_call(&reconciler, Rpc::GetPerson).is_err());
+        for other in DEV_PRINCIPALS.iter().filter(|n| **n != "reconciler") {
+            assert!(
+                matches!(
+                    p.may_peer(&dev_principal(other)),
+                    Err(Denied::NotPeer { .. })
+                ),
+                "{other}"
+            );
+        }
+        assert!(matches!(
+            p.may_peer("urn:ponte:principal:nobody"),
+            Err(Denied::UnknownPrincipal { .. })
+        ));
     }
 
     #[test]
@@ -1538,6 +1598,10 @@ max_concurrent_requests = 10
             (
                 "[principals.a]\nread = { rpcs = [\"ListParked\"] }\n",
                 "principals.\"a\".read.rpcs: ListParked is for operators only",
+            ),
+            (
+                "[principals.a]\npeer = 1\n",
+                "principals.\"a\".peer: must be true or false",
             ),
             (
                 "[principals.a]\noperator = \"yes\"\n",
