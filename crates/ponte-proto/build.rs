@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         root.join("ponte/events/v1/events.proto"),
         root.join("ponte/compliance/v1/compliance.proto"),
         root.join("ponte/reconciler/v1/reconciler.proto"),
+        root.join("ponte/reconciler/v1/peer.proto"),
         root.join("ponte/audit/v1/audit.proto"),
     ];
     for file in &files {

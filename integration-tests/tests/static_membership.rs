@@ -184,6 +184,7 @@ async fn closed_while_rebalancing(name: &str, properties: BTreeMap<String, Strin
         let membership = Membership {
             session_timeout_ms: 30_000,
             instance_id: None,
+            advertised: None,
         };
         let (consumer, assignment) = group_consumer(
             &kafka,
@@ -311,6 +312,7 @@ async fn under_the_cooperative_protocol_only_the_partitions_that_move_are_prepar
     let membership = Membership {
         session_timeout_ms: 30_000,
         instance_id: None,
+        advertised: None,
     };
     let setup = Arc::new(RecordPreparations::default());
     let (consumer, assignment) = group_consumer(
@@ -404,6 +406,119 @@ async fn under_the_cooperative_protocol_only_the_partitions_that_move_are_prepar
     tokio::task::spawn_blocking(move || {
         assignment.close();
         drop(consumer);
+    })
+    .await
+    .unwrap();
+}
+
+/// The group's description tells who owns which partitions and at which address each member
+/// answers (`Membership::advertised`, carried in its client id): what a reconciler instance
+/// forwards a read of another instance's partition by.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_groups_description_names_each_members_partitions_and_advertised_address() {
+    let stack = Stack::new("members");
+    let (a_topic, b_topic) = (stack.topic("members-a.v1"), stack.topic("members-b.v1"));
+    create_topic(broker(), &a_topic, 4).await;
+    create_topic(broker(), &b_topic, 4).await;
+    let kafka = KafkaConfig {
+        bootstrap_servers: broker().to_owned(),
+        message_timeout_ms: 30_000,
+        properties: BTreeMap::new(),
+    };
+    let topics = [a_topic.as_str(), b_topic.as_str()];
+    ponte_bus::consume::wait_for_topics(&kafka, &topics, Duration::from_secs(60)).unwrap();
+    let group = format!("{}members", stack.prefix);
+    let member = |client: &str, advertised: Option<&'static str>| {
+        group_consumer(
+            &kafka,
+            &group,
+            client,
+            &topics,
+            Arc::new(RecordPreparations::default()),
+            Membership {
+                session_timeout_ms: 30_000,
+                instance_id: None,
+                advertised,
+            },
+        )
+        .unwrap()
+    };
+    let (first, first_assignment) = member("members-a", Some("127.0.0.1:50051"));
+    poll_until(&first, &first_assignment, "all four partitions", |a| {
+        a.prepared_partition_numbers().len() == 4
+    })
+    .await;
+    let (second, second_assignment) = member("members-b", None);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let second_loop = tokio::spawn(async move {
+        poll_until(&second, &second_assignment, "two partitions", |a| {
+            a.prepared_partition_numbers().len() == 2
+        })
+        .await;
+        let mine = second_assignment.partitions();
+        // Kept polling so the member stays in the group while it is described.
+        let mut stopped = stopped;
+        loop {
+            tokio::select! {
+                _ = &mut stopped => break,
+                _ = tokio::time::timeout(Duration::from_millis(50), second.recv()) => {}
+            }
+        }
+        second_assignment.close();
+        drop(second);
+        mine
+    });
+    poll_until(&first, &first_assignment, "two partitions left", |a| {
+        a.prepared_partition_numbers().len() == 2
+    })
+    .await;
+    let observer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", broker())
+        .create()
+        .unwrap();
+    let view = eventually("a stable group of two", Duration::from_secs(30), || async {
+        let v = ponte_bus::members::describe(&observer, &group, Duration::from_secs(5)).ok()?;
+        (v.stable && v.members.len() == 2).then_some(v)
+    })
+    .await;
+    let _ = stop.send(());
+    let second_partitions = second_loop.await.unwrap();
+    let sorted = |mut v: Vec<(String, i32)>| {
+        v.sort();
+        v
+    };
+    let advertising = view
+        .members
+        .iter()
+        .find(|m| m.advertised.is_some())
+        .unwrap();
+    assert_eq!(advertising.advertised.as_deref(), Some("127.0.0.1:50051"));
+    assert_eq!(
+        sorted(advertising.partitions.clone()),
+        sorted(first_assignment.partitions())
+    );
+    let silent = view
+        .members
+        .iter()
+        .find(|m| m.advertised.is_none())
+        .unwrap();
+    assert_eq!(sorted(silent.partitions.clone()), sorted(second_partitions));
+    // The range assignor keeps co-partitioned topics together: each member has the same
+    // partition numbers of both topics.
+    for m in &view.members {
+        let of = |t: &str| -> BTreeSet<i32> {
+            m.partitions
+                .iter()
+                .filter(|(topic, _)| topic == t)
+                .map(|(_, p)| *p)
+                .collect()
+        };
+        assert_eq!(of(&a_topic), of(&b_topic));
+        assert_eq!(of(&a_topic).len(), 2);
+    }
+    tokio::task::spawn_blocking(move || {
+        first_assignment.close();
+        drop(first);
     })
     .await
     .unwrap();

@@ -519,6 +519,11 @@ pub struct Membership<'a> {
     /// its partitions unowned until the timeout, even on a clean shutdown. `None`: a new member
     /// on every start.
     pub instance_id: Option<&'a str>,
+    /// An address the other members find in the group's description
+    /// ([`crate::members::describe`]), carried in the client id
+    /// ([`crate::members::advertised_client_id`]; metrics keep the plain client id). `None`:
+    /// nothing advertised.
+    pub advertised: Option<&'a str>,
 }
 
 /// Waits until the broker's metadata shows every topic of `topics` with all its partitions
@@ -631,6 +636,12 @@ pub fn group_consumer(
         .set("topic.metadata.refresh.interval.ms", "10000");
     if let Some(id) = membership.instance_id {
         cfg.set("group.instance.id", id);
+    }
+    if let Some(address) = membership.advertised {
+        cfg.set(
+            "client.id",
+            crate::members::advertised_client_id(client_id, address),
+        );
     }
     // Pass-through properties win over the defaults above.
     for (k, v) in &kafka.properties {

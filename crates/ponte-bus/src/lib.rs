@@ -17,6 +17,7 @@ pub mod config;
 pub mod consume;
 pub mod headers;
 pub mod ingest;
+pub mod members;
 pub mod partition;
 pub mod publish;
 pub mod topics;

@@ -308,6 +308,7 @@ pub async fn run(
                 session_timeout_ms: u32::try_from(cfg.session_timeout.as_millis())
                     .unwrap_or(u32::MAX),
                 instance_id: Some(cfg.instance_id.as_str()).filter(|id| !id.is_empty()),
+                advertised: None,
             },
         )
     };
