@@ -52,6 +52,32 @@ pub fn admit<T>(gate: &Gate, req: &Request<T>, rpc: Rpc) -> Result<Admitted, Sta
     })
 }
 
+/// Authenticates the caller of `req` to `endpoint` of an instance's peer service, checks it is
+/// a peer of the policy (`peer = true`) that came with a client certificate (or on an insecure
+/// listener, where nothing does), and takes its request slot.
+pub fn admit_peer<T>(
+    gate: &Gate,
+    req: &Request<T>,
+    endpoint: &str,
+) -> Result<(Caller, Permit), Status> {
+    let caller = caller(gate, req, endpoint)?;
+    if caller.method == crate::gate::AuthMethod::Bearer {
+        gate.forbidden(&caller.principal, endpoint);
+        return Err(Status::permission_denied(
+            "peer reads take the instance's client certificate, not a bearer token",
+        ));
+    }
+    gate.policy().may_peer(&caller.principal).map_err(|d| {
+        gate.forbidden(&caller.principal, endpoint);
+        Status::permission_denied(d.to_string())
+    })?;
+    let permit = gate.admit(&caller).map_err(|b| {
+        gate.refused(&caller.principal, b.reason(), endpoint);
+        Status::resource_exhausted(b.to_string())
+    })?;
+    Ok((caller, permit))
+}
+
 /// The answer for a view the grant does not cover, or that does not exist, to a caller who
 /// may not learn which: the same status either way.
 pub fn out_of_scope(what: &str) -> Status {

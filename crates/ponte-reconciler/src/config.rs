@@ -65,6 +65,104 @@ pub struct ReconcilerConfig {
     pub read_model_memory_mb: usize,
     /// How the state store is compacted (`state_compaction`).
     pub state_compaction: StateCompaction,
+    /// Reads of the partitions other instances own, asked of them (`[reconciler.peer]`).
+    pub peer: PeerConfig,
+}
+
+/// `[reconciler.peer]`: how an instance reads the persons and families of the partitions
+/// another instance owns from that instance, and is read from (docs/operations.md, "Reads
+/// across instances").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerConfig {
+    /// `host:port` at which the other instances reach this instance's gRPC listener (its
+    /// server certificate must name the host). `None` (`advertise = ""`): this instance
+    /// neither asks nor is asked, and answers for other partitions from its read model.
+    pub advertise: Option<String>,
+    /// The CA bundle the other instances' server certificates chain to (`ca_file`).
+    pub ca_file: PathBuf,
+    /// This instance's client certificate for peer reads, naming a principal with the `peer`
+    /// right (`cert_file`), and its key (`key_file`).
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// How long a peer read may take before it is given up and answered another way
+    /// (`timeout_ms`, 10 ms to 10 s); a peer that failed is not asked again for `refresh`.
+    pub timeout: Duration,
+    /// How often the group's description (who owns which partition, at which address) is
+    /// read again (`refresh_ms`, 100 ms to 60 s).
+    pub refresh: Duration,
+}
+
+/// `[reconciler.peer]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPeer {
+    #[serde(default)]
+    advertise: String,
+    #[serde(default)]
+    ca_file: PathBuf,
+    #[serde(default)]
+    cert_file: PathBuf,
+    #[serde(default)]
+    key_file: PathBuf,
+    #[serde(default = "default_peer_timeout_ms")]
+    timeout_ms: u64,
+    #[serde(default = "default_peer_refresh_ms")]
+    refresh_ms: u64,
+}
+
+impl Default for RawPeer {
+    fn default() -> Self {
+        RawPeer {
+            advertise: String::new(),
+            ca_file: PathBuf::new(),
+            cert_file: PathBuf::new(),
+            key_file: PathBuf::new(),
+            timeout_ms: default_peer_timeout_ms(),
+            refresh_ms: default_peer_refresh_ms(),
+        }
+    }
+}
+
+fn default_peer_timeout_ms() -> u64 {
+    1_000
+}
+
+fn default_peer_refresh_ms() -> u64 {
+    2_000
+}
+
+impl TryFrom<RawPeer> for PeerConfig {
+    type Error = String;
+
+    fn try_from(raw: RawPeer) -> Result<Self, String> {
+        let advertise = match raw.advertise.trim() {
+            "" => None,
+            a => {
+                let port = a
+                    .rsplit_once(':')
+                    .map(|(host, port)| (host, port.parse::<u16>()));
+                if !matches!(port, Some((host, Ok(p))) if !host.is_empty() && p > 0) {
+                    return Err(format!(
+                        "reconciler.peer.advertise: {a:?} is not host:port (e.g. reconciler-1.ponte:50051)"
+                    ));
+                }
+                if a.contains(';') || a.contains('/') || a.chars().any(char::is_whitespace) {
+                    return Err(format!(
+                        "reconciler.peer.advertise: {a:?} holds ';', '/' or spaces: write host:port"
+                    ));
+                }
+                Some(a.to_owned())
+            }
+        };
+        Ok(PeerConfig {
+            advertise,
+            ca_file: raw.ca_file,
+            cert_file: raw.cert_file,
+            key_file: raw.key_file,
+            timeout: millis("peer.timeout_ms", raw.timeout_ms, 10, 10_000)?,
+            refresh: millis("peer.refresh_ms", raw.refresh_ms, 100, 60_000)?,
+        })
+    }
 }
 
 /// The epochs of a consumer that is behind: an epoch is *behind* once a message fetched for it
@@ -135,6 +233,8 @@ struct RawConfig {
     read_model_memory_mb: usize,
     #[serde(default = "default_state_compaction")]
     state_compaction: String,
+    #[serde(default)]
+    peer: RawPeer,
 }
 
 fn default_behind_after_ms() -> u64 {
@@ -217,6 +317,7 @@ impl TryFrom<RawConfig> for ReconcilerConfig {
         };
         Ok(Self {
             state_compaction,
+            peer: PeerConfig::try_from(raw.peer)?,
             batch_linger: millis("batch_linger_ms", raw.batch_linger_ms, 0, 60_000)?,
             behind: Behind {
                 after: millis("behind_after_ms", raw.behind_after_ms, 100, 3_600_000)?,
@@ -340,6 +441,24 @@ mod tests {
     }
 
     #[test]
+    fn an_instance_reads_other_partitions_from_their_owners_only_when_it_advertises_itself() {
+        let off = parse(&[]).unwrap().peer;
+        assert_eq!(off.advertise, None);
+        assert_eq!(off.timeout, Duration::from_secs(1));
+        assert_eq!(off.refresh, Duration::from_secs(2));
+        let on = parse(&[(
+            "peer",
+            "{ advertise = \"reconciler-1.ponte:50051\", ca_file = \"ca.pem\", \
+             cert_file = \"r.pem\", key_file = \"r-key.pem\", timeout_ms = 200 }",
+        )])
+        .unwrap()
+        .peer;
+        assert_eq!(on.advertise.as_deref(), Some("reconciler-1.ponte:50051"));
+        assert_eq!(on.cert_file, PathBuf::from("r.pem"));
+        assert_eq!(on.timeout, Duration::from_millis(200));
+    }
+
+    #[test]
     fn the_state_store_is_compacted_by_size_tiers_unless_levels_are_asked_for() {
         let levels = parse(&[("state_compaction", "\"levels\"")]).unwrap();
         assert_eq!(levels.state_compaction, StateCompaction::Levels);
@@ -411,6 +530,24 @@ mod tests {
             ),
             ("group_id", "\" \"", "reconciler.group_id"),
             ("batch_lingr_ms", "5", "batch_lingr_ms"),
+            (
+                "peer",
+                "{ advertise = \"r1\" }",
+                "reconciler.peer.advertise",
+            ),
+            (
+                "peer",
+                "{ advertise = \":50051\" }",
+                "reconciler.peer.advertise",
+            ),
+            (
+                "peer",
+                "{ advertise = \"https://r1:50051\" }",
+                "reconciler.peer.advertise",
+            ),
+            ("peer", "{ timeout_ms = 5 }", "reconciler.peer.timeout_ms"),
+            ("peer", "{ refresh_ms = 0 }", "reconciler.peer.refresh_ms"),
+            ("peer", "{ advertize = \"r1:50051\" }", "advertize"),
         ] {
             let err = parse(&[(key, value)]).unwrap_err();
             assert!(err.contains(says), "{key} = {value}: {err}");

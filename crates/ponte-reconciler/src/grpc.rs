@@ -1,8 +1,9 @@
 //! The gRPC `ComplianceService`. A person's or a family's view is computed from the local
 //! state when this instance owns (and has restored) the input partition the key is keyed to —
-//! as current as the last epoch stored — and read from the read model (every person and
-//! family, whichever instance owns them) otherwise; lists, indicators and households come from
-//! the read model; parked records from the local state.
+//! as current as the last epoch stored —, asked of the instance that owns it otherwise
+//! ([`crate::peers`]), and read from the read model (every person and family, whichever
+//! instance owns them) when there is no owner to ask or it does not answer; lists, indicators
+//! and households come from the read model; parked records from the local state.
 use ponte_domain::ids::Nis;
 use ponte_proto::compliance::v1::compliance_service_server::ComplianceService;
 use std::collections::BTreeMap;
@@ -63,10 +64,14 @@ pub struct ComplianceApi {
     /// The audit log every read is recorded in before it is answered (none when
     /// `audit.key_dir` is not set).
     pub audit: Option<Arc<Auditor>>,
+    /// Reads of the partitions other instances own, asked of them (none when
+    /// `reconciler.peer.advertise` is not set: the read model answers).
+    pub peers: Option<Arc<crate::peers::Peers>>,
 }
 
 /// Counts a view read for `GetPerson`, `GetFamily` or a family's scope check, by where it was
-/// read: `ponte_reconciler_view_reads_total{view, from}`.
+/// read (`state`, `owner`: another instance's state, `read_model`):
+/// `ponte_reconciler_view_reads_total{view, from}`.
 fn view_read(view: &'static str, from: &'static str) {
     metrics::counter!("ponte_reconciler_view_reads_total", "view" => view, "from" => from)
         .increment(1);
@@ -149,27 +154,17 @@ fn effect_visible(grant: &Grant, causes: &[String]) -> bool {
     })
 }
 
-/// What of `family` the grant may show: a family is in the place of its members (the first
-/// member with a view decides; a family none of whose members is in the view only to a federal
-/// scope), and only effects caused by its conditionalities.
+/// What of `family` the grant may show: a family is in the place of its members (`place`: the
+/// municipality of the first member with a view, [`ComplianceApi::family_place`]; a family
+/// none of whose members is in the view only to a federal scope), and only effects caused by
+/// its conditionalities.
 fn visible_family(
     grant: &Grant,
-    person: impl Fn(&Nis) -> Result<Option<ponte_proto::compliance::v1::Person>, ReconcilerError>,
+    place: Option<&str>,
     mut family: ponte_proto::compliance::v1::Family,
-) -> Result<Option<ponte_proto::compliance::v1::Family>, ReconcilerError> {
-    if !grant.is_federal() {
-        let mut place = None;
-        for member in &family.members {
-            if let Ok(nis) = Nis::parse(member)
-                && let Some(p) = person(&nis)?
-            {
-                place = Some(p.municipality);
-                break;
-            }
-        }
-        if !place.is_some_and(|m| grant.covers_municipality_code(&m)) {
-            return Ok(None);
-        }
+) -> Option<ponte_proto::compliance::v1::Family> {
+    if !grant.is_federal() && !place.is_some_and(|m| grant.covers_municipality_code(m)) {
+        return None;
     }
     if !matches!(
         grant.conditionalities(),
@@ -184,7 +179,7 @@ fn visible_family(
         family.effects_json.clear();
         family.sources.retain(|s| s.record_type != "appeal");
     }
-    Ok(Some(family))
+    Some(family)
 }
 
 /// What of a followed household the grant may show: the whole view, to a federal scope only.
@@ -195,6 +190,16 @@ fn visible_household(
     household: ponte_proto::compliance::v1::Household,
 ) -> Option<ponte_proto::compliance::v1::Household> {
     grant.is_federal().then_some(household)
+}
+
+/// A family id as the adapters accept it, or `INVALID_ARGUMENT` naming the field.
+pub(crate) fn family_id(id: &str) -> Result<&str, Status> {
+    if id.is_empty() || id.len() > 64 || id.contains('/') {
+        return Err(Status::invalid_argument(
+            "family_id: required, at most 64 characters, no '/'",
+        ));
+    }
+    Ok(id)
 }
 
 /// A household id as the adapters accept it, or `INVALID_ARGUMENT` naming the field.
@@ -217,11 +222,23 @@ impl ComplianceApi {
         subject: ReadSubject<'_>,
         returned: usize,
     ) -> Result<(), Status> {
+        self.audited_as(&admitted.caller.principal, rpc, subject, returned)
+            .await
+    }
+
+    /// [`Self::audited`] for `principal`.
+    pub(crate) async fn audited_as(
+        &self,
+        principal: &str,
+        rpc: &str,
+        subject: ReadSubject<'_>,
+        returned: usize,
+    ) -> Result<(), Status> {
         let Some(audit) = &self.audit else {
             return Ok(());
         };
         audit
-            .read(&admitted.caller.principal, rpc, subject, returned)
+            .read(principal, rpc, subject, returned)
             .await
             .map_err(|e| {
                 tracing::error!(error = %e, rpc, "a read could not be written to the audit log; refused");
@@ -261,57 +278,130 @@ impl ComplianceApi {
         f().map_err(|e| self.store_failed(&e))
     }
 
-    /// The input partition `key` (a NIS, a family id) is keyed to, if this instance owns it
-    /// and has restored it: its views are then computed from the state.
-    fn owned_partition(&self, key: &str) -> Option<i32> {
-        let p = ponte_bus::partition::of_key(key.as_bytes(), self.partitions);
-        self.assignment.borrow().is_prepared(p).then_some(p)
+    /// The input partition `key` (a NIS, a family id) is keyed to.
+    fn partition_of(&self, key: &str) -> i32 {
+        ponte_bus::partition::of_key(key.as_bytes(), self.partitions)
     }
 
-    /// Person `nis`'s view: from the state if this instance owns the person's partition, from
-    /// the read model otherwise.
-    fn person_view(
+    /// Person `nis`'s view computed from the state, if this instance owns (and has restored)
+    /// the person's partition; `None` otherwise.
+    pub(crate) fn local_person(
         &self,
         nis: &Nis,
-    ) -> Result<Option<ponte_proto::compliance::v1::Person>, ReconcilerError> {
-        let Some(p) = self.owned_partition(nis.as_str()) else {
-            view_read("person", "read_model");
-            return readmodel::read_person(&self.read, nis);
-        };
-        view_read("person", "state");
-        let mut view = self.topology.read_person(&self.state, p, *nis)?;
-        if let Some(v) = view.as_mut().filter(|v| v.updated_time.is_none()) {
-            // A digest written before digests kept the time: the read model's view of the same
-            // version has it.
-            if let Some(r) = readmodel::read_person(&self.read, nis)?
-                && r.view_version == v.view_version
-            {
-                v.updated_time = r.updated_time;
-            }
+    ) -> Result<Option<Option<ponte_proto::compliance::v1::Person>>, Status> {
+        let p = self.partition_of(nis.as_str());
+        if !self.assignment.borrow().is_prepared(p) {
+            return Ok(None);
         }
-        Ok(view)
+        self.read_point(|| {
+            let mut view = self.topology.read_person(&self.state, p, *nis)?;
+            if let Some(v) = view.as_mut().filter(|v| v.updated_time.is_none()) {
+                // A digest written before digests kept the time: the read model's view of the
+                // same version has it.
+                if let Some(r) = readmodel::read_person(&self.read, nis)?
+                    && r.view_version == v.view_version
+                {
+                    v.updated_time = r.updated_time;
+                }
+            }
+            Ok(Some(view))
+        })
+    }
+
+    /// Family `id`'s view computed from the state, as [`Self::local_person`].
+    pub(crate) fn local_family(
+        &self,
+        id: &str,
+    ) -> Result<Option<Option<ponte_proto::compliance::v1::Family>>, Status> {
+        let p = self.partition_of(id);
+        if !self.assignment.borrow().is_prepared(p) {
+            return Ok(None);
+        }
+        self.read_point(|| {
+            let mut view = self.topology.read_family(&self.state, p, id)?;
+            if let Some(v) = view.as_mut().filter(|v| v.updated_time.is_none()) {
+                // As for a person.
+                if let Some(r) = readmodel::read_family(&self.read, id)?
+                    && r.view_version == v.view_version
+                {
+                    v.updated_time = r.updated_time;
+                }
+            }
+            Ok(Some(view))
+        })
+    }
+
+    /// Person `nis`'s view: from the state if this instance owns the person's partition, else
+    /// from the instance that owns it, else (no owner known, or it did not answer) from the
+    /// read model.
+    async fn person_view(
+        &self,
+        nis: &Nis,
+    ) -> Result<Option<ponte_proto::compliance::v1::Person>, Status> {
+        if let Some(view) = self.local_person(nis)? {
+            view_read("person", "state");
+            return Ok(view);
+        }
+        if let Some(peers) = &self.peers
+            && let crate::peers::Asked::Answered(view) =
+                peers.person(self.partition_of(nis.as_str()), nis).await
+        {
+            view_read("person", "owner");
+            return Ok(view);
+        }
+        view_read("person", "read_model");
+        self.read_point(|| readmodel::read_person(&self.read, nis))
     }
 
     /// Family `id`'s view, as [`Self::person_view`].
-    fn family_view(
+    async fn family_view(
         &self,
         id: &str,
-    ) -> Result<Option<ponte_proto::compliance::v1::Family>, ReconcilerError> {
-        let Some(p) = self.owned_partition(id) else {
-            view_read("family", "read_model");
-            return readmodel::read_family(&self.read, id);
-        };
-        view_read("family", "state");
-        let mut view = self.topology.read_family(&self.state, p, id)?;
-        if let Some(v) = view.as_mut().filter(|v| v.updated_time.is_none()) {
-            // As for a person.
-            if let Some(r) = readmodel::read_family(&self.read, id)?
-                && r.view_version == v.view_version
+    ) -> Result<Option<ponte_proto::compliance::v1::Family>, Status> {
+        if let Some(view) = self.local_family(id)? {
+            view_read("family", "state");
+            return Ok(view);
+        }
+        if let Some(peers) = &self.peers
+            && let crate::peers::Asked::Answered(view) =
+                peers.family(self.partition_of(id), id).await
+        {
+            view_read("family", "owner");
+            return Ok(view);
+        }
+        view_read("family", "read_model");
+        self.read_point(|| readmodel::read_family(&self.read, id))
+    }
+
+    /// The municipality a family is in for a caller of some places: that of its first member
+    /// with a view (each member's view read as [`Self::person_view`]).
+    async fn family_place(
+        &self,
+        family: &ponte_proto::compliance::v1::Family,
+    ) -> Result<Option<String>, Status> {
+        for member in &family.members {
+            if let Ok(nis) = Nis::parse(member)
+                && let Some(p) = self.person_view(&nis).await?
             {
-                v.updated_time = r.updated_time;
+                return Ok(Some(p.municipality));
             }
         }
-        Ok(view)
+        Ok(None)
+    }
+
+    /// What of `family` `grant` may show ([`visible_family`]); a federal caller's family needs
+    /// no member read.
+    async fn visible_family(
+        &self,
+        grant: &Grant,
+        family: ponte_proto::compliance::v1::Family,
+    ) -> Result<Option<ponte_proto::compliance::v1::Family>, Status> {
+        let place = if grant.is_federal() {
+            None
+        } else {
+            self.family_place(&family).await?
+        };
+        Ok(visible_family(grant, place.as_deref(), family))
     }
 
     /// Runs a read of the local state off the async runtime.
@@ -549,17 +639,12 @@ impl ComplianceService for ComplianceApi {
                         // Only what the caller's scope covers; the position still moves on.
                         let visible = match change.view {
                             Some(View::Person(p)) => visible_person(&grant, p).map(View::Person),
-                            Some(View::Family(f)) => {
-                                let (g, api) = (grant.clone(), api.clone());
-                                match tokio::task::spawn_blocking(move || {
-                                    visible_family(&g, |n| api.person_view(n), f)
-                                })
+                            Some(View::Family(f)) => api
+                                .visible_family(&grant, f)
                                 .await
-                                {
-                                    Ok(Ok(f)) => f.map(View::Family),
-                                    _ => None,
-                                }
-                            }
+                                .ok()
+                                .flatten()
+                                .map(View::Family),
                             Some(View::Household(h)) => {
                                 visible_household(&grant, h).map(View::Household)
                             }
@@ -591,7 +676,7 @@ impl ComplianceService for ComplianceApi {
         let nis = Nis::parse(&request.get_ref().nis)
             .map_err(|e| Status::invalid_argument(format!("nis: {e}")))?;
         let masked = nis.masked();
-        let person = self.read_point(|| self.person_view(&nis))?;
+        let person = self.person_view(&nis).await?;
         let federal = admitted.grant.is_federal();
         let visible = person.map(|p| visible_person(&admitted.grant, p));
         let shown = usize::from(matches!(visible, Some(Some(_))));
@@ -620,18 +705,12 @@ impl ComplianceService for ComplianceApi {
         request: Request<GetFamilyRequest>,
     ) -> Result<Response<GetFamilyResponse>, Status> {
         let admitted = admit(&self.gate, &request, Rpc::GetFamily)?;
-        let id = request.into_inner().family_id;
-        if id.is_empty() || id.len() > 64 || id.contains('/') {
-            return Err(Status::invalid_argument(
-                "family_id: required, at most 64 characters, no '/'",
-            ));
-        }
+        let id = family_id(&request.get_ref().family_id)?.to_owned();
         // The family's view, and for a caller of some municipalities one member's: point reads.
-        let family = self.read_point(|| match self.family_view(&id)? {
-            Some(f) => visible_family(&admitted.grant, |n| self.person_view(n), f)
-                .map(|v| Some(v.ok_or(()))),
-            None => Ok(None),
-        })?;
+        let family = match self.family_view(&id).await? {
+            Some(f) => Some(self.visible_family(&admitted.grant, f).await?.ok_or(())),
+            None => None,
+        };
         let shown = usize::from(matches!(family, Some(Ok(_))));
         self.audited(&admitted, "GetFamily", ReadSubject::Family(&id), shown)
             .await?;
@@ -751,6 +830,8 @@ mod tests {
 read = { scopes = ["state:SP"], rpcs = ["GetPerson", "GetFamily"], conditionalities = ["education"] }
 [principals."federal"]
 read = { scopes = ["federal"], rpcs = ["GetPerson", "GetFamily"], conditionalities = ["all"] }
+[principals."peer-instance"]
+peer = true
 "#;
 
     fn grant(principal: &str) -> Grant {
@@ -763,12 +844,23 @@ read = { scopes = ["federal"], rpcs = ["GetPerson", "GetFamily"], conditionaliti
     /// The service over `state` and `read`, its consumer owning (prepared) `owned` of four
     /// input partitions; callers without credentials act as `federal`.
     fn api(dir: &std::path::Path, state: &Store, read: &Store, owned: &[i32]) -> ComplianceApi {
+        api_as(dir, state, read, owned, "federal")
+    }
+
+    /// [`api`] whose callers without credentials act as `principal`.
+    fn api_as(
+        dir: &std::path::Path,
+        state: &Store,
+        read: &Store,
+        owned: &[i32],
+        principal: &str,
+    ) -> ComplianceApi {
         let policy_file = dir.join("policy.toml");
         std::fs::write(&policy_file, POLICY).unwrap();
         let access = ponte_edge::AccessConfig {
             policy_file,
             tokens: None,
-            anonymous_principal: "federal".into(),
+            anonymous_principal: principal.into(),
             handshake_timeout_ms: 1_000,
             header_read_timeout_ms: 1_000,
             body_idle_timeout_ms: 1_000,
@@ -800,20 +892,14 @@ read = { scopes = ["federal"], rpcs = ["GetPerson", "GetFamily"], conditionaliti
             gate: Arc::new(Gate::new("grpc", &access, true, &[]).unwrap()),
             path: readmodel::ReadPath::default(),
             audit: None,
+            peers: None,
         }
     }
 
-    #[tokio::test]
-    async fn the_persons_of_an_owned_partition_are_read_from_the_state_the_others_from_the_read_model()
-     {
-        let dir = tempfile::tempdir().unwrap();
-        let state =
-            Store::open(dir.path().join("state"), ponte_store::Durability::Process).unwrap();
-        let read = Store::open(dir.path().join("read"), ponte_store::Durability::Process).unwrap();
-        // A profile applied to the state of its partition, as an epoch stores it; the read
-        // model has not applied its change.
-        let nis = "26827649960";
-        let partition = ponte_bus::partition::of_key(nis.as_bytes(), 4);
+    /// Applies a registry profile of `nis` (municipality São Paulo) to its partition's state as
+    /// an epoch stores it; the change it published, and the change's view.
+    fn stored_profile(api: &ComplianceApi, state: &Store, nis: &str) -> (Vec<u8>, Person) {
+        let partition = ponte_bus::partition::of_key(nis.as_bytes(), api.partitions);
         let profile = ponte_proto::events::v1::Event {
             record_id: format!("registry:{nis}"),
             version: 1,
@@ -835,11 +921,9 @@ read = { scopes = ["federal"], rpcs = ["GetPerson", "GetFamily"], conditionaliti
             )),
             ..Default::default()
         };
-        let api_owning_it = api(dir.path(), &state, &read, &[partition]);
-        let mut tx = topology::Tx::new(&state);
+        let mut tx = topology::Tx::new(state);
         tx.set_partition(partition);
-        api_owning_it
-            .topology
+        api.topology
             .apply(&mut tx, topology::Input::Registry, &profile)
             .unwrap();
         let (writes, mut outputs) = tx.take();
@@ -860,6 +944,22 @@ read = { scopes = ["federal"], rpcs = ["GetPerson", "GetFamily"], conditionaliti
                 _ => None,
             })
             .unwrap();
+        (change, published)
+    }
+
+    #[tokio::test]
+    async fn the_persons_of_an_owned_partition_are_read_from_the_state_the_others_from_the_read_model()
+     {
+        let dir = tempfile::tempdir().unwrap();
+        let state =
+            Store::open(dir.path().join("state"), ponte_store::Durability::Process).unwrap();
+        let read = Store::open(dir.path().join("read"), ponte_store::Durability::Process).unwrap();
+        // A profile applied to the state of its partition, as an epoch stores it; the read
+        // model has not applied its change.
+        let nis = "26827649960";
+        let partition = ponte_bus::partition::of_key(nis.as_bytes(), 4);
+        let api_owning_it = api(dir.path(), &state, &read, &[partition]);
+        let (change, published) = stored_profile(&api_owning_it, &state, nis);
         assert!(published.updated_time.is_some());
         let ask = || {
             Request::new(GetPersonRequest {
@@ -902,6 +1002,115 @@ read = { scopes = ["federal"], rpcs = ["GetPerson", "GetFamily"], conditionaliti
             others.get_person(ask()).await.unwrap().into_inner().person,
             Some(published)
         );
+    }
+
+    /// Another instance's partition is read from that instance's state through its peer
+    /// service; when it cannot answer, from the read model.
+    #[tokio::test]
+    async fn an_instance_asks_the_owner_of_a_partition_and_its_read_model_when_the_owner_cannot_answer()
+     {
+        use crate::peers::{Owners, PeerApi, Peers};
+        use ponte_proto::reconciler::v1::ReadPersonRequest;
+        use ponte_proto::reconciler::v1::peer_service_server::{PeerService, PeerServiceServer};
+        let dir = tempfile::tempdir().unwrap();
+        let open = |name: &str| {
+            Store::open(dir.path().join(name), ponte_store::Durability::Process).unwrap()
+        };
+        let (owner_state, owner_read, state, read) = (open("os"), open("or"), open("s"), open("r"));
+        let nis = "26827649960";
+        let partition = ponte_bus::partition::of_key(nis.as_bytes(), 4);
+        // The owner, whose callers without credentials act as a peer, serving its peer service.
+        let owner = api_as(
+            dir.path(),
+            &owner_state,
+            &owner_read,
+            &[partition],
+            "peer-instance",
+        );
+        let (change, published) = stored_profile(&owner, &owner_state, nis);
+        let incoming =
+            tonic::transport::server::TcpIncoming::bind(([127, 0, 0, 1], 0).into()).unwrap();
+        let address = incoming.local_addr().unwrap().to_string();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let server = tokio::spawn({
+            let (service, stop) = (PeerServiceServer::new(PeerApi(owner.clone())), stop.clone());
+            async move {
+                tonic::transport::Server::builder()
+                    .add_service(service)
+                    .serve_with_incoming_shutdown(incoming, stop.cancelled())
+                    .await
+            }
+        });
+        // An instance owning another partition, which the group says the owner owns.
+        let owners = Arc::new(Owners::default());
+        owners.update(
+            &ponte_bus::members::GroupView {
+                stable: true,
+                members: vec![ponte_bus::members::Member {
+                    advertised: Some(address),
+                    partitions: vec![("inputs".to_owned(), partition)],
+                }],
+            },
+            &["inputs".to_owned()].into(),
+            "127.0.0.1:1",
+        );
+        let peer_config = crate::config::PeerConfig {
+            advertise: Some("127.0.0.1:1".into()),
+            ca_file: Default::default(),
+            cert_file: Default::default(),
+            key_file: Default::default(),
+            timeout: std::time::Duration::from_secs(5),
+            refresh: std::time::Duration::from_secs(60),
+        };
+        let mut asker = api(dir.path(), &state, &read, &[(partition + 1) % 4]);
+        asker.peers = Some(Arc::new(
+            Peers::new(&peer_config, true, Arc::clone(&owners)).unwrap(),
+        ));
+        let ask = || {
+            Request::new(GetPersonRequest {
+                nis: nis.to_owned(),
+            })
+        };
+        // Its read model is empty: the view comes from the owner's state.
+        let got = asker.get_person(ask()).await.unwrap().into_inner();
+        assert_eq!(got.person, Some(published.clone()));
+
+        // The peer service answers only for partitions its instance owns, and only to peers.
+        let peer_ask = || {
+            Request::new(ReadPersonRequest {
+                nis: nis.to_owned(),
+            })
+        };
+        let other = api_as(
+            dir.path(),
+            &state,
+            &read,
+            &[(partition + 1) % 4],
+            "peer-instance",
+        );
+        let status = PeerApi(other).read_person(peer_ask()).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status}");
+        let not_a_peer = api(dir.path(), &owner_state, &owner_read, &[partition]);
+        let status = PeerApi(not_a_peer)
+            .read_person(peer_ask())
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status}");
+
+        // The owner gone, the asker answers from its read model: nothing there yet, then the
+        // change once the read model has it.
+        stop.cancel();
+        server.await.unwrap().unwrap();
+        let status = asker.get_person(ask()).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::NotFound, "{status}");
+        readmodel::apply(
+            &read,
+            "changes",
+            &[(partition, 0, format!("person:{nis}"), Some(change))],
+        )
+        .unwrap();
+        let got = asker.get_person(ask()).await.unwrap().into_inner();
+        assert_eq!(got.person, Some(published));
     }
 
     #[test]
@@ -1003,7 +1212,7 @@ read = { scopes = ["federal"], rpcs = ["GetPerson", "GetFamily"], conditionaliti
                 "26827649960/health/2025-S1".into()
             ]
         ));
-        // A federal caller's families are not looked up: no store is read.
+        // A federal caller's family shows wherever its members are.
         let family = Family {
             family_id: "F-1".into(),
             effects: vec![effect("x/health/2025-S1"), effect("x/education/2025-B2")],
@@ -1014,21 +1223,12 @@ read = { scopes = ["federal"], rpcs = ["GetPerson", "GetFamily"], conditionaliti
             effects_json: "{}".into(),
             ..Default::default()
         };
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), ponte_store::Durability::Process).unwrap();
-        let seen = visible_family(
-            &grant("federal"),
-            |n| readmodel::read_person(&store, n),
-            family.clone(),
-        )
-        .unwrap()
-        .unwrap();
+        let seen = visible_family(&grant("federal"), None, family.clone()).unwrap();
         assert_eq!(seen, family);
-        // A state reader: the family's members are not in the view, so it is not in scope.
-        assert!(
-            visible_family(&state, |n| readmodel::read_person(&store, n), family)
-                .unwrap()
-                .is_none()
-        );
+        // A state reader: none of the family's members is in the view, so it is not in scope;
+        // it is once a member is in one of the state's municipalities.
+        assert!(visible_family(&state, None, family.clone()).is_none());
+        assert!(visible_family(&state, Some("3304557"), family.clone()).is_none());
+        assert!(visible_family(&state, Some("3550308"), family).is_some());
     }
 }

@@ -308,7 +308,7 @@ pub async fn run(
                 session_timeout_ms: u32::try_from(cfg.session_timeout.as_millis())
                     .unwrap_or(u32::MAX),
                 instance_id: Some(cfg.instance_id.as_str()).filter(|id| !id.is_empty()),
-                advertised: None,
+                advertised: cfg.peer.advertise.as_deref(),
             },
         )
     };
@@ -357,7 +357,27 @@ pub async fn run(
     if let Some(a) = &auditor {
         gate.record_refusals(Arc::new(ponte_audit::log::Refusals(Arc::clone(a))));
     }
-    let api = ComplianceServiceServer::new(ComplianceApi {
+    // Reads across instances: who owns which partition, from the group's description.
+    let (peers, owners_thread) = match &cfg.peer.advertise {
+        Some(own) => {
+            let owners = Arc::new(crate::peers::Owners::default());
+            let peers =
+                crate::peers::Peers::new(&cfg.peer, tls.is_insecure(), Arc::clone(&owners))?;
+            let thread = crate::peers::follow_owners(
+                kafka,
+                group,
+                shared.iter().cloned().collect(),
+                own.clone(),
+                owners,
+                cfg.peer.refresh,
+                shutdown.clone(),
+            )?;
+            tracing::info!(advertised = %own, "reads of other instances' partitions are asked of their owners");
+            (Some(Arc::new(peers)), Some(thread))
+        }
+        None => (None, None),
+    };
+    let api = ComplianceApi {
         read: read.clone(),
         state: store.clone(),
         assignment: assignment_rx,
@@ -368,9 +388,14 @@ pub async fn run(
         gate: Arc::clone(&gate),
         path: read_path.clone(),
         audit: auditor,
-    })
+        peers,
+    };
     // Requests are a NIS, a code or a page token: nothing legitimate comes near this.
+    let peer_api = ponte_proto::reconciler::v1::peer_service_server::PeerServiceServer::new(
+        crate::peers::PeerApi(api.clone()),
+    )
     .max_decoding_message_size(MAX_GRPC_REQUEST_BYTES);
+    let api = ComplianceServiceServer::new(api).max_decoding_message_size(MAX_GRPC_REQUEST_BYTES);
     health
         .set_serving::<ComplianceServiceServer<ComplianceApi>>()
         .await;
@@ -385,6 +410,7 @@ pub async fn run(
             .add_service(health_service)
             .add_service(reflection)
             .add_service(api)
+            .add_service(peer_api)
             .serve_with_incoming_shutdown(
                 // The edge listener completes TLS handshakes (with a deadline) and sets
                 // TCP_NODELAY: with Nagle's algorithm on, a reply waited for the client's
@@ -460,6 +486,9 @@ pub async fn run(
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::error!(error = %e, "gRPC server failed"),
         Err(e) => tracing::error!(error = %e, "gRPC task failed"),
+    }
+    if let Some(t) = owners_thread {
+        let _ = tokio::task::spawn_blocking(move || t.join()).await;
     }
     match read_task.await {
         Ok(Ok(())) => {}

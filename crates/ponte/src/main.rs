@@ -370,10 +370,11 @@ fn pki_dev(out: &std::path::Path, force: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The `[tls]`, `[access]` and `[audit]` sections for services using the development PKI: TLS
-/// with the dev server certificate, client certificates checked against the dev CA (optional,
-/// so that a caller may use a bearer token instead), tokens from the dev issuer, the dev
-/// policy, the audit log signed with the dev keys.
+/// The `[tls]`, `[access]`, `[audit]` and `[reconciler.peer]` sections for services using the
+/// development PKI: TLS with the dev server certificate, client certificates checked against
+/// the dev CA (optional, so that a caller may use a bearer token instead), tokens from the dev
+/// issuer, the dev policy, the audit log signed with the dev keys, and the reconciler's
+/// certificate for reads across instances (each instance then sets only its `advertise`).
 fn dev_config_toml(
     pki: &ponte_access::pki::DevPkiManifest,
     audit: &ponte_audit::DevKeys,
@@ -384,6 +385,18 @@ fn dev_config_toml(
         let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
         toml_string(&abs.display().to_string())
     };
+    let peer = pki
+        .clients
+        .iter()
+        .find(|c| c.spec.kind == ponte_access::pki::ClientKind::Peer)
+        .map_or_else(String::new, |c| {
+            format!(
+                "\n[reconciler.peer]\nca_file = {}\ncert_file = {}\nkey_file = {}\n",
+                path(&pki.ca.cert),
+                path(&c.files.cert),
+                path(&c.files.key)
+            )
+        });
     format!(
         "# Written by `ponte pki dev`: TLS and authentication with the development PKI in this\n\
          # directory. Never for a real deployment (docs/security.md).\n\
@@ -421,7 +434,7 @@ fn dev_config_toml(
             .iter()
             .map(|(id, key)| format!("{id} = {}\n", toml_string(key)))
             .collect::<String>(),
-    )
+    ) + &peer
 }
 
 /// `s` as a TOML basic string.

@@ -1,0 +1,348 @@
+//! Reads across instances: a person or a family of a partition another instance owns is read
+//! from that instance's state, over mutual TLS (`ponte.reconciler.v1.PeerService`), instead of
+//! from this instance's read model.
+//!
+//! Who owns which partition comes from the consumer group's description
+//! ([`ponte_bus::members`]), read again every `peer.refresh`: each instance joins the group
+//! advertising the address of its gRPC listener. The instance a caller asked applies the
+//! caller's grant to the view and audits the read; the owner audits the peer's read. Whatever
+//! goes wrong — no owner known, the owner no longer owning the partition or still restoring
+//! it, a timeout — the read is answered from the read model, as before, and counted
+//! (`ponte_reconciler_peer_reads_total{result}`); a peer that failed is not asked again until
+//! the next refresh.
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use ponte_audit::log::ReadSubject;
+use ponte_bus::KafkaConfig;
+use ponte_domain::ids::Nis;
+use ponte_proto::compliance::v1::{Family, Person};
+use ponte_proto::reconciler::v1::peer_service_client::PeerServiceClient;
+use ponte_proto::reconciler::v1::peer_service_server::PeerService;
+use ponte_proto::reconciler::v1::{
+    ReadFamilyRequest, ReadFamilyResponse, ReadPersonRequest, ReadPersonResponse,
+};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::{Request, Response, Status};
+
+use crate::config::PeerConfig;
+use crate::grpc::ComplianceApi;
+use crate::{ReconcilerError, startup};
+
+/// Counts a peer read this instance asked for, by its result: `answered`, `not_owner` (the
+/// instance asked did not own the partition, or was still restoring it), `failed` (timeout,
+/// connection, refusal), `skipped` (the owner failed lately and was not asked).
+fn peer_read(result: &'static str) {
+    metrics::counter!("ponte_reconciler_peer_reads_total", "result" => result).increment(1);
+}
+
+/// Which instance owns which input partition, and where it answers: the group's last stable
+/// description, without this instance.
+#[derive(Debug, Default)]
+pub struct Owners {
+    by_partition: RwLock<BTreeMap<i32, Arc<str>>>,
+}
+
+impl Owners {
+    /// The address of the instance that owns input partition `partition`, if another
+    /// instance that advertises one does.
+    pub fn owner(&self, partition: i32) -> Option<Arc<str>> {
+        self.by_partition
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&partition)
+            .cloned()
+    }
+
+    /// Takes the owners from a description of the group: each partition of `inputs` assigned
+    /// to a member advertising an address other than `own`. A description taken while the
+    /// group rebalances is left alone (its assignments are stale or empty); until the next
+    /// stable one, the owners before the rebalance are asked, and a partition that moved is
+    /// answered `not_owner`.
+    pub fn update(
+        &self,
+        view: &ponte_bus::members::GroupView,
+        inputs: &BTreeSet<String>,
+        own: &str,
+    ) {
+        if !view.stable {
+            return;
+        }
+        let mut owners = BTreeMap::new();
+        for m in &view.members {
+            let Some(address) = m.advertised.as_deref().filter(|a| *a != own) else {
+                continue;
+            };
+            let address: Arc<str> = Arc::from(address);
+            for (topic, p) in &m.partitions {
+                if inputs.contains(topic) {
+                    owners.insert(*p, Arc::clone(&address));
+                }
+            }
+        }
+        *self
+            .by_partition
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = owners;
+    }
+}
+
+/// Reads the group's description every `refresh` into `owners` until `shutdown`, on a thread of
+/// its own (the description is a blocking call to the group coordinator).
+pub fn follow_owners(
+    kafka: &KafkaConfig,
+    group: &str,
+    inputs: BTreeSet<String>,
+    own: String,
+    owners: Arc<Owners>,
+    refresh: Duration,
+    shutdown: CancellationToken,
+) -> Result<std::thread::JoinHandle<()>, ReconcilerError> {
+    let client: rdkafka::consumer::BaseConsumer = kafka
+        .client_config("ponte-reconciler-owners")
+        .create()
+        .map_err(startup)?;
+    let group = group.to_owned();
+    std::thread::Builder::new()
+        .name("peer-owners".to_owned())
+        .spawn(move || {
+            let mut failing = false;
+            while !shutdown.is_cancelled() {
+                match ponte_bus::members::describe(&client, &group, Duration::from_secs(5)) {
+                    Ok(view) => {
+                        if failing {
+                            tracing::info!("the group's description is read again");
+                            failing = false;
+                        }
+                        owners.update(&view, &inputs, &own);
+                    }
+                    Err(e) if !failing => {
+                        tracing::warn!(error = %e, "the group's description could not be read; peer reads keep the owners known before");
+                        failing = true;
+                    }
+                    Err(_) => {}
+                }
+                let until = Instant::now() + refresh;
+                while !shutdown.is_cancelled() && Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(50).min(refresh));
+                }
+            }
+        })
+        .map_err(|e| startup(format!("starting the peer owners thread: {e}")))
+}
+
+/// What a peer read gave.
+#[derive(Debug)]
+pub enum Asked<T> {
+    /// The owner's view (`None`: not in the view).
+    Answered(Option<T>),
+    /// No owner to ask: none known, or it failed lately.
+    NoOwner,
+    /// The owner was asked and did not answer with the view (counted, logged at debug).
+    Failed,
+}
+
+/// One peer: its channel, and until when it is not asked after a failure.
+#[derive(Debug, Clone)]
+struct Peer {
+    client: PeerServiceClient<Channel>,
+    resting_until: Option<Instant>,
+}
+
+/// The client side of peer reads.
+#[derive(Debug)]
+pub struct Peers {
+    owners: Arc<Owners>,
+    tls: Option<ClientTlsConfig>,
+    timeout: Duration,
+    rest: Duration,
+    peers: Mutex<HashMap<Arc<str>, Peer>>,
+}
+
+impl Peers {
+    /// Peer reads as `cfg` says, of the owners `owners` follows; plaintext when the listeners
+    /// are (`insecure`), else with `cfg`'s client certificate, trusting `cfg.ca_file`.
+    pub fn new(
+        cfg: &PeerConfig,
+        insecure: bool,
+        owners: Arc<Owners>,
+    ) -> Result<Peers, ReconcilerError> {
+        let tls = if insecure {
+            None
+        } else {
+            let read = |key: &str, path: &std::path::Path| {
+                if path.as_os_str().is_empty() {
+                    return Err(startup(format!(
+                        "reconciler.peer.{key} is not set: peer reads need the instance's client certificate, its key and the CA of the other instances' server certificates (or advertise = \"\" to read other partitions from the read model)"
+                    )));
+                }
+                std::fs::read(path)
+                    .map_err(|e| startup(format!("reconciler.peer.{key} {}: {e}", path.display())))
+            };
+            let (ca, cert, key) = (
+                read("ca_file", &cfg.ca_file)?,
+                read("cert_file", &cfg.cert_file)?,
+                read("key_file", &cfg.key_file)?,
+            );
+            Some(
+                ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+                    .identity(tonic::transport::Identity::from_pem(cert, key)),
+            )
+        };
+        Ok(Peers {
+            owners,
+            tls,
+            timeout: cfg.timeout,
+            rest: cfg.refresh,
+            peers: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The client of the owner of `partition`, unless none is known or it is resting.
+    fn client(&self, partition: i32) -> Option<(Arc<str>, PeerServiceClient<Channel>)> {
+        let address = self.owners.owner(partition)?;
+        let mut peers = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(peer) = peers.get_mut(&address) {
+            if peer.resting_until.is_some_and(|t| Instant::now() < t) {
+                peer_read("skipped");
+                return None;
+            }
+            peer.resting_until = None;
+            return Some((address, peer.client.clone()));
+        }
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let endpoint = Endpoint::from_shared(format!("{scheme}://{address}"))
+            .ok()?
+            .timeout(self.timeout)
+            .connect_timeout(self.timeout)
+            .tcp_nodelay(true);
+        let endpoint = match &self.tls {
+            Some(tls) => endpoint.tls_config(tls.clone()).ok()?,
+            None => endpoint,
+        };
+        let client = PeerServiceClient::new(endpoint.connect_lazy());
+        peers.insert(
+            Arc::clone(&address),
+            Peer {
+                client: client.clone(),
+                resting_until: None,
+            },
+        );
+        Some((address, client))
+    }
+
+    /// Notes how a read of `address` went: a peer that timed out or could not be reached rests
+    /// until the owners are read again.
+    fn failed(&self, address: &Arc<str>, status: &Status) {
+        let not_owner = status.code() == tonic::Code::FailedPrecondition;
+        peer_read(if not_owner { "not_owner" } else { "failed" });
+        if not_owner {
+            tracing::debug!(peer = %address, "the peer does not own the partition (any more)");
+            return;
+        }
+        let mut peers = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(peer) = peers.get_mut(address)
+            && peer.resting_until.is_none()
+        {
+            tracing::warn!(peer = %address, code = ?status.code(), error = %status.message(), rest = ?self.rest, "a peer read failed; that peer's partitions are read from the read model meanwhile");
+            peer.resting_until = Some(Instant::now() + self.rest);
+        }
+    }
+
+    /// Person `nis`'s view from the owner of its partition `partition`.
+    pub async fn person(&self, partition: i32, nis: &Nis) -> Asked<Person> {
+        let Some((address, mut client)) = self.client(partition) else {
+            return Asked::NoOwner;
+        };
+        match client
+            .read_person(ReadPersonRequest {
+                nis: nis.as_str().to_owned(),
+            })
+            .await
+        {
+            Ok(r) => {
+                peer_read("answered");
+                Asked::Answered(r.into_inner().person)
+            }
+            Err(status) => {
+                self.failed(&address, &status);
+                Asked::Failed
+            }
+        }
+    }
+
+    /// Family `id`'s view from the owner of its partition `partition`.
+    pub async fn family(&self, partition: i32, id: &str) -> Asked<Family> {
+        let Some((address, mut client)) = self.client(partition) else {
+            return Asked::NoOwner;
+        };
+        match client
+            .read_family(ReadFamilyRequest {
+                family_id: id.to_owned(),
+            })
+            .await
+        {
+            Ok(r) => {
+                peer_read("answered");
+                Asked::Answered(r.into_inner().family)
+            }
+            Err(status) => {
+                self.failed(&address, &status);
+                Asked::Failed
+            }
+        }
+    }
+}
+
+/// The server side of peer reads: views of the partitions this instance owns, computed from
+/// its state, to principals with the `peer` right.
+#[derive(Debug, Clone)]
+pub struct PeerApi(pub ComplianceApi);
+
+/// `FAILED_PRECONDITION`: the partition is not (or not yet) this instance's.
+fn not_owner() -> Status {
+    Status::failed_precondition("this instance does not own that partition (or is restoring it)")
+}
+
+#[tonic::async_trait]
+impl PeerService for PeerApi {
+    async fn read_person(
+        &self,
+        request: Request<ReadPersonRequest>,
+    ) -> Result<Response<ReadPersonResponse>, Status> {
+        let api = &self.0;
+        let (caller, _permit) = ponte_edge::grpc::admit_peer(&api.gate, &request, "ReadPerson")?;
+        let nis = Nis::parse(&request.get_ref().nis)
+            .map_err(|e| Status::invalid_argument(format!("nis: {e}")))?;
+        let person = api.local_person(&nis)?.ok_or_else(not_owner)?;
+        api.audited_as(
+            &caller.principal,
+            "PeerService/ReadPerson",
+            ReadSubject::Person(nis.as_str()),
+            usize::from(person.is_some()),
+        )
+        .await?;
+        Ok(Response::new(ReadPersonResponse { person }))
+    }
+
+    async fn read_family(
+        &self,
+        request: Request<ReadFamilyRequest>,
+    ) -> Result<Response<ReadFamilyResponse>, Status> {
+        let api = &self.0;
+        let (caller, _permit) = ponte_edge::grpc::admit_peer(&api.gate, &request, "ReadFamily")?;
+        let id = crate::grpc::family_id(&request.get_ref().family_id)?.to_owned();
+        let family = api.local_family(&id)?.ok_or_else(not_owner)?;
+        api.audited_as(
+            &caller.principal,
+            "PeerService/ReadFamily",
+            ReadSubject::Family(&id),
+            usize::from(family.is_some()),
+        )
+        .await?;
+        Ok(Response::new(ReadFamilyResponse { family }))
+    }
+}
