@@ -500,6 +500,31 @@ impl Stack {
         self.ports(service).1
     }
 
+    /// The environment under which reconciler instance `instance` advertises its gRPC
+    /// listener, answers the other instances' reads of its partitions and reads theirs from
+    /// them (`reconciler.peer`), as the development PKI's `reconciler` principal.
+    pub fn peer_env(&self, instance: &str) -> Vec<(&'static str, String)> {
+        let (cert, key) = identity("reconciler");
+        vec![
+            (
+                "PONTE__RECONCILER__PEER__ADVERTISE",
+                format!("127.0.0.1:{}", self.port(instance)),
+            ),
+            (
+                "PONTE__RECONCILER__PEER__CA_FILE",
+                pki().ca.cert.display().to_string(),
+            ),
+            (
+                "PONTE__RECONCILER__PEER__CERT_FILE",
+                cert.display().to_string(),
+            ),
+            (
+                "PONTE__RECONCILER__PEER__KEY_FILE",
+                key.display().to_string(),
+            ),
+        ]
+    }
+
     /// Full name of a topic by its base name.
     pub fn topic(&self, base: &str) -> String {
         format!("{}{base}", self.prefix)

@@ -210,9 +210,9 @@ async fn two_instances_split_the_partitions_and_the_survivor_takes_over() {
     // One uninterrupted instance, a deployment of its own with the same input: the views to
     // compare with.
     let mut reference = stack.spawn_instance("reconciler", "reference", &reference_env);
-    // Two instances in one group.
-    let mut a = instance(&stack, "a", &[]);
-    let mut b = instance(&stack, "b", &[]);
+    // Two instances in one group, each reading the other's partitions from it.
+    let mut a = instance(&stack, "a", &stack.peer_env("a"));
+    let mut b = instance(&stack, "b", &stack.peer_env("b"));
     wait_ready(&mut a).await;
     wait_ready(&mut b).await;
     wait_ready(&mut reference).await;
@@ -295,22 +295,42 @@ async fn two_instances_split_the_partitions_and_the_survivor_takes_over() {
         "b came back to partitions a had written and kept its stale state"
     );
     // GetPerson agrees on both instances: each computes the persons of the partitions it owns
-    // from its state, and reads the others' from its read model.
+    // from its state, and asks the other for the others' (GetFamily likewise, in `serves`).
     for (name, s) in [("a", &a), ("b", &b)] {
+        let before = metric(
+            s.admin_port(),
+            "ponte_reconciler_peer_reads_total",
+            &[("result", "answered")],
+        )
+        .await;
         assert_eq!(
             get_persons(stack.port(name), third.0.keys()).await,
             third.0,
             "{name}: GetPerson"
         );
-        for from in ["state", "read_model"] {
+        for (view, from) in [
+            ("person", "state"),
+            ("person", "owner"),
+            ("family", "owner"),
+        ] {
             let n = metric(
                 s.admin_port(),
                 "ponte_reconciler_view_reads_total",
-                &[("view", "person"), ("from", from)],
+                &[("view", view), ("from", from)],
             )
             .await;
-            assert!(n > 0.0, "{name} read no person's view from its {from}");
+            assert!(n > 0.0, "{name} read no {view}'s view from its {from}");
         }
+        let answered = metric(
+            s.admin_port(),
+            "ponte_reconciler_peer_reads_total",
+            &[("result", "answered")],
+        )
+        .await;
+        assert!(
+            answered > before,
+            "{name}'s GetPerson of every person asked the other instance nothing"
+        );
     }
     let topic_after = from_topic().await;
     assert!(

@@ -15,6 +15,8 @@ use ponte_proto::compliance::v1::{
     WatchChangesRequest, compliance_change::View,
 };
 use ponte_proto::events::v1::DeadLetter;
+use ponte_proto::reconciler::v1::ReadPersonRequest;
+use ponte_proto::reconciler::v1::peer_service_client::PeerServiceClient;
 use prost::Message as _;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -420,6 +422,55 @@ async fn only_authenticated_callers_within_their_rights_get_in() {
         .get_person(GetPersonRequest { nis: there.clone() })
         .await
         .unwrap();
+
+    // The peer service (reads one reconciler instance asks of another) answers only the
+    // reconciler's own certificate: not a reader, not a bearer token naming the reconciler.
+    let peer_read = |channel: tonic::transport::Channel, nis: String| async move {
+        PeerServiceClient::new(channel)
+            .read_person(ReadPersonRequest { nis })
+            .await
+    };
+    let as_reconciler = peer_read(
+        grpc_channel(grpc_port, Some("reconciler")).await.unwrap(),
+        here.clone(),
+    )
+    .await
+    .unwrap()
+    .into_inner()
+    .person
+    .unwrap();
+    assert_eq!(as_reconciler.nis, here, "the owner's unfiltered view");
+    let err = peer_read(
+        grpc_channel(grpc_port, Some("federal")).await.unwrap(),
+        here.clone(),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    let err = PeerServiceClient::with_interceptor(grpc_channel(grpc_port, None).await.unwrap(), {
+        let value: tonic::metadata::MetadataValue<_> = format!(
+            "Bearer {}",
+            token(&principal("reconciler"), DEV_AUDIENCE, 600)
+        )
+        .parse()
+        .unwrap();
+        move |mut req: tonic::Request<()>| {
+            req.metadata_mut().insert("authorization", value.clone());
+            Ok(req)
+        }
+    })
+    .read_person(ReadPersonRequest { nis: here.clone() })
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    // The reconciler calls no method of the public API.
+    let err = grpc_client(grpc_port, "reconciler")
+        .await
+        .unwrap()
+        .get_person(GetPersonRequest { nis: here.clone() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
 
     // The policy file changes: the municipal reader loses GetPerson without a restart.
     let policy = std::fs::read_to_string(stack.policy_file()).unwrap();
