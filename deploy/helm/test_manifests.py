@@ -13,7 +13,9 @@ checks, against the sources of truth in the repository rather than a copy of the
   its instance_id from metadata.name through the downward API (PONTE__RECONCILER__INSTANCE_ID,
   the env convention of crates/ponte-runtime/src/config.rs), and a PodDisruptionBudget that
   selects its pods and no other, and its state_compaction is the values' stateCompaction
-  (a value of neither kind is refused at render);
+  (a value of neither kind is refused at render); with reconciler.peer on, each pod advertises
+  its own name under the governing Service, mounts the peer certificate and CA it names, and
+  its NetworkPolicy lets the instances reach each other's gRPC port (and only then);
 - every ponte.toml parses and names only keys of crates/ponte/config/default.toml (the services
   reject unknown keys), and every file it names (TLS, access policy, JWKS, Kafka client
   certificates, audit keys, rule set) is in a mounted volume, from the right secret;
@@ -373,6 +375,18 @@ def check_config(name: str, comp: str, pod: dict, cfg: dict, values: dict, docs:
         if comp == "reconciler" and cfg["reconciler"].get("rules_file"):
             files["rules"] = cfg["reconciler"]["rules_file"]
             secrets_expected["rules"] = ("configMap", None, None)
+        if comp == "reconciler":
+            peer = cfg["reconciler"].get("peer")
+            f.check(bool(peer) == bool(values["peer"]),
+                    f"{name}: [reconciler.peer] {'written' if peer else 'missing'} with peer reads {'on' if values['peer'] else 'off'}")
+            if peer and values["peer"]:
+                files["peer ca"] = peer.get("ca_file")
+                files["peer cert"] = peer.get("cert_file")
+                files["peer key"] = peer.get("key_file")
+                secrets_expected["peer ca"] = ("secret", values["peer"]["caSecret"], "ca.crt")
+                secrets_expected["peer cert"] = ("secret", values["peer"]["clientSecret"], "tls.crt")
+                secrets_expected["peer key"] = ("secret", values["peer"]["clientSecret"], "tls.key")
+                f.check(not peer.get("advertise"), f"{name}: a fixed peer.advertise in ponte.toml would be shared by every pod")
     for what, path in files.items():
         if not f.check(bool(path), f"{name}: {what} file not configured"):
             continue
@@ -442,6 +456,20 @@ def check_workloads(docs: list[dict], exp: dict, known: set[str], f: Failures) -
         f.check(iid.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.name",
                 f"{name}: PONTE__RECONCILER__INSTANCE_ID is not the pod's metadata.name")
         f.check(not cfg["reconciler"].get("instance_id"), f"{name}: a fixed instance_id in ponte.toml would be shared by every pod")
+        # Peer reads: each pod advertises its own name under the governing Service, built from
+        # variables defined before it (Kubernetes expands only those).
+        names = [e["name"] for e in pod["spec"]["containers"][0].get("env", [])]
+        adv = env.get("PONTE__RECONCILER__PEER__ADVERTISE")
+        if exp["peer"]:
+            want = f"$(PONTE_POD_NAME).{sts['spec'].get('serviceName')}.$(PONTE_POD_NAMESPACE).svc:{exp['grpcPort']}"
+            f.check(adv is not None and adv.get("value") == want, f"{name}: peer advertise {adv}, expected {want}")
+            for var, field in (("PONTE_POD_NAME", "metadata.name"), ("PONTE_POD_NAMESPACE", "metadata.namespace")):
+                e = env.get(var, {})
+                f.check(e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == field, f"{name}: {var} is not the pod's {field}")
+                f.check(var in names and adv is not None and names.index(var) < names.index("PONTE__RECONCILER__PEER__ADVERTISE"),
+                        f"{name}: {var} is not defined before the advertised address that uses it")
+        else:
+            f.check(adv is None, f"{name}: advertises a peer address with peer reads off")
         svcs = {s["metadata"]["name"]: s for s in by_kind(docs, "Service")}
         gov = svcs.get(sts["spec"].get("serviceName"))
         f.check(gov is not None and gov["spec"].get("clusterIP") == "None", f"{name}: serviceName is not a rendered headless Service")
@@ -479,7 +507,16 @@ def check_network_policies(docs: list[dict], exp: dict, f: Failures) -> None:
                 f.check(bool(froms) and all(fr.get("namespaceSelector") == exp["monitoringNs"] for fr in froms),
                         f"{name}: admin port open to {froms or 'everyone'}, not only the monitoring namespace")
         f.check(allowed == set(ports.values()), f"{name}: ingress allows ports {sorted(allowed)}, expected {sorted(ports.values())}")
-        kafka = dns = False
+        peering = comp == "reconciler" and bool(exp["peer"])
+        if peering:
+            own = pod["metadata"]["labels"]
+            for rule in np.get("ingress", []):
+                if ports.get("grpc") in [p["port"] for p in rule.get("ports", [])]:
+                    froms = rule.get("from", [])
+                    f.check(not froms or any(selects((fr.get("podSelector") or {}).get("matchLabels"), own)
+                                             and "namespaceSelector" not in fr for fr in froms),
+                            f"{name}: the gRPC port is closed to the other instances' peer reads")
+        kafka = dns = peers = False
         for rule in np.get("egress", []):
             f.check(bool(rule.get("to")) and bool(rule.get("ports")), f"{name}: an egress rule without destinations or ports: {rule}")
             rports = {(p.get("protocol", "TCP"), p["port"]) for p in rule.get("ports", [])}
@@ -493,11 +530,15 @@ def check_network_policies(docs: list[dict], exp: dict, f: Failures) -> None:
                 elif ps.get("k8s-app") == "kube-dns":
                     dns = True
                     f.check(rports == {("UDP", 53), ("TCP", 53)}, f"{name}: DNS egress ports {rports}")
+                elif peering and "namespaceSelector" not in to and selects(ps, pod["metadata"]["labels"]):
+                    peers = True
+                    f.check(rports == {("TCP", ports.get("grpc"))}, f"{name}: peer egress ports {rports}")
                 elif "ipBlock" in to:
                     f.check(comp in exp["extraEgress"], f"{name}: egress to {to} it was not given")
                 else:
                     f.check(False, f"{name}: egress to {to}")
         f.check(kafka, f"{name}: no egress to the Kafka brokers")
+        f.check(peers == peering, f"{name}: egress to the other reconciler instances {'missing' if peering else 'without peer reads'}")
         f.check(dns, f"{name}: no egress to DNS")
 
 
@@ -624,6 +665,7 @@ def main() -> int:
         "clientCaSecret": "ponte-client-ca", "auditSecret": "ponte-audit-keys",
         "monitoringNs": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
         "autoscaled": set(ADAPTERS), "extraEgress": set(), "catalogue": catalogue,
+        "peer": None, "grpcPort": 50051,
     }
     all_values = yaml.safe_load((REPO / "deploy/helm/test-values-all.yaml").read_text())
     cases = [
@@ -631,7 +673,8 @@ def main() -> int:
         ("every optional part on (test-values-all.yaml)",
          ["-f", str(REPO / "deploy/helm/test-values-all.yaml")],
          {**base, "kafkaNs": "kafka", "overrides": all_values["topics"]["overrides"],
-          "autoscaled": {"education-adapter", "assistance-adapter"}, "extraEgress": {"health-adapter"}}),
+          "autoscaled": {"education-adapter", "assistance-adapter"}, "extraEgress": {"health-adapter"},
+          "peer": all_values["reconciler"]["peer"]}),
         ("another prefix and group, TLS client certificates optional, no audit log, state compacted level by level",
          ["--set", "topics.prefix=staging.ponte_b.", "--set", "reconciler.groupId=blue",
           "--set", "topics.partitions=3", "--set", "reconciler.replicas=3", "--set", "tls.clientAuth=optional",
@@ -649,6 +692,8 @@ def main() -> int:
         ("an override of an unknown topic", ["--set", "topics.overrides.nosuch\\.v1.partitions=2"], "no such shared topic"),
         ("audit verification without the public keys", ["--set", "auditVerify.enabled=true"], "audit.publicKeys must list"),
         ("a state compaction of neither kind", ["--set", "reconciler.stateCompaction=leveled"], "neither tiers nor levels"),
+        ("peer reads without a client certificate", ["--set", "reconciler.peer.enabled=true", "--set", "reconciler.peer.caSecret=ca"],
+         "reconciler.peer.clientSecret is required"),
     ):
         res = subprocess.run([args.helm, "template", "ponte", str(CHART), "--kube-version", KUBE_VERSION, *extra],
                              capture_output=True, text=True)

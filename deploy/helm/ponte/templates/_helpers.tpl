@@ -219,6 +219,8 @@ kafkaCa: /etc/ponte/kafka/cluster-ca
 kafkaUser: /etc/ponte/kafka/user
 audit: /etc/ponte/audit
 rules: /etc/ponte/rules
+peerTls: /etc/ponte/peer-tls
+peerCa: /etc/ponte/peer-ca
 data: /var/lib/ponte
 tmp: /tmp
 {{- end -}}
@@ -321,6 +323,14 @@ rules_file = {{ printf "%s/%s" $p.rules $v.rulesKey | toJson }}
 {{- end }}
 {{- end }}
 {{- include "ponte.tomlKeys" $v.config }}
+{{- if and (not $c.adapter) $v.peer.enabled }}
+
+# Reads across instances (docs/operations.md); advertise comes from the pod's environment.
+[reconciler.peer]
+ca_file = {{ printf "%s/ca.pem" $p.peerCa | toJson }}
+cert_file = {{ printf "%s/tls.crt" $p.peerTls | toJson }}
+key_file = {{ printf "%s/tls.key" $p.peerTls | toJson }}
+{{- end }}
 {{- with $V.extraConfig }}
 
 # extraConfig

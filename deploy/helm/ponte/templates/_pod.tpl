@@ -52,6 +52,20 @@ spec:
             fieldRef:
               fieldPath: metadata.name
         {{- end }}
+        {{- if and (not $c.adapter) $v.peer.enabled }}
+        # [reconciler.peer] advertise: the pod's name under the StatefulSet's governing
+        # Service, where the other instances ask it for its partitions' persons and families.
+        - name: PONTE_POD_NAME
+          valueFrom:
+            fieldRef:
+              fieldPath: metadata.name
+        - name: PONTE_POD_NAMESPACE
+          valueFrom:
+            fieldRef:
+              fieldPath: metadata.namespace
+        - name: PONTE__RECONCILER__PEER__ADVERTISE
+          value: {{ printf "$(PONTE_POD_NAME).%s-admin.$(PONTE_POD_NAMESPACE).svc:%d" (include "ponte.componentName" .) (int $v.grpcPort) | quote }}
+        {{- end }}
         {{- if eq $c.values "healthAdapter" }}
         # The pull mode's watermark, on the writable data volume.
         - name: PONTE__HEALTH_ADAPTER__PULL__WATERMARK_FILE
@@ -129,6 +143,14 @@ spec:
           mountPath: {{ $p.rules }}
           readOnly: true
         {{- end }}
+        {{- if and (not $c.adapter) $v.peer.enabled }}
+        - name: peer-tls
+          mountPath: {{ $p.peerTls }}
+          readOnly: true
+        - name: peer-ca
+          mountPath: {{ $p.peerCa }}
+          readOnly: true
+        {{- end }}
         - name: state
           mountPath: {{ $p.data }}
         - name: tmp
@@ -187,6 +209,21 @@ spec:
           # Only this service's signing key, and the subject key.
           - {key: {{ printf "%s.pk8" $c.auditKey }}, path: {{ printf "keys/%s.pk8" $c.auditKey }}}
           - {key: {{ $V.audit.subjectKeyKey }}, path: subject-key}
+    {{- end }}
+    {{- if and (not $c.adapter) $v.peer.enabled }}
+    - name: peer-tls
+      secret:
+        secretName: {{ required "reconciler.peer.clientSecret is required with reconciler.peer.enabled" $v.peer.clientSecret }}
+        defaultMode: 288
+        items:
+          - {key: tls.crt, path: tls.crt}
+          - {key: tls.key, path: tls.key}
+    - name: peer-ca
+      secret:
+        secretName: {{ required "reconciler.peer.caSecret is required with reconciler.peer.enabled" $v.peer.caSecret }}
+        defaultMode: 288
+        items:
+          - {key: {{ $v.peer.caKey }}, path: ca.pem}
     {{- end }}
     {{- if and (not $c.adapter) $v.rulesConfigMap }}
     - name: rules
