@@ -23,6 +23,9 @@ struct Service {
     name: &'static str,
     child: Child,
     admin: u16,
+    /// What this process's environment changes of the pipeline's (another reconciler
+    /// instance's state directory and ports, an advertised address).
+    own_env: BTreeMap<String, String>,
 }
 
 impl Drop for Service {
@@ -261,9 +264,9 @@ pub(crate) async fn run(s: &Setup<'_>) -> anyhow::Result<Figures> {
                 connections: 2,
             };
             let nis = nis_sample(s.data, 10_000)?;
-            let server = pipeline.pid("reconciler");
+            let server: Vec<u32> = pipeline.pid("reconciler").into_iter().collect();
             pipeline.figures.paced_reads =
-                Some(crate::paced_reads::get_person(&pipeline.grpc, &nis, pace, server).await?);
+                Some(crate::paced_reads::get_person(&pipeline.grpc, &nis, pace, &server).await?);
         }
     }
     if s.restart {
@@ -413,6 +416,7 @@ pub(crate) async fn start(s: &Setup<'_>) -> anyhow::Result<Pipeline> {
             name,
             child,
             admin: admin[svc],
+            own_env: BTreeMap::new(),
         });
     }
     for svc in &services {
@@ -599,13 +603,15 @@ fn reconciler_state_dir(work: &Path) -> PathBuf {
 }
 
 /// Deletes the reconciler's state of the run whose work directory is `work` (its stores: GBs
-/// at millions of people, useless once the run's topics are gone); the logs stay.
+/// at millions of people, useless once the run's topics are gone), a second instance's too;
+/// the logs stay.
 pub(crate) fn delete_reconciler_state(work: &Path) {
-    let dir = reconciler_state_dir(work);
-    if let Err(e) = std::fs::remove_dir_all(&dir)
-        && e.kind() != std::io::ErrorKind::NotFound
-    {
-        eprintln!("deleting {}: {e}", dir.display());
+    for dir in [reconciler_state_dir(work), work.join("reconciler-2")] {
+        if let Err(e) = std::fs::remove_dir_all(&dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            eprintln!("deleting {}: {e}", dir.display());
+        }
     }
 }
 
@@ -1012,21 +1018,140 @@ impl Pipeline {
     /// Starts the reconciler again in slot `i` with the pipeline's environment (the old process
     /// has exited: dropping it sends nothing), its log in `log`; returns its pid.
     fn respawn_reconciler(&mut self, s: &Setup<'_>, i: usize, log: &str) -> anyhow::Result<u32> {
+        let (name, admin, own_env) = {
+            let old = &self.services[i];
+            (old.name, old.admin, old.own_env.clone())
+        };
         let child = Command::new(s.ponte)
             .arg("reconciler")
             .envs(&self.env)
+            .envs(&own_env)
             .stdout(Stdio::null())
             .stderr(Stdio::from(std::fs::File::create(s.work.join(log))?))
             .spawn()
             .context("starting ponte reconciler again")?;
         let pid = child.id();
-        let admin = self.services[i].admin;
         self.services[i] = Service {
-            name: "reconciler",
+            name,
             child,
             admin,
+            own_env,
         };
         Ok(pid)
+    }
+
+    /// Stops reconciler instance `name` gracefully and starts it again on its state, with its
+    /// own environment replaced by `own_env` (over the pipeline's); returns once it is ready,
+    /// with its pid.
+    pub(crate) async fn restart_instance(
+        &mut self,
+        s: &Setup<'_>,
+        name: &str,
+        own_env: BTreeMap<String, String>,
+        log: &str,
+    ) -> anyhow::Result<u32> {
+        let i = self
+            .services
+            .iter()
+            .position(|x| x.name == name)
+            .with_context(|| format!("no process {name}"))?;
+        let old = &mut self.services[i].child;
+        let sent = Command::new("kill")
+            .args(["-TERM", &old.id().to_string()])
+            .status()?;
+        anyhow::ensure!(sent.success(), "kill -TERM {} failed", old.id());
+        old.wait()?;
+        self.services[i].own_env = own_env;
+        let pid = self.respawn_reconciler(s, i, log)?;
+        Ok(pid)
+    }
+
+    /// Sets what process `name`'s environment changes of the pipeline's, from its next start.
+    pub(crate) fn set_own_env(
+        &mut self,
+        name: &str,
+        own_env: BTreeMap<String, String>,
+    ) -> anyhow::Result<()> {
+        let svc = self
+            .services
+            .iter_mut()
+            .find(|x| x.name == name)
+            .with_context(|| format!("no process {name}"))?;
+        svc.own_env = own_env;
+        Ok(())
+    }
+
+    /// Waits until every reconciler instance is ready.
+    pub(crate) async fn instances_ready(&self) -> anyhow::Result<()> {
+        for svc in self
+            .services
+            .iter()
+            .filter(|x| x.name.starts_with("reconciler"))
+        {
+            wait_ready(svc).await?;
+        }
+        Ok(())
+    }
+
+    /// Starts a second reconciler instance, `reconciler-2`, in the same group with a state
+    /// directory and ports of its own (and `own_env`); returns its gRPC address and pid once
+    /// it is ready.
+    pub(crate) async fn add_instance(
+        &mut self,
+        s: &Setup<'_>,
+        own_env: impl Fn(&str) -> BTreeMap<String, String>,
+    ) -> anyhow::Result<(String, u32)> {
+        const NAME: &str = "reconciler-2";
+        let grpc = format!("127.0.0.1:{}", free_port());
+        let admin = free_port();
+        let mut env = own_env(&grpc);
+        env.insert("PONTE__RECONCILER__GRPC_LISTEN".into(), grpc.clone());
+        env.insert(
+            "PONTE__RECONCILER__ADMIN_LISTEN".into(),
+            format!("127.0.0.1:{admin}"),
+        );
+        env.insert(
+            "PONTE__RECONCILER__STATE_DIR".into(),
+            s.work.join(NAME).display().to_string(),
+        );
+        let child = Command::new(s.ponte)
+            .arg("reconciler")
+            .envs(&self.env)
+            .envs(&env)
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(std::fs::File::create(
+                s.work.join(format!("{NAME}.log")),
+            )?))
+            .spawn()
+            .context("starting a second ponte reconciler")?;
+        let pid = child.id();
+        self.services.push(Service {
+            name: NAME,
+            child,
+            admin,
+            own_env: env,
+        });
+        self.instances_ready().await?;
+        Ok((grpc, pid))
+    }
+
+    /// The environment process `name` changes of the pipeline's.
+    pub(crate) fn own_env_of(&self, name: &str) -> anyhow::Result<BTreeMap<String, String>> {
+        self.services
+            .iter()
+            .find(|x| x.name == name)
+            .map(|x| x.own_env.clone())
+            .with_context(|| format!("no process {name}"))
+    }
+
+    /// The metrics of process `name`.
+    pub(crate) async fn metrics_of(&self, name: &str) -> anyhow::Result<String> {
+        let svc = self
+            .services
+            .iter()
+            .find(|x| x.name == name)
+            .with_context(|| format!("no process {name}"))?;
+        scrape(svc.admin).await
     }
 
     async fn restart_reconciler(
@@ -1370,7 +1495,7 @@ fn metric(text: &str, name: &str) -> f64 {
 }
 
 /// Sum of the samples of `name` whose label text (`{…}`, empty without labels) `keep` accepts.
-fn metric_where(text: &str, name: &str, keep: impl Fn(&str) -> bool) -> f64 {
+pub(crate) fn metric_where(text: &str, name: &str, keep: impl Fn(&str) -> bool) -> f64 {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| {
@@ -1440,6 +1565,11 @@ pub(crate) fn cpu_seconds(pid: u32) -> Option<f64> {
     let utime: f64 = fields.get(11)?.parse().ok()?;
     let stime: f64 = fields.get(12)?.parse().ok()?;
     Some((utime + stime) / 100.0)
+}
+
+/// CPU seconds of the processes `pids` together, if each is there.
+pub(crate) fn cpu_seconds_of(pids: &[u32]) -> Option<f64> {
+    pids.iter().map(|p| cpu_seconds(*p)).sum()
 }
 
 /// CPU seconds of every Kafka broker process on this machine (`kafka.Kafka`), if there is one.

@@ -241,6 +241,12 @@ enum Cmd {
         /// the same run, with the audit bytes per read.
         #[arg(long)]
         audit: bool,
+        /// Then start a second reconciler instance in the group, every listener on TLS with
+        /// client certificates, and load the first with GetPerson: the second's persons asked
+        /// of it (reads across instances), then, both restarted without, read from the first's
+        /// read model; the CPU of both counted.
+        #[arg(long)]
+        peers: bool,
     },
 }
 
@@ -683,6 +689,7 @@ async fn main() -> anyhow::Result<()> {
             variants,
             tls,
             audit,
+            peers,
         } => {
             let ponte = std::fs::canonicalize(&ponte).with_context(|| {
                 format!(
@@ -709,6 +716,7 @@ async fn main() -> anyhow::Result<()> {
                 variants,
                 tls,
                 audit,
+                peers,
             };
             let run_dir = e2e::work_dir(&work, &format!("queries-{}", &id[..8]))?;
             let load = machine_load_start();

@@ -106,13 +106,13 @@ fn due(start: Instant, i: u64, rate: u32) -> Instant {
     start + Duration::from_nanos(i * 1_000_000_000 / u64::from(rate))
 }
 
-/// `GetPerson` on `addr` (plaintext) for `nis` in turn at `pace`; `server` is the serving
-/// process, for its CPU.
+/// `GetPerson` on `addr` (plaintext) for `nis` in turn at `pace`; `servers` are the serving
+/// processes (the instance asked, and the instances it asks), for their CPU.
 pub(crate) async fn get_person(
     addr: &str,
     nis: &[String],
     pace: Pace,
-    server: Option<u32>,
+    servers: &[u32],
 ) -> anyhow::Result<Outcome> {
     anyhow::ensure!(!nis.is_empty(), "no NIS to ask for");
     anyhow::ensure!(
@@ -130,7 +130,9 @@ pub(crate) async fn get_person(
     let total = u64::from(pace.rate) * u64::from(pace.seconds);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let client_cpu = crate::e2e::cpu_seconds(std::process::id());
-    let server_cpu = server.and_then(crate::e2e::cpu_seconds);
+    let server_cpu = (!servers.is_empty())
+        .then(|| crate::e2e::cpu_seconds_of(servers))
+        .flatten();
     let start = Instant::now();
     let (mut max_send_lag, mut late_sends) = (Duration::ZERO, 0);
     for i in 0..total {
@@ -172,8 +174,9 @@ pub(crate) async fn get_person(
     let wall = start.elapsed();
     ok.sort_unstable();
     ok_from_due.sort_unstable();
-    let since =
-        |before: Option<f64>, pid: Option<u32>| Some(crate::e2e::cpu_seconds(pid?)? - before?);
+    let since = |before: Option<f64>, pids: &[u32]| {
+        Some(crate::e2e::cpu_seconds_of(pids).filter(|_| !pids.is_empty())? - before?)
+    };
     Ok(Outcome {
         pace,
         ok,
@@ -182,8 +185,8 @@ pub(crate) async fn get_person(
         wall,
         max_send_lag,
         late_sends,
-        client_cpu: since(client_cpu, Some(std::process::id())),
-        server_cpu: since(server_cpu, server),
+        client_cpu: since(client_cpu, &[std::process::id()]),
+        server_cpu: since(server_cpu, servers),
     })
 }
 

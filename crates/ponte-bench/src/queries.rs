@@ -68,14 +68,19 @@ pub(crate) struct Args {
     pub(crate) tls: bool,
     /// Then restart the reconciler with the audit log on and load it again.
     pub(crate) audit: bool,
+    /// Then start a second reconciler instance in the group, every listener on TLS, and load
+    /// the first with `GetPerson`: the persons of the partitions the second owns asked of it
+    /// (`reconciler.peer.advertise` on both), then read from the first's read model (both
+    /// restarted without).
+    pub(crate) peers: bool,
 }
 
-/// A server ghz loads: its name in the table, address, process and ghz's TLS arguments
-/// (`--insecure` for plaintext).
+/// A server ghz loads: its name in the table, address, processes (the one asked, and those it
+/// asks) and ghz's TLS arguments (`--insecure` for plaintext).
 struct Target {
     name: String,
     addr: String,
-    pid: u32,
+    pids: Vec<u32>,
     tls: Vec<String>,
 }
 
@@ -187,7 +192,7 @@ pub(crate) async fn run(setup: &e2e::Setup<'_>, a: &Args) -> anyhow::Result<()> 
         .map(|(name, addr, pid)| Target {
             name: name.to_owned(),
             addr,
-            pid,
+            pids: vec![pid],
             tls: vec!["--insecure".to_owned()],
         })
         .collect();
@@ -203,7 +208,7 @@ pub(crate) async fn run(setup: &e2e::Setup<'_>, a: &Args) -> anyhow::Result<()> 
     let mut reconciler = Target {
         name: "reconciler".to_owned(),
         addr: pipeline.grpc.clone(),
-        pid: reconciler_pid,
+        pids: vec![reconciler_pid],
         tls: vec!["--insecure".to_owned()],
     };
     if a.tls {
@@ -243,7 +248,7 @@ pub(crate) async fn run(setup: &e2e::Setup<'_>, a: &Args) -> anyhow::Result<()> 
         reconciler = Target {
             name: "reconciler+tls".to_owned(),
             addr: pipeline.grpc.clone(),
-            pid,
+            pids: vec![pid],
             tls,
         };
         rows.extend(measure(setup, a, &calls, std::slice::from_ref(&reconciler)).await?);
@@ -257,7 +262,7 @@ pub(crate) async fn run(setup: &e2e::Setup<'_>, a: &Args) -> anyhow::Result<()> 
         );
         reconciler = Target {
             name: format!("{}+audit", reconciler.name),
-            pid,
+            pids: vec![pid],
             ..reconciler
         };
         rows.extend(measure(setup, a, &calls, std::slice::from_ref(&reconciler)).await?);
@@ -272,10 +277,147 @@ pub(crate) async fn run(setup: &e2e::Setup<'_>, a: &Args) -> anyhow::Result<()> 
             (after.read_bytes - before.read_bytes) as f64 / reads.max(1) as f64,
         );
     }
+    if a.peers {
+        anyhow::ensure!(
+            !a.tls && !a.audit,
+            "--peers runs on the plaintext pipeline: not with --tls or --audit"
+        );
+        rows.extend(two_instances(setup, a, &calls, &mut pipeline).await?);
+    }
     print_table(&rows);
     drop(trivial);
     drop(pipeline);
     Ok(())
+}
+
+/// The reconciler with a second instance in its group, the first loaded with `GetPerson` (its
+/// CPU and the second's counted together), every listener on TLS with client certificates (a
+/// peer read needs the reconciler's): first with reads across instances on — the persons of the
+/// second's partitions asked of it — then, both restarted without, read from the first's read
+/// model. Prints where the first read its views from in each.
+async fn two_instances(
+    setup: &e2e::Setup<'_>,
+    a: &Args,
+    calls: &Calls<'_>,
+    pipeline: &mut e2e::Pipeline,
+) -> anyhow::Result<Vec<Row>> {
+    const ADVERTISE: &str = "PONTE__RECONCILER__PEER__ADVERTISE";
+    let pki = ponte_access::pki::generate_dev(&setup.work.join("pki"), true)?;
+    let client = |name: &str| {
+        pki.clients
+            .iter()
+            .find(|c| c.spec.name == name)
+            .with_context(|| format!("the development PKI has no {name}"))
+    };
+    let (federal, peer) = (client("federal")?, client("reconciler")?);
+    let path = |p: &Path| p.display().to_string();
+    let first = pipeline.grpc.clone();
+    let advertising = |addr: &str| BTreeMap::from([(ADVERTISE.to_owned(), addr.to_owned())]);
+    pipeline.set_own_env("reconciler", advertising(&first))?;
+    pipeline
+        .restart_reconciler_with(
+            setup,
+            &[
+                ("PONTE__TLS__INSECURE", None),
+                ("PONTE__ACCESS__ANONYMOUS_PRINCIPAL", None),
+                ("PONTE__TLS__CERT_FILE", Some(path(&pki.server.cert))),
+                ("PONTE__TLS__KEY_FILE", Some(path(&pki.server.key))),
+                ("PONTE__TLS__CLIENT_CA_FILE", Some(path(&pki.ca.cert))),
+                ("PONTE__RECONCILER__PEER__CA_FILE", Some(path(&pki.ca.cert))),
+                (
+                    "PONTE__RECONCILER__PEER__CERT_FILE",
+                    Some(path(&peer.files.cert)),
+                ),
+                (
+                    "PONTE__RECONCILER__PEER__KEY_FILE",
+                    Some(path(&peer.files.key)),
+                ),
+            ],
+        )
+        .await?;
+    let (_, second_pid) = pipeline.add_instance(setup, advertising).await?;
+    // The owners are read from the group's description every 2 s.
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    let tls = vec![
+        "--cacert".to_owned(),
+        path(&pki.ca.cert),
+        "--cert".to_owned(),
+        path(&federal.files.cert),
+        "--key".to_owned(),
+        path(&federal.files.key),
+        "--cname".to_owned(),
+        "localhost".to_owned(),
+    ];
+    let mut rows = Vec::new();
+    for (label, peers) in [
+        ("2 inst+tls, peers", true),
+        ("2 inst+tls, read model", false),
+    ] {
+        if !peers {
+            let mut second = pipeline.own_env_of("reconciler-2")?;
+            second.remove(ADVERTISE);
+            pipeline
+                .restart_instance(
+                    setup,
+                    "reconciler",
+                    BTreeMap::new(),
+                    "reconciler-no-peers.log",
+                )
+                .await?;
+            pipeline
+                .restart_instance(setup, "reconciler-2", second, "reconciler-2-no-peers.log")
+                .await?;
+        }
+        pipeline.instances_ready().await?;
+        let pids = vec![
+            pipeline
+                .pid("reconciler")
+                .context("no reconciler process")?,
+            pipeline.pid("reconciler-2").unwrap_or(second_pid),
+        ];
+        println!(
+            "== {label:<22} a second instance in the group; the first asked over TLS as the federal reader, its CPU and the second's counted: {}",
+            if peers {
+                "the second's persons asked of it"
+            } else {
+                "the second's persons from the first's read model"
+            }
+        );
+        let before = pipeline.metrics_of("reconciler").await?;
+        let target = Target {
+            name: label.to_owned(),
+            addr: first.clone(),
+            pids,
+            tls: tls.clone(),
+        };
+        rows.extend(
+            measure_methods(
+                setup,
+                a,
+                calls,
+                std::slice::from_ref(&target),
+                &[GET_PERSON],
+            )
+            .await?,
+        );
+        let after = pipeline.metrics_of("reconciler").await?;
+        let reads = |from: &str| {
+            let label = format!("from=\"{from}\"");
+            let of = |text: &str| {
+                e2e::metric_where(text, "ponte_reconciler_view_reads_total", |l| {
+                    l.contains("view=\"person\"") && l.contains(&label)
+                })
+            };
+            of(&after) - of(&before)
+        };
+        println!(
+            "views read         by the first instance: {:.0} from its state, {:.0} from the second, {:.0} from its read model",
+            reads("state"),
+            reads("owner"),
+            reads("read_model")
+        );
+    }
+    Ok(rows)
 }
 
 /// Seconds of a ghz `-z` duration: `20s`, `1m`.
@@ -299,8 +441,13 @@ async fn paced_client(a: &Args, targets: &[Target], nis: &[String]) -> anyhow::R
             connections: a.connections,
         };
         // The trivial services run in this process: their CPU is in the client's.
-        let server = (t.pid != std::process::id()).then_some(t.pid);
-        let o = crate::paced_reads::get_person(&t.addr, nis, pace, server).await?;
+        let servers: Vec<u32> = t
+            .pids
+            .iter()
+            .copied()
+            .filter(|p| *p != std::process::id())
+            .collect();
+        let o = crate::paced_reads::get_person(&t.addr, nis, pace, &servers).await?;
         println!(
             "== GetPerson at {}/s from ponte-bench's own client (tonic; open loop), {}",
             a.rps, t.name
@@ -361,14 +508,28 @@ async fn measure(
     calls: &Calls<'_>,
     targets: &[Target],
 ) -> anyhow::Result<Vec<Row>> {
+    measure_methods(setup, a, calls, targets, &[GET_PERSON, LIST_PERSONS]).await
+}
+
+/// [`measure`] of `methods` only.
+async fn measure_methods(
+    setup: &e2e::Setup<'_>,
+    a: &Args,
+    calls: &Calls<'_>,
+    targets: &[Target],
+    methods: &[&str],
+) -> anyhow::Result<Vec<Row>> {
     let mut rows = Vec::new();
     for (get_rps, list_rps) in [(0, 0), (a.rps, a.list_rps)] {
         for (call, data, rps) in [
             (GET_PERSON, calls.get, get_rps),
             (LIST_PERSONS, calls.list, list_rps),
-        ] {
+        ]
+        .into_iter()
+        .filter(|(call, _, _)| methods.contains(call))
+        {
             for t in targets {
-                let (server, addr, pid) = (&t.name, &t.addr, &t.pid);
+                let (server, addr, pids) = (&t.name, &t.addr, &t.pids);
                 let method = call.rsplit('/').next().unwrap_or(call);
                 let load = match rps {
                     0 => "max".to_owned(),
@@ -379,7 +540,7 @@ async fn measure(
                     load.replace("/s", "rps")
                 ));
                 let busy0 = e2e::machine_jiffies();
-                let cpu0 = e2e::cpu_seconds(*pid);
+                let cpu0 = e2e::cpu_seconds_of(pids);
                 let ghz0 = children_cpu_seconds();
                 let started = Instant::now();
                 let mut c = tokio::process::Command::new(&a.ghz);
@@ -412,7 +573,7 @@ async fn measure(
                         .with_context(|| format!("reading {}", out.display()))?,
                 )
                 .with_context(|| format!("parsing {}", out.display()))?;
-                let cpu = match (cpu0, e2e::cpu_seconds(*pid)) {
+                let cpu = match (cpu0, e2e::cpu_seconds_of(pids)) {
                     (Some(a), Some(b)) => b - a,
                     _ => f64::NAN,
                 };

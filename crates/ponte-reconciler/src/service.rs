@@ -373,6 +373,11 @@ pub async fn run(
                 shutdown.clone(),
             )?;
             tracing::info!(advertised = %own, "reads of other instances' partitions are asked of their owners");
+            if tls.is_insecure() {
+                tracing::warn!(
+                    "peer reads over plaintext listeners carry no client certificate: the other instances answer them only if their access.anonymous_principal has peer = true, and the read model answers otherwise"
+                );
+            }
             (Some(Arc::new(peers)), Some(thread))
         }
         None => (None, None),
