@@ -993,17 +993,7 @@ impl Pipeline {
         s: &Setup<'_>,
         changes: &[(&str, Option<String>)],
     ) -> anyhow::Result<u32> {
-        let i = self
-            .services
-            .iter()
-            .position(|x| x.name == "reconciler")
-            .context("no reconciler process")?;
-        let old = &mut self.services[i].child;
-        let sent = Command::new("kill")
-            .args(["-TERM", &old.id().to_string()])
-            .status()?;
-        anyhow::ensure!(sent.success(), "kill -TERM {} failed", old.id());
-        old.wait()?;
+        let i = self.stop_instance("reconciler")?;
         for (k, v) in changes {
             match v {
                 Some(v) => self.env.insert((*k).to_owned(), v.clone()),
@@ -1050,6 +1040,14 @@ impl Pipeline {
         own_env: BTreeMap<String, String>,
         log: &str,
     ) -> anyhow::Result<u32> {
+        let i = self.stop_instance(name)?;
+        self.services[i].own_env = own_env;
+        let pid = self.respawn_reconciler(s, i, log)?;
+        Ok(pid)
+    }
+
+    /// Stops process `name` gracefully (SIGTERM) and waits for it; returns its slot.
+    fn stop_instance(&mut self, name: &str) -> anyhow::Result<usize> {
         let i = self
             .services
             .iter()
@@ -1061,9 +1059,7 @@ impl Pipeline {
             .status()?;
         anyhow::ensure!(sent.success(), "kill -TERM {} failed", old.id());
         old.wait()?;
-        self.services[i].own_env = own_env;
-        let pid = self.respawn_reconciler(s, i, log)?;
-        Ok(pid)
+        Ok(i)
     }
 
     /// Sets what process `name`'s environment changes of the pipeline's, from its next start.

@@ -213,43 +213,18 @@ pub(crate) async fn run(setup: &e2e::Setup<'_>, a: &Args) -> anyhow::Result<()> 
     };
     if a.tls {
         // The same reconciler, state and view, restarted with TLS and authentication on.
-        let pki = ponte_access::pki::generate_dev(&setup.work.join("pki"), true)?;
-        let federal = pki
-            .clients
-            .iter()
-            .find(|c| c.spec.name == "federal")
-            .context("the development PKI has no federal reader")?;
-        let path = |p: &Path| p.display().to_string();
+        let pki = Pki::new(setup)?;
         let pid = pipeline
-            .restart_reconciler_with(
-                setup,
-                &[
-                    ("PONTE__TLS__INSECURE", None),
-                    ("PONTE__ACCESS__ANONYMOUS_PRINCIPAL", None),
-                    ("PONTE__TLS__CERT_FILE", Some(path(&pki.server.cert))),
-                    ("PONTE__TLS__KEY_FILE", Some(path(&pki.server.key))),
-                    ("PONTE__TLS__CLIENT_CA_FILE", Some(path(&pki.ca.cert))),
-                ],
-            )
+            .restart_reconciler_with(setup, &pki.listener_env())
             .await?;
         println!(
             "== TLS on           the reconciler restarted with TLS 1.3 and required client certificates; ghz presents the federal reader's"
         );
-        let tls = vec![
-            "--cacert".to_owned(),
-            path(&pki.ca.cert),
-            "--cert".to_owned(),
-            path(&federal.files.cert),
-            "--key".to_owned(),
-            path(&federal.files.key),
-            "--cname".to_owned(),
-            "localhost".to_owned(),
-        ];
         reconciler = Target {
             name: "reconciler+tls".to_owned(),
             addr: pipeline.grpc.clone(),
             pids: vec![pid],
-            tls,
+            tls: pki.ghz_args("federal")?,
         };
         rows.extend(measure(setup, a, &calls, std::slice::from_ref(&reconciler)).await?);
     }
@@ -302,52 +277,25 @@ async fn two_instances(
     pipeline: &mut e2e::Pipeline,
 ) -> anyhow::Result<Vec<Row>> {
     const ADVERTISE: &str = "PONTE__RECONCILER__PEER__ADVERTISE";
-    let pki = ponte_access::pki::generate_dev(&setup.work.join("pki"), true)?;
-    let client = |name: &str| {
-        pki.clients
-            .iter()
-            .find(|c| c.spec.name == name)
-            .with_context(|| format!("the development PKI has no {name}"))
-    };
-    let (federal, peer) = (client("federal")?, client("reconciler")?);
-    let path = |p: &Path| p.display().to_string();
+    let pki = Pki::new(setup)?;
+    let peer = pki.client("reconciler")?;
     let first = pipeline.grpc.clone();
     let advertising = |addr: &str| BTreeMap::from([(ADVERTISE.to_owned(), addr.to_owned())]);
     pipeline.set_own_env("reconciler", advertising(&first))?;
-    pipeline
-        .restart_reconciler_with(
-            setup,
-            &[
-                ("PONTE__TLS__INSECURE", None),
-                ("PONTE__ACCESS__ANONYMOUS_PRINCIPAL", None),
-                ("PONTE__TLS__CERT_FILE", Some(path(&pki.server.cert))),
-                ("PONTE__TLS__KEY_FILE", Some(path(&pki.server.key))),
-                ("PONTE__TLS__CLIENT_CA_FILE", Some(path(&pki.ca.cert))),
-                ("PONTE__RECONCILER__PEER__CA_FILE", Some(path(&pki.ca.cert))),
-                (
-                    "PONTE__RECONCILER__PEER__CERT_FILE",
-                    Some(path(&peer.files.cert)),
-                ),
-                (
-                    "PONTE__RECONCILER__PEER__KEY_FILE",
-                    Some(path(&peer.files.key)),
-                ),
-            ],
-        )
-        .await?;
+    let mut env = pki.listener_env();
+    env.extend([
+        (
+            "PONTE__RECONCILER__PEER__CA_FILE",
+            Some(path(&pki.0.ca.cert)),
+        ),
+        ("PONTE__RECONCILER__PEER__CERT_FILE", Some(path(&peer.cert))),
+        ("PONTE__RECONCILER__PEER__KEY_FILE", Some(path(&peer.key))),
+    ]);
+    pipeline.restart_reconciler_with(setup, &env).await?;
     let (_, second_pid) = pipeline.add_instance(setup, advertising).await?;
     // The owners are read from the group's description every 2 s.
     tokio::time::sleep(std::time::Duration::from_secs(5)).await;
-    let tls = vec![
-        "--cacert".to_owned(),
-        path(&pki.ca.cert),
-        "--cert".to_owned(),
-        path(&federal.files.cert),
-        "--key".to_owned(),
-        path(&federal.files.key),
-        "--cname".to_owned(),
-        "localhost".to_owned(),
-    ];
+    let tls = pki.ghz_args("federal")?;
     let mut rows = Vec::new();
     for (label, peers) in [
         ("2 inst+tls, peers", true),
@@ -418,6 +366,60 @@ async fn two_instances(
         );
     }
     Ok(rows)
+}
+
+/// A path as an environment value.
+fn path(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// The development PKI of a run (in its work directory).
+struct Pki(ponte_access::pki::DevPkiManifest);
+
+impl Pki {
+    fn new(setup: &e2e::Setup<'_>) -> anyhow::Result<Pki> {
+        Ok(Pki(ponte_access::pki::generate_dev(
+            &setup.work.join("pki"),
+            true,
+        )?))
+    }
+
+    /// The certificate files of development principal `name`.
+    fn client(&self, name: &str) -> anyhow::Result<&ponte_access::pki::CertFiles> {
+        self.0
+            .clients
+            .iter()
+            .find(|c| c.spec.name == name)
+            .map(|c| &c.files)
+            .with_context(|| format!("the development PKI has no {name}"))
+    }
+
+    /// The environment changes that put the reconciler's listener on TLS with required client
+    /// certificates.
+    fn listener_env(&self) -> Vec<(&'static str, Option<String>)> {
+        vec![
+            ("PONTE__TLS__INSECURE", None),
+            ("PONTE__ACCESS__ANONYMOUS_PRINCIPAL", None),
+            ("PONTE__TLS__CERT_FILE", Some(path(&self.0.server.cert))),
+            ("PONTE__TLS__KEY_FILE", Some(path(&self.0.server.key))),
+            ("PONTE__TLS__CLIENT_CA_FILE", Some(path(&self.0.ca.cert))),
+        ]
+    }
+
+    /// ghz's TLS arguments as principal `name`.
+    fn ghz_args(&self, name: &str) -> anyhow::Result<Vec<String>> {
+        let c = self.client(name)?;
+        Ok(vec![
+            "--cacert".to_owned(),
+            path(&self.0.ca.cert),
+            "--cert".to_owned(),
+            path(&c.cert),
+            "--key".to_owned(),
+            path(&c.key),
+            "--cname".to_owned(),
+            "localhost".to_owned(),
+        ])
+    }
 }
 
 /// Seconds of a ghz `-z` duration: `20s`, `1m`.
