@@ -252,20 +252,22 @@ impl Peers {
         }
     }
 
-    /// Person `nis`'s view from the owner of its partition `partition`.
-    pub async fn person(&self, partition: i32, nis: &Nis) -> Asked<Person> {
-        let Some((address, mut client)) = self.client(partition) else {
+    /// What `call` gets from the owner of `partition`.
+    async fn ask<T, Fut>(
+        &self,
+        partition: i32,
+        call: impl FnOnce(PeerServiceClient<Channel>) -> Fut,
+    ) -> Asked<T>
+    where
+        Fut: std::future::Future<Output = Result<Option<T>, Status>>,
+    {
+        let Some((address, client)) = self.client(partition) else {
             return Asked::NoOwner;
         };
-        match client
-            .read_person(ReadPersonRequest {
-                nis: nis.as_str().to_owned(),
-            })
-            .await
-        {
-            Ok(r) => {
+        match call(client).await {
+            Ok(view) => {
                 peer_read("answered");
-                Asked::Answered(r.into_inner().person)
+                Asked::Answered(view)
             }
             Err(status) => {
                 self.failed(&address, &status);
@@ -274,26 +276,24 @@ impl Peers {
         }
     }
 
+    /// Person `nis`'s view from the owner of its partition `partition`.
+    pub async fn person(&self, partition: i32, nis: &Nis) -> Asked<Person> {
+        let nis = nis.as_str().to_owned();
+        self.ask(partition, |mut c| async move {
+            let r = c.read_person(ReadPersonRequest { nis }).await?;
+            Ok(r.into_inner().person)
+        })
+        .await
+    }
+
     /// Family `id`'s view from the owner of its partition `partition`.
     pub async fn family(&self, partition: i32, id: &str) -> Asked<Family> {
-        let Some((address, mut client)) = self.client(partition) else {
-            return Asked::NoOwner;
-        };
-        match client
-            .read_family(ReadFamilyRequest {
-                family_id: id.to_owned(),
-            })
-            .await
-        {
-            Ok(r) => {
-                peer_read("answered");
-                Asked::Answered(r.into_inner().family)
-            }
-            Err(status) => {
-                self.failed(&address, &status);
-                Asked::Failed
-            }
-        }
+        let family_id = id.to_owned();
+        self.ask(partition, |mut c| async move {
+            let r = c.read_family(ReadFamilyRequest { family_id }).await?;
+            Ok(r.into_inner().family)
+        })
+        .await
     }
 }
 
