@@ -741,6 +741,11 @@ impl Service {
         self.signal("-HUP");
     }
 
+    /// SIGSTOP: the process stops where it is, its sockets open, answering nothing.
+    pub fn signal_stop(&self) {
+        self.signal("-STOP");
+    }
+
     /// SIGCONT: a process stopped with SIGSTOP goes on.
     pub fn signal_continue(&self) {
         self.signal("-CONT");

@@ -226,8 +226,29 @@ async fn two_instances_split_the_partitions_and_the_survivor_takes_over() {
     serves(&stack, "a", &first, &families_of(half)).await;
     serves(&stack, "b", &first, &families_of(half)).await;
 
-    // 2. b dies without leaving the group: after the session timeout a owns everything,
+    // 2. b stops answering (SIGSTOP), then dies without leaving the group. While the group
+    //    still gives b its partitions, a's reads of b's persons time out and are answered from
+    //    a's read model instead: the same views. After the session timeout a owns everything,
     //    rebuilds b's partitions from the changelog, and applies the other half.
+    let peer_failures = || async {
+        metric(
+            a.admin_port(),
+            "ponte_reconciler_peer_reads_total",
+            &[("result", "failed")],
+        )
+        .await
+    };
+    let failed_before = peer_failures().await;
+    b.signal_stop();
+    assert_eq!(
+        get_persons(stack.port("a"), first.0.keys()).await,
+        first.0,
+        "a: GetPerson while b answers nothing"
+    );
+    assert!(
+        peer_failures().await > failed_before,
+        "a asked the stopped b nothing (its owners left b out already?)"
+    );
     b.kill9();
     eventually(
         "a to own every partition",
