@@ -8,8 +8,8 @@
 //! caller's grant to the view and audits the read; the owner audits the peer's read. Whatever
 //! goes wrong — no owner known, the owner no longer owning the partition or still restoring
 //! it, a timeout — the read is answered from the read model, as before, and counted
-//! (`ponte_reconciler_peer_reads_total{result}`); a peer that failed is not asked again until
-//! the next refresh.
+//! (`ponte_reconciler_peer_reads_total{result}`); a peer whose read failed is not asked again for
+//! `peer.refresh`, and its first failure and its recovery are logged.
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
@@ -149,6 +149,8 @@ pub enum Asked<T> {
 struct Peer {
     client: PeerServiceClient<Channel>,
     resting_until: Option<Instant>,
+    /// Whether its last read failed (logged once, when it starts failing).
+    failing: bool,
 }
 
 /// The client side of peer reads.
@@ -229,13 +231,14 @@ impl Peers {
             Peer {
                 client: client.clone(),
                 resting_until: None,
+                failing: false,
             },
         );
         Some((address, client))
     }
 
-    /// Notes how a read of `address` went: a peer that timed out or could not be reached rests
-    /// until the owners are read again.
+    /// Notes a failed read of `address`: but for `not_owner` (the partition moved), the peer
+    /// rests for `refresh`, and the first failure after an answer is logged.
     fn failed(&self, address: &Arc<str>, status: &Status) {
         let not_owner = status.code() == tonic::Code::FailedPrecondition;
         peer_read(if not_owner { "not_owner" } else { "failed" });
@@ -244,11 +247,22 @@ impl Peers {
             return;
         }
         let mut peers = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(peer) = peers.get_mut(address)
-            && peer.resting_until.is_none()
-        {
-            tracing::warn!(peer = %address, code = ?status.code(), error = %status.message(), rest = ?self.rest, "a peer read failed; that peer's partitions are read from the read model meanwhile");
+        if let Some(peer) = peers.get_mut(address) {
+            if !peer.failing {
+                tracing::warn!(peer = %address, code = ?status.code(), error = %status.message(), rest = ?self.rest, "a peer read failed; that peer's partitions are read from the read model until it answers again");
+                peer.failing = true;
+            }
             peer.resting_until = Some(Instant::now() + self.rest);
+        }
+    }
+
+    /// Notes an answer of `address`.
+    fn answered(&self, address: &Arc<str>) {
+        peer_read("answered");
+        let mut peers = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(peer) = peers.get_mut(address).filter(|p| p.failing) {
+            tracing::info!(peer = %address, "the peer answers again");
+            peer.failing = false;
         }
     }
 
@@ -266,7 +280,7 @@ impl Peers {
         };
         match call(client).await {
             Ok(view) => {
-                peer_read("answered");
+                self.answered(&address);
                 Asked::Answered(view)
             }
             Err(status) => {
