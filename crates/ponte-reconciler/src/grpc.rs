@@ -182,6 +182,31 @@ fn visible_family(
     Some(family)
 }
 
+/// A view's `view_version` and its `updated_time`, for a view computed from the state whose
+/// digest kept no time ([`ComplianceApi::local_view`]).
+trait Timed {
+    fn version(&self) -> u64;
+    fn time_mut(&mut self) -> &mut Option<ponte_proto::Timestamp>;
+}
+
+impl Timed for ponte_proto::compliance::v1::Person {
+    fn version(&self) -> u64 {
+        self.view_version
+    }
+    fn time_mut(&mut self) -> &mut Option<ponte_proto::Timestamp> {
+        &mut self.updated_time
+    }
+}
+
+impl Timed for ponte_proto::compliance::v1::Family {
+    fn version(&self) -> u64 {
+        self.view_version
+    }
+    fn time_mut(&mut self) -> &mut Option<ponte_proto::Timestamp> {
+        &mut self.updated_time
+    }
+}
+
 /// What of a followed household the grant may show: the whole view, to a federal scope only.
 /// Read scopes name Brazilian places (IBGE codes, UFs); until they name Colombian ones
 /// (DIVIPOLA), a household is out of every narrower scope.
@@ -283,94 +308,113 @@ impl ComplianceApi {
         ponte_bus::partition::of_key(key.as_bytes(), self.partitions)
     }
 
-    /// Person `nis`'s view computed from the state, if this instance owns (and has restored)
-    /// the person's partition; `None` otherwise.
+    /// A view of key `key` computed from the state by `state` (given the key's partition), if
+    /// this instance owns (and has restored) that partition; `None` otherwise. A digest written
+    /// before digests kept the time gives a view without one: it takes the time of the read
+    /// model's view of the same version (`read_model`).
+    fn local_view<V: Timed>(
+        &self,
+        key: &str,
+        state: impl FnOnce(i32) -> Result<Option<V>, ReconcilerError>,
+        read_model: impl FnOnce() -> Result<Option<V>, ReconcilerError>,
+    ) -> Result<Option<Option<V>>, Status> {
+        let p = self.partition_of(key);
+        if !self.assignment.borrow().is_prepared(p) {
+            return Ok(None);
+        }
+        self.read_point(|| {
+            let mut view = state(p)?;
+            if let Some(v) = view.as_mut()
+                && v.time_mut().is_none()
+                && let Some(mut r) = read_model()?
+                && r.version() == v.version()
+            {
+                *v.time_mut() = r.time_mut().take();
+            }
+            Ok(Some(view))
+        })
+    }
+
+    /// Person `nis`'s view computed from the state ([`Self::local_view`]).
     pub(crate) fn local_person(
         &self,
         nis: &Nis,
     ) -> Result<Option<Option<ponte_proto::compliance::v1::Person>>, Status> {
-        let p = self.partition_of(nis.as_str());
-        if !self.assignment.borrow().is_prepared(p) {
-            return Ok(None);
-        }
-        self.read_point(|| {
-            let mut view = self.topology.read_person(&self.state, p, *nis)?;
-            if let Some(v) = view.as_mut().filter(|v| v.updated_time.is_none()) {
-                // A digest written before digests kept the time: the read model's view of the
-                // same version has it.
-                if let Some(r) = readmodel::read_person(&self.read, nis)?
-                    && r.view_version == v.view_version
-                {
-                    v.updated_time = r.updated_time;
-                }
-            }
-            Ok(Some(view))
-        })
+        self.local_view(
+            nis.as_str(),
+            |p| self.topology.read_person(&self.state, p, *nis),
+            || readmodel::read_person(&self.read, nis),
+        )
     }
 
-    /// Family `id`'s view computed from the state, as [`Self::local_person`].
+    /// Family `id`'s view computed from the state ([`Self::local_view`]).
     pub(crate) fn local_family(
         &self,
         id: &str,
     ) -> Result<Option<Option<ponte_proto::compliance::v1::Family>>, Status> {
-        let p = self.partition_of(id);
-        if !self.assignment.borrow().is_prepared(p) {
-            return Ok(None);
-        }
-        self.read_point(|| {
-            let mut view = self.topology.read_family(&self.state, p, id)?;
-            if let Some(v) = view.as_mut().filter(|v| v.updated_time.is_none()) {
-                // As for a person.
-                if let Some(r) = readmodel::read_family(&self.read, id)?
-                    && r.view_version == v.view_version
-                {
-                    v.updated_time = r.updated_time;
-                }
-            }
-            Ok(Some(view))
-        })
+        self.local_view(
+            id,
+            |p| self.topology.read_family(&self.state, p, id),
+            || readmodel::read_family(&self.read, id),
+        )
     }
 
-    /// Person `nis`'s view: from the state if this instance owns the person's partition, else
-    /// from the instance that owns it, else (no owner known, or it did not answer) from the
-    /// read model.
+    /// A view (`what`: `person`, `family`): from the state if this instance owns the key's
+    /// partition (`local`), else from the instance that owns it (`ask`, a peer read not begun
+    /// until awaited; none without peers), else — no owner known, or it did not answer — from
+    /// the read model (`read_model`); counted by where it was read.
+    async fn view<V, F>(
+        &self,
+        what: &'static str,
+        local: Result<Option<Option<V>>, Status>,
+        ask: Option<F>,
+        read_model: impl FnOnce() -> Result<Option<V>, ReconcilerError>,
+    ) -> Result<Option<V>, Status>
+    where
+        F: std::future::Future<Output = crate::peers::Asked<V>>,
+    {
+        if let Some(v) = local? {
+            view_read(what, "state");
+            return Ok(v);
+        }
+        if let Some(ask) = ask
+            && let crate::peers::Asked::Answered(v) = ask.await
+        {
+            view_read(what, "owner");
+            return Ok(v);
+        }
+        view_read(what, "read_model");
+        self.read_point(read_model)
+    }
+
+    /// Person `nis`'s view ([`Self::view`]).
     async fn person_view(
         &self,
         nis: &Nis,
     ) -> Result<Option<ponte_proto::compliance::v1::Person>, Status> {
-        if let Some(view) = self.local_person(nis)? {
-            view_read("person", "state");
-            return Ok(view);
-        }
-        if let Some(peers) = &self.peers
-            && let crate::peers::Asked::Answered(view) =
-                peers.person(self.partition_of(nis.as_str()), nis).await
-        {
-            view_read("person", "owner");
-            return Ok(view);
-        }
-        view_read("person", "read_model");
-        self.read_point(|| readmodel::read_person(&self.read, nis))
+        let p = self.partition_of(nis.as_str());
+        self.view(
+            "person",
+            self.local_person(nis),
+            self.peers.as_deref().map(|peers| peers.person(p, nis)),
+            || readmodel::read_person(&self.read, nis),
+        )
+        .await
     }
 
-    /// Family `id`'s view, as [`Self::person_view`].
+    /// Family `id`'s view ([`Self::view`]).
     async fn family_view(
         &self,
         id: &str,
     ) -> Result<Option<ponte_proto::compliance::v1::Family>, Status> {
-        if let Some(view) = self.local_family(id)? {
-            view_read("family", "state");
-            return Ok(view);
-        }
-        if let Some(peers) = &self.peers
-            && let crate::peers::Asked::Answered(view) =
-                peers.family(self.partition_of(id), id).await
-        {
-            view_read("family", "owner");
-            return Ok(view);
-        }
-        view_read("family", "read_model");
-        self.read_point(|| readmodel::read_family(&self.read, id))
+        let p = self.partition_of(id);
+        self.view(
+            "family",
+            self.local_family(id),
+            self.peers.as_deref().map(|peers| peers.family(p, id)),
+            || readmodel::read_family(&self.read, id),
+        )
+        .await
     }
 
     /// The municipality a family is in for a caller of some places: that of its first member
