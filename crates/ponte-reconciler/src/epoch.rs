@@ -42,7 +42,8 @@ use crate::feed::FeedSender;
 use crate::readmodel::{ChangeRecord, unix_millis};
 use crate::restore::Marker;
 use crate::topology::{
-    Batcher, Output, OutputKind, ParkedAfter, Tx, Writes, batch_bytes, key_partition, table_of,
+    Batcher, Output, OutputKind, ParkedAfter, Tx, Writes, batch_bytes, is_derived, key_partition,
+    table_of,
 };
 
 /// Where each kind of output goes: topic, Kafka `ponte-event-type` header and metric label.
@@ -894,7 +895,8 @@ fn send_all(
         *published.messages.entry(batch.kind.label()).or_default() += 1;
         *published.entries.entry(batch.kind.label()).or_default() += batch.entries as u64;
     }
-    for (k, v) in writes {
+    // Derived tables (a partition's index) are the local store's only: a restore derives them.
+    for (k, v) in writes.iter().filter(|(k, _)| !is_derived(k)) {
         let p = key_partition(k).ok_or_else(|| {
             TxError::aborted(format!(
                 "state key without a partition prefix: {}",

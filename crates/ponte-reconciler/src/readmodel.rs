@@ -45,9 +45,7 @@ use ponte_domain::indicators::Counts;
 use ponte_domain::outcome::Status;
 use ponte_proto::compliance::v1 as api;
 use ponte_proto::reconciler::v1::change_as_stored::View;
-use ponte_proto::reconciler::v1::{
-    ChangeAsStored, FamilyCounted, IndicatorCounts, OutcomeCounted, PersonCounted,
-};
+use ponte_proto::reconciler::v1::{ChangeAsStored, FamilyCounted, OutcomeCounted, PersonCounted};
 use ponte_store::Store;
 use prost::Message as _;
 use rdkafka::Message as _;
@@ -57,7 +55,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::ReconcilerError;
 use crate::feed::{Batch, FeedReceiver, Routing};
-use crate::topology::Kv;
+use crate::topology::{Kv, domain_status};
 
 /// How the read model's store is laid out: its views (about 2.5 KiB each with the evidence)
 /// are replaced on every change, so they live in blob files and the keys are compacted by
@@ -71,10 +69,6 @@ pub const LAYOUT: ponte_store::Layout = ponte_store::Layout::LargeValues {
     space_amp_percent: 200,
     blob_gc_age_percent: 25,
 };
-
-/// The format byte before an outcome counts row's `IndicatorCounts` (format 1 was JSON, and
-/// always began with `{`).
-const COUNTS_FORMAT: u8 = 2;
 
 /// Whether the read path can be trusted: once failed, it stays failed until the process
 /// restarts (a store that refused a write or a read is not trusted again in place).
@@ -159,16 +153,6 @@ fn corrupt(key: &[u8], e: impl std::fmt::Display) -> ReconcilerError {
     ReconcilerError::Corrupt {
         key: String::from_utf8_lossy(key).into_owned(),
         reason: e.to_string(),
-    }
-}
-
-fn domain_status(s: i32) -> Option<Status> {
-    match api::OutcomeStatus::try_from(s).ok()? {
-        api::OutcomeStatus::Compliant => Some(Status::Compliant),
-        api::OutcomeStatus::NonCompliant => Some(Status::NonCompliant),
-        api::OutcomeStatus::NotFollowed => Some(Status::NotFollowed),
-        api::OutcomeStatus::NotRequired => Some(Status::NotRequired),
-        api::OutcomeStatus::Unspecified => None,
     }
 }
 
@@ -519,33 +503,14 @@ fn update_counts(
     Ok(())
 }
 
-/// An outcome counts row as stored: [`COUNTS_FORMAT`], then `IndicatorCounts` (serde_json's
-/// reading and writing of the rows was an eighth of the read model's applying, in-process).
+/// An outcome counts row as stored (the format a partition's counts rows have too).
 fn encode_counts(c: &Counts) -> Vec<u8> {
-    let row = IndicatorCounts {
-        public: c.public,
-        followed: c.followed,
-        compliant: c.compliant,
-        non_compliant: c.non_compliant,
-    };
-    crate::topology::with_format(COUNTS_FORMAT, &row)
+    crate::topology::counts_to_stored(c)
 }
 
-/// An outcome counts row read back: format 2 ([`encode_counts`]) or format 1 (JSON).
+/// An outcome counts row read back: format 2, or format 1 (JSON).
 fn decode_counts(key: &[u8], bytes: &[u8]) -> Result<Counts, ReconcilerError> {
-    match bytes.split_first() {
-        Some((&COUNTS_FORMAT, row)) => {
-            let row = IndicatorCounts::decode(row).map_err(|e| corrupt(key, e))?;
-            Ok(Counts {
-                public: row.public,
-                followed: row.followed,
-                compliant: row.compliant,
-                non_compliant: row.non_compliant,
-            })
-        }
-        Some((b'{', _)) => serde_json::from_slice(bytes).map_err(|e| corrupt(key, e)),
-        _ => Err(corrupt(key, "not an outcome counts row of a known format")),
-    }
+    crate::topology::counts_from_stored(bytes).map_err(|e| corrupt(key, e))
 }
 
 /// Replaces (`Some`: its encoding and version) or deletes (`None`) a family's view.
@@ -1729,8 +1694,8 @@ mod tests {
             );
         }
         assert_eq!(stored_counts(&earlier), stored_counts(&fresh));
-        assert!(rows(&earlier).iter().any(|(_, v)| v[0] == COUNTS_FORMAT));
-        assert!(rows(&fresh).iter().all(|(_, v)| v[0] == COUNTS_FORMAT));
+        assert!(rows(&earlier).iter().any(|(_, v)| v[0] == 2));
+        assert!(rows(&fresh).iter().all(|(_, v)| v[0] == 2));
         // A row in neither format is an error naming it.
         let mut w = fresh.batch_with_capacity(0);
         w.put(format!("i/{SP}/education/2025-B1").as_bytes(), b"\x07");

@@ -22,7 +22,10 @@ use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::error::KafkaError;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
-use crate::topology::{key_partition, partition_prefix};
+use crate::topology::{
+    Rederive, Topology, index_is_whole, index_marker, index_marker_key, index_prefixes,
+    key_partition, partition_prefix,
+};
 use crate::{ReconcilerError, startup};
 
 /// A marker older than this is not used: the changelog is compacted, and a tombstone is
@@ -240,6 +243,9 @@ pub fn restore_partition(
             let mut w = store.batch();
             w.delete_prefix(&partition_prefix(p));
             w.delete(&Marker::key(p));
+            // Nothing of the partition is left, so its (empty) index is whole: the restore
+            // derives it from the entries it applies.
+            w.put(&index_marker_key(p), &index_marker());
             w.commit()?;
             low
         }
@@ -255,6 +261,7 @@ pub fn restore_partition(
             .assign(&tpl)
             .map_err(|e| startup(format!("changelog assign: {e}")))?;
         let mut w = store.batch();
+        let mut index = Rederive::new(p);
         let deadline = Instant::now() + Duration::from_secs(3600);
         // To the end of what is committed: librdkafka signals the partition's end (its last
         // stable offset under read_committed) once it has fetched past the last committed
@@ -277,6 +284,7 @@ pub fn restore_partition(
             next = msg.offset() + 1;
             let key = msg.key().unwrap_or_default();
             if key_partition(key) == Some(p) {
+                index.entry(store, key, msg.payload())?;
                 match msg.payload() {
                     Some(v) => w.put(key, v),
                     None => w.delete(key),
@@ -290,11 +298,13 @@ pub fn restore_partition(
                 );
             }
             if w.len() >= 10_000 {
+                with_index(&mut w, &mut index, store, p)?;
                 std::mem::replace(&mut w, store.batch()).commit()?;
             }
         }
         // The marker goes with the last entries: a crash mid-restore resumes from where the
         // store stopped.
+        with_index(&mut w, &mut index, store, p)?;
         w.put(&Marker::key(p), &Marker::now(next.max(from)).encode());
         w.commit()?;
     } else {
@@ -309,6 +319,77 @@ pub fn restore_partition(
         restored,
         seconds = started.elapsed().as_secs_f64(),
         "partition restored from the changelog"
+    );
+    Ok(())
+}
+
+/// Adds the index writes the batch's entries lead to ([`Rederive`]) to the batch, or, once an
+/// entry did not say what the index holds of its person, unmarks the partition's index (built
+/// again by [`ensure_index`]) in the same write.
+fn with_index(
+    w: &mut ponte_store::BatchWriter<'_>,
+    index: &mut Rederive,
+    store: &Store,
+    p: i32,
+) -> Result<(), ReconcilerError> {
+    for (k, v) in index.finish_batch(store)? {
+        match v {
+            Some(v) => w.put(&k, &v),
+            None => w.delete(&k),
+        }
+    }
+    if !index.whole() {
+        w.delete(&index_marker_key(p));
+    }
+    Ok(())
+}
+
+/// Builds partition `p`'s municipality index and outcome counts from its persons unless they
+/// are whole (`meta/index/<p>`): after an upgrade from a version without them, or a restore that
+/// met a digest written by one. Runs after the partition's restore, before it is served; stops
+/// as the restore does when the partition is revoked (the next assignment builds again).
+pub fn ensure_index(
+    store: &Store,
+    topology: &Topology,
+    p: i32,
+    still_wanted: &dyn Fn() -> bool,
+) -> Result<(), ReconcilerError> {
+    if index_is_whole(store.get(&index_marker_key(p))?.as_deref()) {
+        return Ok(());
+    }
+    let started = Instant::now();
+    tracing::info!(
+        partition = p,
+        "building the partition's municipality index and outcome counts from its persons"
+    );
+    let mut w = store.batch();
+    for prefix in index_prefixes(p) {
+        w.delete_prefix(&prefix);
+    }
+    w.commit()?;
+    let persons = topology.build_index(store, p, &mut |writes| {
+        if !still_wanted() {
+            return Err(no_longer_wanted(p));
+        }
+        let mut w = store.batch();
+        for (k, v) in writes {
+            match v {
+                Some(v) => w.put(&k, &v),
+                None => w.delete(&k),
+            }
+        }
+        w.commit()?;
+        Ok(())
+    })?;
+    let mut w = store.batch();
+    w.put(&index_marker_key(p), &index_marker());
+    w.commit()?;
+    metrics::counter!("ponte_reconciler_index_builds_total").increment(1);
+    tracing::info!(
+        partition = p,
+        persons,
+        seconds = started.elapsed().as_secs_f64(),
+        "partition index built"
     );
     Ok(())
 }

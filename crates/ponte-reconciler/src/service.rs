@@ -14,6 +14,7 @@ use crate::config::{ReconcilerConfig, topology_from};
 use crate::driver::{Driver, Inputs};
 use crate::epoch::{Committer, Faults, Routes};
 use crate::grpc::ComplianceApi;
+use crate::topology::Topology;
 use crate::{ReconcilerError, startup};
 
 /// On every assignment, brings the local state of each newly assigned partition up to the
@@ -21,6 +22,7 @@ use crate::{ReconcilerError, startup};
 /// are paused.
 struct PartitionRestore {
     store: Store,
+    topology: Topology,
     kafka: KafkaConfig,
     changelog: String,
 }
@@ -41,6 +43,8 @@ impl PartitionSetup for PartitionRestore {
                 still_wanted,
             )
             .map_err(|e| format!("partition {p}: {e}"))?;
+            crate::restore::ensure_index(&self.store, &self.topology, p, still_wanted)
+                .map_err(|e| format!("partition {p}'s index: {e}"))?;
         }
         Ok(())
     }
@@ -301,6 +305,7 @@ pub async fn run(
             &input_refs,
             Arc::new(PartitionRestore {
                 store: store.clone(),
+                topology: topology.clone(),
                 kafka: kafka.clone(),
                 changelog: routes.changelog().to_owned(),
             }),

@@ -126,6 +126,7 @@ impl Reconciler {
         match self.topology.apply(&mut tx, p.input, &p.event) {
             Ok(Applied::Invalid(reason)) => problems.push(format!("{:?}: {reason}", p.input)),
             Ok(_) => {
+                self.topology.finish(&mut tx).unwrap();
                 let taken = tx.take();
                 self.commit(taken);
             }
@@ -139,6 +140,7 @@ impl Reconciler {
                     problems.push(format!("{:?} then {input:?}: {reason}", p.input));
                 }
                 Ok(_) => {
+                    self.topology.finish(&mut tx).unwrap();
                     let taken = tx.take();
                     self.commit(taken);
                 }

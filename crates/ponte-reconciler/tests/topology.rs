@@ -13,10 +13,11 @@ use ponte_domain::period::Month;
 use ponte_domain::rules::RuleSet;
 use ponte_proto::compliance::v1::{self as api, OutcomeStatus};
 use ponte_proto::events::v1::{self as ev, Event, event::Record, health_follow_up::Subject};
+use ponte_proto::reconciler::v1::IndicatorCounts;
 use ponte_reconciler::topology::{
     Applied, FamilyMembersEntry, HeldHealthRecords, Input, Output, OutputKind, ParkedCounts,
-    Pending, PersonEntry, READ_AHEAD_RUN, Screened, Topology, Tx, Writes, parked_after,
-    person_value_in_format_2, read_parked,
+    Pending, PersonEntry, READ_AHEAD_RUN, Rederive, Screened, Topology, Tx, Writes, is_derived,
+    key_partition, parked_after, person_value_in_format_2, read_parked,
 };
 use proptest::prelude::*;
 use prost::Message as _;
@@ -70,6 +71,9 @@ struct Harness {
     /// Set by tests that rewrite the state by hand (as an older store left it): the views read
     /// from it are then no longer the views this harness published, and are not compared.
     state_rewritten: bool,
+    /// Every state write sent to the changelog (the derived tables' are not), commit after
+    /// commit, with the store as it stood before each commit: what a restore reads.
+    changelog: Vec<(Vec<u8>, Option<Vec<u8>>)>,
 }
 
 /// Repartition messages not delivered yet, per (topic, partition), oldest first: (Kafka key,
@@ -113,6 +117,7 @@ impl Harness {
             in_flight: None,
             pipelined: false,
             state_rewritten: false,
+            changelog: Vec::new(),
         }
     }
 
@@ -122,6 +127,9 @@ impl Harness {
         let mut map = self.kv.0.lock().unwrap();
         for (k, v) in writes {
             self.written.push(k.clone());
+            if !is_derived(&k) {
+                self.changelog.push((k.clone(), v.clone()));
+            }
             match v {
                 Some(v) => map.insert(k, v),
                 None => map.remove(&k),
@@ -158,6 +166,96 @@ impl Harness {
                 .push((o.kind, o.key, o.payload.unwrap_or_default()));
         }
         self.views_read_from_the_state_are_the_views_published();
+        self.the_index_is_its_persons_recounted();
+    }
+
+    /// The derived entries (municipality index, outcome counts) of the state in `kv`, by
+    /// partition.
+    fn index_of(kv: &MapKv) -> BTreeMap<Vec<u8>, Vec<u8>> {
+        kv.0.lock()
+            .unwrap()
+            .iter()
+            .filter(|(k, _)| is_derived(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// After every commit, each partition's municipality index and outcome counts are what
+    /// counting its persons' digests again gives.
+    fn the_index_is_its_persons_recounted(&self) {
+        let kept = Self::index_of(&self.kv);
+        // Read from a copy, so that the reads the epochs make are counted alone.
+        let state = MapKv(
+            std::sync::Mutex::new(self.kv.0.lock().unwrap().clone()),
+            Default::default(),
+        );
+        let mut recounted = BTreeMap::new();
+        for p in 0..PARTITIONS {
+            recounted.extend(self.topology.recount_index(&state, p).unwrap());
+        }
+        assert_eq!(
+            readable(&kept),
+            readable(&recounted),
+            "the index kept by the epochs against a recount"
+        );
+    }
+
+    /// Restores every partition from the changelog entries from `from` on, over `start` (a
+    /// copy of the store as it stood before them), in batches of `batch` entries, the index
+    /// derived as the service's restore derives it ([`Rederive`]); returns the store restored.
+    fn restored(&self, start: BTreeMap<Vec<u8>, Vec<u8>>, from: usize, batch: usize) -> MapKv {
+        let kv = MapKv(std::sync::Mutex::new(start), Default::default());
+        let mut rederive: BTreeMap<i32, Rederive> =
+            (0..PARTITIONS).map(|p| (p, Rederive::new(p))).collect();
+        for chunk in self.changelog[from..].chunks(batch) {
+            for (k, v) in chunk {
+                let p = key_partition(k).unwrap();
+                rederive
+                    .get_mut(&p)
+                    .unwrap()
+                    .entry(&kv, k, v.as_deref())
+                    .unwrap();
+            }
+            let mut derived = Vec::new();
+            for r in rederive.values_mut() {
+                assert!(r.whole(), "every digest says what the index holds");
+                derived.extend(r.finish_batch(&kv).unwrap());
+            }
+            let mut map = kv.0.lock().unwrap();
+            for (k, v) in chunk.iter().cloned().chain(derived) {
+                match v {
+                    Some(v) => map.insert(k, v),
+                    None => map.remove(&k),
+                };
+            }
+        }
+        kv
+    }
+
+    /// A restore from the whole changelog into an empty store, and one of its tail into the
+    /// store as it stood `tail` entries before the end (the derived entries of an older store
+    /// included), both end in the index the epochs kept.
+    fn restores_derive_the_index_kept(&self, snapshot: (BTreeMap<Vec<u8>, Vec<u8>>, usize)) {
+        let kept = readable(&Self::index_of(&self.kv));
+        for batch in [1, 3, 1000] {
+            let full = self.restored(BTreeMap::new(), 0, batch);
+            assert_eq!(
+                readable(&Self::index_of(&full)),
+                kept,
+                "full restore, batches of {batch}"
+            );
+            let tail = self.restored(snapshot.0.clone(), snapshot.1, batch);
+            assert_eq!(
+                readable(&Self::index_of(&tail)),
+                kept,
+                "tail restore, batches of {batch}"
+            );
+        }
+    }
+
+    /// The store and the changelog's length now: where a later tail restore starts.
+    fn snapshot(&self) -> (BTreeMap<Vec<u8>, Vec<u8>>, usize) {
+        (self.kv.0.lock().unwrap().clone(), self.changelog.len())
     }
 
     /// After every commit, the view a read computes from the committed state of a person or
@@ -209,6 +307,7 @@ impl Harness {
         let mut tx = Tx::new(&state);
         tx.set_partition(partition_of(&key_of(*input, event)));
         let applied = self.topology.apply(&mut tx, *input, event).unwrap();
+        self.topology.finish(&mut tx).unwrap();
         let taken = tx.take();
         self.commit(taken);
         applied
@@ -307,6 +406,21 @@ impl Harness {
             })
             .collect()
     }
+}
+
+/// Derived entries, keys and counts rows decoded, for a readable comparison.
+fn readable(entries: &BTreeMap<Vec<u8>, Vec<u8>>) -> BTreeMap<String, String> {
+    entries
+        .iter()
+        .map(|(k, v)| {
+            let v = if v.is_empty() {
+                String::new()
+            } else {
+                format!("{:?}", IndicatorCounts::decode(&v[1..]).unwrap())
+            };
+            (String::from_utf8_lossy(k).into_owned(), v)
+        })
+        .collect()
 }
 
 /// A `p/` value in format 3: the byte 3, then a `PersonEntry` with the records in protobuf.
@@ -740,14 +854,17 @@ fn an_event_writes_one_state_value_for_its_person_and_one_for_its_family() {
         h.family(FAMILY).view_version > family_version,
         "the family view changed"
     );
-    let written: Vec<String> = h
+    let (derived, written): (Vec<String>, Vec<String>) = h
         .written
         .iter()
         .map(|k| String::from_utf8_lossy(&k[5..]).into_owned())
-        .collect();
+        .partition(|k| k.starts_with("ic/") || k.starts_with("mi/"));
     // The person (records, digest) on the person's commit, the family's members entry
     // (members, digest) on the family's: one value each.
     assert_eq!(written, vec![format!("p/{CHILD}"), format!("fm/{FAMILY}")]);
+    // Locally (never to the changelog) the outcome counts row of the bimester that turned
+    // non-compliant: the municipality's index entry was written when the person joined it.
+    assert_eq!(derived, vec!["ic/3550308/education/2025-B2".to_owned()]);
 }
 
 #[test]
@@ -1411,6 +1528,7 @@ impl Harness {
                 }
             }
         }
+        self.topology.finish(&mut tx).unwrap();
         let taken = tx.take();
         drop(tx);
         drop(pending);
@@ -1506,9 +1624,11 @@ proptest! {
             // The parked count kept from the commits agrees with a scan at every step.
             shuffled.parked();
         }
+        let snapshot = shuffled.snapshot();
         for &i in next { shuffled.apply_only(&events[i]); }
         shuffled.settle();
         shuffled.parked();
+        shuffled.restores_derive_the_index_kept(snapshot);
         prop_assert_eq!(straight.normalised(), shuffled.normalised());
         let views = |h: &Harness| -> BTreeMap<String, Vec<u8>> {
             h.views.iter().map(|(k, c)| {
@@ -1595,9 +1715,15 @@ proptest! {
 fn municipal_lists_and_indicators_follow_the_outcomes() {
     use ponte_reconciler::readmodel::{self, list_persons, read_indicators};
     let mut h = Harness::new();
-    for e in history() {
-        h.apply(&e);
+    let events = history();
+    let mut snapshot = h.snapshot();
+    for (i, e) in events.iter().enumerate() {
+        if i == events.len() / 2 {
+            snapshot = h.snapshot();
+        }
+        h.apply(e);
     }
+    h.restores_derive_the_index_kept(snapshot);
     // The read model, fed with every change in the order it was emitted.
     let dir = tempfile::tempdir().unwrap();
     let read = ponte_store::Store::open(dir.path(), ponte_store::Durability::Process).unwrap();
@@ -1646,4 +1772,99 @@ fn municipal_lists_and_indicators_follow_the_outcomes() {
     // Health 2025-S2: the mother (woman 14–44) was followed in September.
     let s2 = row("health", "2025-S2");
     assert!(s2.followed >= 1, "{s2:?}");
+
+    // The partitions' index and counts, read from the state, answer the same.
+    let all: Vec<i32> = (0..PARTITIONS).collect();
+    let from_state = |after: &str, limit: usize, keep: &dyn Fn(&api::Person) -> bool| {
+        h.topology
+            .list_persons(&h.kv, &all, "3550308", after, limit, keep)
+            .unwrap()
+    };
+    assert_eq!(from_state("", 10, &non_compliant_b4), listed);
+    assert_eq!(from_state("", 10, &|_| true), everyone);
+    assert_eq!(from_state("", 1, &|_| true), first);
+    assert_eq!(from_state(&first[0].nis, 10, &|_| true), rest);
+    assert!(from_state(&rest[0].nis, 10, &|_| true).is_empty());
+    assert!(
+        h.topology
+            .list_persons(&h.kv, &all, "3304557", "", 10, &|_| true)
+            .unwrap()
+            .is_empty()
+    );
+    let counted = h.topology.read_indicators(&h.kv, &all, "3550308").unwrap();
+    let read_model: BTreeMap<(String, String), _> = rows
+        .iter()
+        .map(|(c, p, counts)| ((c.clone(), p.clone()), *counts))
+        .collect();
+    assert_eq!(counted, read_model);
+    // Each partition counts only its own persons: the sum over them is the whole.
+    let mut summed: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for p in 0..PARTITIONS {
+        for (k, c) in h.topology.read_indicators(&h.kv, &[p], "3550308").unwrap() {
+            *summed.entry(k).or_default() += c.public;
+        }
+    }
+    assert_eq!(
+        summed,
+        counted.iter().map(|(k, c)| (k.clone(), c.public)).collect()
+    );
+}
+
+#[test]
+fn a_store_written_before_the_index_gets_it_built_and_then_kept() {
+    let mut h = Harness::new();
+    let events = history();
+    let (first, rest) = events.split_at(events.len() / 2);
+    for e in first {
+        h.apply(e);
+    }
+    let kept = readable(&Harness::index_of(&h.kv));
+    assert!(kept.keys().any(|k| k.contains("/mi/3550308/")), "{kept:?}");
+    assert!(kept.keys().any(|k| k.contains("/ic/3550308/")), "{kept:?}");
+    // As a version before the index left the store: digests that do not say what the index
+    // holds, and no index.
+    let legacy = {
+        let mut map = h.kv.0.lock().unwrap();
+        map.retain(|k, _| !is_derived(k));
+        let mut legacy = None;
+        for (k, v) in map.iter_mut() {
+            if k[5..].starts_with(b"p/") {
+                let mut entry = person_entry(v);
+                if let Some(d) = &mut entry.digest {
+                    assert!(d.indexed);
+                    d.indexed = false;
+                    d.municipality.clear();
+                    d.counted.clear();
+                }
+                *v = [vec![3], entry.encode_to_vec()].concat();
+                legacy = Some((k.clone(), v.clone()));
+            }
+        }
+        legacy.unwrap()
+    };
+    // A restore that meets such a value cannot derive the index from it.
+    let p = key_partition(&legacy.0).unwrap();
+    let mut rederive = Rederive::new(p);
+    rederive
+        .entry(&MapKv::default(), &legacy.0, Some(&legacy.1))
+        .unwrap();
+    assert!(!rederive.whole());
+    // Built from the persons, their records evaluated: the index the epochs kept.
+    for p in 0..PARTITIONS {
+        let built = h.topology.recount_index(&h.kv, p).unwrap();
+        h.kv.0.lock().unwrap().extend(built);
+    }
+    assert_eq!(readable(&Harness::index_of(&h.kv)), kept);
+    // And kept from then on (checked against a recount after every commit) as the persons
+    // with old digests change.
+    for e in rest {
+        h.apply(e);
+    }
+    let map = h.kv.0.lock().unwrap();
+    assert!(
+        map.iter()
+            .filter(|(k, _)| k[5..].starts_with(b"p/"))
+            .any(|(_, v)| person_entry(v).digest.is_some_and(|d| d.indexed)),
+        "changed persons' digests say what the index holds"
+    );
 }

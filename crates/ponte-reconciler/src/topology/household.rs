@@ -299,8 +299,8 @@ impl Topology {
     }
 
     /// Evaluates the households the epoch's events changed, each once, and publishes the views
-    /// that changed: call before the epoch is taken ([`Tx::take`]).
-    pub fn finish(&self, tx: &mut Tx<'_>) -> Result<(), ReconcilerError> {
+    /// that changed ([`Topology::finish`]).
+    pub(super) fn finish_households(&self, tx: &mut Tx<'_>) -> Result<(), ReconcilerError> {
         let deferred = tx.take_deferred();
         let Some(rules) = self.achievements.as_deref() else {
             return Ok(());

@@ -82,6 +82,7 @@ mod convert;
 mod family;
 mod household;
 mod identity;
+mod index;
 mod parked;
 mod person;
 mod person_format;
@@ -91,6 +92,11 @@ mod views;
 
 pub use batch::{Batch, Batcher, Entries, entries_in, entries_of, is_batch};
 use convert::*;
+pub use index::{
+    Indexed, Rederive, StoreWrite, index_is_whole, index_marker, index_marker_key, index_prefixes,
+    is_derived,
+};
+pub(crate) use index::{counts_from_stored, counts_to_stored, domain_status};
 pub use parked::*;
 pub use state::*;
 pub use tables::table_of;
@@ -332,6 +338,14 @@ impl Topology {
         let mut tx = Tx::new(kv);
         tx.set_partition(partition);
         self.published_family(&tx, &FamilyId(family_id.to_owned()))
+    }
+
+    /// Completes the epoch in `tx`; call before it is taken ([`Tx::take`]): the households its
+    /// events changed are evaluated, each once, and the partitions' outcome counts rows moved,
+    /// each read (in one batched lookup) and written once.
+    pub fn finish(&self, tx: &mut Tx<'_>) -> Result<(), ReconcilerError> {
+        self.finish_households(tx)?;
+        index::finish(tx)
     }
 
     /// Applies one event from a shared input topic to the state in `tx`, recording outputs.

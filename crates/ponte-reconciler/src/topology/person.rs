@@ -29,6 +29,7 @@ impl Topology {
     ) -> Result<(PersonState, PersonDoc), ReconcilerError> {
         let mut doc = self.load_person_doc(tx, nis)?.unwrap_or_default();
         let state = person_state(nis, &mut doc);
+        self.upgrade_digest(&state, &mut doc);
         Ok((state, doc))
     }
 
@@ -41,8 +42,15 @@ impl Topology {
         doc: &mut PersonDoc,
         at: Option<Timestamp>,
     ) -> Result<(), ReconcilerError> {
+        let indexed = doc.digest.as_ref().and_then(Indexed::of_digest);
         self.refresh_person(tx, &state, doc, at)?;
         let nis = state.nis();
+        index::reindex(
+            tx,
+            nis.as_str(),
+            indexed.as_ref(),
+            doc.digest.as_ref().and_then(Indexed::of_digest).as_ref(),
+        )?;
         let id = [nis.as_str()];
         if std::mem::take(&mut doc.format1) {
             PERSON_DIGESTS.delete(tx, &id);
@@ -219,9 +227,13 @@ impl Topology {
         at: Option<Timestamp>,
     ) -> Result<Applied, ReconcilerError> {
         let id = [nis.as_str()];
-        let Some(doc) = self.load_person_doc(tx, nis)? else {
+        let Some(mut doc) = self.load_person_doc(tx, nis)? else {
             return Ok(Applied::Unchanged);
         };
+        let state = person_state(nis, &mut doc);
+        self.upgrade_digest(&state, &mut doc);
+        let indexed = doc.digest.as_ref().and_then(Indexed::of_digest);
+        index::reindex(tx, nis.as_str(), indexed.as_ref(), None)?;
         let PersonDoc {
             health_arrived_as,
             digest,
@@ -359,14 +371,16 @@ impl Topology {
                 join.encode_to_vec(),
             );
         }
-        let digest = PersonDigest {
+        let mut digest = PersonDigest {
             view_version: view.view_version,
             hash,
             hash_kind: HASH_XXH3,
             family_id: view.family_id.clone(),
             non_compliant: nc,
             updated_time: at,
+            ..PersonDigest::default()
         };
+        Indexed::of_view(&view).keep_in(&mut digest);
         let counters = api::Person {
             view_version: view.view_version,
             updated_time: view.updated_time,
@@ -486,7 +500,7 @@ impl Topology {
 }
 
 /// The person's state: the records of `doc` moved into it (`save_person` puts them back).
-fn person_state(nis: Nis, doc: &mut PersonDoc) -> PersonState {
+pub(super) fn person_state(nis: Nis, doc: &mut PersonDoc) -> PersonState {
     let mut state = PersonState::new(nis);
     for r in std::mem::take(&mut doc.records) {
         // Records were checked against this NIS when first applied.

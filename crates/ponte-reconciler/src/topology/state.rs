@@ -316,6 +316,9 @@ pub struct Tx<'a> {
     /// Committed values read ahead for the events to come ([`Tx::read_ahead`]), by full key:
     /// what `base` held when they were read, which nothing but this epoch's commit changes.
     read: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Changes of the partitions' outcome counts rows, by (partition, key), applied to the
+    /// rows once at the end of the epoch ([`Topology::finish`]).
+    pub(super) shifts: BTreeMap<(i32, Vec<u8>), super::index::Shift>,
 }
 
 impl std::fmt::Debug for Tx<'_> {
@@ -337,6 +340,7 @@ impl<'a> Tx<'a> {
             scope: partition_prefix(0),
             deferred: BTreeMap::new(),
             read: HashMap::new(),
+            shifts: BTreeMap::new(),
         }
     }
 
@@ -385,6 +389,11 @@ impl<'a> Tx<'a> {
     /// Takes the keys marked with [`Tx::defer`].
     pub(super) fn take_deferred(&mut self) -> BTreeMap<(i32, String), Option<Timestamp>> {
         std::mem::take(&mut self.deferred)
+    }
+
+    /// The input partition reads and writes are scoped to.
+    pub(super) fn partition(&self) -> i32 {
+        self.partition
     }
 
     /// Scopes the following reads, writes and outputs to input partition `p`.
@@ -478,6 +487,7 @@ impl<'a> Tx<'a> {
         self.writes.append(&mut other.writes);
         self.outputs.append(&mut other.outputs);
         self.deferred.append(&mut other.deferred);
+        self.shifts.append(&mut other.shifts);
         other.read.clear();
     }
 
@@ -486,6 +496,7 @@ impl<'a> Tx<'a> {
         self.writes.clear();
         self.outputs.clear();
         self.deferred.clear();
+        self.shifts.clear();
         self.read.clear();
     }
 
@@ -493,7 +504,7 @@ impl<'a> Tx<'a> {
     /// have run first: what it would publish is not in the outputs yet.
     pub fn take(&mut self) -> (Writes, Vec<Output>) {
         debug_assert!(
-            self.deferred.is_empty(),
+            self.deferred.is_empty() && self.shifts.is_empty(),
             "Topology::finish was not called before the epoch was taken"
         );
         // The writes are about to change the committed state the values were read from.

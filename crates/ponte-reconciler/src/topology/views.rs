@@ -133,14 +133,17 @@ pub(super) fn person_digest(
         |mut v: api::Person| {
             let view_version = std::mem::take(&mut v.view_version);
             let updated_time = v.updated_time.take();
-            PersonDigest {
+            let mut digest = PersonDigest {
                 view_version,
                 hash: view_hash(&v),
                 hash_kind: HASH_XXH3,
                 non_compliant: non_compliant(&v.outcomes),
-                family_id: v.family_id,
                 updated_time,
-            }
+                ..PersonDigest::default()
+            };
+            Indexed::of_view(&v).keep_in(&mut digest);
+            digest.family_id = v.family_id;
+            digest
         },
     )
 }
