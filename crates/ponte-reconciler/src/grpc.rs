@@ -34,6 +34,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use crate::ReconcilerError;
+use crate::lists::PersonFilter;
 use crate::{readmodel, topology};
 
 /// Serves the compliance view: persons and families of the partitions this instance owns, and
@@ -79,7 +80,7 @@ fn view_read(view: &'static str, from: &'static str) {
 
 type ItemStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
-fn municipality(s: &str) -> Result<IbgeMunicipality, Status> {
+pub(crate) fn municipality(s: &str) -> Result<IbgeMunicipality, Status> {
     IbgeMunicipality::parse(s).map_err(|e| Status::invalid_argument(format!("municipality: {e}")))
 }
 
@@ -449,7 +450,7 @@ impl ComplianceApi {
     }
 
     /// Runs a read of the local state off the async runtime.
-    async fn read_state<T: Send + 'static>(
+    pub(crate) async fn read_state<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Store) -> Result<T, ReconcilerError> + Send + 'static,
     ) -> Result<T, Status> {
@@ -508,21 +509,25 @@ impl ComplianceService for ComplianceApi {
             n if n > 100_000 => return Err(Status::invalid_argument("page_size: at most 100000")),
             n => n as usize,
         };
-        let (period, cond, after) = (req.period, req.conditionality, req.page_token);
-        let persons = self
-            .read(move |s| {
-                let keep = |p: &ponte_proto::compliance::v1::Person| {
-                    (period.is_empty() && cond.is_empty() && status == OutcomeStatus::Unspecified)
-                        || p.outcomes.iter().any(|o| {
-                            (period.is_empty() || o.period == period)
-                                && (cond.is_empty() || o.conditionality == cond)
-                                && (status == OutcomeStatus::Unspecified
-                                    || o.status == status as i32)
-                        })
-                };
-                readmodel::list_persons(s, &mun, &after, limit, &keep)
-            })
-            .await?;
+        let filter = PersonFilter {
+            period: req.period,
+            conditionality: req.conditionality,
+            status,
+        };
+        let after = req.page_token;
+        let persons = match self.list_from_owners(&mun, &filter, &after, limit).await? {
+            Some((persons, from)) => {
+                view_read("list", from);
+                persons
+            }
+            None => {
+                view_read("list", "read_model");
+                self.read(move |s| {
+                    readmodel::list_persons(s, &mun, &after, limit, &|p| filter.matches(p))
+                })
+                .await?
+            }
+        };
         let place_code = place.to_string();
         let items: Vec<_> = persons
             .into_iter()
@@ -557,9 +562,19 @@ impl ComplianceService for ComplianceApi {
             return Err(out_of_scope("municipality"));
         }
         let key = mun.to_string();
-        let rows = self
-            .read(move |s| readmodel::read_indicators(s, &key))
-            .await?;
+        let rows = match self.indicators_from_owners(&key).await? {
+            Some((rows, from)) => {
+                view_read("indicators", from);
+                rows.into_iter()
+                    .map(|((cond, period), c)| (cond, period, c))
+                    .collect()
+            }
+            None => {
+                view_read("indicators", "read_model");
+                self.read(move |s| readmodel::read_indicators(s, &key))
+                    .await?
+            }
+        };
         let mut out = GetIndicatorsResponse::default();
         let mut latest: BTreeMap<String, (Period, f64)> = BTreeMap::new();
         for (cond, period, c) in rows {
@@ -873,7 +888,7 @@ mod tests {
 [principals."state-sp-education"]
 read = { scopes = ["state:SP"], rpcs = ["GetPerson", "GetFamily"], conditionalities = ["education"] }
 [principals."federal"]
-read = { scopes = ["federal"], rpcs = ["GetPerson", "GetFamily"], conditionalities = ["all"] }
+read = { scopes = ["federal"], rpcs = ["GetPerson", "GetFamily", "ListPersons", "GetIndicators"], conditionalities = ["all"] }
 [principals."peer-instance"]
 peer = true
 "#;
@@ -970,6 +985,7 @@ peer = true
         api.topology
             .apply(&mut tx, topology::Input::Registry, &profile)
             .unwrap();
+        api.topology.finish(&mut tx).unwrap();
         let (writes, mut outputs) = tx.take();
         let mut batch = state.batch();
         for (k, v) in writes {
@@ -1155,6 +1171,161 @@ peer = true
         .unwrap();
         let got = asker.get_person(ask()).await.unwrap().into_inner();
         assert_eq!(got.person, Some(published));
+    }
+
+    /// A municipality's persons and counts come from every partition's owner — this instance's
+    /// state for its own, the other instance's peer service for the rest — merged in NIS order
+    /// and summed; from the read model when an owner cannot answer.
+    #[tokio::test]
+    async fn a_municipality_s_list_and_counts_are_gathered_from_every_partition_s_owner() {
+        use crate::peers::{Owners, PeerApi, Peers};
+        use ponte_proto::reconciler::v1::ListOwnedPersonsRequest;
+        use ponte_proto::reconciler::v1::peer_service_server::{PeerService, PeerServiceServer};
+        let dir = tempfile::tempdir().unwrap();
+        let open = |name: &str| {
+            Store::open(dir.path().join(name), ponte_store::Durability::Process).unwrap()
+        };
+        let (owner_state, owner_read, state, read) = (open("os"), open("or"), open("s"), open("r"));
+        let (theirs, ours) = (vec![0, 2], vec![1, 3]);
+        let owner = api_as(
+            dir.path(),
+            &owner_state,
+            &owner_read,
+            &theirs,
+            "peer-instance",
+        );
+        let mut asker = api(dir.path(), &state, &read, &ours);
+        // Twenty children of São Paulo, each applied to the state of the instance owning
+        // their partition.
+        let mut everyone: Vec<String> = (0..20)
+            .map(|i| {
+                Nis::with_check_digit(&format!("{:010}", 1_234_567_000 + i * 7919))
+                    .unwrap()
+                    .as_str()
+                    .to_owned()
+            })
+            .collect();
+        everyone.sort();
+        let mut by_instance = [0, 0];
+        for nis in &everyone {
+            let p = ponte_bus::partition::of_key(nis.as_bytes(), 4);
+            if theirs.contains(&p) {
+                stored_profile(&owner, &owner_state, nis);
+                by_instance[0] += 1;
+            } else {
+                stored_profile(&asker, &state, nis);
+                by_instance[1] += 1;
+            }
+        }
+        assert!(by_instance[0] > 0 && by_instance[1] > 0, "{by_instance:?}");
+        let incoming =
+            tonic::transport::server::TcpIncoming::bind(([127, 0, 0, 1], 0).into()).unwrap();
+        let address = incoming.local_addr().unwrap().to_string();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let server = tokio::spawn({
+            let (service, stop) = (PeerServiceServer::new(PeerApi(owner.clone())), stop.clone());
+            async move {
+                tonic::transport::Server::builder()
+                    .add_service(service)
+                    .serve_with_incoming_shutdown(incoming, stop.cancelled())
+                    .await
+            }
+        });
+        let owners = Arc::new(Owners::default());
+        owners.update(
+            &ponte_bus::members::GroupView {
+                stable: true,
+                members: vec![ponte_bus::members::Member {
+                    advertised: Some(address),
+                    partitions: theirs.iter().map(|&p| ("inputs".to_owned(), p)).collect(),
+                }],
+            },
+            &["inputs".to_owned()].into(),
+            "127.0.0.1:1",
+        );
+        let peer_config = crate::config::PeerConfig {
+            advertise: Some("127.0.0.1:1".into()),
+            ca_file: Default::default(),
+            cert_file: Default::default(),
+            key_file: Default::default(),
+            timeout: std::time::Duration::from_secs(5),
+            refresh: std::time::Duration::from_secs(60),
+        };
+        asker.peers = Some(Arc::new(
+            Peers::new(&peer_config, true, Arc::clone(&owners)).unwrap(),
+        ));
+        let list = |page_size: u32, page_token: &str, status: OutcomeStatus| {
+            let asker = asker.clone();
+            let request = Request::new(ListPersonsRequest {
+                municipality: "3550308".into(),
+                conditionality: if status == OutcomeStatus::Unspecified {
+                    String::new()
+                } else {
+                    "education".into()
+                },
+                period: String::new(),
+                status: status as i32,
+                page_token: page_token.to_owned(),
+                page_size,
+            });
+            async move {
+                use futures::StreamExt as _;
+                let stream = asker.list_persons(request).await.unwrap().into_inner();
+                stream
+                    .map(|item| item.unwrap().person.unwrap().nis)
+                    .collect::<Vec<_>>()
+                    .await
+            }
+        };
+        // The read model is empty: every person comes from the two states, in NIS order.
+        assert_eq!(list(0, "", OutcomeStatus::Unspecified).await, everyone);
+        // Page by page, three at a time, each page resuming after the last NIS.
+        let mut paged: Vec<String> = Vec::new();
+        loop {
+            let after = paged.last().cloned().unwrap_or_default();
+            let page = list(3, &after, OutcomeStatus::Unspecified).await;
+            assert!(page.len() <= 3);
+            if page.is_empty() {
+                break;
+            }
+            paged.extend(page);
+        }
+        assert_eq!(paged, everyone);
+        // Filtered: no school record yet, so not followed in education; nobody compliant.
+        assert_eq!(list(0, "", OutcomeStatus::NotFollowed).await, everyone);
+        assert!(list(0, "", OutcomeStatus::Compliant).await.is_empty());
+        // The counts summed over both instances: every child in the 2025-B2 public.
+        let indicators = || {
+            asker.get_indicators(Request::new(GetIndicatorsRequest {
+                municipality: "3550308".into(),
+                period: "2025-B2".into(),
+            }))
+        };
+        let rows = indicators().await.unwrap().into_inner().rows;
+        let b2 = rows
+            .iter()
+            .find(|r| r.conditionality == "education")
+            .unwrap();
+        assert_eq!((b2.public, b2.followed), (everyone.len() as u64, 0));
+
+        // The peer service answers only for partitions its instance owns.
+        let status = PeerApi(owner.clone())
+            .list_persons(Request::new(ListOwnedPersonsRequest {
+                partitions: vec![0, 1],
+                municipality: "3550308".into(),
+                limit: 10,
+                ..Default::default()
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status}");
+
+        // The owner gone, the read model answers the whole read: empty, it never got the
+        // changes.
+        stop.cancel();
+        server.await.unwrap().unwrap();
+        assert!(list(0, "", OutcomeStatus::Unspecified).await.is_empty());
+        assert!(indicators().await.unwrap().into_inner().rows.is_empty());
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub mod feed;
 mod gauges;
 pub mod grpc;
 mod lanes;
+pub mod lists;
 pub mod peers;
 pub mod readmodel;
 pub mod restore;

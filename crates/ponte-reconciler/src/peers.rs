@@ -17,11 +17,13 @@ use std::time::{Duration, Instant};
 use ponte_audit::log::ReadSubject;
 use ponte_bus::KafkaConfig;
 use ponte_domain::ids::Nis;
+use ponte_proto::compliance::v1::OutcomeStatus;
 use ponte_proto::compliance::v1::{Family, Person};
 use ponte_proto::reconciler::v1::peer_service_client::PeerServiceClient;
 use ponte_proto::reconciler::v1::peer_service_server::PeerService;
 use ponte_proto::reconciler::v1::{
-    ReadFamilyRequest, ReadFamilyResponse, ReadPersonRequest, ReadPersonResponse,
+    ListOwnedPersonsRequest, ListOwnedPersonsResponse, ReadFamilyRequest, ReadFamilyResponse,
+    ReadIndicatorsRequest, ReadIndicatorsResponse, ReadPersonRequest, ReadPersonResponse,
 };
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
@@ -29,6 +31,7 @@ use tonic::{Request, Response, Status};
 
 use crate::config::PeerConfig;
 use crate::grpc::ComplianceApi;
+use crate::lists::PersonFilter;
 use crate::{ReconcilerError, startup};
 
 /// Counts a peer read this instance asked for, by its result: `answered`, `not_owner` (the
@@ -144,6 +147,18 @@ pub enum Asked<T> {
     Failed,
 }
 
+/// Most persons one page of a peer's `ListPersons` holds.
+pub const LIST_PAGE: usize = 256;
+
+/// The instance that owns some of the partitions a read spans.
+#[derive(Debug, Clone)]
+pub struct Owner {
+    pub address: Arc<str>,
+    pub client: PeerServiceClient<Channel>,
+    /// The partitions it owns, of those asked about.
+    pub partitions: Vec<i32>,
+}
+
 /// One peer: its channel, and until when it is not asked after a failure.
 #[derive(Debug, Clone)]
 struct Peer {
@@ -206,6 +221,31 @@ impl Peers {
     /// The client of the owner of `partition`, unless none is known or it is resting.
     fn client(&self, partition: i32) -> Option<(Arc<str>, PeerServiceClient<Channel>)> {
         let address = self.owners.owner(partition)?;
+        self.client_of(address)
+    }
+
+    /// The owners of `partitions` with their clients and the partitions each owns, unless one
+    /// of `partitions` has no owner known or its owner is resting.
+    pub fn owners_of(&self, partitions: &[i32]) -> Option<Vec<Owner>> {
+        let mut by_address: BTreeMap<Arc<str>, Vec<i32>> = BTreeMap::new();
+        for &p in partitions {
+            by_address.entry(self.owners.owner(p)?).or_default().push(p);
+        }
+        by_address
+            .into_iter()
+            .map(|(address, partitions)| {
+                let (address, client) = self.client_of(address)?;
+                Some(Owner {
+                    address,
+                    client,
+                    partitions,
+                })
+            })
+            .collect()
+    }
+
+    /// The client of the instance at `address`, unless it is resting.
+    fn client_of(&self, address: Arc<str>) -> Option<(Arc<str>, PeerServiceClient<Channel>)> {
         let mut peers = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(peer) = peers.get_mut(&address) {
             if peer.resting_until.is_some_and(|t| Instant::now() < t) {
@@ -225,7 +265,9 @@ impl Peers {
             Some(tls) => endpoint.tls_config(tls.clone()).ok()?,
             None => endpoint,
         };
-        let client = PeerServiceClient::new(endpoint.connect_lazy());
+        // A page of persons is at most [`LIST_PAGE`] views of a few KiB each.
+        let client =
+            PeerServiceClient::new(endpoint.connect_lazy()).max_decoding_message_size(64 << 20);
         peers.insert(
             Arc::clone(&address),
             Peer {
@@ -290,6 +332,28 @@ impl Peers {
         }
     }
 
+    /// What `call` gets from `owner`, its answer or failure noted as [`Peers::ask`]'s; `None`
+    /// when it failed.
+    pub async fn ask_owner<T, Fut>(
+        &self,
+        owner: &Owner,
+        call: impl FnOnce(PeerServiceClient<Channel>) -> Fut,
+    ) -> Option<T>
+    where
+        Fut: std::future::Future<Output = Result<T, Status>>,
+    {
+        match call(owner.client.clone()).await {
+            Ok(answer) => {
+                self.answered(&owner.address);
+                Some(answer)
+            }
+            Err(status) => {
+                self.failed(&owner.address, &status);
+                None
+            }
+        }
+    }
+
     /// Person `nis`'s view from the owner of its partition `partition`.
     pub async fn person(&self, partition: i32, nis: &Nis) -> Asked<Person> {
         let nis = nis.as_str().to_owned();
@@ -340,6 +404,68 @@ impl PeerService for PeerApi {
         )
         .await?;
         Ok(Response::new(ReadPersonResponse { person }))
+    }
+
+    async fn list_persons(
+        &self,
+        request: Request<ListOwnedPersonsRequest>,
+    ) -> Result<Response<ListOwnedPersonsResponse>, Status> {
+        let api = &self.0;
+        let (caller, _permit) = ponte_edge::grpc::admit_peer(&api.gate, &request, "ListPersons")?;
+        let req = request.into_inner();
+        let municipality = crate::grpc::municipality(&req.municipality)?.to_string();
+        let filter = PersonFilter {
+            status: OutcomeStatus::try_from(req.status)
+                .map_err(|_| Status::invalid_argument("status: unknown value"))?,
+            period: req.period,
+            conditionality: req.conditionality,
+        };
+        let limit = match req.limit {
+            n @ 1..=1000 => n as usize,
+            _ => return Err(Status::invalid_argument("limit: 1 to 1000")),
+        };
+        let persons = api
+            .list_owned(
+                req.partitions,
+                municipality.clone(),
+                filter,
+                req.after,
+                limit,
+            )
+            .await?
+            .ok_or_else(not_owner)?;
+        api.audited_as(
+            &caller.principal,
+            "PeerService/ListPersons",
+            ReadSubject::Municipality(&municipality),
+            persons.len(),
+        )
+        .await?;
+        Ok(Response::new(ListOwnedPersonsResponse { persons }))
+    }
+
+    async fn read_indicators(
+        &self,
+        request: Request<ReadIndicatorsRequest>,
+    ) -> Result<Response<ReadIndicatorsResponse>, Status> {
+        let api = &self.0;
+        let (caller, _permit) =
+            ponte_edge::grpc::admit_peer(&api.gate, &request, "ReadIndicators")?;
+        let req = request.into_inner();
+        let municipality = crate::grpc::municipality(&req.municipality)?.to_string();
+        let rows = api
+            .indicators_owned(req.partitions, municipality.clone())
+            .await?
+            .ok_or_else(not_owner)?;
+        let rows = crate::lists::indicator_rows(rows);
+        api.audited_as(
+            &caller.principal,
+            "PeerService/ReadIndicators",
+            ReadSubject::Municipality(&municipality),
+            rows.len(),
+        )
+        .await?;
+        Ok(Response::new(ReadIndicatorsResponse { rows }))
     }
 
     async fn read_family(

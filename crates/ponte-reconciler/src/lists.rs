@@ -1,0 +1,319 @@
+//! Reads that span every partition — a municipality's persons (`ListPersons`) and its outcome
+//! counts (`GetIndicators`) — gathered from each partition's owner: this instance's state for
+//! the partitions it owns, the other instances (`PeerService.ListPersons`, `ReadIndicators`)
+//! for theirs, each answering from its partitions' municipality index and counts
+//! ([`crate::topology`]'s `mi/` and `ic/`). Persons are merged in NIS order, a page at a time
+//! from each owner; counts are summed. When a partition has no owner that can answer — none
+//! known, resting after a failure, not advertising peers, or one that fails meanwhile — the
+//! read model answers the whole read instead.
+use std::collections::{BTreeMap, VecDeque};
+
+use ponte_domain::indicators::Counts;
+use ponte_proto::compliance::v1::{OutcomeStatus, Person};
+use ponte_proto::reconciler::v1::{
+    IndicatorCounts, ListOwnedPersonsRequest, PartitionIndicatorRow, ReadIndicatorsRequest,
+};
+use tonic::Status;
+
+use crate::grpc::ComplianceApi;
+use crate::peers::{LIST_PAGE, Owner};
+
+/// Which persons a list keeps: those with an outcome matching every part set (all when none
+/// is).
+#[derive(Debug, Clone, Default)]
+pub struct PersonFilter {
+    pub period: String,
+    pub conditionality: String,
+    pub status: OutcomeStatus,
+}
+
+impl PersonFilter {
+    pub fn matches(&self, p: &Person) -> bool {
+        (self.period.is_empty()
+            && self.conditionality.is_empty()
+            && self.status == OutcomeStatus::Unspecified)
+            || p.outcomes.iter().any(|o| {
+                (self.period.is_empty() || o.period == self.period)
+                    && (self.conditionality.is_empty() || o.conditionality == self.conditionality)
+                    && (self.status == OutcomeStatus::Unspecified || o.status == self.status as i32)
+            })
+    }
+}
+
+/// Outcome counts by (conditionality, period).
+pub type Indicators = BTreeMap<(String, String), Counts>;
+
+/// Where a span of partitions is read.
+enum Source {
+    /// This instance's state.
+    Local(Vec<i32>),
+    Peer(Owner),
+}
+
+/// One source's persons, a page at a time, for the merge.
+struct Run {
+    source: Source,
+    after: String,
+    page: VecDeque<Person>,
+    done: bool,
+}
+
+/// Where a read spanning every partition was answered from: `state` (this instance owns them
+/// all) or `owner` (some from other instances).
+pub type From = &'static str;
+
+fn from_of(sources: &[Source]) -> From {
+    if sources.iter().any(|s| matches!(s, Source::Peer(_))) {
+        "owner"
+    } else {
+        "state"
+    }
+}
+
+impl ComplianceApi {
+    /// This instance's prepared partitions, and the others; `None` when an owner of the others
+    /// cannot be asked (no peers, none known, resting).
+    fn sources(&self) -> Option<Vec<Source>> {
+        let (local, others): (Vec<i32>, Vec<i32>) = {
+            let assignment = self.assignment.borrow();
+            (0..self.partitions).partition(|&p| assignment.is_prepared(p))
+        };
+        let mut sources = Vec::new();
+        if !others.is_empty() {
+            let owners = self.peers.as_deref()?.owners_of(&others)?;
+            sources.extend(owners.into_iter().map(Source::Peer));
+        }
+        if !local.is_empty() {
+            sources.push(Source::Local(local));
+        }
+        Some(sources)
+    }
+
+    /// Whether every one of `partitions` is this instance's and prepared.
+    fn owns_all(&self, partitions: &[i32]) -> bool {
+        let assignment = self.assignment.borrow();
+        !partitions.is_empty()
+            && partitions
+                .iter()
+                .all(|&p| (0..self.partitions).contains(&p) && assignment.is_prepared(p))
+    }
+
+    /// Up to `limit` persons of `municipality` in `partitions` (all this instance's, prepared)
+    /// after `after` that `filter` keeps, from the state; `None` when one is not this
+    /// instance's.
+    pub(crate) async fn list_owned(
+        &self,
+        partitions: Vec<i32>,
+        municipality: String,
+        filter: PersonFilter,
+        after: String,
+        limit: usize,
+    ) -> Result<Option<Vec<Person>>, Status> {
+        if !self.owns_all(&partitions) {
+            return Ok(None);
+        }
+        let topology = self.topology.clone();
+        self.read_state(move |s| {
+            topology.list_persons(s, &partitions, &municipality, &after, limit, &|p| {
+                filter.matches(p)
+            })
+        })
+        .await
+        .map(Some)
+    }
+
+    /// The outcome counts of `municipality` summed over `partitions` (as [`Self::list_owned`]).
+    pub(crate) async fn indicators_owned(
+        &self,
+        partitions: Vec<i32>,
+        municipality: String,
+    ) -> Result<Option<Indicators>, Status> {
+        if !self.owns_all(&partitions) {
+            return Ok(None);
+        }
+        let topology = self.topology.clone();
+        self.read_state(move |s| topology.read_indicators(s, &partitions, &municipality))
+            .await
+            .map(Some)
+    }
+
+    /// The next page of `run`'s persons: up to `n` after its last one. `None`: a peer failed.
+    async fn page(
+        &self,
+        run: &Run,
+        municipality: &str,
+        filter: &PersonFilter,
+        n: usize,
+    ) -> Result<Option<Vec<Person>>, Status> {
+        match &run.source {
+            Source::Local(partitions) => {
+                self.list_owned(
+                    partitions.clone(),
+                    municipality.to_owned(),
+                    filter.clone(),
+                    run.after.clone(),
+                    n,
+                )
+                .await
+            }
+            Source::Peer(owner) => {
+                let Some(peers) = self.peers.as_deref() else {
+                    return Ok(None);
+                };
+                let request = ListOwnedPersonsRequest {
+                    partitions: owner.partitions.clone(),
+                    municipality: municipality.to_owned(),
+                    period: filter.period.clone(),
+                    conditionality: filter.conditionality.clone(),
+                    status: filter.status as i32,
+                    after: run.after.clone(),
+                    limit: n as u32,
+                };
+                Ok(peers
+                    .ask_owner(owner, |mut c| async move {
+                        Ok(c.list_persons(request).await?.into_inner().persons)
+                    })
+                    .await)
+            }
+        }
+    }
+
+    /// Up to `limit` persons of `municipality` after `after` that `filter` keeps, from every
+    /// partition's owner, merged in NIS order; `None` when a partition's owner cannot answer.
+    pub(crate) async fn list_from_owners(
+        &self,
+        municipality: &str,
+        filter: &PersonFilter,
+        after: &str,
+        limit: usize,
+    ) -> Result<Option<(Vec<Person>, From)>, Status> {
+        let Some(sources) = self.sources() else {
+            return Ok(None);
+        };
+        let from = from_of(&sources);
+        let mut runs: Vec<Run> = sources
+            .into_iter()
+            .map(|source| Run {
+                source,
+                after: after.to_owned(),
+                page: VecDeque::new(),
+                done: false,
+            })
+            .collect();
+        let mut out: Vec<Person> = Vec::new();
+        while out.len() < limit {
+            let n = (limit - out.len()).min(LIST_PAGE);
+            let wanted: Vec<usize> = (0..runs.len())
+                .filter(|&i| runs[i].page.is_empty() && !runs[i].done)
+                .collect();
+            let pages = futures::future::join_all(
+                wanted
+                    .iter()
+                    .map(|&i| self.page(&runs[i], municipality, filter, n)),
+            )
+            .await;
+            for (i, page) in wanted.into_iter().zip(pages) {
+                let Some(page) = page? else {
+                    return Ok(None);
+                };
+                let run = &mut runs[i];
+                run.done = page.len() < n;
+                if let Some(last) = page.last() {
+                    run.after = last.nis.clone();
+                }
+                run.page.extend(page);
+            }
+            let Some(next) = runs
+                .iter_mut()
+                .filter(|r| !r.page.is_empty())
+                .min_by(|a, b| a.page[0].nis.cmp(&b.page[0].nis))
+            else {
+                break;
+            };
+            out.extend(next.page.pop_front());
+        }
+        Ok(Some((out, from)))
+    }
+
+    /// The outcome counts of `municipality` summed over every partition, from each partition's
+    /// owner; `None` when one cannot answer.
+    pub(crate) async fn indicators_from_owners(
+        &self,
+        municipality: &str,
+    ) -> Result<Option<(Indicators, From)>, Status> {
+        let Some(sources) = self.sources() else {
+            return Ok(None);
+        };
+        let from = from_of(&sources);
+        let answers = futures::future::join_all(sources.into_iter().map(|source| async move {
+            match source {
+                Source::Local(partitions) => {
+                    self.indicators_owned(partitions, municipality.to_owned())
+                        .await
+                }
+                Source::Peer(owner) => {
+                    let Some(peers) = self.peers.as_deref() else {
+                        return Ok(None);
+                    };
+                    let request = ReadIndicatorsRequest {
+                        partitions: owner.partitions.clone(),
+                        municipality: municipality.to_owned(),
+                    };
+                    let rows = peers
+                        .ask_owner(&owner, |mut c| async move {
+                            Ok(c.read_indicators(request).await?.into_inner().rows)
+                        })
+                        .await;
+                    Ok(rows.map(|rows| {
+                        rows.into_iter()
+                            .map(|r| {
+                                let c = r.counts.unwrap_or_default();
+                                (
+                                    (r.conditionality, r.period),
+                                    Counts {
+                                        public: c.public,
+                                        followed: c.followed,
+                                        compliant: c.compliant,
+                                        non_compliant: c.non_compliant,
+                                    },
+                                )
+                            })
+                            .collect::<Indicators>()
+                    }))
+                }
+            }
+        }))
+        .await;
+        let mut sum = Indicators::new();
+        for answer in answers {
+            let Some(rows) = answer? else {
+                return Ok(None);
+            };
+            for (k, c) in rows {
+                let s = sum.entry(k).or_default();
+                s.public += c.public;
+                s.followed += c.followed;
+                s.compliant += c.compliant;
+                s.non_compliant += c.non_compliant;
+            }
+        }
+        Ok(Some((sum, from)))
+    }
+}
+
+/// Indicators as a peer answers them.
+pub fn indicator_rows(indicators: Indicators) -> Vec<PartitionIndicatorRow> {
+    indicators
+        .into_iter()
+        .map(|((conditionality, period), c)| PartitionIndicatorRow {
+            conditionality,
+            period,
+            counts: Some(IndicatorCounts {
+                public: c.public,
+                followed: c.followed,
+                compliant: c.compliant,
+                non_compliant: c.non_compliant,
+            }),
+        })
+        .collect()
+}
