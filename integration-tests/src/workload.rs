@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use ponte_domain::ids::Nis;
-use ponte_proto::compliance::v1::{Family, GetFamilyRequest, ListPersonsRequest, Person};
+use ponte_proto::compliance::v1::{
+    Family, GetFamilyRequest, GetIndicatorsRequest, IndicatorRow, ListPersonsRequest, Person,
+};
 use ponte_proto::events::v1::{self as ev, Event, event::Record, health_follow_up::Subject};
 use prost::Message as _;
 use rdkafka::ClientConfig;
@@ -225,6 +227,26 @@ pub async fn persons(port: u16) -> Option<BTreeMap<String, Person>> {
                 p.updated_time = None;
                 (p.nis.clone(), p)
             })
+            .collect(),
+    )
+}
+
+/// The outcome counts of the workload's municipality as the instance at `port` serves them, by
+/// conditionality and period; `None` while the instance does not answer.
+pub async fn indicators(port: u16) -> Option<BTreeMap<(String, String), IndicatorRow>> {
+    let mut client = crate::grpc_client(port, "federal").await.ok()?;
+    let rows = client
+        .get_indicators(GetIndicatorsRequest {
+            municipality: MUNICIPALITY.into(),
+            period: String::new(),
+        })
+        .await
+        .ok()?
+        .into_inner()
+        .rows;
+    Some(
+        rows.into_iter()
+            .map(|r| ((r.conditionality.clone(), r.period.clone()), r))
             .collect(),
     )
 }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use ponte_integration_tests::workload::{
-    persons, produce, produce_to, stack_with_reference, workload,
+    indicators, persons, produce, produce_to, stack_with_reference, workload,
 };
 use ponte_integration_tests::{
     Service, Stack, client_replaced, clients_replaced, eventually, wait_ready,
@@ -34,7 +34,7 @@ async fn the_reference_view(
         },
     )
     .await;
-    eventually(
+    let view = eventually(
         &format!("{what} to reach the same view"),
         Duration::from_secs(300),
         || async {
@@ -43,7 +43,17 @@ async fn the_reference_view(
                 .filter(|m| *m == expected)
         },
     )
-    .await
+    .await;
+    // The municipality's counts, which each instance keeps per partition from its own state
+    // (derived again from the changelog after every restart), agree too.
+    let counts = indicators(stack.port("reference")).await.unwrap();
+    assert!(!counts.is_empty());
+    assert_eq!(
+        indicators(stack.port("reconciler")).await,
+        Some(counts),
+        "{what}: GetIndicators"
+    );
+    view
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -10,7 +10,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use ponte_integration_tests::workload::{
-    attendance, families, family, persons, produce, produce_to, stack_with_reference, workload,
+    attendance, families, family, indicators, persons, produce, produce_to, stack_with_reference,
+    workload,
 };
 use ponte_integration_tests::{
     Service, Stack, client_replaced, clients_replaced, eventually, grpc_client, metric, wait_ready,
@@ -329,10 +330,18 @@ async fn two_instances_split_the_partitions_and_the_survivor_takes_over() {
             third.0,
             "{name}: GetPerson"
         );
+        // Lists and counts of the municipality: gathered from both instances' partitions.
+        assert_eq!(
+            indicators(stack.port(name)).await,
+            indicators(stack.port("reference")).await,
+            "{name}: GetIndicators"
+        );
         for (view, from) in [
             ("person", "state"),
             ("person", "owner"),
             ("family", "owner"),
+            ("list", "owner"),
+            ("indicators", "owner"),
         ] {
             let n = metric(
                 s.admin_port(),

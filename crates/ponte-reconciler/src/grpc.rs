@@ -2,8 +2,10 @@
 //! state when this instance owns (and has restored) the input partition the key is keyed to —
 //! as current as the last epoch stored —, asked of the instance that owns it otherwise
 //! ([`crate::peers`]), and read from the read model (every person and family, whichever
-//! instance owns them) when there is no owner to ask or it does not answer; lists, indicators
-//! and households come from the read model; parked records from the local state.
+//! instance owns them) when there is no owner to ask or it does not answer. A municipality's
+//! persons and counts are gathered from every partition's owner the same way
+//! ([`crate::lists`]), or read from the read model when one cannot answer; households come from
+//! the read model; parked records from the local state.
 use ponte_domain::ids::Nis;
 use ponte_proto::compliance::v1::compliance_service_server::ComplianceService;
 use std::collections::BTreeMap;
@@ -37,10 +39,10 @@ use crate::ReconcilerError;
 use crate::lists::PersonFilter;
 use crate::{readmodel, topology};
 
-/// Serves the compliance view: persons and families of the partitions this instance owns, and
-/// parked records, from the local partitioned state (`state`, of which `assignment` tells the
-/// partitions currently owned); the other persons and families, lists and indicators from the
-/// read model.
+/// Serves the compliance view: persons, families, lists and counts of the partitions this
+/// instance owns, and parked records, from the local partitioned state (`state`, of which
+/// `assignment` tells the partitions currently owned); those of other partitions from their
+/// owners (`peers`) or the read model.
 #[derive(Debug, Clone)]
 pub struct ComplianceApi {
     /// The read model (see [`crate::readmodel`]).
@@ -70,9 +72,10 @@ pub struct ComplianceApi {
     pub peers: Option<Arc<crate::peers::Peers>>,
 }
 
-/// Counts a view read for `GetPerson`, `GetFamily` or a family's scope check, by where it was
-/// read (`state`, `owner`: another instance's state, `read_model`):
-/// `ponte_reconciler_view_reads_total{view, from}`.
+/// Counts a view read for `GetPerson`, `GetFamily` or a family's scope check (`view`: `person`,
+/// `family`), or a `ListPersons` or `GetIndicators` (`list`, `indicators`), by where it was
+/// read (`state`, `owner`: another instance's state — for a list, at least one partition's —,
+/// `read_model`): `ponte_reconciler_view_reads_total{view, from}`.
 fn view_read(view: &'static str, from: &'static str) {
     metrics::counter!("ponte_reconciler_view_reads_total", "view" => view, "from" => from)
         .increment(1);
@@ -1319,6 +1322,18 @@ peer = true
             .await
             .unwrap_err();
         assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status}");
+        // And only to peers.
+        let not_a_peer = api(dir.path(), &owner_state, &owner_read, &theirs);
+        let status = PeerApi(not_a_peer)
+            .list_persons(Request::new(ListOwnedPersonsRequest {
+                partitions: theirs.clone(),
+                municipality: "3550308".into(),
+                limit: 10,
+                ..Default::default()
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status}");
 
         // The owner gone, the read model answers the whole read: empty, it never got the
         // changes.

@@ -35,6 +35,11 @@
 //! | `f/<family id>` | the family's assistance records (JSON) |
 //! | `fm/<family id>` | the family's members and their non-compliant outcomes, the digest of the last family view ([`FamilyMembersEntry`]) |
 //! | `h/<household id>` | a followed household (Unidos): its profile and evidence entries, their sources, the last evaluation day and view digest (JSON) |
+//! | `mi/<municipality>/<nis>` | the municipality index: the partition's persons whose view names the municipality (empty value; `index.rs`) |
+//! | `ic/<municipality>/<conditionality>/<period>` | the partition's outcome counts of the municipality (`IndicatorCounts`; `index.rs`) |
+//!
+//! The last two are derived from the persons' digests and kept in the local store only, never
+//! on the changelog: a restore derives them from the `p/` entries it applies (`index.rs`).
 //!
 //! An event changes one key of its stage, so an epoch writes (and sends to the changelog) one
 //! entry per person or family it touched. Stores written before this layout kept the digests
@@ -45,8 +50,9 @@
 //! record between them, two changelog entries a record); those are moved into `a/<alt>` the
 //! next time the identifier is touched, and `n/parked` is first counted from the `k/` keys.
 //!
-//! Views go out on `compliance.changes.v1`; what answers queries is the read model built from
-//! that topic ([`crate::readmodel`]), so every instance can answer for every person.
+//! Views go out on `compliance.changes.v1`. Reads of an owned partition are computed from this
+//! state (a person's or family's view, a municipality's persons and counts from the index); the
+//! read model built from the changes topic ([`crate::readmodel`]) answers what no owner can.
 //!
 //! Files: this one routes an event to its stage; `identity.rs`, `person.rs` and `family.rs`
 //! are the stages; `state.rs` the epoch's view of the state ([`Tx`]) and its partitions;
@@ -54,7 +60,7 @@
 //! owned partitions, counted, and the scans of the layout before `a/` skipped where a partition
 //! holds none; `person_format.rs` a person's records in the binary form `p/` values hold;
 //! `convert.rs` the mapping of wire records to domain records; `views.rs` the published views
-//! and the digests kept of them. The repartition
+//! and the digests kept of them; `index.rs` the municipality index and outcome counts. The repartition
 //! messages, digests and state entries are defined in `proto/ponte/reconciler/v1`.
 use std::collections::{BTreeMap, BTreeSet};
 
