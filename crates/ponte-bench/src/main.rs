@@ -242,9 +242,9 @@ enum Cmd {
         #[arg(long)]
         audit: bool,
         /// Then start a second reconciler instance in the group, every listener on TLS with
-        /// client certificates, and load the first with GetPerson: the second's persons asked
-        /// of it (reads across instances), then, both restarted without, read from the first's
-        /// read model; the CPU of both counted.
+        /// client certificates, and load the first with GetPerson and ListPersons: the second's
+        /// persons asked of it and lists gathered from both (reads across instances), then, both
+        /// restarted without, read from the first's read model; the CPU of both counted.
         #[arg(long)]
         peers: bool,
     },

@@ -265,11 +265,11 @@ pub(crate) async fn run(setup: &e2e::Setup<'_>, a: &Args) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// The reconciler with a second instance in its group, the first loaded with `GetPerson` (its
-/// CPU and the second's counted together), every listener on TLS with client certificates (a
+/// The reconciler with a second instance in its group, the first loaded with `GetPerson` and
+/// `ListPersons` (its CPU and the second's counted together), every listener on TLS with client certificates (a
 /// peer read needs the reconciler's): first with reads across instances on — the persons of the
-/// second's partitions asked of it — then, both restarted without, read from the first's read
-/// model. Prints where the first read its views from in each.
+/// second's partitions asked of it, lists gathered from both — then, both restarted without,
+/// read from the first's read model. Prints where the first read its views from in each.
 async fn two_instances(
     setup: &e2e::Setup<'_>,
     a: &Args,
@@ -344,25 +344,30 @@ async fn two_instances(
                 a,
                 calls,
                 std::slice::from_ref(&target),
-                &[GET_PERSON],
+                &[GET_PERSON, LIST_PERSONS],
             )
             .await?,
         );
         let after = pipeline.metrics_of("reconciler").await?;
-        let reads = |from: &str| {
-            let label = format!("from=\"{from}\"");
+        let reads = |view: &str, from: &str| {
+            let (view, from) = (format!("view=\"{view}\""), format!("from=\"{from}\""));
             let of = |text: &str| {
                 e2e::metric_where(text, "ponte_reconciler_view_reads_total", |l| {
-                    l.contains("view=\"person\"") && l.contains(&label)
+                    l.contains(&view) && l.contains(&from)
                 })
             };
             of(&after) - of(&before)
         };
         println!(
             "views read         by the first instance: {:.0} from its state, {:.0} from the second, {:.0} from its read model",
-            reads("state"),
-            reads("owner"),
-            reads("read_model")
+            reads("person", "state"),
+            reads("person", "owner"),
+            reads("person", "read_model")
+        );
+        println!(
+            "lists read         by the first instance: {:.0} from both states, {:.0} from its read model",
+            reads("list", "owner"),
+            reads("list", "read_model")
         );
     }
     Ok(rows)

@@ -36,7 +36,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use crate::ReconcilerError;
-use crate::lists::PersonFilter;
+use crate::topology::ListFilter;
 use crate::{readmodel, topology};
 
 /// Serves the compliance view: persons, families, lists and counts of the partitions this
@@ -512,7 +512,7 @@ impl ComplianceService for ComplianceApi {
             n if n > 100_000 => return Err(Status::invalid_argument("page_size: at most 100000")),
             n => n as usize,
         };
-        let filter = PersonFilter {
+        let filter = ListFilter {
             period: req.period,
             conditionality: req.conditionality,
             status,
@@ -526,7 +526,7 @@ impl ComplianceService for ComplianceApi {
             None => {
                 view_read("list", "read_model");
                 self.read(move |s| {
-                    readmodel::list_persons(s, &mun, &after, limit, &|p| filter.matches(p))
+                    readmodel::list_persons(s, &mun, &after, limit, &|p| filter.keeps(p))
                 })
                 .await?
             }

@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use ponte_domain::indicators::Counts;
-use ponte_proto::compliance::v1::{OutcomeStatus, Person};
+use ponte_proto::compliance::v1::Person;
 use ponte_proto::reconciler::v1::{
     IndicatorCounts, ListOwnedPersonsRequest, PartitionIndicatorRow, ReadIndicatorsRequest,
 };
@@ -17,28 +17,7 @@ use tonic::Status;
 
 use crate::grpc::ComplianceApi;
 use crate::peers::{LIST_PAGE, Owner};
-
-/// Which persons a list keeps: those with an outcome matching every part set (all when none
-/// is).
-#[derive(Debug, Clone, Default)]
-pub struct PersonFilter {
-    pub period: String,
-    pub conditionality: String,
-    pub status: OutcomeStatus,
-}
-
-impl PersonFilter {
-    pub fn matches(&self, p: &Person) -> bool {
-        (self.period.is_empty()
-            && self.conditionality.is_empty()
-            && self.status == OutcomeStatus::Unspecified)
-            || p.outcomes.iter().any(|o| {
-                (self.period.is_empty() || o.period == self.period)
-                    && (self.conditionality.is_empty() || o.conditionality == self.conditionality)
-                    && (self.status == OutcomeStatus::Unspecified || o.status == self.status as i32)
-            })
-    }
-}
+use crate::topology::ListFilter;
 
 /// Outcome counts by (conditionality, period).
 pub type Indicators = BTreeMap<(String, String), Counts>;
@@ -105,7 +84,7 @@ impl ComplianceApi {
         &self,
         partitions: Vec<i32>,
         municipality: String,
-        filter: PersonFilter,
+        filter: ListFilter,
         after: String,
         limit: usize,
     ) -> Result<Option<Vec<Person>>, Status> {
@@ -114,9 +93,7 @@ impl ComplianceApi {
         }
         let topology = self.topology.clone();
         self.read_state(move |s| {
-            topology.list_persons(s, &partitions, &municipality, &after, limit, &|p| {
-                filter.matches(p)
-            })
+            topology.list_persons(s, &partitions, &municipality, &after, limit, &filter)
         })
         .await
         .map(Some)
@@ -142,7 +119,7 @@ impl ComplianceApi {
         &self,
         run: &Run,
         municipality: &str,
-        filter: &PersonFilter,
+        filter: &ListFilter,
         n: usize,
     ) -> Result<Option<Vec<Person>>, Status> {
         match &run.source {
@@ -183,7 +160,7 @@ impl ComplianceApi {
     pub(crate) async fn list_from_owners(
         &self,
         municipality: &str,
-        filter: &PersonFilter,
+        filter: &ListFilter,
         after: &str,
         limit: usize,
     ) -> Result<Option<(Vec<Person>, From)>, Status> {

@@ -31,7 +31,7 @@ use tonic::{Request, Response, Status};
 
 use crate::config::PeerConfig;
 use crate::grpc::ComplianceApi;
-use crate::lists::PersonFilter;
+use crate::topology::ListFilter;
 use crate::{ReconcilerError, startup};
 
 /// Counts a peer read this instance asked for, by its result: `answered`, `not_owner` (the
@@ -414,7 +414,7 @@ impl PeerService for PeerApi {
         let (caller, _permit) = ponte_edge::grpc::admit_peer(&api.gate, &request, "ListPersons")?;
         let req = request.into_inner();
         let municipality = crate::grpc::municipality(&req.municipality)?.to_string();
-        let filter = PersonFilter {
+        let filter = ListFilter {
             status: OutcomeStatus::try_from(req.status)
                 .map_err(|_| Status::invalid_argument("status: unknown value"))?,
             period: req.period,

@@ -15,9 +15,9 @@ use ponte_proto::compliance::v1::{self as api, OutcomeStatus};
 use ponte_proto::events::v1::{self as ev, Event, event::Record, health_follow_up::Subject};
 use ponte_proto::reconciler::v1::IndicatorCounts;
 use ponte_reconciler::topology::{
-    Applied, FamilyMembersEntry, HeldHealthRecords, Input, Output, OutputKind, ParkedCounts,
-    Pending, PersonEntry, READ_AHEAD_RUN, Rederive, Screened, Topology, Tx, Writes, is_derived,
-    key_partition, parked_after, person_value_in_format_2, read_parked,
+    Applied, FamilyMembersEntry, HeldHealthRecords, Input, ListFilter, Output, OutputKind,
+    ParkedCounts, Pending, PersonEntry, READ_AHEAD_RUN, Rederive, Screened, Topology, Tx, Writes,
+    is_derived, key_partition, parked_after, person_value_in_format_2, read_parked,
 };
 use proptest::prelude::*;
 use prost::Message as _;
@@ -1775,22 +1775,53 @@ fn municipal_lists_and_indicators_follow_the_outcomes() {
 
     // The partitions' index and counts, read from the state, answer the same.
     let all: Vec<i32> = (0..PARTITIONS).collect();
-    let from_state = |after: &str, limit: usize, keep: &dyn Fn(&api::Person) -> bool| {
+    let any = ListFilter::default();
+    let from_state = |after: &str, limit: usize, filter: &ListFilter| {
         h.topology
-            .list_persons(&h.kv, &all, "3550308", after, limit, keep)
+            .list_persons(&h.kv, &all, "3550308", after, limit, filter)
             .unwrap()
     };
-    assert_eq!(from_state("", 10, &non_compliant_b4), listed);
-    assert_eq!(from_state("", 10, &|_| true), everyone);
-    assert_eq!(from_state("", 1, &|_| true), first);
-    assert_eq!(from_state(&first[0].nis, 10, &|_| true), rest);
-    assert!(from_state(&rest[0].nis, 10, &|_| true).is_empty());
+    let b4 = ListFilter {
+        period: "2025-B4".into(),
+        conditionality: "education".into(),
+        status: OutcomeStatus::NonCompliant,
+    };
+    assert!(listed.iter().all(|p| b4.keeps(p) && non_compliant_b4(p)));
+    assert_eq!(from_state("", 10, &b4), listed);
+    assert_eq!(from_state("", 10, &any), everyone);
+    assert_eq!(from_state("", 1, &any), first);
+    assert_eq!(from_state(&first[0].nis, 10, &any), rest);
+    assert!(from_state(&rest[0].nis, 10, &any).is_empty());
     assert!(
         h.topology
-            .list_persons(&h.kv, &all, "3304557", "", 10, &|_| true)
+            .list_persons(&h.kv, &all, "3304557", "", 10, &any)
             .unwrap()
             .is_empty()
     );
+    // Every filter lists from the state whom the read model lists: those the digests screen
+    // out (statuses the index counts) included.
+    for status in [
+        OutcomeStatus::Unspecified,
+        OutcomeStatus::Compliant,
+        OutcomeStatus::NonCompliant,
+        OutcomeStatus::NotFollowed,
+        OutcomeStatus::NotRequired,
+    ] {
+        for conditionality in ["", "education", "health"] {
+            for period in ["", "2025-B2", "2025-B4", "2025-S2"] {
+                let filter = ListFilter {
+                    period: period.into(),
+                    conditionality: conditionality.into(),
+                    status,
+                };
+                assert_eq!(
+                    from_state("", 10, &filter),
+                    list_persons(&read, "3550308", "", 10, &|p| filter.keeps(p)).unwrap(),
+                    "{filter:?}"
+                );
+            }
+        }
+    }
     let counted = h.topology.read_indicators(&h.kv, &all, "3550308").unwrap();
     let read_model: BTreeMap<(String, String), _> = rows
         .iter()

@@ -166,6 +166,53 @@ impl Indexed {
 /// A write of a full key: `Some` to put, `None` to delete.
 pub type StoreWrite = (Vec<u8>, Option<Vec<u8>>);
 
+/// Which persons a list keeps (`ListPersons`'s filter): those with an outcome matching every
+/// part set; everyone when none is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListFilter {
+    /// A period (`2025-B2`); empty for any.
+    pub period: String,
+    /// A conditionality; empty for any.
+    pub conditionality: String,
+    /// A status; unspecified for any.
+    pub status: api::OutcomeStatus,
+}
+
+impl ListFilter {
+    /// Whether the filter keeps the person whose view is `p`.
+    pub fn keeps(&self, p: &api::Person) -> bool {
+        !self.filters()
+            || p.outcomes.iter().any(|o| {
+                (self.period.is_empty() || o.period == self.period)
+                    && (self.conditionality.is_empty() || o.conditionality == self.conditionality)
+                    && (self.status == api::OutcomeStatus::Unspecified
+                        || o.status == self.status as i32)
+            })
+    }
+
+    fn filters(&self) -> bool {
+        !(self.period.is_empty()
+            && self.conditionality.is_empty()
+            && self.status == api::OutcomeStatus::Unspecified)
+    }
+
+    /// Whether what the index holds of a person can tell that the filter does not keep them:
+    /// when it asks for a status the index counts (every one in the public).
+    fn screens(&self) -> bool {
+        domain_status(self.status as i32).is_some_and(|s| s.in_public())
+    }
+
+    /// False when the person (what the index holds of them) has no counted outcome the filter
+    /// keeps, so their view, whose outcomes in that status are those counted, has none either.
+    fn may_keep(&self, indexed: &Indexed) -> bool {
+        indexed.counted.iter().any(|(c, p, s)| {
+            (self.period.is_empty() || *p == self.period)
+                && (self.conditionality.is_empty() || *c == self.conditionality)
+                && status_view(*s) == self.status
+        })
+    }
+}
+
 /// A change of the four counts of a row.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(super) struct Shift([i64; 4]);
@@ -556,8 +603,9 @@ impl Topology {
     }
 
     /// Up to `limit` persons of `municipality` held in `partitions` of `kv`, in NIS order after
-    /// `after`, whose view `keep` accepts: the partitions' index entries merged in NIS order, each
-    /// person's view computed from the state ([`Topology::read_person`]).
+    /// `after`, that `filter` keeps: the partitions' index entries merged in NIS order, each
+    /// person's view computed from the state ([`Topology::read_person`]) unless the digest
+    /// already tells the filter cannot keep them ([`ListFilter::may_keep`]).
     pub fn list_persons(
         &self,
         kv: &dyn Kv,
@@ -565,7 +613,7 @@ impl Topology {
         municipality: &str,
         after: &str,
         limit: usize,
-        keep: &dyn Fn(&api::Person) -> bool,
+        filter: &ListFilter,
     ) -> Result<Vec<api::Person>, ReconcilerError> {
         struct Run {
             partition: i32,
@@ -617,8 +665,17 @@ impl Topology {
             let Ok(nis) = Nis::parse(&digits) else {
                 continue;
             };
+            if filter.screens() {
+                let key = [partition_prefix(next.partition), PERSONS.key(&[&digits])].concat();
+                if let Some(value) = kv.get(&key)?
+                    && let Ok(Some(indexed)) = Indexed::of_stored_person(&value)
+                    && !filter.may_keep(&indexed)
+                {
+                    continue;
+                }
+            }
             if let Some(p) = self.read_person(kv, next.partition, nis)?
-                && keep(&p)
+                && filter.keeps(&p)
             {
                 out.push(p);
             }

@@ -99,8 +99,8 @@ mod views;
 pub use batch::{Batch, Batcher, Entries, entries_in, entries_of, is_batch};
 use convert::*;
 pub use index::{
-    Indexed, Rederive, StoreWrite, index_is_whole, index_marker, index_marker_key, index_prefixes,
-    is_derived,
+    Indexed, ListFilter, Rederive, StoreWrite, index_is_whole, index_marker, index_marker_key,
+    index_prefixes, is_derived,
 };
 pub(crate) use index::{counts_from_stored, counts_to_stored, domain_status};
 pub use parked::*;
