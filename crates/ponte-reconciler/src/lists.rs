@@ -37,6 +37,27 @@ struct Run {
     done: bool,
 }
 
+impl Run {
+    fn partitions(&self) -> usize {
+        match &self.source {
+            Source::Local(p) => p.len(),
+            Source::Peer(owner) => owner.partitions.len(),
+        }
+    }
+}
+
+/// How many persons to ask of a source holding `partitions` of `total` partitions when
+/// `remaining` persons are still to list: its share of them (partitions are keyed by a hash of
+/// the NIS, so each holds about as many of a municipality's persons), a quarter more and eight
+/// besides, never more than `remaining` nor a page. A source whose page runs out before the
+/// merge is done is asked for the next, so a short guess costs a round trip, never a person;
+/// asking every source for all `remaining` made it compute views the merge then left out
+/// (half of them with two instances; docs/benchmarks.md).
+fn page_size(remaining: usize, partitions: usize, total: usize) -> usize {
+    let share = (remaining * partitions * 5).div_ceil(total * 4);
+    (share + 8).min(remaining).clamp(1, LIST_PAGE)
+}
+
 /// Where a read spanning every partition was answered from: `state` (this instance owns them
 /// all) or `owner` (some from other instances).
 pub type From = &'static str;
@@ -168,6 +189,7 @@ impl ComplianceApi {
             return Ok(None);
         };
         let from = from_of(&sources);
+        let total = self.partitions.max(1) as usize;
         let mut runs: Vec<Run> = sources
             .into_iter()
             .map(|source| Run {
@@ -179,17 +201,17 @@ impl ComplianceApi {
             .collect();
         let mut out: Vec<Person> = Vec::new();
         while out.len() < limit {
-            let n = (limit - out.len()).min(LIST_PAGE);
-            let wanted: Vec<usize> = (0..runs.len())
+            let wanted: Vec<(usize, usize)> = (0..runs.len())
                 .filter(|&i| runs[i].page.is_empty() && !runs[i].done)
+                .map(|i| (i, page_size(limit - out.len(), runs[i].partitions(), total)))
                 .collect();
             let pages = futures::future::join_all(
                 wanted
                     .iter()
-                    .map(|&i| self.page(&runs[i], municipality, filter, n)),
+                    .map(|&(i, n)| self.page(&runs[i], municipality, filter, n)),
             )
             .await;
-            for (i, page) in wanted.into_iter().zip(pages) {
+            for ((i, n), page) in wanted.into_iter().zip(pages) {
                 let Some(page) = page? else {
                     return Ok(None);
                 };
@@ -293,4 +315,21 @@ pub fn indicator_rows(indicators: Indicators) -> Vec<PartitionIndicatorRow> {
             }),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_source_is_asked_for_its_share_and_a_margin_never_more_than_remains() {
+        // Alone: everything remaining, up to a page.
+        assert_eq!(page_size(100, 6, 6), 100);
+        assert_eq!(page_size(1000, 6, 6), LIST_PAGE);
+        // Half the partitions: half of 100, a quarter more, and eight.
+        assert_eq!(page_size(100, 3, 6), 63 + 8);
+        // Near the end of a page: never more than remains, and at least one.
+        assert_eq!(page_size(3, 1, 6), 3);
+        assert_eq!(page_size(1, 1, 6), 1);
+    }
 }
