@@ -117,8 +117,8 @@ async fn kill_9_at_random_points_ends_in_the_view_of_an_uninterrupted_run() {
 /// goes on publishing views.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failed_read_model_turns_readiness_to_503_and_refuses_reads() {
-    use ponte_integration_tests::workload::nis;
-    use ponte_proto::compliance::v1::GetPersonRequest;
+    use ponte_integration_tests::workload::{MUNICIPALITY, nis};
+    use ponte_proto::compliance::v1::{GetIndicatorsRequest, GetPersonRequest, ListPersonsRequest};
 
     let stack = ponte_integration_tests::Stack::new("readfail");
     assert!(stack.ponte(&["topics", "ensure"]).0.success());
@@ -152,6 +152,24 @@ async fn a_failed_read_model_turns_readiness_to_503_and_refuses_reads() {
     .await;
     assert!(body.contains("read model failed"), "{body}");
     let refused = get(nis(0)).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    // Lists and counts too, though this instance answers them from its state's index.
+    let mut client = stack.grpc().await.unwrap();
+    let refused = client
+        .list_persons(ListPersonsRequest {
+            municipality: MUNICIPALITY.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    let refused = client
+        .get_indicators(GetIndicatorsRequest {
+            municipality: MUNICIPALITY.into(),
+            period: String::new(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
     assert_eq!(
         ponte_integration_tests::metric(

@@ -276,7 +276,7 @@ impl ComplianceApi {
     }
 
     /// `UNAVAILABLE` once the read model failed: what it holds may be stale.
-    fn check_read_path(&self) -> Result<(), Status> {
+    pub(crate) fn check_read_path(&self) -> Result<(), Status> {
         match self.path.failure() {
             None => Ok(()),
             Some(_) => Err(Status::unavailable(

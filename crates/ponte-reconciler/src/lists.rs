@@ -60,9 +60,9 @@ fn page_size(remaining: usize, partitions: usize, total: usize) -> usize {
 
 /// Where a read spanning every partition was answered from: `state` (this instance owns them
 /// all) or `owner` (some from other instances).
-pub type From = &'static str;
+pub type Route = &'static str;
 
-fn from_of(sources: &[Source]) -> From {
+fn from_of(sources: &[Source]) -> Route {
     if sources.iter().any(|s| matches!(s, Source::Peer(_))) {
         "owner"
     } else {
@@ -112,6 +112,8 @@ impl ComplianceApi {
         if !self.owns_all(&partitions) {
             return Ok(None);
         }
+        // As every read but ListParked: none once the read path failed.
+        self.check_read_path()?;
         let topology = self.topology.clone();
         self.read_state(move |s| {
             topology.list_persons(s, &partitions, &municipality, &after, limit, &filter)
@@ -129,6 +131,7 @@ impl ComplianceApi {
         if !self.owns_all(&partitions) {
             return Ok(None);
         }
+        self.check_read_path()?;
         let topology = self.topology.clone();
         self.read_state(move |s| topology.read_indicators(s, &partitions, &municipality))
             .await
@@ -184,7 +187,7 @@ impl ComplianceApi {
         filter: &ListFilter,
         after: &str,
         limit: usize,
-    ) -> Result<Option<(Vec<Person>, From)>, Status> {
+    ) -> Result<Option<(Vec<Person>, Route)>, Status> {
         let Some(sources) = self.sources() else {
             return Ok(None);
         };
@@ -239,7 +242,7 @@ impl ComplianceApi {
     pub(crate) async fn indicators_from_owners(
         &self,
         municipality: &str,
-    ) -> Result<Option<(Indicators, From)>, Status> {
+    ) -> Result<Option<(Indicators, Route)>, Status> {
         let Some(sources) = self.sources() else {
             return Ok(None);
         };

@@ -230,8 +230,10 @@ impl Topology {
         let Some(mut doc) = self.load_person_doc(tx, nis)? else {
             return Ok(Applied::Unchanged);
         };
-        let state = person_state(nis, &mut doc);
-        self.upgrade_digest(&state, &mut doc);
+        if doc.digest.as_ref().is_some_and(|d| !d.indexed) {
+            let state = person_state(nis, &mut doc);
+            self.upgrade_digest(&state, &mut doc);
+        }
         let indexed = doc.digest.as_ref().and_then(Indexed::of_digest);
         index::reindex(tx, nis.as_str(), indexed.as_ref(), None)?;
         let PersonDoc {
