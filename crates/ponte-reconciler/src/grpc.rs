@@ -1067,14 +1067,67 @@ peer = true
         );
     }
 
+    /// A running peer service of `owner` (which owns `partitions`), and the peer reads of an
+    /// instance the group says it owns them; cancel the token to stop the server.
+    #[allow(clippy::type_complexity)]
+    fn serve_peer(
+        owner: &ComplianceApi,
+        partitions: &[i32],
+    ) -> (
+        tokio_util::sync::CancellationToken,
+        tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+        Arc<crate::peers::Peers>,
+    ) {
+        use crate::peers::{Owners, PeerApi, Peers};
+        use ponte_proto::reconciler::v1::peer_service_server::PeerServiceServer;
+        let incoming =
+            tonic::transport::server::TcpIncoming::bind(([127, 0, 0, 1], 0).into()).unwrap();
+        let address = incoming.local_addr().unwrap().to_string();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let server = tokio::spawn({
+            let (service, stop) = (PeerServiceServer::new(PeerApi(owner.clone())), stop.clone());
+            async move {
+                tonic::transport::Server::builder()
+                    .add_service(service)
+                    .serve_with_incoming_shutdown(incoming, stop.cancelled())
+                    .await
+            }
+        });
+        let owners = Arc::new(Owners::default());
+        owners.update(
+            &ponte_bus::members::GroupView {
+                stable: true,
+                members: vec![ponte_bus::members::Member {
+                    advertised: Some(address),
+                    partitions: partitions
+                        .iter()
+                        .map(|&p| ("inputs".to_owned(), p))
+                        .collect(),
+                }],
+            },
+            &["inputs".to_owned()].into(),
+            "127.0.0.1:1",
+        );
+        let peer_config = crate::config::PeerConfig {
+            advertise: Some("127.0.0.1:1".into()),
+            ca_file: Default::default(),
+            cert_file: Default::default(),
+            key_file: Default::default(),
+            timeout: std::time::Duration::from_secs(5),
+            refresh: std::time::Duration::from_secs(60),
+        };
+        let peers = Arc::new(Peers::new(&peer_config, true, owners).unwrap());
+        (stop, server, peers)
+    }
+
     /// Another instance's partition is read from that instance's state through its peer
     /// service; when it cannot answer, from the read model.
     #[tokio::test]
     async fn an_instance_asks_the_owner_of_a_partition_and_its_read_model_when_the_owner_cannot_answer()
      {
-        use crate::peers::{Owners, PeerApi, Peers};
+        use crate::peers::PeerApi;
         use ponte_proto::reconciler::v1::ReadPersonRequest;
-        use ponte_proto::reconciler::v1::peer_service_server::{PeerService, PeerServiceServer};
+        use ponte_proto::reconciler::v1::peer_service_server::PeerService;
         let dir = tempfile::tempdir().unwrap();
         let open = |name: &str| {
             Store::open(dir.path().join(name), ponte_store::Durability::Process).unwrap()
@@ -1091,44 +1144,10 @@ peer = true
             "peer-instance",
         );
         let (change, published) = stored_profile(&owner, &owner_state, nis);
-        let incoming =
-            tonic::transport::server::TcpIncoming::bind(([127, 0, 0, 1], 0).into()).unwrap();
-        let address = incoming.local_addr().unwrap().to_string();
-        let stop = tokio_util::sync::CancellationToken::new();
-        let server = tokio::spawn({
-            let (service, stop) = (PeerServiceServer::new(PeerApi(owner.clone())), stop.clone());
-            async move {
-                tonic::transport::Server::builder()
-                    .add_service(service)
-                    .serve_with_incoming_shutdown(incoming, stop.cancelled())
-                    .await
-            }
-        });
+        let (stop, server, peers) = serve_peer(&owner, &[partition]);
         // An instance owning another partition, which the group says the owner owns.
-        let owners = Arc::new(Owners::default());
-        owners.update(
-            &ponte_bus::members::GroupView {
-                stable: true,
-                members: vec![ponte_bus::members::Member {
-                    advertised: Some(address),
-                    partitions: vec![("inputs".to_owned(), partition)],
-                }],
-            },
-            &["inputs".to_owned()].into(),
-            "127.0.0.1:1",
-        );
-        let peer_config = crate::config::PeerConfig {
-            advertise: Some("127.0.0.1:1".into()),
-            ca_file: Default::default(),
-            cert_file: Default::default(),
-            key_file: Default::default(),
-            timeout: std::time::Duration::from_secs(5),
-            refresh: std::time::Duration::from_secs(60),
-        };
         let mut asker = api(dir.path(), &state, &read, &[(partition + 1) % 4]);
-        asker.peers = Some(Arc::new(
-            Peers::new(&peer_config, true, Arc::clone(&owners)).unwrap(),
-        ));
+        asker.peers = Some(peers);
         let ask = || {
             Request::new(GetPersonRequest {
                 nis: nis.to_owned(),
@@ -1181,9 +1200,9 @@ peer = true
     /// and summed; from the read model when an owner cannot answer.
     #[tokio::test]
     async fn a_municipality_s_list_and_counts_are_gathered_from_every_partition_s_owner() {
-        use crate::peers::{Owners, PeerApi, Peers};
+        use crate::peers::PeerApi;
         use ponte_proto::reconciler::v1::ListOwnedPersonsRequest;
-        use ponte_proto::reconciler::v1::peer_service_server::{PeerService, PeerServiceServer};
+        use ponte_proto::reconciler::v1::peer_service_server::PeerService;
         let dir = tempfile::tempdir().unwrap();
         let open = |name: &str| {
             Store::open(dir.path().join(name), ponte_store::Durability::Process).unwrap()
@@ -1221,42 +1240,8 @@ peer = true
             }
         }
         assert!(by_instance[0] > 0 && by_instance[1] > 0, "{by_instance:?}");
-        let incoming =
-            tonic::transport::server::TcpIncoming::bind(([127, 0, 0, 1], 0).into()).unwrap();
-        let address = incoming.local_addr().unwrap().to_string();
-        let stop = tokio_util::sync::CancellationToken::new();
-        let server = tokio::spawn({
-            let (service, stop) = (PeerServiceServer::new(PeerApi(owner.clone())), stop.clone());
-            async move {
-                tonic::transport::Server::builder()
-                    .add_service(service)
-                    .serve_with_incoming_shutdown(incoming, stop.cancelled())
-                    .await
-            }
-        });
-        let owners = Arc::new(Owners::default());
-        owners.update(
-            &ponte_bus::members::GroupView {
-                stable: true,
-                members: vec![ponte_bus::members::Member {
-                    advertised: Some(address),
-                    partitions: theirs.iter().map(|&p| ("inputs".to_owned(), p)).collect(),
-                }],
-            },
-            &["inputs".to_owned()].into(),
-            "127.0.0.1:1",
-        );
-        let peer_config = crate::config::PeerConfig {
-            advertise: Some("127.0.0.1:1".into()),
-            ca_file: Default::default(),
-            cert_file: Default::default(),
-            key_file: Default::default(),
-            timeout: std::time::Duration::from_secs(5),
-            refresh: std::time::Duration::from_secs(60),
-        };
-        asker.peers = Some(Arc::new(
-            Peers::new(&peer_config, true, Arc::clone(&owners)).unwrap(),
-        ));
+        let (stop, server, peers) = serve_peer(&owner, &theirs);
+        asker.peers = Some(peers);
         let list = |page_size: u32, page_token: &str, status: OutcomeStatus| {
             let asker = asker.clone();
             let request = Request::new(ListPersonsRequest {
