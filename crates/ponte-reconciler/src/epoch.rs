@@ -42,8 +42,8 @@ use crate::feed::FeedSender;
 use crate::readmodel::{ChangeRecord, unix_millis};
 use crate::restore::Marker;
 use crate::topology::{
-    Batcher, Output, OutputKind, ParkedAfter, Tx, Writes, batch_bytes, is_derived, key_partition,
-    table_of,
+    Batcher, Output, OutputKind, ParkedAfter, Tx, Writes, batch_bytes, index_marker,
+    index_marker_key, is_derived, key_partition, table_of,
 };
 
 /// Where each kind of output goes: topic, Kafka `ponte-event-type` header and metric label.
@@ -509,6 +509,9 @@ impl Committer {
                 }
                 for (p, end) in changelog_ends {
                     w.put(&Marker::key(p), &Marker::now(end).encode());
+                    // The index of a partition an epoch ran on was whole (made so before the
+                    // partition was served), and the epoch kept it.
+                    w.put(&index_marker_key(p), &index_marker(end));
                 }
                 w.commit()?;
                 phase_took("store", applying);

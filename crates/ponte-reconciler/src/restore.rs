@@ -243,12 +243,17 @@ pub fn restore_partition(
             let mut w = store.batch();
             w.delete_prefix(&partition_prefix(p));
             w.delete(&Marker::key(p));
-            // Nothing of the partition is left, so its (empty) index is whole: the restore
-            // derives it from the entries it applies.
-            w.put(&index_marker_key(p), &index_marker());
+            w.delete(&index_marker_key(p));
             w.commit()?;
             low
         }
+    };
+    // The index is derived along (below) where it is whole at the restore's start: a rebuild
+    // starts from nothing, a tail from the store, whose index an epoch of this version marked
+    // at the same offset (another build's epochs leave the markers apart).
+    let index_whole_at_start = match usable {
+        None => true,
+        Some(m) => index_is_whole(store.get(&index_marker_key(p))?.as_deref(), m.offset),
     };
 
     let mut restored = 0u64;
@@ -305,11 +310,18 @@ pub fn restore_partition(
         // The marker goes with the last entries: a crash mid-restore resumes from where the
         // store stopped.
         with_index(&mut w, &mut index, store, p)?;
-        w.put(&Marker::key(p), &Marker::now(next.max(from)).encode());
+        let end = next.max(from);
+        w.put(&Marker::key(p), &Marker::now(end).encode());
+        if index_whole_at_start && index.whole() {
+            w.put(&index_marker_key(p), &index_marker(end));
+        }
         w.commit()?;
     } else {
         let mut w = store.batch();
         w.put(&Marker::key(p), &Marker::now(high).encode());
+        if index_whole_at_start {
+            w.put(&index_marker_key(p), &index_marker(high));
+        }
         w.commit()?;
     }
     metrics::counter!("ponte_reconciler_restored_entries_total").increment(restored);
@@ -339,23 +351,27 @@ fn with_index(
         }
     }
     if !index.whole() {
+        // Unmarked with the entries, so a crash before the restore ends leaves it unmarked.
         w.delete(&index_marker_key(p));
     }
     Ok(())
 }
 
 /// Builds partition `p`'s municipality index and outcome counts from its persons unless they
-/// are whole (`meta/index/<p>`): after an upgrade from a version without them, or a restore that
-/// met a digest written by one. Runs after the partition's restore, before it is served; stops
-/// as the restore does when the partition is revoked (the next assignment builds again).
+/// are marked whole at the partition's changelog position (`meta/index/<p>`): not after an
+/// upgrade from a version without them, nor after such a version ran on the store, nor after a
+/// restore that met a digest written by one. Runs after the partition's restore, before it is served; stops
+/// as the restore does when the partition is revoked (the next assignment builds again). True
+/// when it built.
 pub fn ensure_index(
     store: &Store,
     topology: &Topology,
     p: i32,
     still_wanted: &dyn Fn() -> bool,
-) -> Result<(), ReconcilerError> {
-    if index_is_whole(store.get(&index_marker_key(p))?.as_deref()) {
-        return Ok(());
+) -> Result<bool, ReconcilerError> {
+    let changelog = Marker::read(store, p)?.map_or(0, |m| m.offset);
+    if index_is_whole(store.get(&index_marker_key(p))?.as_deref(), changelog) {
+        return Ok(false);
     }
     let started = Instant::now();
     tracing::info!(
@@ -382,7 +398,7 @@ pub fn ensure_index(
         Ok(())
     })?;
     let mut w = store.batch();
-    w.put(&index_marker_key(p), &index_marker());
+    w.put(&index_marker_key(p), &index_marker(changelog));
     w.commit()?;
     metrics::counter!("ponte_reconciler_index_builds_total").increment(1);
     tracing::info!(
@@ -391,7 +407,7 @@ pub fn ensure_index(
         seconds = started.elapsed().as_secs_f64(),
         "partition index built"
     );
-    Ok(())
+    Ok(true)
 }
 
 #[cfg(test)]
@@ -426,6 +442,83 @@ mod tests {
         assert_eq!(Marker::read(&store, 1).unwrap(), Some(m));
         assert_eq!(Marker::read(&store, 2).unwrap(), None);
         assert_eq!(Marker::read(&store, 3).unwrap(), None);
+    }
+
+    /// A partition's index is built when it is not marked whole at the partition's changelog
+    /// position — as after an older version, which keeps no index, ran epochs on the store —
+    /// and not otherwise.
+    #[test]
+    fn an_index_not_marked_at_the_partitions_position_is_built_again() {
+        use crate::topology::{Input, Tx, is_derived, partition_prefix};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), ponte_store::Durability::Process).unwrap();
+        let topology = Topology::new(
+            ponte_domain::rules::RuleSet::from_toml_str(
+                "bolsa-familia-2023.toml",
+                include_str!("../../../rules/bolsa-familia-2023.toml"),
+            )
+            .unwrap(),
+            ponte_domain::period::Month::parse("2025-01").unwrap(),
+            ponte_domain::period::Month::parse("2025-12").unwrap(),
+        );
+        // An epoch of this version: three children of partition 0 applied, the markers
+        // written together.
+        let mut tx = Tx::new(&store);
+        tx.set_partition(0);
+        for body in ["1234567000", "1234567001", "1234567002"] {
+            let nis = ponte_domain::ids::Nis::with_check_digit(body).unwrap();
+            let profile = ponte_proto::events::v1::Event {
+                record_id: format!("registry:{nis}"),
+                version: 1,
+                record: Some(ponte_proto::events::v1::event::Record::PersonProfile(
+                    ponte_proto::events::v1::PersonProfile {
+                        nis: nis.as_str().into(),
+                        family_id: "F-1".into(),
+                        birth_date: "2017-03-10".into(),
+                        sex: "M".into(),
+                        municipality: "3550308".into(),
+                        memberships: vec!["PBF".into()],
+                        ..Default::default()
+                    },
+                )),
+                ..Default::default()
+            };
+            topology.apply(&mut tx, Input::Registry, &profile).unwrap();
+        }
+        topology.finish(&mut tx).unwrap();
+        let (writes, _) = tx.take();
+        let mut w = store.batch();
+        for (k, v) in &writes {
+            w.put(k, v.as_deref().unwrap());
+        }
+        w.put(&Marker::key(0), &Marker::now(5).encode());
+        w.put(&index_marker_key(0), &index_marker(5));
+        w.commit().unwrap();
+        let index = || -> Vec<(Vec<u8>, Vec<u8>)> {
+            store
+                .scan_prefix(&partition_prefix(0))
+                .unwrap()
+                .into_iter()
+                .filter(|(k, _)| is_derived(k))
+                .collect()
+        };
+        let kept = index();
+        assert_eq!(
+            kept.iter()
+                .filter(|(k, _)| k.starts_with(b"0000/mi/"))
+                .count(),
+            3
+        );
+        assert!(!ensure_index(&store, &topology, 0, &|| true).unwrap());
+        // An older version's epoch: the changelog position moves, the index does not follow
+        // (here: loses an entry).
+        let mut w = store.batch();
+        w.put(&Marker::key(0), &Marker::now(7).encode());
+        w.delete(&kept[0].0);
+        w.commit().unwrap();
+        assert!(ensure_index(&store, &topology, 0, &|| true).unwrap());
+        assert_eq!(index(), kept);
+        assert!(!ensure_index(&store, &topology, 0, &|| true).unwrap());
     }
 
     /// A recorder of gauges by name (labels ignored), for a test's thread.

@@ -14,7 +14,9 @@
 //! `p/` entries it applies, the local value read first ([`Rederive`]); a partition whose index
 //! is not whole — never built, or a restore met a digest without what the index needs (one
 //! written before it) — is built from its `p/` entries before it is served
-//! ([`Topology::build_index`]). `meta/index/<p>` marks a partition's index whole.
+//! ([`Topology::build_index`]). `meta/index/<p>` marks a partition's index whole with its state
+//! at a changelog offset, written with the partition's restore marker by every epoch and
+//! restore ([`index_marker`]).
 use std::collections::HashMap;
 
 use ponte_domain::indicators::Counts;
@@ -44,14 +46,20 @@ pub fn index_marker_key(p: i32) -> Vec<u8> {
     format!("meta/index/{p}").into_bytes()
 }
 
-/// The marker's value.
-pub fn index_marker() -> Vec<u8> {
-    vec![INDEX_VERSION]
+/// The marker's value: the index (of this version) is whole with the partition's state at
+/// changelog offset `changelog` (the partition's restore marker when it was written). Every
+/// epoch writes both together, so a build that does not keep the index (an older version run
+/// on the same store in between) leaves them apart, and the index is built again.
+pub fn index_marker(changelog: i64) -> Vec<u8> {
+    let mut v = vec![INDEX_VERSION];
+    v.extend_from_slice(&changelog.to_be_bytes());
+    v
 }
 
-/// Whether `value` (of [`index_marker_key`]) marks an index of this version whole.
-pub fn index_is_whole(value: Option<&[u8]>) -> bool {
-    value == Some(&[INDEX_VERSION][..])
+/// Whether `value` (of [`index_marker_key`]) marks an index of this version whole with the
+/// state at changelog offset `changelog`.
+pub fn index_is_whole(value: Option<&[u8]>, changelog: i64) -> bool {
+    value == Some(index_marker(changelog).as_slice())
 }
 
 /// The prefixes (full keys) of partition `p`'s derived tables, to clear them before a build.
