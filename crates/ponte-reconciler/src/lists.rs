@@ -11,13 +11,13 @@ use std::collections::{BTreeMap, VecDeque};
 use ponte_domain::indicators::Counts;
 use ponte_proto::compliance::v1::Person;
 use ponte_proto::reconciler::v1::{
-    IndicatorCounts, ListOwnedPersonsRequest, PartitionIndicatorRow, ReadIndicatorsRequest,
+    ListOwnedPersonsRequest, PartitionIndicatorRow, ReadIndicatorsRequest,
 };
 use tonic::Status;
 
 use crate::grpc::ComplianceApi;
 use crate::peers::{LIST_PAGE, Owner};
-use crate::topology::ListFilter;
+use crate::topology::{ListFilter, add_counts, counts_of, indicator_counts};
 
 /// Outcome counts by (conditionality, period).
 pub type Indicators = BTreeMap<(String, String), Counts>;
@@ -269,16 +269,8 @@ impl ComplianceApi {
                     Ok(rows.map(|rows| {
                         rows.into_iter()
                             .map(|r| {
-                                let c = r.counts.unwrap_or_default();
-                                (
-                                    (r.conditionality, r.period),
-                                    Counts {
-                                        public: c.public,
-                                        followed: c.followed,
-                                        compliant: c.compliant,
-                                        non_compliant: c.non_compliant,
-                                    },
-                                )
+                                let c = counts_of(&r.counts.unwrap_or_default());
+                                ((r.conditionality, r.period), c)
                             })
                             .collect::<Indicators>()
                     }))
@@ -292,11 +284,7 @@ impl ComplianceApi {
                 return Ok(None);
             };
             for (k, c) in rows {
-                let s = sum.entry(k).or_default();
-                s.public += c.public;
-                s.followed += c.followed;
-                s.compliant += c.compliant;
-                s.non_compliant += c.non_compliant;
+                add_counts(sum.entry(k).or_default(), &c);
             }
         }
         Ok(Some((sum, from)))
@@ -310,12 +298,7 @@ pub fn indicator_rows(indicators: Indicators) -> Vec<PartitionIndicatorRow> {
         .map(|((conditionality, period), c)| PartitionIndicatorRow {
             conditionality,
             period,
-            counts: Some(IndicatorCounts {
-                public: c.public,
-                followed: c.followed,
-                compliant: c.compliant,
-                non_compliant: c.non_compliant,
-            }),
+            counts: Some(indicator_counts(&c)),
         })
         .collect()
 }

@@ -20,7 +20,7 @@
 use std::collections::HashMap;
 
 use ponte_domain::indicators::Counts;
-use ponte_proto::reconciler::v1::{OutcomeCounted, PersonEntryDigest};
+use ponte_proto::reconciler::v1::{IndicatorCounts, OutcomeCounted, PersonEntryDigest};
 
 use super::*;
 
@@ -305,15 +305,35 @@ impl Moves {
 
 /// A counts row as stored: format byte 2, then `IndicatorCounts`.
 pub(crate) fn counts_to_stored(c: &Counts) -> Vec<u8> {
-    with_format(
-        2,
-        &ponte_proto::reconciler::v1::IndicatorCounts {
-            public: c.public,
-            followed: c.followed,
-            compliant: c.compliant,
-            non_compliant: c.non_compliant,
-        },
-    )
+    with_format(2, &indicator_counts(c))
+}
+
+/// Counts as the wire and the stored rows carry them.
+pub(crate) fn indicator_counts(c: &Counts) -> IndicatorCounts {
+    IndicatorCounts {
+        public: c.public,
+        followed: c.followed,
+        compliant: c.compliant,
+        non_compliant: c.non_compliant,
+    }
+}
+
+/// Counts from the wire or a stored row.
+pub(crate) fn counts_of(c: &IndicatorCounts) -> Counts {
+    Counts {
+        public: c.public,
+        followed: c.followed,
+        compliant: c.compliant,
+        non_compliant: c.non_compliant,
+    }
+}
+
+/// Adds `c` to `sum`.
+pub(crate) fn add_counts(sum: &mut Counts, c: &Counts) {
+    sum.public += c.public;
+    sum.followed += c.followed;
+    sum.compliant += c.compliant;
+    sum.non_compliant += c.non_compliant;
 }
 
 /// A counts row read back: format 2 ([`counts_to_stored`]), or format 1 (JSON, read model rows
@@ -321,14 +341,8 @@ pub(crate) fn counts_to_stored(c: &Counts) -> Vec<u8> {
 pub(crate) fn counts_from_stored(bytes: &[u8]) -> Result<Counts, String> {
     match bytes.split_first() {
         Some((2, row)) => {
-            let row = ponte_proto::reconciler::v1::IndicatorCounts::decode(row)
-                .map_err(|e| e.to_string())?;
-            Ok(Counts {
-                public: row.public,
-                followed: row.followed,
-                compliant: row.compliant,
-                non_compliant: row.non_compliant,
-            })
+            let row = IndicatorCounts::decode(row).map_err(|e| e.to_string())?;
+            Ok(counts_of(&row))
         }
         Some((b'{', _)) => serde_json::from_slice(bytes).map_err(|e| e.to_string()),
         _ => Err("not an outcome counts row of a known format".to_owned()),
@@ -712,11 +726,10 @@ impl Topology {
                     continue;
                 };
                 let c = counts_from_stored(&v).map_err(|e| corrupt(&k, e))?;
-                let sum = out.entry((cond.to_owned(), period.to_owned())).or_default();
-                sum.public += c.public;
-                sum.followed += c.followed;
-                sum.compliant += c.compliant;
-                sum.non_compliant += c.non_compliant;
+                add_counts(
+                    out.entry((cond.to_owned(), period.to_owned())).or_default(),
+                    &c,
+                );
             }
         }
         Ok(out)

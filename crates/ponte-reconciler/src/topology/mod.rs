@@ -102,7 +102,9 @@ pub use index::{
     Indexed, ListFilter, Rederive, StoreWrite, index_is_whole, index_marker, index_marker_key,
     index_prefixes, is_derived,
 };
-pub(crate) use index::{counts_from_stored, counts_to_stored, domain_status};
+pub(crate) use index::{
+    add_counts, counts_from_stored, counts_of, counts_to_stored, domain_status, indicator_counts,
+};
 pub use parked::*;
 pub use state::*;
 pub use tables::table_of;
