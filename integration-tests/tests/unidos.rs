@@ -10,7 +10,9 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ponte_domain::period::Date;
-use ponte_integration_tests::{Stack, achievement_state, read_topic_to_end, repo_root, wait_ready};
+use ponte_integration_tests::{
+    Stack, achievement_state, metric, read_topic_to_end, repo_root, wait_ready,
+};
 use ponte_proto::compliance::v1::{
     AchievementState, ComplianceChange, CriterionState, GetHouseholdIndicatorsRequest,
     compliance_change::View,
@@ -282,7 +284,28 @@ async fn a_unidos_household_through_the_three_adapters_to_its_exit() {
         .map(|(_, v)| ComplianceChange::decode(v.as_slice()).unwrap())
         .expect("the household on the change topic");
     match latest.view {
-        Some(View::Household(h)) => assert!(h.exit.unwrap().may_leave),
+        Some(View::Household(h)) => {
+            assert!(h.exit.as_ref().unwrap().may_leave);
+            // The reconciler owns every partition: the household and its municipality's
+            // indicators are read from its state, the view as published.
+            assert_eq!(
+                h, after,
+                "the view read from the state is the one published"
+            );
+        }
         other => panic!("{other:?}"),
+    }
+    let admin = stack.admin_port("reconciler");
+    for view in ["household", "household_indicators"] {
+        let from_state = metric(
+            admin,
+            "ponte_reconciler_view_reads_total",
+            &[("view", view), ("from", "state")],
+        )
+        .await;
+        assert!(
+            from_state > 0.0,
+            "{view} reads from the state: {from_state}"
+        );
     }
 }

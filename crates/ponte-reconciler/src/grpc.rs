@@ -211,6 +211,15 @@ impl Timed for ponte_proto::compliance::v1::Family {
     }
 }
 
+impl Timed for ponte_proto::compliance::v1::Household {
+    fn version(&self) -> u64 {
+        self.view_version
+    }
+    fn time_mut(&mut self) -> &mut Option<ponte_proto::Timestamp> {
+        &mut self.updated_time
+    }
+}
+
 /// What of a followed household the grant may show: the whole view, to a federal scope only.
 /// Read scopes name Brazilian places (IBGE codes, UFs); until they name Colombian ones
 /// (DIVIPOLA), a household is out of every narrower scope.
@@ -232,13 +241,20 @@ pub(crate) fn family_id(id: &str) -> Result<&str, Status> {
 }
 
 /// A household id as the adapters accept it, or `INVALID_ARGUMENT` naming the field.
-fn household_id(id: &str) -> Result<&str, Status> {
+pub(crate) fn household_id(id: &str) -> Result<&str, Status> {
     if id.is_empty() || id.len() > 32 || id.contains('/') {
         return Err(Status::invalid_argument(
             "household_id: required, at most 32 characters, no '/'",
         ));
     }
     Ok(id)
+}
+
+/// A DIVIPOLA municipality code (Colombia), or `INVALID_ARGUMENT` naming the field.
+pub(crate) fn divipola(code: &str) -> Result<String, Status> {
+    ponte_domain::colombia::Divipola::parse(code)
+        .map(|d| d.to_string())
+        .map_err(|e| Status::invalid_argument(format!("municipality: {e}")))
 }
 
 impl ComplianceApi {
@@ -363,7 +379,19 @@ impl ComplianceApi {
         )
     }
 
-    /// A view (`what`: `person`, `family`): from the state if this instance owns the key's
+    /// Household `id`'s view computed from the state ([`Self::local_view`]).
+    pub(crate) fn local_household(
+        &self,
+        id: &str,
+    ) -> Result<Option<Option<ponte_proto::compliance::v1::Household>>, Status> {
+        self.local_view(
+            id,
+            |p| self.topology.read_household(&self.state, p, id),
+            || readmodel::read_household(&self.read, id),
+        )
+    }
+
+    /// A view (`what`: `person`, `family`, `household`): from the state if this instance owns the key's
     /// partition (`local`), else from the instance that owns it (`ask`, a peer read not begun
     /// until awaited; none without peers), else — no owner known, or it did not answer — from
     /// the read model (`read_model`); counted by where it was read.
@@ -417,6 +445,21 @@ impl ComplianceApi {
             self.local_family(id),
             self.peers.as_deref().map(|peers| peers.family(p, id)),
             || readmodel::read_family(&self.read, id),
+        )
+        .await
+    }
+
+    /// Household `id`'s view ([`Self::view`]).
+    async fn household_view(
+        &self,
+        id: &str,
+    ) -> Result<Option<ponte_proto::compliance::v1::Household>, Status> {
+        let p = self.partition_of(id);
+        self.view(
+            "household",
+            self.local_household(id),
+            self.peers.as_deref().map(|peers| peers.household(p, id)),
+            || readmodel::read_household(&self.read, id),
         )
         .await
     }
@@ -793,7 +836,7 @@ impl ComplianceService for ComplianceApi {
     ) -> Result<Response<GetHouseholdResponse>, Status> {
         let admitted = admit(&self.gate, &request, Rpc::GetHousehold)?;
         let id = household_id(&request.get_ref().household_id)?.to_owned();
-        let household = self.read_point(|| readmodel::read_household(&self.read, &id))?;
+        let household = self.household_view(&id).await?;
         let shown = household.and_then(|h| visible_household(&admitted.grant, h));
         self.audited(
             &admitted,
@@ -818,17 +861,22 @@ impl ComplianceService for ComplianceApi {
         request: Request<GetHouseholdIndicatorsRequest>,
     ) -> Result<Response<GetHouseholdIndicatorsResponse>, Status> {
         let admitted = admit(&self.gate, &request, Rpc::GetHouseholdIndicators)?;
-        let code = request.into_inner().municipality;
-        let mun = ponte_domain::colombia::Divipola::parse(&code)
-            .map_err(|e| Status::invalid_argument(format!("municipality: {e}")))?
-            .to_string();
+        let mun = divipola(&request.into_inner().municipality)?;
         if !admitted.grant.is_federal() {
             return Err(out_of_scope("municipality"));
         }
-        let key = mun.clone();
-        let out = self
-            .read(move |s| readmodel::household_indicators(s, &key))
-            .await?;
+        let out = match self.household_indicators_from_owners(&mun).await? {
+            Some((out, from)) => {
+                view_read("household_indicators", from);
+                out
+            }
+            None => {
+                view_read("household_indicators", "read_model");
+                let key = mun.clone();
+                self.read(move |s| readmodel::household_indicators(s, &key))
+                    .await?
+            }
+        };
         self.audited(
             &admitted,
             "GetHouseholdIndicators",
@@ -891,7 +939,7 @@ mod tests {
 [principals."state-sp-education"]
 read = { scopes = ["state:SP"], rpcs = ["GetPerson", "GetFamily"], conditionalities = ["education"] }
 [principals."federal"]
-read = { scopes = ["federal"], rpcs = ["GetPerson", "GetFamily", "ListPersons", "GetIndicators"], conditionalities = ["all"] }
+read = { scopes = ["federal"], rpcs = ["GetPerson", "GetFamily", "ListPersons", "GetIndicators", "GetHousehold", "GetHouseholdIndicators"], conditionalities = ["all"] }
 [principals."peer-instance"]
 peer = true
 "#;
@@ -935,15 +983,24 @@ peer = true
             read: read.clone(),
             state: state.clone(),
             assignment: tokio::sync::watch::channel(assignment).1,
-            topology: Arc::new(topology::Topology::new(
-                ponte_domain::rules::RuleSet::from_toml_str(
-                    "bolsa-familia-2023.toml",
-                    include_str!("../../../rules/bolsa-familia-2023.toml"),
+            topology: Arc::new(
+                topology::Topology::new(
+                    ponte_domain::rules::RuleSet::from_toml_str(
+                        "bolsa-familia-2023.toml",
+                        include_str!("../../../rules/bolsa-familia-2023.toml"),
+                    )
+                    .unwrap(),
+                    ponte_domain::period::Month::parse("2025-01").unwrap(),
+                    ponte_domain::period::Month::parse("2025-12").unwrap(),
                 )
-                .unwrap(),
-                ponte_domain::period::Month::parse("2025-01").unwrap(),
-                ponte_domain::period::Month::parse("2025-12").unwrap(),
-            )),
+                .with_achievements(
+                    ponte_domain::achievements::AchievementRuleSet::from_toml_str(
+                        "unidos-2021.toml",
+                        include_str!("../../../rules/unidos-2021.toml"),
+                    )
+                    .unwrap(),
+                ),
+            ),
             partitions: 4,
             kafka: KafkaConfig {
                 bootstrap_servers: "127.0.0.1:9".into(),
@@ -958,10 +1015,39 @@ peer = true
         }
     }
 
+    /// Applies `event` (keyed `key`, arriving on `input`) to its partition's state as an epoch
+    /// stores it; the changes it published.
+    fn stored(
+        api: &ComplianceApi,
+        state: &Store,
+        key: &str,
+        input: topology::Input,
+        event: &ponte_proto::events::v1::Event,
+    ) -> Vec<Vec<u8>> {
+        let partition = ponte_bus::partition::of_key(key.as_bytes(), api.partitions);
+        let mut tx = topology::Tx::new(state);
+        tx.set_partition(partition);
+        api.topology.apply(&mut tx, input, event).unwrap();
+        api.topology.finish(&mut tx).unwrap();
+        let (writes, outputs) = tx.take();
+        let mut batch = state.batch();
+        for (k, v) in writes {
+            match v {
+                Some(v) => batch.put(&k, &v),
+                None => batch.delete(&k),
+            }
+        }
+        batch.commit().unwrap();
+        outputs
+            .into_iter()
+            .filter(|o| o.kind == topology::OutputKind::Change)
+            .filter_map(|o| o.payload)
+            .collect()
+    }
+
     /// Applies a registry profile of `nis` (municipality São Paulo) to its partition's state as
     /// an epoch stores it; the change it published, and the change's view.
     fn stored_profile(api: &ComplianceApi, state: &Store, nis: &str) -> (Vec<u8>, Person) {
-        let partition = ponte_bus::partition::of_key(nis.as_bytes(), api.partitions);
         let profile = ponte_proto::events::v1::Event {
             record_id: format!("registry:{nis}"),
             version: 1,
@@ -983,23 +1069,9 @@ peer = true
             )),
             ..Default::default()
         };
-        let mut tx = topology::Tx::new(state);
-        tx.set_partition(partition);
-        api.topology
-            .apply(&mut tx, topology::Input::Registry, &profile)
+        let change = stored(api, state, nis, topology::Input::Registry, &profile)
+            .pop()
             .unwrap();
-        api.topology.finish(&mut tx).unwrap();
-        let (writes, mut outputs) = tx.take();
-        let mut batch = state.batch();
-        for (k, v) in writes {
-            match v {
-                Some(v) => batch.put(&k, &v),
-                None => batch.delete(&k),
-            }
-        }
-        batch.commit().unwrap();
-        outputs.retain(|o| o.kind == topology::OutputKind::Change);
-        let change = outputs.pop().and_then(|o| o.payload).unwrap();
         let published = ComplianceChange::decode(change.as_slice())
             .ok()
             .and_then(|c| match c.view {
@@ -1195,6 +1267,34 @@ peer = true
         assert_eq!(got.person, Some(published));
     }
 
+    /// Two instances over stores in one directory.
+    struct Pair {
+        /// Owns partitions 0 and 2 of four (`theirs`); its callers without credentials act as
+        /// a peer.
+        owner: ComplianceApi,
+        owner_state: Store,
+        owner_read: Store,
+        /// Owns partitions 1 and 3; its callers act as `federal`.
+        asker: ComplianceApi,
+        state: Store,
+        theirs: Vec<i32>,
+    }
+
+    fn pair(dir: &std::path::Path) -> Pair {
+        let open =
+            |name: &str| Store::open(dir.join(name), ponte_store::Durability::Process).unwrap();
+        let (owner_state, owner_read, state, read) = (open("os"), open("or"), open("s"), open("r"));
+        let theirs = vec![0, 2];
+        Pair {
+            owner: api_as(dir, &owner_state, &owner_read, &theirs, "peer-instance"),
+            asker: api(dir, &state, &read, &[1, 3]),
+            owner_state,
+            owner_read,
+            state,
+            theirs,
+        }
+    }
+
     /// A municipality's persons and counts come from every partition's owner — this instance's
     /// state for its own, the other instance's peer service for the rest — merged in NIS order
     /// and summed; from the read model when an owner cannot answer.
@@ -1204,19 +1304,14 @@ peer = true
         use ponte_proto::reconciler::v1::ListOwnedPersonsRequest;
         use ponte_proto::reconciler::v1::peer_service_server::PeerService;
         let dir = tempfile::tempdir().unwrap();
-        let open = |name: &str| {
-            Store::open(dir.path().join(name), ponte_store::Durability::Process).unwrap()
-        };
-        let (owner_state, owner_read, state, read) = (open("os"), open("or"), open("s"), open("r"));
-        let (theirs, ours) = (vec![0, 2], vec![1, 3]);
-        let owner = api_as(
-            dir.path(),
-            &owner_state,
-            &owner_read,
-            &theirs,
-            "peer-instance",
-        );
-        let mut asker = api(dir.path(), &state, &read, &ours);
+        let Pair {
+            owner,
+            owner_state,
+            owner_read,
+            mut asker,
+            state,
+            theirs,
+        } = pair(dir.path());
         // Twenty children of São Paulo, each applied to the state of the instance owning
         // their partition.
         let mut everyone: Vec<String> = (0..20)
@@ -1326,6 +1421,157 @@ peer = true
         server.await.unwrap().unwrap();
         assert!(list(0, "", OutcomeStatus::Unspecified).await.is_empty());
         assert!(indicators().await.unwrap().into_inner().rows.is_empty());
+    }
+
+    /// Applies a registry profile of household `id` of DIVIPOLA municipality `municipality` to
+    /// its partition's state; the household's view published.
+    fn stored_household(
+        api: &ComplianceApi,
+        state: &Store,
+        id: &str,
+        municipality: &str,
+    ) -> ponte_proto::compliance::v1::Household {
+        use ponte_proto::events::v1::{HouseholdMember, HouseholdProfile, event::Record};
+        let profile = ponte_proto::events::v1::Event {
+            record_id: format!("unidos-registry:household-profile:{id}"),
+            version: 1,
+            source_system: "unidos".into(),
+            ingest_time: Some(ponte_proto::Timestamp {
+                seconds: 1_750_000_000,
+                nanos: 0,
+            }),
+            record: Some(Record::HouseholdProfile(HouseholdProfile {
+                household_id: id.into(),
+                municipality: municipality.into(),
+                programmes: vec!["UNIDOS".into()],
+                members: vec![HouseholdMember {
+                    person_key: "registry:m1".into(),
+                    registry_member_id: "m1".into(),
+                    birth_date: "1985-01-01".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        let change = stored(api, state, id, topology::Input::AssistanceFamily, &profile)
+            .pop()
+            .expect("a household view");
+        match ComplianceChange::decode(change.as_slice()).unwrap().view {
+            Some(View::Household(h)) => h,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// A household is read from the state of its partition's owner, and a municipality's
+    /// household indicators are summed over every partition's owner, the other instance's
+    /// through its peer service; from the read model when an owner cannot answer.
+    #[tokio::test]
+    async fn households_and_their_indicators_are_read_from_every_partition_s_owner() {
+        use crate::peers::PeerApi;
+        use ponte_proto::reconciler::v1::ReadHouseholdIndicatorsRequest;
+        use ponte_proto::reconciler::v1::peer_service_server::PeerService;
+        let dir = tempfile::tempdir().unwrap();
+        let Pair {
+            owner,
+            owner_state,
+            owner_read,
+            mut asker,
+            state,
+            theirs,
+        } = pair(dir.path());
+        // Twelve households of Pasto, each in the state of the instance owning its partition.
+        let mut views = BTreeMap::new();
+        let mut by_instance = [0, 0];
+        for i in 0..12 {
+            let id = format!("HH-52001-{i:04}");
+            let p = ponte_bus::partition::of_key(id.as_bytes(), 4);
+            let (api, state, n) = if theirs.contains(&p) {
+                (&owner, &owner_state, 0)
+            } else {
+                (&asker, &state, 1)
+            };
+            views.insert(id.clone(), stored_household(api, state, &id, "52001"));
+            by_instance[n] += 1;
+        }
+        assert!(by_instance[0] > 0 && by_instance[1] > 0, "{by_instance:?}");
+        let (stop, server, peers) = serve_peer(&owner, &theirs);
+        asker.peers = Some(peers);
+        let get = |id: &str| {
+            asker.get_household(Request::new(GetHouseholdRequest {
+                household_id: id.to_owned(),
+            }))
+        };
+        // Every household as published, wherever its partition is; none unknown.
+        for (id, view) in &views {
+            let got = get(id).await.unwrap().into_inner().household;
+            assert_eq!(got.as_ref(), Some(view), "{id}");
+        }
+        let status = get("HH-NONE").await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::NotFound, "{status}");
+        // The indicators summed over both instances: twelve households, each achievement
+        // counted once per household.
+        let indicators = || {
+            asker.get_household_indicators(Request::new(GetHouseholdIndicatorsRequest {
+                municipality: "52001".into(),
+            }))
+        };
+        let got = indicators().await.unwrap().into_inner();
+        assert_eq!(got.households, 12);
+        let achievements = views.values().next().unwrap().achievements.len() as u64;
+        let counted: u64 = got
+            .dimensions
+            .iter()
+            .map(|d| d.reached + d.not_reached + d.not_applicable + d.unknown)
+            .sum();
+        assert_eq!(counted, 12 * achievements);
+        assert_eq!(
+            indicators_of(&asker, "05001").await.households,
+            0,
+            "another municipality"
+        );
+
+        // The peer service answers only for partitions its instance owns, and only to peers.
+        let ask_owned = |partitions: Vec<i32>| {
+            Request::new(ReadHouseholdIndicatorsRequest {
+                partitions,
+                municipality: "52001".into(),
+            })
+        };
+        let status = PeerApi(owner.clone())
+            .read_household_indicators(ask_owned(vec![0, 1]))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status}");
+        let not_a_peer = api(dir.path(), &owner_state, &owner_read, &theirs);
+        let status = PeerApi(not_a_peer)
+            .read_household_indicators(ask_owned(theirs.clone()))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status}");
+
+        // The owner gone, the read model answers: empty, it never got the changes.
+        stop.cancel();
+        server.await.unwrap().unwrap();
+        assert_eq!(indicators().await.unwrap().into_inner().households, 0);
+        let (theirs_id, _) = views
+            .iter()
+            .find(|(id, _)| theirs.contains(&ponte_bus::partition::of_key(id.as_bytes(), 4)))
+            .unwrap();
+        let status = get(theirs_id).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::NotFound, "{status}");
+    }
+
+    async fn indicators_of(
+        api: &ComplianceApi,
+        municipality: &str,
+    ) -> ponte_proto::compliance::v1::GetHouseholdIndicatorsResponse {
+        api.get_household_indicators(Request::new(GetHouseholdIndicatorsRequest {
+            municipality: municipality.into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
     }
 
     #[test]

@@ -1,23 +1,27 @@
-//! Reads that span every partition — a municipality's persons (`ListPersons`) and its outcome
-//! counts (`GetIndicators`) — gathered from each partition's owner: this instance's state for
-//! the partitions it owns, the other instances (`PeerService.ListPersons`, `ReadIndicators`)
-//! for theirs, each answering from its partitions' municipality index and counts
-//! ([`crate::topology`]'s `mi/` and `ic/`). Persons are merged in NIS order, a page at a time
-//! from each owner; counts are summed. When a partition has no owner that can answer — none
+//! Reads that span every partition — a municipality's persons (`ListPersons`), its outcome
+//! counts (`GetIndicators`) and its household indicators (`GetHouseholdIndicators`) — gathered
+//! from each partition's owner: this instance's state for the partitions it owns, the other
+//! instances (`PeerService.ListPersons`, `ReadIndicators`, `ReadHouseholdIndicators`) for
+//! theirs, each answering from its partitions' index ([`crate::topology`]'s `mi/`, `ic/` and
+//! `hx/`). Persons are merged in NIS order, a page at a time from each owner; counts are
+//! summed. When a partition has no owner that can answer — none
 //! known, resting after a failure, not advertising peers, or one that fails meanwhile — the
 //! read model answers the whole read instead.
 use std::collections::{BTreeMap, VecDeque};
 
 use ponte_domain::indicators::Counts;
-use ponte_proto::compliance::v1::Person;
+use ponte_proto::compliance::v1::{GetHouseholdIndicatorsResponse, Person};
 use ponte_proto::reconciler::v1::{
-    ListOwnedPersonsRequest, PartitionIndicatorRow, ReadIndicatorsRequest,
+    ListOwnedPersonsRequest, PartitionIndicatorRow, ReadHouseholdIndicatorsRequest,
+    ReadIndicatorsRequest,
 };
 use tonic::Status;
 
 use crate::grpc::ComplianceApi;
 use crate::peers::{LIST_PAGE, Owner};
-use crate::topology::{ListFilter, add_counts, counts_of, indicator_counts};
+use crate::topology::{
+    ListFilter, add_counts, add_household_indicators, counts_of, indicator_counts,
+};
 
 /// Outcome counts by (conditionality, period).
 pub type Indicators = BTreeMap<(String, String), Counts>;
@@ -138,6 +142,99 @@ impl ComplianceApi {
             .map(Some)
     }
 
+    /// The household indicators of DIVIPOLA municipality `municipality` counted over
+    /// `partitions` (as [`Self::list_owned`]).
+    pub(crate) async fn household_indicators_owned(
+        &self,
+        partitions: Vec<i32>,
+        municipality: String,
+    ) -> Result<Option<GetHouseholdIndicatorsResponse>, Status> {
+        if !self.owns_all(&partitions) {
+            return Ok(None);
+        }
+        self.check_read_path()?;
+        let topology = self.topology.clone();
+        self.read_state(move |s| topology.household_indicators(s, &partitions, &municipality))
+            .await
+            .map(Some)
+    }
+
+    /// Each source's answer to a read spanning every partition: `local`'s for this instance's
+    /// partitions, `peer`'s (`None`: it failed) for each other owner's, asked at once; `None`
+    /// when a partition's owner cannot answer.
+    async fn gather<T, L, P>(
+        &self,
+        local: impl Fn(Vec<i32>) -> L,
+        peer: impl Fn(Owner) -> P,
+    ) -> Result<Option<(Vec<T>, Route)>, Status>
+    where
+        L: Future<Output = Result<Option<T>, Status>>,
+        P: Future<Output = Option<T>>,
+    {
+        let Some(sources) = self.sources() else {
+            return Ok(None);
+        };
+        let from = from_of(&sources);
+        let answers = futures::future::join_all(sources.into_iter().map(|source| {
+            let (mut l, mut p) = (None, None);
+            match source {
+                Source::Local(partitions) => l = Some(local(partitions)),
+                Source::Peer(owner) => p = Some(peer(owner)),
+            }
+            async move {
+                match (l, p) {
+                    (Some(l), _) => l.await,
+                    (_, Some(p)) => Ok(p.await),
+                    (None, None) => Ok(None),
+                }
+            }
+        }))
+        .await;
+        let mut out = Vec::new();
+        for answer in answers {
+            match answer? {
+                Some(a) => out.push(a),
+                None => return Ok(None),
+            }
+        }
+        Ok(Some((out, from)))
+    }
+
+    /// The household indicators of DIVIPOLA municipality `municipality` summed over every
+    /// partition, from each partition's owner; `None` when one cannot answer.
+    pub(crate) async fn household_indicators_from_owners(
+        &self,
+        municipality: &str,
+    ) -> Result<Option<(GetHouseholdIndicatorsResponse, Route)>, Status> {
+        let gathered = self
+            .gather(
+                |partitions| self.household_indicators_owned(partitions, municipality.to_owned()),
+                |owner| async move {
+                    let request = ReadHouseholdIndicatorsRequest {
+                        partitions: owner.partitions.clone(),
+                        municipality: municipality.to_owned(),
+                    };
+                    self.peers
+                        .as_deref()?
+                        .ask_owner(&owner, |mut c| async move {
+                            Ok(c.read_household_indicators(request).await?.into_inner())
+                        })
+                        .await
+                },
+            )
+            .await?;
+        Ok(gathered.map(|(answers, from)| {
+            let mut sum = GetHouseholdIndicatorsResponse {
+                municipality: municipality.to_owned(),
+                ..Default::default()
+            };
+            for a in answers {
+                add_household_indicators(&mut sum, a);
+            }
+            (sum, from)
+        }))
+    }
+
     /// The next page of `run`'s persons: up to `n` after its last one. `None`: a peer failed.
     async fn page(
         &self,
@@ -243,51 +340,41 @@ impl ComplianceApi {
         &self,
         municipality: &str,
     ) -> Result<Option<(Indicators, Route)>, Status> {
-        let Some(sources) = self.sources() else {
-            return Ok(None);
-        };
-        let from = from_of(&sources);
-        let answers = futures::future::join_all(sources.into_iter().map(|source| async move {
-            match source {
-                Source::Local(partitions) => {
-                    self.indicators_owned(partitions, municipality.to_owned())
-                        .await
-                }
-                Source::Peer(owner) => {
-                    let Some(peers) = self.peers.as_deref() else {
-                        return Ok(None);
-                    };
+        let gathered = self
+            .gather(
+                |partitions| self.indicators_owned(partitions, municipality.to_owned()),
+                |owner| async move {
                     let request = ReadIndicatorsRequest {
                         partitions: owner.partitions.clone(),
                         municipality: municipality.to_owned(),
                     };
-                    let rows = peers
+                    let rows = self
+                        .peers
+                        .as_deref()?
                         .ask_owner(&owner, |mut c| async move {
                             Ok(c.read_indicators(request).await?.into_inner().rows)
                         })
-                        .await;
-                    Ok(rows.map(|rows| {
+                        .await?;
+                    Some(
                         rows.into_iter()
                             .map(|r| {
                                 let c = counts_of(&r.counts.unwrap_or_default());
                                 ((r.conditionality, r.period), c)
                             })
-                            .collect::<Indicators>()
-                    }))
+                            .collect::<Indicators>(),
+                    )
+                },
+            )
+            .await?;
+        Ok(gathered.map(|(answers, from)| {
+            let mut sum = Indicators::new();
+            for rows in answers {
+                for (k, c) in rows {
+                    add_counts(sum.entry(k).or_default(), &c);
                 }
             }
+            (sum, from)
         }))
-        .await;
-        let mut sum = Indicators::new();
-        for answer in answers {
-            let Some(rows) = answer? else {
-                return Ok(None);
-            };
-            for (k, c) in rows {
-                add_counts(sum.entry(k).or_default(), &c);
-            }
-        }
-        Ok(Some((sum, from)))
     }
 }
 

@@ -1,6 +1,6 @@
-//! Reads across instances: a person or a family of a partition another instance owns is read
-//! from that instance's state, over mutual TLS (`ponte.reconciler.v1.PeerService`), instead of
-//! from this instance's read model.
+//! Reads across instances: a person, a family or a household of a partition another instance
+//! owns is read from that instance's state, over mutual TLS (`ponte.reconciler.v1.PeerService`),
+//! instead of from this instance's read model (lists and counts: `crate::lists`).
 //!
 //! Who owns which partition comes from the consumer group's description
 //! ([`ponte_bus::members`]), read again every `peer.refresh`: each instance joins the group
@@ -18,11 +18,12 @@ use ponte_audit::log::ReadSubject;
 use ponte_bus::KafkaConfig;
 use ponte_domain::ids::Nis;
 use ponte_proto::compliance::v1::OutcomeStatus;
-use ponte_proto::compliance::v1::{Family, Person};
+use ponte_proto::compliance::v1::{Family, GetHouseholdIndicatorsResponse, Household, Person};
 use ponte_proto::reconciler::v1::peer_service_client::PeerServiceClient;
 use ponte_proto::reconciler::v1::peer_service_server::PeerService;
 use ponte_proto::reconciler::v1::{
     ListOwnedPersonsRequest, ListOwnedPersonsResponse, ReadFamilyRequest, ReadFamilyResponse,
+    ReadHouseholdIndicatorsRequest, ReadHouseholdRequest, ReadHouseholdResponse,
     ReadIndicatorsRequest, ReadIndicatorsResponse, ReadPersonRequest, ReadPersonResponse,
 };
 use tokio_util::sync::CancellationToken;
@@ -373,6 +374,18 @@ impl Peers {
         })
         .await
     }
+
+    /// Household `id`'s view from the owner of its partition `partition`.
+    pub async fn household(&self, partition: i32, id: &str) -> Asked<Household> {
+        let household_id = id.to_owned();
+        self.ask(partition, |mut c| async move {
+            let r = c
+                .read_household(ReadHouseholdRequest { household_id })
+                .await?;
+            Ok(r.into_inner().household)
+        })
+        .await
+    }
 }
 
 /// The server side of peer reads: views of the partitions this instance owns, computed from
@@ -466,6 +479,47 @@ impl PeerService for PeerApi {
         )
         .await?;
         Ok(Response::new(ReadIndicatorsResponse { rows }))
+    }
+
+    async fn read_household(
+        &self,
+        request: Request<ReadHouseholdRequest>,
+    ) -> Result<Response<ReadHouseholdResponse>, Status> {
+        let api = &self.0;
+        let (caller, _permit) = ponte_edge::grpc::admit_peer(&api.gate, &request, "ReadHousehold")?;
+        let id = crate::grpc::household_id(&request.get_ref().household_id)?.to_owned();
+        let household = api.local_household(&id)?.ok_or_else(not_owner)?;
+        api.audited_as(
+            &caller.principal,
+            "PeerService/ReadHousehold",
+            ReadSubject::Household(&id),
+            usize::from(household.is_some()),
+        )
+        .await?;
+        Ok(Response::new(ReadHouseholdResponse { household }))
+    }
+
+    async fn read_household_indicators(
+        &self,
+        request: Request<ReadHouseholdIndicatorsRequest>,
+    ) -> Result<Response<GetHouseholdIndicatorsResponse>, Status> {
+        let api = &self.0;
+        let (caller, _permit) =
+            ponte_edge::grpc::admit_peer(&api.gate, &request, "ReadHouseholdIndicators")?;
+        let req = request.into_inner();
+        let municipality = crate::grpc::divipola(&req.municipality)?;
+        let out = api
+            .household_indicators_owned(req.partitions, municipality.clone())
+            .await?
+            .ok_or_else(not_owner)?;
+        api.audited_as(
+            &caller.principal,
+            "PeerService/ReadHouseholdIndicators",
+            ReadSubject::Municipality(&municipality),
+            out.dimensions.len(),
+        )
+        .await?;
+        Ok(Response::new(out))
     }
 
     async fn read_family(

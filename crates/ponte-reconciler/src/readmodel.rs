@@ -749,19 +749,8 @@ pub fn household_indicators(
             };
             out.households += 1;
             out.may_leave += u64::from(h.exit.as_ref().is_some_and(|e| e.may_leave));
-            for a in &h.achievements {
-                let d = dimensions.entry(a.dimension.clone()).or_insert_with(|| {
-                    api::DimensionIndicator {
-                        dimension: a.dimension.clone(),
-                        ..Default::default()
-                    }
-                });
-                match api::AchievementState::try_from(a.state) {
-                    Ok(api::AchievementState::AchievementReached) => d.reached += 1,
-                    Ok(api::AchievementState::AchievementNotReached) => d.not_reached += 1,
-                    Ok(api::AchievementState::AchievementNotApplicable) => d.not_applicable += 1,
-                    _ => d.unknown += 1,
-                }
+            for a in h.achievements {
+                crate::topology::count_achievement(&mut dimensions, a.dimension, a.state);
             }
         }
     }

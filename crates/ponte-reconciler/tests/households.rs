@@ -1,7 +1,8 @@
 //! The household stage (Unidos) driven in-process: a household's records through the topology
 //! to its view and exit test; evidence accepted only on the topic of its source's adapter; the
 //! view independent of the order records arrive in; retractions and deployments without a
-//! household-achievement rule set.
+//! household-achievement rule set; after every epoch, the views and indicators read from the
+//! state are those published, and the household index is the one its households give.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -22,7 +23,9 @@ use ponte_domain::rules::RuleSet;
 use ponte_proto::Timestamp;
 use ponte_proto::compliance::v1::{self as api, AchievementState, CriterionState};
 use ponte_proto::events::v1::{Event, event::Record};
-use ponte_reconciler::topology::{Applied, Input, OutputKind, Topology, Tx};
+use ponte_reconciler::topology::{
+    Applied, Input, Kv as _, OutputKind, Topology, Tx, index_prefixes, is_derived,
+};
 use proptest::prelude::*;
 use prost::Message as _;
 
@@ -304,6 +307,8 @@ struct Harness {
     topology: Topology,
     views: BTreeMap<String, Option<api::ComplianceChange>>,
     changes: usize,
+    /// The state writes sent to the changelog (derived ones are not), in order.
+    changelog: Vec<(Vec<u8>, Option<Vec<u8>>)>,
 }
 
 impl Harness {
@@ -313,6 +318,7 @@ impl Harness {
             topology: topology(with_unidos),
             views: BTreeMap::new(),
             changes: 0,
+            changelog: Vec::new(),
         }
     }
 
@@ -338,6 +344,9 @@ impl Harness {
         let (writes, outputs) = tx.take();
         let mut map = self.kv.0.lock().unwrap();
         for (k, v) in writes {
+            if !is_derived(&k) {
+                self.changelog.push((k.clone(), v.clone()));
+            }
             match v {
                 Some(v) => map.insert(k, v),
                 None => map.remove(&k),
@@ -356,7 +365,105 @@ impl Harness {
                 .map(|p| api::ComplianceChange::decode(p.as_slice()).unwrap());
             self.views.insert(o.key, change);
         }
+        self.reads_from_the_state_are_what_was_published();
+        assert_eq!(
+            self.index(&self.kv),
+            self.recount(&self.kv),
+            "the household index kept by the epochs against a recount"
+        );
         applied
+    }
+
+    /// The state as a copy (so that reads made to check do not count as the epochs' reads).
+    fn copy(&self) -> MapKv {
+        MapKv(
+            std::sync::Mutex::new(self.kv.0.lock().unwrap().clone()),
+            Default::default(),
+        )
+    }
+
+    /// The derived entries of `kv`.
+    fn index(&self, kv: &MapKv) -> BTreeMap<Vec<u8>, Vec<u8>> {
+        kv.0.lock()
+            .unwrap()
+            .iter()
+            .filter(|(k, _)| is_derived(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// The derived entries a build from `kv`'s households gives.
+    fn recount(&self, kv: &MapKv) -> BTreeMap<Vec<u8>, Vec<u8>> {
+        (0..common::PARTITIONS)
+            .flat_map(|p| self.topology.recount_index(kv, p).unwrap())
+            .collect()
+    }
+
+    /// Every household's view read from the state (from its partition) is the latest one
+    /// published, counters included, or none after a tombstone; each municipality's
+    /// indicators read from the state (every partition) are those its published views give.
+    fn reads_from_the_state_are_what_was_published(&self) {
+        let state = self.copy();
+        let mut published: BTreeMap<String, Vec<api::Household>> = BTreeMap::new();
+        for (key, change) in &self.views {
+            let id = key.strip_prefix("household:").unwrap();
+            let view = match change {
+                Some(api::ComplianceChange {
+                    view: Some(api::compliance_change::View::Household(h)),
+                }) => Some(h.clone()),
+                _ => None,
+            };
+            let read = self
+                .topology
+                .read_household(&state, partition_of(id), id)
+                .unwrap();
+            assert_eq!(read, view, "{key}: the view read from the state");
+            if let Some(h) = view {
+                published.entry(h.municipality.clone()).or_default().push(h);
+            }
+        }
+        let partitions: Vec<i32> = (0..common::PARTITIONS).collect();
+        for (municipality, views) in published {
+            let read = self
+                .topology
+                .household_indicators(&state, &partitions, &municipality)
+                .unwrap();
+            assert_eq!(read.households, views.len() as u64, "{municipality}");
+            let may_leave = views
+                .iter()
+                .filter(|h| h.exit.as_ref().is_some_and(|e| e.may_leave))
+                .count();
+            assert_eq!(read.may_leave, may_leave as u64, "{municipality}");
+            let mut counted: BTreeMap<(String, i32), u64> = BTreeMap::new();
+            for a in views.iter().flat_map(|h| &h.achievements) {
+                *counted.entry((a.dimension.clone(), a.state)).or_default() += 1;
+            }
+            let mut read_counts: BTreeMap<(String, i32), u64> = BTreeMap::new();
+            for d in &read.dimensions {
+                for (state, n) in [
+                    (AchievementState::AchievementReached, d.reached),
+                    (AchievementState::AchievementNotReached, d.not_reached),
+                    (AchievementState::AchievementNotApplicable, d.not_applicable),
+                    (AchievementState::AchievementUnknown, d.unknown),
+                ] {
+                    if n > 0 {
+                        read_counts.insert((d.dimension.clone(), state as i32), n);
+                    }
+                }
+            }
+            assert_eq!(
+                read_counts, counted,
+                "{municipality}: achievements by dimension"
+            );
+        }
+    }
+
+    /// The state restored from the changelog into an empty store in batches of `batch`, the
+    /// index derived as the service's restore derives it; `None` when the restore says the
+    /// index is to be built again.
+    fn restored(&self, batch: usize) -> Option<MapKv> {
+        let kv = MapKv::default();
+        common::restore(&kv, &self.changelog, batch).then_some(kv)
     }
 
     fn household(&self) -> Option<api::Household> {
@@ -600,4 +707,116 @@ proptest! {
             shuffled.household().map(normalised)
         );
     }
+}
+
+/// The Pasto household's profile as household `id` of `municipality`.
+fn profile_of(id: &str, municipality: &str, version: u64) -> HouseholdProfile {
+    let mut p = profile(version);
+    p.record_id = format!("unidos-registry:household-profile:{id}");
+    p.household_id = HouseholdId(id.to_owned());
+    p.municipality = Divipola::parse(municipality).unwrap();
+    p
+}
+
+/// Strips what the index needs from every household doc and drops the index, as a store
+/// written before the index held them.
+fn to_store_before_the_index(kv: &MapKv) {
+    let mut map = kv.0.lock().unwrap();
+    map.retain(|k, _| !is_derived(k));
+    for (k, v) in map.iter_mut() {
+        if !k.windows(3).any(|w| w == b"/h/") {
+            continue;
+        }
+        let mut doc: serde_json::Value = serde_json::from_slice(v).unwrap();
+        doc.as_object_mut().unwrap().remove("indexed");
+        *v = serde_json::to_vec(&doc).unwrap();
+    }
+}
+
+#[test]
+fn households_are_indexed_by_municipality_and_the_index_is_derived_again_by_a_restore() {
+    let mut h = Harness::new(true);
+    // Three households in two municipalities, then one moves, one is retracted, and the
+    // followed one gets its accompaniment (its achievements change many times).
+    h.epoch(&[
+        profile_event(&profile_of("HH-A", "52001", 1), "2025-03-01"),
+        profile_event(&profile_of("HH-B", "52001", 1), "2025-03-01"),
+        profile_event(&profile_of("HH-C", "05001", 1), "2025-03-01"),
+    ]);
+    let partitions: Vec<i32> = (0..common::PARTITIONS).collect();
+    let pasto = |h: &Harness| {
+        h.topology
+            .household_indicators(&h.copy(), &partitions, "52001")
+            .unwrap()
+            .households
+    };
+    assert_eq!(pasto(&h), 2);
+    h.apply(&profile_event(
+        &profile_of("HH-B", "05001", 2),
+        "2025-03-02",
+    ));
+    assert_eq!(
+        pasto(&h),
+        1,
+        "a move takes the household out of its old municipality"
+    );
+    let retracted = profile_of("HH-C", "05001", 3);
+    h.apply(&(
+        Input::AssistanceFamily,
+        envelope(
+            &retracted.record_id,
+            3,
+            true,
+            "2025-03-03",
+            Record::HouseholdProfile(ponte_proto::events::v1::HouseholdProfile {
+                household_id: "HH-C".to_owned(),
+                ..Default::default()
+            }),
+        ),
+    ));
+    for r in &accompaniment() {
+        h.apply(r);
+    }
+    assert_eq!(pasto(&h), 2, "HH-A and the accompanied household");
+    let medellin = h
+        .topology
+        .household_indicators(&h.copy(), &partitions, "05001")
+        .unwrap();
+    assert_eq!(medellin.households, 1, "HH-B; HH-C withdrawn");
+    assert!(!medellin.dimensions.is_empty());
+
+    // A restore derives the index the epochs kept, whatever its batches.
+    let kept = h.index(&h.kv);
+    assert!(kept.keys().any(|k| k.windows(4).any(|w| w == b"/hx/")));
+    for batch in [1, 3, 1000] {
+        let restored = h
+            .restored(batch)
+            .expect("every household says what the index holds");
+        assert_eq!(h.index(&restored), kept, "batches of {batch}");
+    }
+
+    // A store written before the index: a restore meeting it says the index is to be built;
+    // the build gives the index the epochs kept, and later epochs keep it.
+    to_store_before_the_index(&h.kv);
+    h.changelog =
+        h.kv.0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), Some(v.clone())))
+            .collect();
+    assert!(h.restored(1000).is_none(), "a doc without the index's part");
+    for p in 0..common::PARTITIONS {
+        for prefix in index_prefixes(p) {
+            assert!(h.kv.scan(&prefix).unwrap().is_empty());
+        }
+    }
+    let built = h.recount(&h.kv);
+    assert_eq!(built, kept, "the build from docs written before the index");
+    h.kv.0.lock().unwrap().extend(built);
+    h.apply(&profile_event(
+        &profile_of("HH-A", "05001", 2),
+        "2025-03-04",
+    ));
+    assert_eq!(pasto(&h), 1, "the upgraded doc moves its entry");
 }

@@ -205,30 +205,10 @@ impl Harness {
     /// derived as the service's restore derives it ([`Rederive`]); returns the store restored.
     fn restored(&self, start: BTreeMap<Vec<u8>, Vec<u8>>, from: usize, batch: usize) -> MapKv {
         let kv = MapKv(std::sync::Mutex::new(start), Default::default());
-        let mut rederive: BTreeMap<i32, Rederive> =
-            (0..PARTITIONS).map(|p| (p, Rederive::new(p))).collect();
-        for chunk in self.changelog[from..].chunks(batch) {
-            for (k, v) in chunk {
-                let p = key_partition(k).unwrap();
-                rederive
-                    .get_mut(&p)
-                    .unwrap()
-                    .entry(&kv, k, v.as_deref())
-                    .unwrap();
-            }
-            let mut derived = Vec::new();
-            for r in rederive.values_mut() {
-                assert!(r.whole(), "every digest says what the index holds");
-                derived.extend(r.finish_batch(&kv).unwrap());
-            }
-            let mut map = kv.0.lock().unwrap();
-            for (k, v) in chunk.iter().cloned().chain(derived) {
-                match v {
-                    Some(v) => map.insert(k, v),
-                    None => map.remove(&k),
-                };
-            }
-        }
+        assert!(
+            common::restore(&kv, &self.changelog[from..], batch),
+            "every digest says what the index holds"
+        );
         kv
     }
 
@@ -293,7 +273,7 @@ impl Harness {
                     .read_family(&state, partition_of(id), id)
                     .unwrap()
                     .map(api::compliance_change::View::Family),
-                // Households are read from the read model only.
+                // Households: tests/households.rs.
                 _ => continue,
             };
             let published = self.views.get(&key).and_then(|c| c.view.clone());

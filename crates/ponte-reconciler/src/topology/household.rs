@@ -17,6 +17,8 @@ use ponte_domain::achievements::{
     HouseholdState, MemberOutcome, Subject,
 };
 
+use ponte_proto::reconciler::v1::{AchievementCounted, HouseholdCounted};
+
 use super::*;
 
 /// Everything the household stage keeps of one household (`h/<household id>`).
@@ -43,6 +45,77 @@ pub(super) struct HouseholdDoc {
     /// How the digest's hash was computed (absent, so FNV-1a, in docs written before XXH3).
     #[serde(default)]
     pub(super) digest_hash_kind: u32,
+    /// What the household index holds of the view published (`Some` exactly when `digest` is;
+    /// absent in docs written before the index: [`Topology::upgrade_household`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) indexed: Option<HouseholdIndexed>,
+    /// The `updated_time` of the view published (seconds, nanoseconds), so that a read
+    /// computing the view from the state gives the one published; absent in docs written
+    /// before reads did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) updated: Option<(i64, i32)>,
+}
+
+/// What a partition's household index holds of a household: the municipality its view names
+/// and what `GetHouseholdIndicators` counts of it (`hx/<municipality>/<household id>`,
+/// [`super::index`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HouseholdIndexed {
+    pub(super) municipality: String,
+    pub(super) may_leave: bool,
+    /// Each achievement's dimension and state (`ponte.compliance.v1.AchievementState`), in
+    /// the view's order.
+    pub(super) achievements: Vec<(String, i32)>,
+}
+
+impl HouseholdIndexed {
+    /// What the index holds of a household whose view is `view`.
+    pub(super) fn of_view(view: &api::Household) -> HouseholdIndexed {
+        HouseholdIndexed {
+            municipality: view.municipality.clone(),
+            may_leave: view.exit.as_ref().is_some_and(|e| e.may_leave),
+            achievements: view
+                .achievements
+                .iter()
+                .map(|a| (a.dimension.clone(), a.state))
+                .collect(),
+        }
+    }
+
+    /// The index entry's value.
+    pub(super) fn counted(&self) -> HouseholdCounted {
+        HouseholdCounted {
+            may_leave: self.may_leave,
+            achievements: self
+                .achievements
+                .iter()
+                .map(|(dimension, state)| AchievementCounted {
+                    dimension: dimension.clone(),
+                    state: *state,
+                })
+                .collect(),
+        }
+    }
+
+    /// What an `h/` value says the index holds of its household, read without its records:
+    /// `Ok(None)` when no view is published, `Err` for a doc written before the index (it does
+    /// not say) or one that does not decode.
+    pub fn of_stored_household(value: &[u8]) -> Result<Option<HouseholdIndexed>, String> {
+        /// The two fields of a [`HouseholdDoc`] the index needs; the others are skipped.
+        #[derive(Deserialize)]
+        struct Head {
+            #[serde(default)]
+            digest: Option<(u64, u64)>,
+            #[serde(default)]
+            indexed: Option<HouseholdIndexed>,
+        }
+        let head: Head = serde_json::from_slice(value).map_err(|e| e.to_string())?;
+        match (head.digest, head.indexed) {
+            (None, _) => Ok(None),
+            (Some(_), Some(ix)) => Ok(Some(ix)),
+            (Some(_), None) => Err("a household written before the index".to_owned()),
+        }
+    }
 }
 
 /// The error of a household record that cannot be read, as the adapters name it.
@@ -280,6 +353,7 @@ impl Topology {
         for e in std::mem::take(&mut doc.evidence) {
             let _ = state.apply(HouseholdRecord::Evidence(e));
         }
+        self.upgrade_household(rules, &state, &mut doc);
         let record_id = record.record_id().to_owned();
         let applied = state
             .apply(record)
@@ -310,21 +384,105 @@ impl Topology {
             let Some(mut doc) = HOUSEHOLDS.get(tx, &[id.as_str()])? else {
                 continue;
             };
-            let mut state = HouseholdState::new(HouseholdId(id.clone()));
-            for p in &doc.profiles {
-                let _ = state.apply(HouseholdRecord::Profile(p.clone()));
-            }
-            for e in &doc.evidence {
-                let _ = state.apply(HouseholdRecord::Evidence(e.clone()));
-            }
+            let state = Self::household_state(&id, &doc);
             let on = doc.evaluated_on.unwrap_or(Date::MIN);
-            let before = doc.digest;
+            let before = (doc.digest, doc.indexed.clone());
             self.refresh_household(tx, rules, &state, &mut doc, on, at);
-            if doc.digest != before {
+            if (doc.digest, &doc.indexed) != (before.0, &before.1) {
                 HOUSEHOLDS.put(tx, &[id.as_str()], &doc)?;
             }
+            index::reindex_household(tx, &id, before.1.as_ref(), doc.indexed.as_ref());
         }
         Ok(())
+    }
+
+    /// Fills in what the index holds of a household in a doc written before the index, from
+    /// `state` (the records its view was published from) evaluated on the doc's day, as
+    /// published.
+    fn upgrade_household(
+        &self,
+        rules: &AchievementRuleSet,
+        state: &HouseholdState,
+        doc: &mut HouseholdDoc,
+    ) {
+        if doc.digest.is_none() || doc.indexed.is_some() {
+            return;
+        }
+        let on = doc.evaluated_on.unwrap_or(Date::MIN);
+        doc.indexed = state
+            .profile()
+            .and_then(|p| rules.evaluate(state, on).map(|e| household_view(&e, p)))
+            .map(|view| HouseholdIndexed::of_view(&view));
+    }
+
+    /// The household's records in `doc` as the engine's state.
+    fn household_state(id: &str, doc: &HouseholdDoc) -> HouseholdState {
+        let mut state = HouseholdState::new(HouseholdId(id.to_owned()));
+        for p in &doc.profiles {
+            let _ = state.apply(HouseholdRecord::Profile(p.clone()));
+        }
+        for e in &doc.evidence {
+            let _ = state.apply(HouseholdRecord::Evidence(e.clone()));
+        }
+        state
+    }
+
+    /// What the index holds of household `id` of partition `partition` in `kv` (as
+    /// [`Self::upgrade_household`] for a doc written before the index); `None`: no view
+    /// published.
+    pub(super) fn indexed_household(
+        &self,
+        kv: &dyn Kv,
+        partition: i32,
+        id: &str,
+    ) -> Result<Option<HouseholdIndexed>, ReconcilerError> {
+        let Some(rules) = self.achievements.as_deref() else {
+            return Ok(None);
+        };
+        let mut tx = Tx::new(kv);
+        tx.set_partition(partition);
+        let Some(mut doc) = HOUSEHOLDS.get(&tx, &[id])? else {
+            return Ok(None);
+        };
+        let state = Self::household_state(id, &doc);
+        self.upgrade_household(rules, &state, &mut doc);
+        Ok(doc.indexed)
+    }
+
+    /// Household `id`'s view as last published, computed from the state of partition
+    /// `partition` in `kv`: its records evaluated on the day they last were; `None` when no
+    /// view is published (or the deployment follows no households).
+    pub fn read_household(
+        &self,
+        kv: &dyn Kv,
+        partition: i32,
+        id: &str,
+    ) -> Result<Option<api::Household>, ReconcilerError> {
+        let Some(rules) = self.achievements.as_deref() else {
+            return Ok(None);
+        };
+        let mut tx = Tx::new(kv);
+        tx.set_partition(partition);
+        let Some(doc) = HOUSEHOLDS.get(&tx, &[id])? else {
+            return Ok(None);
+        };
+        let Some((view_version, _)) = doc.digest else {
+            return Ok(None);
+        };
+        let state = Self::household_state(id, &doc);
+        let on = doc.evaluated_on.unwrap_or(Date::MIN);
+        let Some(mut view) = state
+            .profile()
+            .and_then(|p| rules.evaluate(&state, on).map(|e| household_view(&e, p)))
+        else {
+            return Ok(None);
+        };
+        view.sources = household_sources(&doc, &state);
+        view.view_version = view_version;
+        view.updated_time = doc
+            .updated
+            .map(|(seconds, nanos)| Timestamp { seconds, nanos });
+        Ok(Some(view))
     }
 
     /// Publishes the household's view if it is not the one last published; withdraws it (a
@@ -343,20 +501,15 @@ impl Topology {
             .profile()
             .and_then(|p| rules.evaluate(state, on).map(|e| (p, e)));
         let Some((profile, eval)) = evaluated else {
+            doc.indexed = None;
             if doc.digest.take().is_some() {
                 tx.emit_tombstone(OutputKind::Change, key);
             }
             return;
         };
         let mut view = household_view(&eval, profile);
-        view.sources = sources_view(
-            &doc.sources,
-            state
-                .profiles
-                .live()
-                .map(|r| r.record_id.as_str())
-                .chain(state.evidence.live().map(|r| r.record_id.as_str())),
-        );
+        view.sources = household_sources(doc, state);
+        doc.indexed = Some(HouseholdIndexed::of_view(&view));
         let encoded = EncodedView::new(&view);
         if doc
             .digest
@@ -372,12 +525,25 @@ impl Topology {
         };
         doc.digest = Some((view_version, encoded.hash));
         doc.digest_hash_kind = HASH_XXH3;
+        doc.updated = at.map(|t| (t.seconds, t.nanos));
         tx.emit(
             OutputKind::Change,
             key,
             encoded.change(HOUSEHOLD_FIELD, &counters),
         );
     }
+}
+
+/// The sources of a household's live records, as its view lists them.
+fn household_sources(doc: &HouseholdDoc, state: &HouseholdState) -> Vec<api::RecordSource> {
+    sources_view(
+        &doc.sources,
+        state
+            .profiles
+            .live()
+            .map(|r| r.record_id.as_str())
+            .chain(state.evidence.live().map(|r| r.record_id.as_str())),
+    )
 }
 
 /// Why evidence of `source` cannot be taken from `input`'s topic: a source the rule set does

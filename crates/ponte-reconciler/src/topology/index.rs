@@ -5,35 +5,43 @@
 //! |---|---|
 //! | `mi/<municipality>/<nis>` | the person's view names the municipality (empty value) |
 //! | `ic/<municipality>/<conditionality>/<period>` | outcome counts of the partition's persons (format byte 2, then `IndicatorCounts`); a row all zero is not kept |
+//! | `hx/<DIVIPOLA municipality>/<household id>` | a followed household's view names the municipality; the value is what `GetHouseholdIndicators` counts of it (`HouseholdCounted`) |
 //!
 //! Derived, never a source of truth: each person's digest keeps what the index holds of them
-//! ([`Indexed`]: the view's municipality and its outcomes in the public), so a new view moves
-//! the index from the old digest to the new one without the old view. The tables are written
+//! ([`Indexed`]: the view's municipality and its outcomes in the public), and each household's
+//! doc what it holds of the household ([`HouseholdIndexed`]), so a new view moves the index
+//! from the old digest to the new one without the old view. The tables are written
 //! with the epoch into the local store and **never to the changelog** (an index entry per new
 //! person would be half a produced message more per input): a restore derives them from the
-//! `p/` entries it applies, the local value read first ([`Rederive`]); a partition whose index
-//! is not whole — never built, or a restore met a digest without what the index needs (one
-//! written before it) — is built from its `p/` entries before it is served
+//! `p/` and `h/` entries it applies, the local value read first ([`Rederive`]); a partition
+//! whose index is not whole — never built, or a restore met a digest without what the index
+//! needs (one written before it) — is built from its `p/` and `h/` entries before it is served
 //! ([`Topology::build_index`]). `meta/index/<p>` marks a partition's index whole with its state
 //! at a changelog offset, written with the partition's restore marker by every epoch and
 //! restore ([`index_marker`]).
 use std::collections::HashMap;
 
 use ponte_domain::indicators::Counts;
-use ponte_proto::reconciler::v1::{IndicatorCounts, OutcomeCounted, PersonEntryDigest};
+use ponte_proto::reconciler::v1::{
+    HouseholdCounted, IndicatorCounts, OutcomeCounted, PersonEntryDigest,
+};
 
+pub use super::household::HouseholdIndexed;
 use super::*;
 
 /// The version of the index `meta/index/<p>` names: a partition marked with another is built
 /// again.
-const INDEX_VERSION: u8 = 1;
+/// Version 2 added the households (`hx/`).
+const INDEX_VERSION: u8 = 2;
 
 /// `mi/<municipality>/<nis>`: the persons of a municipality.
 const MUNICIPALITY_INDEX: &str = "mi";
 /// `ic/<municipality>/<conditionality>/<period>`: the outcome counts of a municipality.
 const OUTCOME_COUNTS: &str = "ic";
+/// `hx/<municipality>/<household id>`: the followed households of a municipality.
+const HOUSEHOLD_INDEX: &str = "hx";
 /// The derived tables' prefixes: state keys written locally, never to the changelog.
-pub(super) const DERIVED: [&str; 2] = [MUNICIPALITY_INDEX, OUTCOME_COUNTS];
+pub(super) const DERIVED: [&str; 3] = [MUNICIPALITY_INDEX, OUTCOME_COUNTS, HOUSEHOLD_INDEX];
 
 /// Whether a full state key (partition prefix included) is of a derived table: written to the
 /// local store with its epoch, never sent to the changelog.
@@ -259,11 +267,11 @@ impl Shift {
     }
 }
 
-/// What moving a person from `before` to `after` changes: index entries (local key, whether
-/// present after) and counts rows (local key, shift).
+/// What moving a person (or a household) from `before` to `after` changes: index entries
+/// (local key, the value after; `None`: deleted) and counts rows (local key, shift).
 #[derive(Debug, Default)]
 struct Moves {
-    index: Vec<(Vec<u8>, bool)>,
+    index: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     counts: BTreeMap<Vec<u8>, Shift>,
 }
 
@@ -278,12 +286,12 @@ impl Moves {
             if !old.is_empty() {
                 moves
                     .index
-                    .push((local_key(MUNICIPALITY_INDEX, &[old, nis]), false));
+                    .push((local_key(MUNICIPALITY_INDEX, &[old, nis]), None));
             }
             if !new.is_empty() {
                 moves
                     .index
-                    .push((local_key(MUNICIPALITY_INDEX, &[new, nis]), true));
+                    .push((local_key(MUNICIPALITY_INDEX, &[new, nis]), Some(Vec::new())));
             }
         }
         for (side, sign) in [(before, -1), (after, 1)] {
@@ -299,6 +307,31 @@ impl Moves {
             }
         }
         moves.counts.retain(|_, s| !s.is_zero());
+        moves
+    }
+
+    /// Household `id` from `before` to `after`: its entry moves with its municipality, and is
+    /// rewritten when what it counts changed.
+    fn of_household(
+        id: &str,
+        before: Option<&HouseholdIndexed>,
+        after: Option<&HouseholdIndexed>,
+    ) -> Moves {
+        let mut moves = Moves::default();
+        if before == after {
+            return moves;
+        }
+        let entry = |ix: &HouseholdIndexed| local_key(HOUSEHOLD_INDEX, &[&ix.municipality, id]);
+        if let Some(old) = before
+            && after.is_none_or(|new| new.municipality != old.municipality)
+        {
+            moves.index.push((entry(old), None));
+        }
+        if let Some(new) = after {
+            moves
+                .index
+                .push((entry(new), Some(new.counted().encode_to_vec())));
+        }
         moves
     }
 }
@@ -365,18 +398,31 @@ pub(super) fn reindex(
         return Ok(());
     }
     let moves = Moves::between(nis, before, after);
-    for (k, present) in moves.index {
-        if present {
-            tx.put(k, Vec::new());
-        } else {
-            tx.delete(k);
-        }
-    }
+    write_index(tx, moves.index);
     let p = tx.partition();
     for (k, shift) in moves.counts {
         tx.shifts.entry((p, k)).or_default().add(shift);
     }
     Ok(())
+}
+
+/// Moves household `id`'s index entry in `tx`'s partition from `before` to `after`.
+pub(super) fn reindex_household(
+    tx: &mut Tx<'_>,
+    id: &str,
+    before: Option<&HouseholdIndexed>,
+    after: Option<&HouseholdIndexed>,
+) {
+    write_index(tx, Moves::of_household(id, before, after).index);
+}
+
+fn write_index(tx: &mut Tx<'_>, entries: Vec<(Vec<u8>, Option<Vec<u8>>)>) {
+    for (k, value) in entries {
+        match value {
+            Some(v) => tx.put(k, v),
+            None => tx.delete(k),
+        }
+    }
 }
 
 /// Moves the outcome counts rows by the epoch's shifts ([`reindex`]): each row read once, the
@@ -413,7 +459,9 @@ pub struct Rederive {
     prefix: Vec<u8>,
     /// This batch's persons: full key → what the index holds of them after the batch so far.
     batch: HashMap<Vec<u8>, Option<Indexed>>,
-    index: BTreeMap<Vec<u8>, bool>,
+    /// This batch's households, as `batch`.
+    households: HashMap<Vec<u8>, Option<HouseholdIndexed>>,
+    index: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     counts: BTreeMap<Vec<u8>, Shift>,
     whole: bool,
 }
@@ -424,6 +472,7 @@ impl Rederive {
             p,
             prefix: partition_prefix(p),
             batch: HashMap::new(),
+            households: HashMap::new(),
             index: BTreeMap::new(),
             counts: BTreeMap::new(),
             whole: true,
@@ -443,13 +492,17 @@ impl Rederive {
         key: &[u8],
         value: Option<&[u8]>,
     ) -> Result<(), ReconcilerError> {
-        let local = &key[self.prefix.len().min(key.len())..];
-        let Some(nis) = local.strip_prefix(PERSONS.key_prefix().as_slice()) else {
-            return Ok(());
-        };
         if !self.whole {
             return Ok(());
         }
+        let local = &key[self.prefix.len().min(key.len())..];
+        if let Some(id) = local.strip_prefix(HOUSEHOLDS.key_prefix().as_slice()) {
+            let id = String::from_utf8_lossy(id).into_owned();
+            return self.household(base, key, &id, value);
+        }
+        let Some(nis) = local.strip_prefix(PERSONS.key_prefix().as_slice()) else {
+            return Ok(());
+        };
         let nis = String::from_utf8_lossy(nis).into_owned();
         let read = |v: Option<&[u8]>| -> Result<Option<Indexed>, String> {
             v.map(Indexed::of_stored_person)
@@ -474,9 +527,7 @@ impl Rederive {
             }
         };
         let moves = Moves::between(&nis, before.as_ref(), after.as_ref());
-        for (k, present) in moves.index {
-            self.index.insert(k, present);
-        }
+        self.index.extend(moves.index);
         for (k, shift) in moves.counts {
             self.counts.entry(k).or_default().add(shift);
         }
@@ -484,10 +535,43 @@ impl Rederive {
         Ok(())
     }
 
-    fn not_whole(&mut self, nis: &str, why: &str) {
+    /// [`Self::entry`] for household `id`'s `h/` entry.
+    fn household(
+        &mut self,
+        base: &dyn Kv,
+        key: &[u8],
+        id: &str,
+        value: Option<&[u8]>,
+    ) -> Result<(), ReconcilerError> {
+        let read = |v: Option<&[u8]>| -> Result<Option<HouseholdIndexed>, String> {
+            v.map(HouseholdIndexed::of_stored_household)
+                .transpose()
+                .map(Option::flatten)
+        };
+        let before = match self.households.get(key) {
+            Some(b) => Ok(b.clone()),
+            None => read(base.get(key)?.as_deref()),
+        };
+        let (before, after) = match (before, read(value)) {
+            (Ok(b), Ok(a)) => (b, a),
+            (Err(why), _) | (_, Err(why)) => {
+                self.not_whole(id, &why);
+                return Ok(());
+            }
+        };
+        self.index
+            .extend(Moves::of_household(id, before.as_ref(), after.as_ref()).index);
+        self.households.insert(key.to_vec(), after);
+        Ok(())
+    }
+
+    /// `subject`: a NIS (masked in the log), or anything else (logged as a household, whose id
+    /// is not logged either).
+    fn not_whole(&mut self, subject: &str, why: &str) {
+        let subject = Nis::parse(subject).map_or_else(|_| "a household".to_owned(), |n| n.masked());
         tracing::info!(
             partition = self.p,
-            person = %Nis::parse(nis).map_or_else(|_| "?".to_owned(), |n| n.masked()),
+            entry = %subject,
             reason = why,
             "the partition's index will be built again after the restore"
         );
@@ -498,17 +582,15 @@ impl Rederive {
     /// `base` (the store before the batch) and shifted; the next batch starts empty.
     pub fn finish_batch(&mut self, base: &dyn Kv) -> Result<Vec<StoreWrite>, ReconcilerError> {
         self.batch.clear();
+        self.households.clear();
         let mut out = Vec::new();
         if !self.whole {
             self.index.clear();
             self.counts.clear();
             return Ok(out);
         }
-        for (k, present) in std::mem::take(&mut self.index) {
-            out.push((
-                [self.prefix.as_slice(), &k].concat(),
-                present.then(Vec::new),
-            ));
+        for (k, value) in std::mem::take(&mut self.index) {
+            out.push(([self.prefix.as_slice(), &k].concat(), value));
         }
         for (k, shift) in std::mem::take(&mut self.counts) {
             if shift.is_zero() {
@@ -560,25 +642,21 @@ impl Topology {
         }
     }
 
-    /// Builds partition `p`'s index from its `p/` entries in `kv` (whose derived tables the
-    /// caller cleared): the index entries handed to `write` a thousand persons at a time, then
-    /// the counts rows. The caller marks the index whole once every write is stored.
+    /// Builds partition `p`'s index from its `p/` and `h/` entries in `kv` (whose derived tables
+    /// the caller cleared): the index entries handed to `write` a thousand persons (households)
+    /// at a time, then the counts rows. Returns the persons indexed. The caller marks the index whole once every write is stored.
     pub fn build_index(
         &self,
         kv: &dyn Kv,
         p: i32,
         write: &mut dyn FnMut(Vec<StoreWrite>) -> Result<(), ReconcilerError>,
     ) -> Result<u64, ReconcilerError> {
-        let prefix = [partition_prefix(p), PERSONS.key_prefix()].concat();
-        let mut cursor = prefix.clone();
         let mut counts: BTreeMap<Vec<u8>, Shift> = BTreeMap::new();
         let mut persons = 0u64;
-        loop {
-            let page = kv.scan_after(&prefix, &cursor, 1000)?;
-            let Some((last, _)) = page.last() else { break };
-            cursor = last.clone();
+        let prefix = [partition_prefix(p), PERSONS.key_prefix()].concat();
+        in_pages(kv, &prefix, 1000, |page| {
             let mut writes = Vec::new();
-            for (k, _) in &page {
+            for (k, _) in page {
                 let digits = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
                 let nis = Nis::parse(&digits).map_err(|e| corrupt(k, e))?;
                 let Some(ix) = self.indexed_person(kv, p, nis)? else {
@@ -586,15 +664,29 @@ impl Topology {
                 };
                 persons += 1;
                 let moves = Moves::between(nis.as_str(), None, Some(&ix));
-                for (k, _) in moves.index {
-                    writes.push(([partition_prefix(p), k].concat(), Some(Vec::new())));
+                for (k, v) in moves.index {
+                    writes.push(([partition_prefix(p), k].concat(), v));
                 }
                 for (k, shift) in moves.counts {
                     counts.entry(k).or_default().add(shift);
                 }
             }
-            write(writes)?;
-        }
+            write(writes)
+        })?;
+        let prefix = [partition_prefix(p), HOUSEHOLDS.key_prefix()].concat();
+        in_pages(kv, &prefix, 1000, |page| {
+            let mut writes = Vec::new();
+            for (k, _) in page {
+                let id = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+                let Some(ix) = self.indexed_household(kv, p, &id)? else {
+                    continue;
+                };
+                for (k, v) in Moves::of_household(&id, None, Some(&ix)).index {
+                    writes.push(([partition_prefix(p), k].concat(), v));
+                }
+            }
+            write(writes)
+        })?;
         let rows = counts
             .into_iter()
             .map(|(k, shift)| {
@@ -734,6 +826,106 @@ impl Topology {
         }
         Ok(out)
     }
+
+    /// The household indicators of DIVIPOLA municipality `municipality` counted over the
+    /// households of `partitions` in `kv`, from their index entries.
+    pub fn household_indicators(
+        &self,
+        kv: &dyn Kv,
+        partitions: &[i32],
+        municipality: &str,
+    ) -> Result<api::GetHouseholdIndicatorsResponse, ReconcilerError> {
+        let mut out = api::GetHouseholdIndicatorsResponse {
+            municipality: municipality.to_owned(),
+            ..Default::default()
+        };
+        let mut dimensions: BTreeMap<String, api::DimensionIndicator> = BTreeMap::new();
+        for &p in partitions {
+            let prefix = [
+                partition_prefix(p),
+                local_key(HOUSEHOLD_INDEX, &[municipality, ""]),
+            ]
+            .concat();
+            in_pages(kv, &prefix, 512, |page| {
+                for (k, v) in page {
+                    let h = HouseholdCounted::decode(v.as_slice()).map_err(|e| corrupt(k, e))?;
+                    out.households += 1;
+                    out.may_leave += u64::from(h.may_leave);
+                    for a in h.achievements {
+                        count_achievement(&mut dimensions, a.dimension, a.state);
+                    }
+                }
+                Ok(())
+            })?;
+        }
+        out.dimensions = dimensions.into_values().collect();
+        Ok(out)
+    }
+}
+
+/// Hands the entries of `prefix` in `kv` to `f`, `page` at a time, in key order.
+fn in_pages(
+    kv: &dyn Kv,
+    prefix: &[u8],
+    page: usize,
+    mut f: impl FnMut(&[Entry]) -> Result<(), ReconcilerError>,
+) -> Result<(), ReconcilerError> {
+    let mut cursor = prefix.to_vec();
+    loop {
+        let entries = kv.scan_after(prefix, &cursor, page)?;
+        let Some((last, _)) = entries.last() else {
+            return Ok(());
+        };
+        cursor = last.clone();
+        f(&entries)?;
+    }
+}
+
+/// Counts an achievement of `dimension` in state `state` (`ponte.compliance.v1.AchievementState`).
+pub(crate) fn count_achievement(
+    dimensions: &mut BTreeMap<String, api::DimensionIndicator>,
+    dimension: String,
+    state: i32,
+) {
+    let d = dimensions
+        .entry(dimension)
+        .or_insert_with_key(|dimension| api::DimensionIndicator {
+            dimension: dimension.clone(),
+            ..Default::default()
+        });
+    match api::AchievementState::try_from(state) {
+        Ok(api::AchievementState::AchievementReached) => d.reached += 1,
+        Ok(api::AchievementState::AchievementNotReached) => d.not_reached += 1,
+        Ok(api::AchievementState::AchievementNotApplicable) => d.not_applicable += 1,
+        _ => d.unknown += 1,
+    }
+}
+
+/// Adds `more`'s counts (another instance's households of the same municipality) to `sum`.
+pub(crate) fn add_household_indicators(
+    sum: &mut api::GetHouseholdIndicatorsResponse,
+    more: api::GetHouseholdIndicatorsResponse,
+) {
+    sum.households += more.households;
+    sum.may_leave += more.may_leave;
+    let mut dimensions: BTreeMap<String, api::DimensionIndicator> =
+        std::mem::take(&mut sum.dimensions)
+            .into_iter()
+            .map(|d| (d.dimension.clone(), d))
+            .collect();
+    for d in more.dimensions {
+        let e = dimensions
+            .entry(d.dimension.clone())
+            .or_insert_with(|| api::DimensionIndicator {
+                dimension: d.dimension.clone(),
+                ..Default::default()
+            });
+        e.reached += d.reached;
+        e.not_reached += d.not_reached;
+        e.not_applicable += d.not_applicable;
+        e.unknown += d.unknown;
+    }
+    sum.dimensions = dimensions.into_values().collect();
 }
 
 #[cfg(test)]
@@ -769,8 +961,8 @@ mod tests {
         assert_eq!(
             m.index,
             vec![
-                (b"mi/3550308/1".to_vec(), false),
-                (b"mi/3304557/1".to_vec(), true)
+                (b"mi/3550308/1".to_vec(), None),
+                (b"mi/3304557/1".to_vec(), Some(Vec::new()))
             ]
         );
         assert_eq!(m.counts.len(), 2);

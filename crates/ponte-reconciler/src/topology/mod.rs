@@ -34,12 +34,14 @@
 //! | `p/<nis>` | the person ([`PersonEntry`], format 3: protobuf throughout): records (every entry, tombstones included), their sources, the digest of the last published view, the identifiers the profile carries |
 //! | `f/<family id>` | the family's assistance records (JSON) |
 //! | `fm/<family id>` | the family's members and their non-compliant outcomes, the digest of the last family view ([`FamilyMembersEntry`]) |
-//! | `h/<household id>` | a followed household (Unidos): its profile and evidence entries, their sources, the last evaluation day and view digest (JSON) |
+//! | `h/<household id>` | a followed household (Unidos): its profile and evidence entries, their sources, the last evaluation day, the view's digest and time, and what the household index holds of it (JSON) |
 //! | `mi/<municipality>/<nis>` | the municipality index: the partition's persons whose view names the municipality (empty value; `index.rs`) |
 //! | `ic/<municipality>/<conditionality>/<period>` | the partition's outcome counts of the municipality (`IndicatorCounts`; `index.rs`) |
+//! | `hx/<DIVIPOLA municipality>/<household id>` | the household index: the partition's followed households of the municipality, and what their indicators count (`HouseholdCounted`; `index.rs`) |
 //!
-//! The last two are derived from the persons' digests and kept in the local store only, never
-//! on the changelog: a restore derives them from the `p/` entries it applies (`index.rs`).
+//! The last three are derived from the persons' digests and the households' docs and kept in
+//! the local store only, never on the changelog: a restore derives them from the `p/` and `h/`
+//! entries it applies (`index.rs`).
 //!
 //! An event changes one key of its stage, so an epoch writes (and sends to the changelog) one
 //! entry per person or family it touched. Stores written before this layout kept the digests
@@ -51,7 +53,8 @@
 //! next time the identifier is touched, and `n/parked` is first counted from the `k/` keys.
 //!
 //! Views go out on `compliance.changes.v1`. Reads of an owned partition are computed from this
-//! state (a person's or family's view, a municipality's persons and counts from the index); the
+//! state (a person's, family's or household's view, a municipality's persons and counts from the
+//! index); the
 //! read model built from the changes topic ([`crate::readmodel`]) answers what no owner can.
 //!
 //! Files: this one routes an event to its stage; `identity.rs`, `person.rs` and `family.rs`
@@ -99,11 +102,12 @@ mod views;
 pub use batch::{Batch, Batcher, Entries, entries_in, entries_of, is_batch};
 use convert::*;
 pub use index::{
-    Indexed, ListFilter, Rederive, StoreWrite, index_is_whole, index_marker, index_marker_key,
-    index_prefixes, is_derived,
+    HouseholdIndexed, Indexed, ListFilter, Rederive, StoreWrite, index_is_whole, index_marker,
+    index_marker_key, index_prefixes, is_derived,
 };
 pub(crate) use index::{
-    add_counts, counts_from_stored, counts_of, counts_to_stored, domain_status, indicator_counts,
+    add_counts, add_household_indicators, count_achievement, counts_from_stored, counts_of,
+    counts_to_stored, domain_status, indicator_counts,
 };
 pub use parked::*;
 pub use state::*;

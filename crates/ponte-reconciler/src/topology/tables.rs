@@ -360,7 +360,7 @@ pub(super) const FAMILY_VIEWS_BEFORE_DIGESTS: Table<api::Family> = Table::new("v
 pub(super) const HOUSEHOLDS: Table<household::HouseholdDoc> = Table::new("h");
 
 /// Every table's prefix (a key matches one only with the `/` that follows it).
-const PREFIXES: [&str; 16] = [
+const PREFIXES: [&str; 17] = [
     PERSON_DIGESTS.prefix,
     PERSON_VIEWS_BEFORE_DIGESTS.prefix,
     FAMILY_DIGESTS.prefix,
@@ -377,6 +377,7 @@ const PREFIXES: [&str; 16] = [
     HOUSEHOLDS.prefix,
     super::index::DERIVED[0],
     super::index::DERIVED[1],
+    super::index::DERIVED[2],
 ];
 
 /// The table a full state key (partition prefix included) belongs to, by its prefix (`p`,

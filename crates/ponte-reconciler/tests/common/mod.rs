@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use ponte_reconciler::ReconcilerError;
-use ponte_reconciler::topology::{Entry, Kv};
+use ponte_reconciler::topology::{Entry, Kv, Rederive, key_partition};
 
 /// Committed state in a map, read as the service reads RocksDB; the keys read one at a time
 /// (not in a batch, [`Kv::get_many`]) are recorded in the second field.
@@ -52,4 +52,34 @@ pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
 /// another one.
 pub(crate) fn partition_of(key: &str) -> i32 {
     i32::try_from(fnv1a(key.as_bytes()) % PARTITIONS as u64).unwrap()
+}
+
+/// Restores `changelog`'s entries into `kv` in batches of `batch` (every partition of the
+/// harnesses), the index derived as the service's restore derives it ([`Rederive`]); false
+/// when the restore says a partition's index is to be built again.
+pub(crate) fn restore(kv: &MapKv, changelog: &[(Vec<u8>, Option<Vec<u8>>)], batch: usize) -> bool {
+    let mut rederive: BTreeMap<i32, Rederive> =
+        (0..PARTITIONS).map(|p| (p, Rederive::new(p))).collect();
+    for chunk in changelog.chunks(batch) {
+        for (k, v) in chunk {
+            let p = key_partition(k).unwrap();
+            rederive
+                .get_mut(&p)
+                .unwrap()
+                .entry(kv, k, v.as_deref())
+                .unwrap();
+        }
+        let mut derived = Vec::new();
+        for r in rederive.values_mut() {
+            derived.extend(r.finish_batch(kv).unwrap());
+        }
+        let mut map = kv.0.lock().unwrap();
+        for (k, v) in chunk.iter().cloned().chain(derived) {
+            match v {
+                Some(v) => map.insert(k, v),
+                None => map.remove(&k),
+            };
+        }
+    }
+    rederive.values().all(Rederive::whole)
 }
