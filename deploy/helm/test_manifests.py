@@ -677,7 +677,7 @@ def main() -> int:
           "peer": all_values["reconciler"]["peer"]}),
         ("another prefix and group, TLS client certificates optional, no audit log, state compacted level by level",
          ["--set", "topics.prefix=staging.ponte_b.", "--set", "reconciler.groupId=blue",
-          "--set", "topics.partitions=3", "--set", "reconciler.replicas=3", "--set", "tls.clientAuth=optional",
+          "--set", "topics.partitions=3", "--set", "reconciler.replicas=1", "--set", "tls.clientAuth=optional",
           "--set", "audit.enabled=false", "--set", "reconciler.stateCompaction=levels"],
          {**base, "prefix": "staging.ponte_b.", "group": "blue", "partitions": 3, "stateCompaction": "levels"}),
     ]
@@ -689,6 +689,7 @@ def main() -> int:
     # A chart that cannot be rendered wrongly: these must be refused.
     for label, extra, why in (
         ("more reconciler replicas than partitions", ["--set", "reconciler.replicas=7"], "reconciler.replicas (7) > topics.partitions"),
+        ("several reconciler instances without peer reads", ["--set", "reconciler.replicas=2"], "needs reconciler.peer.enabled"),
         ("an override of an unknown topic", ["--set", "topics.overrides.nosuch\\.v1.partitions=2"], "no such shared topic"),
         ("audit verification without the public keys", ["--set", "auditVerify.enabled=true"], "audit.publicKeys must list"),
         ("a state compaction of neither kind", ["--set", "reconciler.stateCompaction=leveled"], "neither tiers nor levels"),

@@ -309,7 +309,7 @@ wait_ready() { # NAME
 }
 
 # (Re)creates one service's container and waits until it is ready. The reconciler keeps its
-# state on the volume $STATE_VOLUME (RocksDB state and read model).
+# state on the volume $STATE_VOLUME (its RocksDB state).
 run_service() {
   local name="$1" api admin extra=()
   api="$(api_port "$name")" admin="$(admin_port "$name")"

@@ -282,7 +282,7 @@ acl_rules() {
     done
   done
   # Reconciler: read the sector topics; read and write the view topics (it follows the changes
-  # topic for its read model and WatchChanges) and its own internal topics, whose configs it
+  # topic for WatchChanges) and its own internal topics, whose configs it
   # checks at start (it does not create them: `ponte topics ensure` as admin does).
   for fam in education health registry assistance; do
     for op in READ DESCRIBE; do echo "User:reconciler TOPIC PREFIXED ${p}$fam. $op"; done
@@ -291,7 +291,7 @@ acl_rules() {
   for op in READ WRITE DESCRIBE DESCRIBE_CONFIGS; do
     echo "User:reconciler TOPIC PREFIXED ${p}reconciler. $op"
   done
-  # Its consumer groups: the configured group, the read model's and the changelog restore's
+  # Its consumer groups: the configured group and the changelog restore's
   # (ponte-reconciler-*), and one per WatchChanges stream (ponte-watch-<pid>).
   local groups=("$RECONCILER_GROUP")
   [[ "$RECONCILER_GROUP" == ponte-reconciler* ]] || groups+=(ponte-reconciler)

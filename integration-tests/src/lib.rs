@@ -1133,7 +1133,7 @@ pub fn read_topic_at(
 }
 
 /// [`read_topic_at`] as a `read_committed` reader: only messages of committed transactions (and
-/// those written outside one), as the read model and downstream consumers see the topic.
+/// those written outside one), as downstream consumers (WatchChanges) see the topic.
 pub fn read_committed_at(
     bootstrap: &str,
     topic: &str,

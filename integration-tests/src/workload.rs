@@ -133,7 +133,7 @@ pub async fn produce(stack: &Stack, events: &[(&'static str, String, Event)]) {
 
 /// A separate deployment on the same broker (its own topics, consumer group and state), to run
 /// an uninterrupted reference beside the deployment under test: both get the same input, and
-/// their outputs (the changes topics read by their read models) never mix.
+/// their outputs (their changes topics) never mix.
 pub fn reference_deployment(stack: &Stack) -> Vec<(&'static str, String)> {
     vec![
         ("PONTE__TOPICS__PREFIX", format!("{}ref.", stack.prefix)),

@@ -358,7 +358,7 @@ async fn a_broker_restart_during_a_csv_batch_loses_and_duplicates_nothing() {
         })
         .await;
         // Should it never come, the failure shows whether the reconciler committed a change of
-        // the pupil (then the read model lost it) or not (then the write path did), and what the
+        // the pupil (then the read path lost it) or not (then the write path did), and what the
         // reconciler did meanwhile.
         let Some(person) = waited else {
             let key = format!("person:{nis}");

@@ -111,12 +111,12 @@ async fn kill_9_at_random_points_ends_in_the_view_of_an_uninterrupted_run() {
     assert!(reference.terminate().success());
 }
 
-/// A read model that fails (here its first batch, refused as a failing store would refuse it:
-/// `PONTE_TEST_READ_MODEL_FAULT`) turns readiness to 503 and every read to `UNAVAILABLE`,
-/// instead of answering from a store that no longer follows the changes topic; the write path
-/// goes on publishing views.
+/// A read of the state that fails (here the second, failing as an erring store would:
+/// `PONTE_TEST_READ_PATH_FAULT`) turns readiness to 503 and every read to `UNAVAILABLE`, rather
+/// than answering from a store that is not trusted any more; the write path goes on publishing
+/// views.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_failed_read_model_turns_readiness_to_503_and_refuses_reads() {
+async fn a_failed_read_path_turns_readiness_to_503_and_refuses_reads() {
     use ponte_integration_tests::workload::{MUNICIPALITY, nis};
     use ponte_proto::compliance::v1::{GetIndicatorsRequest, GetPersonRequest, ListPersonsRequest};
 
@@ -125,7 +125,7 @@ async fn a_failed_read_model_turns_readiness_to_503_and_refuses_reads() {
     let mut reconciler = stack.spawn_instance(
         "reconciler",
         "reconciler",
-        &[("PONTE_TEST_READ_MODEL_FAULT", "1".to_owned())],
+        &[("PONTE_TEST_READ_PATH_FAULT", "2".to_owned())],
     );
     wait_ready(&mut reconciler).await;
     let ready = format!("http://127.0.0.1:{}/health/ready", reconciler.admin_port());
@@ -136,13 +136,24 @@ async fn a_failed_read_model_turns_readiness_to_503_and_refuses_reads() {
             client.get_person(GetPersonRequest { nis: n }).await
         }
     };
-    // Before any change the read path answers (nothing known yet).
+    // The first read is answered (nothing known yet).
     assert_eq!(get(nis(0)).await.unwrap_err().code(), tonic::Code::NotFound);
-
     produce(&stack, &workload(0..1)).await;
+    let changed = |i: u64| {
+        let key = format!("person:{}", nis(i));
+        ponte_integration_tests::read_topic_until(
+            &stack.topic("compliance.changes.v1"),
+            Duration::from_secs(30),
+            move |k, _| k == key.as_bytes(),
+        );
+    };
+    changed(0);
+    // The second fails: UNAVAILABLE, and the read path is not trusted again.
+    let failed = get(nis(0)).await.unwrap_err();
+    assert_eq!(failed.code(), tonic::Code::Unavailable, "{failed:?}");
     let body = eventually(
-        "readiness 503 after the read model failed",
-        Duration::from_secs(60),
+        "readiness 503 after a read of the state failed",
+        Duration::from_secs(30),
         || async {
             let r = reqwest::get(&ready).await.ok()?;
             (r.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE).then_some(())?;
@@ -150,10 +161,9 @@ async fn a_failed_read_model_turns_readiness_to_503_and_refuses_reads() {
         },
     )
     .await;
-    assert!(body.contains("read model failed"), "{body}");
+    assert!(body.contains("read path failed"), "{body}");
     let refused = get(nis(0)).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
-    // Lists and counts too, though this instance answers them from its state's index.
     let mut client = stack.grpc().await.unwrap();
     let refused = client
         .list_persons(ListPersonsRequest {
@@ -174,18 +184,15 @@ async fn a_failed_read_model_turns_readiness_to_503_and_refuses_reads() {
     assert_eq!(
         ponte_integration_tests::metric(
             reconciler.admin_port(),
-            "ponte_reconciler_read_model_failed",
+            "ponte_reconciler_read_path_failed",
             &[]
         )
         .await,
         1.0
     );
-    // The write path still publishes the person's view.
-    ponte_integration_tests::read_topic_until(
-        &stack.topic("compliance.changes.v1"),
-        Duration::from_secs(30),
-        |k, _| k == format!("person:{}", nis(0)).as_bytes(),
-    );
+    // The write path still publishes views.
+    produce(&stack, &workload(1..2)).await;
+    changed(1);
     reconciler.assert_running();
 }
 

@@ -4,8 +4,10 @@
 //! consumed every valid record from the input topics, committed everything it consumed
 //! (`ponte_reconciler_batch_events_sum`, recorded after each atomic commit; it counts the
 //! repartition topics' messages too), published every output and gone quiet: the records have
-//! been through all three stages. Latency percentiles come from the reconciler's
-//! `ponte_reconciler_ingest_to_view_seconds` histogram.
+//! been through all three stages, and readable: `GetPerson` answers from the state of the
+//! instance owning a record's partition, so a record is in its answers once its epoch committed.
+//! Latency percentiles come from the reconciler's `ponte_reconciler_ingest_to_view_seconds`
+//! histogram.
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -64,10 +66,6 @@ pub(crate) struct Figures {
     pub(crate) busy_to_view: Option<f64>,
     /// CPU seconds of the broker's processes over the same time.
     pub(crate) broker_cpu_to_view: Option<f64>,
-    /// When the reconciler's read model (what `GetPerson` answers from) had applied every
-    /// change of the complete view, if it did by the view's deadline: what it had still to
-    /// apply then, and the reconciler's CPU seconds at that time.
-    pub(crate) queryable: Option<Queryable>,
     /// Ingest-to-view of the whole load.
     pub(crate) latency: Latency,
     /// CPU seconds (user + system) per process.
@@ -85,12 +83,10 @@ pub(crate) struct Figures {
     /// Changelog entries the reconciler produced, by state table
     /// (`ponte_reconciler_changelog_entries_total`).
     pub(crate) changelog: Vec<(String, f64)>,
-    /// Messages the reconciler consumed, by what they are: the input records, each repartition
-    /// topic, and what the read model consumed of the changes topic.
+    /// Messages the reconciler consumed, by what they are: the input records, each internal
+    /// topic and the changelog entries it restored. Reads consume nothing: they are answered
+    /// from the state of the instance owning the partition.
     pub(crate) consumed: Vec<(String, f64)>,
-    /// Changes the read model applied, by where it took them from: the reconciler's own
-    /// epochs (in memory, not consumed) or the changes topic.
-    pub(crate) read_model_from: Vec<(String, f64)>,
     pub(crate) commit_seconds: f64,
     /// Seconds the consumer loop spent applying events (`ponte_reconciler_epoch_apply_seconds`).
     pub(crate) apply_seconds: f64,
@@ -107,17 +103,6 @@ pub(crate) struct Figures {
     pub(crate) paced: Option<PacedFigures>,
     /// The audit log's entries and bytes once the view was complete (with `Setup::audit`).
     pub(crate) audit: Option<(u64, u64)>,
-}
-
-/// The read model caught up with the complete view.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Queryable {
-    /// From the first ingest to the read model's catching up.
-    pub(crate) after: Duration,
-    /// Changes the read model had still to apply when the view was complete.
-    pub(crate) behind: f64,
-    /// The reconciler's CPU seconds when it caught up.
-    pub(crate) reconciler_cpu: f64,
 }
 
 /// A paced follow-up once the bulk load is in the view: a later bimester's attendance of the
@@ -151,12 +136,6 @@ pub(crate) struct PacedFigures {
     pub(crate) to_view: Duration,
     /// Ingest-to-view of these records only (the histogram's buckets after minus before).
     pub(crate) latency: Latency,
-    /// From the first request until the read model had every change of the view, if by the
-    /// deadline.
-    pub(crate) queryable: Option<Duration>,
-    /// From a change's sending to its being readable in the read model, for the changes of
-    /// these records (`ponte_reconciler_read_model_delay_seconds`, after minus before).
-    pub(crate) read_delay: Latency,
     /// Reconciler CPU seconds spent meanwhile.
     pub(crate) reconciler_cpu: f64,
 }
@@ -521,24 +500,12 @@ pub(crate) async fn start(s: &Setup<'_>) -> anyhow::Result<Pipeline> {
             )
         })
         .collect();
-    let reconciler_pid = services
-        .iter()
-        .find(|svc| svc.name == "reconciler")
-        .map(|svc| svc.child.id());
-    let queryable = wait_read_model(rec_admin, &metrics, started + s.view_timeout)
-        .await?
-        .map(|(at, behind)| Queryable {
-            after: at - started,
-            behind,
-            reconciler_cpu: reconciler_pid.and_then(cpu_seconds).unwrap_or(f64::NAN),
-        });
     let figures = Figures {
         records: expected,
         ingest: ingest_time,
         to_view,
         busy_to_view,
         broker_cpu_to_view,
-        queryable,
         latency: Latency::of(&buckets),
         cpu,
         batches: metric(&metrics, "ponte_reconciler_batch_events_count"),
@@ -555,11 +522,6 @@ pub(crate) async fn start(s: &Setup<'_>) -> anyhow::Result<Pipeline> {
             "table",
         ),
         consumed: consumed_by_kind(&metrics),
-        read_model_from: by_label(
-            &metrics,
-            "ponte_reconciler_read_model_changes_total",
-            "from",
-        ),
         commit_seconds: metric(&metrics, "ponte_reconciler_batch_commit_seconds_sum"),
         apply_seconds: metric(&metrics, "ponte_reconciler_epoch_apply_seconds_sum"),
         commit_phases: commit_phases(&metrics),
@@ -660,50 +622,6 @@ async fn wait_settled(
     }
 }
 
-/// Changes the read model consumed (applied, duplicate or refused as invalid).
-fn read_model_consumed(metrics: &str) -> f64 {
-    READ_MODEL_CONSUMED.iter().map(|m| metric(metrics, m)).sum()
-}
-
-/// Changes to the compliance view the reconciler published (in committed epochs).
-fn changes_published(metrics: &str) -> f64 {
-    metric_where(
-        metrics,
-        "ponte_reconciler_outputs_published_total",
-        |labels| labels.contains("kind=\"change\""),
-    )
-}
-
-const READ_MODEL_CONSUMED: [&str; 3] = [
-    "ponte_reconciler_read_model_applied_total",
-    "ponte_reconciler_read_model_duplicates_total",
-    "ponte_reconciler_read_model_invalid_total",
-];
-
-/// Once the view is complete (`settled`, the metrics then), polls every 100 ms until the
-/// read model has consumed every change the reconciler published (both counted since the
-/// reconciler started; a change counts once its epoch committed, and the read model reads
-/// committed changes only): when that was, and how many changes it had still to consume at
-/// `settled`. `None` at `deadline`.
-async fn wait_read_model(
-    admin: u16,
-    settled: &str,
-    deadline: Instant,
-) -> anyhow::Result<Option<(Instant, f64)>> {
-    let changes = changes_published(settled);
-    let behind = changes - read_model_consumed(settled);
-    loop {
-        let text = scrape(admin).await?;
-        if read_model_consumed(&text) >= changes {
-            return Ok(Some((Instant::now(), behind)));
-        }
-        if Instant::now() >= deadline {
-            return Ok(None);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// Records the reconciler consumed from the input topics (not its own repartition topics,
 /// `<prefix>reconciler.<group>.…`).
 fn inputs_consumed(metrics: &str) -> f64 {
@@ -739,7 +657,7 @@ fn by_label(text: &str, name: &str, label: &str) -> Vec<(String, f64)> {
 }
 
 /// What the reconciler consumed: input records, each internal topic (by its base name), and the
-/// changes topic again for the read model.
+/// changelog entries it restored.
 fn consumed_by_kind(metrics: &str) -> Vec<(String, f64)> {
     let mut out = vec![("input records".to_owned(), inputs_consumed(metrics))];
     for internal in ["crosswalk", "health-by-nis", "members", "changelog"] {
@@ -750,10 +668,6 @@ fn consumed_by_kind(metrics: &str) -> Vec<(String, f64)> {
         );
         out.push((internal.to_owned(), n));
     }
-    out.push((
-        "read model (changes topic)".to_owned(),
-        metric(metrics, "ponte_reconciler_read_model_consumed_total"),
-    ));
     out.push((
         "changelog restore".to_owned(),
         metric(metrics, "ponte_reconciler_restored_entries_total"),
@@ -799,7 +713,6 @@ fn buckets_between(before: &[(f64, f64)], after: &[(f64, f64)]) -> Vec<(f64, f64
 }
 
 const LATENCY: &str = "ponte_reconciler_ingest_to_view_seconds";
-const READ_DELAY: &str = "ponte_reconciler_read_model_delay_seconds";
 
 impl Pipeline {
     /// Sends `p`'s records to the education adapter, `p.batch` per request at `p.rate` records
@@ -883,14 +796,6 @@ impl Pipeline {
         )
         .await?;
         let between = buckets_between(&histogram(&before, LATENCY), &histogram(&after, LATENCY));
-        let queryable = wait_read_model(admin, &after, started + s.view_timeout)
-            .await?
-            .map(|(at, _)| at - started);
-        let readable = scrape(admin).await?;
-        let read_delay = buckets_between(
-            &histogram(&before, READ_DELAY),
-            &histogram(&readable, READ_DELAY),
-        );
         Ok(PacedFigures {
             records,
             rate: p.rate,
@@ -903,8 +808,6 @@ impl Pipeline {
             ),
             to_view: done - started,
             latency: Latency::of(&between),
-            queryable,
-            read_delay: Latency::of(&read_delay),
             reconciler_cpu: cpu_seconds(pid).unwrap_or(f64::NAN) - cpu_before,
         })
     }
@@ -918,7 +821,7 @@ pub(crate) enum Stop {
     /// SIGKILL (`kill -9`): a crash, nothing flushed or left cleanly.
     Crash,
     /// SIGKILL, then the state directory deleted: a lost disk or a new machine. Every
-    /// partition is rebuilt from the changelog and the read model from the changes topic.
+    /// partition is rebuilt from the changelog.
     LostDisk,
 }
 
@@ -952,12 +855,10 @@ pub(crate) struct Restart {
     pub(crate) shutdown: Duration,
     /// How it exited (`exit status: 0`, `signal: 9 (SIGKILL)`).
     pub(crate) exit: String,
-    /// On disk between the stop and the start: the state store and the read model.
+    /// The state store on disk between the stop and the start.
     pub(crate) state_at_stop: Disk,
-    pub(crate) read_model_at_stop: Disk,
     /// The same once ready and serving (RocksDB replays and flushes its write-ahead log on open).
     pub(crate) state_serving: Disk,
-    pub(crate) read_model_serving: Disk,
     /// Until `/health/ready` answered 200 (the reconciler updates its readiness once a second).
     pub(crate) ready: Duration,
     /// Until `GetPerson` of `nis` answered with that person.
@@ -971,12 +872,11 @@ pub(crate) struct Restart {
     pub(crate) rss: Option<u64>,
     pub(crate) peak_rss: Option<u64>,
     /// Its counters then: partitions rebuilt from the changelog and the entries they restored,
-    /// messages consumed from the input and repartition topics (consumed again, the view being
-    /// complete before the stop), and changes applied to the read model.
+    /// and messages consumed from the input and repartition topics (consumed again, the view
+    /// being complete before the stop).
     pub(crate) partition_restores: u64,
     pub(crate) restored_entries: u64,
     pub(crate) events_consumed: u64,
-    pub(crate) read_model_applied: u64,
     /// The restarted process' log, and its WARN and ERROR lines.
     pub(crate) log: PathBuf,
     pub(crate) log_warnings: Vec<String>,
@@ -1027,22 +927,6 @@ impl Pipeline {
             admin,
             own_env,
         };
-        Ok(pid)
-    }
-
-    /// Stops reconciler instance `name` gracefully and starts it again on its state, with its
-    /// own environment replaced by `own_env` (over the pipeline's); returns once it is ready,
-    /// with its pid.
-    pub(crate) async fn restart_instance(
-        &mut self,
-        s: &Setup<'_>,
-        name: &str,
-        own_env: BTreeMap<String, String>,
-        log: &str,
-    ) -> anyhow::Result<u32> {
-        let i = self.stop_instance(name)?;
-        self.services[i].own_env = own_env;
-        let pid = self.respawn_reconciler(s, i, log)?;
         Ok(pid)
     }
 
@@ -1131,15 +1015,6 @@ impl Pipeline {
         Ok((grpc, pid))
     }
 
-    /// The environment process `name` changes of the pipeline's.
-    pub(crate) fn own_env_of(&self, name: &str) -> anyhow::Result<BTreeMap<String, String>> {
-        self.services
-            .iter()
-            .find(|x| x.name == name)
-            .map(|x| x.own_env.clone())
-            .with_context(|| format!("no process {name}"))
-    }
-
     /// The metrics of process `name`.
     pub(crate) async fn metrics_of(&self, name: &str) -> anyhow::Result<String> {
         let svc = self
@@ -1191,9 +1066,8 @@ impl Pipeline {
         let shutdown = signalled.elapsed();
 
         let dir = reconciler_state_dir(s.work);
-        let (state, read_model) = (dir.join("state"), dir.join("read"));
+        let state = dir.join("state");
         let state_at_stop = Disk::of(&state)?;
-        let read_model_at_stop = Disk::of(&read_model)?;
         if stop == Stop::LostDisk {
             std::fs::remove_dir_all(&dir).with_context(|| format!("deleting {}", dir.display()))?;
         }
@@ -1239,9 +1113,7 @@ impl Pipeline {
             shutdown,
             exit,
             state_at_stop,
-            read_model_at_stop,
             state_serving: Disk::of(&state)?,
-            read_model_serving: Disk::of(&read_model)?,
             ready,
             serving,
             nis: nis.to_owned(),
@@ -1252,7 +1124,6 @@ impl Pipeline {
             partition_restores: count("ponte_reconciler_partition_restores_total"),
             restored_entries: count("ponte_reconciler_restored_entries_total"),
             events_consumed: count("ponte_reconciler_events_consumed_total"),
-            read_model_applied: count("ponte_reconciler_read_model_applied_total"),
             log,
             log_warnings,
         })
@@ -1635,20 +1506,6 @@ pub(crate) fn work_dir(base: &Path, name: &str) -> anyhow::Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_read_model_is_behind_by_the_changes_it_has_not_consumed() {
-        let text = "# TYPE ponte_reconciler_outputs_published_total counter\n\
-            ponte_reconciler_outputs_published_total{kind=\"change\"} 120\n\
-            ponte_reconciler_outputs_published_total{kind=\"changelog\"} 500\n\
-            ponte_reconciler_outputs_published_total{kind=\"alert\"} 3\n\
-            ponte_reconciler_read_model_applied_total 90\n\
-            ponte_reconciler_read_model_duplicates_total 7\n\
-            ponte_reconciler_read_model_invalid_total 1\n\
-            ponte_reconciler_read_model_lag 4\n";
-        assert_eq!(changes_published(text), 120.0);
-        assert_eq!(read_model_consumed(text), 98.0);
-    }
 
     #[test]
     fn quantiles_interpolate_inside_the_bucket() {

@@ -33,7 +33,6 @@ mod events;
 mod floor;
 mod paced_reads;
 mod queries;
-mod read_model;
 mod reconciler;
 
 #[derive(Debug, Parser)]
@@ -98,38 +97,6 @@ enum Cmd {
         /// build).
         #[arg(long)]
         state_leveled: bool,
-        /// The read model's blob garbage collection: the percent of the oldest blob files
-        /// whose live views compactions relocate, 0 for none (the service's when absent).
-        #[arg(long)]
-        read_model_gc_age_percent: Option<u32>,
-    },
-    /// The read model's store alone at a population's scale: the views of the `--people`
-    /// population (through the topology in-process) written again under new keys, `--changes`
-    /// times in all, through the service's write path; then what its compactions did and
-    /// person reads. The layout is the service's unless told otherwise.
-    ReadModel {
-        /// Persons with a view (the 10 M people run of 2026-12-04 had 10,049,421).
-        #[arg(long, default_value_t = 10_049_421)]
-        persons: u64,
-        /// Families with a view (3,807,407 in that run).
-        #[arg(long, default_value_t = 3_807_407)]
-        families: u64,
-        /// View changes in all (24,857,863 in that run: 1.27 per input record).
-        #[arg(long, default_value_t = 24_857_863)]
-        changes: u64,
-        /// Sorted runs merged at once (the service's layout when absent).
-        #[arg(long)]
-        merge_width: Option<u32>,
-        /// Space amplification allowed before a whole merge, percent (the service's when absent).
-        #[arg(long)]
-        space_amp_percent: Option<u32>,
-        /// Blob garbage collection: the percent of the oldest blob files whose live values
-        /// compactions relocate, 0 for none (the service's when absent).
-        #[arg(long)]
-        blob_gc_age_percent: Option<u32>,
-        /// Persons read at random once the compactions have settled.
-        #[arg(long, default_value_t = 200_000)]
-        reads: usize,
     },
     /// The bare-broker baseline alone.
     Broker {
@@ -244,7 +211,8 @@ enum Cmd {
         /// Then start a second reconciler instance in the group, every listener on TLS with
         /// client certificates, and load the first with GetPerson and ListPersons: the second's
         /// persons asked of it and lists gathered from both (reads across instances), then, both
-        /// restarted without, read from the first's read model; the CPU of both counted.
+        /// restarted without, the second's persons unavailable to the first; the CPU of both
+        /// counted.
         #[arg(long)]
         peers: bool,
     },
@@ -284,7 +252,6 @@ async fn main() -> anyhow::Result<()> {
             no_read_ahead,
             no_screen,
             state_leveled,
-            read_model_gc_age_percent,
         } => {
             let state = e2e::work_dir(&work, &format!("reconciler-state-{}", &id[..8]))?;
             let load = machine_load_start();
@@ -298,10 +265,9 @@ async fn main() -> anyhow::Result<()> {
                     StateCompaction::Tiers
                 }
                 .layout(),
-                read_model_layout: read_model_layout(None, None, read_model_gc_age_percent)?,
             };
             let cpu_before = e2e::cpu_seconds(std::process::id());
-            let f = reconciler::run(&data, &state, batch, now, 0, how)?;
+            let f = reconciler::run(&data, &state, batch, now, how)?;
             let wall = started.elapsed().as_secs_f64();
             let cpu = e2e::cpu_seconds(std::process::id())
                 .zip(cpu_before)
@@ -348,34 +314,25 @@ async fn main() -> anyhow::Result<()> {
                     .collect::<Vec<_>>()
                     .join(", ")
             );
-            for (name, stats) in [("state", f.state_writes), ("read model", f.read_writes)] {
-                match stats {
-                    Some(w) => println!(
-                        "{name:<10} store   flushes wrote {:.1} MiB; flushes and compactions {:.1} MiB ({:.1}× what was flushed) in {:.1} s; writes stalled {:.1} s",
-                        w.flushed_bytes as f64 / 1048576.0,
-                        w.written_bytes as f64 / 1048576.0,
-                        w.amplification(),
-                        w.seconds,
-                        w.stall_seconds
-                    ),
-                    None => println!("{name:<10} store   no compaction report"),
-                }
+            match f.state_writes {
+                Some(w) => println!(
+                    "state      store   flushes wrote {:.1} MiB; flushes and compactions {:.1} MiB ({:.1}× what was flushed) in {:.1} s; writes stalled {:.1} s",
+                    w.flushed_bytes as f64 / 1048576.0,
+                    w.written_bytes as f64 / 1048576.0,
+                    w.amplification(),
+                    w.seconds,
+                    w.stall_seconds
+                ),
+                None => println!("state      store   no compaction report"),
             }
-            println!(
-                "read model         {:.2} s  ({:.1} µs/change, {} changes applied as the service's read model applies them; not in the throughput below)",
-                f.read_model.as_secs_f64(),
-                f.read_model.as_secs_f64() * 1e6 / f.changes.max(1) as f64,
-                f.changes
-            );
             println!(
                 "throughput         {:.0} events/s per core (apply + commit); wall {:.1} s incl. parsing",
                 f.events as f64 / busy.as_secs_f64().max(1e-9),
                 wall
             );
             println!(
-                "state on disk      {:.1} MiB; the read model {:.1} MiB",
-                f.state_bytes as f64 / 1048576.0,
-                f.read_bytes as f64 / 1048576.0
+                "state on disk      {:.1} MiB",
+                f.state_bytes as f64 / 1048576.0
             );
             if let Some(cpu) = cpu {
                 println!(
@@ -385,32 +342,6 @@ async fn main() -> anyhow::Result<()> {
             }
             machine_load_end(load, wall);
             let _ = std::fs::remove_dir_all(&state);
-        }
-        Cmd::ReadModel {
-            persons,
-            families,
-            changes,
-            merge_width,
-            space_amp_percent,
-            blob_gc_age_percent,
-            reads,
-        } => {
-            let layout = read_model_layout(merge_width, space_amp_percent, blob_gc_age_percent)?;
-            let state = e2e::work_dir(&work, &format!("read-model-templates-{}", &id[..8]))?;
-            let t = reconciler::run(&data, &state, 2000, now, 50_000, reconciler::How::SERVICE)?;
-            let _ = std::fs::remove_dir_all(&state);
-            let dir = e2e::work_dir(&work, &format!("read-model-{}", &id[..8]))?;
-            let load = machine_load_start();
-            let started = Instant::now();
-            let scale = read_model::Scale {
-                persons,
-                families,
-                changes,
-            };
-            let f = read_model::run(&t.views, &dir, scale, layout, reads)?;
-            print_read_model(&f, &layout);
-            machine_load_end(load, started.elapsed().as_secs_f64());
-            let _ = std::fs::remove_dir_all(&dir);
         }
         Cmd::Broker { kafka } => {
             let records = encoded(&data, now)?;
@@ -515,22 +446,6 @@ async fn main() -> anyhow::Result<()> {
                 );
             }
             println!("throughput         {e2e_rate:.0} records/s end to end");
-            // Records are in GetPerson's answers once the read model has applied their changes.
-            let queryable_rate = f
-                .queryable
-                .map(|q| f.records as f64 / q.after.as_secs_f64().max(1e-9));
-            match (&f.queryable, queryable_rate) {
-                (Some(q), Some(rate)) => println!(
-                    "queryable          {:.1} s ({rate:.0} records/s end to end): the read model had {:.0} changes ({:.2} per input) still to apply when the view was complete; {:.1} µs of reconciler CPU per input record until then",
-                    q.after.as_secs_f64(),
-                    q.behind,
-                    q.behind / f.records.max(1) as f64,
-                    q.reconciler_cpu * 1e6 / f.records.max(1) as f64
-                ),
-                _ => println!(
-                    "queryable          the read model had not applied every change by the view's deadline"
-                ),
-            }
             print_latency(&f.latency);
             println!(
                 "reconciler         {} epochs, {:.0} input records and {:.0} events (input records and repartition messages) per epoch, commit {:.2} s in all, state {:.1} MiB",
@@ -593,12 +508,6 @@ async fn main() -> anyhow::Result<()> {
                 );
             }
             println!("consumed           {}", per_input(&f.consumed));
-            if !f.read_model_from.is_empty() {
-                println!(
-                    "read model applied {} (epochs: the reconciler's own, from memory)",
-                    per_input(&f.read_model_from)
-                );
-            }
             if let Some((entries, bytes)) = f.audit {
                 println!(
                     "audit log          {entries} entries, {bytes} bytes: {:.1} bytes per input record",
@@ -662,13 +571,6 @@ async fn main() -> anyhow::Result<()> {
                 e2e_rate / fl.rate(),
                 fl.rate()
             );
-            if let Some(rate) = queryable_rate {
-                println!(
-                    "ratio              Ponte to queryable = {:.2} × the floor ({rate:.0} / {:.0} records/s)",
-                    rate / fl.rate(),
-                    fl.rate()
-                );
-            }
             if !kafka.keep_topics {
                 cleanup(&kafka.bootstrap, &prefix).await;
                 e2e::delete_reconciler_state(&run_dir);
@@ -802,107 +704,10 @@ fn print_paced(p: &e2e::PacedFigures) {
         p.to_view.saturating_sub(p.ingest).as_secs_f64()
     );
     print_latency(&p.latency);
-    match p.queryable {
-        Some(q) => println!(
-            "queryable          {:.1} s after the first was sent: the read model (GetPerson's store) had every change",
-            q.as_secs_f64()
-        ),
-        None => println!("queryable          the read model had not caught up by the deadline"),
-    }
-    print_quantiles(
-        "change → readable ",
-        "changes sent by the reconciler meanwhile, to their being in GetPerson's answers",
-        &p.read_delay,
-    );
     println!(
-        "reconciler cpu     {:.1} s meanwhile ({:.0} µs per record, repartition and read model included)",
+        "reconciler cpu     {:.1} s meanwhile ({:.0} µs per record, repartition included)",
         p.reconciler_cpu,
         p.reconciler_cpu * 1e6 / p.records.max(1) as f64
-    );
-}
-
-/// The service's read model layout, with what the command line changes of it.
-fn read_model_layout(
-    merge_width: Option<u32>,
-    space_amp_percent: Option<u32>,
-    blob_gc_age_percent: Option<u32>,
-) -> anyhow::Result<ponte_store::Layout> {
-    let ponte_store::Layout::LargeValues {
-        min_blob_bytes,
-        merge_width: width,
-        space_amp_percent: amp,
-        blob_gc_age_percent: gc,
-    } = ponte_reconciler::readmodel::LAYOUT
-    else {
-        anyhow::bail!("the service's read model is not laid out for large values");
-    };
-    Ok(ponte_store::Layout::LargeValues {
-        min_blob_bytes,
-        merge_width: merge_width.unwrap_or(width),
-        space_amp_percent: space_amp_percent.unwrap_or(amp),
-        blob_gc_age_percent: blob_gc_age_percent.unwrap_or(gc),
-    })
-}
-
-fn print_read_model(f: &read_model::Figures, layout: &ponte_store::Layout) {
-    println!("== read model's store alone ({layout:?}; one thread applying, as the service)");
-    println!(
-        "views              written from {} person and {} family views of the simulated population",
-        f.templates.0, f.templates.1
-    );
-    let load = f.load.as_secs_f64();
-    println!(
-        "changes            {} in {load:.1} s ({:.0} changes/s; {} applied, {} duplicates, {} invalid)",
-        f.changes,
-        f.changes as f64 / load.max(1e-9),
-        f.stats.applied,
-        f.stats.duplicates,
-        f.stats.invalid
-    );
-    println!(
-        "applying           {:.1} s in readmodel::apply ({:.1} µs per change); generating the changes {:.1} s",
-        f.apply.as_secs_f64(),
-        f.apply.as_secs_f64() * 1e6 / f.changes.max(1) as f64,
-        f.generate.as_secs_f64()
-    );
-    println!(
-        "settled            {:.1} s after the load (no flush or compaction running)",
-        f.settle.as_secs_f64()
-    );
-    let store_cpu = f.cpu - f.generate.as_secs_f64();
-    println!(
-        "cpu                {:.1} s of the process, {store_cpu:.1} s without generating ({:.1} µs per change)",
-        f.cpu,
-        store_cpu * 1e6 / f.changes.max(1) as f64
-    );
-    let c = &f.compactions;
-    println!(
-        "compactions        {} ({} flushes), {:.1} s of CPU; {:.0} M entries merged ({:.1} per change), {:.1} GB of tables and {:.1} GB of relocated blobs written",
-        c.count,
-        c.flushes,
-        c.cpu.as_secs_f64(),
-        c.records_in as f64 / 1e6,
-        c.records_in as f64 / f.changes.max(1) as f64,
-        c.table_mb_out / 1e3,
-        c.blob_mb_out / 1e3
-    );
-    println!(
-        "on disk            tables {}, blob files {}; {} sorted runs",
-        mib(Some(f.table_bytes)),
-        mib(Some(f.blob_bytes)),
-        f.sorted_runs
-    );
-    let at = |q: f64| {
-        f.reads
-            .get(((f.reads.len() as f64 * q) as usize).min(f.reads.len().saturating_sub(1)))
-            .map_or(0.0, |d| d.as_secs_f64() * 1e6)
-    };
-    println!(
-        "person reads       {} at random: p50 {:.1} µs, p99 {:.1} µs, slowest {:.1} µs",
-        f.reads.len(),
-        at(0.5),
-        at(0.99),
-        f.reads.last().map_or(0.0, |d| d.as_secs_f64() * 1e6)
     );
 }
 
@@ -925,19 +730,14 @@ fn print_restart(r: &e2e::Restart) {
         r.exit,
         mib(r.stopped_peak_rss)
     );
-    let disk = |state: e2e::Disk, read: e2e::Disk| {
+    let disk = |state: e2e::Disk| {
         format!(
-            "{} state store ({} of it write-ahead log) + {} read model ({} WAL)",
+            "{} state store ({} of it write-ahead log)",
             mib(Some(state.bytes)),
-            mib(Some(state.wal)),
-            mib(Some(read.bytes)),
-            mib(Some(read.wal))
+            mib(Some(state.wal))
         )
     };
-    println!(
-        "state at the stop  {}",
-        disk(r.state_at_stop, r.read_model_at_stop)
-    );
+    println!("state at the stop  {}", disk(r.state_at_stop));
     println!(
         "ready              {:.2} s (/health/ready 200, polled every 50 ms)",
         r.ready.as_secs_f64()
@@ -953,18 +753,15 @@ fn print_restart(r: &e2e::Restart) {
     for (at, answer) in &r.not_serving {
         println!("  from {:>7.2} s    {answer}", at.as_secs_f64());
     }
-    println!(
-        "state once serving {}",
-        disk(r.state_serving, r.read_model_serving)
-    );
+    println!("state once serving {}", disk(r.state_serving));
     println!(
         "memory             RSS {} once ready and serving (VmRSS), peak {} (VmHWM)",
         mib(r.rss),
         mib(r.peak_rss)
     );
     println!(
-        "restored           {} partitions rebuilt from the changelog ({} entries); {} messages consumed again; {} changes applied to the read model",
-        r.partition_restores, r.restored_entries, r.events_consumed, r.read_model_applied
+        "restored           {} partitions rebuilt from the changelog ({} entries); {} messages consumed again",
+        r.partition_restores, r.restored_entries, r.events_consumed
     );
     println!(
         "log                {} ({} WARN/ERROR lines)",

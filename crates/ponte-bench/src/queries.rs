@@ -70,8 +70,8 @@ pub(crate) struct Args {
     pub(crate) audit: bool,
     /// Then start a second reconciler instance in the group, every listener on TLS, and load
     /// the first with `GetPerson`: the persons of the partitions the second owns asked of it
-    /// (`reconciler.peer.advertise` on both), then read from the first's read model (both
-    /// restarted without).
+    /// (`reconciler.peer.advertise` on both), then unavailable to the first (both restarted
+    /// without: only the owner's state holds them).
     pub(crate) peers: bool,
 }
 
@@ -266,10 +266,10 @@ pub(crate) async fn run(setup: &e2e::Setup<'_>, a: &Args) -> anyhow::Result<()> 
 }
 
 /// The reconciler with a second instance in its group, the first loaded with `GetPerson` and
-/// `ListPersons` (its CPU and the second's counted together), every listener on TLS with client certificates (a
-/// peer read needs the reconciler's): first with reads across instances on — the persons of the
-/// second's partitions asked of it, lists gathered from both — then, both restarted without,
-/// read from the first's read model. Prints where the first read its views from in each.
+/// `ListPersons` (its CPU and the second's counted together), every listener on TLS with client
+/// certificates (a peer read needs the reconciler's), with reads across instances on: the
+/// persons of the second's partitions asked of it, lists gathered from both. Prints where the
+/// first read its views from: its state, the owner, or unavailable.
 async fn two_instances(
     setup: &e2e::Setup<'_>,
     a: &Args,
@@ -297,79 +297,56 @@ async fn two_instances(
     tokio::time::sleep(std::time::Duration::from_secs(5)).await;
     let tls = pki.ghz_args("federal")?;
     let mut rows = Vec::new();
-    for (label, peers) in [
-        ("2 inst+tls, peers", true),
-        ("2 inst+tls, read model", false),
-    ] {
-        if !peers {
-            let mut second = pipeline.own_env_of("reconciler-2")?;
-            second.remove(ADVERTISE);
-            pipeline
-                .restart_instance(
-                    setup,
-                    "reconciler",
-                    BTreeMap::new(),
-                    "reconciler-no-peers.log",
-                )
-                .await?;
-            pipeline
-                .restart_instance(setup, "reconciler-2", second, "reconciler-2-no-peers.log")
-                .await?;
-        }
-        pipeline.instances_ready().await?;
-        let pids = vec![
-            pipeline
-                .pid("reconciler")
-                .context("no reconciler process")?,
-            pipeline.pid("reconciler-2").unwrap_or(second_pid),
-        ];
-        println!(
-            "== {label:<22} a second instance in the group; the first asked over TLS as the federal reader, its CPU and the second's counted: {}",
-            if peers {
-                "the second's persons asked of it"
-            } else {
-                "the second's persons from the first's read model"
-            }
-        );
-        let before = pipeline.metrics_of("reconciler").await?;
-        let target = Target {
-            name: label.to_owned(),
-            addr: first.clone(),
-            pids,
-            tls: tls.clone(),
+    let label = "2 inst+tls, peers";
+    pipeline.instances_ready().await?;
+    let pids = vec![
+        pipeline
+            .pid("reconciler")
+            .context("no reconciler process")?,
+        pipeline.pid("reconciler-2").unwrap_or(second_pid),
+    ];
+    println!(
+        "== {label:<22} a second instance in the group; the first asked over TLS as the federal reader, its CPU and the second's counted: the second's persons asked of it"
+    );
+    let before = pipeline.metrics_of("reconciler").await?;
+    let target = Target {
+        name: label.to_owned(),
+        addr: first.clone(),
+        pids,
+        tls: tls.clone(),
+    };
+    rows.extend(
+        measure_methods(
+            setup,
+            a,
+            calls,
+            std::slice::from_ref(&target),
+            &[GET_PERSON, LIST_PERSONS],
+        )
+        .await?,
+    );
+    let after = pipeline.metrics_of("reconciler").await?;
+    let reads = |view: &str, from: &str| {
+        let (view, from) = (format!("view=\"{view}\""), format!("from=\"{from}\""));
+        let of = |text: &str| {
+            e2e::metric_where(text, "ponte_reconciler_view_reads_total", |l| {
+                l.contains(&view) && l.contains(&from)
+            })
         };
-        rows.extend(
-            measure_methods(
-                setup,
-                a,
-                calls,
-                std::slice::from_ref(&target),
-                &[GET_PERSON, LIST_PERSONS],
-            )
-            .await?,
-        );
-        let after = pipeline.metrics_of("reconciler").await?;
-        let reads = |view: &str, from: &str| {
-            let (view, from) = (format!("view=\"{view}\""), format!("from=\"{from}\""));
-            let of = |text: &str| {
-                e2e::metric_where(text, "ponte_reconciler_view_reads_total", |l| {
-                    l.contains(&view) && l.contains(&from)
-                })
-            };
-            of(&after) - of(&before)
-        };
-        println!(
-            "views read         by the first instance: {:.0} from its state, {:.0} from the second, {:.0} from its read model",
-            reads("person", "state"),
-            reads("person", "owner"),
-            reads("person", "read_model")
-        );
-        println!(
-            "lists read         by the first instance: {:.0} from both states, {:.0} from its read model",
-            reads("list", "owner"),
-            reads("list", "read_model")
-        );
-    }
+        of(&after) - of(&before)
+    };
+    println!(
+        "views read         by the first instance: {:.0} from its state, {:.0} from the second, {:.0} unavailable",
+        reads("person", "state"),
+        reads("person", "owner"),
+        reads("person", "unavailable")
+    );
+    println!(
+        "lists read         by the first instance: {:.0} from its state, {:.0} from both states, {:.0} unavailable",
+        reads("list", "state"),
+        reads("list", "owner"),
+        reads("list", "unavailable")
+    );
     Ok(rows)
 }
 

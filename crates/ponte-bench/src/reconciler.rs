@@ -10,7 +10,6 @@ use std::time::{Duration, Instant, SystemTime};
 use ponte_domain::period::Month;
 use ponte_domain::rules::RuleSet;
 use ponte_proto::events::v1::Event;
-use ponte_reconciler::readmodel::{self, ChangeRecord};
 use ponte_reconciler::topology::{
     Applied, Input, Kv, OutputKind, ParkedCounts, READ_AHEAD_RUN, Screened, Topology, Tx,
     batch_bytes, key_partition, parked_after,
@@ -34,23 +33,13 @@ pub(crate) struct Figures {
     pub(crate) commit: Duration,
     pub(crate) rejected_by_adapters: u64,
     pub(crate) state_bytes: u64,
-    /// The read model's store at the end: tables, blob files and memtables.
-    pub(crate) read_bytes: u64,
-    /// View changes applied to a read model of their own (as the service's read model does,
-    /// in one store write per epoch's changes).
-    pub(crate) changes: u64,
-    pub(crate) read_model: Duration,
     /// State writes (each one changelog entry in the service) by table: the key's part between
     /// the partition prefix and the next `/` (`p`, `fm`, `x`, `e`, `k`, `f`, `h`).
     pub(crate) writes_by_table: std::collections::BTreeMap<String, u64>,
     /// Bytes of those writes (key and value; a delete its key), by table.
     pub(crate) bytes_by_table: std::collections::BTreeMap<String, u64>,
-    /// What the state store's and the read model's flushes and compactions wrote.
+    /// What the state store's flushes and compactions wrote.
     pub(crate) state_writes: Option<WriteStats>,
-    pub(crate) read_writes: Option<WriteStats>,
-    /// The latest change payload of the first `keep_views` keys whose view changed (key as on
-    /// the changes topic: `person:<nis>`, `family:<id>`), for benchmarks that need real views.
-    pub(crate) views: std::collections::HashMap<String, Vec<u8>>,
 }
 
 /// Partitions of the simulated topics (the default `topics.partitions`).
@@ -85,18 +74,6 @@ pub(crate) struct How {
     pub(crate) screened: bool,
     /// How the state store is laid out.
     pub(crate) state_layout: Layout,
-    /// How the read model's store is laid out.
-    pub(crate) read_model_layout: Layout,
-}
-
-impl How {
-    /// As the service reads.
-    pub(crate) const SERVICE: How = How {
-        read_ahead: true,
-        screened: true,
-        state_layout: ponte_reconciler::topology::STATE_LAYOUT,
-        read_model_layout: ponte_reconciler::readmodel::LAYOUT,
-    };
 }
 
 pub(crate) fn run(
@@ -104,14 +81,12 @@ pub(crate) fn run(
     state: &Path,
     batch: usize,
     now: SystemTime,
-    keep_views: usize,
     how: How,
 ) -> anyhow::Result<Figures> {
     let How {
         read_ahead,
         screened,
         state_layout,
-        read_model_layout,
     } = how;
     let rules = RuleSet::from_toml_str("bolsa-familia-2023.toml", RULES)?;
     let mut topology = Topology::new(rules, Month::parse("2025-01")?, Month::parse("2025-12")?);
@@ -130,13 +105,6 @@ pub(crate) fn run(
         Durability::Rebuildable,
         Memory::mib(256),
         state_layout,
-    )?;
-    // The reconciler's default `read_model_memory_mb`.
-    let read = Store::open_with_layout(
-        state.join("read"),
-        Durability::Rebuildable,
-        Memory::mib(128),
-        read_model_layout,
     )?;
     // The parked counts the consumer loop keeps (every partition is this process'), and the
     // store read through them.
@@ -213,18 +181,13 @@ pub(crate) fn run(
         w.commit()?;
         parked.follow(&parked_after);
         let committed = Instant::now();
-        let mut changes: Vec<ChangeRecord> = Vec::new();
         for o in outputs {
             figures.outputs += 1;
             let to = match o.kind {
                 OutputKind::Crosswalk => Input::Crosswalk,
                 OutputKind::HealthByNis => Input::HealthByNis,
                 OutputKind::Member => Input::Members,
-                OutputKind::Change => {
-                    changes.push((0, 0, o.key, o.payload));
-                    continue;
-                }
-                OutputKind::Alert | OutputKind::DeadLetter => continue,
+                OutputKind::Change | OutputKind::Alert | OutputKind::DeadLetter => continue,
             };
             internal.push((
                 to,
@@ -235,25 +198,6 @@ pub(crate) fn run(
         }
         figures.apply += applied - started;
         figures.commit += committed - applied;
-        // Only the last view of a key goes out in an epoch, as the service's commit sends them.
-        let mut seen = std::collections::HashSet::new();
-        changes.reverse();
-        changes.retain(|c| seen.insert(c.2.clone()));
-        changes.reverse();
-        for (_, _, key, payload) in &changes {
-            if let Some(payload) = payload
-                && (figures.views.len() < keep_views || figures.views.contains_key(key))
-            {
-                figures.views.insert(key.clone(), payload.clone());
-            }
-        }
-        let reading = Instant::now();
-        for c in changes.iter_mut() {
-            figures.changes += 1;
-            c.1 = figures.changes as i64;
-        }
-        readmodel::apply_from(&read, "changes", &changes, readmodel::Origin::Epochs)?;
-        figures.read_model += reading.elapsed();
         Ok(())
     };
     figures.rejected_by_adapters = crate::events::for_each(data, now, |input, key, event| {
@@ -271,8 +215,6 @@ pub(crate) fn run(
         }
     }
     figures.state_bytes = store.approximate_size_bytes();
-    figures.read_bytes = read.approximate_size_bytes();
     figures.state_writes = store.write_stats();
-    figures.read_writes = read.write_stats();
     Ok(figures)
 }

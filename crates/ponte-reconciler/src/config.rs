@@ -61,12 +61,13 @@ pub struct ReconcilerConfig {
     pub monitor_to: Month,
     /// Memory of the state store (RocksDB block cache with the memtables charged to it), MiB.
     pub state_memory_mb: usize,
-    /// Memory of the read model's store, MiB.
-    pub read_model_memory_mb: usize,
     /// How the state store is compacted (`state_compaction`).
     pub state_compaction: StateCompaction,
     /// Reads of the partitions other instances own, asked of them (`[reconciler.peer]`).
     pub peer: PeerConfig,
+    /// Keys set that this version does not use (logged at startup): `read_model_memory_mb`,
+    /// of versions that kept a read model.
+    pub ignored: Vec<&'static str>,
 }
 
 /// `[reconciler.peer]`: how an instance reads the persons and families of the partitions
@@ -76,7 +77,7 @@ pub struct ReconcilerConfig {
 pub struct PeerConfig {
     /// `host:port` at which the other instances reach this instance's gRPC listener (its
     /// server certificate must name the host). `None` (`advertise = ""`): this instance
-    /// neither asks nor is asked, and answers for other partitions from its read model.
+    /// neither asks nor is asked, and answers `UNAVAILABLE` for partitions it does not own.
     pub advertise: Option<String>,
     /// The CA bundle the other instances' server certificates chain to (`ca_file`).
     pub ca_file: PathBuf,
@@ -230,7 +231,10 @@ struct RawConfig {
     monitor_from: Month,
     monitor_to: Month,
     state_memory_mb: usize,
-    read_model_memory_mb: usize,
+    /// The read model's memory, of versions that kept one: accepted so that their files
+    /// load, and ignored ([`ReconcilerConfig::ignored`]).
+    #[serde(default)]
+    read_model_memory_mb: Option<usize>,
     #[serde(default = "default_state_compaction")]
     state_compaction: String,
     #[serde(default)]
@@ -296,15 +300,11 @@ impl TryFrom<RawConfig> for ReconcilerConfig {
         if raw.group_id.trim().is_empty() {
             return Err("reconciler.group_id: must not be empty".to_owned());
         }
-        for (key, mb) in [
-            ("state_memory_mb", raw.state_memory_mb),
-            ("read_model_memory_mb", raw.read_model_memory_mb),
-        ] {
-            if mb < MIN_STORE_MEMORY_MB {
-                return Err(format!(
-                    "reconciler.{key}: {mb} is below {MIN_STORE_MEMORY_MB} MiB"
-                ));
-            }
+        if raw.state_memory_mb < MIN_STORE_MEMORY_MB {
+            return Err(format!(
+                "reconciler.state_memory_mb: {} is below {MIN_STORE_MEMORY_MB} MiB",
+                raw.state_memory_mb
+            ));
         }
         let state_compaction = match raw.state_compaction.as_str() {
             "tiers" => StateCompaction::Tiers,
@@ -348,7 +348,11 @@ impl TryFrom<RawConfig> for ReconcilerConfig {
             monitor_from: raw.monitor_from,
             monitor_to: raw.monitor_to,
             state_memory_mb: raw.state_memory_mb,
-            read_model_memory_mb: raw.read_model_memory_mb,
+            ignored: raw
+                .read_model_memory_mb
+                .map(|_| "reconciler.read_model_memory_mb")
+                .into_iter()
+                .collect(),
         })
     }
 }
@@ -404,7 +408,6 @@ mod tests {
             ("monitor_from", "\"2025-01\""),
             ("monitor_to", "\"2025-12\""),
             ("state_memory_mb", "256"),
-            ("read_model_memory_mb", "128"),
         ]
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -475,6 +478,13 @@ mod tests {
             crate::topology::STATE_LAYOUT,
             ponte_store::Layout::Tiered { .. }
         ));
+    }
+
+    #[test]
+    fn a_file_of_a_version_with_a_read_model_loads_and_its_memory_key_is_named_ignored() {
+        assert!(parse(&[]).unwrap().ignored.is_empty());
+        let old = parse(&[("read_model_memory_mb", "128")]).unwrap();
+        assert_eq!(old.ignored, vec!["reconciler.read_model_memory_mb"]);
     }
 
     #[test]

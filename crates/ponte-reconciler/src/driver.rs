@@ -25,8 +25,8 @@ use crate::ReconcilerError;
 use crate::config::Behind;
 use crate::epoch::{Committer, Consumed, InFlight, Outcome, Sent};
 use crate::gauges::{read_state, refresh_gauges};
+use crate::grpc::ReadPath;
 use crate::lanes::Lanes;
-use crate::readmodel::ReadPath;
 use crate::topology::{
     Applied, Entries, Input, OutputKind, ParkedCounts, Pending, READ_AHEAD_RUN, Screened, Topology,
     Tx, Unapplicable, entries_in, entries_of, is_batch,
@@ -37,13 +37,11 @@ pub(crate) struct Driver<'a> {
     pub topology: &'a Topology,
     pub inputs: &'a Inputs,
     pub store: &'a Store,
-    pub read: &'a Store,
     pub consumer: &'a StreamConsumer<SeekingContext>,
     pub assignment: &'a Assignment,
     pub committer: &'a mut Committer,
     pub readiness: &'a Readiness,
     pub read_path: &'a ReadPath,
-    pub caught_up: &'a tokio::sync::watch::Receiver<bool>,
     /// When an epoch is committed.
     pub limits: EpochLimits,
     /// Threads applying an epoch's partitions at once ([`crate::lanes`]).
@@ -133,13 +131,11 @@ impl Driver<'_> {
             topology,
             inputs,
             store,
-            read,
             consumer,
             assignment,
             committer,
             readiness,
             read_path,
-            caught_up,
             shutdown,
             ..
         } = self;
@@ -169,11 +165,11 @@ impl Driver<'_> {
         let mut consumed = Consumed::default();
         let mut in_flight: Option<InFlight> = None;
         let mut last_gauges = Instant::now() - Duration::from_secs(60);
+        let mut last_outcomes = Instant::now() - crate::gauges::OUTCOMES_EVERY;
         let mut generation = assignment.generation();
         // The partitions whose records flow: owned and restored.
         let mut owned = assignment.prepared_partition_numbers();
         parked.reassign(store, &owned)?;
-        committer.owned(&owned);
         let mut epoch = OpenEpoch::new(self.limits);
         let behind_epochs = metrics::counter!("ponte_reconciler_epochs_behind_total");
         // Time spent applying the open epoch's events (not waiting for them, not committing).
@@ -219,7 +215,6 @@ impl Driver<'_> {
             if assignment.resume_prepared(consumer)? {
                 owned = assignment.prepared_partition_numbers();
                 parked.reassign(store, &owned)?;
-                committer.owned(&owned);
                 // Readiness follows at once.
                 last_gauges = Instant::now() - Duration::from_secs(60);
             }
@@ -232,14 +227,17 @@ impl Driver<'_> {
                 }
                 refresh_gauges(
                     store,
-                    read,
                     assignment,
                     readiness,
-                    read_state(read_path, *caught_up.borrow()),
+                    read_state(read_path),
                     &parked,
                     inputs.by_topic.len(),
                 );
                 last_gauges = Instant::now();
+                if last_outcomes.elapsed() >= crate::gauges::OUTCOMES_EVERY {
+                    crate::gauges::count_outcomes(store, &owned);
+                    last_outcomes = Instant::now();
+                }
             }
             // With an epoch in flight, a message at hand is applied over it (while the open
             // epoch is within its linger); with none at hand the epoch in flight is committed
@@ -302,7 +300,6 @@ impl Driver<'_> {
                 // read again from the store.
                 parked.clear();
                 parked.reassign(store, &owned)?;
-                committer.owned(&owned);
                 // The message (if any) was fetched under the new assignment: it is applied below.
             }
             let commit_now = match next {
@@ -314,7 +311,7 @@ impl Driver<'_> {
                     // the epoch's limit; they are applied when the epoch is committed. A
                     // rebalance is served inside a poll and returns no message: taking them
                     // ends there, and the next message goes through the generation check above.
-                    let now_ms = crate::readmodel::unix_millis();
+                    let now_ms = crate::epoch::unix_millis();
                     if epoch.fetched(created_ms(&msg), now_ms) {
                         behind_epochs.increment(1);
                     }

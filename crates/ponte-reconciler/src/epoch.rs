@@ -38,8 +38,6 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use crate::ReconcilerError;
-use crate::feed::FeedSender;
-use crate::readmodel::{ChangeRecord, unix_millis};
 use crate::restore::Marker;
 use crate::topology::{
     Batcher, Output, OutputKind, ParkedAfter, Tx, Writes, batch_bytes, index_marker,
@@ -61,7 +59,7 @@ pub struct Routes {
     partitions: i32,
     /// Changes are published in the partition of the input that produced them (the changes
     /// topic has the inputs' partition count), not by their key's hash: the owner of an input
-    /// partition is then the only writer of that changes partition ([`crate::feed`]).
+    /// partition is then the only writer of that changes partition.
     changes_by_input: bool,
 }
 
@@ -300,9 +298,6 @@ pub struct Committer {
     faults: Faults,
     /// A transaction is open: an epoch was sent and not completed.
     open: bool,
-    /// Where committed changes go to the read model ([`crate::feed`]); `None`: it reads them
-    /// from the changes topic.
-    feed: Option<FeedSender>,
 }
 
 impl std::fmt::Debug for Committer {
@@ -334,19 +329,6 @@ impl Committer {
             producer: None,
             faults,
             open: false,
-            feed: None,
-        }
-    }
-
-    /// Hands every committed epoch's changes to the read model through `feed`.
-    pub fn feed_read_model(&mut self, feed: FeedSender) {
-        self.feed = Some(feed);
-    }
-
-    /// The input partitions the write path owns now (for the read model's feed).
-    pub fn owned(&self, partitions: &std::collections::BTreeSet<i32>) {
-        if let Some(feed) = &self.feed {
-            feed.owned(partitions);
         }
     }
 
@@ -447,7 +429,7 @@ impl Committer {
         match self.begin_and_send(&writes, &outputs, &consumed, consumer) {
             Ok(((deliveries, published), offsets, group)) => Ok(Sent::InFlight(InFlight {
                 writes: Arc::new(writes),
-                outputs,
+                outputs: outputs.len(),
                 parked,
                 consumed,
                 deliveries,
@@ -455,7 +437,6 @@ impl Committer {
                 offsets,
                 group,
                 spent: started.elapsed(),
-                sent_ms: unix_millis(),
             })),
             Err(e) => {
                 self.abandon(&e, consumed, &mut Consumed::default(), consumer)?;
@@ -480,7 +461,7 @@ impl Committer {
         let started = Instant::now();
         let InFlight {
             writes,
-            outputs,
+            outputs: _,
             parked,
             mut consumed,
             deliveries,
@@ -488,16 +469,12 @@ impl Committer {
             offsets,
             group,
             spent,
-            sent_ms,
         } = epoch;
         match self
             .acknowledge_and_commit(deliveries, offsets, group)
             .await
         {
-            Ok(Acknowledged {
-                changelog_ends,
-                changes,
-            }) => {
+            Ok(Acknowledged { changelog_ends }) => {
                 self.faults.reach(FaultPoint::Committed);
                 let applying = Instant::now();
                 let mut w = self.store.batch_with_capacity(batch_bytes(&writes));
@@ -517,9 +494,6 @@ impl Committer {
                 phase_took("store", applying);
                 self.faults.reach(FaultPoint::Applied);
                 (*published).count();
-                if let Some(feed) = &mut self.feed {
-                    feed.send(sent_ms, changes_of(outputs, &changes)).await;
-                }
                 metrics::counter!("ponte_reconciler_epochs_total", "result" => "committed")
                     .increment(1);
                 // The time the consumer loop spent on the commit, not the time the broker took
@@ -746,9 +720,8 @@ fn rewind(
 /// What a delivery is of.
 #[derive(Debug, Clone, Copy)]
 enum Delivery {
-    Change,
     Changelog,
-    /// Any other output (alerts, repartition messages, dead letters).
+    /// Any other output (changes, alerts, repartition messages, dead letters).
     Output,
 }
 
@@ -770,7 +743,8 @@ pub enum Sent {
 /// An epoch whose transaction is open and whose messages are with the producer.
 pub struct InFlight {
     writes: Arc<Writes>,
-    outputs: Vec<Output>,
+    /// How many outputs it sent.
+    outputs: usize,
     parked: ParkedAfter,
     consumed: Consumed,
     deliveries: Deliveries,
@@ -781,15 +755,13 @@ pub struct InFlight {
     group: ConsumerGroupMetadata,
     /// The time [`Committer::send`] took.
     spent: Duration,
-    /// When its messages were sent, milliseconds since the Unix epoch.
-    sent_ms: i64,
 }
 
 impl std::fmt::Debug for InFlight {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("InFlight")
             .field("writes", &self.writes.len())
-            .field("outputs", &self.outputs.len())
+            .field("outputs", &self.outputs)
             .field("events", &self.consumed.events)
             .finish_non_exhaustive()
     }
@@ -877,13 +849,7 @@ fn send_all(
             o.payload.as_deref(),
             Some(headers),
         )?;
-        numbered(
-            d,
-            match o.kind {
-                OutputKind::Change => Delivery::Change,
-                _ => Delivery::Output,
-            },
-        );
+        numbered(d, Delivery::Output);
         *published.messages.entry(o.kind.label()).or_default() += 1;
     }
     for batch in batcher.finish() {
@@ -918,8 +884,6 @@ fn send_all(
 struct Acknowledged {
     /// Each changelog partition's offset after the epoch's last entry.
     changelog_ends: BTreeMap<i32, i64>,
-    /// Each change's partition and offset, in the order the changes were sent.
-    changes: Vec<(i32, i64)>,
 }
 
 /// How much longer than its own timeout a transactional call may take before it is taken for
@@ -976,7 +940,6 @@ async fn acknowledge_and_commit(
 ) -> Result<Acknowledged, TxError> {
     let mut started = Instant::now();
     let mut ends: BTreeMap<i32, i64> = BTreeMap::new();
-    let mut changes = Vec::new();
     let positions = producer.acknowledged().await?;
     if positions.len() != deliveries.len() {
         return Err(TxError::aborted(format!(
@@ -991,7 +954,6 @@ async fn acknowledge_and_commit(
                 let end = ends.entry(partition).or_insert(0);
                 *end = (*end).max(offset + 1);
             }
-            Delivery::Change => changes.push((partition, offset)),
             Delivery::Output => {}
         }
     }
@@ -1014,19 +976,14 @@ async fn acknowledge_and_commit(
     phase_took("commit", started);
     Ok(Acknowledged {
         changelog_ends: ends,
-        changes,
     })
 }
 
-/// The committed changes among `outputs` (in the order sent) with the partitions and offsets
-/// the broker gave them (`acknowledged`, in the same order), for the read model.
-fn changes_of(outputs: Vec<Output>, acknowledged: &[(i32, i64)]) -> Vec<ChangeRecord> {
-    outputs
-        .into_iter()
-        .filter(|o| o.kind == OutputKind::Change)
-        .zip(acknowledged)
-        .map(|(o, (partition, offset))| (*partition, *offset, o.key, o.payload))
-        .collect()
+/// Milliseconds since the Unix epoch (a Kafka timestamp's unit).
+pub(crate) fn unix_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// The headers of an output. A batch of repartition messages carries `ponte-schema` and the
@@ -1113,26 +1070,6 @@ mod tests {
         // Only changes: alerts and repartition messages keep their key's partition.
         assert_eq!(by_input.partition(&on(OutputKind::Alert)), None);
         assert_eq!(by_input.partition(&on(OutputKind::Member)), None);
-    }
-
-    #[test]
-    fn the_changes_handed_to_the_read_model_carry_the_offsets_the_broker_gave_them() {
-        let outputs = vec![
-            out(OutputKind::Change, "person:1", "a"),
-            out(OutputKind::Alert, "f1", "x"),
-            Output {
-                payload: None,
-                ..out(OutputKind::Change, "person:2", "")
-            },
-        ];
-        let records = changes_of(outputs, &[(1, 40), (2, 7)]);
-        assert_eq!(
-            records,
-            vec![
-                (1, 40, "person:1".to_owned(), Some(b"a".to_vec())),
-                (2, 7, "person:2".to_owned(), None),
-            ]
-        );
     }
 
     #[test]

@@ -1,11 +1,10 @@
-//! The gRPC `ComplianceService`. A person's or a family's view is computed from the local
-//! state when this instance owns (and has restored) the input partition the key is keyed to —
-//! as current as the last epoch stored —, asked of the instance that owns it otherwise
-//! ([`crate::peers`]), and read from the read model (every person and family, whichever
-//! instance owns them) when there is no owner to ask or it does not answer. A municipality's
+//! The gRPC `ComplianceService`. A person's, family's or household's view is computed from the
+//! local state when this instance owns (and has restored) the input partition the key is keyed
+//! to — as current as the last epoch stored —, asked of the instance that owns it otherwise
+//! ([`crate::peers`]), and answered `UNAVAILABLE` when there is no owner to ask or it does not
+//! answer (the caller retries: the partition is being moved or restored). A municipality's
 //! persons and counts are gathered from every partition's owner the same way
-//! ([`crate::lists`]), or read from the read model when one cannot answer; households come from
-//! the read model; parked records from the local state.
+//! ([`crate::lists`]); parked records come from the local state.
 use ponte_domain::ids::Nis;
 use ponte_proto::compliance::v1::compliance_service_server::ComplianceService;
 use std::collections::BTreeMap;
@@ -36,17 +35,90 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use crate::ReconcilerError;
+use crate::topology;
 use crate::topology::ListFilter;
-use crate::{readmodel, topology};
 
-/// Serves the compliance view: persons, families, lists and counts of the partitions this
-/// instance owns, and parked records, from the local partitioned state (`state`, of which
-/// `assignment` tells the partitions currently owned); those of other partitions from their
-/// owners (`peers`) or the read model.
+/// Whether the read path can be trusted: once a read of the state failed, it stays failed
+/// until the process restarts (a store that refused a read is not trusted again in place):
+/// readiness turns to 503 and every read is answered `UNAVAILABLE`.
+#[derive(Debug, Clone, Default)]
+pub struct ReadPath {
+    failure: Arc<std::sync::Mutex<Option<String>>>,
+    /// A test-only fault: the read of this number fails as a store that errs would
+    /// (`PONTE_TEST_READ_PATH_FAULT`, [`ReadPath::from_env`]).
+    fault: Option<u64>,
+    reads: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl ReadPath {
+    /// A read path whose `n`-th read of the state fails when `PONTE_TEST_READ_PATH_FAULT=<n>`
+    /// is set (for the readiness tests; never set it in a deployment).
+    pub fn from_env() -> Result<ReadPath, ReconcilerError> {
+        let fault = match std::env::var("PONTE_TEST_READ_PATH_FAULT") {
+            Err(_) => None,
+            Ok(n) => Some(n.parse().map_err(|_| {
+                ReconcilerError::Startup(format!(
+                    "PONTE_TEST_READ_PATH_FAULT: {n:?} is not a count"
+                ))
+            })?),
+        };
+        metrics::gauge!("ponte_reconciler_read_path_failed").set(0.0);
+        Ok(ReadPath {
+            fault,
+            ..ReadPath::default()
+        })
+    }
+
+    /// Counts a read; the injected fault's error when it is the one to fail.
+    fn injected(&self) -> Result<(), ReconcilerError> {
+        let Some(n) = self.fault else {
+            return Ok(());
+        };
+        let read = self
+            .reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        if read == n {
+            return Err(ReconcilerError::Corrupt {
+                key: "(injected)".into(),
+                reason: format!("PONTE_TEST_READ_PATH_FAULT: read {n} fails"),
+            });
+        }
+        Ok(())
+    }
+
+    /// Marks the read path failed (the first reason is kept), counted and logged once.
+    pub fn fail(&self, reason: impl Into<String>) {
+        let reason = reason.into();
+        let mut failure = self
+            .failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if failure.is_none() {
+            tracing::error!(
+                reason = %ponte_runtime::telemetry::mask_ids_in(&reason),
+                "read path failed: readiness is 503 and reads are refused until a restart"
+            );
+            metrics::gauge!("ponte_reconciler_read_path_failed").set(1.0);
+            *failure = Some(reason);
+        }
+    }
+
+    /// Why the read path failed, if it did.
+    pub fn failure(&self) -> Option<String> {
+        self.failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// Serves the compliance view: persons, families, households, lists and counts of the
+/// partitions this instance owns, and parked records, from the local partitioned state
+/// (`state`, of which `assignment` tells the partitions currently owned); those of other
+/// partitions from their owners (`peers`), or `UNAVAILABLE` when no owner can answer.
 #[derive(Debug, Clone)]
 pub struct ComplianceApi {
-    /// The read model (see [`crate::readmodel`]).
-    pub read: Store,
     /// The local partitioned state.
     pub state: Store,
     /// The input partitions this instance owns (whose persons and families it answers from
@@ -62,23 +134,35 @@ pub struct ComplianceApi {
     pub changes_topic: String,
     /// Who may call what, and see where (docs/security.md).
     pub gate: Arc<Gate>,
-    /// Whether the read model can be trusted: reads are refused once it failed.
-    pub path: readmodel::ReadPath,
+    /// Whether the read path can be trusted: reads are refused once it failed.
+    pub path: ReadPath,
     /// The audit log every read is recorded in before it is answered (none when
     /// `audit.key_dir` is not set).
     pub audit: Option<Arc<Auditor>>,
     /// Reads of the partitions other instances own, asked of them (none when
-    /// `reconciler.peer.advertise` is not set: the read model answers).
+    /// `reconciler.peer.advertise` is not set: such reads are `UNAVAILABLE`).
     pub peers: Option<Arc<crate::peers::Peers>>,
 }
 
-/// Counts a view read for `GetPerson`, `GetFamily` or a family's scope check (`view`: `person`,
-/// `family`), or a `ListPersons` or `GetIndicators` (`list`, `indicators`), by where it was
+/// Counts a view read for `GetPerson`, `GetFamily`, `GetHousehold` or a family's scope check
+/// (`view`: `person`, `family`, `household`), or a `ListPersons`, `GetIndicators` or
+/// `GetHouseholdIndicators` (`list`, `indicators`, `household_indicators`), by where it was
 /// read (`state`, `owner`: another instance's state — for a list, at least one partition's —,
-/// `read_model`): `ponte_reconciler_view_reads_total{view, from}`.
+/// `unavailable`: no owner could answer): `ponte_reconciler_view_reads_total{view, from}`.
 fn view_read(view: &'static str, from: &'static str) {
     metrics::counter!("ponte_reconciler_view_reads_total", "view" => view, "from" => from)
         .increment(1);
+}
+
+/// What a read spanning every partition waits for when one partition has no owner to answer.
+const SOME_PARTITIONS: &str = "the municipality's partitions";
+
+/// `UNAVAILABLE` for a read of `what` no owner can answer now, counted.
+fn unanswerable(view: &'static str, what: &str) -> Status {
+    view_read(view, "unavailable");
+    Status::unavailable(format!(
+        "{what}: no instance can answer for it now (its partition is being moved or restored,          or its owner does not answer); retry"
+    ))
 }
 
 type ItemStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -186,40 +270,6 @@ fn visible_family(
     Some(family)
 }
 
-/// A view's `view_version` and its `updated_time`, for a view computed from the state whose
-/// digest kept no time ([`ComplianceApi::local_view`]).
-trait Timed {
-    fn version(&self) -> u64;
-    fn time_mut(&mut self) -> &mut Option<ponte_proto::Timestamp>;
-}
-
-impl Timed for ponte_proto::compliance::v1::Person {
-    fn version(&self) -> u64 {
-        self.view_version
-    }
-    fn time_mut(&mut self) -> &mut Option<ponte_proto::Timestamp> {
-        &mut self.updated_time
-    }
-}
-
-impl Timed for ponte_proto::compliance::v1::Family {
-    fn version(&self) -> u64 {
-        self.view_version
-    }
-    fn time_mut(&mut self) -> &mut Option<ponte_proto::Timestamp> {
-        &mut self.updated_time
-    }
-}
-
-impl Timed for ponte_proto::compliance::v1::Household {
-    fn version(&self) -> u64 {
-        self.view_version
-    }
-    fn time_mut(&mut self) -> &mut Option<ponte_proto::Timestamp> {
-        &mut self.updated_time
-    }
-}
-
 /// What of a followed household the grant may show: the whole view, to a federal scope only.
 /// Read scopes name Brazilian places (IBGE codes, UFs); until they name Colombian ones
 /// (DIVIPOLA), a household is out of every narrower scope.
@@ -291,36 +341,29 @@ impl ComplianceApi {
             })
     }
 
-    /// `UNAVAILABLE` once the read model failed: what it holds may be stale.
+    /// `UNAVAILABLE` once the read path failed: a store that erred on a read is not trusted.
     pub(crate) fn check_read_path(&self) -> Result<(), Status> {
         match self.path.failure() {
             None => Ok(()),
             Some(_) => Err(Status::unavailable(
-                "the read model of this instance failed and its answers could be stale; \
-                 ask another instance",
+                "a read of this instance's state failed and its answers could be wrong; \
+                 retry (another instance will own its partitions once it is restarted)",
             )),
         }
     }
 
-    /// Runs a read of the read model off the async runtime.
-    async fn read<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Store) -> Result<T, ReconcilerError> + Send + 'static,
-    ) -> Result<T, Status> {
-        self.check_read_path()?;
-        self.blocking(self.read.clone(), f).await
-    }
-
     /// Runs a point read (a view by its key: a few lookups in a store's cached index and
-    /// filters, then one value — of the read model, or of the state, whose records are then
-    /// evaluated again, no costlier in `ponte-bench queries`) on the calling worker. Handing it
+    /// filters, then one value, whose records are then evaluated again) on the calling worker. Handing it
     /// to the blocking pool cost more than the read itself — two thread wake-ups per call, 21–27 µs
     /// of CPU of the 61–111 a `GetPerson` took (docs/benchmarks.md, "Point reads on the
     /// worker"); a read that goes to the disk holds this worker for that read, while the
     /// other workers go on. Scans ([`Self::read`]) stay on the blocking pool.
     fn read_point<T>(&self, f: impl FnOnce() -> Result<T, ReconcilerError>) -> Result<T, Status> {
         self.check_read_path()?;
-        f().map_err(|e| self.store_failed(&e))
+        self.path
+            .injected()
+            .and_then(|()| f())
+            .map_err(|e| self.store_failed(&e))
     }
 
     /// The input partition `key` (a NIS, a family id) is keyed to.
@@ -329,30 +372,17 @@ impl ComplianceApi {
     }
 
     /// A view of key `key` computed from the state by `state` (given the key's partition), if
-    /// this instance owns (and has restored) that partition; `None` otherwise. A digest written
-    /// before digests kept the time gives a view without one: it takes the time of the read
-    /// model's view of the same version (`read_model`).
-    fn local_view<V: Timed>(
+    /// this instance owns (and has restored) that partition; `None` otherwise.
+    fn local_view<V>(
         &self,
         key: &str,
         state: impl FnOnce(i32) -> Result<Option<V>, ReconcilerError>,
-        read_model: impl FnOnce() -> Result<Option<V>, ReconcilerError>,
     ) -> Result<Option<Option<V>>, Status> {
         let p = self.partition_of(key);
         if !self.assignment.borrow().is_prepared(p) {
             return Ok(None);
         }
-        self.read_point(|| {
-            let mut view = state(p)?;
-            if let Some(v) = view.as_mut()
-                && v.time_mut().is_none()
-                && let Some(mut r) = read_model()?
-                && r.version() == v.version()
-            {
-                *v.time_mut() = r.time_mut().take();
-            }
-            Ok(Some(view))
-        })
+        self.read_point(|| state(p).map(Some))
     }
 
     /// Person `nis`'s view computed from the state ([`Self::local_view`]).
@@ -360,11 +390,9 @@ impl ComplianceApi {
         &self,
         nis: &Nis,
     ) -> Result<Option<Option<ponte_proto::compliance::v1::Person>>, Status> {
-        self.local_view(
-            nis.as_str(),
-            |p| self.topology.read_person(&self.state, p, *nis),
-            || readmodel::read_person(&self.read, nis),
-        )
+        self.local_view(nis.as_str(), |p| {
+            self.topology.read_person(&self.state, p, *nis)
+        })
     }
 
     /// Family `id`'s view computed from the state ([`Self::local_view`]).
@@ -372,11 +400,7 @@ impl ComplianceApi {
         &self,
         id: &str,
     ) -> Result<Option<Option<ponte_proto::compliance::v1::Family>>, Status> {
-        self.local_view(
-            id,
-            |p| self.topology.read_family(&self.state, p, id),
-            || readmodel::read_family(&self.read, id),
-        )
+        self.local_view(id, |p| self.topology.read_family(&self.state, p, id))
     }
 
     /// Household `id`'s view computed from the state ([`Self::local_view`]).
@@ -384,23 +408,20 @@ impl ComplianceApi {
         &self,
         id: &str,
     ) -> Result<Option<Option<ponte_proto::compliance::v1::Household>>, Status> {
-        self.local_view(
-            id,
-            |p| self.topology.read_household(&self.state, p, id),
-            || readmodel::read_household(&self.read, id),
-        )
+        self.local_view(id, |p| self.topology.read_household(&self.state, p, id))
     }
 
-    /// A view (`what`: `person`, `family`, `household`): from the state if this instance owns the key's
-    /// partition (`local`), else from the instance that owns it (`ask`, a peer read not begun
-    /// until awaited; none without peers), else — no owner known, or it did not answer — from
-    /// the read model (`read_model`); counted by where it was read.
+    /// A view (`what`: `person`, `family`, `household`; `key` its id, as the caller gave it):
+    /// from the state if this instance owns the key's partition (`local`), else from the
+    /// instance that owns it (`ask`, a peer read not begun until awaited; none without peers),
+    /// else — no owner known, or it did not answer — `UNAVAILABLE`; counted by where it was
+    /// read.
     async fn view<V, F>(
         &self,
         what: &'static str,
+        key: &str,
         local: Result<Option<Option<V>>, Status>,
         ask: Option<F>,
-        read_model: impl FnOnce() -> Result<Option<V>, ReconcilerError>,
     ) -> Result<Option<V>, Status>
     where
         F: std::future::Future<Output = crate::peers::Asked<V>>,
@@ -415,8 +436,8 @@ impl ComplianceApi {
             view_read(what, "owner");
             return Ok(v);
         }
-        view_read(what, "read_model");
-        self.read_point(read_model)
+        let p = self.partition_of(key);
+        Err(unanswerable(what, &format!("{what} (input partition {p})")))
     }
 
     /// Person `nis`'s view ([`Self::view`]).
@@ -427,9 +448,9 @@ impl ComplianceApi {
         let p = self.partition_of(nis.as_str());
         self.view(
             "person",
+            nis.as_str(),
             self.local_person(nis),
             self.peers.as_deref().map(|peers| peers.person(p, nis)),
-            || readmodel::read_person(&self.read, nis),
         )
         .await
     }
@@ -442,9 +463,9 @@ impl ComplianceApi {
         let p = self.partition_of(id);
         self.view(
             "family",
+            id,
             self.local_family(id),
             self.peers.as_deref().map(|peers| peers.family(p, id)),
-            || readmodel::read_family(&self.read, id),
         )
         .await
     }
@@ -457,9 +478,9 @@ impl ComplianceApi {
         let p = self.partition_of(id);
         self.view(
             "household",
+            id,
             self.local_household(id),
             self.peers.as_deref().map(|peers| peers.household(p, id)),
-            || readmodel::read_household(&self.read, id),
         )
         .await
     }
@@ -509,6 +530,7 @@ impl ComplianceApi {
         store: Store,
         f: impl FnOnce(&Store) -> Result<T, ReconcilerError> + Send + 'static,
     ) -> Result<T, Status> {
+        self.path.injected().map_err(|e| self.store_failed(&e))?;
         tokio::task::spawn_blocking(move || f(&store))
             .await
             .map_err(|e| Status::internal(format!("reading the view: {e}")))?
@@ -517,7 +539,7 @@ impl ComplianceApi {
 
     fn store_failed(&self, e: &ReconcilerError) -> Status {
         self.path.fail(format!("a read of the store failed: {e}"));
-        Status::unavailable("reading the view failed; ask another instance")
+        Status::unavailable("reading the view failed; retry")
     }
 }
 
@@ -566,13 +588,7 @@ impl ComplianceService for ComplianceApi {
                 view_read("list", from);
                 persons
             }
-            None => {
-                view_read("list", "read_model");
-                self.read(move |s| {
-                    readmodel::list_persons(s, &mun, &after, limit, &|p| filter.keeps(p))
-                })
-                .await?
-            }
+            None => return Err(unanswerable("list", SOME_PARTITIONS)),
         };
         let place_code = place.to_string();
         let items: Vec<_> = persons
@@ -611,19 +627,13 @@ impl ComplianceService for ComplianceApi {
         let rows = match self.indicators_from_owners(&key).await? {
             Some((rows, from)) => {
                 view_read("indicators", from);
-                rows.into_iter()
-                    .map(|((cond, period), c)| (cond, period, c))
-                    .collect()
+                rows
             }
-            None => {
-                view_read("indicators", "read_model");
-                self.read(move |s| readmodel::read_indicators(s, &key))
-                    .await?
-            }
+            None => return Err(unanswerable("indicators", SOME_PARTITIONS)),
         };
         let mut out = GetIndicatorsResponse::default();
         let mut latest: BTreeMap<String, (Period, f64)> = BTreeMap::new();
-        for (cond, period, c) in rows {
+        for ((cond, period), c) in rows {
             if !admitted.grant.covers_conditionality(&cond) {
                 continue;
             }
@@ -870,12 +880,7 @@ impl ComplianceService for ComplianceApi {
                 view_read("household_indicators", from);
                 out
             }
-            None => {
-                view_read("household_indicators", "read_model");
-                let key = mun.clone();
-                self.read(move |s| readmodel::household_indicators(s, &key))
-                    .await?
-            }
+            None => return Err(unanswerable("household_indicators", SOME_PARTITIONS)),
         };
         self.audited(
             &admitted,
@@ -951,17 +956,16 @@ peer = true
             .unwrap()
     }
 
-    /// The service over `state` and `read`, its consumer owning (prepared) `owned` of four
-    /// input partitions; callers without credentials act as `federal`.
-    fn api(dir: &std::path::Path, state: &Store, read: &Store, owned: &[i32]) -> ComplianceApi {
-        api_as(dir, state, read, owned, "federal")
+    /// The service over `state`, its consumer owning (prepared) `owned` of four input
+    /// partitions; callers without credentials act as `federal`.
+    fn api(dir: &std::path::Path, state: &Store, owned: &[i32]) -> ComplianceApi {
+        api_as(dir, state, owned, "federal")
     }
 
     /// [`api`] whose callers without credentials act as `principal`.
     fn api_as(
         dir: &std::path::Path,
         state: &Store,
-        read: &Store,
         owned: &[i32],
         principal: &str,
     ) -> ComplianceApi {
@@ -980,7 +984,6 @@ peer = true
         };
         let assignment = Assignment::prepared(owned.iter().map(|&p| ("inputs".to_owned(), p)));
         ComplianceApi {
-            read: read.clone(),
             state: state.clone(),
             assignment: tokio::sync::watch::channel(assignment).1,
             topology: Arc::new(
@@ -1009,7 +1012,7 @@ peer = true
             },
             changes_topic: "changes".into(),
             gate: Arc::new(Gate::new("grpc", &access, true, &[]).unwrap()),
-            path: readmodel::ReadPath::default(),
+            path: ReadPath::default(),
             audit: None,
             peers: None,
         }
@@ -1083,18 +1086,16 @@ peer = true
     }
 
     #[tokio::test]
-    async fn the_persons_of_an_owned_partition_are_read_from_the_state_the_others_from_the_read_model()
-     {
+    async fn the_persons_of_an_owned_partition_are_read_from_the_state_the_others_are_unavailable()
+    {
         let dir = tempfile::tempdir().unwrap();
         let state =
             Store::open(dir.path().join("state"), ponte_store::Durability::Process).unwrap();
-        let read = Store::open(dir.path().join("read"), ponte_store::Durability::Process).unwrap();
-        // A profile applied to the state of its partition, as an epoch stores it; the read
-        // model has not applied its change.
+        // A profile applied to the state of its partition, as an epoch stores it.
         let nis = "26827649960";
         let partition = ponte_bus::partition::of_key(nis.as_bytes(), 4);
-        let api_owning_it = api(dir.path(), &state, &read, &[partition]);
-        let (change, published) = stored_profile(&api_owning_it, &state, nis);
+        let api_owning_it = api(dir.path(), &state, &[partition]);
+        let (_, published) = stored_profile(&api_owning_it, &state, nis);
         assert!(published.updated_time.is_some());
         let ask = || {
             Request::new(GetPersonRequest {
@@ -1104,14 +1105,20 @@ peer = true
         // The owner answers from its state: the view as published, counters included.
         let got = api_owning_it.get_person(ask()).await.unwrap().into_inner();
         assert_eq!(got.person, Some(published.clone()));
-        // An instance owning another partition (or still restoring this one) asks its read
-        // model, which has not got the change yet.
-        let others = api(dir.path(), &state, &read, &[(partition + 1) % 4]);
+        // An instance owning another partition (or still restoring this one), with no owner to
+        // ask, cannot answer: UNAVAILABLE, never a NOT_FOUND it does not know.
+        let others = api(dir.path(), &state, &[(partition + 1) % 4]);
         let status = others.get_person(ask()).await.unwrap_err();
-        assert_eq!(status.code(), tonic::Code::NotFound, "{status}");
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status}");
+        assert!(
+            status
+                .message()
+                .contains(&format!("input partition {partition}")),
+            "{status}"
+        );
 
-        // A digest written before digests kept the view's time: the owner takes the time from
-        // the read model's view of the same version, once the read model has it.
+        // A digest written before digests kept the view's time: the view has none, until the
+        // person's next change.
         let key = [
             topology::partition_prefix(partition),
             format!("p/{nis}").into_bytes(),
@@ -1124,19 +1131,9 @@ peer = true
         batch.put(&key, &[&value[..1], &entry.encode_to_vec()].concat());
         batch.commit().unwrap();
         let got = api_owning_it.get_person(ask()).await.unwrap().into_inner();
-        assert_eq!(got.person.unwrap().updated_time, None);
-        readmodel::apply(
-            &read,
-            "changes",
-            &[(partition, 0, format!("person:{nis}"), Some(change))],
-        )
-        .unwrap();
-        let got = api_owning_it.get_person(ask()).await.unwrap().into_inner();
-        assert_eq!(got.person, Some(published.clone()));
-        assert_eq!(
-            others.get_person(ask()).await.unwrap().into_inner().person,
-            Some(published)
-        );
+        let person = got.person.unwrap();
+        assert_eq!(person.updated_time, None);
+        assert_eq!(person.view_version, published.view_version);
     }
 
     /// A running peer service of `owner` (which owns `partitions`), and the peer reads of an
@@ -1193,9 +1190,9 @@ peer = true
     }
 
     /// Another instance's partition is read from that instance's state through its peer
-    /// service; when it cannot answer, from the read model.
+    /// service; when it cannot answer, the read is UNAVAILABLE.
     #[tokio::test]
-    async fn an_instance_asks_the_owner_of_a_partition_and_its_read_model_when_the_owner_cannot_answer()
+    async fn an_instance_asks_the_owner_of_a_partition_and_is_unavailable_when_the_owner_cannot_answer()
      {
         use crate::peers::PeerApi;
         use ponte_proto::reconciler::v1::ReadPersonRequest;
@@ -1204,28 +1201,22 @@ peer = true
         let open = |name: &str| {
             Store::open(dir.path().join(name), ponte_store::Durability::Process).unwrap()
         };
-        let (owner_state, owner_read, state, read) = (open("os"), open("or"), open("s"), open("r"));
+        let (owner_state, state) = (open("os"), open("s"));
         let nis = "26827649960";
         let partition = ponte_bus::partition::of_key(nis.as_bytes(), 4);
         // The owner, whose callers without credentials act as a peer, serving its peer service.
-        let owner = api_as(
-            dir.path(),
-            &owner_state,
-            &owner_read,
-            &[partition],
-            "peer-instance",
-        );
-        let (change, published) = stored_profile(&owner, &owner_state, nis);
+        let owner = api_as(dir.path(), &owner_state, &[partition], "peer-instance");
+        let (_, published) = stored_profile(&owner, &owner_state, nis);
         let (stop, server, peers) = serve_peer(&owner, &[partition]);
         // An instance owning another partition, which the group says the owner owns.
-        let mut asker = api(dir.path(), &state, &read, &[(partition + 1) % 4]);
+        let mut asker = api(dir.path(), &state, &[(partition + 1) % 4]);
         asker.peers = Some(peers);
         let ask = || {
             Request::new(GetPersonRequest {
                 nis: nis.to_owned(),
             })
         };
-        // Its read model is empty: the view comes from the owner's state.
+        // The view comes from the owner's state.
         let got = asker.get_person(ask()).await.unwrap().into_inner();
         assert_eq!(got.person, Some(published.clone()));
 
@@ -1235,36 +1226,21 @@ peer = true
                 nis: nis.to_owned(),
             })
         };
-        let other = api_as(
-            dir.path(),
-            &state,
-            &read,
-            &[(partition + 1) % 4],
-            "peer-instance",
-        );
+        let other = api_as(dir.path(), &state, &[(partition + 1) % 4], "peer-instance");
         let status = PeerApi(other).read_person(peer_ask()).await.unwrap_err();
         assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status}");
-        let not_a_peer = api(dir.path(), &owner_state, &owner_read, &[partition]);
+        let not_a_peer = api(dir.path(), &owner_state, &[partition]);
         let status = PeerApi(not_a_peer)
             .read_person(peer_ask())
             .await
             .unwrap_err();
         assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status}");
 
-        // The owner gone, the asker answers from its read model: nothing there yet, then the
-        // change once the read model has it.
+        // The owner gone, the asker cannot answer.
         stop.cancel();
         server.await.unwrap().unwrap();
         let status = asker.get_person(ask()).await.unwrap_err();
-        assert_eq!(status.code(), tonic::Code::NotFound, "{status}");
-        readmodel::apply(
-            &read,
-            "changes",
-            &[(partition, 0, format!("person:{nis}"), Some(change))],
-        )
-        .unwrap();
-        let got = asker.get_person(ask()).await.unwrap().into_inner();
-        assert_eq!(got.person, Some(published));
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status}");
     }
 
     /// Two instances over stores in one directory.
@@ -1273,7 +1249,6 @@ peer = true
         /// a peer.
         owner: ComplianceApi,
         owner_state: Store,
-        owner_read: Store,
         /// Owns partitions 1 and 3; its callers act as `federal`.
         asker: ComplianceApi,
         state: Store,
@@ -1283,13 +1258,12 @@ peer = true
     fn pair(dir: &std::path::Path) -> Pair {
         let open =
             |name: &str| Store::open(dir.join(name), ponte_store::Durability::Process).unwrap();
-        let (owner_state, owner_read, state, read) = (open("os"), open("or"), open("s"), open("r"));
+        let (owner_state, state) = (open("os"), open("s"));
         let theirs = vec![0, 2];
         Pair {
-            owner: api_as(dir, &owner_state, &owner_read, &theirs, "peer-instance"),
-            asker: api(dir, &state, &read, &[1, 3]),
+            owner: api_as(dir, &owner_state, &theirs, "peer-instance"),
+            asker: api(dir, &state, &[1, 3]),
             owner_state,
-            owner_read,
             state,
             theirs,
         }
@@ -1307,7 +1281,6 @@ peer = true
         let Pair {
             owner,
             owner_state,
-            owner_read,
             mut asker,
             state,
             theirs,
@@ -1403,7 +1376,7 @@ peer = true
             .unwrap_err();
         assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status}");
         // And only to peers.
-        let not_a_peer = api(dir.path(), &owner_state, &owner_read, &theirs);
+        let not_a_peer = api(dir.path(), &owner_state, &theirs);
         let status = PeerApi(not_a_peer)
             .list_persons(Request::new(ListOwnedPersonsRequest {
                 partitions: theirs.clone(),
@@ -1415,12 +1388,20 @@ peer = true
             .unwrap_err();
         assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status}");
 
-        // The owner gone, the read model answers the whole read: empty, it never got the
-        // changes.
+        // The owner gone, the whole read is UNAVAILABLE: half the persons have no owner.
         stop.cancel();
         server.await.unwrap().unwrap();
-        assert!(list(0, "", OutcomeStatus::Unspecified).await.is_empty());
-        assert!(indicators().await.unwrap().into_inner().rows.is_empty());
+        let status = asker
+            .list_persons(Request::new(ListPersonsRequest {
+                municipality: "3550308".into(),
+                ..Default::default()
+            }))
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status}");
+        let status = indicators().await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status}");
     }
 
     /// Applies a registry profile of household `id` of DIVIPOLA municipality `municipality` to
@@ -1475,7 +1456,6 @@ peer = true
         let Pair {
             owner,
             owner_state,
-            owner_read,
             mut asker,
             state,
             theirs,
@@ -1543,23 +1523,31 @@ peer = true
             .await
             .unwrap_err();
         assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status}");
-        let not_a_peer = api(dir.path(), &owner_state, &owner_read, &theirs);
+        let not_a_peer = api(dir.path(), &owner_state, &theirs);
         let status = PeerApi(not_a_peer)
             .read_household_indicators(ask_owned(theirs.clone()))
             .await
             .unwrap_err();
         assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status}");
 
-        // The owner gone, the read model answers: empty, it never got the changes.
+        // The owner gone, the asker cannot answer for its partitions: UNAVAILABLE, for the
+        // indicators (they need every partition) and its households; its own still answer.
         stop.cancel();
         server.await.unwrap().unwrap();
-        assert_eq!(indicators().await.unwrap().into_inner().households, 0);
-        let (theirs_id, _) = views
-            .iter()
-            .find(|(id, _)| theirs.contains(&ponte_bus::partition::of_key(id.as_bytes(), 4)))
-            .unwrap();
-        let status = get(theirs_id).await.unwrap_err();
-        assert_eq!(status.code(), tonic::Code::NotFound, "{status}");
+        let status = indicators().await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status}");
+        for (id, view) in &views {
+            let p = ponte_bus::partition::of_key(id.as_bytes(), 4);
+            match get(id).await {
+                Ok(got) if !theirs.contains(&p) => {
+                    assert_eq!(got.into_inner().household.as_ref(), Some(view));
+                }
+                Err(status) if theirs.contains(&p) => {
+                    assert_eq!(status.code(), tonic::Code::Unavailable, "{status}");
+                }
+                other => panic!("{id} of partition {p}: {other:?}"),
+            }
+        }
     }
 
     async fn indicators_of(

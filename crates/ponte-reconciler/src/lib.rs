@@ -3,8 +3,9 @@
 //! Consumes the sector topics and its own repartition topics in a consumer group, applies each
 //! event to the state of its partitions held in the embedded store ([`topology`]), publishes the
 //! views on `compliance.changes.v1`, and serves them over gRPC
-//! (`ponte.compliance.v1.ComplianceService`, with gRPC health and reflection) from a read model
-//! of that topic ([`readmodel`]), so every instance answers for every person.
+//! (`ponte.compliance.v1.ComplianceService`, with gRPC health and reflection) from the state it
+//! holds: the views of the partitions it owns computed from it, those of the others asked of
+//! the instances that own them ([`peers`], [`lists`]).
 //!
 //! Exactly once ([`epoch`]): consumed events are applied to an in-memory epoch over the
 //! local state and committed as one Kafka transaction — the epoch's outputs, its state changes
@@ -17,13 +18,11 @@
 pub mod config;
 mod driver;
 pub mod epoch;
-pub mod feed;
 mod gauges;
 pub mod grpc;
 mod lanes;
 pub mod lists;
 pub mod peers;
-pub mod readmodel;
 pub mod restore;
 pub mod service;
 pub mod topology;
@@ -31,8 +30,7 @@ pub mod topology;
 pub use config::ReconcilerConfig;
 pub use service::run;
 
-/// How many times [`while_topic_settles`] (and the read model's assignment, which polls its
-/// consumer between tries) tries before giving up, [`SETTLE_PAUSE`] apart.
+/// How many times [`while_topic_settles`] tries before giving up, [`SETTLE_PAUSE`] apart.
 pub(crate) const SETTLE_TRIES: u32 = 60;
 /// The pause between two tries while a topic settles.
 pub(crate) const SETTLE_PAUSE: std::time::Duration = std::time::Duration::from_millis(500);

@@ -4,9 +4,9 @@
 //! instances (`PeerService.ListPersons`, `ReadIndicators`, `ReadHouseholdIndicators`) for
 //! theirs, each answering from its partitions' index ([`crate::topology`]'s `mi/`, `ic/` and
 //! `hx/`). Persons are merged in NIS order, a page at a time from each owner; counts are
-//! summed. When a partition has no owner that can answer — none
-//! known, resting after a failure, not advertising peers, or one that fails meanwhile — the
-//! read model answers the whole read instead.
+//! summed. When a partition has no owner that can answer — none known, resting after a
+//! failure, not advertising peers, or one that fails meanwhile — the whole read is
+//! `UNAVAILABLE`.
 use std::collections::{BTreeMap, VecDeque};
 
 use ponte_domain::indicators::Counts;

@@ -1,13 +1,13 @@
 //! Reads across instances: a person, a family or a household of a partition another instance
-//! owns is read from that instance's state, over mutual TLS (`ponte.reconciler.v1.PeerService`),
-//! instead of from this instance's read model (lists and counts: `crate::lists`).
+//! owns is read from that instance's state, over mutual TLS (`ponte.reconciler.v1.PeerService`)
+//! (lists and counts: `crate::lists`).
 //!
 //! Who owns which partition comes from the consumer group's description
 //! ([`ponte_bus::members`]), read again every `peer.refresh`: each instance joins the group
 //! advertising the address of its gRPC listener. The instance a caller asked applies the
 //! caller's grant to the view and audits the read; the owner audits the peer's read. Whatever
 //! goes wrong — no owner known, the owner no longer owning the partition or still restoring
-//! it, a timeout — the read is answered from the read model, as before, and counted
+//! it, a timeout — the read is answered `UNAVAILABLE` (the caller retries), and counted
 //! (`ponte_reconciler_peer_reads_total{result}`); a peer whose read failed is not asked again for
 //! `peer.refresh`, and its first failure and its recovery are logged.
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -193,7 +193,7 @@ impl Peers {
             let read = |key: &str, path: &std::path::Path| {
                 if path.as_os_str().is_empty() {
                     return Err(startup(format!(
-                        "reconciler.peer.{key} is not set: peer reads need the instance's client certificate, its key and the CA of the other instances' server certificates (or advertise = \"\" to read other partitions from the read model)"
+                        "reconciler.peer.{key} is not set: peer reads need the instance's client certificate, its key and the CA of the other instances' server certificates (or advertise = \"\" for an instance that owns every partition alone)"
                     )));
                 }
                 std::fs::read(path)
@@ -292,7 +292,7 @@ impl Peers {
         let mut peers = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(peer) = peers.get_mut(address) {
             if !peer.failing {
-                tracing::warn!(peer = %address, code = ?status.code(), error = %status.message(), rest = ?self.rest, "a peer read failed; that peer's partitions are read from the read model until it answers again");
+                tracing::warn!(peer = %address, code = ?status.code(), error = %status.message(), rest = ?self.rest, "a peer read failed; reads of that peer's partitions are UNAVAILABLE until it answers again");
                 peer.failing = true;
             }
             peer.resting_until = Some(Instant::now() + self.rest);

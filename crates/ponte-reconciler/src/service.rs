@@ -124,6 +124,22 @@ const MAX_GRPC_REQUEST_BYTES: usize = 64 * 1024;
 /// Most HTTP/2 streams (calls) open at once on one gRPC connection.
 const GRPC_MAX_CONCURRENT_STREAMS: u32 = 256;
 
+/// Deletes the read model an earlier version kept at `dir`: a copy of every person's view,
+/// which nothing reads now and which is not kept longer than it is needed (docs/privacy.md).
+fn remove_read_model(dir: &std::path::Path) -> Result<(), ReconcilerError> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => {
+            tracing::info!(dir = %dir.display(), "removed the read model an earlier version left");
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(startup(format!(
+            "removing the read model an earlier version left at {}: {e}",
+            dir.display()
+        ))),
+    }
+}
+
 /// Stops the partition preparation of `assignment` (a restore under way stops at its next step).
 async fn close_assignment(assignment: &ponte_bus::consume::Assignment) {
     let assignment = assignment.clone();
@@ -159,10 +175,14 @@ pub async fn run(
             .map_err(|e| startup(format!("access: {e}")))?,
     );
     let state_dir = cfg.state_dir.join("state");
-    let read_dir = cfg.state_dir.join("read");
-    for dir in [&state_dir, &read_dir] {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| startup(format!("creating {}: {e}", dir.display())))?;
+    std::fs::create_dir_all(&state_dir)
+        .map_err(|e| startup(format!("creating {}: {e}", state_dir.display())))?;
+    remove_read_model(&cfg.state_dir.join("read"))?;
+    for key in &cfg.ignored {
+        tracing::warn!(
+            key,
+            "set, and not used by this version: remove it from the configuration"
+        );
     }
     // No write-ahead log: the changelog is the state's durability, the store a cache of it.
     let store = Store::open_with_layout(
@@ -171,17 +191,6 @@ pub async fn run(
         Memory::mib(cfg.state_memory_mb),
         cfg.state_compaction.layout(),
     )?;
-    // No write-ahead log either: the read model is the changes topic's, and its offsets are
-    // written with the views they led to. A crash loses what was not flushed yet, views and
-    // offsets together, and the read model reads it again from the topic (it answers from
-    // the older views meanwhile, as any reader behind the topic does). The log's writes took
-    // a third of the read model's CPU (docs/benchmarks.md).
-    let read = Store::open_with_layout(
-        &read_dir,
-        Durability::Rebuildable,
-        Memory::mib(cfg.read_model_memory_mb),
-        crate::readmodel::LAYOUT,
-    )?;
     {
         // What a version before epochs left: its outbox, read by nothing now.
         let mut w = store.batch();
@@ -189,7 +198,7 @@ pub async fn run(
         w.delete(b"meta/outbox_seq");
         w.commit()?;
     }
-    tracing::info!(state_dir = %cfg.state_dir.display(), "state store and read model open");
+    tracing::info!(state_dir = %cfg.state_dir.display(), "state store open");
     let group = cfg.group_id.as_str();
     let inputs = Inputs::new(topics, group);
     let shared: Vec<String> = inputs
@@ -217,8 +226,8 @@ pub async fn run(
         }
     }
     // The changes topic co-partitioned with the inputs: each change goes to its input's
-    // partition, and the read model takes the partitions this instance owns from its own
-    // epochs instead of reading them back ([`crate::feed`]).
+    // partition, so the owner of an input partition is the only writer of its changes
+    // partition (and one that lost it is fenced).
     let changes = topics.name(ponte_bus::Topic::ComplianceChanges);
     let changes_partitions = {
         let (k, t) = (kafka.clone(), changes.clone());
@@ -228,19 +237,19 @@ pub async fn run(
             .remove(&changes)
             .unwrap_or_default()
     };
-    let fed = usize::try_from(partitions).is_ok_and(|n| n == changes_partitions);
-    if !fed {
+    let by_input = usize::try_from(partitions).is_ok_and(|n| n == changes_partitions);
+    if !by_input {
         tracing::warn!(
             topic = %changes,
             partitions = changes_partitions,
             inputs = partitions,
-            "the changes topic's partition count is not the inputs': changes are partitioned by key, and the read model reads every change back from the topic"
+            "the changes topic's partition count is not the inputs': changes are partitioned by key"
         );
     }
     // Repartition messages go out in batches placed as the producers of the inputs place keys.
     ponte_bus::partition::check_partitioner(&kafka.properties).map_err(startup)?;
     let routes = Routes::new(topics, group, partitions);
-    let routes = if fed {
+    let routes = if by_input {
         routes.changes_in_input_partitions()
     } else {
         routes
@@ -254,26 +263,8 @@ pub async fn run(
         Faults::from_env()?,
     );
     committer.init()?;
-    let feed = fed.then(|| {
-        let (sender, receiver) = crate::feed::channel();
-        committer.feed_read_model(sender);
-        receiver
-    });
-
-    // The read model: every instance follows the whole changes topic, so it can answer for
-    // every person and family, whichever instance owns their partition (those it owns itself
-    // from its own epochs, when fed).
-    let (caught_up_tx, caught_up) = tokio::sync::watch::channel(false);
-    let read_path = crate::readmodel::ReadPath::default();
-    let read_task = tokio::spawn(crate::readmodel::run(
-        kafka.clone(),
-        routes.changes().to_owned(),
-        read.clone(),
-        caught_up_tx,
-        read_path.clone(),
-        feed,
-        shutdown.clone(),
-    ));
+    // Reads are answered from the state (and refused once a read of it failed).
+    let read_path = crate::grpc::ReadPath::from_env()?;
 
     // The consumer: its assignment is also what ListParked reports on. It subscribes once the
     // broker shows every topic, its own just created ones included: a group whose leader does
@@ -380,7 +371,7 @@ pub async fn run(
             tracing::info!(advertised = %own, "reads of other instances' partitions are asked of their owners");
             if tls.is_insecure() {
                 tracing::warn!(
-                    "peer reads over plaintext listeners carry no client certificate: the other instances answer them only if their access.anonymous_principal has peer = true, and the read model answers otherwise"
+                    "peer reads over plaintext listeners carry no client certificate: the other instances answer them only if their access.anonymous_principal has peer = true, and such reads are UNAVAILABLE otherwise"
                 );
             }
             (Some(Arc::new(peers)), Some(thread))
@@ -388,7 +379,6 @@ pub async fn run(
         None => (None, None),
     };
     let api = ComplianceApi {
-        read: read.clone(),
         state: store.clone(),
         assignment: assignment_rx,
         topology: Arc::new(topology.clone()),
@@ -441,13 +431,11 @@ pub async fn run(
             topology: &topology,
             inputs: &inputs,
             store: &store,
-            read: &read,
             consumer: &consumer,
             assignment: &assignment,
             committer: &mut committer,
             readiness: &readiness,
             read_path: &read_path,
-            caught_up: &caught_up,
             limits: crate::driver::EpochLimits {
                 batch_max: cfg.batch_max,
                 batch_linger: cfg.batch_linger,
@@ -500,17 +488,29 @@ pub async fn run(
     if let Some(t) = owners_thread {
         let _ = tokio::task::spawn_blocking(move || t.join()).await;
     }
-    match read_task.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::error!(error = %e, "read model failed"),
-        Err(e) => tracing::error!(error = %e, "read model task failed"),
-    }
-    // A restart then opens without replaying the write-ahead logs.
-    for (name, s) in [("state store", &store), ("read model", &read)] {
-        if let Err(e) = s.flush() {
-            tracing::warn!(error = %e, "flushing the {name} at shutdown");
-        }
+    // A restart then opens without restoring what was not flushed.
+    if let Err(e) = store.flush() {
+        tracing::warn!(error = %e, "flushing the state store at shutdown");
     }
     tracing::info!("reconciler stopped");
     result
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_read_model_an_earlier_version_left_is_removed_and_none_is_no_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let read = dir.path().join("read");
+        std::fs::create_dir_all(read.join("blobs")).unwrap();
+        std::fs::write(read.join("blobs/000001.blob"), b"views of every person").unwrap();
+        std::fs::create_dir_all(dir.path().join("state")).unwrap();
+        remove_read_model(&read).unwrap();
+        assert!(!read.exists());
+        assert!(dir.path().join("state").exists(), "the state is kept");
+        remove_read_model(&read).unwrap();
+    }
 }

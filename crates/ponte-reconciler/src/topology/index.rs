@@ -369,15 +369,13 @@ pub(crate) fn add_counts(sum: &mut Counts, c: &Counts) {
     sum.non_compliant += c.non_compliant;
 }
 
-/// A counts row read back: format 2 ([`counts_to_stored`]), or format 1 (JSON, read model rows
-/// written before format 2).
+/// A counts row read back (format 2, [`counts_to_stored`]).
 pub(crate) fn counts_from_stored(bytes: &[u8]) -> Result<Counts, String> {
     match bytes.split_first() {
         Some((2, row)) => {
             let row = IndicatorCounts::decode(row).map_err(|e| e.to_string())?;
             Ok(counts_of(&row))
         }
-        Some((b'{', _)) => serde_json::from_slice(bytes).map_err(|e| e.to_string()),
         _ => Err("not an outcome counts row of a known format".to_owned()),
     }
 }

@@ -54,8 +54,7 @@
 //!
 //! Views go out on `compliance.changes.v1`. Reads of an owned partition are computed from this
 //! state (a person's, family's or household's view, a municipality's persons and counts from the
-//! index); the
-//! read model built from the changes topic ([`crate::readmodel`]) answers what no owner can.
+//! index), those of other partitions asked of their owners ([`crate::peers`]).
 //!
 //! Files: this one routes an event to its stage; `identity.rs`, `person.rs` and `family.rs`
 //! are the stages; `state.rs` the epoch's view of the state ([`Tx`]) and its partitions;
@@ -106,8 +105,7 @@ pub use index::{
     index_marker_key, index_prefixes, is_derived,
 };
 pub(crate) use index::{
-    add_counts, add_household_indicators, count_achievement, counts_from_stored, counts_of,
-    counts_to_stored, domain_status, indicator_counts,
+    add_counts, add_household_indicators, counts_from_stored, counts_of, indicator_counts,
 };
 pub use parked::*;
 pub use state::*;

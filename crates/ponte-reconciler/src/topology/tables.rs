@@ -76,7 +76,7 @@ const FORMAT_2: u8 = 2;
 /// protobuf.
 const FORMAT_3: u8 = 3;
 
-/// `entry` encoded after its format byte (the state's values here, the read model's counts rows).
+/// `entry` encoded after its format byte (the state's values, the index's counts rows).
 pub(crate) fn with_format(format: u8, entry: &impl prost::Message) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(1 + entry.encoded_len());
     bytes.push(format);

@@ -316,7 +316,6 @@ session_timeout_ms = {{ int64 $v.sessionTimeoutMs }}
 monitor_from = {{ toJson $v.monitorFrom }}
 monitor_to = {{ toJson $v.monitorTo }}
 state_memory_mb = {{ int64 $v.stateMemoryMb }}
-read_model_memory_mb = {{ int64 $v.readModelMemoryMb }}
 state_compaction = {{ toJson $v.stateCompaction }}
 {{- if $v.rulesConfigMap }}
 rules_file = {{ printf "%s/%s" $p.rules $v.rulesKey | toJson }}

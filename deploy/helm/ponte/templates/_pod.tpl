@@ -90,7 +90,7 @@ spec:
       # The admin listener (crates/ponte-runtime/src/admin.rs): /health/live answers while the
       # process runs; /health/ready answers 503 with the reason while the service cannot do its
       # job (adapter: no broker answered the last metadata probe; reconciler: no partitions,
-      # restoring, read model catching up or failed).
+      # restoring, assignment incomplete, read path failed).
       livenessProbe:
         httpGet:
           path: /health/live
