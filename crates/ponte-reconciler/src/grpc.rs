@@ -161,7 +161,7 @@ const SOME_PARTITIONS: &str = "the municipality's partitions";
 fn unanswerable(view: &'static str, what: &str) -> Status {
     view_read(view, "unavailable");
     Status::unavailable(format!(
-        "{what}: no instance can answer for it now (its partition is being moved or restored,          or its owner does not answer); retry"
+        "{what}: no instance can answer for it now (its partition is being moved or restored, or its owner does not answer); retry"
     ))
 }
 
