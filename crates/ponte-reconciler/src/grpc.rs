@@ -516,6 +516,17 @@ impl ComplianceApi {
         Ok(visible_family(grant, place.as_deref(), family))
     }
 
+    /// What of a changed `view` `grant` may see on `WatchChanges`; `UNAVAILABLE` when a
+    /// family's place cannot be told now (no owner answers for its members' partitions).
+    async fn watched(&self, grant: &Grant, view: Option<View>) -> Result<Option<View>, Status> {
+        Ok(match view {
+            Some(View::Person(p)) => visible_person(grant, p).map(View::Person),
+            Some(View::Family(f)) => self.visible_family(grant, f).await?.map(View::Family),
+            Some(View::Household(h)) => visible_household(grant, h).map(View::Household),
+            None => None,
+        })
+    }
+
     /// Runs a read of the local state off the async runtime.
     pub(crate) async fn read_state<T: Send + 'static>(
         &self,
@@ -752,18 +763,15 @@ impl ComplianceService for ComplianceApi {
                             _ => continue,
                         };
                         // Only what the caller's scope covers; the position still moves on.
-                        let visible = match change.view {
-                            Some(View::Person(p)) => visible_person(&grant, p).map(View::Person),
-                            Some(View::Family(f)) => api
-                                .visible_family(&grant, f)
-                                .await
-                                .ok()
-                                .flatten()
-                                .map(View::Family),
-                            Some(View::Household(h)) => {
-                                visible_household(&grant, h).map(View::Household)
+                        let visible = match api.watched(&grant, change.view).await {
+                            Ok(visible) => visible,
+                            Err(status) => {
+                                // Not skipped: the stream ends before this change, and the
+                                // caller resumes from the last position it received once the
+                                // members' owners answer again.
+                                let _ = tx.send(Err(status)).await;
+                                break;
                             }
-                            None => None,
                         };
                         let Some(view) = visible else { continue };
                         Ok(WatchedChange {
@@ -1560,6 +1568,38 @@ peer = true
         .await
         .unwrap()
         .into_inner()
+    }
+
+    /// A family change on `WatchChanges` for a caller of some places needs its members'
+    /// municipality: when no owner can answer for them it is an error ending the stream (the
+    /// caller resumes before it), never a change skipped.
+    #[tokio::test]
+    async fn a_family_change_a_scoped_watcher_cannot_place_now_is_not_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let state =
+            Store::open(dir.path().join("state"), ponte_store::Durability::Process).unwrap();
+        let nis = "26827649960";
+        let partition = ponte_bus::partition::of_key(nis.as_bytes(), 4);
+        let owner = api(dir.path(), &state, &[partition]);
+        stored_profile(&owner, &state, nis);
+        let family = || {
+            Some(View::Family(Family {
+                family_id: "F-0001".into(),
+                members: vec![nis.into()],
+                ..Default::default()
+            }))
+        };
+        let sp = grant("state-sp-education");
+        // The member's partition is this instance's: placed in São Paulo, shown.
+        let shown = owner.watched(&sp, family()).await.unwrap();
+        assert!(matches!(shown, Some(View::Family(_))), "{shown:?}");
+        // No owner to ask: UNAVAILABLE, not None.
+        let elsewhere = api(dir.path(), &state, &[(partition + 1) % 4]);
+        let status = elsewhere.watched(&sp, family()).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status}");
+        // A federal watcher needs no place.
+        let federal = elsewhere.watched(&grant("federal"), family()).await;
+        assert!(matches!(federal, Ok(Some(View::Family(_)))), "{federal:?}");
     }
 
     #[test]
