@@ -294,6 +294,8 @@ async fn an_instance_stopped_mid_commit_past_its_session_is_fenced_and_the_views
             ),
         ];
         env.extend(extra);
+        // Each answers for the other's partitions by asking it: no instance holds a copy.
+        env.extend(stack.peer_env(name));
         reconciler(&stack, name, &env)
     };
     // `a` stops itself (SIGSTOP) in its third epoch with outputs, after the broker has them but
@@ -400,6 +402,8 @@ async fn a_restore_longer_than_the_poll_interval_keeps_the_instance_in_its_group
             ("PONTE_CONFIG", config.display().to_string()),
         ];
         env.extend(extra);
+        // Each answers for the other's partitions by asking it: no instance holds a copy.
+        env.extend(stack.peer_env(name));
         reconciler(&stack, name, &env)
     };
     // Every restore of `a` is held 8 s, longer than the poll interval. librdkafka enforces the

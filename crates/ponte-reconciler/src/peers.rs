@@ -309,6 +309,24 @@ impl Peers {
         }
     }
 
+    /// `call`, given up after `peer.timeout` whatever it waits for. The channel's own request
+    /// timeout does not cover the wait for a connection to be ready, and a peer that accepts
+    /// connections but does not run (SIGSTOP, a frozen VM) holds a new one in its TLS
+    /// handshake for ever: a read asked of it never returned, nor did its caller's.
+    async fn within_deadline<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, Status>>,
+    ) -> Result<T, Status> {
+        tokio::time::timeout(self.timeout, call)
+            .await
+            .unwrap_or_else(|_| {
+                Err(Status::deadline_exceeded(format!(
+                    "no answer within reconciler.peer.timeout_ms ({} ms)",
+                    self.timeout.as_millis()
+                )))
+            })
+    }
+
     /// What `call` gets from the owner of `partition`.
     async fn ask<T, Fut>(
         &self,
@@ -321,7 +339,7 @@ impl Peers {
         let Some((address, client)) = self.client(partition) else {
             return Asked::NoOwner;
         };
-        match call(client).await {
+        match self.within_deadline(call(client)).await {
             Ok(view) => {
                 self.answered(&address);
                 Asked::Answered(view)
@@ -343,7 +361,7 @@ impl Peers {
     where
         Fut: std::future::Future<Output = Result<T, Status>>,
     {
-        match call(owner.client.clone()).await {
+        match self.within_deadline(call(owner.client.clone())).await {
             Ok(answer) => {
                 self.answered(&owner.address);
                 Some(answer)
@@ -538,5 +556,62 @@ impl PeerService for PeerApi {
         )
         .await?;
         Ok(Response::new(ReadFamilyResponse { family }))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// A peer that accepts connections and never answers (a process stopped with SIGSTOP: the
+    /// kernel still completes the TCP handshake) fails a read within `peer.timeout`, over TLS
+    /// as in a deployment, where the read once waited for the TLS handshake for ever.
+    #[tokio::test]
+    async fn a_peer_that_accepts_and_never_answers_fails_the_read_within_the_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = ponte_access::pki::generate_dev(&dir.path().join("pki"), true).unwrap();
+        let client = &pki
+            .clients
+            .iter()
+            .find(|c| c.spec.name == "reconciler")
+            .unwrap()
+            .files;
+        // Accepted by the kernel's backlog, never read.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = format!("localhost:{}", silent.local_addr().unwrap().port());
+        let owners = Arc::new(Owners::default());
+        owners.update(
+            &ponte_bus::members::GroupView {
+                stable: true,
+                members: vec![ponte_bus::members::Member {
+                    advertised: Some(address),
+                    partitions: vec![("inputs".to_owned(), 0)],
+                }],
+            },
+            &["inputs".to_owned()].into(),
+            "127.0.0.1:1",
+        );
+        let cfg = PeerConfig {
+            advertise: Some("127.0.0.1:1".into()),
+            ca_file: pki.ca.cert.clone(),
+            cert_file: client.cert.clone(),
+            key_file: client.key.clone(),
+            timeout: Duration::from_millis(300),
+            refresh: Duration::from_secs(60),
+        };
+        let peers = Peers::new(&cfg, false, owners).unwrap();
+        let nis = Nis::parse("26827649960").unwrap();
+        let started = Instant::now();
+        let asked = tokio::time::timeout(Duration::from_secs(10), peers.person(0, &nis))
+            .await
+            .expect("the read returned");
+        assert!(matches!(asked, Asked::Failed), "{asked:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        drop(silent);
     }
 }
