@@ -411,15 +411,15 @@ impl ComplianceApi {
         self.local_view(id, |p| self.topology.read_household(&self.state, p, id))
     }
 
-    /// A view (`what`: `person`, `family`, `household`; `key` its id, as the caller gave it):
-    /// from the state if this instance owns the key's partition (`local`), else from the
+    /// A view (`what`: `person`, `family`, `household`; of input partition `p`): from the
+    /// state if this instance owns the key's partition (`local`), else from the
     /// instance that owns it (`ask`, a peer read not begun until awaited; none without peers),
     /// else — no owner known, or it did not answer — `UNAVAILABLE`; counted by where it was
     /// read.
     async fn view<V, F>(
         &self,
         what: &'static str,
-        key: &str,
+        p: i32,
         local: Result<Option<Option<V>>, Status>,
         ask: Option<F>,
     ) -> Result<Option<V>, Status>
@@ -436,7 +436,6 @@ impl ComplianceApi {
             view_read(what, "owner");
             return Ok(v);
         }
-        let p = self.partition_of(key);
         Err(unanswerable(what, &format!("{what} (input partition {p})")))
     }
 
@@ -448,7 +447,7 @@ impl ComplianceApi {
         let p = self.partition_of(nis.as_str());
         self.view(
             "person",
-            nis.as_str(),
+            p,
             self.local_person(nis),
             self.peers.as_deref().map(|peers| peers.person(p, nis)),
         )
@@ -463,7 +462,7 @@ impl ComplianceApi {
         let p = self.partition_of(id);
         self.view(
             "family",
-            id,
+            p,
             self.local_family(id),
             self.peers.as_deref().map(|peers| peers.family(p, id)),
         )
@@ -478,7 +477,7 @@ impl ComplianceApi {
         let p = self.partition_of(id);
         self.view(
             "household",
-            id,
+            p,
             self.local_household(id),
             self.peers.as_deref().map(|peers| peers.household(p, id)),
         )
@@ -1170,21 +1169,7 @@ peer = true
                     .await
             }
         });
-        let owners = Arc::new(Owners::default());
-        owners.update(
-            &ponte_bus::members::GroupView {
-                stable: true,
-                members: vec![ponte_bus::members::Member {
-                    advertised: Some(address),
-                    partitions: partitions
-                        .iter()
-                        .map(|&p| ("inputs".to_owned(), p))
-                        .collect(),
-                }],
-            },
-            &["inputs".to_owned()].into(),
-            "127.0.0.1:1",
-        );
+        let owners = Owners::of_one(address, partitions);
         let peer_config = crate::config::PeerConfig {
             advertise: Some("127.0.0.1:1".into()),
             ca_file: Default::default(),

@@ -15,12 +15,14 @@ use ponte_proto::reconciler::v1::{
     ListOwnedPersonsRequest, PartitionIndicatorRow, ReadHouseholdIndicatorsRequest,
     ReadIndicatorsRequest,
 };
+use ponte_store::Store;
 use tonic::Status;
 
+use crate::ReconcilerError;
 use crate::grpc::ComplianceApi;
 use crate::peers::{LIST_PAGE, Owner};
 use crate::topology::{
-    ListFilter, add_counts, add_household_indicators, counts_of, indicator_counts,
+    ListFilter, Topology, add_counts, add_household_indicators, counts_of, indicator_counts,
 };
 
 /// Outcome counts by (conditionality, period).
@@ -102,9 +104,26 @@ impl ComplianceApi {
                 .all(|&p| (0..self.partitions).contains(&p) && assignment.is_prepared(p))
     }
 
-    /// Up to `limit` persons of `municipality` in `partitions` (all this instance's, prepared)
-    /// after `after` that `filter` keeps, from the state; `None` when one is not this
-    /// instance's.
+    /// `read` of `partitions` of the state (off the async runtime), if every one of them is
+    /// this instance's and prepared; `None` otherwise. As every read but ListParked: none once
+    /// the read path failed.
+    async fn read_owned<T: Send + 'static>(
+        &self,
+        partitions: Vec<i32>,
+        read: impl FnOnce(&Topology, &Store, &[i32]) -> Result<T, ReconcilerError> + Send + 'static,
+    ) -> Result<Option<T>, Status> {
+        if !self.owns_all(&partitions) {
+            return Ok(None);
+        }
+        self.check_read_path()?;
+        let topology = self.topology.clone();
+        self.read_state(move |s| read(&topology, s, &partitions))
+            .await
+            .map(Some)
+    }
+
+    /// Up to `limit` persons of `municipality` in `partitions` after `after` that `filter`
+    /// keeps, from the state ([`Self::read_owned`]).
     pub(crate) async fn list_owned(
         &self,
         partitions: Vec<i32>,
@@ -113,50 +132,35 @@ impl ComplianceApi {
         after: String,
         limit: usize,
     ) -> Result<Option<Vec<Person>>, Status> {
-        if !self.owns_all(&partitions) {
-            return Ok(None);
-        }
-        // As every read but ListParked: none once the read path failed.
-        self.check_read_path()?;
-        let topology = self.topology.clone();
-        self.read_state(move |s| {
-            topology.list_persons(s, &partitions, &municipality, &after, limit, &filter)
+        self.read_owned(partitions, move |t, s, parts| {
+            t.list_persons(s, parts, &municipality, &after, limit, &filter)
         })
         .await
-        .map(Some)
     }
 
-    /// The outcome counts of `municipality` summed over `partitions` (as [`Self::list_owned`]).
+    /// The outcome counts of `municipality` summed over `partitions` ([`Self::read_owned`]).
     pub(crate) async fn indicators_owned(
         &self,
         partitions: Vec<i32>,
         municipality: String,
     ) -> Result<Option<Indicators>, Status> {
-        if !self.owns_all(&partitions) {
-            return Ok(None);
-        }
-        self.check_read_path()?;
-        let topology = self.topology.clone();
-        self.read_state(move |s| topology.read_indicators(s, &partitions, &municipality))
-            .await
-            .map(Some)
+        self.read_owned(partitions, move |t, s, parts| {
+            t.read_indicators(s, parts, &municipality)
+        })
+        .await
     }
 
     /// The household indicators of DIVIPOLA municipality `municipality` counted over
-    /// `partitions` (as [`Self::list_owned`]).
+    /// `partitions` ([`Self::read_owned`]).
     pub(crate) async fn household_indicators_owned(
         &self,
         partitions: Vec<i32>,
         municipality: String,
     ) -> Result<Option<GetHouseholdIndicatorsResponse>, Status> {
-        if !self.owns_all(&partitions) {
-            return Ok(None);
-        }
-        self.check_read_path()?;
-        let topology = self.topology.clone();
-        self.read_state(move |s| topology.household_indicators(s, &partitions, &municipality))
-            .await
-            .map(Some)
+        self.read_owned(partitions, move |t, s, parts| {
+            t.household_indicators(s, parts, &municipality)
+        })
+        .await
     }
 
     /// Each source's answer to a read spanning every partition: `local`'s for this instance's

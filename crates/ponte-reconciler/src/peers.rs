@@ -50,6 +50,28 @@ pub struct Owners {
 }
 
 impl Owners {
+    /// Owners as a stable group of one other member at `address` owning `partitions` of the
+    /// `inputs` topic says (for tests).
+    #[cfg(test)]
+    pub(crate) fn of_one(address: String, partitions: &[i32]) -> Arc<Owners> {
+        let owners = Arc::new(Owners::default());
+        owners.update(
+            &ponte_bus::members::GroupView {
+                stable: true,
+                members: vec![ponte_bus::members::Member {
+                    advertised: Some(address),
+                    partitions: partitions
+                        .iter()
+                        .map(|&p| ("inputs".to_owned(), p))
+                        .collect(),
+                }],
+            },
+            &["inputs".to_owned()].into(),
+            "127.0.0.1:1",
+        );
+        owners
+    }
+
     /// The address of the instance that owns input partition `partition`, if another
     /// instance that advertises one does.
     pub fn owner(&self, partition: i32) -> Option<Arc<str>> {
@@ -580,18 +602,7 @@ mod tests {
         // Accepted by the kernel's backlog, never read.
         let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let address = format!("localhost:{}", silent.local_addr().unwrap().port());
-        let owners = Arc::new(Owners::default());
-        owners.update(
-            &ponte_bus::members::GroupView {
-                stable: true,
-                members: vec![ponte_bus::members::Member {
-                    advertised: Some(address),
-                    partitions: vec![("inputs".to_owned(), 0)],
-                }],
-            },
-            &["inputs".to_owned()].into(),
-            "127.0.0.1:1",
-        );
+        let owners = Owners::of_one(address, &[0]);
         let cfg = PeerConfig {
             advertise: Some("127.0.0.1:1".into()),
             ca_file: pki.ca.cert.clone(),

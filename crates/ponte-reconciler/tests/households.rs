@@ -367,29 +367,11 @@ impl Harness {
         }
         self.reads_from_the_state_are_what_was_published();
         assert_eq!(
-            self.index(&self.kv),
+            self.kv.derived(),
             self.recount(&self.kv),
             "the household index kept by the epochs against a recount"
         );
         applied
-    }
-
-    /// The state as a copy (so that reads made to check do not count as the epochs' reads).
-    fn copy(&self) -> MapKv {
-        MapKv(
-            std::sync::Mutex::new(self.kv.0.lock().unwrap().clone()),
-            Default::default(),
-        )
-    }
-
-    /// The derived entries of `kv`.
-    fn index(&self, kv: &MapKv) -> BTreeMap<Vec<u8>, Vec<u8>> {
-        kv.0.lock()
-            .unwrap()
-            .iter()
-            .filter(|(k, _)| is_derived(k))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
     }
 
     /// The derived entries a build from `kv`'s households gives.
@@ -403,7 +385,7 @@ impl Harness {
     /// published, counters included, or none after a tombstone; each municipality's
     /// indicators read from the state (every partition) are those its published views give.
     fn reads_from_the_state_are_what_was_published(&self) {
-        let state = self.copy();
+        let state = self.kv.copy();
         let mut published: BTreeMap<String, Vec<api::Household>> = BTreeMap::new();
         for (key, change) in &self.views {
             let id = key.strip_prefix("household:").unwrap();
@@ -746,7 +728,7 @@ fn households_are_indexed_by_municipality_and_the_index_is_derived_again_by_a_re
     let partitions: Vec<i32> = (0..common::PARTITIONS).collect();
     let pasto = |h: &Harness| {
         h.topology
-            .household_indicators(&h.copy(), &partitions, "52001")
+            .household_indicators(&h.kv.copy(), &partitions, "52001")
             .unwrap()
             .households
     };
@@ -780,19 +762,19 @@ fn households_are_indexed_by_municipality_and_the_index_is_derived_again_by_a_re
     assert_eq!(pasto(&h), 2, "HH-A and the accompanied household");
     let medellin = h
         .topology
-        .household_indicators(&h.copy(), &partitions, "05001")
+        .household_indicators(&h.kv.copy(), &partitions, "05001")
         .unwrap();
     assert_eq!(medellin.households, 1, "HH-B; HH-C withdrawn");
     assert!(!medellin.dimensions.is_empty());
 
     // A restore derives the index the epochs kept, whatever its batches.
-    let kept = h.index(&h.kv);
+    let kept = h.kv.derived();
     assert!(kept.keys().any(|k| k.windows(4).any(|w| w == b"/hx/")));
     for batch in [1, 3, 1000] {
         let restored = h
             .restored(batch)
             .expect("every household says what the index holds");
-        assert_eq!(h.index(&restored), kept, "batches of {batch}");
+        assert_eq!(restored.derived(), kept, "batches of {batch}");
     }
 
     // A store written before the index: a restore meeting it says the index is to be built;

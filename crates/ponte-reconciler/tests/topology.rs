@@ -169,26 +169,12 @@ impl Harness {
         self.the_index_is_its_persons_recounted();
     }
 
-    /// The derived entries (municipality index, outcome counts) of the state in `kv`, by
-    /// partition.
-    fn index_of(kv: &MapKv) -> BTreeMap<Vec<u8>, Vec<u8>> {
-        kv.0.lock()
-            .unwrap()
-            .iter()
-            .filter(|(k, _)| is_derived(k))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
-    }
-
     /// After every commit, each partition's municipality index and outcome counts are what
     /// counting its persons' digests again gives.
     fn the_index_is_its_persons_recounted(&self) {
-        let kept = Self::index_of(&self.kv);
+        let kept = self.kv.derived();
         // Read from a copy, so that the reads the epochs make are counted alone.
-        let state = MapKv(
-            std::sync::Mutex::new(self.kv.0.lock().unwrap().clone()),
-            Default::default(),
-        );
+        let state = self.kv.copy();
         let mut recounted = BTreeMap::new();
         for p in 0..PARTITIONS {
             recounted.extend(self.topology.recount_index(&state, p).unwrap());
@@ -216,17 +202,17 @@ impl Harness {
     /// store as it stood `tail` entries before the end (the derived entries of an older store
     /// included), both end in the index the epochs kept.
     fn restores_derive_the_index_kept(&self, snapshot: (BTreeMap<Vec<u8>, Vec<u8>>, usize)) {
-        let kept = readable(&Self::index_of(&self.kv));
+        let kept = readable(&self.kv.derived());
         for batch in [1, 3, 1000] {
             let full = self.restored(BTreeMap::new(), 0, batch);
             assert_eq!(
-                readable(&Self::index_of(&full)),
+                readable(&full.derived()),
                 kept,
                 "full restore, batches of {batch}"
             );
             let tail = self.restored(snapshot.0.clone(), snapshot.1, batch);
             assert_eq!(
-                readable(&Self::index_of(&tail)),
+                readable(&tail.derived()),
                 kept,
                 "tail restore, batches of {batch}"
             );
@@ -246,10 +232,7 @@ impl Harness {
             return;
         }
         // Read from a copy, so that the reads the epochs make are counted alone.
-        let state = MapKv(
-            std::sync::Mutex::new(self.kv.0.lock().unwrap().clone()),
-            Default::default(),
-        );
+        let state = self.kv.copy();
         let mut keys: BTreeSet<String> = self.views.keys().cloned().collect();
         keys.extend(
             self.outputs
@@ -1848,7 +1831,7 @@ fn a_store_written_before_the_index_gets_it_built_and_then_kept() {
     for e in first {
         h.apply(e);
     }
-    let kept = readable(&Harness::index_of(&h.kv));
+    let kept = readable(&h.kv.derived());
     assert!(kept.keys().any(|k| k.contains("/mi/3550308/")), "{kept:?}");
     assert!(kept.keys().any(|k| k.contains("/ic/3550308/")), "{kept:?}");
     // As a version before the index left the store: digests that do not say what the index
@@ -1884,7 +1867,7 @@ fn a_store_written_before_the_index_gets_it_built_and_then_kept() {
         let built = h.topology.recount_index(&h.kv, p).unwrap();
         h.kv.0.lock().unwrap().extend(built);
     }
-    assert_eq!(readable(&Harness::index_of(&h.kv)), kept);
+    assert_eq!(readable(&h.kv.derived()), kept);
     // And kept from then on (checked against a recount after every commit) as the persons
     // with old digests change.
     for e in rest {

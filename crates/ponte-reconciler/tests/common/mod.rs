@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use ponte_reconciler::ReconcilerError;
-use ponte_reconciler::topology::{Entry, Kv, Rederive, key_partition};
+use ponte_reconciler::topology::{Entry, Kv, Rederive, is_derived, key_partition};
 
 /// Committed state in a map, read as the service reads RocksDB; the keys read one at a time
 /// (not in a batch, [`Kv::get_many`]) are recorded in the second field.
@@ -15,6 +15,27 @@ pub(crate) struct MapKv(
     pub(crate) Mutex<BTreeMap<Vec<u8>, Vec<u8>>>,
     pub(crate) Mutex<Vec<Vec<u8>>>,
 );
+
+impl MapKv {
+    /// A copy of the state, whose reads are not counted as the original's.
+    pub(crate) fn copy(&self) -> MapKv {
+        MapKv(
+            Mutex::new(self.0.lock().unwrap().clone()),
+            Default::default(),
+        )
+    }
+
+    /// The entries of the derived tables (the partitions' index and counts).
+    pub(crate) fn derived(&self) -> BTreeMap<Vec<u8>, Vec<u8>> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(k, _)| is_derived(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+}
 
 impl Kv for MapKv {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ReconcilerError> {
