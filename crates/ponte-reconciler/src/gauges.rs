@@ -1,6 +1,6 @@
 //! The reconciler's gauges, refreshed about once a second by the consumer driver, and its
 //! readiness, which follows from them.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use ponte_runtime::Readiness;
 use ponte_store::Store;
@@ -17,22 +17,26 @@ pub(crate) fn read_state(path: &crate::grpc::ReadPath) -> Result<(), String> {
 /// counts rows (a row per municipality, conditionality and period).
 pub(crate) const OUTCOMES_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// Sets `ponte_reconciler_outcomes{conditionality, status}` from the counts rows of the owned
-/// partitions (`ic/`, [`crate::topology`]): this instance's share, summed over its partitions'
-/// municipalities and periods (sum the instances for the whole view).
-pub(crate) fn count_outcomes(store: &Store, owned: &std::collections::BTreeSet<i32>) {
-    let mut sums: BTreeMap<(String, &'static str), u64> = Default::default();
+/// A series of `ponte_reconciler_outcomes`: the conditionality and the status.
+type OutcomeSeries = (String, &'static str);
+
+/// The outcomes the counts rows of the `owned` partitions hold (`ic/`, [`crate::topology`]),
+/// summed over their municipalities and periods by conditionality and status. A row that does
+/// not decode is left out, logged by its key (a municipality, a conditionality and a period).
+fn outcome_sums(
+    store: &Store,
+    owned: &BTreeSet<i32>,
+) -> Result<BTreeMap<OutcomeSeries, u64>, ponte_store::StoreError> {
+    let mut sums: BTreeMap<OutcomeSeries, u64> = BTreeMap::new();
     for &p in owned {
         let prefix = [crate::topology::partition_prefix(p), b"ic/".to_vec()].concat();
-        let Ok(rows) = store.scan_prefix(&prefix) else {
-            return;
-        };
-        for (k, v) in rows {
+        for (k, v) in store.scan_prefix(&prefix)? {
             let key = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
-            let Some(cond) = key.split('/').nth(1) else {
-                continue;
-            };
-            let Ok(c) = crate::topology::counts_from_stored(&v) else {
+            let (Some(cond), Ok(c)) = (
+                key.split('/').nth(1),
+                crate::topology::counts_from_stored(&v),
+            ) else {
+                tracing::warn!(partition = p, row = %key, "an outcome counts row is not one: left out of ponte_reconciler_outcomes");
                 continue;
             };
             for (status, n) in [
@@ -44,22 +48,48 @@ pub(crate) fn count_outcomes(store: &Store, owned: &std::collections::BTreeSet<i
             }
         }
     }
-    // A series set before and not counted now (its partitions went to another instance) is
-    // set to zero, not left at its last value: the instances' sum would count it twice.
-    static SET: std::sync::Mutex<Vec<(String, &'static str)>> = std::sync::Mutex::new(Vec::new());
+    Ok(sums)
+}
+
+/// The values to set: every series counted now, and zero for each one set before and not
+/// counted now (its partitions went to another instance: left at its last value, the
+/// instances' sum would count it twice).
+fn outcome_gauges(
+    before: &[OutcomeSeries],
+    sums: BTreeMap<OutcomeSeries, u64>,
+) -> Vec<(OutcomeSeries, f64)> {
+    let gone: Vec<_> = before
+        .iter()
+        .filter(|s| !sums.contains_key(*s))
+        .map(|s| (s.clone(), 0.0))
+        .collect();
+    gone.into_iter()
+        .chain(sums.into_iter().map(|(s, n)| (s, n as f64)))
+        .collect()
+}
+
+/// Sets `ponte_reconciler_outcomes{conditionality, status}` from the counts rows of the owned
+/// partitions: this instance's share (sum the instances for the whole view). A store that
+/// cannot be read leaves the gauges as they were (the read path's failure is reported where
+/// the reads are).
+pub(crate) fn count_outcomes(store: &Store, owned: &BTreeSet<i32>) {
+    let sums = match outcome_sums(store, owned) {
+        Ok(sums) => sums,
+        Err(e) => {
+            tracing::warn!(error = %e, "outcome counts not read: ponte_reconciler_outcomes left as they were");
+            return;
+        }
+    };
+    static SET: std::sync::Mutex<Vec<OutcomeSeries>> = std::sync::Mutex::new(Vec::new());
     let mut set = SET
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    for gone in set.iter().filter(|k| !sums.contains_key(*k)) {
-        metrics::gauge!("ponte_reconciler_outcomes", "conditionality" => gone.0.clone(), "status" => gone.1)
-            .set(0.0);
-    }
-    set.clear();
-    for ((cond, status), n) in sums {
-        set.push((cond.clone(), status));
+    let counted: Vec<OutcomeSeries> = sums.keys().cloned().collect();
+    for ((cond, status), v) in outcome_gauges(&set, sums) {
         metrics::gauge!("ponte_reconciler_outcomes", "conditionality" => cond, "status" => status)
-            .set(n as f64);
+            .set(v);
     }
+    *set = counted;
 }
 
 pub(crate) fn refresh_gauges(
@@ -104,5 +134,105 @@ pub(crate) fn refresh_gauges(
         readiness.set_not_ready(why);
     } else {
         readiness.set_ready();
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::topology::{counts_to_stored, partition_prefix};
+    use ponte_domain::indicators::Counts;
+
+    fn row(store: &Store, partition: i32, key: &str, value: &[u8]) {
+        let mut batch = store.batch();
+        batch.put(
+            &[partition_prefix(partition), key.as_bytes().to_vec()].concat(),
+            value,
+        );
+        batch.commit().unwrap();
+    }
+
+    fn counts(public: u64, followed: u64, compliant: u64, non_compliant: u64) -> Vec<u8> {
+        counts_to_stored(&Counts {
+            public,
+            followed,
+            compliant,
+            non_compliant,
+        })
+    }
+
+    #[test]
+    fn the_outcomes_are_summed_from_the_owned_partitions_counts_rows_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), ponte_store::Durability::Process).unwrap();
+        row(
+            &store,
+            0,
+            "ic/3550308/EDUCATION/2025-B2",
+            &counts(10, 8, 6, 2),
+        );
+        row(
+            &store,
+            0,
+            "ic/3304557/EDUCATION/2025-B3",
+            &counts(5, 5, 4, 1),
+        );
+        row(
+            &store,
+            0,
+            "ic/3550308/VACCINATION/2025-S1",
+            &counts(3, 1, 1, 0),
+        );
+        // Not a counts row: left out, the others still counted.
+        row(
+            &store,
+            0,
+            "ic/3550308/HEALTH_CHECKUP/2025-S1",
+            b"{\"public\":1}",
+        );
+        // Another partition's rows, and a person of the owned one (not under `ic/`).
+        row(
+            &store,
+            1,
+            "ic/3550308/EDUCATION/2025-B2",
+            &counts(100, 100, 100, 0),
+        );
+        row(&store, 0, "mi/3550308/12345678901", b"");
+
+        let sums = outcome_sums(&store, &BTreeSet::from([0])).unwrap();
+        let series = |cond: &str, status: &'static str| (cond.to_owned(), status);
+        assert_eq!(
+            sums,
+            BTreeMap::from([
+                (series("EDUCATION", "COMPLIANT"), 10),
+                (series("EDUCATION", "NON_COMPLIANT"), 3),
+                (series("EDUCATION", "NOT_FOLLOWED"), 2),
+                (series("VACCINATION", "COMPLIANT"), 1),
+                (series("VACCINATION", "NON_COMPLIANT"), 0),
+                (series("VACCINATION", "NOT_FOLLOWED"), 2),
+            ])
+        );
+        let both = outcome_sums(&store, &BTreeSet::from([0, 1])).unwrap();
+        assert_eq!(both[&series("EDUCATION", "COMPLIANT")], 110);
+        assert!(outcome_sums(&store, &BTreeSet::new()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_series_no_longer_counted_is_set_to_zero_once() {
+        let series = |cond: &str, status: &'static str| (cond.to_owned(), status);
+        let before = vec![
+            series("EDUCATION", "COMPLIANT"),
+            series("VACCINATION", "COMPLIANT"),
+        ];
+        let now = BTreeMap::from([(series("EDUCATION", "COMPLIANT"), 7)]);
+        assert_eq!(
+            outcome_gauges(&before, now),
+            vec![
+                (series("VACCINATION", "COMPLIANT"), 0.0),
+                (series("EDUCATION", "COMPLIANT"), 7.0),
+            ]
+        );
+        assert_eq!(outcome_gauges(&[], BTreeMap::new()), vec![]);
     }
 }

@@ -100,6 +100,8 @@ mod views;
 
 pub use batch::{Batch, Batcher, Entries, entries_in, entries_of, is_batch};
 use convert::*;
+#[cfg(test)]
+pub(crate) use index::counts_to_stored;
 pub use index::{
     HouseholdIndexed, Indexed, ListFilter, Rederive, StoreWrite, index_is_whole, index_marker,
     index_marker_key, index_prefixes, is_derived,
