@@ -917,13 +917,13 @@ impl ComplianceService for ComplianceApi {
             .prepared_partition_numbers()
             .into_iter()
             .collect();
-        let parked = self
-            .read_state(move |s| topology::read_parked(s, &owned))
+        let found = self
+            .read_state(move |s| topology::read_parked(s, &owned, limit))
             .await?;
-        let total = parked.len() as u64;
-        let parked = parked
+        let total = found.total;
+        let parked = found
+            .records
             .into_iter()
-            .take(limit)
             .map(|(identifier, e)| ParkedRecord {
                 identifier,
                 record_id: e.record_id,

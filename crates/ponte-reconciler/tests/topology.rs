@@ -297,15 +297,27 @@ impl Harness {
         applied
     }
 
-    /// The parked records, after checking that the count kept from the commits agrees.
+    /// The parked records, after checking that the count kept from the commits and the
+    /// stored counts agree with them, and that a listing cut short is their beginning.
     fn parked(&self) -> Vec<(String, Event)> {
-        let parked = read_parked(&self.kv, &(0..PARTITIONS).collect::<Vec<_>>()).unwrap();
+        let all: Vec<i32> = (0..PARTITIONS).collect();
+        let parked = read_parked(&self.kv, &all, usize::MAX).unwrap();
+        assert_eq!(parked.total, parked.records.len() as u64, "stored counts");
         for p in 0..PARTITIONS {
-            let scanned = read_parked(&self.kv, &[p]).unwrap().len();
+            let scanned = read_parked(&self.kv, &[p], usize::MAX)
+                .unwrap()
+                .records
+                .len();
             let kept = self.parked.records(p).unwrap();
             assert_eq!(kept, scanned as i64, "parked records of partition {p}");
         }
-        parked
+        for limit in [0, 1, 2] {
+            let cut = read_parked(&self.kv, &all, limit).unwrap();
+            assert_eq!(cut.total, parked.total);
+            let first: Vec<_> = parked.records.iter().take(limit).cloned().collect();
+            assert_eq!(cut.records, first, "the first {limit} parked");
+        }
+        parked.records
     }
 
     fn person(&self, nis: &str) -> api::Person {

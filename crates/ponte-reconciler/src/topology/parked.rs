@@ -236,45 +236,98 @@ impl Kv for Screened<'_> {
     }
 }
 
-/// Parked health records of the partitions `partitions`: (identifier, event), by partition
-/// and identifier. Reads every record held under an identifier (`a/`) and the crosswalk
-/// entries of their identifiers: the records parked are those whose identifier maps to no one.
+/// How many identifiers' held records (`a/` entries) are read at a time when the parked ones
+/// are listed.
+const LIST_PAGE: usize = 1_000;
+
+/// What [`read_parked`] found.
+#[derive(Debug, Default)]
+pub struct ParkedList {
+    /// Up to the number asked for: (identifier, event), by partition and identifier.
+    pub records: Vec<(String, Event)>,
+    /// How many the partitions park in all: their counts (`n/parked`).
+    pub total: u64,
+}
+
+/// Up to `limit` parked health records of the partitions `partitions`, and how many they park
+/// in all. The records parked are those held under an identifier (`a/`) the crosswalk maps to no
+/// one; they are looked for a page of identifiers at a time, with the crosswalk entries of the
+/// page read at once, only in partitions whose count says they park any, and only until `limit`
+/// are found — so what a call holds is a page and its answer, where reading every record held
+/// under an identifier at once was millions of records at 10 M people. Records of the layout
+/// before `a/` not moved yet (`k/<alt>/<record id>`) are listed after a partition's `a/` ones.
 pub fn read_parked(
     kv: &dyn Kv,
     partitions: &[i32],
-) -> Result<Vec<(String, Event)>, ReconcilerError> {
-    let mut out = Vec::new();
+    limit: usize,
+) -> Result<ParkedList, ReconcilerError> {
+    let mut out = ParkedList::default();
     for &p in partitions {
         let scope = partition_prefix(p);
-        let held_prefix = [scope.as_slice(), &HELD.key_prefix()].concat();
-        let held = kv.scan(&held_prefix)?;
-        let alts: Vec<String> = held
-            .iter()
-            .map(|(k, _)| String::from_utf8_lossy(&k[held_prefix.len()..]).into_owned())
-            .collect();
-        let crosswalk: Vec<Vec<u8>> = alts
-            .iter()
-            .map(|alt| [scope.as_slice(), &CROSSWALK.key(&[alt])].concat())
-            .collect();
-        for ((alt, (k, v)), mapped) in alts.into_iter().zip(&held).zip(kv.get_many(&crosswalk)?) {
-            if mapped.is_some() {
-                continue;
-            }
-            let records = HeldHealthRecords::from_stored(v).map_err(|e| corrupt(k, e))?;
-            out.extend(records.records.into_iter().map(|e| (alt.clone(), e)));
+        let count_key = [scope.as_slice(), &PARKED_COUNT.key(&[PARKED_COUNT_ID])].concat();
+        let count = match kv.get(&count_key)? {
+            Some(v) => count_of(&count_key, &v)?,
+            None => count_before_held(kv, &scope)?,
+        };
+        out.total += u64::try_from(count).unwrap_or(0);
+        if count <= 0 {
+            continue;
         }
-        // Records of the layout before `a/` not moved yet: parked under `k/<alt>/<record id>`.
-        let before_prefix = [scope.as_slice(), &PARKED_BEFORE_HELD.key_prefix()].concat();
-        for (k, v) in kv.scan(&before_prefix)? {
-            let rest = &k[before_prefix.len()..];
-            let alt = rest
+        let held_prefix = [scope.as_slice(), &HELD.key_prefix()].concat();
+        let mut after = held_prefix.clone();
+        while out.records.len() < limit {
+            let page = kv.scan_after(&held_prefix, &after, LIST_PAGE)?;
+            let Some((last, _)) = page.last() else {
+                break;
+            };
+            after.clone_from(last);
+            let alts: Vec<String> = page
                 .iter()
-                .position(|&b| b == b'/')
-                .map_or(rest, |end| &rest[..end]);
-            out.push((
-                String::from_utf8_lossy(alt).into_owned(),
-                Event::from_stored(&v).map_err(|e| corrupt(&k, e))?,
-            ));
+                .map(|(k, _)| String::from_utf8_lossy(&k[held_prefix.len()..]).into_owned())
+                .collect();
+            let crosswalk: Vec<Vec<u8>> = alts
+                .iter()
+                .map(|alt| [scope.as_slice(), &CROSSWALK.key(&[alt])].concat())
+                .collect();
+            let mapped = kv.get_many(&crosswalk)?;
+            for ((alt, (k, v)), mapped) in alts.into_iter().zip(&page).zip(mapped) {
+                if mapped.is_some() || out.records.len() >= limit {
+                    continue;
+                }
+                let records = HeldHealthRecords::from_stored(v).map_err(|e| corrupt(k, e))?;
+                let room = limit - out.records.len();
+                out.records.extend(
+                    records
+                        .records
+                        .into_iter()
+                        .take(room)
+                        .map(|e| (alt.clone(), e)),
+                );
+            }
+            if page.len() < LIST_PAGE {
+                break;
+            }
+        }
+        let before_prefix = [scope.as_slice(), &PARKED_BEFORE_HELD.key_prefix()].concat();
+        let mut after = before_prefix.clone();
+        while out.records.len() < limit {
+            let room = limit - out.records.len();
+            let page = kv.scan_after(&before_prefix, &after, room.min(LIST_PAGE))?;
+            let Some((last, _)) = page.last() else {
+                break;
+            };
+            after.clone_from(last);
+            for (k, v) in &page {
+                let rest = &k[before_prefix.len()..];
+                let alt = rest
+                    .iter()
+                    .position(|&b| b == b'/')
+                    .map_or(rest, |end| &rest[..end]);
+                out.records.push((
+                    String::from_utf8_lossy(alt).into_owned(),
+                    Event::from_stored(v).map_err(|e| corrupt(k, e))?,
+                ));
+            }
         }
     }
     Ok(out)
@@ -305,6 +358,90 @@ mod tests {
 
     fn count(records: u64) -> Vec<u8> {
         ParkedCount { records }.to_stored().unwrap()
+    }
+
+    fn event(record_id: &str) -> Event {
+        Event {
+            record_id: record_id.to_owned(),
+            version: 1,
+            ..Event::default()
+        }
+    }
+
+    #[test]
+    fn parked_records_are_listed_a_page_at_a_time_up_to_the_limit_with_the_counts_total() {
+        let mut committed = Committed::default();
+        let mut put = |k: String, v: Vec<u8>| committed.0.insert(k.into_bytes(), v);
+        // Partition 1: records held under 2,500 identifiers (more than two pages), those of
+        // three parked (one holding two records), the others mapped by the crosswalk.
+        let parked_ids = [3, 1500, 2499];
+        for i in 0..2500 {
+            let alt = format!("cns:{i:015}");
+            let records = if i == 1500 {
+                vec![event(&format!("r{i}a")), event(&format!("r{i}b"))]
+            } else {
+                vec![event(&format!("r{i}"))]
+            };
+            put(
+                format!("0001/a/{alt}"),
+                HeldHealthRecords { records }.to_stored().unwrap(),
+            );
+            if !parked_ids.contains(&i) {
+                put(format!("0001/x/{alt}"), b"12345678901".to_vec());
+            }
+        }
+        put("0001/n/parked".to_owned(), count(4));
+        // Partition 2: records held, all mapped, nothing parked (no count, no `k/` keys).
+        put(
+            "0002/a/cns:1".to_owned(),
+            HeldHealthRecords {
+                records: vec![event("q")],
+            }
+            .to_stored()
+            .unwrap(),
+        );
+        put("0002/x/cns:1".to_owned(), b"12345678901".to_vec());
+        // Partition 3: the layout before `a/`, two records parked under `k/`, no count yet.
+        for r in ["k1", "k2"] {
+            put(format!("0003/k/cns:9/{r}"), event(r).to_stored().unwrap());
+        }
+        let listed = |partitions: &[i32], limit: usize| {
+            let before = scans(&committed);
+            let found = read_parked(&committed, partitions, limit).unwrap();
+            let ids: Vec<String> = found
+                .records
+                .iter()
+                .map(|(alt, e)| format!("{alt} {}", e.record_id))
+                .collect();
+            (ids, found.total, scans(&committed) - before)
+        };
+        let alt = |i: usize| format!("cns:{i:015}");
+        let every = vec![
+            format!("{} r3", alt(3)),
+            format!("{} r1500a", alt(1500)),
+            format!("{} r1500b", alt(1500)),
+            format!("{} r2499", alt(2499)),
+            "cns:9 k1".to_owned(),
+            "cns:9 k2".to_owned(),
+        ];
+        let (ids, total, _) = listed(&[1, 2, 3], usize::MAX);
+        assert_eq!((ids, total), (every.clone(), 6));
+        // Cut short: the beginning of the same list (an identifier's records cut too), the
+        // total still every partition's count; the pages after the limit are not read.
+        let (ids, total, scans_made) = listed(&[1, 2, 3], 1);
+        assert_eq!((ids, total), (every[..1].to_vec(), 6));
+        // One page of partition 1; partition 2's `k/` keys counted (it has no count), and
+        // nothing of it scanned for records; partition 3's counted.
+        assert_eq!(scans_made, 3);
+        let (ids, total, _) = listed(&[1, 2, 3], 2);
+        assert_eq!((ids, total), (every[..2].to_vec(), 6));
+        let (ids, _, _) = listed(&[1, 2, 3], 5);
+        assert_eq!(ids, every[..5].to_vec());
+        // A partition that parks nothing is not scanned for records at all.
+        let (ids, total, scans_made) = listed(&[2], usize::MAX);
+        assert_eq!((ids.len(), total, scans_made), (0, 0, 1));
+        let (ids, total, _) = listed(&[], 10);
+        assert_eq!((ids.len(), total), (0, 0));
     }
 
     #[test]
