@@ -508,6 +508,22 @@ async fn three_sectors_meet_in_one_view() {
             .municipality,
         "3550308"
     );
+    // The outcome gauges count the owned partitions' outcomes (every 30 s): the child's
+    // non-compliant bimester among them.
+    eventually(
+        "the outcome gauges to count the child's education outcomes",
+        Duration::from_secs(45),
+        || async {
+            let n = metric(
+                admin,
+                "ponte_reconciler_outcomes",
+                &[("conditionality", "education"), ("status", "NON_COMPLIANT")],
+            )
+            .await;
+            (n >= 1.0).then_some(())
+        },
+    )
+    .await;
 
     for s in &mut services {
         assert!(s.terminate().success(), "{} log:\n{}", s.name, s.log_text());

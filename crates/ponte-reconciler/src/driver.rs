@@ -165,7 +165,6 @@ impl Driver<'_> {
         let mut consumed = Consumed::default();
         let mut in_flight: Option<InFlight> = None;
         let mut last_gauges = Instant::now() - Duration::from_secs(60);
-        let mut last_outcomes = Instant::now() - crate::gauges::OUTCOMES_EVERY;
         let mut generation = assignment.generation();
         // The partitions whose records flow: owned and restored.
         let mut owned = assignment.prepared_partition_numbers();
@@ -234,10 +233,6 @@ impl Driver<'_> {
                     inputs.by_topic.len(),
                 );
                 last_gauges = Instant::now();
-                if last_outcomes.elapsed() >= crate::gauges::OUTCOMES_EVERY {
-                    crate::gauges::count_outcomes(store, &owned);
-                    last_outcomes = Instant::now();
-                }
             }
             // With an epoch in flight, a message at hand is applied over it (while the open
             // epoch is within its linger); with none at hand the epoch in flight is committed

@@ -1,5 +1,5 @@
-//! The reconciler's gauges, refreshed about once a second by the consumer driver, and its
-//! readiness, which follows from them.
+//! The reconciler's gauges, refreshed about once a second by the consumer driver (the outcome
+//! counts every 30 s by a task of their own), and its readiness, which follows from them.
 use std::collections::{BTreeMap, BTreeSet};
 
 use ponte_runtime::Readiness;
@@ -15,7 +15,34 @@ pub(crate) fn read_state(path: &crate::grpc::ReadPath) -> Result<(), String> {
 
 /// How often the outcome gauges are counted again: each is a scan of every owned partition's
 /// counts rows (a row per municipality, conditionality and period).
-pub(crate) const OUTCOMES_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+const OUTCOMES_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Counts the outcome gauges ([`count_outcomes`]) at once and then every [`OUTCOMES_EVERY`],
+/// for the partitions the current assignment has prepared, on a blocking thread: off the
+/// consumer loop, whose epochs a scan of every counts row would hold up. Ends with `shutdown`.
+pub(crate) fn spawn_outcome_counter(
+    store: Store,
+    assignment: tokio::sync::watch::Receiver<ponte_bus::consume::Assignment>,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(OUTCOMES_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = every.tick() => {}
+            }
+            let owned = assignment.borrow().prepared_partition_numbers();
+            let store = store.clone();
+            if let Err(e) =
+                tokio::task::spawn_blocking(move || count_outcomes(&store, &owned)).await
+            {
+                tracing::warn!(error = %e, "counting the outcome gauges failed");
+            }
+        }
+    })
+}
 
 /// A series of `ponte_reconciler_outcomes`: the conditionality and the status.
 type OutcomeSeries = (String, &'static str);
@@ -72,7 +99,7 @@ fn outcome_gauges(
 /// partitions: this instance's share (sum the instances for the whole view). A store that
 /// cannot be read leaves the gauges as they were (the read path's failure is reported where
 /// the reads are).
-pub(crate) fn count_outcomes(store: &Store, owned: &BTreeSet<i32>) {
+fn count_outcomes(store: &Store, owned: &BTreeSet<i32>) {
     let sums = match outcome_sums(store, owned) {
         Ok(sums) => sums,
         Err(e) => {

@@ -378,6 +378,11 @@ pub async fn run(
         }
         None => (None, None),
     };
+    let outcome_counter = crate::gauges::spawn_outcome_counter(
+        store.clone(),
+        assignment_rx.clone(),
+        shutdown.clone(),
+    );
     let api = ComplianceApi {
         state: store.clone(),
         assignment: assignment_rx,
@@ -487,6 +492,9 @@ pub async fn run(
     }
     if let Some(t) = owners_thread {
         let _ = tokio::task::spawn_blocking(move || t.join()).await;
+    }
+    if let Err(e) = outcome_counter.await {
+        tracing::warn!(error = %e, "the outcome gauges' task failed");
     }
     // A restart then opens without restoring what was not flushed.
     if let Err(e) = store.flush() {
