@@ -53,17 +53,18 @@ type OutcomeSeries = (String, &'static str);
 fn outcome_sums(
     store: &Store,
     owned: &BTreeSet<i32>,
-) -> Result<BTreeMap<OutcomeSeries, u64>, ponte_store::StoreError> {
+) -> Result<BTreeMap<OutcomeSeries, u64>, crate::ReconcilerError> {
     let mut sums: BTreeMap<OutcomeSeries, u64> = BTreeMap::new();
     for &p in owned {
-        let prefix = [crate::topology::partition_prefix(p), b"ic/".to_vec()].concat();
-        for (k, v) in store.scan_prefix(&prefix)? {
-            let key = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
-            let (Some(cond), Ok(c)) = (
-                key.split('/').nth(1),
-                crate::topology::counts_from_stored(&v),
-            ) else {
-                tracing::warn!(partition = p, row = %key, "an outcome counts row is not one: left out of ponte_reconciler_outcomes");
+        for crate::topology::CountsRow {
+            key,
+            conditionality,
+            counts,
+            ..
+        } in crate::topology::counts_rows(store, p, None)?
+        {
+            let Ok(c) = counts else {
+                tracing::warn!(row = %String::from_utf8_lossy(&key), "an outcome counts row is not one: left out of ponte_reconciler_outcomes");
                 continue;
             };
             for (status, n) in [
@@ -71,7 +72,7 @@ fn outcome_sums(
                 ("NON_COMPLIANT", c.non_compliant),
                 ("NOT_FOLLOWED", c.public.saturating_sub(c.followed)),
             ] {
-                *sums.entry((cond.to_owned(), status)).or_default() += n;
+                *sums.entry((conditionality.clone(), status)).or_default() += n;
             }
         }
     }

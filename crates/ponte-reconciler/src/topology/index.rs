@@ -361,6 +361,48 @@ pub(crate) fn counts_of(c: &IndicatorCounts) -> Counts {
     }
 }
 
+/// One outcome counts row of a partition, as stored.
+pub(crate) struct CountsRow {
+    /// The row's full key (partition prefix included).
+    pub(crate) key: Vec<u8>,
+    pub(crate) conditionality: String,
+    pub(crate) period: String,
+    /// The counts, or why the value does not decode as them.
+    pub(crate) counts: Result<Counts, String>,
+}
+
+/// The outcome counts rows of partition `p` in `kv`: `municipality`'s, or every municipality's
+/// when `None`. A key that does not name a municipality, a conditionality and a period is no
+/// such row and is left out.
+pub(crate) fn counts_rows(
+    kv: &dyn Kv,
+    p: i32,
+    municipality: Option<&str>,
+) -> Result<Vec<CountsRow>, ReconcilerError> {
+    let table = [partition_prefix(p), local_key(OUTCOME_COUNTS, &[""])].concat();
+    let prefix = match municipality {
+        Some(m) => [partition_prefix(p), local_key(OUTCOME_COUNTS, &[m, ""])].concat(),
+        None => table.clone(),
+    };
+    let mut rows = Vec::new();
+    for (key, value) in kv.scan(&prefix)? {
+        let rest = String::from_utf8_lossy(&key[table.len()..]).into_owned();
+        let mut parts = rest.splitn(3, '/');
+        let (Some(_), Some(conditionality), Some(period)) =
+            (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        rows.push(CountsRow {
+            conditionality: conditionality.to_owned(),
+            period: period.to_owned(),
+            counts: counts_from_stored(&value),
+            key,
+        });
+    }
+    Ok(rows)
+}
+
 /// Adds `c` to `sum`.
 pub(crate) fn add_counts(sum: &mut Counts, c: &Counts) {
     sum.public += c.public;
@@ -805,21 +847,9 @@ impl Topology {
     ) -> Result<BTreeMap<(String, String), Counts>, ReconcilerError> {
         let mut out: BTreeMap<(String, String), Counts> = BTreeMap::new();
         for &p in partitions {
-            let prefix = [
-                partition_prefix(p),
-                local_key(OUTCOME_COUNTS, &[municipality, ""]),
-            ]
-            .concat();
-            for (k, v) in kv.scan(&prefix)? {
-                let rest = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
-                let Some((cond, period)) = rest.split_once('/') else {
-                    continue;
-                };
-                let c = counts_from_stored(&v).map_err(|e| corrupt(&k, e))?;
-                add_counts(
-                    out.entry((cond.to_owned(), period.to_owned())).or_default(),
-                    &c,
-                );
+            for row in counts_rows(kv, p, Some(municipality))? {
+                let c = row.counts.map_err(|e| corrupt(&row.key, e))?;
+                add_counts(out.entry((row.conditionality, row.period)).or_default(), &c);
             }
         }
         Ok(out)

@@ -102,12 +102,12 @@ pub use batch::{Batch, Batcher, Entries, entries_in, entries_of, is_batch};
 use convert::*;
 #[cfg(test)]
 pub(crate) use index::counts_to_stored;
+pub(crate) use index::{
+    CountsRow, add_counts, add_household_indicators, counts_of, counts_rows, indicator_counts,
+};
 pub use index::{
     HouseholdIndexed, Indexed, ListFilter, Rederive, StoreWrite, index_is_whole, index_marker,
     index_marker_key, index_prefixes, is_derived,
-};
-pub(crate) use index::{
-    add_counts, add_household_indicators, counts_from_stored, counts_of, indicator_counts,
 };
 pub use parked::*;
 pub use state::*;
