@@ -86,9 +86,8 @@ impl ParkedCounts {
                 let prefix = [scope.as_slice(), table].concat();
                 before_held |= !kv.scan_after(&prefix, &prefix, 1)?.is_empty();
             }
-            let count_key = [scope.as_slice(), &PARKED_COUNT.key(&[PARKED_COUNT_ID])].concat();
-            let records = match kv.get(&count_key)? {
-                Some(v) => count_of(&count_key, &v)?,
+            let records = match stored_count(kv, &scope)? {
+                Some(records) => records,
                 None if before_held => count_before_held(kv, &scope)?,
                 None => 0,
             };
@@ -149,18 +148,45 @@ fn count_of(key: &[u8], value: &[u8]) -> Result<i64, ReconcilerError> {
     i64::try_from(count.records).map_err(|e| corrupt(key, e))
 }
 
+/// The count a partition's `n/parked` holds (`scope`: its prefix); `None` when it has none.
+fn stored_count(kv: &dyn Kv, scope: &[u8]) -> Result<Option<i64>, ReconcilerError> {
+    let key = [scope, &PARKED_COUNT.key(&[PARKED_COUNT_ID])].concat();
+    kv.get(&key)?.map(|v| count_of(&key, &v)).transpose()
+}
+
 /// The parked records of a partition of the layout before `a/` that has no count yet: its
 /// `k/` keys, a page at a time.
 fn count_before_held(kv: &dyn Kv, scope: &[u8]) -> Result<i64, ReconcilerError> {
-    let prefix = [scope, &PARKED_BEFORE_HELD.key_prefix()].concat();
-    let mut after = prefix.clone();
     let mut records = 0;
+    in_pages(
+        kv,
+        &[scope, &PARKED_BEFORE_HELD.key_prefix()].concat(),
+        COUNT_PAGE,
+        |page| {
+            records += page.len() as i64;
+            Ok(true)
+        },
+    )?;
+    Ok(records)
+}
+
+/// The entries under `prefix` in key order, `page` of them at a time, given to `each` until it
+/// returns false or none are left.
+fn in_pages(
+    kv: &dyn Kv,
+    prefix: &[u8],
+    page: usize,
+    mut each: impl FnMut(&[Entry]) -> Result<bool, ReconcilerError>,
+) -> Result<(), ReconcilerError> {
+    let mut after = prefix.to_vec();
     loop {
-        let page = kv.scan_after(&prefix, &after, COUNT_PAGE)?;
-        records += page.len() as i64;
-        match page.last() {
-            Some((k, _)) if page.len() == COUNT_PAGE => after.clone_from(k),
-            _ => return Ok(records),
+        let entries = kv.scan_after(prefix, &after, page)?;
+        let Some((last, _)) = entries.last() else {
+            return Ok(());
+        };
+        after.clone_from(last);
+        if !each(&entries)? || entries.len() < page {
+            return Ok(());
         }
     }
 }
@@ -264,23 +290,16 @@ pub fn read_parked(
     let mut out = ParkedList::default();
     for &p in partitions {
         let scope = partition_prefix(p);
-        let count_key = [scope.as_slice(), &PARKED_COUNT.key(&[PARKED_COUNT_ID])].concat();
-        let count = match kv.get(&count_key)? {
-            Some(v) => count_of(&count_key, &v)?,
+        let count = match stored_count(kv, &scope)? {
+            Some(records) => records,
             None => count_before_held(kv, &scope)?,
         };
         out.total += u64::try_from(count).unwrap_or(0);
-        if count <= 0 {
+        if count <= 0 || out.records.len() >= limit {
             continue;
         }
         let held_prefix = [scope.as_slice(), &HELD.key_prefix()].concat();
-        let mut after = held_prefix.clone();
-        while out.records.len() < limit {
-            let page = kv.scan_after(&held_prefix, &after, LIST_PAGE)?;
-            let Some((last, _)) = page.last() else {
-                break;
-            };
-            after.clone_from(last);
+        in_pages(kv, &held_prefix, LIST_PAGE, |page| {
             let alts: Vec<String> = page
                 .iter()
                 .map(|(k, _)| String::from_utf8_lossy(&k[held_prefix.len()..]).into_owned())
@@ -290,7 +309,7 @@ pub fn read_parked(
                 .map(|alt| [scope.as_slice(), &CROSSWALK.key(&[alt])].concat())
                 .collect();
             let mapped = kv.get_many(&crosswalk)?;
-            for ((alt, (k, v)), mapped) in alts.into_iter().zip(&page).zip(mapped) {
+            for ((alt, (k, v)), mapped) in alts.into_iter().zip(page).zip(mapped) {
                 if mapped.is_some() || out.records.len() >= limit {
                     continue;
                 }
@@ -304,20 +323,14 @@ pub fn read_parked(
                         .map(|e| (alt.clone(), e)),
                 );
             }
-            if page.len() < LIST_PAGE {
-                break;
-            }
+            Ok(out.records.len() < limit)
+        })?;
+        if out.records.len() >= limit {
+            continue;
         }
         let before_prefix = [scope.as_slice(), &PARKED_BEFORE_HELD.key_prefix()].concat();
-        let mut after = before_prefix.clone();
-        while out.records.len() < limit {
-            let room = limit - out.records.len();
-            let page = kv.scan_after(&before_prefix, &after, room.min(LIST_PAGE))?;
-            let Some((last, _)) = page.last() else {
-                break;
-            };
-            after.clone_from(last);
-            for (k, v) in &page {
+        in_pages(kv, &before_prefix, LIST_PAGE, |page| {
+            for (k, v) in page.iter().take(limit - out.records.len()) {
                 let rest = &k[before_prefix.len()..];
                 let alt = rest
                     .iter()
@@ -328,7 +341,8 @@ pub fn read_parked(
                     Event::from_stored(v).map_err(|e| corrupt(k, e))?,
                 ));
             }
-        }
+            Ok(out.records.len() < limit)
+        })?;
     }
     Ok(out)
 }
