@@ -4,10 +4,15 @@
 #
 #   deploy/local/thread-cpu.sh sample [SECONDS] > threads.log
 #       every SECONDS (default 10) one line per thread of every Ponte process and the local
-#       broker: <unix time> <pid> <process> <tid> <thread name> <utime> <stime> (clock ticks)
+#       broker: <unix time> <pid> <process> <tid> <thread name> <utime> <stime> (clock ticks),
+#       and one per process with `-` for tid and `(process)` for thread name: the whole
+#       process' CPU, which counts the threads that ended as well
 #   deploy/local/thread-cpu.sh sum threads.log [FROM] [TO]
 #       CPU seconds per process and per thread name (digits folded: tokio-rt-worker,
-#       rdk:broker#) between the unix times FROM and TO (default: the whole log)
+#       rdk:broker#) between the unix times FROM and TO (default: the whole log). A thread
+#       that lives less than a sample's interval is seen in no two samples (the reconciler's
+#       second apply lane is a thread of each epoch's): its CPU is the process' less its
+#       threads', printed as "(threads that ended)".
 #
 # A process is named by its `ponte` subcommand (reconciler, education-adapter, ...) or, for
 # the broker, kafka.Kafka; thread names are the kernel's, cut at 15 characters.
@@ -24,6 +29,12 @@ sample() {
       name=$(tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null |
         awk '{for (i = 1; i <= NF; i++) if ($i ~ /^(reconciler|[a-z]+-adapter|kafka\.Kafka)$/) { print $i; exit }}') || continue
       [[ -n $name ]] || name=$(cat "/proc/$p/comm" 2>/dev/null) || continue
+      local whole
+      if whole=$(cat "/proc/$p/stat" 2>/dev/null); then
+        # shellcheck disable=SC2086
+        set -- ${whole##*) }
+        echo "$now $p $name - (process) ${12} ${13}"
+      fi
       for t in /proc/"$p"/task/*; do
         local stat
         stat=$(cat "$t/stat" 2>/dev/null) || continue
@@ -52,9 +63,14 @@ sum() {
     }
     END {
       for (k in last) {
-        split(k, f, SUBSEP); thread = f[4]; gsub(/[0-9]+/, "#", thread)
-        s = (last[k] - first[k]) / hz
+        split(k, f, SUBSEP); s = (last[k] - first[k]) / hz
+        if (f[3] == "-") { whole[f[2]] += s; continue }
+        thread = f[4]; gsub(/[0-9]+/, "#", thread)
         proc[f[2]] += s; byth[f[2] SUBSEP thread] += s
+      }
+      # A log written before the process lines were: the threads seen are all there is.
+      for (p in whole) if (whole[p] > proc[p]) {
+        byth[p SUBSEP "(threads that ended)"] = whole[p] - proc[p]; proc[p] = whole[p]
       }
       span = t1 - t0; if (span <= 0) span = 1
       printf "%d s sampled\n", span
