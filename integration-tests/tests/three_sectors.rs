@@ -524,6 +524,11 @@ async fn three_sectors_meet_in_one_view() {
         },
     )
     .await;
+    // Each count's time is kept beside them (what the scan of the counts rows costs).
+    assert!(
+        metric(admin, "ponte_reconciler_outcome_count_seconds_count", &[]).await >= 1.0,
+        "the outcome gauges were counted without their time kept"
+    );
 
     for s in &mut services {
         assert!(s.terminate().success(), "{} log:\n{}", s.name, s.log_text());

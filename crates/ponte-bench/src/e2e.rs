@@ -93,6 +93,9 @@ pub(crate) struct Figures {
     /// Seconds of the commits by step (`ponte_reconciler_commit_phase_seconds`), in commit order.
     pub(crate) commit_phases: Vec<(String, f64)>,
     pub(crate) state_bytes: f64,
+    /// The outcome gauges' counts until the view was complete and the seconds they took in all
+    /// (`ponte_reconciler_outcome_count_seconds`): a scan of every counts row, off the loop.
+    pub(crate) outcome_counts: (f64, f64),
     /// `ghz` summaries: (call, text).
     pub(crate) ghz: Vec<(String, String)>,
     /// `GetPerson` at ghz's rate from this process's own client, after ghz.
@@ -526,6 +529,10 @@ pub(crate) async fn start(s: &Setup<'_>) -> anyhow::Result<Pipeline> {
         apply_seconds: metric(&metrics, "ponte_reconciler_epoch_apply_seconds_sum"),
         commit_phases: commit_phases(&metrics),
         state_bytes: metric(&metrics, "ponte_reconciler_state_bytes"),
+        outcome_counts: (
+            metric(&metrics, "ponte_reconciler_outcome_count_seconds_count"),
+            metric(&metrics, "ponte_reconciler_outcome_count_seconds_sum"),
+        ),
         ghz: Vec::new(),
         paced_reads: None,
         restarts: Vec::new(),

@@ -466,6 +466,11 @@ async fn main() -> anyhow::Result<()> {
                 f.commit_seconds,
                 phases.join(", ")
             );
+            let (counts, counting) = f.outcome_counts;
+            println!(
+                "outcome gauges     counted {counts:.0} times, {counting:.2} s in all ({:.1} ms each; a task beside the loop)",
+                counting * 1e3 / counts.max(1.0)
+            );
             for (name, cpu) in &f.cpu {
                 println!("cpu                {name:<20} {cpu:.1} s");
                 if name == "reconciler" {

@@ -99,9 +99,15 @@ fn outcome_gauges(
 /// Sets `ponte_reconciler_outcomes{conditionality, status}` from the counts rows of the owned
 /// partitions: this instance's share (sum the instances for the whole view). A store that
 /// cannot be read leaves the gauges as they were (the read path's failure is reported where
-/// the reads are).
+/// the reads are). How long each count took is `ponte_reconciler_outcome_count_seconds`: the
+/// scan reads every counts row of the owned partitions, a number that grows with the
+/// municipalities, conditionalities and periods the state holds.
 fn count_outcomes(store: &Store, owned: &BTreeSet<i32>) {
-    let sums = match outcome_sums(store, owned) {
+    let started = std::time::Instant::now();
+    let sums = outcome_sums(store, owned);
+    metrics::histogram!("ponte_reconciler_outcome_count_seconds")
+        .record(started.elapsed().as_secs_f64());
+    let sums = match sums {
         Ok(sums) => sums,
         Err(e) => {
             tracing::warn!(error = %e, "outcome counts not read: ponte_reconciler_outcomes left as they were");
