@@ -68,7 +68,8 @@ sum() {
         thread = f[4]; gsub(/[0-9]+/, "#", thread)
         proc[f[2]] += s; byth[f[2] SUBSEP thread] += s
       }
-      # A log written before the process lines were: the threads seen are all there is.
+      # What the process used beyond the threads seen twice; nothing in a log written before
+      # the process lines were.
       for (p in whole) if (whole[p] > proc[p]) {
         byth[p SUBSEP "(threads that ended)"] = whole[p] - proc[p]; proc[p] = whole[p]
       }
