@@ -188,3 +188,66 @@ fn missing(view: &[ponte_proto::compliance::v1::Person]) -> String {
         without.iter().take(5).collect::<Vec<_>>()
     )
 }
+
+/// An abort the broker's absence cut short goes on inside librdkafka, which refuses every other
+/// transactional call ("Conflicting abort_transaction API call is already in progress") until
+/// the abort is called again and finishes. Before the producer did that, a reconciler whose
+/// abort timed out while the broker restarted aborted every epoch after it, for good.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_abort_the_broker_cut_short_is_finished_before_the_next_transaction() {
+    use ponte_bus::transact::Transactional;
+    let broker = PrivateBroker::start();
+    let bootstrap = broker.bootstrap();
+    let topic = "it-abort-resumed";
+    ponte_integration_tests::create_topic(&bootstrap, topic, 1).await;
+    let kafka = ponte_bus::KafkaConfig {
+        bootstrap_servers: bootstrap,
+        message_timeout_ms: 3000,
+        properties: Default::default(),
+    };
+    // A fresh broker creates its transaction state topic at the first registration, which
+    // can take longer than the short operation timeout the abort below is cut off by: one
+    // registration first with time to spare.
+    let producer = |id: &str, op_timeout: u64| {
+        tokio::task::block_in_place(|| {
+            Transactional::new(
+                &kafka,
+                "it-abort",
+                id,
+                Duration::from_secs(60),
+                Duration::from_secs(op_timeout),
+            )
+        })
+        .unwrap_or_else(|e| panic!("registering {id}: {e}"))
+    };
+    drop(producer("it-abort-first", 60));
+    let tx = producer("it-abort-resumed", 5);
+    tx.begin().unwrap();
+    tx.send(topic, Some(0), b"k", Some(b"aborted"), None)
+        .unwrap();
+    broker.stop();
+    // The coordinator is gone: the abort times out after the operation timeout (5 s).
+    tokio::task::block_in_place(|| tx.abort());
+    broker.restart();
+
+    let began = within(Duration::from_secs(60), || async {
+        match tokio::task::block_in_place(|| tx.begin()) {
+            Ok(()) => Some(Ok(())),
+            Err(e) if e.is_fatal() => Some(Err(e)),
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                None
+            }
+        }
+    })
+    .await;
+    match began {
+        Some(Ok(())) => {}
+        Some(Err(e)) => panic!("the producer failed for good instead of finishing its abort: {e}"),
+        None => panic!("no transaction began within 60 s of the broker's return"),
+    }
+    tx.send(topic, Some(0), b"k", Some(b"committed"), None)
+        .unwrap();
+    tx.acknowledged().await.unwrap();
+    tokio::task::block_in_place(|| tx.commit()).unwrap();
+}

@@ -12,7 +12,7 @@
 //! The broker's acknowledgements of a transaction's messages are counted by the producer's
 //! context ([`Reports`]) rather than each delivered through a future of its own: a future is a
 //! channel, a boxed sender and a wake-up per message, and an epoch sends tens of thousands.
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
@@ -260,6 +260,11 @@ pub struct Transactional {
     timeout: Duration,
     /// How long [`Transactional::acknowledged`] waits for a report (`publish::overdue`).
     reports_within: Duration,
+    /// An abort that timed out (the broker unreachable): librdkafka goes on with it in the
+    /// background and refuses every other transactional call ("Conflicting
+    /// abort_transaction API call is already in progress") until `abort_transaction` is
+    /// called again and finishes, which [`Transactional::begin`] does first.
+    abort_unfinished: AtomicBool,
 }
 
 impl std::fmt::Debug for Transactional {
@@ -316,6 +321,7 @@ impl Transactional {
             id: transactional_id.to_owned(),
             timeout: op_timeout,
             reports_within,
+            abort_unfinished: AtomicBool::new(false),
         })
     }
 
@@ -338,11 +344,33 @@ impl Transactional {
     }
 
     /// Starts a transaction; its messages are numbered from 0 ([`Transactional::send`]).
+    /// An earlier abort that timed out is finished first (blocking up to the operation
+    /// timeout): while it cannot be, the transaction is not begun and the error is an
+    /// abort's, to be tried again. A transactional call still in progress otherwise (a
+    /// conflict) fails for good: the producer must be replaced, and the next one's
+    /// registration aborts what this one left open.
     pub fn begin(&self) -> Result<(), TxError> {
+        if self.abort_unfinished.load(Ordering::Acquire) {
+            match self.producer.abort_transaction(self.timeout) {
+                Err(e) if still_unfinished(&e) || TxError::of("", &e).is_fatal() => {
+                    return Err(TxError::of(
+                        "abort_transaction (an earlier one resumed)",
+                        &e,
+                    ));
+                }
+                // Finished, or nothing left to abort.
+                _ => self.abort_unfinished.store(false, Ordering::Release),
+            }
+        }
         self.producer.context().reports.begin();
-        self.producer
-            .begin_transaction()
-            .map_err(|e| TxError::of("begin_transaction", &e))
+        self.producer.begin_transaction().map_err(|e| {
+            let err = TxError::of("begin_transaction", &e);
+            if is_conflict(&e) {
+                TxError::fatal(err.to_string())
+            } else {
+                err
+            }
+        })
     }
 
     /// Queues one message of the open transaction (to `partition`, or by key when `None`; a
@@ -430,12 +458,38 @@ impl Transactional {
     }
 
     /// Aborts the open transaction, if any (best effort: a producer that cannot abort is
-    /// fenced or failed, and its transaction is aborted by the broker).
+    /// fenced or failed, and its transaction is aborted by the broker). An abort that times
+    /// out goes on in librdkafka's background and is finished before the next transaction
+    /// begins ([`Transactional::begin`]).
     pub fn abort(&self) {
-        if let Err(e) = self.producer.abort_transaction(self.timeout) {
-            tracing::debug!(error = %e, "abort_transaction");
+        match self.producer.abort_transaction(self.timeout) {
+            Ok(()) => self.abort_unfinished.store(false, Ordering::Release),
+            Err(e) => {
+                let unfinished = still_unfinished(&e);
+                self.abort_unfinished.store(unfinished, Ordering::Release);
+                if unfinished {
+                    tracing::warn!(error = %e, timeout = ?self.timeout, "abort_transaction did not finish in time; finished before the next transaction begins");
+                } else {
+                    tracing::debug!(error = %e, "abort_transaction");
+                }
+            }
         }
     }
+}
+
+/// True for a transactional call that timed out and goes on in the background: librdkafka
+/// finishes it only when the same call is made again ("resumable").
+fn still_unfinished(e: &KafkaError) -> bool {
+    matches!(e, KafkaError::Transaction(t) if t.is_retriable())
+}
+
+/// True when another transactional call is still in progress (librdkafka's `__CONFLICT`).
+fn is_conflict(e: &KafkaError) -> bool {
+    let code = match e {
+        KafkaError::Transaction(t) => Some(t.code()),
+        other => other.rdkafka_error_code(),
+    };
+    code == Some(rdkafka::types::RDKafkaErrorCode::Conflict)
 }
 
 #[cfg(test)]

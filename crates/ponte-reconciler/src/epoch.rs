@@ -586,7 +586,8 @@ impl Committer {
         let producer = producer
             .as_ref()
             .ok_or_else(|| TxError::fatal("no producer"))?;
-        producer.begin()?;
+        // Blocks while it finishes an earlier abort that timed out (`Transactional::begin`).
+        tokio::task::block_in_place(|| producer.begin())?;
         let sent = send_all(producer, routes, writes, outputs, faults);
         if sent.as_ref().is_err_and(|e| !e.is_fatal()) {
             tokio::task::block_in_place(|| producer.abort());
