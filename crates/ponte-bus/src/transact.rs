@@ -79,6 +79,9 @@ impl TxError {
         let reason = format!("{what}: {e}");
         match e {
             KafkaError::Transaction(t) if t.is_fatal() => Self::Fatal { reason, fenced },
+            // Refused because another transactional call is still in progress: this producer
+            // cannot go on, and its replacement's registration aborts what it left open.
+            _ if code == Some(C::Conflict) => Self::Fatal { reason, fenced },
             _ => Self::Aborted { reason, fenced },
         }
     }
@@ -344,33 +347,31 @@ impl Transactional {
     }
 
     /// Starts a transaction; its messages are numbered from 0 ([`Transactional::send`]).
-    /// An earlier abort that timed out is finished first (blocking up to the operation
-    /// timeout): while it cannot be, the transaction is not begun and the error is an
-    /// abort's, to be tried again. A transactional call still in progress otherwise (a
-    /// conflict) fails for good: the producer must be replaced, and the next one's
-    /// registration aborts what this one left open.
+    /// An earlier abort that timed out is finished first, blocking up to the operation
+    /// timeout ([`Transactional::abort_unfinished`]): while it cannot be, the transaction is
+    /// not begun and the error is an abort's, to be tried again. Any other transactional call
+    /// still in progress fails it for good ([`TxError::of`]).
     pub fn begin(&self) -> Result<(), TxError> {
-        if self.abort_unfinished.load(Ordering::Acquire) {
-            match self.producer.abort_transaction(self.timeout) {
-                Err(e) if still_unfinished(&e) || TxError::of("", &e).is_fatal() => {
-                    return Err(TxError::of(
-                        "abort_transaction (an earlier one resumed)",
-                        &e,
-                    ));
+        if self.abort_unfinished() {
+            if let Err(e) = self.producer.abort_transaction(self.timeout) {
+                let err = TxError::of("abort_transaction (an earlier one resumed)", &e);
+                if still_unfinished(&e) || err.is_fatal() {
+                    return Err(err);
                 }
-                // Finished, or nothing left to abort.
-                _ => self.abort_unfinished.store(false, Ordering::Release),
+                // Otherwise nothing was left to abort.
             }
+            self.abort_unfinished.store(false, Ordering::Release);
         }
         self.producer.context().reports.begin();
-        self.producer.begin_transaction().map_err(|e| {
-            let err = TxError::of("begin_transaction", &e);
-            if is_conflict(&e) {
-                TxError::fatal(err.to_string())
-            } else {
-                err
-            }
-        })
+        self.producer
+            .begin_transaction()
+            .map_err(|e| TxError::of("begin_transaction", &e))
+    }
+
+    /// True when an abort timed out and has not been finished since: the next
+    /// [`Transactional::begin`] blocks to finish it (otherwise it does not block).
+    pub fn abort_unfinished(&self) -> bool {
+        self.abort_unfinished.load(Ordering::Acquire)
     }
 
     /// Queues one message of the open transaction (to `partition`, or by key when `None`; a
@@ -483,21 +484,24 @@ fn still_unfinished(e: &KafkaError) -> bool {
     matches!(e, KafkaError::Transaction(t) if t.is_retriable())
 }
 
-/// True when another transactional call is still in progress (librdkafka's `__CONFLICT`).
-fn is_conflict(e: &KafkaError) -> bool {
-    let code = match e {
-        KafkaError::Transaction(t) => Some(t.code()),
-        other => other.rdkafka_error_code(),
-    };
-    code == Some(rdkafka::types::RDKafkaErrorCode::Conflict)
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use rdkafka::types::RDKafkaErrorCode as C;
 
     use super::*;
+
+    #[test]
+    fn a_call_refused_while_another_is_in_progress_fails_the_producer_for_good() {
+        let e = TxError::of(
+            "begin_transaction",
+            &KafkaError::MessageProduction(C::Conflict),
+        );
+        assert!(e.is_fatal(), "{e}");
+        assert!(!e.is_fenced());
+        let timed_out = TxError::of("send", &KafkaError::MessageProduction(C::MessageTimedOut));
+        assert!(!timed_out.is_fatal(), "{timed_out}");
+    }
 
     #[test]
     fn refusals_of_a_member_or_producer_taken_over_are_fenced_and_others_are_not() {

@@ -586,8 +586,12 @@ impl Committer {
         let producer = producer
             .as_ref()
             .ok_or_else(|| TxError::fatal("no producer"))?;
-        // Blocks while it finishes an earlier abort that timed out (`Transactional::begin`).
-        tokio::task::block_in_place(|| producer.begin())?;
+        if producer.abort_unfinished() {
+            // It finishes the earlier abort first, waiting for the broker.
+            tokio::task::block_in_place(|| producer.begin())?;
+        } else {
+            producer.begin()?;
+        }
         let sent = send_all(producer, routes, writes, outputs, faults);
         if sent.as_ref().is_err_and(|e| !e.is_fatal()) {
             tokio::task::block_in_place(|| producer.abort());
