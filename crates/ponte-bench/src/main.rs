@@ -97,6 +97,11 @@ enum Cmd {
         /// build).
         #[arg(long)]
         state_leveled: bool,
+        /// Keeps state values of at least this many bytes in blob files of their own, the
+        /// tables holding keys and references, compacted by size tiers (for comparisons in one
+        /// build).
+        #[arg(long)]
+        state_blobs: Option<u64>,
     },
     /// The bare-broker baseline alone.
     Broker {
@@ -252,6 +257,7 @@ async fn main() -> anyhow::Result<()> {
             no_read_ahead,
             no_screen,
             state_leveled,
+            state_blobs,
         } => {
             let state = e2e::work_dir(&work, &format!("reconciler-state-{}", &id[..8]))?;
             let load = machine_load_start();
@@ -259,12 +265,16 @@ async fn main() -> anyhow::Result<()> {
             let how = reconciler::How {
                 read_ahead: !no_read_ahead,
                 screened: !no_screen,
-                state_layout: if state_leveled {
-                    StateCompaction::Levels
-                } else {
-                    StateCompaction::Tiers
-                }
-                .layout(),
+                state_layout: match (state_leveled, state_blobs) {
+                    (true, _) => StateCompaction::Levels.layout(),
+                    (false, None) => StateCompaction::Tiers.layout(),
+                    (false, Some(min_blob_bytes)) => ponte_store::Layout::LargeValues {
+                        min_blob_bytes,
+                        merge_width: 4,
+                        space_amp_percent: 200,
+                        blob_gc_age_percent: 25,
+                    },
+                },
             };
             let cpu_before = e2e::cpu_seconds(std::process::id());
             let f = reconciler::run(&data, &state, batch, now, how)?;

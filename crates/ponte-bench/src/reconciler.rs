@@ -148,8 +148,8 @@ pub(crate) fn run(
         internal.clear();
         for run in pending.chunks(READ_AHEAD_RUN) {
             if read_ahead {
-                tx.read_ahead(run.iter().flat_map(|(input, partition, key, _)| {
-                    let keys = topology.keys_read(*input, key.as_bytes(), &[]);
+                tx.read_ahead(run.iter().flat_map(|(input, partition, key, event)| {
+                    let keys = topology.keys_read_of_event(*input, key.as_bytes(), event);
                     keys.into_iter().map(|k| (*partition, k))
                 }))?;
             }

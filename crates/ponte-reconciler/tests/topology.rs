@@ -1571,6 +1571,29 @@ fn applying_a_run_reads_nothing_one_by_one() {
     assert_eq!(tables_read_one_by_one(&h, from), BTreeSet::new());
 }
 
+#[test]
+fn an_event_already_decoded_names_the_keys_its_payload_would() {
+    // `ponte-bench`'s in-process run reads ahead from events it holds decoded: a health record
+    // by CNS or CPF names its identifier's keys there as it does from its payload.
+    let h = Harness::new();
+    let mut by_identifier = 0;
+    for (input, event) in history() {
+        let key = key_of(input, &event);
+        let from_payload = h
+            .topology
+            .keys_read(input, key.as_bytes(), &event.encode_to_vec());
+        let from_event = h.topology.keys_read_of_event(input, key.as_bytes(), &event);
+        assert_eq!(from_event, from_payload, "{}", event.record_id);
+        if input == Input::Health && !from_event.is_empty() {
+            by_identifier += 1;
+        }
+    }
+    assert!(
+        by_identifier > 0,
+        "the history has health records by identifier"
+    );
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 

@@ -226,7 +226,7 @@ fn options(memory: Memory, durability: Durability, layout: Layout) -> (Options, 
     cf.set_level_compaction_dynamic_level_bytes(true);
     let offsets = cf.clone();
     let mut state = cf;
-    if matches!(layout, Layout::Leveled | Layout::Tiered { .. }) {
+    {
         // Scan groups in the filters (the whole keys stay there too, for point reads): the
         // reconciler's identity stage scans for health records kept one key each under an
         // identifier, as stores before its `a/` values kept them, and nearly always finds none;
