@@ -315,7 +315,7 @@ pub struct Tx<'a> {
     deferred: BTreeMap<(i32, String), Option<Timestamp>>,
     /// Committed values read ahead for the events to come ([`Tx::read_ahead`]), by full key:
     /// what `base` held when they were read, which nothing but this epoch's commit changes.
-    read: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    read: HashMap<Vec<u8>, Option<Vec<u8>>, foldhash::fast::RandomState>,
     /// Changes of the partitions' outcome counts rows, by (partition, key), applied to the
     /// rows once at the end of the epoch ([`Topology::finish`]).
     pub(super) shifts: BTreeMap<(i32, Vec<u8>), super::index::Shift>,
@@ -339,7 +339,7 @@ impl<'a> Tx<'a> {
             partition: 0,
             scope: partition_prefix(0),
             deferred: BTreeMap::new(),
-            read: HashMap::new(),
+            read: HashMap::default(),
             shifts: BTreeMap::new(),
         }
     }
@@ -410,10 +410,20 @@ impl<'a> Tx<'a> {
 
     /// The value of `key` in the current partition.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ReconcilerError> {
+        self.get_with(key, <[u8]>::to_vec)
+    }
+
+    /// `f` of the value of `key` in the current partition, without copying a value this
+    /// epoch wrote or read ahead.
+    pub fn get_with<T>(
+        &self,
+        key: &[u8],
+        f: impl FnOnce(&[u8]) -> T,
+    ) -> Result<Option<T>, ReconcilerError> {
         let full = self.scoped(key);
         match self.writes.get(&full).or_else(|| self.read.get(&full)) {
-            Some(v) => Ok(v.clone()),
-            None => self.base.get(&full),
+            Some(v) => Ok(v.as_deref().map(f)),
+            None => Ok(self.base.get(&full)?.as_deref().map(f)),
         }
     }
 

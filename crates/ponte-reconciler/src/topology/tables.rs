@@ -275,9 +275,9 @@ impl<V: Stored> Table<V> {
 
     pub(super) fn get(&self, tx: &Tx<'_>, id: &[&str]) -> Result<Option<V>, ReconcilerError> {
         let key = self.key(id);
-        tx.get(&key)?
-            .map(|b| V::from_stored(&b).map_err(|e| corrupt(&key, e)))
+        tx.get_with(&key, V::from_stored)?
             .transpose()
+            .map_err(|e| corrupt(&key, e))
     }
 
     pub(super) fn put(

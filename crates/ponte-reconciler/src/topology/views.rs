@@ -205,7 +205,7 @@ pub(super) fn outcome_view(o: &Outcome) -> api::ConditionalityOutcome {
         period: o.period.to_string(),
         status: status_view(o.status) as i32,
         effects: scope(o.effects).to_owned(),
-        rule_set: format!("{}@{}", o.rule_set.id, o.rule_set.version),
+        rule_set: [o.rule_set.id.as_str(), "@", o.rule_set.version.as_str()].concat(),
         threshold_percent: o.evidence.threshold_percent.map(u32::from).unwrap_or(0),
         months_below: o
             .evidence
