@@ -226,20 +226,18 @@ fn options(memory: Memory, durability: Durability, layout: Layout) -> (Options, 
     cf.set_level_compaction_dynamic_level_bytes(true);
     let offsets = cf.clone();
     let mut state = cf;
-    {
-        // Scan groups in the filters (the whole keys stay there too, for point reads): the
-        // reconciler's identity stage scans for health records kept one key each under an
-        // identifier, as stores before its `a/` values kept them, and nearly always finds none;
-        // without them every such scan seeked an index and a data block in each sorted run
-        // (docs/benchmarks.md, issue 15). Tables written before hold no groups and are scanned
-        // as before.
-        state.set_prefix_extractor(rocksdb::SliceTransform::create(
-            "ponte.scan-group.3",
-            scan_group_of,
-            Some(in_scan_group),
-        ));
-        state.set_memtable_prefix_bloom_ratio(0.02);
-    }
+    // Scan groups in the filters (the whole keys stay there too, for point reads): the
+    // reconciler's identity stage scans for health records kept one key each under an
+    // identifier, as stores before its `a/` values kept them, and nearly always finds none;
+    // without them every such scan seeked an index and a data block in each sorted run
+    // (docs/benchmarks.md, issue 15). Tables written before hold no groups and are scanned
+    // as before.
+    state.set_prefix_extractor(rocksdb::SliceTransform::create(
+        "ponte.scan-group.3",
+        scan_group_of,
+        Some(in_scan_group),
+    ));
+    state.set_memtable_prefix_bloom_ratio(0.02);
     let tiers = match layout {
         Layout::Leveled => None,
         Layout::Tiered {

@@ -470,6 +470,7 @@ impl Topology {
             Input::Crosswalk => CrosswalkChange::decode(payload)
                 .map(|c| identity::identifier_keys_read(&c.alt))
                 .unwrap_or_default(),
+            // Named by the event, not the key: `keys_read`, `keys_read_of_event`.
             Input::Health => Vec::new(),
         }
     }
