@@ -352,15 +352,14 @@ impl Transactional {
     /// not begun and the error is an abort's, to be tried again. Any other transactional call
     /// still in progress fails it for good ([`TxError::of`]).
     pub fn begin(&self) -> Result<(), TxError> {
-        if self.abort_unfinished() {
-            if let Err(e) = self.producer.abort_transaction(self.timeout) {
-                let err = TxError::of("abort_transaction (an earlier one resumed)", &e);
-                if still_unfinished(&e) || err.is_fatal() {
-                    return Err(err);
-                }
-                // Otherwise nothing was left to abort.
+        // An error that leaves nothing unfinished and is not fatal: nothing was left to abort.
+        if self.abort_unfinished()
+            && let Err(e) = self.abort_transaction()
+        {
+            let err = TxError::of("abort_transaction (an earlier one resumed)", &e);
+            if self.abort_unfinished() || err.is_fatal() {
+                return Err(err);
             }
-            self.abort_unfinished.store(false, Ordering::Release);
         }
         self.producer.context().reports.begin();
         self.producer
@@ -463,25 +462,24 @@ impl Transactional {
     /// out goes on in librdkafka's background and is finished before the next transaction
     /// begins ([`Transactional::begin`]).
     pub fn abort(&self) {
-        match self.producer.abort_transaction(self.timeout) {
-            Ok(()) => self.abort_unfinished.store(false, Ordering::Release),
-            Err(e) => {
-                let unfinished = still_unfinished(&e);
-                self.abort_unfinished.store(unfinished, Ordering::Release);
-                if unfinished {
-                    tracing::warn!(error = %e, timeout = ?self.timeout, "abort_transaction did not finish in time; finished before the next transaction begins");
-                } else {
-                    tracing::debug!(error = %e, "abort_transaction");
-                }
+        if let Err(e) = self.abort_transaction() {
+            if self.abort_unfinished() {
+                tracing::warn!(error = %e, timeout = ?self.timeout, "abort_transaction did not finish in time; finished before the next transaction begins");
+            } else {
+                tracing::debug!(error = %e, "abort_transaction");
             }
         }
     }
-}
 
-/// True for a transactional call that timed out and goes on in the background: librdkafka
-/// finishes it only when the same call is made again ("resumable").
-fn still_unfinished(e: &KafkaError) -> bool {
-    matches!(e, KafkaError::Transaction(t) if t.is_retriable())
+    /// Calls `abort_transaction` and remembers whether it was left unfinished: timed out and
+    /// going on in the background, which librdkafka finishes only when it is called again
+    /// ("resumable").
+    fn abort_transaction(&self) -> Result<(), KafkaError> {
+        let result = self.producer.abort_transaction(self.timeout);
+        let unfinished = matches!(&result, Err(KafkaError::Transaction(t)) if t.is_retriable());
+        self.abort_unfinished.store(unfinished, Ordering::Release);
+        result
+    }
 }
 
 #[cfg(test)]

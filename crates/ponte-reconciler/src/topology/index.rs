@@ -476,10 +476,11 @@ pub(super) fn finish(tx: &mut Tx<'_>) -> Result<(), ReconcilerError> {
     tx.read_ahead(shifts.keys().cloned())?;
     for ((p, k), shift) in shifts {
         tx.set_partition(p);
-        let counts = match tx.get(&k)? {
-            Some(b) => counts_from_stored(&b).map_err(|e| corrupt(&k, e))?,
-            None => Counts::default(),
-        };
+        let counts = tx
+            .get_with(&k, counts_from_stored)?
+            .transpose()
+            .map_err(|e| corrupt(&k, e))?
+            .unwrap_or_default();
         match counts_row(&shift.applied(counts)) {
             Some(v) => tx.put(k, v),
             None => tx.delete(k),
